@@ -1,0 +1,135 @@
+"""The policy interface: the one contract between planning code and the world.
+
+Every planner (static baselines, the clairvoyant oracle, the local agent, the global planner) is a
+``Policy``: it is handed the fleet's static description once, then, on each tick, the time and the
+latest *delivered* observation, and it returns replica targets. Time is an input, so the same
+policy runs on the wall clock, in the simulator and in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PoolRole = Literal["prefill", "decode", "agg"]
+DeploymentMode = Literal["disagg", "agg"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SLA(_Frozen):
+    """Per-request latency targets; a request meets the SLA when both hold."""
+
+    ttft_ms: float = Field(gt=0, allow_inf_nan=False)
+    itl_ms: float = Field(gt=0, allow_inf_nan=False)
+
+
+class PoolSpec(_Frozen):
+    """What a planner knows of one pool before any traffic: its engine, GPUs and bounds."""
+
+    deployment: str
+    role: PoolRole
+    profile_path: str
+    gpu_type: str
+    gpus_per_replica: int = Field(ge=1)
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=0)
+    initial_replicas: int = Field(ge=0)
+    startup_s: float = Field(ge=0, allow_inf_nan=False)
+
+
+class DeploymentSpec(_Frozen):
+    """One deployment (DGD): the pools that serve one endpoint for one tenant."""
+
+    name: str
+    tenant: str
+    endpoint: str
+    mode: DeploymentMode
+    sla: SLA
+    pools: dict[PoolRole, PoolSpec]
+
+
+class Distribution(_Frozen):
+    """Summary of a sample (token lengths or latencies) over an observation window."""
+
+    count: int = Field(ge=0)
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @field_validator("mean", "p50", "p90", "p99")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"must be finite and >= 0, got {value}")
+        return value
+
+
+class PoolObservation(_Frozen):
+    """What one pool looked like over ``[time_s - window_s, time_s]``.
+
+    Missing data is ``None``, never 0: "no metric" and "no traffic" must not look alike.
+    """
+
+    deployment: str
+    role: PoolRole
+    time_s: float
+    window_s: float = Field(gt=0)
+    ready: int = Field(ge=0)
+    starting: int = Field(ge=0)
+    draining: int = Field(ge=0)
+    pending: int = Field(ge=0, description="replicas wanted but not schedulable (no free GPUs)")
+    admitted: int | None = Field(default=None, ge=0, description="requests admitted in the window")
+    input_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    ttft_ms: Distribution | None = None
+    itl_ms: Distribution | None = None
+    queued_requests: int | None = Field(default=None, ge=0)
+    queued_prefill_tokens: float | None = Field(default=None, ge=0)
+    active_kv_tokens: float | None = Field(default=None, ge=0)
+    kv_capacity_tokens: float | None = Field(default=None, ge=0)
+    iteration_ms: float | None = Field(default=None, ge=0)
+    scheduled_tokens_per_s: float | None = Field(default=None, ge=0)
+
+
+class FleetObservation(_Frozen):
+    """All pools' observations as delivered to a planner (already delayed like a metrics scrape)."""
+
+    time_s: float
+    pools: list[PoolObservation]
+
+
+class ReplicaTarget(_Frozen):
+    deployment: str
+    role: PoolRole
+    replicas: int = Field(ge=0)
+    reason: str
+
+
+class Decision(_Frozen):
+    """A policy's output for one tick: targets for the pools it wants changed (or confirmed), and
+    optionally per-endpoint routing weights (deployment name -> share of the endpoint's traffic)."""
+
+    targets: list[ReplicaTarget] = Field(default_factory=list)
+    routing: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Policy(ABC):
+    """A planner. ``tick_s`` is how often it wants to be asked; ``clairvoyant`` labels the oracle."""
+
+    name: str = "policy"
+    clairvoyant: bool = False
+
+    def __init__(self, deployments: list[DeploymentSpec], tick_s: float):
+        self.deployments = deployments
+        self.tick_s = tick_s
+
+    @abstractmethod
+    def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
+        """Targets for this tick. ``observation`` is None until the first one is delivered."""

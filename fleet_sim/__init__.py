@@ -1,0 +1,1 @@
+"""Discrete-event fleet simulator: replays request traces against simulated engines and a policy."""

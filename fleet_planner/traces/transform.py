@@ -1,0 +1,69 @@
+"""Reshape a trace's load (more or fewer requests, faster or slower, shifted, cut) reproducibly,
+so one real trace can drive scenarios at several fleet sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fleet_planner.traces.trace import Trace
+
+
+def scale_trace(
+    trace: Trace,
+    *,
+    rate_scale: float = 1.0,
+    time_scale: float = 1.0,
+    offset_s: float = 0.0,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> Trace:
+    """A transformed copy of ``trace``; the same ``seed`` always gives the same result.
+
+    Steps, in order:
+    1. ``rate_scale``: each request appears ``floor(rate_scale)`` times plus once more with
+       probability ``rate_scale % 1`` (so < 1 thins by a seeded Bernoulli). Extra copies are
+       moved by a uniform jitter within +-0.5 mean inter-arrival gap (reflected at 0) so they do
+       not arrive at the same instant as the original; they keep its lengths and ``hash_ids``.
+    2. ``time_scale``: arrival times are multiplied (> 1 stretches, < 1 compresses).
+    3. ``offset_s``: arrivals are shifted later.
+    4. ``duration_s``: only arrivals < ``duration_s`` (on the new time line) are kept.
+    """
+    _require(math.isfinite(rate_scale) and rate_scale > 0, f"rate_scale must be finite and > 0, got {rate_scale!r}")
+    _require(math.isfinite(time_scale) and time_scale > 0, f"time_scale must be finite and > 0, got {time_scale!r}")
+    _require(math.isfinite(offset_s) and offset_s >= 0, f"offset_s must be finite and >= 0, got {offset_s!r}")
+    if duration_s is not None:
+        _require(math.isfinite(duration_s) and duration_s > 0, f"duration_s must be finite and > 0, got {duration_s!r}")
+
+    rng = np.random.default_rng(seed)
+    n = len(trace)
+    whole, fraction = divmod(rate_scale, 1.0)
+    copies = np.full(n, int(whole), dtype=np.int64) + (rng.random(n) < fraction)
+    source_index = np.repeat(np.arange(n), copies)
+    # Rank of each copy among the copies of its request: 0 is the original instant.
+    first_of_request = np.repeat(np.cumsum(copies) - copies, copies)
+    rank = np.arange(source_index.size) - first_of_request
+    arrival = trace.arrival_s[source_index].astype(np.float64)
+    mean_gap = trace.duration_s / (n - 1) if n > 1 else 0.0
+    jitter = (rng.random(source_index.size) - 0.5) * mean_gap
+    arrival = np.where(rank > 0, np.abs(arrival + jitter), arrival)
+
+    arrival = arrival * time_scale + offset_s
+    order = np.argsort(arrival, kind="stable")
+    if duration_s is not None:
+        order = order[arrival[order] < duration_s]
+    kept = source_index[order]
+    hash_ids = [trace.hash_ids[i] for i in kept] if trace.hash_ids is not None else None
+    return Trace(
+        arrival_s=arrival[order],
+        input_tokens=trace.input_tokens[kept],
+        output_tokens=trace.output_tokens[kept],
+        source=trace.source,
+        hash_ids=hash_ids,
+    )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,82 @@
+"""``fleet-planner simulate`` and ``fleet-planner bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fleet_planner.durations import parse_duration
+from fleet_planner.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    simulate = subparsers.add_parser("simulate", help="replay a scenario's traffic against a policy")
+    simulate.add_argument("scenario", help="scenario YAML file")
+    simulate.add_argument("--out", required=True, help="output folder (created)")
+    simulate.add_argument("--seed", type=int, help="override the scenario's seed")
+    simulate.add_argument("--duration", help="override the scenario's duration (e.g. 1h, 90m)")
+    simulate.add_argument("--policy", help="override planner.policy (static, static-peak, oracle, ...)")
+    simulate.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    simulate.set_defaults(run=_simulate)
+
+    bench = subparsers.add_parser("bench", help="closed-loop benchmark of one simulated engine")
+    bench.add_argument("--profile", required=True, help="engine profile folder")
+    bench.add_argument("--mode", choices=["agg", "disagg"], default="agg")
+    bench.add_argument("--concurrency", type=int, required=True)
+    bench.add_argument("--isl", type=int, required=True, help="input tokens per request")
+    bench.add_argument("--osl", type=int, required=True, help="output tokens per request")
+    bench.add_argument("--max-batch-tokens", type=int, default=8192)
+    bench.add_argument("--json", action="store_true", help='print {"ttft_ms": ..., "tpot_ms": ...}')
+    bench.set_defaults(run=_bench)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fleet_sim.simulate import simulate_scenario
+
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.duration is not None:
+        try:
+            overrides["duration"] = parse_duration(args.duration)
+        except ValueError as exc:
+            raise InputError(str(exc), field="--duration") from exc
+    if args.policy is not None:
+        overrides["policy"] = args.policy
+    show_progress = sys.stderr.isatty() and not args.no_progress
+    summary = simulate_scenario(args.scenario, Path(args.out), overrides=overrides, progress=show_progress)
+    fleet = summary["fleet"]
+    label = " (clairvoyant)" if summary["clairvoyant"] else ""
+    print(
+        f"{summary['name']}: policy {summary['policy']}{label}: {fleet['requests']} requests, "
+        f"SLO attainment {fleet['slo_attainment'] * 100:.2f}%, {fleet['gpu_hours']:.2f} GPU-hours, "
+        f"{fleet['budget_violations']} budget violations, {summary['requests_per_wall_second']:.0f} requests/s wall"
+    )
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fleet_planner.perf import PerfModel, load_profile
+    from fleet_sim.closed_loop import run_closed_loop
+    from fleet_sim.engine import EngineKnobs
+
+    model = PerfModel(load_profile(args.profile))
+    try:
+        result = run_closed_loop(
+            model,
+            mode=args.mode,
+            concurrency=args.concurrency,
+            isl=args.isl,
+            osl=args.osl,
+            knobs=EngineKnobs(max_batch_tokens=args.max_batch_tokens),
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if args.json:
+        print(json.dumps({"ttft_ms": result.ttft_ms, "tpot_ms": result.tpot_ms}))
+    else:
+        print(f"mean TTFT {result.ttft_ms:.1f} ms, mean TPOT {result.tpot_ms:.2f} ms over {result.requests} requests")
+    return 0

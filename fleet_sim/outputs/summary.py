@@ -1,0 +1,176 @@
+"""Run summary: SLA attainment, latency percentiles and GPU-hours per fleet, endpoint, deployment
+and tenant.
+
+A day of fleet traffic is millions of requests, so every per-request step is a whole-array numpy
+operation; Python loops run only over groups (endpoints, deployments, tenants).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fleet_sim.results import COMPLETED, REJECTED, UNFINISHED, SimulationResult
+
+PERCENTILES = (50.0, 90.0, 99.0)
+
+
+def number(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity: undefined numbers become null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def slo_met(result: SimulationResult) -> np.ndarray:
+    """Per request: completed within both its endpoint's TTFT and ITL targets.
+
+    Rejected and unfinished requests are misses. A one-token answer has no inter-token latency,
+    so its ITL target counts as met.
+    """
+    req = result.requests
+    ttft_target = np.array([result.endpoint_sla[e][0] for e in result.endpoints], dtype=float)
+    itl_target = np.array([result.endpoint_sla[e][1] for e in result.endpoints], dtype=float)
+    endpoint = np.asarray(req.endpoint, dtype=np.intp)
+    ttft_ok = req.ttft_ms <= ttft_target[endpoint]
+    itl_ok = (req.output_tokens <= 1) | (req.itl_ms <= itl_target[endpoint])
+    return (req.status == COMPLETED) & ttft_ok & itl_ok
+
+
+def _tally(group: np.ndarray, n_groups: int, status: np.ndarray, met: np.ndarray) -> dict[str, np.ndarray]:
+    """Request counts per group; rows with group -1 (never routed) are left out."""
+    keep = group >= 0
+    g, s = group[keep], status[keep]
+    return {
+        "requests": np.bincount(g, minlength=n_groups),
+        "completed": np.bincount(g[s == COMPLETED], minlength=n_groups),
+        "rejected": np.bincount(g[s == REJECTED], minlength=n_groups),
+        "unfinished": np.bincount(g[s == UNFINISHED], minlength=n_groups),
+        "met": np.bincount(g[met[keep]], minlength=n_groups),
+    }
+
+
+def _group_percentiles(group: np.ndarray, values: np.ndarray, valid: np.ndarray, n_groups: int) -> np.ndarray:
+    """``PERCENTILES`` of ``values[valid]`` per group, shape (n_groups, len(PERCENTILES)), NaN where a
+    group is empty. One sort for all groups, then numpy's "linear" interpolation, vectorised."""
+    keep = valid & (group >= 0) & np.isfinite(values)
+    g, v = group[keep], values[keep]
+    order = np.lexsort((v, g))
+    v = v[order]
+    counts = np.bincount(g, minlength=n_groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.full((n_groups, len(PERCENTILES)), np.nan)
+    has = counts > 0
+    if not has.any():
+        return out
+    q = np.asarray(PERCENTILES) / 100.0
+    position = (counts[has, None] - 1) * q[None, :]
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, counts[has, None] - 1)
+    frac = position - low
+    base = starts[has, None]
+    out[has] = v[base + low] + frac * (v[base + high] - v[base + low])
+    return out
+
+
+def _percentile_dict(row: np.ndarray) -> dict[str, float | None]:
+    return {f"p{int(p)}": number(x) for p, x in zip(PERCENTILES, row)}
+
+
+def _attainment(met: int, requests: int) -> float | None:
+    return met / requests if requests else None
+
+
+def summarize(result: SimulationResult) -> dict[str, Any]:
+    """The run's headline numbers as a JSON-ready dict (no NaN: undefined values are None)."""
+    req = result.requests
+    status = np.asarray(req.status)
+    met = slo_met(result)
+    completed = status == COMPLETED
+    endpoint = np.asarray(req.endpoint, dtype=np.intp)
+    deployment = np.asarray(req.deployment, dtype=np.intp)
+    n_ep, n_dep = len(result.endpoints), len(result.deployments)
+
+    ep_tally = _tally(endpoint, n_ep, status, met)
+    ep_ttft = _group_percentiles(endpoint, req.ttft_ms, completed, n_ep)
+    ep_itl = _group_percentiles(endpoint, req.itl_ms, completed, n_ep)
+    endpoints = {
+        name: {
+            "requests": int(ep_tally["requests"][i]),
+            "completed": int(ep_tally["completed"][i]),
+            "rejected": int(ep_tally["rejected"][i]),
+            "unfinished": int(ep_tally["unfinished"][i]),
+            "slo_attainment": _attainment(int(ep_tally["met"][i]), int(ep_tally["requests"][i])),
+            "sla": {"ttft_ms": result.endpoint_sla[name][0], "itl_ms": result.endpoint_sla[name][1]},
+            "ttft_ms": _percentile_dict(ep_ttft[i]),
+            "itl_ms": _percentile_dict(ep_itl[i]),
+        }
+        for i, name in enumerate(result.endpoints)
+    }
+
+    dep_tally = _tally(deployment, n_dep, status, met)
+    dep_ttft = _group_percentiles(deployment, req.ttft_ms, completed, n_dep)
+    dep_itl = _group_percentiles(deployment, req.itl_ms, completed, n_dep)
+    deployments: dict[str, dict[str, Any]] = {}
+    tenants: dict[str, dict[str, Any]] = {}
+    gpu_hours_by_type: dict[str, float] = {}
+    for i, spec in enumerate(result.deployments):
+        by_pool = {role: result.gpu_seconds.get((spec.name, role), 0.0) / 3600.0 for role in spec.pools}
+        for role, hours in by_pool.items():
+            gpu_type = spec.pools[role].gpu_type
+            gpu_hours_by_type[gpu_type] = gpu_hours_by_type.get(gpu_type, 0.0) + hours
+        requests, hits = int(dep_tally["requests"][i]), int(dep_tally["met"][i])
+        deployments[spec.name] = {
+            "tenant": spec.tenant,
+            "endpoint": spec.endpoint,
+            "mode": spec.mode,
+            "requests": requests,
+            "completed": int(dep_tally["completed"][i]),
+            "rejected": int(dep_tally["rejected"][i]),
+            "unfinished": int(dep_tally["unfinished"][i]),
+            "slo_attainment": _attainment(hits, requests),
+            "ttft_ms": _percentile_dict(dep_ttft[i]),
+            "itl_ms": _percentile_dict(dep_itl[i]),
+            "gpu_hours": sum(by_pool.values()),
+            "gpu_hours_by_pool": by_pool,
+            "scale_events": int(result.scale_events.get(spec.name, 0)),
+        }
+        tenant = tenants.setdefault(spec.tenant, {"requests": 0, "met": 0, "gpu_hours": 0.0, "deployments": []})
+        tenant["requests"] += requests
+        tenant["met"] += hits
+        tenant["gpu_hours"] += sum(by_pool.values())
+        tenant["deployments"].append(spec.name)
+    for tenant in tenants.values():
+        tenant["slo_attainment"] = _attainment(tenant.pop("met"), tenant["requests"])
+
+    n = int(status.size)
+    fleet = {
+        "gpu_hours": sum(result.gpu_seconds.values()) / 3600.0,
+        "gpu_hours_by_type": gpu_hours_by_type,
+        "max_gpus_in_use": dict(result.max_gpus_in_use),
+        "gpu_inventory": dict(result.gpu_inventory),
+        "budget_violations": int(result.budget_violations),
+        "requests": n,
+        "completed": int(completed.sum()),
+        "rejected": int((status == REJECTED).sum()),
+        "unfinished": int((status == UNFINISHED).sum()),
+        "unrouted": int((deployment < 0).sum()),
+        "slo_attainment": _attainment(int(met.sum()), n),
+    }
+    return {
+        "name": result.name,
+        "policy": result.policy,
+        "clairvoyant": bool(result.clairvoyant),
+        "seed": int(result.seed),
+        "duration_s": number(result.duration_s),
+        "simulated_seconds": number(result.simulated_seconds),
+        "wall_seconds": number(result.wall_seconds),
+        "requests_per_wall_second": number(n / result.wall_seconds) if result.wall_seconds > 0 else None,
+        "fleet": fleet,
+        "endpoints": endpoints,
+        "deployments": deployments,
+        "tenants": tenants,
+        "notes": list(result.notes),
+    }

@@ -1,0 +1,44 @@
+"""Policy registry: the scenario's ``planner.policy`` name -> a constructed ``Policy``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fleet_planner.errors import InputError
+from fleet_planner.planning import Policy
+from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, StaticPolicy, WindowedNeeds
+from fleet_sim.workload import Workload
+
+DEFAULT_TARGET_ATTAINMENT = 0.995  # sizing target of the baselines: a little above the 99% goal
+
+
+def _needs(scenario, workload: Workload) -> WindowedNeeds:
+    target = float(scenario.planner.options.get("target_attainment", DEFAULT_TARGET_ATTAINMENT))
+    return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, target, scenario.seed)
+
+
+def _static(scenario, workload: Workload) -> Policy:
+    return StaticPolicy(scenario.deployment_specs(), scenario.planner.interval_s)
+
+
+def _static_peak(scenario, workload: Workload) -> Policy:
+    return StaticPeakPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
+
+
+def _oracle(scenario, workload: Workload) -> Policy:
+    return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
+
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "static": _static,
+    "static-peak": _static_peak,
+    "oracle": _oracle,
+}
+
+
+def make_policy(scenario, workload: Workload) -> Policy:
+    name = scenario.planner.policy
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise InputError(f"policy {name!r} is not available (known: {', '.join(sorted(POLICIES))})", field="planner.policy")
+    return factory(scenario, workload)

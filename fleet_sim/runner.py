@@ -1,0 +1,382 @@
+"""Runs one scenario: builds pools from the scenario, replays the workload, asks the policy on every
+tick with delayed observations, and records what happened into a ``SimulationResult``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from fleet_planner.perf import PerfModel, load_profile
+from fleet_planner.planning import (
+    Decision,
+    DeploymentSpec,
+    Distribution,
+    FleetObservation,
+    Policy,
+    PoolObservation,
+)
+from fleet_sim.engine import EV_CALL, STARTING, EngineKnobs, Pool, Simulator
+from fleet_sim.results import (
+    COMPLETED,
+    REJECTED,
+    UNFINISHED,
+    DecisionRecord,
+    RequestRecords,
+    SimulationResult,
+    TimelineRow,
+)
+from fleet_sim.workload import Workload
+
+DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this long to finish
+
+
+def distribution(values: list[float]) -> Distribution | None:
+    """Nearest-rank summary of a small sample; None when there is no sample (never a fake 0)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(q: float) -> float:
+        return float(ordered[min(n - 1, int(q * n))])
+
+    return Distribution(count=n, mean=float(sum(ordered) / n), p50=rank(0.5), p90=rank(0.9), p99=rank(0.99))
+
+
+def _p90(values: list[float]) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+
+
+class ProfileCache:
+    """One PerfModel per profile folder, shared by every pool that uses it."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, PerfModel] = {}
+
+    def get(self, path: str) -> PerfModel:
+        model = self._models.get(path)
+        if model is None:
+            model = self._models[path] = PerfModel(load_profile(path))
+        return model
+
+    def warnings(self) -> list[str]:
+        return [f"{model!r}: {w}" for model in self._models.values() for w in model.warnings]
+
+
+def nominal_replica_rps(pool: Pool, mean_input: float, mean_output: float, itl_target_ms: float) -> float:
+    """Requests/s one replica sustains at the endpoint's mean lengths — the router's capacity weight."""
+    model, knobs = pool.model, pool.knobs
+    prefill_rps = 1000.0 / max(1e-6, model.ttft_ms(mean_input)) if mean_input > 0 else math.inf
+    context = mean_input + mean_output / 2
+    batch = 1
+    cap = min(knobs.max_num_seqs, max(1, int(model.max_kv_tokens / max(1.0, mean_input + mean_output))))
+    while batch < cap and model.itl_ms(batch * 2, context) <= itl_target_ms:
+        batch *= 2
+    decode_rps = batch * 1000.0 / (model.itl_ms(batch, context) * max(1.0, mean_output))
+    if pool.role == "prefill":
+        return prefill_rps
+    if pool.role == "decode":
+        return decode_rps
+    return 1.0 / (1.0 / prefill_rps + 1.0 / decode_rps)
+
+
+class FleetSimulation:
+    """A scenario wired to the engine. ``run()`` returns the result; everything is deterministic."""
+
+    def __init__(self, scenario, workload: Workload, policy: Policy):
+        self.scenario = scenario
+        self.workload = workload
+        self.policy = policy
+        self.specs: list[DeploymentSpec] = scenario.deployment_specs()
+        self.interval_s = float(scenario.planner.interval_s)
+        self.delay_s = float(scenario.planner.observation_delay_s)
+        self.end_s = float(scenario.duration_s)
+        self.sim = Simulator(dict(scenario.gpus), self.end_s)
+        self.profiles = ProfileCache()
+        self.endpoint_index = {name: i for i, name in enumerate(workload.endpoints)}
+        endpoint_configs = scenario.endpoint_configs()
+        self.endpoint_sla = {name: (sla.ttft_ms, sla.itl_ms) for name, (sla, _) in endpoint_configs.items()}
+        self.endpoint_max_input = {name: source.max_input_tokens for name, (_, source) in endpoint_configs.items()}
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.entry_pool: list[Pool] = []  # per deployment index: prefill or agg pool
+        self.exit_pool: list[Pool] = []  # per deployment index: decode or agg pool
+        self._build_pools()
+        # Per endpoint: deployment indices serving it, their capacity weights and policy weights.
+        self.endpoint_deployments: list[list[int]] = [[] for _ in workload.endpoints]
+        for index, spec in enumerate(self.specs):
+            self.endpoint_deployments[self.endpoint_index[spec.endpoint]].append(index)
+        self.outstanding = [0] * len(self.specs)
+        self.routing_weights: dict[int, dict[int, float]] = {}
+        self._replica_rps = self._nominal_capacities()
+        self.decisions: list[DecisionRecord] = []
+        self.timeline: list[TimelineRow] = []
+        self.scale_events = {spec.name: 0 for spec in self.specs}
+        self.budget_violations = 0
+        self._observations: deque[FleetObservation] = deque()
+        self._timeline_stats: dict[tuple[str, str], list] = {}
+        self.sim.on_complete = self._on_complete
+
+    # ---- construction -----------------------------------------------------------------------
+    def _build_pools(self) -> None:
+        config_by_name = {d.name: d for d in self.scenario.deployments}
+        for index, spec in enumerate(self.specs):
+            max_input = self.endpoint_max_input.get(spec.endpoint)
+            built: dict[str, Pool] = {}
+            for role, pool_spec in spec.pools.items():
+                pool_config = config_by_name[spec.name].pools[role]
+                knobs = EngineKnobs(
+                    max_batch_tokens=pool_config.max_batch_tokens,
+                    max_num_seqs=pool_config.max_num_seqs,
+                    kv_bytes_per_token=pool_config.kv_bytes_per_token,
+                    kv_transfer_gbps=pool_config.kv_transfer_gbps,
+                )
+                pool = Pool(
+                    self.sim,
+                    index,
+                    spec.name,
+                    role,
+                    self.profiles.get(pool_spec.profile_path),
+                    pool_spec.gpu_type,
+                    pool_spec.gpus_per_replica,
+                    pool_spec.startup_s,
+                    knobs,
+                    max_input,
+                )
+                built[role] = pool
+                self.pools[(spec.name, role)] = pool
+                self.sim.pools.append(pool)
+            if spec.mode == "disagg":
+                built["prefill"].next_pool = built["decode"]
+                self.entry_pool.append(built["prefill"])
+                self.exit_pool.append(built["decode"])
+            else:
+                self.entry_pool.append(built["agg"])
+                self.exit_pool.append(built["agg"])
+        for spec in self.specs:
+            for role, pool_spec in spec.pools.items():
+                pool = self.pools[(spec.name, role)]
+                pool.target = pool_spec.initial_replicas
+                for _ in range(pool_spec.initial_replicas):
+                    # Initial replicas are already running when the replay starts.
+                    pool.start_replica(0.0)
+                    replica = pool.replicas[-1]
+                    replica.ready_at = 0.0
+                    pool.on_ready(replica, 0.0)
+
+    def _nominal_capacities(self) -> dict[tuple[str, str], float]:
+        capacities = {}
+        for spec in self.specs:
+            trace = self.workload.traces[spec.endpoint]
+            mean_in = float(trace.input_tokens.mean()) if len(trace) else 1000.0
+            mean_out = float(trace.output_tokens.mean()) if len(trace) else 200.0
+            for role in spec.pools:
+                pool = self.pools[(spec.name, role)]
+                capacities[(spec.name, role)] = nominal_replica_rps(pool, mean_in, mean_out, spec.sla.itl_ms)
+        return capacities
+
+    # ---- traffic ----------------------------------------------------------------------------
+    def _capacity_weight(self, deployment: int) -> float:
+        spec = self.specs[deployment]
+        return min(len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools)
+
+    def _choose_deployment(self, endpoint: int) -> int:
+        candidates = self.endpoint_deployments[endpoint]
+        if len(candidates) == 1:
+            return candidates[0]
+        policy_weights = self.routing_weights.get(endpoint)
+        best, best_score = -1, math.inf
+        for deployment in candidates:
+            weight = policy_weights.get(deployment, 0.0) if policy_weights else self._capacity_weight(deployment)
+            if weight <= 0:
+                continue
+            score = (self.outstanding[deployment] + 1) / weight
+            if score < best_score:
+                best, best_score = deployment, score
+        if best < 0:  # nothing ready anywhere: queue where capacity is coming
+            best = max(candidates, key=lambda d: sum(self.pools[(self.specs[d].name, r)].target for r in self.specs[d].pools))
+        return best
+
+    def _on_arrival(self, request: int, now: float) -> None:
+        reqs = self.sim.requests
+        endpoint = reqs.endpoint[request]
+        deployment = self._choose_deployment(endpoint)
+        entry = self.entry_pool[deployment]
+        if entry.max_input_tokens is not None and reqs.input[request] > entry.max_input_tokens:
+            reqs.rejected[request] = True
+            return
+        reqs.deployment[request] = deployment
+        self.outstanding[deployment] += 1
+        entry.submit(request, now)
+
+    def _on_complete(self, request: int, now: float) -> None:
+        self.outstanding[self.sim.requests.deployment[request]] -= 1
+
+    # ---- planning ticks ---------------------------------------------------------------------
+    def _observe(self, now: float) -> FleetObservation:
+        pools = []
+        for spec in self.specs:
+            for role in spec.pools:
+                pool = self.pools[(spec.name, role)]
+                stats = pool.stats
+                ready, starting, draining = pool.counts()
+                replicas = [r for r in pool.replicas if r.state != STARTING]
+                mean_iteration = stats.iteration_s / stats.iterations * 1000.0 if stats.iterations else None
+                pools.append(
+                    PoolObservation(
+                        deployment=spec.name,
+                        role=role,
+                        time_s=now,
+                        window_s=self.interval_s,
+                        ready=ready,
+                        starting=starting,
+                        draining=draining,
+                        pending=pool.pending,
+                        admitted=stats.admitted,
+                        input_tokens=distribution(stats.input_tokens),
+                        output_tokens=distribution(stats.output_tokens),
+                        ttft_ms=distribution(stats.ttft_ms),
+                        itl_ms=distribution(stats.itl_ms),
+                        queued_requests=len(pool.queue) + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
+                        queued_prefill_tokens=float(sum(r.queued_prefill_tokens for r in replicas)),
+                        active_kv_tokens=float(sum(r.kv_reserved for r in replicas)) if role != "prefill" else None,
+                        kv_capacity_tokens=float(pool.max_kv * len(replicas)) if role != "prefill" else None,
+                        iteration_ms=mean_iteration,
+                        scheduled_tokens_per_s=stats.tokens / self.interval_s,
+                    )
+                )
+                self.timeline.append(
+                    TimelineRow(
+                        time_s=now,
+                        deployment=spec.name,
+                        role=role,
+                        gpu_type=pool.gpu_type,
+                        target=pool.target,
+                        ready=ready,
+                        starting=starting,
+                        draining=draining,
+                        pending=pool.pending,
+                        gpus=pool.gpus_held,
+                        arrivals=stats.admitted,
+                        ttft_p90_ms=_p90(stats.ttft_ms),
+                        itl_p90_ms=_p90(stats.itl_ms),
+                    )
+                )
+                stats.reset()
+        return FleetObservation(time_s=now, pools=pools)
+
+    def _tick(self, now: float) -> None:
+        self._observations.append(self._observe(now))
+        delivered = None
+        while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:
+            delivered = self._observations.popleft()
+        if delivered is not None:
+            self._delivered = delivered
+        self._apply(self.policy.decide(now, self._delivered), now)
+        if self._progress is not None:
+            self._progress(now)
+        if now + self.interval_s < self.end_s - 1e-9:
+            self.sim.schedule(now + self.interval_s, EV_CALL, self._tick)
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        spec_by_name = {spec.name: spec for spec in self.specs}
+        for target in decision.targets:
+            spec = spec_by_name.get(target.deployment)
+            if spec is None or target.role not in spec.pools:
+                raise ValueError(f"policy {self.policy.name} targeted unknown pool {target.deployment}/{target.role}")
+            pool_spec = spec.pools[target.role]
+            replicas = min(max(target.replicas, pool_spec.min_replicas), pool_spec.max_replicas)
+            pool = self.pools[(spec.name, target.role)]
+            if replicas != pool.target:
+                self.decisions.append(DecisionRecord(now, spec.name, target.role, pool.target, replicas, target.reason))
+                self.scale_events[spec.name] += 1
+                pool.set_target(replicas, now)
+        for endpoint, weights in decision.routing.items():
+            index = self.endpoint_index.get(endpoint)
+            if index is None:
+                raise ValueError(f"policy {self.policy.name} routed unknown endpoint {endpoint}")
+            by_deployment = {i: float(weights.get(self.specs[i].name, 0.0)) for i in self.endpoint_deployments[index]}
+            self.routing_weights[index] = by_deployment
+        wanted: dict[str, int] = {}
+        for pool in self.pools.values():
+            wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + pool.target * pool.gpus_per_replica
+        if any(gpus > self.sim.inventory.get(gpu, 0) for gpu, gpus in wanted.items()):
+            self.budget_violations += 1
+
+    # ---- run --------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> SimulationResult:
+        started = time.perf_counter()
+        self._progress = progress
+        self._delivered: FleetObservation | None = None
+        wl = self.workload
+        reqs = self.sim.requests
+        reqs.arrival = wl.arrival_s.tolist()
+        reqs.input = wl.input_tokens.tolist()
+        reqs.output = wl.output_tokens.tolist()
+        reqs.endpoint = wl.endpoint.tolist()
+        n = len(wl)
+        reqs.deployment = [-1] * n
+        reqs.t_first = [math.nan] * n
+        reqs.t_finish = [math.nan] * n
+        reqs.rejected = [False] * n
+        self.sim.schedule(0.0, EV_CALL, self._tick)
+        self.sim.run(self.end_s, reqs.arrival, self._on_arrival)
+        # No more arrivals or planning: let in-flight work finish (GPU time is counted to end_s only).
+        stop = self.end_s
+        while not self.sim.idle() and stop < self.end_s + DRAIN_GRACE_S:
+            stop += 60.0
+            self.sim.run(stop, reqs.arrival, self._on_arrival)
+        for pool in self.pools.values():
+            pool._account(self.end_s, 0)
+        return self._result(time.perf_counter() - started)
+
+    def _result(self, wall_s: float) -> SimulationResult:
+        reqs = self.sim.requests
+        arrival = np.asarray(reqs.arrival, dtype=np.float64)
+        t_first = np.asarray(reqs.t_first, dtype=np.float64)
+        t_finish = np.asarray(reqs.t_finish, dtype=np.float64)
+        output = np.asarray(reqs.output, dtype=np.int64)
+        rejected = np.asarray(reqs.rejected, dtype=bool)
+        status = np.full(len(arrival), UNFINISHED, dtype=np.int8)
+        status[~np.isnan(t_finish)] = COMPLETED
+        status[rejected] = REJECTED
+        with np.errstate(invalid="ignore", divide="ignore"):
+            itl = np.where(output > 1, (t_finish - t_first) * 1000.0 / (output - 1), np.nan)
+        records = RequestRecords(
+            endpoint=np.asarray(reqs.endpoint, dtype=np.int32),
+            deployment=np.asarray(reqs.deployment, dtype=np.int32),
+            arrival_s=arrival,
+            input_tokens=np.asarray(reqs.input, dtype=np.int64),
+            output_tokens=output,
+            ttft_ms=(t_first - arrival) * 1000.0,
+            itl_ms=itl,
+            e2e_ms=(t_finish - arrival) * 1000.0,
+            status=status,
+        )
+        return SimulationResult(
+            name=self.scenario.name,
+            policy=self.policy.name,
+            clairvoyant=self.policy.clairvoyant,
+            seed=self.scenario.seed,
+            duration_s=self.end_s,
+            gpu_inventory=dict(self.scenario.gpus),
+            endpoints=list(self.workload.endpoints),
+            endpoint_sla=dict(self.endpoint_sla),
+            deployments=self.specs,
+            requests=records,
+            timeline=self.timeline,
+            decisions=self.decisions,
+            gpu_seconds={key: pool.gpu_seconds for key, pool in self.pools.items()},
+            scale_events=dict(self.scale_events),
+            max_gpus_in_use=dict(self.sim.max_gpus_in_use),
+            budget_violations=self.budget_violations,
+            wall_seconds=wall_s,
+            simulated_seconds=self.end_s,
+            notes=self.profiles.warnings(),
+        )

@@ -1,0 +1,39 @@
+"""Scenario file -> simulation -> output folder: what ``fleet-planner simulate`` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet_sim.outputs import write_outputs
+from fleet_sim.policies import make_policy
+from fleet_sim.results import SimulationResult
+from fleet_sim.runner import FleetSimulation
+from fleet_sim.scenario import load_scenario
+from fleet_sim.workload import build_workload
+
+
+def run_scenario(scenario) -> SimulationResult:
+    """Run an already-loaded scenario (tests and benchmarks build scenarios in code)."""
+    workload = build_workload(scenario)
+    policy = make_policy(scenario, workload)
+    return FleetSimulation(scenario, workload, policy).run()
+
+
+def simulate_scenario(path: str | Path, out_dir: Path, *, overrides: dict | None = None, progress: bool = False) -> dict:
+    scenario = load_scenario(path, overrides=overrides)
+    workload = build_workload(scenario)
+    policy = make_policy(scenario, workload)
+    simulation = FleetSimulation(scenario, workload, policy)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(scenario.duration_s), unit="sim-s", desc=f"{scenario.name} [{policy.name}]")
+
+        def update(now: float) -> None:
+            bar.update(round(now) - bar.n)
+
+        result = simulation.run(progress=update)
+        bar.close()
+    else:
+        result = simulation.run()
+    return write_outputs(result, Path(out_dir))

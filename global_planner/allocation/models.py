@@ -1,0 +1,187 @@
+"""Boundary types of the allocator: what agents and policies hand in, what the planner hands back.
+
+Value model (shared by the CP-SAT solver and the greedy fallback):
+
+* A pool's *curve* gives the expected SLO attainment for each replica count at the predicted load.
+  Counts past the end of the curve are worth the last point (no data means no extra value), so a
+  curve shorter than ``max_replicas`` never makes the planner overpromise.
+* Pools sharing a ``pair_group`` (prefill + decode of one disaggregated deployment) form one
+  *unit* whose attainment is the **minimum** of its pools' attainments. A request meets its SLA
+  only if both its TTFT (prefill) and ITL (decode) hold; ``min`` is the Fréchet upper bound of
+  that joint probability and is exact when misses are driven by the same load spikes (the usual
+  case), while a product assumes independence and would double-count the shared cause. ``min`` is
+  also concave-preserving and linear in CP-SAT (``unit <= pool`` per pool, maximised).
+* A unit is worth ``priority * demand_weight * attainment``; for a pair the largest member
+  coefficient is used (both pools carry the same requests).
+* Endpoints served by several deployments: each deployment's curve is computed by its agent at
+  the **full endpoint load**, and each deployment's ``demand_weight`` is its share of the
+  endpoint's weight. With capacity-proportional routing every deployment then receives at most
+  the load its curve assumes, so the summed value is a conservative (never optimistic) estimate
+  of the endpoint's attainment. The planner publishes routing weights proportional to the
+  capacity it allocated (``replicas * replica_capacity_rps``, bottleneck pool per deployment).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleet_planner.planning import PoolRole
+
+AllocationStatus = Literal["optimal", "feasible", "fallback"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TenantLimits(_Strict):
+    """A tenant's standing in the fleet: how much its SLOs weigh and its GPU floor and ceiling."""
+
+    priority: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    guaranteed_gpus: dict[str, int] = Field(default_factory=dict)
+    max_gpus: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("guaranteed_gpus", "max_gpus")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        for gpu_type, count in value.items():
+            if count < 0:
+                raise ValueError(f"{gpu_type}: must be >= 0 (got {count})")
+        return value
+
+
+class PoolOverride(_Strict):
+    """Per-pool knobs chosen by a ``tenant/deployment[/role]`` selector (fnmatch wildcards).
+
+    Later matching overrides win field by field; unset fields leave earlier values alone.
+    """
+
+    selector: str
+    max_step: int | None = Field(default=None, ge=0, description="max replica change per round")
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=0)
+    priority: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    churn_weight: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
+    )
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_shape(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"must be 'tenant/deployment' or 'tenant/deployment/role' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> PoolOverride:
+        if self.min_replicas is not None and self.max_replicas is not None:
+            if self.min_replicas > self.max_replicas:
+                raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+class PoolDemand(_Strict):
+    """One pool's bid: bounds, current size and the value of each replica count.
+
+    ``curve[k]`` is the expected SLO attainment in [0, 1] with ``k`` replicas (k = 0..len-1).
+    It is expected to be non-decreasing; counts that are worth no more than a smaller count are
+    never allocated (they would hold GPUs without value).
+    """
+
+    pool_id: str = Field(default="", description="'deployment/role'; derived when empty")
+    deployment: str
+    tenant: str
+    endpoint: str
+    role: PoolRole
+    gpu_type: str
+    gpus_per_replica: int = Field(ge=1)
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(ge=0)
+    current_replicas: int = Field(default=0, ge=0)
+    curve: list[float] = Field(min_length=1)
+    demand_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    pair_group: str | None = None
+    replica_capacity_rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @field_validator("curve")
+    @classmethod
+    def _attainments(cls, curve: list[float]) -> list[float]:
+        for k, value in enumerate(curve):
+            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"curve[{k}]: must be finite and within [0, 1] (got {value})")
+        return curve
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolDemand:
+        expected = f"{self.deployment}/{self.role}"
+        if not self.pool_id:
+            object.__setattr__(self, "pool_id", expected)
+        elif self.pool_id != expected:
+            raise ValueError(f"pool_id must be {expected!r} (got {self.pool_id!r})")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+    def attainment(self, replicas: int) -> float:
+        """Curve value at ``replicas``, flat past the last point."""
+        return self.curve[min(replicas, len(self.curve) - 1)]
+
+
+class AllocationRequest(_Strict):
+    """Everything one allocation round needs; pure data, so rounds replay deterministically."""
+
+    pools: list[PoolDemand]
+    inventory: dict[str, int]
+    tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict, description="tenants not listed get priority 1, no floor, no cap"
+    )
+    overrides: list[PoolOverride] = Field(default_factory=list)
+    held_gpus: dict[str, int] = Field(
+        default_factory=dict, description="GPUs still held by draining replicas, off the budget"
+    )
+    previous: dict[str, int] | None = Field(
+        default=None, description="replicas of the previous allocation by pool_id (warm start)"
+    )
+    time_limit_s: float = Field(default=0.2, gt=0, allow_inf_nan=False)
+    relative_gap_limit: float = Field(default=1e-4, ge=0, allow_inf_nan=False)
+    seed: int = 0
+
+    @field_validator("inventory", "held_gpus")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        for gpu_type, count in value.items():
+            if count < 0:
+                raise ValueError(f"{gpu_type}: must be >= 0 (got {count})")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> AllocationRequest:
+        seen: set[str] = set()
+        for pool in self.pools:
+            if pool.pool_id in seen:
+                raise ValueError(f"duplicate pool_id {pool.pool_id!r}")
+            seen.add(pool.pool_id)
+        return self
+
+
+class Allocation(_Strict):
+    """The planner's answer for one round.
+
+    ``objective`` is in value units (sum of priority * demand_weight * attainment, minus churn);
+    ``best_bound`` and ``gap`` come from CP-SAT and are None for the greedy fallback.
+    """
+
+    replicas: dict[str, int]
+    routing_weights: dict[str, dict[str, float]]
+    objective: float
+    best_bound: float | None
+    gap: float | None
+    status: AllocationStatus
+    solve_ms: float
+    reasons: dict[str, str]
+    tenant_gpus: dict[str, dict[str, int]]
+    gpus_used: dict[str, int]

@@ -27,12 +27,13 @@ def run_closed_loop(
     isl: int,
     osl: int,
     knobs: EngineKnobs = EngineKnobs(),
-    warmup_rounds: int = 2,
-    measured_rounds: int = 8,
+    requests_per_client: int = 10,
+    warmup_requests_per_client: int = 0,
 ) -> ClosedLoopResult:
     """Run ``concurrency`` clients against one replica (or one prefill + one decode replica).
 
-    The first ``warmup_rounds * concurrency`` completions (the synchronised start) are discarded."""
+    Like common serving benchmarks, all clients start together on an idle engine and every request
+    counts (the start-up burst included); ``warmup_requests_per_client`` discards early ones."""
     if concurrency < 1 or isl < 1 or osl < 1:
         raise ValueError("concurrency, isl and osl must be >= 1")
     if mode not in ("agg", "disagg"):
@@ -51,8 +52,8 @@ def run_closed_loop(
     for pool in pools.values():
         pool.on_ready(pool.replicas[0], 0.0)
 
-    warmup = warmup_rounds * concurrency
-    wanted = warmup + measured_rounds * concurrency
+    warmup = warmup_requests_per_client * concurrency
+    wanted = warmup + requests_per_client * concurrency
     measured: list[int] = []
     completions = 0
 

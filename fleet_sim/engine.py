@@ -24,7 +24,7 @@ from fleet_planner.perf import PerfModel
 STARTING, READY, DRAINING, RETIRED = range(4)
 
 # Event kinds
-EV_ARRIVAL, EV_READY, EV_ITER_END, EV_DECODE, EV_KV_ARRIVE, EV_CALL = range(6)
+EV_READY, EV_ITER_END, EV_DECODE, EV_KV_ARRIVE, EV_START, EV_CALL = range(6)
 
 _EPS = 1e-9
 
@@ -96,7 +96,7 @@ class Replica:
         "pool", "state", "created_at", "ready_at",
         "prefill_queue", "queued_prefill_tokens", "busy", "plan", "iter_dt",
         "counter", "rate", "t_last", "finish_heap", "batch", "context_sum",
-        "kv_reserved", "wait_queue", "epoch", "load",
+        "kv_reserved", "wait_queue", "epoch", "load", "start_pending",
     )
 
     def __init__(self, pool: Pool, now: float):
@@ -119,6 +119,7 @@ class Replica:
         self.wait_queue: deque[int] = deque()  # requests waiting for KV capacity / batch slot
         self.epoch = 0
         self.load = 0  # outstanding tokens assigned here (router's least-load key)
+        self.start_pending = False  # an iteration start is scheduled at the next step boundary
 
     def idle(self) -> bool:
         return not self.busy and self.batch == 0 and not self.prefill_queue and not self.wait_queue
@@ -279,7 +280,21 @@ class Pool:
     def _enqueue_prefill(self, replica: Replica, request: int, now: float) -> None:
         replica.prefill_queue.append([request, 0])
         replica.queued_prefill_tokens += self.sim.requests.input[request]
-        if not replica.busy:
+        if not replica.busy and not replica.start_pending:
+            # The scheduler picks up new prompts at the next step boundary, so prompts that arrive
+            # together are prefilled together (as in a real engine), not one by one.
+            replica.start_pending = True
+            self.sim.schedule(now + self._to_step_boundary(replica), EV_START, replica)
+
+    def _to_step_boundary(self, replica: Replica) -> float:
+        if not replica.batch or not replica.rate:
+            return 0.0
+        progressed = replica.counter + replica.rate * (self.sim.now - replica.t_last)
+        return (math.ceil(progressed - 1e-6) - progressed) / replica.rate
+
+    def on_start(self, replica: Replica, now: float) -> None:
+        replica.start_pending = False
+        if not replica.busy and replica.prefill_queue and replica.state != RETIRED:
             self._start_iteration(replica, now)
 
     def _start_iteration(self, replica: Replica, now: float) -> None:
@@ -326,8 +341,9 @@ class Pool:
                 done.append(item[0])
         for _ in done:
             replica.prefill_queue.popleft()
-        replica.busy = False
         replica.plan = []
+        # Still busy while completions run: callbacks that enqueue work must not start a second
+        # iteration; the next one is started below.
         if self.role == "prefill":
             for request in done:
                 replica.load -= reqs.input[request]
@@ -336,6 +352,7 @@ class Pool:
             self._finish_due(replica, now)
             for request in done:
                 self._join_decode(replica, request, now)
+        replica.busy = False
         if replica.prefill_queue:
             self._start_iteration(replica, now)
         else:
@@ -534,6 +551,8 @@ class Simulator:
                 a.pool.on_iteration_end(a, now)
             elif kind == EV_KV_ARRIVE:
                 b.submit(a, now)
+            elif kind == EV_START:
+                a.pool.on_start(a, now)
             elif kind == EV_READY:
                 a.pool.on_ready(a, now)
             else:

@@ -97,9 +97,6 @@ class SynthSource(_Model):
     peak_rps: PositiveFloat | None = Field(
         default=None, description="rescale the series so its peak is this many requests/s; None keeps it as is"
     )
-    rate_scale: PositiveFloat = Field(
-        default=1.0, description="multiplies the series' rate (after peak_rps), unlike trace.rate_scale's copies"
-    )
     start_s: Duration = Field(default=0.0, description="where in the rate series to start")
     lengths: ExistingPath = Field(description="trace whose (input, output) lengths are sampled")
     lengths_format: TraceFormat | None = Field(
@@ -130,7 +127,7 @@ class TraceSource(_Model):
     format: TraceFormat | None = Field(default=None, description="required unless `path` ends in .jsonl (mooncake)")
     synth: SynthSource | None = None
     rate_scale: PositiveFloat = Field(
-        default=1.0, description=">1 replicates requests (jittered copies), <1 thins them"
+        default=1.0, description=">1 replicates requests (jittered copies), <1 thins them; also for synth traffic"
     )
     time_scale: PositiveFloat = Field(default=1.0, description=">1 stretches time, <1 compresses it")
     offset_s: Duration = 0.0
@@ -342,21 +339,22 @@ class Scenario(_Model):
         """Names of the deployments serving ``endpoint``, in scenario order (empty if none)."""
         return [d.name for d in self.deployments if d.endpoint == endpoint]
 
-    def endpoint_configs(self) -> dict[str, EndpointConfig]:
-        """Each endpoint's resolved SLA and trace, whether declared under `endpoints:` or on its deployment."""
-        resolved: dict[str, EndpointConfig] = {}
+    def endpoint_configs(self) -> dict[str, tuple[SLA, TraceSource]]:
+        """Each endpoint's resolved (SLA, trace), whether declared under `endpoints:` or on its deployment."""
+        resolved: dict[str, tuple[SLA, TraceSource]] = {}
         for deployment in self.deployments:
             if deployment.endpoint not in resolved:
                 resolved[deployment.endpoint] = self.endpoint_of(deployment.name)
         return resolved
 
-    def endpoint_of(self, deployment: str) -> EndpointConfig:
-        """The resolved SLA and trace of the endpoint ``deployment`` serves."""
+    def endpoint_of(self, deployment: str) -> tuple[SLA, TraceSource]:
+        """The resolved (SLA, trace) of the endpoint ``deployment`` serves."""
         config = self._deployment(deployment)
         if config.endpoint in self.endpoints:
-            return self.endpoints[config.endpoint]
+            shared = self.endpoints[config.endpoint]
+            return shared.sla, shared.trace
         assert config.sla is not None and config.trace is not None  # guaranteed by _check_endpoints
-        return EndpointConfig(sla=config.sla, trace=config.trace)
+        return config.sla, config.trace
 
     def deployment_specs(self) -> list[DeploymentSpec]:
         """What planners are handed: each deployment with its resolved SLA and pool bounds."""
@@ -383,7 +381,7 @@ class Scenario(_Model):
                     tenant=deployment.tenant,
                     endpoint=deployment.endpoint,
                     mode=deployment.mode,
-                    sla=self.endpoint_of(deployment.name).sla,
+                    sla=self.endpoint_of(deployment.name)[0],
                     pools=pools,
                 )
             )
@@ -444,7 +442,8 @@ def parse_scenario(
             data["planner"] = {**planner, "policy": value} if isinstance(planner, Mapping) else {"policy": value}
         else:
             data[key] = value
-    context = {"base_dir": Path(base_dir).resolve(), "policies": frozenset(KNOWN_POLICIES if policies is None else policies)}
+    known = KNOWN_POLICIES if policies is None else frozenset(policies)
+    context = {"base_dir": Path(base_dir).resolve(), "policies": known}
     try:
         return Scenario.model_validate(data, context=context)
     except ValidationError as exc:

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from fleet_planner.errors import InputError
-from fleet_planner.planning import DeploymentSpec
+from fleet_planner.planning import SLA, DeploymentSpec
 from fleet_sim.scenario import (
     KNOWN_POLICIES,
-    EndpointConfig,
     Scenario,
+    TraceSource,
     load_scenario,
     parse_scenario,
     scenario_json_schema,
@@ -115,17 +115,18 @@ def test_example_loads(folder: Path) -> None:
     synth = scenario.deployments[2].trace.synth
     assert synth is not None
     assert synth.rate == (folder / "traces" / "servegen_m-large_rate_10min.csv").resolve()
-    assert (synth.peak_rps, synth.rate_scale, synth.lengths_format, synth.arrival) == (12.0, 1.0, "azure", "auto")
+    assert (synth.peak_rps, synth.lengths_format, synth.arrival) == (12.0, "azure", "auto")
 
 
 def test_endpoint_resolution(folder: Path) -> None:
     scenario = load_scenario(write(folder, EXAMPLE))
     endpoints = scenario.endpoint_configs()
     assert list(endpoints) == ["llama-8b", "llama-8b-batch"]
-    assert all(isinstance(config, EndpointConfig) for config in endpoints.values())
-    assert endpoints["llama-8b"].sla.ttft_ms == 500
-    assert endpoints["llama-8b-batch"].sla.ttft_ms == 2000
-    assert endpoints["llama-8b-batch"].trace.synth is not None
+    (shared_sla, shared_trace), (batch_sla, batch_trace) = endpoints.values()
+    assert isinstance(shared_sla, SLA) and isinstance(shared_trace, TraceSource)
+    assert (shared_sla.ttft_ms, shared_trace.format) == (500, "azure")
+    assert batch_sla.ttft_ms == 2000
+    assert batch_trace.synth is not None
     assert scenario.endpoint_of("chat-h100") == endpoints["llama-8b"]
     assert scenario.deployments_of("llama-8b") == ["chat-h200", "chat-h100"]
     assert scenario.deployments_of("llama-8b-batch") == ["nightly"]
@@ -254,7 +255,7 @@ CONV = "traces/azure2023_conv.csv"
         ),
         (lambda d: _with([*SYNTH, "arrival"], "burst", d), "deployments[2].trace.synth.arrival", "burst"),
         (lambda d: _with([*SYNTH, "peak_rps"], -3, d), "deployments[2].trace.synth.peak_rps", "-3"),
-        (lambda d: _with([*SYNTH, "rate_scale"], 0, d), "deployments[2].trace.synth.rate_scale", "0"),
+        (lambda d: _with([*SYNTH, "rate_scale"], 2, d), "deployments[2].trace.synth.rate_scale", "unknown key"),
         (lambda d: _with([*SYNTH, "lengths"], "profiles", d), "deployments[2].trace.synth.lengths_format", "required"),
         (lambda d: _with([*SYNTH, "format"], "csv", d), "deployments[2].trace.synth.format", "unknown key"),
         (lambda d: _with(["deployments", 2, "trace", "format"], "csv", d), "deployments[2].trace.format", "lengths_format"),

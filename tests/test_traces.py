@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,12 @@ def test_azure_normalised_real_file(azure: Trace) -> None:
     assert azure.input_tokens.dtype == np.int64 and azure.input_tokens.min() >= 1
     assert round(float(azure.input_tokens.mean())) == 1155
     assert round(float(azure.output_tokens.mean())) == 211
+
+
+def test_azure_loads_fast() -> None:
+    began = time.perf_counter()
+    read_trace(AZURE, "azure")
+    assert time.perf_counter() - began < 0.5
 
 
 def test_generic_csv_reads_azure_normalised_file(azure: Trace) -> None:
@@ -107,6 +114,7 @@ def test_unsorted_arrivals_are_sorted_stably(tmp_path: Path) -> None:
         ("csv", "arrival_s,input_tokens,output_tokens\n0,inf,5\n", "line 2: input_tokens"),
         ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,5\nyesterday,5,5\n", "line 3: TIMESTAMP"),
         ("azure", "when,ctx,gen\n1,2,3\n", "header"),
+        ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,-1\n", "line 2: GeneratedTokens"),
         ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 5}\n{"timestamp": 1, "output_length": 5}\n', "line 2: input_length"),
         ("mooncake", '{"timestamp": 0, "input_length": NaN, "output_length": 5}\n', "line 1: input_length"),
         ("mooncake", '{"timestamp": -5, "input_length": 5, "output_length": 5}\n', "line 1: timestamp"),
@@ -304,8 +312,6 @@ def test_span_outside_series(azure: Trace) -> None:
 
 
 def test_synthesis_speed_for_a_million_requests(azure: Trace) -> None:
-    import time
-
     began = time.perf_counter()
     trace = synthesize_from_rates(RATES, lengths=azure, peak_rps=25.0, duration_s=86400.0)
     assert len(trace) > 900_000

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from fleet_planner.durations import parse_duration
@@ -14,7 +12,7 @@ from fleet_planner.traces.synth import ARRIVAL_MODELS, synthesize_from_rates
 from fleet_planner.traces.trace import Trace
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``trace`` command and its ``synth`` and ``info`` subcommands."""
     trace = subparsers.add_parser("trace", help="synthesise and inspect request traces")
     commands = trace.add_subparsers(dest="trace_command", required=True)

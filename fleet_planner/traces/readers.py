@@ -129,21 +129,21 @@ def _read_azure(path: Path) -> Trace:
     if all(name in header for name in _AZURE_COLUMNS):
         cols = _columns(path, header, rows, _AZURE_COLUMNS)
         arrival = _timestamps_to_seconds(path, cols["TIMESTAMP"], rows.line_numbers)
-        raw_inputs, raw_outputs = cols["ContextTokens"], cols["GeneratedTokens"]
+        input_name, output_name = "ContextTokens", "GeneratedTokens"
     elif all(name in header for name in _GENERIC_COLUMNS):
         cols = _columns(path, header, rows, _GENERIC_COLUMNS)
         arrival = _seconds_column(path, "arrival_s", cols["arrival_s"], rows.line_numbers)
-        raw_inputs, raw_outputs = cols["input_tokens"], cols["output_tokens"]
+        input_name, output_name = "input_tokens", "output_tokens"
     else:
         raise InputError(
             f"unrecognised Azure header {header}; expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}",
             file=path,
             field="header",
         )
-    inputs = _token_column(path, "input tokens", raw_inputs, rows.line_numbers, min_tokens=1)
+    inputs = _token_column(path, input_name, cols[input_name], rows.line_numbers, min_tokens=1)
     # Azure logs a few requests that generated nothing; count them as one token rather than
     # rejecting a real trace, and say how many were changed.
-    outputs = _token_column(path, "output tokens", raw_outputs, rows.line_numbers, min_tokens=0)
+    outputs = _token_column(path, output_name, cols[output_name], rows.line_numbers, min_tokens=0)
     zero_outputs = int(np.count_nonzero(outputs == 0))
     if zero_outputs:
         log.warning("%s: %d requests with 0 output tokens counted as 1", path, zero_outputs)

@@ -100,10 +100,10 @@ def synthesize_from_rates(
     path = Path(rate_path)
     first = float(series.window_start_s[0])
     if not (math.isfinite(start_s) and first <= start_s < series.end_s):
-        raise InputError(f"start {start_s!r} s is outside the series [{first:g}, {series.end_s:g}) s", file=path, field="start_s")
+        raise InputError(f"start {start_s!r} s is outside the series [{first:.0f}, {series.end_s:.0f}) s", file=path, field="start_s")
     end_s = series.end_s if duration_s is None else start_s + duration_s
     if not (math.isfinite(end_s) and start_s < end_s <= series.end_s):
-        raise InputError(f"span must be > 0 and end by the series end {series.end_s:g} s (got end {end_s!r} s)", file=path, field="duration_s")
+        raise InputError(f"span must be > 0 and end by the series end {series.end_s:.0f} s (got end {end_s!r} s)", file=path, field="duration_s")
     cv = None if arrival == "poisson" else series.cv
     if arrival == "gamma" and cv is None:
         raise InputError(f"gamma arrivals need a {_CV} column", file=path, field="header")

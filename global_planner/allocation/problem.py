@@ -1,0 +1,347 @@
+"""The request reduced to integers both the CP-SAT model and the greedy fallback work on.
+
+Doing this once, in one place, keeps the two solvers' notion of value identical, so the greedy
+can serve as a check on CP-SAT and the fallback never optimises a different objective.
+
+Scaling: attainment is kept in units of 1e-4 (``ATT_SCALE``) and unit coefficients
+``priority * demand_weight`` are normalised so the largest is ``WEIGHT_SCALE``. The objective is
+lexicographic by construction: value (minus churn) is multiplied by ``gpu_tiebreak`` = usable GPUs
++ 1, and each allocated GPU costs 1, so the whole GPU term can never outweigh a single value
+quantum — GPUs are only spent for value, and among equal-value answers the cheapest wins.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from global_planner.allocation.models import (
+    Allocation,
+    AllocationRequest,
+    AllocationStatus,
+    PoolDemand,
+    TenantLimits,
+)
+
+ATT_SCALE = 10_000
+WEIGHT_SCALE = 1_000
+_DEFAULT_TENANT = TenantLimits()
+
+TenantType = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool after overrides: its bounds and the counts worth considering.
+
+    ``counts`` are the non-dominated replica counts in ``[lo, hi]`` (each worth strictly more
+    than every smaller allowed count), with ``values`` their scaled attainment.
+    """
+
+    pool: PoolDemand
+    priority: float
+    max_step: int | None
+    min_replicas: int
+    max_replicas: int
+    lo: int
+    hi: int
+    counts: tuple[int, ...]
+    values: tuple[int, ...]
+    churn: int
+    unit: int
+
+    def value_at(self, replicas: int) -> int:
+        return round(self.pool.attainment(replicas) * ATT_SCALE)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Pools valued together (a prefill/decode pair, or a lone pool): worth weight * min(value)."""
+
+    members: tuple[int, ...]
+    weight: int
+
+
+@dataclass
+class Problem:
+    request: AllocationRequest
+    pools: list[PoolPlan]
+    units: list[Unit]
+    budget: dict[str, int]
+    caps: dict[TenantType, int]
+    floors: dict[TenantType, int]
+    floor_notes: dict[TenantType, str]
+    minima_fit: bool
+    value_scale: float
+    gpu_tiebreak: int
+    tenant_priority: dict[str, float] = field(default_factory=dict)
+
+    def gpus(self, replicas: list[int]) -> tuple[dict[str, int], dict[TenantType, int]]:
+        """GPUs used per type and per (tenant, type)."""
+        by_type: dict[str, int] = defaultdict(int)
+        by_tenant: dict[TenantType, int] = defaultdict(int)
+        for plan, count in zip(self.pools, replicas, strict=True):
+            used = count * plan.pool.gpus_per_replica
+            by_type[plan.pool.gpu_type] += used
+            by_tenant[(plan.pool.tenant, plan.pool.gpu_type)] += used
+        return dict(by_type), dict(by_tenant)
+
+    def value(self, replicas: list[int]) -> int:
+        """Scaled value minus churn: the quantity both solvers maximise."""
+        total = 0
+        for unit in self.units:
+            total += unit.weight * min(self.pools[i].value_at(replicas[i]) for i in unit.members)
+        for plan, count in zip(self.pools, replicas, strict=True):
+            total -= plan.churn * abs(count - plan.pool.current_replicas)
+        return total
+
+
+def _effective(pool: PoolDemand, request: AllocationRequest) -> tuple[float, int | None, int, int, float]:
+    """Priority, max_step, min, max and churn weight after the matching overrides."""
+    tenant = request.tenants.get(pool.tenant, _DEFAULT_TENANT)
+    priority, max_step = tenant.priority, None
+    low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
+    deployment_key = f"{pool.tenant}/{pool.deployment}"
+    pool_key = f"{deployment_key}/{pool.role}"
+    for override in request.overrides:
+        key = pool_key if override.selector.count("/") == 2 else deployment_key
+        if not fnmatchcase(key, override.selector):
+            continue
+        priority = override.priority if override.priority is not None else priority
+        max_step = override.max_step if override.max_step is not None else max_step
+        low = override.min_replicas if override.min_replicas is not None else low
+        high = override.max_replicas if override.max_replicas is not None else high
+        churn = override.churn_weight if override.churn_weight is not None else churn
+    return priority, max_step, low, max(low, high), churn
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def _non_dominated(pool: PoolDemand, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    counts: list[int] = []
+    values: list[int] = []
+    for k in range(lo, max(lo, min(hi, len(pool.curve) - 1)) + 1):
+        value = round(pool.attainment(k) * ATT_SCALE)
+        if not values or value > values[-1]:
+            counts.append(k)
+            values.append(value)
+    return tuple(counts), tuple(values)
+
+
+def build_problem(request: AllocationRequest) -> Problem:
+    """Apply overrides, bounds, change limits and dominance; trim floors to what can fit."""
+    raw: list[tuple[PoolDemand, float, int | None, int, int, float]] = []
+    for pool in request.pools:
+        priority, max_step, low, high, churn = _effective(pool, request)
+        raw.append((pool, priority, max_step, low, high, churn))
+
+    coefficient = [prio * pool.demand_weight for pool, prio, *_ in raw]
+    unit_members: list[list[int]] = []
+    unit_of: list[int] = []
+    group_unit: dict[str, int] = {}
+    for index, (pool, *_) in enumerate(raw):
+        if pool.pair_group is not None and pool.pair_group in group_unit:
+            unit = group_unit[pool.pair_group]
+            unit_members[unit].append(index)
+        else:
+            unit = len(unit_members)
+            unit_members.append([index])
+            if pool.pair_group is not None:
+                group_unit[pool.pair_group] = unit
+        unit_of.append(unit)
+
+    unit_coef = [max(coefficient[i] for i in members) for members in unit_members]
+    top = max(unit_coef, default=0.0) or 1.0
+    value_scale = top / (WEIGHT_SCALE * ATT_SCALE)
+
+    def weight(coef: float) -> int:
+        return 0 if coef <= 0 else max(1, round(coef * WEIGHT_SCALE / top))
+
+    plans: list[PoolPlan] = []
+    for index, (pool, priority, max_step, low, high, churn) in enumerate(raw):
+        lo, hi = low, high
+        if max_step is not None:
+            lo = _clamp(pool.current_replicas - max_step, low, high)
+            hi = _clamp(pool.current_replicas + max_step, low, high)
+        counts, values = _non_dominated(pool, lo, hi)
+        plans.append(
+            PoolPlan(
+                pool=pool,
+                priority=priority,
+                max_step=max_step,
+                min_replicas=low,
+                max_replicas=high,
+                lo=lo,
+                hi=hi,
+                counts=counts,
+                values=values,
+                churn=round(churn / value_scale),
+                unit=unit_of[index],
+            )
+        )
+    units = [Unit(tuple(m), weight(c)) for m, c in zip(unit_members, unit_coef, strict=True)]
+
+    budget = {
+        gpu: max(0, request.inventory.get(gpu, 0) - request.held_gpus.get(gpu, 0))
+        for gpu in {*request.inventory, *(p.gpu_type for p in request.pools)}
+    }
+    lo_type: dict[str, int] = defaultdict(int)
+    lo_tenant: dict[TenantType, int] = defaultdict(int)
+    usable: dict[TenantType, int] = defaultdict(int)
+    for plan in plans:
+        key = (plan.pool.tenant, plan.pool.gpu_type)
+        lo_type[plan.pool.gpu_type] += plan.lo * plan.pool.gpus_per_replica
+        lo_tenant[key] += plan.lo * plan.pool.gpus_per_replica
+        usable[key] += plan.counts[-1] * plan.pool.gpus_per_replica
+
+    caps: dict[TenantType, int] = {}
+    wanted: dict[TenantType, int] = {}
+    tenant_priority: dict[str, float] = {}
+    for name in sorted({p.tenant for p in request.pools}):
+        limits = request.tenants.get(name, _DEFAULT_TENANT)
+        tenant_priority[name] = limits.priority
+        for gpu, cap in limits.max_gpus.items():
+            caps[(name, gpu)] = cap
+        for gpu, guaranteed in limits.guaranteed_gpus.items():
+            floor = min(guaranteed, usable.get((name, gpu), 0), caps.get((name, gpu), guaranteed))
+            if floor > lo_tenant.get((name, gpu), 0):
+                wanted[(name, gpu)] = floor
+
+    minima_fit = all(lo_type[gpu] <= budget.get(gpu, 0) for gpu in lo_type) and all(
+        lo_tenant[key] <= caps[key] for key in lo_tenant if key in caps
+    )
+    floors: dict[TenantType, int] = {}
+    notes: dict[TenantType, str] = {}
+    spare = {gpu: budget[gpu] - lo_type.get(gpu, 0) for gpu in budget}
+    for key in sorted(wanted, key=lambda k: (-tenant_priority[k[0]], k)):
+        extra = wanted[key] - lo_tenant.get(key, 0)
+        granted = max(0, min(extra, spare[key[1]]))
+        spare[key[1]] -= granted
+        floors[key] = lo_tenant.get(key, 0) + granted
+        if granted < extra:
+            notes[key] = f"guarantee trimmed to {floors[key]} {key[1]}: inventory short"
+
+    return Problem(
+        request=request,
+        pools=plans,
+        units=units,
+        budget=budget,
+        caps=caps,
+        floors=floors,
+        floor_notes=notes,
+        minima_fit=minima_fit,
+        value_scale=value_scale,
+        gpu_tiebreak=sum(budget.values()) + 1,
+        tenant_priority=tenant_priority,
+    )
+
+
+def routing_weights(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per endpoint, each deployment's traffic share in proportion to its allocated capacity.
+
+    A deployment's capacity is its bottleneck pool's ``replicas * replica_capacity_rps`` (1 rps
+    per replica when unknown); an endpoint with no capacity at all splits evenly.
+    """
+    capacity: dict[str, dict[str, float]] = defaultdict(dict)
+    for pool in pools:
+        pool_capacity = replicas[pool.pool_id] * (pool.replica_capacity_rps or 1.0)
+        previous = capacity[pool.endpoint].get(pool.deployment, pool_capacity)
+        capacity[pool.endpoint][pool.deployment] = min(previous, pool_capacity)
+    weights: dict[str, dict[str, float]] = {}
+    for endpoint, by_deployment in capacity.items():
+        total = sum(by_deployment.values())
+        names = sorted(by_deployment)
+        if total > 0:
+            weights[endpoint] = {name: by_deployment[name] / total for name in names}
+        else:
+            weights[endpoint] = {name: 1.0 / len(names) for name in names}
+    return weights
+
+
+def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room: dict[TenantType, int]) -> str:
+    plan = problem.pools[index]
+    pool = plan.pool
+    key = (pool.tenant, pool.gpu_type)
+    if count < plan.lo:
+        return f"below minimum {plan.lo}: {pool.gpu_type} inventory cannot hold every minimum"
+    best = plan.counts[-1]
+    if count >= best:
+        if best == plan.lo and plan.values[-1] == plan.value_at(plan.lo):
+            if plan.lo > 0 and plan.lo == plan.min_replicas:
+                return f"minimum {plan.lo}: no marginal value above it"
+            if plan.max_step is not None and plan.lo > plan.min_replicas:
+                return f"scaling down by max_step {plan.max_step}: no marginal value"
+            return "no marginal value"
+        if plan.max_step is not None and best == plan.hi < plan.max_replicas and plan.value_at(plan.hi + 1) > plan.values[-1]:
+            return f"limited by max_step {plan.max_step}"
+        if best == plan.max_replicas and plan.value_at(best + 1) > plan.values[-1]:
+            return f"at max_replicas {plan.max_replicas}"
+        return "enough: curve saturated"
+    step = pool.gpus_per_replica
+    if room.get(key, step) < step:
+        return f"capped by tenant {pool.tenant} max {pool.gpu_type}"
+    if free.get(pool.gpu_type, 0) < step:
+        return f"shortage: {pool.gpu_type} exhausted, priority {plan.priority:g} outbid"
+    partners = problem.units[plan.unit].members
+    if len(partners) > 1:
+        return "limited by paired pool"
+    return "marginal value below cost"
+
+
+def over_budget(problem: Problem, replicas: list[int]) -> str | None:
+    """Why ``replicas`` breaks the GPU budget or a tenant cap, or None when it is safe."""
+    by_type, by_tenant = problem.gpus(replicas)
+    for gpu, used in sorted(by_type.items()):
+        if used > problem.budget.get(gpu, 0):
+            return f"exceeds the {gpu} budget ({used} > {problem.budget.get(gpu, 0)})"
+    for key, used in sorted(by_tenant.items()):
+        if used > problem.caps.get(key, used):
+            return f"exceeds tenant {key[0]} max {key[1]} ({used} > {problem.caps[key]})"
+    return None
+
+
+def finish(
+    problem: Problem,
+    replicas: list[int],
+    *,
+    status: AllocationStatus,
+    best_bound: float | None,
+    gap: float | None,
+    solve_ms: float,
+) -> Allocation:
+    """Package a replica vector: reasons, routing, per-tenant usage; refuses an over-budget one."""
+    by_type, by_tenant = problem.gpus(replicas)
+    problem_text = over_budget(problem, replicas)
+    if problem_text is not None:
+        raise RuntimeError(f"refusing to publish an allocation that {problem_text}")
+    free = {gpu: problem.budget[gpu] - by_type.get(gpu, 0) for gpu in problem.budget}
+    room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
+    reasons: dict[str, str] = {}
+    for index, (plan, count) in enumerate(zip(problem.pools, replicas, strict=True)):
+        key = (plan.pool.tenant, plan.pool.gpu_type)
+        text = _reason(problem, index, count, free, room)
+        floor = problem.floors.get(key)
+        if floor is not None and by_tenant.get(key, 0) <= floor and count > plan.lo:
+            text += f"; guaranteed floor {floor} {plan.pool.gpu_type}"
+        if key in problem.floor_notes:
+            text += f"; {problem.floor_notes[key]}"
+        reasons[plan.pool.pool_id] = text
+    by_pool = {plan.pool.pool_id: count for plan, count in zip(problem.pools, replicas, strict=True)}
+    tenant_gpus: dict[str, dict[str, int]] = defaultdict(dict)
+    for (tenant, gpu), used in sorted(by_tenant.items()):
+        tenant_gpus[tenant][gpu] = used
+    return Allocation(
+        replicas=by_pool,
+        routing_weights=routing_weights(problem.request.pools, by_pool),
+        objective=problem.value(replicas) * problem.value_scale,
+        best_bound=best_bound,
+        gap=gap,
+        status=status,
+        solve_ms=solve_ms,
+        reasons=reasons,
+        tenant_gpus=dict(tenant_gpus),
+        gpus_used={gpu: by_type.get(gpu, 0) for gpu in sorted(problem.budget)},
+    )

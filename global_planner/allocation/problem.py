@@ -35,8 +35,8 @@ TenantType = tuple[str, str]
 class PoolPlan:
     """One pool after overrides: its bounds and the counts worth considering.
 
-    ``counts`` are the non-dominated replica counts in ``[lo, hi]`` (each worth strictly more
-    than every smaller allowed count), with ``values`` their scaled attainment.
+    ``counts`` are the concave-hull replica counts in ``[lo, hi]`` (see :func:`_hull_counts`),
+    ascending, with ``values`` their scaled attainment, strictly increasing with concave steps.
     """
 
     pool: PoolDemand
@@ -120,15 +120,62 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _non_dominated(pool: PoolDemand, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _hull_counts(pool: PoolDemand, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Replica counts on the upper concave hull of the curve over ``[lo, hi]``, with their values.
+
+    Counts worth no more than a smaller count are dropped (they would hold GPUs without value),
+    and so are counts strictly below the hull — the foot of an S-shaped curve, where a pool cannot
+    yet carry its load. Keeping only hull vertices makes every pool's value concave in its
+    replicas: the model stays one integer per pool (no per-count booleans), the greedy becomes
+    a true marginal-gain greedy, and the value lost is bounded by what a partly-served pool on
+    the foot of its curve would have earned.
+    """
     counts: list[int] = []
     values: list[int] = []
     for k in range(lo, max(lo, min(hi, len(pool.curve) - 1)) + 1):
         value = round(pool.attainment(k) * ATT_SCALE)
-        if not values or value > values[-1]:
-            counts.append(k)
-            values.append(value)
+        if values and value <= values[-1]:
+            continue
+        # pop while the last count lies strictly below the chord from its predecessor to k
+        while len(counts) >= 2 and (values[-1] - values[-2]) * (k - counts[-2]) < (value - values[-2]) * (
+            counts[-1] - counts[-2]
+        ):
+            counts.pop()
+            values.pop()
+        counts.append(k)
+        values.append(value)
     return tuple(counts), tuple(values)
+
+
+def _step_bounds(pool: PoolDemand, max_step: int | None, low: int, high: int) -> tuple[int, int]:
+    """Replica range this round: ``[min, max]`` narrowed by ``max_step`` around the current size.
+
+    Bounds beat the step limit: a pool above a lowered ``max_replicas`` goes straight to it.
+    """
+    if max_step is None:
+        return low, high
+    return _clamp(pool.current_replicas - max_step, low, high), _clamp(pool.current_replicas + max_step, low, high)
+
+
+def _unfit_groups(
+    raw: list[tuple[PoolDemand, float, int | None, int, int, float]],
+    lows: list[int],
+    budget: dict[str, int],
+    caps: dict[TenantType, int],
+) -> set[object]:
+    """GPU types and (tenant, type) caps whose step-limited lower bounds cannot all be held.
+
+    Scale-down step limits only smooth change; when the inventory shrank or a cap was lowered
+    they must give way, so those groups fall back to their plain ``min_replicas``.
+    """
+    by_type: dict[str, int] = defaultdict(int)
+    by_tenant: dict[TenantType, int] = defaultdict(int)
+    for (pool, *_), lo in zip(raw, lows, strict=True):
+        by_type[pool.gpu_type] += lo * pool.gpus_per_replica
+        by_tenant[(pool.tenant, pool.gpu_type)] += lo * pool.gpus_per_replica
+    unfit: set[object] = {gpu for gpu, used in by_type.items() if used > budget.get(gpu, 0)}
+    unfit.update(key for key, used in by_tenant.items() if used > caps.get(key, used))
+    return unfit
 
 
 def build_problem(request: AllocationRequest) -> Problem:
@@ -160,13 +207,26 @@ def build_problem(request: AllocationRequest) -> Problem:
     def weight(coef: float) -> int:
         return 0 if coef <= 0 else max(1, round(coef * WEIGHT_SCALE / top))
 
+    budget = {
+        gpu: max(0, request.inventory.get(gpu, 0) - request.held_gpus.get(gpu, 0))
+        for gpu in {*request.inventory, *(p.gpu_type for p in request.pools)}
+    }
+    caps: dict[TenantType, int] = {}
+    tenant_priority: dict[str, float] = {}
+    for name in sorted({p.tenant for p in request.pools}):
+        limits = request.tenants.get(name, _DEFAULT_TENANT)
+        tenant_priority[name] = limits.priority
+        for gpu, cap in limits.max_gpus.items():
+            caps[(name, gpu)] = cap
+
+    bounds = [_step_bounds(pool, max_step, low, high) for pool, _, max_step, low, high, _ in raw]
+    relaxed = _unfit_groups(raw, [lo for lo, _ in bounds], budget, caps)
     plans: list[PoolPlan] = []
     for index, (pool, priority, max_step, low, high, churn) in enumerate(raw):
-        lo, hi = low, high
-        if max_step is not None:
-            lo = _clamp(pool.current_replicas - max_step, low, high)
-            hi = _clamp(pool.current_replicas + max_step, low, high)
-        counts, values = _non_dominated(pool, lo, hi)
+        lo, hi = bounds[index]
+        if pool.gpu_type in relaxed or (pool.tenant, pool.gpu_type) in relaxed:
+            lo = low
+        counts, values = _hull_counts(pool, lo, hi)
         plans.append(
             PoolPlan(
                 pool=pool,
@@ -184,10 +244,6 @@ def build_problem(request: AllocationRequest) -> Problem:
         )
     units = [Unit(tuple(m), weight(c)) for m, c in zip(unit_members, unit_coef, strict=True)]
 
-    budget = {
-        gpu: max(0, request.inventory.get(gpu, 0) - request.held_gpus.get(gpu, 0))
-        for gpu in {*request.inventory, *(p.gpu_type for p in request.pools)}
-    }
     lo_type: dict[str, int] = defaultdict(int)
     lo_tenant: dict[TenantType, int] = defaultdict(int)
     usable: dict[TenantType, int] = defaultdict(int)
@@ -197,14 +253,9 @@ def build_problem(request: AllocationRequest) -> Problem:
         lo_tenant[key] += plan.lo * plan.pool.gpus_per_replica
         usable[key] += plan.counts[-1] * plan.pool.gpus_per_replica
 
-    caps: dict[TenantType, int] = {}
     wanted: dict[TenantType, int] = {}
-    tenant_priority: dict[str, float] = {}
-    for name in sorted({p.tenant for p in request.pools}):
+    for name in tenant_priority:
         limits = request.tenants.get(name, _DEFAULT_TENANT)
-        tenant_priority[name] = limits.priority
-        for gpu, cap in limits.max_gpus.items():
-            caps[(name, gpu)] = cap
         for gpu, guaranteed in limits.guaranteed_gpus.items():
             floor = min(guaranteed, usable.get((name, gpu), 0), caps.get((name, gpu), guaranteed))
             if floor > lo_tenant.get((name, gpu), 0):

@@ -1,22 +1,27 @@
-"""Exact fleet allocation with OR-Tools CP-SAT, falling back to the greedy when it cannot answer.
+"""Fleet allocation with OR-Tools CP-SAT, falling back to the greedy when it cannot answer.
 
-Formulation (one integer replica variable per pool, on its non-dominated counts only):
+Formulation — one integer per pool, one per unit, linear constraints only:
 
-* Concave pools (the usual shape once demand sits on the saturating side) use their curve's
-  hull directly: ``replicas`` ranges over the allowed counts and ``value <= segment_j(replicas)``
-  for every segment. At an allowed count the tightest segment *is* the curve, so this is exact,
-  costs one extra variable per pool and gives the LP its strongest relaxation.
-* Non-concave pools (S-shaped curves: nothing until the pool can carry the load) select exactly
-  one count with a boolean per count (``replicas = sum k*b_k``, ``value = sum v_k*b_k``); the LP
-  relaxation of that is again the concave envelope. Dominance pruning keeps these lists short.
-* A prefill/decode pair is worth ``min`` of its pools (``unit <= value_p``, maximised).
-* Hard limits: GPUs per type (inventory minus GPUs held by draining replicas), tenant caps, tenant
-  floors (trimmed beforehand to what the inventory can hold), replica bounds and ``max_step``.
-* Objective: ``gpu_tiebreak * (sum weight*unit - churn) - GPUs``: value first, GPUs only break
-  ties (see :mod:`global_planner.allocation.problem`).
+* Each pool's curve is pre-reduced to its upper concave hull over this round's replica range
+  (:func:`global_planner.allocation.problem._hull_counts`); ``replicas`` ranges over the hull
+  counts (an interval unless dominated or sub-hull counts were cut out).
+* A unit (a lone pool, or a prefill/decode pair worth the ``min`` of its pools) gets one
+  attainment variable bounded by every hull segment of every member:
+  ``dx * unit <= v_j * dx + dy * (replicas - k_j)``. At a hull count the tightest segment is the
+  curve itself, so the value is exact; the LP relaxation is the concave envelope, the strongest
+  possible, and there are no per-count booleans. (A per-count boolean encoding of the raw
+  S-shaped curves was measured first: ~11k booleans for 1,000 pools, over 2 s in presolve alone.)
+* Hard limits: GPUs per type (inventory minus GPUs held by draining replicas), tenant caps,
+  replica bounds and ``max_step``. Tenant floors (trimmed beforehand to what the inventory can
+  hold) sit one tier above value: a GPU of shortfall costs more than all value together, so
+  they hold whenever they can, yet a floor that replica granularity or a cap makes unreachable
+  never turns the whole round infeasible.
+* Objective: ``-floor_tier * shortfall + gpu_tiebreak * (sum weight*unit - churn) - GPUs``:
+  floors, then value, and GPUs only break ties (see :mod:`global_planner.allocation.problem`).
 
 Determinism: one worker and a fixed seed, so the same request (and a solve that finishes before
-its time limit) gives the same answer. The previous allocation is passed as a full hint.
+its time limit) gives the same answer. The previous allocation is passed as a complete hint;
+``optimal`` means proven within ``relative_gap_limit``.
 """
 
 from __future__ import annotations
@@ -33,17 +38,14 @@ from global_planner.allocation.problem import PoolPlan, Problem, build_problem, 
 log = logging.getLogger(__name__)
 
 
-def _concave(plan: PoolPlan) -> bool:
-    c, v = plan.counts, plan.values
-    for j in range(1, len(c) - 1):
-        # slope(j-1, j) >= slope(j, j+1), cross-multiplied to stay in integers
-        if (v[j] - v[j - 1]) * (c[j + 1] - c[j]) < (v[j + 1] - v[j]) * (c[j] - c[j - 1]):
-            return False
-    return True
-
-
 def _nearest(plan: PoolPlan, replicas: int) -> int:
     return min(plan.counts, key=lambda k: (abs(k - replicas), k))
+
+
+def _domain(counts: tuple[int, ...]) -> cp_model.Domain:
+    if counts[-1] - counts[0] + 1 == len(counts):
+        return cp_model.Domain(counts[0], counts[-1])
+    return cp_model.Domain.from_values(counts)
 
 
 class _Model:
@@ -51,66 +53,50 @@ class _Model:
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.model = cp_model.CpModel()
+        model = self.model = cp_model.CpModel()
         self.replicas: list[cp_model.LinearExprT] = []
-        self.values: list[cp_model.LinearExprT] = []
-        self.choices: list[dict[int, cp_model.IntVar]] = []
         self.churn: list[cp_model.IntVar | None] = []
-        self.units: list[cp_model.IntVar | None] = []
         for plan in problem.pools:
-            self._add_pool(plan)
+            counts = plan.counts
+            replicas = counts[0] if len(counts) == 1 else model.new_int_var_from_domain(_domain(counts), "")
+            self.replicas.append(replicas)
+            churn = None
+            current = plan.pool.current_replicas
+            if plan.churn > 0 and len(counts) > 1:
+                churn = model.new_int_var(0, max(abs(counts[0] - current), abs(counts[-1] - current)), "")
+                model.add(churn >= replicas - current)
+                model.add(churn >= current - replicas)
+            self.churn.append(churn)
+        self.units: list[cp_model.IntVar] = []
         objective: list[cp_model.LinearExprT] = []
         for unit in problem.units:
-            if len(unit.members) == 1:
-                self.units.append(None)
-                value = self.values[unit.members[0]]
-            else:
-                top = min(problem.pools[i].values[-1] for i in unit.members)
-                bottom = min(problem.pools[i].values[0] for i in unit.members)
-                var = self.model.new_int_var(bottom, top, "")
-                for i in unit.members:
-                    self.model.add(var <= self.values[i])
-                self.units.append(var)
-                value = var
+            plans = [problem.pools[i] for i in unit.members]
+            var = model.new_int_var(min(p.values[0] for p in plans), min(p.values[-1] for p in plans), "")
+            for i in unit.members:
+                self._bound(var, problem.pools[i], self.replicas[i])
+            self.units.append(var)
             if unit.weight:
-                objective.append(unit.weight * value)
+                objective.append(unit.weight * var)
         for plan, churn in zip(problem.pools, self.churn, strict=True):
             if churn is not None:
                 objective.append(-plan.churn * churn)
         self._add_budgets()
         gpus = sum(plan.pool.gpus_per_replica * r for plan, r in zip(problem.pools, self.replicas, strict=True))
-        self.model.maximize(problem.gpu_tiebreak * sum(objective) - gpus)
+        model.maximize(problem.gpu_tiebreak * sum(objective) - gpus)
 
-    def _add_pool(self, plan: PoolPlan) -> None:
-        model = self.model
+    def _bound(self, unit: cp_model.IntVar, plan: PoolPlan, replicas: cp_model.LinearExprT) -> None:
+        """``unit <= hull(replicas)``: one cut per distinct hull segment (a single point caps it)."""
         counts, values = plan.counts, plan.values
-        choice: dict[int, cp_model.IntVar] = {}
         if len(counts) == 1:
-            replicas: cp_model.LinearExprT = counts[0]
-            value: cp_model.LinearExprT = values[0]
-        elif _concave(plan):
-            replicas = model.new_int_var_from_domain(cp_model.Domain.from_values(counts), "")
-            value = model.new_int_var(values[0], values[-1], "")
-            for j in range(len(counts) - 1):
-                dx, dy = counts[j + 1] - counts[j], values[j + 1] - values[j]
-                model.add(dx * value - dy * replicas <= values[j] * dx - dy * counts[j])
-        else:
-            choice = {k: model.new_bool_var("") for k in counts}
-            model.add_exactly_one(choice.values())
-            replicas = model.new_int_var(counts[0], counts[-1], "")
-            value = model.new_int_var(values[0], values[-1], "")
-            model.add(replicas == sum(k * b for k, b in choice.items()))
-            model.add(value == sum(v * choice[k] for k, v in zip(counts, values, strict=True)))
-        churn = None
-        current = plan.pool.current_replicas
-        if plan.churn > 0 and len(counts) > 1:
-            churn = model.new_int_var(0, max(abs(counts[0] - current), abs(counts[-1] - current)), "")
-            model.add(churn >= replicas - current)
-            model.add(churn >= current - replicas)
-        self.replicas.append(replicas)
-        self.values.append(value)
-        self.choices.append(choice)
-        self.churn.append(churn)
+            self.model.add(unit <= values[0])
+            return
+        previous: tuple[int, int] | None = None
+        for j in range(len(counts) - 1):
+            dx, dy = counts[j + 1] - counts[j], values[j + 1] - values[j]
+            if previous is not None and previous[0] * dy == previous[1] * dx:
+                continue  # collinear with the last segment: same cut
+            previous = (dx, dy)
+            self.model.add(dx * unit - dy * replicas <= values[j] * dx - dy * counts[j])
 
     def _add_budgets(self) -> None:
         problem = self.problem
@@ -133,19 +119,12 @@ class _Model:
         model, problem = self.model, self.problem
         chosen = [_nearest(plan, r) for plan, r in zip(problem.pools, replicas, strict=True)]
         for i, plan in enumerate(problem.pools):
-            count = chosen[i]
             if isinstance(self.replicas[i], cp_model.IntVar):
-                model.add_hint(self.replicas[i], count)
-                model.add_hint(self.values[i], plan.values[plan.counts.index(count)])
-            for k, var in self.choices[i].items():
-                model.add_hint(var, k == count)
+                model.add_hint(self.replicas[i], chosen[i])
             if self.churn[i] is not None:
-                model.add_hint(self.churn[i], abs(count - plan.pool.current_replicas))
+                model.add_hint(self.churn[i], abs(chosen[i] - plan.pool.current_replicas))
         for unit, var in zip(problem.units, self.units, strict=True):
-            if var is not None:
-                model.add_hint(
-                    var, min(problem.pools[i].values[problem.pools[i].counts.index(chosen[i])] for i in unit.members)
-                )
+            model.add_hint(var, min(problem.pools[i].value_at(chosen[i]) for i in unit.members))
 
     def read(self, solver: cp_model.CpSolver) -> list[int]:
         return [int(solver.value(r)) for r in self.replicas]

@@ -112,7 +112,7 @@ class ArimaPredictor(Predictor):
         best = None
         for order in self._orders:
             model = SARIMAX(data, order=order)
-            results = model.fit(start_params=self._params.get(order), disp=False)
+            results = model.fit(start_params=self._params.get(order), disp=False, maxiter=50)
             if not np.isfinite(results.params).all() or not np.isfinite(results.aic):
                 continue
             self._params[order] = results.params

@@ -1,0 +1,475 @@
+"""Demand curves: the SLA attainment of one pool for every replica count at once.
+
+The router spreads load by least work, so each of N replicas is modelled as seeing ``rate / N``
+(a random split; least-load routing does better, which keeps the model on the safe side).
+
+Prefill (disaggregated), TTFT side
+    Each replica is a FIFO server that runs iterations of ``overhead + sum of chunk costs`` over
+    the queued prompts, up to ``max_batch_tokens`` a iteration. Modelled as an M/G/1 queue with
+    the per-iteration overhead as a vacation (single-queue gated polling): a prompt's work is its
+    variable cost ``c(L)`` plus its token share of one iteration's overhead ``o * L / budget``
+    (what it costs when iterations are full, so stability is right), utilisation
+    ``rho = lambda * E[work]``, and a mean queueing delay of
+    ``lambda E[work^2] / (2 (1 - rho)) + o rho / (1 - rho)`` (Pollaczek–Khinchine plus the
+    overhead of iterations ahead). The delay's tail is taken as ``P(W > t) = rho exp(-t rho /
+    E[W])``. A request's own part is ``o * chunks(L) + c(L) + KV transfer(L)``; attainment is
+    the sample mean of ``P(W <= TTFT SLA - own part)``.
+
+Decode (disaggregated), ITL side
+    Continuous batching: by Little's law the mean batch solves ``B = lambda E[d] itl(B + 1)``
+    (``d = output - 1`` decode iterations, ``itl`` at the residence-weighted mean context
+    ``input + output / 2``, ``B + 1`` because a request sees itself plus the others). The first
+    crossing on a grid up to the batch cap (``max_num_seqs`` or KV capacity, each request
+    reserving ``input + output`` tokens) is the operating point; none means overload
+    (attainment 0). The batch a request meets fluctuates like an M/G/infinity population
+    (Poisson, variance B); its ITL is the mean over its own decode, so the variance shrinks with
+    decode length (exponential correlation over the mean residence). ITL is taken as normal with
+    mean ``itl(B + 1)`` and slope-scaled standard deviation. Waits for a free slot (Erlang C,
+    Halfin–Whitt) hurt TTFT; they count as misses beyond ``admission_budget_ms``.
+
+Aggregated
+    The same decode batch, but iterations also carry prefill chunks: decode slows by
+    ``1 / (1 - rho_c)`` with ``rho_c = lambda E[c(L)]`` (the share of time spent on prefill), and
+    each prompt arriving during a request's decode adds its chunk cost to that request's mean ITL
+    (compound Poisson: short decodes see a large spread, or none at all). Prefill queues as above
+    with the decode iteration as the vacation and ``max_batch_tokens - B`` as the token budget.
+    Attainment is TTFT attainment times ITL attainment (taken as independent).
+
+Every curve is clamped to [0, 1] and made non-decreasing in N (running max); N = 0 attains 0
+under load and 1 without. p90 latencies are None where the pool is overloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleet_planner.planning import SLA, PoolRole
+from local_agent.sizing.load import Calibration, LoadEstimate
+from local_agent.sizing.queueing import (
+    exp_tail_cdf,
+    exp_tail_decay,
+    first_root,
+    group_means,
+    halfin_whitt_wait_probability,
+    norm_cdf,
+    quantile_bisect,
+    window_variance_ratio,
+)
+
+DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_KV_BYTES_PER_TOKEN = 131072
+DEFAULT_KV_TRANSFER_GBPS = 50.0
+ADMISSION_SHARE = 0.5  # share of the TTFT SLA a decode-slot wait may use by default
+GRID_POINTS = 257  # batch-size grid of the decode fixed point
+ITL_GROUPS = 128  # decode-length groups for per-request ITL spreads
+P90_POINTS = 64  # prompt-length quantiles for the TTFT p90
+P90 = 0.9
+
+KvTransferFn = Callable[[np.ndarray], np.ndarray]
+
+
+class EngineModel(Protocol):
+    """What sizing needs of a performance model (``fleet_planner.perf.PerfModel`` fits)."""
+
+    @property
+    def prefill_overhead_ms(self) -> float: ...
+    @property
+    def max_kv_tokens(self) -> int: ...
+    def ttft_ms(self, isl: Any) -> Any: ...
+    def itl_ms(self, batch: Any, context: Any) -> Any: ...
+
+
+class PoolCurve(BaseModel):
+    """Expected SLA attainment and latency of one pool at each replica count."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: PoolRole
+    replicas: list[int]
+    attainment: list[float] = Field(
+        description="share of requests meeting this pool's part of the SLA; non-decreasing"
+    )
+    ttft_p90_ms: list[float | None] = Field(
+        description="p90 of this pool's part of TTFT (decode: slot wait); None when overloaded"
+    )
+    itl_p90_ms: list[float | None] = Field(description="p90 of per-request mean ITL; None if n/a")
+    utilisation: list[float] = Field(
+        description="offered load over capacity per replica (> 1: overloaded; inf at N=0)"
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> PoolCurve:
+        n = len(self.replicas)
+        columns = (self.attainment, self.ttft_p90_ms, self.itl_p90_ms, self.utilisation)
+        if any(len(column) != n for column in columns):
+            raise ValueError("curve columns must have one entry per replica count")
+        return self
+
+
+def kv_transfer_ms(
+    input_tokens: np.ndarray,
+    *,
+    kv_bytes_per_token: int = DEFAULT_KV_BYTES_PER_TOKEN,
+    gbps: float = DEFAULT_KV_TRANSFER_GBPS,
+) -> np.ndarray:
+    """Prefill-to-decode KV cache transfer time, as the simulator charges it."""
+    return np.asarray(input_tokens, dtype=np.float64) * kv_bytes_per_token * 8.0 / (gbps * 1e6)
+
+
+@dataclass(frozen=True)
+class _DecodeShape:
+    """Request-shape statistics of the decode batch, weighted by time spent in it."""
+
+    decode_iterations: np.ndarray  # output - 1 per request
+    mean_iterations: float  # over all requests (Little's law)
+    context: float  # residence-weighted mean of input + output / 2
+    kv_per_seq: float  # residence-weighted mean of input + output (reserved KV tokens)
+    groups: np.ndarray  # mean decode iterations of each group of decoding requests
+    weights: np.ndarray  # share of decoding requests in each group
+    decoding_share: float  # share of requests with at least one decode iteration
+    ratios: np.ndarray  # batch-noise variance ratio of each group (longer decodes average out)
+
+
+def _decode_shape(load: LoadEstimate) -> _DecodeShape:
+    inputs, outputs = load.input_tokens, load.output_tokens
+    d = np.maximum(outputs - 1.0, 0.0)
+    total = d.sum()
+    w = d / total if total > 0 else np.full(d.size, 1.0 / d.size)
+    decoding = d[d > 0]
+    groups, weights = group_means(decoding, ITL_GROUPS)
+    correlation = decoding.mean() if decoding.size else 1.0
+    return _DecodeShape(
+        decode_iterations=d,
+        mean_iterations=float(d.mean()),
+        context=float(np.dot(w, inputs + 0.5 * outputs)),
+        kv_per_seq=float(np.dot(w, inputs + outputs)),
+        groups=groups,
+        weights=weights,
+        decoding_share=decoding.size / d.size,
+        ratios=window_variance_ratio(groups / correlation),
+    )
+
+
+def _slots(model: EngineModel, shape: _DecodeShape, max_num_seqs: int) -> float:
+    """Concurrent sequences one replica admits (a sequence larger than the cache runs alone)."""
+    return max(1.0, min(float(max_num_seqs), model.max_kv_tokens / shape.kv_per_seq))
+
+
+@dataclass(frozen=True)
+class _DecodePoint:
+    """Operating point of the decode batch for each replica count."""
+
+    batch: np.ndarray  # mean running sequences (inf when overloaded)
+    itl: np.ndarray  # decode iteration a request sees, itl(B + 1), before prefill stretch
+    slope: np.ndarray  # d itl / d batch at the operating point
+    stable: np.ndarray
+    itl_at_cap: float
+    utilisation: np.ndarray
+
+
+def _decode_point(
+    model: EngineModel,
+    shape: _DecodeShape,
+    rate_per_replica: np.ndarray,
+    slots: float,
+    itl_factor: float,
+    stretch: np.ndarray,
+) -> _DecodePoint:
+    """Solve ``B = lambda E[d] stretch itl(B + 1)`` on a batch grid, for every N at once."""
+    grid = np.linspace(0.0, slots, GRID_POINTS)
+    itl = np.asarray(model.itl_ms(np.minimum(grid + 1.0, slots), shape.context)) * itl_factor
+    demand = rate_per_replica * shape.mean_iterations / 1000.0 * stretch  # sequences per ms
+    gap = grid[None, :] - demand[:, None] * itl[None, :]
+    root, j, found = first_root(grid, gap)
+    stable = found & np.isfinite(stretch)
+    slope = (itl[j] - itl[j - 1]) / (grid[j] - grid[j - 1])
+    at_root = np.interp(np.where(stable, root, 0.0), grid, itl)
+    capacity = slots / itl[-1]  # sequences per ms of decode time at the cap
+    return _DecodePoint(
+        batch=np.where(stable, root, np.inf),
+        itl=at_root,
+        slope=slope,
+        stable=stable,
+        itl_at_cap=float(itl[-1]),
+        utilisation=demand / capacity,
+    )
+
+
+def _itl_attainment(
+    sla_itl: float,
+    shape: _DecodeShape,
+    mean: np.ndarray,
+    mean_decode_only: np.ndarray,
+    batch_variance: np.ndarray,
+    interference: np.ndarray,
+    arrivals: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of requests whose mean ITL meets the SLA, and the ITL p90, per replica count.
+
+    Per decode-length group k: ITL ~ Normal(mean, batch_variance * ratio_k + interference / d_k).
+    With prefill interference a short decode may also see no prompt at all (probability
+    ``exp(-arrivals * d_k)``), which the normal would miss, so that case is a lower bound.
+    Requests with no decode iteration have no ITL and always meet it.
+    """
+    if shape.groups.size == 0:
+        ones = np.ones_like(mean)
+        return ones, np.full_like(mean, np.nan)
+    var_decode = batch_variance[:, None] * shape.ratios[None, :]
+    sd = np.sqrt(var_decode + interference[:, None] / shape.groups[None, :] + 1e-12)
+    p = norm_cdf((sla_itl - mean[:, None]) / sd)
+    quiet = np.exp(-arrivals[:, None] * shape.groups[None, :]) * norm_cdf(
+        (sla_itl - mean_decode_only[:, None]) / np.sqrt(var_decode + 1e-12)
+    )
+    met = np.maximum(p, quiet) @ shape.weights
+    attainment = 1.0 - shape.decoding_share + shape.decoding_share * met
+
+    def cdf(t: np.ndarray) -> np.ndarray:
+        return norm_cdf((t[:, None] - mean[:, None]) / sd) @ shape.weights
+
+    p90 = quantile_bisect(cdf, mean, mean + 1.5 * sd.max(axis=1), P90)
+    return attainment, p90
+
+
+def _ttft_attainment(
+    slack: np.ndarray, rho: np.ndarray, mean_wait: np.ndarray
+) -> np.ndarray:
+    """Mean over requests of P(queueing wait <= slack); 0 where the queue is unstable."""
+    stable = rho < 1.0
+    decay = exp_tail_decay(rho, mean_wait)
+    met = exp_tail_cdf(slack, rho[:, None], decay[:, None]).mean(axis=1)
+    return np.where(stable, met, 0.0)
+
+
+def _ttft_p90(own: np.ndarray, rho: np.ndarray, mean_wait: np.ndarray) -> np.ndarray:
+    """p90 of own part + queueing wait, with ``own`` as (N or 1, points) quantile points."""
+    stable = rho < 1.0
+    rho_s = np.where(stable, rho, 0.0)
+    decay = exp_tail_decay(rho_s, np.where(stable, mean_wait, 0.0))
+    own = np.broadcast_to(own, (rho.size, own.shape[1]))
+
+    def cdf(t: np.ndarray) -> np.ndarray:
+        return exp_tail_cdf(t[:, None] - own, rho_s[:, None], decay[:, None]).mean(axis=1)
+
+    finite_decay = np.isfinite(decay) & (decay > 0)
+    tail = np.where(
+        finite_decay & (rho_s > 1.0 - P90),
+        np.log(np.maximum(rho_s, 1e-300) / (1.0 - P90)) / np.where(finite_decay, decay, 1.0),
+        0.0,
+    )
+    p90 = quantile_bisect(cdf, own.min(axis=1), own.max(axis=1) + tail, P90)
+    return np.where(stable, p90, np.nan)
+
+
+def _admission_ok(
+    slots: float, point: _DecodePoint, residence_ms: np.ndarray, budget_ms: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(slot wait <= budget) and the wait's p90: Erlang C wait, exponential with rate
+    (slots - B) / residence."""
+    offered = np.where(point.stable, point.batch, 0.0)
+    waits = halfin_whitt_wait_probability(slots, offered)
+    rate = np.maximum(slots - offered, 1e-9) / np.maximum(residence_ms, 1e-9)
+    ok = np.where(point.stable, 1.0 - waits * np.exp(-budget_ms * rate), 0.0)
+    p90 = np.where(waits > 1.0 - P90, np.log(waits / (1.0 - P90)) / rate, 0.0)
+    return ok, np.where(point.stable, p90, np.nan)
+
+
+def _per_replica_rate(load: LoadEstimate, calibration: Calibration, max_replicas: int) -> np.ndarray:
+    rate = load.rate_rps * calibration.load_factor
+    return rate / np.arange(1, max_replicas + 1, dtype=np.float64)
+
+
+def _check_limits(max_replicas: int, **positive: int) -> None:
+    if max_replicas < 0:
+        raise ValueError(f"max_replicas must be >= 0, got {max_replicas}")
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _prefill_costs(
+    model: EngineModel, inputs: np.ndarray, calibration: Calibration
+) -> tuple[float, np.ndarray]:
+    """Per-iteration overhead and each prompt's variable cost (chunks add up to it exactly)."""
+    overhead = model.prefill_overhead_ms
+    variable = np.asarray(model.ttft_ms(inputs)) - overhead
+    return overhead * calibration.prefill_factor, variable * calibration.prefill_factor
+
+
+def prefill_curve(
+    model: EngineModel,
+    load: LoadEstimate,
+    sla: SLA,
+    *,
+    max_replicas: int,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    kv_transfer_ms_fn: KvTransferFn | None = None,
+    calibration: Calibration = Calibration(),
+) -> PoolCurve:
+    """TTFT attainment of a disaggregated prefill pool (queue + prefill + KV transfer).
+
+    ``kv_transfer_ms_fn`` maps input lengths to transfer times; None uses the simulator's
+    defaults (128 KiB per token over 50 Gb/s).
+    """
+    _check_limits(max_replicas, max_batch_tokens=max_batch_tokens)
+    inputs = load.input_tokens
+    overhead, variable = _prefill_costs(model, inputs, calibration)
+    transfer = (kv_transfer_ms_fn or kv_transfer_ms)(inputs)
+    own = np.ceil(inputs / max_batch_tokens) * overhead + variable + transfer
+    work = variable + overhead * inputs / max_batch_tokens
+
+    lam = _per_replica_rate(load, calibration, max_replicas) / 1000.0  # per ms
+    rho = lam * work.mean()
+    stable = rho < 1.0
+    free = np.where(stable, 1.0 - rho, 1.0)
+    mean_wait = lam * np.mean(work**2) / (2.0 * free) + overhead * rho / free
+
+    attainment = _ttft_attainment((sla.ttft_ms - own)[None, :], rho, mean_wait)
+    points = np.quantile(own, (np.arange(P90_POINTS) + 0.5) / P90_POINTS)[None, :]
+    ttft_p90 = _ttft_p90(points, rho, mean_wait)
+    none = np.full(max_replicas, np.nan)
+    return _curve("prefill", load.rate_rps, attainment, ttft_p90, none, rho)
+
+
+def decode_curve(
+    model: EngineModel,
+    load: LoadEstimate,
+    sla: SLA,
+    *,
+    max_replicas: int,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    admission_budget_ms: float | None = None,
+    calibration: Calibration = Calibration(),
+) -> PoolCurve:
+    """ITL attainment of a disaggregated decode pool, times the share of requests whose wait
+    for a decode slot stays within ``admission_budget_ms`` (default: half the TTFT SLA)."""
+    _check_limits(max_replicas, max_num_seqs=max_num_seqs)
+    budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
+    shape = _decode_shape(load)
+    slots = _slots(model, shape, max_num_seqs)
+    lam = _per_replica_rate(load, calibration, max_replicas)
+    ones = np.ones_like(lam)
+    point = _decode_point(model, shape, lam, slots, calibration.itl_factor, ones)
+
+    zero = np.zeros_like(lam)
+    batch = np.where(point.stable, point.batch, 0.0)
+    itl_met, itl_p90 = _itl_attainment(
+        sla.itl_ms, shape, point.itl, point.itl, point.slope**2 * batch, zero, zero
+    )
+    if point.itl_at_cap <= sla.itl_ms:  # the batch cap bounds every iteration
+        itl_met = ones
+    itl_p90 = np.minimum(itl_p90, point.itl_at_cap)
+    admitted, wait_p90 = _admission_ok(slots, point, shape.mean_iterations * point.itl, budget)
+    attainment = np.where(point.stable, itl_met * admitted, 0.0)
+    itl_p90 = np.where(point.stable, itl_p90, np.nan)
+    return _curve("decode", load.rate_rps, attainment, wait_p90, itl_p90, point.utilisation)
+
+
+def agg_curve(
+    model: EngineModel,
+    load: LoadEstimate,
+    sla: SLA,
+    *,
+    max_replicas: int,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    admission_budget_ms: float | None = None,
+    calibration: Calibration = Calibration(),
+) -> PoolCurve:
+    """Attainment of both TTFT and ITL in an aggregated pool (prefill and decode share
+    iterations, so each slows the other)."""
+    _check_limits(max_replicas, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
+    budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
+    inputs = load.input_tokens
+    overhead, variable = _prefill_costs(model, inputs, calibration)
+    shape = _decode_shape(load)
+    slots = _slots(model, shape, max_num_seqs)
+    lam_s = _per_replica_rate(load, calibration, max_replicas)
+    lam = lam_s / 1000.0  # per ms
+
+    # Decode: prefill chunks take a share rho_c of the time, stretching every iteration.
+    rho_c = lam * variable.mean()
+    stretch = np.where(rho_c < 1.0, 1.0 / np.maximum(1.0 - rho_c, 1e-12), np.inf)
+    point = _decode_point(model, shape, lam_s, slots, calibration.itl_factor, stretch)
+    batch = np.where(point.stable, point.batch, 0.0)
+    stretch_s = np.where(point.stable, stretch, 1.0)
+    mean_itl = point.itl * stretch_s
+    interference = lam * mean_itl * np.mean(variable**2)
+    itl_met, itl_p90 = _itl_attainment(
+        sla.itl_ms,
+        shape,
+        mean_itl,
+        point.itl,
+        (point.slope * stretch_s) ** 2 * batch,
+        interference,
+        lam * mean_itl,
+    )
+
+    # Prefill: queued prompts get the token budget left by the batch; the iteration's decode
+    # step (or the overhead when nothing decodes) is the vacation between prefill services.
+    busy = 1.0 - np.exp(-batch)
+    decode_step = np.asarray(model.itl_ms(np.maximum(batch, 1.0), shape.context))
+    step = busy * decode_step * calibration.itl_factor + (1.0 - busy) * overhead
+    token_budget = np.maximum(max_batch_tokens - batch, 1.0)
+    share = step / token_budget  # vacation per prompt token when iterations are full
+    mean_work = variable.mean() + share * inputs.mean()
+    mean_work_sq = (
+        np.mean(variable**2)
+        + 2.0 * share * np.mean(variable * inputs)
+        + share**2 * np.mean(inputs**2)
+    )
+    rho = np.where(point.stable, lam * mean_work, np.inf)
+    free = np.where(rho < 1.0, 1.0 - rho, 1.0)
+    mean_wait = lam * mean_work_sq / (2.0 * free) + step * rho / free
+    residual = busy * mean_itl / 2.0
+
+    def own(tokens: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        chunks = np.ceil(tokens[None, :] / token_budget[:, None])
+        return residual[:, None] + chunks * step[:, None] + cost[None, :]
+
+    ttft_met = _ttft_attainment(sla.ttft_ms - own(inputs, variable), rho, mean_wait)
+    admitted, _ = _admission_ok(slots, point, shape.mean_iterations * mean_itl, budget)
+
+    attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
+    # The own part grows with prompt length, so its quantiles sit at the prompts' quantiles.
+    ranks = np.argsort(inputs, kind="stable")
+    picks = ranks[((np.arange(P90_POINTS) + 0.5) / P90_POINTS * inputs.size).astype(np.int64)]
+    ttft_p90 = _ttft_p90(own(inputs[picks], variable[picks]), rho, mean_wait)
+    itl_p90 = np.where(point.stable, itl_p90, np.nan)
+    utilisation = np.maximum(np.where(np.isfinite(rho), rho, rho_c), point.utilisation * stretch)
+    return _curve("agg", load.rate_rps, attainment, ttft_p90, itl_p90, utilisation)
+
+
+def _curve(
+    role: PoolRole,
+    rate_rps: float,
+    attainment: np.ndarray,
+    ttft_p90: np.ndarray,
+    itl_p90: np.ndarray,
+    utilisation: np.ndarray,
+) -> PoolCurve:
+    """Prepend N = 0, clamp to [0, 1], make attainment non-decreasing and p90s non-increasing."""
+    loaded = rate_rps > 0
+    met = np.concatenate(([0.0 if loaded else 1.0], np.nan_to_num(attainment, nan=0.0)))
+    met = np.maximum.accumulate(np.clip(met, 0.0, 1.0))
+    util = np.concatenate(([np.inf if loaded else 0.0], utilisation))
+    return PoolCurve(
+        role=role,
+        replicas=list(range(len(met))),
+        attainment=met.tolist(),
+        ttft_p90_ms=[None, *_non_increasing(ttft_p90)],
+        itl_p90_ms=[None, *_non_increasing(itl_p90)],
+        utilisation=util.tolist(),
+    )
+
+
+def _non_increasing(values: np.ndarray) -> list[float | None]:
+    """Running minimum over N (more replicas never hurt); None where unknown or unstable."""
+    finite = np.where(np.isfinite(values), values, np.inf)
+    best = np.minimum.accumulate(finite) if finite.size else finite
+    return [float(v) if np.isfinite(v) else None for v in best]

@@ -1,0 +1,164 @@
+"""Sizing a whole deployment: its pools' curves and the cheapest replica counts meeting a target.
+
+In a disaggregated deployment a request meets the SLA only if both pools do their part, so the
+combined attainment is taken as the product of the prefill and decode curves (independence).
+The cheapest pair is found by scanning every (prefill, decode) pair at once: at most
+65 x 65 products, microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fleet_planner.planning import DeploymentSpec, PoolRole
+from local_agent.sizing.curves import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    EngineModel,
+    KvTransferFn,
+    PoolCurve,
+    agg_curve,
+    decode_curve,
+    prefill_curve,
+)
+from local_agent.sizing.load import Calibration, LoadEstimate
+
+DEFAULT_TARGET = 0.99
+
+
+def _roles(spec: DeploymentSpec) -> tuple[PoolRole, ...]:
+    return ("agg",) if spec.mode == "agg" else ("prefill", "decode")
+
+
+def deployment_curves(
+    spec: DeploymentSpec,
+    models: Mapping[PoolRole, EngineModel],
+    load: LoadEstimate,
+    *,
+    max_replicas: int | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    kv_transfer_ms_fn: KvTransferFn | None = None,
+    calibration: Calibration = Calibration(),
+) -> dict[PoolRole, PoolCurve]:
+    """One curve per pool of ``spec``, up to each pool's ``max_replicas`` unless overridden."""
+    roles = _roles(spec)
+    for role in roles:
+        if role not in spec.pools:
+            raise ValueError(f"deployment {spec.name!r} ({spec.mode}) has no {role} pool")
+        if role not in models:
+            raise ValueError(f"no performance model for {spec.name!r} pool {role}")
+
+    def limit(role: PoolRole) -> int:
+        return spec.pools[role].max_replicas if max_replicas is None else max_replicas
+
+    if spec.mode == "agg":
+        curve = agg_curve(
+            models["agg"],
+            load,
+            spec.sla,
+            max_replicas=limit("agg"),
+            max_batch_tokens=max_batch_tokens,
+            max_num_seqs=max_num_seqs,
+            calibration=calibration,
+        )
+        return {"agg": curve}
+    return {
+        "prefill": prefill_curve(
+            models["prefill"],
+            load,
+            spec.sla,
+            max_replicas=limit("prefill"),
+            max_batch_tokens=max_batch_tokens,
+            kv_transfer_ms_fn=kv_transfer_ms_fn,
+            calibration=calibration,
+        ),
+        "decode": decode_curve(
+            models["decode"],
+            load,
+            spec.sla,
+            max_replicas=limit("decode"),
+            max_num_seqs=max_num_seqs,
+            calibration=calibration,
+        ),
+    }
+
+
+def _check_target(target: float) -> None:
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target attainment must be in (0, 1], got {target}")
+
+
+def replicas_for(curve: PoolCurve, target: float = DEFAULT_TARGET) -> int:
+    """Smallest replica count whose attainment reaches ``target``; the largest if none does."""
+    _check_target(target)
+    for replicas, attainment in zip(curve.replicas, curve.attainment, strict=True):
+        if attainment >= target:
+            return replicas
+    return curve.replicas[-1]
+
+
+def cheapest_pair(
+    prefill: PoolCurve,
+    decode: PoolCurve,
+    target: float = DEFAULT_TARGET,
+    *,
+    prefill_gpus: int = 1,
+    decode_gpus: int = 1,
+) -> tuple[int, int]:
+    """(prefill, decode) replicas with the fewest GPUs whose combined attainment reaches
+    ``target`` (ties: higher attainment); if none does, the best attainment (ties: fewer GPUs)."""
+    _check_target(target)
+    p = np.asarray(prefill.attainment)
+    d = np.asarray(decode.attainment)
+    combined = p[:, None] * d[None, :]
+    gpus = (
+        np.asarray(prefill.replicas)[:, None] * prefill_gpus
+        + np.asarray(decode.replicas)[None, :] * decode_gpus
+    )
+    feasible = combined >= target
+    if feasible.any():
+        order = np.lexsort((-combined.ravel(), np.where(feasible, gpus, np.iinfo(np.int64).max).ravel()))
+    else:
+        order = np.lexsort((gpus.ravel(), -combined.ravel()))
+    i, j = np.unravel_index(order[0], combined.shape)
+    return prefill.replicas[int(i)], decode.replicas[int(j)]
+
+
+def size_deployment(
+    spec: DeploymentSpec,
+    models: Mapping[PoolRole, EngineModel],
+    load: LoadEstimate,
+    target: float = DEFAULT_TARGET,
+    *,
+    max_replicas: int | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    kv_transfer_ms_fn: KvTransferFn | None = None,
+    calibration: Calibration = Calibration(),
+) -> dict[PoolRole, int]:
+    """Replicas per pool for ``target`` attainment at ``load`` (0 with no load: floors such as
+    ``min_replicas`` are the caller's)."""
+    _check_target(target)
+    curves = deployment_curves(
+        spec,
+        models,
+        load,
+        max_replicas=max_replicas,
+        max_batch_tokens=max_batch_tokens,
+        max_num_seqs=max_num_seqs,
+        kv_transfer_ms_fn=kv_transfer_ms_fn,
+        calibration=calibration,
+    )
+    if spec.mode == "agg":
+        return {"agg": replicas_for(curves["agg"], target)}
+    prefill, decode = cheapest_pair(
+        curves["prefill"],
+        curves["decode"],
+        target,
+        prefill_gpus=spec.pools["prefill"].gpus_per_replica,
+        decode_gpus=spec.pools["decode"].gpus_per_replica,
+    )
+    return {"prefill": prefill, "decode": decode}

@@ -7,8 +7,8 @@ hard limit that can be respected and never exceeds the inventory, which is what 
 
 Moves are *level* moves on a unit (a lone pool or a prefill/decode pair): raise the unit's
 attainment to the next value any member can reach, growing every member that is short of it.
-Looking at every higher level, not just the next one, lets the greedy climb the flat foot of an
-S-shaped curve that a one-replica step would never find worth paying for.
+Curves arrive reduced to their concave hull counts, so the foot of an S-shaped curve is one
+jump (0 -> the count that carries the load), which a one-replica step would never find.
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ class _State:
         self.replicas[index] = count
 
     def best_move(self, unit_index: int, gpu_filter: TenantType | None = None) -> _Move | None:
-        """Best value-per-GPU level move of a unit that fits; None when nothing is worth a GPU."""
+        """The unit's best value-per-GPU level move that fits; None when nothing is worth a GPU.
+
+        A lone pool's hull-reduced value is concave, so its nearest paying level is its best and
+        the scan stops there. A pair's ``min`` of two concave curves is not concave in their
+        total GPUs (the first level pays both pools' fixed jump), so pairs scan every level.
+        """
         plans = self.problem.pools
         unit = self.problem.units[unit_index]
         current = [plans[i].value_at(self.replicas[i]) for i in unit.members]
@@ -97,9 +102,11 @@ class _State:
             total = sum(by_type.values())
             if gain <= 0 or total <= 0:
                 continue
-            ratio = gain / total
-            if best is None or ratio > best.ratio:
-                best = _Move(ratio, total, tuple(targets))
+            move = _Move(gain / total, total, tuple(targets))
+            if len(unit.members) == 1:
+                return move
+            if best is None or move.ratio > best.ratio:
+                best = move
         return best
 
     def apply(self, move: _Move) -> None:

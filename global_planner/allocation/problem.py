@@ -342,6 +342,16 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
     return "marginal value below cost"
 
 
+def settle_floors(problem: Problem, replicas: list[int]) -> None:
+    """Lower floors ``replicas`` misses to what it reaches, noting why, so the model stays feasible."""
+    used = problem.gpus(replicas)[1]
+    for key, floor in problem.floors.items():
+        reached = used.get(key, 0)
+        if reached < floor:
+            problem.floors[key] = reached
+            problem.floor_notes[key] = f"guarantee of {floor} {key[1]} unreachable at replica granularity or caps"
+
+
 def over_budget(problem: Problem, replicas: list[int]) -> str | None:
     """Why ``replicas`` breaks the GPU budget or a tenant cap, or None when it is safe."""
     by_type, by_tenant = problem.gpus(replicas)

@@ -12,16 +12,19 @@ Formulation — one integer per pool, one per unit, linear constraints only:
   possible, and there are no per-count booleans. (A per-count boolean encoding of the raw
   S-shaped curves was measured first: ~11k booleans for 1,000 pools, over 2 s in presolve alone.)
 * Hard limits: GPUs per type (inventory minus GPUs held by draining replicas), tenant caps,
-  replica bounds and ``max_step``. Tenant floors (trimmed beforehand to what the inventory can
-  hold) sit one tier above value: a GPU of shortfall costs more than all value together, so
-  they hold whenever they can, yet a floor that replica granularity or a cap makes unreachable
-  never turns the whole round infeasible.
-* Objective: ``-floor_tier * shortfall + gpu_tiebreak * (sum weight*unit - churn) - GPUs``:
-  floors, then value, and GPUs only break ties (see :mod:`global_planner.allocation.problem`).
+  replica bounds and ``max_step``, and tenant floors, trimmed beforehand to what the inventory
+  can hold and to what the starting point reaches (see :func:`_starting_point`).
+* Objective: ``gpu_tiebreak * (sum weight*unit - churn) - GPUs``: value first, GPUs only break
+  ties (see :mod:`global_planner.allocation.problem`).
+
+The search starts from a complete hint: the previous allocation when it is still valid, else the
+greedy (near-optimal on concave values). CP-SAT then improves it and, above all, bounds it: the
+reported ``gap`` is how far the answer can be from optimal. ``optimal`` means proven within
+``relative_gap_limit``. On 1,000 pools the multi-knapsack bound does not close in 0.2 s; the gap
+is reported as measured, not hidden.
 
 Determinism: one worker and a fixed seed, so the same request (and a solve that finishes before
-its time limit) gives the same answer. The previous allocation is passed as a complete hint;
-``optimal`` means proven within ``relative_gap_limit``.
+its time limit) gives the same answer.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ortools.sat.python import cp_model
 
 from global_planner.allocation.greedy import greedy_replicas
 from global_planner.allocation.models import Allocation, AllocationRequest
-from global_planner.allocation.problem import PoolPlan, Problem, build_problem, finish, over_budget
+from global_planner.allocation.problem import PoolPlan, Problem, build_problem, finish, over_budget, settle_floors
 
 log = logging.getLogger(__name__)
 
@@ -130,38 +133,67 @@ class _Model:
         return [int(solver.value(r)) for r in self.replicas]
 
 
-def _fallback(problem: Problem, start: float, why: str) -> Allocation:
+def _fallback(problem: Problem, start: float, why: str, replicas: list[int] | None = None) -> Allocation:
     log.warning("allocation falls back to greedy: %s", why)
-    replicas = greedy_replicas(problem)
     return finish(
-        problem, replicas, status="fallback", best_bound=None, gap=None, solve_ms=(perf_counter() - start) * 1e3
+        problem,
+        greedy_replicas(problem) if replicas is None else replicas,
+        status="fallback",
+        best_bound=None,
+        gap=None,
+        solve_ms=(perf_counter() - start) * 1e3,
     )
 
 
+def _starting_point(problem: Problem, previous: dict[str, int] | None) -> list[int]:
+    """The previous allocation when it is still valid, else the greedy; floors settle to it.
+
+    Floors that the starting point cannot reach (replica granularity, caps) are lowered to what
+    it reaches, so the model always has a feasible complete hint and never goes infeasible on
+    a guarantee that only looked reachable in GPU counts.
+    """
+    if previous is not None:
+        hinted = [_nearest(p, previous.get(p.pool.pool_id, p.pool.current_replicas)) for p in problem.pools]
+        used = problem.gpus(hinted)[1]
+        if over_budget(problem, hinted) is None and all(used.get(k, 0) >= f for k, f in problem.floors.items()):
+            return hinted
+    replicas = greedy_replicas(problem)
+    settle_floors(problem, replicas)
+    return replicas
+
+
 def allocate(request: AllocationRequest) -> Allocation:
-    """Solve one fleet allocation; never exceeds the inventory, whatever happens inside."""
+    """Solve one fleet allocation; never exceeds the inventory, whatever happens inside.
+
+    ``time_limit_s`` bounds the CP-SAT search; preparation and the starting point come on top.
+    """
     start = perf_counter()
     problem = build_problem(request)
     if not problem.minima_fit:
         return _fallback(problem, start, "replica minima exceed the inventory or a tenant cap")
+    initial = _starting_point(problem, request.previous)
     try:
         built = _Model(problem)
-        if request.previous is not None:
-            built.hint([request.previous.get(p.pool.pool_id, p.pool.current_replicas) for p in problem.pools])
+        built.hint(initial)
         solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = request.seed
-        solver.parameters.max_time_in_seconds = request.time_limit_s
-        solver.parameters.relative_gap_limit = request.relative_gap_limit
+        params = solver.parameters
+        params.num_workers = 1
+        params.random_seed = request.seed
+        params.max_time_in_seconds = request.time_limit_s
+        params.relative_gap_limit = request.relative_gap_limit
+        # The model is already tight (concave hulls, no booleans): heavy presolve only costs time.
+        params.symmetry_level = 0
+        params.cp_model_probing_level = 0
+        params.max_presolve_iterations = 1
         status = solver.solve(built.model)
     except Exception as error:  # noqa: BLE001 - any solver failure must still yield a safe answer
-        return _fallback(problem, start, f"CP-SAT raised {error!r}")
+        return _fallback(problem, start, f"CP-SAT raised {error!r}", initial)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return _fallback(problem, start, f"CP-SAT status {solver.status_name(status)}")
+        return _fallback(problem, start, f"CP-SAT status {solver.status_name(status)}", initial)
     replicas = built.read(solver)
     broken = over_budget(problem, replicas)
     if broken is not None:
-        return _fallback(problem, start, f"CP-SAT answer {broken}")
+        return _fallback(problem, start, f"CP-SAT answer {broken}", initial)
     objective, bound = solver.objective_value, solver.best_objective_bound
     tiebreak = problem.gpu_tiebreak
     return finish(

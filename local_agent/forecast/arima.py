@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 Order = tuple[int, int, int]
 AUTO_ORDERS: tuple[Order, ...] = ((0, 1, 1), (1, 1, 1), (2, 1, 1), (1, 1, 0))
+_MIN_CACHED_STEPS = 64  # one model call serves predict() and predict_max() on the same state
 
 
 class ArimaPredictor(Predictor):
@@ -73,9 +74,10 @@ class ArimaPredictor(Predictor):
     def _path(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None and self._cache[0] >= steps:
             return self._cache[1][:steps], self._cache[2][:steps]
-        means, uppers = self._model_path(steps)
-        self._cache = (steps, means, uppers)
-        return means, uppers
+        horizon = max(steps, _MIN_CACHED_STEPS)
+        means, uppers = self._model_path(horizon)
+        self._cache = (horizon, means, uppers)
+        return means[:steps], uppers[:steps]
 
     def _model_path(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         if self._observed < self._min_points:

@@ -1,13 +1,16 @@
 """Local linear trend Kalman filter (level + slope), written with numpy.
 
-The trend state removes the one-interval lag of last value on ramps. Noise variances are set as
-ratios to the measurement noise and the common scale is re-estimated from the innovations
-(EWMA of the standardised squared innovation), so one setting works for 0.1 or 10,000 req/s.
+The trend state removes the one-interval lag of last value on ramps. How fast the level may move
+relative to the noise is not knowable in advance (a smooth daily curve sampled hourly moves far
+more per step than noisy flat load), so a small bank of filters with different process-noise
+ratios runs side by side and the one with the lowest recent one-step error answers. Each filter
+re-estimates its noise scale from its innovations, so one setting works for 0.1 or 10,000 req/s.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,13 +19,52 @@ from local_agent.forecast.base import Predictor, normal_z
 _F = np.array([[1.0, 1.0], [0.0, 1.0]])
 
 
+class _TrendFilter:
+    """One local linear trend filter in units of its (estimated) measurement noise variance."""
+
+    def __init__(self, level_noise: float, slope_noise: float, value: float, adapt: float, prior_cv: float):
+        self.q = np.diag([level_noise, slope_noise])
+        self.adapt = adapt
+        self.x = np.array([value, 0.0])
+        self.p = np.diag([1.0, slope_noise * 10.0])
+        self.scale = (prior_cv * value) ** 2
+        self.innovations = 0
+
+    def update(self, value: float) -> float:
+        """Absorb one value; returns the one-step forecast error it made for it."""
+        x = _F @ self.x
+        p = _F @ self.p @ _F.T + self.q
+        innovation = value - x[0]
+        s = p[0, 0] + 1.0
+        self.innovations += 1
+        rate = max(self.adapt, 1.0 / (self.innovations + 1))
+        self.scale = (1.0 - rate) * self.scale + rate * innovation * innovation / s
+        gain = p[:, 0] / s
+        self.x = x + gain * innovation
+        self.p = p - np.outer(gain, p[0, :])
+        return innovation
+
+    def path(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and predictive standard deviation for horizons 1..steps."""
+        means = np.empty(steps)
+        variances = np.empty(steps)
+        x, p = self.x, self.p
+        for k in range(steps):
+            x = _F @ x
+            p = _F @ p @ _F.T + self.q
+            means[k] = x[0]
+            variances[k] = self.scale * (p[0, 0] + 1.0)
+        return means, np.sqrt(variances)
+
+
 class KalmanPredictor(Predictor):
     """Level + slope state; upper from the Gaussian predictive variance at each horizon.
 
-    ``level_noise`` and ``slope_noise`` are process-noise variances relative to the measurement
-    noise: larger means faster tracking and more noise passed through. ``adapt`` is the EWMA rate of
-    the noise-scale estimate; ``prior_cv`` sets the initial noise (as a fraction of the first value)
-    until innovations arrive.
+    ``level_noise`` (one ratio or several to choose from) is the level's process-noise variance
+    relative to the measurement noise: larger tracks faster and passes more noise through;
+    ``slope_ratio`` sets the slope's process noise as a fraction of it. ``adapt`` is the EWMA rate
+    of the noise-scale estimate and of the error used to pick a filter; ``prior_cv`` sets the
+    initial noise (as a fraction of the first value) until innovations arrive.
     """
 
     name = "kalman"
@@ -32,52 +74,40 @@ class KalmanPredictor(Predictor):
         *,
         interval_s: float,
         quantile: float = 0.9,
-        level_noise: float = 0.1,
-        slope_noise: float = 0.002,
+        level_noise: float | Sequence[float] = (0.03, 0.3, 3.0),
+        slope_ratio: float = 0.02,
         adapt: float = 0.05,
         prior_cv: float = 0.1,
     ) -> None:
         super().__init__(interval_s=interval_s, quantile=quantile)
-        for label, number in (("level_noise", level_noise), ("slope_noise", slope_noise), ("prior_cv", prior_cv)):
-            if not (math.isfinite(number) and number > 0):
-                raise ValueError(f"{label} must be > 0, got {number!r}")
+        ratios = (level_noise,) if isinstance(level_noise, (int, float)) else tuple(level_noise)
+        for label, number in (*((f"level_noise {r!r}", r) for r in ratios), ("slope_ratio", slope_ratio), ("prior_cv", prior_cv)):
+            if not (isinstance(number, (int, float)) and math.isfinite(number) and number > 0):
+                raise ValueError(f"{label} must be a number > 0, got {number!r}")
+        if not ratios:
+            raise ValueError("level_noise needs at least one ratio")
         if not 0 < adapt <= 1:
             raise ValueError(f"adapt must be in (0, 1], got {adapt!r}")
-        self._q = np.diag([level_noise, slope_noise])
+        self._ratios = ratios
+        self._slope_ratio = slope_ratio
         self._adapt = adapt
         self._prior_cv = prior_cv
         self._z = normal_z(quantile)
-        self._x = np.zeros(2)
-        self._p = np.eye(2)
-        self._scale = 0.0
-        self._innovations = 0
-        self._has_state = False
+        self._filters: list[_TrendFilter] = []
+        self._errors = np.zeros(len(ratios))
+        self._best = 0
 
     def _update(self, value: float) -> None:
-        if not self._has_state:
-            self._x = np.array([value, 0.0])
-            self._p = np.diag([1.0, self._q[1, 1] * 10.0])
-            self._scale = (self._prior_cv * value) ** 2
-            self._has_state = True
+        if not self._filters:
+            self._filters = [
+                _TrendFilter(r, r * self._slope_ratio, value, self._adapt, self._prior_cv) for r in self._ratios
+            ]
             return
-        x = _F @ self._x
-        p = _F @ self._p @ _F.T + self._q
-        innovation = value - x[0]
-        s = p[0, 0] + 1.0
-        self._innovations += 1
-        rate = max(self._adapt, 1.0 / (self._innovations + 1))
-        self._scale = (1.0 - rate) * self._scale + rate * innovation * innovation / s
-        gain = p[:, 0] / s
-        self._x = x + gain * innovation
-        self._p = p - np.outer(gain, p[0, :])
+        squared = np.array([f.update(value) ** 2 for f in self._filters])
+        rate = max(self._adapt, 1.0 / (self._filters[0].innovations + 1))
+        self._errors = (1.0 - rate) * self._errors + rate * squared
+        self._best = int(np.argmin(self._errors))
 
     def _path(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        means = np.empty(steps)
-        variances = np.empty(steps)
-        x, p = self._x, self._p
-        for k in range(steps):
-            x = _F @ x
-            p = _F @ p @ _F.T + self._q
-            means[k] = x[0]
-            variances[k] = self._scale * (p[0, 0] + 1.0)
-        return means, means + self._z * np.sqrt(variances)
+        means, deviations = self._filters[self._best].path(steps)
+        return means, means + self._z * deviations

@@ -35,7 +35,7 @@ def make_predictor(name: str, *, interval_s: float, **options: Any) -> Predictor
         raise ValueError(f"unknown predictor {name!r}; valid names: {', '.join(sorted(PREDICTORS))}")
     parameters = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        valid = sorted(n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        valid = sorted(n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY and n != "interval_s")
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ValueError(f"predictor {name!r}: unknown options {unknown}; valid options: {', '.join(valid)}")

@@ -25,10 +25,15 @@ class SeasonalPredictor(Predictor):
     * reference: mean of the observed values within ``smooth_steps`` of the same phase one period
       ago (smoothing halves the reference noise that plain seasonal naive adds);
     * level ratio: sum of the last ``level_window_s`` of load over the same window one period ago,
-      using only pairs where both are observed; its weight in the blend is the share of such pairs,
-      so the forecast moves from the fallback to seasonal over the first hour of the second period;
-    * upper: the ``quantile`` of the seasonal method's own one-step residuals (needs
-      ``min_residuals`` of them before the seasonal part is used at all).
+      using only pairs where both are observed;
+    * blend weight: the share of such pairs times the fallback's share of the two methods' recent
+      squared errors (inverse-MSE weighting), so the forecast moves from the fallback to seasonal
+      over the second period and back again on days the pattern breaks. Errors are measured one
+      step ahead; the fallback's are scaled up per horizon by the growth of its own predictive
+      spread, since a trend extrapolated hours ahead is far worse than one step ahead;
+    * upper: the ``quantile`` of the seasonal method's own one-step residuals, blended with the
+      fallback's upper at the same weight (needs ``min_residuals`` residuals before the seasonal
+      part is used at all).
     """
 
     name = "seasonal"
@@ -60,6 +65,7 @@ class SeasonalPredictor(Predictor):
         self._buffer = np.full(period + max(self._window, self._smooth + 1), np.nan)
         self._count = 0  # intervals recorded, observed or missing, since the first observe() call
         self._residuals: deque[float] = deque(maxlen=residual_window)
+        self._fallback_residuals: deque[float] = deque(maxlen=residual_window)
         fallback_cls = KalmanPredictor if fallback == "kalman" else ConstantPredictor
         self._fallback: Predictor = fallback_cls(interval_s=interval_s, quantile=quantile)
 
@@ -70,6 +76,7 @@ class SeasonalPredictor(Predictor):
         seasonal, _ = self._seasonal(1)
         if not math.isnan(seasonal[0]):
             self._residuals.append(value - float(seasonal[0]))
+            self._fallback_residuals.append(value - float(self._fallback.path(1)[0][0]))
         self._record(value)
         self._fallback.observe(value)
 
@@ -107,11 +114,19 @@ class SeasonalPredictor(Predictor):
         means, uppers = self._fallback.path(steps)
         if len(self._residuals) < self._min_residuals:
             return means, uppers
-        seasonal, weight = self._seasonal(steps)
+        seasonal, coverage = self._seasonal(steps)
         known = ~np.isnan(seasonal)
-        if weight == 0 or not known.any():
+        if coverage == 0 or not known.any():
             return means, uppers
-        spread = max(float(np.quantile(np.fromiter(self._residuals, dtype=float), self.quantile)), 0.0)
-        blended_means = np.where(known, weight * seasonal + (1 - weight) * means, means)
-        blended_uppers = np.where(known, weight * (seasonal + spread) + (1 - weight) * uppers, uppers)
+        residuals = np.fromiter(self._residuals, dtype=float)
+        seasonal_mse = float(np.mean(residuals**2))
+        fallback_mse = float(np.mean(np.fromiter(self._fallback_residuals, dtype=float) ** 2))
+        spreads = uppers - means
+        growth = (spreads / spreads[0]) ** 2 if spreads[0] > 0 else np.ones(steps)
+        fallback_mses = fallback_mse * growth
+        totals = seasonal_mse + fallback_mses
+        weights = coverage * np.divide(fallback_mses, totals, out=np.full(steps, 0.5), where=totals > 0)
+        spread = max(float(np.quantile(residuals, self.quantile)), 0.0)
+        blended_means = np.where(known, weights * seasonal + (1 - weights) * means, means)
+        blended_uppers = np.where(known, weights * (seasonal + spread) + (1 - weights) * uppers, uppers)
         return blended_means, blended_uppers

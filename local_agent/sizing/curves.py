@@ -51,10 +51,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet_planner.planning import SLA, PoolRole
 from local_agent.sizing.load import Calibration, LoadEstimate
 from local_agent.sizing.queueing import (
-    exp_tail_cdf,
     exp_tail_decay,
+    exp_tail_met,
     first_root,
     group_means,
+    groups,
     halfin_whitt_wait_probability,
     norm_cdf,
     quantile_bisect,
@@ -67,8 +68,8 @@ DEFAULT_KV_BYTES_PER_TOKEN = 131072
 DEFAULT_KV_TRANSFER_GBPS = 50.0
 ADMISSION_SHARE = 0.5  # share of the TTFT SLA a decode-slot wait may use by default
 GRID_POINTS = 257  # batch-size grid of the decode fixed point
-ITL_GROUPS = 128  # decode-length groups for per-request ITL spreads
-P90_POINTS = 64  # prompt-length quantiles for the TTFT p90
+SAMPLE_GROUPS = 64  # equal-count groups of the sample for attainment terms
+P90_GROUPS = 8  # coarser groups for the p90 searches
 P90 = 0.9
 
 KvTransferFn = Callable[[np.ndarray], np.ndarray]
@@ -123,17 +124,24 @@ def kv_transfer_ms(
 
 
 @dataclass(frozen=True)
+class _LengthGroups:
+    """Decoding requests grouped by decode length (their ITL spread depends only on it)."""
+
+    iterations: np.ndarray  # mean decode iterations of each group
+    weights: np.ndarray  # share of decoding requests in each group
+    ratios: np.ndarray  # batch-noise variance ratio (longer decodes average the noise out)
+
+
+@dataclass(frozen=True)
 class _DecodeShape:
     """Request-shape statistics of the decode batch, weighted by time spent in it."""
 
-    decode_iterations: np.ndarray  # output - 1 per request
-    mean_iterations: float  # over all requests (Little's law)
+    mean_iterations: float  # decode iterations (output - 1) per request, over all requests
     context: float  # residence-weighted mean of input + output / 2
     kv_per_seq: float  # residence-weighted mean of input + output (reserved KV tokens)
-    groups: np.ndarray  # mean decode iterations of each group of decoding requests
-    weights: np.ndarray  # share of decoding requests in each group
     decoding_share: float  # share of requests with at least one decode iteration
-    ratios: np.ndarray  # batch-noise variance ratio of each group (longer decodes average out)
+    fine: _LengthGroups  # for attainment
+    coarse: _LengthGroups  # for the p90 search
 
 
 def _decode_shape(load: LoadEstimate) -> _DecodeShape:
@@ -141,18 +149,20 @@ def _decode_shape(load: LoadEstimate) -> _DecodeShape:
     d = np.maximum(outputs - 1.0, 0.0)
     total = d.sum()
     w = d / total if total > 0 else np.full(d.size, 1.0 / d.size)
-    decoding = d[d > 0]
-    groups, weights = group_means(decoding, ITL_GROUPS)
+    decoding = np.sort(d[d > 0])
     correlation = decoding.mean() if decoding.size else 1.0
+
+    def grouped(count: int) -> _LengthGroups:
+        iterations, weights = group_means(decoding, count)
+        return _LengthGroups(iterations, weights, window_variance_ratio(iterations / correlation))
+
     return _DecodeShape(
-        decode_iterations=d,
         mean_iterations=float(d.mean()),
         context=float(np.dot(w, inputs + 0.5 * outputs)),
         kv_per_seq=float(np.dot(w, inputs + outputs)),
-        groups=groups,
-        weights=weights,
         decoding_share=decoding.size / d.size,
-        ratios=window_variance_ratio(groups / correlation),
+        fine=grouped(SAMPLE_GROUPS),
+        coarse=grouped(P90_GROUPS),
     )
 
 
@@ -184,10 +194,12 @@ def _decode_point(
     """Solve ``B = lambda E[d] stretch itl(B + 1)`` on a batch grid, for every N at once."""
     grid = np.linspace(0.0, slots, GRID_POINTS)
     itl = np.asarray(model.itl_ms(np.minimum(grid + 1.0, slots), shape.context)) * itl_factor
-    demand = rate_per_replica * shape.mean_iterations / 1000.0 * stretch  # sequences per ms
-    gap = grid[None, :] - demand[:, None] * itl[None, :]
+    demand = rate_per_replica * shape.mean_iterations / 1000.0  # sequences per ms of decoding
+    finite = np.isfinite(stretch)
+    stretched = demand * np.where(finite, stretch, 0.0)
+    gap = grid[None, :] - stretched[:, None] * itl[None, :]
     root, j, found = first_root(grid, gap)
-    stable = found & np.isfinite(stretch)
+    stable = found & finite
     slope = (itl[j] - itl[j - 1]) / (grid[j] - grid[j - 1])
     at_root = np.interp(np.where(stable, root, 0.0), grid, itl)
     capacity = slots / itl[-1]  # sequences per ms of decode time at the cap
@@ -217,53 +229,64 @@ def _itl_attainment(
     ``exp(-arrivals * d_k)``), which the normal would miss, so that case is a lower bound.
     Requests with no decode iteration have no ITL and always meet it.
     """
-    if shape.groups.size == 0:
-        ones = np.ones_like(mean)
-        return ones, np.full_like(mean, np.nan)
-    var_decode = batch_variance[:, None] * shape.ratios[None, :]
-    sd = np.sqrt(var_decode + interference[:, None] / shape.groups[None, :] + 1e-12)
+    if shape.decoding_share == 0:
+        return np.ones_like(mean), np.full_like(mean, np.nan)
+
+    def spread(groups: _LengthGroups) -> tuple[np.ndarray, np.ndarray]:
+        var_decode = batch_variance[:, None] * groups.ratios[None, :] + 1e-12
+        return var_decode, np.sqrt(var_decode + interference[:, None] / groups.iterations)
+
+    var_decode, sd = spread(shape.fine)
     p = norm_cdf((sla_itl - mean[:, None]) / sd)
-    quiet = np.exp(-arrivals[:, None] * shape.groups[None, :]) * norm_cdf(
-        (sla_itl - mean_decode_only[:, None]) / np.sqrt(var_decode + 1e-12)
-    )
-    met = np.maximum(p, quiet) @ shape.weights
+    if np.any(arrivals > 0):
+        quiet = np.exp(-arrivals[:, None] * shape.fine.iterations) * norm_cdf(
+            (sla_itl - mean_decode_only[:, None]) / np.sqrt(var_decode)
+        )
+        p = np.maximum(p, quiet)
+    met = p @ shape.fine.weights
     attainment = 1.0 - shape.decoding_share + shape.decoding_share * met
 
-    def cdf(t: np.ndarray) -> np.ndarray:
-        return norm_cdf((t[:, None] - mean[:, None]) / sd) @ shape.weights
+    _, coarse_sd = spread(shape.coarse)
+    weights = shape.coarse.weights
 
-    p90 = quantile_bisect(cdf, mean, mean + 1.5 * sd.max(axis=1), P90)
+    def cdf(t: np.ndarray) -> np.ndarray:
+        return norm_cdf((t - mean)[:, None] / coarse_sd) @ weights
+
+    p90 = quantile_bisect(cdf, mean, mean + 1.5 * coarse_sd.max(axis=1), P90)
     return attainment, p90
 
 
-def _ttft_attainment(
-    slack: np.ndarray, rho: np.ndarray, mean_wait: np.ndarray
-) -> np.ndarray:
-    """Mean over requests of P(queueing wait <= slack); 0 where the queue is unstable."""
-    stable = rho < 1.0
-    decay = exp_tail_decay(rho, mean_wait)
-    met = exp_tail_cdf(slack, rho[:, None], decay[:, None]).mean(axis=1)
-    return np.where(stable, met, 0.0)
+@dataclass(frozen=True)
+class _OwnTime:
+    """Each request's own part of TTFT (no queueing), shaped (N or 1, groups): equal-count
+    groups of the sample sorted by it (smallest and largest value of each, for attainment) and
+    a few evenly spaced quantiles (for the p90 search)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    weights: np.ndarray
+    quantiles: np.ndarray
 
 
-def _ttft_p90(own: np.ndarray, rho: np.ndarray, mean_wait: np.ndarray) -> np.ndarray:
-    """p90 of own part + queueing wait, with ``own`` as (N or 1, points) quantile points."""
+def _ttft_met(
+    sla_ttft: float, own: _OwnTime, rho: np.ndarray, mean_wait: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of requests with own part + queueing wait within the SLA, and the p90 of that sum;
+    0 and NaN where the queue is unstable."""
     stable = rho < 1.0
-    rho_s = np.where(stable, rho, 0.0)
-    decay = exp_tail_decay(rho_s, np.where(stable, mean_wait, 0.0))
-    own = np.broadcast_to(own, (rho.size, own.shape[1]))
+    rho_s = np.where(stable, rho, 0.0)[:, None]
+    decay = exp_tail_decay(rho_s, np.where(stable, mean_wait, 0.0)[:, None])
+    met = exp_tail_met(sla_ttft - own.hi, sla_ttft - own.lo, rho_s, decay) @ own.weights
 
     def cdf(t: np.ndarray) -> np.ndarray:
-        return exp_tail_cdf(t[:, None] - own, rho_s[:, None], decay[:, None]).mean(axis=1)
+        slack = t[:, None] - own.quantiles
+        waited = 1.0 - rho_s * np.exp(-decay * np.maximum(slack, 0.0))
+        return np.where(slack >= 0, waited, 0.0).mean(axis=1)
 
-    finite_decay = np.isfinite(decay) & (decay > 0)
-    tail = np.where(
-        finite_decay & (rho_s > 1.0 - P90),
-        np.log(np.maximum(rho_s, 1e-300) / (1.0 - P90)) / np.where(finite_decay, decay, 1.0),
-        0.0,
-    )
-    p90 = quantile_bisect(cdf, own.min(axis=1), own.max(axis=1) + tail, P90)
-    return np.where(stable, p90, np.nan)
+    tail = np.log(np.maximum(rho_s[:, 0], 1.0 - P90) / (1.0 - P90)) / decay[:, 0]
+    lo = np.broadcast_to(own.quantiles.min(axis=1), rho.shape)
+    p90 = quantile_bisect(cdf, lo, own.quantiles.max(axis=1) + tail, P90)
+    return np.where(stable, met, 0.0), np.where(stable, p90, np.nan)
 
 
 def _admission_ok(
@@ -275,8 +298,13 @@ def _admission_ok(
     waits = halfin_whitt_wait_probability(slots, offered)
     rate = np.maximum(slots - offered, 1e-9) / np.maximum(residence_ms, 1e-9)
     ok = np.where(point.stable, 1.0 - waits * np.exp(-budget_ms * rate), 0.0)
-    p90 = np.where(waits > 1.0 - P90, np.log(waits / (1.0 - P90)) / rate, 0.0)
+    p90 = np.log(np.maximum(waits, 1.0 - P90) / (1.0 - P90)) / rate
     return ok, np.where(point.stable, p90, np.nan)
+
+
+def _quantile_picks(size: int) -> np.ndarray:
+    """Indices of evenly spaced quantiles (group midpoints) in a sorted sample of ``size``."""
+    return ((np.arange(P90_GROUPS) + 0.5) / P90_GROUPS * size).astype(np.int64)
 
 
 def _per_replica_rate(load: LoadEstimate, calibration: Calibration, max_replicas: int) -> np.ndarray:
@@ -329,9 +357,11 @@ def prefill_curve(
     free = np.where(stable, 1.0 - rho, 1.0)
     mean_wait = lam * np.mean(work**2) / (2.0 * free) + overhead * rho / free
 
-    attainment = _ttft_attainment((sla.ttft_ms - own)[None, :], rho, mean_wait)
-    points = np.quantile(own, (np.arange(P90_POINTS) + 0.5) / P90_POINTS)[None, :]
-    ttft_p90 = _ttft_p90(points, rho, mean_wait)
+    order = np.sort(own)
+    first, last, weights = groups(SAMPLE_GROUPS, order.size)
+    picks = _quantile_picks(order.size)
+    grouped = _OwnTime(order[first][None, :], order[last][None, :], weights, order[picks][None, :])
+    attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, rho, mean_wait)
     none = np.full(max_replicas, np.nan)
     return _curve("prefill", load.rate_rps, attainment, ttft_p90, none, rho)
 
@@ -424,24 +454,26 @@ def agg_curve(
         + share**2 * np.mean(inputs**2)
     )
     rho = np.where(point.stable, lam * mean_work, np.inf)
-    free = np.where(rho < 1.0, 1.0 - rho, 1.0)
-    mean_wait = lam * mean_work_sq / (2.0 * free) + step * rho / free
+    queue_stable = rho < 1.0
+    free = np.where(queue_stable, 1.0 - rho, 1.0)
+    mean_wait = lam * mean_work_sq / (2.0 * free) + step * np.where(queue_stable, rho, 0.0) / free
     residual = busy * mean_itl / 2.0
 
-    def own(tokens: np.ndarray, cost: np.ndarray) -> np.ndarray:
-        chunks = np.ceil(tokens[None, :] / token_budget[:, None])
-        return residual[:, None] + chunks * step[:, None] + cost[None, :]
+    # The own part grows with the prompt, so groups of prompts sorted by length bound it.
+    order = np.argsort(inputs, kind="stable")
+    first, last, weights = groups(SAMPLE_GROUPS, inputs.size)
 
-    ttft_met = _ttft_attainment(sla.ttft_ms - own(inputs, variable), rho, mean_wait)
+    def own(picks: np.ndarray) -> np.ndarray:
+        chunks = np.ceil(inputs[picks][None, :] / token_budget[:, None])
+        return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
+
+    quantiles = own(order[_quantile_picks(inputs.size)])
+    grouped = _OwnTime(own(order[first]), own(order[last]), weights, quantiles)
+    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, rho, mean_wait)
     admitted, _ = _admission_ok(slots, point, shape.mean_iterations * mean_itl, budget)
-
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
-    # The own part grows with prompt length, so its quantiles sit at the prompts' quantiles.
-    ranks = np.argsort(inputs, kind="stable")
-    picks = ranks[((np.arange(P90_POINTS) + 0.5) / P90_POINTS * inputs.size).astype(np.int64)]
-    ttft_p90 = _ttft_p90(own(inputs[picks], variable[picks]), rho, mean_wait)
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
-    utilisation = np.maximum(np.where(np.isfinite(rho), rho, rho_c), point.utilisation * stretch)
+    utilisation = np.maximum(rho_c + point.utilisation, np.where(np.isfinite(rho), rho, 0.0))
     return _curve("agg", load.rate_rps, attainment, ttft_p90, itl_p90, utilisation)
 
 
@@ -458,7 +490,7 @@ def _curve(
     met = np.concatenate(([0.0 if loaded else 1.0], np.nan_to_num(attainment, nan=0.0)))
     met = np.maximum.accumulate(np.clip(met, 0.0, 1.0))
     util = np.concatenate(([np.inf if loaded else 0.0], utilisation))
-    return PoolCurve(
+    return PoolCurve.model_construct(  # columns are built aligned and typed here
         role=role,
         replicas=list(range(len(met))),
         attainment=met.tolist(),

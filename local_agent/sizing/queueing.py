@@ -56,6 +56,29 @@ def halfin_whitt_wait_probability(slots: np.ndarray | float, offered: np.ndarray
     return np.where(beta <= 0, 1.0, np.where(beta >= 30.0, 0.0, prob))
 
 
+def erlang_c(servers: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """P(an arrival waits) in an M/M/c queue with ``servers`` c and ``offered`` load a = lambda
+    E[S], exactly (Erlang B in log space, then Erlang C); 1 where a >= c.
+
+    Both arrays are per row; the sum over k <= c is one masked (rows, max c + 1) log-sum-exp.
+    """
+    servers = np.asarray(servers, dtype=np.float64)
+    top = int(servers.max()) if servers.size else 0
+    k = np.arange(top + 1, dtype=np.float64)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.maximum(k[1:], 1.0)))))
+    positive = offered > 0
+    log_a = np.log(np.where(positive, offered, 1.0))
+    terms = k[None, :] * log_a[:, None] - log_fact[None, :]
+    terms = np.where(k[None, :] <= servers[:, None], terms, -np.inf)
+    peak = terms.max(axis=1)
+    log_sum = peak + np.log(np.exp(terms - peak[:, None]).sum(axis=1))
+    own = servers * log_a - log_fact[servers.astype(np.int64)]
+    blocking = np.exp(own - log_sum)
+    rho = offered / np.maximum(servers, 1.0)
+    waiting = blocking / np.maximum(1.0 - rho * (1.0 - blocking), 1e-300)
+    return np.where(rho >= 1.0, 1.0, np.where(positive, np.clip(waiting, 0.0, 1.0), 0.0))
+
+
 def first_root(grid: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Smallest root of each row of ``gap`` (sampled at ``grid``, negative at grid[0]).
 
@@ -74,26 +97,46 @@ def first_root(grid: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.where(found, root, np.inf), j, found
 
 
-def exp_tail_cdf(y: np.ndarray, rho: np.ndarray, decay: np.ndarray) -> np.ndarray:
-    """P(W <= y) for a queueing wait with an atom 1 - rho at 0 and tail rho * exp(-decay * y)."""
-    return np.where(y >= 0, 1.0 - rho * np.exp(-decay * np.maximum(y, 0.0)), 0.0)
-
-
 def exp_tail_decay(rho: np.ndarray, mean_wait: np.ndarray) -> np.ndarray:
-    """Decay rate whose tail ``rho * exp(-decay t)`` has mean ``mean_wait``; inf when no wait."""
-    return np.where(mean_wait > 0, rho / np.where(mean_wait > 0, mean_wait, 1.0), np.inf)
+    """Decay rate whose tail ``rho * exp(-decay t)`` has mean ``mean_wait`` (1 when nobody
+    waits: with ``rho = 0`` the tail vanishes whatever the rate)."""
+    positive = mean_wait > 0
+    return np.where(positive, rho / np.where(positive, mean_wait, 1.0), 1.0)
 
 
-def group_means(values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted values compressed to at most ``groups`` equal-count group means and their weights,
-    so per-request terms cost O(groups) per replica count instead of O(sample)."""
-    ordered = np.sort(values)
-    if ordered.size <= groups:
-        return ordered, np.full(ordered.size, 1.0 / max(ordered.size, 1))
-    edges = np.linspace(0, ordered.size, groups + 1).round().astype(np.int64)
-    sums = np.add.reduceat(ordered, edges[:-1])
-    counts = np.diff(edges)
-    return sums / counts, counts / ordered.size
+def exp_tail_met(lo: np.ndarray, hi: np.ndarray, rho: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """P(W <= x) averaged over x uniform on ``[lo, hi]``, for a queueing wait W with an atom
+    ``1 - rho`` at 0 and tail ``rho * exp(-decay t)``.
+
+    Slacks of a sample are summarised by equal-count groups (see ``groups``) and integrated
+    exactly within each, which keeps the sample's tail (the share with negative slack) sharp
+    at a fraction of the cost of one term per request.
+    """
+    width = hi - lo
+    start = np.maximum(lo, 0.0)
+    length = np.maximum(hi - start, 0.0)
+    positive = np.where(width > 0, length / np.where(width > 0, width, 1.0), lo >= 0)
+    span = decay * length
+    big = span > 1e-9
+    average = np.where(big, -np.expm1(-span) / np.where(big, span, 1.0), 1.0 - 0.5 * span)
+    return positive * (1.0 - rho * np.exp(-decay * start) * average)
+
+
+def groups(count: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-count groups over ``size`` sorted items: (first index, last index, weight)."""
+    count = max(1, min(count, size))
+    edges = np.linspace(0, size, count + 1).round().astype(np.int64)
+    return edges[:-1], edges[1:] - 1, np.diff(edges) / size
+
+
+def group_means(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted values compressed to at most ``count`` equal-count group means and their weights,
+    so per-request terms cost O(count) per replica count instead of O(sample)."""
+    if values.size == 0:
+        return values, values
+    ordered = values if np.all(values[1:] >= values[:-1]) else np.sort(values)
+    first, last, weights = groups(count, ordered.size)
+    return np.add.reduceat(ordered, first) / (last - first + 1), weights
 
 
 def quantile_bisect(
@@ -101,16 +144,17 @@ def quantile_bisect(
     lo: np.ndarray,
     hi: np.ndarray,
     q: float,
-    iterations: int = 40,
+    iterations: int = 12,
 ) -> np.ndarray:
-    """Per-row quantile of a monotone CDF by vectorised bisection between ``lo`` and ``hi``.
+    """Per-row quantile of a monotone CDF known to cross ``q`` within ``[lo, hi]``, by
+    vectorised bisection (to 1/4096 of the bracket: plenty for a reported p90).
 
     ``cdf`` maps a ``(rows,)`` array of candidate values to ``(rows,)`` probabilities.
     """
-    lo, hi = lo.astype(np.float64).copy(), hi.astype(np.float64).copy()
+    lo, hi = lo.astype(np.float64), hi.astype(np.float64)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
         below = cdf(mid) < q
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
-    return hi
+    return 0.5 * (lo + hi)

@@ -1,0 +1,194 @@
+"""Allocator safety (budget, caps, bounds, step limits), value semantics and solver agreement."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from global_planner.allocation import (
+    AllocationRequest,
+    PoolDemand,
+    PoolOverride,
+    TenantLimits,
+    allocate,
+    allocate_greedy,
+)
+from global_planner.allocation import solver as solver_module
+
+
+def _concave(capacity: float, points: int = 12) -> list[float]:
+    return [round(1 - math.exp(-capacity * k), 4) for k in range(points)]
+
+
+def _s_curve(load: float, points: int = 16) -> list[float]:
+    return [round(0.5 * (1 + math.erf((k - load) / 1.5)), 4) for k in range(points)]
+
+
+def _pool(name: str, tenant: str = "a", role: str = "agg", **kw: object) -> PoolDemand:
+    fields: dict[str, object] = dict(
+        deployment=name, tenant=tenant, endpoint=f"ep-{name}", role=role, gpu_type="h100",
+        gpus_per_replica=1, max_replicas=11, curve=_concave(0.4),
+    )
+    fields.update(kw)
+    return PoolDemand(**fields)
+
+
+def _random_request(seed: int) -> AllocationRequest:
+    rng = random.Random(seed)
+    pools = []
+    for d in range(rng.randint(3, 12)):
+        gpu = rng.choice(["h100", "h200"])
+        tenant = rng.choice(["a", "b", "c"])
+        pair = rng.random() < 0.5
+        for role in ("prefill", "decode") if pair else ("agg",):
+            curve = _s_curve(rng.uniform(1, 10)) if rng.random() < 0.5 else _concave(rng.uniform(0.1, 1), 16)
+            pools.append(PoolDemand(
+                deployment=f"d{d}", tenant=tenant, endpoint=f"e{d % 3}", role=role, gpu_type=gpu,
+                gpus_per_replica=rng.choice([1, 2, 4]), min_replicas=rng.choice([0, 0, 1]), max_replicas=15,
+                current_replicas=rng.randint(0, 15), curve=curve, demand_weight=rng.uniform(0.1, 5),
+                pair_group=f"d{d}" if pair else None,
+            ))
+    tenants = {
+        "a": TenantLimits(priority=10, guaranteed_gpus={"h100": rng.randint(0, 8)}),
+        "b": TenantLimits(priority=1, max_gpus={"h200": rng.randint(0, 20)}),
+    }
+    overrides = [PoolOverride(selector="c/*", max_step=rng.randint(0, 3), churn_weight=0.01)]
+    return AllocationRequest(
+        pools=pools, inventory={"h100": rng.randint(0, 40), "h200": rng.randint(0, 40)}, tenants=tenants,
+        overrides=overrides, held_gpus={"h100": rng.randint(0, 4)}, seed=seed, time_limit_s=0.5,
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_instances_respect_every_hard_limit(seed: int) -> None:
+    request = _random_request(seed)
+    for result in (allocate(request), allocate_greedy(request)):
+        for gpu, total in request.inventory.items():
+            used = sum(result.replicas[p.pool_id] * p.gpus_per_replica for p in request.pools if p.gpu_type == gpu)
+            assert used + request.held_gpus.get(gpu, 0) <= max(total, request.held_gpus.get(gpu, 0))
+            assert used <= max(0, total - request.held_gpus.get(gpu, 0))
+        b_h200 = sum(result.replicas[p.pool_id] * p.gpus_per_replica for p in request.pools
+                     if p.tenant == "b" and p.gpu_type == "h200")
+        assert b_h200 <= request.tenants["b"].max_gpus["h200"]
+        for pool in request.pools:
+            assert result.replicas[pool.pool_id] <= pool.max_replicas
+            if pool.tenant == "c":
+                # growth is always step-limited; shrinking may exceed the step only when the
+                # step-limited minima no longer fit the inventory or a cap
+                assert result.replicas[pool.pool_id] - pool.current_replicas <= request.overrides[0].max_step
+        assert set(result.reasons) == {p.pool_id for p in request.pools}
+
+
+def test_bounds_and_max_step() -> None:
+    pools = [_pool("x", current_replicas=5, min_replicas=2, max_replicas=8, curve=_concave(0.1))]
+    request = AllocationRequest(pools=pools, inventory={"h100": 100},
+                                overrides=[PoolOverride(selector="a/x", max_step=1)])
+    assert allocate(request).replicas["x/agg"] == 6
+    assert allocate(request.model_copy(update={"overrides": []})).replicas["x/agg"] == 8
+    flat = [_pool("y", current_replicas=5, min_replicas=2, curve=[0.0] * 12)]
+    assert allocate(AllocationRequest(pools=flat, inventory={"h100": 100})).replicas["y/agg"] == 2
+
+
+def test_flat_curves_get_no_gpus() -> None:
+    pools = [_pool("flat", curve=[0.3] * 12), _pool("dead", curve=[0.0] * 12)]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 50}))
+    assert result.replicas == {"flat/agg": 0, "dead/agg": 0}
+    assert "no marginal value" in result.reasons["flat/agg"]
+
+
+def test_higher_priority_tenant_wins_shortage() -> None:
+    pools = [_pool("hi", tenant="gold", curve=_s_curve(6)), _pool("lo", tenant="bronze", curve=_s_curve(6))]
+    tenants = {"gold": TenantLimits(priority=100), "bronze": TenantLimits(priority=1)}
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 10}, tenants=tenants))
+    assert result.replicas["hi/agg"] >= 8 and result.replicas["lo/agg"] <= 2
+    assert "shortage" in result.reasons["lo/agg"]
+
+
+def test_floor_honoured_only_with_demand() -> None:
+    tenants = {"gold": TenantLimits(priority=100), "small": TenantLimits(priority=1, guaranteed_gpus={"h100": 6})}
+    pools = [_pool("hi", tenant="gold", curve=_concave(0.3)), _pool("s", tenant="small", curve=_concave(0.3))]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 12}, tenants=tenants))
+    assert result.tenant_gpus["small"]["h100"] >= 6
+    idle = [pools[0], _pool("s", tenant="small", curve=[0.0] * 12)]
+    result = allocate(AllocationRequest(pools=idle, inventory={"h100": 12}, tenants=tenants))
+    assert result.replicas["s/agg"] == 0 and result.replicas["hi/agg"] == 11
+
+
+def test_tenant_cap() -> None:
+    tenants = {"a": TenantLimits(max_gpus={"h100": 5})}
+    result = allocate(AllocationRequest(pools=[_pool("x"), _pool("y")], inventory={"h100": 40}, tenants=tenants))
+    assert result.tenant_gpus["a"]["h100"] <= 5
+    assert any("capped by tenant a max h100" in r for r in result.reasons.values())
+
+
+def test_pair_scales_together_on_min() -> None:
+    pools = [
+        _pool("d", role="prefill", pair_group="d", curve=_concave(0.9)),
+        _pool("d", role="decode", pair_group="d", curve=_concave(0.2)),
+    ]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 8}))
+    # a cheap-to-satisfy prefill gets only what keeps up with decode
+    assert result.replicas["d/prefill"] < result.replicas["d/decode"]
+    assert sum(result.replicas.values()) == 8
+
+
+def test_deterministic_and_warm_start_stable() -> None:
+    request = _random_request(7)
+    first, second = allocate(request), allocate(request)
+    assert first.replicas == second.replicas and first.objective == second.objective
+    warm = allocate(request.model_copy(update={"previous": first.replicas}))
+    assert warm.replicas == first.replicas
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_and_cp_sat_agree_on_single_budget_concave(seed: int) -> None:
+    rng = random.Random(seed)
+    pools = [_pool(f"p{i}", curve=_concave(rng.uniform(0.1, 1.0), 16), max_replicas=15,
+                   demand_weight=rng.uniform(0.5, 3)) for i in range(8)]
+    request = AllocationRequest(pools=pools, inventory={"h100": rng.randint(5, 60)}, time_limit_s=2)
+    exact, greedy = allocate(request), allocate_greedy(request)
+    assert exact.status == "optimal"
+    assert exact.objective == pytest.approx(greedy.objective, rel=1e-9)
+
+
+def test_fallback_stays_within_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("solver down")
+
+    monkeypatch.setattr(solver_module.cp_model.CpSolver, "solve", broken)
+    request = _random_request(3)
+    result = allocate(request)
+    assert result.status == "fallback" and result.gap is None
+    for gpu, total in request.inventory.items():
+        used = sum(result.replicas[p.pool_id] * p.gpus_per_replica for p in request.pools if p.gpu_type == gpu)
+        assert used <= max(0, total - request.held_gpus.get(gpu, 0))
+
+
+def test_minima_beyond_inventory_fall_back_by_priority() -> None:
+    tenants = {"gold": TenantLimits(priority=100), "bronze": TenantLimits(priority=1)}
+    pools = [_pool("g", tenant="gold", min_replicas=6), _pool("b", tenant="bronze", min_replicas=6)]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 8}, tenants=tenants))
+    assert result.status == "fallback"
+    assert result.replicas == {"g/agg": 6, "b/agg": 2}
+    assert "below minimum" in result.reasons["b/agg"]
+
+
+def test_routing_weights_follow_capacity() -> None:
+    pools = [
+        _pool("blue", endpoint="chat", curve=_concave(0.5), replica_capacity_rps=10.0),
+        _pool("green", endpoint="chat", curve=_concave(0.5), replica_capacity_rps=30.0),
+    ]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 8}))
+    weights = result.routing_weights["chat"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    blue, green = result.replicas["blue/agg"] * 10.0, result.replicas["green/agg"] * 30.0
+    assert weights["green"] == pytest.approx(green / (blue + green))
+
+
+def test_curve_validation() -> None:
+    with pytest.raises(ValueError, match=r"curve\[1\]"):
+        _pool("x", curve=[0.0, 1.5])
+    with pytest.raises(ValueError, match="pool_id"):
+        _pool("x", pool_id="y/agg")

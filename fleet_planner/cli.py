@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# Planning loops are single-threaded; BLAS threads only fight over the cores (statsmodels fits).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from fleet_planner.errors import InputError
 

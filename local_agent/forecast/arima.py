@@ -49,7 +49,7 @@ class ArimaPredictor(Predictor):
             raise ValueError(f"order must be 'auto' or three integers >= 0, got {order!r}")
         if min_points < 4 or window < min_points or refit_every < 1:
             raise ValueError("need min_points >= 4, window >= min_points and refit_every >= 1")
-        self._orders: tuple[Order, ...] = AUTO_ORDERS if order == "auto" else (tuple(order),)  # type: ignore[assignment]
+        self._orders: tuple[Order, ...] = AUTO_ORDERS if order == "auto" else ((order[0], order[1], order[2]),)
         self._min_points = min_points
         self._refit_every = refit_every
         self._z = normal_z(quantile)
@@ -58,7 +58,7 @@ class ArimaPredictor(Predictor):
         self._results: SARIMAXResultsWrapper | None = None
         self._params: dict[Order, np.ndarray] = {}
         self._scale = 1.0
-        self._pending: list[float] = []
+        self._pending: deque[float] = deque(maxlen=refit_every)  # more than this means a refit is due
         self._observed = 0
         self._next_fit_at = min_points
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -87,11 +87,11 @@ class ArimaPredictor(Predictor):
                 warnings.simplefilter("ignore")
                 if self._observed >= self._next_fit_at:
                     self._next_fit_at = self._observed + self._refit_every
-                    self._pending = []
+                    self._pending.clear()
                     self._results = self._fit(np.fromiter(self._values, dtype=float))
                 elif self._results is not None and self._pending:
-                    self._results = self._results.extend(np.asarray(self._pending) / self._scale)
-                    self._pending = []
+                    self._results = self._results.extend(np.fromiter(self._pending, dtype=float) / self._scale)
+                    self._pending.clear()
                 if self._results is None:
                     return self._fallback.path(steps)
                 forecast = self._results.get_forecast(steps)

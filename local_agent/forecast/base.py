@@ -54,8 +54,8 @@ class Predictor(ABC):
     Rules every predictor follows:
 
     * ``observe(None)`` is a missing metric, never zero load: the model state is not touched, so
-      predictions are exactly what they were (the seasonal predictor also keeps its daily phase,
-      see there).
+      predictions are exactly what they were. The seasonal and prophet predictors model time of
+      day, so for them it also advances the clock (a recorded gap), keeping the daily phase.
     * Zeros before the first non-zero value are an idle service, not a level: they are skipped
       like missing values so they cannot drag the model down.
     * NaN, inf and negative observations raise ValueError and leave the state unchanged.

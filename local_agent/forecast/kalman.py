@@ -16,45 +16,54 @@ import numpy as np
 
 from local_agent.forecast.base import Predictor, normal_z
 
-_F = np.array([[1.0, 1.0], [0.0, 1.0]])
+def _positive(number: object) -> bool:
+    return isinstance(number, (int, float)) and math.isfinite(number) and number > 0
 
 
 class _TrendFilter:
-    """One local linear trend filter in units of its (estimated) measurement noise variance."""
+    """One local linear trend filter in units of its (estimated) measurement noise variance.
+
+    Scalar arithmetic on the 2x2 covariance (p00, p01, p11): ~10x faster than numpy at this size,
+    which matters when a day at 5 s intervals is replayed for many deployments.
+    """
 
     def __init__(self, level_noise: float, slope_noise: float, value: float, adapt: float, prior_cv: float):
-        self.q = np.diag([level_noise, slope_noise])
+        self.q0, self.q1 = level_noise, slope_noise
         self.adapt = adapt
-        self.x = np.array([value, 0.0])
-        self.p = np.diag([1.0, slope_noise * 10.0])
+        self.level, self.slope = value, 0.0
+        self.p00, self.p01, self.p11 = 1.0, 0.0, slope_noise * 10.0
         self.scale = (prior_cv * value) ** 2
         self.innovations = 0
 
     def update(self, value: float) -> float:
         """Absorb one value; returns the one-step forecast error it made for it."""
-        x = _F @ self.x
-        p = _F @ self.p @ _F.T + self.q
-        innovation = value - x[0]
-        s = p[0, 0] + 1.0
+        level = self.level + self.slope
+        p00 = self.p00 + 2.0 * self.p01 + self.p11 + self.q0
+        p01 = self.p01 + self.p11
+        p11 = self.p11 + self.q1
+        innovation = value - level
+        s = p00 + 1.0
         self.innovations += 1
         rate = max(self.adapt, 1.0 / (self.innovations + 1))
         self.scale = (1.0 - rate) * self.scale + rate * innovation * innovation / s
-        gain = p[:, 0] / s
-        self.x = x + gain * innovation
-        self.p = p - np.outer(gain, p[0, :])
+        k0, k1 = p00 / s, p01 / s
+        self.level, self.slope = level + k0 * innovation, self.slope + k1 * innovation
+        self.p00, self.p01, self.p11 = p00 - k0 * p00, p01 - k0 * p01, p11 - k1 * p01
         return innovation
 
     def path(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean and predictive standard deviation for horizons 1..steps."""
-        means = np.empty(steps)
-        variances = np.empty(steps)
-        x, p = self.x, self.p
-        for k in range(steps):
-            x = _F @ x
-            p = _F @ p @ _F.T + self.q
-            means[k] = x[0]
-            variances[k] = self.scale * (p[0, 0] + 1.0)
-        return means, np.sqrt(variances)
+        k = np.arange(1, steps + 1, dtype=float)
+        means = self.level + k * self.slope
+        # covariance of level after k free steps: P propagated by F^k plus the accumulated noise
+        level_var = (
+            self.p00
+            + 2.0 * k * self.p01
+            + k * k * self.p11
+            + k * self.q0
+            + self.q1 * (k - 1.0) * k * (2.0 * k - 1.0) / 6.0
+        )
+        return means, np.sqrt(self.scale * (level_var + 1.0))
 
 
 class KalmanPredictor(Predictor):
@@ -81,11 +90,10 @@ class KalmanPredictor(Predictor):
     ) -> None:
         super().__init__(interval_s=interval_s, quantile=quantile)
         ratios = (level_noise,) if isinstance(level_noise, (int, float)) else tuple(level_noise)
-        for label, number in (*((f"level_noise {r!r}", r) for r in ratios), ("slope_ratio", slope_ratio), ("prior_cv", prior_cv)):
-            if not (isinstance(number, (int, float)) and math.isfinite(number) and number > 0):
-                raise ValueError(f"{label} must be a number > 0, got {number!r}")
-        if not ratios:
-            raise ValueError("level_noise needs at least one ratio")
+        if not ratios or not all(_positive(r) for r in ratios):
+            raise ValueError(f"level_noise must be one or more numbers > 0, got {level_noise!r}")
+        if not (_positive(slope_ratio) and _positive(prior_cv)):
+            raise ValueError(f"slope_ratio and prior_cv must be > 0, got {slope_ratio!r}, {prior_cv!r}")
         if not 0 < adapt <= 1:
             raise ValueError(f"adapt must be in (0, 1], got {adapt!r}")
         self._ratios = ratios

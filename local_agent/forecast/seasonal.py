@@ -91,7 +91,8 @@ class SeasonalPredictor(Predictor):
         return np.where(held, self._buffer[indices % size], np.nan)
 
     def _seasonal(self, steps: int) -> tuple[np.ndarray, float]:
-        """Seasonal forecasts for horizons 1..steps (NaN where unknown) and the blend weight."""
+        """Seasonal forecasts for horizons 1..steps (NaN where unknown) and the share of the level
+        window observed both now and one period ago."""
         nothing = np.full(steps, np.nan), 0.0
         last = self._count - 1
         recent = self._get(np.arange(last - self._window + 1, last + 1))

@@ -42,7 +42,7 @@ under load and 1 without. p90 latencies are None where the pool is overloaded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,15 +51,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet_planner.planning import SLA, PoolRole
 from local_agent.sizing.load import Calibration, LoadEstimate
 from local_agent.sizing.queueing import (
-    exp_tail_decay,
+    erlang_c,
     exp_tail_met,
     first_root,
     group_means,
     groups,
+    groups_at,
     halfin_whitt_wait_probability,
     norm_cdf,
     quantile_bisect,
-    window_variance_ratio,
 )
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -68,8 +68,11 @@ DEFAULT_KV_BYTES_PER_TOKEN = 131072
 DEFAULT_KV_TRANSFER_GBPS = 50.0
 ADMISSION_SHARE = 0.5  # share of the TTFT SLA a decode-slot wait may use by default
 GRID_POINTS = 257  # batch-size grid of the decode fixed point
+_CTX_STEPS = np.array([1.0 / 1.1, 1.1])  # context offsets for the ITL-vs-context slope
 SAMPLE_GROUPS = 64  # equal-count groups of the sample for attainment terms
-P90_GROUPS = 8  # coarser groups for the p90 searches
+P90_GROUPS = 8  # decode-length groups for the ITL p90 search
+# Quantile edges of the own-TTFT groups for the p90 search: coarse in the body, fine in the tail.
+P90_EDGES = np.array([0.0, 0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0])
 P90 = 0.9
 
 KvTransferFn = Callable[[np.ndarray], np.ndarray]
@@ -129,7 +132,6 @@ class _LengthGroups:
 
     iterations: np.ndarray  # mean decode iterations of each group
     weights: np.ndarray  # share of decoding requests in each group
-    ratios: np.ndarray  # batch-noise variance ratio (longer decodes average the noise out)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class _DecodeShape:
 
     mean_iterations: float  # decode iterations (output - 1) per request, over all requests
     context: float  # residence-weighted mean of input + output / 2
+    context_variance: float  # residence-weighted variance of one sequence's context
     kv_per_seq: float  # residence-weighted mean of input + output (reserved KV tokens)
     decoding_share: float  # share of requests with at least one decode iteration
     fine: _LengthGroups  # for attainment
@@ -150,15 +153,16 @@ def _decode_shape(load: LoadEstimate) -> _DecodeShape:
     total = d.sum()
     w = d / total if total > 0 else np.full(d.size, 1.0 / d.size)
     decoding = np.sort(d[d > 0])
-    correlation = decoding.mean() if decoding.size else 1.0
+    context = inputs + 0.5 * outputs
+    mean_context = float(np.dot(w, context))
 
     def grouped(count: int) -> _LengthGroups:
-        iterations, weights = group_means(decoding, count)
-        return _LengthGroups(iterations, weights, window_variance_ratio(iterations / correlation))
+        return _LengthGroups(*group_means(decoding, count))
 
     return _DecodeShape(
         mean_iterations=float(d.mean()),
-        context=float(np.dot(w, inputs + 0.5 * outputs)),
+        context=mean_context,
+        context_variance=float(np.dot(w, (context - mean_context) ** 2)),
         kv_per_seq=float(np.dot(w, inputs + outputs)),
         decoding_share=decoding.size / d.size,
         fine=grouped(SAMPLE_GROUPS),
@@ -177,7 +181,7 @@ class _DecodePoint:
 
     batch: np.ndarray  # mean running sequences (inf when overloaded)
     itl: np.ndarray  # decode iteration a request sees, itl(B + 1), before prefill stretch
-    slope: np.ndarray  # d itl / d batch at the operating point
+    variance: np.ndarray  # of the iteration time a request sees, from batch and context noise
     stable: np.ndarray
     itl_at_cap: float
     utilisation: np.ndarray
@@ -191,7 +195,11 @@ def _decode_point(
     itl_factor: float,
     stretch: np.ndarray,
 ) -> _DecodePoint:
-    """Solve ``B = lambda E[d] stretch itl(B + 1)`` on a batch grid, for every N at once."""
+    """Solve ``B = lambda E[d] stretch itl(B + 1)`` on a batch grid, for every N at once.
+
+    Iteration-time noise: the batch is Poisson(B) (variance B) and its mean context averages
+    B + 1 sequences' contexts; both are scaled by the local slopes of ``itl``.
+    """
     grid = np.linspace(0.0, slots, GRID_POINTS)
     itl = np.asarray(model.itl_ms(np.minimum(grid + 1.0, slots), shape.context)) * itl_factor
     demand = rate_per_replica * shape.mean_iterations / 1000.0  # sequences per ms of decoding
@@ -200,13 +208,22 @@ def _decode_point(
     gap = grid[None, :] - stretched[:, None] * itl[None, :]
     root, j, found = first_root(grid, gap)
     stable = found & finite
+    batch = np.where(stable, root, 0.0)
     slope = (itl[j] - itl[j - 1]) / (grid[j] - grid[j - 1])
-    at_root = np.interp(np.where(stable, root, 0.0), grid, itl)
+    at_root = np.interp(batch, grid, itl)
+    seen = np.minimum(batch + 1.0, slots)
+    wider = np.asarray(
+        model.itl_ms(np.concatenate((seen, seen)), np.repeat(shape.context * _CTX_STEPS, seen.size))
+    )
+    context_slope = (wider[seen.size :] - wider[: seen.size]) * itl_factor / (
+        shape.context * (_CTX_STEPS[1] - _CTX_STEPS[0])
+    )
+    variance = slope**2 * batch + context_slope**2 * shape.context_variance / (batch + 1.0)
     capacity = slots / itl[-1]  # sequences per ms of decode time at the cap
     return _DecodePoint(
         batch=np.where(stable, root, np.inf),
         itl=at_root,
-        slope=slope,
+        variance=variance,
         stable=stable,
         itl_at_cap=float(itl[-1]),
         utilisation=demand / capacity,
@@ -233,7 +250,8 @@ def _itl_attainment(
         return np.ones_like(mean), np.full_like(mean, np.nan)
 
     def spread(groups: _LengthGroups) -> tuple[np.ndarray, np.ndarray]:
-        var_decode = batch_variance[:, None] * groups.ratios[None, :] + 1e-12
+        var_decode = np.broadcast_to(batch_variance[:, None], (mean.size, groups.weights.size))
+        var_decode = var_decode + 1e-12
         return var_decode, np.sqrt(var_decode + interference[:, None] / groups.iterations)
 
     var_decode, sd = spread(shape.fine)
@@ -258,35 +276,84 @@ def _itl_attainment(
 
 @dataclass(frozen=True)
 class _OwnTime:
-    """Each request's own part of TTFT (no queueing), shaped (N or 1, groups): equal-count
-    groups of the sample sorted by it (smallest and largest value of each, for attainment) and
-    a few evenly spaced quantiles (for the p90 search)."""
+    """Each request's own part of TTFT (no queueing) as groups of the sample sorted by it: the
+    smallest and largest value of each group, shaped (N or 1, groups). Equal-count groups serve
+    the attainment; groups refined toward the tail serve the p90 search."""
 
     lo: np.ndarray
     hi: np.ndarray
     weights: np.ndarray
-    quantiles: np.ndarray
+    tail_lo: np.ndarray
+    tail_hi: np.ndarray
+    tail_weights: np.ndarray
+
+
+def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTime:
+    """Group a sample of ``size`` by own time; ``value_at`` gives the own times of sorted
+    positions (own time grows along the sort)."""
+    first, last, weights = groups(SAMPLE_GROUPS, size)
+    tail_first, tail_last, tail_weights = groups_at(P90_EDGES, size)
+    return _OwnTime(
+        value_at(first),
+        value_at(last),
+        weights,
+        value_at(tail_first),
+        value_at(tail_last),
+        tail_weights,
+    )
+
+
+@dataclass(frozen=True)
+class _PromptQueue:
+    """The pool's prompt queue per replica count, as M/G/c: least-work routing over N replicas
+    behaves like one FIFO queue served by N servers."""
+
+    stable: np.ndarray
+    utilisation: np.ndarray
+    wait_probability: np.ndarray  # Erlang C
+    wait_scale_ms: np.ndarray  # mean wait of those who wait (exponential tail)
+
+
+def _prompt_queue(
+    rate_per_ms: float,
+    servers: np.ndarray,
+    mean_work: np.ndarray,
+    mean_work_sq: np.ndarray,
+    vacation_ms: np.ndarray,
+) -> _PromptQueue:
+    """Erlang C with the Allen–Cunneen correction for general service times; the iteration's
+    non-prefill time (overhead or decode step) acts as a vacation added to the wait."""
+    offered = rate_per_ms * mean_work
+    rho = offered / servers
+    stable = rho < 1.0
+    free = np.where(stable, 1.0 - rho, 1.0)
+    residual = mean_work_sq / (2.0 * np.maximum(mean_work, 1e-12))  # E[S] (1 + cv^2) / 2
+    return _PromptQueue(
+        stable=stable,
+        utilisation=rho,
+        wait_probability=erlang_c(servers, np.where(stable, offered, 0.0)),
+        wait_scale_ms=(residual + vacation_ms) / (servers * free),
+    )
 
 
 def _ttft_met(
-    sla_ttft: float, own: _OwnTime, rho: np.ndarray, mean_wait: np.ndarray
+    sla_ttft: float, own: _OwnTime, queue: _PromptQueue
 ) -> tuple[np.ndarray, np.ndarray]:
     """Share of requests with own part + queueing wait within the SLA, and the p90 of that sum;
     0 and NaN where the queue is unstable."""
-    stable = rho < 1.0
-    rho_s = np.where(stable, rho, 0.0)[:, None]
-    decay = exp_tail_decay(rho_s, np.where(stable, mean_wait, 0.0)[:, None])
-    met = exp_tail_met(sla_ttft - own.hi, sla_ttft - own.lo, rho_s, decay) @ own.weights
+    waits = np.where(queue.stable, queue.wait_probability, 0.0)[:, None]
+    scale = np.where(queue.stable, queue.wait_scale_ms, 1.0)
+    decay = 1.0 / np.maximum(scale, 1e-12)[:, None]
+    met = exp_tail_met(sla_ttft - own.hi, sla_ttft - own.lo, waits, decay) @ own.weights
 
     def cdf(t: np.ndarray) -> np.ndarray:
-        slack = t[:, None] - own.quantiles
-        waited = 1.0 - rho_s * np.exp(-decay * np.maximum(slack, 0.0))
-        return np.where(slack >= 0, waited, 0.0).mean(axis=1)
+        t = t[:, None]
+        return exp_tail_met(t - own.tail_hi, t - own.tail_lo, waits, decay) @ own.tail_weights
 
-    tail = np.log(np.maximum(rho_s[:, 0], 1.0 - P90) / (1.0 - P90)) / decay[:, 0]
-    lo = np.broadcast_to(own.quantiles.min(axis=1), rho.shape)
-    p90 = quantile_bisect(cdf, lo, own.quantiles.max(axis=1) + tail, P90)
-    return np.where(stable, met, 0.0), np.where(stable, p90, np.nan)
+    tail = np.log(np.maximum(waits[:, 0], 1.0 - P90) / (1.0 - P90)) * scale
+    lo = np.broadcast_to(own.tail_lo.min(axis=1), scale.shape)
+    p90 = quantile_bisect(cdf, lo, own.tail_hi.max(axis=1) + tail, P90)
+    return np.where(queue.stable, met, 0.0), np.where(queue.stable, p90, np.nan)
 
 
 def _admission_ok(
@@ -302,14 +369,13 @@ def _admission_ok(
     return ok, np.where(point.stable, p90, np.nan)
 
 
-def _quantile_picks(size: int) -> np.ndarray:
-    """Indices of evenly spaced quantiles (group midpoints) in a sorted sample of ``size``."""
-    return ((np.arange(P90_GROUPS) + 0.5) / P90_GROUPS * size).astype(np.int64)
+def _replica_counts(max_replicas: int) -> np.ndarray:
+    return np.arange(1, max_replicas + 1, dtype=np.float64)
 
 
-def _per_replica_rate(load: LoadEstimate, calibration: Calibration, max_replicas: int) -> np.ndarray:
-    rate = load.rate_rps * calibration.load_factor
-    return rate / np.arange(1, max_replicas + 1, dtype=np.float64)
+def _rate_per_ms(load: LoadEstimate, calibration: Calibration) -> float:
+    """Arrivals per millisecond to plan for (latencies are in ms), headroom included."""
+    return load.rate_rps * calibration.load_factor / 1000.0
 
 
 def _check_limits(max_replicas: int, **positive: int) -> None:
@@ -351,19 +417,20 @@ def prefill_curve(
     own = np.ceil(inputs / max_batch_tokens) * overhead + variable + transfer
     work = variable + overhead * inputs / max_batch_tokens
 
-    lam = _per_replica_rate(load, calibration, max_replicas) / 1000.0  # per ms
-    rho = lam * work.mean()
-    stable = rho < 1.0
-    free = np.where(stable, 1.0 - rho, 1.0)
-    mean_wait = lam * np.mean(work**2) / (2.0 * free) + overhead * rho / free
+    servers = _replica_counts(max_replicas)
+    queue = _prompt_queue(
+        _rate_per_ms(load, calibration),
+        servers,
+        np.full(max_replicas, work.mean()),
+        np.full(max_replicas, np.mean(work**2)),
+        np.full(max_replicas, overhead),
+    )
 
     order = np.sort(own)
-    first, last, weights = groups(SAMPLE_GROUPS, order.size)
-    picks = _quantile_picks(order.size)
-    grouped = _OwnTime(order[first][None, :], order[last][None, :], weights, order[picks][None, :])
-    attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, rho, mean_wait)
+    grouped = _own_time(order.size, lambda at: order[at][None, :])
+    attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue)
     none = np.full(max_replicas, np.nan)
-    return _curve("prefill", load.rate_rps, attainment, ttft_p90, none, rho)
+    return _curve("prefill", load.rate_rps, attainment, ttft_p90, none, queue.utilisation)
 
 
 def decode_curve(
@@ -382,14 +449,14 @@ def decode_curve(
     budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
     shape = _decode_shape(load)
     slots = _slots(model, shape, max_num_seqs)
-    lam = _per_replica_rate(load, calibration, max_replicas)
+    lam = _rate_per_ms(load, calibration) * 1000.0 / _replica_counts(max_replicas)
     ones = np.ones_like(lam)
     point = _decode_point(model, shape, lam, slots, calibration.itl_factor, ones)
 
     zero = np.zeros_like(lam)
     batch = np.where(point.stable, point.batch, 0.0)
     itl_met, itl_p90 = _itl_attainment(
-        sla.itl_ms, shape, point.itl, point.itl, point.slope**2 * batch, zero, zero
+        sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero
     )
     if point.itl_at_cap <= sla.itl_ms:  # the batch cap bounds every iteration
         itl_met = ones
@@ -419,8 +486,9 @@ def agg_curve(
     overhead, variable = _prefill_costs(model, inputs, calibration)
     shape = _decode_shape(load)
     slots = _slots(model, shape, max_num_seqs)
-    lam_s = _per_replica_rate(load, calibration, max_replicas)
-    lam = lam_s / 1000.0  # per ms
+    servers = _replica_counts(max_replicas)
+    lam = _rate_per_ms(load, calibration) / servers  # per replica and ms
+    lam_s = lam * 1000.0
 
     # Decode: prefill chunks take a share rho_c of the time, stretching every iteration.
     rho_c = lam * variable.mean()
@@ -435,7 +503,7 @@ def agg_curve(
         shape,
         mean_itl,
         point.itl,
-        (point.slope * stretch_s) ** 2 * batch,
+        point.variance * stretch_s**2,
         interference,
         lam * mean_itl,
     )
@@ -453,27 +521,24 @@ def agg_curve(
         + 2.0 * share * np.mean(variable * inputs)
         + share**2 * np.mean(inputs**2)
     )
-    rho = np.where(point.stable, lam * mean_work, np.inf)
-    queue_stable = rho < 1.0
-    free = np.where(queue_stable, 1.0 - rho, 1.0)
-    mean_wait = lam * mean_work_sq / (2.0 * free) + step * np.where(queue_stable, rho, 0.0) / free
+    queue = _prompt_queue(_rate_per_ms(load, calibration), servers, mean_work, mean_work_sq, step)
+    queue = replace(queue, stable=queue.stable & point.stable)
     residual = busy * mean_itl / 2.0
 
     # The own part grows with the prompt, so groups of prompts sorted by length bound it.
     order = np.argsort(inputs, kind="stable")
-    first, last, weights = groups(SAMPLE_GROUPS, inputs.size)
 
-    def own(picks: np.ndarray) -> np.ndarray:
+    def own(at: np.ndarray) -> np.ndarray:
+        picks = order[at]
         chunks = np.ceil(inputs[picks][None, :] / token_budget[:, None])
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
-    quantiles = own(order[_quantile_picks(inputs.size)])
-    grouped = _OwnTime(own(order[first]), own(order[last]), weights, quantiles)
-    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, rho, mean_wait)
+    grouped = _own_time(inputs.size, own)
+    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue)
     admitted, _ = _admission_ok(slots, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
-    utilisation = np.maximum(rho_c + point.utilisation, np.where(np.isfinite(rho), rho, 0.0))
+    utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
     return _curve("agg", load.rate_rps, attainment, ttft_p90, itl_p90, utilisation)
 
 

@@ -124,9 +124,14 @@ def exp_tail_met(lo: np.ndarray, hi: np.ndarray, rho: np.ndarray, decay: np.ndar
 
 def groups(count: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Equal-count groups over ``size`` sorted items: (first index, last index, weight)."""
-    count = max(1, min(count, size))
-    edges = np.linspace(0, size, count + 1).round().astype(np.int64)
-    return edges[:-1], edges[1:] - 1, np.diff(edges) / size
+    return groups_at(np.linspace(0.0, 1.0, max(1, min(count, size)) + 1), size)
+
+
+def groups_at(edges: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of ``size`` sorted items between quantile ``edges`` (0 ... 1), empty ones dropped:
+    (first index, last index, weight)."""
+    bounds = np.unique((np.asarray(edges) * size).round().astype(np.int64))
+    return bounds[:-1], bounds[1:] - 1, np.diff(bounds) / size
 
 
 def group_means(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

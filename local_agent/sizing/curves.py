@@ -305,8 +305,7 @@ def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTi
 
 @dataclass(frozen=True)
 class _PromptQueue:
-    """The pool's prompt queue per replica count, as M/G/c: least-work routing over N replicas
-    behaves like one FIFO queue served by N servers."""
+    """A prompt queue per replica count, as M/G/c (c = 1 for a queue per replica)."""
 
     stable: np.ndarray
     utilisation: np.ndarray
@@ -315,7 +314,7 @@ class _PromptQueue:
 
 
 def _prompt_queue(
-    rate_per_ms: float,
+    rate_per_ms: float | np.ndarray,
     servers: np.ndarray,
     mean_work: np.ndarray,
     mean_work_sq: np.ndarray,
@@ -521,7 +520,8 @@ def agg_curve(
         + 2.0 * share * np.mean(variable * inputs)
         + share**2 * np.mean(inputs**2)
     )
-    queue = _prompt_queue(_rate_per_ms(load, calibration), servers, mean_work, mean_work_sq, step)
+    # Agg routing balances reserved KV tokens, not prompt queues: each replica is its own M/G/1.
+    queue = _prompt_queue(lam, np.ones_like(servers), mean_work, mean_work_sq, step)
     queue = replace(queue, stable=queue.stable & point.stable)
     residual = busy * mean_itl / 2.0
 

@@ -161,6 +161,7 @@ class Pool:
         self.target = 0
         self.queue: deque[int] = deque()  # requests waiting for any ready replica
         self.next_pool: Pool | None = None  # prefill -> decode hand-off
+        self.entry_pool: Pool = self  # where the deployment's requests enter (TTFT is its metric)
         self.gpus_held = 0
         self.gpu_seconds = 0.0
         self._gpu_t = 0.0
@@ -513,7 +514,7 @@ class Simulator:
                 pool.start_replica(now)
 
     def first_token(self, request: int, pool: Pool, now: float) -> None:
-        pool.stats.ttft_ms.append((now - self.requests.arrival[request]) * 1000.0)
+        pool.entry_pool.stats.ttft_ms.append((now - self.requests.arrival[request]) * 1000.0)
         if self.on_first_token is not None:
             self.on_first_token(request, pool, now)
 

@@ -29,10 +29,22 @@ def _oracle(scenario, workload: Workload) -> Policy:
     return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
 
 
+def _local(scenario, workload: Workload) -> Policy:
+    from local_agent.agent import AgentOptions
+    from local_agent.simulated import LocalAgentsPolicy
+
+    try:
+        agent_options = AgentOptions(**scenario.planner.options)
+    except ValueError as exc:
+        raise InputError(f"invalid local agent options: {exc}", field="planner") from exc
+    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, agent_options)
+
+
 POLICIES: dict[str, Callable[..., Policy]] = {
     "static": _static,
     "static-peak": _static_peak,
     "oracle": _oracle,
+    "local": _local,
 }
 
 

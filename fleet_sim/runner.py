@@ -154,6 +154,7 @@ class FleetSimulation:
                 self.sim.pools.append(pool)
             if spec.mode == "disagg":
                 built["prefill"].next_pool = built["decode"]
+                built["decode"].entry_pool = built["prefill"]
                 self.entry_pool.append(built["prefill"])
                 self.exit_pool.append(built["decode"])
             else:

@@ -41,6 +41,7 @@ under load and 1 without. p90 latencies are None where the pool is overloaded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -69,11 +70,21 @@ DEFAULT_KV_TRANSFER_GBPS = 50.0
 ADMISSION_SHARE = 0.5  # share of the TTFT SLA a decode-slot wait may use by default
 GRID_POINTS = 257  # batch-size grid of the decode fixed point
 _CTX_STEPS = np.array([1.0 / 1.1, 1.1])  # context offsets for the ITL-vs-context slope
-SAMPLE_GROUPS = 64  # equal-count groups of the sample for attainment terms
+SAMPLE_GROUPS = 64  # equal-count groups of decode lengths for the ITL attainment
+# Quantile edges of the own-TTFT groups: uniform in the body, ever finer toward the tail, where
+# the share of requests that miss the TTFT SLA on their own is decided.
+SAMPLE_EDGES = np.concatenate(
+    (
+        np.linspace(0.0, 0.9, 37)[:-1],
+        np.linspace(0.9, 0.99, 19)[:-1],
+        [0.99, 0.992, 0.994, 0.996, 0.998, 0.999, 0.9995, 0.9998, 1.0],
+    )
+)
 P90_GROUPS = 8  # decode-length groups for the ITL p90 search
 # Quantile edges of the own-TTFT groups for the p90 search: coarse in the body, fine in the tail.
 P90_EDGES = np.array([0.0, 0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0])
 P90 = 0.9
+_Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
 KvTransferFn = Callable[[np.ndarray], np.ndarray]
 
@@ -85,6 +96,8 @@ class EngineModel(Protocol):
     def prefill_overhead_ms(self) -> float: ...
     @property
     def max_kv_tokens(self) -> int: ...
+    @property
+    def max_context(self) -> int | None: ...
     def ttft_ms(self, isl: Any) -> Any: ...
     def itl_ms(self, batch: Any, context: Any) -> Any: ...
 
@@ -105,6 +118,13 @@ class PoolCurve(BaseModel):
     itl_p90_ms: list[float | None] = Field(description="p90 of per-request mean ITL; None if n/a")
     utilisation: list[float] = Field(
         description="offered load over capacity per replica (> 1: overloaded; inf at N=0)"
+    )
+    ceiling: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="attainment with unlimited replicas: requests rejected for length or too "
+        "long to serve within the SLA on an idle engine miss it however many replicas run",
     )
 
     @model_validator(mode="after")
@@ -264,6 +284,8 @@ def _itl_attainment(
     met = p @ shape.fine.weights
     attainment = 1.0 - shape.decoding_share + shape.decoding_share * met
 
+    if not np.any(interference > 0):  # one normal for every request: closed form
+        return attainment, mean + _Z90 * np.sqrt(batch_variance)
     _, coarse_sd = spread(shape.coarse)
     weights = shape.coarse.weights
 
@@ -286,12 +308,13 @@ class _OwnTime:
     tail_lo: np.ndarray
     tail_hi: np.ndarray
     tail_weights: np.ndarray
+    p90: np.ndarray  # shaped (N or 1,)
 
 
 def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTime:
     """Group a sample of ``size`` by own time; ``value_at`` gives the own times of sorted
     positions (own time grows along the sort)."""
-    first, last, weights = groups(SAMPLE_GROUPS, size)
+    first, last, weights = groups_at(SAMPLE_EDGES, size)
     tail_first, tail_last, tail_weights = groups_at(P90_EDGES, size)
     return _OwnTime(
         value_at(first),
@@ -300,6 +323,7 @@ def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTi
         value_at(tail_first),
         value_at(tail_last),
         tail_weights,
+        value_at(np.array([int(P90 * (size - 1))]))[:, 0],
     )
 
 
@@ -314,14 +338,15 @@ class _PromptQueue:
 
 
 def _prompt_queue(
-    rate_per_ms: float | np.ndarray,
+    rate_per_ms: np.ndarray,
     servers: np.ndarray,
-    mean_work: np.ndarray,
-    mean_work_sq: np.ndarray,
-    vacation_ms: np.ndarray,
+    mean_work: np.ndarray | float,
+    mean_work_sq: np.ndarray | float,
+    vacation_ms: np.ndarray | float,
 ) -> _PromptQueue:
-    """Erlang C with the Allen–Cunneen correction for general service times; the iteration's
-    non-prefill time (overhead or decode step) acts as a vacation added to the wait."""
+    """Erlang C with the Allen–Cunneen correction for general service times. Work is a prompt's
+    prefill cost plus its token share of a full iteration's fixed time (prompts queued together
+    share one iteration); ``vacation_ms`` adds what partly filled iterations cost on top."""
     offered = rate_per_ms * mean_work
     rho = offered / servers
     stable = rho < 1.0
@@ -345,13 +370,21 @@ def _ttft_met(
     decay = 1.0 / np.maximum(scale, 1e-12)[:, None]
     met = exp_tail_met(sla_ttft - own.hi, sla_ttft - own.lo, waits, decay) @ own.weights
 
-    def cdf(t: np.ndarray) -> np.ndarray:
-        t = t[:, None]
-        return exp_tail_met(t - own.tail_hi, t - own.tail_lo, waits, decay) @ own.tail_weights
+    # Where under 0.5% of prompts wait the p90 is the own part's (to within the own part's
+    # 0.9 - 0.905 quantile gap); search only the other rows.
+    p90 = np.broadcast_to(own.p90, scale.shape).copy()
+    search = queue.stable & (waits[:, 0] > 0.005)
+    if search.any():
+        lo, hi = (v if v.shape[0] == 1 else v[search] for v in (own.tail_lo, own.tail_hi))
+        waits_s, decay_s = waits[search], decay[search]
 
-    tail = np.log(np.maximum(waits[:, 0], 1.0 - P90) / (1.0 - P90)) * scale
-    lo = np.broadcast_to(own.tail_lo.min(axis=1), scale.shape)
-    p90 = quantile_bisect(cdf, lo, own.tail_hi.max(axis=1) + tail, P90)
+        def cdf(t: np.ndarray) -> np.ndarray:
+            t = t[:, None]
+            return exp_tail_met(t - hi, t - lo, waits_s, decay_s) @ own.tail_weights
+
+        tail = np.log(np.maximum(waits_s[:, 0], 1.0 - P90) / (1.0 - P90)) * scale[search]
+        low = np.broadcast_to(lo.min(axis=1), tail.shape)
+        p90[search] = quantile_bisect(cdf, low, hi.max(axis=1) + tail, P90)
     return np.where(queue.stable, met, 0.0), np.where(queue.stable, p90, np.nan)
 
 
@@ -369,12 +402,36 @@ def _admission_ok(
 
 
 def _replica_counts(max_replicas: int) -> np.ndarray:
-    return np.arange(1, max_replicas + 1, dtype=np.float64)
+    """Rows of every per-N computation: N = 1 .. max, then N = inf (no load per replica), whose
+    attainment is the curve's ceiling."""
+    return np.append(np.arange(1, max_replicas + 1, dtype=np.float64), np.inf)
 
 
 def _rate_per_ms(load: LoadEstimate, calibration: Calibration) -> float:
     """Arrivals per millisecond to plan for (latencies are in ms), headroom included."""
     return load.rate_rps * calibration.load_factor / 1000.0
+
+
+def _servable(
+    model: EngineModel, load: LoadEstimate, max_input_tokens: int | None
+) -> tuple[LoadEstimate | None, float]:
+    """The requests an engine accepts and their share: prompts over the context limit (or
+    ``max_input_tokens``) are rejected at admission, add no load, and never meet the SLA."""
+    limits = [v for v in (max_input_tokens, model.max_context) if v]
+    if not limits:
+        return load, 1.0
+    kept = load.input_tokens <= min(limits)
+    share = float(kept.mean())
+    if share == 1.0:
+        return load, 1.0
+    if share == 0.0:
+        return None, 0.0
+    served = LoadEstimate(
+        rate_rps=load.rate_rps * share,
+        input_tokens=load.input_tokens[kept],
+        output_tokens=load.output_tokens[kept],
+    )
+    return served, share
 
 
 def _check_limits(max_replicas: int, **positive: int) -> None:
@@ -401,35 +458,41 @@ def prefill_curve(
     *,
     max_replicas: int,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
 ) -> PoolCurve:
-    """TTFT attainment of a disaggregated prefill pool (queue + prefill + KV transfer).
+    """TTFT attainment of a disaggregated prefill pool (queue + prefill + KV transfer); prompts
+    the engine rejects for length count as misses.
 
     ``kv_transfer_ms_fn`` maps input lengths to transfer times; None uses the simulator's
     defaults (128 KiB per token over 50 Gb/s).
     """
     _check_limits(max_replicas, max_batch_tokens=max_batch_tokens)
-    inputs = load.input_tokens
+    served, share = _servable(model, load, max_input_tokens)
+    if served is None:
+        return _constant_curve("prefill", max_replicas, 0.0 if load.rate_rps > 0 else 1.0)
+    inputs = served.input_tokens
     overhead, variable = _prefill_costs(model, inputs, calibration)
     transfer = (kv_transfer_ms_fn or kv_transfer_ms)(inputs)
     own = np.ceil(inputs / max_batch_tokens) * overhead + variable + transfer
     work = variable + overhead * inputs / max_batch_tokens
 
+    # Least-work routing over N replicas acts like one FIFO queue with N servers (M/G/c).
     servers = _replica_counts(max_replicas)
+    unlimited = np.isinf(servers)
     queue = _prompt_queue(
-        _rate_per_ms(load, calibration),
-        servers,
-        np.full(max_replicas, work.mean()),
-        np.full(max_replicas, np.mean(work**2)),
-        np.full(max_replicas, overhead),
+        np.where(unlimited, 0.0, _rate_per_ms(served, calibration)),
+        np.where(unlimited, 1.0, servers),
+        work.mean(),
+        np.mean(work**2),
+        overhead,
     )
-
     order = np.sort(own)
     grouped = _own_time(order.size, lambda at: order[at][None, :])
     attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue)
-    none = np.full(max_replicas, np.nan)
-    return _curve("prefill", load.rate_rps, attainment, ttft_p90, none, queue.utilisation)
+    none = np.full(servers.size, np.nan)
+    return _curve("prefill", load.rate_rps, share, attainment, ttft_p90, none, queue.utilisation)
 
 
 def decode_curve(
@@ -439,31 +502,36 @@ def decode_curve(
     *,
     max_replicas: int,
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_input_tokens: int | None = None,
     admission_budget_ms: float | None = None,
     calibration: Calibration = Calibration(),
 ) -> PoolCurve:
     """ITL attainment of a disaggregated decode pool, times the share of requests whose wait
-    for a decode slot stays within ``admission_budget_ms`` (default: half the TTFT SLA)."""
-    _check_limits(max_replicas, max_num_seqs=max_num_seqs)
-    budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
-    shape = _decode_shape(load)
-    slots = _slots(model, shape, max_num_seqs)
-    lam = _rate_per_ms(load, calibration) * 1000.0 / _replica_counts(max_replicas)
-    ones = np.ones_like(lam)
-    point = _decode_point(model, shape, lam, slots, calibration.itl_factor, ones)
+    for a decode slot stays within ``admission_budget_ms`` (default: half the TTFT SLA).
 
-    zero = np.zeros_like(lam)
-    batch = np.where(point.stable, point.batch, 0.0)
+    Requests rejected for length upstream never reach decode and are left out.
+    """
+    _check_limits(max_replicas, max_num_seqs=max_num_seqs)
+    served, _ = _servable(model, load, max_input_tokens)
+    if served is None or served.rate_rps == 0:
+        return _constant_curve("decode", max_replicas, 1.0)
+    budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
+    shape = _decode_shape(served)
+    slots = _slots(model, shape, max_num_seqs)
+    servers = _replica_counts(max_replicas)
+    rate = _rate_per_ms(served, calibration) * 1000.0 / servers  # req/s per replica
+    point = _decode_point(model, shape, rate, slots, calibration.itl_factor, np.ones_like(rate))
+
+    zero = np.zeros_like(rate)
     itl_met, itl_p90 = _itl_attainment(
         sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero
     )
     if point.itl_at_cap <= sla.itl_ms:  # the batch cap bounds every iteration
-        itl_met = ones
-    itl_p90 = np.minimum(itl_p90, point.itl_at_cap)
+        itl_met = np.ones_like(rate)
+    itl_p90 = np.where(point.stable, np.minimum(itl_p90, point.itl_at_cap), np.nan)
     admitted, wait_p90 = _admission_ok(slots, point, shape.mean_iterations * point.itl, budget)
     attainment = np.where(point.stable, itl_met * admitted, 0.0)
-    itl_p90 = np.where(point.stable, itl_p90, np.nan)
-    return _curve("decode", load.rate_rps, attainment, wait_p90, itl_p90, point.utilisation)
+    return _curve("decode", served.rate_rps, 1.0, attainment, wait_p90, itl_p90, point.utilisation)
 
 
 def agg_curve(
@@ -474,94 +542,113 @@ def agg_curve(
     max_replicas: int,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_input_tokens: int | None = None,
     admission_budget_ms: float | None = None,
     calibration: Calibration = Calibration(),
 ) -> PoolCurve:
     """Attainment of both TTFT and ITL in an aggregated pool (prefill and decode share
-    iterations, so each slows the other)."""
+    iterations, so each slows the other); prompts rejected for length count as misses."""
     _check_limits(max_replicas, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
+    served, share = _servable(model, load, max_input_tokens)
+    if served is None:
+        return _constant_curve("agg", max_replicas, 0.0 if load.rate_rps > 0 else 1.0)
     budget = ADMISSION_SHARE * sla.ttft_ms if admission_budget_ms is None else admission_budget_ms
-    inputs = load.input_tokens
+    inputs = served.input_tokens
     overhead, variable = _prefill_costs(model, inputs, calibration)
-    shape = _decode_shape(load)
+    shape = _decode_shape(served)
     slots = _slots(model, shape, max_num_seqs)
     servers = _replica_counts(max_replicas)
-    lam = _rate_per_ms(load, calibration) / servers  # per replica and ms
-    lam_s = lam * 1000.0
+    lam = _rate_per_ms(served, calibration) / servers  # per replica and ms
 
     # Decode: prefill chunks take a share rho_c of the time, stretching every iteration.
     rho_c = lam * variable.mean()
     stretch = np.where(rho_c < 1.0, 1.0 / np.maximum(1.0 - rho_c, 1e-12), np.inf)
-    point = _decode_point(model, shape, lam_s, slots, calibration.itl_factor, stretch)
+    point = _decode_point(model, shape, lam * 1000.0, slots, calibration.itl_factor, stretch)
     batch = np.where(point.stable, point.batch, 0.0)
-    stretch_s = np.where(point.stable, stretch, 1.0)
-    mean_itl = point.itl * stretch_s
-    interference = lam * mean_itl * np.mean(variable**2)
+    stretch = np.where(point.stable, stretch, 1.0)
+    mean_itl = point.itl * stretch
     itl_met, itl_p90 = _itl_attainment(
         sla.itl_ms,
         shape,
         mean_itl,
         point.itl,
-        point.variance * stretch_s**2,
-        interference,
+        point.variance * stretch**2,
+        lam * mean_itl * np.mean(variable**2),
         lam * mean_itl,
     )
 
-    # Prefill: queued prompts get the token budget left by the batch; the iteration's decode
-    # step (or the overhead when nothing decodes) is the vacation between prefill services.
+    # Prefill: queued prompts share each iteration, with the token budget the batch leaves;
+    # the iteration's fixed time is the decode step (or the overhead when nothing decodes).
     busy = 1.0 - np.exp(-batch)
     decode_step = np.asarray(model.itl_ms(np.maximum(batch, 1.0), shape.context))
     step = busy * decode_step * calibration.itl_factor + (1.0 - busy) * overhead
     token_budget = np.maximum(max_batch_tokens - batch, 1.0)
-    share = step / token_budget  # vacation per prompt token when iterations are full
-    mean_work = variable.mean() + share * inputs.mean()
+    share_per_token = step / token_budget
+    mean_work = variable.mean() + share_per_token * inputs.mean()
     mean_work_sq = (
         np.mean(variable**2)
-        + 2.0 * share * np.mean(variable * inputs)
-        + share**2 * np.mean(inputs**2)
+        + 2.0 * share_per_token * np.mean(variable * inputs)
+        + share_per_token**2 * np.mean(inputs**2)
     )
-    # Agg routing balances reserved KV tokens, not prompt queues: each replica is its own M/G/1.
-    queue = _prompt_queue(lam, np.ones_like(servers), mean_work, mean_work_sq, step)
+    # Agg routing balances reserved KV tokens, not prompt queues: each replica is its own M/G/1,
+    # with the decode step as a vacation that the least-loaded choice among N replicas dodges
+    # about N - 1 times in N (fitted against the simulator).
+    queue = _prompt_queue(lam, np.ones_like(servers), mean_work, mean_work_sq, step / servers)
     queue = replace(queue, stable=queue.stable & point.stable)
-    residual = busy * mean_itl / 2.0
-
-    # The own part grows with the prompt, so groups of prompts sorted by length bound it.
+    residual = busy * mean_itl / 2.0  # of the iteration running when a prompt arrives
     order = np.argsort(inputs, kind="stable")
 
     def own(at: np.ndarray) -> np.ndarray:
+        """Own TTFT of sorted positions: it grows with the prompt."""
         picks = order[at]
         chunks = np.ceil(inputs[picks][None, :] / token_budget[:, None])
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
-    grouped = _own_time(inputs.size, own)
-    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue)
+    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue)
     admitted, _ = _admission_ok(slots, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
     utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
-    return _curve("agg", load.rate_rps, attainment, ttft_p90, itl_p90, utilisation)
+    return _curve("agg", load.rate_rps, share, attainment, ttft_p90, itl_p90, utilisation)
 
 
 def _curve(
     role: PoolRole,
     rate_rps: float,
+    served_share: float,
     attainment: np.ndarray,
     ttft_p90: np.ndarray,
     itl_p90: np.ndarray,
     utilisation: np.ndarray,
 ) -> PoolCurve:
-    """Prepend N = 0, clamp to [0, 1], make attainment non-decreasing and p90s non-increasing."""
+    """Rows N = 1 .. max, inf -> a curve over N = 0 .. max: N = 0 prepended, the last row kept
+    as the ceiling, attainment clamped to [0, 1] and non-decreasing, p90s non-increasing."""
     loaded = rate_rps > 0
-    met = np.concatenate(([0.0 if loaded else 1.0], np.nan_to_num(attainment, nan=0.0)))
-    met = np.maximum.accumulate(np.clip(met, 0.0, 1.0))
-    util = np.concatenate(([np.inf if loaded else 0.0], utilisation))
+    rows = np.clip(np.nan_to_num(attainment, nan=0.0), 0.0, 1.0) * served_share
+    met = np.maximum.accumulate(np.concatenate(([0.0 if loaded else 1.0], rows[:-1])))
+    util = np.concatenate(([np.inf if loaded else 0.0], utilisation[:-1]))
     return PoolCurve.model_construct(  # columns are built aligned and typed here
         role=role,
         replicas=list(range(len(met))),
         attainment=met.tolist(),
-        ttft_p90_ms=[None, *_non_increasing(ttft_p90)],
-        itl_p90_ms=[None, *_non_increasing(itl_p90)],
+        ttft_p90_ms=[None, *_non_increasing(ttft_p90[:-1])],
+        itl_p90_ms=[None, *_non_increasing(itl_p90[:-1])],
         utilisation=util.tolist(),
+        ceiling=float(max(rows[-1], met[-1])),
+    )
+
+
+def _constant_curve(role: PoolRole, max_replicas: int, attainment: float) -> PoolCurve:
+    """A pool with nothing to serve: every prompt rejected for length (0) or none arriving (1)."""
+    n = max_replicas + 1
+    return PoolCurve(
+        role=role,
+        replicas=list(range(n)),
+        attainment=[attainment] * n,
+        ttft_p90_ms=[None] * n,
+        itl_p90_ms=[None] * n,
+        utilisation=[0.0] * n,
+        ceiling=attainment,
     )
 
 
@@ -569,4 +656,4 @@ def _non_increasing(values: np.ndarray) -> list[float | None]:
     """Running minimum over N (more replicas never hurt); None where unknown or unstable."""
     finite = np.where(np.isfinite(values), values, np.inf)
     best = np.minimum.accumulate(finite) if finite.size else finite
-    return [float(v) if np.isfinite(v) else None for v in best]
+    return [None if v == math.inf else v for v in best.tolist()]

@@ -40,10 +40,15 @@ def deployment_curves(
     max_replicas: int | None = None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
 ) -> dict[PoolRole, PoolCurve]:
-    """One curve per pool of ``spec``, up to each pool's ``max_replicas`` unless overridden."""
+    """One curve per pool of ``spec``, up to each pool's ``max_replicas`` unless overridden.
+
+    ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
+    anyway); longer prompts are rejected at the entry pool.
+    """
     roles = _roles(spec)
     for role in roles:
         if role not in spec.pools:
@@ -62,6 +67,7 @@ def deployment_curves(
             max_replicas=limit("agg"),
             max_batch_tokens=max_batch_tokens,
             max_num_seqs=max_num_seqs,
+            max_input_tokens=max_input_tokens,
             calibration=calibration,
         )
         return {"agg": curve}
@@ -72,6 +78,7 @@ def deployment_curves(
             spec.sla,
             max_replicas=limit("prefill"),
             max_batch_tokens=max_batch_tokens,
+            max_input_tokens=max_input_tokens,
             kv_transfer_ms_fn=kv_transfer_ms_fn,
             calibration=calibration,
         ),
@@ -81,6 +88,7 @@ def deployment_curves(
             spec.sla,
             max_replicas=limit("decode"),
             max_num_seqs=max_num_seqs,
+            max_input_tokens=max_input_tokens,
             calibration=calibration,
         ),
     }
@@ -92,10 +100,16 @@ def _check_target(target: float) -> None:
 
 
 def replicas_for(curve: PoolCurve, target: float = DEFAULT_TARGET) -> int:
-    """Smallest replica count whose attainment reaches ``target``; the largest if none does."""
+    """Smallest replica count whose attainment reaches ``target`` of the curve's ceiling; the
+    largest if none does.
+
+    Relative to the ceiling because requests no replica count can serve (rejected for length,
+    or too long for the TTFT SLA on an idle engine) must not make every pool size to its max.
+    """
     _check_target(target)
+    goal = target * curve.ceiling
     for replicas, attainment in zip(curve.replicas, curve.attainment, strict=True):
-        if attainment >= target:
+        if attainment >= goal:
             return replicas
     return curve.replicas[-1]
 
@@ -109,7 +123,8 @@ def cheapest_pair(
     decode_gpus: int = 1,
 ) -> tuple[int, int]:
     """(prefill, decode) replicas with the fewest GPUs whose combined attainment reaches
-    ``target`` (ties: higher attainment); if none does, the best attainment (ties: fewer GPUs)."""
+    ``target`` of the combined ceiling (ties: higher attainment); if none does, the best
+    attainment (ties: fewer GPUs)."""
     _check_target(target)
     p = np.asarray(prefill.attainment)
     d = np.asarray(decode.attainment)
@@ -118,7 +133,7 @@ def cheapest_pair(
         np.asarray(prefill.replicas)[:, None] * prefill_gpus
         + np.asarray(decode.replicas)[None, :] * decode_gpus
     )
-    feasible = combined >= target
+    feasible = combined >= target * prefill.ceiling * decode.ceiling
     if feasible.any():
         order = np.lexsort((-combined.ravel(), np.where(feasible, gpus, np.iinfo(np.int64).max).ravel()))
     else:
@@ -136,6 +151,7 @@ def size_deployment(
     max_replicas: int | None = None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
 ) -> dict[PoolRole, int]:
@@ -149,6 +165,7 @@ def size_deployment(
         max_replicas=max_replicas,
         max_batch_tokens=max_batch_tokens,
         max_num_seqs=max_num_seqs,
+        max_input_tokens=max_input_tokens,
         kv_transfer_ms_fn=kv_transfer_ms_fn,
         calibration=calibration,
     )

@@ -30,19 +30,6 @@ def norm_pdf(x: np.ndarray) -> np.ndarray:
     return _INV_SQRT_2PI * np.exp(-0.5 * x * x)
 
 
-def window_variance_ratio(x: np.ndarray) -> np.ndarray:
-    """Var(time average over a window) / Var(instantaneous) for an exponentially correlated
-    process, with the window ``x`` times the correlation time: 2 (x - 1 + e^-x) / x^2.
-
-    A request's ITL is its mean iteration time, so batch-size noise partly averages out over
-    long decodes; short ones see the full instantaneous spread (ratio -> 1 as x -> 0).
-    """
-    x = np.maximum(x, 1e-9)
-    small = x < 1e-3
-    ratio = 2.0 * (x - 1.0 + np.exp(-x)) / np.where(small, 1.0, x * x)
-    return np.where(small, 1.0 - x / 3.0, ratio)
-
-
 def halfin_whitt_wait_probability(slots: np.ndarray | float, offered: np.ndarray) -> np.ndarray:
     """P(an arrival must wait) in an M/M/c queue (Erlang C), Halfin–Whitt approximation.
 
@@ -95,13 +82,6 @@ def first_root(grid: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarra
     frac = np.clip(-g0 / np.where(g1 > g0, g1 - g0, 1.0), 0.0, 1.0)
     root = grid[j - 1] + frac * (grid[j] - grid[j - 1])
     return np.where(found, root, np.inf), j, found
-
-
-def exp_tail_decay(rho: np.ndarray, mean_wait: np.ndarray) -> np.ndarray:
-    """Decay rate whose tail ``rho * exp(-decay t)`` has mean ``mean_wait`` (1 when nobody
-    waits: with ``rho = 0`` the tail vanishes whatever the rate)."""
-    positive = mean_wait > 0
-    return np.where(positive, rho / np.where(positive, mean_wait, 1.0), 1.0)
 
 
 def exp_tail_met(lo: np.ndarray, hi: np.ndarray, rho: np.ndarray, decay: np.ndarray) -> np.ndarray:

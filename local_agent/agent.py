@@ -1,0 +1,431 @@
+"""The local agent's planning core: observations in, replica targets (and demand curves) out.
+
+Two loops share one state:
+
+- **throughput (predictive)**, every ``throughput_interval_s``: forecast the request rate over the
+  time a new replica needs to start plus one interval, size every pool with the capacity model at
+  the forecast's *upper* quantile and the observed length distribution. Its result is the floor.
+- **load (reactive)**, every tick: react to what the engines show now (queues, KV use, observed or
+  estimated TTFT/ITL), one replica at a time, and scale down only when the survivors can absorb
+  ``N/(N-1)`` of the load within the SLA (consolidation-aware).
+
+Time is an input (``now_s``); nothing here does I/O, so the same agent runs live, in the simulator
+and in tests. The weaknesses of the public anchor that this code answers are named where handled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
+from local_agent.forecast import make_predictor
+from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
+from local_agent.sizing import Calibration, EngineModel, LoadEstimate, PoolCurve, deployment_curves
+
+R = DecisionReason
+
+
+class AgentOptions(BaseModel):
+    """Tunables of one agent (the ``planner:`` options of a scenario or the agent's config file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["throughput", "load", "both"] = "both"
+    throughput_interval_s: float = Field(default=180.0, gt=0, allow_inf_nan=False)
+    target: Literal["throughput", "latency", "sla"] = "sla"  # what the reactive loop watches
+    predictor: str = "kalman"
+    predictor_options: dict = Field(default_factory=dict)
+    forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
+    target_attainment: float = Field(default=0.99, gt=0, le=1.0)
+    headroom: float = Field(default=1.0, ge=1.0, le=3.0, allow_inf_nan=False, description="plan for rate x headroom")
+    scale_down_grace_s: float = Field(default=300.0, ge=0, allow_inf_nan=False, description="no scale-down this long after a scale-up")
+    max_step_up: int | None = Field(default=None, ge=1)
+    max_step_down: int = Field(default=1, ge=1)
+    idle_after_s: float = Field(default=120.0, gt=0, allow_inf_nan=False, description="no admissions this long = idle")
+    queue_tokens_per_replica: float = Field(default=16384, gt=0, description="latency target: prefill backlog that adds a replica")
+    kv_high: float = Field(default=0.85, gt=0, le=1.0, description="latency target: KV use that adds a decode replica")
+    kv_low: float = Field(default=0.5, gt=0, le=1.0)
+    length_windows: int = Field(default=20, ge=1, description="observation windows pooled for the length distribution")
+    gpu_budget: int | None = Field(default=None, ge=0, description="local GPU budget for the whole deployment")
+    advisory: bool = False
+
+
+class _PoolState:
+    __slots__ = ("last_scale_up_s", "target", "predictive")
+
+    def __init__(self, target: int):
+        self.last_scale_up_s = -math.inf
+        self.target = target
+        self.predictive = 0
+
+
+class LocalAgent:
+    """Plans one deployment. ``step(now, observations)`` is called every tick (e.g. 5-30 s)."""
+
+    def __init__(self, spec: DeploymentSpec, models: Mapping[PoolRole, EngineModel], options: AgentOptions, tick_s: float):
+        self.spec = spec
+        self.models = dict(models)
+        self.options = options
+        self.tick_s = tick_s
+        self.limits = RuntimeLimits(gpu_budget=options.gpu_budget, advisory=options.advisory)
+        self.entry_role: PoolRole = "agg" if spec.mode == "agg" else "prefill"
+        self.exit_role: PoolRole = "agg" if spec.mode == "agg" else "decode"
+        self.predictor = make_predictor(
+            options.predictor, interval_s=tick_s, quantile=options.forecast_quantile, **options.predictor_options
+        )
+        self.pools = {role: _PoolState(pool.initial_replicas) for role, pool in spec.pools.items()}
+        self._lengths: deque[tuple[int, Distribution, Distribution]] = deque(maxlen=options.length_windows)
+        self._last_throughput_s = -math.inf
+        self._last_admission_s: float | None = None
+        self._started_s: float | None = None
+        self.curves: dict[PoolRole, PoolCurve] = {}
+        self.curves_low: dict[PoolRole, PoolCurve] = {}
+        self._forecast = None
+        self.decisions: list[AgentDecision] = []
+
+    # ---- limits ----------------------------------------------------------------------------
+    def set_limits(self, limits: RuntimeLimits) -> None:
+        """Operator change (control endpoint): budget, per-pool min/max, advisory mode."""
+        for role in list(limits.min_replicas) + list(limits.max_replicas):
+            if role not in self.spec.pools:
+                raise ValueError(f"deployment {self.spec.name} has no {role} pool")
+        self.limits = limits
+
+    def _bounds(self, role: PoolRole) -> tuple[int, int]:
+        pool = self.spec.pools[role]
+        low = self.limits.min_replicas.get(role, pool.min_replicas)
+        high = min(self.limits.max_replicas.get(role, pool.max_replicas), pool.max_replicas)
+        return min(low, high), high
+
+    # ---- observation intake ------------------------------------------------------------------
+    def _intake(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> float | None:
+        """Feed the predictor with the *admitted* rate (not completions: under backpressure
+        completions under-count demand). Missing metrics are None, never 0."""
+        entry = pools.get(self.entry_role)
+        if entry is None or entry.admitted is None:
+            self.predictor.observe(None)
+            return None
+        rate = entry.admitted / entry.window_s
+        self.predictor.observe(rate)
+        if self._started_s is None:
+            self._started_s = now_s
+        if entry.admitted > 0:
+            self._last_admission_s = now_s
+            if entry.input_tokens is not None and entry.output_tokens is not None:
+                self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
+        return rate
+
+    def _length_summary(self) -> tuple[Distribution, Distribution] | None:
+        """Count-weighted pool of recent windows' length summaries (tail-aware: keeps p90/p99)."""
+        if not self._lengths:
+            return None
+        weights = np.array([count for count, _, _ in self._lengths], dtype=float)
+        weights /= weights.sum()
+
+        def pooled(index: int) -> Distribution:
+            rows = [entry[index] for entry in self._lengths]
+            return Distribution(
+                count=int(sum(r.count for r in rows)),
+                mean=float(np.dot(weights, [r.mean for r in rows])),
+                p50=float(np.dot(weights, [r.p50 for r in rows])),
+                p90=float(np.dot(weights, [r.p90 for r in rows])),
+                p99=float(max(r.p99 for r in rows)),
+            )
+
+        return pooled(1), pooled(2)
+
+    # ---- sizing ----------------------------------------------------------------------------
+    def _curves_at(self, rate: float, lengths: tuple[Distribution, Distribution]) -> dict[PoolRole, PoolCurve]:
+        load = LoadEstimate.from_distribution(max(rate, 0.0), lengths[0], lengths[1], samples=400)
+        return deployment_curves(self.spec, self.models, load, calibration=Calibration(load_factor=self.options.headroom))
+
+    def _sized(self, curves: dict[PoolRole, PoolCurve]) -> dict[PoolRole, int]:
+        """Fewest replicas reaching the attainment target (both pools of a disaggregated
+        deployment must meet it: the product of their attainments)."""
+        target = self.options.target_attainment
+        if self.spec.mode == "agg":
+            return {"agg": _first_at_least(curves["agg"].attainment, target)}
+        prefill = np.asarray(curves["prefill"].attainment)
+        decode = np.asarray(curves["decode"].attainment)
+        gpus_p = self.spec.pools["prefill"].gpus_per_replica
+        gpus_d = self.spec.pools["decode"].gpus_per_replica
+        combined = prefill[:, None] * decode[None, :]
+        cost = np.arange(len(prefill))[:, None] * gpus_p + np.arange(len(decode))[None, :] * gpus_d
+        feasible = combined >= target
+        if not feasible.any():
+            return {"prefill": len(prefill) - 1, "decode": len(decode) - 1}
+        flat = np.where(feasible, cost, np.iinfo(np.int64).max)
+        i, j = np.unravel_index(int(np.argmin(flat)), flat.shape)
+        return {"prefill": int(i), "decode": int(j)}
+
+    def _throughput_loop(self, now_s: float, lengths: tuple[Distribution, Distribution] | None) -> dict[PoolRole, int] | None:
+        if lengths is None:
+            return None
+        startup = max(pool.startup_s for pool in self.spec.pools.values())
+        steps = max(1, math.ceil((startup + self.options.throughput_interval_s) / self.tick_s))
+        forecast = self.predictor.predict_max(steps)
+        self._forecast = forecast
+        self.curves = self._curves_at(forecast.mean, lengths)
+        self.curves_low = self._curves_at(forecast.upper, lengths)
+        return self._sized(self.curves_low)
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self, now_s: float, observations: list[PoolObservation] | None) -> AgentDecision:
+        pools = {obs.role: obs for obs in observations or [] if obs.deployment == self.spec.name}
+        observed_rate = self._intake(now_s, pools) if pools else None
+        if not pools:
+            self.predictor.observe(None)
+        lengths = self._length_summary()
+        run_throughput = self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
+        if run_throughput:
+            sized = self._throughput_loop(now_s, lengths)
+            self._last_throughput_s = now_s
+            if sized is not None:
+                for role, count in sized.items():
+                    self.pools[role].predictive = count
+        decisions = [self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools]
+        decisions = self._apply_budget(decisions)
+        for decision in decisions:
+            state = self.pools[decision.role]
+            if decision.target > state.target:
+                state.last_scale_up_s = now_s
+            if not self.limits.advisory:
+                state.target = decision.target
+        forecast = self._forecast
+        record = AgentDecision(
+            time_s=now_s,
+            deployment=self.spec.name,
+            tenant=self.spec.tenant,
+            loop="throughput" if run_throughput else "load",
+            observed_rps=observed_rate,
+            forecast_rps=forecast.mean if forecast else None,
+            forecast_upper_rps=forecast.upper if forecast else None,
+            input_tokens_mean=lengths[0].mean if lengths else None,
+            output_tokens_mean=lengths[1].mean if lengths else None,
+            pools=decisions,
+            advisory=bool(self.limits.advisory),
+        )
+        self.decisions.append(record)
+        return record
+
+    def targets(self) -> dict[PoolRole, int]:
+        return {role: state.target for role, state in self.pools.items()}
+
+    def _idle(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> bool:
+        """Traffic stopped: nothing admitted for ``idle_after_s`` and nothing queued. (The anchor
+        skipped its tick on zero traffic and never scaled down.)"""
+        if self._started_s is None or now_s - self._started_s < self.options.idle_after_s:
+            return False
+        last = self._last_admission_s
+        if last is not None and now_s - last < self.options.idle_after_s:
+            return False
+        queued = sum((obs.queued_requests or 0) for obs in pools.values())
+        return queued == 0
+
+    def _decide_pool(
+        self,
+        role: PoolRole,
+        now_s: float,
+        pools: dict[PoolRole, PoolObservation],
+        run_throughput: bool,
+        lengths: tuple[Distribution, Distribution] | None,
+        observed_rate: float | None,
+    ) -> PoolDecision:
+        state = self.pools[role]
+        low, high = self._bounds(role)
+        current = state.target
+        obs = pools.get(role)
+        estimate = _estimates(self.curves.get(role), current)
+        if obs is None:
+            return self._finish(role, current, current, current, R.NO_DATA, "no observation for this pool", estimate, low, high)
+        if self._idle(now_s, pools):
+            return self._finish(role, current, low, low, R.IDLE_TO_MIN, "no traffic: scale to the minimum", estimate, low, high, enforce_steps=False)
+
+        wanted, reason, detail = current, R.HOLD, ""
+        floor = state.predictive if self.options.mode != "load" else 0
+        if self.options.mode != "load" and floor != current and run_throughput:
+            wanted = floor
+            reason = R.PREDICTIVE_UP if floor > current else R.PREDICTIVE_DOWN
+            detail = f"forecast needs {floor} replicas"
+
+        if self.options.mode != "throughput":
+            reactive = self._reactive(role, obs, current, obs.starting, observed_rate, lengths)
+            if reactive is not None:
+                r_wanted, r_reason, r_detail = reactive
+                if r_wanted > wanted or (r_wanted < wanted and r_wanted >= floor and wanted == current):
+                    wanted, reason, detail = r_wanted, r_reason, r_detail
+
+        if wanted < current:
+            wanted, reason, detail = self._guard_scale_down(role, now_s, obs, current, wanted, reason, detail, observed_rate, lengths, floor)
+        if wanted > current and obs.pending > 0:
+            # Replicas already asked for cannot be placed: asking for more changes nothing (the
+            # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
+            wanted, reason, detail = current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)"
+        return self._finish(role, current, wanted, wanted, reason, detail, estimate, low, high)
+
+    def _reactive(
+        self,
+        role: PoolRole,
+        obs: PoolObservation,
+        current: int,
+        starting: int,
+        observed_rate: float | None,
+        lengths: tuple[Distribution, Distribution] | None,
+    ) -> tuple[int, DecisionReason, str] | None:
+        """±1 replica from what the engines show now; nothing while added replicas still start
+        (they will absorb the load) — but never a skipped tick."""
+        ready = max(obs.ready, 1)
+        sla = self.spec.sla
+        up: tuple[DecisionReason, str] | None = None
+        target = self.options.target
+        if target == "sla":
+            if role in ("prefill", "agg") and obs.ttft_ms is not None and obs.ttft_ms.p90 > sla.ttft_ms:
+                up = (R.REACTIVE_SLA, f"p90 TTFT {obs.ttft_ms.p90:.0f} ms > {sla.ttft_ms:.0f} ms")
+            if role in ("decode", "agg") and obs.itl_ms is not None and obs.itl_ms.p90 > sla.itl_ms:
+                up = (R.REACTIVE_SLA, f"p90 ITL {obs.itl_ms.p90:.1f} ms > {sla.itl_ms:.1f} ms")
+        if target in ("sla", "latency") and up is None:
+            if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
+                backlog = obs.queued_prefill_tokens / ready
+                if backlog > self.options.queue_tokens_per_replica:
+                    up = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+            if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
+                usage = obs.active_kv_tokens / obs.kv_capacity_tokens
+                if usage > self.options.kv_high:
+                    up = (R.REACTIVE_KV, f"KV use {usage:.0%}")
+        if target == "throughput" and observed_rate is not None and lengths is not None and up is None:
+            sized = self._sized(self._curves_at(observed_rate, lengths))[role]
+            if sized > current:
+                up = (R.REACTIVE_SLA, f"observed load needs {sized} replicas")
+        if up is not None:
+            if starting > 0:
+                return None
+            step = self.options.max_step_up or 1
+            return current + step, up[0], up[1]
+        if observed_rate is not None and lengths is not None and current > 0:
+            return current - 1, R.REACTIVE_DOWN, "load allows one replica fewer"
+        return None
+
+    def _guard_scale_down(
+        self,
+        role: PoolRole,
+        now_s: float,
+        obs: PoolObservation,
+        current: int,
+        wanted: int,
+        reason: DecisionReason,
+        detail: str,
+        observed_rate: float | None,
+        lengths: tuple[Distribution, Distribution] | None,
+        floor: int,
+    ) -> tuple[int, DecisionReason, str]:
+        state = self.pools[role]
+        if now_s - state.last_scale_up_s < self.options.scale_down_grace_s:
+            return current, R.GRACE_PERIOD, "replicas were just added"
+        if obs.starting > 0:
+            return current, R.HOLD, "replicas still starting"
+        # Consolidation: after removing replicas the survivors carry current/wanted times the
+        # load each. Check at the larger of observed and forecast upper load (the 2<->1
+        # oscillation came from ignoring this).
+        forecast = self._forecast
+        rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
+        if lengths is not None and wanted > 0:
+            curves = self._curves_at(rate, lengths)
+            survivors = dict(self.targets())
+            survivors[role] = wanted
+            if not self._meets(curves, survivors):
+                return current, R.CONSOLIDATION_REFUSED, f"{wanted} replicas could not absorb {rate:.2f} req/s"
+        if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted > 0:
+            per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)
+            if obs.active_kv_tokens > self.options.kv_low * per_replica_capacity * wanted:
+                return current, R.CONSOLIDATION_REFUSED, "survivors' KV cache would be too full"
+        if wanted == 0 and rate > 0:
+            return current, R.CONSOLIDATION_REFUSED, "traffic is not zero"
+        return wanted, reason, detail
+
+    def _meets(self, curves: dict[PoolRole, PoolCurve], replicas: dict[PoolRole, int]) -> bool:
+        attainment = 1.0
+        for role, curve in curves.items():
+            values = curve.attainment
+            attainment *= values[min(replicas[role], len(values) - 1)]
+        return attainment >= self.options.target_attainment
+
+    def _finish(
+        self,
+        role: PoolRole,
+        current: int,
+        wanted: int,
+        target: int,
+        reason: DecisionReason,
+        detail: str,
+        estimate: tuple[float | None, float | None],
+        low: int,
+        high: int,
+        enforce_steps: bool = True,
+    ) -> PoolDecision:
+        if enforce_steps:
+            if self.options.max_step_up is not None and target > current + self.options.max_step_up:
+                target, reason = current + self.options.max_step_up, R.STEP_CAPPED
+            if target < current - self.options.max_step_down:
+                target, reason = current - self.options.max_step_down, R.STEP_CAPPED
+        if target > high:
+            target, reason = high, R.MAX_CAPPED
+        if target < low:
+            target, reason = low, R.MIN_FLOOR
+        curve = self.curves.get(role)
+        curve_low = self.curves_low.get(role)
+        return PoolDecision(
+            role=role,
+            current=current,
+            wanted=max(0, wanted),
+            target=max(0, target),
+            reason=reason,
+            detail=detail,
+            estimated_ttft_ms=estimate[0],
+            estimated_itl_ms=estimate[1],
+            curve=list(curve.attainment) if curve else [],
+            curve_low=list(curve_low.attainment) if curve_low else [],
+        )
+
+    def _apply_budget(self, decisions: list[PoolDecision]) -> list[PoolDecision]:
+        """Local GPU budget: shrink the *increases* proportionally so the total fits; never turn a
+        requested increase into a decrease, never exceed a pool's maximum."""
+        budget = self.limits.gpu_budget
+        if budget is None:
+            return decisions
+        gpus = {d.role: self.spec.pools[d.role].gpus_per_replica for d in decisions}
+        total = sum(d.target * gpus[d.role] for d in decisions)
+        if total <= budget:
+            return decisions
+        base = {d.role: min(d.target, d.current) for d in decisions}
+        base_gpus = sum(base[r] * gpus[r] for r in base)
+        extra = {d.role: d.target - base[d.role] for d in decisions}
+        room = max(0, budget - base_gpus)
+        want = sum(extra[r] * gpus[r] for r in extra)
+        scale = room / want if want else 0.0
+        adjusted = []
+        for d in decisions:
+            granted = base[d.role] + int(math.floor(extra[d.role] * scale))
+            if granted != d.target:
+                d = d.model_copy(update={"target": granted, "reason": R.BUDGET_CAPPED, "detail": f"local budget {budget} GPUs"})
+            adjusted.append(d)
+        return adjusted
+
+
+def _first_at_least(values: list[float], target: float) -> int:
+    for index, value in enumerate(values):
+        if value >= target:
+            return index
+    return len(values) - 1
+
+
+def _estimates(curve: PoolCurve | None, replicas: int) -> tuple[float | None, float | None]:
+    if curve is None or not curve.replicas:
+        return None, None
+    index = min(replicas, len(curve.replicas) - 1)
+    return curve.ttft_p90_ms[index], curve.itl_p90_ms[index]

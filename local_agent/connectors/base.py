@@ -1,0 +1,41 @@
+"""The one interface through which the local agent applies replica targets.
+
+The planning core only ever talks to a ``Connector``; the simulator, local processes and (later)
+Kubernetes are adapters behind it, so the same agent code runs in replay, on a laptop and live.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReplicaCounts(BaseModel):
+    """Replicas of one pool by lifecycle state; draining replicas still hold GPUs and in-flight work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ready: int = Field(default=0, ge=0)
+    starting: int = Field(default=0, ge=0)
+    draining: int = Field(default=0, ge=0)
+
+
+class Connector(ABC):
+    """Applies per-role replica targets and reports what actually runs."""
+
+    @abstractmethod
+    async def apply(self, targets: dict[str, int]) -> None:
+        """Move each listed role towards its target (role -> replicas).
+
+        Idempotent (calling again with the same targets changes nothing) and quick: it starts the
+        change and returns; progress shows up in ``observe_replicas``. Roles not listed are left alone.
+        """
+
+    @abstractmethod
+    async def observe_replicas(self) -> dict[str, ReplicaCounts]:
+        """Current ready/starting/draining counts for every configured role."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the connector's own resources; running replicas are left as they are."""

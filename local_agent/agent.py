@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.forecast import make_predictor
 from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
-from local_agent.sizing import Calibration, EngineModel, LoadEstimate, PoolCurve, deployment_curves
+from local_agent.sizing import (
+    Calibration,
+    EngineModel,
+    LoadEstimate,
+    PoolCurve,
+    cheapest_pair,
+    deployment_curves,
+    replicas_for,
+)
 
 R = DecisionReason
 
@@ -146,23 +154,19 @@ class LocalAgent:
         return deployment_curves(self.spec, self.models, load, calibration=Calibration(load_factor=self.options.headroom))
 
     def _sized(self, curves: dict[PoolRole, PoolCurve]) -> dict[PoolRole, int]:
-        """Fewest replicas reaching the attainment target (both pools of a disaggregated
-        deployment must meet it: the product of their attainments)."""
+        """Fewest replicas (GPUs) reaching the attainment target; in a disaggregated deployment
+        both pools must do their part, so the product of their attainments counts."""
         target = self.options.target_attainment
         if self.spec.mode == "agg":
-            return {"agg": _first_at_least(curves["agg"].attainment, target)}
-        prefill = np.asarray(curves["prefill"].attainment)
-        decode = np.asarray(curves["decode"].attainment)
-        gpus_p = self.spec.pools["prefill"].gpus_per_replica
-        gpus_d = self.spec.pools["decode"].gpus_per_replica
-        combined = prefill[:, None] * decode[None, :]
-        cost = np.arange(len(prefill))[:, None] * gpus_p + np.arange(len(decode))[None, :] * gpus_d
-        feasible = combined >= target
-        if not feasible.any():
-            return {"prefill": len(prefill) - 1, "decode": len(decode) - 1}
-        flat = np.where(feasible, cost, np.iinfo(np.int64).max)
-        i, j = np.unravel_index(int(np.argmin(flat)), flat.shape)
-        return {"prefill": int(i), "decode": int(j)}
+            return {"agg": replicas_for(curves["agg"], target)}
+        prefill, decode = cheapest_pair(
+            curves["prefill"],
+            curves["decode"],
+            target,
+            prefill_gpus=self.spec.pools["prefill"].gpus_per_replica,
+            decode_gpus=self.spec.pools["decode"].gpus_per_replica,
+        )
+        return {"prefill": prefill, "decode": decode}
 
     def _throughput_loop(self, now_s: float, lengths: tuple[Distribution, Distribution] | None) -> dict[PoolRole, int] | None:
         if lengths is None:
@@ -349,11 +353,14 @@ class LocalAgent:
         return wanted, reason, detail
 
     def _meets(self, curves: dict[PoolRole, PoolCurve], replicas: dict[PoolRole, int]) -> bool:
-        attainment = 1.0
+        """Whether these counts reach the target share of what is reachable at all (prompts too
+        long for the SLA even on an idle engine lower every curve's ceiling)."""
+        attainment = reachable = 1.0
         for role, curve in curves.items():
             values = curve.attainment
             attainment *= values[min(replicas[role], len(values) - 1)]
-        return attainment >= self.options.target_attainment
+            reachable *= curve.ceiling
+        return attainment >= self.options.target_attainment * reachable
 
     def _finish(
         self,
@@ -415,13 +422,6 @@ class LocalAgent:
                 d = d.model_copy(update={"target": granted, "reason": R.BUDGET_CAPPED, "detail": f"local budget {budget} GPUs"})
             adjusted.append(d)
         return adjusted
-
-
-def _first_at_least(values: list[float], target: float) -> int:
-    for index, value in enumerate(values):
-        if value >= target:
-            return index
-    return len(values) - 1
 
 
 def _estimates(curve: PoolCurve | None, replicas: int) -> tuple[float | None, float | None]:

@@ -1,172 +1,230 @@
-"""Marginal-gain-per-GPU allocation: the CP-SAT fallback and its cross-check.
+"""Marginal-gain-per-GPU allocation: the CP-SAT starting point, its fallback and its cross-check.
 
-For one GPU budget, concave curves, no floors and equal replica sizes this greedy is optimal
-(the classic result for separable concave knapsacks), which the tests use to check CP-SAT. With
-several budgets, caps, floors and S-shaped curves it is only a heuristic, but it respects every
-hard limit that can be respected and never exceeds the inventory, which is what a fallback needs.
+Moves are taken on each unit's **frontier hull** (:mod:`global_planner.allocation.frontier`):
+the upper concave hull, in GPUs, of the unit's level rows. Hull segments of one unit have
+strictly decreasing value per GPU, so sorting every segment of every unit once, best first, and
+walking the list is the classic marginal-gain greedy — no heap, no re-evaluation — in
+``O(S log S)`` for ``S`` segments. A segment that does not fit (type budget or tenant cap) blocks
+its unit; budgets only shrink, so it would never fit later. A final *fill* pass spends what is
+left on blocked units: each jumps to the best row of its frontier (hull or not) that still fits.
 
-Moves are *level* moves on a unit (a lone pool or a prefill/decode pair): raise the unit's
-attainment to the next value any member can reach, growing every member that is short of it.
-Curves arrive reduced to their concave hull counts, so the foot of an S-shaped curve is one
-jump (0 -> the count that carries the load), which a one-replica step would never find.
+Order of business: pool minima (by priority when they cannot all be held), tenant floors
+(highest priority first, each with its own best segments), then the global greedy, then fill.
+
+For one GPU budget, no caps or floors and lone pools, this is the optimal greedy for separable
+concave knapsacks up to the last, partly fitting segment; with several budgets, caps, floors and
+pairs it is a heuristic whose distance to optimal the dual bound
+(:mod:`global_planner.allocation.bound`) measures.
 """
 
 from __future__ import annotations
 
-import heapq
-from bisect import bisect_left
-from dataclasses import dataclass
 from time import perf_counter
 
+from global_planner.allocation.frontier import Frontier, build_frontier
 from global_planner.allocation.models import Allocation, AllocationRequest
-from global_planner.allocation.problem import Problem, TenantType, build_problem, finish
+from global_planner.allocation.problem import Problem, build_problem, finish
 
-
-@dataclass(frozen=True)
-class _Move:
-    ratio: float
-    cost: int
-    targets: tuple[tuple[int, int], ...]
+_INF = 1 << 62
 
 
 class _State:
-    """Replicas plus the GPUs still free per type and per capped tenant."""
+    """Replicas, the unit positions on their hulls, and GPUs left per type and capped tenant."""
 
-    def __init__(self, problem: Problem):
+    def __init__(self, frontier: Frontier, start: list[int]):
+        problem = frontier.problem
+        self.frontier = frontier
         self.problem = problem
-        self.replicas = [0] * len(problem.pools)
-        self.free = dict(problem.budget)
-        self.room = dict(problem.caps)
-        self.used: dict[TenantType, int] = {}
+        self.replicas = list(start)
+        types = sorted(problem.budget)
+        type_index = {gpu: t for t, gpu in enumerate(types)}
+        self.pool_type = [type_index[p.pool.gpu_type] for p in problem.pools]
+        self.pool_group = frontier.pool_group.tolist()
+        self.gpr = [p.pool.gpus_per_replica for p in problem.pools]
+        self.free = [problem.budget[gpu] for gpu in types]
+        self.room = [problem.caps.get(key, _INF) for key in frontier.groups]
+        self.used = [0] * len(frontier.groups)
+        for i, count in enumerate(start):
+            gpus = count * self.gpr[i]
+            self.free[self.pool_type[i]] -= gpus
+            self.room[self.pool_group[i]] -= gpus
+            self.used[self.pool_group[i]] += gpus
+        starts = frontier.row_start.tolist()
+        self.row_start = starts
+        self.slot_pool = frontier.slot_pool.tolist()
+        self.slot_j = frontier.slot_j.tolist()
+        self.row_value = frontier.row_value.tolist()
+        self.counts = [p.counts for p in problem.pools]
+        # a unit is "on" its hull at position pos when its pools sit at that hull row
+        self.pos: list[int | None] = []
+        self.row: list[int | None] = []  # the frontier row the unit sits at (None: off the rows)
+        for k, hull in enumerate(frontier.hull_rows):
+            first = starts[k]
+            on = all(self.replicas[p] == self.counts[p][j] for p, j in self._members(first)) if hull else False
+            self.pos.append(0 if on else None)
+            self.row.append(first if on else None)
+        self.blocked = [False] * len(frontier.hull_rows)
 
-    def fit(self, index: int, count: int) -> int:
-        """Largest count <= ``count`` the free GPUs and the tenant cap allow for pool ``index``."""
-        pool = self.problem.pools[index].pool
-        key = (pool.tenant, pool.gpu_type)
-        step = pool.gpus_per_replica
-        spare = min(self.free.get(pool.gpu_type, 0), self.room.get(key, self.free.get(pool.gpu_type, 0)))
-        return self.replicas[index] + max(0, min(count - self.replicas[index], spare // step))
+    def _members(self, row: int) -> list[tuple[int, int]]:
+        return [(p, j) for p, j in zip(self.slot_pool[row], self.slot_j[row], strict=True) if p >= 0]
 
-    def set(self, index: int, count: int) -> None:
-        pool = self.problem.pools[index].pool
-        key = (pool.tenant, pool.gpu_type)
-        delta = (count - self.replicas[index]) * pool.gpus_per_replica
-        self.free[pool.gpu_type] = self.free.get(pool.gpu_type, 0) - delta
-        if key in self.room:
-            self.room[key] -= delta
-        self.used[key] = self.used.get(key, 0) + delta
-        self.replicas[index] = count
+    def deltas(self, row: int) -> list[tuple[int, int]] | None:
+        """``(pool, new count)`` to move a unit to ``row``; None if some pool would shrink."""
+        out = []
+        for p, j in self._members(row):
+            count = self.counts[p][j]
+            if count < self.replicas[p]:
+                return None
+            if count > self.replicas[p]:
+                out.append((p, count))
+        return out
 
-    def best_move(self, unit_index: int, gpu_filter: TenantType | None = None) -> _Move | None:
-        """The unit's best value-per-GPU level move that fits; None when nothing is worth a GPU.
+    def fits(self, moves: list[tuple[int, int]]) -> bool:
+        by_type: dict[int, int] = {}
+        by_group: dict[int, int] = {}
+        for p, count in moves:
+            gpus = (count - self.replicas[p]) * self.gpr[p]
+            by_type[self.pool_type[p]] = by_type.get(self.pool_type[p], 0) + gpus
+            by_group[self.pool_group[p]] = by_group.get(self.pool_group[p], 0) + gpus
+        return all(g <= self.free[t] for t, g in by_type.items()) and all(
+            g <= self.room[c] for c, g in by_group.items()
+        )
 
-        A lone pool's hull-reduced value is concave, so its nearest paying level is its best and
-        the scan stops there. A pair's ``min`` of two concave curves is not concave in their
-        total GPUs (the first level pays both pools' fixed jump), so pairs scan every level.
-        """
-        plans = self.problem.pools
-        unit = self.problem.units[unit_index]
-        current = [plans[i].value_at(self.replicas[i]) for i in unit.members]
-        level_now = min(current)
-        levels = sorted({v for i in unit.members for v in plans[i].values if v > level_now})
-        best: _Move | None = None
-        for level in levels:
-            targets: list[tuple[int, int]] = []
-            cost: dict[TenantType, int] = {}
-            reached = current.copy()
-            churn = 0
-            for slot, i in enumerate(unit.members):
-                if current[slot] >= level:
-                    continue
-                plan = plans[i]
-                j = bisect_left(plan.values, level)
-                if j == len(plan.values):
-                    return best
-                count = plan.counts[j]
-                targets.append((i, count))
-                reached[slot] = plan.values[j]
-                key = (plan.pool.tenant, plan.pool.gpu_type)
-                cost[key] = cost.get(key, 0) + (count - self.replicas[i]) * plan.pool.gpus_per_replica
-                now = plan.pool.current_replicas
-                churn += plan.churn * (abs(count - now) - abs(self.replicas[i] - now))
-            by_type: dict[str, int] = {}
-            for (tenant, gpu), gpus in cost.items():
-                by_type[gpu] = by_type.get(gpu, 0) + gpus
-                if gpus > self.room.get((tenant, gpu), gpus):
-                    return best
-            if any(gpus > self.free.get(gpu, 0) for gpu, gpus in by_type.items()):
-                return best
-            if gpu_filter is not None and cost.get(gpu_filter, 0) <= 0:
+    def apply(self, moves: list[tuple[int, int]]) -> None:
+        for p, count in moves:
+            gpus = (count - self.replicas[p]) * self.gpr[p]
+            self.free[self.pool_type[p]] -= gpus
+            self.room[self.pool_group[p]] -= gpus
+            self.used[self.pool_group[p]] += gpus
+            self.replicas[p] = count
+
+    def unit_value(self, k: int) -> int:
+        """Scaled value of unit ``k`` at the current replicas (churn included)."""
+        if self.row[k] is not None:
+            return self.row_value[self.row[k]]
+        problem = self.problem
+        unit = problem.units[k]
+        value = unit.weight * min(problem.pools[i].value_at(self.replicas[i]) for i in unit.members)
+        for i in unit.members:
+            plan = problem.pools[i]
+            value -= plan.churn * abs(self.replicas[i] - plan.pool.current_replicas)
+        return value
+
+    def step(self, k: int) -> bool:
+        """Take unit ``k``'s next hull segment if it fits; block the unit otherwise."""
+        hull = self.frontier.hull_rows[k]
+        pos = self.pos[k]
+        if self.blocked[k] or pos is None or pos + 1 >= len(hull):
+            return False
+        moves = self.deltas(hull[pos + 1])
+        if moves is None or not self.fits(moves):
+            self.blocked[k] = True
+            return False
+        self.apply(moves)
+        self.pos[k] = pos + 1
+        self.row[k] = hull[pos + 1]
+        return True
+
+    def best_fill(self, k: int) -> tuple[int, int, list[tuple[int, int]]] | None:
+        """The most valuable row of unit ``k`` still reachable with the GPUs left: (gain, row, moves)."""
+        base = self.unit_value(k)
+        first = self.row[k] if self.row[k] is not None else self.row_start[k]
+        best = None
+        for r in range(first, self.row_start[k + 1]):
+            gain = self.row_value[r] - base
+            if gain <= 0 or (best is not None and gain <= best[0]):
                 continue
-            gain = unit.weight * (min(reached) - level_now) - churn
-            total = sum(by_type.values())
-            if gain <= 0 or total <= 0:
+            moves = self.deltas(r)
+            if moves is None or not moves:
                 continue
-            move = _Move(gain / total, total, tuple(targets))
-            if len(unit.members) == 1:
-                return move
-            if best is None or move.ratio > best.ratio:
-                best = move
+            if not self.fits(moves):
+                break  # counts only grow along the rows: nothing further fits either
+            best = (gain, r, moves)
         return best
 
-    def apply(self, move: _Move) -> None:
-        for index, count in move.targets:
-            self.set(index, count)
+    def fill(self, units: list[int], until: tuple[int, int] | None = None) -> None:
+        """Repeatedly apply the best-gain fitting row move among ``units`` (until a group reaches a level)."""
+        candidates = [k for k in units if self.blocked[k] or self.pos[k] is None]
+        while candidates:
+            if until is not None and self.used[until[0]] >= until[1]:
+                return
+            best = None
+            for k in candidates:
+                found = self.best_fill(k)
+                if found is not None and (best is None or found[0] > best[0][0]):
+                    best = (found, k)
+            if best is None:
+                return
+            (_, row, moves), k = best
+            self.apply(moves)
+            self.row[k] = row
+            self.pos[k] = None  # off the hull: only fill moves from here
 
 
-def _meet_minima(state: _State) -> None:
-    """Start every pool at its lower bound, highest priority first, as far as GPUs allow."""
-    problem = state.problem
+def _segments(frontier: Frontier) -> list[tuple[int, int]]:
+    """Every hull segment as ``(unit, position)``, best value per GPU first (ties: unit, position)."""
+    gpus, value = frontier.row_gpus.tolist(), frontier.row_value.tolist()
+    keyed = []
+    for k, hull in enumerate(frontier.hull_rows):
+        for pos in range(len(hull) - 1):
+            a, b = hull[pos], hull[pos + 1]
+            keyed.append((-(value[b] - value[a]) / (gpus[b] - gpus[a]), k, pos))
+    keyed.sort()
+    return [(k, pos) for _, k, pos in keyed]
+
+
+def _start(problem: Problem) -> list[int]:
+    """Every pool at its lower bound; highest priority first when they cannot all be held."""
+    if problem.minima_fit:
+        return [plan.lo for plan in problem.pools]
+    free = dict(problem.budget)
+    room = dict(problem.caps)
+    replicas = [0] * len(problem.pools)
     order = sorted(range(len(problem.pools)), key=lambda i: (-problem.pools[i].priority, problem.pools[i].pool.pool_id))
-    for index in order:
-        state.set(index, state.fit(index, problem.pools[index].lo))
+    for i in order:
+        pool = problem.pools[i].pool
+        key = (pool.tenant, pool.gpu_type)
+        spare = min(free.get(pool.gpu_type, 0), room.get(key, _INF))
+        count = min(problem.pools[i].lo, max(0, spare) // pool.gpus_per_replica)
+        replicas[i] = count
+        free[pool.gpu_type] = free.get(pool.gpu_type, 0) - count * pool.gpus_per_replica
+        if key in room:
+            room[key] -= count * pool.gpus_per_replica
+    return replicas
 
 
-def _meet_floors(state: _State) -> None:
-    """Grow each guaranteed tenant to its floor with its own best moves, highest priority first."""
-    problem = state.problem
-    units_of: dict[TenantType, list[int]] = {}
-    for u, unit in enumerate(problem.units):
+def greedy_state(frontier: Frontier) -> _State:
+    problem = frontier.problem
+    state = _State(frontier, _start(problem))
+    segments = _segments(frontier)
+    group_index = {key: c for c, key in enumerate(frontier.groups)}
+    units_of: dict[int, set[int]] = {}
+    for k, unit in enumerate(problem.units):
         for i in unit.members:
-            pool = problem.pools[i].pool
-            units_of.setdefault((pool.tenant, pool.gpu_type), []).append(u)
+            units_of.setdefault(int(frontier.pool_group[i]), set()).add(k)
     for key in sorted(problem.floors, key=lambda k: (-problem.tenant_priority[k[0]], k)):
-        while state.used.get(key, 0) < problem.floors[key]:
-            moves = [(m, u) for u in sorted(set(units_of.get(key, []))) if (m := state.best_move(u, key))]
-            if not moves:
+        c = group_index.get(key)
+        if c is None:
+            continue
+        floor = problem.floors[key]
+        mine = units_of.get(c, set())
+        for k, pos in segments:
+            if state.used[c] >= floor:
                 break
-            state.apply(max(moves, key=lambda pair: (pair[0].ratio, -pair[1]))[0])
+            if k in mine and state.pos[k] == pos:
+                state.step(k)
+        if state.used[c] < floor:
+            state.fill(sorted(mine), until=(c, floor))
+    for k, pos in segments:
+        if state.pos[k] == pos:
+            state.step(k)
+    state.fill(list(range(len(problem.units))))
+    return state
 
 
-def _spend(state: _State) -> None:
-    """Lazy max-heap of each unit's best move; budgets only shrink, so stale ratios only overstate."""
-    heap: list[tuple[float, int]] = []
-    for u in range(len(state.problem.units)):
-        move = state.best_move(u)
-        if move is not None:
-            heap.append((-move.ratio, u))
-    heapq.heapify(heap)
-    while heap:
-        neg_ratio, u = heapq.heappop(heap)
-        move = state.best_move(u)
-        if move is None:
-            continue
-        if move.ratio < -neg_ratio:
-            heapq.heappush(heap, (-move.ratio, u))
-            continue
-        state.apply(move)
-        again = state.best_move(u)
-        if again is not None:
-            heapq.heappush(heap, (-again.ratio, u))
-
-
-def greedy_replicas(problem: Problem) -> list[int]:
-    """Replica vector from minima, then floors, then best value per GPU until nothing pays."""
-    state = _State(problem)
-    _meet_minima(state)
-    _meet_floors(state)
-    _spend(state)
-    return state.replicas
+def greedy_replicas(problem: Problem, frontier: Frontier | None = None) -> list[int]:
+    """Replica vector from minima, then floors, then best value per GPU, then a fill pass."""
+    return greedy_state(frontier or build_frontier(problem)).replicas
 
 
 def allocate_greedy(request: AllocationRequest) -> Allocation:

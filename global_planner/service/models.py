@@ -211,6 +211,7 @@ class DeploymentRecord(_Boundary):
     tenant: str
     endpoint: str
     lease_expires_s: float
+    decision_id: int = Field(description="latest decision that issued this deployment targets (0 = none)")
     bidding: bool
     pools: list[PoolRecord]
 

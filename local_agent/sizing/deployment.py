@@ -3,7 +3,8 @@
 In a disaggregated deployment a request meets the SLA only if both pools do their part, so the
 combined attainment is taken as the product of the prefill and decode curves (independence).
 The cheapest pair is found by scanning every (prefill, decode) pair at once: at most
-65 x 65 products, microseconds.
+65 x 65 products, microseconds. Targets are relative to a curve's ``ceiling`` (what unlimited
+replicas reach), so requests no replica count can serve never push a pool to its maximum.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def cheapest_pair(
     )
     feasible = combined >= target * prefill.ceiling * decode.ceiling
     if feasible.any():
-        order = np.lexsort((-combined.ravel(), np.where(feasible, gpus, np.iinfo(np.int64).max).ravel()))
+        cost = np.where(feasible, gpus, np.iinfo(np.int64).max)
+        order = np.lexsort((-combined.ravel(), cost.ravel()))
     else:
         order = np.lexsort((gpus.ravel(), -combined.ravel()))
     i, j = np.unravel_index(order[0], combined.shape)

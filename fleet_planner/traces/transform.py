@@ -10,6 +10,9 @@ import numpy as np
 from fleet_planner.traces.trace import Trace
 
 
+COPY_JITTER_S = 30.0
+
+
 def scale_trace(
     trace: Trace,
     *,
@@ -24,8 +27,11 @@ def scale_trace(
     Steps, in order:
     1. ``rate_scale``: each request appears ``floor(rate_scale)`` times plus once more with
        probability ``rate_scale % 1`` (so < 1 thins by a seeded Bernoulli). Extra copies are
-       moved by a uniform jitter within +-0.5 mean inter-arrival gap (reflected at 0) so they do
-       not arrive at the same instant as the original; they keep its lengths and ``hash_ids``.
+       moved by a uniform jitter within +-``COPY_JITTER_S`` (reflected at 0): they stand for other
+       users sending the same kind of request in the same minute, so the minute-scale rate shape
+       is kept while copies do not arrive as artificial bursts (a jitter of a fraction of the mean
+       gap would turn every request into a burst of ``rate_scale`` simultaneous ones). Copies
+       keep the original's lengths and ``hash_ids``.
     2. ``time_scale``: arrival times are multiplied (> 1 stretches, < 1 compresses).
     3. ``offset_s``: arrivals are shifted later.
     4. ``duration_s``: only arrivals < ``duration_s`` (on the new time line) are kept.
@@ -45,8 +51,7 @@ def scale_trace(
     first_of_request = np.repeat(np.cumsum(copies) - copies, copies)
     rank = np.arange(source_index.size) - first_of_request
     arrival = trace.arrival_s[source_index].astype(np.float64)
-    mean_gap = trace.duration_s / (n - 1) if n > 1 else 0.0
-    jitter = (rng.random(source_index.size) - 0.5) * mean_gap
+    jitter = (rng.random(source_index.size) - 0.5) * (2 * COPY_JITTER_S)
     arrival = np.where(rank > 0, np.abs(arrival + jitter), arrival)
 
     arrival = arrival * time_scale + offset_s

@@ -19,6 +19,7 @@ pairs it is a heuristic whose distance to optimal the dual bound
 
 from __future__ import annotations
 
+import heapq
 from time import perf_counter
 
 from global_planner.allocation.frontier import Frontier, build_frontier
@@ -125,43 +126,78 @@ class _State:
         self.row[k] = hull[pos + 1]
         return True
 
-    def best_fill(self, k: int) -> tuple[int, int, list[tuple[int, int]]] | None:
-        """The most valuable row of unit ``k`` still reachable with the GPUs left: (gain, row, moves)."""
+    def best_ratio(self, k: int) -> tuple[float, int, list[tuple[int, int]]] | None:
+        """Unit ``k``'s best value-per-GPU row move that still fits: (ratio, row, moves)."""
         base = self.unit_value(k)
         first = self.row[k] if self.row[k] is not None else self.row_start[k]
         best = None
         for r in range(first, self.row_start[k + 1]):
             gain = self.row_value[r] - base
-            if gain <= 0 or (best is not None and gain <= best[0]):
+            if gain <= 0:
                 continue
             moves = self.deltas(r)
-            if moves is None or not moves:
+            if not moves:
                 continue
             if not self.fits(moves):
                 break  # counts only grow along the rows: nothing further fits either
-            best = (gain, r, moves)
+            ratio = gain / sum((c - self.replicas[p]) * self.gpr[p] for p, c in moves)
+            if best is None or ratio > best[0]:
+                best = (ratio, r, moves)
         return best
 
-    def fill(self, units: list[int], until: tuple[int, int] | None = None) -> None:
-        """Repeatedly apply the best-gain fitting row move among ``units`` (until a group reaches a level)."""
-        candidates = [k for k in units if self.blocked[k] or self.pos[k] is None]
-        while candidates:
+    def run(
+        self,
+        segments: list[tuple[int, int]],
+        ratios: list[float],
+        allowed: set[int] | None = None,
+        until: tuple[int, int] | None = None,
+    ) -> None:
+        """Walk hull segments best first; blocked units compete through their best fitting move.
+
+        A unit whose next hull segment does not fit gets a *deferred* move: its best
+        value-per-GPU row that still fits, kept in a lazy max-heap and merged with the sorted
+        segments by ratio (budgets only shrink, so a stale ratio only overstates; it is
+        recomputed when popped). Only ``allowed`` units move (all when None); ``until=(group,
+        level)`` stops once that group holds ``level`` GPUs.
+        """
+        heap: list[tuple[float, int]] = []
+        for k, blocked in enumerate(self.blocked):
+            if (blocked or self.pos[k] is None) and (allowed is None or k in allowed):
+                self._defer(heap, k)
+        index = 0
+        while True:
             if until is not None and self.used[until[0]] >= until[1]:
                 return
-            best = None
-            for k in candidates:
-                found = self.best_fill(k)
-                if found is not None and (best is None or found[0] > best[0][0]):
-                    best = (found, k)
-            if best is None:
+            take_heap = heap and (index >= len(segments) or -heap[0][0] > ratios[index])
+            if take_heap:
+                neg, k = heapq.heappop(heap)
+                found = self.best_ratio(k)
+                if found is None:
+                    continue
+                if found[0] < -neg * (1 - 1e-12):
+                    heapq.heappush(heap, (-found[0], k))
+                    continue
+                _, row, moves = found
+                self.apply(moves)
+                self.row[k] = row
+                self.pos[k] = None  # off the hull: only row moves from here
+                self._defer(heap, k)
+                continue
+            if index >= len(segments):
                 return
-            (_, row, moves), k = best
-            self.apply(moves)
-            self.row[k] = row
-            self.pos[k] = None  # off the hull: only fill moves from here
+            k, pos = segments[index]
+            index += 1
+            if self.pos[k] == pos and not self.blocked[k] and (allowed is None or k in allowed):
+                if not self.step(k):
+                    self._defer(heap, k)
+
+    def _defer(self, heap: list[tuple[float, int]], k: int) -> None:
+        found = self.best_ratio(k)
+        if found is not None:
+            heapq.heappush(heap, (-found[0], k))
 
 
-def _segments(frontier: Frontier) -> list[tuple[int, int]]:
+def _segments(frontier: Frontier) -> tuple[list[tuple[int, int]], list[float]]:
     """Every hull segment as ``(unit, position)``, best value per GPU first (ties: unit, position)."""
     gpus, value = frontier.row_gpus.tolist(), frontier.row_value.tolist()
     keyed = []
@@ -170,7 +206,7 @@ def _segments(frontier: Frontier) -> list[tuple[int, int]]:
             a, b = hull[pos], hull[pos + 1]
             keyed.append((-(value[b] - value[a]) / (gpus[b] - gpus[a]), k, pos))
     keyed.sort()
-    return [(k, pos) for _, k, pos in keyed]
+    return [(k, pos) for _, k, pos in keyed], [-ratio for ratio, _, _ in keyed]
 
 
 def _start(problem: Problem) -> list[int]:
@@ -196,7 +232,7 @@ def _start(problem: Problem) -> list[int]:
 def greedy_state(frontier: Frontier) -> _State:
     problem = frontier.problem
     state = _State(frontier, _start(problem))
-    segments = _segments(frontier)
+    segments, ratios = _segments(frontier)
     group_index = {key: c for c, key in enumerate(frontier.groups)}
     units_of: dict[int, set[int]] = {}
     for k, unit in enumerate(problem.units):
@@ -204,21 +240,9 @@ def greedy_state(frontier: Frontier) -> _State:
             units_of.setdefault(int(frontier.pool_group[i]), set()).add(k)
     for key in sorted(problem.floors, key=lambda k: (-problem.tenant_priority[k[0]], k)):
         c = group_index.get(key)
-        if c is None:
-            continue
-        floor = problem.floors[key]
-        mine = units_of.get(c, set())
-        for k, pos in segments:
-            if state.used[c] >= floor:
-                break
-            if k in mine and state.pos[k] == pos:
-                state.step(k)
-        if state.used[c] < floor:
-            state.fill(sorted(mine), until=(c, floor))
-    for k, pos in segments:
-        if state.pos[k] == pos:
-            state.step(k)
-    state.fill(list(range(len(problem.units))))
+        if c is not None and state.used[c] < problem.floors[key]:
+            state.run(segments, ratios, allowed=units_of.get(c, set()), until=(c, problem.floors[key]))
+    state.run(segments, ratios)
     return state
 
 

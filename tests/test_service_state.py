@@ -1,0 +1,327 @@
+"""Grant/lease state machine: the fleet budget holds at every step, whatever agents do.
+
+The property test drives simulated agents that follow the documented contract (apply targets,
+drain slowly, fall back when the lease lapses) through random reports, silences, acks, rounds
+and planner restarts, and checks after every single operation that neither the planner's
+accounting nor the agents' physical GPUs exceed the inventory.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from global_planner.allocation import allocate, allocate_greedy
+from global_planner.policy_file import TenantPolicy
+from global_planner.service.models import (
+    AckApplied,
+    AckDrained,
+    AgentReport,
+    Forecast,
+    PoolRegistration,
+    PoolReport,
+    Registration,
+    Targets,
+)
+from global_planner.service.state import InvalidRequest, PlannerState, StateError, UnknownSession
+
+
+def _policy(gpus: dict[str, int], tenants: dict | None = None) -> TenantPolicy:
+    return TenantPolicy.model_validate({"fleet": {"gpus": gpus}, "tenants": tenants or {}})
+
+
+def _registration(name: str, tenant: str = "acme", gpu: str = "h200", max_replicas: int = 8, fallback: int = 0,
+                  gpr: int = 1, roles: tuple[str, ...] = ("agg",)) -> Registration:
+    return Registration(
+        deployment=name,
+        tenant=tenant,
+        endpoint=f"ep-{name}",
+        pools=[
+            PoolRegistration(role=role, gpu_type=gpu, gpus_per_replica=gpr, min_replicas=0, max_replicas=max_replicas,
+                             fallback_replicas=fallback)
+            for role in roles
+        ],
+    )
+
+
+def _curve(need: int, length: int = 9) -> list[float]:
+    """Attainment rising to 1.0 at ``need`` replicas."""
+    return [min(1.0, k / need) if need else 1.0 for k in range(length)]
+
+
+def _report(name: str, session: str, seq: int, applied: int, in_use: dict[str, tuple[int, int]], need: int,
+            rps: float = 10.0) -> AgentReport:
+    return AgentReport(
+        deployment=name,
+        session_id=session,
+        sequence=seq,
+        applied_decision_id=applied,
+        forecast=Forecast(mean_rps=rps, upper_rps=rps * 1.2),
+        pools=[PoolReport(role=role, ready=ready, draining=draining, curve=_curve(need))
+               for role, (ready, draining) in in_use.items()],
+    )
+
+
+def _round(state: PlannerState, now: float):
+    return state.commit(state.plan(now))
+
+
+def _grant(targets: Targets, role: str = "agg") -> int:
+    return next(p.replicas for p in targets.pools if p.role == role)
+
+
+def test_round_grants_within_inventory_and_ids_increase() -> None:
+    state = PlannerState(_policy({"h200": 8}))
+    for name in ("a", "b"):
+        state.register(_registration(name), f"s-{name}", 0.0)
+        state.report(_report(name, f"s-{name}", 1, 0, {"agg": (0, 0)}, need=6), 0.0)
+    first = _round(state, 1.0)
+    second = _round(state, 2.0)
+    assert (first.decision_id, second.decision_id) == (1, 2)
+    assert state.committed_gpus()["h200"] <= 8
+    assert sum(u.grant for u in second.updates.values()) == 8
+    targets = state.targets("a", 2.0)
+    assert targets.decision_id == 2 and targets.lease_expires_s == pytest.approx(2.0 + state.lease_s)
+
+
+def test_drain_gating_frees_gpus_only_after_confirmation() -> None:
+    state = PlannerState(_policy({"h200": 8}), lease_s=100.0)
+    state.register(_registration("a"), "sa", 0.0)
+    state.register(_registration("b"), "sb", 0.0)
+    state.report(_report("a", "sa", 1, 0, {"agg": (0, 0)}, need=8, rps=50), 0.0)
+    state.report(_report("b", "sb", 1, 0, {"agg": (0, 0)}, need=8, rps=1), 0.0)
+    d1 = _round(state, 1.0).decision_id
+    assert _grant(state.targets("a", 1.0)) == 8 and _grant(state.targets("b", 1.0)) == 0
+    # a runs 8; demand flips: b is now the big one
+    state.report(_report("a", "sa", 2, d1, {"agg": (8, 0)}, need=8, rps=1), 2.0)
+    state.report(_report("b", "sb", 2, d1, {"agg": (0, 0)}, need=8, rps=50), 2.0)
+    d2 = _round(state, 3.0).decision_id
+    assert _grant(state.targets("a", 3.0)) < 8
+    assert _grant(state.targets("b", 3.0)) == 0, "b must wait for a's drain"
+    assert state.committed_gpus()["h200"] == 8
+    # a applied d2 but is still draining: nothing moves
+    a_grant = _grant(state.targets("a", 3.0))
+    state.report(_report("a", "sa", 3, d2, {"agg": (a_grant, 8 - a_grant)}, need=8, rps=1), 4.0)
+    state.report(_report("b", "sb", 3, d2, {"agg": (0, 0)}, need=8, rps=50), 4.0)
+    _round(state, 5.0)
+    assert _grant(state.targets("b", 5.0)) == 0
+    # an old report (before a saw d2) claiming fewer replicas cannot release anything either
+    state.report(_report("a", "sa", 4, d1, {"agg": (a_grant, 0)}, need=8, rps=1), 5.5)
+    assert state.usage("a", "agg") == 8
+    # drain confirmed by AckDrained: b gets the GPUs at the next round
+    state.ack_drained(AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg",
+                                 gpus_freed=8 - a_grant), 6.0)
+    state.report(_report("b", "sb", 4, d2, {"agg": (0, 0)}, need=8, rps=50), 6.0)
+    state.report(_report("a", "sa", 5, d2, {"agg": (a_grant, 0)}, need=8, rps=1), 6.0)
+    _round(state, 7.0)
+    assert _grant(state.targets("b", 7.0)) == 8 - a_grant
+    assert state.committed_gpus()["h200"] <= 8
+
+
+def test_silent_agent_keeps_grant_until_lease_expiry() -> None:
+    state = PlannerState(_policy({"h200": 8}), lease_s=10.0, liveness_s=3.0)
+    state.register(_registration("a", fallback=2), "sa", 0.0)
+    state.report(_report("a", "sa", 1, 0, {"agg": (0, 0)}, need=8, rps=50), 0.0)
+    d1 = _round(state, 1.0).decision_id
+    state.report(_report("a", "sa", 2, d1, {"agg": (8, 0)}, need=8, rps=50), 1.0)
+    state.register(_registration("b"), "sb", 5.0)
+    for t in (5.0, 8.0, 10.5):
+        state.report(_report("b", "sb", int(t), 0, {"agg": (0, 0)}, need=8, rps=50), t)
+        _round(state, t)
+        assert _grant(state.targets("a", t)) == 8, "a is silent but its lease holds"
+        assert state.committed_gpus()["h200"] == 8
+    state.report(_report("b", "sb", 12, 0, {"agg": (0, 0)}, need=8, rps=50), 12.0)
+    _round(state, 12.0)  # a's lease (1 + 10) lapsed: it keeps only its fallback floor
+    assert _grant(state.targets("a", 12.0)) == 2
+    assert _grant(state.targets("b", 12.0)) == 6
+    assert state.committed_gpus()["h200"] == 8
+
+
+def test_bad_report_is_rejected_without_effect() -> None:
+    state = PlannerState(_policy({"h200": 8}))
+    state.register(_registration("a"), "sa", 0.0)
+    state.report(_report("a", "sa", 1, 0, {"agg": (3, 0)}, need=4), 0.0)
+    with pytest.raises(InvalidRequest, match=r"pools\[1\]\.role"):
+        state.report(_report("a", "sa", 2, 0, {"agg": (0, 0), "decode": (5, 0)}, need=4), 1.0)
+    assert state.usage("a", "agg") == 3
+    with pytest.raises(UnknownSession):
+        state.report(_report("a", "other", 3, 0, {"agg": (0, 0)}, need=4), 1.0)
+    with pytest.raises(InvalidRequest, match="gpu_type"):
+        state.register(_registration("c", gpu="tpu"), "sc", 1.0)
+    # stale sequence numbers change nothing
+    state.report(_report("a", "sa", 1, 0, {"agg": (7, 0)}, need=4), 2.0)
+    assert state.usage("a", "agg") == 3
+
+
+def test_restart_from_record_never_over_grants() -> None:
+    policy = _policy({"h200": 8})
+    state = PlannerState(policy, lease_s=20.0)
+    state.register(_registration("a"), "sa", 0.0)
+    state.register(_registration("b"), "sb", 0.0)
+    state.report(_report("a", "sa", 1, 0, {"agg": (0, 0)}, need=8, rps=50), 0.0)
+    state.report(_report("b", "sb", 1, 0, {"agg": (0, 0)}, need=8, rps=1), 0.0)
+    d1 = _round(state, 1.0)
+    state.report(_report("a", "sa", 2, 1, {"agg": (8, 0)}, need=8, rps=1), 2.0)
+    state.report(_report("b", "sb", 2, 1, {"agg": (0, 0)}, need=8, rps=50), 2.0)
+    d2 = _round(state, 3.0)  # a told to shrink, b gated
+    assert d1.decision_id < d2.decision_id
+    restarted = PlannerState(policy, lease_s=20.0)
+    restarted.restore(d2.record)
+    assert restarted.committed_gpus() == state.committed_gpus()
+    # b re-registers and reports at once; a has not reported yet: its old grant still counts
+    restarted.register(_registration("b"), "sb2", 4.0)
+    restarted.report(_report("b", "sb2", 1, 2, {"agg": (0, 0)}, need=8, rps=50), 4.0)
+    r3 = restarted.commit(restarted.plan(5.0))
+    assert r3.decision_id == d2.decision_id + 1
+    assert restarted.committed_gpus()["h200"] <= 8
+    assert _grant(restarted.targets("b", 5.0)) == 0
+    # a's lease lapses (3 + 20): only then do its GPUs return
+    restarted.report(_report("b", "sb2", 2, 2, {"agg": (0, 0)}, need=8, rps=50), 23.5)
+    restarted.commit(restarted.plan(23.5))
+    assert _grant(restarted.targets("b", 23.5)) == 8
+
+
+# ---------------------------------------------------------------- property test
+
+
+@dataclass
+class _SimAgent:
+    """An agent honouring the protocol contract, with physical replicas and slow drains."""
+
+    reg: Registration
+    session: str = ""
+    seq: int = 0
+    received: Targets | None = None
+    running: dict[str, int] = field(default_factory=dict)
+    draining: list[tuple[str, int, float]] = field(default_factory=list)
+    down: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.reg.deployment
+
+    def in_use(self, role: str) -> int:
+        return self.running.get(role, 0) + sum(n for r, n, _ in self.draining if r == role)
+
+    def gpus(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for pool in self.reg.pools:
+            out[pool.gpu_type] = out.get(pool.gpu_type, 0) + self.in_use(pool.role) * pool.gpus_per_replica
+        return out
+
+    def tick(self, now: float) -> None:
+        self.draining = [d for d in self.draining if d[2] > now]
+        if self.received is not None and self.received.decision_id and now >= self.received.lease_expires_s:
+            for pool in self.reg.pools:  # fallback: must be drained to min(floor, grant) by expiry
+                cap = min(pool.fallback_replicas, _grant(self.received, pool.role))
+                self.running[pool.role] = min(self.running.get(pool.role, 0), cap)
+            self.draining = []
+
+    def apply(self, targets: Targets, now: float, rng: random.Random) -> None:
+        if targets.decision_id == 0 or now >= targets.lease_expires_s:
+            return
+        if self.received is not None and targets.decision_id <= self.received.decision_id:
+            return
+        self.received = targets
+        for target in targets.pools:
+            have = self.running.get(target.role, 0)
+            if target.replicas > have:
+                self.running[target.role] = target.replicas
+            elif target.replicas < have:
+                self.running[target.role] = target.replicas
+                self.draining.append((target.role, have - target.replicas, now + rng.uniform(0, 6)))
+
+    def report(self, rng: random.Random) -> AgentReport:
+        self.seq += 1
+        return AgentReport(
+            deployment=self.name,
+            session_id=self.session,
+            sequence=self.seq,
+            applied_decision_id=self.received.decision_id if self.received else 0,
+            forecast=Forecast(mean_rps=rng.uniform(0, 20), upper_rps=25.0),
+            pools=[
+                PoolReport(
+                    role=p.role,
+                    ready=self.running.get(p.role, 0),
+                    draining=self.in_use(p.role) - self.running.get(p.role, 0),
+                    curve=_curve(rng.randint(0, p.max_replicas), p.max_replicas + 1),
+                )
+                for p in self.reg.pools
+            ],
+        )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_histories_never_exceed_inventory(seed: int) -> None:
+    rng = random.Random(seed)
+    inventory = {"h200": 12, "h100": 6}
+    policy = _policy(inventory, {"acme": {"priority": 10}, "beta": {"priority": 1}})
+    agents = [
+        _SimAgent(_registration("a", "acme", "h200", 6, fallback=1)),
+        _SimAgent(_registration("b", "beta", "h200", 8, fallback=0, gpr=2)),
+        _SimAgent(_registration("c", "beta", "h100", 6, fallback=2, roles=("prefill", "decode"))),
+        _SimAgent(_registration("d", "acme", "h100", 4, fallback=1)),
+    ]
+    kw = {"lease_s": 12.0, "liveness_s": 6.0}
+    state = PlannerState(policy, **kw)
+    last_record = None
+    now = 0.0
+    sessions = 0
+
+    def check() -> None:
+        committed = state.committed_gpus()
+        physical: dict[str, int] = {}
+        for agent in agents:
+            for gpu, used in agent.gpus().items():
+                physical[gpu] = physical.get(gpu, 0) + used
+            if agent.name in state.deployments():
+                for pool in agent.reg.pools:
+                    assert agent.in_use(pool.role) <= state.usage(agent.name, pool.role), (agent.name, pool.role)
+        for gpu, total in inventory.items():
+            assert committed.get(gpu, 0) <= total, f"planner committed {committed} > {inventory}"
+            assert physical.get(gpu, 0) <= total, f"agents hold {physical} > {inventory}"
+
+    for _ in range(400):
+        now += rng.uniform(0.0, 2.0)
+        for agent in agents:
+            agent.tick(now)
+        check()
+        for agent in rng.sample(agents, len(agents)):
+            if rng.random() < 0.05:
+                agent.down = not agent.down
+            if agent.down or rng.random() < 0.3:
+                continue
+            try:
+                if not agent.session:
+                    sessions += 1
+                    agent.session = f"s{sessions}"
+                    agent.seq = 0
+                    state.register(agent.reg, agent.session, now)
+                    check()
+                targets = state.report(agent.report(rng), now)
+            except StateError:
+                agent.session = ""
+                continue
+            check()
+            agent.apply(targets, now, rng)
+            check()
+            if agent.received and rng.random() < 0.3 and not agent.draining:
+                for pool in agent.reg.pools:
+                    state.ack_drained(AckDrained(deployment=agent.name, session_id=agent.session,
+                                                 decision_id=agent.received.decision_id, role=pool.role,
+                                                 gpus_freed=0), now)
+                    check()
+                state.ack_applied(AckApplied(deployment=agent.name, session_id=agent.session,
+                                             decision_id=agent.received.decision_id), now)
+        if rng.random() < 0.5:
+            round_ = state.plan(now, solve=allocate if seed == 0 else allocate_greedy)
+            check()
+            state.commit(round_)
+            last_record = round_.record
+            check()
+        if last_record is not None and rng.random() < 0.03:  # planner restart: only the audit record survives
+            state = PlannerState(policy, **kw)
+            state.restore(last_record)
+            check()

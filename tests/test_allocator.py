@@ -192,3 +192,83 @@ def test_curve_validation() -> None:
         _pool("x", curve=[0.0, 1.5])
     with pytest.raises(ValueError, match="pool_id"):
         _pool("x", pool_id="y/agg")
+
+
+def _tiny_request(seed: int) -> AllocationRequest:
+    """Small enough to enumerate every replica vector: pairs, S-curves, caps, floors, churn."""
+    rng = random.Random(1000 + seed)
+    pools = []
+    for d in range(rng.randint(2, 3)):
+        gpu = rng.choice(["h100", "h200"])
+        tenant = rng.choice(["a", "b", "c"])
+        pair = rng.random() < 0.5
+        for role in ("prefill", "decode") if pair else ("agg",):
+            curve = _s_curve(rng.uniform(0, 5), 8) if rng.random() < 0.5 else _concave(rng.uniform(0.1, 1), 8)
+            pools.append(PoolDemand(
+                deployment=f"d{d}", tenant=tenant, endpoint=f"e{d}", role=role, gpu_type=gpu,
+                gpus_per_replica=rng.choice([1, 2]), min_replicas=rng.choice([0, 1]), max_replicas=6,
+                current_replicas=rng.randint(0, 6), curve=curve, demand_weight=rng.uniform(0.1, 5),
+                pair_group=f"d{d}" if pair else None,
+            ))
+    tenants = {
+        "a": TenantLimits(priority=10, guaranteed_gpus={"h100": rng.randint(0, 6)}),
+        "b": TenantLimits(priority=1, max_gpus={"h200": rng.randint(0, 8)}),
+    }
+    overrides = [PoolOverride(selector="c/*", max_step=rng.randint(1, 3), churn_weight=rng.choice([0.0, 0.05, 2.0]))]
+    return AllocationRequest(
+        pools=pools, inventory={"h100": rng.randint(2, 14), "h200": rng.randint(2, 14)}, tenants=tenants,
+        overrides=overrides, time_limit_s=1.0,
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_dual_bound_is_valid_against_enumeration(seed: int) -> None:
+    import itertools
+
+    from global_planner.allocation.bound import upper_bound
+    from global_planner.allocation.frontier import build_frontier
+    from global_planner.allocation.greedy import greedy_state
+    from global_planner.allocation.problem import build_problem, over_budget, settle_floors
+
+    problem = build_problem(_tiny_request(seed))
+    if not problem.minima_fit:
+        pytest.skip("minima do not fit: fallback path, no bound")
+    frontier = build_frontier(problem)
+    greedy = greedy_state(frontier).replicas
+    assert over_budget(problem, greedy) is None
+    settle_floors(problem, greedy)
+    bound = upper_bound(frontier)
+    best = None
+    for replicas in itertools.product(*(plan.counts for plan in problem.pools)):
+        used = problem.gpus(list(replicas))[1]
+        if over_budget(problem, list(replicas)) is None and all(used.get(k, 0) >= f for k, f in problem.floors.items()):
+            value = problem.value(list(replicas))
+            best = value if best is None else max(best, value)
+    assert best is not None and problem.value(greedy) <= best <= bound
+
+
+def test_large_fleet_within_time_limit_with_gap_and_deterministic() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_allocator import fleet_request
+
+    request = fleet_request(1000, seed=0).model_copy(update={"time_limit_s": 0.2})
+    first = allocate(request)
+    assert first.status in ("feasible", "optimal") and first.gap is not None and first.gap < 0.05
+    assert first.best_bound is not None and first.objective <= first.best_bound + 1e-6
+    assert first.solve_ms < 1000  # the time limit covers preparation; generous for loaded CI machines
+    for gpu, total in request.inventory.items():
+        assert first.gpus_used[gpu] <= total - request.held_gpus.get(gpu, 0)
+    again = allocate(request)
+    assert again.replicas == first.replicas and again.gap == first.gap
+    warm = allocate(request.model_copy(update={"previous": first.replicas}))
+    assert warm.replicas == first.replicas
+
+
+def test_greedy_blocked_unit_still_uses_leftover_gpus() -> None:
+    # the big pool's next hull jump does not fit; the leftover GPUs must still go somewhere useful
+    pools = [_pool("big", curve=_s_curve(8), demand_weight=5.0), _pool("small", curve=_concave(0.5))]
+    result = allocate_greedy(AllocationRequest(pools=pools, inventory={"h100": 7}))
+    assert sum(result.replicas.values()) == 7

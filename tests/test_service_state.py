@@ -211,8 +211,18 @@ class _SimAgent:
             out[pool.gpu_type] = out.get(pool.gpu_type, 0) + self.in_use(pool.role) * pool.gpus_per_replica
         return out
 
+    def top_up(self) -> None:
+        """Start replicas toward the grant, counting draining ones (they still hold GPUs)."""
+        if self.received is None:
+            return
+        for target in self.received.pools:
+            room = target.replicas - self.in_use(target.role)
+            want = target.replicas - self.running.get(target.role, 0)
+            self.running[target.role] = self.running.get(target.role, 0) + max(0, min(room, want))
+
     def tick(self, now: float) -> None:
         self.draining = [d for d in self.draining if d[2] > now]
+        self.top_up()
         if self.received is not None and self.received.decision_id and now >= self.received.lease_expires_s:
             for pool in self.reg.pools:  # fallback: must be drained to min(floor, grant) by expiry
                 cap = min(pool.fallback_replicas, _grant(self.received, pool.role))
@@ -227,11 +237,10 @@ class _SimAgent:
         self.received = targets
         for target in targets.pools:
             have = self.running.get(target.role, 0)
-            if target.replicas > have:
-                self.running[target.role] = target.replicas
-            elif target.replicas < have:
+            if target.replicas < have:
                 self.running[target.role] = target.replicas
                 self.draining.append((target.role, have - target.replicas, now + rng.uniform(0, 6)))
+        self.top_up()
 
     def report(self, rng: random.Random) -> AgentReport:
         self.seq += 1

@@ -161,8 +161,8 @@ class _State:
         level)`` stops once that group holds ``level`` GPUs.
         """
         heap: list[tuple[float, int]] = []
-        for k, blocked in enumerate(self.blocked):
-            if (blocked or self.pos[k] is None) and (allowed is None or k in allowed):
+        for k in sorted(allowed) if allowed is not None else range(len(self.blocked)):
+            if self.blocked[k] or self.pos[k] is None:
                 self._defer(heap, k)
         index = 0
         while True:
@@ -241,7 +241,11 @@ def greedy_state(frontier: Frontier) -> _State:
     for key in sorted(problem.floors, key=lambda k: (-problem.tenant_priority[k[0]], k)):
         c = group_index.get(key)
         if c is not None and state.used[c] < problem.floors[key]:
-            state.run(segments, ratios, allowed=units_of.get(c, set()), until=(c, problem.floors[key]))
+            mine = units_of.get(c, set())
+            picked = [s for s, (k, _) in enumerate(segments) if k in mine]
+            state.run(
+                [segments[s] for s in picked], [ratios[s] for s in picked], allowed=mine, until=(c, problem.floors[key])
+            )
     state.run(segments, ratios)
     return state
 

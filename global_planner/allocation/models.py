@@ -146,7 +146,12 @@ class AllocationRequest(_Strict):
     previous: dict[str, int] | None = Field(
         default=None, description="replicas of the previous allocation by pool_id (warm start)"
     )
-    time_limit_s: float = Field(default=0.2, gt=0, allow_inf_nan=False)
+    time_limit_s: float = Field(
+        default=0.2,
+        gt=0,
+        allow_inf_nan=False,
+        description="wall time for the whole call: preparation, greedy, bound and CP-SAT",
+    )
     relative_gap_limit: float = Field(default=1e-4, ge=0, allow_inf_nan=False)
     seed: int = 0
 
@@ -172,7 +177,8 @@ class Allocation(_Strict):
     """The planner's answer for one round.
 
     ``objective`` is in value units (sum of priority * demand_weight * attainment, minus churn);
-    ``best_bound`` and ``gap`` come from CP-SAT and are None for the greedy fallback.
+    ``best_bound`` is a proven upper bound on it (the tighter of the Lagrangian dual bound and
+    CP-SAT's bound) and ``gap = (bound - objective) / bound``; both are None for the fallback.
     """
 
     replicas: dict[str, int]

@@ -12,15 +12,21 @@ quantum — GPUs are only spent for value, and among equal-value answers the che
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from itertools import accumulate, chain
+
+import numpy as np
 
 from global_planner.allocation.models import (
     Allocation,
     AllocationRequest,
     AllocationStatus,
     PoolDemand,
+    PoolOverride,
     TenantLimits,
 )
 
@@ -50,9 +56,12 @@ class PoolPlan:
     values: tuple[int, ...]
     churn: int
     unit: int
+    scaled: tuple[int, ...] = ()
 
     def value_at(self, replicas: int) -> int:
-        return round(self.pool.attainment(replicas) * ATT_SCALE)
+        """Scaled attainment at ``replicas`` (flat past the end of the curve)."""
+        scaled = self.scaled
+        return scaled[replicas] if replicas < len(scaled) else scaled[-1]
 
 
 @dataclass(frozen=True)
@@ -97,16 +106,24 @@ class Problem:
         return total
 
 
-def _effective(pool: PoolDemand, request: AllocationRequest) -> tuple[float, int | None, int, int, float]:
+def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
+    """Each override as (matches pool keys?, compiled matcher, override); fnmatch semantics."""
+    return [
+        (o.selector.count("/") == 2, re.compile(fnmatch.translate(o.selector)).match, o) for o in request.overrides
+    ]
+
+
+def _effective(
+    pool: PoolDemand, request: AllocationRequest, matchers: list[tuple[bool, Callable[[str], object], PoolOverride]]
+) -> tuple[float, int | None, int, int, float]:
     """Priority, max_step, min, max and churn weight after the matching overrides."""
     tenant = request.tenants.get(pool.tenant, _DEFAULT_TENANT)
     priority, max_step = tenant.priority, None
     low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
     deployment_key = f"{pool.tenant}/{pool.deployment}"
     pool_key = f"{deployment_key}/{pool.role}"
-    for override in request.overrides:
-        key = pool_key if override.selector.count("/") == 2 else deployment_key
-        if not fnmatchcase(key, override.selector):
+    for per_pool, match, override in matchers:
+        if not match(pool_key if per_pool else deployment_key):
             continue
         priority = override.priority if override.priority is not None else priority
         max_step = override.max_step if override.max_step is not None else max_step
@@ -120,8 +137,8 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _hull_counts(pool: PoolDemand, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Replica counts on the upper concave hull of the curve over ``[lo, hi]``, with their values.
+def _hull_counts(scaled: list[int], lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Replica counts on the upper concave hull of the scaled curve over ``[lo, hi]``, with values.
 
     Counts worth no more than a smaller count are dropped (they would hold GPUs without value),
     and so are counts strictly below the hull — the foot of an S-shaped curve, where a pool cannot
@@ -130,11 +147,14 @@ def _hull_counts(pool: PoolDemand, lo: int, hi: int) -> tuple[tuple[int, ...], t
     a true marginal-gain greedy, and the value lost is bounded by what a partly-served pool on
     the foot of its curve would have earned.
     """
-    counts: list[int] = []
-    values: list[int] = []
-    for k in range(lo, max(lo, min(hi, len(pool.curve) - 1)) + 1):
-        value = round(pool.attainment(k) * ATT_SCALE)
-        if values and value <= values[-1]:
+    last = len(scaled) - 1
+    if lo >= last:
+        return (lo,), (scaled[last],)
+    counts = [lo]
+    values = [scaled[lo]]
+    for k in range(lo + 1, min(hi, last) + 1):
+        value = scaled[k]
+        if value <= values[-1]:
             continue
         # pop while the last count lies strictly below the chord from its predecessor to k
         while len(counts) >= 2 and (values[-1] - values[-2]) * (k - counts[-2]) < (value - values[-2]) * (
@@ -181,8 +201,9 @@ def _unfit_groups(
 def build_problem(request: AllocationRequest) -> Problem:
     """Apply overrides, bounds, change limits and dominance; trim floors to what can fit."""
     raw: list[tuple[PoolDemand, float, int | None, int, int, float]] = []
+    matchers = _matchers(request)
     for pool in request.pools:
-        priority, max_step, low, high, churn = _effective(pool, request)
+        priority, max_step, low, high, churn = _effective(pool, request, matchers)
         raw.append((pool, priority, max_step, low, high, churn))
 
     coefficient = [prio * pool.demand_weight for pool, prio, *_ in raw]
@@ -221,12 +242,18 @@ def build_problem(request: AllocationRequest) -> Problem:
 
     bounds = [_step_bounds(pool, max_step, low, high) for pool, _, max_step, low, high, _ in raw]
     relaxed = _unfit_groups(raw, [lo for lo, _ in bounds], budget, caps)
+    # every curve scaled to integers at once (np.rint rounds half to even, like round())
+    lengths = [len(pool.curve) for pool in request.pools]
+    offsets = [0, *accumulate(lengths)]
+    flat = np.rint(np.fromiter(chain.from_iterable(p.curve for p in request.pools), float, offsets[-1]) * ATT_SCALE)
+    flat = flat.astype(np.int64).tolist()
     plans: list[PoolPlan] = []
     for index, (pool, priority, max_step, low, high, churn) in enumerate(raw):
         lo, hi = bounds[index]
         if pool.gpu_type in relaxed or (pool.tenant, pool.gpu_type) in relaxed:
             lo = low
-        counts, values = _hull_counts(pool, lo, hi)
+        scaled = flat[offsets[index] : offsets[index + 1]]
+        counts, values = _hull_counts(scaled, lo, hi)
         plans.append(
             PoolPlan(
                 pool=pool,
@@ -240,6 +267,7 @@ def build_problem(request: AllocationRequest) -> Problem:
                 values=values,
                 churn=round(churn / value_scale),
                 unit=unit_of[index],
+                scaled=tuple(scaled),
             )
         )
     units = [Unit(tuple(m), weight(c)) for m, c in zip(unit_members, unit_coef, strict=True)]

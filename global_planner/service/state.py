@@ -424,7 +424,10 @@ class PlannerState:
                 target = targets[pool_id]
                 reason = allocation.reasons.get(pool_id, "") if allocation is not None else ""
                 if target <= pool.usage:
-                    pending = decision_id if target < pool.usage else None
+                    pending = None
+                    if target < pool.usage:  # a further cut needs its own confirmation; else keep waiting
+                        further = target < pool.grant or pool.pending_release is None
+                        pending = decision_id if further else pool.pending_release
                     updates[(dep.name, role)] = _PoolUpdate(target, pool.usage, pending, target, reason)
                 else:
                     ups.append((-priority, pool_id, dep.name, pool, target, reason))

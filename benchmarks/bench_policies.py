@@ -1,0 +1,106 @@
+"""Compare planning policies on one scenario: GPU-hours and SLO attainment, fleet and per deployment.
+
+    python benchmarks/bench_policies.py examples/diurnal-two-tenant/scenario.yaml --policies static-peak oracle local
+
+Each policy replays the same traffic (same seed); the oracle is clairvoyant and labelled so. Ratios
+are against the first policy named and against `oracle` when it is in the list. Also prints the
+number of scaling direction reversals per deployment-hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_sim.outputs import write_outputs  # noqa: E402
+from fleet_sim.policies import make_policy  # noqa: E402
+from fleet_sim.runner import FleetSimulation  # noqa: E402
+from fleet_sim.scenario import load_scenario  # noqa: E402
+from fleet_sim.workload import build_workload  # noqa: E402
+
+
+def reversals_per_hour(result) -> dict[str, float]:
+    """Scaling direction reversals (up then down, or down then up) per pool, per deployment-hour."""
+    last_direction: dict[tuple[str, str], int] = {}
+    counts = {spec.name: 0 for spec in result.deployments}
+    for record in result.decisions:
+        direction = 1 if record.to_replicas > record.from_replicas else -1
+        key = (record.deployment, record.role)
+        if key in last_direction and last_direction[key] != direction:
+            counts[record.deployment] += 1
+        last_direction[key] = direction
+    hours = result.duration_s / 3600.0
+    return {name: count / hours for name, count in counts.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario")
+    parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
+    parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
+    parser.add_argument("--out", help="write each policy's outputs under this folder")
+    parser.add_argument("--option", action="append", default=[], help="planner option KEY=JSON for every policy (e.g. predictor='\"arima\"')")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    overrides = {"duration": parse_duration(args.duration)} if args.duration else {}
+    rows = {}
+    for policy in args.policies:
+        scenario = load_scenario(args.scenario, overrides={**overrides, "policy": policy})
+        if args.option:
+            options = dict(scenario.planner.options)
+            for item in args.option:
+                key, value = item.split("=", 1)
+                options[key] = json.loads(value)
+            planner = scenario.planner.model_copy(update={"policy": policy})
+            planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **options})
+            scenario = scenario.model_copy(update={"planner": planner})
+        workload = build_workload(scenario)
+        result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
+        if args.out:
+            summary = write_outputs(result, Path(args.out) / policy)
+        else:
+            from fleet_sim.outputs import summarize
+
+            summary = summarize(result)
+        rows[policy] = {
+            "gpu_hours": summary["fleet"]["gpu_hours"],
+            "slo_attainment": summary["fleet"]["slo_attainment"],
+            "budget_violations": summary["fleet"]["budget_violations"],
+            "clairvoyant": summary["clairvoyant"],
+            "deployments": {
+                name: {
+                    "slo_attainment": d["slo_attainment"],
+                    "gpu_hours": d["gpu_hours"],
+                    "reversals_per_hour": reversals_per_hour(result)[name],
+                }
+                for name, d in summary["deployments"].items()
+            },
+        }
+        print(f"... {policy} done ({result.wall_seconds:.0f} s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    first = args.policies[0]
+    print(f"scenario {args.scenario}")
+    print(f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}  per deployment (attainment, GPU-h, reversals/h)")
+    for policy, row in rows.items():
+        ratio_first = row["gpu_hours"] / rows[first]["gpu_hours"] if rows[first]["gpu_hours"] else float("nan")
+        ratio_oracle = row["gpu_hours"] / rows["oracle"]["gpu_hours"] if "oracle" in rows and rows["oracle"]["gpu_hours"] else float("nan")
+        label = policy + (" *" if row["clairvoyant"] else "")
+        per = "; ".join(
+            f"{name} {d['slo_attainment'] * 100:.2f}% {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}" for name, d in row["deployments"].items()
+        )
+        print(f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}")
+    print("* clairvoyant (knows the future load): the physical limit, not a real policy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

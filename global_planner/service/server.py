@@ -1,0 +1,228 @@
+"""The planner's gRPC front: a grpc.aio servicer over :class:`PlannerState` plus the round loop.
+
+Every RPC is one synchronous step of the state machine (asyncio runs them one at a time), so no
+locking is needed around the state. A bad message is rejected before it touches the state and
+only its caller sees the error; everyone else keeps being served.
+
+A round solves off the event loop (CP-SAT may take its whole time limit), then settles against
+the state *as it is after the solve*, appends the record to the audit log (fsync) and only then
+commits it: grants become visible to agents strictly after they are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fleet_planner.api.v1 import planner_pb2 as pb
+from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from global_planner.allocation import allocate
+from global_planner.policy_file import PolicyWatcher
+from global_planner.service import convert
+from global_planner.service.audit import AuditLog
+from global_planner.service.auth import AuthError, Identity, TokenAuthenticator, authorize
+from global_planner.service.metrics import ServiceMetrics
+from global_planner.service.state import (
+    Conflict,
+    InvalidRequest,
+    PlannerState,
+    Round,
+    Solver,
+    StateError,
+    UnknownDeployment,
+    UnknownSession,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Planner"].full_name
+MAX_MESSAGE_BYTES = 1 << 20  # a full report is ~30 KB; anything near this is abuse
+
+R = TypeVar("R", bound=Message)
+
+_STATE_CODES: dict[type[StateError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownDeployment: grpc.StatusCode.NOT_FOUND,
+    UnknownSession: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class PlannerService(pb_grpc.PlannerServicer):
+    """Authenticates, authorises, validates, then applies one state-machine step."""
+
+    def __init__(
+        self,
+        state: PlannerState,
+        auth: TokenAuthenticator | None,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.state = state
+        self.auth = auth
+        self.metrics = metrics
+        self.clock = clock
+
+    async def _handle(
+        self, context: grpc.aio.ServicerContext, step: Callable[[Identity | None, float], R]
+    ) -> R:
+        try:
+            identity = self.auth.identify(context.invocation_metadata()) if self.auth is not None else None
+            return step(identity, self.clock())
+        except AuthError as error:
+            code, message = error.code, str(error)
+        except convert.InvalidMessage as error:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+        except StateError as error:
+            code, message = _STATE_CODES[type(error)], str(error)
+        self.metrics.rejected.labels(code.name).inc()
+        log.info("rejected %s: %s", code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("abort returns only by raising")
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        def step(identity: Identity | None, now: float) -> pb.RegisterResponse:
+            authorize(identity, request.deployment, request.tenant)
+            registration = convert.registration_from_pb(request)
+            session_id = uuid.uuid4().hex
+            targets = self.state.register(registration, session_id, now)
+            return pb.RegisterResponse(
+                session_id=session_id,
+                planner_time_s=now,
+                lease_s=self.state.lease_s,
+                report_interval_s=self.state.report_interval_s,
+                targets=convert.targets_to_pb(targets),
+            )
+
+        return await self._handle(context, step)
+
+    async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
+        def step(identity: Identity | None, now: float) -> pb.ReportResponse:
+            authorize(identity, request.deployment)
+            targets = self.state.report(convert.report_from_pb(request), now)
+            return pb.ReportResponse(targets=convert.targets_to_pb(targets))
+
+        return await self._handle(context, step)
+
+    async def AckApplied(self, request: pb.AckAppliedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
+        def step(identity: Identity | None, now: float) -> pb.AckResponse:
+            authorize(identity, request.deployment)
+            targets = self.state.ack_applied(convert.ack_applied_from_pb(request), now)
+            return pb.AckResponse(targets=convert.targets_to_pb(targets))
+
+        return await self._handle(context, step)
+
+    async def AckDrained(self, request: pb.AckDrainedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
+        def step(identity: Identity | None, now: float) -> pb.AckResponse:
+            authorize(identity, request.deployment)
+            targets = self.state.ack_drained(convert.ack_drained_from_pb(request), now)
+            return pb.AckResponse(targets=convert.targets_to_pb(targets))
+
+        return await self._handle(context, step)
+
+
+class PlannerServer:
+    """The whole planner process minus argument parsing: gRPC server, health, reflection, rounds."""
+
+    def __init__(
+        self,
+        state: PlannerState,
+        *,
+        auth: TokenAuthenticator | None,
+        metrics: ServiceMetrics,
+        audit: AuditLog | None = None,
+        watcher: PolicyWatcher | None = None,
+        round_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        solve: Solver = allocate,
+    ):
+        self.state = state
+        self.metrics = metrics
+        self.audit = audit
+        self.watcher = watcher
+        self.round_s = round_s
+        self.clock = clock
+        self._solve = solve
+        self.service = PlannerService(state, auth, metrics, clock)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._round_lock = asyncio.Lock()
+
+    async def start(self, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Bind (port 0 picks a free one), start serving and return the bound port."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        pb_grpc.add_PlannerServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        return port
+
+    def start_rounds(self) -> None:
+        """Run an allocation round every ``round_s`` seconds in the background."""
+        self._loop_task = asyncio.create_task(self._rounds())
+
+    async def _rounds(self) -> None:
+        while True:
+            await asyncio.sleep(self.round_s)
+            try:
+                await self.run_round()
+            except Exception:  # noqa: BLE001 - a failed round must not stop the planner
+                self.metrics.round_errors.inc()
+                log.exception("allocation round failed; grants unchanged")
+
+    async def run_round(self) -> Round:
+        """Reload the policy if changed, solve, persist, commit."""
+        async with self._round_lock:
+            if self.watcher is not None and self.watcher.poll():
+                log.info("policy %s reloaded", self.watcher.path)
+                self.state.set_policy(self.watcher.policy)
+            elif self.watcher is not None and self.watcher.last_error is not None:
+                log.warning("policy reload rejected, keeping the previous one: %s", self.watcher.last_error)
+            round_input = self.state.begin_round(self.clock())
+            allocation = None
+            if round_input.request is not None:
+                allocation = await asyncio.to_thread(self._solve, round_input.request)
+            round_ = self.state.settle(round_input, allocation, self.clock())
+            if self.audit is not None:
+                self.audit.append(round_.record)
+            self.state.commit(round_)
+            self.metrics.observe_round(round_, self.state)
+            return round_
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self.audit is not None:
+            self.audit.close()
+

@@ -96,6 +96,9 @@ class PoolObservation(_Frozen):
     kv_capacity_tokens: float | None = Field(default=None, ge=0)
     iteration_ms: float | None = Field(default=None, ge=0)
     scheduled_tokens_per_s: float | None = Field(default=None, ge=0)
+    prefix_hit_rate: float | None = Field(
+        default=None, ge=0, le=1, description="share of prefilled prompt tokens served from the prefix cache"
+    )
 
 
 class FleetObservation(_Frozen):

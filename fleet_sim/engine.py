@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +27,7 @@ STARTING, READY, DRAINING, RETIRED = range(4)
 EV_READY, EV_ITER_END, EV_DECODE, EV_KV_ARRIVE, EV_START, EV_CALL = range(6)
 
 _EPS = 1e-9
+PREFIX_BLOCK_TOKENS = 512  # tokens per prefix-cache block (Mooncake ``hash_ids`` granularity)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,14 @@ class EngineKnobs:
     max_num_seqs: int = 256  # decode batch cap
     kv_bytes_per_token: int = 131072  # KV cache size of one token (Llama-3.1-8B, fp16: 128 KiB)
     kv_transfer_gbps: float = 50.0  # prefill -> decode KV transfer bandwidth
+    prefix_cache: bool = True  # prefill/agg replicas reuse cached KV prefixes (needs trace hash_ids)
+    prefix_cache_blocks: int | None = None  # LRU capacity in 512-token blocks; None: max KV tokens / 512
 
 
 class Requests:
     """Per-request state as parallel Python lists (fast scalar access; grows for closed loops)."""
 
-    __slots__ = ("arrival", "input", "output", "endpoint", "deployment", "t_first", "t_finish", "rejected")
+    __slots__ = ("arrival", "input", "output", "endpoint", "deployment", "t_first", "t_finish", "rejected", "hashes")
 
     def __init__(self) -> None:
         self.arrival: list[float] = []
@@ -53,6 +56,7 @@ class Requests:
         self.t_first: list[float] = []
         self.t_finish: list[float] = []
         self.rejected: list[bool] = []
+        self.hashes: list[list[int] | None] | None = None  # prefix-block ids per request, if any
 
     def add(self, arrival: float, input_tokens: int, output_tokens: int, endpoint: int) -> int:
         self.arrival.append(arrival)
@@ -63,6 +67,8 @@ class Requests:
         self.t_first.append(math.nan)
         self.t_finish.append(math.nan)
         self.rejected.append(False)
+        if self.hashes is not None:
+            self.hashes.append(None)
         return len(self.arrival) - 1
 
     def __len__(self) -> int:
@@ -72,7 +78,10 @@ class Requests:
 class PoolStats:
     """Per-interval accumulators a pool fills while running; read and reset at each collection."""
 
-    __slots__ = ("admitted", "input_tokens", "output_tokens", "ttft_ms", "itl_ms", "iterations", "iteration_s", "tokens")
+    __slots__ = (
+        "admitted", "input_tokens", "output_tokens", "ttft_ms", "itl_ms", "iterations", "iteration_s", "tokens",
+        "prefix_hit_tokens", "prefill_input_tokens",
+    )
 
     def __init__(self) -> None:
         self.reset()
@@ -86,6 +95,8 @@ class PoolStats:
         self.iterations = 0
         self.iteration_s = 0.0
         self.tokens = 0.0
+        self.prefix_hit_tokens = 0  # prompt tokens served from the prefix cache
+        self.prefill_input_tokens = 0  # prompt tokens of requests whose prefill started
 
 
 class Replica:
@@ -96,7 +107,7 @@ class Replica:
         "pool", "state", "created_at", "ready_at",
         "prefill_queue", "queued_prefill_tokens", "busy", "plan", "iter_dt",
         "counter", "rate", "t_last", "finish_heap", "batch", "context_sum",
-        "kv_reserved", "wait_queue", "epoch", "load", "start_pending",
+        "kv_reserved", "wait_queue", "epoch", "load", "start_pending", "prefix_cache",
     )
 
     def __init__(self, pool: Pool, now: float):
@@ -120,6 +131,8 @@ class Replica:
         self.epoch = 0
         self.load = 0  # outstanding tokens assigned here (router's least-load key)
         self.start_pending = False  # an iteration start is scheduled at the next step boundary
+        # LRU of cached prefix-block ids (prefill-capable replicas with the cache enabled only).
+        self.prefix_cache: OrderedDict[int, None] | None = OrderedDict() if pool.prefix_blocks else None
 
     def idle(self) -> bool:
         return not self.busy and self.batch == 0 and not self.prefill_queue and not self.wait_queue
@@ -155,6 +168,10 @@ class Pool:
         self.max_kv = int(model.max_kv_tokens)
         self.overhead_s = model.prefill_overhead_ms / 1000.0
         self.kv_transfer_s_per_token = knobs.kv_bytes_per_token * 8 / (knobs.kv_transfer_gbps * 1e9)
+        self.prefix_blocks = 0  # prefix-cache capacity per replica, blocks (0: no cache)
+        if knobs.prefix_cache and role in ("prefill", "agg"):
+            blocks = knobs.prefix_cache_blocks
+            self.prefix_blocks = max(0, blocks if blocks is not None else self.max_kv // PREFIX_BLOCK_TOKENS)
         self.replicas: list[Replica] = []  # alive: starting, ready, draining
         self.ready: list[Replica] = []
         self.pending = 0  # replicas wanted but waiting for free GPUs
@@ -260,13 +277,24 @@ class Pool:
         if not self.ready:
             self.queue.append(request)
             return
+        reqs = self.sim.requests
         best = self.ready[0]
         if len(self.ready) > 1:
-            best_load = best.load
-            for replica in self.ready:
-                if replica.load < best_load:
-                    best, best_load = replica, replica.load
-        reqs = self.sim.requests
+            hashes = reqs.hashes[request] if self.prefix_blocks and reqs.hashes is not None else None
+            if hashes:
+                # KV-aware (like Dynamo's router): most cached prefix tokens net of queued work.
+                limit = reqs.input[request] - 1
+                best_score = -math.inf
+                for replica in self.ready:
+                    cached = _cached_prefix(replica.prefix_cache, hashes, limit)
+                    score = cached - replica.load
+                    if score > best_score:
+                        best, best_score = replica, score
+            else:
+                best_load = best.load
+                for replica in self.ready:
+                    if replica.load < best_load:
+                        best, best_load = replica, replica.load
         if self.role == "prefill":
             best.load += reqs.input[request]
             self._enqueue_prefill(best, request, now)
@@ -306,9 +334,20 @@ class Pool:
             budget = 1
         inputs = self.sim.requests.input
         chunk_ms = self.model.prefill_chunk_ms
+        cache = replica.prefix_cache
+        hashes = self.sim.requests.hashes if cache is not None else None
+        stats = self.stats
         plan = []
         prefill_ms = 0.0
         for item in replica.prefill_queue:
+            if not item[1]:  # first planned here: count it, reuse its cached prefix
+                stats.prefill_input_tokens += inputs[item[0]]
+                if hashes is not None and hashes[item[0]]:
+                    hit = self._prefix_hit(cache, hashes[item[0]], inputs[item[0]])
+                    if hit:
+                        item[1] = hit
+                        replica.queued_prefill_tokens -= hit
+                        stats.prefix_hit_tokens += hit
             remaining = inputs[item[0]] - item[1]
             take = remaining if remaining < budget else budget
             prefill_ms += chunk_ms(item[1], take)
@@ -343,6 +382,11 @@ class Pool:
         for _ in done:
             replica.prefill_queue.popleft()
         replica.plan = []
+        cache = replica.prefix_cache
+        if cache is not None and reqs.hashes is not None:
+            for request in done:
+                if reqs.hashes[request]:
+                    self._prefix_insert(cache, reqs.hashes[request])
         # Still busy while completions run: callbacks that enqueue work must not start a second
         # iteration; the next one is started below.
         if self.role == "prefill":
@@ -359,6 +403,28 @@ class Pool:
         else:
             self._reschedule(replica, now)
             self.maybe_retire(replica, now)
+
+    # ---- prefix cache -----------------------------------------------------------------------
+    def _prefix_hit(self, cache: OrderedDict, hashes: list[int], input_tokens: int) -> int:
+        """Prompt tokens already cached: the request's leading blocks found (stop at the first
+        miss), at most ``input - 1`` (the last token is always computed); hits become most recent."""
+        hit = 0
+        for block in hashes:
+            if block not in cache:
+                break
+            cache.move_to_end(block)
+            hit += PREFIX_BLOCK_TOKENS
+        return min(hit, input_tokens - 1)
+
+    def _prefix_insert(self, cache: OrderedDict, hashes: list[int]) -> None:
+        """A prompt's blocks become cached once its prefill completed (blocks being computed are
+        not shareable yet, as in vLLM); least recently used blocks are evicted past capacity."""
+        for block in hashes:
+            cache[block] = None
+            cache.move_to_end(block)
+        excess = len(cache) - self.prefix_blocks
+        for _ in range(excess):
+            cache.popitem(last=False)
 
     # ---- decode -----------------------------------------------------------------------------
     def _admit_or_wait(self, replica: Replica, request: int, now: float) -> None:
@@ -473,6 +539,18 @@ class Pool:
         if output > 1:
             self.stats.itl_ms.append((now - reqs.t_first[request]) * 1000.0 / (output - 1))
         self.sim.completed(request, now)
+
+
+def _cached_prefix(cache: OrderedDict | None, hashes: list[int], limit: int) -> int:
+    """Prompt tokens of ``hashes`` cached on a replica (leading blocks only), without touching LRU order."""
+    if not cache:
+        return 0
+    hit = 0
+    for block in hashes:
+        if block not in cache:
+            break
+        hit += PREFIX_BLOCK_TOKENS
+    return min(hit, limit)
 
 
 class Simulator:

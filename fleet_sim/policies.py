@@ -29,15 +29,27 @@ def _oracle(scenario, workload: Workload) -> Policy:
     return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
 
 
-def _local(scenario, workload: Workload) -> Policy:
+def _agent_options(scenario, ignore: tuple[str, ...] = ()):
     from local_agent.agent import AgentOptions
-    from local_agent.simulated import LocalAgentsPolicy
 
+    options = {k: v for k, v in scenario.planner.options.items() if k not in ignore}
     try:
-        agent_options = AgentOptions(**scenario.planner.options)
+        return AgentOptions(**options)
     except ValueError as exc:
         raise InputError(f"invalid local agent options: {exc}", field="planner") from exc
-    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, agent_options)
+
+
+def _local(scenario, workload: Workload) -> Policy:
+    from local_agent.simulated import LocalAgentsPolicy
+
+    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario))
+
+
+def _fcfs(scenario, workload: Workload) -> Policy:
+    from global_planner.simulated import FcfsPolicy
+
+    options = _agent_options(scenario, ignore=("policy_file", "transport"))
+    return FcfsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, dict(scenario.gpus))
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {
@@ -45,6 +57,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "static-peak": _static_peak,
     "oracle": _oracle,
     "local": _local,
+    "fcfs": _fcfs,
 }
 
 

@@ -136,6 +136,7 @@ class FleetSimulation:
                     max_num_seqs=pool_config.max_num_seqs,
                     kv_bytes_per_token=pool_config.kv_bytes_per_token,
                     kv_transfer_gbps=pool_config.kv_transfer_gbps,
+                    prefix_cache=pool_config.prefix_cache,
                 )
                 pool = Pool(
                     self.sim,
@@ -250,6 +251,11 @@ class FleetSimulation:
                         kv_capacity_tokens=float(pool.max_kv * len(replicas)) if role != "prefill" else None,
                         iteration_ms=mean_iteration,
                         scheduled_tokens_per_s=stats.tokens / self.interval_s,
+                        prefix_hit_rate=(
+                            stats.prefix_hit_tokens / stats.prefill_input_tokens
+                            if pool.prefix_blocks and stats.prefill_input_tokens
+                            else None
+                        ),
                     )
                 )
                 self.timeline.append(
@@ -326,6 +332,7 @@ class FleetSimulation:
         reqs.t_first = [math.nan] * n
         reqs.t_finish = [math.nan] * n
         reqs.rejected = [False] * n
+        reqs.hashes = list(wl.hash_ids) if wl.hash_ids is not None else None
         self.sim.schedule(0.0, EV_CALL, self._tick)
         self.sim.run(self.end_s, reqs.arrival, self._on_arrival)
         # No more arrivals or planning: let in-flight work finish (GPU time is counted to end_s only).

@@ -170,6 +170,9 @@ class PoolConfig(_Model):
     kv_transfer_gbps: PositiveFloat = Field(
         default=50.0, description="prefill -> decode KV transfer bandwidth, gigabits per second (disagg only)"
     )
+    prefix_cache: bool = Field(
+        default=True, description="prefill/agg replicas reuse cached KV prefixes (traces with Mooncake hash_ids)"
+    )
 
     @model_validator(mode="before")
     @classmethod

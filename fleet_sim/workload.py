@@ -23,6 +23,9 @@ class Workload:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     endpoint: np.ndarray
+    # Per request (merged order): Mooncake prefix-block ids (512 tokens a block), or None for a
+    # request without them; the whole field is None when no endpoint's trace has them.
+    hash_ids: list[list[int] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -78,6 +81,12 @@ def build_workload(scenario) -> Workload:
     outputs = np.concatenate([traces[n].output_tokens for n in names]) if names else np.zeros(0, np.int64)
     endpoint = np.concatenate([np.full(len(traces[n]), i, np.int32) for i, n in enumerate(names)]) if names else np.zeros(0, np.int32)
     order = np.argsort(arrival, kind="stable")
+    hash_ids = None
+    if any(traces[n].hash_ids is not None for n in names):
+        merged: list[list[int] | None] = []
+        for n in names:
+            merged.extend(traces[n].hash_ids if traces[n].hash_ids is not None else [None] * len(traces[n]))
+        hash_ids = [merged[i] or None for i in order.tolist()]
     return Workload(
         endpoints=names,
         traces=traces,
@@ -85,4 +94,5 @@ def build_workload(scenario) -> Workload:
         input_tokens=inputs[order],
         output_tokens=outputs[order],
         endpoint=endpoint[order],
+        hash_ids=hash_ids,
     )

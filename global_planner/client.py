@@ -7,8 +7,9 @@ Fallback contract (mirrored by the planner's accounting in ``global_planner.serv
    down), run the last grant.
 2. Then run ``min(floor, last grant)`` per pool: the planner keeps exactly that reserved after
    the lease lapses, so the floor never takes GPUs the planner has given to someone else.
-3. Never granted yet: ``min(floor, replicas last reported to the planner)`` — what the planner
-   has already counted for this deployment.
+3. Before the first allocation round the planner answers with decision 0, a *holding* lease on
+   the replicas it has counted from reports; without any lease at all the client runs
+   ``min(floor, replicas last reported to the planner)``.
 
 And while scaling up, start new replicas only into room the grant leaves after counting draining
 replicas (:func:`replicas_to_start`): draining replicas still hold their GPUs.
@@ -86,10 +87,8 @@ def replicas_to_start(target: int, ready: int, starting: int, draining: int) -> 
     return max(0, target - ready - starting - draining)
 
 
-def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) -> Lease | None:
-    """The local-clock lease a response grants, or None when it carries no decision yet."""
-    if targets.decision_id == 0:
-        return None
+def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) -> Lease:
+    """The local-clock lease a response grants."""
     remaining = targets.lease_expires_s - targets.planner_time_s
     return Lease(
         decision_id=targets.decision_id,
@@ -164,10 +163,14 @@ class PlannerClient:
     def effective_targets(self, now: float | None = None) -> EffectiveTargets:
         return effective_targets(self.lease, self.floor, self.reported, self.clock() if now is None else now)
 
-    def _accept(self, message: pb.Targets, sent_at: float) -> Targets:
+    def _accept(self, message: pb.Targets, sent_at: float, *, holding: bool) -> Targets:
+        """Adopt a newer lease. A holding lease (decision 0) only counts after a report: before
+        one the planner has counted none of our replicas."""
         targets = convert.targets_from_pb(message, self.registration.deployment)
+        if targets.decision_id == 0 and not holding:
+            return targets
         lease = lease_from_targets(targets, sent_at, self.drain_margin_s)
-        if lease is not None and (self.lease is None or lease.decision_id >= self.lease.decision_id):
+        if self.lease is None or lease.decision_id >= self.lease.decision_id:
             self.lease = lease
         return targets
 
@@ -177,7 +180,7 @@ class PlannerClient:
             convert.registration_to_pb(self.registration), metadata=self._metadata, timeout=self.timeout_s
         )
         self.session_id, self._sequence = response.session_id, 0
-        return self._accept(response.targets, sent_at)
+        return self._accept(response.targets, sent_at, holding=False)
 
     async def report(
         self, pools: list[PoolReport], forecast: Forecast | None = None, observed: Observed | None = None
@@ -217,7 +220,7 @@ class PlannerClient:
         )
         self.reported = {p.role: p.in_use for p in pools}
         self.last_error = None
-        self._accept(response.targets, sent_at)
+        self._accept(response.targets, sent_at, holding=True)
         effective = self.effective_targets()
         return effective.model_copy(update={"source": "planner"}) if effective.source == "lease" else effective
 

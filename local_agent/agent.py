@@ -221,6 +221,10 @@ class LocalAgent:
     def targets(self) -> dict[PoolRole, int]:
         return {role: state.target for role, state in self.pools.items()}
 
+    def granted(self, role: PoolRole, replicas: int) -> None:
+        """An arbiter (global planner, gatekeeper) decided this pool's count: plan from there."""
+        self.pools[role].target = replicas
+
     def _idle(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> bool:
         """Traffic stopped: nothing admitted for ``idle_after_s`` and nothing queued. (The anchor
         skipped its tick on zero traffic and never scaled down.)"""

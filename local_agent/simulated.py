@@ -11,32 +11,45 @@ from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import AgentDecision
 
 
+def build_agents(deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions) -> dict[str, LocalAgent]:
+    """One agent per deployment; engine profiles loaded once and shared."""
+    models: dict[str, PerfModel] = {}
+    agents = {}
+    for spec in deployments:
+        pool_models = {}
+        for role, pool in spec.pools.items():
+            if pool.profile_path not in models:
+                models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
+            pool_models[role] = models[pool.profile_path]
+        agents[spec.name] = LocalAgent(spec, pool_models, options, tick_s)
+    return agents
+
+
+def step_agents(agents: dict[str, LocalAgent], now_s: float, observation: FleetObservation | None) -> list[AgentDecision]:
+    observations = observation.pools if observation is not None else None
+    return [agent.step(now_s, observations) for agent in agents.values()]
+
+
+def reason_text(pool) -> str:
+    return f"{pool.reason.value}: {pool.detail}" if pool.detail else pool.reason.value
+
+
 class LocalAgentsPolicy(Policy):
     name = "local"
 
     def __init__(self, deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions):
         super().__init__(deployments, tick_s)
-        models: dict[str, PerfModel] = {}
-        self.agents: dict[str, LocalAgent] = {}
-        for spec in deployments:
-            pool_models = {}
-            for role, pool in spec.pools.items():
-                if pool.profile_path not in models:
-                    models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
-                pool_models[role] = models[pool.profile_path]
-            self.agents[spec.name] = LocalAgent(spec, pool_models, options, tick_s)
+        self.agents = build_agents(deployments, tick_s, options)
         self.history: list[AgentDecision] = []
 
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
         targets = []
-        observations = observation.pools if observation is not None else None
-        for name, agent in self.agents.items():
-            record = agent.step(now_s, observations)
+        for record in step_agents(self.agents, now_s, observation):
             self.history.append(record)
             if record.advisory:
                 continue
-            for pool in record.pools:
-                targets.append(
-                    ReplicaTarget(deployment=name, role=pool.role, replicas=pool.target, reason=f"{pool.reason.value}: {pool.detail}".rstrip(": "))
-                )
+            targets.extend(
+                ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=pool.target, reason=reason_text(pool))
+                for pool in record.pools
+            )
         return Decision(targets=targets)

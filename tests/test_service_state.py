@@ -15,6 +15,7 @@ import pytest
 
 from global_planner.allocation import allocate, allocate_greedy
 from global_planner.policy_file import TenantPolicy
+from global_planner.client import Lease, effective_targets, lease_from_targets, replicas_to_start
 from global_planner.service.models import (
     AckApplied,
     AckDrained,
@@ -188,12 +189,14 @@ def test_restart_from_record_never_over_grants() -> None:
 
 @dataclass
 class _SimAgent:
-    """An agent honouring the protocol contract, with physical replicas and slow drains."""
+    """An agent honouring the protocol contract through the client's own pure helpers, with
+    physical replicas and slow drains."""
 
     reg: Registration
     session: str = ""
     seq: int = 0
-    received: Targets | None = None
+    lease: Lease | None = None
+    reported: dict[str, int] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     draining: list[tuple[str, int, float]] = field(default_factory=list)
     down: bool = False
@@ -211,44 +214,36 @@ class _SimAgent:
             out[pool.gpu_type] = out.get(pool.gpu_type, 0) + self.in_use(pool.role) * pool.gpus_per_replica
         return out
 
-    def top_up(self) -> None:
-        """Start replicas toward the grant, counting draining ones (they still hold GPUs)."""
-        if self.received is None:
-            return
-        for target in self.received.pools:
-            room = target.replicas - self.in_use(target.role)
-            want = target.replicas - self.running.get(target.role, 0)
-            self.running[target.role] = self.running.get(target.role, 0) + max(0, min(room, want))
-
-    def tick(self, now: float) -> None:
+    def act(self, now: float, rng: random.Random) -> None:
+        """Drain finished replicas, then move toward the effective targets."""
         self.draining = [d for d in self.draining if d[2] > now]
-        self.top_up()
-        if self.received is not None and self.received.decision_id and now >= self.received.lease_expires_s:
-            for pool in self.reg.pools:  # fallback: must be drained to min(floor, grant) by expiry
-                cap = min(pool.fallback_replicas, _grant(self.received, pool.role))
-                self.running[pool.role] = min(self.running.get(pool.role, 0), cap)
-            self.draining = []
+        floor = {p.role: p.fallback_replicas for p in self.reg.pools}
+        effective = effective_targets(self.lease, floor, self.reported, now)
+        for role, target in effective.replicas.items():
+            have = self.running.get(role, 0)
+            if effective.source == "floor" and self.in_use(role) > target:
+                # the contract: back at the floor by the lease expiry (drain margin 0 here)
+                self.running[role] = min(have, target)
+                self.draining = [d for d in self.draining if d[0] != role]
+            elif target < have:
+                self.running[role] = target
+                self.draining.append((role, have - target, now + rng.uniform(0, 6)))
+            elif rng.random() < 0.5:  # scale-ups are not instant: a report may come first
+                ready, draining = self.running.get(role, 0), self.in_use(role) - self.running.get(role, 0)
+                self.running[role] = have + min(target - have, replicas_to_start(target, ready, 0, draining))
 
-    def apply(self, targets: Targets, now: float, rng: random.Random) -> None:
-        if targets.decision_id == 0 or now >= targets.lease_expires_s:
-            return
-        if self.received is not None and targets.decision_id <= self.received.decision_id:
-            return
-        self.received = targets
-        for target in targets.pools:
-            have = self.running.get(target.role, 0)
-            if target.replicas < have:
-                self.running[target.role] = target.replicas
-                self.draining.append((target.role, have - target.replicas, now + rng.uniform(0, 6)))
-        self.top_up()
+    def receive(self, targets: Targets, now: float) -> None:
+        if self.lease is None or targets.decision_id >= self.lease.decision_id:
+            self.lease = lease_from_targets(targets, now, 0.0)
 
     def report(self, rng: random.Random) -> AgentReport:
         self.seq += 1
+        self.reported = {p.role: self.in_use(p.role) for p in self.reg.pools}
         return AgentReport(
             deployment=self.name,
             session_id=self.session,
             sequence=self.seq,
-            applied_decision_id=self.received.decision_id if self.received else 0,
+            applied_decision_id=self.lease.decision_id if self.lease else 0,
             forecast=Forecast(mean_rps=rng.uniform(0, 20), upper_rps=25.0),
             pools=[
                 PoolReport(
@@ -295,7 +290,7 @@ def test_random_histories_never_exceed_inventory(seed: int) -> None:
     for _ in range(400):
         now += rng.uniform(0.0, 2.0)
         for agent in agents:
-            agent.tick(now)
+            agent.act(now, rng)
         check()
         for agent in rng.sample(agents, len(agents)):
             if rng.random() < 0.05:
@@ -314,16 +309,19 @@ def test_random_histories_never_exceed_inventory(seed: int) -> None:
                 agent.session = ""
                 continue
             check()
-            agent.apply(targets, now, rng)
+            if rng.random() < 0.3:
+                continue  # the response is lost: the agent keeps acting on its older lease
+            agent.receive(targets, now)
+            agent.act(now, rng)
             check()
-            if agent.received and rng.random() < 0.3 and not agent.draining:
+            if agent.lease and agent.lease.decision_id and rng.random() < 0.3 and not agent.draining:
                 for pool in agent.reg.pools:
                     state.ack_drained(AckDrained(deployment=agent.name, session_id=agent.session,
-                                                 decision_id=agent.received.decision_id, role=pool.role,
+                                                 decision_id=agent.lease.decision_id, role=pool.role,
                                                  gpus_freed=0), now)
                     check()
                 state.ack_applied(AckApplied(deployment=agent.name, session_id=agent.session,
-                                             decision_id=agent.received.decision_id), now)
+                                             decision_id=agent.lease.decision_id), now)
         if rng.random() < 0.5:
             round_ = state.plan(now, solve=allocate if seed == 0 else allocate_greedy)
             check()

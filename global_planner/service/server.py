@@ -193,8 +193,10 @@ class PlannerServer:
                 self.metrics.round_errors.inc()
                 log.exception("allocation round failed; grants unchanged")
 
-    async def run_round(self) -> Round:
-        """Reload the policy if changed, solve, persist, commit."""
+    async def run_round(self) -> Round | None:
+        """Reload the policy if changed, solve, persist, commit. With no bidder there is nothing
+        to decide: no decision id is spent and nothing is logged (lapsed leases need no record:
+        a restart re-derives them from the recorded expiry)."""
         async with self._round_lock:
             if self.watcher is not None and self.watcher.poll():
                 log.info("policy %s reloaded", self.watcher.path)
@@ -202,9 +204,9 @@ class PlannerServer:
             elif self.watcher is not None and self.watcher.last_error is not None:
                 log.warning("policy reload rejected, keeping the previous one: %s", self.watcher.last_error)
             round_input = self.state.begin_round(self.clock())
-            allocation = None
-            if round_input.request is not None:
-                allocation = await asyncio.to_thread(self._solve, round_input.request)
+            if round_input.request is None:
+                return None
+            allocation = await asyncio.to_thread(self._solve, round_input.request)
             round_ = self.state.settle(round_input, allocation, self.clock())
             if self.audit is not None:
                 self.audit.append(round_.record)

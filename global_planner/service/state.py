@@ -209,14 +209,18 @@ class PlannerState:
         return self._targets(dep, now)
 
     def _targets(self, dep: _Deployment, now: float) -> Targets:
+        """Decision 0 (no round yet) is a holding lease: keep the replicas already counted."""
         if dep.decision_id == 0:
-            return Targets(deployment=dep.name, planner_time_s=now, endpoint=dep.endpoint)
+            pools = [PoolTarget(role=role, replicas=p.usage, reason="no allocation yet: holding current replicas")
+                     for role, p in sorted(dep.pools.items())]
+        else:
+            pools = [PoolTarget(role=role, replicas=p.grant, reason=p.reason) for role, p in sorted(dep.pools.items())]
         return Targets(
             deployment=dep.name,
             decision_id=dep.decision_id,
             lease_expires_s=dep.lease_expires_s,
             planner_time_s=now,
-            pools=[PoolTarget(role=role, replicas=p.grant, reason=p.reason) for role, p in sorted(dep.pools.items())],
+            pools=pools,
             endpoint=dep.endpoint,
             routing=dict(dep.routing),
         )

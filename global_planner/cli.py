@@ -1,0 +1,136 @@
+"""``fleet-planner serve`` (the global planner process) and ``fleet-planner explain DECISION_ID``.
+
+Also runnable alone: ``python -m global_planner.cli serve --policy tenants.yaml --listen 127.0.0.1:7070``.
+On start, ``serve`` prints ``serving on HOST:PORT`` (the bound port when ``:0`` was asked for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from fleet_planner.errors import InputError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from global_planner.service.server import PlannerServer
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the global planner (gRPC, periodic allocation rounds)")
+    serve.add_argument("--policy", required=True, help="tenant policy YAML (reloaded on change)")
+    serve.add_argument("--listen", required=True, help="HOST:PORT to serve gRPC on (port 0 picks one)")
+    serve.add_argument("--state-dir", default="planner-state", help="audit log folder (decisions.jsonl); resumed on restart")
+    serve.add_argument("--tokens", help="YAML: token -> {deployment, tenant}; without it any caller may act for any deployment")
+    serve.add_argument("--round-s", type=float, default=5.0, help="seconds between allocation rounds")
+    serve.add_argument("--lease-s", type=float, default=30.0, help="lease length of a grant")
+    serve.add_argument("--time-limit-s", type=float, default=0.2, help="CP-SAT time limit per round")
+    serve.add_argument("--metrics", help="HOST:PORT for Prometheus metrics over HTTP")
+    serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
+    serve.add_argument("--tls-key", help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", help="CA (PEM) agents' client certificates must chain to (mTLS)")
+    serve.set_defaults(run=_serve)
+
+    explain = subparsers.add_parser("explain", help="why each pool got what it got in one allocation round")
+    explain.add_argument("decision_id", type=int, help="decision id from targets, logs or decisions.jsonl")
+    explain.add_argument("--state-dir", default="planner-state", help="folder holding decisions.jsonl")
+    explain.set_defaults(run=_explain)
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"must be HOST:PORT (got {value!r})", field=flag)
+    return host, int(port)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from global_planner.service.audit import AUDIT_FILE, explain, find_record
+
+    path = Path(args.state_dir) / AUDIT_FILE
+    if not path.exists():
+        raise InputError("no audit log here (is --state-dir right?)", file=path)
+    print(explain(find_record(path, args.decision_id)))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from global_planner.policy_file import PolicyWatcher
+    from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
+    from global_planner.service.auth import TokenAuthenticator, server_credentials
+    from global_planner.service.metrics import ServiceMetrics
+    from global_planner.service.server import PlannerServer
+    from global_planner.service.state import PlannerState
+
+    _host_port(args.listen, "--listen")
+    for flag, value in (("--round-s", args.round_s), ("--lease-s", args.lease_s), ("--time-limit-s", args.time_limit_s)):
+        if not value > 0:
+            raise InputError(f"must be > 0 (got {value})", field=flag)
+    if args.lease_s <= 2 * args.round_s:
+        raise InputError(f"must exceed twice --round-s ({args.round_s}) or leases lapse between rounds", field="--lease-s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("--tls-cert and --tls-key go together", field="--tls-cert")
+    registry = CollectorRegistry()
+    watcher = PolicyWatcher(args.policy, registry=registry)
+    auth = TokenAuthenticator.from_file(args.tokens) if args.tokens else None
+    if auth is None:
+        log.warning("no --tokens: any caller may act for any deployment (insecure; tests and demos only)")
+    credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    state = PlannerState(watcher.policy, lease_s=args.lease_s, report_interval_s=args.round_s, time_limit_s=args.time_limit_s)
+    previous = last_record(Path(args.state_dir) / AUDIT_FILE)
+    if previous is not None:
+        state.restore(previous)
+        log.info("resumed after decision %d: %d deployment(s) held until they report", previous.decision_id,
+                 len(previous.deployments))
+    if args.metrics:
+        host, port = _host_port(args.metrics, "--metrics")
+        start_http_server(port, addr=host, registry=registry)
+    server = PlannerServer(
+        state,
+        auth=auth,
+        metrics=ServiceMetrics(registry),
+        audit=AuditLog(args.state_dir),
+        watcher=watcher,
+        round_s=args.round_s,
+    )
+    asyncio.run(_run(server, args.listen, credentials))
+    return 0
+
+
+async def _run(server: PlannerServer, listen: str, credentials: grpc.ServerCredentials | None) -> None:
+    port = await server.start(listen, credentials)
+    print(f"serving on {listen.rpartition(':')[0]}:{port}", flush=True)
+    server.start_rounds()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m global_planner.cli", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from fleet_planner.errors import InputError
 _COMMAND_MODULES = [
     "fleet_sim.cli",
     "fleet_planner.traces.cli",
+    "global_planner.cli",
 ]
 
 

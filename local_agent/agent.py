@@ -32,11 +32,15 @@ from local_agent.sizing import (
     LoadEstimate,
     PoolCurve,
     cheapest_pair,
+    decode_curve,
     deployment_curves,
+    kv_transfer_ms,
+    prefill_curve,
     replicas_for,
 )
 
 R = DecisionReason
+MAX_PREFIX_HIT = 0.9  # sizing never counts on more prefix-cache reuse than this
 
 
 class AgentOptions(BaseModel):
@@ -89,6 +93,8 @@ class LocalAgent:
         )
         self.pools = {role: _PoolState(pool.initial_replicas) for role, pool in spec.pools.items()}
         self._lengths: deque[tuple[int, Distribution, Distribution]] = deque(maxlen=options.length_windows)
+        # (weight, prefix-cache hit rate) of recent entry-pool windows: prefill sizing discounts reuse.
+        self._prefix_hits: deque[tuple[int, float]] = deque(maxlen=options.length_windows)
         self._last_throughput_s = -math.inf
         self._last_admission_s: float | None = None
         self._started_s: float | None = None
@@ -127,7 +133,18 @@ class LocalAgent:
             self._last_admission_s = now_s
             if entry.input_tokens is not None and entry.output_tokens is not None:
                 self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
+        if entry.prefix_hit_rate is not None:
+            self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))
         return rate
+
+    def _prefix_hit_rate(self) -> float:
+        """Admission-weighted prefix-cache hit rate of recent windows (0 when never reported),
+        capped at ``MAX_PREFIX_HIT``. (The anchor ignored prefix-cache reuse and oversized prefill.)"""
+        if not self._prefix_hits:
+            return 0.0
+        total = sum(weight for weight, _ in self._prefix_hits)
+        pooled = sum(weight * hit for weight, hit in self._prefix_hits) / total
+        return min(max(pooled, 0.0), MAX_PREFIX_HIT)
 
     def _length_summary(self) -> tuple[Distribution, Distribution] | None:
         """Count-weighted pool of recent windows' length summaries (tail-aware: keeps p90/p99)."""
@@ -151,7 +168,40 @@ class LocalAgent:
     # ---- sizing ----------------------------------------------------------------------------
     def _curves_at(self, rate: float, lengths: tuple[Distribution, Distribution]) -> dict[PoolRole, PoolCurve]:
         load = LoadEstimate.from_distribution(max(rate, 0.0), lengths[0], lengths[1], samples=400)
-        return deployment_curves(self.spec, self.models, load, calibration=Calibration(load_factor=self.options.headroom))
+        calibration = Calibration(load_factor=self.options.headroom)
+        hit = self._prefix_hit_rate()
+        if hit <= 0.0:
+            return deployment_curves(self.spec, self.models, load, calibration=calibration)
+        # Prefix-cache reuse: only the uncached part of a prompt is computed, but decode (and the
+        # KV transfer to it) still holds the whole context. Prefill is sized with cost-equivalent
+        # shorter prompts, decode with the full ones.
+        if self.spec.mode == "agg":
+            # The agg curve has one sample for both sides, so reuse enters as a cheaper prefill
+            # (``prefill_factor``) instead: approximate, since it also discounts the per-iteration
+            # overhead and chunk counts stay those of full prompts.
+            model = self.models["agg"]
+            _, ratio = _prefix_effective_inputs(model, load.input_tokens, hit)
+            calibration = calibration.model_copy(update={"prefill_factor": calibration.prefill_factor * ratio})
+            return deployment_curves(self.spec, self.models, load, calibration=calibration)
+        model = self.models["prefill"]
+        effective, _ = _prefix_effective_inputs(model, load.input_tokens, hit)
+        order = np.argsort(effective, kind="stable")
+        eff_sorted, full_sorted = effective[order], load.input_tokens[order]
+
+        def transfer_ms(inputs: np.ndarray) -> np.ndarray:  # the whole prompt's KV moves to decode
+            return kv_transfer_ms(np.interp(inputs, eff_sorted, full_sorted))
+
+        reduced = LoadEstimate(rate_rps=load.rate_rps, input_tokens=effective, output_tokens=load.output_tokens)
+        return {
+            "prefill": prefill_curve(
+                model, reduced, self.spec.sla, max_replicas=self.spec.pools["prefill"].max_replicas,
+                kv_transfer_ms_fn=transfer_ms, calibration=calibration,
+            ),
+            "decode": decode_curve(
+                self.models["decode"], load, self.spec.sla, max_replicas=self.spec.pools["decode"].max_replicas,
+                calibration=calibration,
+            ),
+        }
 
     def _sized(self, curves: dict[PoolRole, PoolCurve]) -> dict[PoolRole, int]:
         """Fewest replicas (GPUs) reaching the attainment target; in a disaggregated deployment
@@ -426,6 +476,25 @@ class LocalAgent:
                 d = d.model_copy(update={"target": granted, "reason": R.BUDGET_CAPPED, "detail": f"local budget {budget} GPUs"})
             adjusted.append(d)
         return adjusted
+
+
+def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float) -> tuple[np.ndarray, float]:
+    """Prompt lengths whose prefill costs what the uncached part of each prompt costs when the
+    first ``hit`` share is cached (``V(L) - V(hit L)``, ``V`` = TTFT minus overhead: later tokens
+    attend to the cached ones, so this is more than ``V((1 - hit) L)``), and the ratio of total
+    prefill cost with reuse to without. Prompts beyond the engine's context keep their length
+    (they are still rejected)."""
+    overhead = model.prefill_overhead_ms
+    top = float(inputs.max())
+    grid = np.unique(np.concatenate(([1.0], np.geomspace(1.0, max(top, 2.0), 256))))
+    costs = np.maximum.accumulate(np.maximum(np.asarray(model.ttft_ms(grid), dtype=float) - overhead, 0.0))
+    full = np.interp(inputs, grid, costs)
+    uncached = np.maximum(full - np.interp(hit * inputs, grid, costs), 0.0)
+    effective = np.clip(np.interp(uncached, costs, grid), 1.0, inputs)
+    if model.max_context:
+        effective = np.where(inputs > model.max_context, inputs, effective)
+    ratio = float(uncached.sum() / full.sum()) if full.sum() > 0 else 1.0
+    return effective, max(ratio, 1e-3)
 
 
 def _estimates(curve: PoolCurve | None, replicas: int) -> tuple[float | None, float | None]:

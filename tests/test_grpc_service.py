@@ -84,6 +84,7 @@ async def test_register_report_targets_and_acks(planner, tmp_path) -> None:
         holding = await client.report([PoolReport(role="agg", ready=2, curve=_curve(4))], Forecast(mean_rps=5, upper_rps=6))
         assert holding.decision_id == 0 and holding.replicas == {"agg": 2}, "before a round: hold what is counted"
         round_ = await planner.run_round()
+        assert round_ is not None
         got = await client.report([PoolReport(role="agg", ready=2, curve=_curve(4))], Forecast(mean_rps=5, upper_rps=6))
         assert got.source == "planner" and got.decision_id == round_.decision_id
         assert got.replicas == {"agg": 4}
@@ -233,8 +234,26 @@ async def test_explain_prints_reasons(planner, tmp_path, capsys) -> None:
     async with PlannerClient(planner.target, TOKEN_A, "chat-a", "acme", "chat", _pools()) as client:
         await client.report([PoolReport(role="agg", curve=_curve(2))], Forecast(mean_rps=5, upper_rps=6))
         round_ = await planner.run_round()
+        assert round_ is not None
     assert cli_main(["explain", str(round_.decision_id), "--state-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"decision {round_.decision_id}" in out and "chat-a" in out and "granted 2" in out
     assert "demand: forecast 5.00 rps" in out
     assert cli_main(["explain", "999", "--state-dir", str(tmp_path)]) == 2
+
+
+async def test_policy_file_reloads_between_rounds(tmp_path) -> None:
+    from global_planner.policy_file import PolicyWatcher
+
+    path = tmp_path / "tenants.yaml"
+    path.write_text("fleet: {gpus: {h200: 8}}\n")
+    registry = CollectorRegistry()
+    watcher = PolicyWatcher(path, registry=registry)
+    server = PlannerServer(PlannerState(watcher.policy), auth=None, metrics=ServiceMetrics(registry), watcher=watcher)
+    path.write_text("fleet: {gpus: {h200: 16}}\n")  # sizes differ: the watcher sees each edit
+    await server.run_round()
+    assert server.state.inventory == {"h200": 16}
+    path.write_text("fleet: {gpus: {h200: -100}}\n")  # invalid edit: the old policy stays
+    await server.run_round()
+    assert server.state.inventory == {"h200": 16}
+    assert registry.get_sample_value("fleet_planner_policy_reload_errors_total") == 1

@@ -442,7 +442,7 @@ class PlannerState:
             grant = pool.usage + extra
             committed[gpu] = committed.get(gpu, 0) + extra * gpr
             if grant < target:
-                reason += f"; gated: {target - grant} replica(s) wait for {gpu} GPUs still held by drains"
+                reason += f"; gated: {target - grant} replica(s) wait for {gpu} GPUs still held (drains, silent agents)"
             updates[(name, pool.spec.role)] = _PoolUpdate(grant, grant, None, target, reason)
 
         leases: dict[str, float] = {}

@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "fleet_sim.cli",
     "fleet_planner.traces.cli",
     "global_planner.cli",
+    "local_agent.cli",
 ]
 
 

@@ -136,3 +136,6 @@ class Policy(ABC):
     @abstractmethod
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
         """Targets for this tick. ``observation`` is None until the first one is delivered."""
+
+    def close(self) -> None:
+        """Release what the policy holds (servers, threads); most hold nothing."""

@@ -9,7 +9,10 @@ from fleet_planner.planning import Policy
 from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, StaticPolicy, WindowedNeeds
 from fleet_sim.workload import Workload
 
-DEFAULT_TARGET_ATTAINMENT = 0.995  # sizing target of the baselines: a little above the 99% goal
+DEFAULT_TARGET_ATTAINMENT = 0.995
+# Planner options that configure the fleet arbiter, not the agents (so one scenario runs under
+# local, fcfs and global alike).
+ARBITER_OPTIONS = ("policy_file",)  # sizing target of the baselines: a little above the 99% goal
 
 
 def _needs(scenario, workload: Workload) -> WindowedNeeds:
@@ -42,14 +45,28 @@ def _agent_options(scenario, ignore: tuple[str, ...] = ()):
 def _local(scenario, workload: Workload) -> Policy:
     from local_agent.simulated import LocalAgentsPolicy
 
-    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario))
+    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario, ignore=ARBITER_OPTIONS))
 
 
 def _fcfs(scenario, workload: Workload) -> Policy:
     from global_planner.simulated import FcfsPolicy
 
-    options = _agent_options(scenario, ignore=("policy_file", "transport"))
+    options = _agent_options(scenario, ignore=ARBITER_OPTIONS)
     return FcfsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, dict(scenario.gpus))
+
+
+def _global(scenario, workload: Workload) -> Policy:
+    from global_planner.policy_file import FleetInventory, load_policy_file
+    from global_planner.simulated import GlobalPolicy
+
+    path = scenario.planner.options.get("policy_file")
+    if not path:
+        raise InputError("policy global needs planner.policy_file (a tenant policy YAML)", field="planner.policy_file")
+    policy = load_policy_file(scenario.base_dir / path)
+    # In a simulation the scenario's inventory wins over the policy file's.
+    policy = policy.model_copy(update={"fleet": FleetInventory(gpus=dict(scenario.gpus))})
+    options = _agent_options(scenario, ignore=ARBITER_OPTIONS)
+    return GlobalPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, policy)
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {
@@ -58,6 +75,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "oracle": _oracle,
     "local": _local,
     "fcfs": _fcfs,
+    "global": _global,
 }
 
 

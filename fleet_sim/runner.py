@@ -32,6 +32,8 @@ from fleet_sim.results import (
 from fleet_sim.workload import Workload
 
 DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this long to finish
+REFERENCE_INPUT_TOKENS = 1024.0  # router's length assumption before an endpoint's first request
+REFERENCE_OUTPUT_TOKENS = 256.0
 
 
 def distribution(values: list[float]) -> Distribution | None:
@@ -114,6 +116,7 @@ class FleetSimulation:
             self.endpoint_deployments[self.endpoint_index[spec.endpoint]].append(index)
         self.outstanding = [0] * len(self.specs)
         self.routing_weights: dict[int, dict[int, float]] = {}
+        self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
         self._replica_rps = self._nominal_capacities()
         self.decisions: list[DecisionRecord] = []
         self.timeline: list[TimelineRow] = []
@@ -173,17 +176,18 @@ class FleetSimulation:
                     pool.on_ready(replica, 0.0)
 
     def _nominal_capacities(self) -> dict[tuple[str, str], float]:
+        """Per-replica request rate at the lengths seen *so far* on each endpoint (causal: the
+        router must not know future traffic); reference lengths before the first request."""
         capacities = {}
         for spec in self.specs:
-            trace = self.workload.traces[spec.endpoint]
-            mean_in = float(trace.input_tokens.mean()) if len(trace) else 1000.0
-            mean_out = float(trace.output_tokens.mean()) if len(trace) else 200.0
+            count, inputs, outputs = self._length_sums[self.endpoint_index[spec.endpoint]]
+            mean_in = inputs / count if count else REFERENCE_INPUT_TOKENS
+            mean_out = outputs / count if count else REFERENCE_OUTPUT_TOKENS
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
                 capacities[(spec.name, role)] = nominal_replica_rps(pool, mean_in, mean_out, spec.sla.itl_ms)
         return capacities
 
-    # ---- traffic ----------------------------------------------------------------------------
     def _capacity_weight(self, deployment: int) -> float:
         spec = self.specs[deployment]
         return min(len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools)
@@ -208,12 +212,16 @@ class FleetSimulation:
     def _on_arrival(self, request: int, now: float) -> None:
         reqs = self.sim.requests
         endpoint = reqs.endpoint[request]
+        sums = self._length_sums[endpoint]
+        sums[0] += 1
+        sums[1] += reqs.input[request]
+        sums[2] += reqs.output[request]
         deployment = self._choose_deployment(endpoint)
+        reqs.deployment[request] = deployment
         entry = self.entry_pool[deployment]
         if entry.max_input_tokens is not None and reqs.input[request] > entry.max_input_tokens:
             reqs.rejected[request] = True
             return
-        reqs.deployment[request] = deployment
         self.outstanding[deployment] += 1
         entry.submit(request, now)
 
@@ -279,6 +287,7 @@ class FleetSimulation:
         return FleetObservation(time_s=now, pools=pools)
 
     def _tick(self, now: float) -> None:
+        self._replica_rps = self._nominal_capacities()
         self._observations.append(self._observe(now))
         delivered = None
         while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:
@@ -334,7 +343,11 @@ class FleetSimulation:
         reqs.rejected = [False] * n
         reqs.hashes = list(wl.hash_ids) if wl.hash_ids is not None else None
         self.sim.schedule(0.0, EV_CALL, self._tick)
-        self.sim.run(self.end_s, reqs.arrival, self._on_arrival)
+        try:
+            self.sim.run(self.end_s, reqs.arrival, self._on_arrival)
+        finally:
+            self.policy.close()
+        self._observe(self.end_s)  # the timeline's last interval (no policy call at the end)
         # No more arrivals or planning: let in-flight work finish (GPU time is counted to end_s only).
         stop = self.end_s
         while not self.sim.idle() and stop < self.end_s + DRAIN_GRACE_S:

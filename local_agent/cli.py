@@ -14,7 +14,8 @@ from local_agent.models import AgentDecision
 from local_agent.runtime import open_runtime, serve
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``agent`` command (the lead lists this module in ``fleet_planner.cli``)."""
     parser = subparsers.add_parser(
         "agent",
         help="run a deployment's local agent live",
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def configure(args: argparse.Namespace) -> AgentConfig:
+    """The config file, with ``--planner`` (when given) taking precedence over its ``planner``."""
     config = load_config(args.config)
     return config.with_planner(args.planner) if args.planner else config
 

@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolSpec
+from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
@@ -75,7 +75,7 @@ class AgentRuntime:
 
     def _adopt(self, replicas: Mapping[str, ReplicaCounts]) -> LocalAgent:
         """The agent, created on the first tick with what already runs as its starting targets."""
-        pools: dict = {}
+        pools: dict[PoolRole, PoolSpec] = {}
         for role, pool in self.spec.pools.items():
             counts = replicas.get(role)
             initial = pool.initial_replicas
@@ -171,7 +171,12 @@ async def open_runtime(config: AgentConfig, clock: Callable[[], float] = time.ti
     """A runtime with its HTTP session, Prometheus source and connector, all closed on exit."""
     async with aiohttp.ClientSession() as session:
         source = PrometheusSource.from_config(config.prometheus, session)
-        runtime = AgentRuntime(config, source, make_connector(config, source), clock)
+        connector = make_connector(config, source)
+        try:
+            runtime = AgentRuntime(config, source, connector, clock)
+        except BaseException:
+            await connector.close()
+            raise
         try:
             yield runtime
         finally:

@@ -11,7 +11,7 @@ import pytest
 from fleet_planner.planning import SLA, DeploymentSpec, PoolSpec
 from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, StaticPolicy, fit_to_inventory
 from fleet_sim.outputs import summarize
-from fleet_sim.results import COMPLETED, SimulationResult
+from fleet_sim.results import SimulationResult
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.simulate import run_scenario
 

@@ -327,11 +327,6 @@ def test_prompts_above_the_profile_max_context_are_rejected(tmp_path: Path, mode
     assert summarize(result)["fleet"]["rejected"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner._on_arrival rejects before recording the chosen deployment (deployment stays -1), so "
-    "deployments.NAME.rejected is always 0 and a deployment's slo_attainment leaves its rejected requests out",
-)
 def test_rejections_are_charged_to_the_deployment(tmp_path: Path) -> None:
     rows = [(1.0 + i, 20000 if i % 4 == 0 else 200, 10) for i in range(40)]
     summary = summarize(simulate(make_scenario(tmp_path, rows, mode="agg", max_input_tokens=8000)))

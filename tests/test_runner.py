@@ -181,11 +181,6 @@ def test_decisions_do_not_depend_on_the_future(tmp_path: Path) -> None:
     assert _dumped(a.calls, a.decisions, 240) != _dumped(b.calls, b.decisions, 240)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner._nominal_capacities sizes the router's capacity weights from the WHOLE trace's mean "
-    "lengths (future included), so routing - and every observation - before t depends on traffic after t",
-)
 def test_routing_does_not_depend_on_the_future(tmp_path: Path) -> None:
     change_s = 90.0
     calm = random_rows(5, 3000, 180)
@@ -301,14 +296,18 @@ def test_timeline_latencies_come_from_their_interval(tmp_path: Path) -> None:
         assert agg[t].arrivals == 0 and np.isnan(agg[t].ttft_p90_ms)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the runner records a timeline row only at planner ticks (0, interval, ... < duration): the last "
-    "interval [last tick, duration) is never recorded, so its arrivals and latencies are missing from "
-    "timeline.csv and the report",
-)
 def test_timeline_accounts_for_every_arrival(tmp_path: Path) -> None:
     rows = random_rows(12, 300, 150)
     scenario = single_deployment(tmp_path, rows, duration=150)
     result, _ = run(scenario)
     assert sum(row.arrivals for row in result.timeline) == len(rows)
+
+
+def test_a_policy_naming_an_unknown_pool_or_endpoint_is_an_error(tmp_path: Path) -> None:
+    scenario = single_deployment(tmp_path, random_rows(13, 10, 60), duration=60)
+    bad_pool = lambda now, obs: Decision(targets=[ReplicaTarget(deployment="d", role="prefill", replicas=1, reason="x")])  # noqa: E731
+    with pytest.raises(ValueError, match="unknown pool d/prefill"):
+        run(scenario, react=bad_pool)
+    bad_endpoint = lambda now, obs: Decision(routing={"elsewhere": {"d": 1.0}})  # noqa: E731
+    with pytest.raises(ValueError, match="unknown endpoint elsewhere"):
+        run(scenario, react=bad_endpoint)

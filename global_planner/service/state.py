@@ -616,7 +616,8 @@ def _pool_demand(
             curve = list(report.curve)
     else:
         curve, weight = [0.0], 0.0
-        low = min(max(low, pool.grant), spec.max_replicas)
+        # Hold what it runs (its first grant may not exist yet): usage counts replicas reported.
+        low = min(max(low, pool.grant, pool.usage), spec.max_replicas)
     return PoolDemand(
         deployment=dep.name,
         tenant=dep.tenant,

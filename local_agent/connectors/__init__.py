@@ -3,4 +3,12 @@
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.connectors.processes import ProcessConnector, StateFileError, WorkerCommand, WorkerExit, WorkerRecord
 
-__all__ = ["Connector", "ProcessConnector", "ReplicaCounts", "StateFileError", "WorkerCommand", "WorkerExit", "WorkerRecord"]
+__all__ = [
+    "Connector",
+    "ProcessConnector",
+    "ReplicaCounts",
+    "StateFileError",
+    "WorkerCommand",
+    "WorkerExit",
+    "WorkerRecord",
+]

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 WorkerState = Literal["starting", "ready", "draining"]
 _PLACEHOLDERS = {"port": 0, "ready_file": "", "role": "", "worker_id": ""}
+_HAS_PROC = Path("/proc/self/stat").exists()  # Linux: pid-reuse fingerprints from /proc/<pid>/stat
 
 
 class StateFileError(RuntimeError):
@@ -183,7 +184,9 @@ class ProcessConnector(Connector):
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         self._ensure_open()
         self._refresh()
-        counts: dict[str, dict[WorkerState, int]] = {role: {"ready": 0, "starting": 0, "draining": 0} for role in self._roles}
+        counts: dict[str, dict[WorkerState, int]] = {
+            role: {"ready": 0, "starting": 0, "draining": 0} for role in self._roles
+        }
         for worker in self._workers.values():
             counts[worker.role][worker.state] += 1
         return {role: ReplicaCounts(**c) for role, c in counts.items()}
@@ -269,7 +272,8 @@ class ProcessConnector(Connector):
                 self._exits.append(WorkerExit(worker_id=worker.worker_id, role=worker.role, pid=worker.pid,
                                               exit_code=exit_code, state=worker.state))
                 level = logging.INFO if worker.state == "draining" and exit_code in (0, None) else logging.WARNING
-                log.log(level, "worker %s pid %d exited (code %s) while %s", worker.worker_id, worker.pid, exit_code, worker.state)
+                log.log(level, "worker %s pid %d exited (code %s) while %s",
+                        worker.worker_id, worker.pid, exit_code, worker.state)
                 changed = True
             elif worker.state == "starting" and Path(worker.ready_file).exists():
                 self._workers[worker.worker_id] = worker.model_copy(update={"ready": True})
@@ -368,5 +372,3 @@ def _free_port(host: str) -> int:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
-
-_HAS_PROC = Path("/proc/self/stat").exists()

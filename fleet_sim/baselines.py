@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget, endpoint_shares
 from fleet_sim.workload import Workload
 from local_agent.sizing import LoadEstimate, size_deployment
 
@@ -54,7 +54,7 @@ class WindowedNeeds:
             for pool in spec.pools.values():
                 if pool.profile_path not in models:
                     models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
-        shares = self._endpoint_shares(specs, models)
+        shares = {name: 1.0 if share is None else share for name, share in endpoint_shares(specs).items()}
         rng = np.random.default_rng(seed)
         # needs[(deployment, role)] -> int array over windows
         self.needs: dict[tuple[str, str], np.ndarray] = {
@@ -77,20 +77,6 @@ class WindowedNeeds:
                 sized = size_deployment(spec, pool_models, load, target=target)
                 for role, count in sized.items():
                     self.needs[(spec.name, role)][w] = count
-
-    @staticmethod
-    def _endpoint_shares(specs: list[DeploymentSpec], models: dict[str, PerfModel]) -> dict[str, float]:
-        """Share of an endpoint's traffic each deployment plans for: proportional to its GPUs at max."""
-        by_endpoint: dict[str, list[DeploymentSpec]] = {}
-        for spec in specs:
-            by_endpoint.setdefault(spec.endpoint, []).append(spec)
-        shares = {}
-        for group in by_endpoint.values():
-            weights = {s.name: sum(p.max_replicas * p.gpus_per_replica for p in s.pools.values()) for s in group}
-            total = sum(weights.values()) or 1.0
-            for spec in group:
-                shares[spec.name] = weights[spec.name] / total if len(group) > 1 else 1.0
-        return shares
 
     def peak(self, key: tuple[str, str]) -> int:
         return int(self.needs[key].max()) if self.windows else 0

@@ -12,7 +12,7 @@ from fleet_sim.workload import Workload
 DEFAULT_TARGET_ATTAINMENT = 0.995
 # Planner options that configure the fleet arbiter, not the agents (so one scenario runs under
 # local, fcfs and global alike).
-ARBITER_OPTIONS = ("policy_file",)  # sizing target of the baselines: a little above the 99% goal
+ARBITER_OPTIONS = ("policy_file", "faults")  # sizing target of the baselines: a little above the 99% goal
 
 
 def _needs(scenario, workload: Workload) -> WindowedNeeds:
@@ -57,7 +57,7 @@ def _fcfs(scenario, workload: Workload) -> Policy:
 
 def _global(scenario, workload: Workload) -> Policy:
     from global_planner.policy_file import FleetInventory, load_policy_file
-    from global_planner.simulated import GlobalPolicy
+    from global_planner.simulated import GlobalPolicy, PlannerFaults
 
     path = scenario.planner.options.get("policy_file")
     if not path:
@@ -66,7 +66,11 @@ def _global(scenario, workload: Workload) -> Policy:
     # In a simulation the scenario's inventory wins over the policy file's.
     policy = policy.model_copy(update={"fleet": FleetInventory(gpus=dict(scenario.gpus))})
     options = _agent_options(scenario, ignore=ARBITER_OPTIONS)
-    return GlobalPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, policy)
+    try:
+        faults = PlannerFaults.model_validate(scenario.planner.options.get("faults") or {})
+    except ValueError as exc:
+        raise InputError(f"invalid fault injection: {exc}", field="planner.faults") from exc
+    return GlobalPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, policy, faults=faults)
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {

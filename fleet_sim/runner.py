@@ -117,6 +117,7 @@ class FleetSimulation:
         self.outstanding = [0] * len(self.specs)
         self.routing_weights: dict[int, dict[int, float]] = {}
         self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
+        self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
         self._replica_rps = self._nominal_capacities()
         self.decisions: list[DecisionRecord] = []
         self.timeline: list[TimelineRow] = []
@@ -212,6 +213,7 @@ class FleetSimulation:
     def _on_arrival(self, request: int, now: float) -> None:
         reqs = self.sim.requests
         endpoint = reqs.endpoint[request]
+        self._endpoint_window[endpoint] += 1
         sums = self._length_sums[endpoint]
         sums[0] += 1
         sums[1] += reqs.input[request]
@@ -232,6 +234,7 @@ class FleetSimulation:
     def _observe(self, now: float) -> FleetObservation:
         pools = []
         for spec in self.specs:
+            endpoint_admitted = self._endpoint_window[self.endpoint_index[spec.endpoint]]
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
                 stats = pool.stats
@@ -249,6 +252,7 @@ class FleetSimulation:
                         draining=draining,
                         pending=pool.pending,
                         admitted=stats.admitted,
+                        endpoint_admitted=endpoint_admitted if pool.entry_pool is pool else None,
                         input_tokens=distribution(stats.input_tokens),
                         output_tokens=distribution(stats.output_tokens),
                         ttft_ms=distribution(stats.ttft_ms),
@@ -284,6 +288,7 @@ class FleetSimulation:
                     )
                 )
                 stats.reset()
+        self._endpoint_window = [0] * len(self._endpoint_window)
         return FleetObservation(time_s=now, pools=pools)
 
     def _tick(self, now: float) -> None:

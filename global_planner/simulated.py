@@ -4,23 +4,37 @@
 counts are requests, granted first come first served against the per-type ceilings. ``global``
 runs the real planner service and its gRPC clients on loopback: agents bid with demand curves and
 the CP-SAT allocation decides.
+
+``global`` also injects faults (:class:`PlannerFaults`, ``planner: {faults: {...}}`` in a scenario):
+planner restarts from its audit log, windows in which no agent reaches the planner, an agent that
+goes silent (or dies), and report messages delivered late. Without faults nothing of this runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
+import socket
+import tempfile
 import threading
+from collections import deque
+from typing import Literal
 
+import grpc
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
+from global_planner.agent_reports import forecast_of, pool_report
 from global_planner.client import EffectiveTargets, PlannerClient
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
+from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
-from global_planner.service.models import Forecast, PoolRegistration, PoolReport
+from global_planner.service.models import PoolRegistration
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
 from local_agent.agent import AgentOptions
@@ -85,6 +99,47 @@ class _LoopThread:
         self.thread.join(timeout=5)
 
 
+class DropAgent(BaseModel):
+    """From ``at_s`` on, ``deployment``'s agent no longer reaches the planner.
+
+    ``silent``: the agent lives on, cut off (a network partition): it runs its last lease, then
+    its floor, exactly as the client's fallback contract says. ``dead``: the agent process is gone
+    and its pods stay at its last applied target; the planner cannot tell the two apart, so once the
+    lease lapses it re-grants GPUs those pods still hold (the simulator keeps the new replicas
+    pending until GPUs are physically free, and counts the over-committed targets).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    deployment: str = Field(min_length=1)
+    at_s: float = Field(ge=0)
+    mode: Literal["silent", "dead"] = "silent"
+
+
+class PlannerFaults(BaseModel):
+    """Faults injected into a ``global`` run (times in simulated seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    planner_restart_at_s: list[float] = Field(
+        default_factory=list,
+        description="kill the planner (its in-memory state is lost) and start a new one that resumes from the audit log",
+    )
+    planner_down_s: list[tuple[float, float]] = Field(
+        default_factory=list, description="[start, end) windows in which no agent reaches the planner (UNAVAILABLE)"
+    )
+    drop_agent: DropAgent | None = None
+    delay_s: float = Field(default=0.0, ge=0, description="report delivery delay, rounded up to whole ticks")
+
+    @model_validator(mode="after")
+    def _windows(self) -> PlannerFaults:
+        for start, end in self.planner_down_s:
+            if not 0 <= start < end:
+                raise ValueError(f"planner_down_s: window ({start}, {end}) must have 0 <= start < end")
+        return self
+
+    def down(self, now_s: float) -> bool:
+        return any(start <= now_s < end for start, end in self.planner_down_s)
+
+
 class GlobalPolicy(Policy):
     """``planner: {policy: global, policy_file: tenants.yaml}``: the real planner service and one
     real gRPC client per agent on loopback, on the simulated clock.
@@ -96,22 +151,67 @@ class GlobalPolicy(Policy):
 
     name = "global"
 
-    def __init__(self, deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions, policy: TenantPolicy, lease_ticks: int = 4):
+    def __init__(
+        self,
+        deployments: list[DeploymentSpec],
+        tick_s: float,
+        options: AgentOptions,
+        policy: TenantPolicy,
+        lease_ticks: int = 4,
+        faults: PlannerFaults | None = None,
+    ):
         super().__init__(deployments, tick_s)
         self.agents = build_agents(deployments, tick_s, options)
         self.specs = {spec.name: spec for spec in deployments}
+        self.faults = faults if faults is not None and faults != PlannerFaults() else None
+        if self.faults is not None and self.faults.drop_agent is not None and self.faults.drop_agent.deployment not in self.specs:
+            raise ValueError(f"faults.drop_agent.deployment: no deployment {self.faults.drop_agent.deployment!r}")
         self.now = 0.0
-        clock = lambda: self.now  # noqa: E731 - the simulated clock, shared by planner and clients
-        self.state = PlannerState(policy, lease_s=lease_ticks * tick_s, report_interval_s=tick_s)
+        self._clock = lambda: self.now  # the simulated clock, shared by planner and clients
+        self._policy = policy
+        self._lease_s = lease_ticks * tick_s
         tokens = {secrets.token_hex(16): Identity(deployment=spec.name, tenant=spec.tenant) for spec in deployments}
-        self.server = PlannerServer(
-            self.state, auth=TokenAuthenticator(tokens), metrics=ServiceMetrics(CollectorRegistry()), round_s=tick_s, clock=clock
-        )
+        self._auth = TokenAuthenticator(tokens)
+        # Faults need the audit log (a restart resumes from it); the default path keeps none.
+        self._state_dir = tempfile.TemporaryDirectory(prefix="fleet-planner-sim-") if self.faults is not None else None
         self._io = _LoopThread()
-        port = self._io.run(self.server.start("127.0.0.1:0"))
+        self.port_bound = 0
+        self.server = self._start_planner(0)
+        self.state = self.server.state
+        self.port = self.port_bound
         token_of = {identity.deployment: token for token, identity in tokens.items()}
-        self.clients = {spec.name: self._io.run(self._client(spec, f"127.0.0.1:{port}", token_of[spec.name], clock)) for spec in deployments}
+        target = f"127.0.0.1:{self.port}"
+        self.clients = {spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self._clock)) for spec in deployments}
         self.rounds = 0
+        self.restarts = 0
+        self._restarts_due = sorted(self.faults.planner_restart_at_s) if self.faults is not None else []
+        self._delay_ticks = math.ceil(self.faults.delay_s / tick_s - 1e-9) if self.faults is not None else 0
+        self._outbox: dict[str, deque] = {name: deque() for name in self.specs}
+        self._real_stubs: dict[str, object] = {}
+        self._cut_off: set[str] = set()
+        self._blackhole: grpc.aio.Channel | None = None
+
+    def _start_planner(self, port: int) -> PlannerServer:
+        """A planner process: a fresh state (resumed from the audit log, when there is one) and its
+        gRPC server on ``port`` (0: any free port, kept in ``port_bound``)."""
+        state = PlannerState(self._policy, lease_s=self._lease_s, report_interval_s=self.tick_s)
+        audit = None
+        if self._state_dir is not None:
+            previous = last_record(f"{self._state_dir.name}/{AUDIT_FILE}")
+            if previous is not None:
+                state.restore(previous)  # what ``fleet-planner serve`` does on start
+            audit = AuditLog(self._state_dir.name)
+        server = PlannerServer(
+            state, auth=self._auth, metrics=ServiceMetrics(CollectorRegistry()), audit=audit, round_s=self.tick_s,
+            clock=self._clock,
+        )
+        self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
+        return server
+
+    @property
+    def audit_path(self) -> str | None:
+        """The planner's ``decisions.jsonl`` (only kept when faults are injected)."""
+        return f"{self._state_dir.name}/{AUDIT_FILE}" if self._state_dir is not None else None
 
     @staticmethod
     async def _client(spec: DeploymentSpec, target: str, token: str, clock) -> PlannerClient:
@@ -125,11 +225,50 @@ class GlobalPolicy(Policy):
         floor = {role: pool.min_replicas for role, pool in spec.pools.items()}
         return PlannerClient(target, token, spec.name, spec.tenant, spec.endpoint, pools, floor=floor, clock=clock)
 
+    # ------------------------------------------------------------------ faults
+
+    def _restart_planner(self) -> None:
+        """Kill the planner (no graceful anything: its memory is gone) and start a new one."""
+        self._io.run(self.server.stop(0))
+        self.server = self._start_planner(self.port)
+        self.state = self.server.state
+        self.restarts += 1
+
+    def _cut(self, name: str, cut: bool) -> None:
+        """Point a client at a closed port (every call fails UNAVAILABLE), or back at the planner."""
+        client = self.clients[name]
+        if cut and name not in self._cut_off:
+            if self._blackhole is None:
+                self._blackhole = self._io.run(_closed_channel())
+            self._real_stubs[name] = client._stub
+            client._stub = pb_grpc.PlannerStub(self._blackhole)
+            self._cut_off.add(name)
+        elif not cut and name in self._cut_off:
+            client._stub = self._real_stubs.pop(name)
+            self._cut_off.discard(name)
+
+    def _apply_faults(self, now_s: float) -> set[str]:
+        """Faults due at ``now_s``; returns the dead agents (not stepped, their pods left as they are)."""
+        assert self.faults is not None
+        while self._restarts_due and self._restarts_due[0] <= now_s + 1e-9:
+            self._restarts_due.pop(0)
+            self._restart_planner()
+        drop = self.faults.drop_agent
+        dropped = drop is not None and now_s >= drop.at_s - 1e-9
+        down = self.faults.down(now_s)
+        for name in self.specs:
+            self._cut(name, down or (dropped and drop is not None and name == drop.deployment))
+        return {drop.deployment} if dropped and drop is not None and drop.mode == "dead" else set()
+
+    # -------------------------------------------------------------------- tick
+
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
         self.now = now_s
+        dead = self._apply_faults(now_s) if self.faults is not None else set()
         if self._io.run(self.server.run_round()) is not None:
             self.rounds += 1
-        records = step_agents(self.agents, now_s, observation)
+        agents = {name: agent for name, agent in self.agents.items() if name not in dead}
+        records = step_agents(agents, now_s, observation)
         observed = {(o.deployment, o.role): o for o in observation.pools} if observation is not None else {}
         targets: list[ReplicaTarget] = []
         routing: dict[str, dict[str, float]] = {}
@@ -148,30 +287,29 @@ class GlobalPolicy(Policy):
 
     async def _exchange(self, record: AgentDecision, observed: dict) -> EffectiveTargets:
         client = self.clients[record.deployment]
-        reports = []
         target = self.agents[record.deployment].options.target_attainment
+        reports = []
         for pool in record.pools:
             obs = observed.get((record.deployment, pool.role))
             # Before the first observation the agent knows only what it asked for.
-            ready = obs.ready if obs else pool.current
-            # Attainment above the SLO target is worth no GPU: the curves are capped at it, so
-            # the planner buys the target at least cost and trades only in a shortage.
-            curve = [min(value, target) for value in pool.curve]
-            low = [min(value, target) for value in pool.curve_low] if len(pool.curve_low) == len(pool.curve) else []
             reports.append(
-                PoolReport(
-                    role=pool.role,
-                    ready=ready,
+                pool_report(
+                    pool, target,
+                    ready=obs.ready if obs else pool.current,
                     starting=obs.starting if obs else 0,
                     draining=obs.draining if obs else 0,
                     pending=obs.pending if obs else 0,
-                    curve=curve,
-                    pessimistic_curve=low,
                 )
             )
-        forecast = None
-        if record.forecast_rps is not None and record.forecast_upper_rps is not None:
-            forecast = Forecast(mean_rps=record.forecast_rps, upper_rps=max(record.forecast_upper_rps, record.forecast_rps))
+        forecast = forecast_of(record)
+        if self._delay_ticks:
+            # The report reaches the planner ``_delay_ticks`` ticks late; until one arrives the
+            # agent has no reply and runs what its last lease (or floor) allows.
+            outbox = self._outbox[record.deployment]
+            outbox.append((reports, forecast))
+            if len(outbox) <= self._delay_ticks:
+                return client.effective_targets()
+            reports, forecast = outbox.popleft()
         effective = await client.report(reports, forecast=forecast)
         if effective.decision_id:
             await client.ack_applied(effective.decision_id, effective.replicas)
@@ -180,5 +318,17 @@ class GlobalPolicy(Policy):
     def close(self) -> None:
         for client in self.clients.values():
             self._io.run(client.close())
+        if self._blackhole is not None:
+            self._io.run(self._blackhole.close())
         self._io.run(self.server.stop(0))
         self._io.close()
+        if self._state_dir is not None:
+            self._state_dir.cleanup()
+
+
+async def _closed_channel() -> grpc.aio.Channel:
+    """A channel to a loopback port nobody listens on: calls fail fast with UNAVAILABLE."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -80,8 +80,18 @@ class _PoolState:
 class LocalAgent:
     """Plans one deployment. ``step(now, observations)`` is called every tick (e.g. 5-30 s)."""
 
-    def __init__(self, spec: DeploymentSpec, models: Mapping[PoolRole, EngineModel], options: AgentOptions, tick_s: float):
+    def __init__(
+        self,
+        spec: DeploymentSpec,
+        models: Mapping[PoolRole, EngineModel],
+        options: AgentOptions,
+        tick_s: float,
+        endpoint_share: float | None = None,
+    ):
+        """``endpoint_share``: for a deployment sharing its endpoint, the share of the endpoint's
+        rate it plans for (see ``fleet_planner.planning.endpoint_shares``)."""
         self.spec = spec
+        self.endpoint_share = endpoint_share
         self.models = dict(models)
         self.options = options
         self.tick_s = tick_s
@@ -124,8 +134,12 @@ class LocalAgent:
         entry = pools.get(self.entry_role)
         if entry is None or entry.admitted is None:
             self.predictor.observe(None)
+            self._last_admission_s = now_s  # unknown traffic is not zero traffic: never counts as idle
             return None
-        rate = entry.admitted / entry.window_s
+        if self.endpoint_share is not None and entry.endpoint_admitted is not None:
+            rate = entry.endpoint_admitted * self.endpoint_share / entry.window_s
+        else:
+            rate = entry.admitted / entry.window_s
         self.predictor.observe(rate)
         if self._started_s is None:
             self._started_s = now_s
@@ -235,6 +249,7 @@ class LocalAgent:
         observed_rate = self._intake(now_s, pools) if pools else None
         if not pools:
             self.predictor.observe(None)
+            self._last_admission_s = now_s  # unknown traffic is not zero traffic: never counts as idle
         lengths = self._length_summary()
         run_throughput = self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
         if run_throughput:
@@ -465,6 +480,12 @@ class LocalAgent:
             return decisions
         base = {d.role: min(d.target, d.current) for d in decisions}
         base_gpus = sum(base[r] * gpus[r] for r in base)
+        while base_gpus > budget:
+            # The budget is below what is already held (lowered at run time): a cap holds anyway,
+            # so the largest holder gives back one replica at a time (scale-downs drain).
+            role = max(base, key=lambda r: base[r] * gpus[r])
+            base[role] -= 1
+            base_gpus -= gpus[role]
         extra = {d.role: d.target - base[d.role] for d in decisions}
         room = max(0, budget - base_gpus)
         want = sum(extra[r] * gpus[r] for r in extra)

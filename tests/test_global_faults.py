@@ -1,0 +1,102 @@
+"""Fault injection under ``global``: the real planner and agents over loopback gRPC, with the
+planner killed and restarted, unreachable for a while, an agent going silent or dying, and
+reports delivered late. In every case: the targets never ask for more GPUs than the inventory
+(``budget_violations == 0``), the GPUs held never exceed it at any timeline row, and every
+request completes (no request is lost to a scale-down)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import pytest
+
+from fleet_sim.results import COMPLETED, UNFINISHED, SimulationResult
+from fleet_sim.scenario import parse_scenario
+from fleet_sim.simulate import run_scenario
+from global_planner.service.audit import read_records
+from global_planner.simulated import GlobalPolicy, PlannerFaults
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
+LENGTHS = ROOT / "examples/traces/azure2023_conv.csv"
+INVENTORY = {"h100": 6}
+DURATION_S = 900.0
+LEASE_S = 4 * 30.0  # GlobalPolicy's lease: four 30 s ticks
+
+
+def _rate(path: Path, steps: list[tuple[float, float]]) -> str:
+    """A rate series: ``(window start s, requests/s)`` steps."""
+    path.write_text("window_start_s,total_rate_rps\n" + "".join(f"{t},{r}\n" for t, r in steps), encoding="utf-8")
+    return str(path)
+
+
+def _scenario(tmp_path: Path, faults: dict | None = None, *, duration_s: float = DURATION_S):
+    """A small shortage on one GPU type (6 GPUs): ``chat`` (acme, priority 100, floor 1) serves
+    40 req/s until its traffic stops at 8 min; ``batch`` (beta, priority 10, floor 1) wants more
+    than the GPUs chat leaves it."""
+    (tmp_path / "tenants.yaml").write_text(
+        "fleet: {gpus: {h100: 6}}\ntenants:\n  acme: {priority: 100}\n  beta: {priority: 10}\n", encoding="utf-8"
+    )
+    planner: dict = {"policy": "global", "interval_s": 30, "policy_file": "tenants.yaml"}
+    if faults:
+        planner["faults"] = faults
+
+    def endpoint(name: str, steps: list[tuple[float, float]]) -> dict:
+        synth = {"rate": _rate(tmp_path / f"{name}.csv", steps), "lengths": str(LENGTHS), "arrival": "poisson"}
+        return {"sla": {"ttft_ms": 800, "itl_ms": 40}, "trace": {"synth": synth, "max_input_tokens": 16000}}
+
+    def pool(minimum: int, initial: int) -> dict:
+        return {"profile": str(PROFILE), "gpu_type": "h100", "min": minimum, "max": 6, "initial": initial, "startup_s": 60}
+
+    data = {
+        "name": "faults",
+        "duration": duration_s,
+        "seed": 3,
+        "gpus": dict(INVENTORY),
+        "planner": planner,
+        "endpoints": {
+            "chat": endpoint("chat", [(0, 40.0), (420, 60.0), (720, 0.0), (3600, 0.0)]),
+            "batch": endpoint("batch", [(0, 85.0), (480, 0.0), (3600, 0.0)]),
+        },
+        "deployments": [
+            {"name": "chat", "tenant": "acme", "endpoint": "chat", "mode": "agg", "pools": {"agg": pool(1, 3)}},
+            {"name": "batch", "tenant": "beta", "endpoint": "batch", "mode": "agg", "pools": {"agg": pool(1, 2)}},
+        ],
+    }
+    return parse_scenario(data, base_dir=tmp_path)
+
+
+def _assert_safe(result: SimulationResult) -> None:
+    assert result.budget_violations == 0
+    held: dict[tuple[float, str], int] = collections.defaultdict(int)
+    for row in result.timeline:
+        held[(row.time_s, row.gpu_type)] += row.gpus
+    assert held and all(gpus <= result.gpu_inventory[gpu] for (_, gpu), gpus in held.items())
+    status = result.requests.status
+    assert len(status) > 1000
+    assert int((status == UNFINISHED).sum()) == 0  # nothing lost to a scale-down (the fleet has capacity)
+    assert int((status == COMPLETED).sum()) == len(status)
+
+
+def _targets(result: SimulationResult, deployment: str) -> list[tuple[float, int]]:
+    return [(d.time_s, d.to_replicas) for d in result.decisions if d.deployment == deployment]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> SimulationResult:
+    return run_scenario(_scenario(tmp_path_factory.mktemp("baseline")))
+
+
+def test_faults_model_validates() -> None:
+    assert PlannerFaults() == PlannerFaults.model_validate({})
+    with pytest.raises(ValueError, match="start < end"):
+        PlannerFaults(planner_down_s=[(300, 200)])
+    with pytest.raises(ValueError):
+        PlannerFaults.model_validate({"drop_agent": {"deployment": "chat", "at_s": 10, "mode": "vanished"}})
+
+
+def test_baseline_is_safe_and_short_of_gpus(baseline: SimulationResult) -> None:
+    _assert_safe(baseline)
+    print(_targets(baseline, "chat"), _targets(baseline, "batch"))

@@ -19,6 +19,7 @@ import socket
 import tempfile
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Literal
 
 import grpc
@@ -128,6 +129,9 @@ class PlannerFaults(BaseModel):
     )
     drop_agent: DropAgent | None = None
     delay_s: float = Field(default=0.0, ge=0, description="report delivery delay, rounded up to whole ticks")
+    state_dir: str | None = Field(
+        default=None, description="keep the planner's audit log (decisions.jsonl) here; default a temporary folder"
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> PlannerFaults:
@@ -173,7 +177,14 @@ class GlobalPolicy(Policy):
         tokens = {secrets.token_hex(16): Identity(deployment=spec.name, tenant=spec.tenant) for spec in deployments}
         self._auth = TokenAuthenticator(tokens)
         # Faults need the audit log (a restart resumes from it); the default path keeps none.
-        self._state_dir = tempfile.TemporaryDirectory(prefix="fleet-planner-sim-") if self.faults is not None else None
+        self._state_dir: str | None = None
+        self._temp_dir: tempfile.TemporaryDirectory | None = None
+        if self.faults is not None and self.faults.state_dir is not None:
+            self._state_dir = self.faults.state_dir
+            (Path(self._state_dir) / AUDIT_FILE).unlink(missing_ok=True)  # this run's log, not an old one
+        elif self.faults is not None:
+            self._temp_dir = tempfile.TemporaryDirectory(prefix="fleet-planner-sim-")
+            self._state_dir = self._temp_dir.name
         self._io = _LoopThread()
         self.port_bound = 0
         self.server = self._start_planner(0)
@@ -197,10 +208,10 @@ class GlobalPolicy(Policy):
         state = PlannerState(self._policy, lease_s=self._lease_s, report_interval_s=self.tick_s)
         audit = None
         if self._state_dir is not None:
-            previous = last_record(f"{self._state_dir.name}/{AUDIT_FILE}")
+            previous = last_record(Path(self._state_dir) / AUDIT_FILE)
             if previous is not None:
                 state.restore(previous)  # what ``fleet-planner serve`` does on start
-            audit = AuditLog(self._state_dir.name)
+            audit = AuditLog(self._state_dir)
         server = PlannerServer(
             state, auth=self._auth, metrics=ServiceMetrics(CollectorRegistry()), audit=audit, round_s=self.tick_s,
             clock=self._clock,
@@ -209,9 +220,9 @@ class GlobalPolicy(Policy):
         return server
 
     @property
-    def audit_path(self) -> str | None:
+    def audit_path(self) -> Path | None:
         """The planner's ``decisions.jsonl`` (only kept when faults are injected)."""
-        return f"{self._state_dir.name}/{AUDIT_FILE}" if self._state_dir is not None else None
+        return Path(self._state_dir) / AUDIT_FILE if self._state_dir is not None else None
 
     @staticmethod
     async def _client(spec: DeploymentSpec, target: str, token: str, clock) -> PlannerClient:
@@ -322,8 +333,8 @@ class GlobalPolicy(Policy):
             self._io.run(self._blackhole.close())
         self._io.run(self.server.stop(0))
         self._io.close()
-        if self._state_dir is not None:
-            self._state_dir.cleanup()
+        if self._temp_dir is not None:
+            self._temp_dir.cleanup()
 
 
 async def _closed_channel() -> grpc.aio.Channel:

@@ -97,6 +97,61 @@ def test_faults_model_validates() -> None:
         PlannerFaults.model_validate({"drop_agent": {"deployment": "chat", "at_s": 10, "mode": "vanished"}})
 
 
-def test_baseline_is_safe_and_short_of_gpus(baseline: SimulationResult) -> None:
+def test_baseline_is_safe(baseline: SimulationResult) -> None:
     _assert_safe(baseline)
-    print(_targets(baseline, "chat"), _targets(baseline, "batch"))
+    assert all("(planner #" in d.reason for d in baseline.decisions)
+
+
+def _run(tmp_path: Path, faults: dict) -> tuple[SimulationResult, list]:
+    state_dir = tmp_path / "planner-state"
+    result = run_scenario(_scenario(tmp_path, {**faults, "state_dir": str(state_dir)}))
+    return result, list(read_records(state_dir / "decisions.jsonl"))
+
+
+def test_planner_killed_and_restarted(tmp_path: Path) -> None:
+    result, records = _run(tmp_path, {"planner_restart_at_s": [300, 450]})
+    _assert_safe(result)
+    ids = [r.decision_id for r in records]
+    assert ids == sorted(set(ids))  # decision ids continue after each restart, never reused
+    for start, end in ((0, 300), (300, 450), (450, DURATION_S)):  # rounds go on after each restart
+        assert any(start < r.time_s < end and all(d.bidding for d in r.deployments) for r in records)
+    assert any("(planner #" in d.reason for d in result.decisions if d.time_s > 450)
+
+
+def test_planner_unreachable_for_a_window(tmp_path: Path) -> None:
+    """Five minutes without the planner: agents run their lease, then their floor; the planner
+    (still up) lets the leases lapse and counts the pools at their floors."""
+    result, records = _run(tmp_path, {"planner_down_s": [(300, 600)]})
+    _assert_safe(result)
+    sources = {d.reason.split(" ")[1].lstrip("(") for d in result.decisions if 300 <= d.time_s < 600}
+    assert "floor" in sources and "planner" not in sources
+    assert not any(300 + LEASE_S / 2 < r.time_s < 600 for r in records)  # nobody alive bids: no rounds
+    assert any(r.time_s >= 600 for r in records)  # and back to normal afterwards
+    floors = {d.deployment: d.to_replicas for d in result.decisions if 300 <= d.time_s < 600}
+    assert all(count <= 1 for count in floors.values())  # both floors are 1
+
+
+@pytest.mark.parametrize("mode", ["silent", "dead"])
+def test_dropped_agent_lease_lapses_and_its_gpus_go_elsewhere(tmp_path: Path, mode: str) -> None:
+    """``batch`` stops talking at 300 s. Its grant holds until the lease lapses, then only its
+    floor stays reserved and ``chat`` (whose traffic rises at 420 s) gets the rest."""
+    result, records = _run(tmp_path, {"drop_agent": {"deployment": "batch", "at_s": 300, "mode": mode}})
+    _assert_safe(result)
+
+    def pool(record, name):
+        return next(d for d in record.deployments if d.deployment == name).pools[0]
+
+    last_heard = max(r.time_s for r in records if r.time_s <= 300 and next(
+        d for d in r.deployments if d.deployment == "batch").bidding)
+    lapsed = [r for r in records if r.time_s >= last_heard + LEASE_S]
+    assert lapsed and all(pool(r, "batch").usage <= 1 and "lease" in pool(r, "batch").reason for r in lapsed)
+    before = max(pool(r, "chat").granted for r in records if r.time_s <= 300)
+    assert max(pool(r, "chat").granted for r in lapsed) > before
+    assert not [d for d in result.decisions if d.deployment == "batch" and d.time_s > last_heard + LEASE_S]
+
+
+def test_reports_delivered_late(tmp_path: Path, baseline: SimulationResult) -> None:
+    result, records = _run(tmp_path, {"delay_s": 30})
+    _assert_safe(result)
+    assert len(records) > 10
+    assert _targets(result, "chat") != _targets(baseline, "chat") or _targets(result, "batch") != _targets(baseline, "batch")

@@ -8,6 +8,12 @@ counted; the next tick runs as usual, so the sidecar never dies of a transient p
 Next to the loop, an aiohttp server offers the live dashboard, ``/metrics``, ``/api/state`` and the
 authenticated ``/api/limits`` (runtime changes of budget, min/max and advisory mode).
 
+With a global planner (``planner: HOST:PORT`` in the config, or ``--planner``) the agent reports
+its pools' demand curves each tick and applies the planner's grant instead of its own targets;
+while the planner is unreachable it runs its last lease, then its floor (each pool's ``min``), as
+:mod:`global_planner.client` defines (never having reached the planner: ``min(floor, running)``). The planner's bearer token is read from the environment
+variable ``FLEET_PLANNER_TOKEN`` (unset: no token, for planners run without ``--tokens``).
+
 On restart the agent adopts what already runs: the first replica counts become its starting
 targets (within the pool bounds), so re-adopted workers are not scaled back to ``initial``.
 Shutdown (SIGTERM/SIGINT) stops the loop and closes the connector without touching the workers.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -28,6 +35,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
+from global_planner.agent_reports import forecast_of, pool_report
+from global_planner.client import EffectiveTargets, PlannerClient, effective_targets
+from global_planner.service.models import PoolRegistration
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
@@ -38,6 +48,8 @@ from local_agent.observe.prometheus import PrometheusSource
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
 
 log = logging.getLogger(__name__)
+
+PLANNER_TOKEN_ENV = "FLEET_PLANNER_TOKEN"
 
 
 class ObservationSource(Protocol):
@@ -68,6 +80,53 @@ class AgentRuntime:
         self.agent: LocalAgent | None = None
         self._gpus = {role: pool.gpus_per_replica for role, pool in self.spec.pools.items()}
         self._runner: web.AppRunner | None = None
+        self.planner: PlannerClient | None = None
+        self.last_effective: EffectiveTargets | None = None
+
+    def _planner_client(self) -> PlannerClient | None:
+        """The global planner's client, created on first use (gRPC channels want a running loop)."""
+        if self.config.planner is None:
+            return None
+        if self.planner is None:
+            pools = [
+                PoolRegistration(role=role, gpu_type=pool.gpu_type, gpus_per_replica=pool.gpus_per_replica,
+                                 min_replicas=pool.min_replicas, max_replicas=pool.max_replicas)
+                for role, pool in self.spec.pools.items()
+            ]
+            floor = {role: pool.min_replicas for role, pool in self.spec.pools.items()}
+            token = os.environ.get(PLANNER_TOKEN_ENV, "").strip() or None
+            self.planner = PlannerClient(self.config.planner, token, self.spec.name, self.spec.tenant, self.spec.endpoint,
+                                         pools, floor=floor, clock=self.clock)
+        return self.planner
+
+    async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> dict[str, int]:
+        """Report the step's demand to the planner and return what it (or the fallback) allows."""
+        client = self._planner_client()
+        assert client is not None and self.agent is not None
+        target = self.config.options.target_attainment
+        reports = []
+        for pool in decision.pools:
+            counts = replicas.get(pool.role)
+            reports.append(pool_report(
+                pool, target,
+                ready=counts.ready if counts is not None else pool.current,
+                starting=counts.starting if counts is not None else 0,
+                draining=counts.draining if counts is not None else 0,
+            ))
+        effective = await client.report(reports, forecast=forecast_of(decision))
+        if effective.source == "floor" and client.lease is None and not client.reported:
+            # Never heard from the planner (e.g. it is down while this agent starts): the client
+            # would run min(floor, 0). Count what runs instead, so a restarting agent does not
+            # scale its deployment to zero; the planner keeps the floor of pools it knew.
+            running = {p.role: p.in_use for p in reports}
+            effective = effective_targets(None, client.floor, running, self.clock())
+        self.last_effective = effective
+        granted = {pool.role: effective.replicas.get(pool.role, pool.target) for pool in decision.pools}
+        if not decision.advisory:  # advice plans on, from its own targets
+            for role, count in granted.items():
+                self.agent.granted(role, count)
+        log.info("planner (%s #%d) grants %s", effective.source, effective.decision_id, granted)
+        return granted
 
     def _limits_changed(self, limits: RuntimeLimits) -> None:
         if self.agent is not None:
@@ -100,8 +159,14 @@ class AgentRuntime:
         self.recorder.record(now_s, observations, decision)
         log.info("%s %s: %s", decision.loop, "advice" if decision.advisory else "targets",
                  ", ".join(f"{p.role} {p.current}->{p.target} ({p.reason.value})" for p in decision.pools))
+        if self.config.planner is not None:
+            targets = await self._arbitrated(decision, replicas)
+        else:
+            targets = {pool.role: pool.target for pool in decision.pools}
         if not decision.advisory:
-            await self.connector.apply({pool.role: pool.target for pool in decision.pools})
+            await self.connector.apply(targets)
+            if self.planner is not None and self.last_effective is not None and self.last_effective.decision_id:
+                await self.planner.ack_applied(self.last_effective.decision_id, targets)
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
             written = await asyncio.to_thread(self.recorder.maybe_write, now_s, telemetry.diagnostics_dir,
@@ -147,6 +212,9 @@ class AgentRuntime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.planner is not None:
+            await self.planner.close()
+            self.planner = None
         await self.connector.close()
 
 

@@ -1,0 +1,135 @@
+"""The live agent wired to a real planner over loopback gRPC: it registers, reports its demand,
+applies the grant (not its own targets) and acknowledges it; with the planner gone it falls back
+to its lease, then to its floor."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from fleet_planner.planning import DeploymentSpec, PoolObservation
+from global_planner.policy_file import TenantPolicy
+from global_planner.service.auth import Identity, TokenAuthenticator
+from global_planner.service.metrics import ServiceMetrics
+from global_planner.service.server import PlannerServer
+from global_planner.service.state import PlannerState
+from local_agent.config import parse_config
+from local_agent.connectors.base import ReplicaCounts
+from local_agent.connectors.virtual import VirtualConnector
+from local_agent.runtime import PLANNER_TOKEN_ENV, AgentRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
+TOKEN = "agent-token-0123456789abcdef"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    """Two replicas observed, no traffic statistics (the agent holds; its curves are empty)."""
+
+    async def observe(self, now_s: float, spec: DeploymentSpec,
+                      replicas: Mapping[str, ReplicaCounts]) -> list[PoolObservation]:
+        return [PoolObservation(deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=2, starting=0,
+                                draining=0, pending=0)]
+
+
+def _config(tmp_path: Path, planner: str):
+    data = {
+        "deployment": {
+            "name": "chat", "tenant": "acme", "endpoint": "chat", "mode": "agg", "sla": {"ttft_ms": 800, "itl_ms": 25},
+            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
+        },
+        "prometheus": {"url": "http://127.0.0.1:9"},
+        "connector": {"kind": "virtual", "path": "targets.json"},
+        "planner": planner,
+    }
+    return parse_config(data, base_dir=tmp_path)
+
+
+def _orchestrator_reports(tmp_path: Path, ready: int) -> None:
+    state = {"version": 1, "deployment": "chat", "targets": {}, "observed": {"agg": {"ready": ready}}, "observed_at": 0.0}
+    (tmp_path / "targets.json").write_text(json.dumps(state), encoding="utf-8")
+
+
+def _written(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "targets.json").read_text())["targets"]
+
+
+@pytest.fixture
+async def planner():
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h100": 3}}, "tenants": {"acme": {"priority": 10}}})
+    clock = Clock()
+    server = PlannerServer(
+        PlannerState(policy, lease_s=30.0), auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
+        metrics=ServiceMetrics(CollectorRegistry()), clock=clock,
+    )
+    port = await server.start("127.0.0.1:0")
+    server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    server.test_clock = clock  # type: ignore[attr-defined]
+    yield server
+    await server.stop(0)
+
+
+async def test_agent_applies_the_planner_grant_and_falls_back_to_its_floor(
+    tmp_path: Path, planner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
+    _orchestrator_reports(tmp_path, ready=2)
+    clock = Clock()
+    runtime = AgentRuntime(_config(tmp_path, planner.address), Source(),
+                           VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=clock)
+    try:
+        await runtime.tick()  # registers and reports: a holding lease on what runs
+        assert planner.state.deployments() == ["chat"]
+        assert runtime.last_effective is not None and runtime.last_effective.source == "planner"
+        assert _written(tmp_path) == {"agg": 2}
+
+        assert await planner.run_round() is not None  # one allocation round on that report
+        grant = planner.state.targets("chat", planner.test_clock.now).pools[0].replicas
+        clock.now += 5
+        await runtime.tick()
+        effective = runtime.last_effective
+        assert effective.source == "planner" and effective.decision_id >= 1
+        assert _written(tmp_path) == {"agg": grant}  # the grant, not the agent's own target
+        assert runtime.planner is not None and runtime.planner.applied_decision_id == effective.decision_id
+
+        await planner.stop(0)  # the planner goes away
+        clock.now += 5
+        await runtime.tick()
+        assert runtime.last_effective.source == "lease" and _written(tmp_path) == {"agg": grant}
+        clock.now += 60  # past the lease
+        await runtime.tick()
+        assert runtime.last_effective.source == "floor"
+        assert _written(tmp_path) == {"agg": min(1, grant)}  # the pool's min, never more than granted
+    finally:
+        await runtime.close()
+
+
+async def test_agent_without_any_lease_runs_its_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planner unreachable from the first tick: no lease, nothing reported; the agent runs
+    ``min(floor, what runs)`` (not zero: a restarting agent must not empty its deployment)."""
+    monkeypatch.delenv(PLANNER_TOKEN_ENV, raising=False)
+    _orchestrator_reports(tmp_path, ready=2)
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    runtime = AgentRuntime(_config(tmp_path, closed), Source(),
+                           VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock())
+    try:
+        await runtime.tick()
+        assert runtime.last_effective is not None and runtime.last_effective.source == "floor"
+        assert runtime.last_effective.replicas == {"agg": 1} and _written(tmp_path) == {"agg": 1}
+    finally:
+        await runtime.close()

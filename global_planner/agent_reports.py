@@ -9,10 +9,25 @@ from global_planner.service.models import Forecast, PoolReport
 from local_agent.models import AgentDecision, PoolDecision
 
 
-def capped(values: list[float], target_attainment: float) -> list[float]:
-    """Attainment above the SLO target is worth no GPU: curves are capped at it, so the planner
-    buys the target at least cost and trades only in a shortage."""
-    return [min(value, target_attainment) for value in values]
+def bid_curve(pool: PoolDecision, target_attainment: float) -> list[float]:
+    """A pool's bid: the value of each replica count, 0..max.
+
+    Reaching the agent's own target (what it would run alone) is worth the SLO target, more is
+    worth nothing, and each replica short of it loses an equal share (a linear, concave ramp).
+    Why not the capacity model's curve itself: the agent's target already folds in what the curve
+    cannot see (the reactive loop's corrections from observed latencies, consolidation guards,
+    step limits that keep it from flapping), and a
+    steady-state curve is an S (enough replicas or none) that would starve an overloaded or
+    low-priority deployment completely in a shortage, although with fluctuating load partial
+    capacity still serves part of its traffic. Empty (no bid: the planner holds the pool) until
+    the agent has sized the pool once."""
+    if not pool.curve:
+        return []
+    top = len(pool.curve) - 1
+    wanted = min(pool.target, top)
+    if wanted == 0:
+        return [target_attainment] * (top + 1)
+    return [target_attainment * min(1.0, count / wanted) for count in range(top + 1)]
 
 
 def pool_report(
@@ -24,16 +39,14 @@ def pool_report(
     draining: int = 0,
     pending: int = 0,
 ) -> PoolReport:
-    """One pool's report: capped curves (the pessimistic one only when it matches) and counts."""
-    low = capped(pool.curve_low, target_attainment) if len(pool.curve_low) == len(pool.curve) else []
+    """One pool's report: its bid curve and replica counts."""
     return PoolReport(
         role=pool.role,
         ready=ready,
         starting=starting,
         draining=draining,
         pending=pending,
-        curve=capped(pool.curve, target_attainment),
-        pessimistic_curve=low,
+        curve=bid_curve(pool, target_attainment),
     )
 
 

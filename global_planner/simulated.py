@@ -288,9 +288,10 @@ class GlobalPolicy(Policy):
             effective = self._io.run(self._exchange(record, observed))
             agent = self.agents[record.deployment]
             for pool in record.pools:
+                # The agent keeps planning as if alone: its own target is its bid, and the
+                # planner's grant is what runs.
                 count = effective.replicas.get(pool.role, agent.targets()[pool.role])
-                agent.granted(pool.role, count)
-                reason = f"global ({effective.source} #{effective.decision_id}): agent wanted {pool.target}"
+                reason = f"global ({effective.source} #{effective.decision_id}): agent bid for {pool.target}"
                 targets.append(ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason))
             if effective.routing:
                 routing.setdefault(spec.endpoint, {}).update(effective.routing)

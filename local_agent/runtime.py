@@ -121,10 +121,8 @@ class AgentRuntime:
             running = {p.role: p.in_use for p in reports}
             effective = effective_targets(None, client.floor, running, self.clock())
         self.last_effective = effective
+        # The agent keeps planning as if alone (its own target is its bid); the grant is what runs.
         granted = {pool.role: effective.replicas.get(pool.role, pool.target) for pool in decision.pools}
-        if not decision.advisory:  # advice plans on, from its own targets
-            for role, count in granted.items():
-                self.agent.granted(role, count)
         log.info("planner (%s #%d) grants %s", effective.source, effective.decision_id, granted)
         return granted
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import SLA, DeploymentSpec, Distribution, PoolObservation, PoolSpec
+from fleet_planner.planning import SLA, DeploymentSpec, Distribution, FleetObservation, PoolObservation, PoolSpec
 from fleet_sim.policies import make_policy
 from fleet_sim.runner import FleetSimulation
 from fleet_sim.scenario import parse_scenario
@@ -62,8 +62,7 @@ def observe(role: str, t: float, rps: float, *, ready: int, starting: int = 0, i
 
 
 def step(a: LocalAgent, t: float, rps: float, **kwargs):
-    decision = a.step(t, [observe(role, t, rps, ready=a.targets()[role], **kwargs) for role in a.spec.pools])
-    return decision
+    return a.step(t, [observe(role, t, rps, ready=a.targets()[role], **kwargs) for role in a.spec.pools])
 
 
 def agg(decision):
@@ -149,8 +148,6 @@ def test_advisory_mode_decides_but_changes_nothing() -> None:
     assert any(agg(d).target > 2 for d in decisions)  # what it would do is decided and logged ...
     assert a.targets() == {"agg": 2}  # ... and nothing is changed
     policy = LocalAgentsPolicy([spec(initial=2)], TICK, AgentOptions(predictor="constant", advisory=True))
-    from fleet_planner.planning import FleetObservation
-
     observation = FleetObservation(time_s=0, pools=[observe("agg", 0, 200.0, ready=2, itl_p90=60.0)])
     assert policy.decide(TICK, observation).targets == []
     a.set_limits(RuntimeLimits(advisory=False))  # switched off at run time: it acts again

@@ -143,22 +143,3 @@ class Policy(ABC):
     def close(self) -> None:
         """Release what the policy holds (servers, threads); most hold nothing."""
 
-
-def endpoint_shares(deployments: list[DeploymentSpec]) -> dict[str, float | None]:
-    """The share of its endpoint's traffic each deployment plans for; None when it serves its
-    endpoint alone.
-
-    Deployments sharing an endpoint plan for a fixed share (their GPUs at maximum scale, over the
-    endpoint's total) of the endpoint's rate, not for the traffic the router happens to send them:
-    that traffic follows the capacity they were given, so planning on it feeds back (a deployment
-    scaled down gets less traffic, asks for less, and is scaled to zero)."""
-    by_endpoint: dict[str, list[DeploymentSpec]] = {}
-    for spec in deployments:
-        by_endpoint.setdefault(spec.endpoint, []).append(spec)
-    shares: dict[str, float | None] = {}
-    for group in by_endpoint.values():
-        weights = {s.name: sum(p.max_replicas * p.gpus_per_replica for p in s.pools.values()) for s in group}
-        total = sum(weights.values())
-        for spec in group:
-            shares[spec.name] = (weights[spec.name] / total if total else 1.0 / len(group)) if len(group) > 1 else None
-    return shares

@@ -17,9 +17,10 @@ import math
 import numpy as np
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget, endpoint_shares
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
 from fleet_sim.workload import Workload
 from local_agent.sizing import LoadEstimate, size_deployment
+from local_agent.sizing.shares import endpoint_shares
 
 SIZING_WINDOW_S = 60.0  # load is measured over 1-minute windows, like a request-rate dashboard
 MAX_LENGTH_SAMPLE = 1500  # requests per window kept as the length distribution
@@ -54,7 +55,7 @@ class WindowedNeeds:
             for pool in spec.pools.values():
                 if pool.profile_path not in models:
                     models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
-        shares = {name: 1.0 if share is None else share for name, share in endpoint_shares(specs).items()}
+        shares = {name: 1.0 if share is None else share for name, share in endpoint_shares(specs, models).items()}
         rng = np.random.default_rng(seed)
         # needs[(deployment, role)] -> int array over windows
         self.needs: dict[tuple[str, str], np.ndarray] = {

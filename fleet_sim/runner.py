@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fleet_planner.perf import PerfModel, load_profile
+from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import (
     Decision,
     DeploymentSpec,
@@ -32,8 +33,6 @@ from fleet_sim.results import (
 from fleet_sim.workload import Workload
 
 DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this long to finish
-REFERENCE_INPUT_TOKENS = 1024.0  # router's length assumption before an endpoint's first request
-REFERENCE_OUTPUT_TOKENS = 256.0
 
 
 def distribution(values: list[float]) -> Distribution | None:
@@ -70,23 +69,6 @@ class ProfileCache:
 
     def warnings(self) -> list[str]:
         return [f"{model!r}: {w}" for model in self._models.values() for w in model.warnings]
-
-
-def nominal_replica_rps(pool: Pool, mean_input: float, mean_output: float, itl_target_ms: float) -> float:
-    """Requests/s one replica sustains at the endpoint's mean lengths — the router's capacity weight."""
-    model, knobs = pool.model, pool.knobs
-    prefill_rps = 1000.0 / max(1e-6, model.ttft_ms(mean_input)) if mean_input > 0 else math.inf
-    context = mean_input + mean_output / 2
-    batch = 1
-    cap = min(knobs.max_num_seqs, max(1, int(model.max_kv_tokens / max(1.0, mean_input + mean_output))))
-    while batch < cap and model.itl_ms(batch * 2, context) <= itl_target_ms:
-        batch *= 2
-    decode_rps = batch * 1000.0 / (model.itl_ms(batch, context) * max(1.0, mean_output))
-    if pool.role == "prefill":
-        return prefill_rps
-    if pool.role == "decode":
-        return decode_rps
-    return 1.0 / (1.0 / prefill_rps + 1.0 / decode_rps)
 
 
 class FleetSimulation:
@@ -186,7 +168,9 @@ class FleetSimulation:
             mean_out = outputs / count if count else REFERENCE_OUTPUT_TOKENS
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
-                capacities[(spec.name, role)] = nominal_replica_rps(pool, mean_in, mean_out, spec.sla.itl_ms)
+                capacities[(spec.name, role)] = replica_rps(
+                    pool.model, role, mean_in, mean_out, spec.sla.itl_ms, pool.knobs.max_num_seqs
+                )
         return capacities
 
     def _capacity_weight(self, deployment: int) -> float:

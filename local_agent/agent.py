@@ -89,7 +89,7 @@ class LocalAgent:
         endpoint_share: float | None = None,
     ):
         """``endpoint_share``: for a deployment sharing its endpoint, the share of the endpoint's
-        rate it plans for (see ``fleet_planner.planning.endpoint_shares``)."""
+        rate it plans for (see ``local_agent.sizing.shares.endpoint_shares``)."""
         self.spec = spec
         self.endpoint_share = endpoint_share
         self.models = dict(models)

@@ -6,22 +6,23 @@ nothing is shared between agents, exactly as when they run as separate sidecars.
 from __future__ import annotations
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget, endpoint_shares
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import AgentDecision
+from local_agent.sizing.shares import endpoint_shares
 
 
 def build_agents(deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions) -> dict[str, LocalAgent]:
     """One agent per deployment; engine profiles loaded once and shared."""
     models: dict[str, PerfModel] = {}
-    agents = {}
-    shares = endpoint_shares(deployments)
     for spec in deployments:
-        pool_models = {}
-        for role, pool in spec.pools.items():
+        for pool in spec.pools.values():
             if pool.profile_path not in models:
                 models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
-            pool_models[role] = models[pool.profile_path]
+    shares = endpoint_shares(deployments, models)
+    agents = {}
+    for spec in deployments:
+        pool_models = {role: models[pool.profile_path] for role, pool in spec.pools.items()}
         agents[spec.name] = LocalAgent(spec, pool_models, options, tick_s, endpoint_share=shares[spec.name])
     return agents
 

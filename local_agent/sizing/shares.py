@@ -1,0 +1,40 @@
+"""How deployments that share an endpoint divide its traffic when they plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fleet_planner.perf import PerfModel
+from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
+from fleet_planner.planning import DeploymentSpec
+
+
+def endpoint_shares(deployments: list[DeploymentSpec], models: Mapping[str, PerfModel]) -> dict[str, float | None]:
+    """The share of its endpoint's traffic each deployment plans for; None when it serves its
+    endpoint alone. ``models`` maps profile paths to performance models.
+
+    Deployments sharing an endpoint plan for a fixed share of the endpoint's rate — their request
+    capacity at maximum scale over the endpoint's total (a bottleneck pool limits a disaggregated
+    deployment) — not for the traffic the router happens to send them: that traffic follows the
+    capacity they were given, so planning on it feeds back (a deployment scaled down gets less
+    traffic, asks for less, and is scaled to zero)."""
+    by_endpoint: dict[str, list[DeploymentSpec]] = {}
+    for spec in deployments:
+        by_endpoint.setdefault(spec.endpoint, []).append(spec)
+    shares: dict[str, float | None] = {}
+    for group in by_endpoint.values():
+        if len(group) == 1:
+            shares[group[0].name] = None
+            continue
+        capacity = {
+            spec.name: min(
+                pool.max_replicas
+                * replica_rps(models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms)
+                for role, pool in spec.pools.items()
+            )
+            for spec in group
+        }
+        total = sum(capacity.values())
+        for spec in group:
+            shares[spec.name] = capacity[spec.name] / total if total > 0 else 1.0 / len(group)
+    return shares

@@ -47,6 +47,7 @@ def pool_report(
         draining=draining,
         pending=pending,
         curve=bid_curve(pool, target_attainment),
+        replica_capacity_rps=pool.replica_capacity_rps,
     )
 
 

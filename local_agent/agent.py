@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.forecast import make_predictor
 from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
@@ -260,6 +261,7 @@ class LocalAgent:
                     self.pools[role].predictive = count
         decisions = [self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools]
         decisions = self._apply_budget(decisions)
+        decisions = [d.model_copy(update={"replica_capacity_rps": self._replica_rps(d.role, lengths)}) for d in decisions]
         for decision in decisions:
             state = self.pools[decision.role]
             if decision.target > state.target:
@@ -282,6 +284,13 @@ class LocalAgent:
         )
         self.decisions.append(record)
         return record
+
+    def _replica_rps(self, role: PoolRole, lengths: tuple[Distribution, Distribution] | None) -> float:
+        """One replica's nominal request rate at the observed mean lengths: lets an arbiter weigh
+        this deployment's capacity against others serving the same endpoint."""
+        mean_in = lengths[0].mean if lengths else REFERENCE_INPUT_TOKENS
+        mean_out = lengths[1].mean if lengths else REFERENCE_OUTPUT_TOKENS
+        return replica_rps(self.models[role], role, max(mean_in, 1.0), max(mean_out, 1.0), self.spec.sla.itl_ms)
 
     def targets(self) -> dict[PoolRole, int]:
         return {role: state.target for role, state in self.pools.items()}

@@ -45,6 +45,7 @@ class PoolDecision(BaseModel):
     estimated_itl_ms: float | None = None
     curve: list[float] = Field(default_factory=list, description="demand curve: expected attainment for 0..max replicas")
     curve_low: list[float] = Field(default_factory=list, description="attainment at the forecast's upper load (pessimistic)")
+    replica_capacity_rps: float | None = Field(default=None, gt=0, description="requests/s one replica sustains at the SLA")
 
 
 class AgentDecision(BaseModel):

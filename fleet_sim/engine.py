@@ -107,7 +107,7 @@ class Replica:
         "pool", "state", "created_at", "ready_at",
         "prefill_queue", "queued_prefill_tokens", "busy", "plan", "iter_dt",
         "counter", "rate", "t_last", "finish_heap", "batch", "context_sum",
-        "kv_reserved", "wait_queue", "epoch", "load", "start_pending", "prefix_cache",
+        "kv_reserved", "wait_queue", "epoch", "load", "start_pending", "due", "prefix_cache",
     )
 
     def __init__(self, pool: Pool, now: float):
@@ -131,6 +131,7 @@ class Replica:
         self.epoch = 0
         self.load = 0  # outstanding tokens assigned here (router's least-load key)
         self.start_pending = False  # an iteration start is scheduled at the next step boundary
+        self.due = 0.0  # counter value the armed decode event is for
         # LRU of cached prefix-block ids (prefill-capable replicas with the cache enabled only).
         self.prefix_cache: OrderedDict[int, None] | None = OrderedDict() if pool.prefix_blocks else None
 
@@ -153,8 +154,10 @@ class Pool:
         startup_s: float,
         knobs: EngineKnobs,
         max_input_tokens: int | None,
+        queue_timeout_s: float | None = None,
     ):
         self.sim = sim
+        self.queue_timeout_s = queue_timeout_s
         self.deployment_index = deployment_index
         self.deployment = deployment
         self.role = role
@@ -258,7 +261,24 @@ class Pool:
         self.ready.append(replica)
         queued, self.queue = self.queue, deque()
         for request in queued:
-            self._dispatch(request, now)
+            if self._expired(request, now):
+                self._drop(None, request, now, kv_reserved=False)
+            else:
+                self._dispatch(request, now)
+
+    def _expired(self, request: int, now: float) -> bool:
+        timeout = self.queue_timeout_s
+        return timeout is not None and now - self.sim.requests.arrival[request] > timeout
+
+    def _drop(self, replica: Replica | None, request: int, now: float, kv_reserved: bool) -> None:
+        """A request timed out while queued: the frontend gave up on it (counted as rejected)."""
+        reqs = self.sim.requests
+        if replica is not None:
+            replica.load -= reqs.input[request] if self.role == "prefill" else reqs.input[request] + reqs.output[request]
+            if kv_reserved:
+                replica.kv_reserved -= reqs.input[request] + reqs.output[request]
+        reqs.rejected[request] = True
+        self.sim.completed(request, now)
 
     def maybe_retire(self, replica: Replica, now: float) -> None:
         if replica.state == DRAINING and replica.idle():
@@ -332,6 +352,13 @@ class Pool:
         budget = self.knobs.max_batch_tokens - replica.batch
         if budget < 1:
             budget = 1
+        if self.queue_timeout_s is not None:
+            self._drop_expired_prompts(replica, now)
+            if not replica.prefill_queue:
+                replica.busy = False
+                self._reschedule(replica, now)
+                self.maybe_retire(replica, now)
+                return
         inputs = self.sim.requests.input
         chunk_ms = self.model.prefill_chunk_ms
         cache = replica.prefix_cache
@@ -365,6 +392,23 @@ class Pool:
         replica.iter_dt = dt
         self._reschedule(replica, now)
         self.sim.schedule(now + dt, EV_ITER_END, replica)
+
+    def _drop_expired_prompts(self, replica: Replica, now: float) -> None:
+        """Queued prompts not started yet that waited past the timeout (FIFO: the oldest come
+        first, so the scan stops at the first one still in time)."""
+        kept = deque()
+        queue = replica.prefill_queue
+        while queue:
+            item = queue[0]
+            if item[1] > 0:  # started: it finishes
+                kept.append(queue.popleft())
+                continue
+            if not self._expired(item[0], now):
+                break
+            queue.popleft()
+            replica.queued_prefill_tokens -= self.sim.requests.input[item[0]]
+            self._drop(replica, item[0], now, kv_reserved=self.role == "agg")
+        queue.extendleft(reversed(kept))
 
     def on_iteration_end(self, replica: Replica, now: float) -> None:
         self._advance(replica, now)
@@ -452,6 +496,10 @@ class Pool:
         queue = replica.wait_queue
         while queue:
             request = queue[0]
+            if self._expired(request, now):
+                queue.popleft()
+                self._drop(replica, request, now, kv_reserved=False)
+                continue
             need = reqs.input[request] + reqs.output[request]
             if not self._fits(replica, need):
                 return
@@ -502,13 +550,18 @@ class Pool:
             return
         itl = self._itl_s(replica)
         replica.rate = 1.0 / itl
-        gap = replica.finish_heap[0][0] - replica.counter
+        replica.due = replica.finish_heap[0][0]
+        gap = replica.due - replica.counter
         self.sim.schedule(now + max(gap, 0.0) * itl, EV_DECODE, replica, replica.epoch)
 
     def on_decode_event(self, replica: Replica, epoch: int, now: float) -> None:
         if epoch != replica.epoch:
             return
         self._advance(replica, now)
+        # The event was armed for this counter value; rounding of large clock values must not
+        # leave it a hair short (that re-arms the same instant forever).
+        if replica.counter < replica.due:
+            replica.counter = replica.due
         self._finish_due(replica, now)
         self._admit_waiting(replica, now)
         if not replica.busy:

@@ -88,6 +88,7 @@ class FleetSimulation:
         endpoint_configs = scenario.endpoint_configs()
         self.endpoint_sla = {name: (sla.ttft_ms, sla.itl_ms) for name, (sla, _) in endpoint_configs.items()}
         self.endpoint_max_input = {name: source.max_input_tokens for name, (_, source) in endpoint_configs.items()}
+        self.endpoint_timeout = {name: source.queue_timeout_s for name, (_, source) in endpoint_configs.items()}
         self.pools: dict[tuple[str, str], Pool] = {}
         self.entry_pool: list[Pool] = []  # per deployment index: prefill or agg pool
         self.exit_pool: list[Pool] = []  # per deployment index: decode or agg pool
@@ -135,6 +136,7 @@ class FleetSimulation:
                     pool_spec.startup_s,
                     knobs,
                     max_input,
+                    self.endpoint_timeout.get(spec.endpoint),
                 )
                 built[role] = pool
                 self.pools[(spec.name, role)] = pool

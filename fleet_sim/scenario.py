@@ -134,6 +134,11 @@ class TraceSource(_Model):
     max_input_tokens: int | None = Field(
         default=None, ge=1, description="longer prompts are rejected at admission and counted"
     )
+    queue_timeout_s: PositiveFloat | None = Field(
+        default=None,
+        description="request timeout of the frontend: a request still queued (not yet prefilling, "
+        "or waiting for a decode slot) this long after arrival is dropped and counted as rejected",
+    )
 
     @model_validator(mode="before")
     @classmethod

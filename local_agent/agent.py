@@ -41,6 +41,7 @@ from local_agent.sizing import (
 )
 
 R = DecisionReason
+RECENT_DECISIONS = 1024
 MAX_PREFIX_HIT = 0.9  # sizing never counts on more prefix-cache reuse than this
 
 
@@ -112,7 +113,8 @@ class LocalAgent:
         self.curves: dict[PoolRole, PoolCurve] = {}
         self.curves_low: dict[PoolRole, PoolCurve] = {}
         self._forecast = None
-        self.decisions: list[AgentDecision] = []
+        # Recent decisions only (bounded: a live agent runs for months; telemetry keeps history).
+        self.decisions: deque[AgentDecision] = deque(maxlen=RECENT_DECISIONS)
 
     # ---- limits ----------------------------------------------------------------------------
     def set_limits(self, limits: RuntimeLimits) -> None:

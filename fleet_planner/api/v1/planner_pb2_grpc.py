@@ -5,7 +5,7 @@ import warnings
 
 from fleet_planner.api.v1 import planner_pb2 as fleet__planner_dot_api_dot_v1_dot_planner__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

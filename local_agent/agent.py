@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.forecast import make_predictor
+from fleet_planner.perf import PerfModel
 from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
+from local_agent.perf_correction import CorrectedPerfModel
 from local_agent.sizing import (
     Calibration,
     EngineModel,
@@ -67,6 +69,7 @@ class AgentOptions(BaseModel):
     kv_low: float = Field(default=0.5, gt=0, le=1.0)
     length_windows: int = Field(default=20, ge=1, description="observation windows pooled for the length distribution")
     gpu_budget: int | None = Field(default=None, ge=0, description="local GPU budget for the whole deployment")
+    online_correction: bool = Field(default=True, description="correct decode pools' profiles from observed iterations")
     advisory: bool = False
 
 
@@ -94,7 +97,12 @@ class LocalAgent:
         rate it plans for (see ``local_agent.sizing.shares.endpoint_shares``)."""
         self.spec = spec
         self.endpoint_share = endpoint_share
-        self.models = dict(models)
+        # Decode pools learn from what their engines do: a regression of measured iteration time
+        # (per-token latency) on batch and KV tokens corrects the profile online.
+        self.models = {
+            role: CorrectedPerfModel(model) if options.online_correction and role == "decode" and isinstance(model, PerfModel) else model
+            for role, model in models.items()
+        }
         self.options = options
         self.tick_s = tick_s
         self.limits = RuntimeLimits(gpu_budget=options.gpu_budget, advisory=options.advisory)
@@ -150,9 +158,24 @@ class LocalAgent:
             self._last_admission_s = now_s
             if entry.input_tokens is not None and entry.output_tokens is not None:
                 self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
+        self._learn(pools)
         if entry.prefix_hit_rate is not None:
             self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))
         return rate
+
+    def _learn(self, pools: dict[PoolRole, PoolObservation]) -> None:
+        """Feed the decode model one window-averaged iteration: the per-token latency requests saw
+        (``itl_ms.mean``) at the window's mean running batch per replica and mean context."""
+        model = self.models.get("decode")
+        obs = pools.get("decode")
+        if not isinstance(model, CorrectedPerfModel) or obs is None or obs.itl_ms is None or not obs.ready:
+            return
+        if obs.scheduled_tokens_per_s is None or not self._lengths:
+            return
+        batch = obs.scheduled_tokens_per_s * obs.itl_ms.mean / 1000.0 / obs.ready
+        _, inputs, outputs = self._lengths[-1]
+        if batch >= 1.0 and obs.itl_ms.count >= 10:
+            model.observe_iteration("decode", obs.itl_ms.mean, batch, inputs.mean + outputs.mean / 2)
 
     def _prefix_hit_rate(self) -> float:
         """Admission-weighted prefix-cache hit rate of recent windows (0 when never reported),

@@ -322,9 +322,6 @@ class Pool:
             best.load += reqs.input[request] + reqs.output[request]
             self._admit_or_wait(best, request, now)
 
-    def outstanding(self) -> int:
-        return len(self.queue) + sum(r.load for r in self.replicas if r.state != RETIRED)
-
     # ---- prefill ----------------------------------------------------------------------------
     def _enqueue_prefill(self, replica: Replica, request: int, now: float) -> None:
         replica.prefill_queue.append([request, 0])
@@ -619,7 +616,6 @@ class Simulator:
         self.pools: list[Pool] = []
         self._heap: list[tuple] = []
         self._seq = itertools.count()
-        self.on_first_token: Callable[[int, Pool, float], None] | None = None
         self.on_complete: Callable[[int, float], None] | None = None
         self._next_arrival = 0
 
@@ -646,8 +642,6 @@ class Simulator:
 
     def first_token(self, request: int, pool: Pool, now: float) -> None:
         pool.entry_pool.stats.ttft_ms.append((now - self.requests.arrival[request]) * 1000.0)
-        if self.on_first_token is not None:
-            self.on_first_token(request, pool, now)
 
     def completed(self, request: int, now: float) -> None:
         if self.on_complete is not None:

@@ -32,7 +32,7 @@ from pydantic import (
 
 from fleet_planner.durations import parse_duration
 from fleet_planner.errors import InputError
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, PoolSpec
+from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, pool_specs
 
 KNOWN_POLICIES: frozenset[str] = frozenset({"static", "static-peak", "oracle", "local", "global", "fcfs"})
 TraceFormat = Literal["azure", "mooncake", "csv"]
@@ -368,21 +368,7 @@ class Scenario(_Model):
         """What planners are handed: each deployment with its resolved SLA and pool bounds."""
         specs = []
         for deployment in self.deployments:
-            pools = {
-                role: PoolSpec(
-                    deployment=deployment.name,
-                    role=role,
-                    profile_path=str(pool.profile),
-                    gpu_type=pool.gpu_type,
-                    gpus_per_replica=pool.gpus_per_replica,
-                    min_replicas=pool.min,
-                    max_replicas=pool.max,
-                    initial_replicas=pool.initial,
-                    startup_s=pool.startup_s,
-                )
-                for role in _ROLE_ORDER
-                if (pool := deployment.pools.get(role)) is not None
-            }
+            pools = pool_specs(deployment.name, deployment.pools, _ROLE_ORDER)
             specs.append(
                 DeploymentSpec(
                     name=deployment.name,

@@ -44,7 +44,7 @@ from pydantic import (
 from fleet_planner.durations import parse_duration
 from fleet_planner.errors import InputError
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, PoolSpec
+from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, pool_specs
 from local_agent.agent import AgentOptions
 from local_agent.connectors.processes import WorkerCommand
 
@@ -160,21 +160,7 @@ class DeploymentConfig(_Model):
         return self
 
     def spec(self) -> DeploymentSpec:
-        pools = {
-            role: PoolSpec(
-                deployment=self.name,
-                role=role,
-                profile_path=str(pool.profile),
-                gpu_type=pool.gpu_type,
-                gpus_per_replica=pool.gpus_per_replica,
-                min_replicas=pool.min,
-                max_replicas=pool.max,
-                initial_replicas=pool.min if pool.initial is None else pool.initial,
-                startup_s=pool.startup_s,
-            )
-            for role in ROLES_BY_MODE[self.mode]
-            if (pool := self.pools.get(role)) is not None
-        }
+        pools = pool_specs(self.name, self.pools, ROLES_BY_MODE[self.mode])
         return DeploymentSpec(name=self.name, tenant=self.tenant, endpoint=self.endpoint, mode=self.mode, sla=self.sla, pools=pools)
 
 

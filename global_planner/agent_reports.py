@@ -9,45 +9,43 @@ from global_planner.service.models import Forecast, PoolReport
 from local_agent.models import AgentDecision, PoolDecision
 
 
-def bid_curve(pool: PoolDecision, target_attainment: float) -> list[float]:
-    """A pool's bid: the value of each replica count, 0..max.
+def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
+    """A pool's bid: expected SLO attainment for each replica count 0..max, at the forecast's
+    mean load and at its upper quantile (the planner values the pool by their average).
 
-    Reaching the agent's own target (what it would run alone) is worth the SLO target, more is
-    worth nothing, and each replica short of it loses an equal share (a linear, concave ramp).
-    Why not the capacity model's curve itself: the agent's target already folds in what the curve
-    cannot see (the reactive loop's corrections from observed latencies, consolidation guards,
-    step limits that keep it from flapping), and a
-    steady-state curve is an S (enough replicas or none) that would starve an overloaded or
-    low-priority deployment completely in a shortage, although with fluctuating load partial
-    capacity still serves part of its traffic. Empty (no bid: the planner holds the pool) until
-    the agent has sized the pool once."""
+    These are the agent's capacity-model curves, whatever it runs now: a bid must say what each
+    count is worth, not what the agent happens to want this tick. (Bidding a ramp up to the
+    agent's own target was measured first: a starved agent's reactive loop raises its target to
+    the pool's maximum, which flattens the ramp and makes each replica it lacks look worth less
+    the more it is starved.) Empty (no bid: the planner holds the pool) until the agent has sized
+    the pool once."""
     if not pool.curve:
-        return []
-    top = len(pool.curve) - 1
-    wanted = min(pool.target, top)
-    if wanted == 0:
-        return [target_attainment] * (top + 1)
-    return [target_attainment * min(1.0, count / wanted) for count in range(top + 1)]
+        return [], []
+    mean = list(pool.curve)
+    upper = list(pool.curve_low) if len(pool.curve_low) == len(mean) else mean
+    return mean, upper
 
 
 def pool_report(
     pool: PoolDecision,
-    target_attainment: float,
     *,
     ready: int,
     starting: int = 0,
     draining: int = 0,
     pending: int = 0,
 ) -> PoolReport:
-    """One pool's report: its bid curve and replica counts."""
+    """One pool's report: its bid curves, what the agent would run alone, and replica counts."""
+    curve, pessimistic = bid_curves(pool)
     return PoolReport(
         role=pool.role,
         ready=ready,
         starting=starting,
         draining=draining,
         pending=pending,
-        curve=bid_curve(pool, target_attainment),
+        curve=curve,
+        pessimistic_curve=pessimistic,
         replica_capacity_rps=pool.replica_capacity_rps,
+        wanted_replicas=pool.wanted if curve else None,
     )
 
 

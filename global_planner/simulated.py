@@ -288,9 +288,9 @@ class GlobalPolicy(Policy):
             effective = self._io.run(self._exchange(record, observed))
             agent = self.agents[record.deployment]
             for pool in record.pools:
-                # The agent keeps planning as if alone: its own target is its bid, and the
-                # planner's grant is what runs.
+                # The grant is what runs, and the agent plans its next step from it.
                 count = effective.replicas.get(pool.role, agent.targets()[pool.role])
+                agent.granted(pool.role, count)
                 reason = f"global ({effective.source} #{effective.decision_id}): agent bid for {pool.target}"
                 targets.append(ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason))
             if effective.routing:
@@ -299,14 +299,13 @@ class GlobalPolicy(Policy):
 
     async def _exchange(self, record: AgentDecision, observed: dict) -> EffectiveTargets:
         client = self.clients[record.deployment]
-        target = self.agents[record.deployment].options.target_attainment
         reports = []
         for pool in record.pools:
             obs = observed.get((record.deployment, pool.role))
             # Before the first observation the agent knows only what it asked for.
             reports.append(
                 pool_report(
-                    pool, target,
+                    pool,
                     ready=obs.ready if obs else pool.current,
                     starting=obs.starting if obs else 0,
                     draining=obs.draining if obs else 0,

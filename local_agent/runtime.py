@@ -103,12 +103,11 @@ class AgentRuntime:
         """Report the step's demand to the planner and return what it (or the fallback) allows."""
         client = self._planner_client()
         assert client is not None and self.agent is not None
-        target = self.config.options.target_attainment
         reports = []
         for pool in decision.pools:
             counts = replicas.get(pool.role)
             reports.append(pool_report(
-                pool, target,
+                pool,
                 ready=counts.ready if counts is not None else pool.current,
                 starting=counts.starting if counts is not None else 0,
                 draining=counts.draining if counts is not None else 0,
@@ -121,8 +120,10 @@ class AgentRuntime:
             running = {p.role: p.in_use for p in reports}
             effective = effective_targets(None, client.floor, running, self.clock())
         self.last_effective = effective
-        # The agent keeps planning as if alone (its own target is its bid); the grant is what runs.
+        # The grant is what runs, and the agent plans its next step from it (its bid is its curves).
         granted = {pool.role: effective.replicas.get(pool.role, pool.target) for pool in decision.pools}
+        for role, count in granted.items():
+            self.agent.granted(role, count)
         log.info("planner (%s #%d) grants %s", effective.source, effective.decision_id, granted)
         return granted
 

@@ -16,6 +16,7 @@ from global_planner.allocation import (
     allocate_greedy,
 )
 from global_planner.allocation import solver as solver_module
+from global_planner.allocation.problem import routing_weights
 
 
 def _concave(capacity: float, points: int = 12) -> list[float]:
@@ -175,16 +176,37 @@ def test_minima_beyond_inventory_fall_back_by_priority() -> None:
     assert "below minimum" in result.reasons["b/agg"]
 
 
-def test_routing_weights_follow_capacity() -> None:
+def _routed(planned: dict[str, float], replicas: dict[str, int], capacity: dict[str, float]) -> dict[str, float]:
     pools = [
-        _pool("blue", endpoint="chat", curve=_concave(0.5), replica_capacity_rps=10.0),
-        _pool("green", endpoint="chat", curve=_concave(0.5), replica_capacity_rps=30.0),
+        _pool(name, endpoint="chat", demand_weight=planned[name], replica_capacity_rps=capacity[name]) for name in planned
     ]
-    result = allocate(AllocationRequest(pools=pools, inventory={"h100": 8}))
-    weights = result.routing_weights["chat"]
-    assert sum(weights.values()) == pytest.approx(1.0)
-    blue, green = result.replicas["blue/agg"] * 10.0, result.replicas["green/agg"] * 30.0
-    assert weights["green"] == pytest.approx(green / (blue + green))
+    return routing_weights(pools, {f"{name}/agg": count for name, count in replicas.items()})["chat"]
+
+
+def test_routing_follows_planned_load_when_capacity_carries_it() -> None:
+    # Both can carry their plan: the split is the plan, not the capacity (green has 3x the
+    # capacity but planned a quarter of the load; routing it more would overload what it sized).
+    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 4, "green": 2}, {"blue": 10.0, "green": 30.0})
+    assert weights == pytest.approx({"blue": 0.75, "green": 0.25})
+
+
+def test_routing_spills_what_a_deployment_cannot_carry_to_spare_capacity() -> None:
+    # blue planned 30 rps but was granted 10 rps of capacity: 20 rps spill to green's 50 spare.
+    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 2}, {"blue": 10.0, "green": 30.0})
+    assert weights == pytest.approx({"blue": 10.0 / 40.0, "green": 30.0 / 40.0})
+
+
+def test_routing_overloads_in_proportion_to_capacity_when_nothing_is_spare() -> None:
+    # 40 rps planned, 20 rps of capacity in all: each gets its capacity plus its share of the rest.
+    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 1}, {"blue": 10.0, "green": 10.0})
+    assert weights == pytest.approx({"blue": 0.5, "green": 0.5})
+    # No plan at all: by capacity; no capacity at all: evenly.
+    assert _routed({"blue": 0.0, "green": 0.0}, {"blue": 1, "green": 3}, {"blue": 10.0, "green": 10.0}) == pytest.approx(
+        {"blue": 0.25, "green": 0.75}
+    )
+    assert _routed({"blue": 5.0, "green": 5.0}, {"blue": 0, "green": 0}, {"blue": 10.0, "green": 10.0}) == pytest.approx(
+        {"blue": 0.5, "green": 0.5}
+    )
 
 
 def test_curve_validation() -> None:
@@ -272,3 +294,31 @@ def test_greedy_blocked_unit_still_uses_leftover_gpus() -> None:
     pools = [_pool("big", curve=_s_curve(8), demand_weight=5.0), _pool("small", curve=_concave(0.5))]
     result = allocate_greedy(AllocationRequest(pools=pools, inventory={"h100": 7}))
     assert sum(result.replicas.values()) == 7
+
+
+def test_step_limited_pool_climbs_the_foot_of_an_s_curve() -> None:
+    # Worth nothing below 4 replicas, everything at 4; max_step 2 per round from 0. Valued on the
+    # hull over its whole range, 2 replicas are half-way to the knee; judged only within the
+    # round's window [0, 2] they would look worthless and the pool could never start climbing.
+    pool = _pool("s", curve=[0.0, 0.0, 0.0, 0.0, 1.0], current_replicas=0)
+    request = AllocationRequest(
+        pools=[pool], inventory={"h100": 8}, overrides=[PoolOverride(selector="a/s", max_step=2)]
+    )
+    assert allocate(request).replicas["s/agg"] == 2
+    assert allocate(request.model_copy(update={"pools": [pool.model_copy(update={"current_replicas": 2})]})).replicas[
+        "s/agg"
+    ] == 4
+
+
+def test_guarantee_reserves_only_what_the_agent_wants() -> None:
+    # gold is guaranteed 3 GPUs but its agent wants 1 (2 replicas add 1% attainment); bronze's
+    # curve pays more for the other two. The guarantee must not hold GPUs gold does not want.
+    tenants = {"gold": TenantLimits(priority=1, guaranteed_gpus={"h100": 3}), "bronze": TenantLimits(priority=1)}
+    gold = _pool("g", tenant="gold", curve=[0.0, 0.99, 1.0, 1.0], wanted_replicas=1)
+    bronze = _pool("b", tenant="bronze", curve=[0.0, 0.5, 1.0])
+    result = allocate(AllocationRequest(pools=[gold, bronze], inventory={"h100": 3}, tenants=tenants))
+    assert result.replicas == {"g/agg": 1, "b/agg": 2}
+    # Without the agent's word, the guarantee covers the whole useful curve (here 2 replicas).
+    unsaid = gold.model_copy(update={"wanted_replicas": None})
+    result = allocate(AllocationRequest(pools=[unsaid, bronze], inventory={"h100": 3}, tenants=tenants))
+    assert result.replicas == {"g/agg": 2, "b/agg": 1}

@@ -68,8 +68,11 @@ def _scenario(tmp_path: Path, faults: dict | None = None, *, duration_s: float =
     return parse_scenario(data, base_dir=tmp_path)
 
 
-def _assert_safe(result: SimulationResult) -> None:
-    assert result.budget_violations == 0
+def _assert_safe(result: SimulationResult, *, targets_may_overcommit: bool = False) -> None:
+    """Targets within the inventory (unless a dead agent's pods outlive its lease: the planner
+    re-grants their GPUs, as documented in ``DropAgent``), GPUs held within it at every row."""
+    if not targets_may_overcommit:
+        assert result.budget_violations == 0
     held: dict[tuple[float, str], int] = collections.defaultdict(int)
     for row in result.timeline:
         held[(row.time_s, row.gpu_type)] += row.gpus
@@ -136,7 +139,7 @@ def test_dropped_agent_lease_lapses_and_its_gpus_go_elsewhere(tmp_path: Path, mo
     """``batch`` stops talking at 300 s. Its grant holds until the lease lapses, then only its
     floor stays reserved and ``chat`` (whose traffic rises at 420 s) gets the rest."""
     result, records = _run(tmp_path, {"drop_agent": {"deployment": "batch", "at_s": 300, "mode": mode}})
-    _assert_safe(result)
+    _assert_safe(result, targets_may_overcommit=mode == "dead")
 
     def pool(record, name):
         return next(d for d in record.deployments if d.deployment == name).pools[0]

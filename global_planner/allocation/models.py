@@ -106,6 +106,7 @@ class PoolDemand(_Strict):
     demand_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     pair_group: str | None = None
     replica_capacity_rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    wanted_replicas: int | None = Field(default=None, ge=0, description="what the agent would run alone")
 
     @field_validator("curve")
     @classmethod

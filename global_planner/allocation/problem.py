@@ -41,8 +41,8 @@ TenantType = tuple[str, str]
 class PoolPlan:
     """One pool after overrides: its bounds and the counts worth considering.
 
-    ``counts`` are the concave-hull replica counts in ``[lo, hi]`` (see :func:`_hull_counts`),
-    ascending, with ``values`` their scaled attainment, strictly increasing with concave steps.
+    ``counts`` are the replica counts of ``[lo, hi]`` worth considering (contiguous, see
+    :func:`_hull_counts`), with ``values`` their scaled attainment on the curve's concave hull.
     """
 
     pool: PoolDemand
@@ -59,7 +59,21 @@ class PoolPlan:
     scaled: tuple[int, ...] = ()
 
     def value_at(self, replicas: int) -> int:
-        """Scaled attainment at ``replicas`` (flat past the end of the curve)."""
+        """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
+        below the window, where only a fallback goes, the curve itself)."""
+        if replicas < self.counts[0]:
+            return self.curve_at(replicas)
+        return self.values[min(replicas - self.counts[0], len(self.values) - 1)]
+
+    def demand(self) -> int:
+        """Replicas the pool has real demand for, which is all a guarantee reserves: what its
+        agent would run alone, and never past the top of its value curve."""
+        top = self.counts[-1]
+        wanted = self.pool.wanted_replicas
+        return top if wanted is None else max(self.lo, min(top, wanted))
+
+    def curve_at(self, replicas: int) -> int:
+        """Scaled attainment the agent's curve gives ``replicas`` (flat past its end)."""
         scaled = self.scaled
         return scaled[replicas] if replicas < len(scaled) else scaled[-1]
 
@@ -137,22 +151,24 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _hull_counts(scaled: list[int], lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Replica counts on the upper concave hull of the scaled curve over ``[lo, hi]``, with values.
+def _hull_counts(
+    scaled: list[int], low: int, high: int, lo: int, hi: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The counts of ``[lo, hi]`` worth considering, valued on the upper concave hull of the
+    scaled curve over the pool's whole range ``[low, high]``.
 
-    Counts worth no more than a smaller count are dropped (they would hold GPUs without value),
-    and so are counts strictly below the hull — the foot of an S-shaped curve, where a pool cannot
-    yet carry its load. Keeping only hull vertices makes every pool's value concave in its
-    replicas: the model stays one integer per pool (no per-count booleans), the greedy becomes
-    a true marginal-gain greedy, and the value lost is bounded by what a partly-served pool on
-    the foot of its curve would have earned.
+    Valuing every count on the hull (the foot of an S-shaped curve, where a pool cannot yet carry
+    its load, is credited the chord to the knee) makes each pool's value concave in its replicas:
+    the model stays one integer per pool (no per-count booleans) and the greedy is a true
+    marginal-gain greedy. The hull spans the whole range, not this round's step-limited window:
+    a pool climbing towards its knee a few replicas per round sees each step as progress, or it
+    would never start. Counts past the hull's top (worth no more than a smaller count) are
+    dropped: they would hold GPUs without value. Returns contiguous counts from ``lo``.
     """
     last = len(scaled) - 1
-    if lo >= last:
-        return (lo,), (scaled[last],)
-    counts = [lo]
-    values = [scaled[lo]]
-    for k in range(lo + 1, min(hi, last) + 1):
+    counts = [low]
+    values = [scaled[min(low, last)]]
+    for k in range(low + 1, min(high, last) + 1):
         value = scaled[k]
         if value <= values[-1]:
             continue
@@ -164,7 +180,26 @@ def _hull_counts(scaled: list[int], lo: int, hi: int) -> tuple[tuple[int, ...], 
             values.pop()
         counts.append(k)
         values.append(value)
-    return tuple(counts), tuple(values)
+
+    # Every count of the window up to the hull's top, valued on the hull: a segment's rise is
+    # spread over its counts as evenly as integers allow, larger steps first (concave within it).
+    window_counts: list[int] = []
+    window_values: list[int] = []
+    for j in range(len(counts)):
+        if j == 0:
+            segment = [(counts[0], values[0])]
+        else:
+            c0, v0 = counts[j - 1], values[j - 1]
+            run, rise = counts[j] - c0, values[j] - v0
+            step, extra = divmod(rise, run)
+            segment = [(c0 + i, v0 + i * step + min(i, extra)) for i in range(1, run + 1)]
+        for count, value in segment:
+            if lo <= count <= hi:
+                window_counts.append(count)
+                window_values.append(value)
+    if not window_counts:  # lo is past the hull's top: worth the top, nothing above it is
+        return (lo,), (values[-1],)
+    return tuple(window_counts), tuple(window_values)
 
 
 def _step_bounds(pool: PoolDemand, max_step: int | None, low: int, high: int) -> tuple[int, int]:
@@ -253,7 +288,7 @@ def build_problem(request: AllocationRequest) -> Problem:
         if pool.gpu_type in relaxed or (pool.tenant, pool.gpu_type) in relaxed:
             lo = low
         scaled = flat[offsets[index] : offsets[index + 1]]
-        counts, values = _hull_counts(scaled, lo, hi)
+        counts, values = _hull_counts(scaled, low, high, lo, hi)
         plans.append(
             PoolPlan(
                 pool=pool,
@@ -279,7 +314,7 @@ def build_problem(request: AllocationRequest) -> Problem:
         key = (plan.pool.tenant, plan.pool.gpu_type)
         lo_type[plan.pool.gpu_type] += plan.lo * plan.pool.gpus_per_replica
         lo_tenant[key] += plan.lo * plan.pool.gpus_per_replica
-        usable[key] += plan.counts[-1] * plan.pool.gpus_per_replica
+        usable[key] += plan.demand() * plan.pool.gpus_per_replica
 
     wanted: dict[TenantType, int] = {}
     for name in tenant_priority:
@@ -319,24 +354,43 @@ def build_problem(request: AllocationRequest) -> Problem:
 
 
 def routing_weights(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Per endpoint, each deployment's traffic share in proportion to its allocated capacity.
+    """Per endpoint, each deployment's traffic share: the load it planned for, as far as its
+    allocated capacity carries it; what some cannot carry spills to those with spare capacity.
 
-    A deployment's capacity is its bottleneck pool's ``replicas * replica_capacity_rps`` (1 rps
-    per replica when unknown); an endpoint with no capacity at all splits evenly.
+    Routing by planned load (each deployment's ``demand_weight``, its forecast rate) rather than by
+    raw capacity keeps a deployment that was granted more than its plan from drawing more than it
+    was sized for — otherwise its latencies rise, its agent asks for more, it gets more traffic
+    again. A deployment's capacity is its bottleneck pool's ``replicas * replica_capacity_rps``
+    (1 rps per replica when unknown). An endpoint with no planned load splits by capacity, and
+    one with no capacity at all splits evenly.
     """
     capacity: dict[str, dict[str, float]] = defaultdict(dict)
+    planned: dict[str, dict[str, float]] = defaultdict(dict)
     for pool in pools:
         pool_capacity = replicas[pool.pool_id] * (pool.replica_capacity_rps or 1.0)
         previous = capacity[pool.endpoint].get(pool.deployment, pool_capacity)
         capacity[pool.endpoint][pool.deployment] = min(previous, pool_capacity)
+        planned[pool.endpoint][pool.deployment] = max(planned[pool.endpoint].get(pool.deployment, 0.0), pool.demand_weight)
     weights: dict[str, dict[str, float]] = {}
-    for endpoint, by_deployment in capacity.items():
-        total = sum(by_deployment.values())
-        names = sorted(by_deployment)
-        if total > 0:
-            weights[endpoint] = {name: by_deployment[name] / total for name in names}
+    for endpoint, caps in capacity.items():
+        names = sorted(caps)
+        load = sum(planned[endpoint].values())
+        total_capacity = sum(caps.values())
+        if load <= 0 or total_capacity <= 0:
+            share = caps if total_capacity > 0 else dict.fromkeys(names, 1.0)
         else:
-            weights[endpoint] = {name: 1.0 / len(names) for name in names}
+            share = {name: min(planned[endpoint][name], caps[name]) for name in names}
+            spill = load - sum(share.values())
+            spare = {name: caps[name] - share[name] for name in names}
+            room = sum(spare.values())
+            if spill > 0 and room > 0:
+                moved = min(spill, room)
+                share = {name: share[name] + moved * spare[name] / room for name in names}
+                spill -= moved
+            if spill > 0:  # more load than capacity anywhere: overload evenly per unit of capacity
+                share = {name: share[name] + spill * caps[name] / total_capacity for name in names}
+        total = sum(share.values())
+        weights[endpoint] = {name: share[name] / total for name in names}
     return weights
 
 
@@ -348,15 +402,15 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
         return f"below minimum {plan.lo}: {pool.gpu_type} inventory cannot hold every minimum"
     best = plan.counts[-1]
     if count >= best:
-        if best == plan.lo and plan.values[-1] == plan.value_at(plan.lo):
+        if best == plan.lo and plan.values[-1] == plan.curve_at(plan.lo):
             if plan.lo > 0 and plan.lo == plan.min_replicas:
                 return f"minimum {plan.lo}: no marginal value above it"
             if plan.max_step is not None and plan.lo > plan.min_replicas:
                 return f"scaling down by max_step {plan.max_step}: no marginal value"
             return "no marginal value"
-        if plan.max_step is not None and best == plan.hi < plan.max_replicas and plan.value_at(plan.hi + 1) > plan.values[-1]:
+        if plan.max_step is not None and best == plan.hi < plan.max_replicas and plan.curve_at(plan.hi + 1) > plan.values[-1]:
             return f"limited by max_step {plan.max_step}"
-        if best == plan.max_replicas and plan.value_at(best + 1) > plan.values[-1]:
+        if best == plan.max_replicas and plan.curve_at(best + 1) > plan.values[-1]:
             return f"at max_replicas {plan.max_replicas}"
         return "enough: curve saturated"
     step = pool.gpus_per_replica

@@ -111,6 +111,7 @@ def report_from_pb(request: pb.ReportRequest) -> AgentReport:
                 "curve": list(p.curve),
                 "pessimistic_curve": list(p.pessimistic_curve),
                 "replica_capacity_rps": _optional(p, "replica_capacity_rps"),
+                "wanted_replicas": _optional(p, "wanted_replicas"),
             }
             for i, p in enumerate(request.pools)
         ],
@@ -232,4 +233,6 @@ def _pool_report_to_pb(pool: PoolReport) -> pb.PoolReport:
     )
     if pool.replica_capacity_rps is not None:
         message.replica_capacity_rps = pool.replica_capacity_rps
+    if pool.wanted_replicas is not None:
+        message.wanted_replicas = pool.wanted_replicas
     return message

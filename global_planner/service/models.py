@@ -102,6 +102,7 @@ class PoolReport(_Boundary):
     curve: list[Attainment] = Field(default_factory=list, max_length=MAX_CURVE_POINTS)
     pessimistic_curve: list[Attainment] = Field(default_factory=list, max_length=MAX_CURVE_POINTS)
     replica_capacity_rps: float | None = Field(default=None, gt=0.0, le=MAX_RATE, allow_inf_nan=False)
+    wanted_replicas: Count | None = None
 
     @model_validator(mode="after")
     def _curves(self) -> PoolReport:

@@ -369,23 +369,15 @@ class PlannerState:
             for pool in dep.pools.values():
                 excess = pool.usage - (pool.grant if bidding else 0)
                 held[pool.spec.gpu_type] += excess * pool.spec.gpus_per_replica
-        endpoint_rps: dict[str, float] = defaultdict(float)
-        endpoint_members: dict[str, int] = defaultdict(int)
-        for dep in bidders:
-            rps = _demand_rps(dep.report)
-            endpoint_members[dep.endpoint] += 1
-            if rps is not None:
-                endpoint_rps[dep.endpoint] = max(endpoint_rps[dep.endpoint], rps)
         demands: list[PoolDemand] = []
         summaries: dict[str, DemandSummary] = {}
         for dep in sorted(bidders, key=lambda d: d.name):
             assert dep.report is not None
             rps = _demand_rps(dep.report)
-            weight = endpoint_rps[dep.endpoint] / endpoint_members[dep.endpoint] if rps is not None else 0.0
             reports = {p.role: p for p in dep.report.pools}
             paired = "prefill" in dep.pools and "decode" in dep.pools
             for role, pool in sorted(dep.pools.items()):
-                demand = _pool_demand(dep, role, pool, reports.get(role), weight if rps is not None else None, paired)
+                demand = _pool_demand(dep, role, pool, reports.get(role), rps, paired)
                 demands.append(demand)
                 summaries[demand.pool_id] = _summary(dep.report, reports.get(role), demand.demand_weight)
         request = None
@@ -632,6 +624,7 @@ def _pool_demand(
         demand_weight=weight,
         pair_group=dep.name if paired and role in ("prefill", "decode") else None,
         replica_capacity_rps=report.replica_capacity_rps if report is not None else None,
+        wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
     )
 
 

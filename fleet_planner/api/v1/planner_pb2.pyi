@@ -85,7 +85,7 @@ class Observed(_message.Message):
     def __init__(self, window_s: _Optional[float] = ..., admitted_rps: _Optional[float] = ..., ttft_p90_ms: _Optional[float] = ..., itl_p90_ms: _Optional[float] = ..., queued_requests: _Optional[float] = ...) -> None: ...
 
 class PoolReport(_message.Message):
-    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps")
+    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps", "wanted_replicas")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     STARTING_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class PoolReport(_message.Message):
     CURVE_FIELD_NUMBER: _ClassVar[int]
     PESSIMISTIC_CURVE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
+    WANTED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     role: PoolRole
     ready: int
     starting: int
@@ -102,7 +103,8 @@ class PoolReport(_message.Message):
     curve: _containers.RepeatedScalarFieldContainer[float]
     pessimistic_curve: _containers.RepeatedScalarFieldContainer[float]
     replica_capacity_rps: float
-    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ...) -> None: ...
+    wanted_replicas: int
+    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ..., wanted_replicas: _Optional[int] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("deployment", "session_id", "sequence", "agent_time_s", "applied_decision_id", "forecast", "observed", "pools")

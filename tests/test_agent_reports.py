@@ -1,0 +1,34 @@
+"""What an agent bids: its capacity model's curves and its own sizing, not its current target."""
+
+from __future__ import annotations
+
+from global_planner.agent_reports import bid_curves, pool_report
+from local_agent.models import DecisionReason, PoolDecision
+
+
+def _decision(**kw: object) -> PoolDecision:
+    fields: dict[str, object] = dict(
+        role="agg", current=2, wanted=5, target=5, reason=DecisionReason.REACTIVE_SLA,
+        curve=[0.0, 0.0, 0.6, 0.99, 1.0], curve_low=[0.0, 0.0, 0.2, 0.9, 0.99], replica_capacity_rps=8.0,
+    )
+    fields.update(kw)
+    return PoolDecision(**fields)
+
+
+def test_bid_is_the_model_curves_whatever_the_target() -> None:
+    # A starved agent's reactive loop pushes its target to the maximum; the bid must still say
+    # that 3 replicas carry the load (a ramp to the target would value them at 3/5).
+    for target in (3, 5, 12):
+        mean, upper = bid_curves(_decision(target=target, wanted=target))
+        assert mean == [0.0, 0.0, 0.6, 0.99, 1.0] and upper == [0.0, 0.0, 0.2, 0.9, 0.99]
+
+
+def test_report_carries_curves_and_wanted_replicas() -> None:
+    report = pool_report(_decision(), ready=2, starting=1)
+    assert report.curve[3] == 0.99 and report.pessimistic_curve[3] == 0.9
+    assert report.wanted_replicas == 5 and report.in_use == 3 and report.replica_capacity_rps == 8.0
+    # Not sized yet: no bid at all (the planner holds the pool), and no wanted count either.
+    empty = pool_report(_decision(curve=[], curve_low=[]), ready=1)
+    assert empty.curve == [] and empty.pessimistic_curve == [] and empty.wanted_replicas is None
+    # A mismatched pessimistic curve is replaced by the mean one rather than rejected.
+    assert bid_curves(_decision(curve_low=[0.0]))[1] == [0.0, 0.0, 0.6, 0.99, 1.0]

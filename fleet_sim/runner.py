@@ -99,6 +99,7 @@ class FleetSimulation:
             self.endpoint_deployments[self.endpoint_index[spec.endpoint]].append(index)
         self.outstanding = [0] * len(self.specs)
         self.routing_weights: dict[int, dict[int, float]] = {}
+        self._split_credit: dict[int, dict[int, float]] = {}  # smooth weighted round robin state
         self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
         self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
         self._replica_rps = self._nominal_capacities()
@@ -180,13 +181,26 @@ class FleetSimulation:
         return min(len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools)
 
     def _choose_deployment(self, endpoint: int) -> int:
+        """A policy's routing weights are a traffic split (smooth weighted round robin: each
+        deployment receives its share of arrivals, as a gateway's weighted split does); without
+        them the router joins the shortest queue per unit of ready capacity."""
         candidates = self.endpoint_deployments[endpoint]
         if len(candidates) == 1:
             return candidates[0]
         policy_weights = self.routing_weights.get(endpoint)
+        if policy_weights and sum(policy_weights.values()) > 0:
+            credit = self._split_credit.setdefault(endpoint, dict.fromkeys(candidates, 0.0))
+            total = 0.0
+            for deployment in candidates:
+                weight = policy_weights.get(deployment, 0.0)
+                credit[deployment] += weight
+                total += weight
+            best = max(candidates, key=lambda d: (credit[d], -d))
+            credit[best] -= total
+            return best
         best, best_score = -1, math.inf
         for deployment in candidates:
-            weight = policy_weights.get(deployment, 0.0) if policy_weights else self._capacity_weight(deployment)
+            weight = self._capacity_weight(deployment)
             if weight <= 0:
                 continue
             score = (self.outstanding[deployment] + 1) / weight

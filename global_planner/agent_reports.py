@@ -10,8 +10,8 @@ from local_agent.models import AgentDecision, PoolDecision
 
 
 def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
-    """A pool's bid: expected SLO attainment for each replica count 0..max, at the forecast's
-    mean load and at its upper quantile (the planner values the pool by their average).
+    """A pool's bid: SLO attainment for each replica count 0..max, expected over the forecast's
+    uncertainty (what the planner values the pool by) and at its upper quantile (for explain).
 
     These are the agent's capacity-model curves, whatever it runs now: a bid must say what each
     count is worth, not what the agent happens to want this tick. (Bidding a ramp up to the

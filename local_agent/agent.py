@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.forecast import make_predictor
+from local_agent.forecast.base import Forecast, normal_z
 from fleet_planner.perf import PerfModel
 from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
 from local_agent.perf_correction import CorrectedPerfModel
@@ -45,6 +46,7 @@ from local_agent.sizing import (
 R = DecisionReason
 RECENT_DECISIONS = 1024
 MAX_PREFIX_HIT = 0.9  # sizing never counts on more prefix-cache reuse than this
+EXPECTATION_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # equal-mass points of the forecast's distribution
 
 
 class AgentOptions(BaseModel):
@@ -120,6 +122,7 @@ class LocalAgent:
         self._started_s: float | None = None
         self.curves: dict[PoolRole, PoolCurve] = {}
         self.curves_low: dict[PoolRole, PoolCurve] = {}
+        self.expected: dict[PoolRole, list[float]] = {}
         self._forecast = None
         # Recent decisions only (bounded: a live agent runs for months; telemetry keeps history).
         self.decisions: deque[AgentDecision] = deque(maxlen=RECENT_DECISIONS)
@@ -267,7 +270,25 @@ class LocalAgent:
         self._forecast = forecast
         self.curves = self._curves_at(forecast.mean, lengths)
         self.curves_low = self._curves_at(forecast.upper, lengths)
+        self.expected = self._expected_attainment(forecast, lengths)
         return self._sized(self.curves_low)
+
+    def _expected_attainment(self, forecast: Forecast, lengths: tuple[Distribution, Distribution]) -> dict[PoolRole, list[float]]:
+        """Per pool, attainment for each replica count averaged over the forecast's uncertainty
+        (its Gaussian, read from mean and upper quantile, at ``EXPECTATION_QUANTILES``): what a
+        count is worth on average, which is what an arbiter weighing pools against each other
+        needs. (The mean's curve alone ignores the risk; the upper's alone counts a one-in-ten
+        load as certain, and in a shortage would take GPUs that others need for sure.)"""
+        spread = (forecast.upper - forecast.mean) / normal_z(forecast.quantile)
+        if spread <= 0:
+            return {role: list(curve.attainment) for role, curve in self.curves.items()}
+        total: dict[PoolRole, np.ndarray] = {}
+        for quantile in EXPECTATION_QUANTILES:
+            rate = forecast.mean + normal_z(quantile) * spread
+            curves = self._curves_at(rate, lengths) if quantile != 0.5 else self.curves
+            for role, curve in curves.items():
+                total[role] = total.get(role, 0.0) + np.asarray(curve.attainment, dtype=float)
+        return {role: list(values / len(EXPECTATION_QUANTILES)) for role, values in total.items()}
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, now_s: float, observations: list[PoolObservation] | None) -> AgentDecision:
@@ -498,7 +519,7 @@ class LocalAgent:
             detail=detail,
             estimated_ttft_ms=estimate[0],
             estimated_itl_ms=estimate[1],
-            curve=list(curve.attainment) if curve else [],
+            curve=self.expected.get(role, list(curve.attainment)) if curve else [],
             curve_low=list(curve_low.attainment) if curve_low else [],
         )
 

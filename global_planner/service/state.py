@@ -359,16 +359,21 @@ class PlannerState:
         )
 
     def begin_round(self, now: float) -> RoundInput:
-        """Snapshot the bids: live agents with reports bid; everyone else's usage is held."""
+        """Snapshot the bids: live agents with reports bid; everyone else's usage is held.
+
+        A bidder's draining replicas are not held off the budget: the allocation is the target
+        state once drains finish, and :meth:`settle` grants scale-ups only out of GPUs free now.
+        (Holding them too made every drain shrink the next round's budget, which cut other pools
+        to fit the same targets again: one scale-down cascaded into several, then re-grants.)"""
         self._expire(now)
         held: dict[str, int] = defaultdict(int)
         bidders = [dep for dep in self._deployments.values() if self._bidding(dep, now)]
         names = {dep.name for dep in bidders}
         for dep in self._deployments.values():
-            bidding = dep.name in names
+            if dep.name in names:
+                continue
             for pool in dep.pools.values():
-                excess = pool.usage - (pool.grant if bidding else 0)
-                held[pool.spec.gpu_type] += excess * pool.spec.gpus_per_replica
+                held[pool.spec.gpu_type] += pool.usage * pool.spec.gpus_per_replica
         demands: list[PoolDemand] = []
         summaries: dict[str, DemandSummary] = {}
         for dep in sorted(bidders, key=lambda d: d.name):
@@ -602,10 +607,7 @@ def _pool_demand(
     low = min(max(spec.min_replicas, spec.fallback_replicas), spec.max_replicas)
     curve: list[float]
     if report is not None and report.curve and weight is not None:
-        if report.pessimistic_curve:
-            curve = [(a + b) / 2 for a, b in zip(report.curve, report.pessimistic_curve, strict=True)]
-        else:
-            curve = list(report.curve)
+        curve = list(report.curve)  # expected attainment; the pessimistic curve is for explain
     else:
         curve, weight = [0.0], 0.0
         # Hold what it runs (its first grant may not exist yet): usage counts replicas reported.

@@ -4,7 +4,8 @@
 
 Each policy replays the same traffic (same seed); the oracle is clairvoyant and labelled so. Ratios
 are against the first policy named and against `oracle` when it is in the list. Also prints the
-number of scaling direction reversals per deployment-hour.
+number of scaling direction reversals per deployment-hour, per-tenant attainment and, when the
+scenario names a tenant policy file, the priority-weighted attainment.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
-from fleet_sim.outputs import write_outputs  # noqa: E402
+from fleet_sim.outputs import priority_weighted_attainment, summarize, write_outputs  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.scenario import load_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
+from global_planner.policy_file import load_policy_file  # noqa: E402
 
 
 def reversals_per_hour(result) -> dict[str, float]:
@@ -37,6 +39,10 @@ def reversals_per_hour(result) -> dict[str, float]:
         last_direction[key] = direction
     hours = result.duration_s / 3600.0
     return {name: count / hours for name, count in counts.items()}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def main() -> int:
@@ -63,17 +69,19 @@ def main() -> int:
             scenario = scenario.model_copy(update={"planner": planner})
         workload = build_workload(scenario)
         result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
-        if args.out:
-            summary = write_outputs(result, Path(args.out) / policy)
-        else:
-            from fleet_sim.outputs import summarize
-
-            summary = summarize(result)
+        summary = write_outputs(result, Path(args.out) / policy) if args.out else summarize(result)
+        policy_file = scenario.planner.options.get("policy_file")
+        priorities = (
+            {name: t.priority for name, t in load_policy_file(scenario.base_dir / policy_file).tenants.items()}
+            if policy_file else None
+        )
         rows[policy] = {
             "gpu_hours": summary["fleet"]["gpu_hours"],
             "slo_attainment": summary["fleet"]["slo_attainment"],
             "budget_violations": summary["fleet"]["budget_violations"],
             "clairvoyant": summary["clairvoyant"],
+            "tenants": {name: t["slo_attainment"] for name, t in summary["tenants"].items()},
+            "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
             "deployments": {
                 name: {
                     "slo_attainment": d["slo_attainment"],
@@ -95,9 +103,12 @@ def main() -> int:
         ratio_oracle = row["gpu_hours"] / rows["oracle"]["gpu_hours"] if "oracle" in rows and rows["oracle"]["gpu_hours"] else float("nan")
         label = policy + (" *" if row["clairvoyant"] else "")
         per = "; ".join(
-            f"{name} {d['slo_attainment'] * 100:.2f}% {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}" for name, d in row["deployments"].items()
+            f"{name} {_pct(d['slo_attainment'])} {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}" for name, d in row["deployments"].items()
         )
         print(f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}")
+        tenants = ", ".join(f"{name} {_pct(value)}" for name, value in row["tenants"].items())
+        weighted = f"; priority-weighted {_pct(row['priority_weighted'])}" if row["priority_weighted"] is not None else ""
+        print(f"{'':<14}tenants: {tenants}{weighted}")
     print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0
 

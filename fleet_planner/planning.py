@@ -113,6 +113,10 @@ class PoolObservation(_Frozen):
     )
     input_tokens: Distribution | None = None
     output_tokens: Distribution | None = None
+    endpoint_input_tokens: Distribution | None = Field(
+        default=None, description="lengths of the whole endpoint's requests (a gateway's view): what a pool without traffic of its own sizes on"
+    )
+    endpoint_output_tokens: Distribution | None = None
     ttft_ms: Distribution | None = None
     itl_ms: Distribution | None = None
     queued_requests: int | None = Field(default=None, ge=0)
@@ -142,10 +146,14 @@ class ReplicaTarget(_Frozen):
 
 class Decision(_Frozen):
     """A policy's output for one tick: targets for the pools it wants changed (or confirmed), and
-    optionally per-endpoint routing weights (deployment name -> share of the endpoint's traffic)."""
+    optionally per-endpoint routing weights (deployment name -> share of the endpoint's traffic)
+    and admission limits (requests/s an endpoint admits; the rest is shed at the gateway)."""
 
     targets: list[ReplicaTarget] = Field(default_factory=list)
     routing: dict[str, dict[str, float]] = Field(default_factory=dict)
+    admission: dict[str, float | None] = Field(
+        default_factory=dict, description="endpoint -> admitted requests/s; None lifts an earlier limit"
+    )
 
 
 class Policy(ABC):

@@ -100,6 +100,8 @@ class FleetSimulation:
         self.outstanding = [0] * len(self.specs)
         self.routing_weights: dict[int, dict[int, float]] = {}
         self._split_credit: dict[int, dict[int, float]] = {}  # smooth weighted round robin state
+        self._admission: dict[int, list[float]] = {}  # endpoint -> [rate, tokens, last refill time]
+        self.shed = 0
         self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
         self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
         self._replica_rps = self._nominal_capacities()
@@ -182,22 +184,25 @@ class FleetSimulation:
 
     def _choose_deployment(self, endpoint: int) -> int:
         """A policy's routing weights are a traffic split (smooth weighted round robin: each
-        deployment receives its share of arrivals, as a gateway's weighted split does); without
-        them the router joins the shortest queue per unit of ready capacity."""
+        deployment receives its share of arrivals, as a gateway's weighted split does), among
+        deployments with a ready replica (a gateway skips upstreams that fail health checks);
+        without weights the router joins the shortest queue per unit of ready capacity."""
         candidates = self.endpoint_deployments[endpoint]
         if len(candidates) == 1:
             return candidates[0]
         policy_weights = self.routing_weights.get(endpoint)
-        if policy_weights and sum(policy_weights.values()) > 0:
-            credit = self._split_credit.setdefault(endpoint, dict.fromkeys(candidates, 0.0))
-            total = 0.0
-            for deployment in candidates:
-                weight = policy_weights.get(deployment, 0.0)
-                credit[deployment] += weight
-                total += weight
-            best = max(candidates, key=lambda d: (credit[d], -d))
-            credit[best] -= total
-            return best
+        if policy_weights:
+            live = [d for d in candidates if policy_weights.get(d, 0.0) > 0 and self.entry_pool[d].ready]
+            if live:
+                credit = self._split_credit.setdefault(endpoint, dict.fromkeys(candidates, 0.0))
+                total = 0.0
+                for deployment in live:
+                    weight = policy_weights[deployment]
+                    credit[deployment] += weight
+                    total += weight
+                best = max(live, key=lambda d: (credit[d], -d))
+                credit[best] -= total
+                return best
         best, best_score = -1, math.inf
         for deployment in candidates:
             weight = self._capacity_weight(deployment)
@@ -224,8 +229,24 @@ class FleetSimulation:
         if entry.max_input_tokens is not None and reqs.input[request] > entry.max_input_tokens:
             reqs.rejected[request] = True
             return
+        if endpoint in self._admission and not self._admit(endpoint, now):
+            reqs.rejected[request] = True  # shed by the gateway (charged to where the split sent it)
+            self.shed += 1
+            return
         self.outstanding[deployment] += 1
         entry.submit(request, now)
+
+    def _admit(self, endpoint: int, now: float) -> bool:
+        """Token bucket at the policy's admission rate, one second of burst."""
+        bucket = self._admission[endpoint]
+        rate, tokens, last = bucket
+        tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
+        bucket[2] = now
+        if tokens >= 1.0:
+            bucket[1] = tokens - 1.0
+            return True
+        bucket[1] = tokens
+        return False
 
     def _on_complete(self, request: int, now: float) -> None:
         self.outstanding[self.sim.requests.deployment[request]] -= 1
@@ -233,8 +254,16 @@ class FleetSimulation:
     # ---- planning ticks ---------------------------------------------------------------------
     def _observe(self, now: float) -> FleetObservation:
         pools = []
+        endpoint_lengths: dict[int, tuple[Distribution | None, Distribution | None]] = {}
+        for index, members in enumerate(self.endpoint_deployments):
+            entries = [self.entry_pool[d].stats for d in members]
+            endpoint_lengths[index] = (
+                distribution([x for s in entries for x in s.input_tokens]),
+                distribution([x for s in entries for x in s.output_tokens]),
+            )
         for spec in self.specs:
             endpoint_admitted = self._endpoint_window[self.endpoint_index[spec.endpoint]]
+            endpoint_in, endpoint_out = endpoint_lengths[self.endpoint_index[spec.endpoint]]
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
                 stats = pool.stats
@@ -253,6 +282,8 @@ class FleetSimulation:
                         pending=pool.pending,
                         admitted=stats.admitted,
                         endpoint_admitted=endpoint_admitted if pool.entry_pool is pool else None,
+                        endpoint_input_tokens=endpoint_in if pool.entry_pool is pool else None,
+                        endpoint_output_tokens=endpoint_out if pool.entry_pool is pool else None,
                         input_tokens=distribution(stats.input_tokens),
                         output_tokens=distribution(stats.output_tokens),
                         ttft_ms=distribution(stats.ttft_ms),
@@ -324,6 +355,16 @@ class FleetSimulation:
                 raise ValueError(f"policy {self.policy.name} routed unknown endpoint {endpoint}")
             by_deployment = {i: float(weights.get(self.specs[i].name, 0.0)) for i in self.endpoint_deployments[index]}
             self.routing_weights[index] = by_deployment
+        for endpoint, rate in decision.admission.items():
+            index = self.endpoint_index.get(endpoint)
+            if index is None:
+                raise ValueError(f"policy {self.policy.name} limited unknown endpoint {endpoint}")
+            if rate is None:
+                self._admission.pop(index, None)
+            elif index in self._admission:
+                self._admission[index][0] = rate
+            else:
+                self._admission[index] = [rate, max(rate, 1.0), now]
         wanted: dict[str, int] = {}
         for pool in self.pools.values():
             wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + pool.target * pool.gpus_per_replica

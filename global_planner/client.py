@@ -61,6 +61,7 @@ class Lease(BaseModel):
     replicas: dict[str, int]
     fallback_at: float = Field(description="local time at which the agent must be back at its floor")
     routing: dict[str, float] = Field(default_factory=dict)
+    admission_rps: float | None = None
 
 
 class EffectiveTargets(BaseModel):
@@ -69,13 +70,14 @@ class EffectiveTargets(BaseModel):
     source: Literal["planner", "lease", "floor"]
     decision_id: int = 0
     routing: dict[str, float] = Field(default_factory=dict)
+    admission_rps: float | None = None
 
 
 def effective_targets(lease: Lease | None, floor: dict[str, int], reported: dict[str, int], now: float) -> EffectiveTargets:
     """What the agent may run at local time ``now`` without hearing from the planner."""
     if lease is not None and now < lease.fallback_at:
         return EffectiveTargets(replicas=dict(lease.replicas), source="lease", decision_id=lease.decision_id,
-                                routing=dict(lease.routing))
+                                routing=dict(lease.routing), admission_rps=lease.admission_rps)
     if lease is not None:
         replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
         return EffectiveTargets(replicas=replicas, source="floor", decision_id=lease.decision_id)
@@ -95,6 +97,7 @@ def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) 
         replicas={p.role: p.replicas for p in targets.pools},
         fallback_at=sent_at + remaining - drain_margin_s,
         routing=dict(targets.routing),
+        admission_rps=targets.admission_rps,
     )
 
 

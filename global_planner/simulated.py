@@ -283,6 +283,7 @@ class GlobalPolicy(Policy):
         observed = {(o.deployment, o.role): o for o in observation.pools} if observation is not None else {}
         targets: list[ReplicaTarget] = []
         routing: dict[str, dict[str, float]] = {}
+        admission: dict[str, float | None] = {}
         for record in records:
             spec = self.specs[record.deployment]
             effective = self._io.run(self._exchange(record, observed))
@@ -295,7 +296,9 @@ class GlobalPolicy(Policy):
                 targets.append(ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason))
             if effective.routing:
                 routing.setdefault(spec.endpoint, {}).update(effective.routing)
-        return Decision(targets=targets, routing=routing)
+            # Any member's answer sets the endpoint's limit (they come from the same round).
+            admission[spec.endpoint] = effective.admission_rps
+        return Decision(targets=targets, routing=routing, admission=admission)
 
     async def _exchange(self, record: AgentDecision, observed: dict) -> EffectiveTargets:
         client = self.clients[record.deployment]

@@ -150,17 +150,22 @@ class LocalAgent:
             self.predictor.observe(None)
             self._last_admission_s = now_s  # unknown traffic is not zero traffic: never counts as idle
             return None
-        if self.endpoint_share is not None and entry.endpoint_admitted is not None:
+        shared = self.endpoint_share is not None and entry.endpoint_admitted is not None
+        if shared:
             rate = entry.endpoint_admitted * self.endpoint_share / entry.window_s
         else:
             rate = entry.admitted / entry.window_s
         self.predictor.observe(rate)
         if self._started_s is None:
             self._started_s = now_s
-        if entry.admitted > 0:
+        if entry.admitted > 0 or (shared and entry.endpoint_admitted > 0):
+            # A deployment sharing its endpoint is busy while the endpoint is (scaled to zero, it
+            # gets no traffic of its own), and sizes on the endpoint's lengths until it has its own.
             self._last_admission_s = now_s
-            if entry.input_tokens is not None and entry.output_tokens is not None:
+            if entry.admitted > 0 and entry.input_tokens is not None and entry.output_tokens is not None:
                 self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
+            elif shared and entry.endpoint_input_tokens is not None and entry.endpoint_output_tokens is not None:
+                self._lengths.append((entry.endpoint_admitted, entry.endpoint_input_tokens, entry.endpoint_output_tokens))
         self._learn(pools)
         if entry.prefix_hit_rate is not None:
             self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))

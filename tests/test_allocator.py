@@ -16,7 +16,7 @@ from global_planner.allocation import (
     allocate_greedy,
 )
 from global_planner.allocation import solver as solver_module
-from global_planner.allocation.problem import routing_weights
+from global_planner.allocation.problem import EndpointPlan, endpoint_plans
 
 
 def _concave(capacity: float, points: int = 12) -> list[float]:
@@ -176,37 +176,46 @@ def test_minima_beyond_inventory_fall_back_by_priority() -> None:
     assert "below minimum" in result.reasons["b/agg"]
 
 
-def _routed(planned: dict[str, float], replicas: dict[str, int], capacity: dict[str, float]) -> dict[str, float]:
+def _plan(
+    planned: dict[str, float], replicas: dict[str, int], curve: list[float] | None = None, wanted: int | None = 2
+) -> EndpointPlan:
+    # Each deployment reaches its planned load at 2 replicas: k replicas carry planned * k / 2.
     pools = [
-        _pool(name, endpoint="chat", demand_weight=planned[name], replica_capacity_rps=capacity[name]) for name in planned
+        _pool(name, endpoint="chat", demand_weight=planned[name], curve=curve or [0.0, 0.5, 1.0], replica_capacity_rps=7.0,
+              wanted_replicas=wanted)
+        for name in planned
     ]
-    return routing_weights(pools, {f"{name}/agg": count for name, count in replicas.items()})["chat"]
+    return endpoint_plans(pools, {f"{name}/agg": count for name, count in replicas.items()})["chat"]
 
 
 def test_routing_follows_planned_load_when_capacity_carries_it() -> None:
-    # Both can carry their plan: the split is the plan, not the capacity (green has 3x the
-    # capacity but planned a quarter of the load; routing it more would overload what it sized).
-    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 4, "green": 2}, {"blue": 10.0, "green": 30.0})
-    assert weights == pytest.approx({"blue": 0.75, "green": 0.25})
+    # Both carry their plan: the split is the plan, not the capacity (blue was granted twice what
+    # its plan needs; routing by capacity would send it load it was not sized for).
+    plan = _plan({"blue": 30.0, "green": 10.0}, {"blue": 4, "green": 2})
+    assert plan.weights == pytest.approx({"blue": 0.75, "green": 0.25}) and plan.admission_rps is None
 
 
-def test_routing_spills_what_a_deployment_cannot_carry_to_spare_capacity() -> None:
-    # blue planned 30 rps but was granted 10 rps of capacity: 20 rps spill to green's 50 spare.
-    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 2}, {"blue": 10.0, "green": 30.0})
-    assert weights == pytest.approx({"blue": 10.0 / 40.0, "green": 30.0 / 40.0})
+def test_routing_spills_to_spare_capacity_and_sheds_what_nobody_carries() -> None:
+    # blue carries 15 of its 30 rps; green has 10 rps spare: 10 of blue's excess go there, and
+    # the last 5 rps are shed at the gateway instead of queueing behind everyone else.
+    plan = _plan({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 4})
+    assert plan.weights == pytest.approx({"blue": 15.0 / 35.0, "green": 20.0 / 35.0})
+    assert plan.admission_rps == pytest.approx(35.0)
+    # Nobody was granted less than its agent wants (here the agents asked for 1): the capacity
+    # estimate is not trusted over the agents' sizing, and nothing is shed.
+    assert _plan({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 4}, wanted=1).admission_rps is None
 
 
-def test_routing_overloads_in_proportion_to_capacity_when_nothing_is_spare() -> None:
-    # 40 rps planned, 20 rps of capacity in all: each gets its capacity plus its share of the rest.
-    weights = _routed({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 1}, {"blue": 10.0, "green": 10.0})
-    assert weights == pytest.approx({"blue": 0.5, "green": 0.5})
-    # No plan at all: by capacity; no capacity at all: evenly.
-    assert _routed({"blue": 0.0, "green": 0.0}, {"blue": 1, "green": 3}, {"blue": 10.0, "green": 10.0}) == pytest.approx(
-        {"blue": 0.25, "green": 0.75}
-    )
-    assert _routed({"blue": 5.0, "green": 5.0}, {"blue": 0, "green": 0}, {"blue": 10.0, "green": 10.0}) == pytest.approx(
-        {"blue": 0.5, "green": 0.5}
-    )
+def test_routing_without_plan_or_curve_falls_back_to_nominal_capacity() -> None:
+    # No planned load: split by capacity, admit everything.
+    plan = _plan({"blue": 0.0, "green": 0.0}, {"blue": 1, "green": 3})
+    assert plan.weights == pytest.approx({"blue": 0.25, "green": 0.75}) and plan.admission_rps is None
+    # Flat curves say nothing about capacity: the nominal replica_capacity_rps (7 rps) stands in.
+    plan = _plan({"blue": 21.0, "green": 7.0}, {"blue": 1, "green": 1}, curve=[0.0, 0.0, 0.0], wanted=3)
+    assert plan.weights == pytest.approx({"blue": 0.5, "green": 0.5}) and plan.admission_rps == pytest.approx(14.0)
+    # No capacity at all: an even split, and nothing is admitted.
+    plan = _plan({"blue": 5.0, "green": 5.0}, {"blue": 0, "green": 0})
+    assert plan.weights == pytest.approx({"blue": 0.5, "green": 0.5})
 
 
 def test_curve_validation() -> None:

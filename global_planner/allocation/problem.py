@@ -353,45 +353,82 @@ def build_problem(request: AllocationRequest) -> Problem:
     )
 
 
-def routing_weights(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Per endpoint, each deployment's traffic share: the load it planned for, as far as its
-    allocated capacity carries it; what some cannot carry spills to those with spare capacity.
+@dataclass(frozen=True)
+class EndpointPlan:
+    """How an endpoint's traffic is served: each deployment's share, and the admission limit
+    (requests/s) when the capacity allocated cannot carry the planned load (None otherwise)."""
 
-    Routing by planned load (each deployment's ``demand_weight``, its forecast rate) rather than by
-    raw capacity keeps a deployment that was granted more than its plan from drawing more than it
-    was sized for — otherwise its latencies rise, its agent asks for more, it gets more traffic
-    again. A deployment's capacity is its bottleneck pool's ``replicas * replica_capacity_rps``
-    (1 rps per replica when unknown). An endpoint with no planned load splits by capacity, and
-    one with no capacity at all splits evenly.
+    weights: dict[str, float]
+    admission_rps: float | None
+
+
+# A pool "reaches" its planned load at the first count worth this share of its curve's best.
+_REACH = 0.99
+
+
+def _sla_capacity(pool: PoolDemand, replicas: int) -> float:
+    """Requests/s ``replicas`` of ``pool`` carry at its SLO, read from its own curve: the planned
+    load (``demand_weight``) scaled by ``replicas`` over the count that reaches it. Without a
+    usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps per replica unknown)."""
+    curve = pool.curve
+    best = max(curve)
+    if pool.demand_weight > 0 and best > 0:
+        needed = next(k for k, value in enumerate(curve) if value >= _REACH * best)
+        if needed > 0:
+            return pool.demand_weight * replicas / needed
+    return replicas * (pool.replica_capacity_rps or 1.0)
+
+
+def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, EndpointPlan]:
+    """Per endpoint, each deployment's traffic share and whether excess traffic must be shed.
+
+    Each deployment receives the load it planned for (its ``demand_weight``) as far as its
+    allocated capacity carries it; what some cannot carry goes to those with spare capacity, and
+    what nobody can carry is *shed* (``admission_rps``) rather than queued: a queue fed faster
+    than it drains delays every request past its SLO, so an overloaded deployment would serve
+    almost nobody in time, while admitting only what fits serves that share fully — the value
+    the allocation credited a partly served pool with. Routing by planned load rather than raw
+    capacity keeps a deployment granted more than its plan from drawing traffic it was not sized
+    for. Capacity is a deployment's bottleneck pool's (see :func:`_sla_capacity`). Only endpoints
+    the allocation left short of what their agents want (``wanted_replicas``) shed.
     """
     capacity: dict[str, dict[str, float]] = defaultdict(dict)
     planned: dict[str, dict[str, float]] = defaultdict(dict)
+    cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
     for pool in pools:
-        pool_capacity = replicas[pool.pool_id] * (pool.replica_capacity_rps or 1.0)
-        previous = capacity[pool.endpoint].get(pool.deployment, pool_capacity)
-        capacity[pool.endpoint][pool.deployment] = min(previous, pool_capacity)
+        count = replicas[pool.pool_id]
+        value = _sla_capacity(pool, count)
+        capacity[pool.endpoint][pool.deployment] = min(capacity[pool.endpoint].get(pool.deployment, value), value)
         planned[pool.endpoint][pool.deployment] = max(planned[pool.endpoint].get(pool.deployment, 0.0), pool.demand_weight)
-    weights: dict[str, dict[str, float]] = {}
+        if pool.wanted_replicas is not None and count < pool.wanted_replicas:
+            cut.add(pool.endpoint)
+    plans: dict[str, EndpointPlan] = {}
     for endpoint, caps in capacity.items():
         names = sorted(caps)
         load = sum(planned[endpoint].values())
         total_capacity = sum(caps.values())
         if load <= 0 or total_capacity <= 0:
+            # No plan: split by capacity (evenly without any), admit everything.
             share = caps if total_capacity > 0 else dict.fromkeys(names, 1.0)
-        else:
-            share = {name: min(planned[endpoint][name], caps[name]) for name in names}
-            spill = load - sum(share.values())
-            spare = {name: caps[name] - share[name] for name in names}
-            room = sum(spare.values())
-            if spill > 0 and room > 0:
-                moved = min(spill, room)
-                share = {name: share[name] + moved * spare[name] / room for name in names}
-                spill -= moved
-            if spill > 0:  # more load than capacity anywhere: overload evenly per unit of capacity
-                share = {name: share[name] + spill * caps[name] / total_capacity for name in names}
+            total = sum(share.values())
+            plans[endpoint] = EndpointPlan({name: share[name] / total for name in names}, None)
+            continue
+        share = {name: min(planned[endpoint][name], caps[name]) for name in names}
+        spill = load - sum(share.values())
+        spare = {name: caps[name] - share[name] for name in names}
+        room = sum(spare.values())
+        if spill > 0 and room > 0:
+            moved = min(spill, room)
+            share = {name: share[name] + moved * spare[name] / room for name in names}
+            spill -= moved
         total = sum(share.values())
-        weights[endpoint] = {name: share[name] / total for name in names}
-    return weights
+        weights = {name: share[name] / total for name in names} if total > 0 else dict.fromkeys(names, 1.0 / len(names))
+        # Shed only where the allocation left a pool short of what its agent wants: an endpoint
+        # that got everything asked for keeps every request (its agent's sizing is trusted over
+        # this coarser capacity estimate).
+        short = endpoint in cut and spill > 1e-9 * load
+        plans[endpoint] = EndpointPlan(weights, total if short else None)
+    return plans
 
 
 def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room: dict[TenantType, int]) -> str:
@@ -478,7 +515,7 @@ def finish(
         tenant_gpus[tenant][gpu] = used
     return Allocation(
         replicas=by_pool,
-        routing_weights=routing_weights(problem.request.pools, by_pool),
+        routing_weights={e: p.weights for e, p in endpoint_plans(problem.request.pools, by_pool).items()},
         objective=problem.value(replicas) * problem.value_scale,
         best_bound=best_bound,
         gap=gap,

@@ -109,6 +109,8 @@ def explain(record: RoundRecord) -> str:
                 )
     for endpoint, weights in record.routing.items():
         lines.append(f"routing {endpoint}: " + ", ".join(f"{d} {w:.0%}" for d, w in weights.items()))
+    for endpoint, rate in record.admission_rps.items():
+        lines.append(f"admission {endpoint}: at most {rate:.2f} requests/s (capacity short of the planned load; the rest is shed)")
     return "\n".join(lines)
 
 

@@ -162,6 +162,7 @@ def targets_to_pb(targets: Targets) -> pb.Targets:
         pools=[pb.PoolTarget(role=ROLE_TO_PB[p.role], replicas=p.replicas, reason=p.reason) for p in targets.pools],
         endpoint=targets.endpoint,
         routing=[pb.RoutingWeight(deployment=name, weight=w) for name, w in sorted(targets.routing.items())],
+        admission_rps=targets.admission_rps,
     )
 
 
@@ -174,6 +175,7 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         pools=[{"role": ROLE_FROM_PB[p.role], "replicas": p.replicas, "reason": p.reason} for p in message.pools],
         endpoint=message.endpoint,
         routing={r.deployment: r.weight for r in message.routing},
+        admission_rps=message.admission_rps if message.HasField("admission_rps") else None,
     )
 
 

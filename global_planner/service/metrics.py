@@ -28,6 +28,10 @@ class ServiceMetrics:
         self.routing = Gauge(
             "fleet_planner_routing_weight", "Share of an endpoint's traffic routed to each deployment.",
             ["endpoint", "deployment"], registry=reg)
+        self.admission = Gauge(
+            "fleet_planner_admission_rps",
+            "Requests/s an endpoint may admit (set only while its allocated capacity is short of its planned load).",
+            ["endpoint"], registry=reg)
 
     def observe_round(self, round_: Round, state: PlannerState) -> None:
         self.rounds.labels(round_.record.status).inc()
@@ -45,3 +49,6 @@ class ServiceMetrics:
         for endpoint, weights in round_.routing.items():
             for deployment, weight in weights.items():
                 self.routing.labels(endpoint, deployment).set(weight)
+        self.admission.clear()
+        for endpoint, rate in round_.admission.items():
+            self.admission.labels(endpoint).set(rate)

@@ -175,6 +175,9 @@ class Targets(_Boundary):
     pools: list[PoolTarget] = Field(default_factory=list)
     endpoint: str = ""
     routing: dict[str, float] = Field(default_factory=dict)
+    admission_rps: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description="the endpoint admits at most this many requests/s; excess is shed"
+    )
 
 
 class DemandSummary(_Boundary):
@@ -231,4 +234,5 @@ class RoundRecord(_Boundary):
     committed_gpus: dict[str, int] = Field(description="granted + draining GPUs per type after the round")
     tenant_gpus: dict[str, dict[str, int]] = Field(description="committed GPUs per tenant and type")
     routing: dict[str, dict[str, float]] = Field(default_factory=dict)
+    admission_rps: dict[str, float] = Field(default_factory=dict, description="endpoints shedding load: admitted requests/s")
     deployments: list[DeploymentRecord]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, allocate
-from global_planner.allocation.problem import routing_weights
+from global_planner.allocation.problem import endpoint_plans
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.models import (
     AckApplied,
@@ -107,6 +107,7 @@ class _Deployment:
     decision_id: int = 0
     expired: bool = False
     routing: dict[str, float] = field(default_factory=dict)
+    admission_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Round:
     updates: dict[tuple[str, str], _PoolUpdate]
     leases: dict[str, float]
     routing: dict[str, dict[str, float]]
+    admission: dict[str, float]
     record: RoundRecord
     version: int
 
@@ -223,6 +225,7 @@ class PlannerState:
             pools=pools,
             endpoint=dep.endpoint,
             routing=dict(dep.routing),
+            admission_rps=dep.admission_rps,
         )
 
     # --------------------------------------------------------------- mutations
@@ -339,7 +342,7 @@ class PlannerState:
             if dep.expired or now < dep.lease_expires_s:
                 continue
             dep.expired = True
-            dep.routing = {}
+            dep.routing, dep.admission_rps = {}, None
             for pool in dep.pools.values():
                 kept = min(pool.spec.fallback_replicas, pool.usage)
                 pool.grant = pool.usage = kept
@@ -449,9 +452,11 @@ class PlannerState:
             leases[name] = now + self.lease_s
             granted[f"{name}/{role}"] = update.grant
             demand_pools.append(by_id[f"{name}/{role}"])
-        routing = routing_weights(demand_pools, granted) if demand_pools else {}
-        record = self._record(decision_id, now, allocation, round_input, updates, leases, routing, committed)
-        return Round(decision_id, now, allocation, updates, leases, routing, record, self._version)
+        plans = endpoint_plans(demand_pools, granted) if demand_pools else {}
+        routing = {endpoint: plan.weights for endpoint, plan in plans.items()}
+        admission = {endpoint: plan.admission_rps for endpoint, plan in plans.items() if plan.admission_rps is not None}
+        record = self._record(decision_id, now, allocation, round_input, updates, leases, routing, admission, committed)
+        return Round(decision_id, now, allocation, updates, leases, routing, admission, record, self._version)
 
     def commit(self, round_: Round) -> Round:
         """Put a settled (and persisted) round in force; nothing may have changed in between."""
@@ -467,6 +472,7 @@ class PlannerState:
             dep = self._deployments[name]
             dep.lease_expires_s, dep.expired, dep.decision_id = expires, False, round_.decision_id
             dep.routing = dict(round_.routing.get(dep.endpoint, {}))
+            dep.admission_rps = round_.admission.get(dep.endpoint)
         self._previous = {f"{n}/{r}": u.allocated for (n, r), u in round_.updates.items()}
         self.next_decision_id = round_.decision_id + 1
         self._version += 1
@@ -487,6 +493,7 @@ class PlannerState:
         updates: dict[tuple[str, str], _PoolUpdate],
         leases: dict[str, float],
         routing: dict[str, dict[str, float]],
+        admission: dict[str, float],
         committed: dict[str, int],
     ) -> RoundRecord:
         tenant_gpus: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -543,6 +550,7 @@ class PlannerState:
             committed_gpus=committed,
             tenant_gpus={t: dict(v) for t, v in sorted(tenant_gpus.items())},
             routing=routing,
+            admission_rps=admission,
             deployments=deployments,
         )
 

@@ -145,20 +145,22 @@ class RoutingWeight(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Targets(_message.Message):
-    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing")
+    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing", "admission_rps")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
     PLANNER_TIME_S_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_RPS_FIELD_NUMBER: _ClassVar[int]
     decision_id: int
     lease_expires_s: float
     planner_time_s: float
     pools: _containers.RepeatedCompositeFieldContainer[PoolTarget]
     endpoint: str
     routing: _containers.RepeatedCompositeFieldContainer[RoutingWeight]
-    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ...) -> None: ...
+    admission_rps: float
+    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., admission_rps: _Optional[float] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("targets",)

@@ -179,9 +179,10 @@ def test_minima_beyond_inventory_fall_back_by_priority() -> None:
 def _plan(
     planned: dict[str, float], replicas: dict[str, int], curve: list[float] | None = None, wanted: int | None = 2
 ) -> EndpointPlan:
-    # Each deployment reaches its planned load at 2 replicas: k replicas carry planned * k / 2.
+    # Each deployment reaches its planned load at 2 replicas (and 1 replica is past its knee, so
+    # saturated): k replicas carry planned * k / 2.
     pools = [
-        _pool(name, endpoint="chat", demand_weight=planned[name], curve=curve or [0.0, 0.5, 1.0], replica_capacity_rps=7.0,
+        _pool(name, endpoint="chat", demand_weight=planned[name], curve=curve or [0.0, 0.2, 1.0], replica_capacity_rps=7.0,
               wanted_replicas=wanted)
         for name in planned
     ]
@@ -204,6 +205,10 @@ def test_routing_spills_to_spare_capacity_and_sheds_what_nobody_carries() -> Non
     # Nobody was granted less than its agent wants (here the agents asked for 1): the capacity
     # estimate is not trusted over the agents' sizing, and nothing is shed.
     assert _plan({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 4}, wanted=1).admission_rps is None
+    # One replica half-way up a concave curve is slower, not saturated (it is at its knee), so
+    # nothing is shed; the split is the same.
+    concave = _plan({"blue": 30.0, "green": 10.0}, {"blue": 1, "green": 4}, curve=[0.0, 0.5, 1.0])
+    assert concave.admission_rps is None and concave.weights == pytest.approx(plan.weights)
 
 
 def test_routing_without_plan_or_curve_falls_back_to_nominal_capacity() -> None:

@@ -362,18 +362,21 @@ class EndpointPlan:
     admission_rps: float | None
 
 
-# A pool "reaches" its planned load at the first count worth this share of its curve's best.
+# A pool carries its planned load at the first count worth this share of its curve's best; it
+# saturates (the queue stops draining) around the curve's knee, half of its best.
 _REACH = 0.99
+_KNEE = 0.5
 
 
-def _sla_capacity(pool: PoolDemand, replicas: int) -> float:
-    """Requests/s ``replicas`` of ``pool`` carry at its SLO, read from its own curve: the planned
-    load (``demand_weight``) scaled by ``replicas`` over the count that reaches it. Without a
-    usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps per replica unknown)."""
+def _sla_capacity(pool: PoolDemand, replicas: int, reach: float = _REACH) -> float:
+    """Requests/s ``replicas`` of ``pool`` carry, read from its own curve: the planned load
+    (``demand_weight``) scaled by ``replicas`` over the count whose value reaches ``reach`` of the
+    curve's best. Without a usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps
+    per replica when unknown)."""
     curve = pool.curve
     best = max(curve)
     if pool.demand_weight > 0 and best > 0:
-        needed = next(k for k, value in enumerate(curve) if value >= _REACH * best)
+        needed = next(k for k, value in enumerate(curve) if value >= reach * best)
         if needed > 0:
             return pool.demand_weight * replicas / needed
     return replicas * (pool.replica_capacity_rps or 1.0)
@@ -393,12 +396,13 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
     the allocation left short of what their agents want (``wanted_replicas``) shed.
     """
     capacity: dict[str, dict[str, float]] = defaultdict(dict)
+    saturation: dict[str, dict[str, float]] = defaultdict(dict)
     planned: dict[str, dict[str, float]] = defaultdict(dict)
     cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
     for pool in pools:
         count = replicas[pool.pool_id]
-        value = _sla_capacity(pool, count)
-        capacity[pool.endpoint][pool.deployment] = min(capacity[pool.endpoint].get(pool.deployment, value), value)
+        for table, value in ((capacity, _sla_capacity(pool, count)), (saturation, _sla_capacity(pool, count, _KNEE))):
+            table[pool.endpoint][pool.deployment] = min(table[pool.endpoint].get(pool.deployment, value), value)
         planned[pool.endpoint][pool.deployment] = max(planned[pool.endpoint].get(pool.deployment, 0.0), pool.demand_weight)
         if pool.wanted_replicas is not None and count < pool.wanted_replicas:
             cut.add(pool.endpoint)
@@ -423,11 +427,14 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
             spill -= moved
         total = sum(share.values())
         weights = {name: share[name] / total for name in names} if total > 0 else dict.fromkeys(names, 1.0 / len(names))
-        # Shed only where the allocation left a pool short of what its agent wants: an endpoint
-        # that got everything asked for keeps every request (its agent's sizing is trusted over
-        # this coarser capacity estimate).
-        short = endpoint in cut and spill > 1e-9 * load
-        plans[endpoint] = EndpointPlan(weights, total if short else None)
+        # Shed only where the allocation left a pool short of what its agent wants (an endpoint
+        # that got everything asked for keeps every request: its agent's sizing is trusted over
+        # this coarser estimate), and only past the replicas' saturation (the curve's knee, not
+        # its 99% point): shedding is there to stop a queue that cannot drain, not to turn away
+        # requests that would merely be slower.
+        limit = max(total, sum(saturation[endpoint].values()))
+        short = endpoint in cut and spill > 1e-9 * load and limit < load
+        plans[endpoint] = EndpointPlan(weights, limit if short else None)
     return plans
 
 

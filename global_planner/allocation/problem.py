@@ -395,18 +395,25 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
     for. Capacity is a deployment's bottleneck pool's (see :func:`_sla_capacity`). Only endpoints
     the allocation left short of what their agents want (``wanted_replicas``) shed.
     """
+    by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
+    cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
+    for pool in pools:
+        by_endpoint[pool.endpoint].append(pool)
+        if pool.wanted_replicas is not None and replicas[pool.pool_id] < pool.wanted_replicas:
+            cut.add(pool.endpoint)
     capacity: dict[str, dict[str, float]] = defaultdict(dict)
     saturation: dict[str, dict[str, float]] = defaultdict(dict)
     planned: dict[str, dict[str, float]] = defaultdict(dict)
-    cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
-    for pool in pools:
-        count = replicas[pool.pool_id]
-        for table, value in ((capacity, _sla_capacity(pool, count)), (saturation, _sla_capacity(pool, count, _KNEE))):
-            table[pool.endpoint][pool.deployment] = min(table[pool.endpoint].get(pool.deployment, value), value)
-        planned[pool.endpoint][pool.deployment] = max(planned[pool.endpoint].get(pool.deployment, 0.0), pool.demand_weight)
-        if pool.wanted_replicas is not None and count < pool.wanted_replicas:
-            cut.add(pool.endpoint)
     plans: dict[str, EndpointPlan] = {}
+    for endpoint, members in by_endpoint.items():
+        if endpoint not in cut and len({pool.deployment for pool in members}) == 1:
+            plans[endpoint] = EndpointPlan({members[0].deployment: 1.0}, None)  # nothing to split or shed
+            continue
+        for pool in members:
+            count = replicas[pool.pool_id]
+            for table, value in ((capacity, _sla_capacity(pool, count)), (saturation, _sla_capacity(pool, count, _KNEE))):
+                table[endpoint][pool.deployment] = min(table[endpoint].get(pool.deployment, value), value)
+            planned[endpoint][pool.deployment] = max(planned[endpoint].get(pool.deployment, 0.0), pool.demand_weight)
     for endpoint, caps in capacity.items():
         names = sorted(caps)
         load = sum(planned[endpoint].values())

@@ -13,12 +13,12 @@ Value model (shared by the CP-SAT solver and the greedy fallback):
   also concave-preserving and linear in CP-SAT (``unit <= pool`` per pool, maximised).
 * A unit is worth ``priority * demand_weight * attainment``; for a pair the largest member
   coefficient is used (both pools carry the same requests).
-* Endpoints served by several deployments: each deployment's curve is computed by its agent at
-  the **full endpoint load**, and each deployment's ``demand_weight`` is its share of the
-  endpoint's weight. With capacity-proportional routing every deployment then receives at most
-  the load its curve assumes, so the summed value is a conservative (never optimistic) estimate
-  of the endpoint's attainment. The planner publishes routing weights proportional to the
-  capacity it allocated (``replicas * replica_capacity_rps``, bottleneck pool per deployment).
+* Endpoints served by several deployments: each deployment's agent plans for its share of the
+  endpoint's load, its curve is computed at that share and its ``demand_weight`` is that share's
+  rate, so the deployments' values add up to the endpoint's. The planner routes each deployment
+  the load it planned for as far as its allocation carries it and sheds what nobody can carry
+  (:func:`global_planner.allocation.problem.endpoint_plans`), so a partly served pool is served
+  the way its hull value assumes.
 """
 
 from __future__ import annotations

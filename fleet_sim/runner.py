@@ -101,7 +101,6 @@ class FleetSimulation:
         self.routing_weights: dict[int, dict[int, float]] = {}
         self._split_credit: dict[int, dict[int, float]] = {}  # smooth weighted round robin state
         self._admission: dict[int, list[float]] = {}  # endpoint -> [rate, tokens, last refill time]
-        self.shed = 0
         self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
         self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
         self._replica_rps = self._nominal_capacities()
@@ -231,7 +230,6 @@ class FleetSimulation:
             return
         if endpoint in self._admission and not self._admit(endpoint, now):
             reqs.rejected[request] = True  # shed by the gateway (charged to where the split sent it)
-            self.shed += 1
             return
         self.outstanding[deployment] += 1
         entry.submit(request, now)
@@ -254,8 +252,13 @@ class FleetSimulation:
     # ---- planning ticks ---------------------------------------------------------------------
     def _observe(self, now: float) -> FleetObservation:
         pools = []
+        # The endpoint's lengths matter only where several deployments share it (one alone has
+        # exactly its own entry pool's, already summarised below).
         endpoint_lengths: dict[int, tuple[Distribution | None, Distribution | None]] = {}
         for index, members in enumerate(self.endpoint_deployments):
+            if len(members) < 2:
+                endpoint_lengths[index] = (None, None)
+                continue
             entries = [self.entry_pool[d].stats for d in members]
             endpoint_lengths[index] = (
                 distribution([x for s in entries for x in s.input_tokens]),

@@ -2,9 +2,9 @@
 
 Formulation — one integer per pool, one per unit, linear constraints only:
 
-* Each pool's curve is pre-reduced to its upper concave hull over this round's replica range
-  (:func:`global_planner.allocation.problem._hull_counts`); ``replicas`` ranges over the hull
-  counts (an interval unless dominated or sub-hull counts were cut out).
+* Each pool's curve is pre-reduced to its upper concave hull over the pool's whole range, and
+  ``replicas`` ranges over this round's window of it
+  (:func:`global_planner.allocation.problem._hull_counts`: an interval, cut at the hull's top).
 * A unit (a lone pool, or a prefill/decode pair worth the ``min`` of its pools) gets one
   attainment variable bounded by every hull segment of every member:
   ``dx * unit <= v_j * dx + dy * (replicas - k_j)``. At a hull count the tightest segment is the
@@ -56,13 +56,8 @@ log = logging.getLogger(__name__)
 
 
 def _nearest(plan: PoolPlan, replicas: int) -> int:
-    return min(plan.counts, key=lambda k: (abs(k - replicas), k))
-
-
-def _domain(counts: tuple[int, ...]) -> cp_model.Domain:
-    if counts[-1] - counts[0] + 1 == len(counts):
-        return cp_model.Domain(counts[0], counts[-1])
-    return cp_model.Domain.from_values(counts)
+    """The candidate count nearest ``replicas`` (candidates are an interval)."""
+    return max(plan.counts[0], min(plan.counts[-1], replicas))
 
 
 class _Model:
@@ -75,7 +70,7 @@ class _Model:
         self.churn: list[cp_model.IntVar | None] = []
         for plan in problem.pools:
             counts = plan.counts
-            replicas = counts[0] if len(counts) == 1 else model.new_int_var_from_domain(_domain(counts), "")
+            replicas = counts[0] if len(counts) == 1 else model.new_int_var(counts[0], counts[-1], "")
             self.replicas.append(replicas)
             churn = None
             current = plan.pool.current_replicas

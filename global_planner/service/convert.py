@@ -175,7 +175,7 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         pools=[{"role": ROLE_FROM_PB[p.role], "replicas": p.replicas, "reason": p.reason} for p in message.pools],
         endpoint=message.endpoint,
         routing={r.deployment: r.weight for r in message.routing},
-        admission_rps=message.admission_rps if message.HasField("admission_rps") else None,
+        admission_rps=_optional(message, "admission_rps"),
     )
 
 

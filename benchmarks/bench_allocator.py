@@ -24,7 +24,7 @@ from time import perf_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from global_planner.allocation import (  # noqa: E402
+from global_planner.allocation import (
     Allocation,
     AllocationRequest,
     PoolDemand,
@@ -39,8 +39,7 @@ GPU_TYPES = ("h200", "h100", "a100")
 def _curve(load_rps: float, spread: float, capacity_rps: float, points: int) -> list[float]:
     """P(load <= capacity of k replicas) for a normal load: the attainment an agent would report."""
     return [
-        round(0.5 * (1 + math.erf((k * capacity_rps - load_rps) / (spread * math.sqrt(2)))), 4)
-        for k in range(points)
+        round(0.5 * (1 + math.erf((k * capacity_rps - load_rps) / (spread * math.sqrt(2)))), 4) for k in range(points)
     ]
 
 
@@ -81,9 +80,7 @@ def fleet_request(pools: int = 1000, seed: int = 0, tenants: int = 50, shortage:
             )
             key = (tenant, gpu_type)
             needed[key] = needed.get(key, 0) + saturate * gpus
-    inventory = {
-        gpu: int(shortage * sum(n for (_, g), n in needed.items() if g == gpu)) for gpu in GPU_TYPES
-    }
+    inventory = {gpu: int(shortage * sum(n for (_, g), n in needed.items() if g == gpu)) for gpu in GPU_TYPES}
     limits: dict[str, TenantLimits] = {}
     promised = dict.fromkeys(GPU_TYPES, 0)
     for name in names:
@@ -131,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-limit", type=float, default=0.2, help="time limit per allocate call, preparation included (s)")
+    parser.add_argument(
+        "--time-limit", type=float, default=0.2, help="time limit per allocate call, preparation included (s)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
 

@@ -55,7 +55,9 @@ def main() -> int:
     with open(args.measured, newline="") as handle:
         rows = matching_rows(profile, list(csv.DictReader(handle)))
     if not rows:
-        print(f"no measured rows match {profile.system}/{profile.backend}/tp{profile.tp}/{profile.model}", file=sys.stderr)
+        print(
+            f"no measured rows match {profile.system}/{profile.backend}/tp{profile.tp}/{profile.model}", file=sys.stderr
+        )
         return 1
     ttft_errors, tpot_errors = [], []
     for row in rows:

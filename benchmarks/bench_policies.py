@@ -51,7 +51,12 @@ def main() -> int:
     parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
     parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
     parser.add_argument("--out", help="write each policy's outputs under this folder")
-    parser.add_argument("--option", action="append", default=[], help="planner option KEY=JSON for every policy (e.g. predictor='\"arima\"')")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="planner option KEY=JSON for every policy (e.g. predictor='\"arima\"')",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -73,7 +78,8 @@ def main() -> int:
         policy_file = scenario.planner.options.get("policy_file")
         priorities = (
             {name: t.priority for name, t in load_policy_file(scenario.base_dir / policy_file).tenants.items()}
-            if policy_file else None
+            if policy_file
+            else None
         )
         rows[policy] = {
             "gpu_hours": summary["fleet"]["gpu_hours"],
@@ -97,17 +103,28 @@ def main() -> int:
         return 0
     first = args.policies[0]
     print(f"scenario {args.scenario}")
-    print(f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}  per deployment (attainment, GPU-h, reversals/h)")
+    print(
+        f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}  per deployment (attainment, GPU-h, reversals/h)"
+    )
     for policy, row in rows.items():
         ratio_first = row["gpu_hours"] / rows[first]["gpu_hours"] if rows[first]["gpu_hours"] else float("nan")
-        ratio_oracle = row["gpu_hours"] / rows["oracle"]["gpu_hours"] if "oracle" in rows and rows["oracle"]["gpu_hours"] else float("nan")
+        ratio_oracle = (
+            row["gpu_hours"] / rows["oracle"]["gpu_hours"]
+            if "oracle" in rows and rows["oracle"]["gpu_hours"]
+            else float("nan")
+        )
         label = policy + (" *" if row["clairvoyant"] else "")
         per = "; ".join(
-            f"{name} {_pct(d['slo_attainment'])} {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}" for name, d in row["deployments"].items()
+            f"{name} {_pct(d['slo_attainment'])} {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}"
+            for name, d in row["deployments"].items()
         )
-        print(f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}")
+        print(
+            f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}"
+        )
         tenants = ", ".join(f"{name} {_pct(value)}" for name, value in row["tenants"].items())
-        weighted = f"; priority-weighted {_pct(row['priority_weighted'])}" if row["priority_weighted"] is not None else ""
+        weighted = (
+            f"; priority-weighted {_pct(row['priority_weighted'])}" if row["priority_weighted"] is not None else ""
+        )
         print(f"{'':<14}tenants: {tenants}{weighted}")
     print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0

@@ -25,12 +25,12 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,12 +66,16 @@ def forecast_series() -> list[tuple[str, object, float, int]]:
     raw = read_trace(AZURE_TRACE, "azure")
     series.append(("azure conv 1x", rates_from_arrivals(raw.arrival_s, interval, azure.duration_s), interval, steps))
     workload = build_workload(azure)
-    series.append(("azure conv 4x", rates_from_arrivals(workload.arrival_s, interval, azure.duration_s), interval, steps))
+    series.append(
+        ("azure conv 4x", rates_from_arrivals(workload.arrival_s, interval, azure.duration_s), interval, steps)
+    )
     diurnal = load_scenario(DIURNAL)  # always the whole synthesised day
     interval, steps = float(diurnal.planner.interval_s), horizon_steps(diurnal)
     workload = build_workload(diurnal)
     for name, trace in workload.traces.items():
-        series.append((f"diurnal {name}", rates_from_arrivals(trace.arrival_s, interval, diurnal.duration_s), interval, steps))
+        series.append(
+            (f"diurnal {name}", rates_from_arrivals(trace.arrival_s, interval, diurnal.duration_s), interval, steps)
+        )
     return series
 
 
@@ -141,7 +145,11 @@ def run_simulations(predictors: list[str], diurnal_duration_s: float, which: lis
     for path, duration in plans:
         for predictor in predictors:
             rows.append(run_simulation(path, predictor, duration))
-            print(f"  simulate {rows[-1]['scenario']:30s} {predictor:15s} {rows[-1]['wall_s']:6.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  simulate {rows[-1]['scenario']:30s} {predictor:15s} {rows[-1]['wall_s']:6.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 

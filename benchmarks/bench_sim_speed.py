@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_sim.outputs import summarize  # noqa: E402
 from fleet_sim.scenario import parse_scenario  # noqa: E402
 from fleet_sim.simulate import run_scenario  # noqa: E402
-from fleet_sim.outputs import summarize  # noqa: E402
 
 
 def fleet_scenario(duration: str, rate_scale: float):
@@ -34,7 +34,12 @@ def fleet_scenario(duration: str, rate_scale: float):
                 "endpoint": f"endpoint-{index}",
                 "mode": "disagg",
                 "sla": {"ttft_ms": 500, "itl_ms": 30},
-                "trace": {"path": "traces/azure2023_conv.csv", "format": "azure", "rate_scale": rate_scale, "offset_s": 60 * index},
+                "trace": {
+                    "path": "traces/azure2023_conv.csv",
+                    "format": "azure",
+                    "rate_scale": rate_scale,
+                    "offset_s": 60 * index,
+                },
                 "pools": {"prefill": pool, "decode": pool},
             }
         )
@@ -60,9 +65,13 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     summary = summarize(result)
     requests = summary["fleet"]["requests"]
-    print(f"{requests} requests, {len(result.deployments)} disaggregated deployments, {result.duration_s:.0f} simulated s")
+    print(
+        f"{requests} requests, {len(result.deployments)} disaggregated deployments, {result.duration_s:.0f} simulated s"
+    )
     print(f"engine loop {result.wall_seconds:.2f} s, end to end (trace loading included) {elapsed:.2f} s")
-    print(f"simulated requests per wall-clock second: {requests / result.wall_seconds:,.0f} (engine loop), {requests / elapsed:,.0f} (end to end)")
+    print(
+        f"simulated requests per wall-clock second: {requests / result.wall_seconds:,.0f} (engine loop), {requests / elapsed:,.0f} (end to end)"
+    )
     print(f"SLO attainment {summary['fleet']['slo_attainment'] * 100:.2f}%")
     return 0
 

@@ -37,7 +37,9 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse, set up logging and run the chosen subcommand; bad input is one line and exit 2.
     Shared by every entry point (``fleet-planner`` and ``python -m global_planner.cli``)."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.run(args) or 0)
     except InputError as exc:

@@ -114,7 +114,8 @@ class PoolObservation(_Frozen):
     input_tokens: Distribution | None = None
     output_tokens: Distribution | None = None
     endpoint_input_tokens: Distribution | None = Field(
-        default=None, description="lengths of the whole endpoint's requests (a gateway's view): what a pool without traffic of its own sizes on"
+        default=None,
+        description="lengths of the whole endpoint's requests (a gateway's view): what a pool without traffic of its own sizes on",
     )
     endpoint_output_tokens: Distribution | None = None
     ttft_ms: Distribution | None = None
@@ -172,4 +173,3 @@ class Policy(ABC):
 
     def close(self) -> None:
         """Release what the policy holds (servers, threads); most hold nothing."""
-

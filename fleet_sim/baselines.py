@@ -26,7 +26,9 @@ SIZING_WINDOW_S = 60.0  # load is measured over 1-minute windows, like a request
 MAX_LENGTH_SAMPLE = 1500  # requests per window kept as the length distribution
 
 
-def fit_to_inventory(targets: dict[tuple[str, str], int], specs: list[DeploymentSpec], inventory: dict[str, int]) -> dict[tuple[str, str], int]:
+def fit_to_inventory(
+    targets: dict[tuple[str, str], int], specs: list[DeploymentSpec], inventory: dict[str, int]
+) -> dict[tuple[str, str], int]:
     """Shrink targets of any over-subscribed GPU type, largest pools first, never below their minimum."""
     fitted = dict(targets)
     pool_specs = {(spec.name, role): pool for spec in specs for role, pool in spec.pools.items()}
@@ -111,10 +113,14 @@ class StaticPolicy(Policy):
 class StaticPeakPolicy(Policy):
     name = "static-peak"
 
-    def __init__(self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]):
+    def __init__(
+        self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]
+    ):
         super().__init__(deployments, tick_s)
         wanted = {
-            (spec.name, role): _clamp(spec, role, needs.peak((spec.name, role))) for spec in deployments for role in spec.pools
+            (spec.name, role): _clamp(spec, role, needs.peak((spec.name, role)))
+            for spec in deployments
+            for role in spec.pools
         }
         self.targets = fit_to_inventory(wanted, deployments, inventory)
 
@@ -131,7 +137,9 @@ class OraclePolicy(Policy):
     name = "oracle"
     clairvoyant = True
 
-    def __init__(self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]):
+    def __init__(
+        self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]
+    ):
         super().__init__(deployments, tick_s)
         self.needs = needs
         self.inventory = inventory

@@ -45,7 +45,7 @@ class EngineKnobs:
 class Requests:
     """Per-request state as parallel Python lists (fast scalar access; grows for closed loops)."""
 
-    __slots__ = ("arrival", "input", "output", "endpoint", "deployment", "t_first", "t_finish", "rejected", "hashes")
+    __slots__ = ("arrival", "deployment", "endpoint", "hashes", "input", "output", "rejected", "t_finish", "t_first")
 
     def __init__(self) -> None:
         self.arrival: list[float] = []
@@ -79,8 +79,16 @@ class PoolStats:
     """Per-interval accumulators a pool fills while running; read and reset at each collection."""
 
     __slots__ = (
-        "admitted", "input_tokens", "output_tokens", "ttft_ms", "itl_ms", "iterations", "iteration_s", "tokens",
-        "prefix_hit_tokens", "prefill_input_tokens",
+        "admitted",
+        "input_tokens",
+        "iteration_s",
+        "iterations",
+        "itl_ms",
+        "output_tokens",
+        "prefill_input_tokens",
+        "prefix_hit_tokens",
+        "tokens",
+        "ttft_ms",
     )
 
     def __init__(self) -> None:
@@ -104,10 +112,28 @@ class Replica:
     continuous batch; aggregated replicas mix prefill chunks into decode iterations."""
 
     __slots__ = (
-        "pool", "state", "created_at", "ready_at",
-        "prefill_queue", "queued_prefill_tokens", "busy", "plan", "iter_dt",
-        "counter", "rate", "t_last", "finish_heap", "batch", "context_sum",
-        "kv_reserved", "wait_queue", "epoch", "load", "start_pending", "due", "prefix_cache",
+        "batch",
+        "busy",
+        "context_sum",
+        "counter",
+        "created_at",
+        "due",
+        "epoch",
+        "finish_heap",
+        "iter_dt",
+        "kv_reserved",
+        "load",
+        "plan",
+        "pool",
+        "prefill_queue",
+        "prefix_cache",
+        "queued_prefill_tokens",
+        "rate",
+        "ready_at",
+        "start_pending",
+        "state",
+        "t_last",
+        "wait_queue",
     )
 
     def __init__(self, pool: Pool, now: float):
@@ -274,7 +300,9 @@ class Pool:
         """A request timed out while queued: the frontend gave up on it (counted as rejected)."""
         reqs = self.sim.requests
         if replica is not None:
-            replica.load -= reqs.input[request] if self.role == "prefill" else reqs.input[request] + reqs.output[request]
+            replica.load -= (
+                reqs.input[request] if self.role == "prefill" else reqs.input[request] + reqs.output[request]
+            )
             if kv_reserved:
                 replica.kv_reserved -= reqs.input[request] + reqs.output[request]
         reqs.rejected[request] = True
@@ -433,7 +461,9 @@ class Pool:
         if self.role == "prefill":
             for request in done:
                 replica.load -= reqs.input[request]
-                self.sim.schedule(now + reqs.input[request] * self.kv_transfer_s_per_token, EV_KV_ARRIVE, request, self.next_pool)
+                self.sim.schedule(
+                    now + reqs.input[request] * self.kv_transfer_s_per_token, EV_KV_ARRIVE, request, self.next_pool
+                )
         else:
             self._finish_due(replica, now)
             for request in done:
@@ -608,8 +638,8 @@ class Simulator:
 
     def __init__(self, inventory: dict[str, int], end_s: float):
         self.inventory = dict(inventory)
-        self.gpus_in_use = {gpu: 0 for gpu in inventory}
-        self.max_gpus_in_use = {gpu: 0 for gpu in inventory}
+        self.gpus_in_use = dict.fromkeys(inventory, 0)
+        self.max_gpus_in_use = dict.fromkeys(inventory, 0)
         self.end_s = end_s
         self.now = 0.0
         self.requests = Requests()

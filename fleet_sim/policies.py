@@ -25,11 +25,15 @@ def _static(scenario, workload: Workload) -> Policy:
 
 
 def _static_peak(scenario, workload: Workload) -> Policy:
-    return StaticPeakPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
+    return StaticPeakPolicy(
+        scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus)
+    )
 
 
 def _oracle(scenario, workload: Workload) -> Policy:
-    return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus))
+    return OraclePolicy(
+        scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus)
+    )
 
 
 def _agent_options(scenario, ignore: tuple[str, ...] = ()):
@@ -45,7 +49,9 @@ def _agent_options(scenario, ignore: tuple[str, ...] = ()):
 def _local(scenario, workload: Workload) -> Policy:
     from local_agent.simulated import LocalAgentsPolicy
 
-    return LocalAgentsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario, ignore=ARBITER_OPTIONS))
+    return LocalAgentsPolicy(
+        scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario, ignore=ARBITER_OPTIONS)
+    )
 
 
 def _fcfs(scenario, workload: Workload) -> Policy:
@@ -87,5 +93,7 @@ def make_policy(scenario, workload: Workload) -> Policy:
     name = scenario.planner.policy
     factory = POLICIES.get(name)
     if factory is None:
-        raise InputError(f"policy {name!r} is not available (known: {', '.join(sorted(POLICIES))})", field="planner.policy")
+        raise InputError(
+            f"policy {name!r} is not available (known: {', '.join(sorted(POLICIES))})", field="planner.policy"
+        )
     return factory(scenario, workload)

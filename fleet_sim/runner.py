@@ -179,7 +179,9 @@ class FleetSimulation:
 
     def _capacity_weight(self, deployment: int) -> float:
         spec = self.specs[deployment]
-        return min(len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools)
+        return min(
+            len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools
+        )
 
     def _choose_deployment(self, endpoint: int) -> int:
         """A policy's routing weights are a traffic split (smooth weighted round robin: each
@@ -211,7 +213,9 @@ class FleetSimulation:
             if score < best_score:
                 best, best_score = deployment, score
         if best < 0:  # nothing ready anywhere: queue where capacity is coming
-            best = max(candidates, key=lambda d: sum(self.pools[(self.specs[d].name, r)].target for r in self.specs[d].pools))
+            best = max(
+                candidates, key=lambda d: sum(self.pools[(self.specs[d].name, r)].target for r in self.specs[d].pools)
+            )
         return best
 
     def _on_arrival(self, request: int, now: float) -> None:
@@ -291,7 +295,8 @@ class FleetSimulation:
                         output_tokens=distribution(stats.output_tokens),
                         ttft_ms=distribution(stats.ttft_ms),
                         itl_ms=distribution(stats.itl_ms),
-                        queued_requests=len(pool.queue) + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
+                        queued_requests=len(pool.queue)
+                        + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
                         queued_prefill_tokens=float(sum(r.queued_prefill_tokens for r in replicas)),
                         active_kv_tokens=float(sum(r.kv_reserved for r in replicas)) if role != "prefill" else None,
                         kv_capacity_tokens=float(pool.max_kv * len(replicas)) if role != "prefill" else None,

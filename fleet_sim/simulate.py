@@ -19,7 +19,9 @@ def run_scenario(scenario) -> SimulationResult:
     return FleetSimulation(scenario, workload, policy).run()
 
 
-def simulate_scenario(path: str | Path, out_dir: Path, *, overrides: dict | None = None, progress: bool = False) -> dict:
+def simulate_scenario(
+    path: str | Path, out_dir: Path, *, overrides: dict | None = None, progress: bool = False
+) -> dict:
     scenario = load_scenario(path, overrides=overrides)
     workload = build_workload(scenario)
     policy = make_policy(scenario, workload)

@@ -79,7 +79,11 @@ def build_workload(scenario) -> Workload:
     arrival = np.concatenate([traces[n].arrival_s for n in names]) if names else np.zeros(0)
     inputs = np.concatenate([traces[n].input_tokens for n in names]) if names else np.zeros(0, np.int64)
     outputs = np.concatenate([traces[n].output_tokens for n in names]) if names else np.zeros(0, np.int64)
-    endpoint = np.concatenate([np.full(len(traces[n]), i, np.int32) for i, n in enumerate(names)]) if names else np.zeros(0, np.int32)
+    endpoint = (
+        np.concatenate([np.full(len(traces[n]), i, np.int32) for i, n in enumerate(names)])
+        if names
+        else np.zeros(0, np.int32)
+    )
     order = np.argsort(arrival, kind="stable")
     hash_ids = None
     if any(traces[n].hash_ids is not None for n in names):

@@ -31,8 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the global planner (gRPC, periodic allocation rounds)")
     serve.add_argument("--policy", required=True, help="tenant policy YAML (reloaded on change)")
     serve.add_argument("--listen", required=True, help="HOST:PORT to serve gRPC on (port 0 picks one)")
-    serve.add_argument("--state-dir", default="planner-state", help="audit log folder (decisions.jsonl); resumed on restart")
-    serve.add_argument("--tokens", help="YAML: token -> {deployment, tenant}; without it any caller may act for any deployment")
+    serve.add_argument(
+        "--state-dir", default="planner-state", help="audit log folder (decisions.jsonl); resumed on restart"
+    )
+    serve.add_argument(
+        "--tokens", help="YAML: token -> {deployment, tenant}; without it any caller may act for any deployment"
+    )
     serve.add_argument("--round-s", type=float, default=5.0, help="seconds between allocation rounds")
     serve.add_argument("--lease-s", type=float, default=30.0, help="lease length of a grant")
     serve.add_argument("--time-limit-s", type=float, default=0.2, help="CP-SAT time limit per round")
@@ -74,11 +78,17 @@ def _serve(args: argparse.Namespace) -> int:
     from global_planner.service.state import PlannerState
 
     _host_port(args.listen, "--listen")
-    for flag, value in (("--round-s", args.round_s), ("--lease-s", args.lease_s), ("--time-limit-s", args.time_limit_s)):
+    for flag, value in (
+        ("--round-s", args.round_s),
+        ("--lease-s", args.lease_s),
+        ("--time-limit-s", args.time_limit_s),
+    ):
         if not value > 0:
             raise InputError(f"must be > 0 (got {value})", field=flag)
     if args.lease_s <= 2 * args.round_s:
-        raise InputError(f"must exceed twice --round-s ({args.round_s}) or leases lapse between rounds", field="--lease-s")
+        raise InputError(
+            f"must exceed twice --round-s ({args.round_s}) or leases lapse between rounds", field="--lease-s"
+        )
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InputError("--tls-cert and --tls-key go together", field="--tls-cert")
     registry = CollectorRegistry()
@@ -87,12 +97,17 @@ def _serve(args: argparse.Namespace) -> int:
     if auth is None:
         log.warning("no --tokens: any caller may act for any deployment (insecure; tests and demos only)")
     credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    state = PlannerState(watcher.policy, lease_s=args.lease_s, report_interval_s=args.round_s, time_limit_s=args.time_limit_s)
+    state = PlannerState(
+        watcher.policy, lease_s=args.lease_s, report_interval_s=args.round_s, time_limit_s=args.time_limit_s
+    )
     previous = last_record(Path(args.state_dir) / AUDIT_FILE)
     if previous is not None:
         state.restore(previous)
-        log.info("resumed after decision %d: %d deployment(s) held until they report", previous.decision_id,
-                 len(previous.deployments))
+        log.info(
+            "resumed after decision %d: %d deployment(s) held until they report",
+            previous.decision_id,
+            len(previous.deployments),
+        )
     if args.metrics:
         host, port = _host_port(args.metrics, "--metrics")
         start_http_server(port, addr=host, registry=registry)

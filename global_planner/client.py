@@ -73,11 +73,18 @@ class EffectiveTargets(BaseModel):
     admission_rps: float | None = None
 
 
-def effective_targets(lease: Lease | None, floor: dict[str, int], reported: dict[str, int], now: float) -> EffectiveTargets:
+def effective_targets(
+    lease: Lease | None, floor: dict[str, int], reported: dict[str, int], now: float
+) -> EffectiveTargets:
     """What the agent may run at local time ``now`` without hearing from the planner."""
     if lease is not None and now < lease.fallback_at:
-        return EffectiveTargets(replicas=dict(lease.replicas), source="lease", decision_id=lease.decision_id,
-                                routing=dict(lease.routing), admission_rps=lease.admission_rps)
+        return EffectiveTargets(
+            replicas=dict(lease.replicas),
+            source="lease",
+            decision_id=lease.decision_id,
+            routing=dict(lease.routing),
+            admission_rps=lease.admission_rps,
+        )
     if lease is not None:
         replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
         return EffectiveTargets(replicas=replicas, source="floor", decision_id=lease.decision_id)

@@ -33,7 +33,9 @@ class FcfsGatekeeper:
         self.rejections = 0
 
     def used(self, gpu_type: str) -> int:
-        return sum(count * self._shape[key][1] for key, count in self.granted.items() if self._shape[key][0] == gpu_type)
+        return sum(
+            count * self._shape[key][1] for key, count in self.granted.items() if self._shape[key][0] == gpu_type
+        )
 
     def process(self, requests: list[PoolRequest]) -> dict[tuple[str, str], int]:
         """Apply one round of requests in arrival order; returns the granted count of every pool."""

@@ -46,7 +46,9 @@ from local_agent.simulated import build_agents, reason_text, step_agents
 class FcfsPolicy(Policy):
     name = "fcfs"
 
-    def __init__(self, deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions, inventory: dict[str, int]):
+    def __init__(
+        self, deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions, inventory: dict[str, int]
+    ):
         super().__init__(deployments, tick_s)
         self.agents = build_agents(deployments, tick_s, options)
         self.specs = {spec.name: spec for spec in deployments}
@@ -80,7 +82,9 @@ class FcfsPolicy(Policy):
                 count = granted[(record.deployment, pool.role)]
                 agent.granted(pool.role, count)
                 reason = reason_text(pool) if count == pool.target else f"fcfs: rejected {pool.target}, kept {count}"
-                targets.append(ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason))
+                targets.append(
+                    ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason)
+                )
         return Decision(targets=targets)
 
 
@@ -168,7 +172,11 @@ class GlobalPolicy(Policy):
         self.agents = build_agents(deployments, tick_s, options)
         self.specs = {spec.name: spec for spec in deployments}
         self.faults = faults if faults is not None and faults != PlannerFaults() else None
-        if self.faults is not None and self.faults.drop_agent is not None and self.faults.drop_agent.deployment not in self.specs:
+        if (
+            self.faults is not None
+            and self.faults.drop_agent is not None
+            and self.faults.drop_agent.deployment not in self.specs
+        ):
             raise ValueError(f"faults.drop_agent.deployment: no deployment {self.faults.drop_agent.deployment!r}")
         self.now = 0.0
         self._clock = lambda: self.now  # the simulated clock, shared by planner and clients
@@ -192,7 +200,10 @@ class GlobalPolicy(Policy):
         self.port = self.port_bound
         token_of = {identity.deployment: token for token, identity in tokens.items()}
         target = f"127.0.0.1:{self.port}"
-        self.clients = {spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self._clock)) for spec in deployments}
+        self.clients = {
+            spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self._clock))
+            for spec in deployments
+        }
         self.rounds = 0
         self.restarts = 0
         self._restarts_due = sorted(self.faults.planner_restart_at_s) if self.faults is not None else []
@@ -213,7 +224,11 @@ class GlobalPolicy(Policy):
                 state.restore(previous)  # what ``fleet-planner serve`` does on start
             audit = AuditLog(self._state_dir)
         server = PlannerServer(
-            state, auth=self._auth, metrics=ServiceMetrics(CollectorRegistry()), audit=audit, round_s=self.tick_s,
+            state,
+            auth=self._auth,
+            metrics=ServiceMetrics(CollectorRegistry()),
+            audit=audit,
+            round_s=self.tick_s,
             clock=self._clock,
         )
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
@@ -228,8 +243,11 @@ class GlobalPolicy(Policy):
     async def _client(spec: DeploymentSpec, target: str, token: str, clock) -> PlannerClient:
         pools = [
             PoolRegistration(
-                role=role, gpu_type=pool.gpu_type, gpus_per_replica=pool.gpus_per_replica,
-                min_replicas=pool.min_replicas, max_replicas=pool.max_replicas,
+                role=role,
+                gpu_type=pool.gpu_type,
+                gpus_per_replica=pool.gpus_per_replica,
+                min_replicas=pool.min_replicas,
+                max_replicas=pool.max_replicas,
             )
             for role, pool in spec.pools.items()
         ]
@@ -293,7 +311,9 @@ class GlobalPolicy(Policy):
                 count = effective.replicas.get(pool.role, agent.targets()[pool.role])
                 agent.granted(pool.role, count)
                 reason = f"global ({effective.source} #{effective.decision_id}): agent bid for {pool.target}"
-                targets.append(ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason))
+                targets.append(
+                    ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason)
+                )
             if effective.routing:
                 routing.setdefault(spec.endpoint, {}).update(effective.routing)
             # Any member's answer sets the endpoint's limit (they come from the same round).

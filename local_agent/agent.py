@@ -23,11 +23,11 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_planner.perf import PerfModel
 from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.forecast import make_predictor
 from local_agent.forecast.base import Forecast, normal_z
-from fleet_planner.perf import PerfModel
 from local_agent.models import AgentDecision, DecisionReason, PoolDecision, RuntimeLimits
 from local_agent.perf_correction import CorrectedPerfModel
 from local_agent.sizing import (
@@ -62,11 +62,15 @@ class AgentOptions(BaseModel):
     forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
     target_attainment: float = Field(default=0.99, gt=0, le=1.0)
     headroom: float = Field(default=1.0, ge=1.0, le=3.0, allow_inf_nan=False, description="plan for rate x headroom")
-    scale_down_grace_s: float = Field(default=300.0, ge=0, allow_inf_nan=False, description="no scale-down this long after a scale-up")
+    scale_down_grace_s: float = Field(
+        default=300.0, ge=0, allow_inf_nan=False, description="no scale-down this long after a scale-up"
+    )
     max_step_up: int | None = Field(default=None, ge=1)
     max_step_down: int = Field(default=1, ge=1)
     idle_after_s: float = Field(default=120.0, gt=0, allow_inf_nan=False, description="no admissions this long = idle")
-    queue_tokens_per_replica: float = Field(default=16384, gt=0, description="latency target: prefill backlog that adds a replica")
+    queue_tokens_per_replica: float = Field(
+        default=16384, gt=0, description="latency target: prefill backlog that adds a replica"
+    )
     kv_high: float = Field(default=0.85, gt=0, le=1.0, description="latency target: KV use that adds a decode replica")
     kv_low: float = Field(default=0.5, gt=0, le=1.0)
     length_windows: int = Field(default=20, ge=1, description="observation windows pooled for the length distribution")
@@ -76,7 +80,7 @@ class AgentOptions(BaseModel):
 
 
 class _PoolState:
-    __slots__ = ("last_scale_up_s", "target", "predictive")
+    __slots__ = ("last_scale_up_s", "predictive", "target")
 
     def __init__(self, target: int):
         self.last_scale_up_s = -math.inf
@@ -102,7 +106,9 @@ class LocalAgent:
         # Decode pools learn from what their engines do: a regression of measured iteration time
         # (per-token latency) on batch and KV tokens corrects the profile online.
         self.models = {
-            role: CorrectedPerfModel(model) if options.online_correction and role == "decode" and isinstance(model, PerfModel) else model
+            role: CorrectedPerfModel(model)
+            if options.online_correction and role == "decode" and isinstance(model, PerfModel)
+            else model
             for role, model in models.items()
         }
         self.options = options
@@ -165,7 +171,9 @@ class LocalAgent:
             if entry.admitted > 0 and entry.input_tokens is not None and entry.output_tokens is not None:
                 self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
             elif shared and entry.endpoint_input_tokens is not None and entry.endpoint_output_tokens is not None:
-                self._lengths.append((entry.endpoint_admitted, entry.endpoint_input_tokens, entry.endpoint_output_tokens))
+                self._lengths.append(
+                    (entry.endpoint_admitted, entry.endpoint_input_tokens, entry.endpoint_output_tokens)
+                )
         self._learn(pools)
         if entry.prefix_hit_rate is not None:
             self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))
@@ -242,11 +250,18 @@ class LocalAgent:
         reduced = LoadEstimate(rate_rps=load.rate_rps, input_tokens=effective, output_tokens=load.output_tokens)
         return {
             "prefill": prefill_curve(
-                model, reduced, self.spec.sla, max_replicas=self.spec.pools["prefill"].max_replicas,
-                kv_transfer_ms_fn=transfer_ms, calibration=calibration,
+                model,
+                reduced,
+                self.spec.sla,
+                max_replicas=self.spec.pools["prefill"].max_replicas,
+                kv_transfer_ms_fn=transfer_ms,
+                calibration=calibration,
             ),
             "decode": decode_curve(
-                self.models["decode"], load, self.spec.sla, max_replicas=self.spec.pools["decode"].max_replicas,
+                self.models["decode"],
+                load,
+                self.spec.sla,
+                max_replicas=self.spec.pools["decode"].max_replicas,
                 calibration=calibration,
             ),
         }
@@ -266,7 +281,9 @@ class LocalAgent:
         )
         return {"prefill": prefill, "decode": decode}
 
-    def _throughput_loop(self, now_s: float, lengths: tuple[Distribution, Distribution] | None) -> dict[PoolRole, int] | None:
+    def _throughput_loop(
+        self, now_s: float, lengths: tuple[Distribution, Distribution] | None
+    ) -> dict[PoolRole, int] | None:
         if lengths is None:
             return None
         startup = max(pool.startup_s for pool in self.spec.pools.values())
@@ -278,7 +295,9 @@ class LocalAgent:
         self.expected = self._expected_attainment(forecast, lengths)
         return self._sized(self.curves_low)
 
-    def _expected_attainment(self, forecast: Forecast, lengths: tuple[Distribution, Distribution]) -> dict[PoolRole, list[float]]:
+    def _expected_attainment(
+        self, forecast: Forecast, lengths: tuple[Distribution, Distribution]
+    ) -> dict[PoolRole, list[float]]:
         """Per pool, attainment for each replica count averaged over the forecast's uncertainty
         (its Gaussian, read from mean and upper quantile, at ``EXPECTATION_QUANTILES``): what a
         count is worth on average, which is what an arbiter weighing pools against each other
@@ -303,16 +322,22 @@ class LocalAgent:
             self.predictor.observe(None)
             self._last_admission_s = now_s  # unknown traffic is not zero traffic: never counts as idle
         lengths = self._length_summary()
-        run_throughput = self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
+        run_throughput = (
+            self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
+        )
         if run_throughput:
             sized = self._throughput_loop(now_s, lengths)
             self._last_throughput_s = now_s
             if sized is not None:
                 for role, count in sized.items():
                     self.pools[role].predictive = count
-        decisions = [self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools]
+        decisions = [
+            self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools
+        ]
         decisions = self._apply_budget(decisions)
-        decisions = [d.model_copy(update={"replica_capacity_rps": self._replica_rps(d.role, lengths)}) for d in decisions]
+        decisions = [
+            d.model_copy(update={"replica_capacity_rps": self._replica_rps(d.role, lengths)}) for d in decisions
+        ]
         for decision in decisions:
             state = self.pools[decision.role]
             if decision.target > state.target:
@@ -376,9 +401,22 @@ class LocalAgent:
         obs = pools.get(role)
         estimate = _estimates(self.curves.get(role), current)
         if obs is None:
-            return self._finish(role, current, current, current, R.NO_DATA, "no observation for this pool", estimate, low, high)
+            return self._finish(
+                role, current, current, current, R.NO_DATA, "no observation for this pool", estimate, low, high
+            )
         if self._idle(now_s, pools):
-            return self._finish(role, current, low, low, R.IDLE_TO_MIN, "no traffic: scale to the minimum", estimate, low, high, enforce_steps=False)
+            return self._finish(
+                role,
+                current,
+                low,
+                low,
+                R.IDLE_TO_MIN,
+                "no traffic: scale to the minimum",
+                estimate,
+                low,
+                high,
+                enforce_steps=False,
+            )
 
         wanted, reason, detail = current, R.HOLD, ""
         floor = state.predictive if self.options.mode != "load" else 0
@@ -395,7 +433,9 @@ class LocalAgent:
                     wanted, reason, detail = r_wanted, r_reason, r_detail
 
         if wanted < current:
-            wanted, reason, detail = self._guard_scale_down(role, now_s, obs, current, wanted, reason, detail, observed_rate, lengths, floor)
+            wanted, reason, detail = self._guard_scale_down(
+                role, now_s, obs, current, wanted, reason, detail, observed_rate, lengths, floor
+            )
         if wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
@@ -554,7 +594,9 @@ class LocalAgent:
         for d in decisions:
             granted = base[d.role] + int(math.floor(extra[d.role] * scale))
             if granted != d.target:
-                d = d.model_copy(update={"target": granted, "reason": R.BUDGET_CAPPED, "detail": f"local budget {budget} GPUs"})
+                d = d.model_copy(
+                    update={"target": granted, "reason": R.BUDGET_CAPPED, "detail": f"local budget {budget} GPUs"}
+                )
             adjusted.append(d)
         return adjusted
 

@@ -20,12 +20,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "agent",
         help="run a deployment's local agent live",
         description="Observe a deployment through Prometheus, size its pools for the SLA and apply the targets "
-                    "through the configured connector, every tick_s, until SIGTERM/SIGINT.",
+        "through the configured connector, every tick_s, until SIGTERM/SIGINT.",
     )
     parser.add_argument("--config", type=Path, required=True, help="agent config file (YAML; see examples/agent)")
-    parser.add_argument("--planner", metavar="HOST:PORT", help="global planner address (overrides the config's planner)")
-    parser.add_argument("--once", action="store_true",
-                        help="run one tick (applying the targets unless advisory), print the decision as JSON and exit")
+    parser.add_argument(
+        "--planner", metavar="HOST:PORT", help="global planner address (overrides the config's planner)"
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run one tick (applying the targets unless advisory), print the decision as JSON and exit",
+    )
     parser.set_defaults(run=run)
 
 

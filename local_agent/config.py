@@ -87,9 +87,11 @@ def _template(placeholders: tuple[str, ...]) -> Any:
         if value is None:
             return None
         try:
-            Template(value).substitute({name: "x" for name in placeholders})
+            Template(value).substitute(dict.fromkeys(placeholders, "x"))
         except KeyError as exc:
-            raise ValueError(f"unknown placeholder ${exc.args[0]} (known: {', '.join('$' + p for p in placeholders)})") from None
+            raise ValueError(
+                f"unknown placeholder ${exc.args[0]} (known: {', '.join('$' + p for p in placeholders)})"
+            ) from None
         except ValueError as exc:
             raise ValueError(f"malformed placeholder ({exc}); write $$ for a literal $") from None
         return value
@@ -156,12 +158,17 @@ class DeploymentConfig(_Model):
     def _pools_match_mode(self) -> DeploymentConfig:
         expected = ROLES_BY_MODE[self.mode]
         if set(self.pools) != set(expected):
-            raise _FieldProblem("pools", f"mode {self.mode} needs exactly pools {', '.join(expected)}; got {', '.join(self.pools) or 'none'}")
+            raise _FieldProblem(
+                "pools",
+                f"mode {self.mode} needs exactly pools {', '.join(expected)}; got {', '.join(self.pools) or 'none'}",
+            )
         return self
 
     def spec(self) -> DeploymentSpec:
         pools = pool_specs(self.name, self.pools, ROLES_BY_MODE[self.mode])
-        return DeploymentSpec(name=self.name, tenant=self.tenant, endpoint=self.endpoint, mode=self.mode, sla=self.sla, pools=pools)
+        return DeploymentSpec(
+            name=self.name, tenant=self.tenant, endpoint=self.endpoint, mode=self.mode, sla=self.sla, pools=pools
+        )
 
 
 class PrometheusLabels(_Model):
@@ -199,7 +206,9 @@ class PrometheusQueries(_Model):
         ),
         description="mean engine iteration wall time; the gap between a running request's tokens is one iteration",
     )
-    scheduled_tokens_per_s: QueryTemplate = Field(default="sum(rate(vllm:iteration_tokens_total_sum{$worker}[$window]))")
+    scheduled_tokens_per_s: QueryTemplate = Field(
+        default="sum(rate(vllm:iteration_tokens_total_sum{$worker}[$window]))"
+    )
 
 
 class PrometheusHistograms(_Model):
@@ -273,7 +282,9 @@ class TelemetryConfig(_Model):
     @model_validator(mode="after")
     def _one_token_source(self) -> TelemetryConfig:
         if (self.token_env is None) == (self.token_file is None):
-            raise _FieldProblem("token_env", "give exactly one of token_env or token_file (the control endpoint needs a token)")
+            raise _FieldProblem(
+                "token_env", "give exactly one of token_env or token_file (the control endpoint needs a token)"
+            )
         return self
 
 
@@ -302,7 +313,7 @@ class AgentConfig(_Model):
                 raise _FieldProblem(
                     "connector.roles",
                     f"need a worker command for exactly the pools {', '.join(sorted(expected))};"
-                    f" got {', '.join(self.connector.roles) or 'none'}"
+                    f" got {', '.join(self.connector.roles) or 'none'}",
                 )
         return self
 
@@ -331,15 +342,21 @@ class AgentConfig(_Model):
         if telemetry.token_env is not None:
             token = os.environ.get(telemetry.token_env, "").strip()
             if not token:
-                raise InputError(f"environment variable {telemetry.token_env} is unset or empty", file=self._file,
-                                 field="telemetry.token_env")
+                raise InputError(
+                    f"environment variable {telemetry.token_env} is unset or empty",
+                    file=self._file,
+                    field="telemetry.token_env",
+                )
             return token
         assert telemetry.token_file is not None  # guaranteed by TelemetryConfig
         try:
             token = telemetry.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise InputError(f"cannot read {telemetry.token_file}: {exc.strerror or exc}", file=self._file,
-                             field="telemetry.token_file") from None
+            raise InputError(
+                f"cannot read {telemetry.token_file}: {exc.strerror or exc}",
+                file=self._file,
+                field="telemetry.token_file",
+            ) from None
         if not token:
             raise InputError(f"{telemetry.token_file} is empty", file=self._file, field="telemetry.token_file")
         return token

@@ -44,10 +44,15 @@ class PoolDecision(BaseModel):
     estimated_ttft_ms: float | None = None
     estimated_itl_ms: float | None = None
     curve: list[float] = Field(
-        default_factory=list, description="demand curve: attainment for 0..max replicas, averaged over the forecast's uncertainty"
+        default_factory=list,
+        description="demand curve: attainment for 0..max replicas, averaged over the forecast's uncertainty",
     )
-    curve_low: list[float] = Field(default_factory=list, description="attainment at the forecast's upper load (pessimistic)")
-    replica_capacity_rps: float | None = Field(default=None, gt=0, description="requests/s one replica sustains at the SLA")
+    curve_low: list[float] = Field(
+        default_factory=list, description="attainment at the forecast's upper load (pessimistic)"
+    )
+    replica_capacity_rps: float | None = Field(
+        default=None, gt=0, description="requests/s one replica sustains at the SLA"
+    )
 
 
 class AgentDecision(BaseModel):

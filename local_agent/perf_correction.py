@@ -369,9 +369,7 @@ class CorrectedPerfModel:
     @overload
     def decode_tokens_per_s(self, batch: float, context: float) -> float: ...
     @overload
-    def decode_tokens_per_s(
-        self, batch: ArrayLike | float, context: ArrayLike | float
-    ) -> np.ndarray: ...
+    def decode_tokens_per_s(self, batch: ArrayLike | float, context: ArrayLike | float) -> np.ndarray: ...
 
     def decode_tokens_per_s(self, batch: Any, context: Any) -> Any:
         """Output tokens/s of one engine at the corrected ITL."""

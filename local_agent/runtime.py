@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 
 import aiohttp
@@ -55,15 +55,21 @@ PLANNER_TOKEN_ENV = "FLEET_PLANNER_TOKEN"
 class ObservationSource(Protocol):
     """What the runtime needs of an observation source (Prometheus live, fakes in tests)."""
 
-    async def observe(self, now_s: float, spec: DeploymentSpec,
-                      replicas: Mapping[str, ReplicaCounts]) -> list[PoolObservation]: ...
+    async def observe(
+        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+    ) -> list[PoolObservation]: ...
 
 
 class AgentRuntime:
     """Runs one deployment's agent live; ``tick()`` once, or ``run()`` until stopped."""
 
-    def __init__(self, config: AgentConfig, source: ObservationSource, connector: Connector,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: AgentConfig,
+        source: ObservationSource,
+        connector: Connector,
+        clock: Callable[[], float] = time.time,
+    ):
         self.config = config
         self.spec = config.spec()
         self.source = source
@@ -71,11 +77,16 @@ class AgentRuntime:
         self.clock = clock
         self.models = config.engine_models()
         self.metrics = AgentMetrics()
-        self.tick_failures = Counter("fleet_agent_tick_failures", "Agent ticks that failed (logged; the agent kept running).",
-                                     ["deployment"], registry=self.metrics.registry)
+        self.tick_failures = Counter(
+            "fleet_agent_tick_failures",
+            "Agent ticks that failed (logged; the agent kept running).",
+            ["deployment"],
+            registry=self.metrics.registry,
+        )
         self.recorder = DiagnosticsRecorder(self.spec.sla, self.spec.name, wall_clock=True)
         self.limits = LimitsStore.for_deployment(
-            self.spec, RuntimeLimits(gpu_budget=config.options.gpu_budget, advisory=config.options.advisory))
+            self.spec, RuntimeLimits(gpu_budget=config.options.gpu_budget, advisory=config.options.advisory)
+        )
         self.limits.subscribe(self._limits_changed)
         self.agent: LocalAgent | None = None
         self._gpus = {role: pool.gpus_per_replica for role, pool in self.spec.pools.items()}
@@ -89,14 +100,27 @@ class AgentRuntime:
             return None
         if self.planner is None:
             pools = [
-                PoolRegistration(role=role, gpu_type=pool.gpu_type, gpus_per_replica=pool.gpus_per_replica,
-                                 min_replicas=pool.min_replicas, max_replicas=pool.max_replicas)
+                PoolRegistration(
+                    role=role,
+                    gpu_type=pool.gpu_type,
+                    gpus_per_replica=pool.gpus_per_replica,
+                    min_replicas=pool.min_replicas,
+                    max_replicas=pool.max_replicas,
+                )
                 for role, pool in self.spec.pools.items()
             ]
             floor = {role: pool.min_replicas for role, pool in self.spec.pools.items()}
             token = os.environ.get(PLANNER_TOKEN_ENV, "").strip() or None
-            self.planner = PlannerClient(self.config.planner, token, self.spec.name, self.spec.tenant, self.spec.endpoint,
-                                         pools, floor=floor, clock=self.clock)
+            self.planner = PlannerClient(
+                self.config.planner,
+                token,
+                self.spec.name,
+                self.spec.tenant,
+                self.spec.endpoint,
+                pools,
+                floor=floor,
+                clock=self.clock,
+            )
         return self.planner
 
     async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> dict[str, int]:
@@ -106,12 +130,14 @@ class AgentRuntime:
         reports = []
         for pool in decision.pools:
             counts = replicas.get(pool.role)
-            reports.append(pool_report(
-                pool,
-                ready=counts.ready if counts is not None else pool.current,
-                starting=counts.starting if counts is not None else 0,
-                draining=counts.draining if counts is not None else 0,
-            ))
+            reports.append(
+                pool_report(
+                    pool,
+                    ready=counts.ready if counts is not None else pool.current,
+                    starting=counts.starting if counts is not None else 0,
+                    draining=counts.draining if counts is not None else 0,
+                )
+            )
         effective = await client.report(reports, forecast=forecast_of(decision))
         if effective.source == "floor" and client.lease is None and not client.reported:
             # Never heard from the planner (e.g. it is down while this agent starts): the client
@@ -140,8 +166,9 @@ class AgentRuntime:
             if counts is not None:
                 initial = min(max(counts.ready + counts.starting, pool.min_replicas), pool.max_replicas)
             pools[role] = PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": initial})
-        agent = LocalAgent(self.spec.model_copy(update={"pools": pools}), self.models, self.config.options,
-                           self.config.tick_s)
+        agent = LocalAgent(
+            self.spec.model_copy(update={"pools": pools}), self.models, self.config.options, self.config.tick_s
+        )
         agent.set_limits(self.limits.current)
         log.info("planning %s from %s", self.spec.name, {role: p.initial_replicas for role, p in pools.items()})
         return agent
@@ -156,8 +183,12 @@ class AgentRuntime:
         decision = self.agent.step(now_s, observations)
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)
-        log.info("%s %s: %s", decision.loop, "advice" if decision.advisory else "targets",
-                 ", ".join(f"{p.role} {p.current}->{p.target} ({p.reason.value})" for p in decision.pools))
+        log.info(
+            "%s %s: %s",
+            decision.loop,
+            "advice" if decision.advisory else "targets",
+            ", ".join(f"{p.role} {p.current}->{p.target} ({p.reason.value})" for p in decision.pools),
+        )
         if self.config.planner is not None:
             targets = await self._arbitrated(decision, replicas)
         else:
@@ -168,8 +199,9 @@ class AgentRuntime:
                 await self.planner.ack_applied(self.last_effective.decision_id, targets)
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
-            written = await asyncio.to_thread(self.recorder.maybe_write, now_s, telemetry.diagnostics_dir,
-                                              telemetry.diagnostics_every)
+            written = await asyncio.to_thread(
+                self.recorder.maybe_write, now_s, telemetry.diagnostics_dir, telemetry.diagnostics_every
+            )
             if written is not None:
                 log.info("diagnostics report written: %s", written)
         return decision
@@ -187,7 +219,9 @@ class AgentRuntime:
         if telemetry is None:
             raise ValueError("the config has no telemetry section")
         host, port = parse_host_port(telemetry.listen)
-        app = make_app(self.recorder, self.metrics.registry, self.limits, token, refresh_s=telemetry.dashboard_refresh_s)
+        app = make_app(
+            self.recorder, self.metrics.registry, self.limits, token, refresh_s=telemetry.dashboard_refresh_s
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -201,10 +235,8 @@ class AgentRuntime:
         while not stop.is_set():
             started = loop.time()
             await self._tick_logged()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.config.tick_s - (loop.time() - started)))
-            except TimeoutError:
-                pass
 
     async def close(self) -> None:
         """Stop serving and release the connector; running replicas stay for the next agent."""
@@ -222,13 +254,21 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
     connector = config.connector
     roles = list(config.deployment.pools)
     if isinstance(connector, ProcessesConnectorConfig):
-        return ProcessConnector(dict(connector.roles), connector.state_file, run_dir=connector.run_dir,
-                                drain_timeout_s=connector.drain_timeout_s)
+        return ProcessConnector(
+            dict(connector.roles),
+            connector.state_file,
+            run_dir=connector.run_dir,
+            drain_timeout_s=connector.drain_timeout_s,
+        )
     ready = connector.ready_query if connector.replicas_from == "prometheus" else None
     return VirtualConnector(
-        connector.path, config.deployment.name, roles,
+        connector.path,
+        config.deployment.name,
+        roles,
         prometheus=source if ready is not None else None,
-        ready_queries=None if ready is None else {role: source.render(ready, config.deployment.name, role) for role in roles},
+        ready_queries=None
+        if ready is None
+        else {role: source.render(ready, config.deployment.name, role) for role in roles},
         max_report_age_s=connector.max_report_age_s,
     )
 

@@ -27,7 +27,9 @@ def build_agents(deployments: list[DeploymentSpec], tick_s: float, options: Agen
     return agents
 
 
-def step_agents(agents: dict[str, LocalAgent], now_s: float, observation: FleetObservation | None) -> list[AgentDecision]:
+def step_agents(
+    agents: dict[str, LocalAgent], now_s: float, observation: FleetObservation | None
+) -> list[AgentDecision]:
     observations = observation.pools if observation is not None else None
     return [agent.step(now_s, observations) for agent in agents.values()]
 
@@ -51,7 +53,9 @@ class LocalAgentsPolicy(Policy):
             if record.advisory:
                 continue
             targets.extend(
-                ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=pool.target, reason=reason_text(pool))
+                ReplicaTarget(
+                    deployment=record.deployment, role=pool.role, replicas=pool.target, reason=reason_text(pool)
+                )
                 for pool in record.pools
             )
         return Decision(targets=targets)

@@ -32,11 +32,22 @@ OUTPUTS = Distribution(count=100, mean=200, p50=150, p90=400, p99=800)
 def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_replicas: int = 8) -> DeploymentSpec:
     roles = ("agg",) if mode == "agg" else ("prefill", "decode")
     return DeploymentSpec(
-        name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=500, itl_ms=30),
+        name="d",
+        tenant="t",
+        endpoint="e",
+        mode=mode,
+        sla=SLA(ttft_ms=500, itl_ms=30),
         pools={
             role: PoolSpec(
-                deployment="d", role=role, profile_path=str(PROFILE), gpu_type="h200", gpus_per_replica=1,
-                min_replicas=min_replicas, max_replicas=max_replicas, initial_replicas=initial, startup_s=STARTUP,
+                deployment="d",
+                role=role,
+                profile_path=str(PROFILE),
+                gpu_type="h200",
+                gpus_per_replica=1,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                initial_replicas=initial,
+                startup_s=STARTUP,
             )
             for role in roles
         },
@@ -46,18 +57,32 @@ def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_repl
 def agent(deployment: DeploymentSpec | None = None, **options) -> LocalAgent:
     deployment = deployment or spec()
     options.setdefault("predictor", "constant")
-    return LocalAgent(deployment, {role: MODEL for role in deployment.pools}, AgentOptions(**options), TICK)
+    return LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(**options), TICK)
 
 
-def observe(role: str, t: float, rps: float, *, ready: int, starting: int = 0, itl_p90: float = 10.0) -> PoolObservation:
+def observe(
+    role: str, t: float, rps: float, *, ready: int, starting: int = 0, itl_p90: float = 10.0
+) -> PoolObservation:
     """A window with ``rps`` admitted and latencies (TTFT well within the SLA, ITL p90 as given)."""
     admitted = round(rps * TICK)
-    fields: dict = dict(deployment="d", role=role, time_s=t, window_s=TICK, ready=ready, starting=starting,
-                        draining=0, pending=0, admitted=admitted)
+    fields: dict = dict(
+        deployment="d",
+        role=role,
+        time_s=t,
+        window_s=TICK,
+        ready=ready,
+        starting=starting,
+        draining=0,
+        pending=0,
+        admitted=admitted,
+    )
     if admitted:
-        fields.update(input_tokens=INPUTS, output_tokens=OUTPUTS,
-                      ttft_ms=Distribution(count=admitted, mean=120, p50=100, p90=200, p99=300),
-                      itl_ms=Distribution(count=admitted, mean=8, p50=8, p90=itl_p90, p99=itl_p90 + 2))
+        fields.update(
+            input_tokens=INPUTS,
+            output_tokens=OUTPUTS,
+            ttft_ms=Distribution(count=admitted, mean=120, p50=100, p90=200, p99=300),
+            itl_ms=Distribution(count=admitted, mean=8, p50=8, p90=itl_p90, p99=itl_p90 + 2),
+        )
     return PoolObservation(**fields)
 
 
@@ -189,16 +214,25 @@ def local_run(trace: Path, delay_s: float | None = None, duration: float = 900):
     if delay_s is not None:
         planner["observation_delay_s"] = delay_s
     data = {
-        "name": "peek", "duration": duration, "seed": 3, "gpus": {"h200": 16},
+        "name": "peek",
+        "duration": duration,
+        "seed": 3,
+        "gpus": {"h200": 16},
         "planner": planner,
-        "deployments": [{
-            "name": "d", "tenant": "t", "endpoint": "e", "mode": "disagg", "sla": {"ttft_ms": 500, "itl_ms": 30},
-            "trace": {"path": str(trace), "format": "csv"},
-            "pools": {
-                role: {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 8, "startup_s": 60}
-                for role in ("prefill", "decode")
-            },
-        }],
+        "deployments": [
+            {
+                "name": "d",
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "disagg",
+                "sla": {"ttft_ms": 500, "itl_ms": 30},
+                "trace": {"path": str(trace), "format": "csv"},
+                "pools": {
+                    role: {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 8, "startup_s": 60}
+                    for role in ("prefill", "decode")
+                },
+            }
+        ],
     }
     scenario = parse_scenario(data, base_dir=trace.parent)
     workload = build_workload(scenario)

@@ -18,11 +18,22 @@ TICK = 30.0
 
 def _spec() -> DeploymentSpec:
     pools = {
-        role: PoolSpec(deployment="d", role=role, profile_path=str(PROFILE), gpu_type="h100", gpus_per_replica=1,
-                       min_replicas=1, max_replicas=16, initial_replicas=2, startup_s=60)
+        role: PoolSpec(
+            deployment="d",
+            role=role,
+            profile_path=str(PROFILE),
+            gpu_type="h100",
+            gpus_per_replica=1,
+            min_replicas=1,
+            max_replicas=16,
+            initial_replicas=2,
+            startup_s=60,
+        )
         for role in ("prefill", "decode")
     }
-    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode="disagg", sla=SLA(ttft_ms=1000, itl_ms=30), pools=pools)
+    return DeploymentSpec(
+        name="d", tenant="t", endpoint="e", mode="disagg", sla=SLA(ttft_ms=1000, itl_ms=30), pools=pools
+    )
 
 
 def _run(slowdown: float, correction: bool) -> LocalAgent:
@@ -35,11 +46,20 @@ def _run(slowdown: float, correction: bool) -> LocalAgent:
         batch = 8 + (tick % 5) * 12  # the engines run at several batch sizes over time
         itl = slowdown * model.itl_ms(batch, 1100.0)
         tokens_per_s = batch * ready * 1000.0 / itl
-        common = dict(deployment="d", time_s=tick * TICK, window_s=TICK, starting=0, draining=0, pending=0, admitted=300)
+        common = dict(
+            deployment="d", time_s=tick * TICK, window_s=TICK, starting=0, draining=0, pending=0, admitted=300
+        )
         observations = [
-            PoolObservation(role="prefill", ready=agent.targets()["prefill"], input_tokens=inputs, output_tokens=outputs, **common),
-            PoolObservation(role="decode", ready=ready, scheduled_tokens_per_s=tokens_per_s,
-                            itl_ms=Distribution(count=300, mean=itl, p50=itl, p90=itl, p99=itl), **common),
+            PoolObservation(
+                role="prefill", ready=agent.targets()["prefill"], input_tokens=inputs, output_tokens=outputs, **common
+            ),
+            PoolObservation(
+                role="decode",
+                ready=ready,
+                scheduled_tokens_per_s=tokens_per_s,
+                itl_ms=Distribution(count=300, mean=itl, p50=itl, p90=itl, p99=itl),
+                **common,
+            ),
         ]
         agent.step(tick * TICK, observations)
     return agent

@@ -39,16 +39,24 @@ class Clock:
 class Source:
     """Two replicas observed, no traffic statistics (the agent holds; its curves are empty)."""
 
-    async def observe(self, now_s: float, spec: DeploymentSpec,
-                      replicas: Mapping[str, ReplicaCounts]) -> list[PoolObservation]:
-        return [PoolObservation(deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=2, starting=0,
-                                draining=0, pending=0)]
+    async def observe(
+        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+    ) -> list[PoolObservation]:
+        return [
+            PoolObservation(
+                deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=2, starting=0, draining=0, pending=0
+            )
+        ]
 
 
 def _config(tmp_path: Path, planner: str):
     data = {
         "deployment": {
-            "name": "chat", "tenant": "acme", "endpoint": "chat", "mode": "agg", "sla": {"ttft_ms": 800, "itl_ms": 25},
+            "name": "chat",
+            "tenant": "acme",
+            "endpoint": "chat",
+            "mode": "agg",
+            "sla": {"ttft_ms": 800, "itl_ms": 25},
             "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
         },
         "prometheus": {"url": "http://127.0.0.1:9"},
@@ -59,7 +67,13 @@ def _config(tmp_path: Path, planner: str):
 
 
 def _orchestrator_reports(tmp_path: Path, ready: int) -> None:
-    state = {"version": 1, "deployment": "chat", "targets": {}, "observed": {"agg": {"ready": ready}}, "observed_at": 0.0}
+    state = {
+        "version": 1,
+        "deployment": "chat",
+        "targets": {},
+        "observed": {"agg": {"ready": ready}},
+        "observed_at": 0.0,
+    }
     (tmp_path / "targets.json").write_text(json.dumps(state), encoding="utf-8")
 
 
@@ -72,8 +86,10 @@ async def planner():
     policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h100": 3}}, "tenants": {"acme": {"priority": 10}}})
     clock = Clock()
     server = PlannerServer(
-        PlannerState(policy, lease_s=30.0), auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
-        metrics=ServiceMetrics(CollectorRegistry()), clock=clock,
+        PlannerState(policy, lease_s=30.0),
+        auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
+        metrics=ServiceMetrics(CollectorRegistry()),
+        clock=clock,
     )
     port = await server.start("127.0.0.1:0")
     server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
@@ -88,8 +104,12 @@ async def test_agent_applies_the_planner_grant_and_falls_back_to_its_floor(
     monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
     _orchestrator_reports(tmp_path, ready=2)
     clock = Clock()
-    runtime = AgentRuntime(_config(tmp_path, planner.address), Source(),
-                           VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=clock)
+    runtime = AgentRuntime(
+        _config(tmp_path, planner.address),
+        Source(),
+        VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]),
+        clock=clock,
+    )
     try:
         await runtime.tick()  # registers and reports: a holding lease on what runs
         assert planner.state.deployments() == ["chat"]
@@ -125,8 +145,9 @@ async def test_agent_without_any_lease_runs_its_floor(tmp_path: Path, monkeypatc
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
-    runtime = AgentRuntime(_config(tmp_path, closed), Source(),
-                           VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock())
+    runtime = AgentRuntime(
+        _config(tmp_path, closed), Source(), VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock()
+    )
     try:
         await runtime.tick()
         assert runtime.last_effective is not None and runtime.last_effective.source == "floor"

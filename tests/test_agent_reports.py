@@ -8,8 +8,14 @@ from local_agent.models import DecisionReason, PoolDecision
 
 def _decision(**kw: object) -> PoolDecision:
     fields: dict[str, object] = dict(
-        role="agg", current=2, wanted=5, target=5, reason=DecisionReason.REACTIVE_SLA,
-        curve=[0.0, 0.0, 0.6, 0.99, 1.0], curve_low=[0.0, 0.0, 0.2, 0.9, 0.99], replica_capacity_rps=8.0,
+        role="agg",
+        current=2,
+        wanted=5,
+        target=5,
+        reason=DecisionReason.REACTIVE_SLA,
+        curve=[0.0, 0.0, 0.6, 0.99, 1.0],
+        curve_low=[0.0, 0.0, 0.2, 0.9, 0.99],
+        replica_capacity_rps=8.0,
     )
     fields.update(kw)
     return PoolDecision(**fields)

@@ -35,9 +35,14 @@ TOKEN = "t0ken-for-tests"
 # A steady 2 req/s over the 60 s window with moderate lengths and healthy latencies.
 ANSWERS = [
     ("requests_total", 120.0),
-    ("histogram_quantile(0.5,", None), ("histogram_quantile(0.9,", None), ("histogram_quantile(0.99,", None),
-    ("_count", 120.0), ("_sum", None),
-    ("num_requests_waiting", 0.0), ("kvstats_active_blocks", 1000.0), ("kvstats_total_blocks", 20000.0),
+    ("histogram_quantile(0.5,", None),
+    ("histogram_quantile(0.9,", None),
+    ("histogram_quantile(0.99,", None),
+    ("_count", 120.0),
+    ("_sum", None),
+    ("num_requests_waiting", 0.0),
+    ("kvstats_active_blocks", 1000.0),
+    ("kvstats_total_blocks", 20000.0),
     ("up{", 2.0),
 ]
 HISTOGRAMS = {  # metric fragment -> (mean, p50, p90, p99) in the metric's unit
@@ -52,7 +57,7 @@ def answer(query: str) -> float | None:
     for fragment, stats in HISTOGRAMS.items():
         if fragment in query:
             if query.startswith("histogram_quantile("):
-                q = query[len("histogram_quantile("):].split(",")[0]
+                q = query[len("histogram_quantile(") :].split(",")[0]
                 return stats[{"0.5": 1, "0.9": 2, "0.99": 3}[q]]
             if "_sum" in query:
                 return stats[0]
@@ -82,17 +87,32 @@ async def prometheus_url() -> AsyncIterator[str]:
 def config_data(tmp_path: Path, prometheus_url: str, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "deployment": {
-            "name": "chat", "tenant": "acme", "endpoint": "chat", "mode": "agg",
+            "name": "chat",
+            "tenant": "acme",
+            "endpoint": "chat",
+            "mode": "agg",
             "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2,
-                              "startup_s": "90s"}},
+            "pools": {
+                "agg": {
+                    "profile": str(PROFILE),
+                    "gpu_type": "h100",
+                    "min": 1,
+                    "max": 6,
+                    "initial": 2,
+                    "startup_s": "90s",
+                }
+            },
         },
         "options": {"throughput_interval_s": 30},
         "tick_s": 0.05,
         "prometheus": {"url": prometheus_url, "window": "60s", "timeout_s": 2},
         "connector": {"kind": "virtual", "path": "targets.json"},
-        "telemetry": {"listen": "127.0.0.1:0", "token_env": "TEST_AGENT_TOKEN", "diagnostics_dir": "diag",
-                      "diagnostics_every": "1s"},
+        "telemetry": {
+            "listen": "127.0.0.1:0",
+            "token_env": "TEST_AGENT_TOKEN",
+            "diagnostics_dir": "diag",
+            "diagnostics_every": "1s",
+        },
     }
     for key, value in overrides.items():
         data[key] = value
@@ -133,8 +153,13 @@ async def test_one_tick_end_to_end(tmp_path: Path, prometheus_url: str) -> None:
     assert written["targets"] == {"agg": pool.target}
     assert written["observed"] == {"agg": {"ready": 3, "starting": 0, "draining": 0}}  # the orchestrator's part kept
     registry = runtime.metrics.registry
-    assert registry.get_sample_value("fleet_agent_replicas", {"deployment": "chat", "pool": "agg", "state": "target"}) == pool.target
-    assert registry.get_sample_value("fleet_agent_pool_admitted_rps", {"deployment": "chat", "pool": "agg"}) == pytest.approx(2.0)
+    assert (
+        registry.get_sample_value("fleet_agent_replicas", {"deployment": "chat", "pool": "agg", "state": "target"})
+        == pool.target
+    )
+    assert registry.get_sample_value(
+        "fleet_agent_pool_admitted_rps", {"deployment": "chat", "pool": "agg"}
+    ) == pytest.approx(2.0)
 
 
 async def test_advisory_mode_writes_nothing(tmp_path: Path, prometheus_url: str) -> None:
@@ -177,15 +202,18 @@ async def test_virtual_connector_refuses_foreign_or_stale_files(tmp_path: Path) 
     path.write_text(json.dumps({"version": 1, "deployment": "other"}))
     with pytest.raises(VirtualStateError, match="belongs to deployment 'other'"):
         VirtualConnector(path, "chat", ["agg"])
-    path.write_text(json.dumps({"version": 1, "deployment": "chat", "observed": {"agg": {"ready": 2}}, "observed_at": 100.0}))
+    path.write_text(
+        json.dumps({"version": 1, "deployment": "chat", "observed": {"agg": {"ready": 2}}, "observed_at": 100.0})
+    )
     connector = VirtualConnector(path, "chat", ["agg"], max_report_age_s=60, clock=lambda: 200.0)
     assert await connector.observe_replicas() == {}
     with pytest.raises(ValueError, match="unknown role"):
         await connector.apply({"decode": 1})
 
 
-async def test_dashboard_metrics_state_and_limits(tmp_path: Path, prometheus_url: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dashboard_metrics_state_and_limits(
+    tmp_path: Path, prometheus_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_AGENT_TOKEN", TOKEN)
     config = parse_config(config_data(tmp_path, prometheus_url), base_dir=tmp_path)
     report(tmp_path, ready=2)
@@ -196,34 +224,51 @@ async def test_dashboard_metrics_state_and_limits(tmp_path: Path, prometheus_url
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/metrics") as response:
                 text = await response.text()
-                assert response.status == 200 and 'fleet_agent_replicas{deployment="chat",pool="agg",state="ready"} 2.0' in text
+                assert (
+                    response.status == 200
+                    and 'fleet_agent_replicas{deployment="chat",pool="agg",state="ready"} 2.0' in text
+                )
             async with http.get(f"{base}/api/state") as response:
                 state = await response.json()
                 assert state["deployment"] == "chat" and state["latest"]["throughput"]["pools"][0]["role"] == "agg"
             body = {"gpu_budget": 3, "max_replicas": {"agg": 4}}
             async with http.put(f"{base}/api/limits", json=body) as response:
                 assert response.status == 401
-            async with http.put(f"{base}/api/limits", json=body, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            async with http.put(
+                f"{base}/api/limits", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as response:
                 assert response.status == 200, await response.text()
         assert runtime.agent is not None
         assert runtime.agent.limits.gpu_budget == 3 and runtime.agent.limits.max_replicas == {"agg": 4}
 
 
-async def test_failing_tick_is_logged_and_the_next_one_runs(tmp_path: Path, prometheus_url: str,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_failing_tick_is_logged_and_the_next_one_runs(
+    tmp_path: Path, prometheus_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = parse_config(config_data(tmp_path, prometheus_url), base_dir=tmp_path)
     report(tmp_path, ready=2)
 
     class FlakySource:
         calls = 0
 
-        async def observe(self, now_s: float, spec: DeploymentSpec,
-                          replicas: Mapping[str, ReplicaCounts]) -> list[PoolObservation]:
+        async def observe(
+            self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+        ) -> list[PoolObservation]:
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("prometheus exploded")
-            return [PoolObservation(deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=2, starting=0,
-                                    draining=0, pending=0)]
+            return [
+                PoolObservation(
+                    deployment=spec.name,
+                    role="agg",
+                    time_s=now_s,
+                    window_s=60,
+                    ready=2,
+                    starting=0,
+                    draining=0,
+                    pending=0,
+                )
+            ]
 
     source = FlakySource()
     runtime = AgentRuntime(config, source, VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock())
@@ -243,29 +288,56 @@ async def test_failing_tick_is_logged_and_the_next_one_runs(tmp_path: Path, prom
 
 # ------------------------------------------------------------------ config errors
 
-@pytest.mark.parametrize("mutate, field, problem", [
-    (lambda d: d["deployment"].pop("sla"), "deployment.sla", "required field is missing"),
-    (lambda d: d.update(tick="5s"), "tick", "unknown key"),
-    (lambda d: d["deployment"]["pools"]["agg"].update(max=0), "deployment.pools.agg.max", "must be >= min"),
-    (lambda d: d["deployment"]["pools"]["agg"].update(profile="nope"), "deployment.pools.agg.profile", "not found"),
-    (lambda d: d["deployment"].update(mode="disagg"), "deployment.pools", "needs exactly pools prefill, decode"),
-    (lambda d: d["options"].update(predictor_typo=1), "options.predictor_typo", "unknown key"),
-    (lambda d: d["prometheus"].update(window="soon"), "prometheus.window", "not a duration"),
-    (lambda d: d["prometheus"].update(queries={"admitted": "sum(x{$nope})"}), "prometheus.queries.admitted",
-     "unknown placeholder $nope"),
-    (lambda d: d["prometheus"].update(histograms={"input_tokens": "bad name"}), "prometheus.histograms.input_tokens",
-     "not a Prometheus metric name"),
-    (lambda d: d.update(connector={"kind": "k8s"}), "connector", "does not match any of the expected tags"),
-    (lambda d: d.update(connector={"kind": "virtual"}), "connector.path", "required field is missing"),
-    (lambda d: d.update(connector={"kind": "processes", "state_file": "s.json",
-                                   "roles": {"prefill": {"argv": ["w", "{ready_file}"]}}}),
-     "connector.roles", "need a worker command for exactly the pools agg"),
-    (lambda d: d.update(connector={"kind": "processes", "state_file": "s.json", "roles": {"agg": {"argv": ["w"]}}}),
-     "connector.roles.agg.argv", "{ready_file}"),
-    (lambda d: d["telemetry"].update(token_file="tok"), "telemetry.token_env", "exactly one of token_env or token_file"),
-    (lambda d: d["telemetry"].update(listen="localhost"), "telemetry.listen", "expected HOST:PORT"),
-    (lambda d: d.update(planner="planner:99999"), "planner", "expected HOST:PORT"),
-])
+
+@pytest.mark.parametrize(
+    "mutate, field, problem",
+    [
+        (lambda d: d["deployment"].pop("sla"), "deployment.sla", "required field is missing"),
+        (lambda d: d.update(tick="5s"), "tick", "unknown key"),
+        (lambda d: d["deployment"]["pools"]["agg"].update(max=0), "deployment.pools.agg.max", "must be >= min"),
+        (lambda d: d["deployment"]["pools"]["agg"].update(profile="nope"), "deployment.pools.agg.profile", "not found"),
+        (lambda d: d["deployment"].update(mode="disagg"), "deployment.pools", "needs exactly pools prefill, decode"),
+        (lambda d: d["options"].update(predictor_typo=1), "options.predictor_typo", "unknown key"),
+        (lambda d: d["prometheus"].update(window="soon"), "prometheus.window", "not a duration"),
+        (
+            lambda d: d["prometheus"].update(queries={"admitted": "sum(x{$nope})"}),
+            "prometheus.queries.admitted",
+            "unknown placeholder $nope",
+        ),
+        (
+            lambda d: d["prometheus"].update(histograms={"input_tokens": "bad name"}),
+            "prometheus.histograms.input_tokens",
+            "not a Prometheus metric name",
+        ),
+        (lambda d: d.update(connector={"kind": "k8s"}), "connector", "does not match any of the expected tags"),
+        (lambda d: d.update(connector={"kind": "virtual"}), "connector.path", "required field is missing"),
+        (
+            lambda d: d.update(
+                connector={
+                    "kind": "processes",
+                    "state_file": "s.json",
+                    "roles": {"prefill": {"argv": ["w", "{ready_file}"]}},
+                }
+            ),
+            "connector.roles",
+            "need a worker command for exactly the pools agg",
+        ),
+        (
+            lambda d: d.update(
+                connector={"kind": "processes", "state_file": "s.json", "roles": {"agg": {"argv": ["w"]}}}
+            ),
+            "connector.roles.agg.argv",
+            "{ready_file}",
+        ),
+        (
+            lambda d: d["telemetry"].update(token_file="tok"),
+            "telemetry.token_env",
+            "exactly one of token_env or token_file",
+        ),
+        (lambda d: d["telemetry"].update(listen="localhost"), "telemetry.listen", "expected HOST:PORT"),
+        (lambda d: d.update(planner="planner:99999"), "planner", "expected HOST:PORT"),
+    ],
+)
 def test_config_errors_name_file_and_field(tmp_path: Path, mutate: Any, field: str, problem: str) -> None:
     data = config_data(tmp_path, "http://127.0.0.1:9")
     mutate(data)
@@ -302,6 +374,7 @@ def test_example_config_is_valid() -> None:
 
 # ------------------------------------------------------------------ CLI
 
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fleet-planner")
     cli.register(top.add_subparsers(dest="command", required=True))
@@ -319,8 +392,9 @@ def test_cli_once_prints_the_decision(tmp_path: Path, prometheus_url: str, capsy
     assert json.loads((tmp_path / "targets.json").read_text())["targets"] == {"agg": decision["pools"][0]["target"]}
 
 
-async def test_sigterm_stops_cleanly(tmp_path: Path, prometheus_url: str, monkeypatch: pytest.MonkeyPatch,
-                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_sigterm_stops_cleanly(
+    tmp_path: Path, prometheus_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """``serve`` runs until SIGTERM (sent to this very process: its handler must be installed)."""
     monkeypatch.setenv("TEST_AGENT_TOKEN", TOKEN)
     with socket.socket() as sock:

@@ -26,32 +26,77 @@ def dist(mean: float) -> Distribution:
     return Distribution(count=100, mean=mean, p50=mean, p90=mean * 1.5, p99=mean * 2)
 
 
-def obs(role: str, t: float, ready: int, starting: int = 0, draining: int = 0, full: bool = True,
-        deployment: str = DEP) -> PoolObservation:
-    extra = dict(admitted=300, input_tokens=dist(1000), output_tokens=dist(200),
-                 ttft_ms=dist(200), itl_ms=dist(20)) if full else {}
-    return PoolObservation(deployment=deployment, role=role, time_s=t, window_s=30.0, ready=ready,
-                           starting=starting, draining=draining, pending=0, **extra)
+def obs(
+    role: str, t: float, ready: int, starting: int = 0, draining: int = 0, full: bool = True, deployment: str = DEP
+) -> PoolObservation:
+    extra = (
+        dict(admitted=300, input_tokens=dist(1000), output_tokens=dist(200), ttft_ms=dist(200), itl_ms=dist(20))
+        if full
+        else {}
+    )
+    return PoolObservation(
+        deployment=deployment,
+        role=role,
+        time_s=t,
+        window_s=30.0,
+        ready=ready,
+        starting=starting,
+        draining=draining,
+        pending=0,
+        **extra,
+    )
 
 
-def decision(t: float, targets: dict[str, int], reason: DecisionReason = DecisionReason.HOLD,
-             loop: str = "throughput", estimates: bool = True, forecast: float | None = 12.0) -> AgentDecision:
-    pools = [PoolDecision(role=role, current=n, wanted=n, target=n, reason=reason, detail="why",
-                          estimated_ttft_ms=300.0 if estimates else None,
-                          estimated_itl_ms=30.0 if estimates else None)
-             for role, n in targets.items()]
-    return AgentDecision(time_s=t, deployment=DEP, tenant="acme", loop=loop, observed_rps=10.0,
-                         forecast_rps=forecast, forecast_upper_rps=None if forecast is None else forecast * 1.3,
-                         input_tokens_mean=1000.0, output_tokens_mean=200.0, pools=pools)
+def decision(
+    t: float,
+    targets: dict[str, int],
+    reason: DecisionReason = DecisionReason.HOLD,
+    loop: str = "throughput",
+    estimates: bool = True,
+    forecast: float | None = 12.0,
+) -> AgentDecision:
+    pools = [
+        PoolDecision(
+            role=role,
+            current=n,
+            wanted=n,
+            target=n,
+            reason=reason,
+            detail="why",
+            estimated_ttft_ms=300.0 if estimates else None,
+            estimated_itl_ms=30.0 if estimates else None,
+        )
+        for role, n in targets.items()
+    ]
+    return AgentDecision(
+        time_s=t,
+        deployment=DEP,
+        tenant="acme",
+        loop=loop,
+        observed_rps=10.0,
+        forecast_rps=forecast,
+        forecast_upper_rps=None if forecast is None else forecast * 1.3,
+        input_tokens_mean=1000.0,
+        output_tokens_mean=200.0,
+        pools=pools,
+    )
 
 
 # ---------------------------------------------------------------- metrics
 
+
 def test_metrics_export_decision_and_observations() -> None:
     m = AgentMetrics()
-    m.record(decision(0, {"prefill": 2, "decode": 3}, DecisionReason.PREDICTIVE_UP),
-             [obs("prefill", 0, ready=1, starting=1), obs("decode", 0, ready=3, draining=1),
-              obs("prefill", 0, ready=99, deployment="other")], GPUS, now_s=0)
+    m.record(
+        decision(0, {"prefill": 2, "decode": 3}, DecisionReason.PREDICTIVE_UP),
+        [
+            obs("prefill", 0, ready=1, starting=1),
+            obs("decode", 0, ready=3, draining=1),
+            obs("prefill", 0, ready=99, deployment="other"),
+        ],
+        GPUS,
+        now_s=0,
+    )
     get = m.registry.get_sample_value
     pool = {"deployment": DEP, "pool": "prefill"}
     assert get("fleet_agent_replicas", {**pool, "state": "target"}) == 2
@@ -86,8 +131,12 @@ def test_missing_values_are_absent_not_zero() -> None:
     assert get("fleet_agent_observed_ttft_seconds", {**pool, "quantile": "p99"}) == pytest.approx(0.4)
 
     # The next step lacks the forecast, the estimates and the traffic metrics: the series vanish.
-    m.record(decision(30, {"decode": 2}, estimates=False, forecast=None), [obs("decode", 30, ready=2, full=False)],
-             GPUS, now_s=30)
+    m.record(
+        decision(30, {"decode": 2}, estimates=False, forecast=None),
+        [obs("decode", 30, ready=2, full=False)],
+        GPUS,
+        now_s=30,
+    )
     assert get("fleet_agent_estimated_itl_seconds", pool) is None
     assert get("fleet_agent_estimated_ttft_seconds", pool) is None
     assert get("fleet_agent_load_rps", {"deployment": DEP, "source": "forecast"}) is None
@@ -105,14 +154,17 @@ def test_infinite_estimate_is_exported_as_inf() -> None:
     d = decision(0, {"decode": 1})
     overloaded = d.model_copy(update={"pools": [d.pools[0].model_copy(update={"estimated_ttft_ms": math.inf})]})
     m.record(overloaded, [], GPUS, now_s=0)
-    assert m.registry.get_sample_value("fleet_agent_estimated_ttft_seconds",
-                                       {"deployment": DEP, "pool": "decode"}) == math.inf
+    assert (
+        m.registry.get_sample_value("fleet_agent_estimated_ttft_seconds", {"deployment": DEP, "pool": "decode"})
+        == math.inf
+    )
 
 
 def test_gpu_hours_integrate_on_simulated_clock() -> None:
     m = AgentMetrics()
     hours = lambda role: m.registry.get_sample_value(  # noqa: E731
-        "fleet_agent_gpu_hours_total", {"deployment": DEP, "pool": role})
+        "fleet_agent_gpu_hours_total", {"deployment": DEP, "pool": role}
+    )
     # prefill: 2 replicas x 2 GPUs for 1 h, then 3 replicas (one draining) for 30 min; no obs at 7200 keeps it.
     m.record(decision(0, {"prefill": 2}), [obs("prefill", 0, ready=2)], GPUS, now_s=0)
     assert hours("prefill") == 0
@@ -134,6 +186,7 @@ def test_metrics_reject_pool_without_gpu_count() -> None:
 
 # ---------------------------------------------------------------- diagnostics
 
+
 def filled_recorder(**kwargs: object) -> DiagnosticsRecorder:
     rec = DiagnosticsRecorder(SLA_, DEP, **kwargs)
     for i, t in enumerate(range(0, 600, 30)):
@@ -149,15 +202,27 @@ def test_diagnostics_html_is_self_contained_with_all_charts() -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("plotly.js v") >= 1  # the library is inline
     assert " src=" not in page  # no external script (plotly.js only mentions a CDN for geo maps, unused)
-    for trace in ("prefill target", "decode ready", "decode starting", "prefill draining", "SLA TTFT", "SLA ITL",
-                  "decode observed ITL p90", "prefill estimated TTFT", "forecast mean", "forecast upper",
-                  "observed", "predictive_scale_up", "reactive_queue"):
+    for trace in (
+        "prefill target",
+        "decode ready",
+        "decode starting",
+        "prefill draining",
+        "SLA TTFT",
+        "SLA ITL",
+        "decode observed ITL p90",
+        "prefill estimated TTFT",
+        "forecast mean",
+        "forecast upper",
+        "observed",
+        "predictive_scale_up",
+        "reactive_queue",
+    ):
         assert f'"name":"{trace}"' in page, trace
 
 
 def test_diagnostics_series_and_state() -> None:
     rec = filled_recorder(max_points=15)
-    replicas, latency, load, timeline = rec.figures()
+    replicas, latency, _load, timeline = rec.figures()
     ready = next(t for t in replicas.data if t.name == "decode ready")
     assert len(ready.x) == 15  # deduplicated, then bounded to the newest max_points
     assert list(ready.x)[-1] == 570
@@ -186,8 +251,11 @@ def test_periodic_reports_follow_the_given_clock(tmp_path: Path) -> None:
     rec = filled_recorder()
     written = [rec.maybe_write(t, tmp_path, every_s=3600) for t in range(0, 4 * 3600, 600)]
     paths = [p for p in written if p is not None]
-    assert [p.name for p in paths] == ["diagnostics-t000003600s.html", "diagnostics-t000007200s.html",
-                                       "diagnostics-t000010800s.html"]
+    assert [p.name for p in paths] == [
+        "diagnostics-t000003600s.html",
+        "diagnostics-t000007200s.html",
+        "diagnostics-t000010800s.html",
+    ]
     assert rec.maybe_write(100, tmp_path, every_s=3600) is None  # clock stepped back
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]  # no temporary files left
     assert "prefill target" in paths[0].read_text(encoding="utf-8")
@@ -207,6 +275,7 @@ def test_periodic_reports_follow_the_given_clock(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- limits store
 
+
 def test_limits_store_validates_and_notifies() -> None:
     store = LimitsStore({"prefill": 8, "decode": 16}, RuntimeLimits(max_replicas={"decode": 10}))
     seen: list[RuntimeLimits] = []
@@ -215,9 +284,17 @@ def test_limits_store_validates_and_notifies() -> None:
     assert new.max_replicas == {"decode": 10} and new.min_replicas == {"decode": 2} and seen == [new]
     store.merge({"gpu_budget": 12})  # no change: no notification
     assert len(seen) == 1
-    for bad in ({"max_replicas": {"decode": 17}}, {"min_replicas": {"agg": 1}}, {"min_replicas": {"prefill": -1}},
-                {"min_replicas": {"decode": 11}}, {"gpu_budget": float("nan")}, {"gpu_budget": True},
-                {"gpu_budget": "8"}, {"colour": "red"}, [1, 2]):
+    for bad in (
+        {"max_replicas": {"decode": 17}},
+        {"min_replicas": {"agg": 1}},
+        {"min_replicas": {"prefill": -1}},
+        {"min_replicas": {"decode": 11}},
+        {"gpu_budget": float("nan")},
+        {"gpu_budget": True},
+        {"gpu_budget": "8"},
+        {"colour": "red"},
+        [1, 2],
+    ):
         with pytest.raises(LimitsError):
             store.merge(bad)
     assert store.current == new and len(seen) == 1
@@ -238,6 +315,7 @@ def test_limits_subscriber_failure_does_not_block_others() -> None:
 
 
 # ---------------------------------------------------------------- dashboard and control endpoint
+
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestClient, LimitsStore, list[RuntimeLimits]]]:
@@ -274,10 +352,19 @@ async def test_dashboard_read_endpoints(served: tuple[TestClient, LimitsStore, l
     assert len(figures) == 4 and all("data" in f and "layout" in f for f in figures)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                                     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}])
-async def test_limits_need_the_token(served: tuple[TestClient, LimitsStore, list[RuntimeLimits]],
-                                     headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer"},
+    ],
+)
+async def test_limits_need_the_token(
+    served: tuple[TestClient, LimitsStore, list[RuntimeLimits]], headers: dict[str, str]
+) -> None:
     client, store, seen = served
     assert (await client.get("/api/limits", headers=headers)).status == 401
     response = await client.put("/api/limits", headers=headers, json={"gpu_budget": 1})
@@ -285,14 +372,26 @@ async def test_limits_need_the_token(served: tuple[TestClient, LimitsStore, list
     assert store.current.gpu_budget == 20 and not seen
 
 
-@pytest.mark.parametrize("body", [
-    "not json", "[1]", '{"gpu_budget": -1}', '{"gpu_budget": NaN}', '{"gpu_budget": 2.5}',
-    '{"min_replicas": {"decode": 5}, "max_replicas": {"decode": 4}}', '{"max_replicas": {"decode": 17}}',
-    '{"max_replicas": {"agg": 1}}', '{"max_replicas": {"gpu": 1}}', '{"min_replicas": {"prefill": -2}}',
-    '{"advisory": "yes"}', '{"surprise": 1}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[1]",
+        '{"gpu_budget": -1}',
+        '{"gpu_budget": NaN}',
+        '{"gpu_budget": 2.5}',
+        '{"min_replicas": {"decode": 5}, "max_replicas": {"decode": 4}}',
+        '{"max_replicas": {"decode": 17}}',
+        '{"max_replicas": {"agg": 1}}',
+        '{"max_replicas": {"gpu": 1}}',
+        '{"min_replicas": {"prefill": -2}}',
+        '{"advisory": "yes"}',
+        '{"surprise": 1}',
+    ],
+)
 async def test_bad_limits_are_refused_and_change_nothing(
-        served: tuple[TestClient, LimitsStore, list[RuntimeLimits]], body: str) -> None:
+    served: tuple[TestClient, LimitsStore, list[RuntimeLimits]], body: str
+) -> None:
     client, store, seen = served
     before = store.current
     for method in (client.put, client.patch):
@@ -307,10 +406,15 @@ async def test_good_limits_are_applied(served: tuple[TestClient, LimitsStore, li
     client, store, seen = served
     response = await client.patch("/api/limits", headers=AUTH, json={"max_replicas": {"decode": 6}})
     assert response.status == 200
-    assert await response.json() == {"gpu_budget": 20, "min_replicas": {}, "max_replicas": {"decode": 6},
-                                     "advisory": None}
-    response = await client.put("/api/limits", headers=AUTH,
-                                json={"gpu_budget": 8, "min_replicas": {"prefill": 1}, "advisory": True})
+    assert await response.json() == {
+        "gpu_budget": 20,
+        "min_replicas": {},
+        "max_replicas": {"decode": 6},
+        "advisory": None,
+    }
+    response = await client.put(
+        "/api/limits", headers=AUTH, json={"gpu_budget": 8, "min_replicas": {"prefill": 1}, "advisory": True}
+    )
     assert response.status == 200
     assert store.current == RuntimeLimits(gpu_budget=8, min_replicas={"prefill": 1}, advisory=True)
     assert [s.gpu_budget for s in seen] == [20, 8] and seen[-1].max_replicas == {}  # PUT replaces the document

@@ -34,16 +34,27 @@ OUTPUTS = Distribution(count=100, mean=200, p50=150, p90=400, p99=800)
 ONE_REPLICA_RPS, TWO_REPLICAS_RPS = 20.0, 40.0
 
 
-def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_replicas: int = 8,
-         gpus_per_replica: int = 1) -> DeploymentSpec:
+def spec(
+    mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_replicas: int = 8, gpus_per_replica: int = 1
+) -> DeploymentSpec:
     roles = ("agg",) if mode == "agg" else ("prefill", "decode")
     return DeploymentSpec(
-        name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=500, itl_ms=30),
+        name="d",
+        tenant="t",
+        endpoint="e",
+        mode=mode,
+        sla=SLA(ttft_ms=500, itl_ms=30),
         pools={
             role: PoolSpec(
-                deployment="d", role=role, profile_path=str(PROFILE), gpu_type="h200",
-                gpus_per_replica=gpus_per_replica, min_replicas=min_replicas, max_replicas=max_replicas,
-                initial_replicas=initial, startup_s=60,
+                deployment="d",
+                role=role,
+                profile_path=str(PROFILE),
+                gpu_type="h200",
+                gpus_per_replica=gpus_per_replica,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                initial_replicas=initial,
+                startup_s=60,
             )
             for role in roles
         },
@@ -52,21 +63,41 @@ def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_repl
 
 def agent(deployment: DeploymentSpec, **options) -> LocalAgent:
     options.setdefault("predictor", "constant")
-    return LocalAgent(deployment, {role: MODEL for role in deployment.pools}, AgentOptions(**options), TICK)
+    return LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(**options), TICK)
 
 
-def observe(role: str, t: float, rps: float | None, *, ready: int, pending: int = 0, starting: int = 0,
-            healthy: bool = True, **extra) -> PoolObservation:
+def observe(
+    role: str,
+    t: float,
+    rps: float | None,
+    *,
+    ready: int,
+    pending: int = 0,
+    starting: int = 0,
+    healthy: bool = True,
+    **extra,
+) -> PoolObservation:
     """One window of a pool: ``rps`` admitted (None = the metric is missing), latencies within the
     SLA when ``healthy`` and there was traffic, absent (None) otherwise."""
     admitted = None if rps is None else round(rps * TICK)
-    fields: dict = dict(deployment="d", role=role, time_s=t, window_s=TICK, ready=ready, starting=starting,
-                        draining=0, pending=pending, admitted=admitted)
+    fields: dict = dict(
+        deployment="d",
+        role=role,
+        time_s=t,
+        window_s=TICK,
+        ready=ready,
+        starting=starting,
+        draining=0,
+        pending=pending,
+        admitted=admitted,
+    )
     if admitted:
         fields.update(input_tokens=INPUTS, output_tokens=OUTPUTS)
         if healthy:
-            fields.update(ttft_ms=Distribution(count=admitted, mean=120, p50=100, p90=200, p99=300),
-                          itl_ms=Distribution(count=admitted, mean=8, p50=8, p90=10, p99=12))
+            fields.update(
+                ttft_ms=Distribution(count=admitted, mean=120, p50=100, p90=200, p99=300),
+                itl_ms=Distribution(count=admitted, mean=8, p50=8, p90=10, p99=12),
+            )
     fields.update(extra)
     return PoolObservation(**fields)
 
@@ -98,8 +129,15 @@ class DrainRecorder(FleetSimulation):
             draining = [r for r in p.replicas if r.state == DRAINING]
             if draining:
                 in_flight = [request for r in draining for _, request in r.finish_heap]
-                self.drains.append({"time": now, "target": p.target, "gpus_held": p.gpus_held,
-                                    "gpus_per_replica": p.gpus_per_replica, "in_flight": in_flight})
+                self.drains.append(
+                    {
+                        "time": now,
+                        "target": p.target,
+                        "gpus_held": p.gpus_held,
+                        "gpus_per_replica": p.gpus_per_replica,
+                        "in_flight": in_flight,
+                    }
+                )
 
 
 def test_scale_down_while_busy_drains_and_every_request_completes(tmp_path: Path) -> None:
@@ -112,14 +150,28 @@ def test_scale_down_while_busy_drains_and_every_request_completes(tmp_path: Path
         for t in arrivals:  # long outputs: every replica always has sequences in flight
             out.write(f"{t:.3f},{int(rng.integers(200, 1500))},{int(rng.integers(500, 1500))}\n")
     data = {
-        "name": "drain", "duration": duration, "seed": 1, "gpus": {"h200": 8},
-        "planner": {"policy": "local", "interval_s": 15, "predictor": "constant", "scale_down_grace_s": 0,
-                    "throughput_interval_s": 60},
-        "deployments": [{
-            "name": "d", "tenant": "t", "endpoint": "e", "mode": "agg", "sla": {"ttft_ms": 500, "itl_ms": 30},
-            "trace": {"path": str(trace), "format": "csv"},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 4, "initial": 4}},
-        }],
+        "name": "drain",
+        "duration": duration,
+        "seed": 1,
+        "gpus": {"h200": 8},
+        "planner": {
+            "policy": "local",
+            "interval_s": 15,
+            "predictor": "constant",
+            "scale_down_grace_s": 0,
+            "throughput_interval_s": 60,
+        },
+        "deployments": [
+            {
+                "name": "d",
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "agg",
+                "sla": {"ttft_ms": 500, "itl_ms": 30},
+                "trace": {"path": str(trace), "format": "csv"},
+                "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 4, "initial": 4}},
+            }
+        ],
     }
     scenario = parse_scenario(data, base_dir=tmp_path)
     workload = build_workload(scenario)
@@ -135,7 +187,7 @@ def test_scale_down_while_busy_drains_and_every_request_completes(tmp_path: Path
     drained = {request for d in busy for request in d["in_flight"]}
     assert (result.requests.status[sorted(drained)] == COMPLETED).all()
     assert (result.requests.status == COMPLETED).all()  # 0 unfinished, 0 rejected
-    final = [row for row in result.timeline if row.time_s == result.timeline[-1].time_s][0]
+    final = next(row for row in result.timeline if row.time_s == result.timeline[-1].time_s)
     assert final.gpus == final.target  # drained replicas released their GPUs afterwards
 
 
@@ -177,13 +229,27 @@ def test_missing_admission_metric_is_not_zero_traffic() -> None:
 def test_unschedulable_replicas_do_not_block_the_other_pool_or_a_later_scale_down() -> None:
     a = agent(spec("disagg", initial=1, max_replicas=8), scale_down_grace_s=120, max_step_up=1)
     heavy = 3 * TWO_REPLICAS_RPS
+
     # Prefill asked for more but its new replica cannot be placed; decode's can.
     def make(t, targets):
         return [
-            observe("prefill", t, heavy, ready=1, pending=max(0, targets["prefill"] - 1), healthy=False,
-                    queued_prefill_tokens=1e6),
-            observe("decode", t, heavy, ready=targets["decode"], healthy=False,
-                    itl_ms=Distribution(count=100, mean=35, p50=35, p90=45, p99=60)),
+            observe(
+                "prefill",
+                t,
+                heavy,
+                ready=1,
+                pending=max(0, targets["prefill"] - 1),
+                healthy=False,
+                queued_prefill_tokens=1e6,
+            ),
+            observe(
+                "decode",
+                t,
+                heavy,
+                ready=targets["decode"],
+                healthy=False,
+                itl_ms=Distribution(count=100, mean=35, p50=35, p90=45, p99=60),
+            ),
         ]
 
     decisions = run(a, 0, 12, make)
@@ -195,10 +261,15 @@ def test_unschedulable_replicas_do_not_block_the_other_pool_or_a_later_scale_dow
     assert decode[-1].target > 2  # the other pool kept scaling
     assert a.targets()["prefill"] == 2
     # Load drops and the GPUs never came: the agent scales down rather than staying stuck.
-    light = run(a, 12 * TICK, 40, lambda t, targets: [
-        observe("prefill", t, 1.0, ready=1, pending=max(0, targets["prefill"] - 1)),
-        observe("decode", t, 1.0, ready=targets["decode"]),
-    ])
+    light = run(
+        a,
+        12 * TICK,
+        40,
+        lambda t, targets: [
+            observe("prefill", t, 1.0, ready=1, pending=max(0, targets["prefill"] - 1)),
+            observe("decode", t, 1.0, ready=targets["decode"]),
+        ],
+    )
     assert a.targets() == {"prefill": 1, "decode": 1}
     assert any(pool(d, "prefill").target < 2 for d in light)
 
@@ -209,17 +280,27 @@ def test_no_scale_down_that_survivors_cannot_absorb_and_no_flapping(mode: str) -
     # Two replicas at half load each look comfortable (latencies well within the SLA, KV low),
     # but one replica cannot carry the whole load.
     a = agent(spec(initial=2, min_replicas=1), mode=mode, scale_down_grace_s=0)
-    decisions = run(a, 0, 120, lambda t, targets: [
-        observe("agg", t, TWO_REPLICAS_RPS, ready=targets["agg"], active_kv_tokens=1e5, kv_capacity_tokens=1e6)
-    ])
+    decisions = run(
+        a,
+        0,
+        120,
+        lambda t, targets: [
+            observe("agg", t, TWO_REPLICAS_RPS, ready=targets["agg"], active_kv_tokens=1e5, kv_capacity_tokens=1e6)
+        ],
+    )
     targets = [pool(d).target for d in decisions]
     assert targets == [2] * len(targets)  # an hour of ticks, no flapping
     if mode == "load":  # the reactive loop proposes one fewer; the consolidation check refuses it
         assert sum(pool(d).reason == R.CONSOLIDATION_REFUSED for d in decisions) > 100
     # Control: at a load one replica does absorb, the same agent does scale down to 1.
-    run(a, 120 * TICK, 20, lambda t, targets: [
-        observe("agg", t, ONE_REPLICA_RPS / 4, ready=targets["agg"], active_kv_tokens=1e5, kv_capacity_tokens=1e6)
-    ])
+    run(
+        a,
+        120 * TICK,
+        20,
+        lambda t, targets: [
+            observe("agg", t, ONE_REPLICA_RPS / 4, ready=targets["agg"], active_kv_tokens=1e5, kv_capacity_tokens=1e6)
+        ],
+    )
     assert a.targets() == {"agg": 1}
 
 
@@ -228,8 +309,15 @@ def test_demand_is_read_from_admissions_not_completions() -> None:
     a = agent(spec(initial=1))
     # Backpressure: 40 req/s admitted, only a handful completed (latency samples are completions).
     few = Distribution(count=20, mean=3000, p50=2500, p90=5000, p99=8000)
-    obs = observe("agg", 0.0, TWO_REPLICAS_RPS, ready=1, healthy=False, ttft_ms=few,
-                  itl_ms=Distribution(count=20, mean=40, p50=35, p90=60, p99=90))
+    obs = observe(
+        "agg",
+        0.0,
+        TWO_REPLICAS_RPS,
+        ready=1,
+        healthy=False,
+        ttft_ms=few,
+        itl_ms=Distribution(count=20, mean=40, p50=35, p90=60, p99=90),
+    )
     decision = a.step(0.0, [obs])
     assert decision.observed_rps == pytest.approx(TWO_REPLICAS_RPS)
     assert decision.forecast_rps == pytest.approx(TWO_REPLICAS_RPS)
@@ -244,13 +332,22 @@ def test_simulator_reports_admissions_not_completions(tmp_path: Path) -> None:
         for i in range(1200):  # 20 req/s of long requests into one fixed replica
             out.write(f"{i / 20:.3f},4000,1500\n")
     data = {
-        "name": "backpressure", "duration": 60, "seed": 1, "gpus": {"h200": 1},
+        "name": "backpressure",
+        "duration": 60,
+        "seed": 1,
+        "gpus": {"h200": 1},
         "planner": {"policy": "static", "interval_s": 30, "observation_delay_s": 0},
-        "deployments": [{
-            "name": "d", "tenant": "t", "endpoint": "e", "mode": "agg", "sla": {"ttft_ms": 500, "itl_ms": 30},
-            "trace": {"path": str(trace), "format": "csv"},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 1}},
-        }],
+        "deployments": [
+            {
+                "name": "d",
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "agg",
+                "sla": {"ttft_ms": 500, "itl_ms": 30},
+                "trace": {"path": str(trace), "format": "csv"},
+                "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 1}},
+            }
+        ],
     }
     scenario = parse_scenario(data, base_dir=tmp_path)
     workload = build_workload(scenario)
@@ -276,8 +373,14 @@ def test_budget_holds_when_observations_are_missing_or_partial() -> None:
         return sum(a.targets().values()) * 2
 
     # No observation at all, an empty list, another deployment's, one pool missing: budget holds.
-    for i, observations in enumerate([None, [], [observe("prefill", 0, 50.0, ready=1).model_copy(update={"deployment": "x"})],
-                                      [observe("prefill", 0, 200.0, ready=1, healthy=False, queued_prefill_tokens=1e7)]]):
+    for i, observations in enumerate(
+        [
+            None,
+            [],
+            [observe("prefill", 0, 50.0, ready=1).model_copy(update={"deployment": "x"})],
+            [observe("prefill", 0, 200.0, ready=1, healthy=False, queued_prefill_tokens=1e7)],
+        ]
+    ):
         for k in range(10):
             t = (i * 10 + k) * TICK
             obs = [o.model_copy(update={"time_s": t}) for o in observations] if observations else observations
@@ -285,10 +388,17 @@ def test_budget_holds_when_observations_are_missing_or_partial() -> None:
             assert sum(p.target * 2 for p in decision.pools) <= 8
             assert total() <= 8
     # Huge load on both pools: increases are capped by the budget, never above max.
-    run(a, 1000, 20, lambda t, targets: [
-        observe("prefill", t, 500.0, ready=targets["prefill"], healthy=False, queued_prefill_tokens=1e7),
-        observe("decode", t, 500.0, ready=targets["decode"], healthy=False, active_kv_tokens=1e6, kv_capacity_tokens=1e6),
-    ])
+    run(
+        a,
+        1000,
+        20,
+        lambda t, targets: [
+            observe("prefill", t, 500.0, ready=targets["prefill"], healthy=False, queued_prefill_tokens=1e7),
+            observe(
+                "decode", t, 500.0, ready=targets["decode"], healthy=False, active_kv_tokens=1e6, kv_capacity_tokens=1e6
+            ),
+        ],
+    )
     assert total() <= 8
 
 

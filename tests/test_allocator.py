@@ -29,8 +29,14 @@ def _s_curve(load: float, points: int = 16) -> list[float]:
 
 def _pool(name: str, tenant: str = "a", role: str = "agg", **kw: object) -> PoolDemand:
     fields: dict[str, object] = dict(
-        deployment=name, tenant=tenant, endpoint=f"ep-{name}", role=role, gpu_type="h100",
-        gpus_per_replica=1, max_replicas=11, curve=_concave(0.4),
+        deployment=name,
+        tenant=tenant,
+        endpoint=f"ep-{name}",
+        role=role,
+        gpu_type="h100",
+        gpus_per_replica=1,
+        max_replicas=11,
+        curve=_concave(0.4),
     )
     fields.update(kw)
     return PoolDemand(**fields)
@@ -45,20 +51,35 @@ def _random_request(seed: int) -> AllocationRequest:
         pair = rng.random() < 0.5
         for role in ("prefill", "decode") if pair else ("agg",):
             curve = _s_curve(rng.uniform(1, 10)) if rng.random() < 0.5 else _concave(rng.uniform(0.1, 1), 16)
-            pools.append(PoolDemand(
-                deployment=f"d{d}", tenant=tenant, endpoint=f"e{d % 3}", role=role, gpu_type=gpu,
-                gpus_per_replica=rng.choice([1, 2, 4]), min_replicas=rng.choice([0, 0, 1]), max_replicas=15,
-                current_replicas=rng.randint(0, 15), curve=curve, demand_weight=rng.uniform(0.1, 5),
-                pair_group=f"d{d}" if pair else None,
-            ))
+            pools.append(
+                PoolDemand(
+                    deployment=f"d{d}",
+                    tenant=tenant,
+                    endpoint=f"e{d % 3}",
+                    role=role,
+                    gpu_type=gpu,
+                    gpus_per_replica=rng.choice([1, 2, 4]),
+                    min_replicas=rng.choice([0, 0, 1]),
+                    max_replicas=15,
+                    current_replicas=rng.randint(0, 15),
+                    curve=curve,
+                    demand_weight=rng.uniform(0.1, 5),
+                    pair_group=f"d{d}" if pair else None,
+                )
+            )
     tenants = {
         "a": TenantLimits(priority=10, guaranteed_gpus={"h100": rng.randint(0, 8)}),
         "b": TenantLimits(priority=1, max_gpus={"h200": rng.randint(0, 20)}),
     }
     overrides = [PoolOverride(selector="c/*", max_step=rng.randint(0, 3), churn_weight=0.01)]
     return AllocationRequest(
-        pools=pools, inventory={"h100": rng.randint(0, 40), "h200": rng.randint(0, 40)}, tenants=tenants,
-        overrides=overrides, held_gpus={"h100": rng.randint(0, 4)}, seed=seed, time_limit_s=0.5,
+        pools=pools,
+        inventory={"h100": rng.randint(0, 40), "h200": rng.randint(0, 40)},
+        tenants=tenants,
+        overrides=overrides,
+        held_gpus={"h100": rng.randint(0, 4)},
+        seed=seed,
+        time_limit_s=0.5,
     )
 
 
@@ -70,8 +91,11 @@ def test_random_instances_respect_every_hard_limit(seed: int) -> None:
             used = sum(result.replicas[p.pool_id] * p.gpus_per_replica for p in request.pools if p.gpu_type == gpu)
             assert used + request.held_gpus.get(gpu, 0) <= max(total, request.held_gpus.get(gpu, 0))
             assert used <= max(0, total - request.held_gpus.get(gpu, 0))
-        b_h200 = sum(result.replicas[p.pool_id] * p.gpus_per_replica for p in request.pools
-                     if p.tenant == "b" and p.gpu_type == "h200")
+        b_h200 = sum(
+            result.replicas[p.pool_id] * p.gpus_per_replica
+            for p in request.pools
+            if p.tenant == "b" and p.gpu_type == "h200"
+        )
         assert b_h200 <= request.tenants["b"].max_gpus["h200"]
         for pool in request.pools:
             assert result.replicas[pool.pool_id] <= pool.max_replicas
@@ -84,8 +108,9 @@ def test_random_instances_respect_every_hard_limit(seed: int) -> None:
 
 def test_bounds_and_max_step() -> None:
     pools = [_pool("x", current_replicas=5, min_replicas=2, max_replicas=8, curve=_concave(0.1))]
-    request = AllocationRequest(pools=pools, inventory={"h100": 100},
-                                overrides=[PoolOverride(selector="a/x", max_step=1)])
+    request = AllocationRequest(
+        pools=pools, inventory={"h100": 100}, overrides=[PoolOverride(selector="a/x", max_step=1)]
+    )
     assert allocate(request).replicas["x/agg"] == 6
     assert allocate(request.model_copy(update={"overrides": []})).replicas["x/agg"] == 8
     flat = [_pool("y", current_replicas=5, min_replicas=2, curve=[0.0] * 12)]
@@ -146,8 +171,10 @@ def test_deterministic_and_warm_start_stable() -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_greedy_and_cp_sat_agree_on_single_budget_concave(seed: int) -> None:
     rng = random.Random(seed)
-    pools = [_pool(f"p{i}", curve=_concave(rng.uniform(0.1, 1.0), 16), max_replicas=15,
-                   demand_weight=rng.uniform(0.5, 3)) for i in range(8)]
+    pools = [
+        _pool(f"p{i}", curve=_concave(rng.uniform(0.1, 1.0), 16), max_replicas=15, demand_weight=rng.uniform(0.5, 3))
+        for i in range(8)
+    ]
     request = AllocationRequest(pools=pools, inventory={"h100": rng.randint(5, 60)}, time_limit_s=2)
     exact, greedy = allocate(request), allocate_greedy(request)
     assert exact.status == "optimal"
@@ -182,8 +209,14 @@ def _plan(
     # Each deployment reaches its planned load at 2 replicas (and 1 replica is past its knee, so
     # saturated): k replicas carry planned * k / 2.
     pools = [
-        _pool(name, endpoint="chat", demand_weight=planned[name], curve=curve or [0.0, 0.2, 1.0], replica_capacity_rps=7.0,
-              wanted_replicas=wanted)
+        _pool(
+            name,
+            endpoint="chat",
+            demand_weight=planned[name],
+            curve=curve or [0.0, 0.2, 1.0],
+            replica_capacity_rps=7.0,
+            wanted_replicas=wanted,
+        )
         for name in planned
     ]
     return endpoint_plans(pools, {f"{name}/agg": count for name, count in replicas.items()})["chat"]
@@ -240,20 +273,33 @@ def _tiny_request(seed: int) -> AllocationRequest:
         pair = rng.random() < 0.5
         for role in ("prefill", "decode") if pair else ("agg",):
             curve = _s_curve(rng.uniform(0, 5), 8) if rng.random() < 0.5 else _concave(rng.uniform(0.1, 1), 8)
-            pools.append(PoolDemand(
-                deployment=f"d{d}", tenant=tenant, endpoint=f"e{d}", role=role, gpu_type=gpu,
-                gpus_per_replica=rng.choice([1, 2]), min_replicas=rng.choice([0, 1]), max_replicas=6,
-                current_replicas=rng.randint(0, 6), curve=curve, demand_weight=rng.uniform(0.1, 5),
-                pair_group=f"d{d}" if pair else None,
-            ))
+            pools.append(
+                PoolDemand(
+                    deployment=f"d{d}",
+                    tenant=tenant,
+                    endpoint=f"e{d}",
+                    role=role,
+                    gpu_type=gpu,
+                    gpus_per_replica=rng.choice([1, 2]),
+                    min_replicas=rng.choice([0, 1]),
+                    max_replicas=6,
+                    current_replicas=rng.randint(0, 6),
+                    curve=curve,
+                    demand_weight=rng.uniform(0.1, 5),
+                    pair_group=f"d{d}" if pair else None,
+                )
+            )
     tenants = {
         "a": TenantLimits(priority=10, guaranteed_gpus={"h100": rng.randint(0, 6)}),
         "b": TenantLimits(priority=1, max_gpus={"h200": rng.randint(0, 8)}),
     }
     overrides = [PoolOverride(selector="c/*", max_step=rng.randint(1, 3), churn_weight=rng.choice([0.0, 0.05, 2.0]))]
     return AllocationRequest(
-        pools=pools, inventory={"h100": rng.randint(2, 14), "h200": rng.randint(2, 14)}, tenants=tenants,
-        overrides=overrides, time_limit_s=1.0,
+        pools=pools,
+        inventory={"h100": rng.randint(2, 14), "h200": rng.randint(2, 14)},
+        tenants=tenants,
+        overrides=overrides,
+        time_limit_s=1.0,
     )
 
 
@@ -319,9 +365,12 @@ def test_step_limited_pool_climbs_the_foot_of_an_s_curve() -> None:
         pools=[pool], inventory={"h100": 8}, overrides=[PoolOverride(selector="a/s", max_step=2)]
     )
     assert allocate(request).replicas["s/agg"] == 2
-    assert allocate(request.model_copy(update={"pools": [pool.model_copy(update={"current_replicas": 2})]})).replicas[
-        "s/agg"
-    ] == 4
+    assert (
+        allocate(request.model_copy(update={"pools": [pool.model_copy(update={"current_replicas": 2})]})).replicas[
+            "s/agg"
+        ]
+        == 4
+    )
 
 
 def test_guarantee_reserves_only_what_the_agent_wants() -> None:

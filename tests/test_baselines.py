@@ -121,9 +121,20 @@ def test_oracle_is_labelled_clairvoyant(diurnal) -> None:
 # the policies alone, on a known need curve
 # ---------------------------------------------------------------------------------------------
 def _spec(min_replicas: int = 1, max_replicas: int = 8, startup_s: float = 60.0, gpus: int = 1) -> DeploymentSpec:
-    pool = PoolSpec(deployment="d", role="agg", profile_path=str(H200), gpu_type="h200", gpus_per_replica=gpus,
-                    min_replicas=min_replicas, max_replicas=max_replicas, initial_replicas=min_replicas, startup_s=startup_s)
-    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode="agg", sla=SLA(ttft_ms=500, itl_ms=50), pools={"agg": pool})
+    pool = PoolSpec(
+        deployment="d",
+        role="agg",
+        profile_path=str(H200),
+        gpu_type="h200",
+        gpus_per_replica=gpus,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        initial_replicas=min_replicas,
+        startup_s=startup_s,
+    )
+    return DeploymentSpec(
+        name="d", tenant="t", endpoint="e", mode="agg", sla=SLA(ttft_ms=500, itl_ms=50), pools={"agg": pool}
+    )
 
 
 class KnownNeeds:
@@ -173,15 +184,37 @@ def test_static_peak_holds_the_peak_and_both_respect_bounds_and_inventory() -> N
 def test_fit_to_inventory_shrinks_the_largest_pool_first_and_keeps_minimums() -> None:
     specs = [
         DeploymentSpec(
-            name="d", tenant="t", endpoint="e", mode="disagg", sla=SLA(ttft_ms=500, itl_ms=50),
+            name="d",
+            tenant="t",
+            endpoint="e",
+            mode="disagg",
+            sla=SLA(ttft_ms=500, itl_ms=50),
             pools={
-                role: PoolSpec(deployment="d", role=role, profile_path="p", gpu_type="h200", gpus_per_replica=1,
-                               min_replicas=minimum, max_replicas=10, initial_replicas=minimum, startup_s=0)
+                role: PoolSpec(
+                    deployment="d",
+                    role=role,
+                    profile_path="p",
+                    gpu_type="h200",
+                    gpus_per_replica=1,
+                    min_replicas=minimum,
+                    max_replicas=10,
+                    initial_replicas=minimum,
+                    startup_s=0,
+                )
                 for role, minimum in (("prefill", 1), ("decode", 3))
             },
         )
     ]
-    assert fit_to_inventory({("d", "prefill"): 6, ("d", "decode"): 4}, specs, {"h200": 8}) == {("d", "prefill"): 4, ("d", "decode"): 4}
+    assert fit_to_inventory({("d", "prefill"): 6, ("d", "decode"): 4}, specs, {"h200": 8}) == {
+        ("d", "prefill"): 4,
+        ("d", "decode"): 4,
+    }
     # Not enough even at the minimums: stop there rather than go below them.
-    assert fit_to_inventory({("d", "prefill"): 6, ("d", "decode"): 4}, specs, {"h200": 2}) == {("d", "prefill"): 1, ("d", "decode"): 3}
-    assert fit_to_inventory({("d", "prefill"): 2, ("d", "decode"): 3}, specs, {"h200": 8}) == {("d", "prefill"): 2, ("d", "decode"): 3}
+    assert fit_to_inventory({("d", "prefill"): 6, ("d", "decode"): 4}, specs, {"h200": 2}) == {
+        ("d", "prefill"): 1,
+        ("d", "decode"): 3,
+    }
+    assert fit_to_inventory({("d", "prefill"): 2, ("d", "decode"): 3}, specs, {"h200": 8}) == {
+        ("d", "prefill"): 2,
+        ("d", "decode"): 3,
+    }

@@ -20,7 +20,7 @@ from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import Decision, FleetObservation, Policy, ReplicaTarget
 from fleet_sim.outputs import summarize
 from fleet_sim.results import COMPLETED, REJECTED, UNFINISHED, SimulationResult
-from fleet_sim.runner import ProfileCache, FleetSimulation
+from fleet_sim.runner import FleetSimulation, ProfileCache
 from fleet_sim.scenario import load_scenario, parse_scenario
 from fleet_sim.simulate import run_scenario
 from fleet_sim.workload import build_workload
@@ -150,7 +150,17 @@ def _azure_short(seed: int | None = None):
 def test_same_scenario_and_seed_give_identical_requests() -> None:
     first, second = run_scenario(_azure_short()), run_scenario(_azure_short())
     assert len(first.requests.arrival_s) > 1000
-    for field in ("endpoint", "deployment", "arrival_s", "input_tokens", "output_tokens", "ttft_ms", "itl_ms", "e2e_ms", "status"):
+    for field in (
+        "endpoint",
+        "deployment",
+        "arrival_s",
+        "input_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "itl_ms",
+        "e2e_ms",
+        "status",
+    ):
         np.testing.assert_array_equal(getattr(first.requests, field), getattr(second.requests, field), err_msg=field)
     assert first.timeline == second.timeline
     assert first.decisions == second.decisions
@@ -163,14 +173,18 @@ def test_same_scenario_and_seed_give_identical_requests() -> None:
 def test_every_request_ends_completed_rejected_or_unfinished(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     arrivals = np.sort(rng.uniform(0.5, 110, 400))
-    rows = [(float(a), int(i), int(o)) for a, i, o in zip(arrivals, rng.integers(50, 6000, 400), rng.integers(1, 600, 400))]
+    rows = [
+        (float(a), int(i), int(o)) for a, i, o in zip(arrivals, rng.integers(50, 6000, 400), rng.integers(1, 600, 400))
+    ]
     rows += [(50.25, 40000, 10), (60.5, 33000, 5)]  # above max_input_tokens / the profile's max_context
     scenario = make_scenario(tmp_path, sorted(rows), mode="disagg", max_input_tokens=6000)
     # A second endpoint whose only deployment never gets a replica: all its requests stay unfinished.
     data = scenario.model_dump(by_alias=True, mode="json")
     starved = copy.deepcopy(data["deployments"][0])
     starved.update(name="starved", endpoint="e2", mode="agg", pools={"agg": pool_config(initial=0, min=0)})
-    starved["trace"]["path"] = str(write_trace(tmp_path / "e2.csv", [(10.5, 100, 10), (20.5, 100, 10), (119.0, 100, 10)]))
+    starved["trace"]["path"] = str(
+        write_trace(tmp_path / "e2.csv", [(10.5, 100, 10), (20.5, 100, 10), (119.0, 100, 10)])
+    )
     data["deployments"].append(starved)
     scenario = parse_scenario(data, base_dir=tmp_path)
 
@@ -194,14 +208,20 @@ def test_every_request_ends_completed_rejected_or_unfinished(tmp_path: Path) -> 
     fleet = summarize(result)["fleet"]
     assert fleet["requests"] == n
     assert fleet["completed"] + fleet["rejected"] + fleet["unfinished"] == n
-    assert (fleet["completed"], fleet["rejected"], fleet["unfinished"]) == (completed.sum(), rejected.sum(), unfinished.sum())
+    assert (fleet["completed"], fleet["rejected"], fleet["unfinished"]) == (
+        completed.sum(),
+        rejected.sum(),
+        unfinished.sum(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # one request alone: the profile's numbers
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("input_tokens,output_tokens,gbps", [(1000, 100, 50.0), (6000, 300, 50.0), (3000, 50, 10.0)])
-def test_lone_request_disagg_matches_profile(tmp_path: Path, model: PerfModel, input_tokens, output_tokens, gbps) -> None:
+def test_lone_request_disagg_matches_profile(
+    tmp_path: Path, model: PerfModel, input_tokens, output_tokens, gbps
+) -> None:
     scenario = make_scenario(tmp_path, [(1.0, input_tokens, output_tokens)], mode="disagg", kv_transfer_gbps=gbps)
     req = simulate(scenario).requests
     assert req.status.tolist() == [COMPLETED]
@@ -455,5 +475,8 @@ def test_gpu_seconds_of_a_static_fleet(tmp_path: Path) -> None:
     rows = [(float(t) + 0.5, 500, 50) for t in range(0, 90, 2)]
     scenario = make_scenario(tmp_path, rows, mode="disagg", duration=90, initial=2, gpus_per_replica=2)
     result = simulate(scenario)
-    assert result.gpu_seconds == {("d", "prefill"): pytest.approx(2 * 2 * 90), ("d", "decode"): pytest.approx(2 * 2 * 90)}
+    assert result.gpu_seconds == {
+        ("d", "prefill"): pytest.approx(2 * 2 * 90),
+        ("d", "decode"): pytest.approx(2 * 2 * 90),
+    }
     assert summarize(result)["fleet"]["gpu_hours"] == pytest.approx(8 * 90 / 3600)

@@ -187,7 +187,7 @@ def test_arima_survives_flat_series_and_failed_fits(monkeypatch: pytest.MonkeyPa
     flat.warm([10.0] * 30)
     assert flat.predict(3).mean == pytest.approx(10.0, rel=0.01)
 
-    def broken_fit(self, values):  # noqa: ANN001, ANN202
+    def broken_fit(self, values):
         raise np.linalg.LinAlgError("singular")
 
     monkeypatch.setattr(ArimaPredictor, "_fit", broken_fit)

@@ -7,7 +7,6 @@ admitted request is lost to a scale-down."""
 from __future__ import annotations
 
 import collections
-import logging
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from fleet_sim.results import COMPLETED, UNFINISHED, SimulationResult
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.simulate import run_scenario
 from global_planner.service.audit import read_records
-from global_planner.simulated import GlobalPolicy, PlannerFaults
+from global_planner.simulated import PlannerFaults
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
@@ -48,7 +47,14 @@ def _scenario(tmp_path: Path, faults: dict | None = None, *, duration_s: float =
         return {"sla": {"ttft_ms": 800, "itl_ms": 40}, "trace": {"synth": synth, "max_input_tokens": 16000}}
 
     def pool(minimum: int, initial: int) -> dict:
-        return {"profile": str(PROFILE), "gpu_type": "h100", "min": minimum, "max": 6, "initial": initial, "startup_s": 60}
+        return {
+            "profile": str(PROFILE),
+            "gpu_type": "h100",
+            "min": minimum,
+            "max": 6,
+            "initial": initial,
+            "startup_s": 60,
+        }
 
     data = {
         "name": "faults",
@@ -166,4 +172,6 @@ def test_reports_delivered_late(tmp_path: Path, baseline: SimulationResult) -> N
     result, records = _run(tmp_path, {"delay_s": 30})
     _assert_safe(result)
     assert len(records) > 10
-    assert _targets(result, "chat") != _targets(baseline, "chat") or _targets(result, "batch") != _targets(baseline, "batch")
+    assert _targets(result, "chat") != _targets(baseline, "chat") or _targets(result, "batch") != _targets(
+        baseline, "batch"
+    )

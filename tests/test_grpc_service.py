@@ -60,7 +60,9 @@ async def planner(tmp_path):
 
 
 def _pools(max_replicas: int = 8) -> list[PoolRegistration]:
-    return [PoolRegistration(role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=max_replicas)]
+    return [
+        PoolRegistration(role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=max_replicas)
+    ]
 
 
 def _curve(need: int, length: int = 9) -> list[float]:
@@ -69,7 +71,9 @@ def _curve(need: int, length: int = 9) -> list[float]:
 
 def _register_pb(deployment: str = "chat-a", tenant: str = "acme") -> pb.RegisterRequest:
     return pb.RegisterRequest(
-        deployment=deployment, tenant=tenant, endpoint="chat",
+        deployment=deployment,
+        tenant=tenant,
+        endpoint="chat",
         pools=[pb.PoolSpec(role=pb.POOL_ROLE_AGG, gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=8)],
     )
 
@@ -81,7 +85,9 @@ def _auth(token: str) -> tuple[tuple[str, str]]:
 async def test_register_report_targets_and_acks(planner, tmp_path) -> None:
     async with PlannerClient(planner.target, TOKEN_A, "chat-a", "acme", "chat", _pools(), floor=1) as client:
         await client.register()
-        holding = await client.report([PoolReport(role="agg", ready=2, curve=_curve(4))], Forecast(mean_rps=5, upper_rps=6))
+        holding = await client.report(
+            [PoolReport(role="agg", ready=2, curve=_curve(4))], Forecast(mean_rps=5, upper_rps=6)
+        )
         assert holding.decision_id == 0 and holding.replicas == {"agg": 2}, "before a round: hold what is counted"
         round_ = await planner.run_round()
         assert round_ is not None
@@ -118,10 +124,14 @@ async def test_auth_errors(planner) -> None:
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED and "tenant" in error.value.details()
         registered = await stub.Register(_register_pb("chat-b", "beta"), metadata=_auth(TOKEN_B))
         with pytest.raises(grpc.aio.AioRpcError) as error:  # nor report for another tenant's deployment
-            await stub.Report(pb.ReportRequest(deployment="chat-b", session_id=registered.session_id, sequence=1),
-                              metadata=_auth(TOKEN_A))
+            await stub.Report(
+                pb.ReportRequest(deployment="chat-b", session_id=registered.session_id, sequence=1),
+                metadata=_auth(TOKEN_A),
+            )
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert planner.registry.get_sample_value("fleet_planner_rejected_messages_total", {"code": "PERMISSION_DENIED"}) == 3
+    assert (
+        planner.registry.get_sample_value("fleet_planner_rejected_messages_total", {"code": "PERMISSION_DENIED"}) == 3
+    )
 
 
 def _bad_reports(session: str) -> list[tuple[str, pb.ReportRequest, grpc.StatusCode, str]]:
@@ -141,8 +151,12 @@ def _bad_reports(session: str) -> list[tuple[str, pb.ReportRequest, grpc.StatusC
         ("attainment > 1", report(curve=[0.0, 1.5]), invalid, "pools[0].curve[1]"),
         ("no role", report(role=pb.POOL_ROLE_UNSPECIFIED), invalid, "pools[0].role"),
         ("unregistered role", report(role=pb.POOL_ROLE_DECODE), invalid, "pools[0].role"),
-        ("long name", pb.ReportRequest(deployment="x" * 300, session_id=session), grpc.StatusCode.PERMISSION_DENIED,
-         "deployment"),
+        (
+            "long name",
+            pb.ReportRequest(deployment="x" * 300, session_id=session),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "deployment",
+        ),
     ]
 
 
@@ -151,8 +165,12 @@ async def test_bad_input_is_rejected_and_others_keep_being_served(planner) -> No
         stub = pb_grpc.PlannerStub(channel)
         a = await stub.Register(_register_pb(), metadata=_auth(TOKEN_A))
         b = await stub.Register(_register_pb("chat-b", "beta"), metadata=_auth(TOKEN_B))
-        good = pb.ReportRequest(deployment="chat-a", session_id=a.session_id, sequence=1,
-                                pools=[pb.PoolReport(role=pb.POOL_ROLE_AGG, ready=3, curve=[0.0, 1.0])])
+        good = pb.ReportRequest(
+            deployment="chat-a",
+            session_id=a.session_id,
+            sequence=1,
+            pools=[pb.PoolReport(role=pb.POOL_ROLE_AGG, ready=3, curve=[0.0, 1.0])],
+        )
         await stub.Report(good, metadata=_auth(TOKEN_A))
         for label, request, code, field in _bad_reports(a.session_id):
             with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -160,12 +178,16 @@ async def test_bad_input_is_rejected_and_others_keep_being_served(planner) -> No
             assert error.value.code() == code, label
             assert field in error.value.details(), (label, error.value.details())
             # b is still served, and nothing of a's bad message was applied
-            reply = await stub.Report(pb.ReportRequest(deployment="chat-b", session_id=b.session_id,
-                                                       sequence=len(label)), metadata=_auth(TOKEN_B))
+            reply = await stub.Report(
+                pb.ReportRequest(deployment="chat-b", session_id=b.session_id, sequence=len(label)),
+                metadata=_auth(TOKEN_B),
+            )
             assert reply.targets.endpoint == "chat"
             assert planner.state.usage("chat-a", "agg") == 3
         with pytest.raises(grpc.aio.AioRpcError) as error:  # a valid token whose deployment never registered
-            await stub.Report(pb.ReportRequest(deployment="ghost", session_id="s", sequence=1), metadata=_auth(TOKEN_GHOST))
+            await stub.Report(
+                pb.ReportRequest(deployment="ghost", session_id="s", sequence=1), metadata=_auth(TOKEN_GHOST)
+            )
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.aio.AioRpcError) as error:
             bad = _register_pb()
@@ -176,7 +198,10 @@ async def test_bad_input_is_rejected_and_others_keep_being_served(planner) -> No
             bad = _register_pb()
             bad.pools[0].min_replicas = 9
             await stub.Register(bad, metadata=_auth(TOKEN_A))
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_replicas 9 > max_replicas 8" in error.value.details()
+        assert (
+            error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "min_replicas 9 > max_replicas 8" in error.value.details()
+        )
 
 
 async def test_health_and_reflection(planner) -> None:
@@ -195,8 +220,18 @@ async def test_health_and_reflection(planner) -> None:
 
 async def test_client_falls_back_to_lease_then_floor(planner) -> None:
     clock = Clock(0.0)
-    client = PlannerClient(planner.target, TOKEN_A, "chat-a", "acme", "chat", _pools(), floor=1, drain_margin_s=5.0,
-                           timeout_s=0.5, clock=clock)
+    client = PlannerClient(
+        planner.target,
+        TOKEN_A,
+        "chat-a",
+        "acme",
+        "chat",
+        _pools(),
+        floor=1,
+        drain_margin_s=5.0,
+        timeout_s=0.5,
+        clock=clock,
+    )
     pools = [PoolReport(role="agg", ready=0, curve=_curve(3))]
     await client.report(pools, Forecast(mean_rps=5, upper_rps=6))
     await planner.run_round()

@@ -15,7 +15,13 @@ from fleet_sim.outputs import TIMELINE_COLUMNS, summarize, write_outputs
 from fleet_sim.outputs.report import MAX_POINTS, _pool_series
 from fleet_sim.outputs.summary import PERCENTILES, _group_percentiles
 from fleet_sim.results import (
-    COMPLETED, REJECTED, UNFINISHED, DecisionRecord, RequestRecords, SimulationResult, TimelineRow,
+    COMPLETED,
+    REJECTED,
+    UNFINISHED,
+    DecisionRecord,
+    RequestRecords,
+    SimulationResult,
+    TimelineRow,
 )
 
 NAN = math.nan
@@ -23,54 +29,100 @@ C, R, U = COMPLETED, REJECTED, UNFINISHED
 
 
 def _pool(deployment: str, role: str, gpu_type: str, gpus: int = 1) -> PoolSpec:
-    return PoolSpec(deployment=deployment, role=role, profile_path="p.json", gpu_type=gpu_type,
-                    gpus_per_replica=gpus, min_replicas=0, max_replicas=8, initial_replicas=1, startup_s=60)
+    return PoolSpec(
+        deployment=deployment,
+        role=role,
+        profile_path="p.json",
+        gpu_type=gpu_type,
+        gpus_per_replica=gpus,
+        min_replicas=0,
+        max_replicas=8,
+        initial_replicas=1,
+        startup_s=60,
+    )
 
 
 def _deployment(name: str, tenant: str, endpoint: str, pools: dict[str, PoolSpec]) -> DeploymentSpec:
-    return DeploymentSpec(name=name, tenant=tenant, endpoint=endpoint, mode="disagg" if "prefill" in pools else "agg",
-                          sla=SLA(ttft_ms=500, itl_ms=50), pools=pools)
+    return DeploymentSpec(
+        name=name,
+        tenant=tenant,
+        endpoint=endpoint,
+        mode="disagg" if "prefill" in pools else "agg",
+        sla=SLA(ttft_ms=500, itl_ms=50),
+        pools=pools,
+    )
 
 
 def _requests(rows: list[tuple]) -> RequestRecords:
     ep, dep, ttft, itl, out, status = zip(*rows) if rows else ((),) * 6
     n = len(rows)
     return RequestRecords(
-        endpoint=np.array(ep, dtype=np.int32), deployment=np.array(dep, dtype=np.int32),
-        arrival_s=np.arange(n, dtype=float), input_tokens=np.full(n, 100, dtype=np.int64),
-        output_tokens=np.array(out, dtype=np.int64), ttft_ms=np.array(ttft, dtype=float),
-        itl_ms=np.array(itl, dtype=float), e2e_ms=np.array(ttft, dtype=float),
+        endpoint=np.array(ep, dtype=np.int32),
+        deployment=np.array(dep, dtype=np.int32),
+        arrival_s=np.arange(n, dtype=float),
+        input_tokens=np.full(n, 100, dtype=np.int64),
+        output_tokens=np.array(out, dtype=np.int64),
+        ttft_ms=np.array(ttft, dtype=float),
+        itl_ms=np.array(itl, dtype=float),
+        e2e_ms=np.array(ttft, dtype=float),
         status=np.array(status, dtype=np.int8),
     )
 
 
-def _row(t: float, dep: str, role: str, gpu_type: str, ready: int, gpus: int, arrivals: int,
-         ttft: float = NAN, itl: float = NAN) -> TimelineRow:
-    return TimelineRow(time_s=t, deployment=dep, role=role, gpu_type=gpu_type, target=ready + 1, ready=ready,
-                       starting=1, draining=0, pending=0, gpus=gpus, arrivals=arrivals,
-                       ttft_p90_ms=ttft, itl_p90_ms=itl)
+def _row(
+    t: float,
+    dep: str,
+    role: str,
+    gpu_type: str,
+    ready: int,
+    gpus: int,
+    arrivals: int,
+    ttft: float = NAN,
+    itl: float = NAN,
+) -> TimelineRow:
+    return TimelineRow(
+        time_s=t,
+        deployment=dep,
+        role=role,
+        gpu_type=gpu_type,
+        target=ready + 1,
+        ready=ready,
+        starting=1,
+        draining=0,
+        pending=0,
+        gpus=gpus,
+        arrivals=arrivals,
+        ttft_p90_ms=ttft,
+        itl_p90_ms=itl,
+    )
 
 
 def make_result(clairvoyant: bool = False) -> SimulationResult:
     deployments = [
         _deployment("chat-a", "acme", "chat", {"agg": _pool("chat-a", "agg", "H100")}),
         _deployment("chat-b", "beta", "chat", {"agg": _pool("chat-b", "agg", "A100")}),
-        _deployment("code-d", "acme", "code", {"prefill": _pool("code-d", "prefill", "H100"),
-                                               "decode": _pool("code-d", "decode", "H100", gpus=2)}),
+        _deployment(
+            "code-d",
+            "acme",
+            "code",
+            {"prefill": _pool("code-d", "prefill", "H100"), "decode": _pool("code-d", "decode", "H100", gpus=2)},
+        ),
     ]
     # endpoint, deployment, ttft_ms, itl_ms, output_tokens, status
-    requests = _requests([
-        (0, 0, 100, 20, 10, C),     # met
-        (0, 0, 600, 20, 10, C),     # TTFT miss
-        (0, 0, 200, NAN, 1, C),     # one token: no ITL, met
-        (0, 0, 300, 60, 5, C),      # ITL miss
-        (0, -1, NAN, NAN, 5, R),    # rejected at admission, never routed
-        (0, 1, NAN, NAN, 5, R),     # rejected by its deployment
-        (0, 1, 250, NAN, 5, U),     # unfinished after its first token
-        (1, 2, 900, 10, 50, C),     # met
-        (1, 2, 400, NAN, 50, U),    # unfinished
-        (1, 2, 1000, 20, 3, C),     # met exactly at both targets
-    ])
+    requests = _requests(
+        [
+            (0, 0, 100, 20, 10, C),  # met
+            (0, 0, 600, 20, 10, C),  # TTFT miss
+            (0, 0, 200, NAN, 1, C),  # one token: no ITL, met
+            (0, 0, 300, 60, 5, C),  # ITL miss
+            (0, -1, NAN, NAN, 5, R),  # rejected at admission, never routed
+            (0, 1, NAN, NAN, 5, R),  # rejected by its deployment
+            (0, 1, 250, NAN, 5, U),  # unfinished after its first token
+            (1, 2, 900, 10, 50, C),  # met
+            (1, 2, 400, NAN, 50, U),  # unfinished
+            (1, 2, 1000, 20, 3, C),  # met exactly at both targets
+        ]
+    )
     timeline = [
         _row(60.0, "chat-a", "agg", "H100", 1, 2, 120, ttft=150.0, itl=25.5),
         _row(60.0, "chat-b", "agg", "A100", 1, 2, 0),
@@ -83,31 +135,59 @@ def make_result(clairvoyant: bool = False) -> SimulationResult:
     ]
     decisions = [
         DecisionRecord(time_s=30.0, deployment="chat-a", role="agg", from_replicas=1, to_replicas=2, reason="load up"),
-        DecisionRecord(time_s=90.0, deployment="code-d", role="prefill", from_replicas=2, to_replicas=3,
-                       reason="ttft \"forecast\" > SLA"),
+        DecisionRecord(
+            time_s=90.0,
+            deployment="code-d",
+            role="prefill",
+            from_replicas=2,
+            to_replicas=3,
+            reason='ttft "forecast" > SLA',
+        ),
     ]
     return SimulationResult(
-        name="unit-run", policy="oracle" if clairvoyant else "local-agent", clairvoyant=clairvoyant, seed=7,
-        duration_s=120.0, gpu_inventory={"H100": 8, "A100": 4}, endpoints=["chat", "code"],
-        endpoint_sla={"chat": (500.0, 50.0), "code": (1000.0, 20.0)}, deployments=deployments,
-        requests=requests, timeline=timeline, decisions=decisions,
-        gpu_seconds={("chat-a", "agg"): 7200.0, ("chat-b", "agg"): 3600.0,
-                     ("code-d", "prefill"): 1800.0, ("code-d", "decode"): 5400.0},
-        scale_events={"chat-a": 1, "code-d": 1}, max_gpus_in_use={"H100": 9, "A100": 2}, budget_violations=1,
-        wall_seconds=0.5, simulated_seconds=120.0, notes=["profile clamped at 8k tokens"],
+        name="unit-run",
+        policy="oracle" if clairvoyant else "local-agent",
+        clairvoyant=clairvoyant,
+        seed=7,
+        duration_s=120.0,
+        gpu_inventory={"H100": 8, "A100": 4},
+        endpoints=["chat", "code"],
+        endpoint_sla={"chat": (500.0, 50.0), "code": (1000.0, 20.0)},
+        deployments=deployments,
+        requests=requests,
+        timeline=timeline,
+        decisions=decisions,
+        gpu_seconds={
+            ("chat-a", "agg"): 7200.0,
+            ("chat-b", "agg"): 3600.0,
+            ("code-d", "prefill"): 1800.0,
+            ("code-d", "decode"): 5400.0,
+        },
+        scale_events={"chat-a": 1, "code-d": 1},
+        max_gpus_in_use={"H100": 9, "A100": 2},
+        budget_violations=1,
+        wall_seconds=0.5,
+        simulated_seconds=120.0,
+        notes=["profile clamped at 8k tokens"],
     )
 
 
 def _no_nan(text: str) -> dict:
     def reject(token: str) -> None:
         raise AssertionError(f"non-JSON number {token}")
+
     return json.loads(text, parse_constant=reject)
 
 
 def test_fleet_counts_attainment_and_gpu_hours() -> None:
     fleet = summarize(make_result())["fleet"]
     assert (fleet["requests"], fleet["completed"], fleet["rejected"], fleet["unfinished"], fleet["unrouted"]) == (
-        10, 6, 2, 2, 1)
+        10,
+        6,
+        2,
+        2,
+        1,
+    )
     assert fleet["slo_attainment"] == pytest.approx(4 / 10)
     assert fleet["gpu_hours"] == pytest.approx(5.0)
     assert fleet["gpu_hours_by_type"] == pytest.approx({"H100": 4.0, "A100": 1.0})
@@ -181,15 +261,37 @@ def test_write_outputs_files(tmp_path: Path) -> None:
     decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     assert decisions == [
         {"time_s": 30.0, "deployment": "chat-a", "pool": "agg", "from": 1, "to": 2, "reason": "load up"},
-        {"time_s": 90.0, "deployment": "code-d", "pool": "prefill", "from": 2, "to": 3,
-         "reason": "ttft \"forecast\" > SLA"},
+        {
+            "time_s": 90.0,
+            "deployment": "code-d",
+            "pool": "prefill",
+            "from": 2,
+            "to": 3,
+            "reason": 'ttft "forecast" > SLA',
+        },
     ]
 
     with (out / "timeline.csv").open(newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == TIMELINE_COLUMNS == (
-        "time_s", "deployment", "pool", "gpu_type", "target", "ready", "starting", "draining", "pending", "gpus",
-        "arrivals", "ttft_p90_ms", "itl_p90_ms")
+    assert (
+        tuple(rows[0])
+        == TIMELINE_COLUMNS
+        == (
+            "time_s",
+            "deployment",
+            "pool",
+            "gpu_type",
+            "target",
+            "ready",
+            "starting",
+            "draining",
+            "pending",
+            "gpus",
+            "arrivals",
+            "ttft_p90_ms",
+            "itl_p90_ms",
+        )
+    )
     assert len(rows) == 9
     assert rows[1] == ["60.0", "chat-a", "agg", "H100", "2", "1", "1", "0", "0", "2", "120", "150.0", "25.5"]
     assert rows[2][-2:] == ["", ""]  # NaN latencies are empty cells

@@ -88,8 +88,13 @@ def test_npz_layout_loads_identically(src: Path, tmp_path: Path) -> None:
     for field in ("name", "model", "system", "backend", "tp", "gpus_per_engine", "max_kv_tokens", "max_context"):
         assert getattr(a, field) == getattr(b, field)
     for field in (
-        "prefill_isl", "prefill_ttft_ms", "prefill_thpt_per_gpu",
-        "decode_kv_usage", "decode_context", "decode_itl_ms", "decode_thpt_per_gpu",
+        "prefill_isl",
+        "prefill_ttft_ms",
+        "prefill_thpt_per_gpu",
+        "decode_kv_usage",
+        "decode_context",
+        "decode_itl_ms",
+        "decode_thpt_per_gpu",
     ):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     ma, mb = PerfModel(a), PerfModel(b)
@@ -191,7 +196,9 @@ def test_decode_throughput_and_max_batch(profile: EngineProfile) -> None:
     model = PerfModel(profile)
     assert model.decode_tokens_per_s(16, 2000) == pytest.approx(16 * 1000 / model.itl_ms(16, 2000))
     assert model.max_batch(1000) == pytest.approx(profile.max_kv_tokens / 1000)
-    np.testing.assert_allclose(model.max_batch(np.array([1000.0, 0.0])), [profile.max_kv_tokens / 1000, profile.max_kv_tokens])
+    np.testing.assert_allclose(
+        model.max_batch(np.array([1000.0, 0.0])), [profile.max_kv_tokens / 1000, profile.max_kv_tokens]
+    )
     assert model.max_kv_tokens == profile.max_kv_tokens
     assert model.gpus_per_engine == profile.gpus_per_engine
     assert model.max_context == profile.max_context

@@ -34,8 +34,9 @@ def _dense_points(base: PerfModel) -> tuple[np.ndarray, np.ndarray]:
     return b[fits], c[fits]
 
 
-def _teach(model: CorrectedPerfModel, base: PerfModel, factor: float, *, rounds: int = 3,
-           noise: float = 0.02, seed: int = 0) -> None:
+def _teach(
+    model: CorrectedPerfModel, base: PerfModel, factor: float, *, rounds: int = 3, noise: float = 0.02, seed: int = 0
+) -> None:
     """Feed decode and prefill samples at every profiled point, measured as ``factor`` x base."""
     rng = np.random.default_rng(seed)
     b, c = _points(base)
@@ -194,8 +195,15 @@ def test_bad_samples_are_rejected_without_state_change(base, args) -> None:
 
 
 def test_constructor_checks_its_options(base) -> None:
-    for bad in ({"min_samples": 0}, {"max_samples": 0}, {"bins": 0}, {"half_life": 0.0},
-                {"prior_weight": 0.0}, {"factor_range": (1.2, 3.0)}, {"factor_range": (0.5, 0.9)}):
+    for bad in (
+        {"min_samples": 0},
+        {"max_samples": 0},
+        {"bins": 0},
+        {"half_life": 0.0},
+        {"prior_weight": 0.0},
+        {"factor_range": (1.2, 3.0)},
+        {"factor_range": (0.5, 0.9)},
+    ):
         with pytest.raises(ValueError):
             CorrectedPerfModel(base, **bad)
 

@@ -43,12 +43,21 @@ def test_committed_schema_is_current() -> None:
 @pytest.mark.parametrize(
     ("text", "path", "problem"),
     [
-        (GOOD.replace("guaranteed_gpus: {h200: 8}", "guaranteed_gpus: {h200: 30}"),
-         "tenants.acme.guaranteed_gpus.h200", "exceeds max_gpus 24"),
-        (GOOD.replace("beta: {priority: 10}", "beta: {priority: 10, guaranteed_gpus: {h200: 30}}"),
-         "tenants.beta.guaranteed_gpus.h200", "more than the fleet's 32"),
-        (GOOD.replace("max_gpus: {h200: 24, h100: 8}", "max_gpus: {a100: 4}"),
-         "tenants.acme.max_gpus.a100", "unknown GPU type 'a100'"),
+        (
+            GOOD.replace("guaranteed_gpus: {h200: 8}", "guaranteed_gpus: {h200: 30}"),
+            "tenants.acme.guaranteed_gpus.h200",
+            "exceeds max_gpus 24",
+        ),
+        (
+            GOOD.replace("beta: {priority: 10}", "beta: {priority: 10, guaranteed_gpus: {h200: 30}}"),
+            "tenants.beta.guaranteed_gpus.h200",
+            "more than the fleet's 32",
+        ),
+        (
+            GOOD.replace("max_gpus: {h200: 24, h100: 8}", "max_gpus: {a100: 4}"),
+            "tenants.acme.max_gpus.a100",
+            "unknown GPU type 'a100'",
+        ),
         (GOOD.replace("priority: 10}", "priority: 0}"), "tenants.beta.priority", "greater than 0"),
         (GOOD.replace("priority: 10}", "priority: .inf}"), "tenants.beta.priority", "finite"),
         (GOOD.replace("priority: 10}", "priority: 10, colour: red}"), "tenants.beta.colour", "Extra inputs"),

@@ -42,7 +42,13 @@ def write_trace(path: Path, *, hashes: bool, groups: int = 8, requests: int = 50
 
 
 def scenario(trace: Path, *, mode: str = "disagg", cache: bool = True, entry_replicas: int = 3):
-    pool = {"profile": str(PROFILE), "gpu_type": "h200", "min": entry_replicas, "max": entry_replicas, "prefix_cache": cache}
+    pool = {
+        "profile": str(PROFILE),
+        "gpu_type": "h200",
+        "min": entry_replicas,
+        "max": entry_replicas,
+        "prefix_cache": cache,
+    }
     pools = (
         {"prefill": pool, "decode": {"profile": str(PROFILE), "gpu_type": "h200", "min": 2, "max": 2}}
         if mode == "disagg"
@@ -163,8 +169,15 @@ def _spec(mode: str) -> DeploymentSpec:
         sla=SLA(ttft_ms=1000, itl_ms=50),
         pools={
             r: PoolSpec(
-                deployment="d", role=r, profile_path=str(PROFILE), gpu_type="h200",
-                gpus_per_replica=1, min_replicas=0, max_replicas=32, initial_replicas=1, startup_s=60,
+                deployment="d",
+                role=r,
+                profile_path=str(PROFILE),
+                gpu_type="h200",
+                gpus_per_replica=1,
+                min_replicas=0,
+                max_replicas=32,
+                initial_replicas=1,
+                startup_s=60,
             )
             for r in roles
         },
@@ -181,11 +194,20 @@ def test_agent_sizes_prefill_for_prefix_reuse(mode: str) -> None:
     outputs = Distribution(count=300, mean=150, p50=80, p90=400, p99=900)
 
     def sized(hit: float | None) -> dict[str, int]:
-        agent = LocalAgent(spec, {role: model for role in spec.pools}, AgentOptions(predictor="constant"), 30.0)
+        agent = LocalAgent(spec, dict.fromkeys(spec.pools, model), AgentOptions(predictor="constant"), 30.0)
         observations = [
             PoolObservation(
-                deployment="d", role=role, time_s=0.0, window_s=30.0, ready=1, starting=0, draining=0, pending=0,
-                admitted=150, input_tokens=inputs, output_tokens=outputs,
+                deployment="d",
+                role=role,
+                time_s=0.0,
+                window_s=30.0,
+                ready=1,
+                starting=0,
+                draining=0,
+                pending=0,
+                admitted=150,
+                input_tokens=inputs,
+                output_tokens=outputs,
                 prefix_hit_rate=hit if role != "decode" else None,
             )
             for role in spec.pools

@@ -25,8 +25,17 @@ ConnectorFactory = Callable[..., ProcessConnector]
 
 def demo_command(tmp_path: Path) -> WorkerCommand:
     return WorkerCommand(
-        argv=[sys.executable, "-m", "local_agent.connectors.worker", "--port", "{port}",
-              "--ready-file", "{ready_file}", "--job-log", str(tmp_path / "jobs-{worker_id}.log")],
+        argv=[
+            sys.executable,
+            "-m",
+            "local_agent.connectors.worker",
+            "--port",
+            "{port}",
+            "--ready-file",
+            "{ready_file}",
+            "--job-log",
+            str(tmp_path / "jobs-{worker_id}.log"),
+        ],
         env={"PYTHONPATH": str(REPO_ROOT)},
     )
 
@@ -196,8 +205,16 @@ async def test_stale_state_file_is_cleaned_up_without_signalling_anyone(
     state = tmp_path / "state.json"
 
     def record(worker_id: str, pid: int, starttime: int) -> dict[str, object]:
-        return {"worker_id": worker_id, "role": "agg", "pid": pid, "port": 1, "started_at": 0.0,
-                "proc_starttime": starttime, "ready_file": str(tmp_path / f"{worker_id}.ready"), "ready": True}
+        return {
+            "worker_id": worker_id,
+            "role": "agg",
+            "pid": pid,
+            "port": 1,
+            "started_at": 0.0,
+            "proc_starttime": starttime,
+            "ready_file": str(tmp_path / f"{worker_id}.ready"),
+            "ready": True,
+        }
 
     # a dead pid, and a live pid (this test process) whose start time does not match: pid reuse
     workers = [record("agg-dead", dead.pid, 1), record("agg-reused", os.getpid(), 1)]
@@ -222,9 +239,24 @@ def test_corrupt_state_file_raises_and_touches_nothing(tmp_path: Path, connector
 
 def test_state_file_with_unconfigured_role_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    state.write_text(json.dumps({"version": 1, "workers": [{
-        "worker_id": "x", "role": "prefill", "pid": 1, "port": 1, "started_at": 0.0,
-        "proc_starttime": None, "ready_file": "r"}]}))
+    state.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "workers": [
+                    {
+                        "worker_id": "x",
+                        "role": "prefill",
+                        "pid": 1,
+                        "port": 1,
+                        "started_at": 0.0,
+                        "proc_starttime": None,
+                        "ready_file": "r",
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(StateFileError, match="unconfigured role"):
         ProcessConnector({"agg": demo_command(tmp_path)}, state)
 
@@ -236,9 +268,7 @@ def test_worker_command_is_validated(tmp_path: Path) -> None:
         WorkerCommand(argv=["worker", "{ready_file}", "{gpu}"])
 
 
-async def test_apply_rejects_unknown_roles_and_negative_targets(
-    tmp_path: Path, connectors: ConnectorFactory
-) -> None:
+async def test_apply_rejects_unknown_roles_and_negative_targets(tmp_path: Path, connectors: ConnectorFactory) -> None:
     conn = connectors({"agg": demo_command(tmp_path)}, tmp_path / "state.json")
     with pytest.raises(ValueError, match="unknown role"):
         await conn.apply({"prefill": 1})

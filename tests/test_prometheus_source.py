@@ -30,12 +30,27 @@ Reply = float | str | list[float] | tuple[int, str]  # sample value(s), or (HTTP
 
 
 def pool(role: str) -> PoolSpec:
-    return PoolSpec(deployment="chat", role=role, profile_path="unused", gpu_type="h100", gpus_per_replica=1,
-                    min_replicas=0, max_replicas=4, initial_replicas=1, startup_s=60)
+    return PoolSpec(
+        deployment="chat",
+        role=role,
+        profile_path="unused",
+        gpu_type="h100",
+        gpus_per_replica=1,
+        min_replicas=0,
+        max_replicas=4,
+        initial_replicas=1,
+        startup_s=60,
+    )
 
 
-SPEC = DeploymentSpec(name="chat", tenant="acme", endpoint="chat", mode="disagg", sla=SLA(ttft_ms=500, itl_ms=30),
-                      pools={"prefill": pool("prefill"), "decode": pool("decode")})
+SPEC = DeploymentSpec(
+    name="chat",
+    tenant="acme",
+    endpoint="chat",
+    mode="disagg",
+    sla=SLA(ttft_ms=500, itl_ms=30),
+    pools={"prefill": pool("prefill"), "decode": pool("decode")},
+)
 REPLICAS = {"prefill": ReplicaCounts(ready=2, starting=1), "decode": ReplicaCounts(ready=1, draining=1)}
 
 # What a healthy deployment answers: (substrings all in the query, value). First match wins.
@@ -93,7 +108,9 @@ class FakePrometheus:
 
 
 def vector(*values: float | str) -> dict[str, Any]:
-    result = [{"metric": {"i": str(i)}, "value": [1.0, str(v) if not isinstance(v, str) else v]} for i, v in enumerate(values)]
+    result = [
+        {"metric": {"i": str(i)}, "value": [1.0, str(v) if not isinstance(v, str) else v]} for i, v in enumerate(values)
+    ]
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
@@ -129,7 +146,13 @@ async def test_parses_every_field(serve: Callable[..., Any]) -> None:
     assert (decode.ready, decode.starting, decode.draining) == (1, 0, 1)
     assert prefill.time_s == 1234.5 and prefill.window_s == 60
     assert prefill.admitted == 120 and decode.admitted == 120  # frontend traffic, shared by both pools
-    assert prefill.input_tokens.model_dump() == {"count": 118, "mean": 1000.0, "p50": 800.0, "p90": 2000.0, "p99": 4000.0}
+    assert prefill.input_tokens.model_dump() == {
+        "count": 118,
+        "mean": 1000.0,
+        "p50": 800.0,
+        "p90": 2000.0,
+        "p99": 4000.0,
+    }
     assert prefill.output_tokens.p99 == 900.0
     assert prefill.ttft_ms.p90 == pytest.approx(300.0) and prefill.ttft_ms.mean == pytest.approx(150.0)
     assert decode.itl_ms.p50 == pytest.approx(10.0)
@@ -148,8 +171,17 @@ async def test_missing_series_are_none_not_zero(serve: Callable[..., Any], caplo
     caplog.set_level(logging.INFO, logger="local_agent.observe.prometheus")
     obs = by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"]
     assert obs.queued_requests == 2
-    for field in ("admitted", "input_tokens", "output_tokens", "ttft_ms", "itl_ms", "active_kv_tokens",
-                  "kv_capacity_tokens", "iteration_ms", "scheduled_tokens_per_s"):
+    for field in (
+        "admitted",
+        "input_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "itl_ms",
+        "active_kv_tokens",
+        "kv_capacity_tokens",
+        "iteration_ms",
+        "scheduled_tokens_per_s",
+    ):
         assert getattr(obs, field) is None, field
     assert "admitted: no series" in caplog.text
     lines = len(caplog.records)
@@ -158,8 +190,11 @@ async def test_missing_series_are_none_not_zero(serve: Callable[..., Any], caplo
 
 
 async def test_nan_and_inf_are_none(serve: Callable[..., Any]) -> None:
-    rules: list = [(("requests_total",), "NaN"), (("histogram_quantile(0.99,", "input_sequence"), "+Inf"),
-                   (("vllm:num_requests_waiting",), 1.0)] + HEALTHY
+    rules: list = [
+        (("requests_total",), "NaN"),
+        (("histogram_quantile(0.99,", "input_sequence"), "+Inf"),
+        (("vllm:num_requests_waiting",), 1.0),
+    ] + HEALTHY
     _, source = await serve(rules)
     obs = by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"]
     assert obs.admitted is None
@@ -175,16 +210,25 @@ async def test_no_traffic_in_window_gives_no_distribution(serve: Callable[..., A
     assert obs.input_tokens is None and obs.ttft_ms is None
 
 
-@pytest.mark.parametrize("reply, logged", [
-    ((200, "{not json"), "malformed reply"),
-    ((200, '{"status": "success", "data": {"resultType": "matrix", "result": []}}'), "malformed reply"),
-    ((200, '{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]}}'),
-     "malformed sample value"),
-    ((500, "internal error"), "HTTP 500"),
-    ((422, '{"status": "error", "errorType": "execution", "error": "many-to-many matching"}'), "many-to-many"),
-])
-async def test_bad_replies_are_none_and_logged(serve: Callable[..., Any], caplog: pytest.LogCaptureFixture,
-                                               reply: tuple[int, str], logged: str) -> None:
+@pytest.mark.parametrize(
+    "reply, logged",
+    [
+        ((200, "{not json"), "malformed reply"),
+        ((200, '{"status": "success", "data": {"resultType": "matrix", "result": []}}'), "malformed reply"),
+        (
+            (
+                200,
+                '{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]}}',
+            ),
+            "malformed sample value",
+        ),
+        ((500, "internal error"), "HTTP 500"),
+        ((422, '{"status": "error", "errorType": "execution", "error": "many-to-many matching"}'), "many-to-many"),
+    ],
+)
+async def test_bad_replies_are_none_and_logged(
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture, reply: tuple[int, str], logged: str
+) -> None:
     _, source = await serve([(("requests_total",), reply), *HEALTHY])
     obs = by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"]
     assert obs.admitted is None
@@ -201,7 +245,9 @@ async def test_several_series_are_refused(serve: Callable[..., Any], caplog: pyt
 
 
 async def test_scalar_results_and_recovery(serve: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
-    fake, source = await serve([(("scalar(",), (200, '{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}'))])
+    fake, source = await serve(
+        [(("scalar(",), (200, '{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}'))]
+    )
     caplog.set_level(logging.INFO, logger="local_agent.observe.prometheus")
     assert await source.client.query("scalar(vector(7))") == [7.0]
     assert await source.value("k", "absent_metric") is None
@@ -231,7 +277,9 @@ async def test_disabled_queries_are_not_asked(serve: Callable[..., Any]) -> None
     obs = by_role(await source.observe(0.0, SPEC, {"prefill": ReplicaCounts(ready=1)}))
     assert set(obs) == {"prefill"}  # decode not reported by the connector: no observation for it
     assert obs["prefill"].queued_prefill_tokens is None and obs["prefill"].iteration_ms is None
-    assert not any("inter_token_latency_seconds_sum{dynamo" in q["query"] and "vllm" in q["query"] for q in fake.queries)
+    assert not any(
+        "inter_token_latency_seconds_sum{dynamo" in q["query"] and "vllm" in q["query"] for q in fake.queries
+    )
 
 
 # ------------------------------------------------------------------ a real Prometheus, if installed
@@ -246,20 +294,25 @@ class _SteadyTraffic:
     def __init__(self) -> None:
         self.t0 = time.time()
 
-    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
+    def collect(self):
         n = RATE * (time.time() - self.t0)
         labels = {"dynamo_namespace": "chat"}
         requests = CounterMetricFamily("dynamo_frontend_requests", "admitted", labels=list(labels))
         requests.add_metric(list(labels.values()), n)
         yield requests
         prompts = HistogramMetricFamily("dynamo_frontend_input_sequence_tokens", "input", labels=list(labels))
-        prompts.add_metric(list(labels.values()), [("250", 0), ("500", n / 2), ("1000", n), ("2000", n), ("+Inf", n)],
-                           sum_value=n * 550)
+        prompts.add_metric(
+            list(labels.values()),
+            [("250", 0), ("500", n / 2), ("1000", n), ("2000", n), ("+Inf", n)],
+            sum_value=n * 550,
+        )
         yield prompts
         itl = HistogramMetricFamily("dynamo_frontend_inter_token_latency_seconds", "itl", labels=list(labels))
         itl.add_metric(list(labels.values()), [("0.005", 0), ("0.02", n), ("+Inf", n)], sum_value=n * 0.01)
         yield itl
-        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "waiting", labels=["dynamo_namespace", "dynamo_component"])
+        waiting = GaugeMetricFamily(
+            "vllm:num_requests_waiting", "waiting", labels=["dynamo_namespace", "dynamo_component"]
+        )
         waiting.add_metric(["chat", "prefill"], 4)
         yield waiting
 
@@ -286,11 +339,19 @@ async def test_real_prometheus(tmp_path: Path) -> None:
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 500ms, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - job_name: exporter\n    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n")
+        f"  - job_name: exporter\n    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
+    )
     prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         async with aiohttp.ClientSession() as session:
             source = PrometheusSource(f"http://127.0.0.1:{prom_port}", PrometheusQueries(), session, window_s=2)

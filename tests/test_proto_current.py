@@ -15,8 +15,11 @@ GENERATED = ["planner_pb2.py", "planner_pb2.pyi", "planner_pb2_grpc.py"]
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)], check=True,
-                   env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     for name in GENERATED:
         fresh = (tmp_path / "fleet_planner" / "api" / "v1" / name).read_text()
         committed = (ROOT / "fleet_planner" / "api" / "v1" / name).read_text()

@@ -29,10 +29,28 @@ def _start_planner(tmp: Path) -> tuple[subprocess.Popen[str], str]:
     (tmp / "tenants.yaml").write_text("fleet: {gpus: {h200: 8, h100: 4}}\ntenants: {acme: {priority: 10}}\n")
     (tmp / "tokens.yaml").write_text(f"{TOKEN}: {{deployment: chat, tenant: acme}}\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "global_planner.cli", "serve", "--policy", str(tmp / "tenants.yaml"),
-         "--listen", "127.0.0.1:0", "--state-dir", str(tmp / "state"), "--tokens", str(tmp / "tokens.yaml"),
-         "--round-s", "0.2", "--lease-s", "5"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "global_planner.cli",
+            "serve",
+            "--policy",
+            str(tmp / "tenants.yaml"),
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(tmp / "state"),
+            "--tokens",
+            str(tmp / "tokens.yaml"),
+            "--round-s",
+            "0.2",
+            "--lease-s",
+            "5",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert process.stdout is not None
@@ -48,14 +66,22 @@ def test_register_report_receive_targets(tmp_path: Path) -> None:
             stub = pb_grpc.PlannerStub(channel)
             registered = stub.Register(
                 pb.RegisterRequest(
-                    deployment="chat", tenant="acme", endpoint="chat",
+                    deployment="chat",
+                    tenant="acme",
+                    endpoint="chat",
                     pools=[
                         pb.PoolSpec(role=pb.POOL_ROLE_PREFILL, gpu_type="h200", gpus_per_replica=2, max_replicas=4),
-                        pb.PoolSpec(role=pb.POOL_ROLE_DECODE, gpu_type="h100", gpus_per_replica=1, max_replicas=4,
-                                    fallback_replicas=1),
+                        pb.PoolSpec(
+                            role=pb.POOL_ROLE_DECODE,
+                            gpu_type="h100",
+                            gpus_per_replica=1,
+                            max_replicas=4,
+                            fallback_replicas=1,
+                        ),
                     ],
                 ),
-                metadata=AUTH, timeout=5,
+                metadata=AUTH,
+                timeout=5,
             )
             assert registered.session_id and registered.lease_s == 5.0
             targets = pb.Targets()
@@ -64,7 +90,9 @@ def test_register_report_receive_targets(tmp_path: Path) -> None:
             while targets.decision_id == 0 and time.monotonic() < deadline:
                 sequence += 1
                 report = pb.ReportRequest(
-                    deployment="chat", session_id=registered.session_id, sequence=sequence,
+                    deployment="chat",
+                    session_id=registered.session_id,
+                    sequence=sequence,
                     forecast=pb.Forecast(mean_rps=4.0, upper_rps=6.0, horizon_s=60),
                     pools=[
                         pb.PoolReport(role=pb.POOL_ROLE_PREFILL, curve=[0.0, 0.6, 0.95, 1.0, 1.0]),
@@ -79,10 +107,14 @@ def test_register_report_receive_targets(tmp_path: Path) -> None:
             assert targets.lease_expires_s > targets.planner_time_s
             assert [(r.deployment, r.weight) for r in targets.routing] == [("chat", 1.0)]
             ack = stub.AckApplied(
-                pb.AckAppliedRequest(deployment="chat", session_id=registered.session_id,
-                                     decision_id=targets.decision_id,
-                                     applied=[pb.PoolReplicas(role=p.role, replicas=p.replicas) for p in targets.pools]),
-                metadata=AUTH, timeout=5,
+                pb.AckAppliedRequest(
+                    deployment="chat",
+                    session_id=registered.session_id,
+                    decision_id=targets.decision_id,
+                    applied=[pb.PoolReplicas(role=p.role, replicas=p.replicas) for p in targets.pools],
+                ),
+                metadata=AUTH,
+                timeout=5,
             )
             assert ack.targets.decision_id >= targets.decision_id
             try:
@@ -96,8 +128,18 @@ def test_register_report_receive_targets(tmp_path: Path) -> None:
 
 
 def test_imports_only_generated_code() -> None:
-    allowed = {"__future__", "ast", "os", "signal", "subprocess", "sys", "time", "pathlib", "grpc",
-               "fleet_planner.api.v1"}
+    allowed = {
+        "__future__",
+        "ast",
+        "os",
+        "signal",
+        "subprocess",
+        "sys",
+        "time",
+        "pathlib",
+        "grpc",
+        "fleet_planner.api.v1",
+    }
     tree = ast.parse(Path(__file__).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -18,7 +18,9 @@ H100 = ROOT / "examples" / "profiles" / "llama3.1-8b_h100_vllm_tp1"
 def _overloaded(tmp_path: Path, timeout: float | None, mode: str):
     """One replica and a burst of 400 long prompts at once: far more than it can start in time."""
     trace = tmp_path / "burst.csv"
-    trace.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(f"{i * 0.01:.2f},4000,50\n" for i in range(400)))
+    trace.write_text(
+        "arrival_s,input_tokens,output_tokens\n" + "".join(f"{i * 0.01:.2f},4000,50\n" for i in range(400))
+    )
     source = {"path": str(trace), "format": "csv"}
     if timeout is not None:
         source["queue_timeout_s"] = timeout
@@ -30,7 +32,15 @@ def _overloaded(tmp_path: Path, timeout: float | None, mode: str):
         "gpus": {"h100": 2},
         "planner": {"policy": "static", "interval_s": 30},
         "deployments": [
-            {"name": "d", "tenant": "t", "endpoint": "e", "mode": mode, "sla": {"ttft_ms": 1000, "itl_ms": 100}, "trace": source, "pools": pools}
+            {
+                "name": "d",
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": mode,
+                "sla": {"ttft_ms": 1000, "itl_ms": 100},
+                "trace": source,
+                "pools": pools,
+            }
         ],
     }
     return run_scenario(parse_scenario(data, base_dir=tmp_path))

@@ -31,12 +31,13 @@ def write_trace(path: Path, rows: list[Row]) -> Path:
     return path
 
 
-def random_rows(seed: int, n: int, end_s: float, start_s: float = 0.0, inputs=(100, 3000), outputs=(20, 400)) -> list[Row]:
+def random_rows(
+    seed: int, n: int, end_s: float, start_s: float = 0.0, inputs=(100, 3000), outputs=(20, 400)
+) -> list[Row]:
     rng = np.random.default_rng(seed)
     arrivals = np.sort(rng.uniform(start_s, end_s, n))
     return [
-        (float(a), int(i), int(o))
-        for a, i, o in zip(arrivals, rng.integers(*inputs, n), rng.integers(*outputs, n))
+        (float(a), int(i), int(o)) for a, i, o in zip(arrivals, rng.integers(*inputs, n), rng.integers(*outputs, n))
     ]
 
 
@@ -46,8 +47,17 @@ def pool(profile: Path = H200, gpu_type: str = "h200", **overrides) -> dict:
     return config
 
 
-def single_deployment(tmp_path: Path, rows: list[Row], *, mode: str = "agg", duration: float = 180,
-                      interval_s: float = 30, delay_s: float = 15, trace_name: str = "trace.csv", **pool_overrides):
+def single_deployment(
+    tmp_path: Path,
+    rows: list[Row],
+    *,
+    mode: str = "agg",
+    duration: float = 180,
+    interval_s: float = 30,
+    delay_s: float = 15,
+    trace_name: str = "trace.csv",
+    **pool_overrides,
+):
     roles = ("prefill", "decode") if mode == "disagg" else ("agg",)
     data = {
         "name": "runner-test",
@@ -70,8 +80,15 @@ def single_deployment(tmp_path: Path, rows: list[Row], *, mode: str = "agg", dur
     return parse_scenario(data, base_dir=tmp_path)
 
 
-def shared_endpoint(tmp_path: Path, rows: list[Row], deployments: dict[str, dict], *, duration: float = 180,
-                    trace_name: str = "shared.csv", gpus: dict | None = None):
+def shared_endpoint(
+    tmp_path: Path,
+    rows: list[Row],
+    deployments: dict[str, dict],
+    *,
+    duration: float = 180,
+    trace_name: str = "shared.csv",
+    gpus: dict | None = None,
+):
     """One endpoint ``e`` served by agg deployments ``{name: pool config}``."""
     data = {
         "name": "routing-test",
@@ -80,7 +97,10 @@ def shared_endpoint(tmp_path: Path, rows: list[Row], deployments: dict[str, dict
         "gpus": gpus or {"h200": 16, "a100": 16},
         "planner": {"policy": "static", "interval_s": 30, "observation_delay_s": 15},
         "endpoints": {
-            "e": {"sla": {"ttft_ms": 500, "itl_ms": 50}, "trace": {"path": str(write_trace(tmp_path / trace_name, rows)), "format": "csv"}}
+            "e": {
+                "sla": {"ttft_ms": 500, "itl_ms": 50},
+                "trace": {"path": str(write_trace(tmp_path / trace_name, rows)), "format": "csv"},
+            }
         },
         "deployments": [
             {"name": name, "tenant": "t", "endpoint": "e", "mode": "agg", "pools": {"agg": config}}
@@ -95,7 +115,9 @@ class Recording(Policy):
 
     name = "recording"
 
-    def __init__(self, deployments, tick_s: float, react: Callable[[float, FleetObservation | None], Decision] | None = None):
+    def __init__(
+        self, deployments, tick_s: float, react: Callable[[float, FleetObservation | None], Decision] | None = None
+    ):
         super().__init__(deployments, tick_s)
         self.react = react or (lambda now, obs: Decision())
         self.calls: list[tuple[float, FleetObservation | None]] = []
@@ -153,8 +175,12 @@ def _reactive(now: float, observation: FleetObservation | None) -> Decision:
         return Decision()
     admitted = sum(p.admitted or 0 for p in observation.pools if p.role in ("prefill", "agg"))
     replicas = 1 + admitted // 40
-    return Decision(targets=[ReplicaTarget(deployment=p.deployment, role=p.role, replicas=replicas, reason=f"saw {admitted}")
-                             for p in observation.pools])
+    return Decision(
+        targets=[
+            ReplicaTarget(deployment=p.deployment, role=p.role, replicas=replicas, reason=f"saw {admitted}")
+            for p in observation.pools
+        ]
+    )
 
 
 def _dumped(calls, decisions, until_s: float) -> list:
@@ -210,7 +236,9 @@ def test_router_splits_an_endpoint_by_capacity(tmp_path: Path) -> None:
 
 def test_router_prefers_the_faster_gpu(tmp_path: Path) -> None:
     rows = random_rows(7, 3000, 180)
-    scenario = shared_endpoint(tmp_path, rows, {"h200": pool(H200, "h200", initial=2), "a100": pool(A100, "a100", initial=2)})
+    scenario = shared_endpoint(
+        tmp_path, rows, {"h200": pool(H200, "h200", initial=2), "a100": pool(A100, "a100", initial=2)}
+    )
     result, _ = run(scenario)
     counts = np.bincount(result.requests.deployment, minlength=2)
     assert counts[0] > 1.5 * counts[1] > 0
@@ -246,7 +274,9 @@ def test_every_target_change_is_recorded(tmp_path: Path) -> None:
     script = {0.0: 2, 30.0: 2, 60.0: 0, 90.0: 9, 120.0: 3}  # 0 is below min 1, 9 above max 4
 
     def react(now, obs):
-        return Decision(targets=[ReplicaTarget(deployment="d", role="agg", replicas=script[now], reason=f"step {now:g}")])
+        return Decision(
+            targets=[ReplicaTarget(deployment="d", role="agg", replicas=script[now], reason=f"step {now:g}")]
+        )
 
     scenario = single_deployment(tmp_path, random_rows(10, 200, 150), duration=150, min=1, max=4, initial=1)
     result, _ = run(scenario, react=react)
@@ -305,7 +335,9 @@ def test_timeline_accounts_for_every_arrival(tmp_path: Path) -> None:
 
 def test_a_policy_naming_an_unknown_pool_or_endpoint_is_an_error(tmp_path: Path) -> None:
     scenario = single_deployment(tmp_path, random_rows(13, 10, 60), duration=60)
-    bad_pool = lambda now, obs: Decision(targets=[ReplicaTarget(deployment="d", role="prefill", replicas=1, reason="x")])  # noqa: E731
+    bad_pool = lambda now, obs: Decision(
+        targets=[ReplicaTarget(deployment="d", role="prefill", replicas=1, reason="x")]
+    )
     with pytest.raises(ValueError, match="unknown pool d/prefill"):
         run(scenario, react=bad_pool)
     bad_endpoint = lambda now, obs: Decision(routing={"elsewhere": {"d": 1.0}})  # noqa: E731

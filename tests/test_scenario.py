@@ -203,7 +203,7 @@ def test_planner_options_and_custom_policy_set(folder: Path) -> None:
     assert scenario.planner.interval_s == 120.0
     assert scenario.planner.options == {"predictor": "kalman", "policy_file": "p.yaml"}
     assert load_error(folder, data).field == "planner.policy"
-    assert KNOWN_POLICIES >= {"static", "static-peak", "oracle", "local", "global", "fcfs"}
+    assert {"static", "static-peak", "oracle", "local", "global", "fcfs"} <= KNOWN_POLICIES
 
 
 def _without(path: list, data: dict) -> dict:
@@ -258,7 +258,11 @@ CONV = "traces/azure2023_conv.csv"
         (lambda d: _with([*SYNTH, "rate_scale"], 2, d), "deployments[2].trace.synth.rate_scale", "unknown key"),
         (lambda d: _with([*SYNTH, "lengths"], "profiles", d), "deployments[2].trace.synth.lengths_format", "required"),
         (lambda d: _with([*SYNTH, "format"], "csv", d), "deployments[2].trace.synth.format", "unknown key"),
-        (lambda d: _with(["deployments", 2, "trace", "format"], "csv", d), "deployments[2].trace.format", "lengths_format"),
+        (
+            lambda d: _with(["deployments", 2, "trace", "format"], "csv", d),
+            "deployments[2].trace.format",
+            "lengths_format",
+        ),
         (lambda d: _with([*AGG, "gpu_type"], "a100", d), "deployments[1].pools.agg.gpu_type", "a100"),
         (lambda d: _with(["deployments", 1, "mode"], "disagg", d), "deployments[1].pools", "prefill"),
         (lambda d: _with(["deployments", 1, "mode"], "hybrid", d), "deployments[1].mode", "hybrid"),

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from global_planner.allocation import allocate, allocate_greedy
-from global_planner.policy_file import TenantPolicy
 from global_planner.client import Lease, effective_targets, lease_from_targets, replicas_to_start
+from global_planner.policy_file import TenantPolicy
 from global_planner.service.models import (
     AckApplied,
     AckDrained,
@@ -33,15 +33,28 @@ def _policy(gpus: dict[str, int], tenants: dict | None = None) -> TenantPolicy:
     return TenantPolicy.model_validate({"fleet": {"gpus": gpus}, "tenants": tenants or {}})
 
 
-def _registration(name: str, tenant: str = "acme", gpu: str = "h200", max_replicas: int = 8, fallback: int = 0,
-                  gpr: int = 1, roles: tuple[str, ...] = ("agg",)) -> Registration:
+def _registration(
+    name: str,
+    tenant: str = "acme",
+    gpu: str = "h200",
+    max_replicas: int = 8,
+    fallback: int = 0,
+    gpr: int = 1,
+    roles: tuple[str, ...] = ("agg",),
+) -> Registration:
     return Registration(
         deployment=name,
         tenant=tenant,
         endpoint=f"ep-{name}",
         pools=[
-            PoolRegistration(role=role, gpu_type=gpu, gpus_per_replica=gpr, min_replicas=0, max_replicas=max_replicas,
-                             fallback_replicas=fallback)
+            PoolRegistration(
+                role=role,
+                gpu_type=gpu,
+                gpus_per_replica=gpr,
+                min_replicas=0,
+                max_replicas=max_replicas,
+                fallback_replicas=fallback,
+            )
             for role in roles
         ],
     )
@@ -52,16 +65,19 @@ def _curve(need: int, length: int = 9) -> list[float]:
     return [min(1.0, k / need) if need else 1.0 for k in range(length)]
 
 
-def _report(name: str, session: str, seq: int, applied: int, in_use: dict[str, tuple[int, int]], need: int,
-            rps: float = 10.0) -> AgentReport:
+def _report(
+    name: str, session: str, seq: int, applied: int, in_use: dict[str, tuple[int, int]], need: int, rps: float = 10.0
+) -> AgentReport:
     return AgentReport(
         deployment=name,
         session_id=session,
         sequence=seq,
         applied_decision_id=applied,
         forecast=Forecast(mean_rps=rps, upper_rps=rps * 1.2),
-        pools=[PoolReport(role=role, ready=ready, draining=draining, curve=_curve(need))
-               for role, (ready, draining) in in_use.items()],
+        pools=[
+            PoolReport(role=role, ready=ready, draining=draining, curve=_curve(need))
+            for role, (ready, draining) in in_use.items()
+        ],
     )
 
 
@@ -112,8 +128,9 @@ def test_drain_gating_frees_gpus_only_after_confirmation() -> None:
     state.report(_report("a", "sa", 4, d1, {"agg": (a_grant, 0)}, need=8, rps=1), 5.5)
     assert state.usage("a", "agg") == 8
     # drain confirmed by AckDrained: b gets the GPUs at the next round
-    state.ack_drained(AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg",
-                                 gpus_freed=8 - a_grant), 6.0)
+    state.ack_drained(
+        AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg", gpus_freed=8 - a_grant), 6.0
+    )
     state.report(_report("b", "sb", 4, d2, {"agg": (0, 0)}, need=8, rps=50), 6.0)
     state.report(_report("a", "sa", 5, d2, {"agg": (a_grant, 0)}, need=8, rps=1), 6.0)
     _round(state, 7.0)
@@ -316,12 +333,21 @@ def test_random_histories_never_exceed_inventory(seed: int) -> None:
             check()
             if agent.lease and agent.lease.decision_id and rng.random() < 0.3 and not agent.draining:
                 for pool in agent.reg.pools:
-                    state.ack_drained(AckDrained(deployment=agent.name, session_id=agent.session,
-                                                 decision_id=agent.lease.decision_id, role=pool.role,
-                                                 gpus_freed=0), now)
+                    state.ack_drained(
+                        AckDrained(
+                            deployment=agent.name,
+                            session_id=agent.session,
+                            decision_id=agent.lease.decision_id,
+                            role=pool.role,
+                            gpus_freed=0,
+                        ),
+                        now,
+                    )
                     check()
-                state.ack_applied(AckApplied(deployment=agent.name, session_id=agent.session,
-                                             decision_id=agent.lease.decision_id), now)
+                state.ack_applied(
+                    AckApplied(deployment=agent.name, session_id=agent.session, decision_id=agent.lease.decision_id),
+                    now,
+                )
         if rng.random() < 0.5:
             round_ = state.plan(now, solve=allocate if seed == 0 else allocate_greedy)
             check()

@@ -51,8 +51,11 @@ def test_shortage_global_never_exceeds_the_inventory(runs: dict[str, Path]) -> N
         for spec in scenario.deployment_specs()
         for role, pool in spec.pools.items()
     }
-    target = {key: pool.initial_replicas for spec in scenario.deployment_specs() for key, pool in
-              (((spec.name, role), pool) for role, pool in spec.pools.items())}
+    target = {
+        key: pool.initial_replicas
+        for spec in scenario.deployment_specs()
+        for key, pool in (((spec.name, role), pool) for role, pool in spec.pools.items())
+    }
 
     def within_budget() -> bool:
         used: dict[str, int] = defaultdict(int)

@@ -57,8 +57,17 @@ def test_summary_has_the_required_keys(azure_run) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert {"fleet", "endpoints", "deployments", "tenants", "simulated_seconds", "wall_seconds"} <= set(summary)
     fleet = summary["fleet"]
-    assert {"gpu_hours", "max_gpus_in_use", "gpu_inventory", "budget_violations", "requests", "completed",
-            "rejected", "unfinished", "slo_attainment"} <= set(fleet)
+    assert {
+        "gpu_hours",
+        "max_gpus_in_use",
+        "gpu_inventory",
+        "budget_violations",
+        "requests",
+        "completed",
+        "rejected",
+        "unfinished",
+        "slo_attainment",
+    } <= set(fleet)
     assert fleet["gpu_inventory"] == {"h200": 16}
     assert fleet["requests"] == fleet["completed"] + fleet["rejected"] + fleet["unfinished"] > 1000
     assert 0 <= fleet["slo_attainment"] <= 1
@@ -66,8 +75,19 @@ def test_summary_has_the_required_keys(azure_run) -> None:
     (endpoint,) = summary["endpoints"].values()
     assert {"requests", "slo_attainment", "ttft_ms", "itl_ms"} <= set(endpoint)
     chat = summary["deployments"]["chat"]
-    assert {"tenant", "endpoint", "requests", "completed", "rejected", "unfinished", "slo_attainment", "ttft_ms",
-            "itl_ms", "gpu_hours", "scale_events"} <= set(chat)
+    assert {
+        "tenant",
+        "endpoint",
+        "requests",
+        "completed",
+        "rejected",
+        "unfinished",
+        "slo_attainment",
+        "ttft_ms",
+        "itl_ms",
+        "gpu_hours",
+        "scale_events",
+    } <= set(chat)
     assert (chat["tenant"], chat["endpoint"]) == ("acme", "llama-8b-chat")
     assert set(chat["ttft_ms"]) == set(chat["itl_ms"]) == {"p50", "p90", "p99"}
     assert chat["ttft_ms"]["p50"] <= chat["ttft_ms"]["p90"] <= chat["ttft_ms"]["p99"]
@@ -87,21 +107,51 @@ def test_decisions_and_timeline_files_are_well_formed(azure_run) -> None:
     assert {0.0, 30.0, 60.0, 90.0} <= {float(r["time_s"]) for r in rows} <= {0.0, 30.0, 60.0, 90.0, 120.0}
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and "plotly" in html.lower()
-    assert "<script src=\"http" not in html  # self-contained
+    assert '<script src="http' not in html  # self-contained
 
 
 def test_simulate_overrides_policy_seed_and_duration(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    code, stdout, _ = run_cli(["simulate", str(AZURE_DISAGG), "--out", str(out), "--duration", "90s", "--seed", "3",
-                               "--policy", "oracle", "--no-progress"], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "simulate",
+            str(AZURE_DISAGG),
+            "--out",
+            str(out),
+            "--duration",
+            "90s",
+            "--seed",
+            "3",
+            "--policy",
+            "oracle",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["policy"], summary["seed"], summary["simulated_seconds"]) == ("oracle", 3, 90)
     assert summary["clairvoyant"] is True
     assert "(clairvoyant)" in stdout and str(out / "report.html") in stdout
     static = tmp_path / "static"
-    assert main(["simulate", str(AZURE_DISAGG), "--out", str(static), "--duration", "90s", "--seed", "3",
-                 "--policy", "static", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(AZURE_DISAGG),
+                "--out",
+                str(static),
+                "--duration",
+                "90s",
+                "--seed",
+                "3",
+                "--policy",
+                "static",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     static_summary = json.loads((static / "summary.json").read_text())
     assert static_summary["policy"] == "static" and static_summary["clairvoyant"] is False
     assert (static / "decisions.jsonl").read_text() == ""  # static never changes a target
@@ -111,8 +161,20 @@ def test_simulate_overrides_policy_seed_and_duration(tmp_path: Path, capsys) -> 
 
 def test_mixed_fleet_accounts_per_endpoint_deployment_and_tenant(tmp_path: Path) -> None:
     out = tmp_path / "mixed"
-    assert main(["simulate", str(EXAMPLES / "mixed-fleet" / "scenario.yaml"), "--out", str(out), "--duration", "1m",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(EXAMPLES / "mixed-fleet" / "scenario.yaml"),
+                "--out",
+                str(out),
+                "--duration",
+                "1m",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     deployments, endpoints, tenants = summary["deployments"], summary["endpoints"], summary["tenants"]
     assert set(deployments) == {"chat-h200", "chat-h100", "nightly"}
@@ -121,10 +183,15 @@ def test_mixed_fleet_accounts_per_endpoint_deployment_and_tenant(tmp_path: Path)
     # test_engine.py::test_rejections_are_charged_to_the_deployment.)
     assert deployments["chat-h200"]["requests"] > 0 and deployments["chat-h100"]["requests"] > 0
     shared = deployments["chat-h200"]["requests"] + deployments["chat-h100"]["requests"]
-    for served, endpoint in ((shared, endpoints["llama-8b"]), (deployments["nightly"]["requests"], endpoints["llama-8b-batch"])):
+    for served, endpoint in (
+        (shared, endpoints["llama-8b"]),
+        (deployments["nightly"]["requests"], endpoints["llama-8b-batch"]),
+    ):
         assert endpoint["requests"] - endpoint["rejected"] <= served <= endpoint["requests"]
     assert sum(t["gpu_hours"] for t in tenants.values()) == pytest.approx(summary["fleet"]["gpu_hours"])
-    assert tenants["acme"]["gpu_hours"] == pytest.approx(deployments["chat-h200"]["gpu_hours"] + deployments["chat-h100"]["gpu_hours"])
+    assert tenants["acme"]["gpu_hours"] == pytest.approx(
+        deployments["chat-h200"]["gpu_hours"] + deployments["chat-h100"]["gpu_hours"]
+    )
     # static: the initial replicas for one minute (h200: 2 + 2, h100: 1 + 1).
     assert summary["fleet"]["gpu_hours"] == pytest.approx(6 / 60)
 
@@ -133,8 +200,24 @@ def test_seed_changes_the_traffic(tmp_path: Path) -> None:
     counts = []
     for seed in (1, 2):
         out = tmp_path / f"s{seed}"
-        assert main(["simulate", str(AZURE_DISAGG), "--out", str(out), "--duration", "60s", "--seed", str(seed),
-                     "--policy", "static", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "simulate",
+                    str(AZURE_DISAGG),
+                    "--out",
+                    str(out),
+                    "--duration",
+                    "60s",
+                    "--seed",
+                    str(seed),
+                    "--policy",
+                    "static",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         counts.append(json.loads((out / "summary.json").read_text())["fleet"]["requests"])
     assert counts[0] != counts[1]  # rate_scale 4 draws its jittered copies from the seed
 
@@ -142,12 +225,20 @@ def test_seed_changes_the_traffic(tmp_path: Path) -> None:
 def test_console_script_runs_and_fails_with_exit_code_2(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fleet-planner")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleet_planner.cli"]
-    ok = subprocess.run(command + ["simulate", str(AZURE_DISAGG), "--out", str(tmp_path / "o"), "--duration", "10s"],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        command + ["simulate", str(AZURE_DISAGG), "--out", str(tmp_path / "o"), "--duration", "10s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "report:" in ok.stdout
-    bad = subprocess.run(command + ["simulate", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o2")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        command + ["simulate", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o2")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "missing.yaml" in bad.stderr
 
@@ -208,16 +299,56 @@ def _edit_json(file: Path, edit) -> None:
 # (id, how to break the inputs, file named in the error, field named in the error)
 SCENARIO_CASES = [
     ("missing-gpus", lambda d: _delete(d, "gpus"), "scenario.yaml", "gpus"),
-    ("missing-pool-max", lambda d: _delete(d, "deployments.0.pools.agg.max"), "scenario.yaml", "deployments[0].pools.agg.max"),
-    ("negative-min", lambda d: _set(d, "deployments.0.pools.agg.min", -1), "scenario.yaml", "deployments[0].pools.agg.min"),
-    ("negative-startup", lambda d: _set(d, "deployments.0.pools.agg.startup_s", -5), "scenario.yaml", "deployments[0].pools.agg.startup_s"),
-    ("negative-rate-scale", lambda d: _set(d, "deployments.0.trace.rate_scale", -2), "scenario.yaml", "deployments[0].trace.rate_scale"),
-    ("nan-ttft", lambda d: _set(d, "deployments.0.sla.ttft_ms", math.nan), "scenario.yaml", "deployments[0].sla.ttft_ms"),
+    (
+        "missing-pool-max",
+        lambda d: _delete(d, "deployments.0.pools.agg.max"),
+        "scenario.yaml",
+        "deployments[0].pools.agg.max",
+    ),
+    (
+        "negative-min",
+        lambda d: _set(d, "deployments.0.pools.agg.min", -1),
+        "scenario.yaml",
+        "deployments[0].pools.agg.min",
+    ),
+    (
+        "negative-startup",
+        lambda d: _set(d, "deployments.0.pools.agg.startup_s", -5),
+        "scenario.yaml",
+        "deployments[0].pools.agg.startup_s",
+    ),
+    (
+        "negative-rate-scale",
+        lambda d: _set(d, "deployments.0.trace.rate_scale", -2),
+        "scenario.yaml",
+        "deployments[0].trace.rate_scale",
+    ),
+    (
+        "nan-ttft",
+        lambda d: _set(d, "deployments.0.sla.ttft_ms", math.nan),
+        "scenario.yaml",
+        "deployments[0].sla.ttft_ms",
+    ),
     ("nan-duration", lambda d: _set(d, "duration", math.nan), "scenario.yaml", "duration"),
-    ("unknown-format", lambda d: _set(d, "deployments.0.trace.format", "parquet"), "scenario.yaml", "deployments[0].trace.format"),
+    (
+        "unknown-format",
+        lambda d: _set(d, "deployments.0.trace.format", "parquet"),
+        "scenario.yaml",
+        "deployments[0].trace.format",
+    ),
     ("unknown-policy", lambda d: _set(d, "planner.policy", "magic"), "scenario.yaml", "planner.policy"),
-    ("missing-trace-file", lambda d: _set(d, "deployments.0.trace.path", "nope.csv"), "scenario.yaml", "deployments[0].trace.path"),
-    ("missing-profile-dir", lambda d: _set(d, "deployments.0.pools.agg.profile", "nope"), "scenario.yaml", "deployments[0].pools.agg.profile"),
+    (
+        "missing-trace-file",
+        lambda d: _set(d, "deployments.0.trace.path", "nope.csv"),
+        "scenario.yaml",
+        "deployments[0].trace.path",
+    ),
+    (
+        "missing-profile-dir",
+        lambda d: _set(d, "deployments.0.pools.agg.profile", "nope"),
+        "scenario.yaml",
+        "deployments[0].pools.agg.profile",
+    ),
 ]
 
 TRACE_CASES = [
@@ -311,7 +442,9 @@ def test_unreadable_profile(tmp_path: Path, capsys) -> None:
 
 
 def test_bad_duration_override(tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["simulate", str(AZURE_DISAGG), "--out", str(tmp_path / "out"), "--duration", "soon"], capsys)
+    code, _, err = run_cli(
+        ["simulate", str(AZURE_DISAGG), "--out", str(tmp_path / "out"), "--duration", "soon"], capsys
+    )
     assert_one_clear_line(code, err, "", "--duration")
 
 
@@ -319,8 +452,23 @@ def test_bad_duration_override(tmp_path: Path, capsys) -> None:
 # bench and trace synth
 # ---------------------------------------------------------------------------------------------
 def test_bench_json_matches_the_measured_tpot(capsys) -> None:
-    code, out, _ = run_cli(["bench", "--profile", str(TRTLLM_H100), "--mode", "agg", "--concurrency", "32",
-                            "--isl", "2048", "--osl", "256", "--json"], capsys)
+    code, out, _ = run_cli(
+        [
+            "bench",
+            "--profile",
+            str(TRTLLM_H100),
+            "--mode",
+            "agg",
+            "--concurrency",
+            "32",
+            "--isl",
+            "2048",
+            "--osl",
+            "256",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result) == {"ttft_ms", "tpot_ms"}
@@ -330,15 +478,35 @@ def test_bench_json_matches_the_measured_tpot(capsys) -> None:
 
 
 def test_bench_rejects_bad_arguments(capsys) -> None:
-    code, _, err = run_cli(["bench", "--profile", str(TRTLLM_H100), "--concurrency", "0", "--isl", "10", "--osl", "10"], capsys)
+    code, _, err = run_cli(
+        ["bench", "--profile", str(TRTLLM_H100), "--concurrency", "0", "--isl", "10", "--osl", "10"], capsys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
 def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> None:
     out = tmp_path / "synth.jsonl"
-    code, stdout, _ = run_cli(["trace", "synth", "--rate", str(TRACES / "servegen_m-large_rate_10min.csv"),
-                               "--lengths", str(TRACES / "azure2023_conv.csv"), "--peak-rps", "3", "--start", "6h",
-                               "--duration", "10m", "--seed", "4", "--out", str(out)], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "trace",
+            "synth",
+            "--rate",
+            str(TRACES / "servegen_m-large_rate_10min.csv"),
+            "--lengths",
+            str(TRACES / "azure2023_conv.csv"),
+            "--peak-rps",
+            "3",
+            "--start",
+            "6h",
+            "--duration",
+            "10m",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0 and str(out) in stdout
     trace = read_trace(out, "mooncake")
     assert 600 < len(trace) < 3 * 600  # at most 3 req/s over 10 minutes, not much less
@@ -348,8 +516,28 @@ def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> 
     assert {"timestamp", "input_length", "output_length"} <= set(first)
     # Seeded: the same command writes the same file.
     again = tmp_path / "again.jsonl"
-    assert main(["trace", "synth", "--rate", str(TRACES / "servegen_m-large_rate_10min.csv"), "--lengths",
-                 str(TRACES / "azure2023_conv.csv"), "--peak-rps", "3", "--start", "6h", "--duration", "10m",
-                 "--seed", "4", "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "synth",
+                "--rate",
+                str(TRACES / "servegen_m-large_rate_10min.csv"),
+                "--lengths",
+                str(TRACES / "azure2023_conv.csv"),
+                "--peak-rps",
+                "3",
+                "--start",
+                "6h",
+                "--duration",
+                "10m",
+                "--seed",
+                "4",
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert again.read_bytes() == out.read_bytes()
     capsys.readouterr()

@@ -63,9 +63,7 @@ def _spec(mode: str, *, max_replicas: int = 64, gpus: int = 1) -> DeploymentSpec
         )
         for role in roles
     }
-    return DeploymentSpec(
-        name="chat", tenant="acme", endpoint="chat", mode=mode, sla=SLA_, pools=pools
-    )
+    return DeploymentSpec(name="chat", tenant="acme", endpoint="chat", mode=mode, sla=SLA_, pools=pools)
 
 
 # ----------------------------------------------------------------------------- curve shape
@@ -217,8 +215,12 @@ def test_disagg_sizing_is_the_cheapest_pair_meeting_the_target(model, azure) -> 
 
 def test_disagg_sizing_weighs_gpus_per_replica(model) -> None:
     prefill = PoolCurve(
-        role="prefill", replicas=[0, 1, 2], attainment=[0.0, 0.995, 1.0],
-        ttft_p90_ms=[None] * 3, itl_p90_ms=[None] * 3, utilisation=[math.inf, 0.5, 0.25],
+        role="prefill",
+        replicas=[0, 1, 2],
+        attainment=[0.0, 0.995, 1.0],
+        ttft_p90_ms=[None] * 3,
+        itl_p90_ms=[None] * 3,
+        utilisation=[math.inf, 0.5, 0.25],
     )
     decode = prefill.model_copy(update={"role": "decode", "attainment": [0.0, 0.996, 1.0]})
     assert cheapest_pair(prefill, decode, 0.99) == (1, 1)
@@ -328,5 +330,6 @@ def test_bad_limits_are_rejected(model, azure) -> None:
     with pytest.raises(ValueError):
         Calibration(load_factor=0)
     with pytest.raises(ValueError, match="one entry per replica"):
-        PoolCurve(role="agg", replicas=[0, 1], attainment=[0.0], ttft_p90_ms=[None],
-                  itl_p90_ms=[None], utilisation=[0.0])
+        PoolCurve(
+            role="agg", replicas=[0, 1], attainment=[0.0], ttft_p90_ms=[None], itl_p90_ms=[None], utilisation=[0.0]
+        )

@@ -112,14 +112,26 @@ def test_unsorted_arrivals_are_sorted_stably(tmp_path: Path) -> None:
         ("csv", "arrival_s,input_tokens,output_tokens\n0,5,0\n", "line 2: output_tokens"),
         ("csv", "arrival_s,input_tokens,output_tokens\n0,5,5\n1,5\n", "line 3: output_tokens"),
         ("csv", "arrival_s,input_tokens,output_tokens\n0,inf,5\n", "line 2: input_tokens"),
-        ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,5\nyesterday,5,5\n", "line 3: TIMESTAMP"),
+        (
+            "azure",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,5\nyesterday,5,5\n",
+            "line 3: TIMESTAMP",
+        ),
         ("azure", "when,ctx,gen\n1,2,3\n", "header"),
         ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,-1\n", "line 2: GeneratedTokens"),
-        ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 5}\n{"timestamp": 1, "output_length": 5}\n', "line 2: input_length"),
+        (
+            "mooncake",
+            '{"timestamp": 0, "input_length": 5, "output_length": 5}\n{"timestamp": 1, "output_length": 5}\n',
+            "line 2: input_length",
+        ),
         ("mooncake", '{"timestamp": 0, "input_length": NaN, "output_length": 5}\n', "line 1: input_length"),
         ("mooncake", '{"timestamp": -5, "input_length": 5, "output_length": 5}\n', "line 1: timestamp"),
         ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 5}\n{"timestamp": \n', "line 2"),
-        ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 5, "hash_ids": [1, "a"]}\n', "line 1: hash_ids"),
+        (
+            "mooncake",
+            '{"timestamp": 0, "input_length": 5, "output_length": 5, "hash_ids": [1, "a"]}\n',
+            "line 1: hash_ids",
+        ),
     ],
 )
 def test_malformed_inputs_name_file_and_field(tmp_path: Path, fmt: str, content: str, field: str) -> None:
@@ -215,7 +227,13 @@ def test_scale_keeps_hash_ids_aligned() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"rate_scale": 0.0}, {"rate_scale": float("nan")}, {"time_scale": -1.0}, {"offset_s": -1.0}, {"duration_s": float("inf")}],
+    [
+        {"rate_scale": 0.0},
+        {"rate_scale": float("nan")},
+        {"time_scale": -1.0},
+        {"offset_s": -1.0},
+        {"duration_s": float("inf")},
+    ],
 )
 def test_scale_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -246,7 +264,9 @@ def test_synthesis_reproducible_per_seed(azure: Trace) -> None:
 @pytest.mark.parametrize("arrival", ["poisson", "gamma"])
 def test_synthesis_tracks_rescaled_series(azure: Trace, arrival: str) -> None:
     start, duration, peak = 86400.0, 86400.0, 20.0
-    trace = synthesize_from_rates(RATES, lengths=azure, peak_rps=peak, start_s=start, duration_s=duration, arrival=arrival)
+    trace = synthesize_from_rates(
+        RATES, lengths=azure, peak_rps=peak, start_s=start, duration_s=duration, arrival=arrival
+    )
     series = read_rate_series(RATES)
     inside = (series.window_start_s >= start) & (series.window_start_s < start + duration)
     expected = series.rate_rps[inside] / series.rate_rps[inside].max() * peak
@@ -329,7 +349,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_cli_synth_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "day.jsonl"
-    argv = ["trace", "synth", "--rate", str(RATES), "--lengths", str(AZURE), "--peak-rps", "2", "--duration", "2h", "--seed", "3", "--out", str(out)]
+    argv = [
+        "trace",
+        "synth",
+        "--rate",
+        str(RATES),
+        "--lengths",
+        str(AZURE),
+        "--peak-rps",
+        "2",
+        "--duration",
+        "2h",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
     args = _parser().parse_args(argv)
     assert args.run(args) == 0
     summary = capsys.readouterr().out

@@ -42,10 +42,7 @@ class PerfModel:
 
     def __repr__(self) -> str:
         p = self.profile
-        return (
-            f"PerfModel({p.name!r}: {p.model} on {p.gpus_per_engine}x {p.system}, "
-            f"{p.backend} tp{p.tp})"
-        )
+        return f"PerfModel({p.name!r}: {p.model} on {p.gpus_per_engine}x {p.system}, {p.backend} tp{p.tp})"
 
     # ----------------------------------------------------------------- construction
 
@@ -252,23 +249,19 @@ class PerfModel:
     def itl_ms(self, batch: Any, context: Any) -> Any:
         """One decode iteration for ``batch`` running sequences of mean context ``context``."""
         if _is_array(batch) or _is_array(context):
-            return self._itl_vec(
-                np.asarray(batch, dtype=np.float64), np.asarray(context, dtype=np.float64)
-            )
+            return self._itl_vec(np.asarray(batch, dtype=np.float64), np.asarray(context, dtype=np.float64))
         return self._itl1(float(batch), float(context))
 
     @overload
     def decode_tokens_per_s(self, batch: float, context: float) -> float: ...
     @overload
-    def decode_tokens_per_s(
-        self, batch: ArrayLike | float, context: ArrayLike | float
-    ) -> np.ndarray: ...
+    def decode_tokens_per_s(self, batch: ArrayLike | float, context: ArrayLike | float) -> np.ndarray: ...
 
     def decode_tokens_per_s(self, batch: Any, context: Any) -> Any:
         """Output tokens/s of one engine: every running sequence emits one per iteration."""
         if _is_array(batch) or _is_array(context):
-            return np.asarray(batch, dtype=np.float64) * 1000.0 / self.itl_ms(
-                np.asarray(batch, dtype=np.float64), context
+            return (
+                np.asarray(batch, dtype=np.float64) * 1000.0 / self.itl_ms(np.asarray(batch, dtype=np.float64), context)
             )
         b = float(batch)
         return b * 1000.0 / self._itl1(b, float(context))

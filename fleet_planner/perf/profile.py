@@ -180,9 +180,7 @@ def _same_lengths(arrays: dict[str, np.ndarray], keys: tuple[str, ...], file: Pa
     n = len(arrays[keys[0]])
     for key in keys[1:]:
         if len(arrays[key]) != n:
-            raise InputError(
-                f"length {len(arrays[key])} differs from {keys[0]} ({n})", file=file, field=key
-            )
+            raise InputError(f"length {len(arrays[key])} differs from {keys[0]} ({n})", file=file, field=key)
 
 
 def _one_value(data: dict[str, Any], key: str, file: Path) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
 import numpy as np
 
 from fleet_planner.durations import parse_duration
@@ -18,14 +19,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = trace.add_subparsers(dest="trace_command", required=True)
 
     synth = commands.add_parser("synth", help="synthesise a Mooncake JSONL trace from a rate series")
-    synth.add_argument("--rate", required=True, type=Path, help="rate series CSV (window_start_s,total_rate_rps[,rate_weighted_client_cv])")
-    synth.add_argument("--lengths", required=True, type=Path, help="trace whose (input, output) length pairs are resampled")
-    synth.add_argument("--lengths-format", choices=TRACE_FORMATS, help="format of --lengths (default: mooncake for .jsonl, else azure)")
-    synth.add_argument("--peak-rps", type=_positive_float, help="rescale the series so its peak over the span is this rate")
+    synth.add_argument(
+        "--rate",
+        required=True,
+        type=Path,
+        help="rate series CSV (window_start_s,total_rate_rps[,rate_weighted_client_cv])",
+    )
+    synth.add_argument(
+        "--lengths", required=True, type=Path, help="trace whose (input, output) length pairs are resampled"
+    )
+    synth.add_argument(
+        "--lengths-format", choices=TRACE_FORMATS, help="format of --lengths (default: mooncake for .jsonl, else azure)"
+    )
+    synth.add_argument(
+        "--peak-rps", type=_positive_float, help="rescale the series so its peak over the span is this rate"
+    )
     synth.add_argument("--rate-scale", type=_positive_float, default=1.0, help="multiply all rates (after --peak-rps)")
     synth.add_argument("--start", type=_duration, default=0.0, help="where in the series to start (e.g. 6h); default 0")
     synth.add_argument("--duration", type=_duration, help="how long (e.g. 1d); default: to the end of the series")
-    synth.add_argument("--arrival", choices=ARRIVAL_MODELS, default="auto", help="arrival process within a window (auto: gamma if the CSV has a CV column)")
+    synth.add_argument(
+        "--arrival",
+        choices=ARRIVAL_MODELS,
+        default="auto",
+        help="arrival process within a window (auto: gamma if the CSV has a CV column)",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, type=Path, help="output Mooncake JSONL path")
     synth.set_defaults(run=run_synth)
@@ -64,7 +81,9 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  duration        {stats['duration_s']:.1f} s")
     print(f"  rate            mean {stats['mean_rps']:.2f} req/s, peak 1-min {stats['peak_1min_rps']:.2f} req/s")
     for kind in ("input", "output"):
-        print(f"  {kind:<6} tokens   mean {stats[f'{kind}_mean']:.0f}, p50 {stats[f'{kind}_p50']:.0f}, p99 {stats[f'{kind}_p99']:.0f}")
+        print(
+            f"  {kind:<6} tokens   mean {stats[f'{kind}_mean']:.0f}, p50 {stats[f'{kind}_p50']:.0f}, p99 {stats[f'{kind}_p99']:.0f}"
+        )
     return 0
 
 

@@ -40,7 +40,9 @@ def read_trace(path: str | Path, format: str) -> Trace:
         return _read_azure(path)
     if format == "csv":
         return _read_generic_csv(path)
-    raise InputError(f"unknown trace format {format!r} (use one of {', '.join(TRACE_FORMATS)})", file=path, field="format")
+    raise InputError(
+        f"unknown trace format {format!r} (use one of {', '.join(TRACE_FORMATS)})", file=path, field="format"
+    )
 
 
 def write_mooncake_jsonl(trace: Trace, path: str | Path) -> None:
@@ -48,7 +50,9 @@ def write_mooncake_jsonl(trace: Trace, path: str | Path) -> None:
     path = Path(path)
     timestamps = np.rint(trace.arrival_s * 1000.0).astype(np.int64)
     lines = []
-    for i, (ts, isl, osl) in enumerate(zip(timestamps.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist())):
+    for i, (ts, isl, osl) in enumerate(
+        zip(timestamps.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist())
+    ):
         record = f'{{"timestamp": {ts}, "input_length": {isl}, "output_length": {osl}'
         if trace.hash_ids is not None:
             record += f', "hash_ids": {json.dumps(trace.hash_ids[i])}'
@@ -194,7 +198,9 @@ def _columns(path: Path, header: list[str], rows: _Rows, names: Sequence[str]) -
     """The named columns as lists of raw strings; short rows are reported with their line."""
     missing = [name for name in names if name not in header]
     if missing:
-        raise InputError(f"missing column(s) {', '.join(missing)} (header: {', '.join(header)})", file=path, field="header")
+        raise InputError(
+            f"missing column(s) {', '.join(missing)} (header: {', '.join(header)})", file=path, field="header"
+        )
     if not rows.values:
         raise InputError("file has no data rows", file=path)
     index = {name: header.index(name) for name in names}
@@ -215,7 +221,9 @@ def _float_column(path: Path, name: str, values: list[str], line_numbers: list[i
     bad = np.flatnonzero(~np.isfinite(column))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"must be finite (got {values[i].strip()!r})", file=path, field=f"line {line_numbers[i]}: {name}")
+        raise InputError(
+            f"must be finite (got {values[i].strip()!r})", file=path, field=f"line {line_numbers[i]}: {name}"
+        )
     return column
 
 
@@ -231,7 +239,9 @@ def _seconds_column(path: Path, name: str, values: list[str], line_numbers: list
     bad = np.flatnonzero(column < 0)
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"must be >= 0 (got {values[i].strip()!r})", file=path, field=f"line {line_numbers[i]}: {name}")
+        raise InputError(
+            f"must be >= 0 (got {values[i].strip()!r})", file=path, field=f"line {line_numbers[i]}: {name}"
+        )
     return column
 
 
@@ -261,7 +271,9 @@ def _timestamps_to_seconds(path: Path, values: list[str], line_numbers: list[int
     try:
         stamps = np.asarray(stripped, dtype="datetime64[ns]")
     except ValueError:  # slow path only to find the offending line
-        stamps = np.asarray([_cell_timestamp(path, t, n) for t, n in zip(stripped, line_numbers)], dtype="datetime64[ns]")
+        stamps = np.asarray(
+            [_cell_timestamp(path, t, n) for t, n in zip(stripped, line_numbers)], dtype="datetime64[ns]"
+        )
     nat = np.flatnonzero(np.isnat(stamps))
     if nat.size:
         i = int(nat[0])

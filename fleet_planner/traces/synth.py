@@ -55,7 +55,9 @@ def read_rate_series(path: str | Path) -> RateSeries:
     if starts.size < 2:
         raise InputError("need at least two windows to know the window length", file=path)
     _check(path, _RATE, rates < 0, rates, lines, "must be >= 0")
-    _check(path, _START, np.r_[False, np.diff(starts) <= 0], starts, lines, "must be greater than the previous window's")
+    _check(
+        path, _START, np.r_[False, np.diff(starts) <= 0], starts, lines, "must be greater than the previous window's"
+    )
     cv = None
     if _CV in header:
         cv = _float_column(path, _CV, _columns(path, header, rows, (_CV,))[_CV], lines)
@@ -100,10 +102,16 @@ def synthesize_from_rates(
     path = Path(rate_path)
     first = float(series.window_start_s[0])
     if not (math.isfinite(start_s) and first <= start_s < series.end_s):
-        raise InputError(f"start {start_s!r} s is outside the series [{first:.0f}, {series.end_s:.0f}) s", file=path, field="start_s")
+        raise InputError(
+            f"start {start_s!r} s is outside the series [{first:.0f}, {series.end_s:.0f}) s", file=path, field="start_s"
+        )
     end_s = series.end_s if duration_s is None else start_s + duration_s
     if not (math.isfinite(end_s) and start_s < end_s <= series.end_s):
-        raise InputError(f"span must be > 0 and end by the series end {series.end_s:.0f} s (got end {end_s!r} s)", file=path, field="duration_s")
+        raise InputError(
+            f"span must be > 0 and end by the series end {series.end_s:.0f} s (got end {end_s!r} s)",
+            file=path,
+            field="duration_s",
+        )
     cv = None if arrival == "poisson" else series.cv
     if arrival == "gamma" and cv is None:
         raise InputError(f"gamma arrivals need a {_CV} column", file=path, field="header")
@@ -143,7 +151,9 @@ def _check(path: Path, name: str, bad: np.ndarray, values: np.ndarray, lines: li
         raise InputError(f"{problem} (got {values[i]:g})", file=path, field=f"line {lines[i]}: {name}")
 
 
-def _poisson_arrivals(rng: np.random.Generator, offsets: np.ndarray, spans: np.ndarray, rates: np.ndarray) -> np.ndarray:
+def _poisson_arrivals(
+    rng: np.random.Generator, offsets: np.ndarray, spans: np.ndarray, rates: np.ndarray
+) -> np.ndarray:
     """Poisson count per window, then uniform instants within it (exactly a Poisson process)."""
     counts = rng.poisson(rates * spans)
     return np.repeat(offsets, counts) + rng.random(int(counts.sum())) * np.repeat(spans, counts)

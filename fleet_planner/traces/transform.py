@@ -9,7 +9,6 @@ import numpy as np
 
 from fleet_planner.traces.trace import Trace
 
-
 COPY_JITTER_S = 30.0
 
 

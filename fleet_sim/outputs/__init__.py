@@ -14,8 +14,14 @@ from .report import render_report
 from .summary import priority_weighted_attainment, slo_met, summarize
 
 __all__ = [
-    "TIMELINE_COLUMNS", "priority_weighted_attainment", "render_report", "slo_met", "summarize", "write_decisions",
-    "write_outputs", "write_timeline",
+    "TIMELINE_COLUMNS",
+    "priority_weighted_attainment",
+    "render_report",
+    "slo_met",
+    "summarize",
+    "write_decisions",
+    "write_outputs",
+    "write_timeline",
 ]
 
 

@@ -13,8 +13,19 @@ from fleet_sim.results import DecisionRecord, TimelineRow
 from .summary import number
 
 TIMELINE_COLUMNS = (
-    "time_s", "deployment", "pool", "gpu_type", "target", "ready", "starting", "draining",
-    "pending", "gpus", "arrivals", "ttft_p90_ms", "itl_p90_ms",
+    "time_s",
+    "deployment",
+    "pool",
+    "gpu_type",
+    "target",
+    "ready",
+    "starting",
+    "draining",
+    "pending",
+    "gpus",
+    "arrivals",
+    "ttft_p90_ms",
+    "itl_p90_ms",
 )
 
 
@@ -43,7 +54,20 @@ def write_timeline(timeline: list[TimelineRow], path: Path) -> None:
         writer = csv.writer(out)
         writer.writerow(TIMELINE_COLUMNS)
         for r in timeline:
-            writer.writerow((
-                r.time_s, r.deployment, r.role, r.gpu_type, r.target, r.ready, r.starting,
-                r.draining, r.pending, r.gpus, r.arrivals, _cell(r.ttft_p90_ms), _cell(r.itl_p90_ms),
-            ))
+            writer.writerow(
+                (
+                    r.time_s,
+                    r.deployment,
+                    r.role,
+                    r.gpu_type,
+                    r.target,
+                    r.ready,
+                    r.starting,
+                    r.draining,
+                    r.pending,
+                    r.gpus,
+                    r.arrivals,
+                    _cell(r.ttft_p90_ms),
+                    _cell(r.itl_p90_ms),
+                )
+            )

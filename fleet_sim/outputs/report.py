@@ -112,8 +112,12 @@ def _time_unit(duration_s: float) -> tuple[float, str]:
 
 def _layout(fig: go.Figure, title: str, height: int) -> None:
     fig.update_layout(
-        title=title, height=height, template="plotly_white", hovermode="x unified",
-        margin={"l": 60, "r": 20, "t": 60, "b": 40}, legend={"groupclick": "toggleitem"},
+        title=title,
+        height=height,
+        template="plotly_white",
+        hovermode="x unified",
+        margin={"l": 60, "r": 20, "t": 60, "b": 40},
+        legend={"groupclick": "toggleitem"},
     )
 
 
@@ -138,13 +142,19 @@ def _fleet_figure(result: SimulationResult, unit: tuple[float, str]) -> go.Figur
     for i, gpu_type in enumerate(types):
         color = TYPE_COLORS[i % len(TYPE_COLORS)]
         if rows:
-            fig.add_trace(go.Scatter(
-                x=x, y=held[:, i], name=f"{gpu_type} in use", mode="lines",
-                line={"color": color, "shape": "hv"},
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=held[:, i],
+                    name=f"{gpu_type} in use",
+                    mode="lines",
+                    line={"color": color, "shape": "hv"},
+                )
+            )
         if gpu_type in result.gpu_inventory:
             fig.add_hline(
-                y=result.gpu_inventory[gpu_type], line={"color": color, "dash": "dash"},
+                y=result.gpu_inventory[gpu_type],
+                line={"color": color, "dash": "dash"},
                 annotation_text=f"{gpu_type} inventory ({result.gpu_inventory[gpu_type]})",
                 annotation_position="top left",
             )
@@ -165,7 +175,8 @@ def _decision_markers(decisions: list[DecisionRecord], scale: float) -> go.Scatt
         name="scale decision",
         marker={
             "symbol": ["triangle-up" if d.to_replicas > d.from_replicas else "triangle-down" for d in decisions],
-            "size": 9, "color": "#212121",
+            "size": 9,
+            "color": "#212121",
         },
         hovertext=[f"{d.from_replicas}→{d.to_replicas}: {d.reason}" for d in decisions],
         hoverinfo="text",
@@ -183,34 +194,64 @@ def _deployment_figure(
     scale, unit_name = unit
     roles = list(series)
     titles = [f"{role} replicas" for role in roles] + [
-        "arrivals per second", f"p90 TTFT (ms), SLA {sla[0]:g} ms", f"p90 ITL (ms), SLA {sla[1]:g} ms",
+        "arrivals per second",
+        f"p90 TTFT (ms), SLA {sla[0]:g} ms",
+        f"p90 ITL (ms), SLA {sla[1]:g} ms",
     ]
     n_rows = len(titles)
-    fig = make_subplots(rows=n_rows, cols=1, shared_xaxes=True, vertical_spacing=0.06 if n_rows < 5 else 0.045,
-                        subplot_titles=titles)
+    fig = make_subplots(
+        rows=n_rows, cols=1, shared_xaxes=True, vertical_spacing=0.06 if n_rows < 5 else 0.045, subplot_titles=titles
+    )
     load_row, ttft_row, itl_row = n_rows - 2, n_rows - 1, n_rows
     for row, role in enumerate(roles, start=1):
         s = series[role]
         x = s.time_s / scale
         for state in ("ready", "starting", "draining"):
-            fig.add_trace(go.Scatter(
-                x=x, y=getattr(s, state), name=f"{role} {state}", legendgroup=role, stackgroup=role,
-                mode="lines", line={"width": 0.5, "color": STATE_COLORS[state], "shape": "hv"},
-            ), row=row, col=1)
-        fig.add_trace(go.Scatter(
-            x=x, y=s.target, name=f"{role} target", legendgroup=role, mode="lines",
-            line={"color": "#000000", "dash": "dash", "shape": "hv"},
-        ), row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=getattr(s, state),
+                    name=f"{role} {state}",
+                    legendgroup=role,
+                    stackgroup=role,
+                    mode="lines",
+                    line={"width": 0.5, "color": STATE_COLORS[state], "shape": "hv"},
+                ),
+                row=row,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=s.target,
+                name=f"{role} target",
+                legendgroup=role,
+                mode="lines",
+                line={"color": "#000000", "dash": "dash", "shape": "hv"},
+            ),
+            row=row,
+            col=1,
+        )
         if decisions.get(role):
             marker = _decision_markers(decisions[role], scale)
             marker.update(name=f"{role} scale decision", legendgroup=role)
             fig.add_trace(marker, row=row, col=1)
         color = ROLE_COLORS.get(role)
         for r, values in ((load_row, s.arrivals_per_s), (ttft_row, s.ttft_p90_ms), (itl_row, s.itl_p90_ms)):
-            fig.add_trace(go.Scatter(
-                x=x, y=values, name=f"{role}", legendgroup=role, showlegend=False, mode="lines",
-                line={"color": color}, connectgaps=False,
-            ), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=values,
+                    name=f"{role}",
+                    legendgroup=role,
+                    showlegend=False,
+                    mode="lines",
+                    line={"color": color},
+                    connectgaps=False,
+                ),
+                row=r,
+                col=1,
+            )
     fig.add_hline(y=sla[0], line={"color": "#c62828", "dash": "dot"}, row=ttft_row, col=1)
     fig.add_hline(y=sla[1], line={"color": "#c62828", "dash": "dot"}, row=itl_row, col=1)
     _layout(fig, f"{spec.name} ({spec.mode}, tenant {spec.tenant}, endpoint {spec.endpoint})", 230 * n_rows + 80)
@@ -253,8 +294,13 @@ def _tables(summary: dict[str, Any]) -> str:
         ["SLO attainment (TTFT and ITL met)", _pct(fleet["slo_attainment"])],
         ["GPU-hours", _fmt(fleet["gpu_hours"], 2)],
         *[[f"GPU-hours on {t}", _fmt(fleet["gpu_hours_by_type"].get(t), 2)] for t in types],
-        *[[f"peak {t} in use / inventory",
-           f"{_fmt(fleet['max_gpus_in_use'].get(t))} / {_fmt(fleet['gpu_inventory'].get(t))}"] for t in types],
+        *[
+            [
+                f"peak {t} in use / inventory",
+                f"{_fmt(fleet['max_gpus_in_use'].get(t))} / {_fmt(fleet['gpu_inventory'].get(t))}",
+            ]
+            for t in types
+        ],
         ["budget violations (ticks)", _fmt(fleet["budget_violations"])],
         ["requests", _fmt(fleet["requests"])],
         ["completed", _fmt(fleet["completed"])],
@@ -266,8 +312,13 @@ def _tables(summary: dict[str, Any]) -> str:
         ["requests per wall second", _fmt(summary["requests_per_wall_second"], 0)],
     ]
     endpoint_rows = [
-        [name, f"{s['sla']['ttft_ms']:g} / {s['sla']['itl_ms']:g}", _fmt(s["requests"]),
-         _pct(s["slo_attainment"]), *_latency_cells(s)]
+        [
+            name,
+            f"{s['sla']['ttft_ms']:g} / {s['sla']['itl_ms']:g}",
+            _fmt(s["requests"]),
+            _pct(s["slo_attainment"]),
+            *_latency_cells(s),
+        ]
         for name, s in summary["endpoints"].items()
     ]
     tenant_rows = [
@@ -275,40 +326,74 @@ def _tables(summary: dict[str, Any]) -> str:
         for name, s in summary["tenants"].items()
     ]
     deployment_rows = [
-        [name, s["tenant"], s["endpoint"], _fmt(s["requests"]), _fmt(s["completed"]), _fmt(s["rejected"]),
-         _fmt(s["unfinished"]), _pct(s["slo_attainment"]), *_latency_cells(s), _fmt(s["gpu_hours"], 2),
-         ", ".join(f"{role} {hours:,.2f}" for role, hours in s["gpu_hours_by_pool"].items()),
-         _fmt(s["scale_events"])]
+        [
+            name,
+            s["tenant"],
+            s["endpoint"],
+            _fmt(s["requests"]),
+            _fmt(s["completed"]),
+            _fmt(s["rejected"]),
+            _fmt(s["unfinished"]),
+            _pct(s["slo_attainment"]),
+            *_latency_cells(s),
+            _fmt(s["gpu_hours"], 2),
+            ", ".join(f"{role} {hours:,.2f}" for role, hours in s["gpu_hours_by_pool"].items()),
+            _fmt(s["scale_events"]),
+        ]
         for name, s in summary["deployments"].items()
     ]
-    return "".join([
-        "<h2>Fleet</h2>", _table(["metric", "value"], fleet_rows),
-        "<h2>Endpoints</h2>",
-        _table(["endpoint", "SLA TTFT / ITL ms", "requests", "SLO attainment", *LATENCY_HEADERS], endpoint_rows),
-        "<h2>Tenants</h2>", _table(["tenant", "requests", "SLO attainment", "GPU-hours"], tenant_rows),
-        "<h2>Deployments</h2>",
-        _table(["deployment", "tenant", "endpoint", "requests", "completed", "rejected", "unfinished",
-                "SLO attainment", *LATENCY_HEADERS, "GPU-hours", "GPU-hours by pool", "scale events"],
-               deployment_rows),
-        '<p class="small">Attainment counts every arrived request: rejected and unfinished ones are misses. '
-        "Requests never routed to a deployment count only in fleet and endpoint totals.</p>",
-    ])
+    return "".join(
+        [
+            "<h2>Fleet</h2>",
+            _table(["metric", "value"], fleet_rows),
+            "<h2>Endpoints</h2>",
+            _table(["endpoint", "SLA TTFT / ITL ms", "requests", "SLO attainment", *LATENCY_HEADERS], endpoint_rows),
+            "<h2>Tenants</h2>",
+            _table(["tenant", "requests", "SLO attainment", "GPU-hours"], tenant_rows),
+            "<h2>Deployments</h2>",
+            _table(
+                [
+                    "deployment",
+                    "tenant",
+                    "endpoint",
+                    "requests",
+                    "completed",
+                    "rejected",
+                    "unfinished",
+                    "SLO attainment",
+                    *LATENCY_HEADERS,
+                    "GPU-hours",
+                    "GPU-hours by pool",
+                    "scale events",
+                ],
+                deployment_rows,
+            ),
+            '<p class="small">Attainment counts every arrived request: rejected and unfinished ones are misses. '
+            "Requests never routed to a deployment count only in fleet and endpoint totals.</p>",
+        ]
+    )
 
 
 def _header(result: SimulationResult) -> str:
     if result.clairvoyant:
-        badge = ('<span class="badge oracle">clairvoyant oracle</span> '
-                 "knows future load: the physical limit, not a deployable policy")
+        badge = (
+            '<span class="badge oracle">clairvoyant oracle</span> '
+            "knows future load: the physical limit, not a deployable policy"
+        )
     else:
         badge = '<span class="badge live">live policy</span> sees only delayed past observations'
-    meta = (f"seed {result.seed} · trace duration {result.duration_s:,.0f} s · "
-            f"simulated {result.simulated_seconds:,.0f} s in {result.wall_seconds:,.2f} s wall")
+    meta = (
+        f"seed {result.seed} · trace duration {result.duration_s:,.0f} s · "
+        f"simulated {result.simulated_seconds:,.0f} s in {result.wall_seconds:,.2f} s wall"
+    )
     notes = ""
     if result.notes:
         notes = '<div class="notes"><ul>' + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul></div>"
-    return (f"<h1>{html.escape(result.name)}</h1>"
-            f"<p class=\"meta\">Policy <b>{html.escape(result.policy)}</b> {badge}</p>"
-            f"<p class=\"meta\">{meta}</p>{notes}")
+    return (
+        f"<h1>{html.escape(result.name)}</h1>"
+        f'<p class="meta">Policy <b>{html.escape(result.policy)}</b> {badge}</p>'
+        f'<p class="meta">{meta}</p>{notes}'
+    )
 
 
 def render_report(result: SimulationResult, summary: dict[str, Any]) -> str:
@@ -319,12 +404,16 @@ def render_report(result: SimulationResult, summary: dict[str, Any]) -> str:
     for d in result.decisions:
         decisions.setdefault((d.deployment, d.role), []).append(d)
 
-    charts = ["<h2>GPUs</h2>",
-              _fleet_figure(result, unit).to_html(full_html=False, include_plotlyjs=True, config=PLOT_CONFIG)]
+    charts = [
+        "<h2>GPUs</h2>",
+        _fleet_figure(result, unit).to_html(full_html=False, include_plotlyjs=True, config=PLOT_CONFIG),
+    ]
     charts.append("<h2>Deployments over time</h2>")
     if any(s.bucketed for s in series.values()):
-        charts.append(f'<p class="small">Long series are bucketed to {MAX_POINTS} points: '
-                      "replicas, GPUs and p90 latencies show each bucket's maximum, arrivals its mean rate.</p>")
+        charts.append(
+            f'<p class="small">Long series are bucketed to {MAX_POINTS} points: '
+            "replicas, GPUs and p90 latencies show each bucket's maximum, arrivals its mean rate.</p>"
+        )
     for spec in result.deployments:
         pools = {role: series[(spec.name, role)] for role in spec.pools if (spec.name, role) in series}
         if not pools:
@@ -335,9 +424,7 @@ def render_report(result: SimulationResult, summary: dict[str, Any]) -> str:
         charts.append(fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG))
 
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(result.name)} — {html.escape(result.policy)}</title>"
-        f"<style>{CSS}</style></head><body>"
-        + _header(result) + _tables(summary) + "".join(charts)
-        + "</body></html>"
+        f"<style>{CSS}</style></head><body>" + _header(result) + _tables(summary) + "".join(charts) + "</body></html>"
     )

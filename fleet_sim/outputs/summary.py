@@ -63,7 +63,7 @@ def _group_percentiles(group: np.ndarray, values: np.ndarray, valid: np.ndarray,
     bounds = np.concatenate(([0], np.cumsum(np.bincount(g, minlength=n_groups))))
     out = np.full((n_groups, len(PERCENTILES)), np.nan)
     for i in np.flatnonzero(np.diff(bounds)):
-        out[i] = np.percentile(v[bounds[i]:bounds[i + 1]], PERCENTILES)
+        out[i] = np.percentile(v[bounds[i] : bounds[i + 1]], PERCENTILES)
     return out
 
 

@@ -102,7 +102,10 @@ def build_frontier(problem: Problem) -> Frontier:
     inside = found < offsets[safe_pool + 1]
     reachable = np.all(inside | ~present, axis=1)
     level_unit, pools_of_row, present, safe_pool = (
-        level_unit[reachable], pools_of_row[reachable], present[reachable], safe_pool[reachable]
+        level_unit[reachable],
+        pools_of_row[reachable],
+        present[reachable],
+        safe_pool[reachable],
     )
     found = found[reachable]
     member_value = np.where(present, flat_values[np.minimum(found, flat_values.size - 1)], np.iinfo(np.int64).max)
@@ -111,7 +114,12 @@ def build_frontier(problem: Problem) -> Frontier:
     keep = np.ones(reached.size, dtype=bool)
     keep[1:] = (level_unit[1:] != level_unit[:-1]) | (reached[1:] > reached[:-1])
     level_unit, pools_of_row, present, safe_pool, found, reached = (
-        level_unit[keep], pools_of_row[keep], present[keep], safe_pool[keep], found[keep], reached[keep]
+        level_unit[keep],
+        pools_of_row[keep],
+        present[keep],
+        safe_pool[keep],
+        found[keep],
+        reached[keep],
     )
     slot_j = np.where(present, found - offsets[safe_pool], 0)
     member_count = np.where(present, flat_counts[np.minimum(found, flat_counts.size - 1)], 0)

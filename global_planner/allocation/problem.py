@@ -122,9 +122,7 @@ class Problem:
 
 def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
     """Each override as (matches pool keys?, compiled matcher, override); fnmatch semantics."""
-    return [
-        (o.selector.count("/") == 2, re.compile(fnmatch.translate(o.selector)).match, o) for o in request.overrides
-    ]
+    return [(o.selector.count("/") == 2, re.compile(fnmatch.translate(o.selector)).match, o) for o in request.overrides]
 
 
 def _effective(
@@ -151,9 +149,7 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _hull_counts(
-    scaled: list[int], low: int, high: int, lo: int, hi: int
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _hull_counts(scaled: list[int], low: int, high: int, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The counts of ``[lo, hi]`` worth considering, valued on the upper concave hull of the
     scaled curve over the pool's whole range ``[low, high]``.
 
@@ -411,7 +407,10 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
             continue
         for pool in members:
             count = replicas[pool.pool_id]
-            for table, value in ((capacity, _sla_capacity(pool, count)), (saturation, _sla_capacity(pool, count, _KNEE))):
+            for table, value in (
+                (capacity, _sla_capacity(pool, count)),
+                (saturation, _sla_capacity(pool, count, _KNEE)),
+            ):
                 table[endpoint][pool.deployment] = min(table[endpoint].get(pool.deployment, value), value)
             planned[endpoint][pool.deployment] = max(planned[endpoint].get(pool.deployment, 0.0), pool.demand_weight)
     for endpoint, caps in capacity.items():
@@ -459,7 +458,11 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
             if plan.max_step is not None and plan.lo > plan.min_replicas:
                 return f"scaling down by max_step {plan.max_step}: no marginal value"
             return "no marginal value"
-        if plan.max_step is not None and best == plan.hi < plan.max_replicas and plan.curve_at(plan.hi + 1) > plan.values[-1]:
+        if (
+            plan.max_step is not None
+            and best == plan.hi < plan.max_replicas
+            and plan.curve_at(plan.hi + 1) > plan.values[-1]
+        ):
             return f"limited by max_step {plan.max_step}"
         if best == plan.max_replicas and plan.curve_at(best + 1) > plan.values[-1]:
             return f"at max_replicas {plan.max_replicas}"

@@ -7,7 +7,6 @@ restarted planner resumes from. A torn last line (crash mid-write) is skipped, n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -79,7 +78,8 @@ def explain(record: RoundRecord) -> str:
         f"decision {record.decision_id} at t={record.time_s:.1f}s: allocator {record.status}"
         + (f", {record.solve_ms:.1f} ms" if record.solve_ms is not None else "")
         + (f", gap {record.gap:.2%}" if record.gap is not None else ""),
-        "inventory: " + _per_type(record.inventory)
+        "inventory: "
+        + _per_type(record.inventory)
         + f"; committed (granted + draining): {_per_type(record.committed_gpus)}"
         + f"; held off the budget: {_per_type(record.held_gpus)}",
     ]
@@ -87,7 +87,9 @@ def explain(record: RoundRecord) -> str:
         lines.append(f"tenant {tenant}: {_per_type(gpus)}")
     for dep in record.deployments:
         state = "bidding" if dep.bidding else "not bidding"
-        lines.append(f"{dep.deployment} (tenant {dep.tenant}, endpoint {dep.endpoint}, {state}, lease until {dep.lease_expires_s:.1f}s)")
+        lines.append(
+            f"{dep.deployment} (tenant {dep.tenant}, endpoint {dep.endpoint}, {state}, lease until {dep.lease_expires_s:.1f}s)"
+        )
         for pool in dep.pools:
             size = f"{pool.gpu_type} x{pool.gpus_per_replica}"
             line = f"  {pool.role} [{size}, min {pool.min_replicas}, max {pool.max_replicas}]: granted {pool.granted}"
@@ -99,8 +101,16 @@ def explain(record: RoundRecord) -> str:
             lines.append(line)
             demand = pool.demand
             if demand is not None:
-                rate = "no rate" if demand.forecast_rps is None else f"forecast {demand.forecast_rps:.2f} rps (upper {demand.upper_rps:.2f})"
-                at = "" if demand.attainment_at_grant is None else f", attainment at grant {demand.attainment_at_grant:.3f}"
+                rate = (
+                    "no rate"
+                    if demand.forecast_rps is None
+                    else f"forecast {demand.forecast_rps:.2f} rps (upper {demand.upper_rps:.2f})"
+                )
+                at = (
+                    ""
+                    if demand.attainment_at_grant is None
+                    else f", attainment at grant {demand.attainment_at_grant:.3f}"
+                )
                 if demand.pessimistic_at_grant is not None:
                     at += f" (pessimistic {demand.pessimistic_at_grant:.3f})"
                 lines.append(
@@ -110,7 +120,9 @@ def explain(record: RoundRecord) -> str:
     for endpoint, weights in record.routing.items():
         lines.append(f"routing {endpoint}: " + ", ".join(f"{d} {w:.0%}" for d, w in weights.items()))
     for endpoint, rate in record.admission_rps.items():
-        lines.append(f"admission {endpoint}: at most {rate:.2f} requests/s (capacity short of the planned load; the rest is shed)")
+        lines.append(
+            f"admission {endpoint}: at most {rate:.2f} requests/s (capacity short of the planned load; the rest is shed)"
+        )
     return "\n".join(lines)
 
 

@@ -94,14 +94,18 @@ def authorize(identity: Identity | None, deployment: str, tenant: str | None = N
             f"deployment: token is for {identity.deployment!r}, not {deployment!r}",
         )
     if tenant is not None and tenant != identity.tenant:
-        raise AuthError(grpc.StatusCode.PERMISSION_DENIED, f"tenant: token is for tenant {identity.tenant!r}, not {tenant!r}")
+        raise AuthError(
+            grpc.StatusCode.PERMISSION_DENIED, f"tenant: token is for tenant {identity.tenant!r}, not {tenant!r}"
+        )
 
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def server_credentials(cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> grpc.ServerCredentials:
+def server_credentials(
+    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+) -> grpc.ServerCredentials:
     """TLS for the listener; with ``client_ca`` every agent must present a certificate it signed."""
     try:
         chain = Path(cert).read_bytes()
@@ -109,4 +113,6 @@ def server_credentials(cert: str | Path, key: str | Path, client_ca: str | Path 
         roots = Path(client_ca).read_bytes() if client_ca else None
     except OSError as error:
         raise InputError(f"cannot read: {error.strerror or error}", file=error.filename) from error
-    return grpc.ssl_server_credentials([(private, chain)], root_certificates=roots, require_client_auth=roots is not None)
+    return grpc.ssl_server_credentials(
+        [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
+    )

@@ -54,9 +54,9 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
         first = error.errors()[0]
         problem = first["msg"].removeprefix("Value error, ")
         value = first.get("input")
-        if isinstance(value, float) and not math.isfinite(value):
-            problem += f" (got {value})"
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        if (isinstance(value, float) and not math.isfinite(value)) or (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        ):
             problem += f" (got {value})"
         elif isinstance(value, list | str) and len(value) > 64:
             problem += f" (got length {len(value)})"
@@ -129,7 +129,9 @@ def report_from_pb(request: pb.ReportRequest) -> AgentReport:
 
 
 def ack_applied_from_pb(request: pb.AckAppliedRequest) -> AckApplied:
-    applied = [{"role": _role(p.role, f"applied[{i}].role"), "replicas": p.replicas} for i, p in enumerate(request.applied)]
+    applied = [
+        {"role": _role(p.role, f"applied[{i}].role"), "replicas": p.replicas} for i, p in enumerate(request.applied)
+    ]
     return _validate(
         AckApplied,
         {

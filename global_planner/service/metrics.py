@@ -12,26 +12,47 @@ class ServiceMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
         self.granted = Gauge(
-            "fleet_planner_granted_gpus", "GPUs granted per tenant and type (draining GPUs excluded).",
-            ["tenant", "gpu_type"], registry=reg)
+            "fleet_planner_granted_gpus",
+            "GPUs granted per tenant and type (draining GPUs excluded).",
+            ["tenant", "gpu_type"],
+            registry=reg,
+        )
         self.committed = Gauge(
-            "fleet_planner_committed_gpus", "GPUs granted plus GPUs still held by draining replicas, per type.",
-            ["gpu_type"], registry=reg)
-        self.inventory = Gauge("fleet_planner_inventory_gpus", "GPUs the fleet owns, per type.", ["gpu_type"], registry=reg)
-        self.rounds = Counter("fleet_planner_rounds", "Allocation rounds committed, by allocator status.", ["status"], registry=reg)
-        self.round_errors = Counter("fleet_planner_round_errors", "Allocation rounds that failed (no grant changed).", registry=reg)
+            "fleet_planner_committed_gpus",
+            "GPUs granted plus GPUs still held by draining replicas, per type.",
+            ["gpu_type"],
+            registry=reg,
+        )
+        self.inventory = Gauge(
+            "fleet_planner_inventory_gpus", "GPUs the fleet owns, per type.", ["gpu_type"], registry=reg
+        )
+        self.rounds = Counter(
+            "fleet_planner_rounds", "Allocation rounds committed, by allocator status.", ["status"], registry=reg
+        )
+        self.round_errors = Counter(
+            "fleet_planner_round_errors", "Allocation rounds that failed (no grant changed).", registry=reg
+        )
         self.solve_ms = Histogram(
-            "fleet_planner_solve_ms", "Allocator wall time per round in milliseconds.",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000), registry=reg)
+            "fleet_planner_solve_ms",
+            "Allocator wall time per round in milliseconds.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000),
+            registry=reg,
+        )
         self.rejected = Counter(
-            "fleet_planner_rejected_messages", "Agent messages refused, by gRPC status code.", ["code"], registry=reg)
+            "fleet_planner_rejected_messages", "Agent messages refused, by gRPC status code.", ["code"], registry=reg
+        )
         self.routing = Gauge(
-            "fleet_planner_routing_weight", "Share of an endpoint's traffic routed to each deployment.",
-            ["endpoint", "deployment"], registry=reg)
+            "fleet_planner_routing_weight",
+            "Share of an endpoint's traffic routed to each deployment.",
+            ["endpoint", "deployment"],
+            registry=reg,
+        )
         self.admission = Gauge(
             "fleet_planner_admission_rps",
             "Requests/s an endpoint may admit (set only while its allocated capacity is short of its planned load).",
-            ["endpoint"], registry=reg)
+            ["endpoint"],
+            registry=reg,
+        )
 
     def observe_round(self, round_: Round, state: PlannerState) -> None:
         self.rounds.labels(round_.record.status).inc()

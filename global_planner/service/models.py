@@ -176,7 +176,10 @@ class Targets(_Boundary):
     endpoint: str = ""
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = Field(
-        default=None, ge=0.0, allow_inf_nan=False, description="the endpoint admits at most this many requests/s; excess is shed"
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="the endpoint admits at most this many requests/s; excess is shed",
     )
 
 
@@ -234,5 +237,7 @@ class RoundRecord(_Boundary):
     committed_gpus: dict[str, int] = Field(description="granted + draining GPUs per type after the round")
     tenant_gpus: dict[str, dict[str, int]] = Field(description="committed GPUs per tenant and type")
     routing: dict[str, dict[str, float]] = Field(default_factory=dict)
-    admission_rps: dict[str, float] = Field(default_factory=dict, description="endpoints shedding load: admitted requests/s")
+    admission_rps: dict[str, float] = Field(
+        default_factory=dict, description="endpoints shedding load: admitted requests/s"
+    )
     deployments: list[DeploymentRecord]

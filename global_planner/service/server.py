@@ -72,9 +72,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.metrics = metrics
         self.clock = clock
 
-    async def _handle(
-        self, context: grpc.aio.ServicerContext, step: Callable[[Identity | None, float], R]
-    ) -> R:
+    async def _handle(self, context: grpc.aio.ServicerContext, step: Callable[[Identity | None, float], R]) -> R:
         try:
             identity = self.auth.identify(context.invocation_metadata()) if self.auth is not None else None
             return step(identity, self.clock())
@@ -189,7 +187,7 @@ class PlannerServer:
             await asyncio.sleep(self.round_s)
             try:
                 await self.run_round()
-            except Exception:  # noqa: BLE001 - a failed round must not stop the planner
+            except Exception:
                 self.metrics.round_errors.inc()
                 log.exception("allocation round failed; grants unchanged")
 
@@ -227,4 +225,3 @@ class PlannerServer:
             await self._server.stop(grace_s)
         if self.audit is not None:
             self.audit.close()
-

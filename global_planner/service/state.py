@@ -213,8 +213,10 @@ class PlannerState:
     def _targets(self, dep: _Deployment, now: float) -> Targets:
         """Decision 0 (no round yet) is a holding lease: keep the replicas already counted."""
         if dep.decision_id == 0:
-            pools = [PoolTarget(role=role, replicas=p.usage, reason="no allocation yet: holding current replicas")
-                     for role, p in sorted(dep.pools.items())]
+            pools = [
+                PoolTarget(role=role, replicas=p.usage, reason="no allocation yet: holding current replicas")
+                for role, p in sorted(dep.pools.items())
+            ]
         else:
             pools = [PoolTarget(role=role, replicas=p.grant, reason=p.reason) for role, p in sorted(dep.pools.items())]
         return Targets(
@@ -254,7 +256,9 @@ class PlannerState:
                 if new is None:
                     raise Conflict(f"pool {role!r} still holds {old.usage} replicas and cannot be dropped")
                 if (new.spec.gpu_type, new.spec.gpus_per_replica) != (old.spec.gpu_type, old.spec.gpus_per_replica):
-                    raise Conflict(f"pool {role!r} still holds {old.usage} replicas: gpu_type and gpus_per_replica are fixed")
+                    raise Conflict(
+                        f"pool {role!r} still holds {old.usage} replicas: gpu_type and gpus_per_replica are fixed"
+                    )
                 new.grant, new.usage, new.pending_release = old.grant, old.usage, old.pending_release
                 new.grant_decision_id, new.reason = old.grant_decision_id, old.reason
             known.endpoint, known.pools = registration.endpoint, pools
@@ -521,7 +525,9 @@ class PlannerState:
                         granted=grant,
                         usage=usage,
                         pending_release=pending,
-                        grant_decision_id=decision_id if update and update.grant != pool.grant else pool.grant_decision_id,
+                        grant_decision_id=decision_id
+                        if update and update.grant != pool.grant
+                        else pool.grant_decision_id,
                         allocated=update.allocated if update else None,
                         reason=update.reason if update else _held_reason(dep, now),
                         demand=summary,
@@ -589,7 +595,10 @@ class PlannerState:
                 decision_id=rec.decision_id,
             )
         self._previous = {
-            f"{d.deployment}/{p.role}": p.allocated for d in record.deployments for p in d.pools if p.allocated is not None
+            f"{d.deployment}/{p.role}": p.allocated
+            for d in record.deployments
+            for p in d.pools
+            if p.allocated is not None
         }
         self.next_decision_id = max(self.next_decision_id, record.decision_id + 1)
         self._version += 1

@@ -76,7 +76,7 @@ class Dispatcher:
             reply = await asyncio.wait_for(reader.readline(), timeout)
         except ConnectionError:
             return False  # reset before any reply: the worker never read the job
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise DispatchError(f"job {job_id}: no reply from port {port}; it may still be running") from exc
         finally:
             writer.close()

@@ -156,8 +156,12 @@ class ProcessConnector(Connector):
             self._release_lock()
             raise
         if self._workers:
-            log.info("re-adopted %d worker(s) from %s: %s", len(self._workers), state_file,
-                     ", ".join(f"{w.worker_id} pid {w.pid} ({w.state})" for w in self._workers.values()))
+            log.info(
+                "re-adopted %d worker(s) from %s: %s",
+                len(self._workers),
+                state_file,
+                ", ".join(f"{w.worker_id} pid {w.pid} ({w.state})" for w in self._workers.values()),
+            )
 
     # -- Connector interface -------------------------------------------------------------------
 
@@ -269,19 +273,39 @@ class ProcessConnector(Connector):
             if not alive:
                 del self._workers[worker.worker_id]
                 Path(worker.ready_file).unlink(missing_ok=True)
-                self._exits.append(WorkerExit(worker_id=worker.worker_id, role=worker.role, pid=worker.pid,
-                                              exit_code=exit_code, state=worker.state))
+                self._exits.append(
+                    WorkerExit(
+                        worker_id=worker.worker_id,
+                        role=worker.role,
+                        pid=worker.pid,
+                        exit_code=exit_code,
+                        state=worker.state,
+                    )
+                )
                 level = logging.INFO if worker.state == "draining" and exit_code in (0, None) else logging.WARNING
-                log.log(level, "worker %s pid %d exited (code %s) while %s",
-                        worker.worker_id, worker.pid, exit_code, worker.state)
+                log.log(
+                    level,
+                    "worker %s pid %d exited (code %s) while %s",
+                    worker.worker_id,
+                    worker.pid,
+                    exit_code,
+                    worker.state,
+                )
                 changed = True
             elif worker.state == "starting" and Path(worker.ready_file).exists():
                 self._workers[worker.worker_id] = worker.model_copy(update={"ready": True})
                 changed = True
-            elif (worker.draining_since is not None and not worker.killed
-                  and now - worker.draining_since >= self._drain_timeout_s):
-                log.warning("worker %s pid %d still draining after %.0f s: SIGKILL to its process group",
-                            worker.worker_id, worker.pid, self._drain_timeout_s)
+            elif (
+                worker.draining_since is not None
+                and not worker.killed
+                and now - worker.draining_since >= self._drain_timeout_s
+            ):
+                log.warning(
+                    "worker %s pid %d still draining after %.0f s: SIGKILL to its process group",
+                    worker.worker_id,
+                    worker.pid,
+                    self._drain_timeout_s,
+                )
                 _signal_group(worker.pid, signal.SIGKILL)
                 self._workers[worker.worker_id] = worker.model_copy(update={"killed": True})
                 changed = True
@@ -296,7 +320,9 @@ class ProcessConnector(Connector):
         argv = self._roles[role].render(port=port, ready_file=ready_file, role=role, worker_id=worker_id)
         output = self._run_dir / f"{worker_id}.log"
         pid = os.posix_spawnp(
-            argv[0], argv, {**os.environ, **self._roles[role].env},
+            argv[0],
+            argv,
+            {**os.environ, **self._roles[role].env},
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(output), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
@@ -307,8 +333,13 @@ class ProcessConnector(Connector):
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT),
         )
         self._workers[worker_id] = WorkerRecord(
-            worker_id=worker_id, role=role, pid=pid, port=port, started_at=self._clock(),
-            proc_starttime=_proc_starttime(pid), ready_file=str(ready_file),
+            worker_id=worker_id,
+            role=role,
+            pid=pid,
+            port=port,
+            started_at=self._clock(),
+            proc_starttime=_proc_starttime(pid),
+            ready_file=str(ready_file),
         )
         self._save()  # persist each spawn at once: a crash right after must not orphan the worker
         log.info("started worker %s pid %d port %d: %s", worker_id, pid, port, " ".join(argv))
@@ -371,4 +402,3 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-

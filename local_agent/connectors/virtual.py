@@ -119,11 +119,16 @@ class VirtualConnector(Connector):
         if self._prometheus is not None:
             return await self._from_prometheus()
         state = self._read()
-        if self._max_age_s is not None and state.observed and (
-            state.observed_at is None or self._clock() - state.observed_at > self._max_age_s
+        if (
+            self._max_age_s is not None
+            and state.observed
+            and (state.observed_at is None or self._clock() - state.observed_at > self._max_age_s)
         ):
-            log.warning("orchestrator report in %s is older than %.0f s: replica counts treated as missing",
-                        self.path, self._max_age_s)
+            log.warning(
+                "orchestrator report in %s is older than %.0f s: replica counts treated as missing",
+                self.path,
+                self._max_age_s,
+            )
             return {}
         return {role: counts for role, counts in state.observed.items() if role in self.roles}
 
@@ -139,7 +144,9 @@ class VirtualConnector(Connector):
             if target is None:
                 counts[role] = ReplicaCounts(ready=up)
             else:
-                counts[role] = ReplicaCounts(ready=min(up, target), starting=max(0, target - up), draining=max(0, up - target))
+                counts[role] = ReplicaCounts(
+                    ready=min(up, target), starting=max(0, target - up), draining=max(0, up - target)
+                )
         return counts
 
     async def close(self) -> None:

@@ -93,7 +93,7 @@ class Worker:
                     self._job_log.write(f"{DONE_REPLY} {job_id} pid={os.getpid()} draining={int(self._draining)}\n")
                 writer.write(f"{DONE_REPLY} {job_id}\n".encode())
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass  # the client went away; a taken job was still finished and logged above
         finally:
             writer.close()

@@ -100,7 +100,7 @@ class ArimaPredictor(Predictor):
             if not (np.isfinite(means).all() and np.isfinite(uppers).all()):
                 raise FloatingPointError("non-finite ARIMA forecast")
             return means, uppers
-        except Exception as error:  # noqa: BLE001 - any model failure must degrade, not crash the agent
+        except Exception as error:
             self._results = None
             if not self._warned:
                 logger.warning("arima: model failed (%s); using last value until the next refit", error)

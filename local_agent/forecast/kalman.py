@@ -16,6 +16,7 @@ import numpy as np
 
 from local_agent.forecast.base import Predictor, normal_z
 
+
 def _positive(number: object) -> bool:
     return isinstance(number, (int, float)) and math.isfinite(number) and number > 0
 

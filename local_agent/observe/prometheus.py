@@ -29,11 +29,21 @@ from local_agent.connectors.base import ReplicaCounts
 log = logging.getLogger(__name__)
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
-ENGINE_FIELDS = ("queued_requests", "queued_prefill_tokens", "active_kv_tokens", "kv_capacity_tokens",
-                 "iteration_ms", "scheduled_tokens_per_s")
+ENGINE_FIELDS = (
+    "queued_requests",
+    "queued_prefill_tokens",
+    "active_kv_tokens",
+    "kv_capacity_tokens",
+    "iteration_ms",
+    "scheduled_tokens_per_s",
+)
 INTEGER_FIELDS = frozenset({"admitted", "queued_requests"})
-_HISTOGRAM_FIELDS = {"input_tokens": ("input_tokens", 1.0), "output_tokens": ("output_tokens", 1.0),
-                     "ttft_seconds": ("ttft_ms", 1000.0), "itl_seconds": ("itl_ms", 1000.0)}
+_HISTOGRAM_FIELDS = {
+    "input_tokens": ("input_tokens", 1.0),
+    "output_tokens": ("output_tokens", 1.0),
+    "ttft_seconds": ("ttft_ms", 1000.0),
+    "itl_seconds": ("itl_ms", 1000.0),
+}
 
 
 class PrometheusError(RuntimeError):
@@ -81,7 +91,7 @@ class PrometheusClient:
             async with self.session.get(self.endpoint, params=params, timeout=self.timeout) as response:
                 status = response.status
                 body = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise PrometheusError(f"cannot reach {self.endpoint}: {exc!r}") from None
         try:
             reply = _Reply.model_validate_json(body)
@@ -129,8 +139,15 @@ class PrometheusSource:
 
     @classmethod
     def from_config(cls, config: PrometheusConfig, session: aiohttp.ClientSession) -> PrometheusSource:
-        return cls(config.url, config.queries, session, labels=config.labels, histograms=config.histograms,
-                   window_s=config.window, timeout_s=config.timeout_s)
+        return cls(
+            config.url,
+            config.queries,
+            session,
+            labels=config.labels,
+            histograms=config.histograms,
+            window_s=config.window,
+            timeout_s=config.timeout_s,
+        )
 
     def render(self, template: str, deployment: str, role: str = "") -> str:
         """Fill a query template's placeholders for one deployment (and pool)."""
@@ -148,8 +165,12 @@ class PrometheusSource:
         if not values:
             return self._missing(key, "empty", logging.INFO, f"{key}: no series for {promql!r}, treated as missing")
         if len(values) > 1:
-            return self._missing(key, "many", logging.WARNING,
-                                 f"{key}: {promql!r} returned {len(values)} series; aggregate it to one (e.g. sum(...))")
+            return self._missing(
+                key,
+                "many",
+                logging.WARNING,
+                f"{key}: {promql!r} returned {len(values)} series; aggregate it to one (e.g. sum(...))",
+            )
         value = values[0]
         if not math.isfinite(value):
             return self._missing(key, "nan", logging.INFO, f"{key}: {promql!r} is {value} (no samples in the window?)")
@@ -163,21 +184,32 @@ class PrometheusSource:
         if self._problems.get(key) != kind:
             self._problems[key] = kind
             log.log(level, message)
-        return None
 
-    async def observe(self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]) -> list[PoolObservation]:
+    async def observe(
+        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+    ) -> list[PoolObservation]:
         """One observation per pool of ``spec`` that ``replicas`` reports, over the window ending now."""
         roles: list[PoolRole] = [role for role in spec.pools if role in replicas]
-        traffic, *engines = await asyncio.gather(self._traffic(now_s, spec.name),
-                                                 *(self._engine(now_s, spec.name, role) for role in roles))
+        traffic, *engines = await asyncio.gather(
+            self._traffic(now_s, spec.name), *(self._engine(now_s, spec.name, role) for role in roles)
+        )
         observations = []
         for role, engine in zip(roles, engines, strict=True):
             counts = replicas[role]
-            observations.append(PoolObservation(
-                deployment=spec.name, role=role, time_s=now_s, window_s=self.window_s,
-                ready=counts.ready, starting=counts.starting, draining=counts.draining, pending=0,
-                **traffic, **engine,
-            ))
+            observations.append(
+                PoolObservation(
+                    deployment=spec.name,
+                    role=role,
+                    time_s=now_s,
+                    window_s=self.window_s,
+                    ready=counts.ready,
+                    starting=counts.starting,
+                    draining=counts.draining,
+                    pending=0,
+                    **traffic,
+                    **engine,
+                )
+            )
         return observations
 
     async def _traffic(self, now_s: float, deployment: str) -> dict[str, object]:
@@ -199,10 +231,13 @@ class PrometheusSource:
         templates = {field: getattr(self.queries, field) for field in ENGINE_FIELDS}
         active = {field: t for field, t in templates.items() if t is not None}
         results = await asyncio.gather(
-            *(self.value(f"{role}.{field}", self.render(t, deployment, role), now_s) for field, t in active.items()))
+            *(self.value(f"{role}.{field}", self.render(t, deployment, role), now_s) for field, t in active.items())
+        )
         return {field: _rounded(v) if field in INTEGER_FIELDS else v for field, v in zip(active, results, strict=True)}
 
-    async def _distribution(self, field: str, metric: str, scale: float, now_s: float, deployment: str) -> Distribution | None:
+    async def _distribution(
+        self, field: str, metric: str, scale: float, now_s: float, deployment: str
+    ) -> Distribution | None:
         """count, mean and quantiles of a histogram over the window; None unless all are known."""
         frontend = Template(self.labels.frontend).substitute(deployment=deployment, role="")
         window = self._window

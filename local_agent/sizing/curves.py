@@ -116,16 +116,12 @@ class PoolCurve(BaseModel):
 
     role: PoolRole
     replicas: list[int]
-    attainment: list[float] = Field(
-        description="share of requests meeting this pool's part of the SLA; non-decreasing"
-    )
+    attainment: list[float] = Field(description="share of requests meeting this pool's part of the SLA; non-decreasing")
     ttft_p90_ms: list[float | None] = Field(
         description="p90 of this pool's part of TTFT (decode: slot wait); None when overloaded"
     )
     itl_p90_ms: list[float | None] = Field(description="p90 of per-request mean ITL; None if n/a")
-    utilisation: list[float] = Field(
-        description="offered load over capacity per replica (> 1: overloaded; inf at N=0)"
-    )
+    utilisation: list[float] = Field(description="offered load over capacity per replica (> 1: overloaded; inf at N=0)")
     ceiling: float = Field(
         default=1.0,
         ge=0.0,
@@ -239,11 +235,9 @@ def _decode_point(
     slope = (itl[j] - itl[j - 1]) / (grid[j] - grid[j - 1])
     at_root = np.interp(batch, grid, itl)
     seen = np.minimum(batch + 1.0, slots)
-    wider = np.asarray(
-        model.itl_ms(np.concatenate((seen, seen)), np.repeat(shape.context * _CTX_STEPS, seen.size))
-    )
-    context_slope = (wider[seen.size :] - wider[: seen.size]) * itl_factor / (
-        shape.context * (_CTX_STEPS[1] - _CTX_STEPS[0])
+    wider = np.asarray(model.itl_ms(np.concatenate((seen, seen)), np.repeat(shape.context * _CTX_STEPS, seen.size)))
+    context_slope = (
+        (wider[seen.size :] - wider[: seen.size]) * itl_factor / (shape.context * (_CTX_STEPS[1] - _CTX_STEPS[0]))
     )
     variance = slope**2 * batch + context_slope**2 * shape.context_variance / (batch + 1.0)
     capacity = slots / itl[-1]  # sequences per ms of decode time at the cap
@@ -367,9 +361,7 @@ def _prompt_queue(
     )
 
 
-def _ttft_met(
-    sla_ttft: float, own: _OwnTime, queue: _PromptQueue
-) -> tuple[np.ndarray, np.ndarray]:
+def _ttft_met(sla_ttft: float, own: _OwnTime, queue: _PromptQueue) -> tuple[np.ndarray, np.ndarray]:
     """Share of requests with own part + queueing wait within the SLA, and the p90 of that sum;
     0 and NaN where the queue is unstable."""
     waits = np.where(queue.stable, queue.wait_probability, 0.0)[:, None]
@@ -455,9 +447,7 @@ def _check_limits(max_replicas: int, **positive: int) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def _prefill_costs(
-    model: EngineModel, inputs: np.ndarray, calibration: Calibration
-) -> tuple[float, np.ndarray]:
+def _prefill_costs(model: EngineModel, inputs: np.ndarray, calibration: Calibration) -> tuple[float, np.ndarray]:
     """Per-iteration overhead and each prompt's variable cost (chunks add up to it exactly)."""
     overhead = model.prefill_overhead_ms
     variable = np.asarray(model.ttft_ms(inputs)) - overhead
@@ -536,15 +526,11 @@ def decode_curve(
     point = _decode_point(model, shape, rate, slots, calibration.itl_factor, np.ones_like(rate))
 
     zero = np.zeros_like(rate)
-    itl_met, itl_p90 = _itl_attainment(
-        sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero
-    )
+    itl_met, itl_p90 = _itl_attainment(sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero)
     if point.itl_at_cap <= sla.itl_ms:  # the batch cap bounds every iteration
         itl_met = np.ones_like(rate)
     itl_p90 = np.where(point.stable, np.minimum(itl_p90, point.itl_at_cap), np.nan)
-    admitted, wait_p90 = _admission_ok(
-        slots, servers, point, shape.mean_iterations * point.itl, budget
-    )
+    admitted, wait_p90 = _admission_ok(slots, servers, point, shape.mean_iterations * point.itl, budget)
     attainment = np.where(point.stable, itl_met * admitted, 0.0)
     return _curve("decode", served.rate_rps, 1.0, attainment, wait_p90, itl_p90, point.utilisation)
 
@@ -620,9 +606,7 @@ def agg_curve(
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
     ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue)
-    admitted, _ = _admission_ok(
-        slots, servers, point, shape.mean_iterations * mean_itl, budget
-    )
+    admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
     utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)

@@ -130,10 +130,7 @@ def cheapest_pair(
     p = np.asarray(prefill.attainment)
     d = np.asarray(decode.attainment)
     combined = p[:, None] * d[None, :]
-    gpus = (
-        np.asarray(prefill.replicas)[:, None] * prefill_gpus
-        + np.asarray(decode.replicas)[None, :] * decode_gpus
-    )
+    gpus = np.asarray(prefill.replicas)[:, None] * prefill_gpus + np.asarray(decode.replicas)[None, :] * decode_gpus
     feasible = combined >= target * prefill.ceiling * decode.ceiling
     if feasible.any():
         cost = np.where(feasible, gpus, np.iinfo(np.int64).max)

@@ -112,9 +112,7 @@ class LoadEstimate(BaseModel):
 
     def with_rate(self, rate_rps: float) -> LoadEstimate:
         """The same request shapes at another rate (e.g. a forecast), validated."""
-        return LoadEstimate(
-            rate_rps=rate_rps, input_tokens=self.input_tokens, output_tokens=self.output_tokens
-        )
+        return LoadEstimate(rate_rps=rate_rps, input_tokens=self.input_tokens, output_tokens=self.output_tokens)
 
 
 def _lognormal_sample(summary: Distribution, samples: int) -> np.ndarray:

@@ -29,7 +29,9 @@ def endpoint_shares(deployments: list[DeploymentSpec], models: Mapping[str, Perf
         capacity = {
             spec.name: min(
                 pool.max_replicas
-                * replica_rps(models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms)
+                * replica_rps(
+                    models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms
+                )
                 for role, pool in spec.pools.items()
             )
             for spec in group

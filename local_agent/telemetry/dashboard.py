@@ -62,16 +62,20 @@ def _plotly_js() -> str:
 def _live_page(deployment: str, charts_count: int, refresh_s: float) -> str:
     title = html.escape(f"{deployment} agent")
     charts = "".join(f'<div id="chart-{i}"></div>' for i in range(charts_count))
-    headers = "".join(f"<th>{h}</th>" for h in ("loop", "pool", "current", "wanted", "target", "reason",
-                                                 "est. TTFT ms", "est. ITL ms", "detail"))
+    headers = "".join(
+        f"<th>{h}</th>"
+        for h in ("loop", "pool", "current", "wanted", "target", "reason", "est. TTFT ms", "est. ITL ms", "detail")
+    )
     script = PAGE_SCRIPT % {"config": json.dumps(PLOT_CONFIG), "refresh_ms": int(refresh_s * 1000)}
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{title}</title><style>{CSS} table {{ border-collapse: collapse; }} "
-            "th, td { border: 1px solid #ddd; padding: .2rem .5rem; }</style>"
-            f"<script>{_plotly_js()}</script></head><body>"
-            f"<h1>{title}</h1><p class=\"meta\" id=\"status\">loading…</p>"
-            f"<table><thead><tr>{headers}</tr></thead><tbody id=\"pools\"></tbody></table>"
-            f"{charts}<script>{script}</script></body></html>")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{CSS} table {{ border-collapse: collapse; }} "
+        "th, td { border: 1px solid #ddd; padding: .2rem .5rem; }</style>"
+        f"<script>{_plotly_js()}</script></head><body>"
+        f'<h1>{title}</h1><p class="meta" id="status">loading…</p>'
+        f'<table><thead><tr>{headers}</tr></thead><tbody id="pools"></tbody></table>'
+        f"{charts}<script>{script}</script></body></html>"
+    )
 
 
 def _error(status: int, message: str, problems: list[str] | None = None, **headers: str) -> web.Response:
@@ -81,8 +85,13 @@ def _error(status: int, message: str, problems: list[str] | None = None, **heade
     return web.json_response(body, status=status, headers=headers or None)
 
 
-def make_app(recorder: DiagnosticsRecorder, metrics_registry: CollectorRegistry, limits_store: LimitsStore,
-             token: str, refresh_s: float = 5.0) -> web.Application:
+def make_app(
+    recorder: DiagnosticsRecorder,
+    metrics_registry: CollectorRegistry,
+    limits_store: LimitsStore,
+    token: str,
+    refresh_s: float = 5.0,
+) -> web.Application:
     """Build the application; serve it with ``web.AppRunner`` / ``web.TCPSite`` next to the agent loop."""
     if not token:
         raise ValueError("an empty control token would let anyone change the limits")

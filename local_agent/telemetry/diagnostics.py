@@ -112,23 +112,32 @@ class DiagnosticsRecorder:
         observations, decisions, _ = self._snapshot()
         roles = [r for r in ROLE_ORDER if r in observations or any(p.role == r for d in decisions for p in d.pools)]
         obs_by_role = {r: observations.get(r, []) for r in roles}
-        return [self._replicas_figure(roles, obs_by_role, decisions),
-                self._latency_figure(roles, obs_by_role, decisions),
-                self._load_figure(decisions),
-                self._timeline_figure(decisions)]
+        return [
+            self._replicas_figure(roles, obs_by_role, decisions),
+            self._latency_figure(roles, obs_by_role, decisions),
+            self._load_figure(decisions),
+            self._timeline_figure(decisions),
+        ]
 
     def figures_json(self) -> str:
         """The figures as a JSON array of Plotly figure objects, for ``Plotly.react`` in the dashboard."""
         return "[" + ",".join(pio.to_json(fig, validate=False) for fig in self.figures()) + "]"
 
     def _layout(self, fig: go.Figure, title: str, height: int = 380) -> go.Figure:
-        fig.update_layout(title=title, height=height, template="plotly_white", hovermode="x unified",
-                          margin={"l": 60, "r": 20, "t": 60, "b": 40}, uirevision=title)
+        fig.update_layout(
+            title=title,
+            height=height,
+            template="plotly_white",
+            hovermode="x unified",
+            margin={"l": 60, "r": 20, "t": 60, "b": 40},
+            uirevision=title,
+        )
         fig.update_xaxes(title_text="time (UTC)" if self.wall_clock else "time (s)")
         return fig
 
-    def _pool_decision_series(self, decisions: list[AgentDecision], role: PoolRole,
-                              field: str) -> tuple[list[Any], list[float]]:
+    def _pool_decision_series(
+        self, decisions: list[AgentDecision], role: PoolRole, field: str
+    ) -> tuple[list[Any], list[float]]:
         xs: list[Any] = []
         ys: list[float] = []
         for d in decisions:
@@ -139,51 +148,102 @@ class DiagnosticsRecorder:
                     ys.append(value)
         return xs, ys
 
-    def _replicas_figure(self, roles: list[PoolRole], obs_by_role: dict[PoolRole, list[PoolObservation]],
-                         decisions: list[AgentDecision]) -> go.Figure:
+    def _replicas_figure(
+        self, roles: list[PoolRole], obs_by_role: dict[PoolRole, list[PoolObservation]], decisions: list[AgentDecision]
+    ) -> go.Figure:
         fig = go.Figure()
         for role in roles:
             xs, ys = self._pool_decision_series(decisions, role, "target")
-            fig.add_trace(go.Scatter(x=xs, y=ys, name=f"{role} target", legendgroup=role,
-                                     mode="lines+markers", line={"shape": "hv", "width": 3}))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=f"{role} target",
+                    legendgroup=role,
+                    mode="lines+markers",
+                    line={"shape": "hv", "width": 3},
+                )
+            )
             obs = obs_by_role[role]
             for state, dash in STATE_DASH.items():
-                fig.add_trace(go.Scatter(x=[self._x(o.time_s) for o in obs], y=[getattr(o, state) for o in obs],
-                                         name=f"{role} {state}", legendgroup=role, mode="lines",
-                                         line={"shape": "hv", "dash": dash}))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[self._x(o.time_s) for o in obs],
+                        y=[getattr(o, state) for o in obs],
+                        name=f"{role} {state}",
+                        legendgroup=role,
+                        mode="lines",
+                        line={"shape": "hv", "dash": dash},
+                    )
+                )
         fig.update_yaxes(title_text="replicas", rangemode="tozero")
         return self._layout(fig, f"{self.deployment}: replicas per pool")
 
-    def _latency_figure(self, roles: list[PoolRole], obs_by_role: dict[PoolRole, list[PoolObservation]],
-                        decisions: list[AgentDecision]) -> go.Figure:
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                            subplot_titles=("TTFT (ms)", "ITL (ms)"))
+    def _latency_figure(
+        self, roles: list[PoolRole], obs_by_role: dict[PoolRole, list[PoolObservation]], decisions: list[AgentDecision]
+    ) -> go.Figure:
+        fig = make_subplots(
+            rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=("TTFT (ms)", "ITL (ms)")
+        )
         times = [o.time_s for r in roles for o in obs_by_role[r]] + [d.time_s for d in decisions]
         span = [self._x(min(times)), self._x(max(times))] if times else []
         for row, (metric, sla_ms) in enumerate((("ttft", self.sla.ttft_ms), ("itl", self.sla.itl_ms)), start=1):
             name = metric.upper()
-            fig.add_trace(go.Scatter(x=span, y=[sla_ms] * len(span), name=f"SLA {name}", mode="lines",
-                                     line={"color": "#c62828", "dash": "dash"}), row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=span,
+                    y=[sla_ms] * len(span),
+                    name=f"SLA {name}",
+                    mode="lines",
+                    line={"color": "#c62828", "dash": "dash"},
+                ),
+                row=row,
+                col=1,
+            )
             for role in roles:
                 obs = obs_by_role[role]
                 observed = [None if getattr(o, f"{metric}_ms") is None else getattr(o, f"{metric}_ms").p90 for o in obs]
-                fig.add_trace(go.Scatter(x=[self._x(o.time_s) for o in obs], y=observed, mode="lines",
-                                         name=f"{role} observed {name} p90", legendgroup=role), row=row, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[self._x(o.time_s) for o in obs],
+                        y=observed,
+                        mode="lines",
+                        name=f"{role} observed {name} p90",
+                        legendgroup=role,
+                    ),
+                    row=row,
+                    col=1,
+                )
                 xs, ys = self._pool_decision_series(decisions, role, f"estimated_{metric}_ms")
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"dash": "dot"},
-                                         name=f"{role} estimated {name}", legendgroup=role), row=row, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines+markers",
+                        line={"dash": "dot"},
+                        name=f"{role} estimated {name}",
+                        legendgroup=role,
+                    ),
+                    row=row,
+                    col=1,
+                )
         fig.update_yaxes(rangemode="tozero")
         return self._layout(fig, f"{self.deployment}: observed and estimated latency vs SLA", height=560)
 
     def _load_figure(self, decisions: list[AgentDecision]) -> go.Figure:
         fig = go.Figure()
-        for field, name, line in (("observed_rps", "observed", {"width": 2}),
-                                  ("forecast_rps", "forecast mean", {"dash": "dot"}),
-                                  ("forecast_upper_rps", "forecast upper", {"dash": "dash"})):
+        for field, name, line in (
+            ("observed_rps", "observed", {"width": 2}),
+            ("forecast_rps", "forecast mean", {"dash": "dot"}),
+            ("forecast_upper_rps", "forecast upper", {"dash": "dash"}),
+        ):
             points = [(self._x(d.time_s), _finite(getattr(d, field))) for d in decisions]
             points = [(x, y) for x, y in points if y is not None]
-            fig.add_trace(go.Scatter(x=[x for x, _ in points], y=[y for _, y in points], name=name,
-                                     mode="lines+markers", line=line))
+            fig.add_trace(
+                go.Scatter(
+                    x=[x for x, _ in points], y=[y for _, y in points], name=name, mode="lines+markers", line=line
+                )
+            )
         fig.update_yaxes(title_text="requests/s", rangemode="tozero")
         return self._layout(fig, f"{self.deployment}: load vs forecast")
 
@@ -197,30 +257,45 @@ class DiagnosticsRecorder:
                 ys.append(p.role)
                 symbols.append("circle" if d.loop == "throughput" else "diamond")
                 advisory = " (advisory)" if d.advisory else ""
-                texts.append(html.escape(f"{d.loop} loop{advisory}: {p.current} → {p.target} "
-                                         f"(wanted {p.wanted}) {p.detail}".strip()))
+                texts.append(
+                    html.escape(
+                        f"{d.loop} loop{advisory}: {p.current} → {p.target} (wanted {p.wanted}) {p.detail}".strip()
+                    )
+                )
         fig = go.Figure()
         for reason, (xs, ys, symbols, texts) in sorted(points.items()):
-            fig.add_trace(go.Scatter(x=xs, y=ys, name=reason, mode="markers", text=texts,
-                                     marker={"symbol": symbols, "size": 10},
-                                     hovertemplate="%{y}: %{text}<extra>" + reason + "</extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=reason,
+                    mode="markers",
+                    text=texts,
+                    marker={"symbol": symbols, "size": 10},
+                    hovertemplate="%{y}: %{text}<extra>" + reason + "</extra>",
+                )
+            )
         fig.update_yaxes(title_text="pool", type="category")
         fig.update_layout(hovermode="closest")
-        return self._layout(fig, f"{self.deployment}: decisions (circle: throughput loop, diamond: load loop)",
-                            height=300)
+        return self._layout(
+            fig, f"{self.deployment}: decisions (circle: throughput loop, diamond: load loop)", height=300
+        )
 
     def render_html(self) -> str:
         """One self-contained page: plotly.js is inlined once, so it opens offline."""
         _, _, now_s = self._snapshot()
-        charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOT_CONFIG)
-                  for i, fig in enumerate(self.figures())]
+        charts = [
+            fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOT_CONFIG)
+            for i, fig in enumerate(self.figures())
+        ]
         title = f"{self.deployment} agent diagnostics"
         when = "no data yet" if now_s is None else f"as of {self._time_label(now_s)}"
-        return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-                f"<h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(when)} · SLA TTFT "
-                f"{self.sla.ttft_ms:g} ms, ITL {self.sla.itl_ms:g} ms</p>"
-                + "".join(charts) + "</body></html>")
+        return (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f'<h1>{html.escape(title)}</h1><p class="meta">{html.escape(when)} · SLA TTFT '
+            f"{self.sla.ttft_ms:g} ms, ITL {self.sla.itl_ms:g} ms</p>" + "".join(charts) + "</body></html>"
+        )
 
     def _time_label(self, now_s: float) -> str:
         if self.wall_clock:

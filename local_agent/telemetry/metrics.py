@@ -50,53 +50,104 @@ class AgentMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
         self.replicas = Gauge(
-            "fleet_agent_replicas", "Replicas per pool by state: target/wanted from the decision, "
-            "ready/starting/draining/pending from the observation.", [*POOL_LABELS, "state"], registry=reg)
+            "fleet_agent_replicas",
+            "Replicas per pool by state: target/wanted from the decision, "
+            "ready/starting/draining/pending from the observation.",
+            [*POOL_LABELS, "state"],
+            registry=reg,
+        )
         self.gpus_held = Gauge(
-            "fleet_agent_gpus_held", "GPUs held by the pool (ready + starting + draining replicas).",
-            POOL_LABELS, registry=reg)
+            "fleet_agent_gpus_held",
+            "GPUs held by the pool (ready + starting + draining replicas).",
+            POOL_LABELS,
+            registry=reg,
+        )
         self.gpu_hours = Counter(
-            "fleet_agent_gpu_hours", "GPU-hours held, integrated over the agent's clock.", POOL_LABELS, registry=reg)
+            "fleet_agent_gpu_hours", "GPU-hours held, integrated over the agent's clock.", POOL_LABELS, registry=reg
+        )
         self.load_rps = Gauge(
-            "fleet_agent_load_rps", "Deployment request rate: observed, forecast mean and forecast upper quantile.",
-            ["deployment", "source"], registry=reg)
+            "fleet_agent_load_rps",
+            "Deployment request rate: observed, forecast mean and forecast upper quantile.",
+            ["deployment", "source"],
+            registry=reg,
+        )
         self.planned_tokens = Gauge(
-            "fleet_agent_planned_tokens_mean", "Mean input/output tokens per request the decision sized for.",
-            ["deployment", "direction"], registry=reg)
+            "fleet_agent_planned_tokens_mean",
+            "Mean input/output tokens per request the decision sized for.",
+            ["deployment", "direction"],
+            registry=reg,
+        )
         self.pool_rps = Gauge(
-            "fleet_agent_pool_admitted_rps", "Requests admitted per second by the pool over its observation window.",
-            POOL_LABELS, registry=reg)
+            "fleet_agent_pool_admitted_rps",
+            "Requests admitted per second by the pool over its observation window.",
+            POOL_LABELS,
+            registry=reg,
+        )
         self.observed_tokens = Gauge(
-            "fleet_agent_observed_tokens_mean", "Observed mean input/output tokens per request.",
-            [*POOL_LABELS, "direction"], registry=reg)
+            "fleet_agent_observed_tokens_mean",
+            "Observed mean input/output tokens per request.",
+            [*POOL_LABELS, "direction"],
+            registry=reg,
+        )
         self.estimated_ttft = Gauge(
-            "fleet_agent_estimated_ttft_seconds", "TTFT the agent estimates for the pool at its target.",
-            POOL_LABELS, registry=reg)
+            "fleet_agent_estimated_ttft_seconds",
+            "TTFT the agent estimates for the pool at its target.",
+            POOL_LABELS,
+            registry=reg,
+        )
         self.estimated_itl = Gauge(
-            "fleet_agent_estimated_itl_seconds", "ITL the agent estimates for the pool at its target.",
-            POOL_LABELS, registry=reg)
+            "fleet_agent_estimated_itl_seconds",
+            "ITL the agent estimates for the pool at its target.",
+            POOL_LABELS,
+            registry=reg,
+        )
         self.observed_ttft = Gauge(
-            "fleet_agent_observed_ttft_seconds", "Observed TTFT quantiles over the observation window.",
-            [*POOL_LABELS, "quantile"], registry=reg)
+            "fleet_agent_observed_ttft_seconds",
+            "Observed TTFT quantiles over the observation window.",
+            [*POOL_LABELS, "quantile"],
+            registry=reg,
+        )
         self.observed_itl = Gauge(
-            "fleet_agent_observed_itl_seconds", "Observed ITL quantiles over the observation window.",
-            [*POOL_LABELS, "quantile"], registry=reg)
+            "fleet_agent_observed_itl_seconds",
+            "Observed ITL quantiles over the observation window.",
+            [*POOL_LABELS, "quantile"],
+            registry=reg,
+        )
         self.reason = Enum(
-            "fleet_agent_decision_reason", "Why the pool's latest target is what it is.",
-            POOL_LABELS, states=REASON_STATES, registry=reg)
+            "fleet_agent_decision_reason",
+            "Why the pool's latest target is what it is.",
+            POOL_LABELS,
+            states=REASON_STATES,
+            registry=reg,
+        )
         self.decisions = Counter(
-            "fleet_agent_decisions", "Pool decisions made, by planning loop and reason.",
-            [*POOL_LABELS, "loop", "reason"], registry=reg)
+            "fleet_agent_decisions",
+            "Pool decisions made, by planning loop and reason.",
+            [*POOL_LABELS, "loop", "reason"],
+            registry=reg,
+        )
         self.advisory = Gauge(
-            "fleet_agent_advisory", "1 when the decision was advisory (logged, not applied).", ["deployment"], registry=reg)
+            "fleet_agent_advisory",
+            "1 when the decision was advisory (logged, not applied).",
+            ["deployment"],
+            registry=reg,
+        )
         self.last_decision = Gauge(
-            "fleet_agent_last_decision_time_seconds", "Agent clock time of the latest decision.",
-            ["deployment"], registry=reg)
+            "fleet_agent_last_decision_time_seconds",
+            "Agent clock time of the latest decision.",
+            ["deployment"],
+            registry=reg,
+        )
         self._held: dict[tuple[str, str], int] = {}
         self._held_since: dict[str, float] = {}
 
-    def record(self, decision: AgentDecision, observations: list[PoolObservation],
-               gpus_per_replica: Mapping[PoolRole, int], now_s: float) -> None:
+    def record(
+        self,
+        decision: AgentDecision,
+        observations: list[PoolObservation],
+        gpus_per_replica: Mapping[PoolRole, int],
+        now_s: float,
+    ) -> None:
         """Export one decision and the observations it was made from (other deployments' are ignored).
 
         GPU-hours accrue for the GPUs held *since the previous call* (a piecewise-constant holding
@@ -140,8 +191,11 @@ class AgentMetrics:
 
     def _record_decision(self, decision: AgentDecision) -> None:
         name = decision.deployment
-        for source, value in (("observed", decision.observed_rps), ("forecast", decision.forecast_rps),
-                              ("forecast_upper", decision.forecast_upper_rps)):
+        for source, value in (
+            ("observed", decision.observed_rps),
+            ("forecast", decision.forecast_rps),
+            ("forecast_upper", decision.forecast_upper_rps),
+        ):
             _set_or_clear(self.load_rps, (name, source), value)
         for direction, value in (("input", decision.input_tokens_mean), ("output", decision.output_tokens_mean)):
             _set_or_clear(self.planned_tokens, (name, direction), value)

@@ -47,7 +47,7 @@ def _agent_options(scenario, ignore: tuple[str, ...] = ()):
 
 
 def _local(scenario, workload: Workload) -> Policy:
-    from local_agent.simulated import LocalAgentsPolicy
+    from fleet_sim.adapters.local import LocalAgentsPolicy
 
     return LocalAgentsPolicy(
         scenario.deployment_specs(), scenario.planner.interval_s, _agent_options(scenario, ignore=ARBITER_OPTIONS)
@@ -55,7 +55,7 @@ def _local(scenario, workload: Workload) -> Policy:
 
 
 def _fcfs(scenario, workload: Workload) -> Policy:
-    from global_planner.simulated import FcfsPolicy
+    from fleet_sim.adapters.planner import FcfsPolicy
 
     options = _agent_options(scenario, ignore=ARBITER_OPTIONS)
     return FcfsPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, dict(scenario.gpus))
@@ -63,7 +63,7 @@ def _fcfs(scenario, workload: Workload) -> Policy:
 
 def _global(scenario, workload: Workload) -> Policy:
     from global_planner.policy_file import FleetInventory, load_policy_file
-    from global_planner.simulated import GlobalPolicy, PlannerFaults
+    from fleet_sim.adapters.planner import GlobalPolicy, PlannerFaults
 
     path = scenario.planner.options.get("policy_file")
     if not path:

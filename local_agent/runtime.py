@@ -11,7 +11,7 @@ authenticated ``/api/limits`` (runtime changes of budget, min/max and advisory m
 With a global planner (``planner: HOST:PORT`` in the config, or ``--planner``) the agent reports
 its pools' demand curves each tick and applies the planner's grant instead of its own targets;
 while the planner is unreachable it runs its last lease, then its floor (each pool's ``min``), as
-:mod:`global_planner.client` defines (never having reached the planner: ``min(floor, running)``). The planner's bearer token is read from the environment
+:mod:`local_agent.planner_link.client` defines (never having reached the planner: ``min(floor, running)``). The planner's bearer token is read from the environment
 variable ``FLEET_PLANNER_TOKEN`` (unset: no token, for planners run without ``--tokens``).
 
 On restart the agent adopts what already runs: the first replica counts become its starting
@@ -35,9 +35,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
-from global_planner.agent_reports import forecast_of, pool_report
-from global_planner.client import EffectiveTargets, PlannerClient, effective_targets
-from global_planner.service.models import PoolRegistration
+from local_agent.planner_link.reports import forecast_of, pool_report
+from local_agent.planner_link.client import EffectiveTargets, PlannerClient, effective_targets
+from fleet_planner.contract.models import PoolRegistration
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts

@@ -18,7 +18,7 @@ from fleet_sim.workload import build_workload
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import DecisionReason as R
 from local_agent.models import RuntimeLimits
-from local_agent.simulated import LocalAgentsPolicy
+from fleet_sim.adapters.local import LocalAgentsPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"

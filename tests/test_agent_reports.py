@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from global_planner.agent_reports import bid_curves, pool_report
+from local_agent.planner_link.reports import bid_curves, pool_report
 from local_agent.models import DecisionReason, PoolDecision
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from global_planner.allocation import allocate, allocate_greedy
-from global_planner.client import Lease, effective_targets, lease_from_targets, replicas_to_start
+from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets, replicas_to_start
 from global_planner.policy_file import TenantPolicy
-from global_planner.service.models import (
+from fleet_planner.contract.models import (
     AckApplied,
     AckDrained,
     AgentReport,

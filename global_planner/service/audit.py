@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fleet_planner.errors import InputError
-from global_planner.service.models import RoundRecord
+from fleet_planner.contract.models import RoundRecord
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fleet_planner.errors import InputError
-from global_planner.service.models import Name
+from fleet_planner.contract.models import Name
 
 
 class Identity(BaseModel):

@@ -27,7 +27,7 @@ from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from global_planner.allocation import allocate
 from global_planner.policy_file import PolicyWatcher
-from global_planner.service import convert
+from fleet_planner.contract import convert
 from global_planner.service.audit import AuditLog
 from global_planner.service.auth import AuthError, Identity, TokenAuthenticator, authorize
 from global_planner.service.metrics import ServiceMetrics

@@ -17,7 +17,7 @@ Leases: only allocation rounds issue or extend them (``now + lease_s`` for agent
 the last ``liveness_s``), and rounds are persisted before anyone sees them, so a restarted
 planner knows every lease an agent may hold. When a lease lapses the pool keeps
 ``min(fallback_replicas, usage)`` — exactly what the agent contract lets it fall back to (see
-``global_planner.client.effective_targets``) — and the rest returns to the fleet.
+``local_agent.planner_link.client.effective_targets``) — and the rest returns to the fleet.
 
 Restart: :meth:`PlannerState.restore` loads the last audit record's pools as outstanding (no
 session); they hold their recorded usage until their lease lapses or their agent registers and
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, allocate
 from global_planner.allocation.problem import endpoint_plans
 from global_planner.policy_file import TenantPolicy
-from global_planner.service.models import (
+from fleet_planner.contract.models import (
     AckApplied,
     AckDrained,
     AgentReport,

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
-from global_planner.service import convert
-from global_planner.service.models import (
+from fleet_planner.contract import convert
+from fleet_planner.contract.models import (
     AgentReport,
     Forecast,
     Observed,

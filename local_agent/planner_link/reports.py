@@ -1,11 +1,11 @@
 """What an agent tells the global planner about one planning step: its pools' demand curves and
 replica counts, and its forecast. Shared by the live agent (``local_agent.runtime``) and the
-simulator's ``global`` policy (``global_planner.simulated``), so both bid exactly alike.
+simulator's ``global`` policy (``fleet_sim.adapters.planner``), so both bid exactly alike.
 """
 
 from __future__ import annotations
 
-from global_planner.service.models import Forecast, PoolReport
+from fleet_planner.contract.models import Forecast, PoolReport
 from local_agent.models import AgentDecision, PoolDecision
 
 

@@ -28,19 +28,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from global_planner.agent_reports import forecast_of, pool_report
-from global_planner.client import EffectiveTargets, PlannerClient
+from local_agent.planner_link.reports import forecast_of, pool_report
+from local_agent.planner_link.client import EffectiveTargets, PlannerClient
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
-from global_planner.service.models import PoolRegistration
+from fleet_planner.contract.models import PoolRegistration
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
 from local_agent.agent import AgentOptions
 from local_agent.models import AgentDecision
-from local_agent.simulated import build_agents, reason_text, step_agents
+from fleet_sim.adapters.local import build_agents, reason_text, step_agents
 
 
 class FcfsPolicy(Policy):

@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
 from fleet_planner.api.v1 import planner_pb2 as pb
-from global_planner.service.models import (
+from fleet_planner.contract.models import (
     AckApplied,
     AckDrained,
     AgentReport,

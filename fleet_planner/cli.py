@@ -1,10 +1,13 @@
-"""``fleet-planner`` command line. Each subcommand lives beside the code it drives and registers
-itself here; bad input ends in one clear line on stderr and exit code 2."""
+"""What every ``fleet-planner`` entry point shares: logging set-up and the rule that bad input ends
+in one clear line on stderr and exit code 2.
+
+The shared core knows no subcommand: the ``fleet-planner`` program itself is assembled in
+:mod:`fleet_planner_cli`, the one module allowed to import every package.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -14,23 +17,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from fleet_planner.errors import InputError
-
-# Modules exposing ``register(subparsers)``; each adds its subcommand(s) with ``set_defaults(run=...)``.
-_COMMAND_MODULES = [
-    "fleet_sim.cli",
-    "fleet_planner.traces.cli",
-    "global_planner.cli",
-    "local_agent.cli",
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleet-planner", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
-    return parser
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -45,11 +31,3 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

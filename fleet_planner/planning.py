@@ -19,18 +19,20 @@ PoolRole = Literal["prefill", "decode", "agg"]
 DeploymentMode = Literal["disagg", "agg"]
 
 
-class _Frozen(BaseModel):
+class FrozenModel(BaseModel):
+    """The one base of every validated record and file model: immutable, unknown keys refused."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class SLA(_Frozen):
+class SLA(FrozenModel):
     """Per-request latency targets; a request meets the SLA when both hold."""
 
     ttft_ms: float = Field(gt=0, allow_inf_nan=False)
     itl_ms: float = Field(gt=0, allow_inf_nan=False)
 
 
-class PoolSpec(_Frozen):
+class PoolSpec(FrozenModel):
     """What a planner knows of one pool before any traffic: its engine, GPUs and bounds."""
 
     deployment: str
@@ -44,7 +46,7 @@ class PoolSpec(_Frozen):
     startup_s: float = Field(ge=0, allow_inf_nan=False)
 
 
-class DeploymentSpec(_Frozen):
+class DeploymentSpec(FrozenModel):
     """One deployment (DGD): the pools that serve one endpoint for one tenant."""
 
     name: str
@@ -76,7 +78,7 @@ def pool_specs(deployment: str, pools: Mapping[str, Any], roles: Iterable[PoolRo
     }
 
 
-class Distribution(_Frozen):
+class Distribution(FrozenModel):
     """Summary of a sample (token lengths or latencies) over an observation window."""
 
     count: int = Field(ge=0)
@@ -93,7 +95,7 @@ class Distribution(_Frozen):
         return value
 
 
-class PoolObservation(_Frozen):
+class PoolObservation(FrozenModel):
     """What one pool looked like over ``[time_s - window_s, time_s]``.
 
     Missing data is ``None``, never 0: "no metric" and "no traffic" must not look alike.
@@ -131,21 +133,21 @@ class PoolObservation(_Frozen):
     )
 
 
-class FleetObservation(_Frozen):
+class FleetObservation(FrozenModel):
     """All pools' observations as delivered to a planner (already delayed like a metrics scrape)."""
 
     time_s: float
     pools: list[PoolObservation]
 
 
-class ReplicaTarget(_Frozen):
+class ReplicaTarget(FrozenModel):
     deployment: str
     role: PoolRole
     replicas: int = Field(ge=0)
     reason: str
 
 
-class Decision(_Frozen):
+class Decision(FrozenModel):
     """A policy's output for one tick: targets for the pools it wants changed (or confirmed), and
     optionally per-endpoint routing weights (deployment name -> share of the endpoint's traffic)
     and admission limits (requests/s an endpoint admits; the rest is shed at the gateway)."""

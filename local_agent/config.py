@@ -3,7 +3,12 @@
 One YAML file describes the deployment the agent plans, its options, where observations come from
 (Prometheus), how targets are applied (a connector) and how the agent is reached (telemetry). It is
 validated completely at start, and the first problem is one :class:`InputError` naming the file
-and the field (``deployment.pools.agg.max``). Relative paths are resolved against the file's folder.
+and the field (``deployment.pools.agg.max``). Relative paths of inputs (profiles, TLS material,
+token files) are resolved against the file's folder; relative paths of what the agent *writes*
+(connector state, diagnostics) against its state folder (``state_dir``, default
+``fleet-agent-state`` in the working directory), so running the example never writes into the
+repository. The deployment and its pools are the same model as in a simulator scenario
+(:mod:`fleet_planner.deployment`).
 
 Prometheus query templates use ``$name`` placeholders (PromQL itself is full of braces):
 
@@ -27,12 +32,8 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -41,45 +42,27 @@ from pydantic import (
     model_validator,
 )
 
-from fleet_planner.durations import parse_duration
+from fleet_planner.deployment import (
+    DeploymentConfig,
+    ExistingPath,
+    FieldProblem,
+    PoolConfig,
+    ResolvedPath,
+    input_error,
+    read_yaml,
+)
+from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, pool_specs
+from fleet_planner.planning import SLA, DeploymentSpec, FrozenModel, PoolRole
 from local_agent.agent import AgentOptions
 from local_agent.connectors.processes import WorkerCommand
 
-ROLES_BY_MODE: dict[str, tuple[PoolRole, ...]] = {"disagg": ("prefill", "decode"), "agg": ("agg",)}
+PLANNER_TOKEN_ENV = "FLEET_PLANNER_TOKEN"
+DEFAULT_STATE_DIR = "fleet-agent-state"
 PLACEHOLDERS = ("window", "frontend", "worker", "deployment", "role")
 LABEL_PLACEHOLDERS = ("deployment", "role")
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
-
-
-class _FieldProblem(ValueError):
-    """A model-level check failing on one field; ``field`` is relative to the model validated."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    context = info.context
-    if isinstance(context, Mapping) and context.get("base_dir") is not None:
-        return Path(context["base_dir"])
-    return Path.cwd()
-
-
-def _resolved(value: Path, info: ValidationInfo) -> Path:
-    return (_base_dir(info) / value.expanduser()).resolve()
-
-
-def _existing(value: Path, info: ValidationInfo) -> Path:
-    """Referenced inputs must exist now, not fail minutes into the run."""
-    path = _resolved(value, info)
-    if not path.exists():
-        raise ValueError(f"not found: {path}")
-    return path
 
 
 def _template(placeholders: tuple[str, ...]) -> Any:
@@ -112,66 +95,28 @@ def _host_port(value: str) -> str:
     return value.strip()
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-ResolvedPath = Annotated[Path, AfterValidator(_resolved)]
-ExistingPath = Annotated[Path, AfterValidator(_existing)]
+def _state_path(value: Path, info: ValidationInfo) -> Path:
+    """A file the agent writes: relative to the state folder, never to the config's own folder."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    return (Path(context.get("state_dir") or Path.cwd() / DEFAULT_STATE_DIR) / value.expanduser()).resolve()
+
+
+StatePath = Annotated[Path, AfterValidator(_state_path)]
 QueryTemplate = Annotated[str | None, _template(PLACEHOLDERS)]
 LabelTemplate = Annotated[str, _template(LABEL_PLACEHOLDERS)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class AgentDeployment(DeploymentConfig[PoolConfig]):
+    """The deployment (DGD) this agent plans: as in a scenario, with its SLA."""
 
-
-class PoolConfig(_Model):
-    """One pool: its engine profile, GPUs and replica bounds."""
-
-    profile: ExistingPath = Field(description="engine performance profile folder")
-    gpu_type: str = Field(min_length=1)
-    gpus_per_replica: int = Field(default=1, ge=1)
-    min: int = Field(default=0, ge=0)
-    max: int = Field(ge=0)
-    initial: int | None = Field(default=None, ge=0, description="replicas before any are observed; default min")
-    startup_s: Duration = Field(default=60.0, description="time from a scale-up decision to a ready replica")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> PoolConfig:
-        if self.max < self.min:
-            raise _FieldProblem("max", f"must be >= min ({self.min}), got {self.max}")
-        if self.initial is not None and not self.min <= self.initial <= self.max:
-            raise _FieldProblem("initial", f"must be within [min, max] = [{self.min}, {self.max}], got {self.initial}")
-        return self
-
-
-class DeploymentConfig(_Model):
-    """The deployment (DGD) this agent plans."""
-
-    name: str = Field(min_length=1)
-    tenant: str = Field(min_length=1)
-    endpoint: str = Field(min_length=1)
-    mode: DeploymentMode
     sla: SLA
-    pools: dict[PoolRole, PoolConfig]
-
-    @model_validator(mode="after")
-    def _pools_match_mode(self) -> DeploymentConfig:
-        expected = ROLES_BY_MODE[self.mode]
-        if set(self.pools) != set(expected):
-            raise _FieldProblem(
-                "pools",
-                f"mode {self.mode} needs exactly pools {', '.join(expected)}; got {', '.join(self.pools) or 'none'}",
-            )
-        return self
 
     def spec(self) -> DeploymentSpec:
-        pools = pool_specs(self.name, self.pools, ROLES_BY_MODE[self.mode])
-        return DeploymentSpec(
-            name=self.name, tenant=self.tenant, endpoint=self.endpoint, mode=self.mode, sla=self.sla, pools=pools
-        )
+        return self.to_spec(self.sla)
 
 
-class PrometheusLabels(_Model):
+class PrometheusLabels(FrozenModel):
     """Label matchers (without braces) selecting the deployment's series."""
 
     frontend: LabelTemplate = Field(default='dynamo_namespace="$deployment"', description="request-level metrics")
@@ -180,7 +125,7 @@ class PrometheusLabels(_Model):
     )
 
 
-class PrometheusQueries(_Model):
+class PrometheusQueries(FrozenModel):
     """PromQL per observation field (``null`` = not observed). Each must return one sample."""
 
     admitted: QueryTemplate = Field(
@@ -211,7 +156,7 @@ class PrometheusQueries(_Model):
     )
 
 
-class PrometheusHistograms(_Model):
+class PrometheusHistograms(FrozenModel):
     """Histogram metric names (without ``_bucket``); quantiles, mean and count are derived."""
 
     input_tokens: str | None = "dynamo_frontend_input_sequence_tokens"
@@ -227,7 +172,7 @@ class PrometheusHistograms(_Model):
         return value
 
 
-class PrometheusConfig(_Model):
+class PrometheusConfig(FrozenModel):
     """Where observations come from: instant queries against the Prometheus HTTP API."""
 
     url: str = Field(pattern=r"^https?://", description="base URL, e.g. http://prometheus:9090")
@@ -238,21 +183,21 @@ class PrometheusConfig(_Model):
     histograms: PrometheusHistograms = PrometheusHistograms()
 
 
-class ProcessesConnectorConfig(_Model):
+class ProcessesConnectorConfig(FrozenModel):
     """Local worker processes (one per replica), re-adopted from the state file on restart."""
 
     kind: Literal["processes"]
-    state_file: ResolvedPath
-    run_dir: ResolvedPath | None = None
+    state_file: StatePath
+    run_dir: StatePath | None = None
     drain_timeout_s: Duration = 300.0
     roles: dict[PoolRole, WorkerCommand]
 
 
-class VirtualConnectorConfig(_Model):
+class VirtualConnectorConfig(FrozenModel):
     """An external orchestrator applies the targets written to ``path``."""
 
     kind: Literal["virtual"]
-    path: ResolvedPath
+    path: StatePath
     replicas_from: Literal["file", "prometheus"] = Field(
         default="file", description="file: the orchestrator reports counts in the same file; prometheus: ready_query"
     )
@@ -262,42 +207,101 @@ class VirtualConnectorConfig(_Model):
     @model_validator(mode="after")
     def _ready_query_when_needed(self) -> VirtualConnectorConfig:
         if self.replicas_from == "prometheus" and self.ready_query is None:
-            raise _FieldProblem("ready_query", "needed with replicas_from: prometheus")
+            raise FieldProblem("ready_query", "needed with replicas_from: prometheus")
         return self
 
 
 ConnectorConfig = Annotated[ProcessesConnectorConfig | VirtualConnectorConfig, Field(discriminator="kind")]
 
 
-class TelemetryConfig(_Model):
+class TelemetryConfig(FrozenModel):
     """The agent's HTTP face: dashboard, /metrics and the authenticated control endpoint."""
 
     listen: HostPort = "0.0.0.0:9100"
     token_env: str | None = Field(default=None, description="environment variable holding the control token")
     token_file: ResolvedPath | None = Field(default=None, description="file holding the control token")
-    diagnostics_dir: ResolvedPath | None = Field(default=None, description="periodic HTML reports; none if unset")
+    diagnostics_dir: StatePath | None = Field(default=None, description="periodic HTML reports; none if unset")
     diagnostics_every: Duration = Field(default=3600.0, ge=1.0)
     dashboard_refresh_s: Duration = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _one_token_source(self) -> TelemetryConfig:
         if (self.token_env is None) == (self.token_file is None):
-            raise _FieldProblem(
+            raise FieldProblem(
                 "token_env", "give exactly one of token_env or token_file (the control endpoint needs a token)"
             )
         return self
 
 
-class AgentConfig(_Model):
+class PlannerLink(FrozenModel):
+    """How the agent reaches the global planner: address, TLS material and bearer token.
+
+    TLS: ``ca_file`` alone verifies the planner's certificate (server TLS); ``cert_file`` with
+    ``key_file`` also proves the agent's identity (mutual TLS; without ``ca_file`` the system's
+    roots verify the planner). None of them: a plaintext channel. The token comes from
+    ``token_file`` or else from the environment variable ``token_env``; neither set: no token
+    (for planners run without ``--tokens``)."""
+
+    address: HostPort = Field(description="HOST:PORT of the global planner")
+    ca_file: ExistingPath | None = Field(default=None, description="PEM CA bundle that signed the planner's cert")
+    cert_file: ExistingPath | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    key_file: ExistingPath | None = Field(default=None, description="PEM private key of cert_file")
+    token_env: str = Field(default=PLANNER_TOKEN_ENV, min_length=1, description="variable holding the token")
+    token_file: ExistingPath | None = Field(default=None, description="file holding the token (wins over token_env)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_alone(cls, data: Any) -> Any:
+        return {"address": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _pair(self) -> PlannerLink:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise FieldProblem(missing, "mutual TLS needs both cert_file and key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def read_tls(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(CA, client certificate, client key) as PEM bytes, read now."""
+        return tuple(  # type: ignore[return-value]
+            _read_secret(path, f"planner.{name}", binary=True) if path is not None else None
+            for name, path in (("ca_file", self.ca_file), ("cert_file", self.cert_file), ("key_file", self.key_file))
+        )
+
+    def token(self) -> str | None:
+        """The bearer token, read now (never stored in the config)."""
+        if self.token_file is not None:
+            token = _read_secret(self.token_file, "planner.token_file").strip()
+            if not token:
+                raise InputError(f"{self.token_file} is empty", field="planner.token_file")
+            return token
+        return os.environ.get(self.token_env, "").strip() or None
+
+
+def _read_secret(path: Path, field: str, *, binary: bool = False) -> Any:
+    try:
+        return path.read_bytes() if binary else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", field=field) from None
+
+
+class AgentConfig(FrozenModel):
     """A complete live agent. Build it with :func:`load_config`."""
 
-    deployment: DeploymentConfig
+    deployment: AgentDeployment
     options: AgentOptions = AgentOptions()
     tick_s: Duration = Field(default=5.0, gt=0)
     prometheus: PrometheusConfig
     connector: ConnectorConfig
     telemetry: TelemetryConfig | None = None
-    planner: HostPort | None = Field(default=None, description="HOST:PORT of the global planner; standalone if unset")
+    planner: PlannerLink | None = Field(
+        default=None, description="the global planner (or just HOST:PORT); standalone if unset"
+    )
+    state_dir: Path = Field(description="where relative connector and diagnostics paths go (set by the loader)")
 
     _file: Path | None = PrivateAttr(default=None)
 
@@ -310,7 +314,7 @@ class AgentConfig(_Model):
         if isinstance(self.connector, ProcessesConnectorConfig):
             expected = set(self.deployment.pools)
             if set(self.connector.roles) != expected:
-                raise _FieldProblem(
+                raise FieldProblem(
                     "connector.roles",
                     f"need a worker command for exactly the pools {', '.join(sorted(expected))};"
                     f" got {', '.join(self.connector.roles) or 'none'}",
@@ -323,16 +327,6 @@ class AgentConfig(_Model):
 
     def spec(self) -> DeploymentSpec:
         return self.deployment.spec()
-
-    def with_planner(self, address: str) -> AgentConfig:
-        """A copy with the global planner's address (e.g. from ``--planner``), validated."""
-        try:
-            parse_host_port(address)
-        except ValueError as exc:
-            raise InputError(str(exc), field="--planner") from None
-        copy = self.model_copy(update={"planner": address.strip()})
-        copy._file = self._file
-        return copy
 
     def control_token(self) -> str:
         """The control endpoint's bearer token, read now (not stored in the config file)."""
@@ -375,59 +369,52 @@ class AgentConfig(_Model):
         return out
 
 
-def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate an agent config file; every problem is one :class:`InputError`."""
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """Read and validate an agent config file; every problem is one :class:`InputError`.
+
+    ``overrides`` (dotted keys such as ``planner.address`` or ``state_dir``, e.g. from command-line
+    flags) replace what the file says and are validated with it; paths among them should be
+    absolute (relative ones are taken relative to the config file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the agent config: {getattr(exc, 'strerror', None) or exc}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InputError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}", file=path) from None
-    return parse_config(data, base_dir=path.resolve().parent, file=path)
+    data = read_yaml(path, "agent config")
+    return parse_config(data, base_dir=path.resolve().parent, file=path, overrides=overrides)
 
 
-def parse_config(data: Any, *, base_dir: str | Path, file: str | Path | None = None) -> AgentConfig:
-    """Validate already-parsed config data; ``file`` only names the source in errors."""
+def parse_config(
+    data: Any, *, base_dir: str | Path, file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> AgentConfig:
+    """Validate already-parsed config data; ``file`` only names the source in errors.
+
+    The state folder is ``state_dir`` (relative to the config file), else ``fleet-agent-state``
+    in the working directory: files the agent writes never land beside its config by accident."""
     if not isinstance(data, Mapping):
         raise InputError("the agent config must be a mapping (deployment, prometheus, connector, ...)", file=file)
+    data = _overridden(data, overrides or {})
+    base = Path(base_dir).resolve()
+    written = data.get("state_dir")
+    state_dir = (
+        (base / Path(written).expanduser()).resolve() if isinstance(written, str) else Path.cwd() / DEFAULT_STATE_DIR
+    )
+    data["state_dir"] = str(state_dir.resolve())
     try:
-        return AgentConfig.model_validate(data, context={"base_dir": Path(base_dir).resolve(), "file": file})
+        return AgentConfig.model_validate(data, context={"base_dir": base, "state_dir": state_dir, "file": file})
     except ValidationError as exc:
-        raise _input_error(exc, file) from None
+        notes = dict.fromkeys(overrides or {}, "value from the command line")
+        raise input_error(exc, AgentConfig, file, notes) from None
 
 
-def _input_error(exc: ValidationError, file: str | Path | None) -> InputError:
-    """The first pydantic error as an InputError with a dotted field path (union tags left out)."""
-    errors = exc.errors(include_url=False)
-    error = errors[0]
-    parts: list[str] = []
-    for part in error["loc"]:
-        if isinstance(part, int):
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
-        elif part not in ("processes", "virtual") or not parts or parts[-1] != "connector":
-            parts.append(str(part))
-    field = ".".join(parts) or None
-    kind = error["type"]
-    if kind == "missing":
-        problem = "required field is missing"
-    elif kind == "extra_forbidden":
-        problem = "unknown key"
-    elif kind == "value_error":
-        cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldProblem):
-            field = ".".join(part for part in (field, cause.field) if part)
-            problem = cause.problem
-        else:
-            problem = str(cause) if cause is not None else error["msg"]
-    elif isinstance(error.get("input"), (Mapping, list)):
-        problem = error["msg"]
-    else:
-        problem = f"{error['msg']} (got {error['input']!r})"
-    if len(errors) > 1:
-        problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return InputError(problem, file=file, field=field)
+def _overridden(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted key of ``overrides`` set (a bare ``planner: HOST:PORT``
+    becomes its ``address``)."""
+    out = dict(data)
+    if isinstance(out.get("planner"), str):
+        out["planner"] = {"address": out["planner"]}
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[part]
+        node[leaf] = value
+    return out

@@ -8,11 +8,16 @@ counted; the next tick runs as usual, so the sidecar never dies of a transient p
 Next to the loop, an aiohttp server offers the live dashboard, ``/metrics``, ``/api/state`` and the
 authenticated ``/api/limits`` (runtime changes of budget, min/max and advisory mode).
 
-With a global planner (``planner: HOST:PORT`` in the config, or ``--planner``) the agent reports
-its pools' demand curves each tick and applies the planner's grant instead of its own targets;
-while the planner is unreachable it runs its last lease, then its floor (each pool's ``min``), as
-:mod:`local_agent.planner_link.client` defines (never having reached the planner: ``min(floor, running)``). The planner's bearer token is read from the environment
-variable ``FLEET_PLANNER_TOKEN`` (unset: no token, for planners run without ``--tokens``).
+With a global planner (``planner:`` in the config, or ``--planner``) each tick is one exchange
+(:func:`local_agent.planner_link.exchange.exchange`, the same the simulator runs): the agent
+reports its pools' demand curves, applies the planner's grant instead of its own targets and
+acknowledges it; while the planner is unreachable it runs its last lease, then its floor (each
+pool's ``min``), as :mod:`local_agent.session` defines (never having reached the planner:
+``min(floor, running)``). The endpoint's routing weights and admission limit the planner sends
+are exported (``/metrics``, ``/api/state``) for the router in front of the endpoint. The channel
+is TLS or mutual TLS when the config names a CA or a client certificate; the bearer token comes
+from ``planner.token_file`` or the environment variable ``planner.token_env``
+(``FLEET_PLANNER_TOKEN`` by default; unset: no token, for planners run without ``--tokens``).
 
 On restart the agent adopts what already runs: the first replica counts become its starting
 targets (within the pool bounds), so re-adopted workers are not scaled back to ``initial``.
@@ -23,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 
@@ -34,10 +37,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
-from local_agent.planner_link.reports import forecast_of, pool_report
-from local_agent.planner_link.client import EffectiveTargets, PlannerClient, effective_targets
+from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.contract.models import PoolRegistration
+from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
@@ -45,11 +47,12 @@ from local_agent.connectors.processes import ProcessConnector
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, RuntimeLimits
 from local_agent.observe.prometheus import PrometheusSource
+from local_agent.planner_link.client import PlannerClient, channel_credentials
+from local_agent.planner_link.exchange import exchange
+from local_agent.session import PoolCounts, TickEffects, TickInput
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
 
 log = logging.getLogger(__name__)
-
-PLANNER_TOKEN_ENV = "FLEET_PLANNER_TOKEN"
 
 
 class ObservationSource(Protocol):
@@ -68,13 +71,17 @@ class AgentRuntime:
         config: AgentConfig,
         source: ObservationSource,
         connector: Connector,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
+        lease_clock: Clock | None = None,
     ):
+        """``clock`` stamps observations and decisions (wall time by default); ``lease_clock``
+        times the planner's leases (monotonic by default: a wall-clock jump must not extend one)."""
         self.config = config
         self.spec = config.spec()
         self.source = source
         self.connector = connector
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.lease_clock: Clock = lease_clock if lease_clock is not None else MonotonicClock()
         self.models = config.engine_models()
         self.metrics = AgentMetrics()
         self.tick_failures = Counter(
@@ -92,11 +99,12 @@ class AgentRuntime:
         self._gpus = {role: pool.gpus_per_replica for role, pool in self.spec.pools.items()}
         self._runner: web.AppRunner | None = None
         self.planner: PlannerClient | None = None
-        self.last_effective: EffectiveTargets | None = None
+        self.last_effects: TickEffects | None = None
 
     def _planner_client(self) -> PlannerClient | None:
         """The global planner's client, created on first use (gRPC channels want a running loop)."""
-        if self.config.planner is None:
+        link = self.config.planner
+        if link is None:
             return None
         if self.planner is None:
             pools = [
@@ -109,49 +117,32 @@ class AgentRuntime:
                 )
                 for role, pool in self.spec.pools.items()
             ]
-            floor = {role: pool.min_replicas for role, pool in self.spec.pools.items()}
-            token = os.environ.get(PLANNER_TOKEN_ENV, "").strip() or None
             self.planner = PlannerClient(
-                self.config.planner,
-                token,
+                link.address,
+                link.token(),
                 self.spec.name,
                 self.spec.tenant,
                 self.spec.endpoint,
                 pools,
-                floor=floor,
-                clock=self.clock,
+                floor={role: pool.min_replicas for role, pool in self.spec.pools.items()},
+                credentials=channel_credentials(*link.read_tls()),
+                clock=self.lease_clock,
             )
         return self.planner
 
-    async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> dict[str, int]:
-        """Report the step's demand to the planner and return what it (or the fallback) allows."""
+    async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> None:
+        """One exchange with the planner: report, apply its grant (or the fallback), acknowledge."""
         client = self._planner_client()
         assert client is not None and self.agent is not None
-        reports = []
-        for pool in decision.pools:
-            counts = replicas.get(pool.role)
-            reports.append(
-                pool_report(
-                    pool,
-                    ready=counts.ready if counts is not None else pool.current,
-                    starting=counts.starting if counts is not None else 0,
-                    draining=counts.draining if counts is not None else 0,
-                )
-            )
-        effective = await client.report(reports, forecast=forecast_of(decision))
-        if effective.source == "floor" and client.lease is None and not client.reported:
-            # Never heard from the planner (e.g. it is down while this agent starts): the client
-            # would run min(floor, 0). Count what runs instead, so a restarting agent does not
-            # scale its deployment to zero; the planner keeps the floor of pools it knew.
-            running = {p.role: p.in_use for p in reports}
-            effective = effective_targets(None, client.floor, running, self.clock())
-        self.last_effective = effective
-        # The grant is what runs, and the agent plans its next step from it (its bid is its curves).
-        granted = {pool.role: effective.replicas.get(pool.role, pool.target) for pool in decision.pools}
-        for role, count in granted.items():
-            self.agent.granted(role, count)
-        log.info("planner (%s #%d) grants %s", effective.source, effective.decision_id, granted)
-        return granted
+        running = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
+        tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running)
+        effects = await exchange(client, tick, self.connector.apply)
+        for role, count in effects.granted.items():
+            self.agent.granted(role, count)  # the grant is what runs; the agent plans from it
+        self.last_effects = effects
+        self.metrics.record_planner(self.spec.name, effects)
+        self.recorder.record_planner(effects)
+        log.info("planner (%s #%d) grants %s", effects.source, effects.decision_id, effects.granted)
 
     def _limits_changed(self, limits: RuntimeLimits) -> None:
         if self.agent is not None:
@@ -175,7 +166,7 @@ class AgentRuntime:
 
     async def tick(self) -> AgentDecision:
         """One observe-decide-apply round; raises what went wrong (``run`` logs it and goes on)."""
-        now_s = self.clock()
+        now_s = self.clock.now()
         replicas = await self.connector.observe_replicas()
         if self.agent is None:
             self.agent = self._adopt(replicas)
@@ -190,13 +181,9 @@ class AgentRuntime:
             ", ".join(f"{p.role} {p.current}->{p.target} ({p.reason.value})" for p in decision.pools),
         )
         if self.config.planner is not None:
-            targets = await self._arbitrated(decision, replicas)
-        else:
-            targets = {pool.role: pool.target for pool in decision.pools}
-        if not decision.advisory:
-            await self.connector.apply(targets)
-            if self.planner is not None and self.last_effective is not None and self.last_effective.decision_id:
-                await self.planner.ack_applied(self.last_effective.decision_id, targets)
+            await self._arbitrated(decision, replicas)
+        elif not decision.advisory:
+            await self.connector.apply({pool.role: pool.target for pool in decision.pools})
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
             written = await asyncio.to_thread(
@@ -274,7 +261,7 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
 
 
 @asynccontextmanager
-async def open_runtime(config: AgentConfig, clock: Callable[[], float] = time.time) -> AsyncIterator[AgentRuntime]:
+async def open_runtime(config: AgentConfig, clock: Clock | None = None) -> AsyncIterator[AgentRuntime]:
     """A runtime with its HTTP session, Prometheus source and connector, all closed on exit."""
     async with aiohttp.ClientSession() as session:
         source = PrometheusSource.from_config(config.prometheus, session)

@@ -12,28 +12,21 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleet_planner.clock import SimulatedClock
 from fleet_planner.planning import DeploymentSpec, PoolObservation
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
-from local_agent.config import parse_config
+from local_agent.config import PLANNER_TOKEN_ENV, parse_config
 from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.virtual import VirtualConnector
-from local_agent.runtime import PLANNER_TOKEN_ENV, AgentRuntime
+from local_agent.runtime import AgentRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 TOKEN = "agent-token-0123456789abcdef"
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Source:
@@ -62,6 +55,7 @@ def _config(tmp_path: Path, planner: str):
         "prometheus": {"url": "http://127.0.0.1:9"},
         "connector": {"kind": "virtual", "path": "targets.json"},
         "planner": planner,
+        "state_dir": str(tmp_path),
     }
     return parse_config(data, base_dir=tmp_path)
 
@@ -84,12 +78,12 @@ def _written(tmp_path: Path) -> dict:
 @pytest.fixture
 async def planner():
     policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h100": 3}}, "tenants": {"acme": {"priority": 10}}})
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     server = PlannerServer(
         PlannerState(policy, lease_s=30.0),
         auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
         metrics=ServiceMetrics(CollectorRegistry()),
-        clock=clock,
+        clock=clock.now,
     )
     port = await server.start("127.0.0.1:0")
     server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
@@ -103,35 +97,36 @@ async def test_agent_applies_the_planner_grant_and_falls_back_to_its_floor(
 ) -> None:
     monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
     _orchestrator_reports(tmp_path, ready=2)
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     runtime = AgentRuntime(
         _config(tmp_path, planner.address),
         Source(),
         VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]),
         clock=clock,
+        lease_clock=clock,
     )
     try:
         await runtime.tick()  # registers and reports: a holding lease on what runs
         assert planner.state.deployments() == ["chat"]
-        assert runtime.last_effective is not None and runtime.last_effective.source == "planner"
+        assert runtime.last_effects is not None and runtime.last_effects.source == "planner"
         assert _written(tmp_path) == {"agg": 2}
 
         assert await planner.run_round() is not None  # one allocation round on that report
-        grant = planner.state.targets("chat", planner.test_clock.now).pools[0].replicas
-        clock.now += 5
+        grant = planner.state.targets("chat", planner.test_clock.now()).pools[0].replicas
+        clock.advance(5)
         await runtime.tick()
-        effective = runtime.last_effective
+        effective = runtime.last_effects
         assert effective.source == "planner" and effective.decision_id >= 1
         assert _written(tmp_path) == {"agg": grant}  # the grant, not the agent's own target
         assert runtime.planner is not None and runtime.planner.applied_decision_id == effective.decision_id
 
         await planner.stop(0)  # the planner goes away
-        clock.now += 5
+        clock.advance(5)
         await runtime.tick()
-        assert runtime.last_effective.source == "lease" and _written(tmp_path) == {"agg": grant}
-        clock.now += 60  # past the lease
+        assert runtime.last_effects.source == "lease" and _written(tmp_path) == {"agg": grant}
+        clock.advance(60)  # past the lease
         await runtime.tick()
-        assert runtime.last_effective.source == "floor"
+        assert runtime.last_effects.source == "floor"
         assert _written(tmp_path) == {"agg": min(1, grant)}  # the pool's min, never more than granted
     finally:
         await runtime.close()
@@ -145,12 +140,11 @@ async def test_agent_without_any_lease_runs_its_floor(tmp_path: Path, monkeypatc
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
-    runtime = AgentRuntime(
-        _config(tmp_path, closed), Source(), VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock()
-    )
+    connector = VirtualConnector(tmp_path / "targets.json", "chat", ["agg"])
+    runtime = AgentRuntime(_config(tmp_path, closed), Source(), connector, clock=SimulatedClock(1000.0))
     try:
         await runtime.tick()
-        assert runtime.last_effective is not None and runtime.last_effective.source == "floor"
-        assert runtime.last_effective.replicas == {"agg": 1} and _written(tmp_path) == {"agg": 1}
+        assert runtime.last_effects is not None and runtime.last_effects.source == "floor"
+        assert runtime.last_effects.granted == {"agg": 1} and _written(tmp_path) == {"agg": 1}
     finally:
         await runtime.close()

@@ -104,6 +104,7 @@ def config_data(tmp_path: Path, prometheus_url: str, **overrides: Any) -> dict[s
             },
         },
         "options": {"throughput_interval_s": 30},
+        "state_dir": str(tmp_path),
         "tick_s": 0.05,
         "prometheus": {"url": prometheus_url, "window": "60s", "timeout_s": 2},
         "connector": {"kind": "virtual", "path": "targets.json"},
@@ -132,12 +133,14 @@ def report(tmp_path: Path, **counts: int) -> None:
 
 
 class Clock:
-    def __init__(self, start: float = 1_000.0):
-        self.now = start
+    """Five seconds pass between two readings."""
 
-    def __call__(self) -> float:
-        self.now += 5.0
-        return self.now
+    def __init__(self, start: float = 1_000.0):
+        self.time = start
+
+    def now(self) -> float:
+        self.time += 5.0
+        return self.time
 
 
 async def test_one_tick_end_to_end(tmp_path: Path, prometheus_url: str) -> None:
@@ -335,7 +338,9 @@ async def test_failing_tick_is_logged_and_the_next_one_runs(
             "exactly one of token_env or token_file",
         ),
         (lambda d: d["telemetry"].update(listen="localhost"), "telemetry.listen", "expected HOST:PORT"),
-        (lambda d: d.update(planner="planner:99999"), "planner", "expected HOST:PORT"),
+        (lambda d: d.update(planner="planner:99999"), "planner.address", "expected HOST:PORT"),
+        (lambda d: d.update(planner={"address": "gp:1", "cert_file": "agent.yaml"}), "planner.key_file", "mutual TLS"),
+        (lambda d: d.update(planner={"address": "gp:1", "ca_file": "nope.pem"}), "planner.ca_file", "not found"),
     ],
 )
 def test_config_errors_name_file_and_field(tmp_path: Path, mutate: Any, field: str, problem: str) -> None:
@@ -360,10 +365,12 @@ def test_config_file_level_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InputError) as caught:
         config.control_token()
     assert caught.value.field == "telemetry.token_env" and "TEST_AGENT_TOKEN is unset" in str(caught.value)
+    path = write_config(tmp_path, config_data(tmp_path, "http://127.0.0.1:9"))
     with pytest.raises(InputError) as caught:
-        config.with_planner("no-port")
-    assert caught.value.field == "--planner"
-    assert config.with_planner("gp:50051").planner == "gp:50051"
+        load_config(path, overrides={"planner.address": "no-port"})
+    assert caught.value.field == "planner.address" and "from the command line" in caught.value.problem
+    overridden = load_config(path, overrides={"planner.address": "gp:50051"})
+    assert overridden.planner is not None and overridden.planner.address == "gp:50051"
 
 
 def test_example_config_is_valid() -> None:
@@ -385,11 +392,31 @@ def test_cli_once_prints_the_decision(tmp_path: Path, prometheus_url: str, capsy
     path = write_config(tmp_path, config_data(tmp_path, prometheus_url))
     report(tmp_path, ready=2)
     args = parser().parse_args(["agent", "--config", str(path), "--once", "--planner", "gp:50051"])
-    assert cli.configure(args).planner == "gp:50051"
+    planner = cli.configure(args).planner
+    assert planner is not None and planner.address == "gp:50051"
     assert args.run(args) == 0
     decision = json.loads(capsys.readouterr().out)
     assert decision["deployment"] == "chat" and decision["pools"][0]["role"] == "agg"
     assert json.loads((tmp_path / "targets.json").read_text())["targets"] == {"agg": decision["pools"][0]["target"]}
+
+
+def test_once_with_the_example_writes_nothing_into_the_repository(
+    tmp_path: Path, prometheus_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example's connector file and diagnostics go to the state folder (default
+    ``./fleet-agent-state``), never beside the config in ``examples/agent/``."""
+    example = ROOT / "examples/agent"
+    before = sorted(p.relative_to(example) for p in example.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(example / "agent.yaml", {"prometheus.url": prometheus_url})
+    assert config.state_dir == tmp_path / "fleet-agent-state"
+    assert config.connector.kind == "virtual" and config.connector.path.parent == config.state_dir
+    decision = asyncio.run(cli.run_once(config))
+    assert decision.deployment == "assistant-8b"
+    assert sorted(p.relative_to(example) for p in example.rglob("*")) == before
+    assert (tmp_path / "fleet-agent-state" / config.connector.path.name).exists()
+    elsewhere = load_config(example / "agent.yaml", {"state_dir": str(tmp_path / "s")})
+    assert elsewhere.state_dir == tmp_path / "s" and str(elsewhere.connector.path).startswith(str(tmp_path / "s"))
 
 
 async def test_sigterm_stops_cleanly(

@@ -11,15 +11,17 @@ from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.clock import SimulatedClock
+from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from global_planner.cli import main as cli_main
-from local_agent.planner_link.client import Lease, PlannerClient, PlannerRejected, effective_targets
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AuditLog, last_record
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
-from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from global_planner.service.server import SERVICE_NAME, PlannerServer
 from global_planner.service.state import PlannerState
+from local_agent.planner_link.client import PlannerClient, PlannerRejected
+from local_agent.session import Lease, effective_targets
 
 TOKENS = {
     "token-a-0123456789abcdef": Identity(deployment="chat-a", tenant="acme"),
@@ -219,7 +221,7 @@ async def test_health_and_reflection(planner) -> None:
 
 
 async def test_client_falls_back_to_lease_then_floor(planner) -> None:
-    clock = Clock(0.0)
+    clock = SimulatedClock(0.0)
     client = PlannerClient(
         planner.target,
         TOKEN_A,
@@ -238,11 +240,11 @@ async def test_client_falls_back_to_lease_then_floor(planner) -> None:
     got = await client.report(pools, Forecast(mean_rps=5, upper_rps=6))
     assert got.replicas == {"agg": 3} and got.source == "planner"
     await planner.stop(0)
-    clock.now = 10.0
+    clock.set(10.0)
     on_lease = await client.report(pools)
     assert on_lease.source == "lease" and on_lease.replicas == {"agg": 3}
     assert client.last_error is not None and "UNAVAILABLE" in client.last_error
-    clock.now = 26.0  # lease 30 s from the send time, minus the 5 s drain margin
+    clock.set(26.0)  # lease 30 s from the send time, minus the 5 s drain margin
     on_floor = await client.report(pools)
     assert on_floor.source == "floor" and on_floor.replicas == {"agg": 1}
     await client.close()

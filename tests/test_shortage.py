@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_planner.cli import main
+from fleet_planner_cli import main
 from fleet_sim.outputs import priority_weighted_attainment
 from fleet_sim.scenario import load_scenario
 from global_planner.policy_file import load_policy_file

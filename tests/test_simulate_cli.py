@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet_planner.cli import main
+from fleet_planner_cli import main
 from fleet_planner.traces.readers import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def test_seed_changes_the_traffic(tmp_path: Path) -> None:
 
 def test_console_script_runs_and_fails_with_exit_code_2(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fleet-planner")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleet_planner.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleet_planner_cli"]
     ok = subprocess.run(
         command + ["simulate", str(AZURE_DISAGG), "--out", str(tmp_path / "o"), "--duration", "10s"],
         capture_output=True,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
-from fleet_planner.planning import PoolRole
+from fleet_planner.planning import FrozenModel, PoolRole
 
 MAX_REPLICAS = 10_000
 MAX_CURVE_POINTS = 1024
@@ -32,16 +32,12 @@ Millis = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
 DecisionId = Annotated[int, Field(ge=0, lt=2**63)]
 
 
-class _Boundary(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 def _unique_roles(roles: list[PoolRole], what: str) -> None:
     if len(set(roles)) != len(roles):
         raise ValueError(f"{what}: each role may appear once (got {', '.join(roles)})")
 
 
-class PoolRegistration(_Boundary):
+class PoolRegistration(FrozenModel):
     role: PoolRole
     gpu_type: Name
     gpus_per_replica: int = Field(ge=1, le=MAX_GPUS_PER_REPLICA)
@@ -58,7 +54,7 @@ class PoolRegistration(_Boundary):
         return self
 
 
-class Registration(_Boundary):
+class Registration(FrozenModel):
     deployment: Name
     tenant: Name
     endpoint: EndpointName
@@ -73,7 +69,7 @@ class Registration(_Boundary):
         return self
 
 
-class Forecast(_Boundary):
+class Forecast(FrozenModel):
     mean_rps: Rate
     upper_rps: Rate
     horizon_s: float = Field(default=0.0, ge=0.0, le=1e7, allow_inf_nan=False)
@@ -85,7 +81,7 @@ class Forecast(_Boundary):
         return self
 
 
-class Observed(_Boundary):
+class Observed(FrozenModel):
     window_s: float = Field(gt=0.0, le=86_400.0, allow_inf_nan=False)
     admitted_rps: Rate | None = None
     ttft_p90_ms: Millis | None = None
@@ -93,7 +89,7 @@ class Observed(_Boundary):
     queued_requests: float | None = Field(default=None, ge=0.0, le=1e12, allow_inf_nan=False)
 
 
-class PoolReport(_Boundary):
+class PoolReport(FrozenModel):
     role: PoolRole
     ready: Count = 0
     starting: Count = 0
@@ -118,7 +114,7 @@ class PoolReport(_Boundary):
         return self.ready + self.starting + self.draining
 
 
-class AgentReport(_Boundary):
+class AgentReport(FrozenModel):
     deployment: Name
     session_id: SessionId
     sequence: int = Field(ge=0, lt=2**64)
@@ -134,12 +130,12 @@ class AgentReport(_Boundary):
         return self
 
 
-class PoolReplicas(_Boundary):
+class PoolReplicas(FrozenModel):
     role: PoolRole
     replicas: Count
 
 
-class AckApplied(_Boundary):
+class AckApplied(FrozenModel):
     deployment: Name
     session_id: SessionId
     decision_id: DecisionId
@@ -151,7 +147,7 @@ class AckApplied(_Boundary):
         return self
 
 
-class AckDrained(_Boundary):
+class AckDrained(FrozenModel):
     deployment: Name
     session_id: SessionId
     decision_id: DecisionId
@@ -159,13 +155,13 @@ class AckDrained(_Boundary):
     gpus_freed: int = Field(ge=0, le=MAX_REPLICAS * MAX_GPUS_PER_REPLICA)
 
 
-class PoolTarget(_Boundary):
+class PoolTarget(FrozenModel):
     role: PoolRole
     replicas: int = Field(ge=0)
     reason: str = ""
 
 
-class Targets(_Boundary):
+class Targets(FrozenModel):
     """What one deployment may run: replicas per pool until ``lease_expires_s`` (planner time)."""
 
     deployment: str
@@ -183,7 +179,7 @@ class Targets(_Boundary):
     )
 
 
-class DemandSummary(_Boundary):
+class DemandSummary(FrozenModel):
     """What a pool bid with in a round, as much as ``explain`` needs to say why it got what it got."""
 
     forecast_rps: float | None
@@ -197,7 +193,7 @@ class DemandSummary(_Boundary):
     pessimistic_at_grant: float | None
 
 
-class PoolRecord(_Boundary):
+class PoolRecord(FrozenModel):
     role: PoolRole
     gpu_type: str
     gpus_per_replica: int
@@ -213,7 +209,7 @@ class PoolRecord(_Boundary):
     demand: DemandSummary | None = None
 
 
-class DeploymentRecord(_Boundary):
+class DeploymentRecord(FrozenModel):
     deployment: str
     tenant: str
     endpoint: str
@@ -223,7 +219,7 @@ class DeploymentRecord(_Boundary):
     pools: list[PoolRecord]
 
 
-class RoundRecord(_Boundary):
+class RoundRecord(FrozenModel):
     """One line of ``decisions.jsonl``: enough to explain the round and to restart from it."""
 
     decision_id: int

@@ -27,20 +27,22 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.clock import Clock, SimulatedClock
+from fleet_planner.contract.models import PoolRegistration
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from local_agent.planner_link.reports import forecast_of, pool_report
-from local_agent.planner_link.client import EffectiveTargets, PlannerClient
+from fleet_sim.adapters.local import build_agents, reason_text, step_agents
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
-from fleet_planner.contract.models import PoolRegistration
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
 from local_agent.agent import AgentOptions
 from local_agent.models import AgentDecision
-from fleet_sim.adapters.local import build_agents, reason_text, step_agents
+from local_agent.planner_link.client import PlannerClient
+from local_agent.planner_link.exchange import exchange
+from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
 
 
 class FcfsPolicy(Policy):
@@ -126,7 +128,8 @@ class PlannerFaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     planner_restart_at_s: list[float] = Field(
         default_factory=list,
-        description="kill the planner (its in-memory state is lost) and start a new one that resumes from the audit log",
+        description="kill the planner (its in-memory state is lost) and start a new one that resumes from "
+        "the audit log",
     )
     planner_down_s: list[tuple[float, float]] = Field(
         default_factory=list, description="[start, end) windows in which no agent reaches the planner (UNAVAILABLE)"
@@ -178,8 +181,7 @@ class GlobalPolicy(Policy):
             and self.faults.drop_agent.deployment not in self.specs
         ):
             raise ValueError(f"faults.drop_agent.deployment: no deployment {self.faults.drop_agent.deployment!r}")
-        self.now = 0.0
-        self._clock = lambda: self.now  # the simulated clock, shared by planner and clients
+        self.clock = SimulatedClock()  # shared by the planner and the agents' clients
         self._policy = policy
         self._lease_s = lease_ticks * tick_s
         tokens = {secrets.token_hex(16): Identity(deployment=spec.name, tenant=spec.tenant) for spec in deployments}
@@ -201,14 +203,13 @@ class GlobalPolicy(Policy):
         token_of = {identity.deployment: token for token, identity in tokens.items()}
         target = f"127.0.0.1:{self.port}"
         self.clients = {
-            spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self._clock))
-            for spec in deployments
+            spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self.clock)) for spec in deployments
         }
         self.rounds = 0
         self.restarts = 0
         self._restarts_due = sorted(self.faults.planner_restart_at_s) if self.faults is not None else []
         self._delay_ticks = math.ceil(self.faults.delay_s / tick_s - 1e-9) if self.faults is not None else 0
-        self._outbox: dict[str, deque] = {name: deque() for name in self.specs}
+        self._outbox: dict[str, deque[Outgoing]] = {name: deque() for name in self.specs}
         self._real_stubs: dict[str, object] = {}
         self._cut_off: set[str] = set()
         self._blackhole: grpc.aio.Channel | None = None
@@ -229,7 +230,7 @@ class GlobalPolicy(Policy):
             metrics=ServiceMetrics(CollectorRegistry()),
             audit=audit,
             round_s=self.tick_s,
-            clock=self._clock,
+            clock=self.clock.now,
         )
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
         return server
@@ -240,7 +241,7 @@ class GlobalPolicy(Policy):
         return Path(self._state_dir) / AUDIT_FILE if self._state_dir is not None else None
 
     @staticmethod
-    async def _client(spec: DeploymentSpec, target: str, token: str, clock) -> PlannerClient:
+    async def _client(spec: DeploymentSpec, target: str, token: str, clock: Clock) -> PlannerClient:
         pools = [
             PoolRegistration(
                 role=role,
@@ -292,7 +293,7 @@ class GlobalPolicy(Policy):
     # -------------------------------------------------------------------- tick
 
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
-        self.now = now_s
+        self.clock.set(now_s)
         dead = self._apply_faults(now_s) if self.faults is not None else set()
         if self._io.run(self.server.run_round()) is not None:
             self.rounds += 1
@@ -304,50 +305,44 @@ class GlobalPolicy(Policy):
         admission: dict[str, float | None] = {}
         for record in records:
             spec = self.specs[record.deployment]
-            effective = self._io.run(self._exchange(record, observed))
+            effects = self._io.run(self._exchange(record, now_s, observed))
             agent = self.agents[record.deployment]
-            for pool in record.pools:
-                # The grant is what runs, and the agent plans its next step from it.
-                count = effective.replicas.get(pool.role, agent.targets()[pool.role])
-                agent.granted(pool.role, count)
-                reason = f"global ({effective.source} #{effective.decision_id}): agent bid for {pool.target}"
-                targets.append(
-                    ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason)
+            for role, count in effects.granted.items():
+                agent.granted(role, count)  # the grant is what runs; the agent plans from it
+            if effects.apply is not None:
+                reason = f"global ({effects.source} #{effects.decision_id}): agent bid for "
+                targets.extend(
+                    ReplicaTarget(
+                        deployment=record.deployment,
+                        role=pool.role,
+                        replicas=effects.apply[pool.role],
+                        reason=reason + str(pool.target),
+                    )
+                    for pool in record.pools
                 )
-            if effective.routing:
-                routing.setdefault(spec.endpoint, {}).update(effective.routing)
+            if effects.routing:
+                routing.setdefault(spec.endpoint, {}).update(effects.routing)
             # Any member's answer sets the endpoint's limit (they come from the same round).
-            admission[spec.endpoint] = effective.admission_rps
+            admission[spec.endpoint] = effects.admission_rps
         return Decision(targets=targets, routing=routing, admission=admission)
 
-    async def _exchange(self, record: AgentDecision, observed: dict) -> EffectiveTargets:
-        client = self.clients[record.deployment]
-        reports = []
-        for pool in record.pools:
-            obs = observed.get((record.deployment, pool.role))
-            # Before the first observation the agent knows only what it asked for.
-            reports.append(
-                pool_report(
-                    pool,
-                    ready=obs.ready if obs else pool.current,
-                    starting=obs.starting if obs else 0,
-                    draining=obs.draining if obs else 0,
-                    pending=obs.pending if obs else 0,
-                )
-            )
-        forecast = forecast_of(record)
-        if self._delay_ticks:
-            # The report reaches the planner ``_delay_ticks`` ticks late; until one arrives the
-            # agent has no reply and runs what its last lease (or floor) allows.
-            outbox = self._outbox[record.deployment]
-            outbox.append((reports, forecast))
-            if len(outbox) <= self._delay_ticks:
-                return client.effective_targets()
-            reports, forecast = outbox.popleft()
-        effective = await client.report(reports, forecast=forecast)
-        if effective.decision_id:
-            await client.ack_applied(effective.decision_id, effective.replicas)
-        return effective
+    async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
+        """The same exchange the live agent runs; applying is the Decision this tick returns."""
+        running = {
+            pool.role: PoolCounts(ready=obs.ready, starting=obs.starting, draining=obs.draining, pending=obs.pending)
+            for pool in record.pools
+            if (obs := observed.get((record.deployment, pool.role))) is not None
+        }
+        tick = TickInput(now_s=now_s, decision=record, running=running)
+        transit = (lambda sent: self._delayed(record.deployment, sent)) if self._delay_ticks else None
+        return await exchange(self.clients[record.deployment], tick, _applied_by_the_decision, transit)
+
+    def _delayed(self, deployment: str, sent: Outgoing) -> Outgoing | None:
+        """Reports reach the planner ``_delay_ticks`` ticks late; until one arrives the agent has
+        no reply and runs what its last lease (or floor) allows."""
+        outbox = self._outbox[deployment]
+        outbox.append(sent)
+        return outbox.popleft() if len(outbox) > self._delay_ticks else None
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -358,6 +353,10 @@ class GlobalPolicy(Policy):
         self._io.close()
         if self._temp_dir is not None:
             self._temp_dir.cleanup()
+
+
+async def _applied_by_the_decision(targets: dict[str, int]) -> None:
+    """In replay the targets are applied by the Decision ``decide`` returns, at this same time."""
 
 
 async def _closed_channel() -> grpc.aio.Channel:

@@ -26,18 +26,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from fleet_planner.planning import PoolRole
+from fleet_planner.planning import FrozenModel, PoolRole
 
 AllocationStatus = Literal["optimal", "feasible", "fallback"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TenantLimits(_Strict):
+class TenantLimits(FrozenModel):
     """A tenant's standing in the fleet: how much its SLOs weigh and its GPU floor and ceiling."""
 
     priority: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -53,7 +49,7 @@ class TenantLimits(_Strict):
         return value
 
 
-class PoolOverride(_Strict):
+class PoolOverride(FrozenModel):
     """Per-pool knobs chosen by a ``tenant/deployment[/role]`` selector (fnmatch wildcards).
 
     Later matching overrides win field by field; unset fields leave earlier values alone.
@@ -84,7 +80,7 @@ class PoolOverride(_Strict):
         return self
 
 
-class PoolDemand(_Strict):
+class PoolDemand(FrozenModel):
     """One pool's bid: bounds, current size and the value of each replica count.
 
     ``curve[k]`` is the expected SLO attainment in [0, 1] with ``k`` replicas (k = 0..len-1).
@@ -132,7 +128,7 @@ class PoolDemand(_Strict):
         return self.curve[min(replicas, len(self.curve) - 1)]
 
 
-class AllocationRequest(_Strict):
+class AllocationRequest(FrozenModel):
     """Everything one allocation round needs; pure data, so rounds replay deterministically."""
 
     pools: list[PoolDemand]
@@ -174,7 +170,7 @@ class AllocationRequest(_Strict):
         return self
 
 
-class Allocation(_Strict):
+class Allocation(FrozenModel):
     """The planner's answer for one round.
 
     ``objective`` is in value units (sum of priority * demand_weight * attainment, minus churn);

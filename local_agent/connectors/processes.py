@@ -28,6 +28,7 @@ elsewhere liveness falls back to ``kill(pid, 0)`` without the pid-reuse fingerpr
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -392,10 +393,8 @@ def _probe(worker: WorkerRecord) -> tuple[bool, int | None]:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)  # workers are session (and group) leaders: pgid == pid
-    except ProcessLookupError:
-        pass
 
 
 def _free_port(host: str) -> int:

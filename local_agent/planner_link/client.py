@@ -1,35 +1,23 @@
-"""Agent-side client of the global planner, with the fallback that keeps a deployment safe while
-the planner is away.
+"""Agent-side transport to the global planner: register, report, acknowledge — over gRPC, with
+TLS or mutual TLS when configured, and a bearer token.
 
-Fallback contract (mirrored by the planner's accounting in ``global_planner.service.state``):
-
-1. While the last lease is valid (minus ``drain_margin_s``, the time the agent needs to drain
-   down), run the last grant.
-2. Then run ``min(floor, last grant)`` per pool: the planner keeps exactly that reserved after
-   the lease lapses, so the floor never takes GPUs the planner has given to someone else.
-3. Before the first allocation round the planner answers with decision 0, a *holding* lease on
-   the replicas it has counted from reports; without any lease at all the client runs
-   ``min(floor, replicas last reported to the planner)``.
-
-And while scaling up, start new replicas only into room the grant leaves after counting draining
-replicas (:func:`replicas_to_start`): draining replicas still hold their GPUs.
-
-Lease times are converted to the local clock conservatively: the lease is taken to run from when
-the request was *sent*, so clock offsets between agent and planner never lengthen it.
+The lease and the fallback rules (last lease, then floor; never reached: ``min(floor, running)``)
+are :class:`local_agent.session.AgentSession`'s, a pure object each client carries: the client
+hands it every reply and asks it what may run. One tick of the exchange (report -> grant -> apply
+-> acknowledge) is :func:`local_agent.planner_link.exchange.exchange`, used by the live agent and
+by the simulator alike.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from typing import Literal
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.clock import Clock, MonotonicClock
 from fleet_planner.contract import convert
 from fleet_planner.contract.models import (
     AgentReport,
@@ -40,6 +28,7 @@ from fleet_planner.contract.models import (
     Registration,
     Targets,
 )
+from local_agent.session import AgentSession, EffectiveTargets, Lease
 
 log = logging.getLogger(__name__)
 
@@ -53,59 +42,14 @@ TRANSIENT = {
 }
 
 
-class Lease(BaseModel):
-    """The last grant, with its expiry already moved to the agent's clock."""
-
-    model_config = ConfigDict(frozen=True)
-    decision_id: int
-    replicas: dict[str, int]
-    fallback_at: float = Field(description="local time at which the agent must be back at its floor")
-    routing: dict[str, float] = Field(default_factory=dict)
-    admission_rps: float | None = None
-
-
-class EffectiveTargets(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    replicas: dict[str, int]
-    source: Literal["planner", "lease", "floor"]
-    decision_id: int = 0
-    routing: dict[str, float] = Field(default_factory=dict)
-    admission_rps: float | None = None
-
-
-def effective_targets(
-    lease: Lease | None, floor: dict[str, int], reported: dict[str, int], now: float
-) -> EffectiveTargets:
-    """What the agent may run at local time ``now`` without hearing from the planner."""
-    if lease is not None and now < lease.fallback_at:
-        return EffectiveTargets(
-            replicas=dict(lease.replicas),
-            source="lease",
-            decision_id=lease.decision_id,
-            routing=dict(lease.routing),
-            admission_rps=lease.admission_rps,
-        )
-    if lease is not None:
-        replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
-        return EffectiveTargets(replicas=replicas, source="floor", decision_id=lease.decision_id)
-    return EffectiveTargets(replicas={role: min(n, reported.get(role, 0)) for role, n in floor.items()}, source="floor")
-
-
-def replicas_to_start(target: int, ready: int, starting: int, draining: int) -> int:
-    """New replicas an agent may start now: room under ``target`` once draining ones are counted."""
-    return max(0, target - ready - starting - draining)
-
-
-def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) -> Lease:
-    """The local-clock lease a response grants."""
-    remaining = targets.lease_expires_s - targets.planner_time_s
-    return Lease(
-        decision_id=targets.decision_id,
-        replicas={p.role: p.replicas for p in targets.pools},
-        fallback_at=sent_at + remaining - drain_margin_s,
-        routing=dict(targets.routing),
-        admission_rps=targets.admission_rps,
-    )
+def channel_credentials(ca: bytes | None, cert: bytes | None, key: bytes | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM bytes: ``ca`` verifies the planner (None: the system's roots),
+    ``cert`` with ``key`` proves the agent's identity (mutual TLS). All None: plaintext (None)."""
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError("mutual TLS needs both a client certificate and its key")
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 class PlannerRejected(Exception):
@@ -136,7 +80,7 @@ class PlannerClient:
         drain_margin_s: float = 0.0,
         timeout_s: float = 2.0,
         credentials: grpc.ChannelCredentials | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ):
         floors = floor if isinstance(floor, dict) else {p.role: floor for p in pools}
         self.registration = Registration(
@@ -145,19 +89,15 @@ class PlannerClient:
             endpoint=endpoint,
             pools=[p.model_copy(update={"fallback_replicas": floors.get(p.role, 0)}) for p in pools],
         )
-        self.floor = {p.role: p.fallback_replicas for p in self.registration.pools}
-        self.drain_margin_s = drain_margin_s
+        self.session = AgentSession(self.registration, drain_margin_s=drain_margin_s)
         self.timeout_s = timeout_s
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = (
             grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
         )
         self._stub = pb_grpc.PlannerStub(self._channel)
         self.session_id: str | None = None
-        self.lease: Lease | None = None
-        self.reported: dict[str, int] = {}
-        self.applied_decision_id = 0
         self.last_error: str | None = None
         self._sequence = 0
 
@@ -170,46 +110,61 @@ class PlannerClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    def effective_targets(self, now: float | None = None) -> EffectiveTargets:
-        return effective_targets(self.lease, self.floor, self.reported, self.clock() if now is None else now)
+    @property
+    def floor(self) -> dict[str, int]:
+        return self.session.floor
 
-    def _accept(self, message: pb.Targets, sent_at: float, *, holding: bool) -> Targets:
-        """Adopt a newer lease. A holding lease (decision 0) only counts after a report: before
-        one the planner has counted none of our replicas."""
-        targets = convert.targets_from_pb(message, self.registration.deployment)
-        if targets.decision_id == 0 and not holding:
-            return targets
-        lease = lease_from_targets(targets, sent_at, self.drain_margin_s)
-        if self.lease is None or lease.decision_id >= self.lease.decision_id:
-            self.lease = lease
-        return targets
+    @property
+    def lease(self) -> Lease | None:
+        return self.session.lease
+
+    @property
+    def applied_decision_id(self) -> int:
+        return self.session.applied_decision_id
+
+    def effective_targets(self, now: float | None = None) -> EffectiveTargets:
+        """What may run now by the session's lease and floor rules."""
+        return self.session.effective(self.clock.now() if now is None else now)
 
     async def register(self) -> Targets:
-        sent_at = self.clock()
+        sent_at = self.clock.now()
         response: pb.RegisterResponse = await self._stub.Register(
             convert.registration_to_pb(self.registration), metadata=self._metadata, timeout=self.timeout_s
         )
         self.session_id, self._sequence = response.session_id, 0
-        return self._accept(response.targets, sent_at, holding=False)
+        targets = convert.targets_from_pb(response.targets, self.registration.deployment)
+        self.session.answered(targets, sent_at, None)
+        return targets
 
     async def report(
         self, pools: list[PoolReport], forecast: Forecast | None = None, observed: Observed | None = None
     ) -> EffectiveTargets:
         """Send a report; on a transient failure answer from the lease or the floor instead."""
+        answered = await self.send(pools, forecast, observed)
+        effective = self.effective_targets()
+        fresh = answered and effective.source == "lease"
+        return effective.model_copy(update={"source": "planner"}) if fresh else effective
+
+    async def send(
+        self, pools: list[PoolReport], forecast: Forecast | None = None, observed: Observed | None = None
+    ) -> bool:
+        """Send a report and hand the reply to the session; False when the planner did not answer
+        (a transient failure), :class:`PlannerRejected` when it refused."""
         try:
-            return await self._report_once(pools, forecast, observed)
+            await self._report_once(pools, forecast, observed)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:  # planner restarted or session replaced
                 try:
                     await self.register()
-                    return await self._report_once(pools, forecast, observed)
+                    await self._report_once(pools, forecast, observed)
+                    return True
                 except grpc.aio.AioRpcError as retry_error:
                     error = retry_error
-            return self._failed(error)
+            self._failed(error)
+            return False
+        return True
 
-    async def _report_once(
-        self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None
-    ) -> EffectiveTargets:
+    async def _report_once(self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None) -> None:
         if self.session_id is None:
             await self.register()
         assert self.session_id is not None
@@ -218,33 +173,30 @@ class PlannerClient:
             deployment=self.registration.deployment,
             session_id=self.session_id,
             sequence=self._sequence,
-            agent_time_s=self.clock(),
+            agent_time_s=self.clock.now(),
             applied_decision_id=self.applied_decision_id,
             forecast=forecast,
             observed=observed,
             pools=pools,
         )
-        sent_at = self.clock()
+        sent_at = self.clock.now()
         response: pb.ReportResponse = await self._stub.Report(
             convert.report_to_pb(report), metadata=self._metadata, timeout=self.timeout_s
         )
-        self.reported = {p.role: p.in_use for p in pools}
         self.last_error = None
-        self._accept(response.targets, sent_at, holding=True)
-        effective = self.effective_targets()
-        return effective.model_copy(update={"source": "planner"}) if effective.source == "lease" else effective
+        targets = convert.targets_from_pb(response.targets, self.registration.deployment)
+        self.session.answered(targets, sent_at, pools)
 
-    def _failed(self, error: grpc.aio.AioRpcError) -> EffectiveTargets:
+    def _failed(self, error: grpc.aio.AioRpcError) -> None:
         code = error.code()
         if code not in TRANSIENT:
             raise PlannerRejected(code, error.details() or "")
         self.last_error = f"{code.name}: {error.details()}"
         log.warning("planner unreachable (%s); running on %s", self.last_error, self.effective_targets().source)
-        return self.effective_targets()
 
     async def ack_applied(self, decision_id: int, applied: dict[str, int]) -> None:
         """Tell the planner a decision's targets are set; later reports carry it as applied."""
-        self.applied_decision_id = max(self.applied_decision_id, decision_id)
+        self.session.acked(decision_id)
         request = pb.AckAppliedRequest(
             deployment=self.registration.deployment,
             session_id=self.session_id or "",

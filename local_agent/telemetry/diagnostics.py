@@ -28,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from fleet_planner.planning import SLA, PoolObservation, PoolRole
 from local_agent.models import AgentDecision
+from local_agent.session import TickEffects
 
 ROLE_ORDER: tuple[PoolRole, ...] = ("prefill", "decode", "agg")
 STATE_DASH = {"ready": "solid", "starting": "dot", "draining": "dash", "pending": "dashdot"}
@@ -65,6 +66,7 @@ class DiagnosticsRecorder:
         self._now_s: float | None = None
         self._last_period: int | None = None
         self._lock = threading.Lock()
+        self._planner: TickEffects | None = None
 
     def record(self, now_s: float, observations: list[PoolObservation], decision: AgentDecision | None = None) -> None:
         """Add what the agent saw and decided at ``now_s``.
@@ -82,6 +84,11 @@ class DiagnosticsRecorder:
                 self._observations.setdefault(obs.role, deque(maxlen=self.max_points)).append(obs)
             if decision is not None:
                 self._decisions.append(decision)
+
+    def record_planner(self, effects: TickEffects) -> None:
+        """The planner's answer in force (grant, routing weights, admission limit), for ``state``."""
+        with self._lock:
+            self._planner = effects
 
     def _snapshot(self) -> tuple[dict[PoolRole, list[PoolObservation]], list[AgentDecision], float | None]:
         with self._lock:
@@ -102,6 +109,7 @@ class DiagnosticsRecorder:
             "sla": self.sla.model_dump(),
             "latest": {loop: dump(d) for loop, d in latest.items()},
             "decisions": [dump(d) for d in decisions[-last:]],
+            "planner": self._planner.model_dump(mode="json") if self._planner is not None else None,
         }
 
     def _x(self, time_s: float) -> float | datetime:

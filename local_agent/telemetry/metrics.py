@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge
 
 from fleet_planner.planning import PoolObservation, PoolRole
 from local_agent.models import AgentDecision, DecisionReason
+from local_agent.session import TickEffects
 
 REASON_STATES = [reason.value for reason in DecisionReason]
 POOL_LABELS = ("deployment", "pool")
@@ -69,6 +70,31 @@ class AgentMetrics:
             "fleet_agent_load_rps",
             "Deployment request rate: observed, forecast mean and forecast upper quantile.",
             ["deployment", "source"],
+            registry=reg,
+        )
+        self.planner_decision = Gauge(
+            "fleet_agent_planner_decision",
+            "The global planner's decision in force (0: none yet).",
+            ["deployment"],
+            registry=reg,
+        )
+        self.planner_source = Enum(
+            "fleet_agent_planner_source",
+            "Where the targets in force come from: a fresh grant, the last lease, or the floor.",
+            ["deployment"],
+            states=["planner", "lease", "floor"],
+            registry=reg,
+        )
+        self.routing_weight = Gauge(
+            "fleet_agent_routing_weight",
+            "Share of the endpoint's traffic the planner routes to each member deployment.",
+            ["deployment", "member"],
+            registry=reg,
+        )
+        self.admission_limit = Gauge(
+            "fleet_agent_admission_limit_rps",
+            "Requests/s the planner lets the endpoint admit (excess is shed); absent when unlimited.",
+            ["deployment"],
             registry=reg,
         )
         self.planned_tokens = Gauge(
@@ -140,6 +166,17 @@ class AgentMetrics:
         )
         self._held: dict[tuple[str, str], int] = {}
         self._held_since: dict[str, float] = {}
+
+    def record_planner(self, deployment: str, effects: TickEffects) -> None:
+        """What the global planner last said: the decision in force, where it came from (fresh
+        grant, lease or floor), the endpoint's routing weights and its admission limit (absent
+        when the endpoint admits everything)."""
+        self.planner_decision.labels(deployment).set(effects.decision_id)
+        self.planner_source.labels(deployment).state(effects.source)
+        self.routing_weight.clear()
+        for member, weight in effects.routing.items():
+            self.routing_weight.labels(deployment, member).set(weight)
+        _set_or_clear(self.admission_limit, (deployment,), effects.admission_rps)
 
     def record(
         self,

@@ -117,7 +117,8 @@ class PoolObservation(FrozenModel):
     output_tokens: Distribution | None = None
     endpoint_input_tokens: Distribution | None = Field(
         default=None,
-        description="lengths of the whole endpoint's requests (a gateway's view): what a pool without traffic of its own sizes on",
+        description="lengths of the whole endpoint's requests (a gateway's view): what a pool without "
+        "traffic of its own sizes on",
     )
     endpoint_output_tokens: Distribution | None = None
     ttft_ms: Distribution | None = None

@@ -19,9 +19,7 @@ from local_agent import cli as agent_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fleet-planner", description="SLA-driven GPU planner for LLM serving fleets."
-    )
+    parser = argparse.ArgumentParser(prog="fleet-planner", description="SLA-driven GPU planner for LLM serving fleets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in (sim_cli, traces_cli, planner_cli, agent_cli):

@@ -62,8 +62,8 @@ def _fcfs(scenario, workload: Workload) -> Policy:
 
 
 def _global(scenario, workload: Workload) -> Policy:
-    from global_planner.policy_file import FleetInventory, load_policy_file
     from fleet_sim.adapters.planner import GlobalPolicy, PlannerFaults
+    from global_planner.policy_file import FleetInventory, load_policy_file
 
     path = scenario.planner.options.get("policy_file")
     if not path:

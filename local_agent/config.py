@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from string import Template
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -365,7 +365,7 @@ class AgentConfig(FrozenModel):
                     models[pool.profile] = PerfModel(load_profile(pool.profile, gpus_per_engine=pool.gpus_per_replica))
                 except InputError as exc:
                     raise InputError(str(exc), file=self._file, field=f"deployment.pools.{role}.profile") from None
-            out[role] = models[pool.profile]
+            out[cast(PoolRole, role)] = models[pool.profile]
         return out
 
 

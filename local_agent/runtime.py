@@ -134,11 +134,11 @@ class AgentRuntime:
         """One exchange with the planner: report, apply its grant (or the fallback), acknowledge."""
         client = self._planner_client()
         assert client is not None and self.agent is not None
-        running = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
+        running: dict[str, PoolCounts] = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
         tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running)
         effects = await exchange(client, tick, self.connector.apply)
-        for role, count in effects.granted.items():
-            self.agent.granted(role, count)  # the grant is what runs; the agent plans from it
+        for pool in decision.pools:
+            self.agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
         self.last_effects = effects
         self.metrics.record_planner(self.spec.name, effects)
         self.recorder.record_planner(effects)
@@ -242,7 +242,7 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
     roles = list(config.deployment.pools)
     if isinstance(connector, ProcessesConnectorConfig):
         return ProcessConnector(
-            dict(connector.roles),
+            {str(role): command for role, command in connector.roles.items()},
             connector.state_file,
             run_dir=connector.run_dir,
             drain_timeout_s=connector.drain_timeout_s,

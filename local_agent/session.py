@@ -138,7 +138,7 @@ class AgentSession:
 
     def __init__(self, registration: Registration, *, drain_margin_s: float = 0.0):
         self.registration = registration
-        self.floor = {p.role: p.fallback_replicas for p in registration.pools}
+        self.floor: dict[str, int] = {p.role: p.fallback_replicas for p in registration.pools}
         self.drain_margin_s = drain_margin_s
         self.lease: Lease | None = None
         self.reported: dict[str, int] = {}
@@ -188,7 +188,7 @@ class AgentSession:
         effective = self.effective(tick.now_s, {p.role: p.in_use for p in sent.pools})
         fresh = answered and effective.source == "lease"
         # The grant is what runs, and the agent plans its next step from it (its bid is its curves).
-        granted = {pool.role: effective.replicas.get(pool.role, pool.target) for pool in tick.decision.pools}
+        granted: dict[str, int] = {p.role: effective.replicas.get(p.role, p.target) for p in tick.decision.pools}
         apply = None if tick.decision.advisory else granted
         return TickEffects(
             apply=apply,

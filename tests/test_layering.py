@@ -32,6 +32,10 @@ def _module_of(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _names_a_project_module(text: str) -> bool:
+    return bool(_MODULE_NAME.match(text)) and text.split(".")[0] in (*PACKAGES, "fleet_planner_cli")
+
+
 def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
     """Every module ``source`` (the text of ``module``) names: imports anywhere in the file,
     relative ones resolved, and string constants that are a dotted module name of a project
@@ -50,9 +54,8 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
                 prefix = node.module or ""
             names.add(prefix)
             names.update(f"{prefix}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.match(node.value):
-            if node.value.split(".")[0] in (*PACKAGES, "fleet_planner_cli"):
-                names.add(node.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names_a_project_module(node.value):
+            names.add(node.value)
     return names
 
 

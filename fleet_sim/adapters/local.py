@@ -47,7 +47,7 @@ class LocalAgentsPolicy(Policy):
         self.history: list[AgentDecision] = []
 
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
-        targets = []
+        targets: list[ReplicaTarget] = []
         for record in step_agents(self.agents, now_s, observation):
             self.history.append(record)
             if record.advisory:

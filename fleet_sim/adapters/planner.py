@@ -252,7 +252,7 @@ class GlobalPolicy(Policy):
             )
             for role, pool in spec.pools.items()
         ]
-        floor = {role: pool.min_replicas for role, pool in spec.pools.items()}
+        floor: dict[str, int] = {role: pool.min_replicas for role, pool in spec.pools.items()}
         return PlannerClient(target, token, spec.name, spec.tenant, spec.endpoint, pools, floor=floor, clock=clock)
 
     # ------------------------------------------------------------------ faults
@@ -307,8 +307,8 @@ class GlobalPolicy(Policy):
             spec = self.specs[record.deployment]
             effects = self._io.run(self._exchange(record, now_s, observed))
             agent = self.agents[record.deployment]
-            for role, count in effects.granted.items():
-                agent.granted(role, count)  # the grant is what runs; the agent plans from it
+            for pool in record.pools:
+                agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
             if effects.apply is not None:
                 reason = f"global ({effects.source} #{effects.decision_id}): agent bid for "
                 targets.extend(
@@ -328,7 +328,7 @@ class GlobalPolicy(Policy):
 
     async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
         """The same exchange the live agent runs; applying is the Decision this tick returns."""
-        running = {
+        running: dict[str, PoolCounts] = {
             pool.role: PoolCounts(ready=obs.ready, starting=obs.starting, draining=obs.draining, pending=obs.pending)
             for pool in record.pools
             if (obs := observed.get((record.deployment, pool.role))) is not None

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from string import Template
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -180,10 +180,12 @@ class PrometheusSource:
             log.info("%s: values are back", key)
         return value
 
-    def _missing(self, key: str, kind: str, level: int, message: str) -> None:
+    def _missing(self, key: str, kind: str, level: int, message: str) -> float | None:
+        """The value is missing (None): log why, once per kind of problem."""
         if self._problems.get(key) != kind:
             self._problems[key] = kind
             log.log(level, message)
+        return None
 
     async def observe(
         self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
@@ -212,10 +214,10 @@ class PrometheusSource:
             )
         return observations
 
-    async def _traffic(self, now_s: float, deployment: str) -> dict[str, object]:
+    async def _traffic(self, now_s: float, deployment: str) -> dict[str, Any]:
         """Request-level fields, measured at the deployment's frontend and shared by its pools."""
-        fields: dict[str, object] = {}
-        tasks = {}
+        fields: dict[str, Any] = {}
+        tasks: dict[str, Awaitable[float | Distribution | None]] = {}
         if self.queries.admitted is not None:
             tasks["admitted"] = self.value("admitted", self.render(self.queries.admitted, deployment), now_s)
         for name, (field, scale) in _HISTOGRAM_FIELDS.items():
@@ -224,7 +226,9 @@ class PrometheusSource:
                 tasks[field] = self._distribution(field, metric, scale, now_s, deployment)
         results = await asyncio.gather(*tasks.values())
         for field, result in zip(tasks, results, strict=True):
-            fields[field] = _rounded(result) if field in INTEGER_FIELDS else result
+            fields[field] = (
+                _rounded(result) if field in INTEGER_FIELDS and not isinstance(result, Distribution) else result
+            )
         return fields
 
     async def _engine(self, now_s: float, deployment: str, role: PoolRole) -> dict[str, float | int | None]:
@@ -248,8 +252,8 @@ class PrometheusSource:
             for name, q in QUANTILES.items()
         }
         values = await asyncio.gather(*(self.value(f"{field}.{name}", q, now_s) for name, q in queries.items()))
-        got = dict(zip(queries, values, strict=True))
-        if any(v is None for v in got.values()) or round(got["count"]) == 0:
+        got = {name: value for name, value in zip(queries, values, strict=True) if value is not None}
+        if len(got) < len(queries) or round(got["count"]) == 0:
             return None
         return Distribution(count=round(got["count"]), **{k: got[k] * scale for k in ("mean", *QUANTILES)})
 

@@ -25,9 +25,8 @@ async def exchange(
     """Report ``tick``'s decision, take the planner's grant (or the lease/floor fallback), apply
     it unless advisory, then acknowledge the fresh grant that was applied."""
     session = client.session
-    outgoing = session.report(tick)
-    if transit is not None:
-        outgoing = transit(outgoing)
+    report = session.report(tick)
+    outgoing = transit(report) if transit is not None else report
     answered = outgoing is not None and await client.send(outgoing.pools, outgoing.forecast)
     effects = session.effects(tick, answered=answered)
     if effects.apply is not None:

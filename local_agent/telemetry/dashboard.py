@@ -118,7 +118,7 @@ def make_app(
 
     async def limits(request: web.Request) -> web.Response:
         if not authorized(request):
-            return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+            return _error(401, "missing or wrong bearer token", None, **{"WWW-Authenticate": "Bearer"})
         if request.method == "GET":
             return web.json_response(limits_store.current.model_dump(mode="json"))
         try:

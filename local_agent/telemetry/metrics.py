@@ -30,7 +30,7 @@ def _usable(value: float | None) -> bool:
 
 def _set_or_clear(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
     """Set the series, or remove it so a missing input reads as absent rather than 0."""
-    if _usable(value):
+    if value is not None and not math.isnan(value):
         gauge.labels(*labels).set(value)
     else:
         gauge.remove(*labels)

@@ -362,13 +362,15 @@ async def test_dashboard_read_endpoints(served: tuple[TestClient, LimitsStore, l
         {"Authorization": "Bearer"},
     ],
 )
-async def test_limits_need_the_token(
+async def test_limits_are_read_openly_and_changed_only_with_the_token(
     served: tuple[TestClient, LimitsStore, list[RuntimeLimits]], headers: dict[str, str]
 ) -> None:
     client, store, seen = served
-    assert (await client.get("/api/limits", headers=headers)).status == 401
-    response = await client.put("/api/limits", headers=headers, json={"gpu_budget": 1})
-    assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    read = await client.get("/api/limits", headers=headers)  # reads are open, like /api/state
+    assert read.status == 200 and (await read.json())["gpu_budget"] == 20
+    for change in (client.put, client.patch):
+        response = await change("/api/limits", headers=headers, json={"gpu_budget": 1})
+        assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     assert store.current.gpu_budget == 20 and not seen
 
 

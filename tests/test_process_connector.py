@@ -275,3 +275,22 @@ async def test_apply_rejects_unknown_roles_and_negative_targets(tmp_path: Path, 
     with pytest.raises(ValueError, match="negative"):
         await conn.apply({"agg": -1})
     assert conn.workers() == []
+
+
+async def test_bare_python_runs_the_agents_own_interpreter(
+    tmp_path: Path, connectors: ConnectorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``argv: [python, ...]`` starts ``sys.executable`` (the agent's virtual environment), not
+    whatever ``python`` is first on PATH — here PATH has a ``python`` that cannot run a worker."""
+    decoy = tmp_path / "bin"
+    decoy.mkdir()
+    (decoy / "python").write_text("#!/bin/sh\nexit 3\n")
+    (decoy / "python").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{decoy}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = WorkerCommand(
+        argv=["python", "-m", "local_agent.connectors.worker", "--port", "{port}", "--ready-file", "{ready_file}"]
+    )
+    assert command.render(port=1, ready_file=tmp_path / "r", role="agg", worker_id="w")[0] == sys.executable
+    conn = connectors({"agg": command}, tmp_path / "state.json", drain_timeout_s=5.0)
+    await conn.apply({"agg": 1})
+    await wait_counts(conn, "agg", ReplicaCounts(ready=1))

@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 WorkerState = Literal["starting", "ready", "draining"]
 _PLACEHOLDERS = {"port": 0, "ready_file": "", "role": "", "worker_id": ""}
+_BARE_PYTHON = frozenset({"python", "python3"})
 _HAS_PROC = Path("/proc/self/stat").exists()  # Linux: pid-reuse fingerprints from /proc/<pid>/stat
 
 
@@ -77,7 +79,13 @@ class WorkerCommand(BaseModel):
         return argv
 
     def render(self, *, port: int, ready_file: Path, role: str, worker_id: str) -> list[str]:
-        return [item.format(port=port, ready_file=ready_file, role=role, worker_id=worker_id) for item in self.argv]
+        """The argv to start, placeholders filled; a bare ``python``/``python3`` program is the
+        agent's own interpreter (``sys.executable``), so a worker sees the same installed packages
+        (the agent's virtual environment) whatever ``PATH`` says."""
+        argv = [item.format(port=port, ready_file=ready_file, role=role, worker_id=worker_id) for item in self.argv]
+        if argv[0] in _BARE_PYTHON:
+            argv[0] = sys.executable
+        return argv
 
 
 class WorkerRecord(BaseModel):

@@ -1,9 +1,9 @@
 """The agent's HTTP face (aiohttp): a live dashboard, Prometheus metrics, decision state, and the
 authenticated control endpoint for runtime limits.
 
-Reading (``/``, ``/metrics``, ``/api/state``, ``/api/figures``) is open, like any metrics endpoint;
-``/api/limits`` both reads and changes operational settings and needs ``Authorization: Bearer
-<token>``. ``PUT`` replaces the whole limits document, ``PATCH`` changes only the fields given; an
+Reading is open, like any metrics endpoint: ``/``, ``/metrics``, ``/api/state``, ``/api/figures``
+and ``GET /api/limits`` (the limits are no secret: the dashboard and ``/metrics`` show their
+effect anyway). Changing the limits needs ``Authorization: Bearer <token>``. ``PUT`` replaces the whole limits document, ``PATCH`` changes only the fields given; an
 invalid body is refused with 400 and a JSON list of every problem, and nothing changes.
 """
 
@@ -117,10 +117,10 @@ def make_app(
         return web.Response(text=recorder.figures_json(), content_type="application/json")
 
     async def limits(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return _error(401, "missing or wrong bearer token", None, **{"WWW-Authenticate": "Bearer"})
         if request.method == "GET":
             return web.json_response(limits_store.current.model_dump(mode="json"))
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", None, **{"WWW-Authenticate": "Bearer"})
         try:
             body = json.loads(await request.text())
         except ValueError as err:

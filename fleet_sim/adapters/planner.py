@@ -207,6 +207,7 @@ class GlobalPolicy(Policy):
         }
         self.rounds = 0
         self.restarts = 0
+        self.last_effects: dict[str, TickEffects] = {}  # each agent's last exchange, for inspection
         self._restarts_due = sorted(self.faults.planner_restart_at_s) if self.faults is not None else []
         self._delay_ticks = math.ceil(self.faults.delay_s / tick_s - 1e-9) if self.faults is not None else 0
         self._outbox: dict[str, deque[Outgoing]] = {name: deque() for name in self.specs}
@@ -306,6 +307,7 @@ class GlobalPolicy(Policy):
         for record in records:
             spec = self.specs[record.deployment]
             effects = self._io.run(self._exchange(record, now_s, observed))
+            self.last_effects[record.deployment] = effects
             agent = self.agents[record.deployment]
             for pool in record.pools:
                 agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it

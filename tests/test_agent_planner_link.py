@@ -6,58 +6,25 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from agent_link_helpers import FixedReplicas, chat_config
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.clock import SimulatedClock
-from fleet_planner.planning import DeploymentSpec, PoolObservation
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
-from local_agent.config import PLANNER_TOKEN_ENV, parse_config
-from local_agent.connectors.base import ReplicaCounts
+from local_agent.config import PLANNER_TOKEN_ENV
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.runtime import AgentRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 TOKEN = "agent-token-0123456789abcdef"
-
-
-class Source:
-    """Two replicas observed, no traffic statistics (the agent holds; its curves are empty)."""
-
-    async def observe(
-        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
-    ) -> list[PoolObservation]:
-        return [
-            PoolObservation(
-                deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=2, starting=0, draining=0, pending=0
-            )
-        ]
-
-
-def _config(tmp_path: Path, planner: str):
-    data = {
-        "deployment": {
-            "name": "chat",
-            "tenant": "acme",
-            "endpoint": "chat",
-            "mode": "agg",
-            "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
-        },
-        "prometheus": {"url": "http://127.0.0.1:9"},
-        "connector": {"kind": "virtual", "path": "targets.json"},
-        "planner": planner,
-        "state_dir": str(tmp_path),
-    }
-    return parse_config(data, base_dir=tmp_path)
 
 
 def _orchestrator_reports(tmp_path: Path, ready: int) -> None:
@@ -99,8 +66,8 @@ async def test_agent_applies_the_planner_grant_and_falls_back_to_its_floor(
     _orchestrator_reports(tmp_path, ready=2)
     clock = SimulatedClock(1000.0)
     runtime = AgentRuntime(
-        _config(tmp_path, planner.address),
-        Source(),
+        chat_config(tmp_path, planner.address),
+        FixedReplicas(),
         VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]),
         clock=clock,
         lease_clock=clock,
@@ -141,7 +108,7 @@ async def test_agent_without_any_lease_runs_its_floor(tmp_path: Path, monkeypatc
         probe.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
     connector = VirtualConnector(tmp_path / "targets.json", "chat", ["agg"])
-    runtime = AgentRuntime(_config(tmp_path, closed), Source(), connector, clock=SimulatedClock(1000.0))
+    runtime = AgentRuntime(chat_config(tmp_path, closed), FixedReplicas(), connector, clock=SimulatedClock(1000.0))
     try:
         await runtime.tick()
         assert runtime.last_effects is not None and runtime.last_effects.source == "floor"

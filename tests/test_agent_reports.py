@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from local_agent.planner_link.reports import bid_curves, pool_report
 from local_agent.models import DecisionReason, PoolDecision
+from local_agent.planner_link.reports import bid_curves, pool_report
 
 
 def _decision(**kw: object) -> PoolDecision:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from agent_link_helpers import FixedReplicas, chat_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,14 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from fleet_planner.clock import SimulatedClock
 from fleet_planner.contract.models import PoolRegistration, PoolReport
-from fleet_planner.planning import DeploymentSpec, PoolObservation
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.auth import Identity, TokenAuthenticator, server_credentials
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
-from local_agent.config import parse_config
-from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.planner_link.client import PlannerClient, channel_credentials
 from local_agent.runtime import AgentRuntime
@@ -103,41 +101,12 @@ async def planner(pki: dict[str, Path]) -> AsyncIterator[tuple[PlannerServer, st
     await server.stop(0)
 
 
-class OneReplica:
-    async def observe(
-        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
-    ) -> list[PoolObservation]:
-        return [
-            PoolObservation(
-                deployment=spec.name, role="agg", time_s=now_s, window_s=60, ready=1, starting=0, draining=0, pending=0
-            )
-        ]
-
-
-def _agent_config(tmp_path: Path, planner: dict[str, str]):
-    data = {
-        "deployment": {
-            "name": "chat",
-            "tenant": "acme",
-            "endpoint": "chat",
-            "mode": "agg",
-            "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 4}},
-        },
-        "prometheus": {"url": "http://127.0.0.1:9"},
-        "connector": {"kind": "virtual", "path": "targets.json"},
-        "planner": planner,
-        "state_dir": str(tmp_path),
-    }
-    return parse_config(data, base_dir=tmp_path)
-
-
 async def test_the_agent_reaches_the_planner_over_mutual_tls(
     tmp_path: Path, pki: dict[str, Path], planner: tuple[PlannerServer, str]
 ) -> None:
     server, address = planner
     (tmp_path / "token").write_text(TOKEN + "\n")
-    config = _agent_config(
+    config = chat_config(
         tmp_path,
         {
             "address": address,
@@ -148,7 +117,7 @@ async def test_the_agent_reaches_the_planner_over_mutual_tls(
         },
     )
     assert config.planner is not None and config.planner.tls and config.planner.token() == TOKEN
-    runtime = AgentRuntime(config, OneReplica(), VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]))
+    runtime = AgentRuntime(config, FixedReplicas(ready=1), VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]))
     try:
         await runtime.tick()
         assert server.state.deployments() == ["chat"]
@@ -186,10 +155,10 @@ async def test_the_planner_refuses_clients_without_a_fleet_certificate(
 
 def test_token_comes_from_a_file_or_a_named_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_PLANNER_TOKEN", " from-env ")
-    from_env = _agent_config(tmp_path, {"address": "gp:1", "token_env": "MY_PLANNER_TOKEN"}).planner
+    from_env = chat_config(tmp_path, {"address": "gp:1", "token_env": "MY_PLANNER_TOKEN"}).planner
     assert from_env is not None and from_env.token() == "from-env" and not from_env.tls
     (tmp_path / "empty").write_text("\n")
-    empty = _agent_config(tmp_path, {"address": "gp:1", "token_file": "empty"}).planner
+    empty = chat_config(tmp_path, {"address": "gp:1", "token_file": "empty"}).planner
     assert empty is not None
     with pytest.raises(ValueError, match="empty"):
         empty.token()

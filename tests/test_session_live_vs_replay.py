@@ -9,22 +9,23 @@ learn the same routing weights and admission limits, tick by tick — including 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from agent_link_helpers import FixedReplicas, chat_config, observation
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import SimulatedClock
 from fleet_planner.contract import convert
 from fleet_planner.contract.models import PoolTarget, Targets
-from fleet_planner.planning import DeploymentSpec, FleetObservation, PoolObservation
+from fleet_planner.planning import FleetObservation
 from fleet_sim.adapters.planner import GlobalPolicy
 from global_planner.policy_file import TenantPolicy
 from local_agent.agent import AgentOptions
-from local_agent.config import parse_config
+from local_agent.config import AgentConfig
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.runtime import AgentRuntime
 
@@ -57,9 +58,7 @@ class ScriptedPlanner(pb_grpc.PlannerServicer):
         if SCRIPT[self.tick] is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
         now = START + self.tick * TICK
-        return pb.RegisterResponse(
-            session_id="s1", planner_time_s=now, targets=pb.Targets(planner_time_s=now)
-        )
+        return pb.RegisterResponse(session_id="s1", planner_time_s=now, targets=pb.Targets(planner_time_s=now))
 
     async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
         answer = SCRIPT[self.tick]
@@ -113,43 +112,20 @@ class Running(Connector):
         return None
 
 
-def _observation(now_s: float) -> PoolObservation:
-    return PoolObservation(
-        deployment="chat", role="agg", time_s=now_s, window_s=60, ready=2, starting=0, draining=0, pending=0
-    )
-
-
-class Observed:
-    async def observe(
-        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
-    ) -> list[PoolObservation]:
-        return [_observation(now_s)]
-
-
-def _config(tmp_path: Path, address: str):
-    data = {
-        "deployment": {
-            "name": "chat",
-            "tenant": "acme",
-            "endpoint": "chat",
-            "mode": "agg",
-            "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
-        },
-        "options": {"predictor": "constant"},
-        "tick_s": TICK,
-        "prometheus": {"url": "http://127.0.0.1:9"},
-        "connector": {"kind": "virtual", "path": "unused.json"},
-        "planner": address,
-        "state_dir": str(tmp_path),
-    }
-    return parse_config(data, base_dir=tmp_path)
+def _config(tmp_path: Path, address: str) -> AgentConfig:
+    return chat_config(tmp_path, address, options={"predictor": "constant"}, tick_s=TICK)
 
 
 async def _live(tmp_path: Path, planner: ScriptedPlanner, address: str) -> list[tuple]:
     clock = SimulatedClock(START)
     connector = Running()
-    runtime = AgentRuntime(_config(tmp_path, address), Observed(), connector, clock=clock, lease_clock=clock)
+    runtime = AgentRuntime(
+        chat_config(tmp_path, address, options={"predictor": "constant"}, tick_s=TICK),
+        FixedReplicas(),
+        connector,
+        clock=clock,
+        lease_clock=clock,
+    )
     seen = []
     try:
         for tick in range(len(SCRIPT)):
@@ -178,7 +154,7 @@ def _replay(config, planner: ScriptedPlanner, address: str) -> list[tuple]:
         for tick in range(len(SCRIPT)):
             planner.tick = tick
             now = START + tick * TICK
-            decision = sim.decide(now, FleetObservation(time_s=now, pools=[_observation(now)]))
+            decision = sim.decide(now, FleetObservation(time_s=now, pools=[observation("chat", now, 2)]))
             effects = sim.last_effects["chat"]
             applied = {t.role: t.replicas for t in decision.targets}
             assert f"({effects.source} #{effects.decision_id})" in decision.targets[0].reason

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet_planner_cli import main
 from fleet_planner.traces.readers import read_trace
+from fleet_planner_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

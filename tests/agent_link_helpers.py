@@ -1,0 +1,54 @@
+"""Shared by the tests of the agent's planner link (live runtime, TLS, live vs replay): one agg
+deployment ``chat`` of tenant ``acme``, and an observation source that sees a fixed replica count."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fleet_planner.planning import DeploymentSpec, PoolObservation
+from local_agent.config import AgentConfig, parse_config
+from local_agent.connectors.base import ReplicaCounts
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
+
+
+def chat_config(tmp_path: Path, planner: Any, **extra: Any) -> AgentConfig:
+    """The ``chat`` agent (agg pool, min 1, max 6, initial 2) talking to ``planner``; state in ``tmp_path``."""
+    data = {
+        "deployment": {
+            "name": "chat",
+            "tenant": "acme",
+            "endpoint": "chat",
+            "mode": "agg",
+            "sla": {"ttft_ms": 800, "itl_ms": 25},
+            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
+        },
+        "prometheus": {"url": "http://127.0.0.1:9"},
+        "connector": {"kind": "virtual", "path": "targets.json"},
+        "planner": planner,
+        "state_dir": str(tmp_path),
+        **extra,
+    }
+    return parse_config(data, base_dir=tmp_path)
+
+
+def observation(deployment: str, now_s: float, ready: int) -> PoolObservation:
+    """``ready`` agg replicas, no traffic statistics (the agent holds; its curves are empty)."""
+    return PoolObservation(
+        deployment=deployment, role="agg", time_s=now_s, window_s=60, ready=ready, starting=0, draining=0, pending=0
+    )
+
+
+class FixedReplicas:
+    """An observation source that always sees ``ready`` replicas of the agg pool."""
+
+    def __init__(self, ready: int = 2):
+        self.ready = ready
+
+    async def observe(
+        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+    ) -> list[PoolObservation]:
+        return [observation(spec.name, now_s, self.ready)]

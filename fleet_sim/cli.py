@@ -1,4 +1,4 @@
-"""``fleet-planner simulate`` and ``fleet-planner bench``."""
+"""``fleet-planner simulate``, ``fleet-planner compare`` and ``fleet-planner bench``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleet_planner.durations import parse_duration
 from fleet_planner.errors import InputError
+from fleet_sim.scenario import load_scenario
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     simulate.set_defaults(run=_simulate)
 
+    compare = subparsers.add_parser(
+        "compare",
+        help="replay a scenario under several policies and compare them",
+        description="Replay the same traffic (same seed) under each policy, write each one's outputs to "
+        "OUT/POLICY/ and print SLO attainment and GPU-hours side by side, then the reports.",
+    )
+    compare.add_argument("scenario", help="scenario YAML file")
+    compare.add_argument("--out", required=True, help="output folder (one subfolder per policy)")
+    compare.add_argument(
+        "--policies", nargs="+", default=["global", "static-peak"], help="policies, the first is the reference"
+    )
+    compare.add_argument("--seed", type=int, help="override the scenario's seed")
+    compare.add_argument("--duration", help="override the scenario's duration (e.g. 1h, 90m)")
+    compare.set_defaults(run=_compare)
+
     bench = subparsers.add_parser("bench", help="closed-loop benchmark of one simulated engine")
     bench.add_argument("--profile", required=True, help="engine profile folder")
     bench.add_argument("--mode", choices=["agg", "disagg"], default="agg")
@@ -32,10 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(run=_bench)
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from fleet_sim.simulate import simulate_scenario
-
-    overrides = {}
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--seed`` and ``--duration`` as scenario overrides."""
+    overrides: dict[str, object] = {}
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.duration is not None:
@@ -43,6 +58,13 @@ def _simulate(args: argparse.Namespace) -> int:
             overrides["duration"] = parse_duration(args.duration)
         except ValueError as exc:
             raise InputError(str(exc), field="--duration") from exc
+    return overrides
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fleet_sim.simulate import simulate_scenario
+
+    overrides = _overrides(args)
     if args.policy is not None:
         overrides["policy"] = args.policy
     show_progress = sys.stderr.isatty() and not args.no_progress
@@ -55,6 +77,34 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{fleet['budget_violations']} budget violations, {summary['requests_per_wall_second']:.0f} requests/s wall"
     )
     print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fleet_sim.simulate import simulate_scenario
+
+    out = Path(args.out)
+    base = _overrides(args)
+    summaries = []
+    for policy in args.policies:  # every policy is validated before the first one runs
+        load_scenario(args.scenario, overrides={**base, "policy": policy})
+    for policy in args.policies:
+        summaries.append(simulate_scenario(args.scenario, out / policy, overrides={**base, "policy": policy}))
+    reference = summaries[0]["fleet"]["gpu_hours"]
+    print(f"{summaries[0]['name']}: {summaries[0]['fleet']['requests']} requests, same traffic for every policy")
+    print(f"{'policy':<14}{'SLO attainment':>16}{'GPU-hours':>11}{'vs ' + args.policies[0]:>14}{'over budget':>13}")
+    for summary in summaries:
+        fleet = summary["fleet"]
+        ratio = fleet["gpu_hours"] / reference if reference > 0 else float("nan")
+        label = summary["policy"] + (" *" if summary["clairvoyant"] else "")
+        print(
+            f"{label:<14}{fleet['slo_attainment'] * 100:>15.2f}%{fleet['gpu_hours']:>11.1f}{ratio:>13.2f}x"
+            f"{fleet['budget_violations']:>13}"
+        )
+    if any(summary["clairvoyant"] for summary in summaries):
+        print("* clairvoyant: sees the future traffic (the physical limit, not a real policy)")
+    for policy in args.policies:
+        print(f"report: {out / policy / 'report.html'}")
     return 0
 
 

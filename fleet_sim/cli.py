@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fleet_planner.durations import parse_duration
@@ -85,11 +88,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     base = _overrides(args)
-    summaries = []
     for policy in args.policies:  # every policy is validated before the first one runs
         load_scenario(args.scenario, overrides={**base, "policy": policy})
-    for policy in args.policies:
-        summaries.append(simulate_scenario(args.scenario, out / policy, overrides={**base, "policy": policy}))
+    # One process per policy (as many at once as there are cores): the replays are independent.
+    workers = max(1, min(len(args.policies), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [
+            pool.submit(simulate_scenario, args.scenario, out / policy, overrides={**base, "policy": policy})
+            for policy in args.policies
+        ]
+        summaries = [run.result() for run in runs]
     reference = summaries[0]["fleet"]["gpu_hours"]
     print(f"{summaries[0]['name']}: {summaries[0]['fleet']['requests']} requests, same traffic for every policy")
     print(f"{'policy':<14}{'SLO attainment':>16}{'GPU-hours':>11}{'vs ' + args.policies[0]:>14}{'over budget':>13}")
@@ -101,11 +109,17 @@ def _compare(args: argparse.Namespace) -> int:
             f"{label:<14}{fleet['slo_attainment'] * 100:>15.2f}%{fleet['gpu_hours']:>11.1f}{ratio:>13.2f}x"
             f"{fleet['budget_violations']:>13}"
         )
+        tenants = ", ".join(f"{name} {_percent(t['slo_attainment'])}" for name, t in summary["tenants"].items())
+        print(f"{'':<14}per tenant: {tenants}")
     if any(summary["clairvoyant"] for summary in summaries):
         print("* clairvoyant: sees the future traffic (the physical limit, not a real policy)")
     for policy in args.policies:
         print(f"report: {out / policy / 'report.html'}")
     return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def _bench(args: argparse.Namespace) -> int:

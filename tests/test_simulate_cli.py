@@ -222,6 +222,22 @@ def test_seed_changes_the_traffic(tmp_path: Path) -> None:
     assert counts[0] != counts[1]  # rate_scale 4 draws its jittered copies from the seed
 
 
+def test_compare_replays_each_policy_and_prints_them_side_by_side(tmp_path: Path, capsys) -> None:
+    """The README's first command, on two simulated minutes: global (agents + planner) beside
+    static-peak, one output folder per policy, the reports last."""
+    out = tmp_path / "cmp"
+    assert main(["compare", str(EXAMPLES / "shortage" / "scenario.yaml"), "--out", str(out), "--duration", "2m"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("global", "static-peak")}
+    assert set(rows) == {"global", "static-peak"} and "1.00x" in rows["global"]
+    assert sum("per tenant: acme" in line for line in lines) == 2
+    assert lines[-2:] == [f"report: {out / 'global' / 'report.html'}", f"report: {out / 'static-peak' / 'report.html'}"]
+    for policy in ("global", "static-peak"):
+        summary = json.loads((out / policy / "summary.json").read_text())
+        assert summary["policy"] == policy and (out / policy / "report.html").exists()
+    assert main(["compare", str(EXAMPLES / "shortage" / "scenario.yaml"), "--out", str(out), "--policies", "nope"]) == 2
+
+
 def test_console_script_runs_and_fails_with_exit_code_2(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fleet-planner")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleet_planner_cli"]

@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from fleet_planner.clock import SimulatedClock
 from fleet_planner.errors import InputError
 from fleet_planner.planning import DeploymentSpec, PoolObservation
 from local_agent import cli
@@ -208,7 +209,7 @@ async def test_virtual_connector_refuses_foreign_or_stale_files(tmp_path: Path) 
     path.write_text(
         json.dumps({"version": 1, "deployment": "chat", "observed": {"agg": {"ready": 2}}, "observed_at": 100.0})
     )
-    connector = VirtualConnector(path, "chat", ["agg"], max_report_age_s=60, clock=lambda: 200.0)
+    connector = VirtualConnector(path, "chat", ["agg"], max_report_age_s=60, clock=SimulatedClock(200.0))
     assert await connector.observe_replicas() == {}
     with pytest.raises(ValueError, match="unknown role"):
         await connector.apply({"decode": 1})

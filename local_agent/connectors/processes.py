@@ -35,14 +35,14 @@ import os
 import signal
 import socket
 import sys
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet_planner.clock import Clock, WallClock
 from local_agent.connectors.base import Connector, ReplicaCounts
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class ProcessConnector(Connector):
         run_dir: Path | None = None,
         drain_timeout_s: float = 300.0,
         host: str = "127.0.0.1",
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         if not roles:
             raise ValueError("at least one role is needed")
@@ -152,7 +152,7 @@ class ProcessConnector(Connector):
         self._run_dir = run_dir if run_dir is not None else state_file.with_name(state_file.name + ".run")
         self._drain_timeout_s = drain_timeout_s
         self._host = host
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else WallClock()  # records wall times
         self._exits: list[WorkerExit] = []
         self._workers: dict[str, WorkerRecord] = {}
         self._run_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ class ProcessConnector(Connector):
     def _refresh(self, *, force_save: bool = False) -> None:
         """Reap exited workers, promote ready ones, enforce drain timeouts."""
         changed = force_save
-        now = self._clock()
+        now = self._clock.now()
         for worker in list(self._workers.values()):
             alive, exit_code = _probe(worker)
             if not alive:
@@ -346,7 +346,7 @@ class ProcessConnector(Connector):
             role=role,
             pid=pid,
             port=port,
-            started_at=self._clock(),
+            started_at=self._clock.now(),
             proc_starttime=_proc_starttime(pid),
             ready_file=str(ready_file),
         )
@@ -357,7 +357,7 @@ class ProcessConnector(Connector):
         alive, _ = _probe(worker)
         if alive:  # checked just before signalling: never SIGTERM a process that reused the pid
             os.kill(worker.pid, signal.SIGTERM)
-        self._workers[worker.worker_id] = worker.model_copy(update={"draining_since": self._clock()})
+        self._workers[worker.worker_id] = worker.model_copy(update={"draining_since": self._clock.now()})
         log.info("draining worker %s pid %d (was %s)", worker.worker_id, worker.pid, worker.state)
 
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleet_planner.clock import Clock, WallClock
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.observe.prometheus import PrometheusSource
 
@@ -67,7 +67,7 @@ class VirtualConnector(Connector):
         prometheus: PrometheusSource | None = None,
         ready_queries: Mapping[str, str] | None = None,
         max_report_age_s: float | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ):
         if not roles:
             raise ValueError("at least one role is needed")
@@ -79,7 +79,7 @@ class VirtualConnector(Connector):
         self._prometheus = prometheus
         self._ready_queries = dict(ready_queries or {})
         self._max_age_s = max_report_age_s
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else WallClock()  # records wall times
         self._targets = self._read().targets
 
     def _read(self) -> VirtualState:
@@ -105,7 +105,7 @@ class VirtualConnector(Connector):
                 raise ValueError(f"role {role!r}: negative target {target}")
         state = self._read()
         merged = {**state.targets, **targets}
-        updated = state.model_copy(update={"targets": merged, "updated_at": self._clock()})
+        updated = state.model_copy(update={"targets": merged, "updated_at": self._clock.now()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(updated.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
@@ -122,7 +122,7 @@ class VirtualConnector(Connector):
         if (
             self._max_age_s is not None
             and state.observed
-            and (state.observed_at is None or self._clock() - state.observed_at > self._max_age_s)
+            and (state.observed_at is None or self._clock.now() - state.observed_at > self._max_age_s)
         ):
             log.warning(
                 "orchestrator report in %s is older than %.0f s: replica counts treated as missing",

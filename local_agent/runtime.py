@@ -38,7 +38,6 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from fleet_planner.clock import Clock, MonotonicClock, WallClock
-from fleet_planner.contract.models import PoolRegistration
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
@@ -107,24 +106,10 @@ class AgentRuntime:
         if link is None:
             return None
         if self.planner is None:
-            pools = [
-                PoolRegistration(
-                    role=role,
-                    gpu_type=pool.gpu_type,
-                    gpus_per_replica=pool.gpus_per_replica,
-                    min_replicas=pool.min_replicas,
-                    max_replicas=pool.max_replicas,
-                )
-                for role, pool in self.spec.pools.items()
-            ]
-            self.planner = PlannerClient(
+            self.planner = PlannerClient.for_deployment(
+                self.spec,
                 link.address,
                 link.token(),
-                self.spec.name,
-                self.spec.tenant,
-                self.spec.endpoint,
-                pools,
-                floor={role: pool.min_replicas for role, pool in self.spec.pools.items()},
                 credentials=channel_credentials(*link.read_tls()),
                 clock=self.lease_clock,
             )

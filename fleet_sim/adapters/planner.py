@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import Clock, SimulatedClock
-from fleet_planner.contract.models import PoolRegistration
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
 from fleet_sim.adapters.local import build_agents, reason_text, step_agents
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
@@ -243,18 +242,8 @@ class GlobalPolicy(Policy):
 
     @staticmethod
     async def _client(spec: DeploymentSpec, target: str, token: str, clock: Clock) -> PlannerClient:
-        pools = [
-            PoolRegistration(
-                role=role,
-                gpu_type=pool.gpu_type,
-                gpus_per_replica=pool.gpus_per_replica,
-                min_replicas=pool.min_replicas,
-                max_replicas=pool.max_replicas,
-            )
-            for role, pool in spec.pools.items()
-        ]
-        floor: dict[str, int] = {role: pool.min_replicas for role, pool in spec.pools.items()}
-        return PlannerClient(target, token, spec.name, spec.tenant, spec.endpoint, pools, floor=floor, clock=clock)
+        """Created on the I/O loop: gRPC channels belong to the loop that makes them."""
+        return PlannerClient.for_deployment(spec, target, token, clock=clock)
 
     # ------------------------------------------------------------------ faults
 

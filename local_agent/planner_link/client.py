@@ -28,6 +28,7 @@ from fleet_planner.contract.models import (
     Registration,
     Targets,
 )
+from fleet_planner.planning import DeploymentSpec
 from local_agent.session import AgentSession, EffectiveTargets, Lease
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,41 @@ class PlannerClient:
         self.session_id: str | None = None
         self.last_error: str | None = None
         self._sequence = 0
+
+    @classmethod
+    def for_deployment(
+        cls,
+        spec: DeploymentSpec,
+        target: str,
+        token: str | None,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        clock: Clock | None = None,
+    ) -> PlannerClient:
+        """The client of one deployment's agent, live or simulated: its pools registered with their
+        bounds, each falling back to its ``min`` replicas."""
+        pools = [
+            PoolRegistration(
+                role=role,
+                gpu_type=pool.gpu_type,
+                gpus_per_replica=pool.gpus_per_replica,
+                min_replicas=pool.min_replicas,
+                max_replicas=pool.max_replicas,
+            )
+            for role, pool in spec.pools.items()
+        ]
+        floor: dict[str, int] = {role: pool.min_replicas for role, pool in spec.pools.items()}
+        return cls(
+            target,
+            token,
+            spec.name,
+            spec.tenant,
+            spec.endpoint,
+            pools,
+            floor=floor,
+            credentials=credentials,
+            clock=clock,
+        )
 
     async def __aenter__(self) -> PlannerClient:
         return self

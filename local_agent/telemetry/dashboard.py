@@ -3,8 +3,9 @@ authenticated control endpoint for runtime limits.
 
 Reading is open, like any metrics endpoint: ``/``, ``/metrics``, ``/api/state``, ``/api/figures``
 and ``GET /api/limits`` (the limits are no secret: the dashboard and ``/metrics`` show their
-effect anyway). Changing the limits needs ``Authorization: Bearer <token>``. ``PUT`` replaces the whole limits document, ``PATCH`` changes only the fields given; an
-invalid body is refused with 400 and a JSON list of every problem, and nothing changes.
+effect anyway). Changing the limits needs ``Authorization: Bearer <token>``: ``PUT`` replaces the
+whole limits document, ``PATCH`` changes only the fields given; an invalid body is refused with
+400 and a JSON list of every problem, and nothing changes.
 """
 
 from __future__ import annotations

@@ -15,17 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 
 
+def chat_deployment(**pool: Any) -> dict[str, Any]:
+    """The ``chat`` deployment block: one agg pool (min 1, max 6, initial 2), ``pool`` overriding."""
+    return {
+        "name": "chat",
+        "tenant": "acme",
+        "endpoint": "chat",
+        "mode": "agg",
+        "sla": {"ttft_ms": 800, "itl_ms": 25},
+        "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2, **pool}},
+    }
+
+
 def chat_config(tmp_path: Path, planner: Any, **extra: Any) -> AgentConfig:
-    """The ``chat`` agent (agg pool, min 1, max 6, initial 2) talking to ``planner``; state in ``tmp_path``."""
+    """The ``chat`` agent talking to ``planner``; its state in ``tmp_path``."""
     data = {
-        "deployment": {
-            "name": "chat",
-            "tenant": "acme",
-            "endpoint": "chat",
-            "mode": "agg",
-            "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": 6, "initial": 2}},
-        },
+        "deployment": chat_deployment(),
         "prometheus": {"url": "http://127.0.0.1:9"},
         "connector": {"kind": "virtual", "path": "targets.json"},
         "planner": planner,

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from agent_link_helpers import chat_deployment
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -87,23 +88,7 @@ async def prometheus_url() -> AsyncIterator[str]:
 
 def config_data(tmp_path: Path, prometheus_url: str, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "deployment": {
-            "name": "chat",
-            "tenant": "acme",
-            "endpoint": "chat",
-            "mode": "agg",
-            "sla": {"ttft_ms": 800, "itl_ms": 25},
-            "pools": {
-                "agg": {
-                    "profile": str(PROFILE),
-                    "gpu_type": "h100",
-                    "min": 1,
-                    "max": 6,
-                    "initial": 2,
-                    "startup_s": "90s",
-                }
-            },
-        },
+        "deployment": chat_deployment(startup_s="90s"),
         "options": {"throughput_interval_s": 30},
         "state_dir": str(tmp_path),
         "tick_s": 0.05,

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, FrozenModel, PoolRole, pool_specs
+from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, FrozenModel, PoolRole, PoolSpec
 
 ROLES_BY_MODE: dict[str, tuple[PoolRole, ...]] = {"disagg": ("prefill", "decode"), "agg": ("agg",)}
 KUBERNETES_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -117,7 +117,21 @@ class DeploymentConfig(FrozenModel, Generic[P]):
 
     def to_spec(self, sla: SLA) -> DeploymentSpec:
         """What a planner is handed: the deployment with its SLA and pool bounds."""
-        pools = pool_specs(self.name, self.pools, ROLES_BY_MODE[self.mode])
+        pools = {
+            role: PoolSpec(
+                deployment=self.name,
+                role=role,
+                profile_path=str(pool.profile),
+                gpu_type=pool.gpu_type,
+                gpus_per_replica=pool.gpus_per_replica,
+                min_replicas=pool.min,
+                max_replicas=pool.max,
+                initial_replicas=pool.initial,
+                startup_s=pool.startup_s,
+            )
+            for role in ROLES_BY_MODE[self.mode]
+            if (pool := self.pools.get(role)) is not None
+        }
         return DeploymentSpec(
             name=self.name, tenant=self.tenant, endpoint=self.endpoint, mode=self.mode, sla=sla, pools=pools
         )

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -55,27 +54,6 @@ class DeploymentSpec(FrozenModel):
     mode: DeploymentMode
     sla: SLA
     pools: dict[PoolRole, PoolSpec]
-
-
-def pool_specs(deployment: str, pools: Mapping[str, Any], roles: Iterable[PoolRole]) -> dict[PoolRole, PoolSpec]:
-    """PoolSpecs, in ``roles`` order, from pool configs as written in scenario and agent files
-    (fields ``profile, gpu_type, gpus_per_replica, min, max, initial, startup_s``; an ``initial``
-    of None means the minimum)."""
-    return {
-        role: PoolSpec(
-            deployment=deployment,
-            role=role,
-            profile_path=str(pool.profile),
-            gpu_type=pool.gpu_type,
-            gpus_per_replica=pool.gpus_per_replica,
-            min_replicas=pool.min,
-            max_replicas=pool.max,
-            initial_replicas=pool.min if pool.initial is None else pool.initial,
-            startup_s=pool.startup_s,
-        )
-        for role in roles
-        if (pool := pools.get(role)) is not None
-    }
 
 
 class Distribution(FrozenModel):

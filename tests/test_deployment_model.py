@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from agent_link_helpers import chat_deployment
 
 from fleet_planner.deployment import DeploymentConfig, PoolConfig

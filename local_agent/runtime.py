@@ -38,6 +38,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from fleet_planner.clock import Clock, MonotonicClock, WallClock
+from fleet_planner.perf import PerfModel
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
@@ -49,6 +50,7 @@ from local_agent.observe.prometheus import PrometheusSource
 from local_agent.planner_link.client import PlannerClient, channel_credentials
 from local_agent.planner_link.exchange import exchange
 from local_agent.session import PoolCounts, TickEffects, TickInput
+from local_agent.sizing.shares import max_scale_rps
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,14 @@ class AgentRuntime:
                 link.token(),
                 credentials=channel_credentials(*link.read_tls()),
                 clock=self.lease_clock,
+                capacity_rps=max_scale_rps(
+                    self.spec, {p.profile_path: self.models[r] for r, p in self.spec.pools.items()}
+                ),
             )
         return self.planner
+
+    def _models_by_profile(self) -> dict[str, PerfModel]:
+        return {pool.profile_path: self.models[role] for role, pool in self.spec.pools.items()}
 
     async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> None:
         """One exchange with the planner: report, apply its grant (or the fallback), acknowledge."""
@@ -124,6 +132,7 @@ class AgentRuntime:
         effects = await exchange(client, tick, self.connector.apply)
         for pool in decision.pools:
             self.agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
+        self.agent.endpoint_share = effects.endpoint_share  # learnt as in replay
         self.last_effects = effects
         self.metrics.record_planner(self.spec.name, effects)
         self.recorder.record_planner(effects)

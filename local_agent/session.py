@@ -131,6 +131,9 @@ class TickEffects(FrozenModel):
     decision_id: int
     routing: dict[str, float] = Field(default_factory=dict, description="deployment -> share of the endpoint")
     admission_rps: float | None = Field(default=None, description="the endpoint admits at most this; None: all")
+    endpoint_share: float | None = Field(
+        default=None, description="share of the endpoint's traffic to plan for (None: alone, or not yet told)"
+    )
 
 
 class AgentSession:
@@ -143,6 +146,7 @@ class AgentSession:
         self.lease: Lease | None = None
         self.reported: dict[str, int] = {}
         self.applied_decision_id = 0
+        self.endpoint_share: float | None = None
         self._answered = False
 
     def report(self, tick: TickInput) -> Outgoing:
@@ -166,7 +170,9 @@ class AgentSession:
     def answered(self, targets: Targets, sent_at: float, reported: list[PoolReport] | None) -> None:
         """The planner replied (to a request sent at local time ``sent_at``): adopt a newer lease.
         ``reported``: the pools of the report answered, None for a registration — whose holding
-        lease (decision 0) does not count, as the planner has counted none of our replicas yet."""
+        lease (decision 0) does not count, as the planner has counted none of our replicas yet.
+        Every reply says the endpoint share (it depends on who is registered, not on a decision)."""
+        self.endpoint_share = targets.endpoint_share
         if reported is None and targets.decision_id == 0:
             return
         if reported is not None:
@@ -198,6 +204,7 @@ class AgentSession:
             decision_id=effective.decision_id,
             routing=effective.routing,
             admission_rps=effective.admission_rps,
+            endpoint_share=self.endpoint_share,
         )
 
     def acked(self, decision_id: int) -> None:

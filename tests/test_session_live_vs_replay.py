@@ -22,17 +22,21 @@ from fleet_planner.clock import SimulatedClock
 from fleet_planner.contract import convert
 from fleet_planner.contract.models import PoolTarget, Targets
 from fleet_planner.planning import FleetObservation
+from fleet_sim.adapters.local import load_models
 from fleet_sim.adapters.planner import GlobalPolicy
-from global_planner.policy_file import TenantPolicy
+from fleet_sim.scenario import load_scenario
+from global_planner.policy_file import TenantPolicy, load_policy_file
 from local_agent.agent import AgentOptions
 from local_agent.config import AgentConfig
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.runtime import AgentRuntime
+from local_agent.sizing.shares import endpoint_shares
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 TICK = 5.0
 START = 1000.0
+SHARE = 0.6  # the endpoint share every reply tells
 
 # What the planner answers at each tick: None = unreachable (UNAVAILABLE); otherwise
 # (decision id, replicas, lease seconds, routing, admission requests/s).
@@ -76,6 +80,7 @@ class ScriptedPlanner(pb_grpc.PlannerServicer):
             endpoint="chat",
             routing=routing,
             admission_rps=admission,
+            endpoint_share=SHARE,
         )
         return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
@@ -136,8 +141,17 @@ async def _live(tmp_path: Path, planner: ScriptedPlanner, address: str) -> list[
             assert effects is not None
             state = runtime.recorder.state()["planner"]
             assert state["routing"] == effects.routing and state["admission_rps"] == effects.admission_rps
+            assert runtime.agent is not None
+            share = runtime.agent.endpoint_share
             seen.append(
-                (connector.applied[-1], effects.source, effects.decision_id, effects.routing, effects.admission_rps)
+                (
+                    connector.applied[-1],
+                    effects.source,
+                    effects.decision_id,
+                    effects.routing,
+                    effects.admission_rps,
+                    share,
+                )
             )
     finally:
         await runtime.close()
@@ -165,6 +179,7 @@ def _replay(config, planner: ScriptedPlanner, address: str) -> list[tuple]:
                     effects.decision_id,
                     decision.routing.get("chat", {}),
                     decision.admission.get("chat"),
+                    sim.agents["chat"].endpoint_share,
                 )
             )
     finally:
@@ -198,6 +213,7 @@ async def test_live_and_replay_run_the_same_exchange(tmp_path: Path, scripted: t
     ]
     assert [row[1] for row in live] == ["floor", "planner", "planner", "planner", "lease", "floor", "planner"]
     assert live[2][3] == {"chat": 0.6, "chat-b": 0.4} and live[2][4] == 7.5
+    assert [row[5] for row in live] == [None] + [SHARE] * (len(SCRIPT) - 1), "the endpoint share is learnt"
     assert live == replay
     assert (
         live_acks
@@ -208,3 +224,21 @@ async def test_live_and_replay_run_the_same_exchange(tmp_path: Path, scripted: t
             (6, 3, {"agg": 5}),
         ]
     ), "only fresh grants are acknowledged, with what was applied"
+
+
+def test_the_simulated_planner_tells_each_agent_the_share_the_simulator_used_to_assume() -> None:
+    """Agents sharing an endpoint learn their share from the planner (registered capacities), and
+    it is exactly what ``endpoint_shares`` computes from the scenario: replay figures unchanged."""
+    scenario = load_scenario(ROOT / "examples/shortage/scenario.yaml")
+    specs = scenario.deployment_specs()
+    expected = endpoint_shares(specs, load_models(specs))
+    policy = load_policy_file(scenario.base_dir / scenario.planner.options["policy_file"])
+    sim = GlobalPolicy(specs, scenario.planner.interval_s, AgentOptions(predictor="constant"), policy)
+    try:
+        assert all(agent.endpoint_share is None for agent in sim.agents.values()), "not told yet"
+        sim.decide(0.0, None)
+        learnt = {name: agent.endpoint_share for name, agent in sim.agents.items()}
+    finally:
+        sim.close()
+    assert set(learnt) == set(expected) and all(v is not None for v in expected.values())
+    assert learnt == pytest.approx(expected, rel=1e-12)

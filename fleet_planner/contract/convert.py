@@ -90,7 +90,13 @@ def registration_from_pb(request: pb.RegisterRequest) -> Registration:
     ]
     return _validate(
         Registration,
-        {"deployment": request.deployment, "tenant": request.tenant, "endpoint": request.endpoint, "pools": pools},
+        {
+            "deployment": request.deployment,
+            "tenant": request.tenant,
+            "endpoint": request.endpoint,
+            "pools": pools,
+            "capacity_rps": _optional(request, "capacity_rps"),
+        },
     )
 
 
@@ -165,6 +171,7 @@ def targets_to_pb(targets: Targets) -> pb.Targets:
         endpoint=targets.endpoint,
         routing=[pb.RoutingWeight(deployment=name, weight=w) for name, w in sorted(targets.routing.items())],
         admission_rps=targets.admission_rps,
+        endpoint_share=targets.endpoint_share,
     )
 
 
@@ -178,6 +185,7 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         endpoint=message.endpoint,
         routing={r.deployment: r.weight for r in message.routing},
         admission_rps=_optional(message, "admission_rps"),
+        endpoint_share=_optional(message, "endpoint_share"),
     )
 
 
@@ -187,6 +195,7 @@ def registration_to_pb(registration: Registration) -> pb.RegisterRequest:
         tenant=registration.tenant,
         endpoint=registration.endpoint,
         pools=[_pool_spec_to_pb(p) for p in registration.pools],
+        capacity_rps=registration.capacity_rps,
     )
 
 

@@ -59,6 +59,9 @@ class Registration(FrozenModel):
     tenant: Name
     endpoint: EndpointName
     pools: list[PoolRegistration] = Field(min_length=1, max_length=3)
+    capacity_rps: float | None = Field(
+        default=None, gt=0.0, le=MAX_RATE, allow_inf_nan=False, description="requests/s at max_replicas"
+    )
 
     @model_validator(mode="after")
     def _roles(self) -> Registration:
@@ -177,6 +180,9 @@ class Targets(FrozenModel):
         ge=0.0,
         allow_inf_nan=False,
         description="the endpoint admits at most this many requests/s; excess is shed",
+    )
+    endpoint_share: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="share of the endpoint's traffic to plan for; None: alone"
     )
 
 

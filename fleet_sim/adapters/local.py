@@ -12,18 +12,32 @@ from local_agent.models import AgentDecision
 from local_agent.sizing.shares import endpoint_shares
 
 
-def build_agents(deployments: list[DeploymentSpec], tick_s: float, options: AgentOptions) -> dict[str, LocalAgent]:
-    """One agent per deployment; engine profiles loaded once and shared."""
+def load_models(deployments: list[DeploymentSpec]) -> dict[str, PerfModel]:
+    """Each engine profile's performance model, loaded once and shared (keyed by profile path)."""
     models: dict[str, PerfModel] = {}
     for spec in deployments:
         for pool in spec.pools.values():
             if pool.profile_path not in models:
                 models[pool.profile_path] = PerfModel(load_profile(pool.profile_path))
-    shares = endpoint_shares(deployments, models)
+    return models
+
+
+def build_agents(
+    deployments: list[DeploymentSpec],
+    tick_s: float,
+    options: AgentOptions,
+    models: dict[str, PerfModel] | None = None,
+    *,
+    shares: bool = True,
+) -> dict[str, LocalAgent]:
+    """One agent per deployment. ``shares``: give deployments sharing an endpoint their share of
+    it now (without a planner to tell them); False: they learn it from the planner's replies."""
+    models = models if models is not None else load_models(deployments)
+    endpoint_share = endpoint_shares(deployments, models) if shares else {}
     agents = {}
     for spec in deployments:
         pool_models = {role: models[pool.profile_path] for role, pool in spec.pools.items()}
-        agents[spec.name] = LocalAgent(spec, pool_models, options, tick_s, endpoint_share=shares[spec.name])
+        agents[spec.name] = LocalAgent(spec, pool_models, options, tick_s, endpoint_share=endpoint_share.get(spec.name))
     return agents
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import Clock, SimulatedClock
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from fleet_sim.adapters.local import build_agents, reason_text, step_agents
+from fleet_sim.adapters.local import build_agents, load_models, reason_text, step_agents
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
@@ -42,6 +42,7 @@ from local_agent.models import AgentDecision
 from local_agent.planner_link.client import PlannerClient
 from local_agent.planner_link.exchange import exchange
 from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
+from local_agent.sizing.shares import max_scale_rps
 
 
 class FcfsPolicy(Policy):
@@ -171,7 +172,9 @@ class GlobalPolicy(Policy):
         faults: PlannerFaults | None = None,
     ):
         super().__init__(deployments, tick_s)
-        self.agents = build_agents(deployments, tick_s, options)
+        models = load_models(deployments)
+        # Like live agents, they learn their endpoint share from the planner (see _register_all).
+        self.agents = build_agents(deployments, tick_s, options, models, shares=False)
         self.specs = {spec.name: spec for spec in deployments}
         self.faults = faults if faults is not None and faults != PlannerFaults() else None
         if (
@@ -202,8 +205,12 @@ class GlobalPolicy(Policy):
         token_of = {identity.deployment: token for token, identity in tokens.items()}
         target = f"127.0.0.1:{self.port}"
         self.clients = {
-            spec.name: self._io.run(self._client(spec, target, token_of[spec.name], self.clock)) for spec in deployments
+            spec.name: self._io.run(
+                self._client(spec, target, token_of[spec.name], self.clock, max_scale_rps(spec, models))
+            )
+            for spec in deployments
         }
+        self._register_all()
         self.rounds = 0
         self.restarts = 0
         self.last_effects: dict[str, TickEffects] = {}  # each agent's last exchange, for inspection
@@ -241,9 +248,17 @@ class GlobalPolicy(Policy):
         return Path(self._state_dir) / AUDIT_FILE if self._state_dir is not None else None
 
     @staticmethod
-    async def _client(spec: DeploymentSpec, target: str, token: str, clock: Clock) -> PlannerClient:
+    async def _client(
+        spec: DeploymentSpec, target: str, token: str, clock: Clock, capacity_rps: float
+    ) -> PlannerClient:
         """Created on the I/O loop: gRPC channels belong to the loop that makes them."""
-        return PlannerClient.for_deployment(spec, target, token, clock=clock)
+        return PlannerClient.for_deployment(spec, target, token, clock=clock, capacity_rps=capacity_rps)
+
+    def _register_all(self) -> None:
+        """Every agent registers before the first tick, as a fleet's agents are up before the
+        replay starts: each one's first reply already divides its endpoint among all of them."""
+        for client in self.clients.values():
+            self._io.run(client.register())
 
     # ------------------------------------------------------------------ faults
 
@@ -298,6 +313,7 @@ class GlobalPolicy(Policy):
             effects = self._io.run(self._exchange(record, now_s, observed))
             self.last_effects[record.deployment] = effects
             agent = self.agents[record.deployment]
+            agent.endpoint_share = effects.endpoint_share  # learnt from the planner, as live
             for pool in record.pools:
                 agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
             if effects.apply is not None:

@@ -108,6 +108,7 @@ class _Deployment:
     expired: bool = False
     routing: dict[str, float] = field(default_factory=dict)
     admission_rps: float | None = None
+    capacity_rps: float | None = None  # at max_replicas, from the registration
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,18 @@ class PlannerState:
             endpoint=dep.endpoint,
             routing=dict(dep.routing),
             admission_rps=dep.admission_rps,
+            endpoint_share=self._endpoint_share(dep),
         )
+
+    def _endpoint_share(self, dep: _Deployment) -> float | None:
+        """Its capacity over that of every deployment registered for its endpoint (None: alone or
+        unknown): what ``local_agent.sizing.shares.endpoint_shares`` gives in a simulation."""
+        capacities = [
+            d.capacity_rps for d in self._deployments.values() if d.endpoint == dep.endpoint and d.capacity_rps
+        ]
+        if dep.capacity_rps is None or len(capacities) < 2:
+            return None
+        return dep.capacity_rps / sum(capacities)
 
     # --------------------------------------------------------------- mutations
 
@@ -273,6 +285,7 @@ class PlannerState:
             )
             self._deployments[dep.name] = dep
         dep.session_id, dep.sequence, dep.last_contact_s, dep.report = session_id, -1, now, None
+        dep.capacity_rps = registration.capacity_rps
         self._version += 1
         return self._targets(dep, now)
 

@@ -82,13 +82,17 @@ class PlannerClient:
         timeout_s: float = 2.0,
         credentials: grpc.ChannelCredentials | None = None,
         clock: Clock | None = None,
+        capacity_rps: float | None = None,
     ):
+        """``capacity_rps``: requests/s the deployment serves at its pools' maxima, registered so
+        the planner can tell each deployment sharing an endpoint its share."""
         floors = floor if isinstance(floor, dict) else {p.role: floor for p in pools}
         self.registration = Registration(
             deployment=deployment,
             tenant=tenant,
             endpoint=endpoint,
             pools=[p.model_copy(update={"fallback_replicas": floors.get(p.role, 0)}) for p in pools],
+            capacity_rps=capacity_rps if capacity_rps else None,
         )
         self.session = AgentSession(self.registration, drain_margin_s=drain_margin_s)
         self.timeout_s = timeout_s
@@ -111,6 +115,7 @@ class PlannerClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         clock: Clock | None = None,
+        capacity_rps: float | None = None,
     ) -> PlannerClient:
         """The client of one deployment's agent, live or simulated: its pools registered with their
         bounds, each falling back to its ``min`` replicas."""
@@ -135,6 +140,7 @@ class PlannerClient:
             floor=floor,
             credentials=credentials,
             clock=clock,
+            capacity_rps=capacity_rps,
         )
 
     async def __aenter__(self) -> PlannerClient:

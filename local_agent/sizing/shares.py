@@ -26,17 +26,20 @@ def endpoint_shares(deployments: list[DeploymentSpec], models: Mapping[str, Perf
         if len(group) == 1:
             shares[group[0].name] = None
             continue
-        capacity = {
-            spec.name: min(
-                pool.max_replicas
-                * replica_rps(
-                    models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms
-                )
-                for role, pool in spec.pools.items()
-            )
-            for spec in group
-        }
+        capacity = {spec.name: max_scale_rps(spec, models) for spec in group}
         total = sum(capacity.values())
         for spec in group:
             shares[spec.name] = capacity[spec.name] / total if total > 0 else 1.0 / len(group)
     return shares
+
+
+def max_scale_rps(spec: DeploymentSpec, models: Mapping[str, PerfModel]) -> float:
+    """Requests/s the deployment serves at every pool's ``max_replicas`` (a reference request at
+    its ITL target; the bottleneck pool limits a disaggregated deployment). ``models`` maps
+    profile paths to performance models. What an agent registers with the planner, which divides
+    an endpoint by it exactly as :func:`endpoint_shares` does."""
+    return min(
+        pool.max_replicas
+        * replica_rps(models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms)
+        for role, pool in spec.pools.items()
+    )

@@ -35,16 +35,18 @@ class PoolSpec(_message.Message):
     def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., gpu_type: _Optional[str] = ..., gpus_per_replica: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., fallback_replicas: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("deployment", "tenant", "endpoint", "pools")
+    __slots__ = ("deployment", "tenant", "endpoint", "pools", "capacity_rps")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     tenant: str
     endpoint: str
     pools: _containers.RepeatedCompositeFieldContainer[PoolSpec]
-    def __init__(self, deployment: _Optional[str] = ..., tenant: _Optional[str] = ..., endpoint: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolSpec, _Mapping]]] = ...) -> None: ...
+    capacity_rps: float
+    def __init__(self, deployment: _Optional[str] = ..., tenant: _Optional[str] = ..., endpoint: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolSpec, _Mapping]]] = ..., capacity_rps: _Optional[float] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "planner_time_s", "lease_s", "report_interval_s", "targets")
@@ -145,7 +147,7 @@ class RoutingWeight(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Targets(_message.Message):
-    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing", "admission_rps")
+    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing", "admission_rps", "endpoint_share")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
     PLANNER_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class Targets(_message.Message):
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_RPS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SHARE_FIELD_NUMBER: _ClassVar[int]
     decision_id: int
     lease_expires_s: float
     planner_time_s: float
@@ -160,7 +163,8 @@ class Targets(_message.Message):
     endpoint: str
     routing: _containers.RepeatedCompositeFieldContainer[RoutingWeight]
     admission_rps: float
-    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., admission_rps: _Optional[float] = ...) -> None: ...
+    endpoint_share: float
+    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., admission_rps: _Optional[float] = ..., endpoint_share: _Optional[float] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("targets",)

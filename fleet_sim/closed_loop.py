@@ -59,7 +59,7 @@ def run_closed_loop(
 
     def send(now: float) -> None:
         request = sim.requests.add(now, isl, osl, 0)
-        entry.submit(request, now)
+        entry.router.submit(request, now)
 
     def on_complete(request: int, now: float) -> None:
         nonlocal completions

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from fleet_sim.workload import Workload
 DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this long to finish
 
 
-def distribution(values: list[float]) -> Distribution | None:
+def distribution(values: Sequence[float]) -> Distribution | None:
     """Nearest-rank summary of a small sample; None when there is no sample (never a fake 0)."""
     if not values:
         return None
@@ -109,6 +109,8 @@ class FleetSimulation:
         self.scale_events = {spec.name: 0 for spec in self.specs}
         self.budget_violations = 0
         self._observations: deque[FleetObservation] = deque()
+        self._delivered: FleetObservation | None = None  # the latest observation the policy has seen
+        self._progress: Callable[[float], None] | None = None
         self._timeline_stats: dict[tuple[str, str], list] = {}
         self.sim.on_complete = self._on_complete
 
@@ -165,7 +167,7 @@ class FleetSimulation:
     def _nominal_capacities(self) -> dict[tuple[str, str], float]:
         """Per-replica request rate at the lengths seen *so far* on each endpoint (causal: the
         router must not know future traffic); reference lengths before the first request."""
-        capacities = {}
+        capacities: dict[tuple[str, str], float] = {}
         for spec in self.specs:
             count, inputs, outputs = self._length_sums[self.endpoint_index[spec.endpoint]]
             mean_in = inputs / count if count else REFERENCE_INPUT_TOKENS
@@ -236,7 +238,7 @@ class FleetSimulation:
             reqs.rejected[request] = True  # shed by the gateway (charged to where the split sent it)
             return
         self.outstanding[deployment] += 1
-        entry.submit(request, now)
+        entry.router.submit(request, now)
 
     def _admit(self, endpoint: int, now: float) -> bool:
         """Token bucket at the policy's admission rate, one second of burst."""
@@ -295,7 +297,7 @@ class FleetSimulation:
                         output_tokens=distribution(stats.output_tokens),
                         ttft_ms=distribution(stats.ttft_ms),
                         itl_ms=distribution(stats.itl_ms),
-                        queued_requests=len(pool.queue)
+                        queued_requests=len(pool.router.queue)
                         + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
                         queued_prefill_tokens=float(sum(r.queued_prefill_tokens for r in replicas)),
                         active_kv_tokens=float(sum(r.kv_reserved for r in replicas)) if role != "prefill" else None,
@@ -383,7 +385,7 @@ class FleetSimulation:
     def run(self, progress: Callable[[float], None] | None = None) -> SimulationResult:
         started = time.perf_counter()
         self._progress = progress
-        self._delivered: FleetObservation | None = None
+        self._delivered = None
         wl = self.workload
         reqs = self.sim.requests
         reqs.arrival = wl.arrival_s.tolist()
@@ -408,7 +410,7 @@ class FleetSimulation:
             stop += 60.0
             self.sim.run(stop, reqs.arrival, self._on_arrival)
         for pool in self.pools.values():
-            pool._account(self.end_s, 0)
+            pool.account(self.end_s, 0)
         return self._result(time.perf_counter() - started)
 
     def _result(self, wall_s: float) -> SimulationResult:

@@ -303,6 +303,8 @@ def _tables(summary: dict[str, Any]) -> str:
             for t in types
         ],
         ["budget violations (ticks)", _fmt(fleet["budget_violations"])],
+        ["scaling direction reversals per deployment-hour", _fmt(fleet["reversals_per_deployment_hour"], 2)],
+        ["target changes per pool-hour", _fmt(fleet["target_changes_per_pool_hour"], 2)],
         ["requests", _fmt(fleet["requests"])],
         ["completed", _fmt(fleet["completed"])],
         ["rejected", _fmt(fleet["rejected"])],
@@ -340,6 +342,8 @@ def _tables(summary: dict[str, Any]) -> str:
             _fmt(s["gpu_hours"], 2),
             ", ".join(f"{role} {hours:,.2f}" for role, hours in s["gpu_hours_by_pool"].items()),
             _fmt(s["scale_events"]),
+            _fmt(s["reversals_per_hour"], 2),
+            _fmt(s["target_changes_per_pool_hour"], 2),
         ]
         for name, s in summary["deployments"].items()
     ]
@@ -366,6 +370,8 @@ def _tables(summary: dict[str, Any]) -> str:
                     "GPU-hours",
                     "GPU-hours by pool",
                     "scale events",
+                    "reversals / h",
+                    "target changes / pool-h",
                 ],
                 deployment_rows,
             ),

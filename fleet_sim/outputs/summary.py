@@ -1,5 +1,5 @@
 """Run summary: SLA attainment, latency percentiles and GPU-hours per fleet, endpoint, deployment
-and tenant.
+and tenant, and the scaling stability of the fleet and each deployment (see ``stability``).
 
 A day of fleet traffic is millions of requests, so every per-request step is a whole-array numpy
 operation; Python loops run only over groups (endpoints, deployments, tenants).
@@ -15,6 +15,8 @@ import numpy as np
 
 from fleet_planner.planning import DeploymentSpec, PoolRole
 from fleet_sim.results import COMPLETED, REJECTED, UNFINISHED, SimulationResult
+
+from .stability import ScalingStability, scaling_stability
 
 PERCENTILES = (50.0, 90.0, 99.0)
 
@@ -130,7 +132,9 @@ def _pool_gpu_hours(result: SimulationResult, spec: DeploymentSpec) -> dict[Pool
     return {role: result.gpu_seconds.get((spec.name, role), 0.0) / 3600.0 for role in spec.pools}
 
 
-def _deployments(result: SimulationResult, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _deployments(
+    result: SimulationResult, rows: list[dict[str, Any]], stability: ScalingStability
+) -> dict[str, dict[str, Any]]:
     deployments = {}
     for spec, row in zip(result.deployments, rows, strict=True):
         by_pool = _pool_gpu_hours(result, spec)
@@ -142,6 +146,8 @@ def _deployments(result: SimulationResult, rows: list[dict[str, Any]]) -> dict[s
             "gpu_hours": sum(by_pool.values()),
             "gpu_hours_by_pool": by_pool,
             "scale_events": int(result.scale_events.get(spec.name, 0)),
+            "reversals_per_hour": stability.deployments[spec.name].reversals_per_hour,
+            "target_changes_per_pool_hour": stability.deployments[spec.name].target_changes_per_pool_hour,
         }
     return deployments
 
@@ -161,7 +167,7 @@ def _tenants(result: SimulationResult, rows: list[dict[str, Any]], met: np.ndarr
     return tenants
 
 
-def _fleet(result: SimulationResult, outcomes: _Outcomes) -> dict[str, Any]:
+def _fleet(result: SimulationResult, outcomes: _Outcomes, stability: ScalingStability) -> dict[str, Any]:
     gpu_hours_by_type: dict[str, float] = {}
     for spec in result.deployments:
         for role, hours in _pool_gpu_hours(result, spec).items():
@@ -181,6 +187,8 @@ def _fleet(result: SimulationResult, outcomes: _Outcomes) -> dict[str, Any]:
         "unfinished": int((status == UNFINISHED).sum()),
         "unrouted": int((np.asarray(result.requests.deployment) < 0).sum()),
         "slo_attainment": _attainment(int(outcomes.met.sum()), n),
+        "reversals_per_deployment_hour": stability.reversals_per_deployment_hour,
+        "target_changes_per_pool_hour": stability.target_changes_per_pool_hour,
     }
 
 
@@ -190,6 +198,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
     n = int(outcomes.status.size)
     deployment = np.asarray(result.requests.deployment, dtype=np.intp)
     deployment_rows, deployment_met = _breakdown(outcomes, deployment, len(result.deployments))
+    stability = scaling_stability(result)
     return {
         "name": result.name,
         "policy": result.policy,
@@ -199,9 +208,9 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         "simulated_seconds": number(result.simulated_seconds),
         "wall_seconds": number(result.wall_seconds),
         "requests_per_wall_second": number(n / result.wall_seconds) if result.wall_seconds > 0 else None,
-        "fleet": _fleet(result, outcomes),
+        "fleet": _fleet(result, outcomes, stability),
         "endpoints": _endpoints(result, outcomes),
-        "deployments": _deployments(result, deployment_rows),
+        "deployments": _deployments(result, deployment_rows, stability),
         "tenants": _tenants(result, deployment_rows, deployment_met),
         "notes": list(result.notes),
     }

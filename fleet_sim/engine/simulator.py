@@ -7,6 +7,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from .state import EV_DECODE, EV_ITER_END, EV_KV_ARRIVE, EV_READY, EV_START, Requests
@@ -27,13 +28,13 @@ class Simulator:
         self.requests = Requests()
         self.pools: list[Pool] = []
         self._heap: list[tuple[float, int, int, Any, Any]] = []
-        self._seq = itertools.count()
+        self._next_seq = itertools.count().__next__  # FIFO among events at the same time
         self.on_complete: Callable[[int, float], None] | None = None
         self._next_arrival = 0
 
     def schedule(self, time: float, kind: int, a: object = None, b: object = None) -> None:
         """Event ``kind`` at ``time`` with its arguments (see ``run`` for what each kind carries)."""
-        heapq.heappush(self._heap, (time, next(self._seq), kind, a, b))
+        heappush(self._heap, (time, self._next_seq(), kind, a, b))
 
     def gpu_delta(self, gpu_type: str, delta: int) -> None:
         used = self.gpus_in_use.get(gpu_type, 0) + delta

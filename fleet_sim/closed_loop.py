@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from fleet_planner.perf import PerfModel
+from fleet_planner.planning import PoolRole
 from fleet_sim.engine import EngineKnobs, Pool, Simulator
 
 
@@ -39,7 +40,7 @@ def run_closed_loop(
     if mode not in ("agg", "disagg"):
         raise ValueError(f"mode must be agg or disagg, got {mode!r}")
     sim = Simulator({"gpu": 2 * model.gpus_per_engine}, end_s=math.inf)
-    roles = ["agg"] if mode == "agg" else ["prefill", "decode"]
+    roles: list[PoolRole] = ["agg"] if mode == "agg" else ["prefill", "decode"]
     pools = {}
     for role in roles:
         pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, knobs, None)

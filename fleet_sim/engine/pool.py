@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleet_planner.perf import PerfModel
+from fleet_planner.planning import PoolRole
 
 from .admission import KvAdmission
 from .decode import DecodeStage
@@ -35,7 +36,7 @@ class Pool:
         sim: Simulator,
         deployment_index: int,
         deployment: str,
-        role: str,
+        role: PoolRole,
         model: PerfModel,
         gpu_type: str,
         gpus_per_replica: int,

@@ -68,7 +68,8 @@ def main() -> int:
         tpot_errors.append(abs(simulated.tpot_ms - measured_tpot) / measured_tpot)
         if args.rows:
             print(
-                f"c={concurrency:4d} isl={isl:5d} osl={osl:5d}  TTFT measured {measured_ttft:8.1f} simulated {simulated.ttft_ms:8.1f}"
+                f"c={concurrency:4d} isl={isl:5d} osl={osl:5d}  "
+                f"TTFT measured {measured_ttft:8.1f} simulated {simulated.ttft_ms:8.1f}"
                 f"  TPOT measured {measured_tpot:6.2f} simulated {simulated.tpot_ms:6.2f}"
             )
     print(f"profile {profile.name}: {len(rows)} measured rows")

@@ -19,26 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
-from fleet_sim.outputs import priority_weighted_attainment, summarize, write_outputs  # noqa: E402
+from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize, write_outputs  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.scenario import load_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 from global_planner.policy_file import load_policy_file  # noqa: E402
-
-
-def reversals_per_hour(result) -> dict[str, float]:
-    """Scaling direction reversals (up then down, or down then up) per pool, per deployment-hour."""
-    last_direction: dict[tuple[str, str], int] = {}
-    counts = {spec.name: 0 for spec in result.deployments}
-    for record in result.decisions:
-        direction = 1 if record.to_replicas > record.from_replicas else -1
-        key = (record.deployment, record.role)
-        if key in last_direction and last_direction[key] != direction:
-            counts[record.deployment] += 1
-        last_direction[key] = direction
-    hours = result.duration_s / 3600.0
-    return {name: count / hours for name, count in counts.items()}
 
 
 def _pct(value: float | None) -> str:
@@ -75,6 +61,7 @@ def main() -> int:
         workload = build_workload(scenario)
         result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
         summary = write_outputs(result, Path(args.out) / policy) if args.out else summarize(result)
+        stability = scaling_stability(result)
         policy_file = scenario.planner.options.get("policy_file")
         priorities = (
             {name: t.priority for name, t in load_policy_file(scenario.base_dir / policy_file).tenants.items()}
@@ -92,7 +79,7 @@ def main() -> int:
                 name: {
                     "slo_attainment": d["slo_attainment"],
                     "gpu_hours": d["gpu_hours"],
-                    "reversals_per_hour": reversals_per_hour(result)[name],
+                    "reversals_per_hour": stability.deployments[name].reversals_per_hour,
                 }
                 for name, d in summary["deployments"].items()
             },

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
 from fleet_planner.traces import read_trace  # noqa: E402
-from fleet_sim.outputs import summarize  # noqa: E402
+from fleet_sim.outputs import scaling_stability, summarize  # noqa: E402
 from fleet_sim.scenario import load_scenario  # noqa: E402
 from fleet_sim.simulate import run_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
@@ -99,19 +99,6 @@ def run_forecasts(predictors: list[str]) -> list[dict]:
     return rows
 
 
-def reversals_per_hour(result) -> float:
-    """Scaling direction reversals per deployment-hour (all pools of all deployments)."""
-    last: dict[tuple[str, str], int] = {}
-    count = 0
-    for record in result.decisions:
-        direction = 1 if record.to_replicas > record.from_replicas else -1
-        key = (record.deployment, record.role)
-        if key in last and last[key] != direction:
-            count += 1
-        last[key] = direction
-    return count / (result.duration_s / 3600.0 * len(result.deployments))
-
-
 def run_simulation(path: Path, predictor: str, duration_s: float | None) -> dict:
     overrides: dict = {"policy": "local"}
     if duration_s is not None:
@@ -130,7 +117,7 @@ def run_simulation(path: Path, predictor: str, duration_s: float | None) -> dict
         "slo_attainment": fleet["slo_attainment"],
         "worst_deployment_attainment": min(d["slo_attainment"] for d in summary["deployments"].values()),
         "unfinished": fleet["unfinished"],
-        "reversals_per_deployment_hour": reversals_per_hour(result),
+        "reversals_per_deployment_hour": scaling_stability(result).reversals_per_deployment_hour,
         "wall_s": time.perf_counter() - started,
     }
 

@@ -70,7 +70,8 @@ def main() -> int:
     )
     print(f"engine loop {result.wall_seconds:.2f} s, end to end (trace loading included) {elapsed:.2f} s")
     print(
-        f"simulated requests per wall-clock second: {requests / result.wall_seconds:,.0f} (engine loop), {requests / elapsed:,.0f} (end to end)"
+        f"simulated requests per wall-clock second: {requests / result.wall_seconds:,.0f} (engine loop), "
+        f"{requests / elapsed:,.0f} (end to end)"
     )
     print(f"SLO attainment {summary['fleet']['slo_attainment'] * 100:.2f}%")
     return 0

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from fleet_planner.perf import PerfModel
+from fleet_planner.planning import PoolRole
 from fleet_sim.engine import EngineKnobs, Pool, Simulator
 
 
@@ -39,7 +40,7 @@ def run_closed_loop(
     if mode not in ("agg", "disagg"):
         raise ValueError(f"mode must be agg or disagg, got {mode!r}")
     sim = Simulator({"gpu": 2 * model.gpus_per_engine}, end_s=math.inf)
-    roles = ["agg"] if mode == "agg" else ["prefill", "decode"]
+    roles: list[PoolRole] = ["agg"] if mode == "agg" else ["prefill", "decode"]
     pools = {}
     for role in roles:
         pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, knobs, None)
@@ -59,7 +60,7 @@ def run_closed_loop(
 
     def send(now: float) -> None:
         request = sim.requests.add(now, isl, osl, 0)
-        entry.submit(request, now)
+        entry.router.submit(request, now)
 
     def on_complete(request: int, now: float) -> None:
         nonlocal completions

@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
 from fleet_planner.planning import (
     Decision,
     DeploymentSpec,
@@ -21,6 +20,7 @@ from fleet_planner.planning import (
     PoolObservation,
 )
 from fleet_sim.engine import EV_CALL, STARTING, EngineKnobs, Pool, Simulator
+from fleet_sim.gateway import Gateway
 from fleet_sim.results import (
     COMPLETED,
     REJECTED,
@@ -35,7 +35,7 @@ from fleet_sim.workload import Workload
 DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this long to finish
 
 
-def distribution(values: list[float]) -> Distribution | None:
+def distribution(values: Sequence[float]) -> Distribution | None:
     """Nearest-rank summary of a small sample; None when there is no sample (never a fake 0)."""
     if not values:
         return None
@@ -91,25 +91,16 @@ class FleetSimulation:
         self.endpoint_timeout = {name: source.queue_timeout_s for name, (_, source) in endpoint_configs.items()}
         self.pools: dict[tuple[str, str], Pool] = {}
         self.entry_pool: list[Pool] = []  # per deployment index: prefill or agg pool
-        self.exit_pool: list[Pool] = []  # per deployment index: decode or agg pool
         self._build_pools()
-        # Per endpoint: deployment indices serving it, their capacity weights and policy weights.
-        self.endpoint_deployments: list[list[int]] = [[] for _ in workload.endpoints]
-        for index, spec in enumerate(self.specs):
-            self.endpoint_deployments[self.endpoint_index[spec.endpoint]].append(index)
-        self.outstanding = [0] * len(self.specs)
-        self.routing_weights: dict[int, dict[int, float]] = {}
-        self._split_credit: dict[int, dict[int, float]] = {}  # smooth weighted round robin state
-        self._admission: dict[int, list[float]] = {}  # endpoint -> [rate, tokens, last refill time]
-        self._length_sums = [[0, 0, 0] for _ in workload.endpoints]  # per endpoint: count, input, output
+        self.gateway = Gateway(self.specs, self.endpoint_index, self.pools, self.entry_pool)
         self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
-        self._replica_rps = self._nominal_capacities()
         self.decisions: list[DecisionRecord] = []
         self.timeline: list[TimelineRow] = []
         self.scale_events = {spec.name: 0 for spec in self.specs}
         self.budget_violations = 0
         self._observations: deque[FleetObservation] = deque()
-        self._timeline_stats: dict[tuple[str, str], list] = {}
+        self._delivered: FleetObservation | None = None  # the latest observation the policy has seen
+        self._progress: Callable[[float], None] | None = None
         self.sim.on_complete = self._on_complete
 
     # ---- construction -----------------------------------------------------------------------
@@ -147,10 +138,8 @@ class FleetSimulation:
                 built["prefill"].next_pool = built["decode"]
                 built["decode"].entry_pool = built["prefill"]
                 self.entry_pool.append(built["prefill"])
-                self.exit_pool.append(built["decode"])
             else:
                 self.entry_pool.append(built["agg"])
-                self.exit_pool.append(built["agg"])
         for spec in self.specs:
             for role, pool_spec in spec.pools.items():
                 pool = self.pools[(spec.name, role)]
@@ -162,176 +151,124 @@ class FleetSimulation:
                     replica.ready_at = 0.0
                     pool.on_ready(replica, 0.0)
 
-    def _nominal_capacities(self) -> dict[tuple[str, str], float]:
-        """Per-replica request rate at the lengths seen *so far* on each endpoint (causal: the
-        router must not know future traffic); reference lengths before the first request."""
-        capacities = {}
-        for spec in self.specs:
-            count, inputs, outputs = self._length_sums[self.endpoint_index[spec.endpoint]]
-            mean_in = inputs / count if count else REFERENCE_INPUT_TOKENS
-            mean_out = outputs / count if count else REFERENCE_OUTPUT_TOKENS
-            for role in spec.pools:
-                pool = self.pools[(spec.name, role)]
-                capacities[(spec.name, role)] = replica_rps(
-                    pool.model, role, mean_in, mean_out, spec.sla.itl_ms, pool.knobs.max_num_seqs
-                )
-        return capacities
-
-    def _capacity_weight(self, deployment: int) -> float:
-        spec = self.specs[deployment]
-        return min(
-            len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools
-        )
-
-    def _choose_deployment(self, endpoint: int) -> int:
-        """A policy's routing weights are a traffic split (smooth weighted round robin: each
-        deployment receives its share of arrivals, as a gateway's weighted split does), among
-        deployments with a ready replica (a gateway skips upstreams that fail health checks);
-        without weights the router joins the shortest queue per unit of ready capacity."""
-        candidates = self.endpoint_deployments[endpoint]
-        if len(candidates) == 1:
-            return candidates[0]
-        policy_weights = self.routing_weights.get(endpoint)
-        if policy_weights:
-            live = [d for d in candidates if policy_weights.get(d, 0.0) > 0 and self.entry_pool[d].ready]
-            if live:
-                credit = self._split_credit.setdefault(endpoint, dict.fromkeys(candidates, 0.0))
-                total = 0.0
-                for deployment in live:
-                    weight = policy_weights[deployment]
-                    credit[deployment] += weight
-                    total += weight
-                best = max(live, key=lambda d: (credit[d], -d))
-                credit[best] -= total
-                return best
-        best, best_score = -1, math.inf
-        for deployment in candidates:
-            weight = self._capacity_weight(deployment)
-            if weight <= 0:
-                continue
-            score = (self.outstanding[deployment] + 1) / weight
-            if score < best_score:
-                best, best_score = deployment, score
-        if best < 0:  # nothing ready anywhere: queue where capacity is coming
-            best = max(
-                candidates, key=lambda d: sum(self.pools[(self.specs[d].name, r)].target for r in self.specs[d].pools)
-            )
-        return best
-
     def _on_arrival(self, request: int, now: float) -> None:
         reqs = self.sim.requests
         endpoint = reqs.endpoint[request]
         self._endpoint_window[endpoint] += 1
-        sums = self._length_sums[endpoint]
-        sums[0] += 1
-        sums[1] += reqs.input[request]
-        sums[2] += reqs.output[request]
-        deployment = self._choose_deployment(endpoint)
+        deployment = self.gateway.route(endpoint, reqs.input[request], reqs.output[request])
         reqs.deployment[request] = deployment
         entry = self.entry_pool[deployment]
         if entry.max_input_tokens is not None and reqs.input[request] > entry.max_input_tokens:
             reqs.rejected[request] = True
             return
-        if endpoint in self._admission and not self._admit(endpoint, now):
+        if not self.gateway.admit(endpoint, now):
             reqs.rejected[request] = True  # shed by the gateway (charged to where the split sent it)
             return
-        self.outstanding[deployment] += 1
-        entry.submit(request, now)
-
-    def _admit(self, endpoint: int, now: float) -> bool:
-        """Token bucket at the policy's admission rate, one second of burst."""
-        bucket = self._admission[endpoint]
-        rate, tokens, last = bucket
-        tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
-        bucket[2] = now
-        if tokens >= 1.0:
-            bucket[1] = tokens - 1.0
-            return True
-        bucket[1] = tokens
-        return False
+        self.gateway.outstanding[deployment] += 1
+        entry.router.submit(request, now)
 
     def _on_complete(self, request: int, now: float) -> None:
-        self.outstanding[self.sim.requests.deployment[request]] -= 1
+        self.gateway.outstanding[self.sim.requests.deployment[request]] -= 1
 
     # ---- planning ticks ---------------------------------------------------------------------
     def _observe(self, now: float) -> FleetObservation:
+        """Close the interval: every pool's observation (and its timeline row), then reset the
+        interval counters."""
         pools = []
-        # The endpoint's lengths matter only where several deployments share it (one alone has
-        # exactly its own entry pool's, already summarised below).
-        endpoint_lengths: dict[int, tuple[Distribution | None, Distribution | None]] = {}
-        for index, members in enumerate(self.endpoint_deployments):
-            if len(members) < 2:
-                endpoint_lengths[index] = (None, None)
-                continue
-            entries = [self.entry_pool[d].stats for d in members]
-            endpoint_lengths[index] = (
-                distribution([x for s in entries for x in s.input_tokens]),
-                distribution([x for s in entries for x in s.output_tokens]),
-            )
+        endpoint_lengths = self._endpoint_lengths()
         for spec in self.specs:
-            endpoint_admitted = self._endpoint_window[self.endpoint_index[spec.endpoint]]
-            endpoint_in, endpoint_out = endpoint_lengths[self.endpoint_index[spec.endpoint]]
+            endpoint = self.endpoint_index[spec.endpoint]
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
-                stats = pool.stats
-                ready, starting, draining = pool.counts()
-                replicas = [r for r in pool.replicas if r.state != STARTING]
-                mean_iteration = stats.iteration_s / stats.iterations * 1000.0 if stats.iterations else None
-                pools.append(
-                    PoolObservation(
-                        deployment=spec.name,
-                        role=role,
-                        time_s=now,
-                        window_s=self.interval_s,
-                        ready=ready,
-                        starting=starting,
-                        draining=draining,
-                        pending=pool.pending,
-                        admitted=stats.admitted,
-                        endpoint_admitted=endpoint_admitted if pool.entry_pool is pool else None,
-                        endpoint_input_tokens=endpoint_in if pool.entry_pool is pool else None,
-                        endpoint_output_tokens=endpoint_out if pool.entry_pool is pool else None,
-                        input_tokens=distribution(stats.input_tokens),
-                        output_tokens=distribution(stats.output_tokens),
-                        ttft_ms=distribution(stats.ttft_ms),
-                        itl_ms=distribution(stats.itl_ms),
-                        queued_requests=len(pool.queue)
-                        + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
-                        queued_prefill_tokens=float(sum(r.queued_prefill_tokens for r in replicas)),
-                        active_kv_tokens=float(sum(r.kv_reserved for r in replicas)) if role != "prefill" else None,
-                        kv_capacity_tokens=float(pool.max_kv * len(replicas)) if role != "prefill" else None,
-                        iteration_ms=mean_iteration,
-                        scheduled_tokens_per_s=stats.tokens / self.interval_s,
-                        prefix_hit_rate=(
-                            stats.prefix_hit_tokens / stats.prefill_input_tokens
-                            if pool.prefix_blocks and stats.prefill_input_tokens
-                            else None
-                        ),
-                    )
-                )
-                self.timeline.append(
-                    TimelineRow(
-                        time_s=now,
-                        deployment=spec.name,
-                        role=role,
-                        gpu_type=pool.gpu_type,
-                        target=pool.target,
-                        ready=ready,
-                        starting=starting,
-                        draining=draining,
-                        pending=pool.pending,
-                        gpus=pool.gpus_held,
-                        arrivals=stats.admitted,
-                        ttft_p90_ms=_p90(stats.ttft_ms),
-                        itl_p90_ms=_p90(stats.itl_ms),
-                    )
-                )
-                stats.reset()
+                counts = pool.counts()
+                entry = pool.entry_pool is pool  # endpoint figures go to the entry pool only
+                endpoint_in, endpoint_out = endpoint_lengths[endpoint] if entry else (None, None)
+                endpoint_admitted = self._endpoint_window[endpoint] if entry else None
+                pools.append(self._pool_observation(pool, now, counts, endpoint_admitted, endpoint_in, endpoint_out))
+                self.timeline.append(self._timeline_row(pool, now, counts))
+                pool.stats.reset()
         self._endpoint_window = [0] * len(self._endpoint_window)
         return FleetObservation(time_s=now, pools=pools)
 
+    def _endpoint_lengths(self) -> dict[int, tuple[Distribution | None, Distribution | None]]:
+        """Input and output lengths per endpoint over the interval. They matter only where several
+        deployments share it (one alone has exactly its own entry pool's)."""
+        lengths: dict[int, tuple[Distribution | None, Distribution | None]] = {}
+        for index, members in enumerate(self.gateway.endpoint_deployments):
+            if len(members) < 2:
+                lengths[index] = (None, None)
+                continue
+            entries = [self.entry_pool[d].stats for d in members]
+            lengths[index] = (
+                distribution([x for s in entries for x in s.input_tokens]),
+                distribution([x for s in entries for x in s.output_tokens]),
+            )
+        return lengths
+
+    def _pool_observation(
+        self,
+        pool: Pool,
+        now: float,
+        counts: tuple[int, int, int],
+        endpoint_admitted: int | None,
+        endpoint_in: Distribution | None,
+        endpoint_out: Distribution | None,
+    ) -> PoolObservation:
+        stats = pool.stats
+        ready, starting, draining = counts
+        replicas = [r for r in pool.replicas if r.state != STARTING]
+        serves_decode = pool.role != "prefill"
+        return PoolObservation(
+            deployment=pool.deployment,
+            role=pool.role,
+            time_s=now,
+            window_s=self.interval_s,
+            ready=ready,
+            starting=starting,
+            draining=draining,
+            pending=pool.pending,
+            admitted=stats.admitted,
+            endpoint_admitted=endpoint_admitted,
+            endpoint_input_tokens=endpoint_in,
+            endpoint_output_tokens=endpoint_out,
+            input_tokens=distribution(stats.input_tokens),
+            output_tokens=distribution(stats.output_tokens),
+            ttft_ms=distribution(stats.ttft_ms),
+            itl_ms=distribution(stats.itl_ms),
+            queued_requests=len(pool.router.queue) + sum(len(r.wait_queue) + len(r.prefill_queue) for r in replicas),
+            queued_prefill_tokens=float(sum(r.queued_prefill_tokens for r in replicas)),
+            active_kv_tokens=float(sum(r.kv_reserved for r in replicas)) if serves_decode else None,
+            kv_capacity_tokens=float(pool.max_kv * len(replicas)) if serves_decode else None,
+            iteration_ms=stats.iteration_s / stats.iterations * 1000.0 if stats.iterations else None,
+            scheduled_tokens_per_s=stats.tokens / self.interval_s,
+            prefix_hit_rate=(
+                stats.prefix_hit_tokens / stats.prefill_input_tokens
+                if pool.prefix_blocks and stats.prefill_input_tokens
+                else None
+            ),
+        )
+
+    @staticmethod
+    def _timeline_row(pool: Pool, now: float, counts: tuple[int, int, int]) -> TimelineRow:
+        ready, starting, draining = counts
+        return TimelineRow(
+            time_s=now,
+            deployment=pool.deployment,
+            role=pool.role,
+            gpu_type=pool.gpu_type,
+            target=pool.target,
+            ready=ready,
+            starting=starting,
+            draining=draining,
+            pending=pool.pending,
+            gpus=pool.gpus_held,
+            arrivals=pool.stats.admitted,
+            ttft_p90_ms=_p90(pool.stats.ttft_ms),
+            itl_p90_ms=_p90(pool.stats.itl_ms),
+        )
+
     def _tick(self, now: float) -> None:
-        self._replica_rps = self._nominal_capacities()
+        self.gateway.refresh_capacities()
         self._observations.append(self._observe(now))
         delivered = None
         while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:
@@ -361,18 +298,12 @@ class FleetSimulation:
             index = self.endpoint_index.get(endpoint)
             if index is None:
                 raise ValueError(f"policy {self.policy.name} routed unknown endpoint {endpoint}")
-            by_deployment = {i: float(weights.get(self.specs[i].name, 0.0)) for i in self.endpoint_deployments[index]}
-            self.routing_weights[index] = by_deployment
+            self.gateway.set_split(index, weights)
         for endpoint, rate in decision.admission.items():
             index = self.endpoint_index.get(endpoint)
             if index is None:
                 raise ValueError(f"policy {self.policy.name} limited unknown endpoint {endpoint}")
-            if rate is None:
-                self._admission.pop(index, None)
-            elif index in self._admission:
-                self._admission[index][0] = rate
-            else:
-                self._admission[index] = [rate, max(rate, 1.0), now]
+            self.gateway.set_admission(index, rate, now)
         wanted: dict[str, int] = {}
         for pool in self.pools.values():
             wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + pool.target * pool.gpus_per_replica
@@ -383,7 +314,7 @@ class FleetSimulation:
     def run(self, progress: Callable[[float], None] | None = None) -> SimulationResult:
         started = time.perf_counter()
         self._progress = progress
-        self._delivered: FleetObservation | None = None
+        self._delivered = None
         wl = self.workload
         reqs = self.sim.requests
         reqs.arrival = wl.arrival_s.tolist()
@@ -408,7 +339,7 @@ class FleetSimulation:
             stop += 60.0
             self.sim.run(stop, reqs.arrival, self._on_arrival)
         for pool in self.pools.values():
-            pool._account(self.end_s, 0)
+            pool.account(self.end_s, 0)
         return self._result(time.perf_counter() - started)
 
     def _result(self, wall_s: float) -> SimulationResult:

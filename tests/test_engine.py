@@ -394,15 +394,16 @@ def test_scale_down_drains_in_flight_requests(tmp_path: Path) -> None:
 
 def test_draining_replica_gets_no_new_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fleet_sim import engine
+    from fleet_sim.engine.admission import KvAdmission
 
     routed_to = []
-    original = engine.Pool._admit_or_wait
+    original = KvAdmission.admit_or_wait
 
     def spy(self, replica, request, now):
         routed_to.append((now, replica.state))
         return original(self, replica, request, now)
 
-    monkeypatch.setattr(engine.Pool, "_admit_or_wait", spy)
+    monkeypatch.setattr(KvAdmission, "admit_or_wait", spy)
     rows = [(25.0, 500, 8000), (25.0, 500, 8000)] + [(float(t) + 0.5, 200, 20) for t in range(30, 100, 2)]
     scenario = make_scenario(tmp_path, rows, mode="agg", duration=120, initial=2)
     result = simulate(scenario, lambda now: {("d", "agg"): 2 if now < 30 else 1})

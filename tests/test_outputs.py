@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fleet_planner.planning import SLA, DeploymentSpec, PoolSpec
-from fleet_sim.outputs import TIMELINE_COLUMNS, summarize, write_outputs
+from fleet_sim.outputs import TIMELINE_COLUMNS, scaling_stability, summarize, write_outputs
 from fleet_sim.outputs.report import MAX_POINTS, _pool_series
 from fleet_sim.outputs.summary import PERCENTILES, _group_percentiles
 from fleet_sim.results import (
@@ -337,3 +337,71 @@ def test_long_timeline_is_bucketed_keeping_peaks_and_rates() -> None:
     assert series.time_s[-1] == 10.0 * n
     assert series.ready.max() == 40 and np.nanmax(series.ttft_p90_ms) == 9999.0
     np.testing.assert_allclose(series.arrivals_per_s, 1.0)
+
+
+def _decision(t: float, deployment: str, role: str, before: int, after: int) -> DecisionRecord:
+    return DecisionRecord(t, deployment, role, before, after, "test")
+
+
+def _with_decisions(decisions: list[DecisionRecord], duration_s: float = 7200.0) -> SimulationResult:
+    result = make_result()
+    result.decisions, result.duration_s = decisions, duration_s
+    return result
+
+
+def test_reversals_count_per_pool_direction_changes() -> None:
+    """Each pool has its own direction: prefill going up while decode goes down is no reversal."""
+    decisions = [
+        _decision(30, "code-d", "prefill", 1, 2),  # up
+        _decision(60, "code-d", "decode", 2, 1),  # down (first change of this pool)
+        _decision(90, "code-d", "prefill", 2, 3),  # up again: no reversal
+        _decision(120, "code-d", "prefill", 3, 2),  # down after up: reversal 1
+        _decision(150, "code-d", "decode", 1, 1),  # no change: neither a change nor a direction
+        _decision(180, "code-d", "decode", 1, 3),  # up after down: reversal 2
+        _decision(210, "code-d", "prefill", 2, 4),  # up after down: reversal 3
+        _decision(240, "chat-a", "agg", 1, 2),
+        _decision(270, "chat-a", "agg", 2, 5),
+        _decision(300, "chat-a", "agg", 5, 8),  # monotone: changes, no reversal
+    ]
+    stability = scaling_stability(_with_decisions(decisions, duration_s=7200.0))
+    code, chat = stability.deployments["code-d"], stability.deployments["chat-a"]
+    assert (code.reversals, code.target_changes) == (3, 6)
+    assert code.reversals_per_hour == pytest.approx(3 / 2)
+    assert code.target_changes_per_pool_hour == pytest.approx(6 / (2 * 2))  # two pools, two hours
+    assert (chat.reversals, chat.target_changes, chat.reversals_per_hour) == (0, 3, 0.0)
+    assert chat.target_changes_per_pool_hour == pytest.approx(3 / 2)
+    assert stability.deployments["chat-b"].target_changes_per_pool_hour == 0.0
+    # Fleet: 3 reversals over 3 deployments x 2 h; 9 changes over 4 pools x 2 h.
+    assert stability.reversals_per_deployment_hour == pytest.approx(3 / 6)
+    assert stability.target_changes_per_pool_hour == pytest.approx(9 / 8)
+
+
+def test_alternating_targets_reverse_on_every_change_after_the_first() -> None:
+    decisions = [_decision(30.0 * i, "chat-b", "agg", 2 + i % 2, 3 - i % 2) for i in range(10)]
+    stability = scaling_stability(_with_decisions(decisions, duration_s=3600.0))
+    assert stability.deployments["chat-b"].reversals == 9
+    assert stability.deployments["chat-b"].reversals_per_hour == pytest.approx(9.0)
+
+
+def test_stability_is_in_the_summary_and_the_report(tmp_path: Path) -> None:
+    decisions = [_decision(30, "chat-a", "agg", 1, 3), _decision(60, "chat-a", "agg", 3, 2)]
+    summary = write_outputs(_with_decisions(decisions, duration_s=1800.0), tmp_path)
+    assert summary["fleet"]["reversals_per_deployment_hour"] == pytest.approx(1 / (0.5 * 3))
+    assert summary["fleet"]["target_changes_per_pool_hour"] == pytest.approx(2 / (0.5 * 4))
+    assert summary["deployments"]["chat-a"]["reversals_per_hour"] == pytest.approx(2.0)
+    assert summary["deployments"]["chat-a"]["target_changes_per_pool_hour"] == pytest.approx(4.0)
+    assert summary["deployments"]["code-d"]["reversals_per_hour"] == 0.0
+    page = (tmp_path / "report.html").read_text()
+    assert "scaling direction reversals per deployment-hour" in page and "target changes per pool-hour" in page
+
+
+def test_stability_of_a_run_without_duration_is_undefined(tmp_path: Path) -> None:
+    summary = write_outputs(_with_decisions([], duration_s=0.0), tmp_path)
+    assert summary["fleet"]["reversals_per_deployment_hour"] is None
+    assert summary["deployments"]["chat-a"]["target_changes_per_pool_hour"] is None
+    assert _no_nan((tmp_path / "summary.json").read_text())["fleet"]["target_changes_per_pool_hour"] is None
+
+
+def test_stability_rejects_a_decision_for_an_unknown_deployment() -> None:
+    with pytest.raises(ValueError, match="unknown deployment 'ghost'"):
+        scaling_stability(_with_decisions([_decision(30, "ghost", "agg", 1, 2)]))

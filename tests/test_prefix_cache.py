@@ -74,13 +74,13 @@ class Recorded(FleetSimulation):
         self.observations = []
         self.placed: dict[int, int] = {}
         for pool in self.pools.values():
-            original = pool._enqueue_prefill
+            original = pool.prefill.enqueue
 
             def record(replica, request, now, original=original, pool=pool):
                 self.placed[request] = pool.replicas.index(replica)
                 original(replica, request, now)
 
-            pool._enqueue_prefill = record
+            pool.prefill.enqueue = record
 
     def _observe(self, now):
         observation = super()._observe(now)
@@ -151,7 +151,7 @@ def test_kv_aware_routing_keeps_prefixes_together(tmp_path: Path, monkeypatch: p
         return sum(c.most_common(1)[0][1] for c in groups.values()) / len(sim.placed)
 
     kv_sim, kv_result, kv_entry = run(scenario(shared))
-    monkeypatch.setattr(engine, "_cached_prefix", lambda cache, hashes, limit: 0)  # least-load only
+    monkeypatch.setattr(engine.PrefixCache, "peek", lambda self, hashes, limit: 0)  # least-load only
     ll_sim, ll_result, ll_entry = run(scenario(shared))
     assert stickiness(kv_sim) > stickiness(ll_sim) + 0.1
     mean_hit = lambda ps: np.mean([p.prefix_hit_rate for p in ps if p.prefix_hit_rate is not None])  # noqa: E731

@@ -335,9 +335,10 @@ def test_timeline_accounts_for_every_arrival(tmp_path: Path) -> None:
 
 def test_a_policy_naming_an_unknown_pool_or_endpoint_is_an_error(tmp_path: Path) -> None:
     scenario = single_deployment(tmp_path, random_rows(13, 10, 60), duration=60)
-    bad_pool = lambda now, obs: Decision(
-        targets=[ReplicaTarget(deployment="d", role="prefill", replicas=1, reason="x")]
-    )
+
+    def bad_pool(now: float, obs: object) -> Decision:
+        return Decision(targets=[ReplicaTarget(deployment="d", role="prefill", replicas=1, reason="x")])
+
     with pytest.raises(ValueError, match="unknown pool d/prefill"):
         run(scenario, react=bad_pool)
     bad_endpoint = lambda now, obs: Decision(routing={"elsewhere": {"d": 1.0}})  # noqa: E731

@@ -11,12 +11,16 @@ from fleet_sim.results import SimulationResult
 
 from .records import TIMELINE_COLUMNS, write_decisions, write_timeline
 from .report import render_report
+from .stability import DeploymentStability, ScalingStability, scaling_stability
 from .summary import priority_weighted_attainment, slo_met, summarize
 
 __all__ = [
     "TIMELINE_COLUMNS",
+    "DeploymentStability",
+    "ScalingStability",
     "priority_weighted_attainment",
     "render_report",
+    "scaling_stability",
     "slo_met",
     "summarize",
     "write_decisions",

@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fleet_planner.planning import DeploymentSpec
+from fleet_planner.planning import DeploymentSpec, PoolRole
 from fleet_sim.results import DecisionRecord, SimulationResult, TimelineRow
 
 MAX_POINTS = 2000
@@ -73,6 +73,11 @@ def _interval_lengths(time_s: np.ndarray) -> np.ndarray:
     return np.where(dt > 0, dt, fallback)
 
 
+def _bucket_peak(rows: list[TimelineRow], field: str, starts: np.ndarray) -> np.ndarray:
+    """Each bucket's maximum of one timeline column."""
+    return np.fmax.reduceat(np.array([getattr(r, field) for r in rows], dtype=float), starts)
+
+
 def _pool_series(timeline: list[TimelineRow]) -> dict[tuple[str, str], _PoolSeries]:
     rows_by_pool: dict[tuple[str, str], list[TimelineRow]] = {}
     for row in timeline:
@@ -82,21 +87,17 @@ def _pool_series(timeline: list[TimelineRow]) -> dict[tuple[str, str], _PoolSeri
         rows.sort(key=lambda r: r.time_s)
         t = np.array([r.time_s for r in rows], dtype=float)
         starts = _bucket_starts(t.size)
-
-        def peak(field: str) -> np.ndarray:
-            return np.fmax.reduceat(np.array([getattr(r, field) for r in rows], dtype=float), starts)
-
         arrivals = np.add.reduceat(np.array([r.arrivals for r in rows], dtype=float), starts)
         seconds = np.add.reduceat(_interval_lengths(t), starts)
         series[key] = _PoolSeries(
             time_s=_bucket_end_times(t, starts),
-            target=peak("target"),
-            ready=peak("ready"),
-            starting=peak("starting"),
-            draining=peak("draining"),
+            target=_bucket_peak(rows, "target", starts),
+            ready=_bucket_peak(rows, "ready", starts),
+            starting=_bucket_peak(rows, "starting", starts),
+            draining=_bucket_peak(rows, "draining", starts),
             arrivals_per_s=arrivals / seconds,
-            ttft_p90_ms=peak("ttft_p90_ms"),
-            itl_p90_ms=peak("itl_p90_ms"),
+            ttft_p90_ms=_bucket_peak(rows, "ttft_p90_ms", starts),
+            itl_p90_ms=_bucket_peak(rows, "itl_p90_ms", starts),
             bucketed=t.size > MAX_POINTS,
         )
     return series
@@ -185,8 +186,8 @@ def _decision_markers(decisions: list[DecisionRecord], scale: float) -> go.Scatt
 
 def _deployment_figure(
     spec: DeploymentSpec,
-    series: dict[str, _PoolSeries],
-    decisions: dict[str, list[DecisionRecord]],
+    series: dict[PoolRole, _PoolSeries],
+    decisions: dict[PoolRole, list[DecisionRecord]],
     sla: tuple[float, float],
     unit: tuple[float, str],
 ) -> go.Figure:
@@ -302,6 +303,8 @@ def _tables(summary: dict[str, Any]) -> str:
             for t in types
         ],
         ["budget violations (ticks)", _fmt(fleet["budget_violations"])],
+        ["scaling direction reversals per deployment-hour", _fmt(fleet["reversals_per_deployment_hour"], 2)],
+        ["target changes per pool-hour", _fmt(fleet["target_changes_per_pool_hour"], 2)],
         ["requests", _fmt(fleet["requests"])],
         ["completed", _fmt(fleet["completed"])],
         ["rejected", _fmt(fleet["rejected"])],
@@ -339,6 +342,8 @@ def _tables(summary: dict[str, Any]) -> str:
             _fmt(s["gpu_hours"], 2),
             ", ".join(f"{role} {hours:,.2f}" for role, hours in s["gpu_hours_by_pool"].items()),
             _fmt(s["scale_events"]),
+            _fmt(s["reversals_per_hour"], 2),
+            _fmt(s["target_changes_per_pool_hour"], 2),
         ]
         for name, s in summary["deployments"].items()
     ]
@@ -365,6 +370,8 @@ def _tables(summary: dict[str, Any]) -> str:
                     "GPU-hours",
                     "GPU-hours by pool",
                     "scale events",
+                    "reversals / h",
+                    "target changes / pool-h",
                 ],
                 deployment_rows,
             ),

@@ -1,5 +1,5 @@
 """Run summary: SLA attainment, latency percentiles and GPU-hours per fleet, endpoint, deployment
-and tenant.
+and tenant, and the scaling stability of the fleet and each deployment (see ``stability``).
 
 A day of fleet traffic is millions of requests, so every per-request step is a whole-array numpy
 operation; Python loops run only over groups (endpoints, deployments, tenants).
@@ -8,11 +8,15 @@ operation; Python loops run only over groups (endpoints, deployments, tenants).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fleet_planner.planning import DeploymentSpec, PoolRole
 from fleet_sim.results import COMPLETED, REJECTED, UNFINISHED, SimulationResult
+
+from .stability import ScalingStability, scaling_stability
 
 PERCENTILES = (50.0, 90.0, 99.0)
 
@@ -75,82 +79,126 @@ def _attainment(met: int, requests: int) -> float | None:
     return met / requests if requests else None
 
 
-def summarize(result: SimulationResult) -> dict[str, Any]:
-    """The run's headline numbers as a JSON-ready dict (no NaN: undefined values are None)."""
-    req = result.requests
-    status = np.asarray(req.status)
-    met = slo_met(result)
-    completed = status == COMPLETED
-    endpoint = np.asarray(req.endpoint, dtype=np.intp)
-    deployment = np.asarray(req.deployment, dtype=np.intp)
-    n_ep, n_dep = len(result.endpoints), len(result.deployments)
+@dataclass(frozen=True)
+class _Outcomes:
+    """The per-request arrays every breakdown is computed from."""
 
-    ep_tally = _tally(endpoint, n_ep, status, met)
-    ep_ttft = _group_percentiles(endpoint, req.ttft_ms, completed, n_ep)
-    ep_itl = _group_percentiles(endpoint, req.itl_ms, completed, n_ep)
-    endpoints = {
-        name: {
-            "requests": int(ep_tally["requests"][i]),
-            "completed": int(ep_tally["completed"][i]),
-            "rejected": int(ep_tally["rejected"][i]),
-            "unfinished": int(ep_tally["unfinished"][i]),
-            "slo_attainment": _attainment(int(ep_tally["met"][i]), int(ep_tally["requests"][i])),
-            "sla": {"ttft_ms": result.endpoint_sla[name][0], "itl_ms": result.endpoint_sla[name][1]},
-            "ttft_ms": _percentile_dict(ep_ttft[i]),
-            "itl_ms": _percentile_dict(ep_itl[i]),
+    status: np.ndarray
+    met: np.ndarray  # completed within the endpoint's SLO
+    completed: np.ndarray
+    ttft_ms: np.ndarray
+    itl_ms: np.ndarray
+
+    @classmethod
+    def of(cls, result: SimulationResult) -> _Outcomes:
+        req = result.requests
+        status = np.asarray(req.status)
+        return cls(status, slo_met(result), status == COMPLETED, req.ttft_ms, req.itl_ms)
+
+
+def _breakdown(outcomes: _Outcomes, group: np.ndarray, n_groups: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per group (endpoint or deployment): request counts, SLO attainment and the completed
+    requests' TTFT and ITL percentiles; and how many requests of each group met their SLO."""
+    tally = _tally(group, n_groups, outcomes.status, outcomes.met)
+    ttft = _group_percentiles(group, outcomes.ttft_ms, outcomes.completed, n_groups)
+    itl = _group_percentiles(group, outcomes.itl_ms, outcomes.completed, n_groups)
+    rows = [
+        {
+            "requests": int(tally["requests"][i]),
+            "completed": int(tally["completed"][i]),
+            "rejected": int(tally["rejected"][i]),
+            "unfinished": int(tally["unfinished"][i]),
+            "slo_attainment": _attainment(int(tally["met"][i]), int(tally["requests"][i])),
+            "ttft_ms": _percentile_dict(ttft[i]),
+            "itl_ms": _percentile_dict(itl[i]),
         }
-        for i, name in enumerate(result.endpoints)
-    }
+        for i in range(n_groups)
+    ]
+    return rows, tally["met"]
 
-    dep_tally = _tally(deployment, n_dep, status, met)
-    dep_ttft = _group_percentiles(deployment, req.ttft_ms, completed, n_dep)
-    dep_itl = _group_percentiles(deployment, req.itl_ms, completed, n_dep)
-    deployments: dict[str, dict[str, Any]] = {}
-    tenants: dict[str, dict[str, Any]] = {}
-    gpu_hours_by_type: dict[str, float] = {}
-    for i, spec in enumerate(result.deployments):
-        by_pool = {role: result.gpu_seconds.get((spec.name, role), 0.0) / 3600.0 for role in spec.pools}
-        for role, hours in by_pool.items():
-            gpu_type = spec.pools[role].gpu_type
-            gpu_hours_by_type[gpu_type] = gpu_hours_by_type.get(gpu_type, 0.0) + hours
-        requests, hits = int(dep_tally["requests"][i]), int(dep_tally["met"][i])
+
+def _endpoints(result: SimulationResult, outcomes: _Outcomes) -> dict[str, dict[str, Any]]:
+    endpoint = np.asarray(result.requests.endpoint, dtype=np.intp)
+    rows, _ = _breakdown(outcomes, endpoint, len(result.endpoints))
+    endpoints = {}
+    for name, row in zip(result.endpoints, rows, strict=True):
+        latency = {"ttft_ms": row.pop("ttft_ms"), "itl_ms": row.pop("itl_ms")}
+        sla = {"ttft_ms": result.endpoint_sla[name][0], "itl_ms": result.endpoint_sla[name][1]}
+        endpoints[name] = {**row, "sla": sla, **latency}
+    return endpoints
+
+
+def _pool_gpu_hours(result: SimulationResult, spec: DeploymentSpec) -> dict[PoolRole, float]:
+    return {role: result.gpu_seconds.get((spec.name, role), 0.0) / 3600.0 for role in spec.pools}
+
+
+def _deployments(
+    result: SimulationResult, rows: list[dict[str, Any]], stability: ScalingStability
+) -> dict[str, dict[str, Any]]:
+    deployments = {}
+    for spec, row in zip(result.deployments, rows, strict=True):
+        by_pool = _pool_gpu_hours(result, spec)
         deployments[spec.name] = {
             "tenant": spec.tenant,
             "endpoint": spec.endpoint,
             "mode": spec.mode,
-            "requests": requests,
-            "completed": int(dep_tally["completed"][i]),
-            "rejected": int(dep_tally["rejected"][i]),
-            "unfinished": int(dep_tally["unfinished"][i]),
-            "slo_attainment": _attainment(hits, requests),
-            "ttft_ms": _percentile_dict(dep_ttft[i]),
-            "itl_ms": _percentile_dict(dep_itl[i]),
+            **row,
             "gpu_hours": sum(by_pool.values()),
             "gpu_hours_by_pool": by_pool,
             "scale_events": int(result.scale_events.get(spec.name, 0)),
+            "reversals_per_hour": stability.deployments[spec.name].reversals_per_hour,
+            "target_changes_per_pool_hour": stability.deployments[spec.name].target_changes_per_pool_hour,
         }
+    return deployments
+
+
+def _tenants(result: SimulationResult, rows: list[dict[str, Any]], met: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Requests, SLO attainment and GPU-hours summed over each tenant's deployments (``rows`` and
+    ``met``: per deployment)."""
+    tenants: dict[str, dict[str, Any]] = {}
+    for i, spec in enumerate(result.deployments):
         tenant = tenants.setdefault(spec.tenant, {"requests": 0, "met": 0, "gpu_hours": 0.0, "deployments": []})
-        tenant["requests"] += requests
-        tenant["met"] += hits
-        tenant["gpu_hours"] += sum(by_pool.values())
+        tenant["requests"] += rows[i]["requests"]
+        tenant["met"] += int(met[i])
+        tenant["gpu_hours"] += sum(_pool_gpu_hours(result, spec).values())
         tenant["deployments"].append(spec.name)
     for tenant in tenants.values():
         tenant["slo_attainment"] = _attainment(tenant.pop("met"), tenant["requests"])
+    return tenants
 
+
+def _fleet(result: SimulationResult, outcomes: _Outcomes, stability: ScalingStability) -> dict[str, Any]:
+    gpu_hours_by_type: dict[str, float] = {}
+    for spec in result.deployments:
+        for role, hours in _pool_gpu_hours(result, spec).items():
+            gpu_type = spec.pools[role].gpu_type
+            gpu_hours_by_type[gpu_type] = gpu_hours_by_type.get(gpu_type, 0.0) + hours
+    status = outcomes.status
     n = int(status.size)
-    fleet = {
+    return {
         "gpu_hours": sum(result.gpu_seconds.values()) / 3600.0,
         "gpu_hours_by_type": gpu_hours_by_type,
         "max_gpus_in_use": dict(result.max_gpus_in_use),
         "gpu_inventory": dict(result.gpu_inventory),
         "budget_violations": int(result.budget_violations),
         "requests": n,
-        "completed": int(completed.sum()),
+        "completed": int(outcomes.completed.sum()),
         "rejected": int((status == REJECTED).sum()),
         "unfinished": int((status == UNFINISHED).sum()),
-        "unrouted": int((deployment < 0).sum()),
-        "slo_attainment": _attainment(int(met.sum()), n),
+        "unrouted": int((np.asarray(result.requests.deployment) < 0).sum()),
+        "slo_attainment": _attainment(int(outcomes.met.sum()), n),
+        "reversals_per_deployment_hour": stability.reversals_per_deployment_hour,
+        "target_changes_per_pool_hour": stability.target_changes_per_pool_hour,
     }
+
+
+def summarize(result: SimulationResult) -> dict[str, Any]:
+    """The run's headline numbers as a JSON-ready dict (no NaN: undefined values are None)."""
+    outcomes = _Outcomes.of(result)
+    n = int(outcomes.status.size)
+    deployment = np.asarray(result.requests.deployment, dtype=np.intp)
+    deployment_rows, deployment_met = _breakdown(outcomes, deployment, len(result.deployments))
+    stability = scaling_stability(result)
     return {
         "name": result.name,
         "policy": result.policy,
@@ -160,10 +208,10 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         "simulated_seconds": number(result.simulated_seconds),
         "wall_seconds": number(result.wall_seconds),
         "requests_per_wall_second": number(n / result.wall_seconds) if result.wall_seconds > 0 else None,
-        "fleet": fleet,
-        "endpoints": endpoints,
-        "deployments": deployments,
-        "tenants": tenants,
+        "fleet": _fleet(result, outcomes, stability),
+        "endpoints": _endpoints(result, outcomes),
+        "deployments": _deployments(result, deployment_rows, stability),
+        "tenants": _tenants(result, deployment_rows, deployment_met),
         "notes": list(result.notes),
     }
 

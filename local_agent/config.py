@@ -46,6 +46,7 @@ from fleet_planner.errors import InputError
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, pool_specs
 from local_agent.agent import AgentOptions
+from local_agent.connectors.kubernetes.config import KubernetesConnectorConfig
 from local_agent.connectors.processes import WorkerCommand
 
 ROLES_BY_MODE: dict[str, tuple[PoolRole, ...]] = {"disagg": ("prefill", "decode"), "agg": ("agg",)}
@@ -266,7 +267,9 @@ class VirtualConnectorConfig(_Model):
         return self
 
 
-ConnectorConfig = Annotated[ProcessesConnectorConfig | VirtualConnectorConfig, Field(discriminator="kind")]
+ConnectorConfig = Annotated[
+    ProcessesConnectorConfig | VirtualConnectorConfig | KubernetesConnectorConfig, Field(discriminator="kind")
+]
 
 
 class TelemetryConfig(_Model):
@@ -315,6 +318,10 @@ class AgentConfig(_Model):
                     f"need a worker command for exactly the pools {', '.join(sorted(expected))};"
                     f" got {', '.join(self.connector.roles) or 'none'}",
                 )
+        if isinstance(self.connector, KubernetesConnectorConfig) and self.connector.services:
+            extra = sorted(set(self.connector.services) - set(self.deployment.pools))
+            if extra:
+                raise _FieldProblem("connector.services", f"no such pool(s): {', '.join(extra)}")
         return self
 
     @property
@@ -409,7 +416,7 @@ def _input_error(exc: ValidationError, file: str | Path | None) -> InputError:
     for part in error["loc"]:
         if isinstance(part, int):
             parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
-        elif part not in ("processes", "virtual") or not parts or parts[-1] != "connector":
+        elif part not in ("processes", "virtual", "kubernetes") or not parts or parts[-1] != "connector":
             parts.append(str(part))
     field = ".".join(parts) or None
     kind = error["type"]

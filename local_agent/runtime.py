@@ -41,6 +41,7 @@ from fleet_planner.contract.models import PoolRegistration
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
+from local_agent.connectors.kubernetes import KubernetesConnector, KubernetesConnectorConfig
 from local_agent.connectors.processes import ProcessConnector
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, RuntimeLimits
@@ -88,6 +89,7 @@ class AgentRuntime:
             self.spec, RuntimeLimits(gpu_budget=config.options.gpu_budget, advisory=config.options.advisory)
         )
         self.limits.subscribe(self._limits_changed)
+        connector.export_metrics(self.metrics.registry)
         self.agent: LocalAgent | None = None
         self._gpus = {role: pool.gpus_per_replica for role, pool in self.spec.pools.items()}
         self._runner: web.AppRunner | None = None
@@ -197,6 +199,8 @@ class AgentRuntime:
             await self.connector.apply(targets)
             if self.planner is not None and self.last_effective is not None and self.last_effective.decision_id:
                 await self.planner.ack_applied(self.last_effective.decision_id, targets)
+            if self.last_effective is not None:
+                await self.connector.apply_routing(self.last_effective.routing, self.last_effective.admission_rps)
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
             written = await asyncio.to_thread(
@@ -260,6 +264,9 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
             run_dir=connector.run_dir,
             drain_timeout_s=connector.drain_timeout_s,
         )
+    if isinstance(connector, KubernetesConnectorConfig):
+        gpus = {role: pool.gpus_per_replica for role, pool in config.deployment.pools.items()}
+        return KubernetesConnector(connector, config.deployment.name, gpus)
     ready = connector.ready_query if connector.replicas_from == "prometheus" else None
     return VirtualConnector(
         connector.path,

@@ -113,12 +113,21 @@ def _host_port(value: str) -> str:
     return value.strip()
 
 
+def _host_ports(value: str) -> str:
+    """``HOST:PORT[,HOST:PORT...]``: several planner replicas, tried in turn."""
+    parts = [part.strip() for part in value.split(",")]
+    for part in parts:
+        parse_host_port(part)
+    return ",".join(parts)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ResolvedPath = Annotated[Path, AfterValidator(_resolved)]
 ExistingPath = Annotated[Path, AfterValidator(_existing)]
 QueryTemplate = Annotated[str | None, _template(PLACEHOLDERS)]
 LabelTemplate = Annotated[str, _template(LABEL_PLACEHOLDERS)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
+HostPorts = Annotated[str, AfterValidator(_host_ports)]
 
 
 class _Model(BaseModel):
@@ -300,7 +309,9 @@ class AgentConfig(_Model):
     prometheus: PrometheusConfig
     connector: ConnectorConfig
     telemetry: TelemetryConfig | None = None
-    planner: HostPort | None = Field(default=None, description="HOST:PORT of the global planner; standalone if unset")
+    planner: HostPorts | None = Field(
+        default=None, description="HOST:PORT of the global planner (comma-separated: replicas); standalone if unset"
+    )
 
     _file: Path | None = PrivateAttr(default=None)
 
@@ -334,10 +345,10 @@ class AgentConfig(_Model):
     def with_planner(self, address: str) -> AgentConfig:
         """A copy with the global planner's address (e.g. from ``--planner``), validated."""
         try:
-            parse_host_port(address)
+            address = _host_ports(address)
         except ValueError as exc:
             raise InputError(str(exc), field="--planner") from None
-        copy = self.model_copy(update={"planner": address.strip()})
+        copy = self.model_copy(update={"planner": address})
         copy._file = self._file
         return copy
 

@@ -150,10 +150,10 @@ class PlannerClient:
         self.timeout_s = timeout_s
         self.clock = clock
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
-        )
-        self._stub = pb_grpc.PlannerStub(self._channel)
+        self._addresses = [address.strip() for address in target.split(",") if address.strip()]
+        self._address = 0
+        self._credentials = credentials
+        self._connect()
         self.session_id: str | None = None
         self.lease: Lease | None = None
         self.reported: dict[str, int] = {}
@@ -166,6 +166,21 @@ class PlannerClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _connect(self) -> None:
+        target = self._addresses[self._address]
+        self._channel = (
+            grpc.aio.secure_channel(target, self._credentials)
+            if self._credentials
+            else grpc.aio.insecure_channel(target)
+        )
+        self._stub = pb_grpc.PlannerStub(self._channel)
+
+    async def _next_address(self) -> None:
+        """A follower (or a dead replica) answered UNAVAILABLE: move on to the next planner address."""
+        await self._channel.close()
+        self._address = (self._address + 1) % len(self._addresses)
+        self._connect()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -195,17 +210,30 @@ class PlannerClient:
     async def report(
         self, pools: list[PoolReport], forecast: Forecast | None = None, observed: Observed | None = None
     ) -> EffectiveTargets:
-        """Send a report; on a transient failure answer from the lease or the floor instead."""
+        """Send a report; on a transient failure answer from the lease or the floor instead.
+
+        With several planner addresses (``HOST:PORT,HOST:PORT``, one per replica), an UNAVAILABLE
+        answer (a follower, or a replica that is gone) moves on to the next address at once.
+        """
+        for attempt in range(len(self._addresses)):
+            try:
+                return await self._report_registered(pools, forecast, observed)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == len(self._addresses):
+                    return self._failed(error)
+                await self._next_address()
+        raise AssertionError("unreachable: the last attempt returns")
+
+    async def _report_registered(
+        self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None
+    ) -> EffectiveTargets:
         try:
             return await self._report_once(pools, forecast, observed)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:  # planner restarted or session replaced
-                try:
-                    await self.register()
-                    return await self._report_once(pools, forecast, observed)
-                except grpc.aio.AioRpcError as retry_error:
-                    error = retry_error
-            return self._failed(error)
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # planner restarted or session replaced
+                raise
+            await self.register()
+            return await self._report_once(pools, forecast, observed)
 
     async def _report_once(
         self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None

@@ -254,9 +254,10 @@ class KubeStore:
                 meta[immutable] = current["metadata"][immutable]
         meta["name"] = name
         if res.has_status and subresource != "status":
-            new["status"] = copy.deepcopy(current.get("status")) if "status" in current else new.pop("status", None)
-            if new["status"] is None:
-                new.pop("status")
+            if "status" in current:
+                new["status"] = copy.deepcopy(current["status"])
+            else:
+                new.pop("status", None)
         if subresource == "status":
             new = {**copy.deepcopy(current), "status": new.get("status"), "metadata": current["metadata"] | {}}
             if new["status"] is None:
@@ -352,6 +353,7 @@ class KubeTestServer:
         self.token = token
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
         self._runner: web.AppRunner | None = None
+        self._stopping = False
         self.url = ""
 
     def app(self) -> web.Application:
@@ -377,6 +379,9 @@ class KubeTestServer:
         return self.url
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self.store.changed is not None:
+            await self.store._notify()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -432,7 +437,9 @@ class KubeTestServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         sent = since
-        while loop.time() < deadline:
+        while loop.time() < deadline and not self._stopping:
+            if request.transport is None or request.transport.is_closing():
+                break  # the client went away
             for event in [e for e in store.events if e.resource_version > sent]:
                 sent = event.resource_version
                 labels = event.obj["metadata"].get("labels") or {}

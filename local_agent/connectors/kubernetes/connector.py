@@ -237,10 +237,12 @@ class KubernetesConnector(Connector):
         custom = client.CustomObjectsApi(self._api)
         name = adapter["metadata"]["name"]
         for attempt in range(self.config.conflict_retries + 1):
-            scale = await custom.get_namespaced_custom_object_scale(
+            # the adapter itself, not its scale: the agent's RBAC allows get on adapters, patch on their scale
+            current = await custom.get_namespaced_custom_object(
                 d.GROUP, d.VERSION, self.namespace, d.ADAPTER_PLURAL, name
             )
-            body = {"metadata": {"resourceVersion": scale["metadata"]["resourceVersion"]}, "spec": {"replicas": target}}
+            version = current["metadata"]["resourceVersion"]
+            body = {"metadata": {"resourceVersion": version}, "spec": {"replicas": target}}
             try:
                 await custom.patch_namespaced_custom_object_scale(
                     d.GROUP, d.VERSION, self.namespace, d.ADAPTER_PLURAL, name, body, **patch_as(MERGE_PATCH)

@@ -197,14 +197,12 @@ async def demo(seconds: float, work: Path) -> int:
     controller_task = asyncio.create_task(controller.run(stop, every_s=0.5))
     created_pods: set[str] = set()
     removed_pods: set[str] = set()
-    store.on_write.append(
-        lambda kind, res, obj: (
-            res.kind == "Pod"
-            and (created_pods if kind == "ADDED" else removed_pods if kind == "DELETED" else set()).add(
-                obj["metadata"]["name"]
-            )
-        )
-    )
+
+    def count_pods(kind: str, res: Any, obj: dict[str, Any]) -> None:
+        if res.kind == "Pod" and kind in ("ADDED", "DELETED"):
+            (created_pods if kind == "ADDED" else removed_pods).add(obj["metadata"]["name"])
+
+    store.on_write.append(count_pods)
     traffic = Traffic(spike_at_s=seconds / 3)
     exporter, exporter_port = await start_exporter(traffic)
     planner_port, planner_metrics, prom_port = free_port(), free_port(), free_port()

@@ -256,7 +256,7 @@ async def demo(seconds: float, work: Path) -> int:
                 "3",
                 "--election-retry-s",
                 "0.5",
-            ],  # fmt: skip
+            ],
             work / "planner.log",
         ),
     }

@@ -352,6 +352,7 @@ class KubeTestServer:
         self.store = store or KubeStore()
         self.token = token
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
+        self.unavailable = False  # tests: answer every request 503, as an API server in trouble does
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.url = ""
@@ -390,6 +391,8 @@ class KubeTestServer:
     async def _errors(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
         try:
+            if self.unavailable:
+                raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
             if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             result: web.StreamResponse = await handler(request)

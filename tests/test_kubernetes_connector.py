@@ -260,6 +260,21 @@ async def test_watch_resyncs_after_compaction(cluster: Cluster) -> None:
         await connector.close()
 
 
+async def test_stale_cache_is_refused_while_the_api_is_down(cluster: Cluster) -> None:
+    connector = cluster.connector(resync_s=1)
+    try:
+        await connector.observe_replicas()
+        cluster.server.unavailable = True
+        await until(lambda: connector._pods is not None and connector._pods.last_error is not None, 5)
+        with pytest.raises(DgdError, match="Kubernetes API unreadable"):
+            await connector.observe_replicas()
+        cluster.server.unavailable = False
+        await until(lambda: all(i.last_error is None for i in (connector._dgds, connector._pods) if i), 5)
+        assert await connector.observe_replicas()
+    finally:
+        await connector.close()
+
+
 async def test_httproute_weights_and_rate_limit_policy(cluster: Cluster) -> None:
     cluster.create(fx.httproute("chat", ["llama-frontend", "mixtral-frontend", "unrelated"]))
     cluster.create(fx.rate_limit_policy("chat-limit", "chat"))

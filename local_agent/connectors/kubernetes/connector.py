@@ -140,7 +140,12 @@ class KubernetesConnector(Connector):
             )
 
     def _dgd(self) -> Obj:
+        """The DGD from the cache; refuses when a cache cannot be refreshed (no decision on stale data)."""
         assert self._dgds is not None
+        for informer in (self._dgds, self._adapters, self._pods):
+            if informer is not None and informer.last_error is not None:
+                self.errors.labels(self.deployment, "api").inc()
+                raise d.DgdError(f"Kubernetes API unreadable, cached view may be stale: {informer.last_error}")
         obj = self._dgds.objects.get(self.config.dgd)
         if obj is None:
             self.errors.labels(self.deployment, "dgd_missing").inc()

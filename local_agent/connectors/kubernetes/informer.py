@@ -35,11 +35,9 @@ class Informer:
         self.retry_s = retry_s
         self.objects: dict[str, Obj] = {}
         self.resource_version = ""
-        self.synced = asyncio.Event()
         self.relists = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
 
     async def start(self) -> None:
         """List now (errors raise), then keep watching in the background."""
@@ -53,39 +51,35 @@ class Informer:
                 await self._task
             self._task = None
 
-    async def changed(self, timeout_s: float) -> bool:
-        """Wait until the cache changes (True) or ``timeout_s`` passes (False)."""
-        self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     async def _relist(self) -> None:
         response = await self._list_call(**self._params, _preload_content=False)
         body = json.loads(await response.read())
         self.objects = {item["metadata"]["name"]: item for item in body.get("items") or []}
         self.resource_version = body["metadata"]["resourceVersion"]
         self.relists += 1
-        self.synced.set()
-        self._changed.set()
 
     async def _run(self) -> None:
+        """Watch until ``resync_s`` ends the stream, then relist; ``last_error`` is set while the
+        API cannot be read, so readers can refuse to act on a stale cache."""
         while True:
             try:
                 await self._watch_once()
-                await self._relist()  # resync: the watch ended after resync_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if status_of(exc) != 410:  # 410: history compacted, a relist is the remedy
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("watch failed (%s); relisting in %.1f s", self.last_error, self.retry_s)
+                    await asyncio.sleep(self.retry_s)
+            try:
+                await self._relist()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if status_of(exc) != 410:
-                    log.warning("watch failed (%s); relisting in %.1f s", self.last_error, self.retry_s)
-                    await asyncio.sleep(self.retry_s)
-                with suppress(Exception):
-                    await self._relist()
+                log.warning("relist failed (%s); retrying in %.1f s", self.last_error, self.retry_s)
+                await asyncio.sleep(self.retry_s)
 
     async def _watch_once(self) -> None:
         stream = watch.Watch()
@@ -103,6 +97,5 @@ class Informer:
                 elif event["type"] in ("ADDED", "MODIFIED"):
                     self.objects[name] = obj
                 self.resource_version = obj["metadata"]["resourceVersion"]
-                self._changed.set()
         finally:
             await stream.close()

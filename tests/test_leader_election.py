@@ -168,9 +168,10 @@ async def test_killed_leader_is_replaced_within_a_lease_and_never_two_grant(
             await asyncio.sleep(0.1)
         assert taken_over_at is not None, (tmp_path / f"{follower}.log").read_text()[-2000:]
         assert got.decision_id > decided_before_kill  # the new leader grants, continuing the decision ids
-        # within one lease duration (2 s) plus the follower's polling interval (0.25 s) of the kill
+        # within one lease duration (2 s) of the kill, plus the follower's polling interval (it may see
+        # the last renewal one poll late, 2 x 0.25 s) and 1 s of scheduling slack on a loaded machine
         print(f"takeover {taken_over_at - killed_at:.2f} s after the kill (lease 2 s, retry 0.25 s)")
-        assert taken_over_at - killed_at <= 2.0 + 2 * 0.25, taken_over_at - killed_at
+        assert taken_over_at - killed_at <= 2.0 + 2 * 0.25 + 1.0, taken_over_at - killed_at
         # never two leaders: the old leader's grants all precede the follower's leadership, which starts
         # only after the kill; the shared audit log's decision ids never repeat or go back
         records = list(read_records(state / AUDIT_FILE))

@@ -7,8 +7,9 @@ The protocol is client-go's:
 
 - **acquire**: create the Lease, or take it over once its record (holder, renew time) has not
   changed for ``leaseDurationSeconds`` *as observed on this replica's clock* (no trust in other
-  clocks), or at once when the holder released it (empty holder). Takeovers are ``PUT``s carrying
-  the observed ``resourceVersion``: of two candidates, one gets ``409 Conflict`` and stays follower.
+  clocks; timed from when the answer arrived), or at once when the holder released it (empty
+  holder). Takeovers are ``PUT``s carrying the observed ``resourceVersion``: of two candidates,
+  one gets ``409 Conflict`` and stays follower.
 - **renew** every ``retry_s``; the leader counts itself leader only until ``renew_deadline_s``
   after the *send* time of its last successful renewal. As ``renew_deadline_s < lease_s`` and a
   follower waits ``lease_s`` from when it *saw* that renewal, the old leader has stopped granting
@@ -139,8 +140,8 @@ class LeaseElector:
         holder = spec.get("holderIdentity") or ""
         self.holder = holder or None
         observed = (holder, spec.get("renewTime"), spec.get("leaseTransitions"), obj["metadata"]["resourceVersion"])
-        if observed != self._observed:
-            self._observed, self._observed_at = observed, sent_at
+        if observed != self._observed:  # timed from the answer: a renewal may land while our GET is in flight
+            self._observed, self._observed_at = observed, self.clock()
         duration = float(spec.get("leaseDurationSeconds") or cfg.lease_s)
         mine = holder == cfg.identity
         if not mine and holder and sent_at < self._observed_at + duration:

@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import helm_python as helm
 import yaml
 
 from fleet_planner.cli import build_parser
@@ -46,14 +47,17 @@ def test_entrypoint_is_the_packages_console_script() -> None:
 
 
 def test_the_charts_container_args_parse() -> None:
-    """Every container the chart renders runs a subcommand of the entrypoint with flags it knows."""
-    from tests.test_helm_chart import NON_DEFAULT, _render
-
+    """Every container the chart renders (one agent configured) runs a subcommand of the
+    entrypoint with flags it knows."""
+    agent = {
+        "name": "llama",
+        "dgd": "llama",
+        "config": {"deployment": {}, "prometheus": {}, "connector": {"kind": "kubernetes", "dgd": "llama"}},
+    }
+    manifests = helm.Chart.load(REPO / "charts/fleet-planner").render({"agents": [agent]}, name="fp", namespace="fleet")
+    docs = [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
     containers = [
-        c
-        for doc in _render(NON_DEFAULT)
-        if doc["kind"] == "Deployment"
-        for c in doc["spec"]["template"]["spec"]["containers"]
+        c for doc in docs if doc["kind"] == "Deployment" for c in doc["spec"]["template"]["spec"]["containers"]
     ]
     assert {c["args"][0] for c in containers} == {"serve", "agent"}
     for container in containers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from kubernetes_asyncio import client, watch
@@ -111,12 +112,12 @@ async def test_scale_subresource(kube: tuple[KubeTestServer, client.ApiClient]) 
 async def test_list_watch_from_version_and_410(kube: tuple[KubeTestServer, client.ApiClient]) -> None:
     server, api = kube
     core = client.CoreV1Api(api)
-    await core.create_namespaced_pod(NS, fx.pod("a", "W", 0, 1))
+    await core.create_namespaced_pod(NS, cast(Any, fx.pod("a", "W", 0, 1)))
     listed = await core.list_namespaced_pod(NS, label_selector=f"{fx.DGD_LABEL}=a")
     assert [p.metadata.name for p in listed.items] == ["a-w-0"]
     since = listed.metadata.resource_version
-    await core.create_namespaced_pod(NS, fx.pod("b", "W", 0, 1))  # another DGD: filtered out
-    await core.create_namespaced_pod(NS, fx.pod("a", "W", 1, 1))
+    await core.create_namespaced_pod(NS, cast(Any, fx.pod("b", "W", 0, 1)))  # another DGD: filtered out
+    await core.create_namespaced_pod(NS, cast(Any, fx.pod("a", "W", 1, 1)))
     await core.delete_namespaced_pod("a-w-0", NS)  # graceful: terminating first
     events = []
     stream = watch.Watch()
@@ -156,7 +157,7 @@ async def test_watch_sees_writes_while_open(kube: tuple[KubeTestServer, client.A
     task = asyncio.create_task(follow())
     await asyncio.sleep(0.2)
     lease = {"metadata": {"name": "l"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 5}}
-    created = await coord.create_namespaced_lease(NS, lease)
+    created = await coord.create_namespaced_lease(NS, cast(Any, lease))
     created.spec.holder_identity = "b"
     await coord.replace_namespaced_lease("l", NS, created)
     await asyncio.wait_for(task, 3)

@@ -175,7 +175,7 @@ async def test_conflict_is_retried_on_the_latest_version(cluster: Cluster) -> No
     connector = cluster.connector()
     try:
         await connector.observe_replicas()
-        store.patch = patch_after_a_concurrent_write  # type: ignore[method-assign]
+        store.patch = patch_after_a_concurrent_write  # type: ignore[method-assign,assignment]
         await connector.apply({"prefill": 2})
         dgd = cluster.get("DynamoGraphDeployment", "llama")
         assert dgd["spec"]["services"]["VllmPrefillWorker"]["replicas"] == 2
@@ -254,8 +254,9 @@ async def test_watch_resyncs_after_compaction(cluster: Cluster) -> None:
         relists = connector._pods.relists
         cluster.store.compact()
         cluster.create(fx.pod("llama", "VllmDecodeWorker", 0, 2))
-        await until(lambda: "llama-vllmdecodeworker-0" in connector._pods.objects, 4)
-        await until(lambda: connector._pods.relists > relists, 4)
+        pods = connector._pods
+        await until(lambda: "llama-vllmdecodeworker-0" in pods.objects, 4)
+        await until(lambda: pods.relists > relists, 4)
     finally:
         await connector.close()
 

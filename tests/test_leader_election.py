@@ -14,13 +14,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from kubernetes_asyncio import client
+from prometheus_client import CollectorRegistry
 
 from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from fleet_planner.kube import api_client
+from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, read_records
 from global_planner.service.leader import ElectionConfig, LeaseElector
+from global_planner.service.metrics import ServiceMetrics
+from global_planner.service.server import PlannerServer
+from global_planner.service.state import PlannerState
 from kube_testserver import KubeTestServer
 from kube_testserver import fixtures as fx
 from local_agent.planner_link.client import PlannerClient
@@ -195,3 +201,40 @@ async def test_killed_leader_is_replaced_within_a_lease_and_never_two_grant(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class Switch:
+    """A stand-in elector: leader or not, as the test says."""
+
+    def __init__(self) -> None:
+        self.leading = False
+        self.holder: str | None = "other-replica"
+
+    def is_leader(self) -> bool:
+        return self.leading
+
+
+async def test_followers_answer_unavailable_and_decide_nothing(tmp_path: Path) -> None:
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {"priority": 10}}})
+    switch = Switch()
+    server = PlannerServer(
+        PlannerState(policy, lease_s=30.0), auth=None, metrics=ServiceMetrics(CollectorRegistry()), leader=switch
+    )
+    port = await server.start("127.0.0.1:0")
+    pools = [PoolRegistration(role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=4)]
+    follower_then_leader = PlannerClient(f"127.0.0.1:{port}", None, "chat-a", "acme", "chat", pools)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await follower_then_leader.register()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not the leader (leader: other-replica)" in (refused.value.details() or "")
+        got = await follower_then_leader.report([PoolReport(role="agg", ready=1, curve=[0, 1])])
+        assert got.source == "floor"  # UNAVAILABLE is transient: the agent falls back
+        assert await server.run_round() is None  # a follower decides nothing
+        switch.leading = True
+        got = await follower_then_leader.report([PoolReport(role="agg", ready=1, curve=[0, 1])])
+        assert got.source == "planner"
+        assert (await server.run_round()) is not None
+    finally:
+        await follower_then_leader.close()
+        await server.stop(0)

@@ -46,3 +46,13 @@ async def test_no_configuration_is_one_clear_error(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(InputError, match="no usable Kubernetes configuration"):
         await kube.api_client(tmp_path / "missing-kubeconfig")
+
+
+def test_example_kubernetes_agent_config_is_valid() -> None:
+    from local_agent.config import load_config
+    from local_agent.connectors.kubernetes import KubernetesConnectorConfig
+
+    config = load_config(Path(__file__).resolve().parent.parent / "examples/agent/agent-kubernetes.yaml")
+    assert isinstance(config.connector, KubernetesConnectorConfig)
+    assert config.connector.services == {"prefill": "VllmPrefillWorker", "decode": "VllmDecodeWorker"}
+    assert config.connector.resync_s == 300 and config.connector.httproute is not None

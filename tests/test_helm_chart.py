@@ -51,7 +51,6 @@ NON_DEFAULT: dict[str, Any] = {
     "planner": {
         "replicas": 3,
         "tokens": {"token-llama": {"deployment": "llama", "tenant": "acme"}},
-        "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}},
         "state": {"storageClassName": "nfs", "size": "5Gi"},
         "pdb": {"minAvailable": 2},
     },
@@ -59,7 +58,12 @@ NON_DEFAULT: dict[str, Any] = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
 }
 SINGLE: dict[str, Any] = {
-    "planner": {"replicas": 1, "leaderElection": {"enabled": False}, "pdb": {"enabled": False}},
+    "planner": {
+        "replicas": 1,
+        "leaderElection": {"enabled": False},
+        "pdb": {"enabled": False},
+        "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}},
+    },
     "grafanaDashboard": {"enabled": False},
 }
 
@@ -85,6 +89,8 @@ def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> Non
     assert {"Deployment", "Service", "ConfigMap", "Secret", "ServiceAccount"} <= set(kinds)
     if values is SINGLE:
         assert "Lease" not in kinds and "PodDisruptionBudget" not in kinds
+        args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--tls-cert=/etc/fleet-planner/tls/tls.crt" in args and "--leader-elect" not in args
     else:
         assert {"Lease", "Role", "RoleBinding", "PodDisruptionBudget"} <= set(kinds)
 
@@ -94,7 +100,7 @@ def test_non_default_values_shape_the_release() -> None:
     by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     planner = by[("Deployment", "fp-planner")]["spec"]
     args = planner["template"]["spec"]["containers"][0]["args"]
-    assert planner["replicas"] == 3 and "--leader-elect" in args and "--tls-cert=/etc/fleet-planner/tls/tls.crt" in args
+    assert planner["replicas"] == 3 and "--leader-elect" in args and not [a for a in args if a.startswith("--tls")]
     assert by[("PersistentVolumeClaim", "fp-state")]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert by[("PodDisruptionBudget", "fp-planner")]["spec"]["minAvailable"] == 2
     tokens = yaml.safe_load(by[("Secret", "fp-tokens")]["stringData"]["tokens.yaml"])
@@ -167,6 +173,10 @@ def test_rbac_is_least_privilege() -> None:
         ({"planner": {"replicaz": 2}}, "replicaz"),
         ({"agents": [{**_agent("x", [], []), "dgd": "Bad_Name"}]}, "dgd"),
         ({"planner": {"leaseSeconds": 5, "roundSeconds": 5}}, "leaseSeconds must exceed"),
+        (
+            {"planner": {"tls": {"certManager": {"enabled": True}}}, "agents": [_agent("x", [], [])]},
+            "agent has no TLS client settings",
+        ),
     ],
 )
 def test_bad_values_fail_loudly(values: dict[str, Any], problem: str) -> None:

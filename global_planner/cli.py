@@ -146,13 +146,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def elector_config(args: argparse.Namespace) -> ElectionConfig | None:
     """The election settings from the flags (None without --leader-elect)."""
+    if not args.leader_elect:
+        return None
     from pydantic import ValidationError
 
     from fleet_planner.kube import default_namespace
     from global_planner.service.leader import ElectionConfig
-
-    if not args.leader_elect:
-        return None
 
     try:
         return ElectionConfig(

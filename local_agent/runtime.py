@@ -41,7 +41,7 @@ from fleet_planner.contract.models import PoolRegistration
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
-from local_agent.connectors.kubernetes import KubernetesConnector, KubernetesConnectorConfig
+from local_agent.connectors.kubernetes import KubernetesConnectorConfig
 from local_agent.connectors.processes import ProcessConnector
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, RuntimeLimits
@@ -265,6 +265,8 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
             drain_timeout_s=connector.drain_timeout_s,
         )
     if isinstance(connector, KubernetesConnectorConfig):
+        from local_agent.connectors.kubernetes.connector import KubernetesConnector  # the client is slow to import
+
         gpus = {role: pool.gpus_per_replica for role, pool in config.deployment.pools.items()}
         return KubernetesConnector(connector, config.deployment.name, gpus)
     ready = connector.ready_query if connector.replicas_from == "prometheus" else None

@@ -18,13 +18,9 @@ from kube_testserver import KubeTestServer
 from kube_testserver import fixtures as fx
 from local_agent.config import parse_config
 from local_agent.connectors.base import ReplicaCounts
-from local_agent.connectors.kubernetes import (
-    DgdError,
-    GpuCountUnreadable,
-    KubernetesConnector,
-    KubernetesConnectorConfig,
-)
+from local_agent.connectors.kubernetes import DgdError, GpuCountUnreadable, KubernetesConnectorConfig
 from local_agent.connectors.kubernetes import dgd as d
+from local_agent.connectors.kubernetes.connector import KubernetesConnector
 from local_agent.connectors.kubernetes.gateway import RouteError
 
 NS = "default"

@@ -266,7 +266,8 @@ async def test_stale_cache_is_refused_while_the_api_is_down(cluster: Cluster) ->
         with pytest.raises(DgdError, match="Kubernetes API unreadable"):
             await connector.observe_replicas()
         cluster.server.unavailable = False
-        await until(lambda: all(i.last_error is None for i in (connector._dgds, connector._pods) if i), 5)
+        informers = (connector._dgds, connector._adapters, connector._pods)
+        await until(lambda: all(i.last_error is None for i in informers if i), 5)
         assert await connector.observe_replicas()
     finally:
         await connector.close()

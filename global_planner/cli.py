@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,7 +138,20 @@ def _serve(args: argparse.Namespace) -> int:
         round_s=args.round_s,
     )
     if election is not None:
-        return asyncio.run(_run_elected(server, election, args, credentials, restore))
+        from global_planner.service.leader import serve_elected
+
+        kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+        return asyncio.run(
+            serve_elected(
+                server,
+                election,
+                args.listen,
+                credentials,
+                restore,
+                kubeconfig=kubeconfig,
+                state_dir=Path(args.state_dir),
+            )
+        )
     asyncio.run(_run(server, args.listen, credentials))
     return 0
 
@@ -164,30 +176,6 @@ def elector_config(args: argparse.Namespace) -> ElectionConfig | None:
         )
     except ValidationError as exc:
         raise InputError(exc.errors()[0]["msg"], field="--election-lease-s") from None
-
-
-async def _run_elected(
-    server: PlannerServer,
-    config: ElectionConfig,
-    args: argparse.Namespace,
-    credentials: grpc.ServerCredentials | None,
-    restore: Callable[[], None],
-) -> int:
-    from fleet_planner.kube import api_client
-    from global_planner.service.leader import LeaseElector, serve_elected
-
-    api = await api_client(Path(args.kubeconfig) if args.kubeconfig else None)
-    elector = LeaseElector(api, config, journal_dir=Path(args.state_dir))
-    server.leader = server.service.leader = elector
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        kept = await serve_elected(server, args.listen, credentials, elector, restore, stop)
-    finally:
-        await api.close()
-    return 0 if kept else 3  # 3: leadership lost; restart as a follower
 
 
 async def _run(server: PlannerServer, listen: str, credentials: grpc.ServerCredentials | None) -> None:

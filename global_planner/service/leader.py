@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -41,7 +42,7 @@ from grpc_health.v1 import health_pb2
 from kubernetes_asyncio import client
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet_planner.kube import status_of
+from fleet_planner.kube import api_client, status_of
 from global_planner.service.server import SERVICE_NAME, PlannerServer
 
 log = logging.getLogger(__name__)
@@ -202,19 +203,24 @@ class LeaseElector:
 
 async def serve_elected(
     server: PlannerServer,
+    config: ElectionConfig,
     listen: str,
     credentials: grpc.ServerCredentials | None,
-    elector: LeaseElector,
     restore: Callable[[], None],
-    stop: asyncio.Event,
-) -> bool:
-    """Serve as one replica: NOT_SERVING (health) and UNAVAILABLE (RPCs) while a follower; on
-    winning, ``restore`` the shared state and start rounds. Returns False when leadership was lost
-    (the process should exit so it restarts as a fresh follower), True on a requested stop."""
-    port = await server.start(listen, credentials)
-    print(f"serving on {listen.rpartition(':')[0]}:{port} (follower until elected)", flush=True)
-    await server.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    lost = asyncio.Event()
+    *,
+    kubeconfig: Path | None,
+    state_dir: Path,
+) -> int:
+    """Run one planner replica until SIGTERM/SIGINT: NOT_SERVING (health) and UNAVAILABLE (RPCs)
+    while a follower; on winning, ``restore`` the shared state and start rounds. Exit status 0 on
+    a requested stop, 3 when leadership was lost (restart as a fresh follower)."""
+    api = await api_client(kubeconfig)
+    elector = LeaseElector(api, config, journal_dir=state_dir)
+    server.leader = server.service.leader = elector
+    stop, lost = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
 
     async def started() -> None:
         restore()
@@ -227,8 +233,12 @@ async def serve_elected(
         stop.set()
 
     try:
+        port = await server.start(listen, credentials)
+        print(f"serving on {listen.rpartition(':')[0]}:{port} (follower until elected)", flush=True)
+        await server.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await elector.run(started, stopped, stop)
     finally:
         await elector.release()
         await server.stop()
-    return not lost.is_set()
+        await api.close()
+    return 3 if lost.is_set() else 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ from fleet_planner.errors import InputError
 if TYPE_CHECKING:
     import grpc
 
+    from global_planner.service.leader import ElectionConfig
     from global_planner.service.server import PlannerServer
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
     serve.add_argument("--tls-key", help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", help="CA (PEM) agents' client certificates must chain to (mTLS)")
+    election = serve.add_argument_group("leader election (several replicas; needs a Kubernetes API)")
+    election.add_argument("--leader-elect", action="store_true", help="grant only while holding the Lease")
+    election.add_argument("--lease-name", default="fleet-planner", help="coordination.k8s.io/v1 Lease name")
+    election.add_argument("--lease-namespace", help="the Lease's namespace (default: the pod's own)")
+    election.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME, else the hostname)")
+    election.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
+    election.add_argument("--election-lease-s", type=float, default=15.0, help="Lease duration")
+    election.add_argument("--election-renew-deadline-s", type=float, default=10.0, help="leader steps down after")
+    election.add_argument("--election-retry-s", type=float, default=2.0, help="seconds between renew/acquire tries")
     serve.set_defaults(run=_serve)
 
     explain = subparsers.add_parser("explain", help="why each pool got what it got in one allocation round")
@@ -78,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     from global_planner.service.state import PlannerState
 
     _host_port(args.listen, "--listen")
+    election = elector_config(args)
     for flag, value in (
         ("--round-s", args.round_s),
         ("--lease-s", args.lease_s),
@@ -100,14 +113,19 @@ def _serve(args: argparse.Namespace) -> int:
     state = PlannerState(
         watcher.policy, lease_s=args.lease_s, report_interval_s=args.round_s, time_limit_s=args.time_limit_s
     )
-    previous = last_record(Path(args.state_dir) / AUDIT_FILE)
-    if previous is not None:
-        state.restore(previous)
-        log.info(
-            "resumed after decision %d: %d deployment(s) held until they report",
-            previous.decision_id,
-            len(previous.deployments),
-        )
+
+    def restore() -> None:
+        previous = last_record(Path(args.state_dir) / AUDIT_FILE)
+        if previous is not None:
+            state.restore(previous)
+            log.info(
+                "resumed after decision %d: %d deployment(s) held until they report",
+                previous.decision_id,
+                len(previous.deployments),
+            )
+
+    if not args.leader_elect:
+        restore()  # elected replicas restore when they win, from the shared state dir as it is then
     if args.metrics:
         host, port = _host_port(args.metrics, "--metrics")
         start_http_server(port, addr=host, registry=registry)
@@ -119,8 +137,45 @@ def _serve(args: argparse.Namespace) -> int:
         watcher=watcher,
         round_s=args.round_s,
     )
+    if election is not None:
+        from global_planner.service.leader import serve_elected
+
+        kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+        return asyncio.run(
+            serve_elected(
+                server,
+                election,
+                args.listen,
+                credentials,
+                restore,
+                kubeconfig=kubeconfig,
+                state_dir=Path(args.state_dir),
+            )
+        )
     asyncio.run(_run(server, args.listen, credentials))
     return 0
+
+
+def elector_config(args: argparse.Namespace) -> ElectionConfig | None:
+    """The election settings from the flags (None without --leader-elect)."""
+    if not args.leader_elect:
+        return None
+    from pydantic import ValidationError
+
+    from fleet_planner.kube import default_namespace
+    from global_planner.service.leader import ElectionConfig
+
+    try:
+        return ElectionConfig(
+            namespace=default_namespace(args.lease_namespace),
+            name=args.lease_name,
+            identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),
+            lease_s=args.election_lease_s,
+            renew_deadline_s=args.election_renew_deadline_s,
+            retry_s=args.election_retry_s,
+        )
+    except ValidationError as exc:
+        raise InputError(exc.errors()[0]["msg"], field="--election-lease-s") from None
 
 
 async def _run(server: PlannerServer, listen: str, credentials: grpc.ServerCredentials | None) -> None:

@@ -56,6 +56,7 @@ from fleet_planner.errors import InputError
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentSpec, FrozenModel, PoolRole
 from local_agent.agent import AgentOptions
+from local_agent.connectors.kubernetes.config import KubernetesConnectorConfig
 from local_agent.connectors.processes import WorkerCommand
 
 PLANNER_TOKEN_ENV = "FLEET_PLANNER_TOKEN"
@@ -102,9 +103,19 @@ def _state_path(value: Path, info: ValidationInfo) -> Path:
 
 
 StatePath = Annotated[Path, AfterValidator(_state_path)]
+
+
+def _host_ports(value: str) -> str:
+    """``HOST:PORT[,HOST:PORT...]``: several planner replicas, tried in turn."""
+    parts = [part.strip() for part in value.split(",")]
+    for part in parts:
+        parse_host_port(part)
+    return ",".join(parts)
+
 QueryTemplate = Annotated[str | None, _template(PLACEHOLDERS)]
 LabelTemplate = Annotated[str, _template(LABEL_PLACEHOLDERS)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
+HostPorts = Annotated[str, AfterValidator(_host_ports)]
 
 
 class AgentDeployment(DeploymentConfig[PoolConfig]):
@@ -211,7 +222,9 @@ class VirtualConnectorConfig(FrozenModel):
         return self
 
 
-ConnectorConfig = Annotated[ProcessesConnectorConfig | VirtualConnectorConfig, Field(discriminator="kind")]
+ConnectorConfig = Annotated[
+    ProcessesConnectorConfig | VirtualConnectorConfig | KubernetesConnectorConfig, Field(discriminator="kind")
+]
 
 
 class TelemetryConfig(FrozenModel):
@@ -242,7 +255,7 @@ class PlannerLink(FrozenModel):
     ``token_file`` or else from the environment variable ``token_env``; neither set: no token
     (for planners run without ``--tokens``)."""
 
-    address: HostPort = Field(description="HOST:PORT of the global planner")
+    address: HostPorts = Field(description="HOST:PORT of the global planner (comma-separated: replicas, tried in turn)")
     ca_file: ExistingPath | None = Field(default=None, description="PEM CA bundle that signed the planner's cert")
     cert_file: ExistingPath | None = Field(default=None, description="PEM client certificate (mutual TLS)")
     key_file: ExistingPath | None = Field(default=None, description="PEM private key of cert_file")
@@ -319,6 +332,10 @@ class AgentConfig(FrozenModel):
                     f"need a worker command for exactly the pools {', '.join(sorted(expected))};"
                     f" got {', '.join(self.connector.roles) or 'none'}",
                 )
+        if isinstance(self.connector, KubernetesConnectorConfig) and self.connector.services:
+            extra = sorted(set(self.connector.services) - set(self.deployment.pools))
+            if extra:
+                raise FieldProblem("connector.services", f"no such pool(s): {', '.join(extra)}")
         return self
 
     @property

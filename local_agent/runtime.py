@@ -43,6 +43,7 @@ from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, Po
 from local_agent.agent import LocalAgent
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
+from local_agent.connectors.kubernetes import KubernetesConnectorConfig
 from local_agent.connectors.processes import ProcessConnector
 from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, RuntimeLimits
@@ -96,6 +97,7 @@ class AgentRuntime:
             self.spec, RuntimeLimits(gpu_budget=config.options.gpu_budget, advisory=config.options.advisory)
         )
         self.limits.subscribe(self._limits_changed)
+        connector.export_metrics(self.metrics.registry)
         self.agent: LocalAgent | None = None
         self._gpus = {role: pool.gpus_per_replica for role, pool in self.spec.pools.items()}
         self._runner: web.AppRunner | None = None
@@ -133,6 +135,8 @@ class AgentRuntime:
         for pool in decision.pools:
             self.agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
         self.agent.endpoint_share = effects.endpoint_share  # learnt as in replay
+        if effects.apply is not None:
+            await self.connector.apply_routing(effects.routing, effects.admission_rps)
         self.last_effects = effects
         self.metrics.record_planner(self.spec.name, effects)
         self.recorder.record_planner(effects)
@@ -241,6 +245,11 @@ def make_connector(config: AgentConfig, source: PrometheusSource) -> Connector:
             run_dir=connector.run_dir,
             drain_timeout_s=connector.drain_timeout_s,
         )
+    if isinstance(connector, KubernetesConnectorConfig):
+        from local_agent.connectors.kubernetes.connector import KubernetesConnector  # the client is slow to import
+
+        gpus = {role: pool.gpus_per_replica for role, pool in config.deployment.pools.items()}
+        return KubernetesConnector(connector, config.deployment.name, gpus)
     ready = connector.ready_query if connector.replicas_from == "prometheus" else None
     return VirtualConnector(
         connector.path,

@@ -11,6 +11,7 @@ import pytest
 
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentSpec, Distribution, FleetObservation, PoolObservation, PoolSpec
+from fleet_sim.adapters.local import LocalAgentsPolicy
 from fleet_sim.policies import make_policy
 from fleet_sim.runner import FleetSimulation
 from fleet_sim.scenario import parse_scenario
@@ -18,7 +19,6 @@ from fleet_sim.workload import build_workload
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import DecisionReason as R
 from local_agent.models import RuntimeLimits
-from fleet_sim.adapters.local import LocalAgentsPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -49,6 +49,15 @@ MAX_MESSAGE_BYTES = 1 << 20  # a full report is ~30 KB; anything near this is ab
 
 R = TypeVar("R", bound=Message)
 
+
+class LeaderElector(Protocol):
+    """What the servicer asks of leader election (:class:`global_planner.service.leader.LeaseElector`)."""
+
+    holder: str | None
+
+    def is_leader(self) -> bool: ...
+
+
 _STATE_CODES: dict[type[StateError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownDeployment: grpc.StatusCode.NOT_FOUND,
@@ -66,13 +75,18 @@ class PlannerService(pb_grpc.PlannerServicer):
         auth: TokenAuthenticator | None,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
+        leader: LeaderElector | None = None,
     ):
         self.state = state
         self.auth = auth
         self.metrics = metrics
         self.clock = clock
+        self.leader = leader
 
     async def _handle(self, context: grpc.aio.ServicerContext, step: Callable[[Identity | None, float], R]) -> R:
+        if self.leader is not None and not self.leader.is_leader():  # only the leader grants
+            self.metrics.rejected.labels(grpc.StatusCode.UNAVAILABLE.name).inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader (leader: {self.leader.holder or 'none'})")
         try:
             identity = self.auth.identify(context.invocation_metadata()) if self.auth is not None else None
             return step(identity, self.clock())
@@ -142,15 +156,17 @@ class PlannerServer:
         round_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         solve: Solver = allocate,
+        leader: LeaderElector | None = None,
     ):
         self.state = state
+        self.leader = leader
         self.metrics = metrics
         self.audit = audit
         self.watcher = watcher
         self.round_s = round_s
         self.clock = clock
         self._solve = solve
-        self.service = PlannerService(state, auth, metrics, clock)
+        self.service = PlannerService(state, auth, metrics, clock, leader)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -196,6 +212,8 @@ class PlannerServer:
         to decide: no decision id is spent and nothing is logged (lapsed leases need no record:
         a restart re-derives them from the recorded expiry)."""
         async with self._round_lock:
+            if self.leader is not None and not self.leader.is_leader():
+                return None  # followers decide nothing
             if self.watcher is not None and self.watcher.poll():
                 log.info("policy %s reloaded", self.watcher.path)
                 self.state.set_policy(self.watcher.policy)
@@ -205,6 +223,8 @@ class PlannerServer:
             if round_input.request is None:
                 return None
             allocation = await asyncio.to_thread(self._solve, round_input.request)
+            if self.leader is not None and not self.leader.is_leader():
+                return None  # leadership lapsed during the solve: the next leader decides
             round_ = self.state.settle(round_input, allocation, self.clock())
             if self.audit is not None:
                 self.audit.append(round_.record)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -35,6 +36,15 @@ class Connector(ABC):
     @abstractmethod
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         """Current ready/starting/draining counts for every configured role."""
+
+    async def apply_routing(self, routing: dict[str, float], admission_rps: float | None) -> None:
+        """Apply the planner's routing shares (deployment -> share) and admission limit of the endpoint.
+
+        Default: nothing (the endpoint is routed elsewhere); the Kubernetes connector writes an HTTPRoute.
+        """
+
+    def export_metrics(self, registry: CollectorRegistry) -> None:
+        """Publish the connector's own metrics in the agent's registry (default: it has none)."""
 
     @abstractmethod
     async def close(self) -> None:

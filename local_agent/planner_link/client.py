@@ -98,10 +98,10 @@ class PlannerClient:
         self.timeout_s = timeout_s
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
-        )
-        self._stub = pb_grpc.PlannerStub(self._channel)
+        self._addresses = [address.strip() for address in target.split(",") if address.strip()]
+        self._address = 0
+        self._credentials = credentials
+        self._connect()
         self.session_id: str | None = None
         self.last_error: str | None = None
         self._sequence = 0
@@ -149,6 +149,21 @@ class PlannerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _connect(self) -> None:
+        target = self._addresses[self._address]
+        self._channel = (
+            grpc.aio.secure_channel(target, self._credentials)
+            if self._credentials
+            else grpc.aio.insecure_channel(target)
+        )
+        self._stub = pb_grpc.PlannerStub(self._channel)
+
+    async def _next_address(self) -> None:
+        """A follower (or a dead replica) answered UNAVAILABLE: move on to the next planner address."""
+        await self._channel.close()
+        self._address = (self._address + 1) % len(self._addresses)
+        self._connect()
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -191,20 +206,31 @@ class PlannerClient:
         self, pools: list[PoolReport], forecast: Forecast | None = None, observed: Observed | None = None
     ) -> bool:
         """Send a report and hand the reply to the session; False when the planner did not answer
-        (a transient failure), :class:`PlannerRejected` when it refused."""
+        (a transient failure), :class:`PlannerRejected` when it refused.
+
+        With several planner addresses (``HOST:PORT,HOST:PORT``, one per replica), an UNAVAILABLE
+        answer (a follower, or a replica that is gone) moves on to the next address at once."""
+        for attempt in range(len(self._addresses)):
+            try:
+                await self._report_registered(pools, forecast, observed)
+                return True
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == len(self._addresses):
+                    self._failed(error)
+                    return False
+                await self._next_address()
+        raise AssertionError("unreachable: the last attempt returns")
+
+    async def _report_registered(
+        self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None
+    ) -> None:
         try:
             await self._report_once(pools, forecast, observed)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:  # planner restarted or session replaced
-                try:
-                    await self.register()
-                    await self._report_once(pools, forecast, observed)
-                    return True
-                except grpc.aio.AioRpcError as retry_error:
-                    error = retry_error
-            self._failed(error)
-            return False
-        return True
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # planner restarted or session replaced
+                raise
+            await self.register()
+            await self._report_once(pools, forecast, observed)
 
     async def _report_once(self, pools: list[PoolReport], forecast: Forecast | None, observed: Observed | None) -> None:
         if self.session_id is None:

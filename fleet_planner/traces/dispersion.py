@@ -34,21 +34,22 @@ def index_of_dispersion(arrival_s: np.ndarray, bin_s: float, duration_s: float) 
 def series_like(trace: Trace, window_s: float, clients_from: RateSeries, first_window: int = 0) -> RateSeries:
     """``trace``'s own rate per ``window_s`` window, with the client columns of ``clients_from``'s
     windows from ``first_window`` on: synthesis from it has the trace's mean rate and load shape
-    and the client mix of the other source."""
+    and the client mix of the other source. A partial last window's rate is over its covered part."""
     if not clients_from.has_clients:
         raise InputError("the client source has no client columns", file=clients_from.source)
-    windows = int(trace.duration_s // window_s)
+    windows = math.ceil(trace.duration_s / window_s)
     if windows < 2:
         raise ValueError(f"the trace is shorter than two {window_s:g} s windows")
     if not 0 <= first_window <= clients_from.rate_rps.size - windows:
         raise ValueError(f"first_window {first_window} leaves fewer than {windows} client windows")
     take = slice(first_window, first_window + windows)
     counts = np.bincount((trace.arrival_s // window_s).astype(np.int64), minlength=windows)[:windows]
+    covered = np.minimum(window_s, trace.duration_s - np.arange(windows) * window_s)  # the last may be partial
     assert clients_from.cv is not None and clients_from.clients is not None and clients_from.top_share is not None
     return RateSeries(
         window_start_s=np.arange(windows) * window_s,
         window_s=np.full(windows, window_s),
-        rate_rps=counts / window_s,
+        rate_rps=counts / covered,
         cv=clients_from.cv[take].copy(),
         clients=clients_from.clients[take].copy(),
         top_share=clients_from.top_share[take].copy(),

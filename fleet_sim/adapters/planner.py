@@ -109,9 +109,8 @@ class DropAgent(BaseModel):
 
     ``silent``: the agent lives on, cut off (a network partition): it runs its last lease, then
     its floor, exactly as the client's fallback contract says. ``dead``: the agent process is gone
-    and its pods stay at its last applied target; the planner cannot tell the two apart, so once the
-    lease lapses it re-grants GPUs those pods still hold (the simulator keeps the new replicas
-    pending until GPUs are physically free, and counts the over-committed targets).
+    and its pods stay at its last applied target. The planner cannot tell the two apart, so once
+    the lease lapses it keeps counting what the pods may hold until something confirms it free.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet_sim.adapters.planner import PlannerFaults
 from fleet_sim.results import COMPLETED, UNFINISHED, SimulationResult
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.simulate import run_scenario
 from global_planner.service.audit import read_records
-from fleet_sim.adapters.planner import PlannerFaults
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"

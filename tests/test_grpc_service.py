@@ -11,15 +11,15 @@ from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from global_planner.cli import main as cli_main
-from local_agent.planner_link.client import Lease, PlannerClient, PlannerRejected, effective_targets
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AuditLog, last_record
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
-from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from global_planner.service.server import SERVICE_NAME, PlannerServer
 from global_planner.service.state import PlannerState
+from local_agent.planner_link.client import Lease, PlannerClient, PlannerRejected, effective_targets
 
 TOKENS = {
     "token-a-0123456789abcdef": Identity(deployment="chat-a", tenant="acme"),

@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from global_planner.allocation import allocate, allocate_greedy
-from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets, replicas_to_start
-from global_planner.policy_file import TenantPolicy
 from fleet_planner.contract.models import (
     AckApplied,
     AckDrained,
@@ -26,7 +23,10 @@ from fleet_planner.contract.models import (
     Registration,
     Targets,
 )
+from global_planner.allocation import allocate, allocate_greedy
+from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import InvalidRequest, PlannerState, StateError, UnknownSession
+from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets, replicas_to_start
 
 
 def _policy(gpus: dict[str, int], tenants: dict | None = None) -> TenantPolicy:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet_planner.contract.models import (  # noqa: E402
+from fleet_planner.contract.models import (
     AckDrained,
     AgentReport,
     Forecast,
@@ -52,11 +52,11 @@ from fleet_planner.contract.models import (  # noqa: E402
     Registration,
     Targets,
 )
-from global_planner.allocation import allocate, allocate_greedy  # noqa: E402
-from global_planner.policy_file import TenantPolicy  # noqa: E402
-from global_planner.service.audit import AUDIT_FILE, AuditLog, read_all  # noqa: E402
-from global_planner.service.state import PlannerState, StateError  # noqa: E402
-from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets  # noqa: E402
+from global_planner.allocation import allocate, allocate_greedy
+from global_planner.policy_file import TenantPolicy
+from global_planner.service.audit import AUDIT_FILE, AuditLog, read_all
+from global_planner.service.state import PlannerState, StateError
+from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets
 
 DT = 0.5
 DURATION_S = 150.0

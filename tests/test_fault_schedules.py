@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_faults import run_schedules  # noqa: E402
+from bench_faults import run_schedules
 
 
 def test_hundred_fault_schedules_keep_every_guarantee() -> None:

@@ -55,7 +55,7 @@ from fleet_planner.contract.models import (
 from global_planner.allocation import allocate, allocate_greedy
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, AuditLog, read_all
-from global_planner.service.state import PlannerState, StateError
+from global_planner.service.state import PlannerState, Round, StateError
 from local_agent.planner_link.client import Lease, effective_targets, lease_from_targets
 
 DT = 0.5
@@ -184,18 +184,21 @@ class Schedule:
         self.figures.planner_kills += 1
 
     def _round(self, now: float) -> None:
-        assert self.state is not None and self.audit is not None
+        assert self.state is not None
         round_input = self.state.begin_round(now)
-        if round_input.request is None:
-            return
-        allocation = self.solve(round_input.request)
-        round_ = self.state.settle(round_input, allocation, now)
-        if self.rng.random() < 0.06:  # killed while appending: part of the line is on disk
+        if round_input.request is not None:
+            self._persist(self.state.settle(round_input, self.solve(round_input.request), now), now)
+
+    def _persist(self, round_: Round, now: float) -> bool:
+        """Append, then commit (as the server does); sometimes killed mid-append (a torn line)."""
+        assert self.state is not None and self.audit is not None
+        if self.rng.random() < 0.06:
             line = round_.record.model_dump_json().encode() + b"\n"
             self._kill_planner(now, line[: self.rng.randrange(0, len(line))])
-            return
+            return False
         self.audit.append(round_.record)
         self.state.commit(round_)
+        return True
 
     # ------------------------------------------------------------------ network
 
@@ -223,6 +226,8 @@ class Schedule:
                 targets = self.state.register(message, session, now)
             elif kind == "report":
                 targets = self.state.report(message, now)
+                if self.state.checkpoint_due and not self._persist(self.state.checkpoint(now), now):
+                    return  # killed before the answer left
             else:
                 targets = self.state.ack_drained(message, now)
             error = None

@@ -349,3 +349,34 @@ def test_11_simulate_out_naming_a_file_fails_before_running(tmp_path, capsys, mo
         err = capsys.readouterr().err
         assert err == f"error: --out: {taken} exists and is not a folder\n"
     assert taken.read_text() == "keep me"
+
+
+# --------------------------------------------------------------------- restarts know every holding lease
+
+
+async def test_holding_lease_is_durable_before_it_is_answered(planner, tmp_path) -> None:
+    """Before its first round an agent is told to hold what it reported; a planner killed right
+    after must still count those replicas (found by the randomized fault schedules)."""
+    async with grpc.aio.insecure_channel(planner.target) as channel:
+        stub = pb_grpc.PlannerStub(channel)
+        spec = pb.PoolSpec(role=pb.POOL_ROLE_AGG, gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=8)
+        metadata = _auth("token-liar-0123456789abcdef")
+        reg = await stub.Register(
+            pb.RegisterRequest(deployment="liar", tenant="acme", endpoint="chat", pools=[spec]), metadata=metadata
+        )
+        answer = await stub.Report(
+            pb.ReportRequest(
+                deployment="liar",
+                session_id=reg.session_id,
+                sequence=1,
+                pools=[pb.PoolReport(role=pb.POOL_ROLE_AGG, ready=3)],
+            ),
+            metadata=metadata,
+        )
+    assert answer.targets.decision_id == 0 and answer.targets.pools[0].replicas == 3
+    restarted = PlannerState(TenantPolicy.model_validate(POLICY))
+    audit = AuditLog(tmp_path)  # what a planner killed now finds
+    restarted.resume(audit.recovery, 1000.0)
+    audit.close()
+    assert audit.recovery.record is not None and audit.recovery.record.status == "checkpoint"
+    assert restarted.usage("liar", "agg") == 3 and restarted.committed_gpus()["h200"] == 3

@@ -106,8 +106,10 @@ class PlannerService(pb_grpc.PlannerServicer):
         auth: TokenAuthenticator | None,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ):
         self.state = state
+        self.audit = audit
         self.auth = auth
         self.metrics = metrics
         self.clock = clock
@@ -177,6 +179,10 @@ class PlannerService(pb_grpc.PlannerServicer):
         def step(identity: Identity | None, now: float) -> pb.ReportResponse:
             authorize(identity, request.deployment)
             targets = self.state.report(convert.report_from_pb(request), now)
+            if self.state.checkpoint_due and self.audit is not None:
+                checkpoint = self.state.checkpoint(now)  # durable before the holding lease is answered
+                self.audit.append(checkpoint.record)
+                self.state.commit(checkpoint)
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
         return await self._handle(context, step)
@@ -220,7 +226,7 @@ class PlannerServer:
         self.round_s = round_s
         self.clock = clock
         self._solve = solve
-        self.service = PlannerService(state, auth, metrics, clock)
+        self.service = PlannerService(state, auth, metrics, clock, audit)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None

@@ -17,6 +17,7 @@ have reported what they hold).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from fleet_planner.contract.models import (
     AckApplied,
@@ -82,6 +83,7 @@ class PlannerState:
         self.time_limit_s = time_limit_s
         self.next_decision_id = 1
         self.quarantine_until_s = float("-inf")
+        self.checkpoint_due = False
         self._deployments: dict[str, DeploymentState] = {}
         self._previous: dict[str, int] = {}
         self._version = 0
@@ -215,6 +217,12 @@ class PlannerState:
             pool = dep.pools[pool_report.role]
             counted = ledger.countable(self._deployments.values(), self.policy, dep, pool, pool_report.in_use)
             drains.apply_report(pool, counted, applied)
+            if dep.decision_id == 0 and not dep.expired and pool.usage > pool.grant:
+                # The holding lease (decision 0) promises what is counted: a later, lower report
+                # must not free what an earlier answer let the agent (re)start, and a restart must
+                # know it (see :meth:`checkpoint`).
+                pool.grant = pool.usage
+                self.checkpoint_due = True
         self._version += 1
         return self._targets(dep, now)
 
@@ -269,13 +277,14 @@ class PlannerState:
         )
 
     def settle(self, round_input: RoundInput, allocation: Allocation | None, now: float) -> Round:
-        """Turn the allocator's answer into grants, gating scale-ups on GPUs actually free now."""
+        """Turn the allocator's answer into grants, gating scale-ups on GPUs actually free now.
+
+        Settles against the state as it is now (a checkpoint may have taken the snapshot's id)."""
         self._expire(now)
-        decision_id = round_input.decision_id
-        if decision_id != self.next_decision_id:
-            raise RuntimeError(f"round {decision_id} is stale (next is {self.next_decision_id})")
+        decision_id = self.next_decision_id
         everyone = list(self._deployments.values())
         bidders = {d.name for d in everyone if leases.bidding(d, now, self.liveness_s)}
+        round_input = replace(round_input, decision_id=decision_id)
         updates = rounds.settle(
             everyone, bidders, self.policy, round_input, allocation, scale_ups=now >= self.quarantine_until_s
         )
@@ -300,10 +309,23 @@ class PlannerState:
             dep.lease_expires_s, dep.expired, dep.decision_id = expires, False, round_.decision_id
             dep.routing = dict(round_.routing.get(dep.endpoint, {}))
             dep.admission_rps = round_.admission.get(dep.endpoint)
-        self._previous = {f"{n}/{r}": u.allocated for (n, r), u in round_.updates.items()}
+        if round_.updates:
+            self._previous = {f"{n}/{r}": u.allocated for (n, r), u in round_.updates.items()}
         self.next_decision_id = round_.decision_id + 1
+        self.checkpoint_due = False
         self._version += 1
         return round_
+
+    def checkpoint(self, now: float) -> Round:
+        """A record of the state that decides nothing: persisted before a holding lease that raised
+        what a pool may run is answered, so a restarted planner knows every replica an agent was
+        told it may keep. Commit it like a round."""
+        self._expire(now)
+        empty = RoundInput(now, self.next_decision_id, None, {}, {})
+        outcome = rounds.Outcome(self.next_decision_id, now, None, {}, {}, {}, {})
+        record = rounds.record(list(self._deployments.values()), self.policy, outcome, empty)
+        record = record.model_copy(update={"status": "checkpoint"})
+        return Round(outcome.decision_id, now, None, {}, {}, {}, {}, record, self._version)
 
     def plan(self, now: float, solve: Solver = allocate) -> Round:
         """One whole round (snapshot, solve, settle), not yet committed."""

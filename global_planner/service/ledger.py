@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fleet_planner.contract.models import AgentReport, DemandSummary, PoolRegistration
+from fleet_planner.contract.models import AgentReport, DemandSummary, PoolRegistration, RoundRecord
 from fleet_planner.planning import PoolRole
 from global_planner.policy_file import TenantPolicy
 
@@ -96,3 +96,40 @@ def countable(
         tenant_use = committed_gpus((d for d in everyone if d.tenant == dep.tenant), [gpu])[gpu]
         free = min(free, cap - tenant_use)
     return pool.usage + min(claimed - pool.usage, max(0, free) // gpr)
+
+
+def restored(record: RoundRecord) -> dict[str, DeploymentState]:
+    """A persisted round's deployments as outstanding (no session): each pool holds its recorded
+    grant and usage; usage above the grant waits for a confirmation as it did before."""
+    out: dict[str, DeploymentState] = {}
+    for rec in record.deployments:
+        pools: dict[PoolRole, PoolState] = {}
+        for p in rec.pools:
+            spec = PoolRegistration(
+                role=p.role,
+                gpu_type=p.gpu_type,
+                gpus_per_replica=p.gpus_per_replica,
+                min_replicas=p.min_replicas,
+                max_replicas=p.max_replicas,
+                fallback_replicas=p.fallback_replicas,
+            )
+            pending = p.pending_release if p.usage > p.granted else None
+            if p.usage > p.granted and pending is None:
+                pending = record.decision_id
+            pools[p.role] = PoolState(
+                spec=spec,
+                grant=p.granted,
+                usage=p.usage,
+                pending_release=pending,
+                grant_decision_id=p.grant_decision_id,
+                reason=f"restored from decision {record.decision_id}",
+            )
+        out[rec.deployment] = DeploymentState(
+            name=rec.deployment,
+            tenant=rec.tenant,
+            endpoint=rec.endpoint,
+            pools=pools,
+            lease_expires_s=rec.lease_expires_s,
+            decision_id=rec.decision_id,
+        )
+    return out

@@ -23,7 +23,6 @@ from fleet_planner.contract.models import (
     AckApplied,
     AckDrained,
     AgentReport,
-    PoolRegistration,
     PoolTarget,
     Registration,
     RoundRecord,
@@ -345,36 +344,7 @@ class PlannerState:
 
     def restore(self, record: RoundRecord) -> None:
         """Adopt a persisted round's pools as outstanding: held until re-reported or lapsed."""
-        for rec in record.deployments:
-            pools: dict[PoolRole, PoolState] = {}
-            for p in rec.pools:
-                spec = PoolRegistration(
-                    role=p.role,
-                    gpu_type=p.gpu_type,
-                    gpus_per_replica=p.gpus_per_replica,
-                    min_replicas=p.min_replicas,
-                    max_replicas=p.max_replicas,
-                    fallback_replicas=p.fallback_replicas,
-                )
-                pending = p.pending_release if p.usage > p.granted else None
-                if p.usage > p.granted and pending is None:
-                    pending = record.decision_id
-                pools[p.role] = PoolState(
-                    spec=spec,
-                    grant=p.granted,
-                    usage=p.usage,
-                    pending_release=pending,
-                    grant_decision_id=p.grant_decision_id,
-                    reason=f"restored from decision {record.decision_id}",
-                )
-            self._deployments[rec.deployment] = DeploymentState(
-                name=rec.deployment,
-                tenant=rec.tenant,
-                endpoint=rec.endpoint,
-                pools=pools,
-                lease_expires_s=rec.lease_expires_s,
-                decision_id=rec.decision_id,
-            )
+        self._deployments.update(ledger.restored(record))
         self._previous = {
             f"{d.deployment}/{p.role}": p.allocated
             for d in record.deployments

@@ -228,3 +228,17 @@ def test_9_crash_between_rotation_steps_restarts_from_the_snapshot(tmp_path) -> 
     assert audit.recovery.record == state_record and not audit.recovery.newest_lost
     assert restarted.next_decision_id == ids[-1] + 1
     assert restarted.committed_gpus() == state.committed_gpus()
+
+
+def test_3_restart_names_the_line_of_an_unreadable_newest_record(tmp_path, caplog) -> None:
+    state, audit = _fleet(), AuditLog(tmp_path)
+    for t in range(4):
+        _round(state, audit, float(t), t + 1)
+    audit.close()
+    path = tmp_path / AUDIT_FILE
+    with open(path, "ab") as handle:
+        handle.write(b'{"decision_id":99, "bad\xff"}\n\n')
+    caplog.set_level(logging.WARNING)
+    recovery = recover(tmp_path)
+    assert recovery.record.decision_id == 4 and recovery.high_water == 99 and recovery.newest_lost
+    assert recovery.problems == [f"{path}:5: not UTF-8 (byte 23 of the line)"]

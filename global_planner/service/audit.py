@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -122,26 +123,54 @@ def seal_torn_tail(path: Path) -> int:
 
 
 def _scan_back(path: Path, recovery: Recovery) -> RoundRecord | None:
-    """The newest readable record of a segment; newer unreadable lines are reported."""
+    """The newest readable record of a segment, reading blocks from its end (restart time does
+    not grow with the segment); newer unreadable lines are reported."""
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         return None
     except OSError as error:
         raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
-    lines = data.split(b"\n")
-    for number in range(len(lines), 0, -1):
-        line = lines[number - 1]
-        if not line.strip():
-            continue
-        recovery.high_water = max(recovery.high_water, _id_prefix(line))
-        try:
-            return _parse(line, f"{path}:{number}")
-        except InputError as error:
-            recovery.problems.append(str(error))
-            recovery.newest_lost = True
-            log.warning("%s (skipped)", error)
-    return None
+    with handle:
+        pos = handle.seek(0, os.SEEK_END)
+        carry = b""  # the start of a line whose beginning is not read yet
+        while True:
+            start = max(0, pos - (1 << 20))
+            handle.seek(start)
+            lines = (handle.read(pos - start) + carry).split(b"\n")
+            carry = lines.pop(0) if start > 0 else b""
+            offset = start + (len(carry) + 1 if start > 0 else 0)
+            offsets = []
+            for line in lines:
+                offsets.append(offset)
+                offset += len(line) + 1
+            for line, at in zip(reversed(lines), reversed(offsets), strict=True):
+                if not line.strip():
+                    continue
+                recovery.high_water = max(recovery.high_water, _id_prefix(line))
+                try:
+                    return _parse(line, str(path))
+                except InputError as error:
+                    problem = f"{path}:{_line_number(handle, at)}: {error.problem}"
+                    recovery.problems.append(problem)
+                    recovery.newest_lost = True
+                    log.warning("%s (skipped)", problem)
+            if start == 0:
+                return None
+            pos = start
+
+
+def _line_number(handle: BinaryIO, offset: int) -> int:
+    """The 1-based line at byte ``offset`` (counted only when a message needs it)."""
+    handle.seek(0)
+    newlines, left = 0, offset
+    while left > 0:
+        chunk = handle.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        newlines += chunk.count(b"\n")
+        left -= len(chunk)
+    return newlines + 1
 
 
 def recover(state_dir: str | Path, *, repair: bool = True) -> Recovery:

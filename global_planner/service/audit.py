@@ -7,8 +7,9 @@ A state dir holds::
     snapshot.json                      the last record of the newest rotated segment
 
 Every record carries the whole grant/lease state, so a restart needs only the newest readable
-record: it reads the snapshot and the current segment, never the history (bounded by
-``rotate_bytes``). Rotated segments are kept for ``explain`` only; an operator may archive them.
+record: it reads the current segment backwards from its end (the snapshot when the segment holds
+none), never the history. Rotated segments are kept for ``explain`` only; an operator may archive
+them.
 
 Crash safety (the planner is killed at any byte):
 

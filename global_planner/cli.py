@@ -1,6 +1,7 @@
 """``fleet-planner serve`` (the global planner process) and ``fleet-planner explain DECISION_ID``.
 
-Also runnable alone: ``python -m global_planner.cli serve --policy tenants.yaml --listen 127.0.0.1:7070``.
+Also runnable alone:
+``python -m global_planner.cli serve --policy tenants.yaml --listen 127.0.0.1:7070 --tokens tokens.yaml``.
 On start, ``serve`` prints ``serving on HOST:PORT`` (the bound port when ``:0`` was asked for).
 """
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from fleet_planner.errors import InputError
 from fleet_sim.outputs import write_outputs
 from fleet_sim.policies import make_policy
 from fleet_sim.results import SimulationResult
@@ -22,6 +24,7 @@ def run_scenario(scenario) -> SimulationResult:
 def simulate_scenario(
     path: str | Path, out_dir: Path, *, overrides: dict | None = None, progress: bool = False
 ) -> dict:
+    _check_out_dir(Path(out_dir))  # before the run, not after it
     scenario = load_scenario(path, overrides=overrides)
     workload = build_workload(scenario)
     policy = make_policy(scenario, workload)
@@ -39,3 +42,12 @@ def simulate_scenario(
     else:
         result = simulation.run()
     return write_outputs(result, Path(out_dir))
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The output folder must be creatable: its nearest existing ancestor a writable folder."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{existing} exists and is not a folder", field="--out")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{existing} is not writable", field="--out")

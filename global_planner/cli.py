@@ -1,6 +1,7 @@
 """``fleet-planner serve`` (the global planner process) and ``fleet-planner explain DECISION_ID``.
 
-Also runnable alone: ``python -m global_planner.cli serve --policy tenants.yaml --listen 127.0.0.1:7070``.
+Also runnable alone:
+``python -m global_planner.cli serve --policy tenants.yaml --listen 127.0.0.1:7070 --tokens tokens.yaml``.
 On start, ``serve`` prints ``serving on HOST:PORT`` (the bound port when ``:0`` was asked for).
 """
 
@@ -13,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +26,10 @@ from fleet_planner.errors import InputError
 if TYPE_CHECKING:
     import grpc
 
+    from global_planner.service.audit import AuditLog, Recovery
     from global_planner.service.leader import ElectionConfig
     from global_planner.service.server import PlannerServer
+    from global_planner.service.state import PlannerState
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--state-dir", default="planner-state", help="audit log folder (decisions.jsonl); resumed on restart"
     )
+    serve.add_argument("--tokens", help="YAML: token -> {deployment, tenant} (agents authenticate with these)")
     serve.add_argument(
-        "--tokens", help="YAML: token -> {deployment, tenant}; without it any caller may act for any deployment"
+        "--insecure",
+        action="store_true",
+        help="serve without --tokens: any caller may act for any deployment (tests and demos only)",
     )
     serve.add_argument("--round-s", type=float, default=5.0, help="seconds between allocation rounds")
     serve.add_argument("--lease-s", type=float, default=30.0, help="lease length of a grant")
@@ -56,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     election.add_argument("--election-lease-s", type=float, default=15.0, help="Lease duration")
     election.add_argument("--election-renew-deadline-s", type=float, default=10.0, help="leader steps down after")
     election.add_argument("--election-retry-s", type=float, default=2.0, help="seconds between renew/acquire tries")
+    serve.add_argument(
+        "--rotate-mb", type=float, default=64.0, help="start a new audit log segment past this size (restart reads one)"
+    )
+    serve.add_argument("--keep-segments", type=int, default=16, help="rotated audit log segments kept for explain")
     serve.set_defaults(run=_serve)
 
     explain = subparsers.add_parser("explain", help="why each pool got what it got in one allocation round")
@@ -72,60 +83,43 @@ def _host_port(value: str, flag: str) -> tuple[str, int]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from global_planner.service.audit import AUDIT_FILE, explain, find_record
+    from global_planner.service.audit import AUDIT_FILE, explain, find_record, segments
 
     path = Path(args.state_dir) / AUDIT_FILE
-    if not path.exists():
+    if not path.exists() and not segments(args.state_dir):
         raise InputError("no audit log here (is --state-dir right?)", file=path)
-    print(explain(find_record(path, args.decision_id)))
+    print(explain(find_record(args.state_dir, args.decision_id)))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from global_planner.policy_file import PolicyWatcher
-    from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
     from global_planner.service.auth import TokenAuthenticator, server_credentials
     from global_planner.service.metrics import ServiceMetrics
     from global_planner.service.server import PlannerServer
     from global_planner.service.state import PlannerState
 
-    _host_port(args.listen, "--listen")
+    _check_serve_args(args)
     election = elector_config(args)
-    for flag, value in (
-        ("--round-s", args.round_s),
-        ("--lease-s", args.lease_s),
-        ("--time-limit-s", args.time_limit_s),
-    ):
-        if not value > 0:
-            raise InputError(f"must be > 0 (got {value})", field=flag)
-    if args.lease_s <= 2 * args.round_s:
-        raise InputError(
-            f"must exceed twice --round-s ({args.round_s}) or leases lapse between rounds", field="--lease-s"
-        )
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise InputError("--tls-cert and --tls-key go together", field="--tls-cert")
     registry = CollectorRegistry()
     watcher = PolicyWatcher(args.policy, registry=registry)
     auth = TokenAuthenticator.from_file(args.tokens) if args.tokens else None
     if auth is None:
-        log.warning("no --tokens: any caller may act for any deployment (insecure; tests and demos only)")
+        log.warning("--insecure: any caller may act for any deployment (tests and demos only)")
     credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     state = PlannerState(
         watcher.policy, lease_s=args.lease_s, report_interval_s=args.round_s, time_limit_s=args.time_limit_s
     )
 
     def restore() -> None:
-        previous = last_record(Path(args.state_dir) / AUDIT_FILE)
-        if previous is not None:
-            state.restore(previous)
-            log.info(
-                "resumed after decision %d: %d deployment(s) held until they report",
-                previous.decision_id,
-                len(previous.deployments),
-            )
+        """Resume from the audit log as it is now: at start, or (elected replicas) on winning the
+        Lease, from the shared state dir as the last leader left it. A follower never opens the
+        log, so it cannot seal a tail the leader is still writing."""
+        audit = _open_audit(args.state_dir, int(args.rotate_mb * (1 << 20)), args.keep_segments)
+        server.audit = server.service.audit = audit
+        state.resume(audit.recovery, time.time())
+        _log_resume(audit.recovery, state)
 
-    if not args.leader_elect:
-        restore()  # elected replicas restore when they win, from the shared state dir as it is then
     if args.metrics:
         host, port = _host_port(args.metrics, "--metrics")
         start_http_server(port, addr=host, registry=registry)
@@ -133,7 +127,6 @@ def _serve(args: argparse.Namespace) -> int:
         state,
         auth=auth,
         metrics=ServiceMetrics(registry),
-        audit=AuditLog(args.state_dir),
         watcher=watcher,
         round_s=args.round_s,
     )
@@ -152,7 +145,11 @@ def _serve(args: argparse.Namespace) -> int:
                 state_dir=Path(args.state_dir),
             )
         )
-    asyncio.run(_run(server, args.listen, credentials))
+    restore()
+    try:
+        asyncio.run(_run(server, args.listen, credentials))
+    except OSError as error:
+        raise InputError(str(error), field="--listen") from error
     return 0
 
 
@@ -176,6 +173,61 @@ def elector_config(args: argparse.Namespace) -> ElectionConfig | None:
         )
     except ValidationError as exc:
         raise InputError(exc.errors()[0]["msg"], field="--election-lease-s") from None
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    """Every flag problem is one line before anything starts."""
+    _host_port(args.listen, "--listen")
+    for flag, value in (
+        ("--round-s", args.round_s),
+        ("--lease-s", args.lease_s),
+        ("--time-limit-s", args.time_limit_s),
+        ("--rotate-mb", args.rotate_mb),
+    ):
+        if not value > 0:
+            raise InputError(f"must be > 0 (got {value})", field=flag)
+    if args.keep_segments < 0:
+        raise InputError(f"must be >= 0 (got {args.keep_segments})", field="--keep-segments")
+    if args.lease_s <= 2 * args.round_s:
+        raise InputError(
+            f"must exceed twice --round-s ({args.round_s}) or leases lapse between rounds", field="--lease-s"
+        )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("--tls-cert and --tls-key go together", field="--tls-cert" if args.tls_key else "--tls-key")
+    if args.tls_client_ca and not args.tls_cert:
+        raise InputError(
+            "needs --tls-cert and --tls-key (mTLS is TLS with client certificates)", field="--tls-client-ca"
+        )
+    if not args.tokens and not args.insecure:
+        raise InputError(
+            "no --tokens: give a tokens file, or --insecure to let any caller act for any deployment", field="--tokens"
+        )
+    if args.tokens and args.insecure:
+        raise InputError("--insecure and --tokens contradict each other", field="--insecure")
+
+
+def _open_audit(state_dir: str, rotate_bytes: int, keep_segments: int) -> AuditLog:
+    from global_planner.service.audit import AuditLog
+
+    try:
+        return AuditLog(state_dir, rotate_bytes=rotate_bytes, keep_segments=keep_segments)
+    except OSError as error:
+        raise InputError(f"cannot open the audit log: {error.strerror or error}", file=state_dir) from error
+
+
+def _log_resume(recovery: Recovery, state: PlannerState) -> None:
+    """Unreadable lines were already reported (file:line) while recovering."""
+    if recovery.record is not None:
+        log.info(
+            "resumed after decision %d (next %d): %d deployment(s) held until they report",
+            recovery.record.decision_id,
+            state.next_decision_id,
+            len(recovery.record.deployments),
+        )
+    if recovery.newest_lost:
+        log.warning(
+            "the newest audit record is unreadable: no scale-up is granted for one lease (%.0f s)", state.lease_s
+        )
 
 
 async def _run(server: PlannerServer, listen: str, credentials: grpc.ServerCredentials | None) -> None:

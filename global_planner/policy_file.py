@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from weakref import WeakKeyDictionary
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fleet_planner.errors import InputError
 from global_planner.allocation.models import PoolOverride, TenantLimits
+
+log = logging.getLogger(__name__)
 
 
 class FleetInventory(BaseModel):
@@ -141,7 +144,8 @@ class PolicyWatcher:
     """Holds the current policy of one file and reloads it when the file changes.
 
     The first load must succeed (raises :class:`InputError`); later invalid versions are
-    rejected: the old policy stays, ``last_error`` says why and the reload-error counter grows.
+    rejected: the old policy stays, ``last_error`` says why, the reload-error counter grows and one
+    warning is logged per rejected edit. An edit back to the policy in force clears the error.
     """
 
     def __init__(self, path: str | Path, registry: CollectorRegistry | None = None):
@@ -176,11 +180,15 @@ class PolicyWatcher:
             text = self._read()
             digest = hashlib.sha256(text.encode()).hexdigest()
             if digest == self._digest:
+                if self.last_error is not None:
+                    log.info("policy %s is back to the policy in force", self.path)
+                self.last_error = None
                 return False
             policy = parse_policy(text, self.path)
         except InputError as error:
             self.last_error = error
             self._errors.inc()
+            log.warning("policy reload rejected, keeping the previous one: %s", error)
             return False
         self.policy, self._digest, self.last_error = policy, digest, None
         return True

@@ -243,6 +243,7 @@ async def demo(seconds: float, work: Path) -> int:
                 "1",
                 "--lease-s",
                 "6",
+                "--insecure",  # a demo on loopback; the chart always runs with --tokens
                 "--leader-elect",
                 "--identity",
                 "planner-0",

@@ -117,7 +117,7 @@ def _planner(identity: str, port: int, kubeconfig: Path, state: Path, log: Path)
     args = [
         sys.executable, "-m", "global_planner.cli", "serve",
         "--policy", str(REPO / "policies/tenants.yaml"), "--listen", f"127.0.0.1:{port}",
-        "--state-dir", str(state), "--round-s", "0.3", "--lease-s", "3",
+        "--state-dir", str(state), "--round-s", "0.3", "--lease-s", "3", "--insecure",
         "--leader-elect", "--identity", identity, "--kubeconfig", str(kubeconfig), "--lease-namespace", "default",
         "--election-lease-s", "2", "--election-renew-deadline-s", "1.5", "--election-retry-s", "0.25",
     ]  # fmt: skip

@@ -30,7 +30,7 @@ from local_agent.session import Lease, effective_targets, lease_from_targets, re
 
 
 def _policy(gpus: dict[str, int], tenants: dict | None = None) -> TenantPolicy:
-    return TenantPolicy.model_validate({"fleet": {"gpus": gpus}, "tenants": tenants or {}})
+    return TenantPolicy.model_validate({"fleet": {"gpus": gpus}, "tenants": tenants or {"acme": {}, "beta": {}}})
 
 
 def _registration(
@@ -151,9 +151,23 @@ def test_silent_agent_keeps_grant_until_lease_expiry() -> None:
         assert _grant(state.targets("a", t)) == 8, "a is silent but its lease holds"
         assert state.committed_gpus()["h200"] == 8
     state.report(_report("b", "sb", 12, 0, {"agg": (0, 0)}, need=8, rps=50), 12.0)
-    _round(state, 12.0)  # a's lease (1 + 10) lapsed: it keeps only its fallback floor
+    _round(state, 12.0)  # a's lease (1 + 10) lapsed: it may run only its fallback floor ...
     assert _grant(state.targets("a", 12.0)) == 2
-    assert _grant(state.targets("b", 12.0)) == 6
+    # ... but its pods may live on (dead agent, live pods): nothing is re-granted unconfirmed
+    assert _grant(state.targets("b", 12.0)) == 0
+    assert state.usage("a", "agg") == 8 and state.committed_gpus()["h200"] == 8
+    # a stale report of a's old session cannot free them; a's agent comes back and hears a new decision
+    with pytest.raises(UnknownSession):
+        state.report(_report("a", "old", 9, d1, {"agg": (2, 0)}, need=1, rps=1), 13.0)
+    state.register(_registration("a", fallback=2), "sa2", 13.0)
+    state.report(_report("a", "sa2", 1, d1, {"agg": (2, 0)}, need=1, rps=1), 13.0)
+    assert state.usage("a", "agg") == 8, "applied only a decision from before the lapse"
+    d3 = _round(state, 14.0).decision_id
+    state.report(_report("a", "sa2", 2, d3, {"agg": (2, 0)}, need=1, rps=1), 15.0)
+    assert state.usage("a", "agg") == 2, "a report after a post-lapse decision frees the rest"
+    state.report(_report("b", "sb", 16, 0, {"agg": (0, 0)}, need=8, rps=50), 15.0)
+    _round(state, 16.0)
+    assert _grant(state.targets("b", 16.0)) == 6
     assert state.committed_gpus()["h200"] == 8
 
 
@@ -195,10 +209,17 @@ def test_restart_from_record_never_over_grants() -> None:
     assert r3.decision_id == d2.decision_id + 1
     assert restarted.committed_gpus()["h200"] <= 8
     assert _grant(restarted.targets("b", 5.0)) == 0
-    # a's lease lapses (3 + 20): only then do its GPUs return
+    # a's lease lapses (3 + 20): its GPUs stay held until its agent confirms them free
     restarted.report(_report("b", "sb2", 2, 2, {"agg": (0, 0)}, need=8, rps=50), 23.5)
     restarted.commit(restarted.plan(23.5))
-    assert _grant(restarted.targets("b", 23.5)) == 8
+    assert _grant(restarted.targets("b", 23.5)) == 0
+    restarted.register(_registration("a"), "sa2", 24.0)
+    restarted.report(_report("a", "sa2", 1, 0, {"agg": (0, 0)}, need=8, rps=1), 24.0)
+    d5 = restarted.commit(restarted.plan(25.0)).decision_id
+    restarted.report(_report("a", "sa2", 2, d5, {"agg": (0, 0)}, need=8, rps=1), 26.0)
+    restarted.report(_report("b", "sb2", 3, 2, {"agg": (0, 0)}, need=8, rps=50), 26.0)
+    restarted.commit(restarted.plan(27.0))
+    assert _grant(restarted.targets("b", 27.0)) == 8
 
 
 # ---------------------------------------------------------------- property test

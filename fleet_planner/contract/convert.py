@@ -21,14 +21,20 @@ from fleet_planner.contract.models import (
     Observed,
     PoolRegistration,
     PoolReport,
+    PoolTarget,
     Registration,
     Targets,
 )
+from fleet_planner.planning import PoolRole
 
 M = TypeVar("M", bound=BaseModel)
 
-ROLE_FROM_PB = {pb.POOL_ROLE_PREFILL: "prefill", pb.POOL_ROLE_DECODE: "decode", pb.POOL_ROLE_AGG: "agg"}
-ROLE_TO_PB = {role: value for value, role in ROLE_FROM_PB.items()}
+ROLE_FROM_PB: dict[pb.PoolRole, PoolRole] = {
+    pb.POOL_ROLE_PREFILL: "prefill",
+    pb.POOL_ROLE_DECODE: "decode",
+    pb.POOL_ROLE_AGG: "agg",
+}
+ROLE_TO_PB: dict[PoolRole, pb.PoolRole] = {role: value for value, role in ROLE_FROM_PB.items()}
 
 
 class InvalidMessage(ValueError):
@@ -66,10 +72,11 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
         raise InvalidMessage(_path(first["loc"]), problem) from None
 
 
-def _role(value: int, field: str) -> str:
-    if value not in ROLE_FROM_PB:
+def _role(value: int, field: str) -> PoolRole:
+    role = ROLE_FROM_PB.get(value)  # type: ignore[call-overload]  # any int may arrive on the wire
+    if role is None:
         raise InvalidMessage(field, "must be POOL_ROLE_PREFILL, POOL_ROLE_DECODE or POOL_ROLE_AGG")
-    return ROLE_FROM_PB[value]
+    return role
 
 
 def _optional(message: Message, name: str) -> Any:
@@ -181,7 +188,7 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         decision_id=message.decision_id,
         lease_expires_s=message.lease_expires_s,
         planner_time_s=message.planner_time_s,
-        pools=[{"role": ROLE_FROM_PB[p.role], "replicas": p.replicas, "reason": p.reason} for p in message.pools],
+        pools=[PoolTarget(role=ROLE_FROM_PB[p.role], replicas=p.replicas, reason=p.reason) for p in message.pools],
         endpoint=message.endpoint,
         routing={r.deployment: r.weight for r in message.routing},
         admission_rps=_optional(message, "admission_rps"),

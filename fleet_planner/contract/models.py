@@ -107,8 +107,8 @@ class PoolReport(FrozenModel):
     def _curves(self) -> PoolReport:
         if self.pessimistic_curve and len(self.pessimistic_curve) != len(self.curve):
             raise ValueError(
-                "pessimistic_curve must be empty or as long as curve "
-                f"({len(self.pessimistic_curve)} vs {len(self.curve)})"
+                "pessimistic_curve must be empty or as long as curve"
+                f" ({len(self.pessimistic_curve)} vs {len(self.curve)})"
             )
         return self
 

@@ -28,11 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import Clock, SimulatedClock
+from fleet_planner.errors import InputError
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
 from fleet_sim.adapters.local import build_agents, load_models, reason_text, step_agents
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
-from global_planner.service.audit import AUDIT_FILE, AuditLog, last_record
+from global_planner.service.audit import AUDIT_FILE, SNAPSHOT_FILE, AuditLog, segments
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
@@ -111,9 +112,8 @@ class DropAgent(BaseModel):
 
     ``silent``: the agent lives on, cut off (a network partition): it runs its last lease, then
     its floor, exactly as the client's fallback contract says. ``dead``: the agent process is gone
-    and its pods stay at its last applied target; the planner cannot tell the two apart, so once the
-    lease lapses it re-grants GPUs those pods still hold (the simulator keeps the new replicas
-    pending until GPUs are physically free, and counts the over-committed targets).
+    and its pods stay at its last applied target. The planner cannot tell the two apart, so once
+    the lease lapses it keeps counting what the pods may hold until something confirms it free.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -183,6 +183,9 @@ class GlobalPolicy(Policy):
             and self.faults.drop_agent.deployment not in self.specs
         ):
             raise ValueError(f"faults.drop_agent.deployment: no deployment {self.faults.drop_agent.deployment!r}")
+        missing = sorted({spec.tenant for spec in deployments} - set(policy.tenants))
+        if missing:  # the planner rejects tenants its policy does not name
+            raise InputError(f"tenant(s) {', '.join(missing)} not in the tenant policy", field="planner.policy_file")
         self.clock = SimulatedClock()  # shared by the planner and the agents' clients
         self._policy = policy
         self._lease_s = lease_ticks * tick_s
@@ -193,7 +196,9 @@ class GlobalPolicy(Policy):
         self._temp_dir: tempfile.TemporaryDirectory | None = None
         if self.faults is not None and self.faults.state_dir is not None:
             self._state_dir = self.faults.state_dir
-            (Path(self._state_dir) / AUDIT_FILE).unlink(missing_ok=True)  # this run's log, not an old one
+            folder = Path(self._state_dir)
+            for old in [folder / AUDIT_FILE, folder / SNAPSHOT_FILE, *segments(folder)]:  # this run's log only
+                old.unlink(missing_ok=True)
         elif self.faults is not None:
             self._temp_dir = tempfile.TemporaryDirectory(prefix="fleet-planner-sim-")
             self._state_dir = self._temp_dir.name
@@ -227,10 +232,8 @@ class GlobalPolicy(Policy):
         state = PlannerState(self._policy, lease_s=self._lease_s, report_interval_s=self.tick_s)
         audit = None
         if self._state_dir is not None:
-            previous = last_record(Path(self._state_dir) / AUDIT_FILE)
-            if previous is not None:
-                state.restore(previous)  # what ``fleet-planner serve`` does on start
             audit = AuditLog(self._state_dir)
+            state.resume(audit.recovery, self.clock.now())  # what ``fleet-planner serve`` does on start
         server = PlannerServer(
             state,
             auth=self._auth,

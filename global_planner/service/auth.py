@@ -13,14 +13,15 @@ Tokens are kept only as SHA-256 digests (looked up by digest, so timing reveals 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from pathlib import Path
 
 import grpc
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet_planner.errors import InputError
 from fleet_planner.contract.models import Name
+from fleet_planner.errors import InputError
 
 
 class Identity(BaseModel):
@@ -106,13 +107,32 @@ def _digest(token: str) -> bytes:
 def server_credentials(
     cert: str | Path, key: str | Path, client_ca: str | Path | None = None
 ) -> grpc.ServerCredentials:
-    """TLS for the listener; with ``client_ca`` every agent must present a certificate it signed."""
+    """TLS for the listener; with ``client_ca`` every agent must present a certificate it signed.
+
+    The files are checked here (readable, PEM, the key matches the certificate, the CA parses), so
+    a mistake is one clear line instead of gRPC's later ``Failed to bind``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         chain = Path(cert).read_bytes()
         private = Path(key).read_bytes()
         roots = Path(client_ca).read_bytes() if client_ca else None
     except OSError as error:
         raise InputError(f"cannot read: {error.strerror or error}", file=error.filename) from error
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")  # never prompt
+    except ssl.SSLError as error:
+        raise InputError(
+            "--tls-cert/--tls-key are not a PEM certificate chain and its matching private key"
+            f" ({error.reason or error})",
+            file=cert,
+        ) from error
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as error:
+            raise InputError(
+                f"--tls-client-ca is not a PEM CA certificate ({error.reason or error})", file=client_ca
+            ) from error
     return grpc.ssl_server_credentials(
         [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
     )

@@ -62,8 +62,10 @@ class ServiceMetrics:
         for tenant, by_type in state.granted_gpus().items():
             for gpu, count in by_type.items():
                 self.granted.labels(tenant, gpu).set(count)
+        self.committed.clear()  # a GPU type dropped from the policy (and no longer held) loses its series
         for gpu, count in state.committed_gpus().items():
             self.committed.labels(gpu).set(count)
+        self.inventory.clear()
         for gpu, count in state.inventory.items():
             self.inventory.labels(gpu).set(count)
         self.routing.clear()

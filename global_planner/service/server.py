@@ -2,7 +2,10 @@
 
 Every RPC is one synchronous step of the state machine (asyncio runs them one at a time), so no
 locking is needed around the state. A bad message is rejected before it touches the state and
-only its caller sees the error; everyone else keeps being served.
+only its caller sees the error; everyone else keeps being served. Bytes that are not a protobuf
+message of the method's type are answered ``INVALID_ARGUMENT`` (before authentication: there is
+nothing to authenticate yet), and rejections are logged at most once per ``log_interval_s`` with
+a count of the ones suppressed, so no caller can flood the log.
 
 A round solves off the event loop (CP-SAT may take its whole time limit), then settles against
 the state *as it is after the solve*, appends the record to the audit log (fsync) and only then
@@ -15,19 +18,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.contract import convert
 from global_planner.allocation import allocate
 from global_planner.policy_file import PolicyWatcher
-from fleet_planner.contract import convert
 from global_planner.service.audit import AuditLog
 from global_planner.service.auth import AuthError, Identity, TokenAuthenticator, authorize
 from global_planner.service.metrics import ServiceMetrics
@@ -66,6 +69,43 @@ _STATE_CODES: dict[type[StateError], grpc.StatusCode] = {
 }
 
 
+class Undecodable:
+    """What the tolerant deserializer hands the servicer for bytes that are not a valid message."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as error:
+            return Undecodable(f"not a valid {message_type.DESCRIPTOR.full_name}: {error}")
+
+    return parse
+
+
+class RateLimitedLog:
+    """At most one line per ``interval_s``; the next one says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.logger, self.interval_s, self.clock = logger, interval_s, clock
+        self._next_s = float("-inf")
+        self.suppressed = 0
+
+    def __call__(self, level: int, message: str, *args: object) -> None:
+        now = self.clock()
+        if now < self._next_s:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            message += f" ({self.suppressed} similar suppressed)"
+            self.suppressed = 0
+        self._next_s = now + self.interval_s
+        self.logger.log(level, message, *args)
+
+
 class PlannerService(pb_grpc.PlannerServicer):
     """Authenticates, authorises, validates, then applies one state-machine step."""
 
@@ -75,13 +115,48 @@ class PlannerService(pb_grpc.PlannerServicer):
         auth: TokenAuthenticator | None,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
         leader: LeaderElector | None = None,
     ):
         self.state = state
+        self.audit = audit
         self.auth = auth
         self.metrics = metrics
         self.clock = clock
         self.leader = leader
+        self.log_rejection = RateLimitedLog(log)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The Planner service with tolerant request parsing (see the module docstring)."""
+        methods: dict[str, tuple[Callable[..., Awaitable[Message]], type[Message], type[Message]]] = {
+            "Register": (self.Register, pb.RegisterRequest, pb.RegisterResponse),
+            "Report": (self.Report, pb.ReportRequest, pb.ReportResponse),
+            "AckApplied": (self.AckApplied, pb.AckAppliedRequest, pb.AckResponse),
+            "AckDrained": (self.AckDrained, pb.AckDrainedRequest, pb.AckResponse),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._decoded(method),
+                request_deserializer=_tolerant(request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+            for name, (method, request_type, response_type) in methods.items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def _decoded(self, method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        async def call(request: Message | Undecodable, context: grpc.aio.ServicerContext) -> R:
+            if isinstance(request, Undecodable):
+                await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+            return await method(request, context)
+
+        return call
+
+    async def _reject(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+        self.metrics.rejected.labels(code.name).inc()
+        self.log_rejection(logging.INFO, "rejected %s: %s", code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("abort returns only by raising")
 
     async def _handle(self, context: grpc.aio.ServicerContext, step: Callable[[Identity | None, float], R]) -> R:
         if self.leader is not None and not self.leader.is_leader():  # only the leader grants
@@ -96,10 +171,7 @@ class PlannerService(pb_grpc.PlannerServicer):
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
         except StateError as error:
             code, message = _STATE_CODES[type(error)], str(error)
-        self.metrics.rejected.labels(code.name).inc()
-        log.info("rejected %s: %s", code.name, message)
-        await context.abort(code, message)
-        raise AssertionError("abort returns only by raising")
+        await self._reject(context, code, message)
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         def step(identity: Identity | None, now: float) -> pb.RegisterResponse:
@@ -121,6 +193,10 @@ class PlannerService(pb_grpc.PlannerServicer):
         def step(identity: Identity | None, now: float) -> pb.ReportResponse:
             authorize(identity, request.deployment)
             targets = self.state.report(convert.report_from_pb(request), now)
+            if self.state.checkpoint_due and self.audit is not None:
+                checkpoint = self.state.checkpoint(now)  # durable before the holding lease is answered
+                self.audit.append(checkpoint.record)
+                self.state.commit(checkpoint)
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
         return await self._handle(context, step)
@@ -166,7 +242,7 @@ class PlannerServer:
         self.round_s = round_s
         self.clock = clock
         self._solve = solve
-        self.service = PlannerService(state, auth, metrics, clock, leader)
+        self.service = PlannerService(state, auth, metrics, clock, audit, leader)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -180,14 +256,17 @@ class PlannerServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        pb_grpc.add_PlannerServicer_to_server(self.service, server)
+        server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
-        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        try:
+            port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        except RuntimeError:  # grpc raises when it cannot bind; the reason is in its own log
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+            raise OSError(f"cannot listen on {listen} (address in use or not local?)")
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -217,8 +296,6 @@ class PlannerServer:
             if self.watcher is not None and self.watcher.poll():
                 log.info("policy %s reloaded", self.watcher.path)
                 self.state.set_policy(self.watcher.policy)
-            elif self.watcher is not None and self.watcher.last_error is not None:
-                log.warning("policy reload rejected, keeping the previous one: %s", self.watcher.last_error)
             round_input = self.state.begin_round(self.clock())
             if round_input.request is None:
                 return None

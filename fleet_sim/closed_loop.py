@@ -40,18 +40,7 @@ def run_closed_loop(
     if mode not in ("agg", "disagg"):
         raise ValueError(f"mode must be agg or disagg, got {mode!r}")
     sim = Simulator({"gpu": 2 * model.gpus_per_engine}, end_s=math.inf)
-    roles: list[PoolRole] = ["agg"] if mode == "agg" else ["prefill", "decode"]
-    pools = {}
-    for role in roles:
-        pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, knobs, None)
-        sim.pools.append(pool)
-        pool.set_target(1, 0.0)
-        pools[role] = pool
-    if mode == "disagg":
-        pools["prefill"].next_pool = pools["decode"]
-    entry = pools[roles[0]]
-    for pool in pools.values():
-        pool.on_ready(pool.replicas[0], 0.0)
+    entry = _one_replica_per_pool(sim, model, mode, knobs)
 
     warmup = warmup_requests_per_client * concurrency
     wanted = warmup + requests_per_client * concurrency
@@ -87,3 +76,20 @@ def run_closed_loop(
         requests=len(measured),
         throughput_rps=len(measured) / span if span > 0 else math.inf,
     )
+
+
+def _one_replica_per_pool(sim: Simulator, model: PerfModel, mode: str, knobs: EngineKnobs) -> Pool:
+    """One ready replica (agg), or one prefill and one decode replica (disagg); returns the pool
+    requests enter."""
+    roles: list[PoolRole] = ["agg"] if mode == "agg" else ["prefill", "decode"]
+    pools = {}
+    for role in roles:
+        pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, knobs, None)
+        sim.pools.append(pool)
+        pool.set_target(1, 0.0)
+        pools[role] = pool
+    if mode == "disagg":
+        pools["prefill"].next_pool = pools["decode"]
+    for pool in pools.values():
+        pool.on_ready(pool.replicas[0], 0.0)
+    return pools[roles[0]]

@@ -48,13 +48,6 @@ def distribution(values: Sequence[float]) -> Distribution | None:
     return Distribution(count=n, mean=float(sum(ordered) / n), p50=rank(0.5), p90=rank(0.9), p99=rank(0.99))
 
 
-def _p90(values: list[float]) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
-
-
 class ProfileCache:
     """One PerfModel per profile folder, shared by every pool that uses it."""
 
@@ -184,8 +177,9 @@ class FleetSimulation:
                 entry = pool.entry_pool is pool  # endpoint figures go to the entry pool only
                 endpoint_in, endpoint_out = endpoint_lengths[endpoint] if entry else (None, None)
                 endpoint_admitted = self._endpoint_window[endpoint] if entry else None
-                pools.append(self._pool_observation(pool, now, counts, endpoint_admitted, endpoint_in, endpoint_out))
-                self.timeline.append(self._timeline_row(pool, now, counts))
+                observation = self._pool_observation(pool, now, counts, endpoint_admitted, endpoint_in, endpoint_out)
+                pools.append(observation)
+                self.timeline.append(self._timeline_row(pool, observation))
                 pool.stats.reset()
         self._endpoint_window = [0] * len(self._endpoint_window)
         return FleetObservation(time_s=now, pools=pools)
@@ -249,22 +243,23 @@ class FleetSimulation:
         )
 
     @staticmethod
-    def _timeline_row(pool: Pool, now: float, counts: tuple[int, int, int]) -> TimelineRow:
-        ready, starting, draining = counts
+    def _timeline_row(pool: Pool, observation: PoolObservation) -> TimelineRow:
+        """The interval's row: what the policy was shown, plus target and GPUs held (NaN p90s where
+        no request reached that point in the interval)."""
         return TimelineRow(
-            time_s=now,
-            deployment=pool.deployment,
-            role=pool.role,
+            time_s=observation.time_s,
+            deployment=observation.deployment,
+            role=observation.role,
             gpu_type=pool.gpu_type,
             target=pool.target,
-            ready=ready,
-            starting=starting,
-            draining=draining,
-            pending=pool.pending,
+            ready=observation.ready,
+            starting=observation.starting,
+            draining=observation.draining,
+            pending=observation.pending,
             gpus=pool.gpus_held,
             arrivals=pool.stats.admitted,
-            ttft_p90_ms=_p90(pool.stats.ttft_ms),
-            itl_p90_ms=_p90(pool.stats.itl_ms),
+            ttft_p90_ms=observation.ttft_ms.p90 if observation.ttft_ms is not None else math.nan,
+            itl_p90_ms=observation.itl_ms.p90 if observation.itl_ms is not None else math.nan,
         )
 
     def _tick(self, now: float) -> None:

@@ -288,10 +288,10 @@ def _latency_cells(stats: dict[str, Any]) -> list[str]:
 LATENCY_HEADERS = ["TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p90 ms", "ITL p99 ms"]
 
 
-def _tables(summary: dict[str, Any]) -> str:
+def _fleet_table(summary: dict[str, Any]) -> str:
     fleet = summary["fleet"]
     types = sorted(set(fleet["gpu_inventory"]) | set(fleet["max_gpus_in_use"]) | set(fleet["gpu_hours_by_type"]))
-    fleet_rows = [
+    rows = [
         ["SLO attainment (TTFT and ITL met)", _pct(fleet["slo_attainment"])],
         ["GPU-hours", _fmt(fleet["gpu_hours"], 2)],
         *[[f"GPU-hours on {t}", _fmt(fleet["gpu_hours_by_type"].get(t), 2)] for t in types],
@@ -314,7 +314,11 @@ def _tables(summary: dict[str, Any]) -> str:
         ["wall seconds", _fmt(summary["wall_seconds"], 2)],
         ["requests per wall second", _fmt(summary["requests_per_wall_second"], 0)],
     ]
-    endpoint_rows = [
+    return _table(["metric", "value"], rows)
+
+
+def _endpoint_table(summary: dict[str, Any]) -> str:
+    rows = [
         [
             name,
             f"{s['sla']['ttft_ms']:g} / {s['sla']['itl_ms']:g}",
@@ -324,11 +328,37 @@ def _tables(summary: dict[str, Any]) -> str:
         ]
         for name, s in summary["endpoints"].items()
     ]
-    tenant_rows = [
+    return _table(["endpoint", "SLA TTFT / ITL ms", "requests", "SLO attainment", *LATENCY_HEADERS], rows)
+
+
+def _tenant_table(summary: dict[str, Any]) -> str:
+    rows = [
         [name, _fmt(s["requests"]), _pct(s["slo_attainment"]), _fmt(s["gpu_hours"], 2)]
         for name, s in summary["tenants"].items()
     ]
-    deployment_rows = [
+    return _table(["tenant", "requests", "SLO attainment", "GPU-hours"], rows)
+
+
+DEPLOYMENT_HEADERS = [
+    "deployment",
+    "tenant",
+    "endpoint",
+    "requests",
+    "completed",
+    "rejected",
+    "unfinished",
+    "SLO attainment",
+    *LATENCY_HEADERS,
+    "GPU-hours",
+    "GPU-hours by pool",
+    "scale events",
+    "reversals / h",
+    "target changes / pool-h",
+]
+
+
+def _deployment_table(summary: dict[str, Any]) -> str:
+    rows = [
         [
             name,
             s["tenant"],
@@ -347,34 +377,20 @@ def _tables(summary: dict[str, Any]) -> str:
         ]
         for name, s in summary["deployments"].items()
     ]
+    return _table(DEPLOYMENT_HEADERS, rows)
+
+
+def _tables(summary: dict[str, Any]) -> str:
     return "".join(
         [
             "<h2>Fleet</h2>",
-            _table(["metric", "value"], fleet_rows),
+            _fleet_table(summary),
             "<h2>Endpoints</h2>",
-            _table(["endpoint", "SLA TTFT / ITL ms", "requests", "SLO attainment", *LATENCY_HEADERS], endpoint_rows),
+            _endpoint_table(summary),
             "<h2>Tenants</h2>",
-            _table(["tenant", "requests", "SLO attainment", "GPU-hours"], tenant_rows),
+            _tenant_table(summary),
             "<h2>Deployments</h2>",
-            _table(
-                [
-                    "deployment",
-                    "tenant",
-                    "endpoint",
-                    "requests",
-                    "completed",
-                    "rejected",
-                    "unfinished",
-                    "SLO attainment",
-                    *LATENCY_HEADERS,
-                    "GPU-hours",
-                    "GPU-hours by pool",
-                    "scale events",
-                    "reversals / h",
-                    "target changes / pool-h",
-                ],
-                deployment_rows,
-            ),
+            _deployment_table(summary),
             '<p class="small">Attainment counts every arrived request: rejected and unfinished ones are misses. '
             "Requests never routed to a deployment count only in fleet and endpoint totals.</p>",
         ]

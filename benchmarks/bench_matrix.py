@@ -183,6 +183,7 @@ def main() -> int:
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
         for row in pool.imap_unordered(run_cell, jobs):
             rows.append(row)
+            (args.out / "matrix.partial.json").write_text(json.dumps(rows, indent=1))  # survives an interrupted run
             verdict = " ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in row["acceptance"].items())
             print(f"[{len(rows)}/{len(jobs)}] {row['half']:<8} {row['cell']:<45} {verdict}", flush=True)
     order = {cell.name: i for i, cell in enumerate(chosen)}

@@ -4,8 +4,9 @@
 
 Each policy replays the same traffic (same seed); the oracle is clairvoyant and labelled so. Ratios
 are against the first policy named and against `oracle` when it is in the list. Also prints the
-number of scaling direction reversals per deployment-hour, per-tenant attainment and, when the
-scenario names a tenant policy file, the priority-weighted attainment.
+number of scaling direction reversals per deployment-hour and of target (grant) changes per
+pool-hour, per-tenant attainment and, when the scenario names a tenant policy file, the
+priority-weighted attainment.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def reversals_per_hour(result) -> dict[str, float]:
         last_direction[key] = direction
     hours = result.duration_s / 3600.0
     return {name: count / hours for name, count in counts.items()}
+
+
+def changes_per_pool_hour(result) -> dict[str, float]:
+    """Replica-target changes (under ``fcfs`` and ``global``: grant changes) per pool-hour, per
+    deployment (its pools averaged)."""
+    counts = {spec.name: 0 for spec in result.deployments}
+    for record in result.decisions:
+        counts[record.deployment] += 1
+    hours = result.duration_s / 3600.0
+    return {spec.name: counts[spec.name] / (len(spec.pools) * hours) for spec in result.deployments}
 
 
 def _pct(value: float | None) -> str:
@@ -81,6 +92,7 @@ def main() -> int:
             if policy_file
             else None
         )
+        reversals, changes = reversals_per_hour(result), changes_per_pool_hour(result)
         rows[policy] = {
             "gpu_hours": summary["fleet"]["gpu_hours"],
             "slo_attainment": summary["fleet"]["slo_attainment"],
@@ -88,11 +100,14 @@ def main() -> int:
             "clairvoyant": summary["clairvoyant"],
             "tenants": {name: t["slo_attainment"] for name, t in summary["tenants"].items()},
             "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
+            "max_changes_per_pool_hour": max(changes.values(), default=0.0),
+            "max_reversals_per_hour": max(reversals.values(), default=0.0),
             "deployments": {
                 name: {
                     "slo_attainment": d["slo_attainment"],
                     "gpu_hours": d["gpu_hours"],
-                    "reversals_per_hour": reversals_per_hour(result)[name],
+                    "reversals_per_hour": reversals[name],
+                    "changes_per_pool_hour": changes[name],
                 }
                 for name, d in summary["deployments"].items()
             },
@@ -103,9 +118,8 @@ def main() -> int:
         return 0
     first = args.policies[0]
     print(f"scenario {args.scenario}")
-    print(
-        f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}  per deployment (attainment, GPU-h, reversals/h)"
-    )
+    columns = f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}"
+    print(f"{columns}  per deployment (attainment, GPU-h, reversals/h, changes/pool-h)")
     for policy, row in rows.items():
         ratio_first = row["gpu_hours"] / rows[first]["gpu_hours"] if rows[first]["gpu_hours"] else float("nan")
         ratio_oracle = (
@@ -116,16 +130,22 @@ def main() -> int:
         label = policy + (" *" if row["clairvoyant"] else "")
         per = "; ".join(
             f"{name} {_pct(d['slo_attainment'])} {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}"
+            f" {d['changes_per_pool_hour']:.1f}"
             for name, d in row["deployments"].items()
         )
-        print(
-            f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}"
+        fleet = (
+            f"{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}"
         )
+        print(f"{label:<14}{fleet}  {per}")
         tenants = ", ".join(f"{name} {_pct(value)}" for name, value in row["tenants"].items())
         weighted = (
             f"; priority-weighted {_pct(row['priority_weighted'])}" if row["priority_weighted"] is not None else ""
         )
         print(f"{'':<14}tenants: {tenants}{weighted}")
+        print(
+            f"{'':<14}worst deployment: {row['max_reversals_per_hour']:.1f} reversals/h,"
+            f" {row['max_changes_per_pool_hour']:.1f} changes/pool-h"
+        )
     print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0
 

@@ -35,7 +35,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
-from local_agent.planner_link.reports import forecast_of, pool_report
+from local_agent.planner_link.reports import forecast_of, observed_of, pool_report
 from local_agent.planner_link.client import EffectiveTargets, PlannerClient, effective_targets
 from fleet_planner.contract.models import PoolRegistration
 from local_agent.agent import LocalAgent
@@ -138,7 +138,8 @@ class AgentRuntime:
                     draining=counts.draining if counts is not None else 0,
                 )
             )
-        effective = await client.report(reports, forecast=forecast_of(decision))
+        observed = observed_of(decision, self.config.tick_s)
+        effective = await client.report(reports, forecast=forecast_of(decision), observed=observed)
         if effective.source == "floor" and client.lease is None and not client.reported:
             # Never heard from the planner (e.g. it is down while this agent starts): the client
             # would run min(floor, 0). Count what runs instead, so a restarting agent does not

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from local_agent.planner_link.reports import forecast_of, pool_report
+from local_agent.planner_link.reports import forecast_of, observed_of, pool_report
 from local_agent.planner_link.client import EffectiveTargets, PlannerClient
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
@@ -336,15 +336,16 @@ class GlobalPolicy(Policy):
                 )
             )
         forecast = forecast_of(record)
+        observed = observed_of(record, self.tick_s)
         if self._delay_ticks:
             # The report reaches the planner ``_delay_ticks`` ticks late; until one arrives the
             # agent has no reply and runs what its last lease (or floor) allows.
             outbox = self._outbox[record.deployment]
-            outbox.append((reports, forecast))
+            outbox.append((reports, forecast, observed))
             if len(outbox) <= self._delay_ticks:
                 return client.effective_targets()
-            reports, forecast = outbox.popleft()
-        effective = await client.report(reports, forecast=forecast)
+            reports, forecast, observed = outbox.popleft()
+        effective = await client.report(reports, forecast=forecast, observed=observed)
         if effective.decision_id:
             await client.ack_applied(effective.decision_id, effective.replicas)
         return effective

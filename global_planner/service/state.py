@@ -30,8 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, allocate
-from global_planner.allocation.problem import endpoint_plans
+from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, allocate, endpoint_plans
 from global_planner.policy_file import TenantPolicy
 from fleet_planner.contract.models import (
     AckApplied,
@@ -531,6 +530,7 @@ class PlannerState:
                         allocated=update.allocated if update else None,
                         reason=update.reason if update else _held_reason(dep, now),
                         demand=summary,
+                        moved_by=allocation.drivers.get(f"{dep.name}/{role}") if allocation and update else None,
                     )
                 )
             deployments.append(
@@ -619,7 +619,10 @@ def _pool_demand(
     dep: _Deployment, role: str, pool: _Pool, report: PoolReport | None, weight: float | None, paired: bool
 ) -> PoolDemand:
     """One pool's bid. Without a curve or a rate the pool bids to hold its grant ("no data" must
-    not look like "no traffic" and scale it to zero)."""
+    not look like "no traffic" and scale it to zero). The observed rate goes along: the allocator
+    checks the bid's rate against it."""
+    observed = dep.report.observed if dep.report is not None else None
+    observed_rps = observed.admitted_rps if observed is not None else None
     spec = pool.spec
     low = min(max(spec.min_replicas, spec.fallback_replicas), spec.max_replicas)
     curve: list[float]
@@ -644,6 +647,7 @@ def _pool_demand(
         pair_group=dep.name if paired and role in ("prefill", "decode") else None,
         replica_capacity_rps=report.replica_capacity_rps if report is not None else None,
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
+        observed_rps=observed_rps,
     )
 
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs import priority_weighted_attainment, summarize, write_outputs  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
-from fleet_sim.scenario import load_scenario  # noqa: E402
+from fleet_sim.scenario import Scenario, load_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 from global_planner.policy_file import load_policy_file  # noqa: E402
 
@@ -56,9 +58,22 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
+def _scenario(args: argparse.Namespace, policy: str, overrides: dict) -> Scenario:
+    """The scenario file under ``policy``, or the matrix cell whose name contains ``args.scenario``."""
+    if not args.cell:
+        return load_scenario(args.scenario, overrides={**overrides, "policy": policy})
+    found = [cell for cell in cells() if args.scenario in cell.name]
+    if len(found) != 1:
+        names = ", ".join(cell.name for cell in found) or "none"
+        raise SystemExit(f"--cell {args.scenario!r} must match exactly one matrix cell (matched: {names})")
+    scenario = build_scenario(found[0], policy, Path(tempfile.gettempdir()) / "fleet-planner-matrix")
+    return scenario.model_copy(update=overrides) if overrides else scenario
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
+    parser.add_argument("scenario", help="a scenario file, or with --cell a substring of a matrix cell's name")
+    parser.add_argument("--cell", action="store_true", help="SCENARIO names a cell of fleet_sim.matrix.cells()")
     parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
     parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
     parser.add_argument("--out", help="write each policy's outputs under this folder")
@@ -74,7 +89,7 @@ def main() -> int:
     overrides = {"duration": parse_duration(args.duration)} if args.duration else {}
     rows = {}
     for policy in args.policies:
-        scenario = load_scenario(args.scenario, overrides={**overrides, "policy": policy})
+        scenario = _scenario(args, policy, overrides)
         if args.option:
             options = dict(scenario.planner.options)
             for item in args.option:

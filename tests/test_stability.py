@@ -6,10 +6,20 @@ import math
 
 from ortools.sat.python import cp_model
 
+from fleet_planner.contract.models import (
+    AgentReport,
+    Forecast,
+    Observed,
+    PoolRegistration,
+    PoolReport,
+    Registration,
+)
 from global_planner.allocation import AllocationRequest, PoolDemand, Stability, TenantLimits, allocate, allocate_greedy
 from global_planner.allocation.problem import build_problem
 from global_planner.allocation.solver import _Model
 from global_planner.allocation.stability import checked_bid
+from global_planner.policy_file import TenantPolicy
+from global_planner.service.state import PlannerState
 
 
 def _curve(per_replica_rps: float, rate: float, points: int = 13) -> list[float]:
@@ -142,3 +152,37 @@ def test_with_contention_priority_decides_who_misses() -> None:
     assert answer.replicas["high/agg"] == 6
     assert answer.replicas["low/agg"] == 2
     assert answer.drivers["low/agg"] == "others"
+
+
+def test_decision_record_says_what_moved_each_pool_and_bids_are_checked_against_observed_rates() -> None:
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {}})
+    state = PlannerState(policy, lease_s=60.0)
+    pools = [PoolRegistration(role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=8)]
+    for name in ("honest", "inflated"):
+        state.register(Registration(deployment=name, tenant=name, endpoint=f"ep-{name}", pools=pools), name, 0.0)
+        # both observe 4 rps and need 4 replicas for it; one bids as if it had 12 rps
+        rate = 4.0 if name == "honest" else 12.0
+        need = 4 if name == "honest" else 12
+        state.report(
+            AgentReport(
+                deployment=name,
+                session_id=name,
+                sequence=1,
+                forecast=Forecast(mean_rps=rate, upper_rps=rate),
+                observed=Observed(window_s=30.0, admitted_rps=4.0),
+                pools=[
+                    PoolReport(
+                        role="agg",
+                        curve=[min(1.0, k / need) for k in range(9)],
+                        wanted_replicas=min(need, 8),
+                    )
+                ],
+            ),
+            1.0,
+        )
+    record = state.commit(state.plan(2.0)).record
+    by_name = {dep.deployment: dep.pools[0] for dep in record.deployments}
+    assert by_name["honest"].granted == 4
+    assert by_name["inflated"].granted <= 4
+    assert {p.moved_by for p in by_name.values()} == {"bid"}
+    assert "bid capped" in by_name["inflated"].reason

@@ -142,6 +142,11 @@ def test_without_contention_every_pool_gets_what_its_agent_wants() -> None:
         assert answer.replicas == {"headroom/agg": 6, "modest/agg": 2}
         assert answer.drivers == {"headroom/agg": "bid", "modest/agg": "bid"}
         assert answer.reasons["headroom/agg"].startswith("as bid: its agent wants 6")
+    # A pool holding more than its agent now wants is brought down to the bid, as it would alone.
+    shrinking = _pool("shrinking", 10.0, current=8, wanted_replicas=5)
+    answer = allocate(_request([shrinking], 40))
+    assert answer.replicas == {"shrinking/agg": 5}
+    assert answer.drivers == {"shrinking/agg": "bid"}
 
 
 def test_with_contention_priority_decides_who_misses() -> None:

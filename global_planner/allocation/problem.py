@@ -176,7 +176,7 @@ def _effective(
     wanted = checked.wanted_replicas
     high = max(low, high)
     if wanted is not None:
-        high = min(high, max(low, wanted, pool.current_replicas))  # never raised past the bid
+        high = min(high, max(low, wanted))  # never more than the agent wants: it would be forced on it
     if startup is None:
         startup = request.stability.default_startup_s
     return _Effective(checked, priority, max_step, low, high, churn, startup, note)

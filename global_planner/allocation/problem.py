@@ -336,7 +336,8 @@ def _pool_plan(
     scaled = want_floor(scaled, min(wanted, item.high) if wanted is not None else None)
     counts, values = _hull_counts(scaled, item.low, item.high, lo, hi)
     discount = startup_discount(item.startup_s, stability.horizon_s)
-    values = discounted(counts, values, pool.current_replicas, wanted, discount)
+    current = pool.current_replicas
+    values = discounted(counts, values, current, scaled[min(current, len(scaled) - 1)], wanted, discount)
     anchor = pool.current_replicas if wanted is None else min(pool.current_replicas, wanted)
     return PoolPlan(
         pool=pool,

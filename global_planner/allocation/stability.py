@@ -77,16 +77,25 @@ def startup_discount(startup_s: float, horizon_s: float) -> float:
 
 
 def discounted(
-    counts: tuple[int, ...], values: tuple[int, ...], current: int, wanted: int | None, discount: float
+    counts: tuple[int, ...],
+    values: tuple[int, ...],
+    current: int,
+    current_value: int,
+    wanted: int | None,
+    discount: float,
 ) -> tuple[int, ...]:
-    """Hull values with every gain above ``current`` discounted by its cold start, kept concave
-    and (up to ``wanted``) strictly rising, so the window stays a valid hull for both solvers."""
-    if discount <= 0 or len(counts) == 1:
+    """Hull values with every gain above ``current`` (worth ``current_value``) discounted by its
+    cold start, kept concave and (up to ``wanted``) strictly rising, so the window stays a valid
+    hull for both solvers."""
+    if discount <= 0:
         return values
-    base_index = min(max(current - counts[0], 0), len(counts) - 1)
-    base = values[base_index]
+    if counts[0] <= current <= counts[-1]:
+        current_value = values[current - counts[0]]
     keep = 1.0 - discount
-    out = [v if j <= base_index else base + math.ceil((v - base) * keep) for j, v in enumerate(values)]
+    out = [
+        v if count <= current else current_value + math.ceil(max(v - current_value, 0) * keep)
+        for count, v in zip(counts, values, strict=True)
+    ]
     top = min(wanted, counts[-1]) if wanted is not None else counts[0]
     previous_rise: int | None = None
     for j in range(1, len(out)):

@@ -191,3 +191,29 @@ def test_decision_record_says_what_moved_each_pool_and_bids_are_checked_against_
     assert by_name["inflated"].granted <= 4
     assert {p.moved_by for p in by_name.values()} == {"bid"}
     assert "bid capped" in by_name["inflated"].reason
+
+
+def test_cold_start_discount_treats_a_pair_alike_when_a_minimum_lifts_one_pool() -> None:
+    # A fresh deployment (nothing running): its decode pool must keep one replica (minimum 1),
+    # its prefill pool may go to zero. Both pools' gains are discounted from what runs now (0),
+    # so the pair still reaches the count where both are saturated.
+    pools = [
+        _pool("chat", 4.0, current=0, role="prefill", pair_group="chat", curve=[0.0, 0.6, 0.95, 1.0, 1.0]),
+        _pool(
+            "chat", 4.0, current=0, role="decode", pair_group="chat", curve=[0.0, 0.9, 1.0, 1.0, 1.0], min_replicas=1
+        ),
+    ]
+    answer = allocate(_request(pools, 12))
+    assert answer.replicas == {"chat/prefill": 3, "chat/decode": 2}
+
+
+def test_a_bid_made_before_the_agent_ran_its_grant_does_not_undo_it() -> None:
+    # Granted 5 last round; the agent still runs 3 (it bid before it saw the grant) and bids 3:
+    # the grant holds. Once it runs the 5 and still bids 3, the grant follows the bid down.
+    stale = _pool("p", 6.0, current=5, wanted_replicas=3, running_replicas=3)
+    assert allocate(_request([stale], 12)).replicas == {"p/agg": 5}
+    seen = _pool("p", 6.0, current=5, wanted_replicas=3, running_replicas=5)
+    assert allocate(_request([seen], 12)).replicas == {"p/agg": 3}
+    # a bid for more is followed at once, whatever runs
+    more = _pool("p", 6.0, current=5, wanted_replicas=7, running_replicas=3)
+    assert allocate(_request([more], 12)).replicas == {"p/agg": 7}

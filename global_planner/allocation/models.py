@@ -133,6 +133,9 @@ class PoolDemand(_Strict):
     pair_group: str | None = None
     replica_capacity_rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     wanted_replicas: int | None = Field(default=None, ge=0, description="what the agent would run alone")
+    running_replicas: int | None = Field(
+        default=None, ge=0, description="replicas ready or starting when the agent bid (what it bid from)"
+    )
     observed_rps: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="rate the agent observed (checks demand_weight)"
     )

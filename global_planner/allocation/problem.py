@@ -31,7 +31,15 @@ from global_planner.allocation.models import (
     TenantLimits,
 )
 from global_planner.allocation.routing import endpoint_plans
-from global_planner.allocation.stability import checked_bid, cut_cost, discounted, driver, startup_discount, want_floor
+from global_planner.allocation.stability import (
+    checked_bid,
+    cut_cost,
+    discounted,
+    driver,
+    held_if_stale,
+    startup_discount,
+    want_floor,
+)
 
 ATT_SCALE = 10_000
 WEIGHT_SCALE = 1_000
@@ -173,6 +181,7 @@ def _effective(
         churn = override.churn_weight if override.churn_weight is not None else churn
         startup = override.startup_s if override.startup_s is not None else startup
     checked, note = checked_bid(pool, request.stability.bid_allowance)
+    checked = held_if_stale(checked)
     wanted = checked.wanted_replicas
     high = max(low, high)
     if wanted is not None:

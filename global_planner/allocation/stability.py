@@ -12,6 +12,8 @@ Three terms shape each pool's value before either solver sees it (all pure, per 
   never granted more than its agent wants (a grant above it would be forced on the agent), and
   every replica up to ``wanted_replicas`` is worth at least one value quantum, so when nothing
   competes for the GPUs every agent gets exactly what it would take alone (``global`` = ``local``).
+* **Stale bids hold** (:func:`held_if_stale`): a bid for less than the current grant, made before
+  the agent ran that grant, does not lower it (grants lag bids by a round; see the function).
 * **Cost of change** (:func:`discounted` and :func:`cut_cost`): a replica added now serves
   nothing for ``startup_s``, so its value over the horizon ``horizon_s`` a grant is expected to
   stand is discounted by ``startup_s / horizon_s``; a replica taken from a pool below what it
@@ -55,6 +57,17 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
         wanted = max(pool.min_replicas, min(wanted, math.ceil(wanted / stretch - 1e-9)))
     note = f"bid capped: {rate:.2f} rps bid, {observed:.2f} rps observed, valued at {cap:.2f} rps"
     return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
+
+
+def held_if_stale(pool: PoolDemand) -> PoolDemand:
+    """A bid for less than the current grant, made before the agent ran that grant, is read as
+    "hold": an agent bids relative to what it runs, and its grant changes one round after its bid,
+    so following such a bid down undoes the grant the agent has not seen yet (a period-two
+    oscillation between two interleaved chains of bids)."""
+    wanted, running, current = pool.wanted_replicas, pool.running_replicas, pool.current_replicas
+    if wanted is None or running is None or wanted >= current or running >= current:
+        return pool
+    return pool.model_copy(update={"wanted_replicas": current})
 
 
 def want_floor(scaled: list[int], wanted: int | None) -> list[int]:

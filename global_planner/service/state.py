@@ -648,6 +648,7 @@ def _pool_demand(
         replica_capacity_rps=report.replica_capacity_rps if report is not None else None,
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
         observed_rps=observed_rps,
+        running_replicas=report.ready + report.starting if report is not None else None,
     )
 
 

@@ -4,8 +4,9 @@
 
 Each policy replays the same traffic (same seed); the oracle is clairvoyant and labelled so. Ratios
 are against the first policy named and against `oracle` when it is in the list. Also prints the
-number of scaling direction reversals per deployment-hour, per-tenant attainment and, when the
-scenario names a tenant policy file, the priority-weighted attainment.
+number of scaling direction reversals per deployment-hour and of target (grant) changes per
+pool-hour, per-tenant attainment and, when the scenario names a tenant policy file, the
+priority-weighted attainment.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize, write_outputs  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
-from fleet_sim.scenario import load_scenario  # noqa: E402
+from fleet_sim.scenario import Scenario, load_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 from global_planner.policy_file import load_policy_file  # noqa: E402
 
@@ -31,9 +34,22 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
+def _scenario(args: argparse.Namespace, policy: str, overrides: dict) -> Scenario:
+    """The scenario file under ``policy``, or the matrix cell whose name contains ``args.scenario``."""
+    if not args.cell:
+        return load_scenario(args.scenario, overrides={**overrides, "policy": policy})
+    found = [cell for cell in cells() if args.scenario in cell.name]
+    if len(found) != 1:
+        names = ", ".join(cell.name for cell in found) or "none"
+        raise SystemExit(f"--cell {args.scenario!r} must match exactly one matrix cell (matched: {names})")
+    scenario = build_scenario(found[0], policy, Path(tempfile.gettempdir()) / "fleet-planner-matrix")
+    return scenario.model_copy(update=overrides) if overrides else scenario
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
+    parser.add_argument("scenario", help="a scenario file, or with --cell a substring of a matrix cell's name")
+    parser.add_argument("--cell", action="store_true", help="SCENARIO names a cell of fleet_sim.matrix.cells()")
     parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
     parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
     parser.add_argument("--out", help="write each policy's outputs under this folder")
@@ -49,7 +65,7 @@ def main() -> int:
     overrides = {"duration": parse_duration(args.duration)} if args.duration else {}
     rows = {}
     for policy in args.policies:
-        scenario = load_scenario(args.scenario, overrides={**overrides, "policy": policy})
+        scenario = _scenario(args, policy, overrides)
         if args.option:
             options = dict(scenario.planner.options)
             for item in args.option:
@@ -68,6 +84,8 @@ def main() -> int:
             if policy_file
             else None
         )
+        reversals = {name: d.reversals_per_hour or 0.0 for name, d in stability.deployments.items()}
+        changes = {name: d.target_changes_per_pool_hour or 0.0 for name, d in stability.deployments.items()}
         rows[policy] = {
             "gpu_hours": summary["fleet"]["gpu_hours"],
             "slo_attainment": summary["fleet"]["slo_attainment"],
@@ -75,11 +93,14 @@ def main() -> int:
             "clairvoyant": summary["clairvoyant"],
             "tenants": {name: t["slo_attainment"] for name, t in summary["tenants"].items()},
             "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
+            "max_changes_per_pool_hour": max(changes.values(), default=0.0),
+            "max_reversals_per_hour": max(reversals.values(), default=0.0),
             "deployments": {
                 name: {
                     "slo_attainment": d["slo_attainment"],
                     "gpu_hours": d["gpu_hours"],
-                    "reversals_per_hour": stability.deployments[name].reversals_per_hour,
+                    "reversals_per_hour": reversals[name],
+                    "changes_per_pool_hour": changes[name],
                 }
                 for name, d in summary["deployments"].items()
             },
@@ -90,9 +111,8 @@ def main() -> int:
         return 0
     first = args.policies[0]
     print(f"scenario {args.scenario}")
-    print(
-        f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}  per deployment (attainment, GPU-h, reversals/h)"
-    )
+    columns = f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}"
+    print(f"{columns}  per deployment (attainment, GPU-h, reversals/h, changes/pool-h)")
     for policy, row in rows.items():
         ratio_first = row["gpu_hours"] / rows[first]["gpu_hours"] if rows[first]["gpu_hours"] else float("nan")
         ratio_oracle = (
@@ -103,16 +123,22 @@ def main() -> int:
         label = policy + (" *" if row["clairvoyant"] else "")
         per = "; ".join(
             f"{name} {_pct(d['slo_attainment'])} {d['gpu_hours']:.1f} {d['reversals_per_hour']:.1f}"
+            f" {d['changes_per_pool_hour']:.1f}"
             for name, d in row["deployments"].items()
         )
-        print(
-            f"{label:<14}{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}  {per}"
+        fleet = (
+            f"{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}"
         )
+        print(f"{label:<14}{fleet}  {per}")
         tenants = ", ".join(f"{name} {_pct(value)}" for name, value in row["tenants"].items())
         weighted = (
             f"; priority-weighted {_pct(row['priority_weighted'])}" if row["priority_weighted"] is not None else ""
         )
         print(f"{'':<14}tenants: {tenants}{weighted}")
+        print(
+            f"{'':<14}worst deployment: {row['max_reversals_per_hour']:.1f} reversals/h,"
+            f" {row['max_changes_per_pool_hour']:.1f} changes/pool-h"
+        )
     print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0
 

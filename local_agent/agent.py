@@ -420,7 +420,9 @@ class LocalAgent:
 
         wanted, reason, detail = current, R.HOLD, ""
         floor = state.predictive if self.options.mode != "load" else 0
-        if self.options.mode != "load" and floor != current and run_throughput:
+        # The forecast's need is asked for until granted: an arbiter that could not grant it at
+        # once (GPUs still draining) must not see the ask vanish at the next tick.
+        if self.options.mode != "load" and (floor > current or (floor != current and run_throughput)):
             wanted = floor
             reason = R.PREDICTIVE_UP if floor > current else R.PREDICTIVE_DOWN
             detail = f"forecast needs {floor} replicas"

@@ -130,7 +130,7 @@ class AgentRuntime:
         client = self._planner_client()
         assert client is not None and self.agent is not None
         running: dict[str, PoolCounts] = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
-        tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running)
+        tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running, window_s=self.config.tick_s)
         effects = await exchange(client, tick, self.connector.apply)
         for pool in decision.pools:
             self.agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it

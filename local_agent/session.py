@@ -33,10 +33,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from fleet_planner.contract.models import Forecast, PoolReport, Registration, Targets
+from fleet_planner.contract.models import Forecast, Observed, PoolReport, Registration, Targets
 from fleet_planner.planning import FrozenModel
 from local_agent.models import AgentDecision
-from local_agent.planner_link.reports import forecast_of, pool_report
+from local_agent.planner_link.reports import forecast_of, observed_of, pool_report
 
 
 class Lease(FrozenModel):
@@ -110,6 +110,9 @@ class TickInput(FrozenModel):
     now_s: float
     decision: AgentDecision
     running: dict[str, PoolCounts] = Field(default_factory=dict, description="missing: nothing observed yet")
+    window_s: float | None = Field(
+        default=None, gt=0, description="the agent's observation window (its tick); None: no observed rate is sent"
+    )
 
 
 class Outgoing(FrozenModel):
@@ -117,6 +120,7 @@ class Outgoing(FrozenModel):
 
     pools: list[PoolReport]
     forecast: Forecast | None
+    observed: Observed | None = None  # the rate seen, against which the planner checks the forecast
 
 
 class TickEffects(FrozenModel):
@@ -165,7 +169,8 @@ class AgentSession:
                     pending=counts.pending,
                 )
             )
-        return Outgoing(pools=pools, forecast=forecast_of(tick.decision))
+        observed = observed_of(tick.decision, tick.window_s) if tick.window_s is not None else None
+        return Outgoing(pools=pools, forecast=forecast_of(tick.decision), observed=observed)
 
     def answered(self, targets: Targets, sent_at: float, reported: list[PoolReport] | None) -> None:
         """The planner replied (to a request sent at local time ``sent_at``): adopt a newer lease.

@@ -16,7 +16,7 @@ from global_planner.allocation import (
     allocate_greedy,
 )
 from global_planner.allocation import solver as solver_module
-from global_planner.allocation.problem import EndpointPlan, endpoint_plans
+from global_planner.allocation.routing import EndpointPlan, endpoint_plans
 
 
 def _concave(capacity: float, points: int = 12) -> list[float]:

@@ -108,7 +108,11 @@ def test_non_default_values_shape_the_release() -> None:
     for name in ("llama", "mixtral"):
         text = by[("ConfigMap", f"fp-agent-{name}")]["data"]["agent.yaml"]
         config = parse_config(yaml.safe_load(text), base_dir=REPO)  # the agent accepts what the chart renders
-        assert config.planner is not None and config.planner.address == "fp-planner:7070" and config.connector.kind == "kubernetes"
+        assert (
+            config.planner is not None
+            and config.planner.address == "fp-planner:7070"
+            and config.connector.kind == "kubernetes"
+        )
         assert config.telemetry is not None and config.telemetry.listen == "0.0.0.0:9100"
     dashboard = json.loads(by[("ConfigMap", "fp-dashboard")]["data"]["fleet-planner.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
-from fleet_planner_cli import main as fleet_main
 from fleet_planner.contract.models import AgentReport, PoolRegistration, PoolReport, Registration
+from fleet_planner_cli import main as fleet_main
 from global_planner.cli import main as cli_main
 from global_planner.policy_file import PolicyWatcher, TenantPolicy
 from global_planner.service.audit import AuditLog

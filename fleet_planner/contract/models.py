@@ -214,6 +214,10 @@ class PoolRecord(FrozenModel):
     allocated: int | None = Field(description="the allocator's answer; granted is lower while drains gate it")
     reason: str
     demand: DemandSummary | None = None
+    moved_by: str | None = Field(
+        default=None,
+        description="the allocator term that moved the grant: unchanged, bid, others or bounds (None: not allocated)",
+    )
 
 
 class DeploymentRecord(FrozenModel):

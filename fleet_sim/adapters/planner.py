@@ -343,7 +343,7 @@ class GlobalPolicy(Policy):
             for pool in record.pools
             if (obs := observed.get((record.deployment, pool.role))) is not None
         }
-        tick = TickInput(now_s=now_s, decision=record, running=running)
+        tick = TickInput(now_s=now_s, decision=record, running=running, window_s=self.tick_s)
         transit = (lambda sent: self._delayed(record.deployment, sent)) if self._delay_ticks else None
         return await exchange(self.clients[record.deployment], tick, _applied_by_the_decision, transit)
 

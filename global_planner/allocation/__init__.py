@@ -7,17 +7,22 @@ from global_planner.allocation.models import (
     AllocationStatus,
     PoolDemand,
     PoolOverride,
+    Stability,
     TenantLimits,
 )
+from global_planner.allocation.routing import EndpointPlan, endpoint_plans
 from global_planner.allocation.solver import allocate
 
 __all__ = [
     "Allocation",
     "AllocationRequest",
     "AllocationStatus",
+    "EndpointPlan",
     "PoolDemand",
     "PoolOverride",
+    "Stability",
     "TenantLimits",
     "allocate",
     "allocate_greedy",
+    "endpoint_plans",
 ]

@@ -9,8 +9,9 @@ tenant floor (``nu_c >= 0``). A (tenant, type) group's GPUs then cost
 
 The inner maximum is exact, not relaxed: for each level row of a unit
 (:mod:`global_planner.allocation.frontier`) each member takes the cheapest hull count at or above
-the row's count under ``churn * |x - current| + pi * GPUs`` (a suffix minimum), so every replica
-vector the model allows, churn and negative prices included, is covered. The bound is therefore
+the row's count under ``churn * |x - current| + cut * max(0, anchor - x) + pi * GPUs`` (a suffix
+minimum), so every replica vector the model allows, costs of change and negative prices
+included, is covered. The bound is therefore
 valid whatever prices are used; good prices make it tight.
 
 Prices come from the convex-hull relaxation of each unit, which is a concave separable problem
@@ -116,7 +117,13 @@ def dual_bound(frontier: Frontier, type_price: dict[str, float], group_price: li
     churn = np.fromiter((p.churn for p in plans), dtype=float, count=n_pools)
     current = np.fromiter((p.pool.current_replicas for p in plans), dtype=float, count=n_pools)
     counts = frontier.counts_pad.astype(float)
-    cost = churn[:, None] * np.abs(counts - current[:, None]) + (price * gpr)[:, None] * counts
+    cut = np.fromiter((p.cut for p in plans), dtype=float, count=n_pools)
+    anchor = np.fromiter((p.anchor for p in plans), dtype=float, count=n_pools)
+    cost = (
+        churn[:, None] * np.abs(counts - current[:, None])
+        + cut[:, None] * np.maximum(anchor[:, None] - counts, 0.0)
+        + (price * gpr)[:, None] * counts
+    )
     suffix = np.minimum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]
     suffix = np.vstack([suffix, np.zeros((1, suffix.shape[1]))])  # row n_pools: empty slot, free
     slot_pool = np.where(frontier.slot_pool >= 0, frontier.slot_pool, n_pools)

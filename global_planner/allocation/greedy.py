@@ -107,8 +107,7 @@ class _State:
         unit = problem.units[k]
         value = unit.weight * min(problem.pools[i].value_at(self.replicas[i]) for i in unit.members)
         for i in unit.members:
-            plan = problem.pools[i]
-            value -= plan.churn * abs(self.replicas[i] - plan.pool.current_replicas)
+            value -= problem.pools[i].change_cost(self.replicas[i])
         return value
 
     def step(self, k: int) -> bool:
@@ -129,7 +128,8 @@ class _State:
     def best_ratio(self, k: int) -> tuple[float, int, list[tuple[int, int]]] | None:
         """Unit ``k``'s best value-per-GPU row move that still fits: (ratio, row, moves)."""
         base = self.unit_value(k)
-        first = self.row[k] if self.row[k] is not None else self.row_start[k]
+        row = self.row[k]
+        first = row if row is not None else self.row_start[k]
         best = None
         for r in range(first, self.row_start[k + 1]):
             gain = self.row_value[r] - base
@@ -187,9 +187,9 @@ class _State:
                 return
             k, pos = segments[index]
             index += 1
-            if self.pos[k] == pos and not self.blocked[k] and (allowed is None or k in allowed):
-                if not self.step(k):
-                    self._defer(heap, k)
+            movable = self.pos[k] == pos and not self.blocked[k] and (allowed is None or k in allowed)
+            if movable and not self.step(k):
+                self._defer(heap, k)
 
     def _defer(self, heap: list[tuple[float, int]], k: int) -> None:
         found = self.best_ratio(k)

@@ -31,6 +31,10 @@ from pydantic import Field, field_validator, model_validator
 from fleet_planner.planning import FrozenModel, PoolRole
 
 AllocationStatus = Literal["optimal", "feasible", "fallback"]
+# What moved a pool's grant this round: nothing; its own bid (towards ``wanted_replicas``); other
+# pools' value (cut below what it holds and wants: worth more elsewhere than the change costs);
+# its bounds (a lowered max, or minima the inventory cannot hold).
+Driver = Literal["unchanged", "bid", "others", "bounds"]
 
 
 class TenantLimits(FrozenModel):
@@ -63,6 +67,9 @@ class PoolOverride(FrozenModel):
     churn_weight: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
     )
+    startup_s: float | None = Field(
+        default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
+    )
 
     @field_validator("selector")
     @classmethod
@@ -74,10 +81,29 @@ class PoolOverride(FrozenModel):
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PoolOverride:
-        if self.min_replicas is not None and self.max_replicas is not None:
-            if self.min_replicas > self.max_replicas:
-                raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
+
+
+class Stability(FrozenModel):
+    """How much a change of grant must be worth (see :mod:`global_planner.allocation.stability`)."""
+
+    horizon_s: float = Field(
+        default=300.0, gt=0, le=86_400, allow_inf_nan=False, description="how long a grant is expected to stand"
+    )
+    default_startup_s: float = Field(
+        default=60.0, ge=0, le=86_400, allow_inf_nan=False, description="cold start when neither bid nor policy says"
+    )
+    hysteresis: float = Field(
+        default=0.3, ge=0, le=1, allow_inf_nan=False, description="extra share of a pool's marginal value a cut costs"
+    )
+    bid_allowance: float | None = Field(
+        default=0.25,
+        ge=0,
+        allow_inf_nan=False,
+        description="a bid's rate may exceed the observed rate by this share (plus Poisson noise); None: no check",
+    )
 
 
 class PoolDemand(FrozenModel):
@@ -103,6 +129,15 @@ class PoolDemand(FrozenModel):
     pair_group: str | None = None
     replica_capacity_rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     wanted_replicas: int | None = Field(default=None, ge=0, description="what the agent would run alone")
+    running_replicas: int | None = Field(
+        default=None, ge=0, description="replicas ready or starting when the agent bid (what it bid from)"
+    )
+    observed_rps: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="rate the agent observed (checks demand_weight)"
+    )
+    startup_s: float | None = Field(
+        default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
+    )
 
     @field_validator("curve")
     @classmethod
@@ -151,6 +186,7 @@ class AllocationRequest(FrozenModel):
     )
     relative_gap_limit: float = Field(default=1e-4, ge=0, allow_inf_nan=False)
     seed: int = 0
+    stability: Stability = Field(default_factory=Stability)
 
     @field_validator("inventory", "held_gpus")
     @classmethod
@@ -186,5 +222,6 @@ class Allocation(FrozenModel):
     status: AllocationStatus
     solve_ms: float
     reasons: dict[str, str]
+    drivers: dict[str, Driver] = Field(default_factory=dict)
     tenant_gpus: dict[str, dict[str, int]]
     gpus_used: dict[str, int]

@@ -25,9 +25,20 @@ from global_planner.allocation.models import (
     Allocation,
     AllocationRequest,
     AllocationStatus,
+    Driver,
     PoolDemand,
     PoolOverride,
     TenantLimits,
+)
+from global_planner.allocation.routing import endpoint_plans
+from global_planner.allocation.stability import (
+    checked_bid,
+    cut_cost,
+    discounted,
+    driver,
+    held_if_stale,
+    startup_discount,
+    want_floor,
 )
 
 ATT_SCALE = 10_000
@@ -39,10 +50,13 @@ TenantType = tuple[str, str]
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """One pool after overrides: its bounds and the counts worth considering.
+    """One pool after overrides and the bid check: its bounds and the counts worth considering.
 
     ``counts`` are the replica counts of ``[lo, hi]`` worth considering (contiguous, see
-    :func:`_hull_counts`), with ``values`` their scaled attainment on the curve's concave hull.
+    :func:`_hull_counts`), with ``values`` their scaled attainment on the curve's concave hull,
+    gains above the current size discounted by their cold start. ``churn`` is charged per replica
+    changed either way, ``cut`` per replica below ``anchor`` (what the pool holds and wants; see
+    :mod:`global_planner.allocation.stability`).
     """
 
     pool: PoolDemand
@@ -57,6 +71,9 @@ class PoolPlan:
     churn: int
     unit: int
     scaled: tuple[int, ...] = ()
+    cut: int = 0
+    anchor: int = 0
+    note: str | None = None
 
     def value_at(self, replicas: int) -> int:
         """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
@@ -64,6 +81,11 @@ class PoolPlan:
         if replicas < self.counts[0]:
             return self.curve_at(replicas)
         return self.values[min(replicas - self.counts[0], len(self.values) - 1)]
+
+    def change_cost(self, replicas: int) -> int:
+        """Scaled value lost to changing the pool to ``replicas``: churn and the cut cost."""
+        moved = abs(replicas - self.pool.current_replicas)
+        return self.churn * moved + self.cut * max(0, self.anchor - replicas)
 
     def demand(self) -> int:
         """Replicas the pool has real demand for, which is all a guarantee reserves: what its
@@ -111,13 +133,27 @@ class Problem:
         return dict(by_type), dict(by_tenant)
 
     def value(self, replicas: list[int]) -> int:
-        """Scaled value minus churn: the quantity both solvers maximise."""
+        """Scaled value minus the cost of change: the quantity both solvers maximise."""
         total = 0
         for unit in self.units:
             total += unit.weight * min(self.pools[i].value_at(replicas[i]) for i in unit.members)
         for plan, count in zip(self.pools, replicas, strict=True):
-            total -= plan.churn * abs(count - plan.pool.current_replicas)
+            total -= plan.change_cost(count)
         return total
+
+
+@dataclass(frozen=True)
+class _Effective:
+    """A pool's bid after the bid check, with the knobs its overrides set."""
+
+    pool: PoolDemand
+    priority: float
+    max_step: int | None
+    low: int
+    high: int
+    churn: float
+    startup_s: float
+    note: str | None
 
 
 def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
@@ -127,11 +163,12 @@ def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], ob
 
 def _effective(
     pool: PoolDemand, request: AllocationRequest, matchers: list[tuple[bool, Callable[[str], object], PoolOverride]]
-) -> tuple[float, int | None, int, int, float]:
-    """Priority, max_step, min, max and churn weight after the matching overrides."""
+) -> _Effective:
+    """The bid after the matching overrides (later ones win field by field) and the bid check."""
     tenant = request.tenants.get(pool.tenant, _DEFAULT_TENANT)
     priority, max_step = tenant.priority, None
     low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
+    startup = pool.startup_s
     deployment_key = f"{pool.tenant}/{pool.deployment}"
     pool_key = f"{deployment_key}/{pool.role}"
     for per_pool, match, override in matchers:
@@ -142,7 +179,16 @@ def _effective(
         low = override.min_replicas if override.min_replicas is not None else low
         high = override.max_replicas if override.max_replicas is not None else high
         churn = override.churn_weight if override.churn_weight is not None else churn
-    return priority, max_step, low, max(low, high), churn
+        startup = override.startup_s if override.startup_s is not None else startup
+    checked, note = checked_bid(pool, request.stability.bid_allowance)
+    checked = held_if_stale(checked)
+    wanted = checked.wanted_replicas
+    high = max(low, high)
+    if wanted is not None:
+        high = min(high, max(low, wanted))  # never more than the agent wants: it would be forced on it
+    if startup is None:
+        startup = request.stability.default_startup_s
+    return _Effective(checked, priority, max_step, low, high, churn, startup, note)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -176,9 +222,12 @@ def _hull_counts(scaled: list[int], low: int, high: int, lo: int, hi: int) -> tu
             values.pop()
         counts.append(k)
         values.append(value)
+    return _window(counts, values, lo, hi)
 
-    # Every count of the window up to the hull's top, valued on the hull: a segment's rise is
-    # spread over its counts as evenly as integers allow, larger steps first (concave within it).
+
+def _window(counts: list[int], values: list[int], lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Every count of the window up to the hull's top, valued on the hull: a segment's rise is
+    spread over its counts as evenly as integers allow, larger steps first (concave within it)."""
     window_counts: list[int] = []
     window_values: list[int] = []
     for j in range(len(counts)):
@@ -209,10 +258,7 @@ def _step_bounds(pool: PoolDemand, max_step: int | None, low: int, high: int) ->
 
 
 def _unfit_groups(
-    raw: list[tuple[PoolDemand, float, int | None, int, int, float]],
-    lows: list[int],
-    budget: dict[str, int],
-    caps: dict[TenantType, int],
+    pools: list[_Effective], lows: list[int], budget: dict[str, int], caps: dict[TenantType, int]
 ) -> set[object]:
     """GPU types and (tenant, type) caps whose step-limited lower bounds cannot all be held.
 
@@ -221,44 +267,44 @@ def _unfit_groups(
     """
     by_type: dict[str, int] = defaultdict(int)
     by_tenant: dict[TenantType, int] = defaultdict(int)
-    for (pool, *_), lo in zip(raw, lows, strict=True):
-        by_type[pool.gpu_type] += lo * pool.gpus_per_replica
-        by_tenant[(pool.tenant, pool.gpu_type)] += lo * pool.gpus_per_replica
+    for item, lo in zip(pools, lows, strict=True):
+        by_type[item.pool.gpu_type] += lo * item.pool.gpus_per_replica
+        by_tenant[(item.pool.tenant, item.pool.gpu_type)] += lo * item.pool.gpus_per_replica
     unfit: set[object] = {gpu for gpu, used in by_type.items() if used > budget.get(gpu, 0)}
     unfit.update(key for key, used in by_tenant.items() if used > caps.get(key, used))
     return unfit
 
 
-def build_problem(request: AllocationRequest) -> Problem:
-    """Apply overrides, bounds, change limits and dominance; trim floors to what can fit."""
-    raw: list[tuple[PoolDemand, float, int | None, int, int, float]] = []
-    matchers = _matchers(request)
-    for pool in request.pools:
-        priority, max_step, low, high, churn = _effective(pool, request, matchers)
-        raw.append((pool, priority, max_step, low, high, churn))
-
-    coefficient = [prio * pool.demand_weight for pool, prio, *_ in raw]
+def _group_units(pools: list[_Effective]) -> tuple[list[list[int]], list[int]]:
+    """Pools sharing a ``pair_group`` form one unit; returns each unit's members and each pool's unit."""
     unit_members: list[list[int]] = []
     unit_of: list[int] = []
     group_unit: dict[str, int] = {}
-    for index, (pool, *_) in enumerate(raw):
-        if pool.pair_group is not None and pool.pair_group in group_unit:
-            unit = group_unit[pool.pair_group]
+    for index, item in enumerate(pools):
+        group = item.pool.pair_group
+        if group is not None and group in group_unit:
+            unit = group_unit[group]
             unit_members[unit].append(index)
         else:
             unit = len(unit_members)
             unit_members.append([index])
-            if pool.pair_group is not None:
-                group_unit[pool.pair_group] = unit
+            if group is not None:
+                group_unit[group] = unit
         unit_of.append(unit)
+    return unit_members, unit_of
 
+
+def _unit_weights(pools: list[_Effective], unit_members: list[list[int]]) -> tuple[list[int], float]:
+    """Integer unit weights (the largest is ``WEIGHT_SCALE``) and the value of one scaled unit."""
+    coefficient = [item.priority * item.pool.demand_weight for item in pools]
     unit_coef = [max(coefficient[i] for i in members) for members in unit_members]
     top = max(unit_coef, default=0.0) or 1.0
-    value_scale = top / (WEIGHT_SCALE * ATT_SCALE)
+    weights = [0 if coef <= 0 else max(1, round(coef * WEIGHT_SCALE / top)) for coef in unit_coef]
+    return weights, top / (WEIGHT_SCALE * ATT_SCALE)
 
-    def weight(coef: float) -> int:
-        return 0 if coef <= 0 else max(1, round(coef * WEIGHT_SCALE / top))
 
+def _limits(request: AllocationRequest) -> tuple[dict[str, int], dict[TenantType, int], dict[str, float]]:
+    """GPU budget per type (inventory minus held GPUs), tenant caps and tenant priorities."""
     budget = {
         gpu: max(0, request.inventory.get(gpu, 0) - request.held_gpus.get(gpu, 0))
         for gpu in {*request.inventory, *(p.gpu_type for p in request.pools)}
@@ -270,39 +316,66 @@ def build_problem(request: AllocationRequest) -> Problem:
         tenant_priority[name] = limits.priority
         for gpu, cap in limits.max_gpus.items():
             caps[(name, gpu)] = cap
+    return budget, caps, tenant_priority
 
-    bounds = [_step_bounds(pool, max_step, low, high) for pool, _, max_step, low, high, _ in raw]
-    relaxed = _unfit_groups(raw, [lo for lo, _ in bounds], budget, caps)
-    # every curve scaled to integers at once (np.rint rounds half to even, like round())
-    lengths = [len(pool.curve) for pool in request.pools]
+
+def _scaled_curves(pools: list[_Effective]) -> list[list[int]]:
+    """Every curve scaled to integers at once (np.rint rounds half to even, like round())."""
+    lengths = [len(item.pool.curve) for item in pools]
     offsets = [0, *accumulate(lengths)]
-    flat = np.rint(np.fromiter(chain.from_iterable(p.curve for p in request.pools), float, offsets[-1]) * ATT_SCALE)
-    flat = flat.astype(np.int64).tolist()
-    plans: list[PoolPlan] = []
-    for index, (pool, priority, max_step, low, high, churn) in enumerate(raw):
-        lo, hi = bounds[index]
-        if pool.gpu_type in relaxed or (pool.tenant, pool.gpu_type) in relaxed:
-            lo = low
-        scaled = flat[offsets[index] : offsets[index + 1]]
-        counts, values = _hull_counts(scaled, low, high, lo, hi)
-        plans.append(
-            PoolPlan(
-                pool=pool,
-                priority=priority,
-                max_step=max_step,
-                min_replicas=low,
-                max_replicas=high,
-                lo=lo,
-                hi=hi,
-                counts=counts,
-                values=values,
-                churn=round(churn / value_scale),
-                unit=unit_of[index],
-                scaled=tuple(scaled),
-            )
-        )
-    units = [Unit(tuple(m), weight(c)) for m, c in zip(unit_members, unit_coef, strict=True)]
+    flat = np.rint(np.fromiter(chain.from_iterable(i.pool.curve for i in pools), float, offsets[-1]) * ATT_SCALE)
+    values = flat.astype(np.int64).tolist()
+    return [values[offsets[k] : offsets[k + 1]] for k in range(len(pools))]
 
+
+def _pool_plan(
+    item: _Effective,
+    lo: int,
+    hi: int,
+    scaled: list[int],
+    unit: int,
+    weight: int,
+    problem_scale: float,
+    request: AllocationRequest,
+) -> PoolPlan:
+    """One pool's plan: its hull window, discounted for the cold start, and its costs of change."""
+    pool = item.pool
+    stability = request.stability
+    wanted = pool.wanted_replicas
+    scaled = want_floor(scaled, min(wanted, item.high) if wanted is not None else None)
+    counts, values = _hull_counts(scaled, item.low, item.high, lo, hi)
+    discount = startup_discount(item.startup_s, stability.horizon_s)
+    current = pool.current_replicas
+    values = discounted(counts, values, current, scaled[min(current, len(scaled) - 1)], wanted, discount)
+    anchor = pool.current_replicas if wanted is None else min(pool.current_replicas, wanted)
+    return PoolPlan(
+        pool=pool,
+        priority=item.priority,
+        max_step=item.max_step,
+        min_replicas=item.low,
+        max_replicas=item.high,
+        lo=lo,
+        hi=hi,
+        counts=counts,
+        values=values,
+        churn=round(item.churn / problem_scale),
+        unit=unit,
+        scaled=tuple(scaled),
+        cut=cut_cost(counts, values, anchor, weight, discount, stability.hysteresis),
+        anchor=anchor,
+        note=item.note,
+    )
+
+
+def _floors(
+    request: AllocationRequest,
+    plans: list[PoolPlan],
+    budget: dict[str, int],
+    caps: dict[TenantType, int],
+    tenant_priority: dict[str, float],
+) -> tuple[dict[TenantType, int], dict[TenantType, str], bool]:
+    """Tenant floors trimmed to what the tenant's agents want and the inventory holds (highest
+    priority first), notes on trimmed ones, and whether every pool's minimum fits."""
     lo_type: dict[str, int] = defaultdict(int)
     lo_tenant: dict[TenantType, int] = defaultdict(int)
     usable: dict[TenantType, int] = defaultdict(int)
@@ -333,11 +406,31 @@ def build_problem(request: AllocationRequest) -> Problem:
         floors[key] = lo_tenant.get(key, 0) + granted
         if granted < extra:
             notes[key] = f"guarantee trimmed to {floors[key]} {key[1]}: inventory short"
+    return floors, notes, minima_fit
 
+
+def build_problem(request: AllocationRequest) -> Problem:
+    """Apply overrides, the bid check, bounds, change limits, stability terms and dominance;
+    trim floors to what can fit."""
+    matchers = _matchers(request)
+    pools = [_effective(pool, request, matchers) for pool in request.pools]
+    unit_members, unit_of = _group_units(pools)
+    weights, value_scale = _unit_weights(pools, unit_members)
+    budget, caps, tenant_priority = _limits(request)
+    bounds = [_step_bounds(item.pool, item.max_step, item.low, item.high) for item in pools]
+    relaxed = _unfit_groups(pools, [lo for lo, _ in bounds], budget, caps)
+    plans: list[PoolPlan] = []
+    for index, (item, scaled) in enumerate(zip(pools, _scaled_curves(pools), strict=True)):
+        lo, hi = bounds[index]
+        if item.pool.gpu_type in relaxed or (item.pool.tenant, item.pool.gpu_type) in relaxed:
+            lo = item.low
+        unit = unit_of[index]
+        plans.append(_pool_plan(item, lo, hi, scaled, unit, weights[unit], value_scale, request))
+    floors, notes, minima_fit = _floors(request, plans, budget, caps, tenant_priority)
     return Problem(
         request=request,
         pools=plans,
-        units=units,
+        units=[Unit(tuple(m), w) for m, w in zip(unit_members, weights, strict=True)],
         budget=budget,
         caps=caps,
         floors=floors,
@@ -349,99 +442,12 @@ def build_problem(request: AllocationRequest) -> Problem:
     )
 
 
-@dataclass(frozen=True)
-class EndpointPlan:
-    """How an endpoint's traffic is served: each deployment's share, and the admission limit
-    (requests/s) when the capacity allocated cannot carry the planned load (None otherwise)."""
-
-    weights: dict[str, float]
-    admission_rps: float | None
-
-
-# A pool carries its planned load at the first count worth this share of its curve's best; it
-# saturates (the queue stops draining) around the curve's knee, half of its best.
-_REACH = 0.99
-_KNEE = 0.5
-
-
-def _sla_capacity(pool: PoolDemand, replicas: int, reach: float = _REACH) -> float:
-    """Requests/s ``replicas`` of ``pool`` carry, read from its own curve: the planned load
-    (``demand_weight``) scaled by ``replicas`` over the count whose value reaches ``reach`` of the
-    curve's best. Without a usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps
-    per replica when unknown)."""
-    curve = pool.curve
-    best = max(curve)
-    if pool.demand_weight > 0 and best > 0:
-        needed = next(k for k, value in enumerate(curve) if value >= reach * best)
-        if needed > 0:
-            return pool.demand_weight * replicas / needed
-    return replicas * (pool.replica_capacity_rps or 1.0)
-
-
-def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, EndpointPlan]:
-    """Per endpoint, each deployment's traffic share and whether excess traffic must be shed.
-
-    Each deployment receives the load it planned for (its ``demand_weight``) as far as its
-    allocated capacity carries it; what some cannot carry goes to those with spare capacity, and
-    what nobody can carry is *shed* (``admission_rps``) rather than queued: a queue fed faster
-    than it drains delays every request past its SLO, so an overloaded deployment would serve
-    almost nobody in time, while admitting only what fits serves that share fully — the value
-    the allocation credited a partly served pool with. Routing by planned load rather than raw
-    capacity keeps a deployment granted more than its plan from drawing traffic it was not sized
-    for. Capacity is a deployment's bottleneck pool's (see :func:`_sla_capacity`). Only endpoints
-    the allocation left short of what their agents want (``wanted_replicas``) shed.
-    """
-    by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
-    cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
-    for pool in pools:
-        by_endpoint[pool.endpoint].append(pool)
-        if pool.wanted_replicas is not None and replicas[pool.pool_id] < pool.wanted_replicas:
-            cut.add(pool.endpoint)
-    capacity: dict[str, dict[str, float]] = defaultdict(dict)
-    saturation: dict[str, dict[str, float]] = defaultdict(dict)
-    planned: dict[str, dict[str, float]] = defaultdict(dict)
-    plans: dict[str, EndpointPlan] = {}
-    for endpoint, members in by_endpoint.items():
-        if endpoint not in cut and len({pool.deployment for pool in members}) == 1:
-            plans[endpoint] = EndpointPlan({members[0].deployment: 1.0}, None)  # nothing to split or shed
-            continue
-        for pool in members:
-            count = replicas[pool.pool_id]
-            for table, value in (
-                (capacity, _sla_capacity(pool, count)),
-                (saturation, _sla_capacity(pool, count, _KNEE)),
-            ):
-                table[endpoint][pool.deployment] = min(table[endpoint].get(pool.deployment, value), value)
-            planned[endpoint][pool.deployment] = max(planned[endpoint].get(pool.deployment, 0.0), pool.demand_weight)
-    for endpoint, caps in capacity.items():
-        names = sorted(caps)
-        load = sum(planned[endpoint].values())
-        total_capacity = sum(caps.values())
-        if load <= 0 or total_capacity <= 0:
-            # No plan: split by capacity (evenly without any), admit everything.
-            share = caps if total_capacity > 0 else dict.fromkeys(names, 1.0)
-            total = sum(share.values())
-            plans[endpoint] = EndpointPlan({name: share[name] / total for name in names}, None)
-            continue
-        share = {name: min(planned[endpoint][name], caps[name]) for name in names}
-        spill = load - sum(share.values())
-        spare = {name: caps[name] - share[name] for name in names}
-        room = sum(spare.values())
-        if spill > 0 and room > 0:
-            moved = min(spill, room)
-            share = {name: share[name] + moved * spare[name] / room for name in names}
-            spill -= moved
-        total = sum(share.values())
-        weights = {name: share[name] / total for name in names} if total > 0 else dict.fromkeys(names, 1.0 / len(names))
-        # Shed only where the allocation left a pool short of what its agent wants (an endpoint
-        # that got everything asked for keeps every request: its agent's sizing is trusted over
-        # this coarser estimate), and only past the replicas' saturation (the curve's knee, not
-        # its 99% point): shedding is there to stop a queue that cannot drain, not to turn away
-        # requests that would merely be slower.
-        limit = max(total, sum(saturation[endpoint].values()))
-        short = endpoint in cut and spill > 1e-9 * load and limit < load
-        plans[endpoint] = EndpointPlan(weights, limit if short else None)
-    return plans
+_DRIVER_TEXT: dict[Driver, str] = {
+    "unchanged": "",
+    "bid": "; moved by its bid",
+    "others": "; moved by other pools' value (worth more than the cost of the change)",
+    "bounds": "; moved by its bounds",
+}
 
 
 def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room: dict[TenantType, int]) -> str:
@@ -452,6 +458,8 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
         return f"below minimum {plan.lo}: {pool.gpu_type} inventory cannot hold every minimum"
     best = plan.counts[-1]
     if count >= best:
+        if pool.wanted_replicas is not None and count == pool.wanted_replicas:
+            return f"as bid: its agent wants {count}"
         if best == plan.lo and plan.values[-1] == plan.curve_at(plan.lo):
             if plan.lo > 0 and plan.lo == plan.min_replicas:
                 return f"minimum {plan.lo}: no marginal value above it"
@@ -517,9 +525,14 @@ def finish(
     free = {gpu: problem.budget[gpu] - by_type.get(gpu, 0) for gpu in problem.budget}
     room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
     reasons: dict[str, str] = {}
+    drivers: dict[str, Driver] = {}
     for index, (plan, count) in enumerate(zip(problem.pools, replicas, strict=True)):
         key = (plan.pool.tenant, plan.pool.gpu_type)
-        text = _reason(problem, index, count, free, room)
+        moved = driver(count, plan.pool.current_replicas, plan.pool.wanted_replicas, plan.lo, plan.hi)
+        drivers[plan.pool.pool_id] = moved
+        text = _reason(problem, index, count, free, room) + _DRIVER_TEXT[moved]
+        if plan.note is not None:
+            text += f"; {plan.note}"
         floor = problem.floors.get(key)
         if floor is not None and by_tenant.get(key, 0) <= floor and count > plan.lo:
             text += f"; guaranteed floor {floor} {plan.pool.gpu_type}"
@@ -539,6 +552,7 @@ def finish(
         status=status,
         solve_ms=solve_ms,
         reasons=reasons,
+        drivers=drivers,
         tenant_gpus=dict(tenant_gpus),
         gpus_used={gpu: by_type.get(gpu, 0) for gpu in sorted(problem.budget)},
     )

@@ -14,7 +14,7 @@ Formulation — one integer per pool, one per unit, linear constraints only:
 * Hard limits: GPUs per type (inventory minus GPUs held by draining replicas), tenant caps,
   replica bounds and ``max_step``, and tenant floors, trimmed beforehand to what the inventory
   can hold and to what the starting point reaches (see :func:`_starting_point`).
-* Objective: ``gpu_tiebreak * (sum weight*unit - churn) - GPUs``: value first, GPUs only break
+* Objective: ``gpu_tiebreak * (sum weight*unit - churn - cut) - GPUs``: value first, GPUs only break
   ties (see :mod:`global_planner.allocation.problem`).
 
 Pipeline, all inside ``time_limit_s``:
@@ -61,46 +61,72 @@ def _nearest(plan: PoolPlan, replicas: int) -> int:
 
 
 class _Model:
-    """CP-SAT model of a :class:`Problem`, keeping the variables needed to hint and read back."""
+    """CP-SAT model of a :class:`Problem`, keeping the variables needed to hint and read back.
+
+    Every variable and constraint is named after what it is (``replicas[deployment/role]``,
+    ``attainment[unit k]``, ``budget[h100]``...), so a dumped model
+    (``model.export_to_file("m.pb.txt")``) can be read without this code."""
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        model = self.model = cp_model.CpModel()
+        self.model = cp_model.CpModel()
         self.replicas: list[cp_model.LinearExprT] = []
         self.churn: list[cp_model.IntVar | None] = []
+        self.cut: list[cp_model.IntVar | None] = []
         for plan in problem.pools:
-            counts = plan.counts
-            replicas = counts[0] if len(counts) == 1 else model.new_int_var(counts[0], counts[-1], "")
-            self.replicas.append(replicas)
-            churn = None
-            current = plan.pool.current_replicas
-            if plan.churn > 0 and len(counts) > 1:
-                churn = model.new_int_var(0, max(abs(counts[0] - current), abs(counts[-1] - current)), "")
-                model.add(churn >= replicas - current)
-                model.add(churn >= current - replicas)
-            self.churn.append(churn)
+            self._add_pool(plan)
         self.units: list[cp_model.IntVar] = []
         objective: list[cp_model.LinearExprT] = []
-        for unit in problem.units:
-            plans = [problem.pools[i] for i in unit.members]
-            var = model.new_int_var(min(p.values[0] for p in plans), min(p.values[-1] for p in plans), "")
-            for i in unit.members:
-                self._bound(var, problem.pools[i], self.replicas[i])
+        for k, unit in enumerate(problem.units):
+            var = self._add_unit(k, unit.members)
             self.units.append(var)
             if unit.weight:
                 objective.append(unit.weight * var)
-        for plan, churn in zip(problem.pools, self.churn, strict=True):
+        for plan, churn, cut in zip(problem.pools, self.churn, self.cut, strict=True):
             if churn is not None:
                 objective.append(-plan.churn * churn)
+            if cut is not None:
+                objective.append(-plan.cut * cut)
         self._add_budgets()
         gpus = sum(plan.pool.gpus_per_replica * r for plan, r in zip(problem.pools, self.replicas, strict=True))
-        model.maximize(problem.gpu_tiebreak * sum(objective) - gpus)
+        self.model.maximize(problem.gpu_tiebreak * sum(objective) - gpus)
+
+    def _add_pool(self, plan: PoolPlan) -> None:
+        """The pool's replicas (a constant when only one count is possible) and its change terms:
+        ``churn >= |replicas - current|`` and ``cut >= anchor - replicas``."""
+        model, counts, name = self.model, plan.counts, plan.pool.pool_id
+        current = plan.pool.current_replicas
+        replicas = counts[0] if len(counts) == 1 else model.new_int_var(counts[0], counts[-1], f"replicas[{name}]")
+        self.replicas.append(replicas)
+        churn = cut = None
+        if plan.churn > 0 and len(counts) > 1:
+            churn = model.new_int_var(
+                0, max(abs(counts[0] - current), abs(counts[-1] - current)), f"replicas_changed[{name}]"
+            )
+            model.add(churn >= replicas - current).with_name(f"churn_up[{name}]")
+            model.add(churn >= current - replicas).with_name(f"churn_down[{name}]")
+        if plan.cut > 0 and len(counts) > 1 and plan.anchor > counts[0]:
+            cut = model.new_int_var(0, plan.anchor - counts[0], f"replicas_cut[{name}]")
+            model.add(cut >= plan.anchor - replicas).with_name(f"cut_below_anchor[{name}]")
+        self.churn.append(churn)
+        self.cut.append(cut)
+
+    def _add_unit(self, k: int, members: tuple[int, ...]) -> cp_model.IntVar:
+        """A unit's attainment, bounded by every member's hull: the ``min`` of its pools."""
+        plans = [self.problem.pools[i] for i in members]
+        label = "+".join(p.pool.pool_id for p in plans)
+        var = self.model.new_int_var(
+            min(p.values[0] for p in plans), min(p.values[-1] for p in plans), f"attainment[{label}]"
+        )
+        for i in members:
+            self._bound(var, self.problem.pools[i], self.replicas[i])
+        return var
 
     def _bound(self, unit: cp_model.IntVar, plan: PoolPlan, replicas: cp_model.LinearExprT) -> None:
         """``unit <= hull(replicas)``: one cut per distinct hull segment (a single point caps it)."""
-        counts, values = plan.counts, plan.values
+        counts, values, name = plan.counts, plan.values, plan.pool.pool_id
         if len(counts) == 1:
-            self.model.add(unit <= values[0])
+            self.model.add(unit <= values[0]).with_name(f"hull[{name}]")
             return
         previous: tuple[int, int] | None = None
         for j in range(len(counts) - 1):
@@ -108,7 +134,9 @@ class _Model:
             if previous is not None and previous[0] * dy == previous[1] * dx:
                 continue  # collinear with the last segment: same cut
             previous = (dx, dy)
-            self.model.add(dx * unit - dy * replicas <= values[j] * dx - dy * counts[j])
+            self.model.add(dx * unit - dy * replicas <= values[j] * dx - dy * counts[j]).with_name(
+                f"hull[{name}][{counts[j]}..{counts[j + 1]}]"
+            )
 
     def _add_budgets(self) -> None:
         problem = self.problem
@@ -119,22 +147,26 @@ class _Model:
             by_type.setdefault(plan.pool.gpu_type, []).append(term)
             by_tenant.setdefault((plan.pool.tenant, plan.pool.gpu_type), []).append(term)
         for gpu, terms in by_type.items():
-            self.model.add(sum(terms) <= problem.budget.get(gpu, 0))
-        for key, terms in by_tenant.items():
-            if key in problem.caps:
-                self.model.add(sum(terms) <= problem.caps[key])
-            if key in problem.floors:
-                self.model.add(sum(terms) >= problem.floors[key])
+            self.model.add(sum(terms) <= problem.budget.get(gpu, 0)).with_name(f"budget[{gpu}]")
+        for (tenant, gpu), terms in by_tenant.items():
+            if (tenant, gpu) in problem.caps:
+                self.model.add(sum(terms) <= problem.caps[(tenant, gpu)]).with_name(f"tenant_cap[{tenant},{gpu}]")
+            if (tenant, gpu) in problem.floors:
+                floor = problem.floors[(tenant, gpu)]
+                self.model.add(sum(terms) >= floor).with_name(f"tenant_floor[{tenant},{gpu}]")
 
     def hint(self, replicas: list[int]) -> None:
         """Hint every variable from a replica vector (CP-SAT prefers complete hints)."""
         model, problem = self.model, self.problem
         chosen = [_nearest(plan, r) for plan, r in zip(problem.pools, replicas, strict=True)]
         for i, plan in enumerate(problem.pools):
-            if isinstance(self.replicas[i], cp_model.IntVar):
-                model.add_hint(self.replicas[i], chosen[i])
-            if self.churn[i] is not None:
-                model.add_hint(self.churn[i], abs(chosen[i] - plan.pool.current_replicas))
+            replicas_var, churn, cut = self.replicas[i], self.churn[i], self.cut[i]
+            if isinstance(replicas_var, cp_model.IntVar):
+                model.add_hint(replicas_var, chosen[i])
+            if churn is not None:
+                model.add_hint(churn, abs(chosen[i] - plan.pool.current_replicas))
+            if cut is not None:
+                model.add_hint(cut, max(0, plan.anchor - chosen[i]))
         for unit, var in zip(problem.units, self.units, strict=True):
             model.add_hint(var, min(problem.pools[i].value_at(chosen[i]) for i in unit.members))
 

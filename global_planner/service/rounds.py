@@ -18,8 +18,7 @@ from fleet_planner.contract.models import (
     RoundRecord,
 )
 from fleet_planner.planning import PoolRole
-from global_planner.allocation import Allocation, AllocationRequest, PoolDemand
-from global_planner.allocation.problem import endpoint_plans
+from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, endpoint_plans
 from global_planner.policy_file import TenantPolicy
 from global_planner.service import drains
 from global_planner.service.ledger import DeploymentState, PoolState, committed_gpus
@@ -237,6 +236,7 @@ def _pool_record(
         allocated=update.allocated if update else None,
         reason=update.reason if update else _held_reason(dep, pool),
         demand=summary,
+        moved_by=round_.allocation.drivers.get(f"{dep.name}/{role}") if round_.allocation and update else None,
     )
 
 
@@ -260,7 +260,10 @@ def _pool_demand(
     paired: bool,
 ) -> PoolDemand:
     """One pool's bid. Without a curve or a rate the pool bids to hold its grant ("no data" must
-    not look like "no traffic" and scale it to zero)."""
+    not look like "no traffic" and scale it to zero). The observed rate goes along: the allocator
+    checks the bid's rate against it."""
+    observed = dep.report.observed if dep.report is not None else None
+    observed_rps = observed.admitted_rps if observed is not None else None
     spec = pool.spec
     low = min(max(spec.min_replicas, spec.fallback_replicas), spec.max_replicas)
     curve: list[float]
@@ -285,6 +288,8 @@ def _pool_demand(
         pair_group=dep.name if paired and role in ("prefill", "decode") else None,
         replica_capacity_rps=report.replica_capacity_rps if report is not None else None,
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
+        observed_rps=observed_rps,
+        running_replicas=report.ready + report.starting if report is not None else None,
     )
 
 

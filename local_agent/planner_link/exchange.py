@@ -27,7 +27,7 @@ async def exchange(
     session = client.session
     report = session.report(tick)
     outgoing = transit(report) if transit is not None else report
-    answered = outgoing is not None and await client.send(outgoing.pools, outgoing.forecast)
+    answered = outgoing is not None and await client.send(outgoing.pools, outgoing.forecast, outgoing.observed)
     effects = session.effects(tick, answered=answered)
     if effects.apply is not None:
         await apply(effects.apply)

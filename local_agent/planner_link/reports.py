@@ -5,7 +5,7 @@ simulator's ``global`` policy (``fleet_sim.adapters.planner``), so both bid exac
 
 from __future__ import annotations
 
-from fleet_planner.contract.models import Forecast, PoolReport
+from fleet_planner.contract.models import Forecast, Observed, PoolReport
 from local_agent.models import AgentDecision, PoolDecision
 
 
@@ -54,3 +54,11 @@ def forecast_of(decision: AgentDecision) -> Forecast | None:
     if decision.forecast_rps is None or decision.forecast_upper_rps is None:
         return None
     return Forecast(mean_rps=decision.forecast_rps, upper_rps=max(decision.forecast_upper_rps, decision.forecast_rps))
+
+
+def observed_of(decision: AgentDecision, window_s: float) -> Observed | None:
+    """The rate the agent observed over its last window, when it has one: the planner checks the
+    forecast it bids with against it (a tenant cannot win GPUs by inflating a forecast)."""
+    if decision.observed_rps is None:
+        return None
+    return Observed(window_s=window_s, admitted_rps=decision.observed_rps)

@@ -1,0 +1,150 @@
+"""Stable grants: a pool's grant moves towards its bid, and against it only when that pays.
+
+Three terms shape each pool's value before either solver sees it (all pure, per round):
+
+* **Bid check** (:func:`checked_bid`): a bid whose rate (``demand_weight``, the agent's forecast)
+  exceeds the rate the agent observed by more than ``bid_allowance`` (plus the Poisson noise of
+  one 30 s window) is valued at the capped rate: its curve is stretched as if each replica carried
+  ``demand_weight / cap`` times the load (capacity taken as linear in replicas), and
+  ``wanted_replicas`` shrinks alike. A tenant cannot win GPUs by inflating a forecast; a genuine
+  ramp within the allowance is untouched.
+* **Towards the bid** (:func:`want_floor`, and the ``max`` cut in ``build_problem``): a pool is
+  never granted more than its agent wants (a grant above it would be forced on the agent), and
+  every replica up to ``wanted_replicas`` is worth at least one value quantum, so when nothing
+  competes for the GPUs every agent gets exactly what it would take alone (``global`` = ``local``).
+* **Stale bids hold** (:func:`held_if_stale`): a bid for less than the current grant, made before
+  the agent ran that grant, does not lower it (grants lag bids by a round; see the function).
+* **Cost of change** (:func:`discounted` and :func:`cut_cost`): a replica added now serves
+  nothing for ``startup_s``, so its value over the horizon ``horizon_s`` a grant is expected to
+  stand is discounted by ``startup_s / horizon_s``; a replica taken from a pool below what it
+  holds and wants costs that pool its marginal value times ``startup_s / horizon_s + hysteresis``
+  (its drain, the cold start it pays when it gets the replica back, and a dead band). Together a
+  move between two pools happens only when the gainer's value, net of its cold start, beats the
+  loser's loss plus its cut cost; a steady bid therefore gives a steady grant, and two pools of
+  almost equal marginal value no longer trade replicas every round.
+"""
+
+from __future__ import annotations
+
+import math
+
+from global_planner.allocation.models import Driver, PoolDemand
+
+_OBSERVATION_WINDOW_S = 30.0  # the report interval: the noise of one observed rate is sqrt(rate / window)
+_NOISE_SIGMAS = 3.0
+_MAX_DISCOUNT = 0.5  # a cold start longer than half the horizon still leaves a move worth something
+
+
+def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, str | None]:
+    """The bid valued at no more than the observed rate allows, and a note when it was capped."""
+    observed, rate = pool.observed_rps, pool.demand_weight
+    if allowance is None or observed is None or rate <= 0:
+        return pool, None
+    cap = observed * (1.0 + allowance) + _NOISE_SIGMAS * math.sqrt(observed / _OBSERVATION_WINDOW_S)
+    if rate <= cap or cap <= 0:
+        return pool, None
+    stretch = rate / cap
+    curve = pool.curve
+    last = len(curve) - 1
+    stretched = []
+    for k in range(len(curve)):
+        x = min(k * stretch, float(last))
+        low = int(x)
+        high = min(low + 1, last)
+        stretched.append(curve[low] + (curve[high] - curve[low]) * (x - low))
+    wanted = pool.wanted_replicas
+    if wanted is not None:
+        wanted = max(pool.min_replicas, min(wanted, math.ceil(wanted / stretch - 1e-9)))
+    note = f"bid capped: {rate:.2f} rps bid, {observed:.2f} rps observed, valued at {cap:.2f} rps"
+    return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
+
+
+def held_if_stale(pool: PoolDemand) -> PoolDemand:
+    """A bid for less than the current grant, made before the agent ran that grant, is read as
+    "hold": an agent bids relative to what it runs, and its grant changes one round after its bid,
+    so following such a bid down undoes the grant the agent has not seen yet (a period-two
+    oscillation between two interleaved chains of bids)."""
+    wanted, running, current = pool.wanted_replicas, pool.running_replicas, pool.current_replicas
+    if wanted is None or running is None or wanted >= current or running >= current:
+        return pool
+    return pool.model_copy(update={"wanted_replicas": current})
+
+
+def want_floor(scaled: list[int], wanted: int | None) -> list[int]:
+    """The scaled curve with every count up to ``wanted`` worth at least one quantum more than the
+    count below it: the agent's own sizing (headroom past the curve's knee) is trusted when the
+    GPUs are free, and weighs nothing against another pool's real attainment."""
+    if wanted is None or wanted <= 0:
+        return scaled
+    out = list(scaled)
+    if len(out) <= wanted:
+        out.extend([out[-1]] * (wanted + 1 - len(out)))
+    for k in range(1, wanted + 1):
+        out[k] = max(out[k], out[k - 1] + 1)
+    return out
+
+
+def startup_discount(startup_s: float, horizon_s: float) -> float:
+    """Share of a new replica's value lost to its cold start over the horizon."""
+    return min(_MAX_DISCOUNT, startup_s / horizon_s)
+
+
+def discounted(
+    counts: tuple[int, ...],
+    values: tuple[int, ...],
+    current: int,
+    current_value: int,
+    wanted: int | None,
+    discount: float,
+) -> tuple[int, ...]:
+    """Hull values with every gain above ``current`` (worth ``current_value``) discounted by its
+    cold start, kept concave and (up to ``wanted``) strictly rising, so the window stays a valid
+    hull for both solvers."""
+    if discount <= 0:
+        return values
+    if counts[0] <= current <= counts[-1]:
+        current_value = values[current - counts[0]]
+    keep = 1.0 - discount
+    out = [
+        v if count <= current else current_value + math.ceil(max(v - current_value, 0) * keep)
+        for count, v in zip(counts, values, strict=True)
+    ]
+    top = min(wanted, counts[-1]) if wanted is not None else counts[0]
+    previous_rise: int | None = None
+    for j in range(1, len(out)):
+        rise = out[j] - out[j - 1]
+        if previous_rise is not None:
+            rise = min(rise, previous_rise)
+        if counts[j] <= top:
+            rise = max(rise, 1)
+        out[j] = out[j - 1] + rise
+        previous_rise = rise
+    return tuple(out)
+
+
+def cut_cost(
+    counts: tuple[int, ...], values: tuple[int, ...], anchor: int, weight: int, discount: float, hysteresis: float
+) -> int:
+    """Scaled value a pool loses per replica cut below ``anchor`` (what it holds and wants), on top
+    of the attainment it loses: its marginal value there times ``discount + hysteresis``."""
+    if anchor <= counts[0] or weight <= 0:
+        return 0
+    j = min(anchor - counts[0], len(counts) - 1)
+    slope = max(values[j] - values[j - 1], 1)
+    return math.ceil(weight * slope * (discount + hysteresis))
+
+
+def driver(count: int, current: int, wanted: int | None, lo: int, hi: int) -> Driver:
+    """Which term moved a pool: its own bid, its bounds (the window ``[lo, hi]`` excludes where it
+    is: a lowered maximum, minima the inventory cannot hold), or other pools' value."""
+    if count == current:
+        return "unchanged"
+    if wanted is None:
+        toward = count > current
+    else:
+        toward = current < count <= wanted or wanted <= count < current
+    if toward:
+        return "bid"
+    if not lo <= current <= hi:
+        return "bounds"
+    return "others"

@@ -3,8 +3,10 @@
 - **Read**: the DGD, its scaling adapters and its pods come from watch-fed caches
   (:class:`Informer`: list, watch, relist every ``resync_s`` and on ``410 Gone``).
 - **Counts from pods**, not only from the spec: per pool, running (Ready) pods are ``ready``;
-  pending (unscheduled) and starting pods are ``starting``; terminating pods are ``draining``
-  (they hold their GPUs until gone). Replicas the spec asks for but no pod shows yet also count
+  starting pods (not ready, or not yet looked at by the scheduler) are ``starting``; pods the
+  scheduler marked unschedulable (``PodScheduled=False``) are ``pending``: they hold no GPU, and
+  the agent asks for no more replicas of that pool while any wait (its UNSCHEDULABLE rule);
+  terminating pods are ``draining`` (they hold their GPUs until gone). Replicas the spec asks for but no pod shows yet also count
   as ``starting``, ready pods beyond the spec's target as ``draining``: the agent never asks twice
   for a replica the operator is still creating, and never counts a doomed one as serving.
 - **GPUs per replica** are read from the DGD's resource requests and must equal the agent
@@ -203,14 +205,15 @@ class KubernetesConnector(Connector):
             for state, members in by_state.items():
                 self.pod_gpus.labels(self.deployment, role, state).set(sum(d.pod_gpus(p) for p in members))
             ready = d.replicas(len(by_state["running"]), nodes)
-            starting = d.replicas(len(by_state["pending"]) + len(by_state["starting"]), nodes)
+            pending = d.replicas(len(by_state["pending"]), nodes)
+            starting = d.replicas(len(by_state["starting"]), nodes)
             draining = d.replicas(len(by_state["terminating"]), nodes)
             desired = self._desired(dgd, service)
             if desired is not None:
                 draining += max(0, ready - desired)
                 ready = min(ready, desired)
-                starting = max(starting, desired - ready)
-            counts[role] = ReplicaCounts(ready=ready, starting=starting, draining=draining)
+                starting = max(starting, desired - ready - pending)
+            counts[role] = ReplicaCounts(ready=ready, starting=starting, draining=draining, pending=pending)
         return counts
 
     def rollout(self) -> d.Rollout:

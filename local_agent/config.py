@@ -112,7 +112,6 @@ def _host_ports(value: str) -> str:
         parse_host_port(part)
     return ",".join(parts)
 
-
 QueryTemplate = Annotated[str | None, _template(PLACEHOLDERS)]
 LabelTemplate = Annotated[str, _template(LABEL_PLACEHOLDERS)]
 HostPort = Annotated[str, AfterValidator(_host_port)]

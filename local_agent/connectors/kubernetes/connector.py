@@ -6,8 +6,9 @@
   starting pods (not ready, or not yet looked at by the scheduler) are ``starting``; pods the
   scheduler marked unschedulable (``PodScheduled=False``) are ``pending``: they hold no GPU, and
   the agent asks for no more replicas of that pool while any wait (its UNSCHEDULABLE rule);
-  terminating pods are ``draining`` (they hold their GPUs until gone). Replicas the spec asks for but no pod shows yet also count
-  as ``starting``, ready pods beyond the spec's target as ``draining``: the agent never asks twice
+  terminating pods are ``draining`` (they hold their GPUs until gone). Replicas the spec asks for
+  but no pod shows yet also count as ``starting``, ready pods beyond the spec's target as
+  ``draining``: the agent never asks twice
   for a replica the operator is still creating, and never counts a doomed one as serving.
 - **GPUs per replica** are read from the DGD's resource requests and must equal the agent
   config's ``gpus_per_replica``. When they cannot be read, or differ, the connector *fails

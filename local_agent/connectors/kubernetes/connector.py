@@ -80,12 +80,6 @@ class KubernetesConnector(Connector):
             ["deployment", "role", "state"],
             registry=registry,
         )
-        self.admission_limit = Gauge(
-            "fleet_agent_admission_limit_rps",
-            "Admission limit the planner set for the endpoint (requests/s; NaN: none).",
-            ["deployment"],
-            registry=registry,
-        )
 
     def export_metrics(self, registry: CollectorRegistry) -> None:
         """Publish the connector's metrics in the agent's registry (its /metrics)."""
@@ -287,8 +281,8 @@ class KubernetesConnector(Connector):
                 raise
 
     async def apply_routing(self, routing: dict[str, float], admission_rps: float | None) -> None:
-        """Write the planner's routing shares to the HTTPRoute and its admission limit (metric and policy)."""
-        self.admission_limit.labels(self.deployment).set(float("nan") if admission_rps is None else admission_rps)
+        """Write the planner's routing shares to the HTTPRoute and its admission limit to the policy
+        (the agent's own metrics export the limit: ``fleet_agent_admission_limit_rps``)."""
         await self._start()
         assert self._writer is not None
         await self._writer.apply(routing, admission_rps)

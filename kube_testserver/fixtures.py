@@ -78,9 +78,23 @@ def rate_limit_policy(name: str, route: str) -> Obj:
     }
 
 
-def pod(dgd_name: str, service: str, index: int, gpus: int, *, phase: str = "Running", ready: bool = True) -> Obj:
-    """A worker pod as the operator labels it, scheduled or not, ready or not."""
+def pod(
+    dgd_name: str,
+    service: str,
+    index: int,
+    gpus: int,
+    *,
+    phase: str = "Running",
+    ready: bool = True,
+    unschedulable: bool = False,
+) -> Obj:
+    """A worker pod as the operator labels it, scheduled or not, ready or not; ``unschedulable``:
+    a Pending pod the scheduler could not place (``PodScheduled=False``, as kube-scheduler sets it)."""
     status: Obj = {"phase": phase}
+    if unschedulable:
+        status["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available"}
+        ]
     spec: Obj = {
         "containers": [
             {

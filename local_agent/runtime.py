@@ -153,7 +153,9 @@ class AgentRuntime:
             counts = replicas.get(role)
             initial = pool.initial_replicas
             if counts is not None:
-                initial = min(max(counts.ready + counts.starting, pool.min_replicas), pool.max_replicas)
+                initial = min(
+                    max(counts.ready + counts.starting + counts.pending, pool.min_replicas), pool.max_replicas
+                )
             pools[role] = PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": initial})
         agent = LocalAgent(
             self.spec.model_copy(update={"pools": pools}), self.models, self.config.options, self.config.tick_s

@@ -229,7 +229,7 @@ async def demo(seconds: float, work: Path) -> int:
             [
                 sys.executable,
                 "-m",
-                "fleet_planner.cli",
+                "fleet_planner_cli",
                 "serve",
                 "--policy",
                 str(work / "tenants.yaml"),
@@ -266,7 +266,7 @@ async def demo(seconds: float, work: Path) -> int:
         config = agent_config(dep, kubeconfig, prometheus_url, f"127.0.0.1:{planner_port}", port)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         procs[dep] = spawn(
-            [sys.executable, "-m", "fleet_planner.cli", "agent", "--config", str(path)],
+            [sys.executable, "-m", "fleet_planner_cli", "agent", "--config", str(path)],
             work / f"agent-{dep}.log",
             env={"FLEET_AGENT_TOKEN": "demo-control-token"},
         )

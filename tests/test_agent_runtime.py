@@ -140,7 +140,9 @@ async def test_one_tick_end_to_end(tmp_path: Path, prometheus_url: str) -> None:
     assert pool.current == 3  # adopted what runs, not the configured initial 2
     written = json.loads((tmp_path / "targets.json").read_text())
     assert written["targets"] == {"agg": pool.target}
-    assert written["observed"] == {"agg": {"ready": 3, "starting": 0, "draining": 0}}  # the orchestrator's part kept
+    assert written["observed"] == {
+        "agg": {"ready": 3, "starting": 0, "draining": 0, "pending": 0}
+    }  # the orchestrator's part kept
     registry = runtime.metrics.registry
     assert (
         registry.get_sample_value("fleet_agent_replicas", {"deployment": "chat", "pool": "agg", "state": "target"})

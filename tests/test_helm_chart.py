@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from local_agent.config import parse_config
+from local_agent.config import AgentConfig, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts/fleet-planner"
@@ -66,6 +66,14 @@ SINGLE: dict[str, Any] = {
     },
     "grafanaDashboard": {"enabled": False},
 }
+MTLS_CERT_MANAGER: dict[str, Any] = {  # mutual TLS, certificates from cert-manager, agents included
+    "planner": {"tls": {"certManager": {"enabled": True}, "mutual": True}},
+    "agents": [_agent("llama", ["chat"], [])],
+}
+TLS_SECRETS: dict[str, Any] = {  # server TLS from existing Secrets; the agent's token from its own Secret
+    "planner": {"tls": {"existingSecret": "planner-tls"}},
+    "agents": [{**_agent("llama", ["chat"], []), "token": "", "tokenSecret": "llama-token", "tlsSecret": "llama-ca"}],
+}
 
 
 def _render(values: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -75,7 +83,11 @@ def _render(values: dict[str, Any] | None) -> list[dict[str, Any]]:
     return docs
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT, SINGLE], ids=["default", "non-default", "single"])
+@pytest.mark.parametrize(
+    "values",
+    [None, NON_DEFAULT, SINGLE, MTLS_CERT_MANAGER, TLS_SECRETS],
+    ids=["default", "non-default", "single", "mtls-cert-manager", "tls-secrets"],
+)
 def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> None:
     report = helm.lint(CHART, values, strict=True, kube_version="v1.30.0")
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
@@ -95,7 +107,66 @@ def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> Non
         assert {"Lease", "Role", "RoleBinding", "PodDisruptionBudget"} <= set(kinds)
 
 
-def test_non_default_values_shape_the_release() -> None:
+def _agent_config(
+    docs: list[dict[str, Any]], tmp_path: Path, name: str = "llama"
+) -> tuple[AgentConfig, dict[str, str]]:
+    """The rendered agent config, parsed by the agent (its mounted files stood in for by
+    files under ``tmp_path``), and the Secret mounted at each of the agent's mount paths."""
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    raw = yaml.safe_load(by[("ConfigMap", f"fp-agent-{name}")]["data"]["agent.yaml"])
+    pod = by[("Deployment", f"fp-agent-{name}")]["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: secrets.get(m["name"], "") for m in pod["containers"][0]["volumeMounts"]}
+    assert "env" not in pod["containers"][0]  # the token is a mounted file, never an environment variable
+    for key in ("ca_file", "cert_file", "key_file", "token_file"):
+        if key in raw["planner"]:
+            mounted = Path(raw["planner"][key])
+            assert mounts.get(str(mounted.parent)), (key, mounts)  # the file's directory is a mounted Secret
+            stand_in = tmp_path / name / mounted.parent.name / mounted.name
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            stand_in.write_text("token\n" if key == "token_file" else "PEM\n")
+            raw["planner"][key] = str(stand_in)
+    return parse_config(raw, base_dir=REPO), mounts  # the agent accepts what the chart renders
+
+
+def test_agents_reach_a_mutual_tls_planner(tmp_path: Path) -> None:
+    docs = _render(MTLS_CERT_MANAGER)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    args = by[("Deployment", "fp-planner")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert (
+        "--tls-client-ca=/etc/fleet-planner/tls/ca.crt" in args and "--tls-cert=/etc/fleet-planner/tls/tls.crt" in args
+    )
+    client_cert = by[("Certificate", "fp-agent-llama")]["spec"]
+    assert client_cert["secretName"] == "fp-agent-llama-tls" and "client auth" in client_cert["usages"]
+    assert client_cert["issuerRef"] == by[("Certificate", "fp-planner")]["spec"]["issuerRef"]  # one CA for both sides
+    config, mounts = _agent_config(docs, tmp_path)
+    link = config.planner
+    assert link is not None
+    assert link.tls and link.cert_file is not None and link.key_file is not None and link.ca_file is not None
+    assert link.token() == "token"
+    assert mounts["/etc/fleet-agent/planner-tls"] == "fp-agent-llama-tls"
+    assert mounts["/etc/fleet-agent/planner-token"] == "fp-agent-llama-planner-token"
+    assert by[("Secret", "fp-agent-llama-planner-token")]["stringData"]["token"] == "token-llama"
+
+
+def test_agents_use_existing_tls_and_token_secrets(tmp_path: Path) -> None:
+    docs = _render(TLS_SECRETS)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    planner = by[("Deployment", "fp-planner")]["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "planner-tls"}} in planner["volumes"]
+    assert not [a for a in planner["containers"][0]["args"] if a.startswith("--tls-client-ca")]  # server TLS only
+    assert "Certificate" not in {d["kind"] for d in docs} and ("Secret", "fp-agent-llama-planner-token") not in by
+    config, mounts = _agent_config(docs, tmp_path)
+    link = config.planner
+    assert link is not None
+    assert link.ca_file is not None and link.cert_file is None and link.token_file is not None
+    assert (
+        mounts["/etc/fleet-agent/planner-tls"] == "llama-ca"
+        and mounts["/etc/fleet-agent/planner-token"] == "llama-token"
+    )
+
+
+def test_non_default_values_shape_the_release(tmp_path: Path) -> None:
     docs = _render(NON_DEFAULT)
     by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     planner = by[("Deployment", "fp-planner")]["spec"]
@@ -106,8 +177,7 @@ def test_non_default_values_shape_the_release() -> None:
     tokens = yaml.safe_load(by[("Secret", "fp-tokens")]["stringData"]["tokens.yaml"])
     assert tokens == {"token-llama": {"deployment": "llama", "tenant": "acme"}}
     for name in ("llama", "mixtral"):
-        text = by[("ConfigMap", f"fp-agent-{name}")]["data"]["agent.yaml"]
-        config = parse_config(yaml.safe_load(text), base_dir=REPO)  # the agent accepts what the chart renders
+        config, _ = _agent_config(docs, tmp_path, name)
         assert (
             config.planner is not None
             and config.planner.address == "fp-planner:7070"
@@ -177,10 +247,9 @@ def test_rbac_is_least_privilege() -> None:
         ({"planner": {"replicaz": 2}}, "replicaz"),
         ({"agents": [{**_agent("x", [], []), "dgd": "Bad_Name"}]}, "dgd"),
         ({"planner": {"leaseSeconds": 5, "roundSeconds": 5}}, "leaseSeconds must exceed"),
-        (
-            {"planner": {"tls": {"certManager": {"enabled": True}}}, "agents": [_agent("x", [], [])]},
-            "agent has no TLS client settings",
-        ),
+        ({"planner": {"tls": {"existingSecret": "s"}}, "agents": [_agent("x", [], [])]}, "needs the agent's tlsSecret"),
+        ({"planner": {"tls": {"mutual": True}}}, "mutual needs planner TLS"),
+        ({"planner": {"tls": {"existingSecret": "s", "certManager": {"enabled": True}}}}, "not both"),
     ],
 )
 def test_bad_values_fail_loudly(values: dict[str, Any], problem: str) -> None:

@@ -5,23 +5,29 @@ watch resync, HTTPRoute weights and the rate-limit policy."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from kubernetes_asyncio import client
 
 from fleet_planner.errors import InputError
 from fleet_planner.kube import api_client
 from kube_testserver import KubeTestServer
 from kube_testserver import fixtures as fx
-from local_agent.config import parse_config
+from local_agent.config import PrometheusQueries, parse_config
 from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.kubernetes import DgdError, GpuCountUnreadable, KubernetesConnectorConfig
 from local_agent.connectors.kubernetes import dgd as d
 from local_agent.connectors.kubernetes.connector import KubernetesConnector
 from local_agent.connectors.kubernetes.gateway import RouteError
+from local_agent.observe.prometheus import PrometheusSource
+from local_agent.telemetry import AgentMetrics
 
 NS = "default"
 SERVICES = {"prefill": "VllmPrefillWorker", "decode": "VllmDecodeWorker"}
@@ -69,15 +75,16 @@ async def until(check: Callable[[], Any], timeout_s: float = 3.0) -> None:
 
 async def test_counts_come_from_pods_by_state(cluster: Cluster) -> None:
     cluster.create(fx.pod("llama", "VllmDecodeWorker", 0, 2))
-    cluster.create(fx.pod("llama", "VllmDecodeWorker", 1, 2, phase="Pending", ready=False))  # unscheduled
+    cluster.create(fx.pod("llama", "VllmDecodeWorker", 1, 2, phase="Pending", unschedulable=True))  # pending
     cluster.create(fx.pod("llama", "VllmDecodeWorker", 2, 2, ready=False))  # starting
+    cluster.create(fx.pod("llama", "VllmDecodeWorker", 3, 2, phase="Pending"))  # not looked at yet: starting
     cluster.create(fx.pod("llama", "VllmPrefillWorker", 0, 1))
     cluster.create(fx.pod("other", "VllmPrefillWorker", 0, 1))  # another DGD: not ours
     connector = cluster.connector()
     try:
         counts = await connector.observe_replicas()
-        # spec asks decode=2: 1 ready, 2 pods not ready yet (the one beyond the spec is still starting)
-        assert counts == {"prefill": ReplicaCounts(ready=1), "decode": ReplicaCounts(ready=1, starting=2)}
+        # spec asks decode=2: 1 ready, 1 the scheduler cannot place, 2 not ready yet (beyond the spec: still starting)
+        assert counts == {"prefill": ReplicaCounts(ready=1), "decode": ReplicaCounts(ready=1, starting=2, pending=1)}
         cluster.store.delete(cluster.store.resource_of("Pod"), NS, "llama-vllmprefillworker-0")  # terminating
         await until(
             lambda: (
@@ -93,10 +100,78 @@ async def test_counts_come_from_pods_by_state(cluster: Cluster) -> None:
             if m.name == "fleet_agent_pod_gpus"
             for s in m.samples
         }
-        assert gpus[("decode", "pending")] == 2 and gpus[("decode", "starting")] == 2
+        assert gpus[("decode", "pending")] == 2 and gpus[("decode", "starting")] == 4
         assert gpus[("decode", "running")] == 2 and gpus[("prefill", "terminating")] == 1
     finally:
         await connector.close()
+
+
+def test_connector_metrics_join_the_agents_registry(cluster: Cluster) -> None:
+    """The live agent publishes the connector's metrics in its own registry: no name may clash."""
+    metrics = AgentMetrics()
+    cluster.connector().export_metrics(metrics.registry)
+    names = {m.name for m in metrics.registry.collect()}
+    assert {"fleet_agent_pod_gpus", "fleet_agent_kubernetes_errors", "fleet_agent_admission_limit_rps"} <= names
+
+
+async def empty_prometheus(request: web.Request) -> web.Response:
+    return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
+
+
+async def test_unschedulable_pods_reach_the_agent_observation(cluster: Cluster, tmp_path: Path) -> None:
+    """An unschedulable pod is ``pending`` from the connector into the PoolObservation the agent's
+    UNSCHEDULABLE rule reads (the live path: observe_replicas -> PrometheusSource.observe); once
+    the scheduler places it, it is starting and pending is back to 0."""
+    cluster.create(fx.pod("llama", "VllmDecodeWorker", 0, 2))
+    cluster.create(fx.pod("llama", "VllmDecodeWorker", 1, 2, phase="Pending", unschedulable=True))
+    profile = str(Path("examples/profiles/llama3.1-8b_h100_vllm_tp1").resolve())
+    pools = {
+        "prefill": {"profile": profile, "gpu_type": "h100", "max": 4},
+        "decode": {"profile": profile, "gpu_type": "h100", "gpus_per_replica": 2, "max": 4},
+    }
+    deployment = {
+        "name": "llama",
+        "tenant": "a",
+        "endpoint": "chat",
+        "mode": "disagg",
+        "sla": {"ttft_ms": 800, "itl_ms": 20},
+    }
+    data = {
+        "deployment": {**deployment, "pools": pools},
+        "prometheus": {"url": "http://127.0.0.1:9090"},
+        "connector": {"kind": "kubernetes", "dgd": "llama"},
+    }
+    spec = parse_config(data, base_dir=tmp_path).spec()
+    app = web.Application()
+    app.router.add_get("/api/v1/query", empty_prometheus)
+    prometheus = TestServer(app, host="127.0.0.1", port=0)
+    await prometheus.start_server()
+    connector = cluster.connector()
+    try:
+        async with aiohttp.ClientSession() as session:
+            source = PrometheusSource(str(prometheus.make_url("")).rstrip("/"), PrometheusQueries(), session)
+            replicas = await connector.observe_replicas()
+            assert replicas["decode"] == ReplicaCounts(ready=1, pending=1)
+            decode = next(o for o in await source.observe(1000.0, spec, replicas) if o.role == "decode")
+            assert (decode.ready, decode.starting, decode.pending) == (1, 0, 1)
+            pods = cluster.store.resource_of("Pod")
+            placed = copy.deepcopy(cluster.get("Pod", "llama-vllmdecodeworker-1"))  # the scheduler binds it
+            placed["spec"]["nodeName"] = "gpu-node-2"
+            del placed["metadata"]["resourceVersion"]  # two writes (spec, then status) without a precondition
+            placed["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+            cluster.store.replace(pods, NS, "llama-vllmdecodeworker-1", placed)
+            cluster.store.replace(pods, NS, "llama-vllmdecodeworker-1", placed, subresource="status")
+            await until(
+                lambda: (
+                    connector._pods is not None
+                    and connector._pods.objects["llama-vllmdecodeworker-1"]["spec"].get("nodeName")
+                )
+            )
+            replicas = await connector.observe_replicas()
+            assert replicas["decode"] == ReplicaCounts(ready=1, starting=1)
+    finally:
+        await connector.close()
+        await prometheus.close()
 
 
 async def test_scale_through_dgd_patch_and_controller(cluster: Cluster) -> None:
@@ -297,13 +372,6 @@ async def test_httproute_weights_and_rate_limit_policy(cluster: Cluster) -> None
         assert "rateLimit" not in cluster.get("BackendTrafficPolicy", "chat-limit")["spec"]
         with pytest.raises(RouteError, match="no backend configured for deployment"):
             await connector.apply_routing({"gemma": 1.0}, None)
-        limit = [
-            s.value
-            for m in connector.registry.collect()
-            for s in m.samples
-            if s.name == "fleet_agent_admission_limit_rps"
-        ]
-        assert limit and limit[0] != limit[0]  # NaN: no limit now
         assert cluster.store.unvalidated == {"HTTPRoute": 3, "BackendTrafficPolicy": 3}  # no vendored schema
     finally:
         await connector.close()

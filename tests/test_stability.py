@@ -160,7 +160,7 @@ def test_with_contention_priority_decides_who_misses() -> None:
 
 
 def test_decision_record_says_what_moved_each_pool_and_bids_are_checked_against_observed_rates() -> None:
-    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {}})
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"honest": {}, "inflated": {}}})
     state = PlannerState(policy, lease_s=60.0)
     pools = [PoolRegistration(role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=8)]
     for name in ("honest", "inflated"):

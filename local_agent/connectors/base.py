@@ -20,6 +20,9 @@ class ReplicaCounts(BaseModel):
     ready: int = Field(default=0, ge=0)
     starting: int = Field(default=0, ge=0)
     draining: int = Field(default=0, ge=0)
+    pending: int = Field(
+        default=0, ge=0, description="wanted but the scheduler cannot place them (no GPUs held; not in starting)"
+    )
 
 
 class Connector(ABC):

@@ -2,9 +2,9 @@
 
 The agent writes its targets to a JSON file (atomically: temp file + ``os.replace``), which an
 orchestrator (a script, a CI job, another controller) watches and applies. Replica counts come back
-either through the same file — the orchestrator fills ``observed`` (role -> ready/starting/draining)
-and ``observed_at`` (wall-clock seconds), also writing atomically — or from Prometheus (a query of
-ready replicas per pool).
+either through the same file — the orchestrator fills ``observed`` (role -> ready/starting/draining,
+and pending: replicas it cannot place) and ``observed_at`` (wall-clock seconds), also writing
+atomically — or from Prometheus (a query of ready replicas per pool).
 
 File layout (``version`` 1)::
 

@@ -207,7 +207,7 @@ class PrometheusSource:
                     ready=counts.ready,
                     starting=counts.starting,
                     draining=counts.draining,
-                    pending=0,
+                    pending=counts.pending,
                     **traffic,
                     **engine,
                 )

@@ -38,3 +38,14 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* "true" when the planner's gRPC endpoint serves TLS (cert-manager or an existing Secret), else "". */}}
+{{- define "fp.plannerTLS" -}}
+{{- $t := .Values.planner.tls -}}
+{{- if and .Values.planner.enabled (or $t.certManager.enabled $t.existingSecret) }}true{{ end -}}
+{{- end -}}
+
+{{/* The planner's server TLS Secret (tls.crt, tls.key; ca.crt for mutual TLS). */}}
+{{- define "fp.plannerTLSSecret" -}}
+{{- .Values.planner.tls.existingSecret | default (printf "%s-planner-tls" (include "fp.name" .)) -}}
+{{- end -}}

@@ -3,9 +3,12 @@
 - **Read**: the DGD, its scaling adapters and its pods come from watch-fed caches
   (:class:`Informer`: list, watch, relist every ``resync_s`` and on ``410 Gone``).
 - **Counts from pods**, not only from the spec: per pool, running (Ready) pods are ``ready``;
-  pending (unscheduled) and starting pods are ``starting``; terminating pods are ``draining``
-  (they hold their GPUs until gone). Replicas the spec asks for but no pod shows yet also count
-  as ``starting``, ready pods beyond the spec's target as ``draining``: the agent never asks twice
+  starting pods (not ready, or not yet looked at by the scheduler) are ``starting``; pods the
+  scheduler marked unschedulable (``PodScheduled=False``) are ``pending``: they hold no GPU, and
+  the agent asks for no more replicas of that pool while any wait (its UNSCHEDULABLE rule);
+  terminating pods are ``draining`` (they hold their GPUs until gone). Replicas the spec asks for
+  but no pod shows yet also count as ``starting``, ready pods beyond the spec's target as
+  ``draining``: the agent never asks twice
   for a replica the operator is still creating, and never counts a doomed one as serving.
 - **GPUs per replica** are read from the DGD's resource requests and must equal the agent
   config's ``gpus_per_replica``. When they cannot be read, or differ, the connector *fails
@@ -75,12 +78,6 @@ class KubernetesConnector(Connector):
             "fleet_agent_pod_gpus",
             "GPUs held by the DGD's pods, by pool and pod state (pending, starting, running, terminating).",
             ["deployment", "role", "state"],
-            registry=registry,
-        )
-        self.admission_limit = Gauge(
-            "fleet_agent_admission_limit_rps",
-            "Admission limit the planner set for the endpoint (requests/s; NaN: none).",
-            ["deployment"],
             registry=registry,
         )
 
@@ -203,14 +200,15 @@ class KubernetesConnector(Connector):
             for state, members in by_state.items():
                 self.pod_gpus.labels(self.deployment, role, state).set(sum(d.pod_gpus(p) for p in members))
             ready = d.replicas(len(by_state["running"]), nodes)
-            starting = d.replicas(len(by_state["pending"]) + len(by_state["starting"]), nodes)
+            pending = d.replicas(len(by_state["pending"]), nodes)
+            starting = d.replicas(len(by_state["starting"]), nodes)
             draining = d.replicas(len(by_state["terminating"]), nodes)
             desired = self._desired(dgd, service)
             if desired is not None:
                 draining += max(0, ready - desired)
                 ready = min(ready, desired)
-                starting = max(starting, desired - ready)
-            counts[role] = ReplicaCounts(ready=ready, starting=starting, draining=draining)
+                starting = max(starting, desired - ready - pending)
+            counts[role] = ReplicaCounts(ready=ready, starting=starting, draining=draining, pending=pending)
         return counts
 
     def rollout(self) -> d.Rollout:
@@ -283,8 +281,8 @@ class KubernetesConnector(Connector):
                 raise
 
     async def apply_routing(self, routing: dict[str, float], admission_rps: float | None) -> None:
-        """Write the planner's routing shares to the HTTPRoute and its admission limit (metric and policy)."""
-        self.admission_limit.labels(self.deployment).set(float("nan") if admission_rps is None else admission_rps)
+        """Write the planner's routing shares to the HTTPRoute and its admission limit to the policy
+        (the agent's own metrics export the limit: ``fleet_agent_admission_limit_rps``)."""
         await self._start()
         assert self._writer is not None
         await self._writer.apply(routing, admission_rps)

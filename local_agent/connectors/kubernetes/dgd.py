@@ -160,9 +160,9 @@ def pod_state(pod: Obj) -> PodState | None:
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     if phase == "Running" and conditions.get("Ready") == "True":
         return "running"
-    if phase == "Pending" and not (pod.get("spec") or {}).get("nodeName"):
-        return "pending"  # not scheduled yet: may never be (no GPU free)
-    return "starting"
+    if conditions.get("PodScheduled") == "False" and not (pod.get("spec") or {}).get("nodeName"):
+        return "pending"  # the scheduler tried and cannot place it (e.g. no GPU free): may never run
+    return "starting"  # includes a pod the scheduler has not looked at yet
 
 
 def pod_gpus(pod: Obj) -> int:

@@ -21,6 +21,8 @@ _COMMAND_MODULES = [
     "fleet_planner.traces.cli",
     "global_planner.cli",
     "local_agent.cli",
+    "fleet_planner.emulate.cli",
+    "fleet_planner.profiler.cli",
 ]
 
 

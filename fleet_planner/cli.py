@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "local_agent.cli",
     "fleet_planner.emulate.cli",
     "fleet_planner.profiler.cli",
+    "fleet_planner.perf.cli",
 ]
 
 

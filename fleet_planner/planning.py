@@ -42,6 +42,9 @@ class PoolSpec(_Frozen):
     max_replicas: int = Field(ge=0)
     initial_replicas: int = Field(ge=0)
     startup_s: float = Field(ge=0, allow_inf_nan=False)
+    # Engine knobs in force (vLLM --max-num-batched-tokens / --max-num-seqs): sizing must use them.
+    max_batch_tokens: int = Field(default=8192, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
 
 
 class DeploymentSpec(_Frozen):
@@ -57,8 +60,9 @@ class DeploymentSpec(_Frozen):
 
 def pool_specs(deployment: str, pools: Mapping[str, Any], roles: Iterable[PoolRole]) -> dict[PoolRole, PoolSpec]:
     """PoolSpecs, in ``roles`` order, from pool configs as written in scenario and agent files
-    (fields ``profile, gpu_type, gpus_per_replica, min, max, initial, startup_s``; an ``initial``
-    of None means the minimum)."""
+    (fields ``profile, gpu_type, gpus_per_replica, min, max, initial, startup_s``, and the engine
+    knobs ``max_batch_tokens, max_num_seqs`` where the config has them; an ``initial`` of None
+    means the minimum)."""
     return {
         role: PoolSpec(
             deployment=deployment,
@@ -70,6 +74,7 @@ def pool_specs(deployment: str, pools: Mapping[str, Any], roles: Iterable[PoolRo
             max_replicas=pool.max,
             initial_replicas=pool.min if pool.initial is None else pool.initial,
             startup_s=pool.startup_s,
+            **{knob: getattr(pool, knob) for knob in ("max_batch_tokens", "max_num_seqs") if hasattr(pool, knob)},
         )
         for role in roles
         if (pool := pools.get(role)) is not None

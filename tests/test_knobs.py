@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.perf.operating import agg_point
-from fleet_planner.planning import SLA
+from fleet_planner.planning import SLA, DeploymentSpec, PoolSpec
 from fleet_sim.closed_loop import run_closed_loop
 from fleet_sim.engine import EngineKnobs as SimKnobs
+from fleet_sim.scenario import parse_scenario
 from local_agent.knobs import EngineKnobs, tune_knobs
+from local_agent.sizing import LoadEstimate
+from local_agent.sizing.deployment import size_deployment
 
-PROFILES = Path(__file__).resolve().parents[1] / "examples/profiles"
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "examples/profiles"
 A100 = PerfModel(load_profile(PROFILES / "llama3.1-8b_a100_vllm_tp1"))
 H100 = PerfModel(load_profile(PROFILES / "llama3.1-8b_h100_vllm_tp1"))
 
@@ -60,3 +66,43 @@ def test_agg_budget_is_the_smallest_power_of_two_keeping_ttft() -> None:
 def test_unreachable_sla_or_prefill_keeps_the_defaults(role: str) -> None:
     knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200)  # type: ignore[arg-type]
     assert knobs == EngineKnobs()
+
+
+def _spec(mode: str, **knobs: int) -> DeploymentSpec:
+    roles = ("agg",) if mode == "agg" else ("prefill", "decode")
+    pools = {
+        role: PoolSpec(
+            deployment="d",
+            role=role,
+            profile_path=str(PROFILES / "llama3.1-8b_a100_vllm_tp1"),
+            gpu_type="a100",
+            gpus_per_replica=1,
+            min_replicas=0,
+            max_replicas=64,
+            initial_replicas=1,
+            startup_s=60,
+            **knobs,
+        )
+        for role in roles
+    }
+    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=600, itl_ms=30), pools=pools)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("mode", "role"), [("disagg", "decode"), ("agg", "agg")])
+def test_sizing_uses_the_knobs_in_force(mode: str, role: str) -> None:
+    """A pool whose engines may batch only 8 sequences needs more replicas than one batching 256."""
+    load = LoadEstimate(rate_rps=20.0, input_tokens=np.full(200, 500.0), output_tokens=np.full(200, 300.0))
+    models = {r: A100 for r in ("prefill", "decode", "agg")}
+    default = size_deployment(_spec(mode), models, load)
+    capped = size_deployment(_spec(mode, max_num_seqs=8), models, load)
+    assert capped[role] > default[role]
+
+
+def test_scenario_knobs_reach_the_pool_spec(tmp_path: Path) -> None:
+    text = (ROOT / "examples/diurnal-two-tenant/scenario.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["deployments"][0]["pools"]["decode"]["max_num_seqs"] = 99
+    scenario = parse_scenario(data, base_dir=ROOT / "examples/diurnal-two-tenant")
+    specs = {spec.name: spec for spec in scenario.deployment_specs()}
+    assert specs["chat"].pools["decode"].max_num_seqs == 99
+    assert specs["chat"].pools["prefill"].max_num_seqs == 256

@@ -12,9 +12,10 @@ Two sweeps, each point a few real streamed requests:
   ``isl + osl/2`` (the profile's convention).
 
 Points that do not fit the server (input + output above its context limit, or a batch whose KV
-would not fit the cache) are left out. Each measured point is appended to
-``<out>/measurements.jsonl`` at once; rerunning the same command skips the points already there,
-so an interrupted sweep resumes where it stopped.
+would not fit the cache) are left out. The prefill points are measured in rounds (one request per
+input length per round) and recorded together; each decode point is appended to
+``<out>/measurements.jsonl`` as soon as it is measured. Rerunning the same command skips the
+points already there, so an interrupted sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -137,25 +138,37 @@ class SweepState:
 
 
 async def run_sweep(client: OpenAIClient, state: SweepState, progress: Callable[[int], None] | None = None) -> None:
-    """Measure every point of the plan not measured yet, in plan order."""
+    """Measure every point of the plan not measured yet: the prefill points together, then the
+    decode points one by one."""
     todo = [key for key in state.plan.point_keys() if key not in state.done]
     for _ in range(WARMUP_REQUESTS if todo else 0):
         await client.stream(128, 4)  # connection set-up and first-request costs stay out of the points
+    prefill = [key for key in todo if key.startswith("prefill:")]
+    if prefill:
+        for item in await measure_prefill(client, prefill, state.plan.repeats):
+            state.record(item)
+            if progress is not None:
+                progress(1)
     for key in todo:
-        kind, *numbers = key.split(":")
-        values = [int(x) for x in numbers]
-        if kind == "prefill":
-            item = await measure_prefill(client, values[0], state.plan.repeats, key)
-        else:
-            item = await measure_decode(client, values[0], state.plan.osl, values[1], key)
-        state.record(item)
-        if progress is not None:
-            progress(1)
+        if key.startswith("decode:"):
+            _, isl, concurrency = key.split(":")
+            state.record(await measure_decode(client, int(isl), state.plan.osl, int(concurrency), key))
+            if progress is not None:
+                progress(1)
 
 
-async def measure_prefill(client: OpenAIClient, isl: int, repeats: int, key: str) -> Measurement:
-    ttfts = [(await client.stream(isl, 1)).ttft_s * 1000.0 for _ in range(repeats)]
-    return Measurement(key=key, kind="prefill", prefill=PrefillPoint(isl=isl, ttft_ms=min(ttfts)))
+async def measure_prefill(client: OpenAIClient, keys: list[str], repeats: int) -> list[Measurement]:
+    """TTFT per input length, in rounds of one request per length: a burst of load on the host
+    then touches one sample of many points rather than every sample of one."""
+    lengths = [int(key.split(":")[1]) for key in keys]
+    samples: list[list[float]] = [[] for _ in keys]
+    for _ in range(repeats):
+        for i, isl in enumerate(lengths):
+            samples[i].append((await client.stream(isl, 1)).ttft_s * 1000.0)
+    return [
+        Measurement(key=key, kind="prefill", prefill=PrefillPoint(isl=isl, ttft_ms=min(ttfts)))
+        for key, isl, ttfts in zip(keys, lengths, samples, strict=True)
+    ]
 
 
 async def measure_decode(client: OpenAIClient, isl: int, osl: int, concurrency: int, key: str) -> Measurement:

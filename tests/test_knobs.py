@@ -10,12 +10,12 @@ import yaml
 
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.perf.operating import agg_point
-from fleet_planner.planning import SLA, DeploymentSpec, PoolSpec
+from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, PoolSpec
 from fleet_sim.closed_loop import run_closed_loop
 from fleet_sim.engine import EngineKnobs as SimKnobs
 from fleet_sim.scenario import parse_scenario
 from local_agent.knobs import EngineKnobs, tune_knobs
-from local_agent.sizing import LoadEstimate
+from local_agent.sizing import EngineModel, LoadEstimate
 from local_agent.sizing.deployment import size_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +63,13 @@ def test_agg_budget_is_the_smallest_power_of_two_keeping_ttft() -> None:
 
 
 @pytest.mark.parametrize("role", ["decode", "agg", "prefill"])
-def test_unreachable_sla_or_prefill_keeps_the_defaults(role: str) -> None:
-    knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200)  # type: ignore[arg-type]
+def test_unreachable_sla_or_prefill_keeps_the_defaults(role: PoolRole) -> None:
+    knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200)
     assert knobs == EngineKnobs()
 
 
-def _spec(mode: str, **knobs: int) -> DeploymentSpec:
-    roles = ("agg",) if mode == "agg" else ("prefill", "decode")
+def _spec(mode: DeploymentMode, **knobs: int) -> DeploymentSpec:
+    roles: tuple[PoolRole, ...] = ("agg",) if mode == "agg" else ("prefill", "decode")
     pools = {
         role: PoolSpec(
             deployment="d",
@@ -85,14 +85,14 @@ def _spec(mode: str, **knobs: int) -> DeploymentSpec:
         )
         for role in roles
     }
-    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=600, itl_ms=30), pools=pools)  # type: ignore[arg-type]
+    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=600, itl_ms=30), pools=pools)
 
 
 @pytest.mark.parametrize(("mode", "role"), [("disagg", "decode"), ("agg", "agg")])
-def test_sizing_uses_the_knobs_in_force(mode: str, role: str) -> None:
+def test_sizing_uses_the_knobs_in_force(mode: DeploymentMode, role: PoolRole) -> None:
     """A pool whose engines may batch only 8 sequences needs more replicas than one batching 256."""
     load = LoadEstimate(rate_rps=20.0, input_tokens=np.full(200, 500.0), output_tokens=np.full(200, 300.0))
-    models = {r: A100 for r in ("prefill", "decode", "agg")}
+    models: dict[PoolRole, EngineModel] = {"prefill": A100, "decode": A100, "agg": A100}
     default = size_deployment(_spec(mode), models, load)
     capped = size_deployment(_spec(mode, max_num_seqs=8), models, load)
     assert capped[role] > default[role]

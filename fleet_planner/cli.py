@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "fleet_planner.emulate.cli",
     "fleet_planner.profiler.cli",
     "fleet_planner.perf.cli",
+    "fleet_sim.demo.cli",
 ]
 
 

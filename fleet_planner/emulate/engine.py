@@ -64,7 +64,7 @@ class Sequence:
     id: int = field(default_factory=itertools.count().__next__)
     prefilled: int = 0
     emitted: int = 0
-    t_first: float | None = None
+    t_first: float | None = None  # scheduled time of the first token
     cancelled: bool = False
 
     @property
@@ -200,7 +200,7 @@ class Engine:
 
     def _finish_iteration(self, plan: list[tuple[Sequence, int]], seconds: float) -> None:
         self._drop_cancelled()
-        now = self.clock()
+        now = self._t_end  # tokens carry the schedule's time; delivery may be later on a busy host
         self.iterations += 1
         decoded = list(self.running)
         prefilled_tokens = 0
@@ -247,7 +247,7 @@ class Engine:
             self.waiting.popleft()
             self.kv_reserved += seq.kv_need
             if self.settings.role == "decode":
-                self._first_token(seq, self.clock())  # the prompt's KV came from a prefill worker
+                self._first_token(seq, max(self._t_end, self.clock()))  # the prompt's KV came from a prefill worker
                 self._wake.set()
             else:
                 self.prefilling.append(seq)

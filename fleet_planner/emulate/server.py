@@ -36,6 +36,7 @@ class _Progress:
     event: asyncio.Event
     pending: int = 0
     done: bool = False
+    t_first: float | None = None  # when the first and the last token were handed to the handler
     t_last: float | None = None
 
 
@@ -143,6 +144,8 @@ class EmulatorServer:
             progress.pending += 1
             progress.done = done
             progress.t_last = time.monotonic()
+            if progress.t_first is None:
+                progress.t_first = progress.t_last
             progress.event.set()
 
         seq = Sequence(n_in, n_out, on_token, arrival)
@@ -167,10 +170,12 @@ class EmulatorServer:
                 self._idle.set()
 
     def _finished(self, seq: Sequence, progress: _Progress) -> None:
-        ttft = None if seq.t_first is None else seq.t_first - seq.arrival
+        """Metrics from delivery times: what a client of this server sees."""
+        first, last = progress.t_first, progress.t_last
+        ttft = None if first is None else first - seq.arrival
         itl = None
-        if seq.t_first is not None and progress.t_last is not None and seq.output_tokens > 1:
-            itl = (progress.t_last - seq.t_first) / (seq.output_tokens - 1)
+        if first is not None and last is not None and seq.output_tokens > 1:
+            itl = (last - first) / (seq.output_tokens - 1)
         self.metrics.on_finish(seq.output_tokens, ttft, itl)
 
     async def _stream(

@@ -1,0 +1,88 @@
+"""The demo's frontend: routes streamed completions to emulated engine processes over HTTP.
+
+Aggregated deployments: each request goes to the ``agg`` worker with the fewest requests in
+flight, and its SSE stream is passed through. Disaggregated ones: the prompt goes to the least busy
+``prefill`` worker (``max_tokens`` 1, its token is not forwarded), then — after the KV transfer time
+the simulator charges (``input x kv_bytes_per_token / kv_transfer_gbps``) — to the least busy
+``decode`` worker, whose stream (first token on admission, as in the simulator) is passed through.
+So TTFT includes prefill, KV transfer and decode admission, as it does in ``simulate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+WorkerUrls = Callable[[str], list[str]]  # role -> base URLs of the ready workers
+
+
+class Frontend:
+    """One deployment's router; ``workers(role)`` is asked on every request (replicas change)."""
+
+    def __init__(self, mode: str, workers: WorkerUrls, *, kv_transfer_s_per_token: float):
+        self.mode = mode
+        self.workers = workers
+        self.kv_transfer_s_per_token = kv_transfer_s_per_token
+        self.in_flight: dict[str, int] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.app = web.Application()
+        self.app.add_routes([web.post("/v1/completions", self._completions)])
+        self.app.on_startup.append(self._start)
+        self.app.on_cleanup.append(self._stop)
+
+    async def _start(self, _app: web.Application) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+
+    async def _stop(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _pick(self, role: str) -> str | None:
+        urls = self.workers(role)
+        return min(urls, key=lambda url: self.in_flight.get(url, 0)) if urls else None
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.mode == "disagg":
+            entry = await self._wait_for("prefill")
+            status, text = await self._prefill(entry, body)
+            if status != 200:
+                return web.Response(status=status, text=text, content_type="application/json")
+            await asyncio.sleep(len(body["prompt"]) * self.kv_transfer_s_per_token)
+            return await self._proxy(request, await self._wait_for("decode"), body)
+        return await self._proxy(request, await self._wait_for("agg"), body)
+
+    async def _wait_for(self, role: str) -> str:
+        """A pool without a ready replica holds its requests (as the simulator's pool queue does)."""
+        while (url := self._pick(role)) is None:
+            await asyncio.sleep(0.05)
+        return url
+
+    async def _prefill(self, url: str, body: dict) -> tuple[int, str]:
+        assert self.session is not None
+        self.in_flight[url] = self.in_flight.get(url, 0) + 1
+        try:
+            async with self.session.post(url + "/v1/completions", json={**body, "max_tokens": 1}) as response:
+                return response.status, await response.text()
+        finally:
+            self.in_flight[url] -= 1
+
+    async def _proxy(self, request: web.Request, url: str, body: dict) -> web.StreamResponse:
+        assert self.session is not None
+        self.in_flight[url] = self.in_flight.get(url, 0) + 1
+        try:
+            async with self.session.post(url + "/v1/completions", json=body) as upstream:
+                if upstream.status != 200:
+                    return web.Response(status=upstream.status, text=await upstream.text())
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        finally:
+            self.in_flight[url] -= 1

@@ -13,7 +13,7 @@ SCENARIO = Path(__file__).resolve().parents[1] / "examples/demo/scenario.yaml"
 
 
 def test_a_short_live_replay_matches_the_simulation(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", str(SCENARIO), "--slice", "20s", "--json"]) == 0
+    assert main(["demo", str(SCENARIO), "--slice", "20s", "--policy", "local", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     live, simulated = result["live"], result["simulated"]
     assert live["requests"] == simulated["requests"] > 20

@@ -11,7 +11,9 @@ So TTFT includes prefill, KV transfer and decode admission, as it does in ``simu
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -19,11 +21,37 @@ from aiohttp import web
 WorkerUrls = Callable[[str], list[str]]  # role -> base URLs of the ready workers
 
 
+@dataclass
+class RequestRecord:
+    """What the frontend saw of one request (times on the frontend's clock, seconds)."""
+
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    t_first: float | None = None
+    t_last: float | None = None
+
+    @property
+    def itl_ms(self) -> float | None:
+        if self.t_first is None or self.t_last is None or self.output_tokens < 2:
+            return None
+        return (self.t_last - self.t_first) * 1000 / (self.output_tokens - 1)
+
+
 class Frontend:
     """One deployment's router; ``workers(role)`` is asked on every request (replicas change)."""
 
-    def __init__(self, mode: str, workers: WorkerUrls, *, kv_transfer_s_per_token: float):
+    def __init__(
+        self,
+        mode: str,
+        workers: WorkerUrls,
+        *,
+        kv_transfer_s_per_token: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.mode = mode
+        self.clock = clock
+        self.records: list[RequestRecord] = []
         self.workers = workers
         self.kv_transfer_s_per_token = kv_transfer_s_per_token
         self.in_flight: dict[str, int] = {}
@@ -47,14 +75,16 @@ class Frontend:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        record = RequestRecord(self.clock(), len(body["prompt"]), int(body["max_tokens"]))
+        self.records.append(record)
         if self.mode == "disagg":
             entry = await self._wait_for("prefill")
             status, text = await self._prefill(entry, body)
             if status != 200:
                 return web.Response(status=status, text=text, content_type="application/json")
             await asyncio.sleep(len(body["prompt"]) * self.kv_transfer_s_per_token)
-            return await self._proxy(request, await self._wait_for("decode"), body)
-        return await self._proxy(request, await self._wait_for("agg"), body)
+            return await self._proxy(request, await self._wait_for("decode"), body, record)
+        return await self._proxy(request, await self._wait_for("agg"), body, record)
 
     async def _wait_for(self, role: str) -> str:
         """A pool without a ready replica holds its requests (as the simulator's pool queue does)."""
@@ -71,7 +101,7 @@ class Frontend:
         finally:
             self.in_flight[url] -= 1
 
-    async def _proxy(self, request: web.Request, url: str, body: dict) -> web.StreamResponse:
+    async def _proxy(self, request: web.Request, url: str, body: dict, record: RequestRecord) -> web.StreamResponse:
         assert self.session is not None
         self.in_flight[url] = self.in_flight.get(url, 0) + 1
         try:
@@ -81,7 +111,10 @@ class Frontend:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
+                    if record.t_first is None:
+                        record.t_first = self.clock()
                     await response.write(chunk)
+                record.t_last = self.clock()
                 await response.write_eof()
                 return response
         finally:

@@ -18,20 +18,24 @@ import logging
 import math
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import numpy as np
+import yaml
 from aiohttp import web
 
 from fleet_planner.errors import InputError
-from fleet_planner.planning import PoolRole
+from fleet_planner.planning import DeploymentSpec, PoolObservation
+from fleet_sim.adapters.local import build_agents
 from fleet_sim.demo.frontend import Frontend
+from fleet_sim.demo.observe import DirectSource
 from fleet_sim.outputs.summary import summarize
-from fleet_sim.scenario import Scenario
+from fleet_sim.policies import ARBITER_OPTIONS, _agent_options
+from fleet_sim.scenario import Scenario, load_scenario, parse_scenario
 from fleet_sim.simulate import run_scenario
-from fleet_sim.workload import build_workload
+from fleet_sim.workload import Workload, build_workload
 from local_agent.connectors.processes import ProcessConnector, WorkerCommand
 
 log = logging.getLogger(__name__)
@@ -53,55 +57,118 @@ class Outcome:
         return self.ttft_s <= ttft_s and (self.itl_s is None or self.itl_s <= itl_s)
 
 
-async def run_demo(scenario: Scenario, work_dir: Path) -> dict[str, dict[str, float]]:
-    """Replay live and simulate; the two summaries' SLO attainment and GPU-hours."""
+async def run_demo(scenario_path: Path, slice_s: float, policy: str, work_dir: Path) -> dict[str, dict[str, float]]:
+    """Replay live, then simulate with the start-up time measured live; both runs' figures."""
+    scenario = load_scenario(scenario_path, overrides={"policy": policy, "duration": slice_s})
     if len(scenario.deployments) != 1:
         raise InputError(f"the demo runs one deployment (the scenario has {len(scenario.deployments)})")
     spec = scenario.deployment_specs()[0]
-    deployment = scenario.deployments[0]
-    workload = build_workload(scenario)
-    roles: list[PoolRole] = list(spec.pools)
-    _, trace = scenario.endpoint_configs()[spec.endpoint]
-    commands: dict[str, WorkerCommand] = {
-        role: WorkerCommand(
-            argv=[sys.executable, "-m", "fleet_planner.cli", "emulate", "--profile", spec.pools[role].profile_path]
-            + ["--port", "{port}", "--ready-file", "{ready_file}", "--role", role, "--model", DEMO_MODEL]
-            + ["--max-batch-tokens", str(spec.pools[role].max_batch_tokens)]
-            + ["--max-num-seqs", str(spec.pools[role].max_num_seqs), "--no-frontend-metrics"]
-        )
-        for role in roles
-    }
-    connector = ProcessConnector(commands, work_dir / "workers.json", drain_timeout_s=60)
-    started = time.monotonic()
+    roles: list[str] = list(spec.pools)
+    connector = ProcessConnector(_commands(spec), work_dir / "workers.json", drain_timeout_s=60)
+    initial: dict[str, int] = {role: pool.initial_replicas for role, pool in spec.pools.items()}
     try:
-        await connector.apply({role: spec.pools[role].initial_replicas for role in roles})
-        await _wait_ready(connector, {role: spec.pools[role].initial_replicas for role in roles})
-        ready_at = time.monotonic()
-        pool = next(iter(deployment.pools.values()))  # the entry pool: its KV leaves for decode
-        frontend = Frontend(
-            spec.mode,
-            lambda role: [f"http://127.0.0.1:{w.port}" for w in connector.workers() if w.role == role and w.ready],
-            kv_transfer_s_per_token=pool.kv_bytes_per_token * 8 / (pool.kv_transfer_gbps * 1e9),
-        )
-        outcomes = await _replay(frontend, workload, scenario.duration_s, trace.max_input_tokens)
-        finished = time.monotonic()
+        started = time.monotonic()
+        await connector.apply(dict(initial))
+        await _wait_ready(connector, initial)
+        startup_s = time.monotonic() - started
+        live = await _live(scenario, spec, connector)
     finally:
         await connector.apply(dict.fromkeys(roles, 0))
         await _wait_gone(connector)
         await connector.close()
-    gpus = sum(spec.pools[r].initial_replicas * spec.pools[r].gpus_per_replica for r in roles)
-    live_hours = gpus * min(finished - ready_at, scenario.duration_s) / 3600.0
-    log.info("workers took %.0f s to start (not counted, as the simulator starts them ready)", ready_at - started)
-    met = sum(1 for o in outcomes if o.met(spec.sla.ttft_ms / 1000, spec.sla.itl_ms / 1000))
-    simulated = summarize(run_scenario(scenario))["fleet"]
+    log.info("engines took %.1f s to start; the simulation uses that start-up time", startup_s)
+    simulated = summarize(run_scenario(_with_startup(scenario_path, slice_s, policy, startup_s)))["fleet"]
     return {
-        "live": {"requests": len(outcomes), "slo_attainment": met / max(1, len(outcomes)), "gpu_hours": live_hours},
-        "simulated": {
-            "requests": simulated["requests"],
-            "slo_attainment": simulated["slo_attainment"],
-            "gpu_hours": simulated["gpu_hours"],
-        },
+        "live": live,
+        "simulated": {key: simulated[key] for key in ("requests", "slo_attainment", "gpu_hours")},
     }
+
+
+def _commands(spec: DeploymentSpec) -> dict[str, WorkerCommand]:
+    """One ``fleet-planner emulate`` per replica, with the pool's profile and engine knobs."""
+    return {
+        role: WorkerCommand(
+            argv=[sys.executable, "-m", "fleet_planner.cli", "emulate", "--profile", pool.profile_path]
+            + ["--port", "{port}", "--ready-file", "{ready_file}", "--role", role, "--model", DEMO_MODEL]
+            + ["--max-batch-tokens", str(pool.max_batch_tokens), "--max-num-seqs", str(pool.max_num_seqs)]
+            + ["--no-frontend-metrics"]
+        )
+        for role, pool in spec.pools.items()
+    }
+
+
+async def _live(scenario: Scenario, spec: DeploymentSpec, connector: ProcessConnector) -> dict[str, float]:
+    """The replay with the frontend, the GPU meter and (policy ``local``) the agent running beside it."""
+    deployment = scenario.deployments[0]
+    _, trace = scenario.endpoint_configs()[spec.endpoint]
+    entry = next(iter(deployment.pools.values()))  # its KV leaves for decode in disaggregated mode
+    start = time.monotonic()
+    frontend = Frontend(
+        spec.mode,
+        lambda role: [f"http://127.0.0.1:{w.port}" for w in connector.workers() if w.role == role and w.ready],
+        kv_transfer_s_per_token=entry.kv_bytes_per_token * 8 / (entry.kv_transfer_gbps * 1e9),
+        clock=lambda: time.monotonic() - start,
+    )
+    meter = GpuMeter(connector, {role: pool.gpus_per_replica for role, pool in spec.pools.items()}, start)
+    background = [asyncio.create_task(meter.run(scenario.duration_s))]
+    if scenario.planner.policy == "local":
+        background.append(asyncio.create_task(_agent_loop(scenario, spec, frontend, connector, start)))
+    try:
+        workload = build_workload(scenario)
+        outcomes = await _replay(frontend, workload, scenario.duration_s, trace.max_input_tokens, start)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+    met = sum(1 for o in outcomes if o.met(spec.sla.ttft_ms / 1000, spec.sla.itl_ms / 1000))
+    return {"requests": len(outcomes), "slo_attainment": met / max(1, len(outcomes)), "gpu_hours": meter.seconds / 3600}
+
+
+class GpuMeter:
+    """GPU-seconds held by the workers (starting, ready or draining) from ``start`` for ``duration_s``,
+    sampled every ``period_s``, as the simulator counts them."""
+
+    def __init__(self, connector: ProcessConnector, gpus: dict[str, int], start: float, period_s: float = 0.5):
+        self.connector = connector
+        self.gpus = gpus
+        self.start = start
+        self.period_s = period_s
+        self.seconds = 0.0
+
+    async def run(self, duration_s: float) -> None:
+        last = self.start
+        while last < self.start + duration_s:
+            await asyncio.sleep(self.period_s)
+            now = min(time.monotonic(), self.start + duration_s)
+            counts = await self.connector.observe_replicas()
+            held = sum(self.gpus[role] * (c.ready + c.starting + c.draining) for role, c in counts.items())
+            self.seconds += held * (now - last)
+            last = now
+
+
+async def _agent_loop(
+    scenario: Scenario, spec: DeploymentSpec, frontend: Frontend, connector: ProcessConnector, start: float
+) -> None:
+    """The local agent of ``simulate --policy local``, on the live fleet: ticks every interval from
+    0, observations delivered ``observation_delay_s`` late, targets applied through the connector."""
+    interval = scenario.planner.interval_s
+    agent = build_agents([spec], interval, _agent_options(scenario, ignore=ARBITER_OPTIONS))[spec.name]
+    queue: deque[tuple[float, list[PoolObservation]]] = deque()
+    delivered: list[PoolObservation] | None = None
+    async with aiohttp.ClientSession() as session:
+        source = DirectSource(frontend, connector, session, window_s=interval)
+        tick = 0
+        while True:
+            await asyncio.sleep(max(0.0, start + tick * interval - time.monotonic()))
+            now = tick * interval
+            replicas = await connector.observe_replicas()
+            queue.append((now, await source.observe(now, spec, replicas)))
+            while queue and queue[0][0] <= now - scenario.planner.observation_delay_s + 1e-9:
+                delivered = queue.popleft()[1]
+            decision = agent.step(now, delivered)
+            if not decision.advisory:
+                await connector.apply({pool.role: pool.target for pool in decision.pools})
+            tick += 1
 
 
 async def _wait_ready(connector: ProcessConnector, wanted: dict[str, int], timeout_s: float = 120) -> None:
@@ -124,18 +191,17 @@ async def _wait_gone(connector: ProcessConnector, timeout_s: float = 90) -> None
         await asyncio.sleep(0.2)
 
 
-async def _replay(frontend: Frontend, workload: object, duration_s: float, max_input: int | None) -> list[Outcome]:
-    """Send every request at its arrival time (relative to now) and time its tokens."""
+async def _replay(
+    frontend: Frontend, workload: Workload, duration_s: float, max_input: int | None, start: float
+) -> list[Outcome]:
+    """Send every request at its arrival time (after ``start``) and time its tokens."""
     runner = web.AppRunner(frontend.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/completions"
-    arrivals = np.asarray(workload.arrival_s)  # type: ignore[attr-defined]
-    inputs = np.asarray(workload.input_tokens)  # type: ignore[attr-defined]
-    outputs = np.asarray(workload.output_tokens)  # type: ignore[attr-defined]
+    arrivals, inputs, outputs = workload.arrival_s, workload.input_tokens, workload.output_tokens
     outcomes = [Outcome(float(a)) for a in arrivals]
-    start = time.monotonic()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             tasks = []
@@ -177,11 +243,14 @@ async def _one(session: aiohttp.ClientSession, url: str, n_in: int, n_out: int, 
     outcome.itl_s = (last - first) / (tokens - 1) if tokens > 1 else None
 
 
-def prepare(scenario_path: Path, slice_s: float) -> Scenario:
-    """The scenario's first ``slice_s`` seconds with the ``static`` policy."""
-    from fleet_sim.scenario import load_scenario
-
-    return load_scenario(scenario_path, overrides={"policy": "static", "duration": slice_s})
+def _with_startup(scenario_path: Path, slice_s: float, policy: str, startup_s: float) -> Scenario:
+    """The scenario for ``simulate``, its replicas starting as fast as the live engines did."""
+    data = yaml.safe_load(scenario_path.read_text())
+    for deployment in data["deployments"]:
+        for pool in deployment["pools"].values():
+            pool["startup_s"] = round(startup_s, 1)
+    overrides = {"policy": policy, "duration": slice_s}
+    return parse_scenario(data, base_dir=scenario_path.parent, file=scenario_path, overrides=overrides)
 
 
 def render(result: dict[str, dict[str, float]]) -> str:

@@ -26,7 +26,7 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--slice" in capsys.readouterr().err
     two = tmp_path / "two.yaml"
     text = SCENARIO.read_text().replace("../", str(SCENARIO.parent.parent) + "/")
-    head, deployments = text.split("deployments:\n")
+    head, deployments = text.replace("h200: 8", "h200: 16").split("deployments:\n")
     two.write_text(
         head
         + "deployments:\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -55,6 +55,7 @@ class Frontend:
         self.workers = workers
         self.kv_transfer_s_per_token = kv_transfer_s_per_token
         self.in_flight: dict[str, int] = {}
+        self.refused: set[str] = set()  # workers that turned a request away (draining): not asked again
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application()
         self.app.add_routes([web.post("/v1/completions", self._completions)])
@@ -70,7 +71,7 @@ class Frontend:
             await self.session.close()
 
     def _pick(self, role: str) -> str | None:
-        urls = self.workers(role)
+        urls = [url for url in self.workers(role) if url not in self.refused]
         return min(urls, key=lambda url: self.in_flight.get(url, 0)) if urls else None
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -78,13 +79,29 @@ class Frontend:
         record = RequestRecord(self.clock(), len(body["prompt"]), int(body["max_tokens"]))
         self.records.append(record)
         if self.mode == "disagg":
-            entry = await self._wait_for("prefill")
-            status, text = await self._prefill(entry, body)
+            status, text = await self._retrying("prefill", lambda url: self._prefill(url, body))
             if status != 200:
                 return web.Response(status=status, text=text, content_type="application/json")
             await asyncio.sleep(len(body["prompt"]) * self.kv_transfer_s_per_token)
-            return await self._proxy(request, await self._wait_for("decode"), body, record)
-        return await self._proxy(request, await self._wait_for("agg"), body, record)
+        role = "decode" if self.mode == "disagg" else "agg"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        status, text = await self._retrying(role, lambda url: self._proxy(request, response, url, body, record))
+        if status != 200:
+            return web.Response(status=status, text=text, content_type="application/json")
+        return response
+
+    async def _retrying(self, role: str, attempt: Callable[[str], Awaitable[tuple[int, str]]]) -> tuple[int, str]:
+        """Try the least busy ready worker; one that turns the request away (draining: 503, or
+        already gone) is not asked again and the request goes to another, as a real frontend does."""
+        while True:
+            url = await self._wait_for(role)
+            try:
+                status, text = await attempt(url)
+            except aiohttp.ClientConnectorError:
+                status, text = 503, ""
+            if status != 503:
+                return status, text
+            self.refused.add(url)
 
     async def _wait_for(self, role: str) -> str:
         """A pool without a ready replica holds its requests (as the simulator's pool queue does)."""
@@ -101,14 +118,16 @@ class Frontend:
         finally:
             self.in_flight[url] -= 1
 
-    async def _proxy(self, request: web.Request, url: str, body: dict, record: RequestRecord) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.Request, response: web.StreamResponse, url: str, body: dict, record: RequestRecord
+    ) -> tuple[int, str]:
+        """Stream one worker's answer through; (status, error body) when it did not answer 200."""
         assert self.session is not None
         self.in_flight[url] = self.in_flight.get(url, 0) + 1
         try:
             async with self.session.post(url + "/v1/completions", json=body) as upstream:
                 if upstream.status != 200:
-                    return web.Response(status=upstream.status, text=await upstream.text())
-                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                    return upstream.status, await upstream.text()
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     if record.t_first is None:
@@ -116,6 +135,6 @@ class Frontend:
                     await response.write(chunk)
                 record.t_last = self.clock()
                 await response.write_eof()
-                return response
+                return 200, ""
         finally:
             self.in_flight[url] -= 1

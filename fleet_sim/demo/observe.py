@@ -64,7 +64,7 @@ class DirectSource:
         return observations
 
     async def _engine(self, role: str, mean_input: float) -> dict[str, float | int | None]:
-        urls = [f"http://127.0.0.1:{w.port}" for w in self.connector.workers() if w.role == role and w.ready]
+        urls = [f"http://127.0.0.1:{w.port}" for w in self.connector.workers() if w.role == role and w.state == "ready"]
         waiting = active = capacity = 0.0
         itl_sum = itl_count = 0.0
         seen = 0

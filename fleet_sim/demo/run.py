@@ -105,7 +105,9 @@ async def _live(scenario: Scenario, spec: DeploymentSpec, connector: ProcessConn
     start = time.monotonic()
     frontend = Frontend(
         spec.mode,
-        lambda role: [f"http://127.0.0.1:{w.port}" for w in connector.workers() if w.role == role and w.ready],
+        lambda role: [
+            f"http://127.0.0.1:{w.port}" for w in connector.workers() if w.role == role and w.state == "ready"
+        ],
         kv_transfer_s_per_token=entry.kv_bytes_per_token * 8 / (entry.kv_transfer_gbps * 1e9),
         clock=lambda: time.monotonic() - start,
     )

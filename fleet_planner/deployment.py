@@ -64,7 +64,8 @@ ExistingPath = Annotated[Path, AfterValidator(_existing)]
 
 
 class PoolConfig(FrozenModel):
-    """One pool: its engine profile, GPUs and replica bounds."""
+    """One pool: its engine profile, GPUs, replica bounds and the engine knobs in force (sizing
+    must use what the engine runs with: vLLM's --max-num-batched-tokens / --max-num-seqs)."""
 
     profile: ExistingPath = Field(description="engine performance profile folder")
     gpu_type: str = Field(min_length=1)
@@ -73,6 +74,8 @@ class PoolConfig(FrozenModel):
     max: int = Field(ge=0)
     initial: int = Field(default=0, ge=0, description="replicas at start, before any are observed; defaults to `min`")
     startup_s: Duration = Field(default=60.0, description="time from a scale-up decision to a ready replica")
+    max_batch_tokens: int = Field(default=8192, ge=1, description="prefill chunk / token budget per iteration")
+    max_num_seqs: int = Field(default=256, ge=1, description="cap on sequences decoded together")
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +131,8 @@ class DeploymentConfig(FrozenModel, Generic[P]):
                 max_replicas=pool.max,
                 initial_replicas=pool.initial,
                 startup_s=pool.startup_s,
+                max_batch_tokens=pool.max_batch_tokens,
+                max_num_seqs=pool.max_num_seqs,
             )
             for role in ROLES_BY_MODE[self.mode]
             if (pool := self.pools.get(role)) is not None

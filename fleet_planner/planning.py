@@ -43,6 +43,9 @@ class PoolSpec(FrozenModel):
     max_replicas: int = Field(ge=0)
     initial_replicas: int = Field(ge=0)
     startup_s: float = Field(ge=0, allow_inf_nan=False)
+    # Engine knobs in force (vLLM --max-num-batched-tokens / --max-num-seqs): sizing must use them.
+    max_batch_tokens: int = Field(default=8192, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
 
 
 class DeploymentSpec(FrozenModel):

@@ -114,10 +114,8 @@ class TraceSource(FrozenModel):
 
 
 class SimPoolConfig(PoolConfig):
-    """A pool as the agent config has it, plus the engine knobs the simulator models."""
+    """A pool as the agent config has it, plus the engine details only the simulator models."""
 
-    max_batch_tokens: int = Field(default=8192, ge=1, description="prefill chunk / token budget per iteration")
-    max_num_seqs: int = Field(default=256, ge=1, description="cap on sequences decoded together")
     kv_bytes_per_token: int = Field(default=131072, ge=1, description="KV cache size of one token, bytes")
     kv_transfer_gbps: PositiveFloat = Field(
         default=50.0, description="prefill -> decode KV transfer bandwidth, gigabits per second (disagg only)"

@@ -254,6 +254,7 @@ class LocalAgent:
                 reduced,
                 self.spec.sla,
                 max_replicas=self.spec.pools["prefill"].max_replicas,
+                max_batch_tokens=self.spec.pools["prefill"].max_batch_tokens,
                 kv_transfer_ms_fn=transfer_ms,
                 calibration=calibration,
             ),
@@ -262,6 +263,7 @@ class LocalAgent:
                 load,
                 self.spec.sla,
                 max_replicas=self.spec.pools["decode"].max_replicas,
+                max_num_seqs=self.spec.pools["decode"].max_num_seqs,
                 calibration=calibration,
             ),
         }

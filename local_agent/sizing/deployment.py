@@ -15,8 +15,6 @@ import numpy as np
 
 from fleet_planner.planning import DeploymentSpec, PoolRole
 from local_agent.sizing.curves import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_NUM_SEQS,
     EngineModel,
     KvTransferFn,
     PoolCurve,
@@ -39,13 +37,14 @@ def deployment_curves(
     load: LoadEstimate,
     *,
     max_replicas: int | None = None,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_batch_tokens: int | None = None,
+    max_num_seqs: int | None = None,
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
 ) -> dict[PoolRole, PoolCurve]:
-    """One curve per pool of ``spec``, up to each pool's ``max_replicas`` unless overridden.
+    """One curve per pool of ``spec``, up to each pool's ``max_replicas`` and with each pool's
+    engine knobs (``max_batch_tokens``, ``max_num_seqs``) unless overridden.
 
     ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
     anyway); longer prompts are rejected at the entry pool.
@@ -60,14 +59,20 @@ def deployment_curves(
     def limit(role: PoolRole) -> int:
         return spec.pools[role].max_replicas if max_replicas is None else max_replicas
 
+    def tokens(role: PoolRole) -> int:
+        return spec.pools[role].max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+
+    def seqs(role: PoolRole) -> int:
+        return spec.pools[role].max_num_seqs if max_num_seqs is None else max_num_seqs
+
     if spec.mode == "agg":
         curve = agg_curve(
             models["agg"],
             load,
             spec.sla,
             max_replicas=limit("agg"),
-            max_batch_tokens=max_batch_tokens,
-            max_num_seqs=max_num_seqs,
+            max_batch_tokens=tokens("agg"),
+            max_num_seqs=seqs("agg"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
         )
@@ -78,7 +83,7 @@ def deployment_curves(
             load,
             spec.sla,
             max_replicas=limit("prefill"),
-            max_batch_tokens=max_batch_tokens,
+            max_batch_tokens=tokens("prefill"),
             max_input_tokens=max_input_tokens,
             kv_transfer_ms_fn=kv_transfer_ms_fn,
             calibration=calibration,
@@ -88,7 +93,7 @@ def deployment_curves(
             load,
             spec.sla,
             max_replicas=limit("decode"),
-            max_num_seqs=max_num_seqs,
+            max_num_seqs=seqs("decode"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
         ),
@@ -148,8 +153,8 @@ def size_deployment(
     target: float = DEFAULT_TARGET,
     *,
     max_replicas: int | None = None,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_batch_tokens: int | None = None,
+    max_num_seqs: int | None = None,
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible streaming server whose latency follows an engine profile (``fleet-planner emulate``)."""

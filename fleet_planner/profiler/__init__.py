@@ -1,0 +1,1 @@
+"""Engine profiling: measure a live OpenAI-compatible server, or ask NVIDIA AIConfigurator."""

@@ -2,7 +2,8 @@
 
 In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while replicas start;
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
-(burst-aware, corrected) model at the larger of the observed and forecast upper load; the
+(burst-aware, corrected) model at the larger of the observed and forecast upper load, times
+``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA, until the load has fallen by ``miss_margin``;
 *stabilisation*: only down to the highest of the recommendations of the last
@@ -82,13 +83,15 @@ class ScaleDownGuard:
             return Proposal(current, R.HOLD, "replicas still starting")
         # Consolidation: after removing replicas the survivors carry current/wanted times the
         # load each. Check at the larger of observed and forecast upper load (the 2<->1
-        # oscillation came from ignoring this).
+        # oscillation came from ignoring this), plus the dead band ``down_margin``: sizing up
+        # and down at the same load boundary would flap with the forecast's noise.
         forecast = self.sizer.forecast
         rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
         if lengths is not None and wanted > 0:
             survivors = dict(targets)
             survivors[role] = wanted
-            if not self.sizer.meets(self.sizer.curves_at(rate, lengths), survivors):
+            banded = rate * (1.0 + self.options.down_margin)
+            if not self.sizer.meets(self.sizer.curves_at(banded, lengths), survivors):
                 return Proposal(
                     current, R.CONSOLIDATION_REFUSED, f"{wanted} replicas could not absorb {rate:.2f} req/s"
                 )

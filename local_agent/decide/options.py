@@ -42,6 +42,13 @@ class AgentOptions(BaseModel):
     ttft_correction: bool = Field(
         default=False, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
     )
+    down_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="a scale-down's survivors must carry this much more than the load (a dead band against flapping)",
+    )
     miss_memory_s: float = Field(
         default=0.0,
         ge=0,

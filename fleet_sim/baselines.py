@@ -1,34 +1,40 @@
 """Baseline policies every real planner is measured against.
 
 - ``static``: the scenario's ``initial`` counts, forever.
-- ``static-peak``: the smallest fixed counts that meet the SLA at the trace's busiest window.
+- ``static-peak``: the fewest fixed replicas per pool that meet the SLA target on the whole trace.
 - ``oracle``: clairvoyant — knows every future window's load, starts replicas ``startup_s`` early,
-  and holds the fewest replicas that meet the SLA. It is the physical limit, labelled as such.
+  and holds, window by window, about the fewest replicas that meet the target. Labelled as such.
 
-Static-peak and oracle size pools with the same analytical capacity model as the local agent
-(``local_agent.sizing``), fed with the trace's *actual* per-window load; only their access to the
-future differs from a real planner.
+Both are *searched by simulation* in the same simulator with the same arrivals
+(:func:`search_static_peak`, :func:`search_oracle`): the analytical capacity model of the local
+agent (``local_agent.sizing``, fed with each window's actual load) only gives the starting point,
+because its Poisson and exact-latency assumptions break on bursty traffic. Where the target cannot
+be met even with a pool at its maximum, the search says so (``SearchReport.unreachable``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, PoolRole, ReplicaTarget
+from fleet_sim.outputs.summary import slo_met
+from fleet_sim.results import COMPLETED, SimulationResult
 from fleet_sim.workload import Workload
 from local_agent.sizing import LoadEstimate, size_deployment
 from local_agent.sizing.shares import endpoint_shares
 
+PoolKey = tuple[str, PoolRole]  # (deployment, role)
 SIZING_WINDOW_S = 60.0  # load is measured over 1-minute windows, like a request-rate dashboard
 MAX_LENGTH_SAMPLE = 1500  # requests per window kept as the length distribution
 
 
 def fit_to_inventory(
-    targets: dict[tuple[str, str], int], specs: list[DeploymentSpec], inventory: dict[str, int]
-) -> dict[tuple[str, str], int]:
+    targets: dict[PoolKey, int], specs: list[DeploymentSpec], inventory: dict[str, int]
+) -> dict[PoolKey, int]:
     """Shrink targets of any over-subscribed GPU type, largest pools first, never below their minimum."""
     fitted = dict(targets)
     pool_specs = {(spec.name, role): pool for spec in specs for role, pool in spec.pools.items()}
@@ -50,6 +56,7 @@ class WindowedNeeds:
 
     def __init__(self, specs: list[DeploymentSpec], workload: Workload, duration_s: float, target: float, seed: int):
         self.specs = specs
+        self.target = target
         self.window_s = SIZING_WINDOW_S
         self.windows = max(1, math.ceil(duration_s / self.window_s))
         models: dict[str, PerfModel] = {}
@@ -60,7 +67,7 @@ class WindowedNeeds:
         shares = {name: 1.0 if share is None else share for name, share in endpoint_shares(specs, models).items()}
         rng = np.random.default_rng(seed)
         # needs[(deployment, role)] -> int array over windows
-        self.needs: dict[tuple[str, str], np.ndarray] = {
+        self.needs: dict[PoolKey, np.ndarray] = {
             (spec.name, role): np.zeros(self.windows, dtype=np.int64) for spec in specs for role in spec.pools
         }
         for spec in specs:
@@ -81,10 +88,10 @@ class WindowedNeeds:
                 for role, count in sized.items():
                     self.needs[(spec.name, role)][w] = count
 
-    def peak(self, key: tuple[str, str]) -> int:
+    def peak(self, key: PoolKey) -> int:
         return int(self.needs[key].max()) if self.windows else 0
 
-    def max_over(self, key: tuple[str, str], start_s: float, end_s: float) -> int:
+    def max_over(self, key: PoolKey, start_s: float, end_s: float) -> int:
         first = max(0, int(start_s // self.window_s))
         last = min(self.windows - 1, int(end_s // self.window_s))
         if first > last:
@@ -92,7 +99,7 @@ class WindowedNeeds:
         return int(self.needs[key][first : last + 1].max())
 
 
-def _clamp(spec: DeploymentSpec, role: str, replicas: int) -> int:
+def _clamp(spec: DeploymentSpec, role: PoolRole, replicas: int) -> int:
     pool = spec.pools[role]
     return min(max(replicas, pool.min_replicas), pool.max_replicas)
 
@@ -112,6 +119,7 @@ class StaticPolicy(Policy):
 
 class StaticPeakPolicy(Policy):
     name = "static-peak"
+    search: SearchReport | None = None  # set when the counts were searched by simulation
 
     def __init__(
         self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]
@@ -136,6 +144,7 @@ class StaticPeakPolicy(Policy):
 class OraclePolicy(Policy):
     name = "oracle"
     clairvoyant = True
+    search: SearchReport | None = None  # set when the schedule was searched by simulation
 
     def __init__(
         self, deployments: list[DeploymentSpec], tick_s: float, needs: WindowedNeeds, inventory: dict[str, int]
@@ -159,3 +168,232 @@ class OraclePolicy(Policy):
                 for (name, role), count in fitted.items()
             ]
         )
+
+
+# --- search by simulation ---------------------------------------------------------------------
+
+MAX_ORACLE_RUNS = 10  # simulations the oracle search may spend (repair rounds, one trim, repairs)
+MAX_REPAIR_RUNS = 6  # simulations static-peak may spend raising counts before bisecting down
+
+
+@dataclass
+class SearchReport:
+    """How a baseline's replica counts were found, and whether they meet the target.
+
+    ``attainment`` is each deployment's SLO attainment in the final verifying run; ``unreachable``
+    names deployments that miss the target although every pool they missed on was at its maximum
+    (or the GPU inventory) where it missed; ``runs`` counts the simulations spent.
+    """
+
+    target: float
+    runs: int = 0
+    attainment: dict[str, float] = field(default_factory=dict)
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def reached(self) -> bool:
+        """Every deployment meets the target or is marked unreachable."""
+        return all(a >= self.target or name in self.unreachable for name, a in self.attainment.items())
+
+
+@dataclass
+class _Misses:
+    """One run's outcome per deployment: overall attainment and per-window misses by cause."""
+
+    attainment: np.ndarray  # per deployment
+    requests: np.ndarray  # [deployment, window] requests that arrived
+    entry: np.ndarray  # [deployment, window] missed on TTFT (or never completed): prefill / agg
+    exit: np.ndarray  # [deployment, window] missed on ITL only: decode / agg
+
+
+def _misses(result: SimulationResult, window_s: float, windows: int) -> _Misses:
+    req = result.requests
+    met = slo_met(result)
+    ttft_target = np.array([result.endpoint_sla[e][0] for e in result.endpoints])
+    ttft_ok = (req.status == COMPLETED) & (req.ttft_ms <= ttft_target[req.endpoint])
+    n = len(result.deployments)
+    routed = req.deployment >= 0
+    window = np.minimum((req.arrival_s // window_s).astype(np.int64), windows - 1)
+    flat = req.deployment.astype(np.int64) * windows + window
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(flat[mask & routed], minlength=n * windows).reshape(n, windows)
+
+    requests = count(np.ones_like(met))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        attainment = np.where(requests.sum(1) > 0, count(met).sum(1) / requests.sum(1), 1.0)
+    return _Misses(attainment, requests, count(~met & ~ttft_ok), count(~met & ttft_ok))
+
+
+def _run(scenario, workload: Workload, policy: Policy) -> SimulationResult:
+    from fleet_sim.runner import FleetSimulation  # the runner imports nothing from here; keep it lazy
+
+    return FleetSimulation(scenario, workload, policy).run()
+
+
+def _pool_roles(spec: DeploymentSpec) -> tuple[PoolRole, PoolRole]:
+    """(entry role, exit role): prefill and decode, or the agg pool twice."""
+    return ("prefill", "decode") if spec.mode == "disagg" else ("agg", "agg")
+
+
+def search_static_peak(scenario, workload: Workload, needs: WindowedNeeds, target: float) -> StaticPeakPolicy:
+    """The fewest fixed counts meeting ``target`` per deployment, found by simulation.
+
+    Start at the capacity model's peak; raise the pools a failing deployment missed on until it
+    passes (or is stuck at its maximum: unreachable); then bisect each pool down, entry pools of
+    every deployment at once, then exit pools, keeping the others at their passing counts.
+    """
+    specs, tick = scenario.deployment_specs(), float(scenario.planner.interval_s)
+    inventory = dict(scenario.gpus)
+    report = SearchReport(target=target)
+    counts = StaticPeakPolicy(specs, tick, needs, inventory).targets
+    windows = max(1, math.ceil(scenario.duration_s / SIZING_WINDOW_S))
+
+    def probe(candidate: dict[PoolKey, int]) -> _Misses:
+        policy = StaticPeakPolicy(specs, tick, needs, inventory)
+        policy.targets = fit_to_inventory(candidate, specs, inventory)
+        report.runs += 1
+        return _misses(_run(scenario, workload, policy), SIZING_WINDOW_S, windows)
+
+    outcome = probe(counts)
+    stuck: set[str] = set()
+    for _ in range(MAX_REPAIR_RUNS):
+        raised = False
+        for d, spec in enumerate(specs):
+            if outcome.attainment[d] >= target:
+                continue
+            for role, missed in zip(_pool_roles(spec), (outcome.entry[d].sum(), outcome.exit[d].sum())):
+                key, pool = (spec.name, role), spec.pools[role]
+                if missed and counts[key] < pool.max_replicas:
+                    counts[key] = min(pool.max_replicas, counts[key] + max(1, math.ceil(0.2 * counts[key])))
+                    raised = True
+            if not raised:
+                stuck.add(spec.name)
+        if not raised:
+            break
+        outcome = probe(counts)
+    passing = {spec.name: bool(outcome.attainment[d] >= target) for d, spec in enumerate(specs)}
+    for stage in (0, 1):  # entry pools, then exit pools
+        keys = {
+            (spec.name, _pool_roles(spec)[stage])
+            for spec in specs
+            if passing[spec.name] and (stage == 0 or spec.mode == "disagg")
+        }
+        low = {key: max(1, pool_min(specs, key)) - 1 for key in keys}  # known (or assumed) failing
+        while True:
+            trying = {key: (low[key] + counts[key]) // 2 for key in keys if counts[key] - low[key] > 1}
+            if not trying:
+                break
+            trial = probe({**counts, **trying})
+            for d, spec in enumerate(specs):
+                for key in [k for k in trying if k[0] == spec.name]:
+                    if trial.attainment[d] >= target:
+                        counts[key] = trying[key]
+                    else:
+                        low[key] = trying[key]
+    final = probe(counts)
+    report.attainment = {spec.name: float(final.attainment[d]) for d, spec in enumerate(specs)}
+    report.unreachable = sorted(name for name in stuck if report.attainment[name] < target)
+    policy = StaticPeakPolicy(specs, tick, needs, inventory)
+    policy.targets = fit_to_inventory(counts, specs, inventory)
+    policy.search = report
+    return policy
+
+
+def pool_min(specs: list[DeploymentSpec], key: PoolKey) -> int:
+    return next(spec.pools[key[1]].min_replicas for spec in specs if spec.name == key[0])
+
+
+def search_oracle(scenario, workload: Workload, needs: WindowedNeeds, target: float) -> OraclePolicy:
+    """The oracle's per-window counts, repaired by simulation until every deployment meets ``target``.
+
+    Each round replays the whole trace with the current schedule; in every window where a failing
+    deployment's requests met the SLA less often than ``target``, the pool they missed on (TTFT:
+    prefill or agg; ITL: decode or agg; a disaggregated TTFT miss repeated in a window also raises
+    decode, whose admission queue is part of TTFT) gets more replicas in proportion to the shortfall.
+    Once the target is met, one trim round lowers by one replica every window that met the SLA
+    without a miss, and the repairs run again. A deployment still short where its pools are at
+    their maximum is unreachable.
+    """
+    specs, tick = scenario.deployment_specs(), float(scenario.planner.interval_s)
+    inventory = dict(scenario.gpus)
+    report = SearchReport(target=target)
+    windows = needs.windows
+    entry_repeats: dict[tuple[int, int], int] = {}
+    trimmed = False
+    best: tuple[dict[PoolKey, np.ndarray], _Misses] | None = None
+    while True:
+        policy = OraclePolicy(specs, tick, needs, inventory)
+        outcome = _misses(_run(scenario, workload, policy), needs.window_s, windows)
+        report.runs += 1
+        failing = [d for d in range(len(specs)) if outcome.attainment[d] < target]
+        if not failing:
+            best = ({key: value.copy() for key, value in needs.needs.items()}, outcome)
+        if report.runs >= MAX_ORACLE_RUNS:
+            break
+        if not failing:
+            if trimmed:
+                break
+            trimmed = True
+            _trim(needs, specs, outcome)
+            continue
+        stuck = _repair(needs, specs, outcome, failing, target, entry_repeats)
+        if stuck == set(failing):
+            break
+    if best is not None:  # the last schedule that met the target (a trim may have broken it)
+        needs.needs, outcome = best
+    report.attainment = {spec.name: float(outcome.attainment[d]) for d, spec in enumerate(specs)}
+    at_max = _repair(needs, specs, outcome, list(range(len(specs))), target, {}, dry_run=True)
+    report.unreachable = sorted(specs[d].name for d in at_max if outcome.attainment[d] < target)
+    policy = OraclePolicy(specs, tick, needs, inventory)
+    policy.search = report
+    return policy
+
+
+def _repair(
+    needs: WindowedNeeds,
+    specs: list[DeploymentSpec],
+    outcome: _Misses,
+    failing: list[int],
+    target: float,
+    entry_repeats: dict[tuple[int, int], int],
+    dry_run: bool = False,
+) -> set[int]:
+    """Raise the pools failing deployments missed on, per window; return those that could not be raised."""
+    stuck = set()
+    for d in failing:
+        spec = specs[d]
+        entry_role, exit_role = _pool_roles(spec)
+        requests = np.maximum(outcome.requests[d], 1)
+        short = (outcome.requests[d] - outcome.entry[d] - outcome.exit[d]) / requests < target
+        raised = False
+        for w in np.flatnonzero(short).tolist():
+            shortfall = (outcome.entry[d][w] + outcome.exit[d][w]) / requests[w]
+            roles: set[PoolRole] = set()
+            if outcome.entry[d][w]:
+                roles.add(entry_role)
+                entry_repeats[(d, w)] = entry_repeats.get((d, w), 0) + 1
+                if spec.mode == "disagg" and entry_repeats[(d, w)] > 1:
+                    roles.add(exit_role)
+            if outcome.exit[d][w]:
+                roles.add(exit_role)
+            for role in roles:
+                series, pool = needs.needs[(spec.name, role)], spec.pools[role]
+                if series[w] >= pool.max_replicas:
+                    continue
+                raised = True
+                if not dry_run:
+                    series[w] = min(pool.max_replicas, series[w] + max(1, math.ceil(series[w] * shortfall)))
+        if not raised:
+            stuck.add(d)
+    return stuck
+
+
+def _trim(needs: WindowedNeeds, specs: list[DeploymentSpec], outcome: _Misses) -> None:
+    """One replica fewer in every window a deployment served without a single miss."""
+    for d, spec in enumerate(specs):
+        clean = (outcome.entry[d] + outcome.exit[d]) == 0
+        for role, pool in spec.pools.items():
+            series = needs.needs[(spec.name, role)]
+            lower = clean & (series > max(pool.min_replicas, 1))
+            series[lower] -= 1

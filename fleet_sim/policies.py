@@ -6,13 +6,22 @@ from collections.abc import Callable
 
 from fleet_planner.errors import InputError
 from fleet_planner.planning import Policy
-from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, StaticPolicy, WindowedNeeds
+from fleet_sim.baselines import (
+    OraclePolicy,
+    StaticPeakPolicy,
+    StaticPolicy,
+    WindowedNeeds,
+    search_oracle,
+    search_static_peak,
+)
 from fleet_sim.workload import Workload
 
-DEFAULT_TARGET_ATTAINMENT = 0.995
+DEFAULT_TARGET_ATTAINMENT = 0.995  # sizing target of the baselines: a little above the 99% goal
 # Planner options that configure the fleet arbiter, not the agents (so one scenario runs under
 # local, fcfs and global alike).
-ARBITER_OPTIONS = ("policy_file", "faults")  # sizing target of the baselines: a little above the 99% goal
+# ``baseline_search: false`` sizes static-peak and the oracle by the capacity model alone (fast, but
+# not verified to meet the target): for runs too long to replay a dozen times.
+ARBITER_OPTIONS = ("policy_file", "faults", "baseline_search")
 
 
 def _needs(scenario, workload: Workload) -> WindowedNeeds:
@@ -24,16 +33,22 @@ def _static(scenario, workload: Workload) -> Policy:
     return StaticPolicy(scenario.deployment_specs(), scenario.planner.interval_s)
 
 
+def _searched(scenario) -> bool:
+    return bool(scenario.planner.options.get("baseline_search", True))
+
+
 def _static_peak(scenario, workload: Workload) -> Policy:
-    return StaticPeakPolicy(
-        scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus)
-    )
+    needs = _needs(scenario, workload)
+    if _searched(scenario):
+        return search_static_peak(scenario, workload, needs, needs.target)
+    return StaticPeakPolicy(scenario.deployment_specs(), scenario.planner.interval_s, needs, dict(scenario.gpus))
 
 
 def _oracle(scenario, workload: Workload) -> Policy:
-    return OraclePolicy(
-        scenario.deployment_specs(), scenario.planner.interval_s, _needs(scenario, workload), dict(scenario.gpus)
-    )
+    needs = _needs(scenario, workload)
+    if _searched(scenario):
+        return search_oracle(scenario, workload, needs, needs.target)
+    return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, needs, dict(scenario.gpus))
 
 
 def _agent_options(scenario, ignore: tuple[str, ...] = ()):

@@ -102,7 +102,7 @@ class SynthSource(_Model):
     lengths_format: TraceFormat | None = Field(
         default=None, description="format of `lengths`; default azure for .csv, mooncake for .jsonl"
     )
-    arrival: Literal["poisson", "gamma", "auto"] = "auto"
+    arrival: Literal["poisson", "gamma", "clients", "auto"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

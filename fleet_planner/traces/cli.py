@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--arrival",
         choices=ARRIVAL_MODELS,
         default="auto",
-        help="arrival process within a window (auto: gamma if the CSV has a CV column)",
+        help="arrival process within a window (auto: clients if the CSV has ServeGen's client columns, "
+        "else gamma if it has a CV column, else poisson)",
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, type=Path, help="output Mooncake JSONL path")
@@ -82,7 +83,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  rate            mean {stats['mean_rps']:.2f} req/s, peak 1-min {stats['peak_1min_rps']:.2f} req/s")
     for kind in ("input", "output"):
         print(
-            f"  {kind:<6} tokens   mean {stats[f'{kind}_mean']:.0f}, p50 {stats[f'{kind}_p50']:.0f}, p99 {stats[f'{kind}_p99']:.0f}"
+            f"  {kind:<6} tokens   mean {stats[f'{kind}_mean']:.0f}, p50 {stats[f'{kind}_p50']:.0f}, "
+            f"p99 {stats[f'{kind}_p99']:.0f}"
         )
     return 0
 

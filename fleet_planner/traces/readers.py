@@ -140,7 +140,8 @@ def _read_azure(path: Path) -> Trace:
         input_name, output_name = "input_tokens", "output_tokens"
     else:
         raise InputError(
-            f"unrecognised Azure header {header}; expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}",
+            f"unrecognised Azure header {header}; "
+            f"expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}",
             file=path,
             field="header",
         )

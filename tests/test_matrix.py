@@ -1,0 +1,64 @@
+"""The scenario matrix: generated systematically, split by a fixed seed, and runnable end to end."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fleet_sim.matrix import cells, quick_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_matrix_covers_the_required_factors() -> None:
+    matrix = cells()
+    assert len(matrix) >= 30 and len({c.name for c in matrix}) == len(matrix)
+    arrivals = Counter(c.arrival for c in matrix)
+    assert {"replay", "poisson", "bursty-low", "bursty-fit", "bursty-high", "day-clients", "day-poisson"} <= set(
+        arrivals
+    )
+    from fleet_sim.matrix import TEMPLATES
+
+    templates = [TEMPLATES[key] for c in matrix for key in c.deployments]
+    assert {t.gpus_per_replica for t in templates} == {1, 2, 4, 8}
+    assert {t.mode for t in templates} == {"agg", "disagg"}
+    assert {c.sla for c in matrix} == {"tight", "normal", "loose"}
+    assert min(c.startup_s for c in matrix) == 60 and max(c.startup_s for c in matrix) == 600
+    assert {len(c.deployments) for c in matrix} >= {1, 2, 4}
+    assert any(c.shared_endpoint for c in matrix) and {c.span for c in matrix} == {"hour", "day"}
+    assert any("fcfs" in c.policies for c in matrix)
+
+
+def test_halves_are_fixed_by_seed_and_balanced() -> None:
+    first, again = cells(), cells()
+    assert [c.half for c in first] == [c.half for c in again]
+    halves = Counter(c.half for c in first)
+    assert set(halves) == {"tuning", "held-out"} and abs(halves["tuning"] - halves["held-out"]) <= 1
+
+
+def test_quick_matrix_runs_and_judges_every_cell(tmp_path: Path) -> None:
+    from bench_matrix import run_cell
+
+    row = run_cell((quick_cells()[1], tmp_path, {}))
+    assert set(row["policies"]) == {"static-peak", "oracle", "local"}
+    oracle = row["policies"]["oracle"]
+    assert oracle["search"]["runs"] >= 2 and oracle["search"]["reached"]
+    # A valid oracle: it meets its target in the same simulator (or says it cannot).
+    assert all(a >= 0.995 for a in oracle["attainment"].values()) or oracle["search"]["unreachable"]
+    assert set(row["acceptance"]) == {"A_slo", "B_cost", "C_stable", "D_oracle"}
+    assert row["idc_60s"] > 2.0  # bursty arrivals, measured on the workload itself
+    assert row["policies"]["local"]["gpu_hours"] > 0
+
+
+@pytest.mark.parametrize("cell", cells()[:1] + [c for c in cells() if c.contended][:1], ids=lambda c: c.name)
+def test_cells_build_valid_scenarios(cell, tmp_path: Path) -> None:
+    from fleet_sim.matrix import build_scenario
+
+    for policy in cell.policies:
+        scenario = build_scenario(cell, policy, tmp_path)
+        assert scenario.planner.policy == policy
+        assert len(scenario.deployments) == len(cell.deployments)

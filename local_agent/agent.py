@@ -109,11 +109,13 @@ class LocalAgent:
         run_throughput = (
             self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
         )
-        if run_throughput:
+        if run_throughput and lengths is not None:
+            # The interval counts from the first sizing, which runs as soon as a window has
+            # lengths: before it there is no floor and the reactive loop alone would shrink.
             self._last_throughput_s = now_s
-            if lengths is not None:
-                for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
-                    self.pools[role].predictive = count
+            for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
+                self.pools[role].predictive = count
+        run_throughput = run_throughput and lengths is not None
         decisions = [
             self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools
         ]

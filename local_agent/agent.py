@@ -194,19 +194,21 @@ class LocalAgent:
                 or (react.wanted < proposal.wanted and react.wanted >= floor and proposal.wanted == current)
             ):
                 proposal = react
+        recommendation = proposal.wanted
         if proposal.wanted < current:
-            proposal = self.guard.check(
+            proposal, recommendation = self.guard.check(
                 role,
                 now_s,
                 obs,
                 current,
                 proposal,
+                floor,
                 self.targets(),
                 observed_rate,
                 self.intake.smoothed_rate(),
                 lengths,
             )
-        self.guard.recommend(role, now_s, proposal.wanted)
+        self.guard.recommend(role, now_s, recommendation)
         proposal = self.guard.stabilised(role, current, proposal)
         if proposal.wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the

@@ -106,16 +106,19 @@ def test_miss_memory_refuses_to_return_to_a_load_per_replica_that_missed() -> No
     assert later[-1].pools[0].target == 1
 
 
-def test_stabilisation_window_scales_down_only_after_a_window_of_down_recommendations() -> None:
+def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_then_follows_down() -> None:
     def make(t: float, targets: dict) -> list:
-        return [observe("agg", t, 2.0, ready=targets["agg"])]
+        return [observe("agg", t, 105.0 if t < 5 * TICK else 2.0, ready=targets["agg"])]
 
-    plain = run(agent(spec(initial=4), scale_down_grace_s=0.0), 0.0, 12, make)
-    windowed = run(agent(spec(initial=4), scale_down_grace_s=0.0, stabilization_window_s=300.0), 0.0, 12, make)
-    assert plain[0].pools[0].target == 3
-    assert [d.pools[0].target for d in windowed[:2]] == [3, 3]  # one step, then the window holds
-    assert windowed[1].pools[0].reason == R.STABILISING
-    assert windowed[-1].pools[0].target < 3
+    options = dict(mode="load", scale_down_grace_s=0.0)
+    plain = run(agent(spec(initial=4), **options), 0.0, 24, make)
+    windowed = run(agent(spec(initial=4), stabilization_window_s=300.0, **options), 0.0, 24, make)
+    first_down = [next(i for i, d in enumerate(ds) if d.pools[0].target < 4) for ds in (plain, windowed)]
+    assert first_down[0] == 5  # the first low window
+    assert first_down[1] * TICK >= 4 * TICK + 300.0  # a whole window after the last high one
+    assert windowed[first_down[1] - 1].pools[0].reason == R.STABILISING
+    # Then down one replica per tick (the step cap), not one per window.
+    assert windowed[first_down[1] + 2].pools[0].target == 1
 
 
 def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:

@@ -69,42 +69,50 @@ class ScaleDownGuard:
         obs: PoolObservation,
         current: int,
         proposal: Proposal,
+        floor: int,
         targets: Mapping[PoolRole, int],
         observed_rate: float | None,
         smoothed_rate: float | None,
         lengths: Lengths | None,
-    ) -> Proposal:
-        """The proposal if its scale-down is safe, else a hold at ``current`` with the reason."""
-        memory = self.pools[role]
-        wanted = proposal.wanted
-        if now_s - memory.last_scale_up_s < self.options.scale_down_grace_s:
-            return Proposal(current, R.GRACE_PERIOD, "replicas were just added")
+    ) -> tuple[Proposal, int]:
+        """The proposal if its scale-down is safe (else a hold at ``current`` with the reason),
+        and the fewest replicas (not below ``floor``) that are safe now: this tick's
+        recommendation for the stabilisation window."""
+        if now_s - self.pools[role].last_scale_up_s < self.options.scale_down_grace_s:
+            return Proposal(current, R.GRACE_PERIOD, "replicas were just added"), current
         if obs.starting > 0:
-            return Proposal(current, R.HOLD, "replicas still starting")
+            return Proposal(current, R.HOLD, "replicas still starting"), current
         # Consolidation: after removing replicas the survivors carry current/wanted times the
         # load each. Check at the larger of observed and forecast upper load (the 2<->1
         # oscillation came from ignoring this), plus the dead band ``down_margin``: sizing up
         # and down at the same load boundary would flap with the forecast's noise.
         forecast = self.sizer.forecast
         rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
-        if lengths is not None and wanted > 0:
-            survivors = dict(targets)
-            survivors[role] = wanted
-            banded = rate * (1.0 + self.options.down_margin)
-            if not self.sizer.meets(self.sizer.curves_at(banded, lengths), survivors):
-                return Proposal(
-                    current, R.CONSOLIDATION_REFUSED, f"{wanted} replicas could not absorb {rate:.2f} req/s"
-                )
-        if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted > 0:
-            per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)
-            if obs.active_kv_tokens > self.options.kv_low * per_replica_capacity * wanted:
-                return Proposal(current, R.CONSOLIDATION_REFUSED, "survivors' KV cache would be too full")
-        if wanted == 0 and rate > 0:
-            return Proposal(current, R.CONSOLIDATION_REFUSED, "traffic is not zero")
-        refused = self._remembered_miss(memory, now_s, wanted, max(smoothed_rate or 0.0, observed_rate or 0.0))
+        curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + self.options.down_margin), lengths)
+        recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
+
+        def refusal(wanted: int) -> Proposal | None:
+            survivors = {**targets, role: wanted}
+            if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
+                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s"
+                return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
+            if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted:
+                per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)
+                if obs.active_kv_tokens > self.options.kv_low * per_replica_capacity * wanted:
+                    return Proposal(current, R.CONSOLIDATION_REFUSED, "survivors' KV cache would be too full")
+            if wanted == 0 and rate > 0:
+                return Proposal(current, R.CONSOLIDATION_REFUSED, "traffic is not zero")
+            missed = self._remembered_miss(self.pools[role], now_s, wanted, recent)
+            return None if missed is None else Proposal(current, R.MISS_MEMORY, missed)
+
+        refused = refusal(proposal.wanted)
         if refused is not None:
-            return Proposal(current, R.MISS_MEMORY, refused)
-        return proposal
+            return refused, current
+        lowest = proposal.wanted
+        if self.options.stabilization_window_s > 0:
+            while lowest - 1 >= floor and refusal(lowest - 1) is None:
+                lowest -= 1
+        return proposal, lowest
 
     def _remembered_miss(self, memory: PoolMemory, now_s: float, wanted: int, rate: float) -> str | None:
         """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
@@ -120,7 +128,9 @@ class ScaleDownGuard:
         return None
 
     def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> Proposal:
-        """Scale down only to the highest recommendation of the window (HPA stabilisation)."""
+        """Scale down only to the highest recommendation of the window (HPA stabilisation): a
+        recommendation is the fewest replicas safe at that tick, so a load that stayed low for
+        the whole window is followed down without waiting a window per replica."""
         history = self.pools[role].recommendations
         if self.options.stabilization_window_s <= 0 or proposal.wanted >= current or not history:
             return proposal

@@ -27,7 +27,7 @@ from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
-from local_agent.decide.reactive import Proposal, reactive, sla_breach
+from local_agent.decide.reactive import Proposal, pressure, reactive
 from local_agent.decide.sizer import Sizer
 from local_agent.forecast import make_predictor
 from local_agent.models import AgentDecision, AgentEffects, AgentInput, DecisionReason, PoolDecision, RuntimeLimits
@@ -179,7 +179,7 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        if sla_breach(role, obs, self.spec.sla) is not None:
+        if pressure(role, obs, self.options, self.spec.sla) is not None:
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())
 
         proposal = Proposal(current, R.HOLD, "")

@@ -5,7 +5,8 @@ In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while rep
 (burst-aware, corrected) model at the larger of the observed and forecast upper load, times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
-which this pool recently missed its SLA, until the load has fallen by ``miss_margin``;
+which this pool recently missed its SLA (or ran over its queue or KV threshold), until the load
+has fallen by ``miss_margin``;
 *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
 """
@@ -48,7 +49,8 @@ class ScaleDownGuard:
         self.pools[role].last_scale_up_s = now_s
 
     def missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
-        """The pool missed its SLA at ``ready`` replicas and (smoothed) load ``rate``."""
+        """The pool missed its SLA (or its queue or KV use ran over the threshold that adds a
+        replica) at ``ready`` replicas and (smoothed) load ``rate``."""
         if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
             self.pools[role].misses.append((now_s, rate / ready))
 

@@ -31,6 +31,29 @@ def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
     return breach
 
 
+def pressure(
+    role: PoolRole, obs: PoolObservation, options: AgentOptions, sla: SLA
+) -> tuple[DecisionReason, str] | None:
+    """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
+    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold."""
+    if options.target == "sla":
+        breach = sla_breach(role, obs, sla)
+        if breach is not None:
+            return R.REACTIVE_SLA, breach
+    if options.target not in ("sla", "latency"):
+        return None
+    found = None
+    if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
+        backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
+        if backlog > options.queue_tokens_per_replica:
+            found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+    if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
+        usage = obs.active_kv_tokens / obs.kv_capacity_tokens
+        if usage > options.kv_high:
+            found = (R.REACTIVE_KV, f"KV use {usage:.0%}")
+    return found
+
+
 def reactive(
     role: PoolRole,
     obs: PoolObservation,
@@ -40,26 +63,12 @@ def reactive(
     options: AgentOptions,
     sizer: Sizer,
 ) -> Proposal | None:
-    """One replica more when the SLA (``target: sla``), the prefill backlog or the KV use says
-    so; one fewer otherwise (the scale-down guard decides whether that is safe). Nothing while
-    added replicas still start (they will absorb the load) — but never a skipped tick."""
-    ready = max(obs.ready, 1)
-    up: tuple[DecisionReason, str] | None = None
-    target = options.target
-    if target == "sla":
-        breach = sla_breach(role, obs, sizer.spec.sla)
-        if breach is not None:
-            up = (R.REACTIVE_SLA, breach)
-    if target in ("sla", "latency") and up is None:
-        if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
-            backlog = obs.queued_prefill_tokens / ready
-            if backlog > options.queue_tokens_per_replica:
-                up = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
-        if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
-            usage = obs.active_kv_tokens / obs.kv_capacity_tokens
-            if usage > options.kv_high:
-                up = (R.REACTIVE_KV, f"KV use {usage:.0%}")
-    if target == "throughput" and observed_rate is not None and lengths is not None and up is None:
+    """One replica more under ``pressure`` (or, ``target: throughput``, when the observed load
+    needs more); one fewer otherwise (the scale-down guard decides whether that is safe).
+    Nothing while added replicas still start (they will absorb the load) — but never a skipped
+    tick."""
+    up = pressure(role, obs, options, sizer.spec.sla)
+    if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:
             up = (R.REACTIVE_SLA, f"observed load needs {sized} replicas")

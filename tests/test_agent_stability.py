@@ -69,7 +69,7 @@ def test_agent_learns_slower_ttft_and_sizes_for_it() -> None:
         ttft = Distribution(count=600, mean=900, p50=800, p90=1500, p99=2500)
         return [observe("agg", t, 20.0, ready=targets["agg"], ttft_ms=ttft)]
 
-    learned, naive = agent(spec(initial=2), ttft_correction=True), agent(spec(initial=2))
+    learned, naive = agent(spec(initial=2)), agent(spec(initial=2), ttft_correction=False)
     for a in (learned, naive):
         a.set_limits(a.limits.model_copy(update={"min_replicas": {"agg": 2}, "max_replicas": {"agg": 2}}))
         run(a, 0.0, 20, slow)
@@ -95,8 +95,8 @@ def test_miss_memory_refuses_to_return_to_a_load_per_replica_that_missed() -> No
     # Healthy-looking model: at 10 req/s one replica is plenty, so without memory the agent
     # scales back to 1 as soon as the grace period is over, into the same miss.
     make = _missing_then_healthy(miss_until=30.0, rate=10.0)
-    forgetful = run(agent(spec(initial=1)), 0.0, 40, make)
-    remembering = agent(spec(initial=1), miss_memory_s=1800.0)
+    forgetful = run(agent(spec(initial=1), miss_memory_s=0.0), 0.0, 40, make)
+    remembering = agent(spec(initial=1))  # remembers for 1800 s by default
     decisions = run(remembering, 0.0, 40, make)
     assert min(d.pools[0].target for d in forgetful[5:]) == 1
     assert min(d.pools[0].target for d in decisions[5:]) == 2
@@ -129,3 +129,15 @@ def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     plain_targets = [d.pools[0].target for d in run(plain, 0.0, 20, make)]
     banded_targets = [d.pools[0].target for d in run(banded, 0.0, 20, make)]
     assert min(banded_targets) > min(plain_targets)
+
+
+def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:
+    def make(t: float, targets: dict) -> list:
+        backlog = 1e6 if t < 30.0 else 0.0  # over queue_tokens_per_replica, then drained
+        return [observe("agg", t, 10.0, ready=targets["agg"], queued_prefill_tokens=backlog)]
+
+    forgetful = run(agent(spec(initial=1), miss_memory_s=0.0), 0.0, 40, make)
+    remembering = run(agent(spec(initial=1)), 0.0, 40, make)
+    assert forgetful[0].pools[0].reason == R.REACTIVE_QUEUE
+    assert min(d.pools[0].target for d in forgetful[5:]) == 1
+    assert min(d.pools[0].target for d in remembering[5:]) == 2

@@ -40,7 +40,7 @@ class AgentOptions(BaseModel):
         description="windows of admitted-request counts whose dispersion sizes queues as G/G/c (0 = assume Poisson)",
     )
     ttft_correction: bool = Field(
-        default=False, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
+        default=True, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
     )
     down_margin: float = Field(
         default=0.0,
@@ -50,7 +50,7 @@ class AgentOptions(BaseModel):
         description="a scale-down's survivors must carry this much more than the load (a dead band against flapping)",
     )
     miss_memory_s: float = Field(
-        default=0.0,
+        default=1800.0,
         ge=0,
         allow_inf_nan=False,
         description="remember SLA misses this long: no scale-down to their load per replica (0 = off)",

@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "window": {**OFF, "stabilization_window_s": 300.0},
     "defaults": {},
     "defaults+burst": {"burst_windows": 40},
+    "defaults+p75": {"forecast_quantile": 0.75},
     "defaults+window": {"stabilization_window_s": 300.0},
     "defaults+band+window": {"down_margin": 0.1, "stabilization_window_s": 300.0},
 }

@@ -172,7 +172,8 @@ class OraclePolicy(Policy):
 
 # --- search by simulation ---------------------------------------------------------------------
 
-MAX_ORACLE_RUNS = 10  # simulations the oracle search may spend (repair rounds, one trim, repairs)
+MAX_ORACLE_RUNS = 8  # simulations the oracle search may spend (repair and trim rounds)
+MAX_TRIMS = 2  # trim rounds after the target is first met
 MAX_REPAIR_RUNS = 6  # simulations static-peak may spend raising counts before bisecting down
 
 
@@ -180,7 +181,9 @@ MAX_REPAIR_RUNS = 6  # simulations static-peak may spend raising counts before b
 class SearchReport:
     """How a baseline's replica counts were found, and whether they meet the target.
 
-    ``attainment`` is each deployment's SLO attainment in the final verifying run; ``unreachable``
+    ``attainment`` is each deployment's SLO attainment in the final verifying run, over the
+    requests that arrive once replicas asked for at the start can be ready (the longest
+    ``startup_s``; before that only the scenario's initial counts serve); ``unreachable``
     names deployments that miss the target although every pool they missed on was at its maximum
     (or the GPU inventory) where it missed; ``runs`` counts the simulations spent.
     """
@@ -207,12 +210,15 @@ class _Misses:
 
 
 def _misses(result: SimulationResult, window_s: float, windows: int) -> _Misses:
+    """Requests that arrive before any replica asked for at time 0 can be ready are left out: their
+    fate is the scenario's ``initial`` counts, which no baseline chooses."""
     req = result.requests
+    warmup = max(pool.startup_s for spec in result.deployments for pool in spec.pools.values())
     met = slo_met(result)
     ttft_target = np.array([result.endpoint_sla[e][0] for e in result.endpoints])
     ttft_ok = (req.status == COMPLETED) & (req.ttft_ms <= ttft_target[req.endpoint])
     n = len(result.deployments)
-    routed = req.deployment >= 0
+    routed = (req.deployment >= 0) & (req.arrival_s >= warmup)
     window = np.minimum((req.arrival_s // window_s).astype(np.int64), windows - 1)
     flat = req.deployment.astype(np.int64) * windows + window
 
@@ -304,50 +310,81 @@ def pool_min(specs: list[DeploymentSpec], key: PoolKey) -> int:
     return next(spec.pools[key[1]].min_replicas for spec in specs if spec.name == key[0])
 
 
-def search_oracle(scenario, workload: Workload, needs: WindowedNeeds, target: float) -> OraclePolicy:
+def search_oracle(
+    scenario, workload: Workload, needs: WindowedNeeds, target: float, ceiling: dict[PoolKey, int] | None = None
+) -> OraclePolicy:
     """The oracle's per-window counts, repaired by simulation until every deployment meets ``target``.
 
-    Each round replays the whole trace with the current schedule; in every window where a failing
+    Each round replays the whole trace with the current schedule. In every window where a failing
     deployment's requests met the SLA less often than ``target``, the pool they missed on (TTFT:
     prefill or agg; ITL: decode or agg; a disaggregated TTFT miss repeated in a window also raises
-    decode, whose admission queue is part of TTFT) gets more replicas in proportion to the shortfall.
-    Once the target is met, one trim round lowers by one replica every window that met the SLA
-    without a miss, and the repairs run again. A deployment still short where its pools are at
-    their maximum is unreachable.
+    decode, whose admission queue is part of TTFT) gets one more replica, in that window and the
+    one before (whose backlog a burst inherits); a quarter more where most requests missed. Once
+    the target is met, a trim round lowers by one replica every window served without a miss, and
+    the repairs run again; the cheapest schedule that met the target is kept.
+
+    ``ceiling`` (static-peak's verified counts) caps every window: a schedule at the ceiling
+    everywhere is static-peak itself, so the oracle never costs more, and a deployment still short
+    when the runs are spent falls back to it (one more run verifies). A deployment still short
+    where the pools it missed on are at their maximum is unreachable.
     """
     specs, tick = scenario.deployment_specs(), float(scenario.planner.interval_s)
     inventory = dict(scenario.gpus)
     report = SearchReport(target=target)
-    windows = needs.windows
+    top = {(spec.name, role): pool.max_replicas for spec in specs for role, pool in spec.pools.items()}
+    cap = {key: min(top[key], (ceiling or top)[key]) for key in top}
+    for key, series in needs.needs.items():
+        np.minimum(series, cap[key], out=series)
     entry_repeats: dict[tuple[int, int], int] = {}
-    trimmed = False
-    best: tuple[dict[PoolKey, np.ndarray], _Misses] | None = None
-    while True:
-        policy = OraclePolicy(specs, tick, needs, inventory)
-        outcome = _misses(_run(scenario, workload, policy), needs.window_s, windows)
+    trims = 0
+    best: tuple[float, dict[PoolKey, np.ndarray], _Misses] | None = None
+    outcome = None
+    while report.runs < MAX_ORACLE_RUNS:
+        result = _run(scenario, workload, OraclePolicy(specs, tick, needs, inventory))
+        outcome = _misses(result, needs.window_s, needs.windows)
         report.runs += 1
         failing = [d for d in range(len(specs)) if outcome.attainment[d] < target]
+        cost = sum(result.gpu_seconds.values())
+        if not failing and (best is None or cost < best[0]):
+            best = (cost, {key: value.copy() for key, value in needs.needs.items()}, outcome)
         if not failing:
-            best = ({key: value.copy() for key, value in needs.needs.items()}, outcome)
-        if report.runs >= MAX_ORACLE_RUNS:
-            break
-        if not failing:
-            if trimmed:
+            if trims == MAX_TRIMS:
                 break
-            trimmed = True
+            trims += 1
             _trim(needs, specs, outcome)
-            continue
-        stuck = _repair(needs, specs, outcome, failing, target, entry_repeats)
-        if stuck == set(failing):
+        elif _repair(needs, specs, outcome, failing, target, entry_repeats, cap) == set(failing):
             break
-    if best is not None:  # the last schedule that met the target (a trim may have broken it)
-        needs.needs, outcome = best
+    assert outcome is not None
+    if best is not None:
+        _, needs.needs, outcome = best
+    short = [d for d in range(len(specs)) if outcome.attainment[d] < target]
+    if short and ceiling is not None:  # out of runs: the ceiling (static-peak, verified) for those
+        for d in short:
+            for role in specs[d].pools:
+                needs.needs[(specs[d].name, role)][:] = cap[(specs[d].name, role)]
+        result = _run(scenario, workload, OraclePolicy(specs, tick, needs, inventory))
+        outcome = _misses(result, needs.window_s, needs.windows)
+        report.runs += 1
     report.attainment = {spec.name: float(outcome.attainment[d]) for d, spec in enumerate(specs)}
-    at_max = _repair(needs, specs, outcome, list(range(len(specs))), target, {}, dry_run=True)
+    at_max = _repair(needs, specs, outcome, list(range(len(specs))), target, {}, top, dry_run=True)
     report.unreachable = sorted(specs[d].name for d in at_max if outcome.attainment[d] < target)
     policy = OraclePolicy(specs, tick, needs, inventory)
     policy.search = report
     return policy
+
+
+def oracle_below_peak(
+    scenario, workload: Workload, target: float, peak: StaticPeakPolicy | None = None
+) -> OraclePolicy:
+    """The searched oracle capped by static-peak's searched counts (searched here unless given),
+    so the oracle never costs more than the best fixed deployment."""
+
+    def model_needs() -> WindowedNeeds:
+        return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, target, scenario.seed)
+
+    if peak is None:
+        peak = search_static_peak(scenario, workload, model_needs(), target)
+    return search_oracle(scenario, workload, model_needs(), target, ceiling=peak.targets)
 
 
 def _repair(
@@ -357,9 +394,11 @@ def _repair(
     failing: list[int],
     target: float,
     entry_repeats: dict[tuple[int, int], int],
+    cap: dict[PoolKey, int],
     dry_run: bool = False,
 ) -> set[int]:
-    """Raise the pools failing deployments missed on, per window; return those that could not be raised."""
+    """Raise the pools failing deployments missed on, per window, up to ``cap``; return the
+    deployments none of whose short windows could be raised."""
     stuck = set()
     for d in failing:
         spec = specs[d]
@@ -378,12 +417,15 @@ def _repair(
             if outcome.exit[d][w]:
                 roles.add(exit_role)
             for role in roles:
-                series, pool = needs.needs[(spec.name, role)], spec.pools[role]
-                if series[w] >= pool.max_replicas:
-                    continue
-                raised = True
-                if not dry_run:
-                    series[w] = min(pool.max_replicas, series[w] + max(1, math.ceil(series[w] * shortfall)))
+                key = (spec.name, role)
+                series = needs.needs[key]
+                for window in (w, w - 1) if w > 0 else (w,):
+                    if series[window] >= cap[key]:
+                        continue
+                    raised = True
+                    if not dry_run:
+                        step = max(1, math.ceil(0.25 * series[window])) if shortfall > 0.5 else 1
+                        series[window] = min(cap[key], series[window] + step)
         if not raised:
             stuck.add(d)
     return stuck

@@ -11,7 +11,7 @@ from fleet_sim.baselines import (
     StaticPeakPolicy,
     StaticPolicy,
     WindowedNeeds,
-    search_oracle,
+    oracle_below_peak,
     search_static_peak,
 )
 from fleet_sim.workload import Workload
@@ -47,7 +47,7 @@ def _static_peak(scenario, workload: Workload) -> Policy:
 def _oracle(scenario, workload: Workload) -> Policy:
     needs = _needs(scenario, workload)
     if _searched(scenario):
-        return search_oracle(scenario, workload, needs, needs.target)
+        return oracle_below_peak(scenario, workload, needs.target)
     return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, needs, dict(scenario.gpus))
 
 

@@ -89,7 +89,8 @@ def build_workload(scenario) -> Workload:
     if any(traces[n].hash_ids is not None for n in names):
         merged: list[list[int] | None] = []
         for n in names:
-            merged.extend(traces[n].hash_ids if traces[n].hash_ids is not None else [None] * len(traces[n]))
+            ids = traces[n].hash_ids
+            merged.extend(ids if ids is not None else [None] * len(traces[n]))
         hash_ids = [merged[i] or None for i in order.tolist()]
     return Workload(
         endpoints=names,

@@ -11,6 +11,7 @@ import pytest
 from fleet_planner.planning import SLA, DeploymentSpec, PoolSpec
 from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, StaticPolicy, fit_to_inventory
 from fleet_sim.outputs import summarize
+from fleet_sim.policies import make_policy
 from fleet_sim.results import SimulationResult
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.simulate import run_scenario
@@ -218,3 +219,47 @@ def test_fit_to_inventory_shrinks_the_largest_pool_first_and_keeps_minimums() ->
         ("d", "prefill"): 2,
         ("d", "decode"): 3,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines searched by simulation: valid in the simulator that judges them
+# ---------------------------------------------------------------------------------------------
+def _with_options(scenario, **options):
+    planner = type(scenario.planner)(**{**scenario.planner.model_dump(), **options})
+    return scenario.model_copy(update={"planner": planner})
+
+
+def test_searched_baselines_meet_the_target_the_capacity_model_alone_misses() -> None:
+    from fleet_sim.baselines import oracle_below_peak, search_static_peak
+    from fleet_sim.policies import _needs
+    from fleet_sim.runner import FleetSimulation
+    from fleet_sim.workload import build_workload
+
+    scenario = diurnal_scenario("oracle", initial=6)  # no start-up transient: judge every request
+    workload = build_workload(scenario)
+    model_only = FleetSimulation(
+        scenario, workload, make_policy(_with_options(scenario, baseline_search=False), workload)
+    )
+    assert summarize(model_only.run())["fleet"]["slo_attainment"] < 0.995  # bursty arrivals break the model
+    peak = search_static_peak(scenario, workload, _needs(scenario, workload), 0.995)
+    oracle = oracle_below_peak(scenario, workload, 0.995, peak)
+    for policy in (peak, oracle):
+        assert policy.search is not None and policy.search.reached and not policy.search.unreachable
+        result = FleetSimulation(scenario, workload, policy).run()
+        assert summarize(result)["fleet"]["slo_attainment"] >= 0.995, policy.name
+    assert oracle.search.runs <= 8
+
+
+def test_unreachable_targets_are_reported() -> None:
+    from fleet_sim.baselines import oracle_below_peak
+    from fleet_sim.workload import build_workload
+
+    scenario = diurnal_scenario("oracle", peak_rps=6.0)
+    data = scenario.model_dump(by_alias=True, mode="json")
+    data["deployments"][0]["pools"]["agg"].update({"max": 1, "initial": 1, "min": 1})
+    small = parse_scenario(data, base_dir=ROOT)
+    workload = build_workload(small)
+    oracle = oracle_below_peak(small, workload, 0.995)
+    assert oracle.search is not None and oracle.search.unreachable == ["d"]
+    assert oracle.search.attainment["d"] < 0.995 and oracle.search.reached  # marked, so it counts as handled
+    assert oracle.search.runs <= 3

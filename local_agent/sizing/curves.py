@@ -494,8 +494,8 @@ def prefill_curve(
     queue = _prompt_queue(
         np.where(unlimited, 0.0, _rate_per_ms(served, calibration)),
         np.where(unlimited, 1.0, servers),
-        work.mean(),
-        np.mean(work**2),
+        float(work.mean()),
+        float(np.mean(work**2)),
         overhead,
         calibration.arrival_scv,
     )

@@ -12,9 +12,9 @@ Prefill (disaggregated): TTFT side
     ``E[S](ca^2 + cs^2) / 2 / (N (1 - rho))`` (``ca^2`` = 1 for Poisson arrivals; burstier
     traffic passes its measured ``Calibration.arrival_scv``, a G/G/c approximation), plus one
     overhead per partly filled iteration. A prompt's work is its variable prefill cost ``c(L)``
-    plus its token share of a full iteration's overhead (so the stability limit is that of full iterations). Its own part of
-    TTFT is ``overhead * chunks(L) + c(L) + KV transfer(L)``; attainment is the mean over the
-    sample of ``P(wait <= TTFT SLA - own part)``.
+    plus its token share of a full iteration's overhead (so the stability limit is that of full
+    iterations). Its own part of TTFT is ``overhead * chunks(L) + c(L) + KV transfer(L)``;
+    attainment is the mean over the sample of ``P(wait <= TTFT SLA - own part)``.
 
 Decode (disaggregated): ITL side
     Continuous batching. By Little's law the mean batch solves ``B = lambda E[d] itl(B + 1)``

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_planner.planning import PoolRole
+from fleet_planner.planning import PoolObservation, PoolRole
 
 
 class DecisionReason(str, Enum):
@@ -24,6 +24,8 @@ class DecisionReason(str, Enum):
     CONSOLIDATION_REFUSED = "consolidation_refused"  # survivors could not absorb N/(N-1) of the load
     IDLE_TO_MIN = "idle_to_min"  # traffic stopped: scale to the minimum
     GRACE_PERIOD = "grace_period"  # replicas were just added: no scale-down yet
+    MISS_MEMORY = "miss_memory"  # the pool recently missed its SLA at this load per replica
+    STABILISING = "stabilising"  # a higher count was recommended within the stabilisation window
     STEP_CAPPED = "step_capped"
     BUDGET_CAPPED = "budget_capped"  # local GPU budget or global grant
     MAX_CAPPED = "max_capped"
@@ -71,6 +73,28 @@ class AgentDecision(BaseModel):
     output_tokens_mean: float | None
     pools: list[PoolDecision]
     advisory: bool = False
+    arrival_scv: float | None = Field(default=None, description="burstiness the sizing assumed (1 = Poisson)")
+    ttft_factor: float | None = Field(default=None, description="observed / predicted TTFT the sizing corrects by")
+
+
+class AgentInput(BaseModel):
+    """One tick's input: the time and the pools' observations (None when none could be read)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    now_s: float = Field(allow_inf_nan=False)
+    observations: list[PoolObservation] | None = None
+
+
+class AgentEffects(BaseModel):
+    """What one tick decided: the targets to apply (none when advisory), the decision record
+    (reasons, estimates, diagnostics) and the demand curves an arbiter trades off."""
+
+    model_config = ConfigDict(frozen=True)
+
+    targets: dict[PoolRole, int]
+    decision: AgentDecision
+    curves: dict[PoolRole, list[float]] = Field(description="attainment for 0..max replicas, per pool")
 
 
 class RuntimeLimits(BaseModel):

@@ -423,3 +423,46 @@ class CorrectedPerfModel:
 def _is_array(x: Any) -> bool:
     """Sequences take the vectorised path, as in ``PerfModel``."""
     return isinstance(x, (np.ndarray, list, tuple))
+
+
+class TtftCorrection:
+    """How much slower (or faster) TTFT is than the capacity model predicts, learned online.
+
+    Each steady window (enough requests, no replica starting or draining) gives the ratio of the
+    p90 TTFT the entry pool showed to the p90 the model predicts at that window's rate, lengths
+    and ready replicas. Its exponentially weighted mean in log space (``half_life`` windows),
+    clamped to ``factor_range``, is the factor: sizing then asks the model for TTFT within
+    ``SLA / factor``. This covers what the profile and the queueing approximation both miss
+    (burstier arrivals, slower prefill, interference), without pretending to know which it is.
+    Until ``min_windows`` windows were seen the factor is 1 (the profile is trusted).
+    """
+
+    def __init__(
+        self, *, half_life: float = 10.0, min_windows: int = 5, factor_range: tuple[float, float] = (0.7, 3.0)
+    ):
+        lo, hi = factor_range
+        if not (0 < lo <= 1 <= hi < math.inf) or half_life <= 0 or min_windows < 1:
+            raise ValueError("need 0 < low <= 1 <= high, half_life > 0 and min_windows >= 1")
+        self.factor_range = (float(lo), float(hi))
+        self._keep = 0.5 ** (1.0 / half_life)
+        self._min_windows = min_windows
+        self._log_ratio = 0.0
+        self._weight = 0.0
+        self.windows = 0
+
+    def observe(self, observed_p90_ms: float, predicted_p90_ms: float) -> None:
+        """One steady window's observed and predicted p90 TTFT (both > 0)."""
+        if not (observed_p90_ms > 0 and predicted_p90_ms > 0):
+            raise ValueError("observed and predicted p90 TTFT must be > 0")
+        lo, hi = self.factor_range
+        ratio = math.log(min(max(observed_p90_ms / predicted_p90_ms, lo), hi))
+        self._weight = self._keep * self._weight + 1.0
+        self._log_ratio += (ratio - self._log_ratio) / self._weight
+        self.windows += 1
+
+    @property
+    def factor(self) -> float:
+        if self.windows < self._min_windows:
+            return 1.0
+        lo, hi = self.factor_range
+        return min(max(math.exp(self._log_ratio), lo), hi)

@@ -46,7 +46,7 @@ from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.connectors.kubernetes import KubernetesConnectorConfig
 from local_agent.connectors.processes import ProcessConnector
 from local_agent.connectors.virtual import VirtualConnector
-from local_agent.models import AgentDecision, RuntimeLimits
+from local_agent.models import AgentDecision, AgentInput, RuntimeLimits
 from local_agent.observe.prometheus import PrometheusSource
 from local_agent.planner_link.client import PlannerClient, channel_credentials
 from local_agent.planner_link.exchange import exchange
@@ -171,7 +171,7 @@ class AgentRuntime:
         if self.agent is None:
             self.agent = self._adopt(replicas)
         observations = await self.source.observe(now_s, self.spec, replicas)
-        decision = self.agent.step(now_s, observations)
+        decision = self.agent.step(AgentInput(now_s=now_s, observations=observations)).decision
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)
         log.info(

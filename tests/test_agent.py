@@ -17,8 +17,8 @@ from fleet_sim.runner import FleetSimulation
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.workload import build_workload
 from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.models import AgentEffects, AgentInput, RuntimeLimits
 from local_agent.models import DecisionReason as R
-from local_agent.models import RuntimeLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"
@@ -87,7 +87,8 @@ def observe(
 
 
 def step(a: LocalAgent, t: float, rps: float, **kwargs):
-    return a.step(t, [observe(role, t, rps, ready=a.targets()[role], **kwargs) for role in a.spec.pools])
+    obs = [observe(role, t, rps, ready=a.targets()[role], **kwargs) for role in a.spec.pools]
+    return a.step(AgentInput(now_s=t, observations=obs)).decision
 
 
 def agg(decision):
@@ -95,7 +96,7 @@ def agg(decision):
 
 
 def needed(a: LocalAgent, rps: float) -> int:
-    return a._sized(a._curves_at(rps, a._length_summary()))["agg"]
+    return a.sizer.sized(a.sizer.curves_at(rps, a.intake.lengths()))["agg"]
 
 
 # ---- predictive sizing ----------------------------------------------------------------------
@@ -184,7 +185,8 @@ def test_advisory_mode_decides_but_changes_nothing() -> None:
 def test_demand_curves_are_monotone_and_cover_zero_to_max(mode: str) -> None:
     a = agent(spec(mode, max_replicas=6), predictor="kalman")
     for i, rate in enumerate([20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]):
-        decision = a.step(i * TICK, [observe(role, i * TICK, rate, ready=a.targets()[role]) for role in a.spec.pools])
+        obs = [observe(role, i * TICK, rate, ready=a.targets()[role]) for role in a.spec.pools]
+        decision = a.step(AgentInput(now_s=i * TICK, observations=obs)).decision
     for pool in decision.pools:
         for curve in (pool.curve, pool.curve_low):
             assert len(curve) == 6 + 1
@@ -242,9 +244,9 @@ def local_run(trace: Path, delay_s: float | None = None, duration: float = 900):
     agent_ = policy.agents["d"]
     original = agent_.step
 
-    def spy(now_s, observations):
-        seen.append((now_s, observations))
-        return original(now_s, observations)
+    def spy(tick: AgentInput) -> AgentEffects:
+        seen.append((tick.now_s, tick.observations))
+        return original(tick)
 
     agent_.step = spy
     result = FleetSimulation(scenario, workload, policy).run()

@@ -9,6 +9,7 @@ from pathlib import Path
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentSpec, Distribution, PoolObservation, PoolSpec
 from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.models import AgentInput
 from local_agent.perf_correction import CorrectedPerfModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def _run(slowdown: float, correction: bool) -> LocalAgent:
                 **common,
             ),
         ]
-        agent.step(tick * TICK, observations)
+        agent.step(AgentInput(now_s=tick * TICK, observations=observations))
     return agent
 
 

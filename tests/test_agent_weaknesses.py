@@ -21,8 +21,10 @@ from fleet_sim.runner import FleetSimulation
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.workload import build_workload
 from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.decide.limits import apply_budget
+from local_agent.decide.reactive import Proposal
+from local_agent.models import AgentInput, RuntimeLimits
 from local_agent.models import DecisionReason as R
-from local_agent.models import RuntimeLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"
@@ -107,7 +109,7 @@ def run(a: LocalAgent, start: float, ticks: int, make) -> list:
     out = []
     for i in range(ticks):
         t = start + i * TICK
-        out.append(a.step(t, make(t, a.targets())))
+        out.append(a.step(AgentInput(now_s=t, observations=make(t, a.targets()))).decision)
     return out
 
 
@@ -318,7 +320,7 @@ def test_demand_is_read_from_admissions_not_completions() -> None:
         ttft_ms=few,
         itl_ms=Distribution(count=20, mean=40, p50=35, p90=60, p99=90),
     )
-    decision = a.step(0.0, [obs])
+    decision = a.step(AgentInput(now_s=0.0, observations=[obs])).decision
     assert decision.observed_rps == pytest.approx(TWO_REPLICAS_RPS)
     assert decision.forecast_rps == pytest.approx(TWO_REPLICAS_RPS)
     assert pool(decision).target >= 2  # sized for what arrives, not for what got out
@@ -384,7 +386,7 @@ def test_budget_holds_when_observations_are_missing_or_partial() -> None:
         for k in range(10):
             t = (i * 10 + k) * TICK
             obs = [o.model_copy(update={"time_s": t}) for o in observations] if observations else observations
-            decision = a.step(t, obs)
+            decision = a.step(AgentInput(now_s=t, observations=obs)).decision
             assert sum(p.target * 2 for p in decision.pools) <= 8
             assert total() <= 8
     # Huge load on both pools: increases are capped by the budget, never above max.
@@ -406,25 +408,25 @@ def test_budget_shrinks_increases_proportionally_never_reverses_never_above_max(
     deployment = spec("disagg", initial=2, max_replicas=5)
     a = agent(deployment, gpu_budget=8)
     decisions = [
-        a._finish("prefill", 2, 8, 8, R.PREDICTIVE_UP, "", (None, None), 1, 5),  # capped at max 5 first
-        a._finish("decode", 2, 6, 6, R.PREDICTIVE_UP, "", (None, None), 1, 5),
+        a._finish("prefill", 2, Proposal(8, R.PREDICTIVE_UP, "")),  # capped at max 5 first
+        a._finish("decode", 2, Proposal(6, R.PREDICTIVE_UP, "")),
     ]
     assert [d.target for d in decisions] == [5, 5]
-    capped = {d.role: d for d in a._apply_budget(decisions)}
+    capped = {d.role: d for d in apply_budget(a.spec, a.limits.gpu_budget, decisions)}
     # 4 GPUs of room for 3 + 3 wanted extra: two thirds of each increase, rounded down.
     assert capped["prefill"].target == 4 and capped["decode"].target == 4
     assert all(d.reason == R.BUDGET_CAPPED for d in capped.values())
     assert all(d.target >= d.current for d in capped.values())  # an increase never becomes a decrease
     # One pool shrinking and one growing: the shrink is kept, the freed GPUs fund the growth.
     mixed = [
-        a._finish("prefill", 4, 3, 3, R.PREDICTIVE_DOWN, "", (None, None), 1, 5),
-        a._finish("decode", 4, 5, 5, R.PREDICTIVE_UP, "", (None, None), 1, 5),
+        a._finish("prefill", 4, Proposal(3, R.PREDICTIVE_DOWN, "")),
+        a._finish("decode", 4, Proposal(5, R.PREDICTIVE_UP, "")),
     ]
-    assert {d.role: d.target for d in a._apply_budget(mixed)} == {"prefill": 3, "decode": 5}
+    assert {d.role: d.target for d in apply_budget(a.spec, a.limits.gpu_budget, mixed)} == {"prefill": 3, "decode": 5}
     # Through step(): the whole agent under a runtime budget change that is below what it holds.
     b = agent(spec(initial=4), gpu_budget=None)
     b.set_limits(RuntimeLimits(gpu_budget=2))
-    decision = b.step(0.0, None)
+    decision = b.step(AgentInput(now_s=0.0)).decision
     assert pool(decision).target == 2 and pool(decision).reason == R.BUDGET_CAPPED
     run(b, TICK, 10, lambda t, targets: [observe("agg", t, 3 * TWO_REPLICAS_RPS, ready=targets["agg"], healthy=False)])
     assert b.targets()["agg"] <= 2
@@ -434,7 +436,12 @@ def test_budget_shrinks_increases_proportionally_never_reverses_never_above_max(
 def test_sizing_uses_the_upper_quantile_over_startup_plus_interval() -> None:
     a = agent(spec(initial=1), predictor="kalman")
     rates = [5.0, 8.0, 11.0, 14.0, 17.0, 20.0, 23.0]  # a ramp: the max over the horizon is ahead
-    decisions = [a.step(i * TICK, [observe("agg", i * TICK, r, ready=a.targets()["agg"])]) for i, r in enumerate(rates)]
+    decisions = [
+        a.step(
+            AgentInput(now_s=i * TICK, observations=[observe("agg", i * TICK, r, ready=a.targets()["agg"])])
+        ).decision
+        for i, r in enumerate(rates)
+    ]
     last_throughput = decisions[-1]
     assert last_throughput.loop == "throughput" and last_throughput.time_s == a.options.throughput_interval_s
     assert last_throughput.forecast_upper_rps >= last_throughput.forecast_rps > 0
@@ -443,9 +450,9 @@ def test_sizing_uses_the_upper_quantile_over_startup_plus_interval() -> None:
     assert decisions[-1].forecast_upper_rps == pytest.approx(expected.upper)  # horizon = startup + interval
     assert expected.mean > rates[-1]  # the trend is extrapolated, not a one-step mean
     # Sizing ran at the upper quantile: the pessimistic curve is the one at forecast_upper_rps.
-    lengths = a._length_summary()
-    at_upper = a._curves_at(last_throughput.forecast_upper_rps, lengths)
-    assert a._sized(at_upper)["agg"] == a.pools["agg"].predictive
+    lengths = a.intake.lengths()
+    at_upper = a.sizer.curves_at(last_throughput.forecast_upper_rps, lengths)
+    assert a.sizer.sized(at_upper)["agg"] == a.pools["agg"].predictive
     assert pool(last_throughput).curve_low == pytest.approx(list(at_upper["agg"].attainment))
 
 
@@ -454,7 +461,9 @@ def test_steep_fall_never_gives_a_negative_forecast(predictor: str) -> None:
     a = agent(spec(initial=4), predictor=predictor, throughput_interval_s=TICK)
     rates = [80.0 - 6.0 * i for i in range(14)] + [0.0] * 6
     for i, rate in enumerate(rates):
-        decision = a.step(i * TICK, [observe("agg", i * TICK, rate, ready=a.targets()["agg"])])
+        decision = a.step(
+            AgentInput(now_s=i * TICK, observations=[observe("agg", i * TICK, rate, ready=a.targets()["agg"])])
+        ).decision
         assert decision.forecast_rps is not None and decision.forecast_rps >= 0.0
         assert decision.forecast_upper_rps >= decision.forecast_rps
         assert all(p.target >= 1 for p in decision.pools)

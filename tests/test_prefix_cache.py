@@ -19,6 +19,7 @@ from fleet_sim.runner import FleetSimulation
 from fleet_sim.scenario import parse_scenario
 from fleet_sim.workload import build_workload
 from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.models import AgentInput
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"
@@ -212,7 +213,7 @@ def test_agent_sizes_prefill_for_prefix_reuse(mode: str) -> None:
             )
             for role in spec.pools
         ]
-        agent.step(0.0, observations)
+        agent.step(AgentInput(now_s=0.0, observations=observations))
         return {role: state.predictive for role, state in agent.pools.items()}
 
     ignored, zero, high = sized(None), sized(0.0), sized(0.7)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
 from local_agent.agent import AgentOptions, LocalAgent
-from local_agent.models import AgentDecision
+from local_agent.models import AgentDecision, AgentInput
 from local_agent.sizing.shares import endpoint_shares
 
 
@@ -45,7 +45,8 @@ def step_agents(
     agents: dict[str, LocalAgent], now_s: float, observation: FleetObservation | None
 ) -> list[AgentDecision]:
     observations = observation.pools if observation is not None else None
-    return [agent.step(now_s, observations) for agent in agents.values()]
+    tick = AgentInput(now_s=now_s, observations=observations)
+    return [agent.step(tick).decision for agent in agents.values()]
 
 
 def reason_text(pool) -> str:

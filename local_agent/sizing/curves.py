@@ -9,11 +9,12 @@ Prefill (disaggregated): TTFT side
     up to ``max_batch_tokens`` tokens each. The router sends each prompt to the replica with the
     least queued work, which behaves like one queue with N servers, so the pool is an M/G/c
     queue: Erlang C for P(wait), an exponential wait tail with the Allen–Cunneen mean
-    ``E[S](1 + cv^2) / 2 / (N (1 - rho))``, plus one overhead per partly filled iteration. A
-    prompt's work is its variable prefill cost ``c(L)`` plus its token share of a full
-    iteration's overhead (so the stability limit is that of full iterations). Its own part of
-    TTFT is ``overhead * chunks(L) + c(L) + KV transfer(L)``; attainment is the mean over the
-    sample of ``P(wait <= TTFT SLA - own part)``.
+    ``E[S](ca^2 + cs^2) / 2 / (N (1 - rho))`` (``ca^2`` = 1 for Poisson arrivals; burstier
+    traffic passes its measured ``Calibration.arrival_scv``, a G/G/c approximation), plus one
+    overhead per partly filled iteration. A prompt's work is its variable prefill cost ``c(L)``
+    plus its token share of a full iteration's overhead (so the stability limit is that of full
+    iterations). Its own part of TTFT is ``overhead * chunks(L) + c(L) + KV transfer(L)``;
+    attainment is the mean over the sample of ``P(wait <= TTFT SLA - own part)``.
 
 Decode (disaggregated): ITL side
     Continuous batching. By Little's law the mean batch solves ``B = lambda E[d] itl(B + 1)``
@@ -217,11 +218,13 @@ def _decode_point(
     slots: float,
     itl_factor: float,
     stretch: np.ndarray,
+    arrival_scv: float = 1.0,
 ) -> _DecodePoint:
     """Solve ``B = lambda E[d] stretch itl(B + 1)`` on a batch grid, for every N at once.
 
-    Iteration-time noise: the batch is Poisson(B) (variance B) and its mean context averages
-    B + 1 sequences' contexts; both are scaled by the local slopes of ``itl``.
+    Iteration-time noise: the batch has variance ``B ca^2`` (Poisson arrivals: B; burstier
+    arrivals: proportionally more) and its mean context averages B + 1 sequences' contexts; both
+    are scaled by the local slopes of ``itl``.
     """
     grid = np.linspace(0.0, slots, GRID_POINTS)
     itl = np.asarray(model.itl_ms(np.minimum(grid + 1.0, slots), shape.context)) * itl_factor
@@ -239,7 +242,7 @@ def _decode_point(
     context_slope = (
         (wider[seen.size :] - wider[: seen.size]) * itl_factor / (shape.context * (_CTX_STEPS[1] - _CTX_STEPS[0]))
     )
-    variance = slope**2 * batch + context_slope**2 * shape.context_variance / (batch + 1.0)
+    variance = slope**2 * batch * arrival_scv + context_slope**2 * shape.context_variance / (batch + 1.0)
     capacity = slots / itl[-1]  # sequences per ms of decode time at the cap
     return _DecodePoint(
         batch=np.where(stable, root, np.inf),
@@ -344,15 +347,19 @@ def _prompt_queue(
     mean_work: np.ndarray | float,
     mean_work_sq: np.ndarray | float,
     vacation_ms: np.ndarray | float,
+    arrival_scv: float = 1.0,
 ) -> _PromptQueue:
-    """Erlang C with the Allen–Cunneen correction for general service times. Work is a prompt's
-    prefill cost plus its token share of a full iteration's fixed time (prompts queued together
-    share one iteration); ``vacation_ms`` adds what partly filled iterations cost on top."""
+    """Erlang C with the Allen–Cunneen correction for general arrivals and service times (G/G/c:
+    the M/M/c wait scaled by ``(ca^2 + cs^2) / 2``). Work is a prompt's prefill cost plus its token
+    share of a full iteration's fixed time (prompts queued together share one iteration);
+    ``vacation_ms`` adds what partly filled iterations cost on top."""
     offered = rate_per_ms * mean_work
     rho = offered / servers
     stable = rho < 1.0
     free = np.where(stable, 1.0 - rho, 1.0)
-    residual = mean_work_sq / (2.0 * np.maximum(mean_work, 1e-12))  # E[S] (1 + cv^2) / 2
+    # E[S] (ca^2 + cs^2) / 2 = (E[S^2] + (ca^2 - 1) E[S]^2) / (2 E[S])
+    excess = (arrival_scv - 1.0) * np.square(mean_work)
+    residual = np.maximum(mean_work_sq + excess, 1e-12) / (2.0 * np.maximum(mean_work, 1e-12))
     return _PromptQueue(
         stable=stable,
         utilisation=rho,
@@ -487,9 +494,10 @@ def prefill_curve(
     queue = _prompt_queue(
         np.where(unlimited, 0.0, _rate_per_ms(served, calibration)),
         np.where(unlimited, 1.0, servers),
-        work.mean(),
-        np.mean(work**2),
+        float(work.mean()),
+        float(np.mean(work**2)),
         overhead,
+        calibration.arrival_scv,
     )
     order = np.sort(own)
     grouped = _own_time(order.size, lambda at: order[at][None, :])
@@ -523,7 +531,9 @@ def decode_curve(
     slots = _slots(model, shape, max_num_seqs)
     servers = _replica_counts(max_replicas)
     rate = _rate_per_ms(served, calibration) * 1000.0 / servers  # req/s per replica
-    point = _decode_point(model, shape, rate, slots, calibration.itl_factor, np.ones_like(rate))
+    point = _decode_point(
+        model, shape, rate, slots, calibration.itl_factor, np.ones_like(rate), calibration.arrival_scv
+    )
 
     zero = np.zeros_like(rate)
     itl_met, itl_p90 = _itl_attainment(sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero)
@@ -564,7 +574,7 @@ def agg_curve(
     # Decode: prefill chunks take a share rho_c of the time, stretching every iteration.
     rho_c = lam * variable.mean()
     stretch = np.where(rho_c < 1.0, 1.0 / np.maximum(1.0 - rho_c, 1e-12), np.inf)
-    point = _decode_point(model, shape, lam * 1000.0, slots, calibration.itl_factor, stretch)
+    point = _decode_point(model, shape, lam * 1000.0, slots, calibration.itl_factor, stretch, calibration.arrival_scv)
     batch = np.where(point.stable, point.batch, 0.0)
     stretch = np.where(point.stable, stretch, 1.0)
     mean_itl = point.itl * stretch
@@ -594,7 +604,7 @@ def agg_curve(
     # Agg routing balances reserved KV tokens, not prompt queues: each replica is its own M/G/1,
     # with the decode step as a vacation that the least-loaded choice among N replicas dodges
     # about N - 1 times in N (fitted against the simulator).
-    queue = _prompt_queue(lam, np.ones_like(servers), mean_work, mean_work_sq, step / servers)
+    queue = _prompt_queue(lam, np.ones_like(servers), mean_work, mean_work_sq, step / servers, calibration.arrival_scv)
     queue = replace(queue, stable=queue.stable & point.stable)
     residual = busy * mean_itl / 2.0  # of the iteration running when a prompt arrives
     order = np.argsort(inputs, kind="stable")

@@ -27,7 +27,9 @@ class Calibration(BaseModel):
 
     ``load_factor`` is planning headroom: the model sizes for ``rate * load_factor``.
     ``prefill_factor`` and ``itl_factor`` scale the profile's prefill cost and decode iteration
-    time, for engines that run slower (or faster) than their profile.
+    time, for engines that run slower (or faster) than their profile. ``arrival_scv`` is the
+    arrivals' squared coefficient of variation (1 = Poisson; see
+    :mod:`local_agent.sizing.burstiness`): queueing waits and batch noise grow with it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -35,6 +37,7 @@ class Calibration(BaseModel):
     load_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     prefill_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     itl_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    arrival_scv: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class LoadEstimate(BaseModel):

@@ -81,7 +81,7 @@ def first_root(grid: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarra
     g0, g1 = gap[rows, j - 1], gap[rows, j]
     frac = np.clip(-g0 / np.where(g1 > g0, g1 - g0, 1.0), 0.0, 1.0)
     root = grid[j - 1] + frac * (grid[j] - grid[j - 1])
-    return np.where(found, root, np.inf), j, found
+    return np.where(found, root, np.inf), j, np.asarray(found)
 
 
 def exp_tail_met(lo: np.ndarray, hi: np.ndarray, rho: np.ndarray, decay: np.ndarray) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""What each of the local agent's burst and stability mechanisms buys, on the scenario matrix.
+
+    python benchmarks/bench_mechanisms.py --half tuning --span hour            # ~10 min on 2 cores
+    python benchmarks/bench_mechanisms.py --half held-out --span hour --variants off defaults
+
+For every chosen cell of ``fleet_sim.matrix`` the baselines (static-peak and the searched oracle)
+run once — or are read from ``--baselines FILE`` (written on first use, so variants can be
+compared without searching the oracle again) — then the local agent once per variant: all
+mechanisms ``off`` (the agent before issue 10), each mechanism alone, the ``defaults``, and the
+defaults plus the mechanisms that are off by default. Prints per cell and variant: local GPU-hours
+over the oracle's, SLO attainment per deployment (and the oracle's), the worst deployment's
+scaling-direction reversals per hour and the acceptance points (A slo, B cost, C stable, D oracle,
+as in ``bench_matrix.py``); then per variant how many cells pass each point, the median GPU ratio
+and the mean reversals per deployment-hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_matrix import acceptance, run_cell  # noqa: E402
+
+from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, reversals_per_hour  # noqa: E402
+from fleet_sim.outputs import summarize  # noqa: E402
+from fleet_sim.policies import make_policy  # noqa: E402
+from fleet_sim.runner import FleetSimulation  # noqa: E402
+from fleet_sim.workload import build_workload  # noqa: E402
+
+OFF = {"burst_windows": 0, "ttft_correction": False, "miss_memory_s": 0.0, "down_margin": 0.0}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": OFF,
+    "burst": {**OFF, "burst_windows": 40},
+    "ttft": {**OFF, "ttft_correction": True},
+    "miss": {**OFF, "miss_memory_s": 1800.0},
+    "band": {**OFF, "down_margin": 0.2},
+    "window": {**OFF, "stabilization_window_s": 300.0},
+    "defaults": {},
+    "defaults+burst": {"burst_windows": 40},
+    "defaults+p75": {"forecast_quantile": 0.75},
+    "defaults+window": {"stabilization_window_s": 300.0},
+    "defaults+band+window": {"down_margin": 0.1, "stabilization_window_s": 300.0},
+}
+
+
+def run_local(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The local agent on one cell with these planner options: the figures ``acceptance`` reads."""
+    cell, workdir, options = job
+    scenario = build_scenario(cell, "local", workdir)
+    if options:
+        planner = scenario.planner
+        scenario = scenario.model_copy(update={"planner": type(planner)(**{**planner.model_dump(), **options})})
+    workload = build_workload(scenario)
+    result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
+    summary = summarize(result)
+    return cell.name, {
+        "gpu_hours": summary["fleet"]["gpu_hours"],
+        "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
+        "reversals_per_hour": reversals_per_hour(result),
+        "changes_per_pool_hour": changes_per_pool_hour(result),
+        "search": None,
+    }
+
+
+def _baselines(chosen: list[Cell], workdir: Path, path: Path | None, pool: Any) -> dict[str, dict[str, Any]]:
+    """Every cell's row from ``bench_matrix.run_cell`` (baselines searched once), cached in ``path``."""
+    known = {row["cell"]: row for row in json.loads(path.read_text())} if path and path.exists() else {}
+    missing = [(cell, workdir, {}) for cell in chosen if cell.name not in known]
+    for row in pool.imap_unordered(run_cell, missing):
+        known[row["cell"]] = row
+        print(f"... baselines of {row['cell']} done", file=sys.stderr, flush=True)
+    if path:
+        path.write_text(json.dumps(list(known.values()), indent=1))
+    return known
+
+
+def _pct(values: dict[str, float | None]) -> str:
+    return ",".join(f"{100 * (v or 0.0):.1f}" for v in values.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--half", choices=["tuning", "held-out", "all"], default="tuning")
+    parser.add_argument("--span", choices=["hour", "day", "all"], default="hour")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--baselines", type=Path, help="JSON cache of the baseline rows (read, then completed)")
+    parser.add_argument("--workdir", type=Path, default=Path("matrix-out/data"))
+    args = parser.parse_args()
+    chosen = [
+        c for c in cells() if args.half in ("all", c.half) and args.span in ("all", c.span) and len(c.policies) == 3
+    ]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        rows = _baselines(chosen, args.workdir, args.baselines, pool)
+        print(f"{'variant':<22}{'half':<9}{'cell':<42}{'xoracle':>8}  {'SLO % (oracle)':<26}{'rev/h':>6}  A B C D")
+        for variant in args.variants:
+            jobs = [(cell, args.workdir, VARIANTS[variant]) for cell in chosen]
+            local = dict(pool.imap_unordered(run_local, jobs))
+            figures: dict[str, list[tuple[dict[str, bool], float, float]]] = {}
+            for cell in chosen:
+                policies = {**rows[cell.name]["policies"], "local": local[cell.name]}
+                verdict = acceptance(policies)
+                ratio = local[cell.name]["gpu_hours"] / policies["oracle"]["gpu_hours"]
+                worst = max(local[cell.name]["reversals_per_hour"].values())
+                figures.setdefault(cell.half, []).append((verdict, ratio, worst))
+                slo = f"{_pct(local[cell.name]['attainment'])} ({_pct(policies['oracle']['attainment'])})"
+                marks = " ".join("P" if ok else "F" for ok in verdict.values())
+                print(f"{variant:<22}{cell.half:<9}{cell.name:<42}{ratio:>8.2f}  {slo:<26}{worst:>6.1f}  {marks}")
+            for half, found in sorted(figures.items(), reverse=True):
+                passed = {key: sum(v[key] for v, _, _ in found) for key in found[0][0]}
+                print(
+                    f"{variant} ({half}): cells passing {passed} of {len(found)}; median GPU-hours / oracle "
+                    f"{statistics.median(r for _, r, _ in found):.2f}; mean reversals per deployment-hour "
+                    f"{statistics.mean(w for _, _, w in found):.1f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

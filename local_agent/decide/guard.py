@@ -1,0 +1,143 @@
+"""The scale-down guard: a scale-down happens only when it is safe and has been for a while.
+
+In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while replicas start;
+*consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
+(burst-aware, corrected) model at the larger of the observed and forecast upper load, times
+``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
+survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
+which this pool recently missed its SLA (or ran over its queue or KV threshold), until the load
+has fallen by ``miss_margin``;
+*stabilisation*: only down to the highest of the recommendations of the last
+``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+
+from fleet_planner.planning import PoolObservation, PoolRole
+from local_agent.decide.intake import Lengths
+from local_agent.decide.options import AgentOptions
+from local_agent.decide.reactive import Proposal
+from local_agent.decide.sizer import Sizer
+from local_agent.models import DecisionReason
+
+R = DecisionReason
+MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
+
+
+class PoolMemory:
+    """What the guard remembers of one pool."""
+
+    __slots__ = ("last_scale_up_s", "misses", "recommendations")
+
+    def __init__(self) -> None:
+        self.last_scale_up_s = -math.inf
+        self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
+        self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
+
+
+class ScaleDownGuard:
+    def __init__(self, options: AgentOptions, sizer: Sizer, roles: list[PoolRole]):
+        self.options = options
+        self.sizer = sizer
+        self.pools = {role: PoolMemory() for role in roles}
+
+    def scaled_up(self, role: PoolRole, now_s: float) -> None:
+        self.pools[role].last_scale_up_s = now_s
+
+    def missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
+        """The pool missed its SLA (or its queue or KV use ran over the threshold that adds a
+        replica) at ``ready`` replicas and (smoothed) load ``rate``."""
+        if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
+            self.pools[role].misses.append((now_s, rate / ready))
+
+    def recommend(self, role: PoolRole, now_s: float, count: int) -> None:
+        """What this tick's sizing asked for (before stabilisation), for the window."""
+        window = self.options.stabilization_window_s
+        if window <= 0:
+            return
+        history = self.pools[role].recommendations
+        history.append((now_s, count))
+        while history and history[0][0] <= now_s - window:
+            history.popleft()
+
+    def check(
+        self,
+        role: PoolRole,
+        now_s: float,
+        obs: PoolObservation,
+        current: int,
+        proposal: Proposal,
+        floor: int,
+        targets: Mapping[PoolRole, int],
+        observed_rate: float | None,
+        smoothed_rate: float | None,
+        lengths: Lengths | None,
+    ) -> tuple[Proposal, int]:
+        """The proposal if its scale-down is safe (else a hold at ``current`` with the reason),
+        and the fewest replicas (not below ``floor``) that are safe now: this tick's
+        recommendation for the stabilisation window."""
+        if now_s - self.pools[role].last_scale_up_s < self.options.scale_down_grace_s:
+            return Proposal(current, R.GRACE_PERIOD, "replicas were just added"), current
+        if obs.starting > 0:
+            return Proposal(current, R.HOLD, "replicas still starting"), current
+        # Consolidation: after removing replicas the survivors carry current/wanted times the
+        # load each. Check at the larger of observed and forecast upper load (the 2<->1
+        # oscillation came from ignoring this), plus the dead band ``down_margin``: sizing up
+        # and down at the same load boundary would flap with the forecast's noise.
+        forecast = self.sizer.forecast
+        rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
+        curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + self.options.down_margin), lengths)
+        recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
+
+        def refusal(wanted: int) -> Proposal | None:
+            survivors = {**targets, role: wanted}
+            if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
+                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s"
+                return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
+            if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted:
+                per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)
+                if obs.active_kv_tokens > self.options.kv_low * per_replica_capacity * wanted:
+                    return Proposal(current, R.CONSOLIDATION_REFUSED, "survivors' KV cache would be too full")
+            if wanted == 0 and rate > 0:
+                return Proposal(current, R.CONSOLIDATION_REFUSED, "traffic is not zero")
+            missed = self._remembered_miss(self.pools[role], now_s, wanted, recent)
+            return None if missed is None else Proposal(current, R.MISS_MEMORY, missed)
+
+        refused = refusal(proposal.wanted)
+        if refused is not None:
+            return refused, current
+        lowest = proposal.wanted
+        if self.options.stabilization_window_s > 0:
+            while lowest - 1 >= floor and refusal(lowest - 1) is None:
+                lowest -= 1
+        return proposal, lowest
+
+    def _remembered_miss(self, memory: PoolMemory, now_s: float, wanted: int, rate: float) -> str | None:
+        """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
+        if self.options.miss_memory_s <= 0 or wanted <= 0:
+            return None
+        while memory.misses and memory.misses[0][0] < now_s - self.options.miss_memory_s:
+            memory.misses.popleft()
+        if not memory.misses:
+            return None
+        lowest = min(per_replica for _, per_replica in memory.misses)
+        if rate / wanted >= (1.0 - self.options.miss_margin) * lowest:
+            return f"missed the SLA at {lowest:.2f} req/s per replica; {wanted} would carry {rate / wanted:.2f}"
+        return None
+
+    def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> Proposal:
+        """Scale down only to the highest recommendation of the window (HPA stabilisation): a
+        recommendation is the fewest replicas safe at that tick, so a load that stayed low for
+        the whole window is followed down without waiting a window per replica."""
+        history = self.pools[role].recommendations
+        if self.options.stabilization_window_s <= 0 or proposal.wanted >= current or not history:
+            return proposal
+        highest = max(count for _, count in history)
+        if highest > proposal.wanted:
+            wanted = min(highest, current)
+            return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}")
+        return proposal

@@ -1,0 +1,138 @@
+"""Observation intake: what the agent keeps from each window of observations.
+
+The admitted rate feeds the predictor (not completions: under backpressure completions
+under-count demand), recent length summaries and prefix-cache hit rates feed sizing, window
+counts give the arrivals' burstiness, and the decode model learns from observed iterations.
+Missing metrics are None, never 0: unknown traffic is not zero traffic.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from fleet_planner.planning import Distribution, PoolObservation, PoolRole
+from local_agent.decide.options import AgentOptions
+from local_agent.forecast.base import Predictor
+from local_agent.perf_correction import CorrectedPerfModel
+from local_agent.sizing.burstiness import count_dispersion
+
+MAX_PREFIX_HIT = 0.9  # sizing never counts on more prefix-cache reuse than this
+SMOOTHING_WINDOWS = 4  # windows averaged into the load that SLA misses are remembered at
+
+Lengths = tuple[Distribution, Distribution]
+
+
+class Intake:
+    """Per-deployment memory of recent windows; ``observe`` returns the admitted rate (or None)."""
+
+    def __init__(self, options: AgentOptions, predictor: Predictor, entry_role: PoolRole, endpoint_share: float | None):
+        self.options = options
+        self.predictor = predictor
+        self.entry_role = entry_role
+        self.endpoint_share = endpoint_share
+        self._lengths: deque[tuple[int, Distribution, Distribution]] = deque(maxlen=options.length_windows)
+        # (weight, prefix-cache hit rate) of recent entry-pool windows: prefill sizing discounts reuse.
+        self._prefix_hits: deque[tuple[int, float]] = deque(maxlen=options.length_windows)
+        self._counts: deque[float] = deque(maxlen=max(options.burst_windows, 1))
+        self._rates: deque[float] = deque(maxlen=SMOOTHING_WINDOWS)
+        self.last_admission_s: float | None = None
+        self.started_s: float | None = None
+
+    def observe(self, now_s: float, pools: dict[PoolRole, PoolObservation], decode: object) -> float | None:
+        """Take one tick's observations; ``decode`` is the decode pool's model (learns if it can)."""
+        entry = pools.get(self.entry_role)
+        if entry is None or entry.admitted is None:
+            self.unknown(now_s)
+            return None
+        shared = self.endpoint_share is not None and entry.endpoint_admitted is not None
+        count = entry.endpoint_admitted * self.endpoint_share if shared else entry.admitted  # type: ignore[operator]
+        rate = count / entry.window_s
+        self.predictor.observe(rate)
+        self._counts.append(count)
+        self._rates.append(rate)
+        if self.started_s is None:
+            self.started_s = now_s
+        if entry.admitted > 0 or (shared and entry.endpoint_admitted):
+            # A deployment sharing its endpoint is busy while the endpoint is (scaled to zero, it
+            # gets no traffic of its own), and sizes on the endpoint's lengths until it has its own.
+            self.last_admission_s = now_s
+            if entry.admitted > 0 and entry.input_tokens is not None and entry.output_tokens is not None:
+                self._lengths.append((entry.admitted, entry.input_tokens, entry.output_tokens))
+            elif shared and entry.endpoint_input_tokens is not None and entry.endpoint_output_tokens is not None:
+                self._lengths.append(
+                    (entry.endpoint_admitted or 0, entry.endpoint_input_tokens, entry.endpoint_output_tokens)
+                )
+        self._learn_decode(pools, decode)
+        if entry.prefix_hit_rate is not None:
+            self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))
+        return rate
+
+    def unknown(self, now_s: float) -> None:
+        """No usable admission metric this tick: the predictor sees a gap, and the agent never
+        counts unknown traffic as idle."""
+        self.predictor.observe(None)
+        self.last_admission_s = now_s
+
+    def _learn_decode(self, pools: dict[PoolRole, PoolObservation], model: object) -> None:
+        """Feed the decode model one window-averaged iteration: the per-token latency requests saw
+        (``itl_ms.mean``) at the window's mean running batch per replica and mean context."""
+        obs = pools.get("decode")
+        if not isinstance(model, CorrectedPerfModel) or obs is None or obs.itl_ms is None or not obs.ready:
+            return
+        if obs.scheduled_tokens_per_s is None or not self._lengths:
+            return
+        batch = obs.scheduled_tokens_per_s * obs.itl_ms.mean / 1000.0 / obs.ready
+        _, inputs, outputs = self._lengths[-1]
+        if batch >= 1.0 and obs.itl_ms.count >= 10:
+            model.observe_iteration("decode", obs.itl_ms.mean, batch, inputs.mean + outputs.mean / 2)
+
+    def arrival_scv(self) -> float:
+        """The arrivals' ``ca^2`` from recent window counts (1 = Poisson until enough windows)."""
+        if self.options.burst_windows == 0:
+            return 1.0
+        return count_dispersion(list(self._counts)) or 1.0
+
+    def smoothed_rate(self) -> float | None:
+        """Mean admitted rate of the last few windows (what a miss is remembered at)."""
+        return float(np.mean(self._rates)) if self._rates else None
+
+    def prefix_hit_rate(self) -> float:
+        """Admission-weighted prefix-cache hit rate of recent windows (0 when never reported),
+        capped at ``MAX_PREFIX_HIT``. (The anchor ignored prefix-cache reuse and oversized prefill.)"""
+        if not self._prefix_hits:
+            return 0.0
+        total = sum(weight for weight, _ in self._prefix_hits)
+        pooled = sum(weight * hit for weight, hit in self._prefix_hits) / total
+        return min(max(pooled, 0.0), MAX_PREFIX_HIT)
+
+    def lengths(self) -> Lengths | None:
+        """Count-weighted pool of recent windows' length summaries (tail-aware: keeps p90/p99)."""
+        if not self._lengths:
+            return None
+        weights = np.array([count for count, _, _ in self._lengths], dtype=float)
+        weights /= weights.sum()
+
+        def pooled(index: int) -> Distribution:
+            rows: list[Distribution] = [entry[index] for entry in self._lengths]  # type: ignore[misc]
+            return Distribution(
+                count=int(sum(r.count for r in rows)),
+                mean=float(np.dot(weights, [r.mean for r in rows])),
+                p50=float(np.dot(weights, [r.p50 for r in rows])),
+                p90=float(np.dot(weights, [r.p90 for r in rows])),
+                p99=float(max(r.p99 for r in rows)),
+            )
+
+        return pooled(1), pooled(2)
+
+    def idle(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> bool:
+        """Traffic stopped: nothing admitted for ``idle_after_s`` and nothing queued. (The anchor
+        skipped its tick on zero traffic and never scaled down.)"""
+        if self.started_s is None or now_s - self.started_s < self.options.idle_after_s:
+            return False
+        last = self.last_admission_s
+        if last is not None and now_s - last < self.options.idle_after_s:
+            return False
+        queued = sum((obs.queued_requests or 0) for obs in pools.values())
+        return queued == 0

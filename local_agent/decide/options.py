@@ -1,0 +1,67 @@
+"""The agent's tunables: the ``planner:`` options of a scenario or the agent's config file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AgentOptions(BaseModel):
+    """Tunables of one agent (the ``planner:`` options of a scenario or the agent's config file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["throughput", "load", "both"] = "both"
+    throughput_interval_s: float = Field(default=180.0, gt=0, allow_inf_nan=False)
+    target: Literal["throughput", "latency", "sla"] = "sla"  # what the reactive loop watches
+    predictor: str = "kalman"
+    predictor_options: dict = Field(default_factory=dict)
+    forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
+    target_attainment: float = Field(default=0.99, gt=0, le=1.0)
+    headroom: float = Field(default=1.0, ge=1.0, le=3.0, allow_inf_nan=False, description="plan for rate x headroom")
+    scale_down_grace_s: float = Field(
+        default=300.0, ge=0, allow_inf_nan=False, description="no scale-down this long after a scale-up"
+    )
+    max_step_up: int | None = Field(default=None, ge=1)
+    max_step_down: int = Field(default=1, ge=1)
+    idle_after_s: float = Field(default=120.0, gt=0, allow_inf_nan=False, description="no admissions this long = idle")
+    queue_tokens_per_replica: float = Field(
+        default=16384, gt=0, description="latency target: prefill backlog that adds a replica"
+    )
+    kv_high: float = Field(default=0.85, gt=0, le=1.0, description="latency target: KV use that adds a decode replica")
+    kv_low: float = Field(default=0.5, gt=0, le=1.0)
+    length_windows: int = Field(default=20, ge=1, description="observation windows pooled for the length distribution")
+    gpu_budget: int | None = Field(default=None, ge=0, description="local GPU budget for the whole deployment")
+    online_correction: bool = Field(default=True, description="correct decode pools' profiles from observed iterations")
+    burst_windows: int = Field(
+        default=0,
+        ge=0,
+        description="windows of admitted-request counts whose dispersion sizes queues as G/G/c (0 = assume Poisson)",
+    )
+    ttft_correction: bool = Field(
+        default=True, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
+    )
+    down_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="a scale-down's survivors must carry this much more than the load (a dead band against flapping)",
+    )
+    miss_memory_s: float = Field(
+        default=1800.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="remember SLA misses this long: no scale-down to their load per replica (0 = off)",
+    )
+    miss_margin: float = Field(
+        default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
+    )
+    stabilization_window_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
+    )
+    advisory: bool = False

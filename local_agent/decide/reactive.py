@@ -1,0 +1,81 @@
+"""The load (reactive) loop: ±1 replica from what the engines show now."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fleet_planner.planning import SLA, PoolObservation, PoolRole
+from local_agent.decide.intake import Lengths
+from local_agent.decide.options import AgentOptions
+from local_agent.decide.sizer import Sizer
+from local_agent.models import DecisionReason
+
+R = DecisionReason
+
+
+class Proposal(NamedTuple):
+    """What one concern wants for a pool, and why."""
+
+    wanted: int
+    reason: DecisionReason
+    detail: str
+
+
+def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
+    """Why this window missed the SLA at p90 (TTFT on the entry side, ITL on the exit side)."""
+    breach = None
+    if role in ("prefill", "agg") and obs.ttft_ms is not None and obs.ttft_ms.p90 > sla.ttft_ms:
+        breach = f"p90 TTFT {obs.ttft_ms.p90:.0f} ms > {sla.ttft_ms:.0f} ms"
+    if role in ("decode", "agg") and obs.itl_ms is not None and obs.itl_ms.p90 > sla.itl_ms:
+        breach = f"p90 ITL {obs.itl_ms.p90:.1f} ms > {sla.itl_ms:.1f} ms"
+    return breach
+
+
+def pressure(
+    role: PoolRole, obs: PoolObservation, options: AgentOptions, sla: SLA
+) -> tuple[DecisionReason, str] | None:
+    """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
+    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold."""
+    if options.target == "sla":
+        breach = sla_breach(role, obs, sla)
+        if breach is not None:
+            return R.REACTIVE_SLA, breach
+    if options.target not in ("sla", "latency"):
+        return None
+    found = None
+    if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
+        backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
+        if backlog > options.queue_tokens_per_replica:
+            found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+    if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
+        usage = obs.active_kv_tokens / obs.kv_capacity_tokens
+        if usage > options.kv_high:
+            found = (R.REACTIVE_KV, f"KV use {usage:.0%}")
+    return found
+
+
+def reactive(
+    role: PoolRole,
+    obs: PoolObservation,
+    current: int,
+    observed_rate: float | None,
+    lengths: Lengths | None,
+    options: AgentOptions,
+    sizer: Sizer,
+) -> Proposal | None:
+    """One replica more under ``pressure`` (or, ``target: throughput``, when the observed load
+    needs more); one fewer otherwise (the scale-down guard decides whether that is safe).
+    Nothing while added replicas still start (they will absorb the load) — but never a skipped
+    tick."""
+    up = pressure(role, obs, options, sizer.spec.sla)
+    if options.target == "throughput" and observed_rate is not None and lengths is not None:
+        sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
+        if sized > current:
+            up = (R.REACTIVE_SLA, f"observed load needs {sized} replicas")
+    if up is not None:
+        if obs.starting > 0:
+            return None
+        return Proposal(current + (options.max_step_up or 1), up[0], up[1])
+    if observed_rate is not None and lengths is not None and current > 0:
+        return Proposal(current - 1, R.REACTIVE_DOWN, "load allows one replica fewer")
+    return None

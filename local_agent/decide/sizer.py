@@ -1,0 +1,225 @@
+"""The agent's capacity model: demand curves at a rate, the fewest replicas meeting the target,
+and the predictive (throughput) loop's forecast sizing.
+
+It wraps :mod:`local_agent.sizing` with what the agent learned online: the decode profile's
+correction (``CorrectedPerfModel``), the arrivals' burstiness (``Calibration.arrival_scv``, a
+G/G/c approximation instead of Poisson), the TTFT correction (``TtftCorrection``) and the
+prefix-cache reuse of recent windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from fleet_planner.perf import PerfModel
+from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
+from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
+from local_agent.decide.intake import Intake, Lengths
+from local_agent.decide.options import AgentOptions
+from local_agent.forecast.base import Forecast, Predictor, normal_z
+from local_agent.perf_correction import CorrectedPerfModel, TtftCorrection
+from local_agent.sizing import (
+    Calibration,
+    EngineModel,
+    LoadEstimate,
+    PoolCurve,
+    cheapest_pair,
+    decode_curve,
+    deployment_curves,
+    kv_transfer_ms,
+    prefill_curve,
+    replicas_for,
+)
+
+EXPECTATION_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # equal-mass points of the forecast's distribution
+MIN_TTFT_SAMPLES = 20  # requests a window needs before its p90 TTFT teaches the correction
+
+
+class Sizer:
+    """Curves and replica counts for one deployment, from what the agent has learned so far."""
+
+    def __init__(
+        self,
+        spec: DeploymentSpec,
+        models: Mapping[PoolRole, EngineModel],
+        options: AgentOptions,
+        intake: Intake,
+    ):
+        self.spec = spec
+        self.options = options
+        self.intake = intake
+        # Decode pools learn from what their engines do: a regression of measured iteration time
+        # (per-token latency) on batch and KV tokens corrects the profile online.
+        self.models: dict[PoolRole, EngineModel] = {
+            role: CorrectedPerfModel(model)
+            if options.online_correction and role == "decode" and isinstance(model, PerfModel)
+            else model
+            for role, model in models.items()
+        }
+        self.ttft = TtftCorrection()
+        self.entry_role: PoolRole = "agg" if spec.mode == "agg" else "prefill"
+        self.forecast: Forecast | None = None
+        self.curves: dict[PoolRole, PoolCurve] = {}
+        self.curves_low: dict[PoolRole, PoolCurve] = {}
+        self.expected: dict[PoolRole, list[float]] = {}
+
+    # ---- the model ---------------------------------------------------------------------------
+    def calibration(self) -> Calibration:
+        return Calibration(load_factor=self.options.headroom, arrival_scv=self.intake.arrival_scv())
+
+    def curves_at(self, rate: float, lengths: Lengths, *, corrected: bool = True) -> dict[PoolRole, PoolCurve]:
+        """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``."""
+        load = LoadEstimate.from_distribution(max(rate, 0.0), lengths[0], lengths[1], samples=400)
+        spec = self.spec
+        factor = self.ttft.factor if corrected else 1.0
+        if factor != 1.0:
+            sla = spec.sla.model_copy(update={"ttft_ms": spec.sla.ttft_ms / factor})
+            spec = spec.model_copy(update={"sla": sla})
+        return _curves(spec, self.models, load, self.calibration(), self.intake.prefix_hit_rate())
+
+    def sized(self, curves: dict[PoolRole, PoolCurve]) -> dict[PoolRole, int]:
+        """Fewest replicas (GPUs) reaching the attainment target; in a disaggregated deployment
+        both pools must do their part, so the product of their attainments counts."""
+        target = self.options.target_attainment
+        if self.spec.mode == "agg":
+            return {"agg": replicas_for(curves["agg"], target)}
+        prefill, decode = cheapest_pair(
+            curves["prefill"],
+            curves["decode"],
+            target,
+            prefill_gpus=self.spec.pools["prefill"].gpus_per_replica,
+            decode_gpus=self.spec.pools["decode"].gpus_per_replica,
+        )
+        return {"prefill": prefill, "decode": decode}
+
+    def meets(self, curves: dict[PoolRole, PoolCurve], replicas: Mapping[PoolRole, int]) -> bool:
+        """Whether these counts reach the target share of what is reachable at all (prompts too
+        long for the SLA even on an idle engine lower every curve's ceiling)."""
+        attainment = reachable = 1.0
+        for role, curve in curves.items():
+            values = curve.attainment
+            attainment *= values[min(replicas[role], len(values) - 1)]
+            reachable *= curve.ceiling
+        return attainment >= self.options.target_attainment * reachable
+
+    def learn_ttft(self, entry: PoolObservation | None, rate: float | None, lengths: Lengths | None) -> None:
+        """Compare a steady window's p90 TTFT with the model's prediction at that window's load."""
+        if not self.options.ttft_correction or entry is None or rate is None or lengths is None:
+            return
+        if entry.ttft_ms is None or entry.ttft_ms.count < MIN_TTFT_SAMPLES or entry.ready < 1:
+            return
+        if entry.starting or entry.draining or entry.pending:
+            return
+        curve = self.curves_at(rate, lengths, corrected=False)[self.entry_role]
+        predicted = curve.ttft_p90_ms[min(entry.ready, len(curve.ttft_p90_ms) - 1)]
+        if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:
+            self.ttft.observe(entry.ttft_ms.p90, predicted)
+
+    # ---- the predictive (throughput) loop ----------------------------------------------------
+    def forecast_sizing(self, predictor: Predictor, tick_s: float, lengths: Lengths) -> dict[PoolRole, int]:
+        """Size every pool at the forecast's upper quantile over the time a new replica needs to
+        start plus one interval; keeps the forecast and the curves for the decision record."""
+        startup = max(pool.startup_s for pool in self.spec.pools.values())
+        steps = max(1, math.ceil((startup + self.options.throughput_interval_s) / tick_s))
+        forecast = predictor.predict_max(steps)
+        self.forecast = forecast
+        self.curves = self.curves_at(forecast.mean, lengths)
+        self.curves_low = self.curves_at(forecast.upper, lengths)
+        self.expected = self._expected_attainment(forecast, lengths)
+        return self.sized(self.curves_low)
+
+    def _expected_attainment(self, forecast: Forecast, lengths: Lengths) -> dict[PoolRole, list[float]]:
+        """Per pool, attainment for each replica count averaged over the forecast's uncertainty
+        (its Gaussian, read from mean and upper quantile, at ``EXPECTATION_QUANTILES``): what a
+        count is worth on average, which is what an arbiter weighing pools against each other
+        needs. (The mean's curve alone ignores the risk; the upper's alone counts a one-in-ten
+        load as certain, and in a shortage would take GPUs that others need for sure.)"""
+        spread = (forecast.upper - forecast.mean) / normal_z(forecast.quantile)
+        if spread <= 0:
+            return {role: list(curve.attainment) for role, curve in self.curves.items()}
+        total: dict[PoolRole, np.ndarray] = {}
+        for quantile in EXPECTATION_QUANTILES:
+            rate = forecast.mean + normal_z(quantile) * spread
+            curves = self.curves_at(rate, lengths) if quantile != 0.5 else self.curves
+            for role, curve in curves.items():
+                total[role] = total.get(role, 0.0) + np.asarray(curve.attainment, dtype=float)
+        return {role: list(values / len(EXPECTATION_QUANTILES)) for role, values in total.items()}
+
+    def replica_rps(self, role: PoolRole, lengths: Lengths | None) -> float:
+        """One replica's nominal request rate at the observed mean lengths: lets an arbiter weigh
+        this deployment's capacity against others serving the same endpoint."""
+        mean_in = lengths[0].mean if lengths else REFERENCE_INPUT_TOKENS
+        mean_out = lengths[1].mean if lengths else REFERENCE_OUTPUT_TOKENS
+        model = self.models[role]  # a PerfModel, or a CorrectedPerfModel with the same interface
+        return replica_rps(model, role, max(mean_in, 1.0), max(mean_out, 1.0), self.spec.sla.itl_ms)  # type: ignore[arg-type]
+
+
+def _curves(
+    spec: DeploymentSpec,
+    models: Mapping[PoolRole, EngineModel],
+    load: LoadEstimate,
+    calibration: Calibration,
+    hit: float,
+) -> dict[PoolRole, PoolCurve]:
+    """The deployment's curves, with prefill sized for the uncached part of prompts."""
+    if hit <= 0.0:
+        return deployment_curves(spec, models, load, calibration=calibration)
+    # Prefix-cache reuse: only the uncached part of a prompt is computed, but decode (and the
+    # KV transfer to it) still holds the whole context. Prefill is sized with cost-equivalent
+    # shorter prompts, decode with the full ones.
+    if spec.mode == "agg":
+        # The agg curve has one sample for both sides, so reuse enters as a cheaper prefill
+        # (``prefill_factor``) instead: approximate, since it also discounts the per-iteration
+        # overhead and chunk counts stay those of full prompts.
+        _, ratio = _prefix_effective_inputs(models["agg"], load.input_tokens, hit)
+        calibration = calibration.model_copy(update={"prefill_factor": calibration.prefill_factor * ratio})
+        return deployment_curves(spec, models, load, calibration=calibration)
+    effective, _ = _prefix_effective_inputs(models["prefill"], load.input_tokens, hit)
+    order = np.argsort(effective, kind="stable")
+    eff_sorted, full_sorted = effective[order], load.input_tokens[order]
+
+    def transfer_ms(inputs: np.ndarray) -> np.ndarray:  # the whole prompt's KV moves to decode
+        return kv_transfer_ms(np.interp(inputs, eff_sorted, full_sorted))
+
+    reduced = LoadEstimate(rate_rps=load.rate_rps, input_tokens=effective, output_tokens=load.output_tokens)
+    return {
+        "prefill": prefill_curve(
+            models["prefill"],
+            reduced,
+            spec.sla,
+            max_replicas=spec.pools["prefill"].max_replicas,
+            max_batch_tokens=spec.pools["prefill"].max_batch_tokens,
+            kv_transfer_ms_fn=transfer_ms,
+            calibration=calibration,
+        ),
+        "decode": decode_curve(
+            models["decode"],
+            load,
+            spec.sla,
+            max_replicas=spec.pools["decode"].max_replicas,
+            max_num_seqs=spec.pools["decode"].max_num_seqs,
+            calibration=calibration,
+        ),
+    }
+
+
+def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float) -> tuple[np.ndarray, float]:
+    """Prompt lengths whose prefill costs what the uncached part of each prompt costs when the
+    first ``hit`` share is cached (``V(L) - V(hit L)``, ``V`` = TTFT minus overhead: later tokens
+    attend to the cached ones, so this is more than ``V((1 - hit) L)``), and the ratio of total
+    prefill cost with reuse to without. Prompts beyond the engine's context keep their length
+    (they are still rejected)."""
+    overhead = model.prefill_overhead_ms
+    top = float(inputs.max())
+    grid = np.unique(np.concatenate(([1.0], np.geomspace(1.0, max(top, 2.0), 256))))
+    costs = np.maximum.accumulate(np.maximum(np.asarray(model.ttft_ms(grid), dtype=float) - overhead, 0.0))
+    full = np.interp(inputs, grid, costs)
+    uncached = np.maximum(full - np.interp(hit * inputs, grid, costs), 0.0)
+    effective = np.clip(np.interp(uncached, costs, grid), 1.0, inputs)
+    if model.max_context:
+        effective = np.where(inputs > model.max_context, inputs, effective)
+    ratio = float(uncached.sum() / full.sum()) if full.sum() > 0 else 1.0
+    return effective, max(ratio, 1e-3)

@@ -1,0 +1,143 @@
+"""Burst-aware, self-correcting, stable sizing (issue 10): each mechanism changes what it should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, run, spec
+
+from fleet_planner.planning import SLA, Distribution
+from local_agent.models import DecisionReason as R
+from local_agent.perf_correction import TtftCorrection
+from local_agent.sizing import Calibration, LoadEstimate, agg_curve, prefill_curve, replicas_for
+from local_agent.sizing.burstiness import MIN_SCV, arrival_scv, count_dispersion
+
+
+def test_count_dispersion_is_about_one_for_poisson_even_on_a_ramp_and_large_for_bursts() -> None:
+    rng = np.random.default_rng(1)
+    assert count_dispersion(rng.poisson(50.0, 400)) == pytest.approx(1.0, abs=0.15)
+    ramp = rng.poisson(np.linspace(10.0, 200.0, 400))  # a diurnal rise is not burstiness
+    assert count_dispersion(ramp) == pytest.approx(1.0, abs=0.2)
+    bursty = rng.poisson(rng.gamma(shape=0.5, scale=100.0, size=400))  # rate redrawn every window
+    assert count_dispersion(bursty) > 10.0
+    assert count_dispersion([3.0] * 5) is None  # too few windows to tell
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        count_dispersion([1.0] * 9 + [-1.0])
+
+
+def test_arrival_scv_of_a_trace() -> None:
+    rng = np.random.default_rng(0)
+    poisson = np.cumsum(rng.exponential(1 / 20.0, 40000))
+    assert arrival_scv(poisson, 10.0) == pytest.approx(1.0, abs=0.25)
+    gaps = rng.gamma(shape=0.1, scale=10 / 20.0, size=20000)  # inter-arrival CV^2 = 10
+    assert arrival_scv(np.cumsum(gaps), 10.0) > 4.0
+    assert arrival_scv(poisson[:10], 10.0) == MIN_SCV
+    with pytest.raises(ValueError, match="window_s"):
+        arrival_scv(poisson, 0.0)
+
+
+@pytest.mark.parametrize("pool", ["prefill", "agg"])
+def test_burstier_arrivals_need_more_replicas_and_poisson_is_unchanged(pool: str) -> None:
+    load = LoadEstimate.from_distribution(120.0, INPUTS, OUTPUTS, samples=400)
+    sla = SLA(ttft_ms=300, itl_ms=30)
+    curve = prefill_curve if pool == "prefill" else agg_curve
+    base = curve(MODEL, load, sla, max_replicas=32)
+    same = curve(MODEL, load, sla, max_replicas=32, calibration=Calibration(arrival_scv=1.0))
+    bursty = curve(MODEL, load, sla, max_replicas=32, calibration=Calibration(arrival_scv=8.0))
+    assert same.attainment == base.attainment
+    assert replicas_for(bursty) > replicas_for(base)
+    assert all(b <= p + 1e-12 for b, p in zip(bursty.attainment, base.attainment, strict=True))
+
+
+def test_ttft_correction_trusts_the_profile_first_then_follows_the_observed_ratio_within_bounds() -> None:
+    correction = TtftCorrection(min_windows=3, half_life=4.0)
+    correction.observe(300.0, 200.0)
+    correction.observe(300.0, 200.0)
+    assert correction.factor == 1.0
+    for _ in range(30):
+        correction.observe(300.0, 200.0)
+    assert correction.factor == pytest.approx(1.5, rel=0.01)
+    for _ in range(60):
+        correction.observe(5000.0, 100.0)  # far beyond the clamp
+    assert correction.factor == pytest.approx(3.0, rel=1e-3)
+    with pytest.raises(ValueError, match="> 0"):
+        correction.observe(0.0, 100.0)
+
+
+def test_agent_learns_slower_ttft_and_sizes_for_it() -> None:
+    def slow(t: float, targets: dict) -> list:
+        ttft = Distribution(count=600, mean=900, p50=800, p90=1500, p99=2500)
+        return [observe("agg", t, 20.0, ready=targets["agg"], ttft_ms=ttft)]
+
+    learned, naive = agent(spec(initial=2)), agent(spec(initial=2), ttft_correction=False)
+    for a in (learned, naive):
+        a.set_limits(a.limits.model_copy(update={"min_replicas": {"agg": 2}, "max_replicas": {"agg": 2}}))
+        run(a, 0.0, 20, slow)
+    assert learned.sizer.ttft.factor > 1.5
+    lengths = learned.intake.lengths()
+    assert (
+        learned.sizer.sized(learned.sizer.curves_at(20.0, lengths))["agg"]
+        > naive.sizer.sized(naive.sizer.curves_at(20.0, lengths))["agg"]
+    )
+
+
+def _missing_then_healthy(miss_until: float, rate: float):
+    def make(t: float, targets: dict) -> list:
+        if t < miss_until:
+            bad = Distribution(count=300, mean=700, p50=600, p90=900, p99=1200)
+            return [observe("agg", t, rate, ready=targets["agg"], ttft_ms=bad)]
+        return [observe("agg", t, rate, ready=targets["agg"])]
+
+    return make
+
+
+def test_miss_memory_refuses_to_return_to_a_load_per_replica_that_missed() -> None:
+    # Healthy-looking model: at 10 req/s one replica is plenty, so without memory the agent
+    # scales back to 1 as soon as the grace period is over, into the same miss.
+    make = _missing_then_healthy(miss_until=30.0, rate=10.0)
+    forgetful = run(agent(spec(initial=1), miss_memory_s=0.0), 0.0, 40, make)
+    remembering = agent(spec(initial=1))  # remembers for 1800 s by default
+    decisions = run(remembering, 0.0, 40, make)
+    assert min(d.pools[0].target for d in forgetful[5:]) == 1
+    assert min(d.pools[0].target for d in decisions[5:]) == 2
+    assert any(d.pools[0].reason == R.MISS_MEMORY for d in decisions)
+    # Once the load falls by more than the margin the memory no longer binds.
+    later = run(remembering, 40 * TICK, 30, lambda t, targets: [observe("agg", t, 5.0, ready=targets["agg"])])
+    assert later[-1].pools[0].target == 1
+
+
+def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_then_follows_down() -> None:
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 105.0 if t < 5 * TICK else 2.0, ready=targets["agg"])]
+
+    options = dict(mode="load", scale_down_grace_s=0.0)
+    plain = run(agent(spec(initial=4), **options), 0.0, 24, make)
+    windowed = run(agent(spec(initial=4), stabilization_window_s=300.0, **options), 0.0, 24, make)
+    first_down = [next(i for i, d in enumerate(ds) if d.pools[0].target < 4) for ds in (plain, windowed)]
+    assert first_down[0] == 5  # the first low window
+    assert first_down[1] * TICK >= 4 * TICK + 300.0  # a whole window after the last high one
+    assert windowed[first_down[1] - 1].pools[0].reason == R.STABILISING
+    # Then down one replica per tick (the step cap), not one per window.
+    assert windowed[first_down[1] + 2].pools[0].target == 1
+
+
+def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 25.0, ready=targets["agg"])]
+
+    plain, banded = agent(spec(initial=3)), agent(spec(initial=3), down_margin=0.5)
+    plain_targets = [d.pools[0].target for d in run(plain, 0.0, 20, make)]
+    banded_targets = [d.pools[0].target for d in run(banded, 0.0, 20, make)]
+    assert min(banded_targets) > min(plain_targets)
+
+
+def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:
+    def make(t: float, targets: dict) -> list:
+        backlog = 1e6 if t < 30.0 else 0.0  # over queue_tokens_per_replica, then drained
+        return [observe("agg", t, 10.0, ready=targets["agg"], queued_prefill_tokens=backlog)]
+
+    forgetful = run(agent(spec(initial=1), miss_memory_s=0.0), 0.0, 40, make)
+    remembering = run(agent(spec(initial=1)), 0.0, 40, make)
+    assert forgetful[0].pools[0].reason == R.REACTIVE_QUEUE
+    assert min(d.pools[0].target for d in forgetful[5:]) == 1
+    assert min(d.pools[0].target for d in remembering[5:]) == 2

@@ -291,8 +291,9 @@ def _trace(cell: Cell, template: Template, peak_rps: float, sources: _Sources, i
             "lengths_format": "azure" if template.lengths == "conv" else "csv",
             "arrival": "clients" if cell.arrival == "day-clients" else "poisson",
         }
-        # The busiest 10-minute window of the day at the template's peak need (minutes peak higher).
-        return {"synth": {**synth, "peak_rps": peak_rps * 0.85}, "time_scale": 1.0 / DAY_COMPRESSION}
+        # The busiest 10-minute window of the day at the template's peak need (minutes peak higher),
+        # in series time: compressing time multiplies every rate by DAY_COMPRESSION.
+        return {"synth": {**synth, "peak_rps": peak_rps * 0.85 / DAY_COMPRESSION}, "time_scale": 1.0 / DAY_COMPRESSION}
     rate_file = sources.azure_rates(cell.arrival, cell.seed)
     azure_peak_window = float(read_rate_series(rate_file).rate_rps.max())
     return {

@@ -62,3 +62,22 @@ def test_cells_build_valid_scenarios(cell, tmp_path: Path) -> None:
         scenario = build_scenario(cell, policy, tmp_path)
         assert scenario.planner.policy == policy
         assert len(scenario.deployments) == len(cell.deployments)
+
+
+@pytest.mark.parametrize("arrival", ["day-poisson", "bursty-fit"])
+def test_cell_load_is_the_templates_peak_need(arrival: str, tmp_path: Path) -> None:
+    """The busiest window's rate is what the bottleneck pool's peak replicas carry (day cells are
+    compressed in time: their series rates must be divided, not multiplied, by the compression)."""
+    import numpy as np
+
+    from fleet_sim.matrix import DAY_COMPRESSION, TEMPLATES, _bottleneck_rps, _sources, build_scenario
+    from fleet_sim.workload import build_workload
+
+    cell = next(c for c in cells() if c.arrival == arrival and c.deployments == ("d1",))
+    scenario = build_scenario(cell, "static", tmp_path)
+    arrivals = build_workload(scenario).arrival_s
+    window = 600.0 / DAY_COMPRESSION if cell.span == "day" else 600.0
+    busiest = np.bincount((arrivals // window).astype(int)).max() / window
+    template = TEMPLATES["d1"]
+    expected = template.peak_replicas * _bottleneck_rps(template, _sources(tmp_path), template.itl_ms)
+    assert 0.5 * expected < busiest < 1.3 * expected

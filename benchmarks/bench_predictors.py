@@ -151,7 +151,8 @@ def forecast_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['trace']} (mean {r['mean_rps']:.2f} req/s) | {r['predictor']} | {r['horizon_s']:.0f} s | {r['mae']:.3f} | "
+            f"| {r['trace']} (mean {r['mean_rps']:.2f} req/s) | {r['predictor']} | {r['horizon_s']:.0f} s | "
+            f"{r['mae']:.3f} | "
             f"{_pct(r['mape'])} | {_pct(r['coverage_of_upper'])} | {r['bias']:+.3f} |"
         )
     return "\n".join(lines)
@@ -159,13 +160,15 @@ def forecast_table(rows: list[dict]) -> str:
 
 def simulation_table(rows: list[dict]) -> str:
     lines = [
-        "| scenario | predictor | GPU-hours | SLO attainment | worst deployment | unfinished | reversals / deployment-hour |",
+        "| scenario | predictor | GPU-hours | SLO attainment | worst deployment | unfinished"
+        " | reversals / deployment-hour |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['predictor']} | {r['gpu_hours']:.2f} | {100 * r['slo_attainment']:.2f}% | "
-            f"{100 * r['worst_deployment_attainment']:.2f}% | {r['unfinished']} | {r['reversals_per_deployment_hour']:.1f} |"
+            f"{100 * r['worst_deployment_attainment']:.2f}% | {r['unfinished']} | "
+            f"{r['reversals_per_deployment_hour']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -88,6 +88,16 @@ class LocalAgent:
                 raise ValueError(f"deployment {self.spec.name} has no {role} pool")
         self.limits = limits
 
+    @property
+    def endpoint_share(self) -> float | None:
+        """The share of its endpoint's rate it plans for (None: alone); the planner tells it, live
+        and in replay alike."""
+        return self.intake.endpoint_share
+
+    @endpoint_share.setter
+    def endpoint_share(self, share: float | None) -> None:
+        self.intake.endpoint_share = share
+
     def targets(self) -> dict[PoolRole, int]:
         return {role: state.target for role, state in self.pools.items()}
 

@@ -342,8 +342,8 @@ class CorrectedPerfModel:
             start = np.asarray(done, dtype=np.float64)
             end = start + np.asarray(chunk, dtype=np.float64)
             return self.ttft_ms(end) - self.ttft_ms(start)
-        start = float(done)
-        return self.ttft_ms(start + float(chunk)) - self.ttft_ms(start)
+        first = float(done)
+        return self.ttft_ms(first + float(chunk)) - self.ttft_ms(first)
 
     # ----------------------------------------------------------------- decode
 
@@ -359,6 +359,8 @@ class CorrectedPerfModel:
         if not self._decode_active:
             return base
         s, a0, a1, a2 = self._coef[_DECODE].tolist()
+        b: np.ndarray | float
+        c: np.ndarray | float
         if isinstance(base, np.ndarray):
             b = np.asarray(batch, dtype=np.float64)
             c = np.asarray(context, dtype=np.float64)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fleet_planner_cli import main
 from fleet_planner.perf import PerfModel, load_profile
+from fleet_planner_cli import main
 
 PROFILE = Path(__file__).resolve().parents[1] / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 MODEL = "meta-llama/Meta-Llama-3.1-8B"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from fleet_planner_cli import main
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.profiler import offline
+from fleet_planner_cli import main
 
 VENDORED = Path(__file__).resolve().parents[1] / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 GIB = 1 << 30

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet_planner_cli import main
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.perf.recommend import recommend
+from fleet_planner_cli import main
 from fleet_sim.closed_loop import run_closed_loop
 
 PROFILES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples/profiles").iterdir() if p.is_dir())

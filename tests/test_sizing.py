@@ -90,7 +90,7 @@ def test_curves_are_bounded_monotone_and_aligned(model, azure, role, rate) -> No
 def test_more_load_never_raises_attainment(model, azure, role) -> None:
     curves = [CURVES[role](model, _load(azure, r), SLA_, max_replicas=24) for r in (20, 60, 120)]
     for low, high in zip(curves, curves[1:], strict=False):
-        assert all(h <= l + 1e-9 for l, h in zip(low.attainment, high.attainment, strict=True))
+        assert all(hi <= lo + 1e-9 for lo, hi in zip(low.attainment, high.attainment, strict=True))
     assert replicas_for(curves[0]) < replicas_for(curves[2])
 
 
@@ -127,7 +127,7 @@ def test_looser_sla_needs_fewer_replicas(model, azure, role) -> None:
     tight = CURVES[role](model, load, SLA(ttft_ms=300, itl_ms=12), max_replicas=64)
     loose = CURVES[role](model, load, SLA(ttft_ms=1000, itl_ms=40), max_replicas=64)
     assert replicas_for(loose) <= replicas_for(tight)
-    assert all(l >= t for l, t in zip(loose.attainment, tight.attainment, strict=True))
+    assert all(lo >= t for lo, t in zip(loose.attainment, tight.attainment, strict=True))
 
 
 def test_unreachable_ttft_caps_attainment_without_inflating_sizes(model) -> None:

@@ -183,8 +183,8 @@ class PerfModel:
             start = np.asarray(done, dtype=np.float64)
             end = start + np.asarray(chunk, dtype=np.float64)
             return self._ttft_vec(end) - self._ttft_vec(start)
-        start = float(done)
-        return self._ttft1(start + float(chunk)) - self._ttft1(start)
+        first = float(done)
+        return self._ttft1(first + float(chunk)) - self._ttft1(first)
 
     # ----------------------------------------------------------------- decode
 

@@ -37,6 +37,7 @@ from fleet_sim.scenario import Scenario, load_scenario, parse_scenario
 from fleet_sim.simulate import run_scenario
 from fleet_sim.workload import Workload, build_workload
 from local_agent.connectors.processes import ProcessConnector, WorkerCommand
+from local_agent.models import AgentInput
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "demo"
@@ -167,7 +168,7 @@ async def _agent_loop(
             queue.append((now, await source.observe(now, spec, replicas)))
             while queue and queue[0][0] <= now - scenario.planner.observation_delay_s + 1e-9:
                 delivered = queue.popleft()[1]
-            decision = agent.step(now, delivered)
+            decision = agent.step(AgentInput(now_s=now, observations=delivered)).decision
             if not decision.advisory:
                 await connector.apply({pool.role: pool.target for pool in decision.pools})
             tick += 1

@@ -11,7 +11,8 @@ by the simulator alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import grpc
 
@@ -28,7 +29,7 @@ from fleet_planner.contract.models import (
     Registration,
     Targets,
 )
-from fleet_planner.planning import DeploymentSpec
+from fleet_planner.planning import DeploymentSpec, PoolRole
 from local_agent.session import AgentSession, EffectiveTargets, Lease
 
 log = logging.getLogger(__name__)
@@ -262,18 +263,21 @@ class PlannerClient:
         self.last_error = f"{code.name}: {error.details()}"
         log.warning("planner unreachable (%s); running on %s", self.last_error, self.effective_targets().source)
 
-    async def ack_applied(self, decision_id: int, applied: dict[str, int]) -> None:
+    async def ack_applied(self, decision_id: int, applied: Mapping[str, int]) -> None:
         """Tell the planner a decision's targets are set; later reports carry it as applied."""
         self.session.acked(decision_id)
         request = pb.AckAppliedRequest(
             deployment=self.registration.deployment,
             session_id=self.session_id or "",
             decision_id=decision_id,
-            applied=[pb.PoolReplicas(role=convert.ROLE_TO_PB[r], replicas=n) for r, n in sorted(applied.items())],
+            applied=[
+                pb.PoolReplicas(role=convert.ROLE_TO_PB[cast(PoolRole, r)], replicas=n)
+                for r, n in sorted(applied.items())
+            ],
         )
         await self._send(self._stub.AckApplied, request)
 
-    async def ack_drained(self, decision_id: int, role: str, gpus_freed: int) -> None:
+    async def ack_drained(self, decision_id: int, role: PoolRole, gpus_freed: int) -> None:
         """A pool finished draining to ``decision_id``'s target: its GPUs may go elsewhere now."""
         request = pb.AckDrainedRequest(
             deployment=self.registration.deployment,

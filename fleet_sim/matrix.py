@@ -25,6 +25,8 @@ from fleet_planner.perf.capacity import replica_rps
 from fleet_planner.traces import read_rate_series, read_trace
 from fleet_planner.traces.dispersion import series_like, write_rate_series
 from fleet_planner.traces.synth import RateSeries
+from fleet_sim.outputs import scaling_stability
+from fleet_sim.results import SimulationResult
 from fleet_sim.scenario import Scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,21 +332,11 @@ def _sources(workdir: Path) -> _Sources:
     return _SOURCES[workdir]
 
 
-def reversals_per_hour(result) -> dict[str, float]:
-    """Scaling-direction reversals (up then down, or down then up) per pool, per deployment-hour."""
-    last: dict[tuple[str, str], int] = {}
-    counts = {spec.name: 0 for spec in result.deployments}
-    for record in result.decisions:
-        direction = 1 if record.to_replicas > record.from_replicas else -1
-        key = (record.deployment, record.role)
-        if key in last and last[key] != direction:
-            counts[record.deployment] += 1
-        last[key] = direction
-    hours = result.duration_s / 3600.0
-    return {name: count / hours for name, count in counts.items()}
+def reversals_per_hour(result: SimulationResult) -> dict[str, float]:
+    """Scaling-direction reversals per deployment-hour, by deployment (the summary's definition)."""
+    return {name: d.reversals_per_hour or 0.0 for name, d in scaling_stability(result).deployments.items()}
 
 
-def changes_per_pool_hour(result) -> float:
-    """Replica-target (grant) changes per pool-hour."""
-    pools = sum(len(spec.pools) for spec in result.deployments)
-    return len(result.decisions) / max(1, pools) / (result.duration_s / 3600.0)
+def changes_per_pool_hour(result: SimulationResult) -> float:
+    """Replica-target (grant) changes per pool-hour over the fleet (the summary's definition)."""
+    return scaling_stability(result).target_changes_per_pool_hour or 0.0

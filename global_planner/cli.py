@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
         log, so it cannot seal a tail the leader is still writing."""
         audit = _open_audit(args.state_dir, int(args.rotate_mb * (1 << 20)), args.keep_segments)
         server.audit = server.service.audit = audit
-        state.resume(audit.recovery, time.time())
+        state.resume(audit.recovery, server.clock.now())
         _log_resume(audit.recovery, state)
 
     if args.metrics:

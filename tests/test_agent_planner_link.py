@@ -50,7 +50,7 @@ async def planner():
         PlannerState(policy, lease_s=30.0),
         auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
         metrics=ServiceMetrics(CollectorRegistry()),
-        clock=clock.now,
+        clock=clock,
     )
     port = await server.start("127.0.0.1:0")
     server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]

@@ -93,7 +93,7 @@ async def planner(pki: dict[str, Path]) -> AsyncIterator[tuple[PlannerServer, st
         PlannerState(policy, lease_s=30.0),
         auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
         metrics=ServiceMetrics(CollectorRegistry()),
-        clock=SimulatedClock(1000.0).now,
+        clock=SimulatedClock(1000.0),
     )
     credentials = server_credentials(pki["planner"], pki["planner-key"], pki["fleet-ca"])
     port = await server.start("127.0.0.1:0", credentials)

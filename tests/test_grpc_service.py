@@ -31,20 +31,12 @@ TOKENS = {
 TOKEN_A, TOKEN_B, TOKEN_GHOST = TOKENS
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def planner(tmp_path):
     policy = TenantPolicy.model_validate(
         {"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {"priority": 10}, "beta": {"priority": 1}}}
     )
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     registry = CollectorRegistry()
     server = PlannerServer(
         PlannerState(policy, lease_s=30.0),

@@ -19,6 +19,7 @@ import pytest
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
+from fleet_planner.clock import SimulatedClock
 from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
 from fleet_planner.kube import api_client
 from global_planner.policy_file import TenantPolicy
@@ -34,14 +35,6 @@ from local_agent.planner_link.client import PlannerClient
 REPO = Path(__file__).resolve().parent.parent
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeTestServer, client.ApiClient, Path]]:
     server = KubeTestServer(token="t")
@@ -55,29 +48,29 @@ async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeTestServer, client.Api
         await server.stop()
 
 
-def _elector(api: client.ApiClient, identity: str, clock: FakeClock) -> LeaseElector:
+def _elector(api: client.ApiClient, identity: str, clock: SimulatedClock) -> LeaseElector:
     config = ElectionConfig(namespace="default", name="planner", identity=identity, lease_s=15, renew_deadline_s=10)
     return LeaseElector(api, config, clock=clock)
 
 
 async def test_acquire_renew_expire_and_hand_over(kube: tuple[KubeTestServer, client.ApiClient, Path]) -> None:
     server, api, _ = kube
-    clock = FakeClock()
+    clock = SimulatedClock(100.0)
     a, b = _elector(api, "a", clock), _elector(api, "b", clock)
     assert await a.try_acquire_or_renew()
     a._leading = True
     assert not await b.try_acquire_or_renew() and b.holder == "a"
-    clock.now += 9
+    clock.advance(9)
     assert await a.try_acquire_or_renew()  # renewed: valid for another renew deadline
     assert not await b.try_acquire_or_renew()  # b polls and sees the renewal now
-    clock.now += 9.5
+    clock.advance(9.5)
     assert a.is_leader()
-    clock.now += 1  # 10.5 s after the last renewal: past the renew deadline, a steps down
+    clock.advance(1)  # 10.5 s after the last renewal: past the renew deadline, a steps down
     assert not a.is_leader()
     assert not await b.try_acquire_or_renew()  # b saw the renewal 10.5 s ago: not expired yet
-    clock.now += 4.4
+    clock.advance(4.4)
     assert not await b.try_acquire_or_renew()
-    clock.now += 0.2  # 15.1 s after b saw the last renewal: expired, b takes over
+    clock.advance(0.2)  # 15.1 s after b saw the last renewal: expired, b takes over
     assert await b.try_acquire_or_renew()
     b._leading = True
     lease = server.store.get(server.store.resource_of("Lease"), "default", "planner")
@@ -91,13 +84,13 @@ async def test_acquire_renew_expire_and_hand_over(kube: tuple[KubeTestServer, cl
 
 async def test_only_one_candidate_wins_a_race(kube: tuple[KubeTestServer, client.ApiClient, Path]) -> None:
     _, api, _ = kube
-    clock = FakeClock()
+    clock = SimulatedClock(100.0)
     electors = [_elector(api, f"r{i}", clock) for i in range(4)]
     won = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
     assert sum(won) == 1
     losers = [e for e in electors if e.holder != e.config.identity]
     assert len(losers) == 3 and not any(await asyncio.gather(*(e.try_acquire_or_renew() for e in losers)))
-    clock.now += 20  # the winner never renews; the losers saw its record 20 s ago
+    clock.advance(20)  # the winner never renews; the losers saw its record 20 s ago
     won = await asyncio.gather(*(e.try_acquire_or_renew() for e in losers))
     assert sum(won) == 1  # resourceVersion preconditions: one PUT wins, the others get 409
 

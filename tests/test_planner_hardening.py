@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.clock import SimulatedClock
 from fleet_planner.contract.models import AgentReport, PoolRegistration, PoolReport, Registration
 from fleet_planner_cli import main as fleet_main
 from global_planner.cli import main as cli_main
@@ -37,14 +38,6 @@ TOKENS = {
 }
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _registration(name: str, tenant: str, max_replicas: int = 8, gpu: str = "h200") -> Registration:
     pool = PoolRegistration(role="agg", gpu_type=gpu, gpus_per_replica=1, min_replicas=0, max_replicas=max_replicas)
     return Registration(deployment=name, tenant=tenant, endpoint=name, pools=[pool])
@@ -62,7 +55,7 @@ def _report(name: str, session: str, seq: int, ready: int, applied: int = 0) -> 
 
 @pytest.fixture
 async def planner(tmp_path):
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     registry = CollectorRegistry()
     server = PlannerServer(
         PlannerState(TenantPolicy.model_validate(POLICY), lease_s=30.0),
@@ -266,7 +259,7 @@ def test_8_unknown_tenant_is_rejected() -> None:
 
 
 async def test_8_silent_registrations_are_forgotten_and_records_stay_small(tmp_path) -> None:
-    clock = Clock(0.0)
+    clock = SimulatedClock(0.0)
     state = PlannerState(TenantPolicy.model_validate(POLICY), lease_s=30.0)
     server = PlannerServer(state, auth=None, metrics=ServiceMetrics(CollectorRegistry()), audit=AuditLog(tmp_path))
     server.clock = clock
@@ -274,8 +267,8 @@ async def test_8_silent_registrations_are_forgotten_and_records_stay_small(tmp_p
         state.register(_registration(f"junk-{index}", "beta"), f"s{index}", 0.0)
     state.register(_registration("live", "acme"), "live", 0.0)
     for t in range(0, 100, 10):
-        clock.now = float(t)
-        state.report(_report("live", "live", t + 1, ready=1), clock.now)
+        clock.set(float(t))
+        state.report(_report("live", "live", t + 1, ready=1), clock.now())
         await server.run_round()
     assert state.deployments() == ["live"]
     size = (tmp_path / "decisions.jsonl").read_text().splitlines()[-1]
@@ -301,7 +294,11 @@ async def test_10_revert_stops_the_rejection_log_and_dropped_types_lose_gauges(t
     registry = CollectorRegistry()
     watcher = PolicyWatcher(path, registry=registry)
     server = PlannerServer(
-        PlannerState(watcher.policy), auth=None, metrics=ServiceMetrics(registry), watcher=watcher, clock=Clock()
+        PlannerState(watcher.policy),
+        auth=None,
+        metrics=ServiceMetrics(registry),
+        watcher=watcher,
+        clock=SimulatedClock(1000.0),
     )
     server.state.register(_registration("a", "acme"), "sa", 1000.0)
     server.state.report(_report("a", "sa", 1, ready=0), 1000.0)

@@ -240,7 +240,7 @@ class GlobalPolicy(Policy):
             metrics=ServiceMetrics(CollectorRegistry()),
             audit=audit,
             round_s=self.tick_s,
-            clock=self.clock.now,
+            clock=self.clock,
         )
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
         return server

@@ -42,6 +42,7 @@ from grpc_health.v1 import health_pb2
 from kubernetes_asyncio import client
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleet_planner.clock import Clock, MonotonicClock
 from fleet_planner.kube import api_client, status_of
 from global_planner.service.server import SERVICE_NAME, PlannerServer
 
@@ -84,12 +85,12 @@ class LeaseElector:
         config: ElectionConfig,
         *,
         journal_dir: Path | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ):
         self.client = api
         self.api = client.CoordinationV1Api(api)
         self.config = config
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.journal = journal_dir / f"leadership-{config.identity}.jsonl" if journal_dir is not None else None
         self.holder: str | None = None
         self.transitions = 0
@@ -99,7 +100,7 @@ class LeaseElector:
         self._leading = False
 
     def is_leader(self) -> bool:
-        return self._leading and self.clock() < self._valid_until
+        return self._leading and self.clock.now() < self._valid_until
 
     def _record(self, event: str) -> None:
         if self.journal is None:
@@ -128,7 +129,7 @@ class LeaseElector:
 
     async def try_acquire_or_renew(self) -> bool:
         """One step of the campaign; True while this replica holds the lease."""
-        sent_at = self.clock()
+        sent_at = self.clock.now()
         cfg = self.config
         try:
             obj = await self._read()
@@ -142,7 +143,7 @@ class LeaseElector:
         self.holder = holder or None
         observed = (holder, spec.get("renewTime"), spec.get("leaseTransitions"), obj["metadata"]["resourceVersion"])
         if observed != self._observed:  # timed from the answer: a renewal may land while our GET is in flight
-            self._observed, self._observed_at = observed, self.clock()
+            self._observed, self._observed_at = observed, self.clock.now()
         duration = float(spec.get("leaseDurationSeconds") or cfg.lease_s)
         mine = holder == cfg.identity
         if not mine and holder and sent_at < self._observed_at + duration:
@@ -168,7 +169,7 @@ class LeaseElector:
                 await self.try_acquire_or_renew()
             except Exception as exc:
                 log.warning("lease %s: %s", self.config.name, exc)
-            leading = self.clock() < self._valid_until
+            leading = self.clock.now() < self._valid_until
             if leading and not self._leading:
                 self._leading = True
                 self.transitions += 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -28,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.contract import convert
 from global_planner.allocation import allocate
 from global_planner.policy_file import PolicyWatcher
@@ -89,13 +89,14 @@ def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Undeco
 class RateLimitedLog:
     """At most one line per ``interval_s``; the next one says how many were suppressed."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.logger, self.interval_s, self.clock = logger, interval_s, clock
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Clock | None = None):
+        self.logger, self.interval_s = logger, interval_s
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self._next_s = float("-inf")
         self.suppressed = 0
 
     def __call__(self, level: int, message: str, *args: object) -> None:
-        now = self.clock()
+        now = self.clock.now()
         if now < self._next_s:
             self.suppressed += 1
             return
@@ -114,7 +115,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         state: PlannerState,
         auth: TokenAuthenticator | None,
         metrics: ServiceMetrics,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         audit: AuditLog | None = None,
         leader: LeaderElector | None = None,
     ):
@@ -122,7 +123,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.audit = audit
         self.auth = auth
         self.metrics = metrics
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else WallClock()
         self.leader = leader
         self.log_rejection = RateLimitedLog(log)
 
@@ -164,7 +165,7 @@ class PlannerService(pb_grpc.PlannerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader (leader: {self.leader.holder or 'none'})")
         try:
             identity = self.auth.identify(context.invocation_metadata()) if self.auth is not None else None
-            return step(identity, self.clock())
+            return step(identity, self.clock.now())
         except AuthError as error:
             code, message = error.code, str(error)
         except convert.InvalidMessage as error:
@@ -230,7 +231,7 @@ class PlannerServer:
         audit: AuditLog | None = None,
         watcher: PolicyWatcher | None = None,
         round_s: float = 5.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         solve: Solver = allocate,
         leader: LeaderElector | None = None,
     ):
@@ -240,9 +241,9 @@ class PlannerServer:
         self.audit = audit
         self.watcher = watcher
         self.round_s = round_s
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else WallClock()
         self._solve = solve
-        self.service = PlannerService(state, auth, metrics, clock, audit, leader)
+        self.service = PlannerService(state, auth, metrics, self.clock, audit, leader)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -296,13 +297,13 @@ class PlannerServer:
             if self.watcher is not None and self.watcher.poll():
                 log.info("policy %s reloaded", self.watcher.path)
                 self.state.set_policy(self.watcher.policy)
-            round_input = self.state.begin_round(self.clock())
+            round_input = self.state.begin_round(self.clock.now())
             if round_input.request is None:
                 return None
             allocation = await asyncio.to_thread(self._solve, round_input.request)
             if self.leader is not None and not self.leader.is_leader():
                 return None  # leadership lapsed during the solve: the next leader decides
-            round_ = self.state.settle(round_input, allocation, self.clock())
+            round_ = self.state.settle(round_input, allocation, self.clock.now())
             if self.audit is not None:
                 self.audit.append(round_.record)
             self.state.commit(round_)

@@ -111,7 +111,7 @@ def main() -> int:
         return 0
     first = args.policies[0]
     print(f"scenario {args.scenario}")
-    columns = f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10}{'vs ' + first:>12}{'vs oracle':>11}"
+    columns = f"{'policy':<14}{'GPU-hours':>11}{'SLO att.':>10} {'vs ' + first:>12}{'vs oracle':>11}"
     print(f"{columns}  per deployment (attainment, GPU-h, reversals/h, changes/pool-h)")
     for policy, row in rows.items():
         ratio_first = row["gpu_hours"] / rows[first]["gpu_hours"] if rows[first]["gpu_hours"] else float("nan")
@@ -127,7 +127,7 @@ def main() -> int:
             for name, d in row["deployments"].items()
         )
         fleet = (
-            f"{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}%{ratio_first:>12.2f}{ratio_oracle:>11.2f}"
+            f"{row['gpu_hours']:>11.1f}{row['slo_attainment'] * 100:>9.2f}% {ratio_first:>12.2f}{ratio_oracle:>11.2f}"
         )
         print(f"{label:<14}{fleet}  {per}")
         tenants = ", ".join(f"{name} {_pct(value)}" for name, value in row["tenants"].items())
@@ -139,7 +139,8 @@ def main() -> int:
             f"{'':<14}worst deployment: {row['max_reversals_per_hour']:.1f} reversals/h,"
             f" {row['max_changes_per_pool_hour']:.1f} changes/pool-h"
         )
-    print("* clairvoyant (knows the future load): the physical limit, not a real policy")
+    if any(row["clairvoyant"] for row in rows.values()):
+        print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0
 
 

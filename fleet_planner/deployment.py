@@ -25,7 +25,16 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, FrozenModel, PoolRole, PoolSpec
+from fleet_planner.planning import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    SLA,
+    DeploymentMode,
+    DeploymentSpec,
+    FrozenModel,
+    PoolRole,
+    PoolSpec,
+)
 
 ROLES_BY_MODE: dict[str, tuple[PoolRole, ...]] = {"disagg": ("prefill", "decode"), "agg": ("agg",)}
 KUBERNETES_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -74,8 +83,10 @@ class PoolConfig(FrozenModel):
     max: int = Field(ge=0)
     initial: int = Field(default=0, ge=0, description="replicas at start, before any are observed; defaults to `min`")
     startup_s: Duration = Field(default=60.0, description="time from a scale-up decision to a ready replica")
-    max_batch_tokens: int = Field(default=8192, ge=1, description="prefill chunk / token budget per iteration")
-    max_num_seqs: int = Field(default=256, ge=1, description="cap on sequences decoded together")
+    max_batch_tokens: int = Field(
+        default=DEFAULT_MAX_BATCH_TOKENS, ge=1, description="prefill chunk / token budget per iteration"
+    )
+    max_num_seqs: int = Field(default=DEFAULT_MAX_NUM_SEQS, ge=1, description="cap on sequences decoded together")
 
     @model_validator(mode="before")
     @classmethod

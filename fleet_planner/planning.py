@@ -14,6 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Engine defaults (vLLM's --max-num-batched-tokens / --max-num-seqs): what a pool runs with unless
+# its config says otherwise. Every model of an engine (sizing, simulator, emulator) starts here.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_NUM_SEQS = 256
+
 PoolRole = Literal["prefill", "decode", "agg"]
 DeploymentMode = Literal["disagg", "agg"]
 
@@ -44,8 +49,8 @@ class PoolSpec(FrozenModel):
     initial_replicas: int = Field(ge=0)
     startup_s: float = Field(ge=0, allow_inf_nan=False)
     # Engine knobs in force (vLLM --max-num-batched-tokens / --max-num-seqs): sizing must use them.
-    max_batch_tokens: int = Field(default=8192, ge=1)
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
+    max_num_seqs: int = Field(default=DEFAULT_MAX_NUM_SEQS, ge=1)
 
 
 class DeploymentSpec(FrozenModel):

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from fleet_planner.errors import InputError
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 if TYPE_CHECKING:
     from fleet_planner.emulate.server import EmulatorServer
@@ -45,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--model", help="served model name (default: the profile's model)")
     parser.add_argument("--role", choices=["agg", "prefill", "decode"], default="agg")
-    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="prefill token budget per iteration")
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="decode batch cap")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, help="prefill token budget per iteration"
+    )
+    parser.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS, help="decode batch cap")
     parser.add_argument("--max-context", type=int, help="max input + output tokens (default: the profile's)")
     parser.add_argument("--namespace", default="emulator", help="dynamo_namespace label of the metrics")
     parser.add_argument(

@@ -33,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_planner.perf import PerfModel
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 EngineRole = Literal["agg", "prefill", "decode"]
 SPIN_S = 0.002  # the last stretch of each iteration is waited for actively (timer precision)
@@ -44,8 +45,10 @@ class EngineSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: EngineRole = "agg"
-    max_batch_tokens: int = Field(default=8192, ge=1, description="prefill token budget per iteration")
-    max_num_seqs: int = Field(default=256, ge=1, description="decode batch cap")
+    max_batch_tokens: int = Field(
+        default=DEFAULT_MAX_BATCH_TOKENS, ge=1, description="prefill token budget per iteration"
+    )
+    max_num_seqs: int = Field(default=DEFAULT_MAX_NUM_SEQS, ge=1, description="decode batch cap")
 
 
 class RequestRejected(ValueError):

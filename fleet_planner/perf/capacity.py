@@ -6,13 +6,19 @@ from __future__ import annotations
 import math
 
 from fleet_planner.perf.model import PerfModel
+from fleet_planner.planning import DEFAULT_MAX_NUM_SEQS
 
 REFERENCE_INPUT_TOKENS = 1024.0  # lengths assumed before any request was seen
 REFERENCE_OUTPUT_TOKENS = 256.0
 
 
 def replica_rps(
-    model: PerfModel, role: str, mean_input: float, mean_output: float, itl_target_ms: float, max_num_seqs: int = 256
+    model: PerfModel,
+    role: str,
+    mean_input: float,
+    mean_output: float,
+    itl_target_ms: float,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
 ) -> float:
     """Requests/s one replica sustains at these mean lengths: prefill back to back, decode at the
     largest power-of-two batch within the ITL target and the KV cache; aggregated combines both."""

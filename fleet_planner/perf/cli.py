@@ -6,6 +6,7 @@ import argparse
 import json
 
 from fleet_planner.errors import InputError
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 EXAMPLES = """examples:
   fleet-planner recommend --profiles examples/profiles/* --isl 3000 --osl 300 --ttft 500 --itl 20
@@ -28,8 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--osl", type=float, required=True, help="mean output tokens per request")
     parser.add_argument("--ttft", type=float, required=True, help="TTFT target, ms")
     parser.add_argument("--itl", type=float, required=True, help="ITL target, ms")
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="engine decode batch cap (default 256)")
-    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="prefill chunk budget (default 8192)")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS, help="engine decode batch cap (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        help="prefill chunk budget (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(run=_run)
 

@@ -29,10 +29,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fleet_planner.perf.model import PerfModel
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 Role = Literal["prefill", "decode", "agg"]
-DEFAULT_MAX_NUM_SEQS = 256
-DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
 class OperatingPoint(BaseModel):

@@ -11,6 +11,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+
 from .prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
@@ -27,8 +29,8 @@ EV_READY, EV_ITER_END, EV_DECODE, EV_KV_ARRIVE, EV_START, EV_CALL = range(6)
 class EngineKnobs:
     """Serving-engine settings that shape latency but are not in the profile."""
 
-    max_batch_tokens: int = 8192  # prefill token budget per iteration (chunked prefill)
-    max_num_seqs: int = 256  # decode batch cap
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # prefill token budget per iteration (chunked prefill)
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS  # decode batch cap
     kv_bytes_per_token: int = 131072  # KV cache size of one token (Llama-3.1-8B, fp16: 128 KiB)
     kv_transfer_gbps: float = 50.0  # prefill -> decode KV transfer bandwidth
     prefix_cache: bool = True  # prefill/agg replicas reuse cached KV prefixes (needs trace hash_ids)

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet_planner.planning import SLA, PoolRole
+from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS, SLA, PoolRole
 from local_agent.sizing.load import Calibration, LoadEstimate
 from local_agent.sizing.queueing import (
     erlang_c,
@@ -71,8 +71,6 @@ from local_agent.sizing.queueing import (
     quantile_bisect,
 )
 
-DEFAULT_MAX_BATCH_TOKENS = 8192
-DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_KV_BYTES_PER_TOKEN = 131072
 DEFAULT_KV_TRANSFER_GBPS = 50.0
 ADMISSION_SHARE = 0.5  # share of the TTFT SLA a decode-slot wait may use by default

@@ -123,9 +123,9 @@ def _percent(value: float | None) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from fleet_planner.knobs import EngineKnobs
     from fleet_planner.perf import PerfModel, load_profile
     from fleet_sim.closed_loop import run_closed_loop
-    from fleet_sim.engine import EngineKnobs
 
     model = PerfModel(load_profile(args.profile))
     try:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel
 from fleet_planner.planning import PoolRole
-from fleet_sim.engine import EngineKnobs, Pool, Simulator
+from fleet_sim.engine import EngineConfig, Pool, Simulator
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _one_replica_per_pool(sim: Simulator, model: PerfModel, mode: str, knobs: En
     roles: list[PoolRole] = ["agg"] if mode == "agg" else ["prefill", "decode"]
     pools = {}
     for role in roles:
-        pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, knobs, None)
+        pool = Pool(sim, 0, "bench", role, model, "gpu", model.gpus_per_engine, 0.0, EngineConfig(knobs=knobs), None)
         sim.pools.append(pool)
         pool.set_target(1, 0.0)
         pools[role] = pool

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import (
     Decision,
@@ -19,7 +20,7 @@ from fleet_planner.planning import (
     Policy,
     PoolObservation,
 )
-from fleet_sim.engine import EV_CALL, STARTING, EngineKnobs, Pool, Simulator
+from fleet_sim.engine import EV_CALL, STARTING, EngineConfig, Pool, Simulator
 from fleet_sim.gateway import Gateway
 from fleet_sim.results import (
     COMPLETED,
@@ -104,9 +105,8 @@ class FleetSimulation:
             built: dict[str, Pool] = {}
             for role, pool_spec in spec.pools.items():
                 pool_config = config_by_name[spec.name].pools[role]
-                knobs = EngineKnobs(
-                    max_batch_tokens=pool_config.max_batch_tokens,
-                    max_num_seqs=pool_config.max_num_seqs,
+                engine = EngineConfig(
+                    knobs=EngineKnobs.of(pool_config),
                     kv_bytes_per_token=pool_config.kv_bytes_per_token,
                     kv_transfer_gbps=pool_config.kv_transfer_gbps,
                     prefix_cache=pool_config.prefix_cache,
@@ -120,7 +120,7 @@ class FleetSimulation:
                     pool_spec.gpu_type,
                     pool_spec.gpus_per_replica,
                     pool_spec.startup_s,
-                    knobs,
+                    engine,
                     max_input,
                     self.endpoint_timeout.get(spec.endpoint),
                 )

@@ -16,28 +16,24 @@ simulator at once, local processes by a drained restart, Kubernetes in the next 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel
-from fleet_planner.perf.operating import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_NUM_SEQS,
-    agg_point,
-    decode_point,
-)
+from fleet_planner.perf.operating import agg_point, decode_point
 from fleet_planner.planning import SLA, PoolRole
 
 CHUNK_BUDGETS = tuple(2**k for k in range(9, 15))  # 512 .. 16384 tokens
+KV_BOUND = 1 << 20  # no cap of its own: the batch range is bounded by the KV cache
 
 
-class EngineKnobs(BaseModel):
-    """What a connector sets on a pool's engines (vLLM: ``--max-num-seqs``, ``--max-num-batched-tokens``)."""
+class KnobChoice(BaseModel):
+    """The knobs chosen for a pool and why."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True)
 
-    max_num_seqs: int = Field(default=DEFAULT_MAX_NUM_SEQS, ge=1)
-    max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
-    reason: str = "engine defaults"
+    knobs: EngineKnobs
+    reason: str
 
 
 def tune_knobs(
@@ -48,47 +44,45 @@ def tune_knobs(
     mean_output: float,
     *,
     defaults: EngineKnobs = EngineKnobs(),
-) -> EngineKnobs:
-    """The knobs for one pool; the defaults when no setting meets the SLA (nothing to gain by
+) -> KnobChoice:
+    """The knobs for one pool; ``defaults`` when no setting meets the SLA (nothing to gain by
     capping an engine that misses anyway)."""
     if role == "decode":
-        point = decode_point(model, mean_input, mean_output, sla.itl_ms, max_num_seqs=defaults.max_num_seqs)
+        point = decode_point(model, mean_input, mean_output, sla.itl_ms, max_num_seqs=KV_BOUND)
         if not point.feasible or point.batch is None:
-            return defaults
-        return defaults.model_copy(
-            update={
-                "max_num_seqs": point.batch,
-                "reason": f"batch {point.batch} keeps ITL {point.itl_ms:.1f} ms <= {sla.itl_ms:g} ms",
-            }
+            return KnobChoice(knobs=defaults, reason=f"engine defaults ({point.reason})")
+        return KnobChoice(
+            knobs=defaults.model_copy(update={"max_num_seqs": point.batch}),
+            reason=f"batch {point.batch} keeps ITL {point.itl_ms:.1f} ms <= {sla.itl_ms:g} ms",
         )
     if role == "agg":
         return _tune_agg(model, sla, mean_input, mean_output, defaults)
-    return defaults
+    return KnobChoice(knobs=defaults, reason="engine defaults (prefill)")
 
 
-def _tune_agg(model: PerfModel, sla: SLA, isl: float, osl: float, defaults: EngineKnobs) -> EngineKnobs:
+def _tune_agg(model: PerfModel, sla: SLA, isl: float, osl: float, defaults: EngineKnobs) -> KnobChoice:
     best = agg_point(
         model,
         isl,
         osl,
         sla.ttft_ms,
         sla.itl_ms,
-        max_num_seqs=defaults.max_num_seqs,
+        max_num_seqs=KV_BOUND,
         max_batch_tokens=defaults.max_batch_tokens,
     )
     if not best.feasible or best.batch is None:
-        return defaults
+        return KnobChoice(knobs=defaults, reason=f"engine defaults ({best.reason})")
     for budget in CHUNK_BUDGETS:
         if budget <= best.batch:
             continue
         point = agg_point(model, isl, osl, sla.ttft_ms, sla.itl_ms, max_num_seqs=best.batch, max_batch_tokens=budget)
         if point.feasible and point.batch == best.batch and point.ttft_ms is not None:
-            return EngineKnobs(
-                max_num_seqs=best.batch,
-                max_batch_tokens=budget,
+            return KnobChoice(
+                knobs=EngineKnobs(max_num_seqs=best.batch, max_batch_tokens=budget),
                 reason=f"batch {best.batch}, chunk {budget} tokens: ITL {point.itl_ms:.1f} ms, "
                 f"TTFT {point.ttft_ms:.0f} ms",
             )
-    return defaults.model_copy(
-        update={"max_num_seqs": best.batch, "reason": f"batch {best.batch}: ITL {best.itl_ms:.1f} ms"}
+    return KnobChoice(
+        knobs=defaults.model_copy(update={"max_num_seqs": best.batch}),
+        reason=f"batch {best.batch}: ITL {best.itl_ms:.1f} ms",
     )

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from fleet_planner.emulate.engine import Engine, EngineSettings, Sequence
+from fleet_planner.emulate.engine import Engine, Sequence
 from fleet_planner.emulate.server import EmulatorServer
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel, load_profile
 from local_agent.config import PrometheusHistograms, PrometheusQueries
 
@@ -167,7 +168,7 @@ async def test_ttft_and_itl_follow_the_profile() -> None:
 
 async def test_kv_capacity_makes_requests_wait() -> None:
     model = PerfModel(load_profile(PROFILE))
-    engine = Engine(model, EngineSettings(max_num_seqs=1))
+    engine = Engine(model, EngineKnobs(max_num_seqs=1))
     engine.start()
     try:
         first_token: dict[int, float] = {}

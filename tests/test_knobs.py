@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.perf.operating import agg_point
 from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, PoolSpec
 from fleet_sim.closed_loop import run_closed_loop
-from fleet_sim.engine import EngineKnobs as SimKnobs
 from fleet_sim.scenario import parse_scenario
-from local_agent.knobs import EngineKnobs, tune_knobs
+from local_agent.knobs import tune_knobs
 from local_agent.sizing import EngineModel, LoadEstimate
 from local_agent.sizing.deployment import size_deployment
 
@@ -25,7 +25,7 @@ H100 = PerfModel(load_profile(PROFILES / "llama3.1-8b_h100_vllm_tp1"))
 
 
 def test_decode_cap_is_the_largest_batch_meeting_itl() -> None:
-    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 1155, 211)
+    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 1155, 211).knobs
     context = 1155 + 211 / 2
     assert A100.itl_ms(knobs.max_num_seqs, context) <= 30 < A100.itl_ms(knobs.max_num_seqs + 1, context)
     assert knobs.max_batch_tokens == EngineKnobs().max_batch_tokens
@@ -34,13 +34,13 @@ def test_decode_cap_is_the_largest_batch_meeting_itl() -> None:
 def test_decode_cap_holds_itl_under_overload_where_the_default_does_not() -> None:
     """Closed loop on one prefill + one decode replica with more clients than the cap: the tuned
     engine queues the excess (TTFT) and keeps ITL; the default batches everyone and misses it."""
-    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600)
+    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600).knobs
     clients = knobs.max_num_seqs + 60
     run = {
         name: run_closed_loop(
             A100, mode="disagg", concurrency=clients, isl=200, osl=600, knobs=sim, requests_per_client=3
         )
-        for name, sim in (("default", SimKnobs()), ("tuned", SimKnobs(max_num_seqs=knobs.max_num_seqs)))
+        for name, sim in (("default", EngineKnobs()), ("tuned", knobs))
     }
     assert run["default"].tpot_ms > 30
     assert run["tuned"].tpot_ms <= 30
@@ -49,7 +49,8 @@ def test_decode_cap_holds_itl_under_overload_where_the_default_does_not() -> Non
 
 def test_agg_budget_is_the_smallest_power_of_two_keeping_ttft() -> None:
     sla = SLA(ttft_ms=150, itl_ms=20)
-    knobs = tune_knobs(H100, "agg", sla, 3000, 300)
+    choice = tune_knobs(H100, "agg", sla, 3000, 300)
+    knobs = choice.knobs
     assert knobs.max_num_seqs < 256
     point = agg_point(
         H100, 3000, 300, 150, 20, max_num_seqs=knobs.max_num_seqs, max_batch_tokens=knobs.max_batch_tokens
@@ -59,12 +60,12 @@ def test_agg_budget_is_the_smallest_power_of_two_keeping_ttft() -> None:
         H100, 3000, 300, 150, 20, max_num_seqs=knobs.max_num_seqs, max_batch_tokens=knobs.max_batch_tokens // 2
     )
     assert not half.feasible or half.batch != knobs.max_num_seqs
-    assert "chunk" in knobs.reason
+    assert "chunk" in choice.reason
 
 
 @pytest.mark.parametrize("role", ["decode", "agg", "prefill"])
 def test_unreachable_sla_or_prefill_keeps_the_defaults(role: PoolRole) -> None:
-    knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200)
+    knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200).knobs
     assert knobs == EngineKnobs()
 
 

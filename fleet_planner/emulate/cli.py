@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleet_planner.emulate.engine import EngineSettings
     from fleet_planner.emulate.server import EmulatorServer
+    from fleet_planner.knobs import EngineKnobs
     from fleet_planner.perf import PerfModel, load_profile
 
     if not 0 <= args.port <= 65535:
@@ -69,9 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_context is not None and args.max_context < 2:
         raise InputError(f"must be >= 2 (got {args.max_context})", field="--max-context")
     try:
-        settings = EngineSettings(
-            role=args.role, max_batch_tokens=args.max_batch_tokens, max_num_seqs=args.max_num_seqs
-        )
+        knobs = EngineKnobs(max_batch_tokens=args.max_batch_tokens, max_num_seqs=args.max_num_seqs)
     except ValidationError as exc:
         problem = exc.errors(include_url=False)[0]
         raise InputError(problem["msg"], field="--" + str(problem["loc"][0]).replace("_", "-")) from None
@@ -82,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     server = EmulatorServer(
         model,
         served_model=served,
-        settings=settings,
+        knobs=knobs,
+        role=args.role,
         max_context=args.max_context,
         namespace=args.namespace,
         frontend_metrics=not args.no_frontend_metrics,
@@ -108,7 +107,7 @@ async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path 
         tmp = ready_file.with_name(f".{ready_file.name}.tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "port": bound}))
         os.replace(tmp, ready_file)
-    log.info("emulating %s on http://%s:%d (%s)", server.served_model, host, bound, server.engine.settings.role)
+    log.info("emulating %s on http://%s:%d (%s)", server.served_model, host, bound, server.engine.role)
     print(f"READY {bound}", flush=True)
     await stop.wait()
     log.info("draining: %d request(s) in flight", server.engine.in_flight)

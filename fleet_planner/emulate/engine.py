@@ -30,25 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 EngineRole = Literal["agg", "prefill", "decode"]
 SPIN_S = 0.002  # the last stretch of each iteration is waited for actively (timer precision)
-
-
-class EngineSettings(BaseModel):
-    """The engine knobs the profile does not fix (same names and defaults as the simulator's)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    role: EngineRole = "agg"
-    max_batch_tokens: int = Field(
-        default=DEFAULT_MAX_BATCH_TOKENS, ge=1, description="prefill token budget per iteration"
-    )
-    max_num_seqs: int = Field(default=DEFAULT_MAX_NUM_SEQS, ge=1, description="decode batch cap")
 
 
 class RequestRejected(ValueError):
@@ -94,13 +80,15 @@ class Engine:
     def __init__(
         self,
         model: PerfModel,
-        settings: EngineSettings = EngineSettings(),
+        knobs: EngineKnobs = EngineKnobs(),
         *,
+        role: EngineRole = "agg",
         clock: Callable[[], float] = time.monotonic,
         on_iteration: Callable[[IterationRecord], None] | None = None,
     ):
         self.model = model
-        self.settings = settings
+        self.knobs = knobs
+        self.role = role
         self.max_kv = int(model.max_kv_tokens)
         self.clock = clock
         self.on_iteration = on_iteration
@@ -152,7 +140,7 @@ class Engine:
     @property
     def queued_prompt_tokens(self) -> int:
         pending = itertools.chain(self.waiting, self.prefilling)
-        if self.settings.role == "decode":
+        if self.role == "decode":
             return 0
         return sum(s.input_tokens - s.prefilled for s in pending)
 
@@ -183,7 +171,7 @@ class Engine:
 
     def _plan(self) -> tuple[list[tuple[Sequence, int]], float]:
         """Chunks of queued prompts within the token budget, and the iteration's duration (s)."""
-        budget = max(1, self.settings.max_batch_tokens - len(self.running))
+        budget = max(1, self.knobs.max_batch_tokens - len(self.running))
         model = self.model
         plan = []
         prefill_ms = 0.0
@@ -224,7 +212,7 @@ class Engine:
 
     def _first_token(self, seq: Sequence, now: float) -> None:
         seq.t_first = now
-        if self.settings.role == "prefill":
+        if self.role == "prefill":
             seq.emitted = seq.output_tokens - 1  # a prefill worker hands over after the first token
         self._emit(seq, now)
         if seq.emitted < seq.output_tokens:
@@ -245,11 +233,11 @@ class Engine:
                 self.waiting.popleft()
                 continue
             admitted = len(self.running) + len(self.prefilling)
-            if admitted >= self.settings.max_num_seqs or self.kv_reserved + seq.kv_need > self.max_kv:
+            if admitted >= self.knobs.max_num_seqs or self.kv_reserved + seq.kv_need > self.max_kv:
                 return
             self.waiting.popleft()
             self.kv_reserved += seq.kv_need
-            if self.settings.role == "decode":
+            if self.role == "decode":
                 self._first_token(seq, max(self._t_end, self.clock()))  # the prompt's KV came from a prefill worker
                 self._wake.set()
             else:

@@ -21,9 +21,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from fleet_planner.emulate.engine import Engine, EngineSettings, RequestRejected, Sequence
+from fleet_planner.emulate.engine import Engine, EngineRole, RequestRejected, Sequence
 from fleet_planner.emulate.metrics import EmulatorMetrics
 from fleet_planner.emulate.openai import ChatRequest, CompletionRequest, error_body
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel
 
 TOKEN_TEXT = " tok"
@@ -48,16 +49,17 @@ class EmulatorServer:
         model: PerfModel,
         *,
         served_model: str,
-        settings: EngineSettings = EngineSettings(),
+        knobs: EngineKnobs = EngineKnobs(),
+        role: EngineRole = "agg",
         max_context: int | None = None,
         namespace: str = "emulator",
         frontend_metrics: bool = True,
     ):
         self.served_model = served_model
         self.max_context = max_context or model.max_context or int(model.max_kv_tokens)
-        self.engine = Engine(model, settings)
+        self.engine = Engine(model, knobs, role=role)
         self.metrics = EmulatorMetrics(
-            self.engine, namespace=namespace, component=settings.role, model=served_model, frontend=frontend_metrics
+            self.engine, namespace=namespace, component=role, model=served_model, frontend=frontend_metrics
         )
         self.engine.on_iteration = self.metrics.on_iteration
         self.draining = False

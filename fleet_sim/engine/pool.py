@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel
 from fleet_planner.planning import PoolRole
 
@@ -22,7 +23,7 @@ from .decode import DecodeStage
 from .prefill import PrefillStage
 from .prefix_cache import PREFIX_BLOCK_TOKENS
 from .router import Router
-from .state import DRAINING, EV_READY, READY, RETIRED, STARTING, EngineKnobs, PoolStats, Replica
+from .state import DRAINING, EV_READY, READY, RETIRED, STARTING, EngineConfig, PoolStats, Replica
 
 if TYPE_CHECKING:
     from .simulator import Simulator
@@ -41,7 +42,7 @@ class Pool:
         gpu_type: str,
         gpus_per_replica: int,
         startup_s: float,
-        knobs: EngineKnobs,
+        engine: EngineConfig,
         max_input_tokens: int | None,
         queue_timeout_s: float | None = None,
     ):
@@ -54,13 +55,14 @@ class Pool:
         self.gpu_type = gpu_type
         self.gpus_per_replica = gpus_per_replica
         self.startup_s = startup_s
-        self.knobs = knobs
+        self.engine = engine
+        self.knobs = engine.knobs  # in force now; changed at run time by ``set_knobs``
         limits = [v for v in (max_input_tokens, model.max_context) if v]
         self.max_input_tokens = min(limits) if limits else None
         self.max_kv = int(model.max_kv_tokens)
         self.prefix_blocks = 0  # prefix-cache capacity per replica, blocks (0: no cache)
-        if knobs.prefix_cache and role in ("prefill", "agg"):
-            blocks = knobs.prefix_cache_blocks
+        if engine.prefix_cache and role in ("prefill", "agg"):
+            blocks = engine.prefix_cache_blocks
             self.prefix_blocks = max(0, blocks if blocks is not None else self.max_kv // PREFIX_BLOCK_TOKENS)
         self.replicas: list[Replica] = []  # alive: starting, ready, draining
         self.ready: list[Replica] = []
@@ -157,6 +159,20 @@ class Pool:
         """A draining replica that just ran out of work releases its GPUs."""
         if replica.state == DRAINING and replica.idle():
             self._retire(replica, now)
+
+    # ---- engine knobs -----------------------------------------------------------------------
+    def set_knobs(self, knobs: EngineKnobs, now: float) -> None:
+        """New engine knobs for every replica, from the next iteration and admission on (as if the
+        connector's rolling restart were instant): running sequences above a lowered cap finish,
+        a raised cap admits waiting requests at once."""
+        if knobs == self.knobs:
+            return
+        self.knobs = knobs
+        self.admission.max_num_seqs = knobs.max_num_seqs
+        self.prefill.max_batch_tokens = knobs.max_batch_tokens
+        if self.role != "prefill":
+            for replica in self.replicas:
+                self.admission.admit_waiting(replica, now)
 
     # ---- queue timeout ----------------------------------------------------------------------
     def expired(self, request: int, now: float) -> bool:

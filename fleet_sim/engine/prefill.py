@@ -31,7 +31,7 @@ class PrefillStage:
         self.queue_timeout_s = pool.queue_timeout_s
         self.chunk_ms = pool.model.prefill_chunk_ms
         self.overhead_s = pool.model.prefill_overhead_ms / 1000.0
-        self.kv_transfer_s_per_token = pool.knobs.kv_bytes_per_token * 8 / (pool.knobs.kv_transfer_gbps * 1e9)
+        self.kv_transfer_s_per_token = pool.engine.kv_bytes_per_token * 8 / (pool.engine.kv_transfer_gbps * 1e9)
 
     def enqueue(self, replica: Replica, request: int, now: float) -> None:
         replica.prefill_queue.append([request, 0])

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+from fleet_planner.knobs import EngineKnobs
 
 from .prefix_cache import PrefixCache
 
@@ -26,11 +26,11 @@ EV_READY, EV_ITER_END, EV_DECODE, EV_KV_ARRIVE, EV_START, EV_CALL = range(6)
 
 
 @dataclass(frozen=True)
-class EngineKnobs:
-    """Serving-engine settings that shape latency but are not in the profile."""
+class EngineConfig:
+    """A pool's engine beyond its profile: the knobs it starts with (the agent may change them at
+    run time, ``Pool.set_knobs``) and the facts of the hardware and the engine build."""
 
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # prefill token budget per iteration (chunked prefill)
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS  # decode batch cap
+    knobs: EngineKnobs = field(default_factory=EngineKnobs)
     kv_bytes_per_token: int = 131072  # KV cache size of one token (Llama-3.1-8B, fp16: 128 KiB)
     kv_transfer_gbps: float = 50.0  # prefill -> decode KV transfer bandwidth
     prefix_cache: bool = True  # prefill/agg replicas reuse cached KV prefixes (needs trace hash_ids)

@@ -1,12 +1,15 @@
-"""GPU-hours and SLO attainment with tuned engine knobs vs engine defaults, same traffic and policy.
+"""GPU-hours and SLO attainment with agent-tuned engine knobs vs engine defaults, same traffic.
 
-Runs every scenario twice on the same workload: once with the engine defaults (8192 batched
-tokens, 256 sequences), once with each pool's knobs from ``local_agent.knobs.tune_knobs`` at the
-endpoint's mean request lengths (prompts the engine rejects left out) and the deployment's SLA.
-The scenarios are the matrix's diurnal cells (``fleet_sim.matrix`` cells named ``day-...``,
-unchanged) and the repository's diurnal example.
+Every scenario runs on the same workload with the local agent twice: with the engine defaults
+(8192 batched tokens, 256 sequences, as the scenario says), and with ``tune_knobs: true`` (the
+agent re-chooses each pool's knobs every ``knob_interval_s`` from its corrected profile, sizes with
+them, and the simulator's pools apply them). ``--headrooms`` repeats both at several planning
+headrooms, which trades GPU-hours for attainment; the summary then reads each variant's
+GPU-hours at the other's attainment off that trade-off (linear between measured points), which is
+"GPU-hours at the same SLO attainment". Scenarios: the matrix's diurnal cells (``fleet_sim.matrix``
+cells named ``day-...``, unchanged) and, with ``--example``, the repository's diurnal example.
 
-    python benchmarks/bench_knobs.py [--cells day-] [--example] [--scenario FILE ...] [--policy local]
+    python benchmarks/bench_knobs.py [--cells day-] [--example] [--headrooms 1.0,1.1,1.25]
                                      [--duration 6h] [--json OUT]
 """
 
@@ -20,102 +23,112 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
-from fleet_planner.knobs import EngineKnobs  # noqa: E402
-from fleet_planner.perf import PerfModel, load_profile  # noqa: E402
+from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
 from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs.summary import summarize  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.scenario import Scenario, load_scenario  # noqa: E402
 from fleet_sim.workload import Workload, build_workload  # noqa: E402
-from local_agent.knobs import tune_knobs  # noqa: E402
 
 EXAMPLE = ROOT / "examples/diurnal-two-tenant/scenario.yaml"
+VARIANTS = {"engine defaults": False, "tuned knobs": True}
 
 
-def mean_lengths(workload: Workload, endpoint: str, limit: int | None) -> tuple[float, float]:
-    """Mean input and output tokens of one endpoint's requests that the engine accepts."""
-    index = workload.endpoints.index(endpoint)
-    mask = workload.endpoint == index
-    if limit is not None:
-        mask &= workload.input_tokens <= limit
-    return float(workload.input_tokens[mask].mean()), float(workload.output_tokens[mask].mean())
-
-
-def tuned(scenario: Scenario, workload: Workload) -> tuple[Scenario, list[str]]:
-    """The scenario with every pool's knobs tuned, and one line per pool saying what was chosen."""
-    deployments, lines = [], []
-    for deployment in scenario.deployments:
-        sla, source = scenario.endpoint_of(deployment.name)
-        pools = {}
-        for role, pool in deployment.pools.items():
-            model = PerfModel(load_profile(pool.profile))
-            limits = [v for v in (source.max_input_tokens, model.max_context) if v]
-            isl, osl = mean_lengths(workload, deployment.endpoint, min(limits) if limits else None)
-            choice = tune_knobs(model, role, sla, isl, osl, defaults=EngineKnobs.of(pool))
-            pools[role] = pool.model_copy(update=choice.knobs.model_dump())
-            lines.append(f"{deployment.name}/{role}: {choice.reason} (mean {isl:.0f} in, {osl:.0f} out)")
-        deployments.append(deployment.model_copy(update={"pools": pools}))
-    return scenario.model_copy(update={"deployments": deployments}), lines
+def with_options(scenario: Scenario, **options: Any) -> Scenario:
+    planner = scenario.planner
+    planner = type(planner)(**{**planner.model_dump(), **options})
+    return scenario.model_copy(update={"planner": planner})
 
 
 def run(scenario: Scenario, workload: Workload) -> dict[str, Any]:
+    """One simulation: fleet and per-deployment figures, and the knobs the agents ended with."""
     began = time.perf_counter()
-    summary = summarize(FleetSimulation(scenario, workload, make_policy(scenario, workload)).run())
-    summary["wall_s"] = time.perf_counter() - began
-    return summary
+    policy = make_policy(scenario, workload)
+    summary = summarize(FleetSimulation(scenario, workload, policy).run())
+    knobs = {}
+    if isinstance(policy, LocalAgentsPolicy):
+        knobs = {f"{name}/{role}": str(k) for name, agent in policy.agents.items() for role, k in agent.knobs.items()}
+    return {
+        "attainment": summary["fleet"]["slo_attainment"],
+        "gpu_hours": summary["fleet"]["gpu_hours"],
+        "deployments": {name: (d["slo_attainment"], d["gpu_hours"]) for name, d in summary["deployments"].items()},
+        "knobs_at_end": knobs,
+        "wall_s": time.perf_counter() - began,
+    }
 
 
-def compare(label: str, scenario: Scenario) -> dict[str, Any]:
-    """Defaults vs tuned knobs on one scenario; prints the table rows as they come."""
+def gpu_hours_at(points: list[dict[str, Any]], attainment: float) -> float | None:
+    """GPU-hours at ``attainment`` on a variant's measured trade-off (None outside its range)."""
+    ordered = sorted(points, key=lambda p: p["attainment"])
+    xs = [p["attainment"] for p in ordered]
+    if not xs or attainment < xs[0] - 1e-9 or attainment > xs[-1] + 1e-9:
+        return None
+    return float(np.interp(attainment, xs, [p["gpu_hours"] for p in ordered]))
+
+
+def compare(label: str, scenario: Scenario, headrooms: list[float]) -> dict[str, Any]:
+    """Both variants at every headroom on one scenario; prints rows as they come."""
     workload = build_workload(scenario)
-    tuned_scenario, lines = tuned(scenario, workload)
-    print(f"\n{label}: {len(workload)} requests, policy {scenario.planner.policy}", flush=True)
-    for line in lines:
-        print(f"  tuned {line}")
-    out: dict[str, Any] = {"scenario": label, "knobs": lines}
-    for name, variant in (("engine defaults", scenario), ("tuned knobs", tuned_scenario)):
-        summary = run(variant, workload)
-        out[name] = summary
-        for deployment, figures in summary["deployments"].items():
-            _row(name, deployment, figures["slo_attainment"], figures["gpu_hours"])
-        fleet = summary["fleet"]
-        _row(name, "fleet", fleet["slo_attainment"], fleet["gpu_hours"], f"  ({summary['wall_s']:.0f} s)")
+    print(f"\n{label}: {len(workload)} requests, policy local", flush=True)
+    out: dict[str, Any] = {"scenario": label, "runs": {}}
+    for name, tune in VARIANTS.items():
+        points = []
+        for headroom in headrooms:
+            result = run(with_options(scenario, policy="local", tune_knobs=tune, headroom=headroom), workload)
+            result["headroom"] = headroom
+            points.append(result)
+            per = ", ".join(f"{d} {a * 100:.2f}% {h:.1f}" for d, (a, h) in result["deployments"].items())
+            print(
+                f"  {name:16s} headroom {headroom:4.2f}: {result['attainment'] * 100:6.2f}% "
+                f"{result['gpu_hours']:7.1f} GPU-h  [{per}]  ({result['wall_s']:.0f} s)",
+                flush=True,
+            )
+            if tune:
+                print(f"    knobs at the end: {result['knobs_at_end']}", flush=True)
+        out["runs"][name] = points
+    base = out["runs"]["engine defaults"][0]
+    tuned = out["runs"]["tuned knobs"]
+    at = gpu_hours_at(tuned, base["attainment"])
+    out["tuned_gpu_hours_at_default_attainment"] = at
+    text = "outside the tuned runs' range" if at is None else f"{at:.1f} GPU-h"
+    print(
+        f"  => at the defaults' {base['attainment'] * 100:.2f}% (headroom {headrooms[0]:g}, {base['gpu_hours']:.1f}"
+        f" GPU-h), tuned knobs need: {text}",
+        flush=True,
+    )
     return out
-
-
-def _row(variant: str, deployment: str, attainment: float, gpu_hours: float, note: str = "") -> None:
-    print(f"  {variant:16s} {deployment:14s} {attainment * 100:8.2f}% {gpu_hours:9.1f} GPU-h{note}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", default="day-", help="matrix cells whose name contains this ('' for none)")
-    parser.add_argument("--example", action="store_true", help=f"also {EXAMPLE.relative_to(ROOT)} (~25 min)")
-    parser.add_argument("--scenario", type=Path, action="append", default=[], help="another scenario file")
-    parser.add_argument("--policy", default="local")
+    parser.add_argument("--example", action="store_true", help=f"also {EXAMPLE.relative_to(ROOT)} (slow)")
+    parser.add_argument("--headrooms", default="1.0,1.1,1.25", help="planning headrooms to sweep (first: reference)")
     parser.add_argument("--duration", help="shorten every run (e.g. 6h)")
-    parser.add_argument("--json", type=Path, help="write the summaries here")
+    parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {"policy": args.policy}
+    headrooms = [float(h) for h in args.headrooms.split(",")]
+    overrides: dict[str, Any] = {"policy": "local"}
     if args.duration:
         overrides["duration"] = parse_duration(args.duration)
     workdir = Path(tempfile.mkdtemp(prefix="bench_knobs_"))
     results = []
-    chosen = [cell for cell in cells() if args.cells and args.cells in cell.name]
-    for cell in chosen:
-        scenario = build_scenario(cell, args.policy, workdir)
+    for cell in [c for c in cells() if args.cells and args.cells in c.name]:
+        scenario = build_scenario(cell, "local", workdir)
         if args.duration:
             scenario = scenario.model_copy(update={"duration_s": overrides["duration"]})
-        results.append(compare(cell.name, scenario))
-    for path in [*args.scenario, *([EXAMPLE] if args.example else [])]:
-        results.append(compare(str(path), load_scenario(path, overrides=overrides)))
+        results.append(compare(cell.name, scenario, headrooms))
+    if args.example:
+        results.append(compare(str(EXAMPLE.relative_to(ROOT)), load_scenario(EXAMPLE, overrides=overrides), headrooms))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -25,9 +25,8 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 from fleet_planner.planning import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_NUM_SEQS,
     SLA,
     DeploymentMode,
     DeploymentSpec,

@@ -8,11 +8,15 @@ with them, and sizing must use the ones in force. The names follow vLLM
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import re
+from typing import Protocol
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS, FrozenModel
+# Engine defaults (vLLM's --max-num-batched-tokens / --max-num-seqs): what a pool runs with unless
+# its config says otherwise. Every model of an engine (sizing, simulator, emulator) starts here.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_NUM_SEQS = 256
 
 # The command-line flags of each knob (vLLM's), in the order the engine args list them.
 ENGINE_FLAGS = {"max_batch_tokens": "--max-num-batched-tokens", "max_num_seqs": "--max-num-seqs"}
@@ -23,8 +27,10 @@ class _HasKnobs(Protocol):
     max_num_seqs: int
 
 
-class EngineKnobs(FrozenModel):
+class EngineKnobs(BaseModel):
     """Per-pool engine settings; the defaults are the engine's own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_batch_tokens: int = Field(
         default=DEFAULT_MAX_BATCH_TOKENS, ge=1, description="token budget per iteration (chunked prefill)"
@@ -43,12 +49,16 @@ class EngineKnobs(FrozenModel):
             args += [flag, str(getattr(self, name))]
         return args
 
-    def with_engine_args(self, args: list[Any]) -> list[str]:
-        """``args`` (an engine's argument list) with these knobs set: existing flags (``--flag V``
-        or ``--flag=V``) replaced, missing ones appended; everything else kept in order."""
+    def with_engine_args(self, args: list[str]) -> list[str]:
+        """An engine's argument list with these knobs set: each flag's value replaced where it is
+        (``--flag V`` or ``--flag=V``), missing flags appended, everything else kept. A list that
+        is one shell command line (``["python3 -m dynamo.vllm --model M ..."]``, as DGDs often
+        run ``sh -c``) is edited inside that string."""
+        if len(args) == 1 and " " in args[0].strip():
+            return [self._in_command_line(args[0])]
         out: list[str] = []
         skip = False
-        for item in (str(a) for a in args):
+        for item in args:
             if skip:
                 skip = False
                 continue
@@ -59,5 +69,18 @@ class EngineKnobs(FrozenModel):
             out.append(item)
         return out + self.engine_args()
 
+    def _in_command_line(self, line: str) -> str:
+        for name, flag in ENGINE_FLAGS.items():
+            line = _set_flag(line, flag, str(getattr(self, name)))
+        return line
+
     def __str__(self) -> str:
         return f"max_num_seqs={self.max_num_seqs}, max_batch_tokens={self.max_batch_tokens}"
+
+
+def _set_flag(line: str, flag: str, value: str) -> str:
+    """``line`` (a shell command line) with ``flag``'s value set, or the flag appended."""
+    pattern = re.compile(rf"(?<!\S){re.escape(flag)}(=|\s+)\S+")
+    if pattern.search(line):
+        return pattern.sub(lambda match: f"{flag}{match.group(1)}{value}", line)
+    return f"{line.rstrip()} {flag} {value}"

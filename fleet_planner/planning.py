@@ -14,10 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Engine defaults (vLLM's --max-num-batched-tokens / --max-num-seqs): what a pool runs with unless
-# its config says otherwise. Every model of an engine (sizing, simulator, emulator) starts here.
-DEFAULT_MAX_BATCH_TOKENS = 8192
-DEFAULT_MAX_NUM_SEQS = 256
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineKnobs
 
 PoolRole = Literal["prefill", "decode", "agg"]
 DeploymentMode = Literal["disagg", "agg"]
@@ -132,6 +129,9 @@ class ReplicaTarget(FrozenModel):
     role: PoolRole
     replicas: int = Field(ge=0)
     reason: str
+    knobs: EngineKnobs | None = Field(
+        default=None, description="engine knobs the pool should run with (None: unchanged)"
+    )
 
 
 class Decision(FrozenModel):

@@ -285,6 +285,8 @@ class FleetSimulation:
             pool_spec = spec.pools[target.role]
             replicas = min(max(target.replicas, pool_spec.min_replicas), pool_spec.max_replicas)
             pool = self.pools[(spec.name, target.role)]
+            if target.knobs is not None:
+                pool.set_knobs(target.knobs, now)
             if replicas != pool.target:
                 self.decisions.append(DecisionRecord(now, spec.name, target.role, pool.target, replicas, target.reason))
                 self.scale_events[spec.name] += 1

@@ -19,9 +19,11 @@ tests. The weaknesses of the public anchor that this code answers are named wher
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Mapping
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
 from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
@@ -30,12 +32,14 @@ from local_agent.decide.options import AgentOptions
 from local_agent.decide.reactive import Proposal, pressure, reactive
 from local_agent.decide.sizer import Sizer
 from local_agent.forecast import make_predictor
+from local_agent.knobs import KnobTuner
 from local_agent.models import AgentDecision, AgentEffects, AgentInput, DecisionReason, PoolDecision, RuntimeLimits
 from local_agent.sizing import EngineModel
 
 __all__ = ["AgentOptions", "LocalAgent"]
 
 R = DecisionReason
+log = logging.getLogger(__name__)
 RECENT_DECISIONS = 1024
 
 
@@ -71,6 +75,7 @@ class LocalAgent:
         self.intake = Intake(options, self.predictor, self.entry_role, endpoint_share)
         self.sizer = Sizer(spec, models, options, self.intake)
         self.guard = ScaleDownGuard(options, self.sizer, list(spec.pools))
+        self.knob_tuner = KnobTuner(spec, options.knob_interval_s)
         self.pools = {role: _PoolState(pool.initial_replicas) for role, pool in spec.pools.items()}
         self._last_throughput_s = -float("inf")
         # Recent decisions only (bounded: a live agent runs for months; telemetry keeps history).
@@ -125,6 +130,9 @@ class LocalAgent:
             self._last_throughput_s = now_s
             for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
                 self.pools[role].predictive = count
+            if self._retune(now_s, lengths):  # size again with the knobs now in force
+                for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
+                    self.pools[role].predictive = count
         run_throughput = run_throughput and lengths is not None
         decisions = [
             self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools
@@ -144,7 +152,24 @@ class LocalAgent:
             targets={} if record.advisory else {d.role: d.target for d in decisions},
             decision=record,
             curves={d.role: d.curve for d in decisions},
+            knobs=self.knobs if self.options.tune_knobs and not record.advisory else {},
         )
+
+    @property
+    def knobs(self) -> dict[PoolRole, EngineKnobs]:
+        """The engine knobs the agent sizes with (and, with ``tune_knobs``, asks the connector for)."""
+        return dict(self.knob_tuner.knobs)
+
+    def _retune(self, now_s: float, lengths: Lengths) -> bool:
+        """Re-choose engine knobs at the forecast's upper rate; True when any changed."""
+        forecast = self.sizer.forecast
+        if not self.options.tune_knobs or forecast is None:
+            return False
+        changed = self.knob_tuner.retune(now_s, self.sizer, forecast.upper, lengths)
+        self.spec = self.sizer.spec
+        for role, choice in changed.items():
+            log.info("%s/%s engine knobs -> %s", self.spec.name, role, choice.reason)
+        return bool(changed)
 
     def _record(
         self,

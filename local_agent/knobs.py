@@ -1,30 +1,43 @@
-"""Engine knobs per pool: the settings that maximise SLA-compliant throughput per GPU, from the
-(corrected) profile and the lengths the agent observes.
+"""Engine knobs per pool: the settings with which the fewest GPUs meet the SLA, judged by the
+agent's own capacity model on the (corrected) profile, at the load and lengths it observes.
 
-- **decode** pools: ``max_num_seqs`` = the largest batch whose ITL at the mean context meets the
-  ITL target (:func:`fleet_planner.perf.operating.decode_point`). Above it every running sequence
-  would miss ITL; with the cap, a burst waits for a slot instead (a TTFT cost, usually cheaper).
-- **aggregated** pools: ``max_num_seqs`` = the batch with the most requests/s meeting both targets
-  (:func:`~fleet_planner.perf.operating.agg_point`), and ``max_batch_tokens`` = the smallest chunk
-  budget (a power of two) with which TTFT still holds at that batch: a smaller budget spreads a
-  long prompt over more iterations, so no single iteration stalls the running sequences long.
-- **prefill** pools keep the engine's budget (a larger one only batches more prompts together).
+Candidates, per pool (the other pools keep the knobs in force):
 
-The agent recomputes knobs when the observed lengths move; a connector applies them (the
-simulator at once, local processes by a drained restart, Kubernetes in the next rollout).
+- **decode**: ``max_num_seqs`` = the knobs in force, the engine default, or the largest batch whose
+  ITL at the mean context meets the target (:func:`fleet_planner.perf.operating.decode_point`).
+  Above that batch every running sequence slows down; with the cap a burst waits for a slot.
+- **aggregated**: ``max_batch_tokens`` (the chunk budget) from 512 to 16384 tokens, with the cap in
+  force or the batch of :func:`~fleet_planner.perf.operating.agg_point`. A small budget spreads a
+  long prompt over many iterations, so a short answer running beside it is stalled less; it also
+  makes the prompt itself take more iterations (TTFT) and leaves less prefill throughput.
+- **prefill** pools keep their budget (without decodes beside them a larger budget only batches
+  more prompts together).
+
+Each candidate's curve comes from the same model the agent sizes with
+(:meth:`local_agent.decide.sizer.Sizer.curves_at`), so a knob is chosen only when the sizing that
+follows needs fewer GPUs (or as many, with a clearly higher attainment). :class:`KnobTuner` runs
+this every ``knob_interval_s`` and changes knobs only on such a gain (hysteresis: knobs do not flap
+with noise); the connector applies them (the simulator at once, local processes by a drained
+restart one replica at a time, Kubernetes in the DGD spec for the next rollout).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict
 
-from fleet_planner.knobs import EngineKnobs
-from fleet_planner.perf import PerfModel
+from fleet_planner.knobs import DEFAULT_MAX_NUM_SEQS, EngineKnobs
 from fleet_planner.perf.operating import agg_point, decode_point
-from fleet_planner.planning import SLA, PoolRole
+from fleet_planner.planning import SLA, DeploymentSpec, PoolRole
+from local_agent.decide.intake import Lengths
+from local_agent.decide.sizer import Sizer
+from local_agent.sizing import EngineModel
 
 CHUNK_BUDGETS = tuple(2**k for k in range(9, 15))  # 512 .. 16384 tokens
 KV_BOUND = 1 << 20  # no cap of its own: the batch range is bounded by the KV cache
+ATTAINMENT_MARGIN = 0.002  # at equal GPUs, a change must gain this much attainment
 
 
 class KnobChoice(BaseModel):
@@ -36,53 +49,79 @@ class KnobChoice(BaseModel):
     reason: str
 
 
-def tune_knobs(
-    model: PerfModel,
-    role: PoolRole,
-    sla: SLA,
-    mean_input: float,
-    mean_output: float,
-    *,
-    defaults: EngineKnobs = EngineKnobs(),
-) -> KnobChoice:
-    """The knobs for one pool; ``defaults`` when no setting meets the SLA (nothing to gain by
-    capping an engine that misses anyway)."""
+def candidates(
+    model: EngineModel, role: PoolRole, sla: SLA, mean_input: float, mean_output: float, current: EngineKnobs
+) -> list[EngineKnobs]:
+    """The knob settings worth comparing for one pool (``current`` first)."""
     if role == "decode":
-        point = decode_point(model, mean_input, mean_output, sla.itl_ms, max_num_seqs=KV_BOUND)
-        if not point.feasible or point.batch is None:
-            return KnobChoice(knobs=defaults, reason=f"engine defaults ({point.reason})")
-        return KnobChoice(
-            knobs=defaults.model_copy(update={"max_num_seqs": point.batch}),
-            reason=f"batch {point.batch} keeps ITL {point.itl_ms:.1f} ms <= {sla.itl_ms:g} ms",
-        )
+        point = decode_point(model, mean_input, mean_output, sla.itl_ms, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
+        caps = [current.max_num_seqs, DEFAULT_MAX_NUM_SEQS] + ([point.batch] if point.batch else [])
+        return _unique(current.model_copy(update={"max_num_seqs": cap}) for cap in caps)
     if role == "agg":
-        return _tune_agg(model, sla, mean_input, mean_output, defaults)
-    return KnobChoice(knobs=defaults, reason="engine defaults (prefill)")
+        point = agg_point(model, mean_input, mean_output, sla.ttft_ms, sla.itl_ms, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
+        caps = [current.max_num_seqs] + ([point.batch] if point.batch else [])
+        budgets = [current.max_batch_tokens, *CHUNK_BUDGETS]
+        return _unique(EngineKnobs(max_num_seqs=cap, max_batch_tokens=budget) for cap in caps for budget in budgets)
+    return [current]
 
 
-def _tune_agg(model: PerfModel, sla: SLA, isl: float, osl: float, defaults: EngineKnobs) -> KnobChoice:
-    best = agg_point(
-        model,
-        isl,
-        osl,
-        sla.ttft_ms,
-        sla.itl_ms,
-        max_num_seqs=KV_BOUND,
-        max_batch_tokens=defaults.max_batch_tokens,
-    )
-    if not best.feasible or best.batch is None:
-        return KnobChoice(knobs=defaults, reason=f"engine defaults ({best.reason})")
-    for budget in CHUNK_BUDGETS:
-        if budget <= best.batch:
-            continue
-        point = agg_point(model, isl, osl, sla.ttft_ms, sla.itl_ms, max_num_seqs=best.batch, max_batch_tokens=budget)
-        if point.feasible and point.batch == best.batch and point.ttft_ms is not None:
-            return KnobChoice(
-                knobs=EngineKnobs(max_num_seqs=best.batch, max_batch_tokens=budget),
-                reason=f"batch {best.batch}, chunk {budget} tokens: ITL {point.itl_ms:.1f} ms, "
-                f"TTFT {point.ttft_ms:.0f} ms",
+def _unique(items: Iterable[EngineKnobs]) -> list[EngineKnobs]:
+    return list(dict.fromkeys(items))
+
+
+class KnobTuner:
+    """The knobs in force for one deployment's pools, re-chosen every ``interval_s``."""
+
+    def __init__(self, spec: DeploymentSpec, interval_s: float):
+        self.knobs: dict[PoolRole, EngineKnobs] = {role: EngineKnobs.of(pool) for role, pool in spec.pools.items()}
+        self.reasons: dict[PoolRole, str] = dict.fromkeys(spec.pools, "as configured")
+        self.interval_s = interval_s
+        self._last_s = -math.inf
+
+    def spec_with(self, spec: DeploymentSpec, role: PoolRole, knobs: EngineKnobs) -> DeploymentSpec:
+        """``spec`` with one pool's knobs replaced: what sizing must use once they are in force."""
+        pool = spec.pools[role].model_copy(update=knobs.model_dump())
+        return spec.model_copy(update={"pools": {**spec.pools, role: pool}})
+
+    def retune(self, now_s: float, sizer: Sizer, rate: float, lengths: Lengths) -> dict[PoolRole, KnobChoice]:
+        """Re-choose every pool's knobs at ``rate`` (due every ``interval_s``); the pools whose
+        knobs changed, with why. The sizer's spec is updated to the new knobs."""
+        if now_s - self._last_s < self.interval_s - 1e-9 or rate <= 0:
+            return {}
+        self._last_s = now_s
+        changed: dict[PoolRole, KnobChoice] = {}
+        for role in sizer.spec.pools:
+            current = self.knobs[role]
+            model = sizer.models[role]
+            options = candidates(model, role, sizer.spec.sla, lengths[0].mean, lengths[1].mean, current)
+            if len(options) < 2:
+                continue
+            scored = [(self._cost(sizer, role, knobs, rate, lengths), knobs) for knobs in options]
+            (gpus, attainment), best = min(scored, key=lambda item: (item[0][0], -item[0][1]))
+            base_gpus, base_attainment = scored[0][0]
+            if best == current or not (
+                gpus < base_gpus or (gpus == base_gpus and attainment >= base_attainment + ATTAINMENT_MARGIN)
+            ):
+                continue
+            reason = (
+                f"{best}: {gpus} GPUs reach {attainment:.1%} at {rate:.2f} req/s "
+                f"(with {current}: {base_gpus} GPUs, {base_attainment:.1%})"
             )
-    return KnobChoice(
-        knobs=defaults.model_copy(update={"max_num_seqs": best.batch}),
-        reason=f"batch {best.batch}: ITL {best.itl_ms:.1f} ms",
-    )
+            self.knobs[role] = best
+            self.reasons[role] = reason
+            sizer.spec = self.spec_with(sizer.spec, role, best)
+            changed[role] = KnobChoice(knobs=best, reason=reason)
+        return changed
+
+    def _cost(
+        self, sizer: Sizer, role: PoolRole, knobs: EngineKnobs, rate: float, lengths: Lengths
+    ) -> tuple[int, float]:
+        """GPUs the sizing needs with ``knobs`` on ``role``, and the attainment it then expects."""
+        spec = self.spec_with(sizer.spec, role, knobs)
+        curves = sizer.curves_at(rate, lengths, spec=spec)
+        counts = sizer.sized(curves)
+        gpus = sum(counts[r] * spec.pools[r].gpus_per_replica for r in counts)
+        attainment = 1.0
+        for r, curve in curves.items():
+            attainment *= curve.attainment[min(counts[r], len(curve.attainment) - 1)]
+        return gpus, attainment

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import PoolObservation, PoolRole
 
 
@@ -95,6 +96,9 @@ class AgentEffects(BaseModel):
     targets: dict[PoolRole, int]
     decision: AgentDecision
     curves: dict[PoolRole, list[float]] = Field(description="attainment for 0..max replicas, per pool")
+    knobs: dict[PoolRole, EngineKnobs] = Field(
+        default_factory=dict, description="engine knobs each pool should run with (empty: the agent does not tune)"
+    )
 
 
 class RuntimeLimits(BaseModel):

@@ -171,7 +171,10 @@ class AgentRuntime:
         if self.agent is None:
             self.agent = self._adopt(replicas)
         observations = await self.source.observe(now_s, self.spec, replicas)
-        decision = self.agent.step(AgentInput(now_s=now_s, observations=observations)).decision
+        effects = self.agent.step(AgentInput(now_s=now_s, observations=observations))
+        decision = effects.decision
+        if effects.knobs:  # the agent tunes engine knobs: the connector converges on them
+            await self.connector.apply_knobs({str(role): knobs for role, knobs in effects.knobs.items()})
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)
         log.info(

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from fleet_planner.errors import InputError
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 if TYPE_CHECKING:
     from fleet_planner.emulate.server import EmulatorServer

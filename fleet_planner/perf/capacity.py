@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
+from fleet_planner.knobs import DEFAULT_MAX_NUM_SEQS
 from fleet_planner.perf.model import PerfModel
-from fleet_planner.planning import DEFAULT_MAX_NUM_SEQS
 
 REFERENCE_INPUT_TOKENS = 1024.0  # lengths assumed before any request was seen
 REFERENCE_OUTPUT_TOKENS = 256.0

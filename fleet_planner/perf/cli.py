@@ -6,7 +6,7 @@ import argparse
 import json
 
 from fleet_planner.errors import InputError
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 EXAMPLES = """examples:
   fleet-planner recommend --profiles examples/profiles/* --isl 3000 --osl 300 --ttft 500 --itl 20

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 from fleet_planner.perf.model import PerfModel
 from fleet_planner.perf.operating import (
-    DEFAULT_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_NUM_SEQS,
     OperatingPoint,
     agg_point,
     decode_point,

@@ -5,8 +5,9 @@ nothing is shared between agents, exactly as when they run as separate sidecars.
 
 from __future__ import annotations
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, PoolRole, ReplicaTarget
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import AgentDecision, AgentInput
 from local_agent.sizing.shares import endpoint_shares
@@ -49,6 +50,11 @@ def step_agents(
     return [agent.step(tick).decision for agent in agents.values()]
 
 
+def tuned_knobs(agent: LocalAgent, role: PoolRole) -> EngineKnobs | None:
+    """The knobs a tuning agent wants the simulated pool to run with (None: it does not tune)."""
+    return agent.knobs[role] if agent.options.tune_knobs else None
+
+
 def reason_text(pool) -> str:
     return f"{pool.reason.value}: {pool.detail}" if pool.detail else pool.reason.value
 
@@ -67,9 +73,14 @@ class LocalAgentsPolicy(Policy):
             self.history.append(record)
             if record.advisory:
                 continue
+            agent = self.agents[record.deployment]
             targets.extend(
                 ReplicaTarget(
-                    deployment=record.deployment, role=pool.role, replicas=pool.target, reason=reason_text(pool)
+                    deployment=record.deployment,
+                    role=pool.role,
+                    replicas=pool.target,
+                    reason=reason_text(pool),
+                    knobs=tuned_knobs(agent, pool.role),
                 )
                 for pool in record.pools
             )

@@ -30,7 +30,7 @@ from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import Clock, SimulatedClock
 from fleet_planner.errors import InputError
 from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from fleet_sim.adapters.local import build_agents, load_models, reason_text, step_agents
+from fleet_sim.adapters.local import build_agents, load_models, reason_text, step_agents, tuned_knobs
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, SNAPSHOT_FILE, AuditLog, segments
@@ -86,7 +86,13 @@ class FcfsPolicy(Policy):
                 agent.granted(pool.role, count)
                 reason = reason_text(pool) if count == pool.target else f"fcfs: rejected {pool.target}, kept {count}"
                 targets.append(
-                    ReplicaTarget(deployment=record.deployment, role=pool.role, replicas=count, reason=reason)
+                    ReplicaTarget(
+                        deployment=record.deployment,
+                        role=pool.role,
+                        replicas=count,
+                        reason=reason,
+                        knobs=tuned_knobs(agent, pool.role),
+                    )
                 )
         return Decision(targets=targets)
 
@@ -327,6 +333,7 @@ class GlobalPolicy(Policy):
                         role=pool.role,
                         replicas=effects.apply[pool.role],
                         reason=reason + str(pool.target),
+                        knobs=tuned_knobs(agent, pool.role),
                     )
                     for pool in record.pools
                 )

@@ -7,9 +7,12 @@ Kubernetes are adapters behind it, so the same agent code runs in replay, on a l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_planner.knobs import EngineKnobs
 
 
 class ReplicaCounts(BaseModel):
@@ -39,6 +42,13 @@ class Connector(ABC):
     @abstractmethod
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         """Current ready/starting/draining counts for every configured role."""
+
+    async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
+        """Run each listed role's engines with these knobs (role -> knobs); idempotent and quick
+        like ``apply``: the change proceeds in the background (a drained restart, a rollout).
+
+        Default: refused, for a connector that cannot reach the engines' settings."""
+        raise NotImplementedError(f"{type(self).__name__} cannot set engine knobs")
 
     async def apply_routing(self, routing: dict[str, float], admission_rps: float | None) -> None:
         """Apply the planner's routing shares (deployment -> share) and admission limit of the endpoint.

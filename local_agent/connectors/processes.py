@@ -11,7 +11,16 @@ Lifecycle of a worker (one replica of a role):
   as draining until it exits and is reaped. Only after ``drain_timeout_s`` does the connector
   SIGKILL its whole process group.
 
-Scale-down picks starting workers first (they hold no work), then the newest ready ones.
+Scale-down picks starting workers first (they hold no work), then the newest ready ones; workers
+still running older engine knobs go before those already on the current ones.
+
+**Engine knobs** (``apply_knobs``): a role whose command has a ``{knobs}`` item gets the knobs as
+engine flags there (``--max-num-batched-tokens N --max-num-seqs M``). New knobs roll out one worker
+at a time with capacity kept: a replacement starts with the new flags beside the oldest worker on
+older knobs, and only once it is ready is that worker drained (a worker still starting is simply
+drained and replaced). Until it is ready a replacement is not counted (the agent's targets do not
+see it), so the pool holds one extra GPU set during each step. The wanted knobs are in the state
+file, so a restarted agent finishes a roll it began.
 
 The JSON state file (rewritten atomically after every change: temp file + ``os.replace``) lists the
 workers with pid, role, port, wall-clock start and drain times, and the kernel's process start time
@@ -43,12 +52,14 @@ from typing import IO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet_planner.clock import Clock, WallClock
+from fleet_planner.knobs import EngineKnobs
 from local_agent.connectors.base import Connector, ReplicaCounts
 
 log = logging.getLogger(__name__)
 
 WorkerState = Literal["starting", "ready", "draining"]
-_PLACEHOLDERS = {"port": 0, "ready_file": "", "role": "", "worker_id": ""}
+_PLACEHOLDERS = {"port": 0, "ready_file": "", "role": "", "worker_id": "", "knobs": ""}
+KNOBS_ITEM = "{knobs}"
 _BARE_PYTHON = frozenset({"python", "python3"})
 _HAS_PROC = Path("/proc/self/stat").exists()  # Linux: pid-reuse fingerprints from /proc/<pid>/stat
 
@@ -59,7 +70,8 @@ class StateFileError(RuntimeError):
 
 class WorkerCommand(BaseModel):
     """How to start one worker of a role. ``argv`` items may use ``{port}``, ``{ready_file}``,
-    ``{role}`` and ``{worker_id}``; ``{ready_file}`` is required, since that is how readiness is seen."""
+    ``{role}`` and ``{worker_id}``; ``{ready_file}`` is required, since that is how readiness is seen.
+    An item that is exactly ``{knobs}`` becomes the engine-knob flags (none until knobs are set)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,13 +88,26 @@ class WorkerCommand(BaseModel):
             raise ValueError(f"argv item {item!r}: unknown or malformed placeholder ({exc})") from exc
         if not any("{ready_file}" in item for item in argv):
             raise ValueError("argv must pass {ready_file}: the worker signals readiness by creating it")
+        if any(KNOBS_ITEM in item and item != KNOBS_ITEM for item in argv):
+            raise ValueError(f"{KNOBS_ITEM} must be an argv item of its own (it becomes several flags)")
         return argv
 
-    def render(self, *, port: int, ready_file: Path, role: str, worker_id: str) -> list[str]:
+    @property
+    def takes_knobs(self) -> bool:
+        return KNOBS_ITEM in self.argv
+
+    def render(
+        self, *, port: int, ready_file: Path, role: str, worker_id: str, knobs: EngineKnobs | None = None
+    ) -> list[str]:
         """The argv to start, placeholders filled; a bare ``python``/``python3`` program is the
         agent's own interpreter (``sys.executable``), so a worker sees the same installed packages
         (the agent's virtual environment) whatever ``PATH`` says."""
-        argv = [item.format(port=port, ready_file=ready_file, role=role, worker_id=worker_id) for item in self.argv]
+        argv: list[str] = []
+        for item in self.argv:
+            if item == KNOBS_ITEM:
+                argv += knobs.engine_args() if knobs is not None else []
+            else:
+                argv.append(item.format(port=port, ready_file=ready_file, role=role, worker_id=worker_id))
         if argv[0] in _BARE_PYTHON:
             argv[0] = sys.executable
         return argv
@@ -103,6 +128,8 @@ class WorkerRecord(BaseModel):
     ready: bool = False
     draining_since: float | None = Field(default=None, description="wall clock when SIGTERM was sent")
     killed: bool = Field(default=False, description="SIGKILLed after the drain timeout")
+    knobs: EngineKnobs | None = Field(default=None, description="engine knobs it was started with")
+    replaces: str | None = Field(default=None, description="the worker it replaces once ready (a knob roll)")
 
     @property
     def state(self) -> WorkerState:
@@ -128,6 +155,7 @@ class _StateFile(BaseModel):
 
     version: Literal[1] = 1
     workers: list[WorkerRecord]
+    knobs: dict[str, EngineKnobs] = Field(default_factory=dict, description="wanted engine knobs per role")
 
 
 class ProcessConnector(Connector):
@@ -155,10 +183,13 @@ class ProcessConnector(Connector):
         self._clock: Clock = clock if clock is not None else WallClock()  # records wall times
         self._exits: list[WorkerExit] = []
         self._workers: dict[str, WorkerRecord] = {}
+        self._knobs: dict[str, EngineKnobs] = {}
         self._run_dir.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] | None = self._acquire_lock()
         try:
-            for record in self._load():
+            state = self._load()
+            self._knobs = dict(state.knobs)
+            for record in state.workers:
                 self._workers[record.worker_id] = record
             self._refresh(force_save=True)
         except BaseException:
@@ -184,25 +215,48 @@ class ProcessConnector(Connector):
         self._refresh()
         try:
             for role, target in targets.items():
-                active = [w for w in self._workers.values() if w.role == role and w.draining_since is None]
+                active = self._counted(role)
                 for _ in range(target - len(active)):
                     self._spawn(role)
-                # starting ones first (no work yet), then the newest ready ones
-                victims = sorted(active, key=lambda w: (w.ready, -w.started_at))[: max(0, len(active) - target)]
-                for worker in victims:
+                # older knobs first, then starting ones (no work yet), then the newest ready ones
+                order = sorted(active, key=lambda w: (not self._stale(w), w.ready, -w.started_at))
+                for worker in order[: max(0, len(active) - target)]:
                     self._drain(worker)
+            self._roll()
         finally:
             self._save()
 
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         self._ensure_open()
         self._refresh()
+        self._roll()
         counts: dict[str, dict[WorkerState, int]] = {
             role: {"ready": 0, "starting": 0, "draining": 0} for role in self._roles
         }
         for worker in self._workers.values():
-            counts[worker.role][worker.state] += 1
+            if not self._surge(worker):
+                counts[worker.role][worker.state] += 1
         return {role: ReplicaCounts(**c) for role, c in counts.items()}
+
+    async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
+        """Roll each listed role's workers onto ``knobs`` (see the module docstring)."""
+        for role in knobs:
+            if role not in self._roles:
+                raise ValueError(f"unknown role {role!r}; configured: {sorted(self._roles)}")
+            if not self._roles[role].takes_knobs:
+                raise ValueError(f"role {role!r}: its command has no {KNOBS_ITEM} item, so engine knobs cannot be set")
+        self._ensure_open()
+        self._refresh()
+        changed = {role: k for role, k in knobs.items() if self._knobs.get(role) != k}
+        if not changed:
+            return
+        self._knobs.update(changed)
+        for role, k in changed.items():
+            log.info("engine knobs for %s -> %s: rolling its workers one at a time", role, k)
+        try:
+            self._roll()
+        finally:
+            self._save()
 
     async def close(self) -> None:
         """Persist the state and release the lock; workers keep running for the next agent to adopt."""
@@ -222,7 +276,49 @@ class ProcessConnector(Connector):
         """Workers reaped by this connector, in order."""
         return list(self._exits)
 
+    def knobs(self) -> dict[str, EngineKnobs]:
+        """The engine knobs wanted per role (workers converge on them)."""
+        return dict(self._knobs)
+
     # -- internals -----------------------------------------------------------------------------
+
+    def _stale(self, worker: WorkerRecord) -> bool:
+        wanted = self._knobs.get(worker.role)
+        return wanted is not None and worker.knobs != wanted
+
+    def _surge(self, worker: WorkerRecord) -> bool:
+        """A replacement still starting: extra to the pool's count until it is ready."""
+        return worker.replaces is not None and not worker.ready and worker.draining_since is None
+
+    def _counted(self, role: str) -> list[WorkerRecord]:
+        """The role's workers that count toward its target: not draining, not a starting replacement."""
+        return [w for w in self._workers.values() if w.role == role and w.draining_since is None and not self._surge(w)]
+
+    def _roll(self) -> None:
+        """One step of each role's knob roll: a ready replacement retires the worker it replaces;
+        with no replacement under way, the oldest worker on older knobs gets one."""
+        for role in self._knobs:
+            replacements = [w for w in self._workers.values() if w.role == role and w.replaces is not None]
+            busy = False
+            for new in replacements:
+                if new.draining_since is not None:  # drained by a scale-down meanwhile: no longer a replacement
+                    self._workers[new.worker_id] = new.model_copy(update={"replaces": None})
+                elif new.ready:
+                    old = self._workers.get(new.replaces or "")
+                    if old is not None and old.draining_since is None:
+                        self._drain(old)
+                    self._workers[new.worker_id] = new.model_copy(update={"replaces": None})
+                else:
+                    busy = True
+            stale = sorted((w for w in self._counted(role) if self._stale(w)), key=lambda w: w.started_at)
+            if busy or not stale:
+                continue
+            oldest = stale[0]
+            if oldest.ready:
+                self._spawn(role, replaces=oldest.worker_id)
+            else:  # holds no work yet: replace it outright
+                self._drain(oldest)
+                self._spawn(role)
 
     def _ensure_open(self) -> None:
         if self._lock is None:
@@ -243,11 +339,11 @@ class ProcessConnector(Connector):
             self._lock.close()  # closing drops the flock
             self._lock = None
 
-    def _load(self) -> list[WorkerRecord]:
+    def _load(self) -> _StateFile:
         try:
             text = self._state_file.read_text()
         except FileNotFoundError:
-            return []
+            return _StateFile(workers=[])
         try:
             state = _StateFile.model_validate_json(text)
         except ValidationError as exc:
@@ -256,16 +352,16 @@ class ProcessConnector(Connector):
                 f"{exc.errors()[0]['msg']}). Nothing was started or stopped; check the processes it lists, "
                 "then fix or remove it."
             ) from exc
-        unknown = sorted({w.role for w in state.workers} - set(self._roles))
+        unknown = sorted(({w.role for w in state.workers} | set(state.knobs)) - set(self._roles))
         if unknown:
             raise StateFileError(
                 f"{self._state_file} lists workers of unconfigured role(s) {unknown}; nothing was started "
                 "or stopped. Configure those roles or stop those workers by hand."
             )
-        return state.workers
+        return state
 
     def _save(self) -> None:
-        body = _StateFile(workers=self.workers()).model_dump_json(indent=2)
+        body = _StateFile(workers=self.workers(), knobs=self._knobs).model_dump_json(indent=2)
         tmp = self._state_file.with_name(f".{self._state_file.name}.{os.getpid()}.tmp")
         with tmp.open("w") as handle:
             handle.write(body)
@@ -321,12 +417,13 @@ class ProcessConnector(Connector):
         if changed:
             self._save()
 
-    def _spawn(self, role: str) -> None:
+    def _spawn(self, role: str, replaces: str | None = None) -> None:
         worker_id = f"{role}-{uuid.uuid4().hex[:10]}"
         ready_file = self._run_dir / f"{worker_id}.ready"
         ready_file.unlink(missing_ok=True)
         port = _free_port(self._host)
-        argv = self._roles[role].render(port=port, ready_file=ready_file, role=role, worker_id=worker_id)
+        knobs = self._knobs.get(role)
+        argv = self._roles[role].render(port=port, ready_file=ready_file, role=role, worker_id=worker_id, knobs=knobs)
         output = self._run_dir / f"{worker_id}.log"
         pid = os.posix_spawnp(
             argv[0],
@@ -349,6 +446,8 @@ class ProcessConnector(Connector):
             started_at=self._clock.now(),
             proc_starttime=_proc_starttime(pid),
             ready_file=str(ready_file),
+            knobs=knobs,
+            replaces=replaces,
         )
         self._save()  # persist each spawn at once: a crash right after must not orphan the worker
         log.info("started worker %s pid %d port %d: %s", worker_id, pid, port, " ".join(argv))

@@ -10,9 +10,11 @@ File layout (``version`` 1)::
 
     {"version": 1, "deployment": "chat", "updated_at": 1718000000.0,
      "targets": {"prefill": 2, "decode": 1},
+     "knobs": {"decode": {"max_batch_tokens": 8192, "max_num_seqs": 96}},
      "observed": {"prefill": {"ready": 2, "starting": 0, "draining": 0}}, "observed_at": 1717999990.0}
 
-The agent rewrites ``targets``/``updated_at`` and keeps whatever ``observed`` holds at that moment.
+The agent rewrites ``targets``/``updated_at`` (and ``knobs``: the engine knobs each role should run
+with, when it tunes them) and keeps whatever ``observed`` holds at that moment.
 A role the orchestrator has not reported (or a report older than ``max_report_age_s``) is missing,
 not 0: the agent then holds that pool instead of sizing it from a guess.
 
@@ -32,6 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet_planner.clock import Clock, WallClock
+from fleet_planner.knobs import EngineKnobs
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.observe.prometheus import PrometheusSource
 
@@ -51,6 +54,9 @@ class VirtualState(BaseModel):
     deployment: str
     updated_at: float | None = Field(default=None, description="agent clock when the targets were written")
     targets: dict[str, int] = Field(default_factory=dict)
+    knobs: dict[str, EngineKnobs] = Field(
+        default_factory=dict, description="engine knobs per role, for the orchestrator"
+    )
     observed: dict[str, ReplicaCounts] = Field(default_factory=dict)
     observed_at: float | None = Field(default=None, description="wall clock of the orchestrator's report")
 
@@ -105,14 +111,27 @@ class VirtualConnector(Connector):
                 raise ValueError(f"role {role!r}: negative target {target}")
         state = self._read()
         merged = {**state.targets, **targets}
-        updated = state.model_copy(update={"targets": merged, "updated_at": self._clock.now()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(updated.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        self._write(state.model_copy(update={"targets": merged, "updated_at": self._clock.now()}))
         if merged != self._targets:
             log.info("targets for the orchestrator: %s (%s)", merged, self.path)
         self._targets = merged
+
+    async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
+        """Write the engine knobs per role for the orchestrator to apply (at its next restart)."""
+        for role in knobs:
+            if role not in self.roles:
+                raise ValueError(f"unknown role {role!r}; configured: {sorted(self.roles)}")
+        state = self._read()
+        merged = {**state.knobs, **knobs}
+        if merged != state.knobs:
+            self._write(state.model_copy(update={"knobs": merged}))
+            log.info("engine knobs for the orchestrator: %s (%s)", {r: str(k) for r, k in merged.items()}, self.path)
+
+    def _write(self, state: VirtualState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(state.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
 
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         """Counts of the roles known now; roles without a (fresh) report are left out."""

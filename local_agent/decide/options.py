@@ -65,3 +65,9 @@ class AgentOptions(BaseModel):
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
     )
     advisory: bool = False
+    tune_knobs: bool = Field(
+        default=False, description="choose engine knobs per pool (local_agent.knobs) and apply them via the connector"
+    )
+    knob_interval_s: float = Field(
+        default=1800.0, gt=0, allow_inf_nan=False, description="how often knobs are re-chosen (at most one change each)"
+    )

@@ -70,10 +70,13 @@ class Sizer:
     def calibration(self) -> Calibration:
         return Calibration(load_factor=self.options.headroom, arrival_scv=self.intake.arrival_scv())
 
-    def curves_at(self, rate: float, lengths: Lengths, *, corrected: bool = True) -> dict[PoolRole, PoolCurve]:
-        """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``."""
+    def curves_at(
+        self, rate: float, lengths: Lengths, *, corrected: bool = True, spec: DeploymentSpec | None = None
+    ) -> dict[PoolRole, PoolCurve]:
+        """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``;
+        ``spec`` weighs other engine knobs than those in force (``local_agent.knobs``)."""
         load = LoadEstimate.from_distribution(max(rate, 0.0), lengths[0], lengths[1], samples=400)
-        spec = self.spec
+        spec = self.spec if spec is None else spec
         factor = self.ttft.factor if corrected else 1.0
         if factor != 1.0:
             sla = spec.sla.model_copy(update={"ttft_ms": spec.sla.ttft_ms / factor})

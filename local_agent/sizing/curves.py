@@ -58,7 +58,8 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet_planner.planning import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS, SLA, PoolRole
+from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+from fleet_planner.planning import SLA, PoolRole
 from local_agent.sizing.load import Calibration, LoadEstimate
 from local_agent.sizing.queueing import (
     erlang_c,
@@ -260,10 +261,12 @@ def _itl_attainment(
     batch_variance: np.ndarray,
     interference: np.ndarray,
     arrivals: np.ndarray,
+    chunking: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Share of requests whose mean ITL meets the SLA, and the ITL p90, per replica count.
 
-    Per decode-length group k: ITL ~ Normal(mean, batch_variance + interference / d_k).
+    Per decode-length group k: ITL ~ Normal(mean, batch_variance + interference / d_k x
+    chunking(d_k)) (``chunking``: see :func:`_chunk_spread`; 1 without it).
     With prefill interference a short decode may also see no prompt at all (probability
     ``exp(-arrivals * d_k)``), which the normal would miss, so that case is a lower bound.
     Requests with no decode iteration have no ITL and always meet it.
@@ -274,7 +277,10 @@ def _itl_attainment(
     def spread(lengths: _LengthGroups) -> tuple[np.ndarray, np.ndarray]:
         var_decode = np.broadcast_to(batch_variance[:, None], (mean.size, lengths.weights.size))
         var_decode = var_decode + 1e-12
-        return var_decode, np.sqrt(var_decode + interference[:, None] / lengths.iterations)
+        per_group = 1.0 / lengths.iterations
+        if chunking is not None:
+            per_group = per_group * chunking(lengths.iterations)
+        return var_decode, np.sqrt(var_decode + interference[:, None] * per_group[None, :])
 
     var_decode, sd = spread(shape.fine)
     p = norm_cdf((sla_itl - mean[:, None]) / sd)
@@ -584,6 +590,7 @@ def agg_curve(
         point.variance * stretch**2,
         lam * mean_itl * np.mean(variable**2),
         lam * mean_itl,
+        _chunk_spread(inputs, variable, max_batch_tokens),
     )
 
     # Prefill: queued prompts share each iteration, with the token budget the batch leaves;
@@ -619,6 +626,30 @@ def agg_curve(
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
     utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
     return _curve("agg", load.rate_rps, share, attainment, ttft_p90, itl_p90, utilisation)
+
+
+def _chunk_spread(inputs: np.ndarray, variable: np.ndarray, budget: int) -> Callable[[np.ndarray], np.ndarray]:
+    """How chunked prefill changes the ITL spread prompts cause, by decode length ``d``.
+
+    A prompt prefilled in ``c = ceil(L / budget)`` iterations stalls each of them by ``V / c``.
+    A request decoding ``d`` iterations overlaps ``min(d, c)`` of one prompt's chunks, and about
+    ``d + c - 1`` iterations' worth of prompts overlap it, so its variance from one prompt's
+    arrival rate is ``V^2 (d + c - 1) min(d, c)^2 / (c^2 d^2)``: ``V^2 / d`` without chunking
+    (``c = 1``) or for long decodes, ``V^2 / c`` for decodes shorter than the chunking. Returned
+    relative to ``V^2 / d`` (1 when no prompt is chunked)."""
+    chunks = np.maximum(np.ceil(inputs / max(1, budget)), 1.0)
+    if np.all(chunks == 1.0):
+        return np.ones_like
+    weights = variable**2
+    total = float(weights.sum()) or 1.0
+
+    def factor(d: np.ndarray) -> np.ndarray:
+        c = chunks[:, None]
+        dd = np.maximum(d, 1.0)[None, :]
+        h = (dd + c - 1.0) * np.minimum(dd, c) ** 2 / (c**2 * dd)
+        return np.asarray(weights @ h / total)
+
+    return factor
 
 
 def _curve(

@@ -18,6 +18,11 @@
   ``spec.dgdRef`` names the DGD and service) via its ``scale`` subresource when one exists; else a
   JSON patch of ``spec.services.<name>.replicas`` that carries the DGD's ``resourceVersion``; a
   409 Conflict re-reads the object and retries (``conflict_retries``).
+- **Engine knobs** (``apply_knobs``) go into the service's engine arguments
+  (``extraPodSpec.mainContainer.args``: ``--max-num-batched-tokens``, ``--max-num-seqs`` replaced
+  or appended, inside the command line when the args are one ``sh -c`` string) by a JSON patch
+  guarded like the replica patch; the operator applies them in its next rollout of the service's
+  pods, which ``rollout()`` follows.
 - **Rollout** (``rollout()``) from the Ready condition and the observed generation.
 """
 
@@ -25,11 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.kube import JSON_PATCH, MERGE_PATCH, api_client, default_namespace, patch_as, status_of
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.connectors.kubernetes import dgd as d
@@ -233,7 +241,7 @@ class KubernetesConnector(Connector):
             if adapter is not None:
                 await self._scale_adapter(adapter, target)
             else:
-                await self._patch_dgd(service, target)
+                await self._patch_dgd(partial(_replicas_op, service=service, replicas=target))
             log.info("DGD %s service %s -> %d replicas", self.config.dgd, service, target)
 
     async def _scale_adapter(self, adapter: Obj, target: int) -> None:
@@ -257,28 +265,46 @@ class KubernetesConnector(Connector):
                     continue
                 raise
 
-    async def _patch_dgd(self, service: str, target: int) -> None:
+    async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
+        """Write each role's knobs into its service's engine arguments (for the next rollout)."""
+        await self._start()
+        services = self._services(self._dgd())
+        for role in knobs:
+            if role not in services:
+                raise ValueError(f"unknown role {role!r}; configured: {sorted(services)}")
+        for role, wanted in sorted(knobs.items()):
+            service = services[role]
+            patched = await self._patch_dgd(partial(_args_op, service=service, knobs=wanted))
+            if patched:
+                log.info("DGD %s service %s engine knobs -> %s (next rollout)", self.config.dgd, service, wanted)
+
+    async def _patch_dgd(self, op_of: Callable[[Obj], Obj | None]) -> bool:
+        """One JSON-patch operation on the DGD, made from its fresh copy by ``op_of`` (None: nothing
+        to change) and guarded by its resourceVersion (409: re-read, retry). True when written."""
         custom = client.CustomObjectsApi(self._api)
-        path = "/spec/services/" + service.replace("~", "~0").replace("/", "~1") + "/replicas"
         for attempt in range(self.config.conflict_retries + 1):
             dgd = await custom.get_namespaced_custom_object(
                 d.GROUP, d.VERSION, self.namespace, d.DGD_PLURAL, self.config.dgd
             )
+            op = op_of(dgd)
+            if op is None:
+                return False
             ops = [
                 {"op": "replace", "path": "/metadata/resourceVersion", "value": dgd["metadata"]["resourceVersion"]},
-                {"op": "add", "path": path, "value": target},
+                op,
             ]
             try:
                 await custom.patch_namespaced_custom_object(
                     d.GROUP, d.VERSION, self.namespace, d.DGD_PLURAL, self.config.dgd, ops, **patch_as(JSON_PATCH)
                 )
-                return
+                return True
             except Exception as exc:
                 if status_of(exc) == 409 and attempt < self.config.conflict_retries:
                     self.errors.labels(self.deployment, "conflict").inc()
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
                 raise
+        return False
 
     async def apply_routing(self, routing: dict[str, float], admission_rps: float | None) -> None:
         """Write the planner's routing shares to the HTTPRoute and its admission limit to the policy
@@ -295,3 +321,22 @@ class KubernetesConnector(Connector):
         if self._own_api and self._api is not None:
             await self._api.close()
             self._api = None
+
+
+def _pointer(service: str) -> str:
+    """A service name as a JSON-pointer segment."""
+    return service.replace("~", "~0").replace("/", "~1")
+
+
+def _replicas_op(_dgd: Obj, *, service: str, replicas: int) -> Obj:
+    return {"op": "add", "path": "/spec/services/" + _pointer(service) + "/replicas", "value": replicas}
+
+
+def _args_op(dgd: Obj, *, service: str, knobs: EngineKnobs) -> Obj | None:
+    """The JSON-patch operation setting ``knobs`` in a service's engine args (None: already set)."""
+    args = d.engine_args(dgd, service)
+    wanted = knobs.with_engine_args(args)
+    if wanted == args:
+        return None
+    path = "/spec/services/" + _pointer(service) + "/" + "/".join(d.ENGINE_ARGS_PATH)
+    return {"op": "replace", "path": path, "value": wanted}

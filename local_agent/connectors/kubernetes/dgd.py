@@ -124,6 +124,23 @@ def gpus_per_replica(dgd: Obj, service_name: str) -> int:
     raise GpuCountUnreadable(f"{where}: no GPU request (resources.requests.gpu or the main container's {GPU_RESOURCE})")
 
 
+ENGINE_ARGS_PATH = ("extraPodSpec", "mainContainer", "args")
+
+
+def engine_args(dgd: Obj, service_name: str) -> list[str]:
+    """The engine's arguments of a service (``extraPodSpec.mainContainer.args``); DgdError when
+    the service has none to carry engine knobs."""
+    node: Any = services(dgd).get(service_name) or {}
+    for key in ENGINE_ARGS_PATH:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, list) or not node or not all(isinstance(a, str) for a in node):
+        raise DgdError(
+            f"DGD {dgd['metadata']['name']} service {service_name}: no {'.'.join(ENGINE_ARGS_PATH)} "
+            "(a list of strings) to set engine knobs in"
+        )
+    return list(node)
+
+
 def nodes_per_replica(dgd: Obj, service_name: str) -> int:
     return int(((services(dgd).get(service_name) or {}).get("multinode") or {}).get("nodeCount") or 1)
 

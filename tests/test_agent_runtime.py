@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from fleet_planner.clock import SimulatedClock
 from fleet_planner.errors import InputError
+from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import DeploymentSpec, PoolObservation
 from local_agent import cli
 from local_agent.config import AgentConfig, load_config, parse_config
@@ -438,3 +439,23 @@ async def test_sigterm_stops_cleanly(
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/api/state"):
             pass
+
+
+async def test_tuning_agent_writes_its_engine_knobs_for_the_orchestrator(tmp_path: Path, prometheus_url: str) -> None:
+    """With ``tune_knobs`` the live agent hands its knobs to the connector each tick (the virtual
+    connector writes them beside the targets); without it the file has none."""
+    data = config_data(tmp_path, prometheus_url)
+    data["options"]["tune_knobs"] = True
+    data["deployment"]["pools"]["agg"]["max_num_seqs"] = 64
+    report(tmp_path, ready=3)
+    async with open_runtime(parse_config(data, base_dir=tmp_path), clock=Clock()) as runtime:
+        await runtime.tick()
+    written = json.loads((tmp_path / "targets.json").read_text())
+    assert written["knobs"] == {"agg": {"max_batch_tokens": 8192, "max_num_seqs": 64}}
+    with pytest.raises(ValueError, match="unknown role"):
+        await VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]).apply_knobs({"decode": EngineKnobs()})
+
+    report(tmp_path, ready=3)
+    async with open_runtime(parse_config(config_data(tmp_path, prometheus_url), base_dir=tmp_path)) as runtime:
+        await runtime.tick()
+    assert json.loads((tmp_path / "targets.json").read_text())["knobs"] == {}

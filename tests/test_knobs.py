@@ -1,4 +1,5 @@
-"""Engine knobs: the decode batch cap and the aggregated chunk budget hold the SLA."""
+"""Engine knobs: one validated type, the agent's choice (from its own sizing model, with
+hysteresis), sizing with the knobs in force, and the simulator honouring them at run time."""
 
 from __future__ import annotations
 
@@ -7,86 +8,107 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from fleet_planner.knobs import EngineKnobs
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.perf.operating import agg_point
-from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, PoolRole, PoolSpec
+from fleet_planner.planning import SLA, DeploymentMode, DeploymentSpec, Distribution, PoolRole, PoolSpec
 from fleet_sim.closed_loop import run_closed_loop
+from fleet_sim.engine import EngineConfig, Pool, Simulator
 from fleet_sim.scenario import parse_scenario
-from local_agent.knobs import tune_knobs
+from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.knobs import candidates
 from local_agent.sizing import EngineModel, LoadEstimate
+from local_agent.sizing.curves import _chunk_spread
 from local_agent.sizing.deployment import size_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "examples/profiles"
 A100 = PerfModel(load_profile(PROFILES / "llama3.1-8b_a100_vllm_tp1"))
-H100 = PerfModel(load_profile(PROFILES / "llama3.1-8b_h100_vllm_tp1"))
+H200 = PerfModel(load_profile(PROFILES / "llama3.1-8b_h200_vllm_tp1"))
+CONV = (
+    Distribution(count=1000, mean=1155, p50=900, p90=2500, p99=6000),
+    Distribution(count=1000, mean=211, p50=150, p90=450, p99=900),
+)
 
 
-def test_decode_cap_is_the_largest_batch_meeting_itl() -> None:
-    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 1155, 211).knobs
+def test_knobs_are_validated_and_render_as_engine_flags() -> None:
+    with pytest.raises(ValidationError):
+        EngineKnobs(max_num_seqs=0)
+    with pytest.raises(ValidationError):
+        EngineKnobs(max_batch_tokens=512, unknown=1)  # type: ignore[call-arg]
+    knobs = EngineKnobs(max_num_seqs=96, max_batch_tokens=2048)
+    assert knobs.engine_args() == ["--max-num-batched-tokens", "2048", "--max-num-seqs", "96"]
+    assert knobs.with_engine_args(["--model", "m", "--max-num-seqs", "8", "--max-num-batched-tokens=4", "-x"]) == [
+        "--model",
+        "m",
+        "-x",
+        "--max-num-batched-tokens",
+        "2048",
+        "--max-num-seqs",
+        "96",
+    ]
+    line = "python3 -m dynamo.vllm --model m --max-num-seqs 8 --enforce-eager"
+    assert knobs.with_engine_args([line]) == [
+        "python3 -m dynamo.vllm --model m --max-num-seqs 96 --enforce-eager --max-num-batched-tokens 2048"
+    ]
+
+
+def test_decode_candidate_is_the_largest_batch_meeting_itl() -> None:
+    sla = SLA(ttft_ms=600, itl_ms=30)
+    options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs())
+    assert options[0] == EngineKnobs()
+    cap = options[-1].max_num_seqs
     context = 1155 + 211 / 2
-    assert A100.itl_ms(knobs.max_num_seqs, context) <= 30 < A100.itl_ms(knobs.max_num_seqs + 1, context)
-    assert knobs.max_batch_tokens == EngineKnobs().max_batch_tokens
+    assert A100.itl_ms(cap, context) <= 30 < A100.itl_ms(cap + 1, context)
+    assert candidates(A100, "prefill", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]
 
 
 def test_decode_cap_holds_itl_under_overload_where_the_default_does_not() -> None:
-    """Closed loop on one prefill + one decode replica with more clients than the cap: the tuned
+    """Closed loop on one prefill + one decode replica with more clients than the cap: the capped
     engine queues the excess (TTFT) and keeps ITL; the default batches everyone and misses it."""
-    knobs = tune_knobs(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600).knobs
-    clients = knobs.max_num_seqs + 60
+    cap = candidates(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600, EngineKnobs())[-1]
+    clients = cap.max_num_seqs + 60
     run = {
         name: run_closed_loop(
-            A100, mode="disagg", concurrency=clients, isl=200, osl=600, knobs=sim, requests_per_client=3
+            A100, mode="disagg", concurrency=clients, isl=200, osl=600, knobs=k, requests_per_client=3
         )
-        for name, sim in (("default", EngineKnobs()), ("tuned", knobs))
+        for name, k in (("default", EngineKnobs()), ("capped", cap))
     }
     assert run["default"].tpot_ms > 30
-    assert run["tuned"].tpot_ms <= 30
-    assert run["tuned"].ttft_ms > run["default"].ttft_ms
+    assert run["capped"].tpot_ms <= 30
+    assert run["capped"].ttft_ms > run["default"].ttft_ms
 
 
-def test_agg_budget_is_the_smallest_power_of_two_keeping_ttft() -> None:
-    sla = SLA(ttft_ms=150, itl_ms=20)
-    choice = tune_knobs(H100, "agg", sla, 3000, 300)
-    knobs = choice.knobs
-    assert knobs.max_num_seqs < 256
-    point = agg_point(
-        H100, 3000, 300, 150, 20, max_num_seqs=knobs.max_num_seqs, max_batch_tokens=knobs.max_batch_tokens
-    )
-    assert point.feasible and point.batch == knobs.max_num_seqs
-    half = agg_point(
-        H100, 3000, 300, 150, 20, max_num_seqs=knobs.max_num_seqs, max_batch_tokens=knobs.max_batch_tokens // 2
-    )
-    assert not half.feasible or half.batch != knobs.max_num_seqs
-    assert "chunk" in choice.reason
+def test_chunking_narrows_the_itl_spread_of_short_decodes_only() -> None:
+    inputs = np.array([20000.0, 30000.0])
+    variable = np.asarray(A100.ttft_ms(inputs)) - A100.prefill_overhead_ms
+    decodes = np.array([2.0, 10.0, 1000.0])
+    assert np.allclose(_chunk_spread(inputs, variable, 32768)(decodes), 1.0)  # one chunk each: unchanged
+    factor = _chunk_spread(inputs, variable, 512)(decodes)
+    assert factor[0] < factor[1] < 1.0  # a 2-token answer sees a sliver of each prompt
+    assert factor[2] == pytest.approx(1.0, abs=0.1)  # a long answer absorbs whole prompts anyway
 
 
-@pytest.mark.parametrize("role", ["decode", "agg", "prefill"])
-def test_unreachable_sla_or_prefill_keeps_the_defaults(role: PoolRole) -> None:
-    knobs = tune_knobs(A100, role, SLA(ttft_ms=1, itl_ms=1), 1000, 200).knobs
-    assert knobs == EngineKnobs()
-
-
-def _spec(mode: DeploymentMode, **knobs: int) -> DeploymentSpec:
+def _spec(mode: DeploymentMode, profile: str = "llama3.1-8b_a100_vllm_tp1", itl_ms: float = 30, **knobs: int):
     roles: tuple[PoolRole, ...] = ("agg",) if mode == "agg" else ("prefill", "decode")
     pools = {
         role: PoolSpec(
             deployment="d",
             role=role,
-            profile_path=str(PROFILES / "llama3.1-8b_a100_vllm_tp1"),
-            gpu_type="a100",
+            profile_path=str(PROFILES / profile),
+            gpu_type="gpu",
             gpus_per_replica=1,
             min_replicas=0,
-            max_replicas=64,
+            max_replicas=40,
             initial_replicas=1,
             startup_s=60,
             **knobs,
         )
         for role in roles
     }
-    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=600, itl_ms=30), pools=pools)
+    sla = SLA(ttft_ms=2000, itl_ms=itl_ms)
+    return DeploymentSpec(name="d", tenant="t", endpoint="e", mode=mode, sla=sla, pools=pools)
 
 
 @pytest.mark.parametrize(("mode", "role"), [("disagg", "decode"), ("agg", "agg")])
@@ -99,9 +121,66 @@ def test_sizing_uses_the_knobs_in_force(mode: DeploymentMode, role: PoolRole) ->
     assert capped[role] > default[role]
 
 
-def test_scenario_knobs_reach_the_pool_spec(tmp_path: Path) -> None:
-    text = (ROOT / "examples/diurnal-two-tenant/scenario.yaml").read_text()
-    data = yaml.safe_load(text)
+def _agent(spec: DeploymentSpec, **options: object) -> LocalAgent:
+    models: dict[PoolRole, EngineModel] = dict.fromkeys(spec.pools, H200)
+    return LocalAgent(spec, models, AgentOptions(tune_knobs=True, **options), 30)  # type: ignore[arg-type]
+
+
+def test_tuner_raises_the_decode_cap_where_itl_allows_and_sizes_with_it() -> None:
+    """H200 decoding short chats at 30 ms: ITL holds far beyond 256 sequences, so the default cap
+    wastes decode replicas; the tuner lifts it, and the sizing that follows needs fewer GPUs."""
+    agent = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"))
+    before = agent.sizer.sized(agent.sizer.curves_at(350, CONV))
+    changed = agent.knob_tuner.retune(0.0, agent.sizer, 350, CONV)
+    assert set(changed) == {"decode"}
+    cap = changed["decode"].knobs.max_num_seqs
+    assert cap > 256 and agent.knobs["decode"].max_num_seqs == cap
+    assert agent.sizer.spec.pools["decode"].max_num_seqs == cap  # sizing now uses the knobs in force
+    after = agent.sizer.sized(agent.sizer.curves_at(350, CONV))
+    assert after["decode"] < before["decode"]
+    assert "GPUs" in changed["decode"].reason
+
+
+def test_tuner_keeps_knobs_without_a_gain_and_does_not_flap() -> None:
+    agent = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=600)
+    assert agent.knob_tuner.retune(0.0, agent.sizer, 20, CONV) == {}  # one replica either way
+    assert agent.knobs["decode"] == EngineKnobs()
+    assert set(agent.knob_tuner.retune(600.0, agent.sizer, 350, CONV)) == {"decode"}
+    tuned = agent.knobs["decode"]
+    assert agent.knob_tuner.retune(900.0, agent.sizer, 20, CONV) == {}  # not due yet
+    assert agent.knob_tuner.retune(1200.0, agent.sizer, 20, CONV) == {}  # due, but no gain in going back
+    assert agent.knobs["decode"] == tuned
+
+
+def test_agent_hands_its_knobs_to_the_connector_only_when_tuning() -> None:
+    from local_agent.models import AgentInput
+
+    tuning = _agent(_spec("agg", "llama3.1-8b_h200_vllm_tp1")).step(AgentInput(now_s=0.0, observations=None))
+    assert tuning.knobs == {"agg": EngineKnobs()}
+    spec = _spec("agg", "llama3.1-8b_h200_vllm_tp1")
+    plain = LocalAgent(spec, {"agg": H200}, AgentOptions(), 30).step(AgentInput(now_s=0.0, observations=None))
+    assert plain.knobs == {}
+
+
+def test_simulated_pool_applies_new_knobs_at_run_time() -> None:
+    """A raised cap admits the requests waiting for a slot at once; a lowered chunk budget is the
+    next iteration's."""
+    sim = Simulator({"gpu": 1}, end_s=1e9)
+    pool = Pool(sim, 0, "d", "decode", A100, "gpu", 1, 0.0, EngineConfig(knobs=EngineKnobs(max_num_seqs=2)), None)
+    sim.pools.append(pool)
+    pool.set_target(1, 0.0)
+    pool.on_ready(pool.replicas[0], 0.0)
+    for _ in range(5):
+        pool.router.submit(sim.requests.add(0.0, 100, 500, 0), 0.0)
+    replica = pool.replicas[0]
+    assert (replica.batch, len(replica.wait_queue)) == (2, 3)
+    pool.set_knobs(EngineKnobs(max_num_seqs=4, max_batch_tokens=1024), 0.1)
+    assert (replica.batch, len(replica.wait_queue)) == (4, 1)
+    assert pool.prefill.max_batch_tokens == 1024 and pool.knobs.max_num_seqs == 4
+
+
+def test_scenario_knobs_reach_the_pool_spec() -> None:
+    data = yaml.safe_load((ROOT / "examples/diurnal-two-tenant/scenario.yaml").read_text())
     data["deployments"][0]["pools"]["decode"]["max_num_seqs"] = 99
     scenario = parse_scenario(data, base_dir=ROOT / "examples/diurnal-two-tenant")
     specs = {spec.name: spec for spec in scenario.deployment_specs()}

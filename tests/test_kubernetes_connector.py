@@ -402,3 +402,73 @@ def test_agent_config_accepts_kubernetes_connector(tmp_path: Path) -> None:
     data["connector"] = {"kind": "kubernetes", "dgd": "Not_A_Name"}
     with pytest.raises(InputError, match="connector.dgd"):
         parse_config(data, base_dir=tmp_path)
+
+
+async def test_engine_knobs_go_into_the_services_engine_args_for_the_next_rollout(cluster: Cluster) -> None:
+    """Knobs replace the engine flags in ``extraPodSpec.mainContainer.args`` (a list, or one
+    ``sh -c`` command line) by a guarded patch; the spec's generation moves (the operator's next
+    rollout), the rest of the args is kept, and the same knobs again write nothing."""
+    from fleet_planner.knobs import EngineKnobs
+
+    body = fx.dgd("knobbed", {"VllmPrefillWorker": ("prefill", 1, "1"), "VllmDecodeWorker": ("decode", 2, "2")})
+    body["spec"]["services"]["VllmPrefillWorker"]["extraPodSpec"] = {
+        "mainContainer": {"args": ["--model", "m", "--max-num-batched-tokens", "8192", "--enforce-eager"]}
+    }
+    line = "python3 -m dynamo.vllm --model m --max-num-seqs=256 --is-decode-worker"
+    body["spec"]["services"]["VllmDecodeWorker"]["extraPodSpec"] = {
+        "mainContainer": {"command": ["/bin/sh", "-c"], "args": [line]}
+    }
+    cluster.create(body)
+    connector = cluster.connector(dgd="knobbed")
+    try:
+        await connector.observe_replicas()
+        generation = cluster.get("DynamoGraphDeployment", "knobbed")["metadata"]["generation"]
+        await connector.apply_knobs(
+            {"prefill": EngineKnobs(max_batch_tokens=16384), "decode": EngineKnobs(max_num_seqs=96)}
+        )
+        dgd = cluster.get("DynamoGraphDeployment", "knobbed")
+        services = dgd["spec"]["services"]
+        assert services["VllmPrefillWorker"]["extraPodSpec"]["mainContainer"]["args"] == [
+            "--model",
+            "m",
+            "--enforce-eager",
+            "--max-num-batched-tokens",
+            "16384",
+            "--max-num-seqs",
+            "256",
+        ]
+        assert services["VllmDecodeWorker"]["extraPodSpec"]["mainContainer"]["args"] == [
+            "python3 -m dynamo.vllm --model m --max-num-seqs=96 --is-decode-worker --max-num-batched-tokens 8192"
+        ]
+        assert services["VllmDecodeWorker"]["extraPodSpec"]["mainContainer"]["command"] == ["/bin/sh", "-c"]
+        assert services["VllmDecodeWorker"]["replicas"] == 2  # knobs leave the replica counts alone
+        assert dgd["metadata"]["generation"] == generation + 2
+        await until(
+            lambda: (
+                connector._dgds is not None
+                and connector._dgds.objects["knobbed"]["metadata"]["generation"] == generation + 2
+            )
+        )
+        assert not connector.rollout().settled  # the operator rolls the pods out next
+        writes = len(cluster.server.requests)
+        await connector.apply_knobs({"decode": EngineKnobs(max_num_seqs=96)})
+        assert not [r for r in cluster.server.requests[writes:] if r[0] == "PATCH"]
+        with pytest.raises(ValueError, match="unknown role"):
+            await connector.apply_knobs({"agg": EngineKnobs()})
+    finally:
+        await connector.close()
+
+
+async def test_engine_knobs_need_engine_args_in_the_dgd(cluster: Cluster) -> None:
+    from fleet_planner.knobs import EngineKnobs
+
+    connector = cluster.connector()
+    try:
+        await connector.observe_replicas()
+        with pytest.raises(DgdError, match=r"no extraPodSpec\.mainContainer\.args"):
+            await connector.apply_knobs({"decode": EngineKnobs(max_num_seqs=96)})
+        assert (
+            "extraPodSpec" not in cluster.get("DynamoGraphDeployment", "llama")["spec"]["services"]["VllmDecodeWorker"]
+        )
+    finally:
+        await connector.close()

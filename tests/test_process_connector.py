@@ -294,3 +294,69 @@ async def test_bare_python_runs_the_agents_own_interpreter(
     conn = connectors({"agg": command}, tmp_path / "state.json", drain_timeout_s=5.0)
     await conn.apply({"agg": 1})
     await wait_counts(conn, "agg", ReplicaCounts(ready=1))
+
+
+def emulator_command() -> WorkerCommand:
+    """A real engine stand-in that takes engine-knob flags: ``fleet-planner emulate``."""
+    profile = REPO_ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
+    argv = [sys.executable, "-m", "fleet_planner.emulate", "--profile", str(profile), "--port", "{port}"]
+    return WorkerCommand(argv=[*argv, "--ready-file", "{ready_file}", "{knobs}"], env={"PYTHONPATH": str(REPO_ROOT)})
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
+
+
+async def test_new_knobs_roll_one_worker_at_a_time_keeping_capacity(
+    tmp_path: Path, connectors: ConnectorFactory
+) -> None:
+    """Two emulated engines move to new knobs: each step starts a replacement with the new flags
+    beside an old worker and drains the old one only once the new one is ready, so the pool never
+    has fewer than two ready engines and never runs two replacements at once; a restarted agent
+    keeps the wanted knobs."""
+    from fleet_planner.knobs import EngineKnobs
+
+    state = tmp_path / "state.json"
+    conn = connectors({"agg": emulator_command()}, state, drain_timeout_s=30.0)
+    await conn.apply({"agg": 2})
+    await wait_counts(conn, "agg", ReplicaCounts(ready=2), timeout_s=60.0)
+    old = {w.worker_id for w in conn.workers()}
+    assert all("--max-num-seqs" not in cmdline(w.pid) for w in conn.workers())  # no knobs set yet: engine defaults
+
+    knobs = EngineKnobs(max_num_seqs=12, max_batch_tokens=1024)
+    await conn.apply_knobs({"agg": knobs})
+    await conn.apply_knobs({"agg": knobs})  # idempotent
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120.0
+    while True:
+        counts = (await conn.observe_replicas())["agg"]
+        assert counts.ready == 2 and counts.starting == 0, "capacity kept; the replacement is not counted"
+        assert sum(1 for w in conn.workers() if w.replaces is not None) <= 1, "one replacement at a time"
+        if counts == ReplicaCounts(ready=2) and not old & {w.worker_id for w in conn.workers()}:
+            break
+        assert loop.time() < deadline, f"roll did not finish: {conn.workers()}"
+        await asyncio.sleep(0.05)
+    for worker in conn.workers():
+        assert worker.knobs == knobs
+        args = cmdline(worker.pid)
+        assert args[args.index("--max-num-batched-tokens") + 1] == "1024"
+        assert args[args.index("--max-num-seqs") + 1] == "12"
+    assert [e.state for e in conn.exits] == ["draining", "draining"]
+    await conn.close()
+    conn2 = connectors({"agg": emulator_command()}, state, drain_timeout_s=30.0)
+    assert conn2.knobs() == {"agg": knobs}
+    await conn2.apply({"agg": 0})
+    await wait_counts(conn2, "agg", ReplicaCounts(), timeout_s=30.0)
+
+
+async def test_knobs_need_a_knobs_item_and_a_known_role(tmp_path: Path, connectors: ConnectorFactory) -> None:
+    from fleet_planner.knobs import EngineKnobs
+
+    conn = connectors({"agg": demo_command(tmp_path)}, tmp_path / "state.json")
+    with pytest.raises(ValueError, match=r"no \{knobs\} item"):
+        await conn.apply_knobs({"agg": EngineKnobs()})
+    with pytest.raises(ValueError, match="unknown role"):
+        await conn.apply_knobs({"decode": EngineKnobs()})
+    assert conn.knobs() == {}
+    with pytest.raises(ValidationError, match="an argv item of its own"):
+        WorkerCommand(argv=["engine", "--ready", "{ready_file}", "--x={knobs}"])

@@ -47,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="served model name (default: the profile's model)")
     parser.add_argument("--role", choices=["agg", "prefill", "decode"], default="agg")
     parser.add_argument(
-        "--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, help="prefill token budget per iteration"
+        "--max-batch-tokens",
+        "--max-num-batched-tokens",  # vLLM's name: what a connector setting engine knobs passes
+        type=int,
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        help="prefill token budget per iteration",
     )
     parser.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS, help="decode batch cap")
     parser.add_argument("--max-context", type=int, help="max input + output tokens (default: the profile's)")

@@ -9,7 +9,8 @@ GPU-hours at the other's attainment off that trade-off (linear between measured 
 "GPU-hours at the same SLO attainment". Scenarios: the matrix's diurnal cells (``fleet_sim.matrix``
 cells named ``day-...``, unchanged) and, with ``--example``, the repository's diurnal example.
 
-    python benchmarks/bench_knobs.py [--cells day-] [--example] [--headrooms 1.0,1.1,1.25]
+    python benchmarks/bench_knobs.py [--cells day-] [--example] [--scenario FILE ...]
+                                     [--headrooms 1.0,1.1,1.25] [--fixed DEP/ROLE=SEQS,TOKENS ...]
                                      [--duration 6h] [--json OUT]
 """
 
@@ -29,16 +30,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_planner.knobs import EngineKnobs  # noqa: E402
 from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
 from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs.summary import summarize  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
+from fleet_sim.results import SimulationResult  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.scenario import Scenario, load_scenario  # noqa: E402
 from fleet_sim.workload import Workload, build_workload  # noqa: E402
 
 EXAMPLE = ROOT / "examples/diurnal-two-tenant/scenario.yaml"
 VARIANTS = {"engine defaults": False, "tuned knobs": True}
+
+
+def with_knobs(scenario: Scenario, fixed: dict[tuple[str, str], EngineKnobs]) -> Scenario:
+    """The scenario with some pools' knobs set (``deployment/role`` -> knobs); others unchanged."""
+    deployments = []
+    for deployment in scenario.deployments:
+        pools = {
+            role: pool.model_copy(update=fixed[(deployment.name, role)].model_dump())
+            if (deployment.name, role) in fixed
+            else pool
+            for role, pool in deployment.pools.items()
+        }
+        deployments.append(deployment.model_copy(update={"pools": pools}))
+    return scenario.model_copy(update={"deployments": deployments})
+
+
+def parse_fixed(items: list[str]) -> dict[tuple[str, str], EngineKnobs]:
+    """``DEPLOYMENT/ROLE=SEQS,TOKENS`` items (e.g. ``h1-1/agg=256,512``)."""
+    fixed = {}
+    for item in items:
+        pool, _, values = item.partition("=")
+        deployment, _, role = pool.partition("/")
+        seqs, _, tokens = values.partition(",")
+        if not (deployment and role and seqs.isdigit() and tokens.isdigit()):
+            raise SystemExit(f"--fixed {item!r}: expected DEPLOYMENT/ROLE=MAX_NUM_SEQS,MAX_BATCH_TOKENS")
+        fixed[(deployment, role)] = EngineKnobs(max_num_seqs=int(seqs), max_batch_tokens=int(tokens))
+    return fixed
 
 
 def with_options(scenario: Scenario, **options: Any) -> Scenario:
@@ -51,7 +81,8 @@ def run(scenario: Scenario, workload: Workload) -> dict[str, Any]:
     """One simulation: fleet and per-deployment figures, and the knobs the agents ended with."""
     began = time.perf_counter()
     policy = make_policy(scenario, workload)
-    summary = summarize(FleetSimulation(scenario, workload, policy).run())
+    result = FleetSimulation(scenario, workload, policy).run()
+    summary = summarize(result)
     knobs = {}
     if isinstance(policy, LocalAgentsPolicy):
         knobs = {f"{name}/{role}": str(k) for name, agent in policy.agents.items() for role, k in agent.knobs.items()}
@@ -60,7 +91,19 @@ def run(scenario: Scenario, workload: Workload) -> dict[str, Any]:
         "gpu_hours": summary["fleet"]["gpu_hours"],
         "deployments": {name: (d["slo_attainment"], d["gpu_hours"]) for name, d in summary["deployments"].items()},
         "knobs_at_end": knobs,
+        **misses(result),
         "wall_s": time.perf_counter() - began,
+    }
+
+
+def misses(result: SimulationResult) -> dict[str, float]:
+    """Shares of all requests missing TTFT (or rejected) and missing ITL, over the fleet."""
+    r = result.requests
+    ttft = np.array([result.endpoint_sla[e][0] for e in result.endpoints])[r.endpoint]
+    itl = np.array([result.endpoint_sla[e][1] for e in result.endpoints])[r.endpoint]
+    return {
+        "ttft_miss": float(np.mean(~(r.ttft_ms <= ttft))),
+        "itl_miss": float(np.mean(r.itl_ms > itl)),  # NaN (no decode, or no first token) is not an ITL miss
     }
 
 
@@ -73,21 +116,31 @@ def gpu_hours_at(points: list[dict[str, Any]], attainment: float) -> float | Non
     return float(np.interp(attainment, xs, [p["gpu_hours"] for p in ordered]))
 
 
-def compare(label: str, scenario: Scenario, headrooms: list[float]) -> dict[str, Any]:
-    """Both variants at every headroom on one scenario; prints rows as they come."""
+def compare(
+    label: str, scenario: Scenario, headrooms: list[float], fixed: dict[tuple[str, str], EngineKnobs]
+) -> dict[str, Any]:
+    """Both variants (and the fixed knobs, if any) at every headroom on one scenario; prints rows
+    as they come."""
     workload = build_workload(scenario)
     print(f"\n{label}: {len(workload)} requests, policy local", flush=True)
     out: dict[str, Any] = {"scenario": label, "runs": {}}
-    for name, tune in VARIANTS.items():
+    variants = dict(VARIANTS)
+    names = {d.name for d in scenario.deployments}
+    fixed = {key: knobs for key, knobs in fixed.items() if key[0] in names}
+    if fixed:
+        variants["fixed knobs"] = False
+    for name, tune in variants.items():
+        base = with_knobs(scenario, fixed) if name == "fixed knobs" else scenario
         points = []
         for headroom in headrooms:
-            result = run(with_options(scenario, policy="local", tune_knobs=tune, headroom=headroom), workload)
+            result = run(with_options(base, policy="local", tune_knobs=tune, headroom=headroom), workload)
             result["headroom"] = headroom
             points.append(result)
             per = ", ".join(f"{d} {a * 100:.2f}% {h:.1f}" for d, (a, h) in result["deployments"].items())
             print(
                 f"  {name:16s} headroom {headroom:4.2f}: {result['attainment'] * 100:6.2f}% "
-                f"{result['gpu_hours']:7.1f} GPU-h  [{per}]  ({result['wall_s']:.0f} s)",
+                f"{result['gpu_hours']:7.1f} GPU-h  [{per}]  misses: TTFT {result['ttft_miss'] * 100:.2f}%,"
+                f" ITL {result['itl_miss'] * 100:.2f}%  ({result['wall_s']:.0f} s)",
                 flush=True,
             )
             if tune:
@@ -110,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", default="day-", help="matrix cells whose name contains this ('' for none)")
     parser.add_argument("--example", action="store_true", help=f"also {EXAMPLE.relative_to(ROOT)} (slow)")
+    parser.add_argument("--scenario", type=Path, action="append", default=[], help="another scenario file")
     parser.add_argument("--headrooms", default="1.0,1.1,1.25", help="planning headrooms to sweep (first: reference)")
+    parser.add_argument(
+        "--fixed", action="append", default=[], help="also run with these knobs: DEPLOYMENT/ROLE=SEQS,TOKENS"
+    )
     parser.add_argument("--duration", help="shorten every run (e.g. 6h)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     headrooms = [float(h) for h in args.headrooms.split(",")]
+    fixed = parse_fixed(args.fixed)
     overrides: dict[str, Any] = {"policy": "local"}
     if args.duration:
         overrides["duration"] = parse_duration(args.duration)
@@ -124,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario = build_scenario(cell, "local", workdir)
         if args.duration:
             scenario = scenario.model_copy(update={"duration_s": overrides["duration"]})
-        results.append(compare(cell.name, scenario, headrooms))
-    if args.example:
-        results.append(compare(str(EXAMPLE.relative_to(ROOT)), load_scenario(EXAMPLE, overrides=overrides), headrooms))
+        results.append(compare(cell.name, scenario, headrooms, fixed))
+    for path in [*([EXAMPLE] if args.example else []), *args.scenario]:
+        results.append(compare(str(path), load_scenario(path, overrides=overrides), headrooms, fixed))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

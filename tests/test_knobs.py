@@ -186,3 +186,32 @@ def test_scenario_knobs_reach_the_pool_spec() -> None:
     specs = {spec.name: spec for spec in scenario.deployment_specs()}
     assert specs["chat"].pools["decode"].max_num_seqs == 99
     assert specs["chat"].pools["prefill"].max_num_seqs == 256
+
+
+def test_policy_knobs_reach_the_simulated_pools() -> None:
+    """A tuning agent's targets carry its knobs, and the simulation applies them to the pool."""
+    from fleet_planner.planning import Decision, Policy
+    from fleet_sim.adapters.local import LocalAgentsPolicy
+    from fleet_sim.runner import FleetSimulation
+    from fleet_sim.workload import build_workload
+
+    data = yaml.safe_load((ROOT / "examples/diurnal-two-tenant/scenario.yaml").read_text())
+    data.update(duration="2m", planner={"policy": "local", "interval_s": 30, "tune_knobs": True})
+    scenario = parse_scenario(data, base_dir=ROOT / "examples/diurnal-two-tenant")
+    workload = build_workload(scenario)
+    policy = LocalAgentsPolicy(scenario.deployment_specs(), 30, AgentOptions(tune_knobs=True))
+    policy.agents["chat"].knob_tuner.knobs["decode"] = EngineKnobs(max_num_seqs=77)
+    decision = policy.decide(0.0, None)
+    assert {(t.deployment, t.role): t.knobs for t in decision.targets}[("chat", "decode")] == EngineKnobs(
+        max_num_seqs=77
+    )
+
+    class Fixed(Policy):
+        def decide(self, now_s: float, observation: object) -> Decision:
+            return decision
+
+    simulation = FleetSimulation(scenario, workload, Fixed(scenario.deployment_specs(), 30))
+    simulation.run()
+    pool = simulation.pools[("chat", "decode")]
+    assert pool.knobs == EngineKnobs(max_num_seqs=77) and pool.admission.max_num_seqs == 77
+    assert simulation.pools[("chat", "prefill")].knobs == EngineKnobs()

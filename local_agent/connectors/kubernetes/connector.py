@@ -268,12 +268,15 @@ class KubernetesConnector(Connector):
     async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
         """Write each role's knobs into its service's engine arguments (for the next rollout)."""
         await self._start()
-        services = self._services(self._dgd())
+        cached = self._dgd()
+        services = self._services(cached)
         for role in knobs:
             if role not in services:
                 raise ValueError(f"unknown role {role!r}; configured: {sorted(services)}")
         for role, wanted in sorted(knobs.items()):
             service = services[role]
+            if _args_op(cached, service=service, knobs=wanted) is None:
+                continue  # already in the spec (the agent hands its knobs over every tick)
             patched = await self._patch_dgd(partial(_args_op, service=service, knobs=wanted))
             if patched:
                 log.info("DGD %s service %s engine knobs -> %s (next rollout)", self.config.dgd, service, wanted)

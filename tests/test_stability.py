@@ -287,9 +287,9 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
     tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
     holder = _served("batch", "ep-batch", "low", current=6, observed=6.0)
     for solve in (allocate, allocate_greedy):
-        # The high-priority agent asks for 6 on a forecast, but serves 2.5 rps on 3 replicas: the
+        # The high-priority agent asks for 6 on a forecast, but serves 2 rps on 3 replicas: the
         # rest is headroom, worth the idle GPUs only. The holder keeps what it holds and wants.
-        fine = _served("chat", "ep-chat", "high", current=3, observed=2.5)
+        fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
         answer = solve(_request([fine, holder], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
         # Observed short (3.5 rps on 3 replicas): its curve counts, and priority decides.
@@ -328,7 +328,7 @@ def test_a_guarantee_does_not_evict_for_headroom() -> None:
         curve=_curve(1.0, 7.0),
         demand_weight=7.0,
     )
-    fine = _served("chat", "ep-chat", "high", current=3, observed=2.5)
+    fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
     answer = allocate(_request([fine, holder], 10, tenants=tenants))
     assert answer.replicas == {"chat/agg": 3, "batch/agg": 7}
     short = _served("chat", "ep-chat", "high", current=3, observed=3.5)

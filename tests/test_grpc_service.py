@@ -196,6 +196,13 @@ async def test_bad_input_is_rejected_and_others_keep_being_served(planner) -> No
             error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             and "min_replicas 9 > max_replicas 8" in error.value.details()
         )
+        for startup in (math.nan, math.inf, -1.0, 86_401.0):  # the cold start a churn cost is priced on
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                bad = _register_pb()
+                bad.pools[0].startup_s = startup
+                await stub.Register(bad, metadata=_auth(TOKEN_A))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, startup
+            assert "pools[0].startup_s" in error.value.details(), error.value.details()
 
 
 async def test_health_and_reflection(planner) -> None:

@@ -14,7 +14,15 @@ from fleet_planner.contract.models import (
     PoolReport,
     Registration,
 )
-from global_planner.allocation import AllocationRequest, PoolDemand, Stability, TenantLimits, allocate, allocate_greedy
+from global_planner.allocation import (
+    AllocationRequest,
+    PoolDemand,
+    Stability,
+    TenantLimits,
+    allocate,
+    allocate_greedy,
+    endpoint_plans,
+)
 from global_planner.allocation.problem import build_problem
 from global_planner.allocation.solver import _Model
 from global_planner.allocation.stability import checked_bid
@@ -217,3 +225,121 @@ def test_a_bid_made_before_the_agent_ran_its_grant_does_not_undo_it() -> None:
     # a bid for more is followed at once, whatever runs
     more = _pool("p", 6.0, current=5, wanted_replicas=7, running_replicas=3)
     assert allocate(_request([more], 12)).replicas == {"p/agg": 7}
+
+
+def test_registered_startup_reaches_the_allocation_and_a_policy_override_wins() -> None:
+    # The agent registers its pool's cold start; the planner prices the pool's moves with it
+    # unless the tenant policy names another one for that pool.
+    def demand(policy_extra: dict) -> tuple[PoolDemand, AllocationRequest]:
+        policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"t": {}}, **policy_extra})
+        state = PlannerState(policy, lease_s=60.0)
+        pools = [
+            PoolRegistration(
+                role="agg", gpu_type="h200", gpus_per_replica=1, min_replicas=0, max_replicas=8, startup_s=240.0
+            )
+        ]
+        state.register(Registration(deployment="d", tenant="t", endpoint="ep", pools=pools), "d", 0.0)
+        report = AgentReport(
+            deployment="d",
+            session_id="d",
+            sequence=1,
+            forecast=Forecast(mean_rps=4.0, upper_rps=4.0),
+            pools=[PoolReport(role="agg", curve=[min(1.0, k / 4) for k in range(9)], wanted_replicas=4)],
+        )
+        state.report(report, 1.0)
+        request = state.begin_round(2.0).request
+        assert request is not None
+        return request.pools[0], request
+
+    pool, request = demand({})
+    assert pool.startup_s == 240.0
+    assert (
+        build_problem(request).pools[0].values[-1]
+        < build_problem(request.model_copy(update={"pools": [pool.model_copy(update={"startup_s": 0.0})]}))
+        .pools[0]
+        .values[-1]
+    )
+    _, overridden = demand({"deployments": [{"selector": "t/d", "startup_s": 0.0}]})
+    assert (
+        build_problem(overridden).pools[0].values
+        == build_problem(request.model_copy(update={"pools": [pool.model_copy(update={"startup_s": 0.0})]}))
+        .pools[0]
+        .values
+    )
+
+
+def _served(name: str, endpoint: str, tenant: str, *, current: int, observed: float, **kw: object) -> PoolDemand:
+    """A pool whose agent wants 6 replicas for a forecast of 6 rps (1 rps a replica by its curve)
+    while it observes ``observed`` rps on ``current`` replicas of 1 rps capacity each."""
+    fields: dict[str, object] = dict(
+        tenant=tenant,
+        endpoint=endpoint,
+        wanted_replicas=6,
+        running_replicas=current,
+        observed_rps=observed,
+        replica_capacity_rps=1.0,
+    )
+    fields.update(kw)
+    return _pool(name, 6.0, current=current, **fields)
+
+
+def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed_short() -> None:
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    holder = _served("batch", "ep-batch", "low", current=6, observed=6.0)
+    for solve in (allocate, allocate_greedy):
+        # The high-priority agent asks for 6 on a forecast, but serves 2 rps on 3 replicas: the
+        # rest is headroom, worth the idle GPUs only. The holder keeps what it holds and wants.
+        fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
+        answer = solve(_request([fine, holder], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
+        # Observed short (3.5 rps on 3 replicas): its curve counts, and priority decides.
+        short = _served("chat", "ep-chat", "high", current=3, observed=3.5)
+        answer = solve(_request([short, holder], 10, tenants=tenants))
+        assert answer.replicas["chat/agg"] == 6 and answer.replicas["batch/agg"] == 4
+        assert answer.drivers["batch/agg"] == "others"
+        # Switched off (and the bid check, which would cap this bid near its observed rate): the
+        # curves alone decide, as before the check.
+        loose = Stability(contest_on_observed=False, bid_allowance=None)
+        answer = solve(_request([fine, holder], 10, tenants=tenants, stability=loose))
+        assert answer.replicas["chat/agg"] == 6
+
+
+def test_a_deployment_at_zero_contests_through_its_endpoint_and_missing_data_keeps_the_curves() -> None:
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    holder = _served("batch", "ep-batch", "low", current=8, observed=8.0)
+    overflow = _served("chat-b", "ep-chat", "high", current=0, observed=0.0)
+    busy = _served("chat-a", "ep-chat", "high", current=2, observed=5.0)  # 5 rps on 2 replicas
+    answer = allocate(_request([overflow, busy, holder], 10, tenants=tenants))
+    assert answer.replicas["chat-b/agg"] > 0
+    blind = _pool("chat", 6.0, current=2, tenant="high", endpoint="ep-chat", wanted_replicas=6)  # no observation
+    answer = allocate(_request([blind, holder], 10, tenants=tenants))
+    assert answer.replicas["chat/agg"] == 6
+
+
+def test_a_guarantee_does_not_evict_for_headroom() -> None:
+    tenants = {"high": TenantLimits(priority=100.0, guaranteed_gpus={"h100": 6}), "low": TenantLimits(priority=1.0)}
+    holder = _served(
+        "batch",
+        "ep-batch",
+        "low",
+        current=7,
+        observed=7.0,
+        wanted_replicas=7,
+        curve=_curve(1.0, 7.0),
+        demand_weight=7.0,
+    )
+    fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
+    answer = allocate(_request([fine, holder], 10, tenants=tenants))
+    assert answer.replicas == {"chat/agg": 3, "batch/agg": 7}
+    short = _served("chat", "ep-chat", "high", current=3, observed=3.5)
+    assert allocate(_request([short, holder], 10, tenants=tenants)).replicas["chat/agg"] == 6
+
+
+def test_the_gateway_sheds_only_an_endpoint_observed_short() -> None:
+    # Granted 2 of the 6 replicas its agent wants for a 6 rps forecast: by the curve, 2 replicas
+    # carry 2 rps. Observed serving 1.5 rps on them, nothing is shed; observed at 3 rps, the
+    # excess over the curve's capacity is.
+    fine = _served("chat", "ep-chat", "high", current=2, observed=1.5)
+    assert endpoint_plans([fine], {"chat/agg": 2})["ep-chat"].admission_rps is None
+    short = _served("chat", "ep-chat", "high", current=2, observed=3.0)
+    assert endpoint_plans([short], {"chat/agg": 2})["ep-chat"].admission_rps is not None

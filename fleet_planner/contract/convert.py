@@ -92,6 +92,7 @@ def registration_from_pb(request: pb.RegisterRequest) -> Registration:
             "min_replicas": p.min_replicas,
             "max_replicas": p.max_replicas,
             "fallback_replicas": p.fallback_replicas,
+            "startup_s": _optional(p, "startup_s"),
         }
         for i, p in enumerate(request.pools)
     ]
@@ -214,6 +215,7 @@ def _pool_spec_to_pb(pool: PoolRegistration) -> pb.PoolSpec:
         min_replicas=pool.min_replicas,
         max_replicas=pool.max_replicas,
         fallback_replicas=pool.fallback_replicas,
+        startup_s=pool.startup_s,
     )
 
 

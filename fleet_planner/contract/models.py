@@ -19,6 +19,7 @@ MAX_CURVE_POINTS = 1024
 MAX_GPUS_PER_REPLICA = 1024
 MAX_RATE = 1e9
 MAX_NAME = 256
+MAX_STARTUP_S = 86_400.0
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 EndpointName = Annotated[
@@ -44,6 +45,13 @@ class PoolRegistration(FrozenModel):
     min_replicas: Count
     max_replicas: Count
     fallback_replicas: Count = 0
+    startup_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_STARTUP_S,
+        allow_inf_nan=False,
+        description="cold start of one replica (s); None: the planner's policy or default",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PoolRegistration:
@@ -207,6 +215,7 @@ class PoolRecord(FrozenModel):
     min_replicas: int
     max_replicas: int
     fallback_replicas: int
+    startup_s: float | None = Field(default=None, description="cold start the agent registered (s)")
     granted: int
     usage: int = Field(description="replicas possibly holding GPUs (grant + unconfirmed drains)")
     pending_release: int | None = Field(description="decision whose scale-down is not yet confirmed")

@@ -98,6 +98,10 @@ class Stability(FrozenModel):
     hysteresis: float = Field(
         default=0.3, ge=0, le=1, allow_inf_nan=False, description="extra share of a pool's marginal value a cut costs"
     )
+    contest_on_observed: bool = Field(
+        default=True,
+        description="a pool's value above its grant counts only while its endpoint is observed short",
+    )
     bid_allowance: float | None = Field(
         default=0.25,
         ge=0,

@@ -33,9 +33,11 @@ from global_planner.allocation.models import (
 from global_planner.allocation.routing import endpoint_plans
 from global_planner.allocation.stability import (
     checked_bid,
+    contested_endpoints,
     cut_cost,
     discounted,
     driver,
+    headroom_only,
     held_if_stale,
     startup_discount,
     want_floor,
@@ -74,6 +76,7 @@ class PoolPlan:
     cut: int = 0
     anchor: int = 0
     note: str | None = None
+    contested: bool = True
 
     def value_at(self, replicas: int) -> int:
         """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
@@ -89,8 +92,11 @@ class PoolPlan:
 
     def demand(self) -> int:
         """Replicas the pool has real demand for, which is all a guarantee reserves: what its
-        agent would run alone, and never past the top of its value curve."""
+        agent would run alone, never past the top of its value curve, and, while its endpoint is
+        not observed short, never past what it holds (a guarantee does not evict for headroom)."""
         top = self.counts[-1]
+        if not self.contested:
+            top = min(top, max(self.pool.current_replicas, self.lo))
         wanted = self.pool.wanted_replicas
         return top if wanted is None else max(self.lo, min(top, wanted))
 
@@ -154,6 +160,7 @@ class _Effective:
     churn: float
     startup_s: float
     note: str | None
+    contested: bool = True
 
 
 def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
@@ -162,9 +169,14 @@ def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], ob
 
 
 def _effective(
-    pool: PoolDemand, request: AllocationRequest, matchers: list[tuple[bool, Callable[[str], object], PoolOverride]]
+    pool: PoolDemand,
+    request: AllocationRequest,
+    matchers: list[tuple[bool, Callable[[str], object], PoolOverride]],
+    contested: set[str] | None,
 ) -> _Effective:
-    """The bid after the matching overrides (later ones win field by field) and the bid check."""
+    """The bid after the matching overrides (later ones win field by field), the bid check and,
+    on an endpoint not observed short (not in ``contested``; None: no such check), its curve cut
+    to headroom above the grant."""
     tenant = request.tenants.get(pool.tenant, _DEFAULT_TENANT)
     priority, max_step = tenant.priority, None
     low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
@@ -182,13 +194,16 @@ def _effective(
         startup = override.startup_s if override.startup_s is not None else startup
     checked, note = checked_bid(pool, request.stability.bid_allowance)
     checked = held_if_stale(checked)
+    is_contested = contested is None or pool.endpoint in contested
+    if not is_contested:
+        checked = checked.model_copy(update={"curve": headroom_only(checked.curve, checked.current_replicas)})
     wanted = checked.wanted_replicas
     high = max(low, high)
     if wanted is not None:
         high = min(high, max(low, wanted))  # never more than the agent wants: it would be forced on it
     if startup is None:
         startup = request.stability.default_startup_s
-    return _Effective(checked, priority, max_step, low, high, churn, startup, note)
+    return _Effective(checked, priority, max_step, low, high, churn, startup, note, is_contested)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -364,6 +379,7 @@ def _pool_plan(
         cut=cut_cost(counts, values, anchor, weight, discount, stability.hysteresis),
         anchor=anchor,
         note=item.note,
+        contested=item.contested,
     )
 
 
@@ -413,7 +429,8 @@ def build_problem(request: AllocationRequest) -> Problem:
     """Apply overrides, the bid check, bounds, change limits, stability terms and dominance;
     trim floors to what can fit."""
     matchers = _matchers(request)
-    pools = [_effective(pool, request, matchers) for pool in request.pools]
+    contested = contested_endpoints(request.pools) if request.stability.contest_on_observed else None
+    pools = [_effective(pool, request, matchers, contested) for pool in request.pools]
     unit_members, unit_of = _group_units(pools)
     weights, value_scale = _unit_weights(pools, unit_members)
     budget, caps, tenant_priority = _limits(request)

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from global_planner.allocation.models import PoolDemand
+from global_planner.allocation.stability import contested_endpoints
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,20 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
     the allocation credited a partly served pool with. Routing by planned load rather than raw
     capacity keeps a deployment granted more than its plan from drawing traffic it was not sized
     for. Capacity is a deployment's bottleneck pool's (see :func:`_sla_capacity`). Only endpoints
-    the allocation left short of what their agents want (``wanted_replicas``) shed.
+    the allocation left short of what their agents want (``wanted_replicas``) *and* observed
+    short (:func:`~global_planner.allocation.stability.contested_endpoints`) shed: the curves'
+    capacity is a forecast's, and shedding on it alone turned away requests the replicas served.
     """
     by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
     cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
+    observed_short = contested_endpoints(pools)
     for pool in pools:
         by_endpoint[pool.endpoint].append(pool)
-        if pool.wanted_replicas is not None and replicas[pool.pool_id] < pool.wanted_replicas:
+        if (
+            pool.wanted_replicas is not None
+            and replicas[pool.pool_id] < pool.wanted_replicas
+            and pool.endpoint in observed_short
+        ):
             cut.add(pool.endpoint)
     capacity: dict[str, dict[str, float]] = defaultdict(dict)
     saturation: dict[str, dict[str, float]] = defaultdict(dict)

@@ -14,6 +14,15 @@ Three terms shape each pool's value before either solver sees it (all pure, per 
   competes for the GPUs every agent gets exactly what it would take alone (``global`` = ``local``).
 * **Stale bids hold** (:func:`held_if_stale`): a bid for less than the current grant, made before
   the agent ran that grant, does not lower it (grants lag bids by a round; see the function).
+* **Contest only on observed shortage** (:func:`contested_endpoints`, :func:`headroom_only`): a
+  pool's curve above its current grant counts only while its endpoint is *observed* short — some
+  pool of it serves more than ``SHORT_UTILISATION`` of what its running replicas carry (the
+  agent's own per-replica capacity). Otherwise the replicas it asks for beyond its grant are headroom (forecast
+  uncertainty, a ramp not yet seen) and worth one value quantum each: enough to take idle GPUs,
+  never enough to take GPUs another pool holds and wants. The agents' curves average over their
+  forecast's uncertainty and were measured to credit a pool's first replicas with far less than
+  they served (soft-shortage); moving GPUs on such a curve against a running pool lost more than
+  it gained. First come keeps what it holds until the load itself proves another pool short.
 * **Cost of change** (:func:`discounted` and :func:`cut_cost`): a replica added now serves
   nothing for ``startup_s``, so its value over the horizon ``horizon_s`` a grant is expected to
   stand is discounted by ``startup_s / horizon_s``; a replica taken from a pool below what it
@@ -33,6 +42,11 @@ from global_planner.allocation.models import Driver, PoolDemand
 _OBSERVATION_WINDOW_S = 30.0  # the report interval: the noise of one observed rate is sqrt(rate / window)
 _NOISE_SIGMAS = 3.0
 _MAX_DISCOUNT = 0.5  # a cold start longer than half the horizon still leaves a move worth something
+# A pool is short once it serves more than this share of what its running replicas carry at the
+# SLA: queueing delay climbs steeply near saturation and the agent's per-replica capacity is a
+# mean-load figure. Measured on the two shortage examples: 1.0 left acme's H200 deployment on
+# `shortage` unseen (98.64% instead of 99.55%), 1.2 lost on both, 0.85 kept both (docs/results.md).
+SHORT_UTILISATION = 0.85
 
 
 def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, str | None]:
@@ -57,6 +71,31 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
         wanted = max(pool.min_replicas, min(wanted, math.ceil(wanted / stretch - 1e-9)))
     note = f"bid capped: {rate:.2f} rps bid, {observed:.2f} rps observed, valued at {cap:.2f} rps"
     return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
+
+
+def observed_short(pool: PoolDemand) -> bool | None:
+    """Whether the pool serves more than its running replicas carry at the SLA (its observed rate
+    above ``SHORT_UTILISATION x running x replica_capacity_rps``, the agent's own per-replica
+    capacity); None when the report lacks the rate or the capacity (no evidence either way)."""
+    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
+    if pool.observed_rps is None or pool.replica_capacity_rps is None:
+        return None
+    return pool.observed_rps > SHORT_UTILISATION * running * pool.replica_capacity_rps
+
+
+def contested_endpoints(pools: list[PoolDemand]) -> set[str]:
+    """Endpoints whose pools may contest GPUs held by others: some pool observed short, or some
+    pool without the data to say (then the curves alone decide, as without this check). A
+    deployment scaled to zero has no rate of its own; its endpoint's other deployments speak."""
+    return {pool.endpoint for pool in pools if observed_short(pool) is not False}
+
+
+def headroom_only(curve: list[float], current: int) -> list[float]:
+    """The curve with every count above ``current`` worth no more than ``current``: what the pool
+    asks for beyond its grant then weighs only through :func:`want_floor` (one quantum a replica)."""
+    if current >= len(curve) - 1:
+        return curve
+    return curve[: current + 1] + [curve[current]] * (len(curve) - current - 1)
 
 
 def held_if_stale(pool: PoolDemand) -> PoolDemand:

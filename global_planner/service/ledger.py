@@ -113,6 +113,7 @@ def restored(record: RoundRecord) -> dict[str, DeploymentState]:
                 min_replicas=p.min_replicas,
                 max_replicas=p.max_replicas,
                 fallback_replicas=p.fallback_replicas,
+                startup_s=p.startup_s,
             )
             pending = p.pending_release if p.usage > p.granted else None
             if p.usage > p.granted and pending is None:

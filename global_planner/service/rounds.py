@@ -229,6 +229,7 @@ def _pool_record(
         min_replicas=pool.spec.min_replicas,
         max_replicas=pool.spec.max_replicas,
         fallback_replicas=pool.spec.fallback_replicas,
+        startup_s=pool.spec.startup_s,
         granted=grant,
         usage=update.usage if update else pool.usage,
         pending_release=update.pending_release if update else pool.pending_release,
@@ -290,6 +291,7 @@ def _pool_demand(
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
         observed_rps=observed_rps,
         running_replicas=report.ready + report.starting if report is not None else None,
+        startup_s=spec.startup_s,
     )
 
 

@@ -127,6 +127,7 @@ class PlannerClient:
                 gpus_per_replica=pool.gpus_per_replica,
                 min_replicas=pool.min_replicas,
                 max_replicas=pool.max_replicas,
+                startup_s=pool.startup_s,
             )
             for role, pool in spec.pools.items()
         ]

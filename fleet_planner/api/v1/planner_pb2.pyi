@@ -19,20 +19,22 @@ POOL_ROLE_DECODE: PoolRole
 POOL_ROLE_AGG: PoolRole
 
 class PoolSpec(_message.Message):
-    __slots__ = ("role", "gpu_type", "gpus_per_replica", "min_replicas", "max_replicas", "fallback_replicas")
+    __slots__ = ("role", "gpu_type", "gpus_per_replica", "min_replicas", "max_replicas", "fallback_replicas", "startup_s")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
     GPUS_PER_REPLICA_FIELD_NUMBER: _ClassVar[int]
     MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_S_FIELD_NUMBER: _ClassVar[int]
     role: PoolRole
     gpu_type: str
     gpus_per_replica: int
     min_replicas: int
     max_replicas: int
     fallback_replicas: int
-    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., gpu_type: _Optional[str] = ..., gpus_per_replica: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., fallback_replicas: _Optional[int] = ...) -> None: ...
+    startup_s: float
+    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., gpu_type: _Optional[str] = ..., gpus_per_replica: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., fallback_replicas: _Optional[int] = ..., startup_s: _Optional[float] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("deployment", "tenant", "endpoint", "pools", "capacity_rps")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-frontend-metrics", action="store_true", help="omit dynamo_frontend_* (a separate frontend exports them)"
     )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="time compression: iterations last 1/SPEED of the profile's time (default 1, real time)",
+    )
+    parser.add_argument(
+        "--startup-s",
+        type=float,
+        default=0.0,
+        help="seconds to wait after listening before reporting ready (emulated model loading; default 0)",
+    )
     parser.add_argument("--ready-file", type=Path, help="written (JSON: pid, port) once listening")
     parser.set_defaults(run=_run)
 
@@ -70,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"must be 0..65535 (got {args.port})", field="--port")
+    if not 0 < args.speed <= 1000:
+        raise InputError(f"must be in (0, 1000] (got {args.speed})", field="--speed")
+    if not 0 <= args.startup_s <= 3600:
+        raise InputError(f"must be between 0 and 3600 (got {args.startup_s})", field="--startup-s")
     if args.max_context is not None and args.max_context < 2:
         raise InputError(f"must be >= 2 (got {args.max_context})", field="--max-context")
     try:
@@ -89,11 +106,12 @@ def _run(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         namespace=args.namespace,
         frontend_metrics=not args.no_frontend_metrics,
+        speed=args.speed,
     )
-    return asyncio.run(_serve(server, args.host, args.port, args.ready_file))
+    return asyncio.run(_serve(server, args.host, args.port, args.ready_file, args.startup_s))
 
 
-async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path | None) -> int:
+async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path | None, startup_s: float) -> int:
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -107,7 +125,10 @@ async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready_file is not None:
+    if startup_s > 0:  # like an engine loading its weights: listening, not ready
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=startup_s)
+    if ready_file is not None and not stop.is_set():
         tmp = ready_file.with_name(f".{ready_file.name}.tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "port": bound}))
         os.replace(tmp, ready_file)

@@ -17,6 +17,11 @@ Iterations are laid end to end on an absolute timeline (an iteration starts when
 ended, or when work arrives at an idle engine), so a late wake-up of the event loop delays token
 delivery but never stretches the engine's schedule. The timing is accurate while the host keeps up;
 ``lag_s`` records how late iterations were delivered.
+
+*Time compression* (``speed`` N > 1, ``fleet-planner emulate --speed N``): every iteration lasts
+1/N of the profile's time, so the engine serves N times the traffic in the same wall time with the
+same batching decisions, and every latency a client measures is 1/N of the profile's. Host delays
+(event loop, HTTP, the timer precision ``SPIN_S``) are not compressed, so they weigh N times more.
 """
 
 from __future__ import annotations
@@ -85,10 +90,15 @@ class Engine:
         role: EngineRole = "agg",
         clock: Callable[[], float] = time.monotonic,
         on_iteration: Callable[[IterationRecord], None] | None = None,
+        speed: float = 1.0,
     ):
+        """``speed`` > 1 compresses time: every iteration lasts the profile's time / ``speed``."""
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0 (got {speed})")
         self.model = model
         self.knobs = knobs
         self.role = role
+        self.speed = speed
         self.max_kv = int(model.max_kv_tokens)
         self.clock = clock
         self.on_iteration = on_iteration
@@ -187,7 +197,7 @@ class Engine:
             base_ms = model.itl_ms(len(self.running), context)
         else:
             base_ms = model.prefill_overhead_ms
-        return plan, (base_ms + prefill_ms) / 1000.0
+        return plan, (base_ms + prefill_ms) / 1000.0 / self.speed
 
     def _finish_iteration(self, plan: list[tuple[Sequence, int]], seconds: float) -> None:
         self._drop_cancelled()

@@ -24,7 +24,6 @@ class EmulatorMetrics:
 
     def __init__(self, engine: Engine, *, namespace: str, component: str, model: str, frontend: bool):
         self.registry = CollectorRegistry()
-        self.frontend = frontend
         worker = {"dynamo_namespace": namespace, "dynamo_component": component, "model_name": model}
         names = list(worker)
         reg = self.registry
@@ -59,20 +58,7 @@ class EmulatorMetrics:
         self.iteration_tokens = hist("vllm:iteration_tokens_total", "tokens per iteration", _TOKEN_BUCKETS)
         self.success = Counter("vllm:request_success", "finished requests", names, registry=reg).labels(**worker)
 
-        front = {"dynamo_namespace": namespace, "model": model}
-        fnames = list(front)
-
-        def fhist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, fnames, buckets=buckets, registry=reg).labels(**front)
-
-        if frontend:
-            self.requests = Counter("dynamo_frontend_requests", "requests received", fnames, registry=reg).labels(
-                **front
-            )
-            self.input_tokens = fhist("dynamo_frontend_input_sequence_tokens", "input tokens", _TOKEN_BUCKETS)
-            self.output_tokens = fhist("dynamo_frontend_output_sequence_tokens", "output tokens", _TOKEN_BUCKETS)
-            self.ttft = fhist("dynamo_frontend_time_to_first_token_seconds", "TTFT", _LATENCY_BUCKETS)
-            self.itl = fhist("dynamo_frontend_inter_token_latency_seconds", "mean ITL per request", _ITL_BUCKETS)
+        self.front = FrontendMetrics(reg, namespace=namespace, model=model) if frontend else None
 
     def on_iteration(self, record: IterationRecord) -> None:
         self.iteration_tokens.observe(record.tokens)
@@ -81,9 +67,8 @@ class EmulatorMetrics:
 
     def on_arrival(self, input_tokens: int) -> None:
         self.prompt_tokens.observe(input_tokens)
-        if self.frontend:
-            self.requests.inc()
-            self.input_tokens.observe(input_tokens)
+        if self.front is not None:
+            self.front.on_arrival(input_tokens)
 
     def on_finish(self, output_tokens: int, ttft_s: float | None, itl_s: float | None) -> None:
         """A request finished (``itl_s`` is None for one-token answers, ``ttft_s`` if it never started)."""
@@ -91,16 +76,43 @@ class EmulatorMetrics:
         self.generation_tokens.observe(output_tokens)
         if ttft_s is not None:
             self.engine_ttft.observe(ttft_s)
-        if not self.frontend:
-            return
+        if self.front is not None:
+            self.front.on_finish(output_tokens, ttft_s, itl_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class FrontendMetrics:
+    """Dynamo frontend request metrics (``dynamo_frontend_*``, labelled ``dynamo_namespace`` and
+    ``model``): what the agent's request-level queries read. An emulator that is its own frontend
+    exports them; so does the demo's frontend in front of several emulators."""
+
+    def __init__(self, registry: CollectorRegistry, *, namespace: str, model: str):
+        labels = {"dynamo_namespace": namespace, "model": model}
+        names = list(labels)
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**labels)
+
+        self.requests = Counter("dynamo_frontend_requests", "requests received", names, registry=registry).labels(
+            **labels
+        )
+        self.input_tokens = hist("dynamo_frontend_input_sequence_tokens", "input tokens", _TOKEN_BUCKETS)
+        self.output_tokens = hist("dynamo_frontend_output_sequence_tokens", "output tokens", _TOKEN_BUCKETS)
+        self.ttft = hist("dynamo_frontend_time_to_first_token_seconds", "TTFT", _LATENCY_BUCKETS)
+        self.itl = hist("dynamo_frontend_inter_token_latency_seconds", "mean ITL per request", _ITL_BUCKETS)
+
+    def on_arrival(self, input_tokens: int) -> None:
+        self.requests.inc()
+        self.input_tokens.observe(input_tokens)
+
+    def on_finish(self, output_tokens: int, ttft_s: float | None, itl_s: float | None) -> None:
         self.output_tokens.observe(output_tokens)
         if ttft_s is not None:
             self.ttft.observe(ttft_s)
         if itl_s is not None:
             self.itl.observe(itl_s)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 def _waiting(engine: Engine) -> int:

@@ -54,10 +54,11 @@ class EmulatorServer:
         max_context: int | None = None,
         namespace: str = "emulator",
         frontend_metrics: bool = True,
+        speed: float = 1.0,
     ):
         self.served_model = served_model
         self.max_context = max_context or model.max_context or int(model.max_kv_tokens)
-        self.engine = Engine(model, knobs, role=role)
+        self.engine = Engine(model, knobs, role=role, speed=speed)
         self.metrics = EmulatorMetrics(
             self.engine, namespace=namespace, component=role, model=served_model, frontend=frontend_metrics
         )

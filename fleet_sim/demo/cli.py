@@ -13,7 +13,8 @@ from fleet_planner.errors import InputError
 
 EXAMPLES = """examples:
   fleet-planner demo examples/demo/scenario.yaml --slice 10m
-  fleet-planner demo examples/demo/scenario.yaml --slice 10m --policy local --json
+  fleet-planner demo examples/demo/scenario.yaml --slice 10m --policy global
+  fleet-planner demo examples/demo/scenario.yaml --slice 2m --speed 4 --observe direct --json
 """
 
 
@@ -22,24 +23,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="live fleet on this machine (emulated engines, frontend, real HTTP replay) beside simulate",
         description="Start one emulated engine process per replica of the scenario's (single) deployment, a "
-        "frontend routing streamed completions to them, and replay the first --slice of the scenario's "
-        "traffic in real time, with fixed replicas or the local agent scaling them through the processes "
-        "connector; then simulate the same requests with the same policy and print SLO attainment and "
-        "GPU-hours of both. See docs/profiling.md.",
+        "frontend routing streamed completions to them, Prometheus (when installed), the global planner "
+        "(policy global) and the agent runtime scaling the engines through the processes connector; replay "
+        "the first --slice of the scenario's traffic in real time (or --speed times faster); then simulate "
+        "the same requests with the same policy and print SLO attainment and GPU-hours of both. "
+        "See docs/profiling.md.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("scenario", type=Path, help="scenario YAML with one deployment")
-    parser.add_argument("--slice", default="10m", help="how much of the traffic to replay (real time), e.g. 10m")
+    parser.add_argument("--slice", default="10m", help="how much of the traffic to replay (scenario time), e.g. 10m")
     parser.add_argument(
-        "--policy", choices=["static", "local"], default="local", help="the local agent (default), or fixed replicas"
+        "--policy",
+        choices=["static", "local", "global"],
+        default="local",
+        help="the local agent alone (default), the agent under the global planner over gRPC, or fixed replicas",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="time compression: replay and engines N times faster (default 1)"
+    )
+    parser.add_argument(
+        "--observe",
+        choices=["auto", "prometheus", "direct"],
+        default="auto",
+        help="the agent's observations: Prometheus if installed (auto, default), Prometheus, or direct scrapes",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleet_sim.demo.run import render, run_demo
+    from fleet_sim.demo.run import DemoOptions, render, run_demo
 
     try:
         slice_s = parse_duration(args.slice)
@@ -47,7 +61,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(str(exc), field="--slice") from None
     if not 10 <= slice_s <= 6 * 3600:
         raise InputError(f"must be between 10 s and 6 h (got {args.slice})", field="--slice")
+    if not 0.1 <= args.speed <= 100:
+        raise InputError(f"must be between 0.1 and 100 (got {args.speed:g})", field="--speed")
+    options = DemoOptions(slice_s=slice_s, policy=args.policy, speed=args.speed, observe=args.observe)
     with tempfile.TemporaryDirectory(prefix="fleet-demo-") as work:
-        result = asyncio.run(run_demo(args.scenario, slice_s, args.policy, Path(work)))
+        result = asyncio.run(run_demo(args.scenario, options, Path(work)))
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

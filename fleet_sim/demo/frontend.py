@@ -6,6 +6,9 @@ flight, and its SSE stream is passed through. Disaggregated ones: the prompt goe
 the simulator charges (``input x kv_bytes_per_token / kv_transfer_gbps``) — to the least busy
 ``decode`` worker, whose stream (first token on admission, as in the simulator) is passed through.
 So TTFT includes prefill, KV transfer and decode admission, as it does in ``simulate``.
+
+``/metrics`` exports the Dynamo frontend request metrics (``dynamo_frontend_*``, labelled
+``dynamo_namespace`` = the deployment) the agent's Prometheus queries read.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from fleet_planner.emulate.metrics import FrontendMetrics
 
 WorkerUrls = Callable[[str], list[str]]  # role -> base URLs of the ready workers
 
@@ -47,9 +53,13 @@ class Frontend:
         workers: WorkerUrls,
         *,
         kv_transfer_s_per_token: float,
+        namespace: str,
+        model: str,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.mode = mode
+        self.registry = CollectorRegistry()
+        self.metrics = FrontendMetrics(self.registry, namespace=namespace, model=model)
         self.clock = clock
         self.records: list[RequestRecord] = []
         self.workers = workers
@@ -58,7 +68,7 @@ class Frontend:
         self.refused: set[str] = set()  # workers that turned a request away (draining): not asked again
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application()
-        self.app.add_routes([web.post("/v1/completions", self._completions)])
+        self.app.add_routes([web.post("/v1/completions", self._completions), web.get("/metrics", self._metrics)])
         self.app.on_startup.append(self._start)
         self.app.on_cleanup.append(self._stop)
 
@@ -74,10 +84,14 @@ class Frontend:
         urls = [url for url in self.workers(role) if url not in self.refused]
         return min(urls, key=lambda url: self.in_flight.get(url, 0)) if urls else None
 
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = RequestRecord(self.clock(), len(body["prompt"]), int(body["max_tokens"]))
         self.records.append(record)
+        self.metrics.on_arrival(record.input_tokens)
         if self.mode == "disagg":
             status, text = await self._retrying("prefill", lambda url: self._prefill(url, body))
             if status != 200:
@@ -134,6 +148,10 @@ class Frontend:
                         record.t_first = self.clock()
                     await response.write(chunk)
                 record.t_last = self.clock()
+                ttft = None if record.t_first is None else record.t_first - record.arrival_s
+                self.metrics.on_finish(
+                    record.output_tokens, ttft, None if record.itl_ms is None else record.itl_ms / 1000
+                )
                 await response.write_eof()
                 return 200, ""
         finally:

@@ -1,11 +1,19 @@
-"""Observations for the demo's live agent without Prometheus: request-level fields from the
-frontend's own records, engine fields scraped from each worker's ``/metrics`` (the names the
-agent's Prometheus queries use), over the last ``window_s`` seconds."""
+"""Observations for the demo's live agent.
+
+:class:`ScenarioTimeSource` is what the agent reads: an inner source's observations (Prometheus, or
+:class:`DirectSource` without it), measured on the wall clock, converted to scenario time (under
+``--speed N`` a wall second is N scenario seconds and every measured latency 1/N of the emulated
+engine's) and delivered ``observation_delay_s`` late, as the simulator delivers them.
+
+:class:`DirectSource` stands in for Prometheus: request-level fields from the frontend's own
+records, engine fields scraped from each worker's ``/metrics`` (the names the agent's Prometheus
+queries use), over the last ``window_s`` seconds."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import numpy as np
@@ -14,8 +22,53 @@ from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation
 from fleet_sim.demo.frontend import Frontend
 from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.processes import ProcessConnector
+from local_agent.runtime import ObservationSource
 
 KV_BLOCK_TOKENS = 16
+
+
+class ScenarioTimeSource:
+    """``inner`` observed at ``inner_now()`` (its own clock), returned in scenario time, late."""
+
+    def __init__(self, inner: ObservationSource, inner_now: Callable[[], float], speed: float, delay_s: float):
+        self.inner = inner
+        self.inner_now = inner_now
+        self.speed = speed
+        self.delay_s = delay_s
+        self._queue: deque[tuple[float, list[PoolObservation]]] = deque()
+        self._delivered: list[PoolObservation] = []
+
+    async def observe(
+        self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
+    ) -> list[PoolObservation]:
+        measured = await self.inner.observe(self.inner_now(), spec, replicas)
+        self._queue.append((now_s, [self._scenario_time(o, now_s) for o in measured]))
+        while self._queue and self._queue[0][0] <= now_s - self.delay_s + 1e-9:
+            self._delivered = self._queue.popleft()[1]
+        return self._delivered
+
+    def _scenario_time(self, obs: PoolObservation, now_s: float) -> PoolObservation:
+        k = self.speed
+
+        def slower(d: Distribution | None) -> Distribution | None:
+            return (
+                None
+                if d is None
+                else d.model_copy(update={q: getattr(d, q) * k for q in ("mean", "p50", "p90", "p99")})
+            )
+
+        return obs.model_copy(
+            update={
+                "time_s": now_s,
+                "window_s": obs.window_s * k,
+                "ttft_ms": slower(obs.ttft_ms),
+                "itl_ms": slower(obs.itl_ms),
+                "iteration_ms": None if obs.iteration_ms is None else obs.iteration_ms * k,
+                "scheduled_tokens_per_s": None
+                if obs.scheduled_tokens_per_s is None
+                else obs.scheduled_tokens_per_s / k,
+            }
+        )
 
 
 class DirectSource:

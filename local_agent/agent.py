@@ -221,12 +221,12 @@ class LocalAgent:
                 lengths,
             )
         self.guard.recommend(role, now_s, recommendation)
-        proposal = self.guard.stabilised(role, current, proposal)
+        proposal, one_step = self.guard.stabilised(role, current, proposal)
         if proposal.wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
-        return self._finish(role, current, proposal)
+        return self._finish(role, current, proposal, enforce_steps=not one_step)
 
     def _finish(self, role: PoolRole, current: int, proposal: Proposal, enforce_steps: bool = True) -> PoolDecision:
         low, high = bounds(self.spec, self.limits, role)

@@ -121,6 +121,23 @@ def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_
     assert windowed[first_down[1] + 2].pools[0].target == 1
 
 
+def test_one_step_scale_down_goes_straight_to_the_windows_recommendation() -> None:
+    """After a sustained drop, one change to the count the whole window allowed (not one replica
+    per tick): fewer changes, the same end point."""
+
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 105.0 if t < 5 * TICK else 2.0, ready=targets["agg"])]
+
+    options = dict(mode="load", scale_down_grace_s=0.0, stabilization_window_s=300.0)
+    stepwise = [d.pools[0] for d in run(agent(spec(initial=4), **options), 0.0, 24, make)]
+    one_step = [d.pools[0] for d in run(agent(spec(initial=4), scale_down_in_one_step=True, **options), 0.0, 24, make)]
+    changes = [sum(a.target != b.target for a, b in zip(ds, ds[1:])) for ds in (stepwise, one_step)]
+    assert stepwise[-1].target == one_step[-1].target == 1
+    assert changes[1] == 1 < changes[0]
+    first_down = next(i for i, d in enumerate(one_step) if d.target < 4)
+    assert first_down * TICK >= 4 * TICK + 300.0 and one_step[first_down].target == 1  # waits, then 4 -> 1
+
+
 def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     def make(t: float, targets: dict) -> list:
         return [observe("agg", t, 25.0, ready=targets["agg"])]

@@ -129,15 +129,20 @@ class ScaleDownGuard:
             return f"missed the SLA at {lowest:.2f} req/s per replica; {wanted} would carry {rate / wanted:.2f}"
         return None
 
-    def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> Proposal:
+    def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> tuple[Proposal, bool]:
         """Scale down only to the highest recommendation of the window (HPA stabilisation): a
         recommendation is the fewest replicas safe at that tick, so a load that stayed low for
-        the whole window is followed down without waiting a window per replica."""
+        the whole window is followed down without waiting a window per replica. With
+        ``scale_down_in_one_step`` the scale-down goes straight to that recommendation; the flag
+        says the step cap must not split it (one change instead of several)."""
         history = self.pools[role].recommendations
         if self.options.stabilization_window_s <= 0 or proposal.wanted >= current or not history:
-            return proposal
+            return proposal, False
         highest = max(count for _, count in history)
         if highest > proposal.wanted:
             wanted = min(highest, current)
-            return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}")
-        return proposal
+            return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}"), False
+        if self.options.scale_down_in_one_step and highest < proposal.wanted:
+            detail = f"{proposal.detail}; in one step to the window's highest recommendation {highest}"
+            return Proposal(highest, proposal.reason, detail), True
+        return proposal, self.options.scale_down_in_one_step

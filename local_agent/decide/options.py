@@ -64,4 +64,9 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
     )
+    scale_down_in_one_step: bool = Field(
+        default=False,
+        description="with a stabilisation window: scale down straight to the window's highest recommendation "
+        "(one change, past max_step_down) instead of one replica per tick",
+    )
     advisory: bool = False

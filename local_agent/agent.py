@@ -134,8 +134,9 @@ class LocalAgent:
             d.model_copy(update={"replica_capacity_rps": self.sizer.replica_rps(d.role, lengths)}) for d in decisions
         ]
         for decision in decisions:
-            if decision.target > self.pools[decision.role].target:
-                self.guard.scaled_up(decision.role, now_s)
+            change = decision.target - self.pools[decision.role].target
+            if change:
+                self.guard.scaled(decision.role, now_s, 1 if change > 0 else -1)
             if not self.limits.advisory:
                 self.pools[decision.role].target = decision.target
         record = self._record(now_s, run_throughput, observed_rate, lengths, decisions)

@@ -138,6 +138,33 @@ def test_one_step_scale_down_goes_straight_to_the_windows_recommendation() -> No
     assert first_down * TICK >= 4 * TICK + 300.0 and one_step[first_down].target == 1  # waits, then 4 -> 1
 
 
+def test_reversal_interval_holds_the_way_back_down_but_never_a_scale_up() -> None:
+    """Load swinging low/high every 3 minutes: without the interval the pool follows every swing;
+    with it, a scale-down after a scale-up waits the interval since the last reversal."""
+
+    bad = Distribution(count=300, mean=700, p50=600, p90=900, p99=1200)  # a TTFT miss
+
+    def make(t: float, targets: dict) -> list:
+        if (t // 180.0) % 2 == 0:
+            return [observe("agg", t, 2.0, ready=targets["agg"])]
+        return [observe("agg", t, 10.0, ready=targets["agg"], ttft_ms=bad)]
+
+    def reversals(targets: list[int]) -> int:
+        moves = [1 if b > a else -1 for a, b in zip(targets, targets[1:]) if b != a]
+        return sum(a != b for a, b in zip(moves, moves[1:]))
+
+    options = dict(mode="load", scale_down_grace_s=0.0, miss_memory_s=0.0)
+    free = [d.pools[0].target for d in run(agent(spec(initial=4), **options), 0.0, 60, make)]
+    held_decisions = run(agent(spec(initial=4), reversal_interval_s=900.0, **options), 0.0, 60, make)
+    held = [d.pools[0].target for d in held_decisions]
+    assert reversals(held) < reversals(free)
+    ups = [i for i in range(1, len(held)) if held[i] > held[i - 1]]
+    downs_after_up = [i for i in range(ups[0] + 1, len(held)) if held[i] < held[i - 1]]
+    assert ups and (not downs_after_up or (downs_after_up[0] - ups[0]) * TICK >= 900.0)
+    assert any(d.pools[0].reason == R.GRACE_PERIOD for d in held_decisions)
+    assert max(held) >= max(free)  # scale-ups are never held back
+
+
 def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     def make(t: float, targets: dict) -> list:
         return [observe("agg", t, 25.0, ready=targets["agg"])]

@@ -6,11 +6,14 @@ and fcfs/global where tenants contend; one table, one plot, and the issue's acce
 
 Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` runs two tiny cells
 (CI). ``--option`` sets a planner option for the agent policies (local, fcfs, global), e.g.
-``--option headroom=1.2``. Writes ``matrix.json``, ``matrix.md`` (the table) and ``matrix.html``
-(the plot) under ``--out``. ``--baselines FILE`` caches static-peak's and the oracle's searched
-runs (they do not depend on the agent; a cell's entry is keyed by its spec and a hash of the
-simulator, baseline and data sources, so a stale entry is never used), and ``--baselines-only``
-just fills that cache (run it early, in the background). Acceptance, for the local agent in every cell:
+``--option headroom=1.2``. Writes ``matrix.json``, ``matrix.md`` (the table), ``matrix-summary.md``
+(a line per cell) and ``matrix.html`` (the plot) under ``--out``.
+``--baselines FILE`` caches static-peak's and the oracle's searched runs and the stable clairvoyant bound
+(``fleet_sim.stable_bound``): they do not depend on the agent, and a cell's entry is keyed by its
+spec and a hash of the simulator, baseline and data sources, so a stale entry is never used.
+``--baselines-only`` just fills that cache (run it early, in the background).
+
+Acceptance, for the local agent in every cell:
 
 - A: per deployment, >= 99% SLO attainment where the oracle reaches >= 99.5%, else within 1 point
   of the oracle;
@@ -25,6 +28,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -265,6 +269,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """One line per cell: the local agent and the stable bound against the oracle, and the verdict."""
+    lines = [
+        "| half | cell | local / oracle GPU-h | stable bound / oracle | oracle / static-peak | local worst att. % "
+        "| oracle worst att. % | local reversals/dep-h (max) | A B C D |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        p = row["policies"]
+        oracle = p["oracle"]["gpu_hours"]
+        stable = f"{p['stable-bound']['gpu_hours'] / oracle:.2f}" if "stable-bound" in p else "n/a"
+        verdict = " ".join("pass" if ok else "FAIL" for ok in row["acceptance"].values())
+        worst = {name: _pct(min(a or 0.0 for a in p[name]["attainment"].values())) for name in ("local", "oracle")}
+        lines.append(
+            f"| {row['half']} | {row['cell']} | {p['local']['gpu_hours'] / oracle:.2f} | {stable} "
+            f"| {oracle / p['static-peak']['gpu_hours']:.2f} | {worst['local']} | {worst['oracle']} "
+            f"| {max(p['local']['reversals_per_hour'].values()):.1f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Local's GPU-hours vs oracle against its worst deployment's attainment, per cell (plotly HTML)."""
     import plotly.graph_objects as go
@@ -337,6 +362,7 @@ def main() -> int:
     (args.out / "matrix.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
     (args.out / "matrix.md").write_text(text + "\n")
+    (args.out / "matrix-summary.md").write_text(summary_table(rows) + "\n")
     plot(rows, args.out / "matrix.html")
     print(text)
     for half in ("tuning", "held-out", "quick"):
@@ -345,6 +371,23 @@ def main() -> int:
             passed = sum(all(r["acceptance"].values()) for r in mine)
             per = {k: sum(r["acceptance"][k] for r in mine) for k in mine[0]["acceptance"]}
             print(f"{half}: {passed}/{len(mine)} cells pass every point; per point {per}")
+            local = [r["policies"]["local"]["gpu_hours"] / r["policies"]["oracle"]["gpu_hours"] for r in mine]
+            stable = [
+                r["policies"]["stable-bound"]["gpu_hours"] / r["policies"]["oracle"]["gpu_hours"]
+                for r in mine
+                if "stable-bound" in r["policies"]
+            ]
+            reversals = [max(r["policies"]["local"]["reversals_per_hour"].values()) for r in mine]
+            note = (
+                f"; stable bound / oracle median {statistics.median(stable):.2f}, <= 1.15x in "
+                f"{sum(x <= 1.15 for x in stable)}/{len(stable)}"
+                if stable
+                else ""
+            )
+            print(
+                f"{half}: local / oracle GPU-h median {statistics.median(local):.2f}; local reversals per "
+                f"deployment-hour mean {statistics.mean(reversals):.2f}{note}"
+            )
     print(f"wall time {time.perf_counter() - began:.0f} s, {workers} worker(s)")
     return 0
 

@@ -185,3 +185,13 @@ def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:
     assert forgetful[0].pools[0].reason == R.REACTIVE_QUEUE
     assert min(d.pools[0].target for d in forgetful[5:]) == 1
     assert min(d.pools[0].target for d in remembering[5:]) == 2
+
+
+def test_sizing_at_the_forecast_median_runs() -> None:
+    """``forecast_quantile: 0.5`` is allowed: the median gives no spread (it divided by z = 0)."""
+
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 20.0, ready=targets["agg"])]
+
+    decisions = run(agent(spec(initial=3), forecast_quantile=0.5), 0.0, 12, make)
+    assert decisions[-1].pools[0].target >= 1 and decisions[-1].forecast_rps is not None

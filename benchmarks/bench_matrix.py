@@ -1,13 +1,19 @@
 """The scenario matrix: every cell under static-peak, the (searched, valid) oracle, the local agent,
 and fcfs/global where tenants contend; one table, one plot, and the issue's acceptance per cell.
 
-    python benchmarks/bench_matrix.py [--quick] [--cells SUBSTRING] [--workers 2] [--out DIR]
-                                      [--option KEY=JSON ...]
+    python benchmarks/bench_matrix.py [--quick] [--cells SUBSTRING] [--span hour|day|all] [--workers 2]
+                                      [--out DIR] [--option KEY=JSON ...] [--baselines FILE [--baselines-only]]
 
 Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` runs two tiny cells
 (CI). ``--option`` sets a planner option for the agent policies (local, fcfs, global), e.g.
-``--option headroom=1.2``. Writes ``matrix.json``, ``matrix.md`` (the table) and ``matrix.html``
-(the plot) under ``--out``. Acceptance, for the local agent in every cell:
+``--option headroom=1.2``. Writes ``matrix.json``, ``matrix.md`` (the table), ``matrix-summary.md``
+(a line per cell) and ``matrix.html`` (the plot) under ``--out``.
+``--baselines FILE`` caches static-peak's and the oracle's searched runs and the stable clairvoyant bound
+(``fleet_sim.stable_bound``): they do not depend on the agent, and a cell's entry is keyed by its
+spec and a hash of the simulator, baseline and data sources, so a stale entry is never used.
+``--baselines-only`` just fills that cache (run it early, in the background).
+
+Acceptance, for the local agent in every cell:
 
 - A: per deployment, >= 99% SLO attainment where the oracle reaches >= 99.5%, else within 1 point
   of the oracle;
@@ -19,42 +25,97 @@ Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.planning import Policy  # noqa: E402
 from fleet_planner.traces.dispersion import index_of_dispersion  # noqa: E402
-from fleet_sim.baselines import StaticPeakPolicy, oracle_below_peak  # noqa: E402
+from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, oracle_below_peak  # noqa: E402
 from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, quick_cells, reversals_per_hour  # noqa: E402
 from fleet_sim.outputs import summarize  # noqa: E402
-from fleet_sim.policies import make_policy  # noqa: E402
+from fleet_sim.policies import DEFAULT_TARGET_ATTAINMENT, make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
+from fleet_sim.stable_bound import search_stable_bound  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 
 AGENT_POLICIES = ("local", "fcfs", "global")
 
 
-def run_cell(job: tuple[Cell, Path, dict[str, Any]]) -> dict[str, Any]:
-    """Every policy of one cell: figures per policy and per deployment."""
-    cell, workdir, options = job
-    row: dict[str, Any] = {"cell": cell.name, "half": cell.half, "span": cell.span, "policies": {}}
+BASELINES = ("static-peak", "oracle")  # clairvoyant, agent-independent: searched once, cached
+# What the baselines' figures depend on: the simulator, the shared core, the capacity model the
+# searches start from, the matrix's scenarios and the vendored data. The agent's decision code and
+# the policy adapters are left out, so tuning the agent keeps the cache.
+BASELINE_SOURCES = ("fleet_planner", "fleet_sim", "local_agent/sizing", "examples/traces", "examples/profiles")
+STABLE_SOURCES = ("fleet_sim/stable_bound.py",)  # the stable bound's own code (it reads the oracle's schedule)
+NOT_BASELINE_SOURCES = ("fleet_sim/adapters", "fleet_sim/demo", *STABLE_SOURCES)
+
+
+def source_digest(roots: tuple[str, ...] = BASELINE_SOURCES, skip: tuple[str, ...] = NOT_BASELINE_SOURCES) -> str:
+    """A hash of every file the baselines' figures depend on (a changed file invalidates the cache)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted((ROOT / root).rglob("*")) if (ROOT / root).is_dir() else [ROOT / root]:
+            relative = path.relative_to(ROOT).as_posix()
+            if not path.is_file() or "__pycache__" in relative or relative.startswith(skip):
+                continue
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cell_key(cell: Cell, digest: str) -> str:
+    """The cache key of a cell's baselines: its whole spec and the sources' digest."""
+    spec = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cell.__dict__.items()}, sort_keys=True)
+    return hashlib.sha256(f"{spec}|{digest}".encode()).hexdigest()
+
+
+class BaselineCache:
+    """Baseline rows (static-peak and the oracle, with the oracle's schedule) in a JSON file,
+    keyed by :func:`cell_key`: a row computed from other sources or another cell spec is never
+    found, so a stale cache cannot be used silently (it is recomputed and replaced)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.digest = source_digest()
+        self.stable_digest = f"{self.digest}|stable|{source_digest(STABLE_SOURCES, ())}"
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path is not None and path.exists():
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or not isinstance(stored.get("rows"), dict):
+                raise SystemExit(f"{path}: not a baseline cache written by bench_matrix.py")
+            self.rows = stored["rows"]
+
+    def get(self, cell: Cell, stable: bool = False) -> dict[str, Any] | None:
+        """The cell's baselines, or (``stable``) its stable bound."""
+        return self.rows.get(cell_key(cell, self.stable_digest if stable else self.digest))
+
+    def put(self, cell: Cell, row: dict[str, Any], stable: bool = False) -> None:
+        self.rows[cell_key(cell, self.stable_digest if stable else self.digest)] = row
+        if self.path is not None:
+            self.path.write_text(json.dumps({"rows": self.rows}, indent=1))
+
+
+def run_baselines(job: tuple[Cell, Path]) -> tuple[Cell, dict[str, Any]]:
+    """Static-peak and the searched oracle on one cell: their figures, the arrivals' dispersion,
+    and the oracle's per-window schedule (the stable bound starts from it)."""
+    cell, workdir = job
+    row: dict[str, Any] = {"policies": {}}
     peak: Policy | None = None
-    for policy in cell.policies:
+    for policy in BASELINES:
         began = time.perf_counter()
         scenario = build_scenario(cell, policy, workdir)
-        if policy in AGENT_POLICIES and options:
-            planner = scenario.planner.model_copy(update={})
-            planner = type(planner)(**{**planner.model_dump(), **options})
-            scenario = scenario.model_copy(update={"planner": planner})
         workload = build_workload(scenario)
-        if "idc_60s" not in row:
+        if policy == "static-peak":
             row["requests"] = len(workload)
             row["idc_10s"] = index_of_dispersion(workload.arrival_s, 10.0, scenario.duration_s)
             row["idc_60s"] = index_of_dispersion(workload.arrival_s, 60.0, scenario.duration_s)
@@ -66,22 +127,99 @@ def run_cell(job: tuple[Cell, Path, dict[str, Any]]) -> dict[str, Any]:
             chosen = make_policy(scenario, workload)
         if policy == "static-peak":
             peak = chosen
-        result = FleetSimulation(scenario, workload, chosen).run()
-        summary = summarize(result)
-        reversals = reversals_per_hour(result)
-        search = getattr(chosen, "search", None)
-        row["policies"][policy] = {
-            "gpu_hours": summary["fleet"]["gpu_hours"],
-            "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
-            "reversals_per_hour": reversals,
-            "changes_per_pool_hour": changes_per_pool_hour(result),
-            "wall_s": time.perf_counter() - began,
-            "search": None
-            if search is None
-            else {"runs": search.runs, "reached": search.reached, "unreachable": search.unreachable},
-        }
+        row["policies"][policy] = figures(scenario, workload, chosen, began)
+        if isinstance(chosen, OraclePolicy):
+            row["oracle_needs"] = {
+                f"{name}/{role}": series.tolist() for (name, role), series in chosen.needs.needs.items()
+            }
+    return cell, row
+
+
+def figures(scenario: Any, workload: Any, policy: Policy, began: float) -> dict[str, Any]:
+    """One policy's run on one cell: the figures the table and ``acceptance`` read."""
+    result = FleetSimulation(scenario, workload, policy).run()
+    summary = summarize(result)
+    search = getattr(policy, "search", None)
+    return {
+        "gpu_hours": summary["fleet"]["gpu_hours"],
+        "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
+        "reversals_per_hour": reversals_per_hour(result),
+        "changes_per_pool_hour": changes_per_pool_hour(result),
+        "wall_s": time.perf_counter() - began,
+        "search": None
+        if search is None
+        else {"runs": search.runs, "reached": search.reached, "unreachable": search.unreachable},
+    }
+
+
+def run_agents(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The agent policies of one cell (local, and fcfs/global where tenants contend) with these
+    planner options."""
+    cell, workdir, options = job
+    out: dict[str, Any] = {}
+    for policy in cell.policies:
+        if policy not in AGENT_POLICIES:
+            continue
+        began = time.perf_counter()
+        scenario = build_scenario(cell, policy, workdir)
+        if options:
+            planner = scenario.planner
+            scenario = scenario.model_copy(update={"planner": type(planner)(**{**planner.model_dump(), **options})})
+        workload = build_workload(scenario)
+        out[policy] = figures(scenario, workload, make_policy(scenario, workload), began)
+    return cell.name, out
+
+
+def run_stable(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[Cell, dict[str, Any]]:
+    """The stable clairvoyant bound of one cell, from its oracle's cached schedule."""
+    cell, workdir, baselines = job
+    began = time.perf_counter()
+    scenario = build_scenario(cell, "oracle", workdir)
+    workload = build_workload(scenario)
+    needs = {tuple(key.split("/", 1)): np.asarray(series) for key, series in baselines["oracle_needs"].items()}
+    unreachable = baselines["policies"]["oracle"]["search"]["unreachable"]
+    bound = search_stable_bound(scenario, workload, needs, DEFAULT_TARGET_ATTAINMENT, unreachable)
+    row = figures(scenario, workload, bound.policy, began)
+    row["reversal_budget"] = bound.budget
+    return cell, row
+
+
+def ensure_baselines(chosen: list[Cell], workdir: Path, cache: BaselineCache, pool: Any, stable: bool = True) -> None:
+    """Search the baselines (then, with ``stable``, the stable bound) of every chosen cell not in
+    the cache (in parallel), caching each."""
+    missing = [(cell, workdir) for cell in chosen if cache.get(cell) is None]
+    for done, (cell, row) in enumerate(pool.imap_unordered(run_baselines, missing), 1):
+        cache.put(cell, row)
+        print(f"... baselines {done}/{len(missing)}: {cell.name}", file=sys.stderr, flush=True)
+    if not stable:
+        return
+    jobs = [(cell, workdir, cache.get(cell)) for cell in chosen if cache.get(cell, stable=True) is None]
+    for done, (cell, row) in enumerate(pool.imap_unordered(run_stable, jobs), 1):
+        cache.put(cell, row, stable=True)
+        print(f"... stable bound {done}/{len(jobs)}: {cell.name}", file=sys.stderr, flush=True)
+
+
+def cell_row(
+    cell: Cell, baselines: dict[str, Any], agents: dict[str, Any], stable: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The table's row of one cell: baselines, the stable bound (when known) and agents."""
+    policies = {**baselines["policies"], **agents}
+    row: dict[str, Any] = {"cell": cell.name, "half": cell.half, "span": cell.span}
+    row.update({k: baselines[k] for k in ("requests", "idc_10s", "idc_60s")})
+    row["policies"] = {name: policies[name] for name in cell.policies if name in policies}
+    if stable is not None:
+        row["policies"] = {**row["policies"], "stable-bound": stable}
     row["acceptance"] = acceptance(row["policies"])
     return row
+
+
+def run_cell(job: tuple[Cell, Path, dict[str, Any]]) -> dict[str, Any]:
+    """Every policy of one cell, uncached (tests, one-off runs)."""
+    cell, workdir, _ = job
+    _, baselines = run_baselines((cell, workdir))
+    _, stable = run_stable((cell, workdir, baselines))
+    _, agents = run_agents(job)
+    return cell_row(cell, baselines, agents, stable)
 
 
 def acceptance(policies: dict[str, Any]) -> dict[str, bool]:
@@ -131,6 +269,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """One line per cell: the local agent and the stable bound against the oracle, and the verdict."""
+    lines = [
+        "| half | cell | local / oracle GPU-h | stable bound / oracle | oracle / static-peak | local worst att. % "
+        "| oracle worst att. % | local reversals/dep-h (max) | A B C D |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        p = row["policies"]
+        oracle = p["oracle"]["gpu_hours"]
+        stable = f"{p['stable-bound']['gpu_hours'] / oracle:.2f}" if "stable-bound" in p else "n/a"
+        verdict = " ".join("pass" if ok else "FAIL" for ok in row["acceptance"].values())
+        worst = {name: _pct(min(a or 0.0 for a in p[name]["attainment"].values())) for name in ("local", "oracle")}
+        lines.append(
+            f"| {row['half']} | {row['cell']} | {p['local']['gpu_hours'] / oracle:.2f} | {stable} "
+            f"| {oracle / p['static-peak']['gpu_hours']:.2f} | {worst['local']} | {worst['oracle']} "
+            f"| {max(p['local']['reversals_per_hour'].values()):.1f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Local's GPU-hours vs oracle against its worst deployment's attainment, per cell (plotly HTML)."""
     import plotly.graph_objects as go
@@ -164,33 +323,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two tiny cells (CI)")
     parser.add_argument("--cells", help="only cells whose name contains this")
+    parser.add_argument("--span", choices=["hour", "day", "all"], default="all")
     parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
     parser.add_argument("--out", type=Path, default=Path("matrix-out"))
     parser.add_argument("--option", action="append", default=[], help="agent planner option KEY=JSON")
+    parser.add_argument("--baselines", type=Path, help="JSON cache of the baselines (read, then completed)")
+    parser.add_argument("--baselines-only", action="store_true", help="fill the baseline cache and stop")
     args = parser.parse_args()
     options = {}
     for item in args.option:
         key, _, value = item.partition("=")
         options[key] = json.loads(value)
     chosen = quick_cells() if args.quick else cells()
-    if args.cells:
-        chosen = [c for c in chosen if args.cells in c.name]
+    chosen = [c for c in chosen if (not args.cells or args.cells in c.name) and args.span in ("all", c.span)]
+    args.out = args.out.resolve()  # scenario paths must not be read relative to examples/
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(cell, args.out / "data", options) for cell in chosen]
+    workdir = args.out / "data"
+    cache = BaselineCache(args.baselines)
     began = time.perf_counter()
     rows = []
     workers = max(1, min(2, args.workers))
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
-        for row in pool.imap_unordered(run_cell, jobs):
-            rows.append(row)
+        ensure_baselines(chosen, workdir, cache, pool)
+        if args.baselines_only:
+            return 0
+        by_name = {cell.name: cell for cell in chosen}
+        jobs = [(cell, workdir, options) for cell in chosen]
+        for name, agents in pool.imap_unordered(run_agents, jobs):
+            cell = by_name[name]
+            baselines = cache.get(cell)
+            assert baselines is not None
+            rows.append(cell_row(cell, baselines, agents, cache.get(cell, stable=True)))
             (args.out / "matrix.partial.json").write_text(json.dumps(rows, indent=1))  # survives an interrupted run
-            verdict = " ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in row["acceptance"].items())
-            print(f"[{len(rows)}/{len(jobs)}] {row['half']:<8} {row['cell']:<45} {verdict}", flush=True)
+            verdict = " ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in rows[-1]["acceptance"].items())
+            print(f"[{len(rows)}/{len(jobs)}] {cell.half:<8} {cell.name:<45} {verdict}", flush=True)
     order = {cell.name: i for i, cell in enumerate(chosen)}
     rows.sort(key=lambda r: (r["half"], order[r["cell"]]))
     (args.out / "matrix.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
     (args.out / "matrix.md").write_text(text + "\n")
+    (args.out / "matrix-summary.md").write_text(summary_table(rows) + "\n")
     plot(rows, args.out / "matrix.html")
     print(text)
     for half in ("tuning", "held-out", "quick"):
@@ -199,6 +371,23 @@ def main() -> int:
             passed = sum(all(r["acceptance"].values()) for r in mine)
             per = {k: sum(r["acceptance"][k] for r in mine) for k in mine[0]["acceptance"]}
             print(f"{half}: {passed}/{len(mine)} cells pass every point; per point {per}")
+            local = [r["policies"]["local"]["gpu_hours"] / r["policies"]["oracle"]["gpu_hours"] for r in mine]
+            stable = [
+                r["policies"]["stable-bound"]["gpu_hours"] / r["policies"]["oracle"]["gpu_hours"]
+                for r in mine
+                if "stable-bound" in r["policies"]
+            ]
+            reversals = [max(r["policies"]["local"]["reversals_per_hour"].values()) for r in mine]
+            note = (
+                f"; stable bound / oracle median {statistics.median(stable):.2f}, <= 1.15x in "
+                f"{sum(x <= 1.15 for x in stable)}/{len(stable)}"
+                if stable
+                else ""
+            )
+            print(
+                f"{half}: local / oracle GPU-h median {statistics.median(local):.2f}; local reversals per "
+                f"deployment-hour mean {statistics.mean(reversals):.2f}{note}"
+            )
     print(f"wall time {time.perf_counter() - began:.0f} s, {workers} worker(s)")
     return 0
 

@@ -17,7 +17,6 @@ and the mean reversals per deployment-hour.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import sys
@@ -28,13 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_matrix import acceptance, run_cell  # noqa: E402
+from bench_matrix import BaselineCache, acceptance, ensure_baselines, run_agents  # noqa: E402
 
-from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, reversals_per_hour  # noqa: E402
-from fleet_sim.outputs import summarize  # noqa: E402
-from fleet_sim.policies import make_policy  # noqa: E402
-from fleet_sim.runner import FleetSimulation  # noqa: E402
-from fleet_sim.workload import build_workload  # noqa: E402
+from fleet_sim.matrix import cells  # noqa: E402
 
 OFF = {"burst_windows": 0, "ttft_correction": False, "miss_memory_s": 0.0, "down_margin": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -52,37 +47,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_local(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """The local agent on one cell with these planner options: the figures ``acceptance`` reads."""
-    cell, workdir, options = job
-    scenario = build_scenario(cell, "local", workdir)
-    if options:
-        planner = scenario.planner
-        scenario = scenario.model_copy(update={"planner": type(planner)(**{**planner.model_dump(), **options})})
-    workload = build_workload(scenario)
-    result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
-    summary = summarize(result)
-    return cell.name, {
-        "gpu_hours": summary["fleet"]["gpu_hours"],
-        "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
-        "reversals_per_hour": reversals_per_hour(result),
-        "changes_per_pool_hour": changes_per_pool_hour(result),
-        "search": None,
-    }
-
-
-def _baselines(chosen: list[Cell], workdir: Path, path: Path | None, pool: Any) -> dict[str, dict[str, Any]]:
-    """Every cell's row from ``bench_matrix.run_cell`` (baselines searched once), cached in ``path``."""
-    known = {row["cell"]: row for row in json.loads(path.read_text())} if path and path.exists() else {}
-    missing = [(cell, workdir, {}) for cell in chosen if cell.name not in known]
-    for row in pool.imap_unordered(run_cell, missing):
-        known[row["cell"]] = row
-        print(f"... baselines of {row['cell']} done", file=sys.stderr, flush=True)
-    if path:
-        path.write_text(json.dumps(list(known.values()), indent=1))
-    return known
-
-
 def _pct(values: dict[str, float | None]) -> str:
     return ",".join(f"{100 * (v or 0.0):.1f}" for v in values.values())
 
@@ -92,21 +56,25 @@ def main() -> int:
     parser.add_argument("--half", choices=["tuning", "held-out", "all"], default="tuning")
     parser.add_argument("--span", choices=["hour", "day", "all"], default="hour")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--baselines", type=Path, help="JSON cache of the baseline rows (read, then completed)")
+    parser.add_argument("--baselines", type=Path, help="JSON cache of the baselines (bench_matrix.py's format)")
     parser.add_argument("--workdir", type=Path, default=Path("matrix-out/data"))
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()  # scenario paths must not be read relative to examples/
     chosen = [
         c for c in cells() if args.half in ("all", c.half) and args.span in ("all", c.span) and len(c.policies) == 3
     ]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        rows = _baselines(chosen, args.workdir, args.baselines, pool)
+        cache = BaselineCache(args.baselines)
+        ensure_baselines(chosen, args.workdir, cache, pool, stable=False)
         print(f"{'variant':<22}{'half':<9}{'cell':<42}{'xoracle':>8}  {'SLO % (oracle)':<26}{'rev/h':>6}  A B C D")
         for variant in args.variants:
             jobs = [(cell, args.workdir, VARIANTS[variant]) for cell in chosen]
-            local = dict(pool.imap_unordered(run_local, jobs))
+            local = {name: agents["local"] for name, agents in pool.imap_unordered(run_agents, jobs)}
             figures: dict[str, list[tuple[dict[str, bool], float, float]]] = {}
             for cell in chosen:
-                policies = {**rows[cell.name]["policies"], "local": local[cell.name]}
+                baselines = cache.get(cell)
+                assert baselines is not None
+                policies = {**baselines["policies"], "local": local[cell.name]}
                 verdict = acceptance(policies)
                 ratio = local[cell.name]["gpu_hours"] / policies["oracle"]["gpu_hours"]
                 worst = max(local[cell.name]["reversals_per_hour"].values())

@@ -142,8 +142,9 @@ class LocalAgent:
             d.model_copy(update={"replica_capacity_rps": self.sizer.replica_rps(d.role, lengths)}) for d in decisions
         ]
         for decision in decisions:
-            if decision.target > self.pools[decision.role].target:
-                self.guard.scaled_up(decision.role, now_s)
+            change = decision.target - self.pools[decision.role].target
+            if change:
+                self.guard.scaled(decision.role, now_s, 1 if change > 0 else -1)
             if not self.limits.advisory:
                 self.pools[decision.role].target = decision.target
         record = self._record(now_s, run_throughput, observed_rate, lengths, decisions)
@@ -246,12 +247,12 @@ class LocalAgent:
                 lengths,
             )
         self.guard.recommend(role, now_s, recommendation)
-        proposal = self.guard.stabilised(role, current, proposal)
+        proposal, one_step = self.guard.stabilised(role, current, proposal)
         if proposal.wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
-        return self._finish(role, current, proposal)
+        return self._finish(role, current, proposal, enforce_steps=not one_step)
 
     def _finish(self, role: PoolRole, current: int, proposal: Proposal, enforce_steps: bool = True) -> PoolDecision:
         low, high = bounds(self.spec, self.limits, role)

@@ -121,6 +121,50 @@ def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_
     assert windowed[first_down[1] + 2].pools[0].target == 1
 
 
+def test_one_step_scale_down_goes_straight_to_the_windows_recommendation() -> None:
+    """After a sustained drop, one change to the count the whole window allowed (not one replica
+    per tick): fewer changes, the same end point."""
+
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 105.0 if t < 5 * TICK else 2.0, ready=targets["agg"])]
+
+    options = dict(mode="load", scale_down_grace_s=0.0, stabilization_window_s=300.0)
+    stepwise = [d.pools[0] for d in run(agent(spec(initial=4), **options), 0.0, 24, make)]
+    one_step = [d.pools[0] for d in run(agent(spec(initial=4), scale_down_in_one_step=True, **options), 0.0, 24, make)]
+    changes = [sum(a.target != b.target for a, b in zip(ds, ds[1:])) for ds in (stepwise, one_step)]
+    assert stepwise[-1].target == one_step[-1].target == 1
+    assert changes[1] == 1 < changes[0]
+    first_down = next(i for i, d in enumerate(one_step) if d.target < 4)
+    assert first_down * TICK >= 4 * TICK + 300.0 and one_step[first_down].target == 1  # waits, then 4 -> 1
+
+
+def test_reversal_interval_holds_the_way_back_down_but_never_a_scale_up() -> None:
+    """Load swinging low/high every 3 minutes: without the interval the pool follows every swing;
+    with it, a scale-down after a scale-up waits the interval since the last reversal."""
+
+    bad = Distribution(count=300, mean=700, p50=600, p90=900, p99=1200)  # a TTFT miss
+
+    def make(t: float, targets: dict) -> list:
+        if (t // 180.0) % 2 == 0:
+            return [observe("agg", t, 2.0, ready=targets["agg"])]
+        return [observe("agg", t, 10.0, ready=targets["agg"], ttft_ms=bad)]
+
+    def reversals(targets: list[int]) -> int:
+        moves = [1 if b > a else -1 for a, b in zip(targets, targets[1:]) if b != a]
+        return sum(a != b for a, b in zip(moves, moves[1:]))
+
+    options = dict(mode="load", scale_down_grace_s=0.0, miss_memory_s=0.0)
+    free = [d.pools[0].target for d in run(agent(spec(initial=4), **options), 0.0, 60, make)]
+    held_decisions = run(agent(spec(initial=4), reversal_interval_s=900.0, **options), 0.0, 60, make)
+    held = [d.pools[0].target for d in held_decisions]
+    assert reversals(held) < reversals(free)
+    ups = [i for i in range(1, len(held)) if held[i] > held[i - 1]]
+    downs_after_up = [i for i in range(ups[0] + 1, len(held)) if held[i] < held[i - 1]]
+    assert ups and (not downs_after_up or (downs_after_up[0] - ups[0]) * TICK >= 900.0)
+    assert any(d.pools[0].reason == R.GRACE_PERIOD for d in held_decisions)
+    assert max(held) >= max(free)  # scale-ups are never held back
+
+
 def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     def make(t: float, targets: dict) -> list:
         return [observe("agg", t, 25.0, ready=targets["agg"])]
@@ -141,3 +185,13 @@ def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:
     assert forgetful[0].pools[0].reason == R.REACTIVE_QUEUE
     assert min(d.pools[0].target for d in forgetful[5:]) == 1
     assert min(d.pools[0].target for d in remembering[5:]) == 2
+
+
+def test_sizing_at_the_forecast_median_runs() -> None:
+    """``forecast_quantile: 0.5`` is allowed: the median gives no spread (it divided by z = 0)."""
+
+    def make(t: float, targets: dict) -> list:
+        return [observe("agg", t, 20.0, ready=targets["agg"])]
+
+    decisions = run(agent(spec(initial=3), forecast_quantile=0.5), 0.0, 12, make)
+    assert decisions[-1].pools[0].target >= 1 and decisions[-1].forecast_rps is not None

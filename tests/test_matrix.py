@@ -44,7 +44,7 @@ def test_quick_matrix_runs_and_judges_every_cell(tmp_path: Path) -> None:
     from bench_matrix import run_cell
 
     row = run_cell((quick_cells()[1], tmp_path, {}))
-    assert set(row["policies"]) == {"static-peak", "oracle", "local"}
+    assert set(row["policies"]) == {"static-peak", "oracle", "local", "stable-bound"}
     oracle = row["policies"]["oracle"]
     assert oracle["search"]["runs"] >= 2 and oracle["search"]["reached"]
     # A valid oracle: it meets its target in the same simulator (or says it cannot).
@@ -52,6 +52,28 @@ def test_quick_matrix_runs_and_judges_every_cell(tmp_path: Path) -> None:
     assert set(row["acceptance"]) == {"A_slo", "B_cost", "C_stable", "D_oracle"}
     assert row["idc_60s"] > 2.0  # bursty arrivals, measured on the workload itself
     assert row["policies"]["local"]["gpu_hours"] > 0
+    # The stable bound keeps to its reversal budget (0 in a 10-minute cell) and meets the target.
+    stable = row["policies"]["stable-bound"]
+    assert stable["reversal_budget"] == 0 and max(stable["reversals_per_hour"].values()) == 0.0
+    assert stable["search"]["reached"] and stable["gpu_hours"] >= 0.97 * oracle["gpu_hours"]
+
+
+def test_baseline_cache_is_keyed_by_cell_and_sources(tmp_path: Path) -> None:
+    from bench_matrix import BaselineCache, cell_key
+
+    first, second = cells()[:2]
+    assert cell_key(first, "a") != cell_key(second, "a") and cell_key(first, "a") != cell_key(first, "b")
+    path = tmp_path / "baselines.json"
+    cache = BaselineCache(path)
+    cache.put(first, {"policies": {}})
+    assert BaselineCache(path).get(first) == {"policies": {}} and BaselineCache(path).get(second) is None
+    assert BaselineCache(path).get(first, stable=True) is None
+    stale = BaselineCache(path)
+    stale.digest = "other sources"  # as after an edit of the simulator: the entry is not found
+    assert stale.get(first) is None
+    path.write_text("[]")
+    with pytest.raises(SystemExit, match="not a baseline cache"):
+        BaselineCache(path)
 
 
 @pytest.mark.parametrize("cell", cells()[:1] + [c for c in cells() if c.contended][:1], ids=lambda c: c.name)

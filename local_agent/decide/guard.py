@@ -1,6 +1,8 @@
 """The scale-down guard: a scale-down happens only when it is safe and has been for a while.
 
 In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while replicas start;
+no scale-down that reverses a scale-up within ``reversal_interval_s`` of the pool's last reversal
+(a budget of direction reversals: ups are never held, so only the way down can wait);
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
 (burst-aware, corrected) model at the larger of the observed and forecast upper load, times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
@@ -31,10 +33,12 @@ MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
 class PoolMemory:
     """What the guard remembers of one pool."""
 
-    __slots__ = ("last_scale_up_s", "misses", "recommendations")
+    __slots__ = ("last_direction", "last_reversal_s", "last_scale_up_s", "misses", "recommendations")
 
     def __init__(self) -> None:
         self.last_scale_up_s = -math.inf
+        self.last_direction = 0  # +1 up, -1 down, 0 no change yet
+        self.last_reversal_s = -math.inf
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
 
@@ -45,8 +49,14 @@ class ScaleDownGuard:
         self.sizer = sizer
         self.pools = {role: PoolMemory() for role in roles}
 
-    def scaled_up(self, role: PoolRole, now_s: float) -> None:
-        self.pools[role].last_scale_up_s = now_s
+    def scaled(self, role: PoolRole, now_s: float, direction: int) -> None:
+        """The pool's target changed (+1 up, -1 down): grace and reversal bookkeeping."""
+        memory = self.pools[role]
+        if direction > 0:
+            memory.last_scale_up_s = now_s
+        if memory.last_direction == -direction:
+            memory.last_reversal_s = now_s
+        memory.last_direction = direction
 
     def missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
         """The pool missed its SLA (or its queue or KV use ran over the threshold that adds a
@@ -84,6 +94,10 @@ class ScaleDownGuard:
             return Proposal(current, R.GRACE_PERIOD, "replicas were just added"), current
         if obs.starting > 0:
             return Proposal(current, R.HOLD, "replicas still starting"), current
+        memory = self.pools[role]
+        if memory.last_direction > 0 and now_s - memory.last_reversal_s < self.options.reversal_interval_s:
+            detail = f"last direction reversal {now_s - memory.last_reversal_s:.0f} s ago"
+            return Proposal(current, R.GRACE_PERIOD, detail), current
         # Consolidation: after removing replicas the survivors carry current/wanted times the
         # load each. Check at the larger of observed and forecast upper load (the 2<->1
         # oscillation came from ignoring this), plus the dead band ``down_margin``: sizing up
@@ -129,15 +143,20 @@ class ScaleDownGuard:
             return f"missed the SLA at {lowest:.2f} req/s per replica; {wanted} would carry {rate / wanted:.2f}"
         return None
 
-    def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> Proposal:
+    def stabilised(self, role: PoolRole, current: int, proposal: Proposal) -> tuple[Proposal, bool]:
         """Scale down only to the highest recommendation of the window (HPA stabilisation): a
         recommendation is the fewest replicas safe at that tick, so a load that stayed low for
-        the whole window is followed down without waiting a window per replica."""
+        the whole window is followed down without waiting a window per replica. With
+        ``scale_down_in_one_step`` the scale-down goes straight to that recommendation; the flag
+        says the step cap must not split it (one change instead of several)."""
         history = self.pools[role].recommendations
         if self.options.stabilization_window_s <= 0 or proposal.wanted >= current or not history:
-            return proposal
+            return proposal, False
         highest = max(count for _, count in history)
         if highest > proposal.wanted:
             wanted = min(highest, current)
-            return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}")
-        return proposal
+            return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}"), False
+        if self.options.scale_down_in_one_step and highest < proposal.wanted:
+            detail = f"{proposal.detail}; in one step to the window's highest recommendation {highest}"
+            return Proposal(highest, proposal.reason, detail), True
+        return proposal, self.options.scale_down_in_one_step

@@ -64,6 +64,18 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
     )
+    reversal_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a scale-down that reverses a scale-up waits this long after the pool's last direction "
+        "reversal (0 = off): at most one down-reversal per interval; scale-ups are never held",
+    )
+    scale_down_in_one_step: bool = Field(
+        default=False,
+        description="with a stabilisation window: scale down straight to the window's highest recommendation "
+        "(one change, past max_step_down) instead of one replica per tick",
+    )
     advisory: bool = False
     tune_knobs: bool = Field(
         default=False, description="choose engine knobs per pool (local_agent.knobs) and apply them via the connector"

@@ -140,7 +140,8 @@ class Sizer:
         count is worth on average, which is what an arbiter weighing pools against each other
         needs. (The mean's curve alone ignores the risk; the upper's alone counts a one-in-ten
         load as certain, and in a shortage would take GPUs that others need for sure.)"""
-        spread = (forecast.upper - forecast.mean) / normal_z(forecast.quantile)
+        z = normal_z(forecast.quantile)
+        spread = (forecast.upper - forecast.mean) / z if z > 0 else 0.0  # the median says nothing of the spread
         if spread <= 0:
             return {role: list(curve.attainment) for role, curve in self.curves.items()}
         total: dict[PoolRole, np.ndarray] = {}

@@ -31,7 +31,14 @@ from bench_matrix import BaselineCache, acceptance, ensure_baselines, run_agents
 
 from fleet_sim.matrix import cells  # noqa: E402
 
-OFF = {"burst_windows": 0, "ttft_correction": False, "miss_memory_s": 0.0, "down_margin": 0.0}
+OFF = {
+    "burst_windows": 0,
+    "ttft_correction": False,
+    "miss_memory_s": 0.0,
+    "down_margin": 0.0,
+    "reversal_interval_s": 0.0,
+}
+ONE_STEP = {"scale_down_in_one_step": True}
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": OFF,
     "burst": {**OFF, "burst_windows": 40},
@@ -39,11 +46,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "miss": {**OFF, "miss_memory_s": 1800.0},
     "band": {**OFF, "down_margin": 0.2},
     "window": {**OFF, "stabilization_window_s": 300.0},
+    "reversal": {**OFF, "reversal_interval_s": 3600.0},
     "defaults": {},
-    "defaults+burst": {"burst_windows": 40},
+    # The defaults before the reversal interval (TTFT correction and miss memory only).
+    "no-reversal": {"reversal_interval_s": 0.0},
+    "no-reversal+window600+one-step": {"reversal_interval_s": 0.0, "stabilization_window_s": 600.0, **ONE_STEP},
+    "no-reversal+grace900": {"reversal_interval_s": 0.0, "scale_down_grace_s": 900.0},
+    "no-reversal+grace1800": {"reversal_interval_s": 0.0, "scale_down_grace_s": 1800.0},
+    "no-reversal+grace1800+p75": {"reversal_interval_s": 0.0, "scale_down_grace_s": 1800.0, "forecast_quantile": 0.75},
+    "reversal1800": {"reversal_interval_s": 1800.0},
+    "reversal2400": {"reversal_interval_s": 2400.0},
     "defaults+p75": {"forecast_quantile": 0.75},
+    "defaults+p80": {"forecast_quantile": 0.8},
+    "defaults+window300+one-step": {"stabilization_window_s": 300.0, **ONE_STEP},
+    "defaults+burst": {"burst_windows": 40},
     "defaults+window": {"stabilization_window_s": 300.0},
-    "defaults+band+window": {"down_margin": 0.1, "stabilization_window_s": 300.0},
 }
 
 

@@ -154,7 +154,7 @@ def test_reversal_interval_holds_the_way_back_down_but_never_a_scale_up() -> Non
         return sum(a != b for a, b in zip(moves, moves[1:]))
 
     options = dict(mode="load", scale_down_grace_s=0.0, miss_memory_s=0.0)
-    free = [d.pools[0].target for d in run(agent(spec(initial=4), **options), 0.0, 60, make)]
+    free = [d.pools[0].target for d in run(agent(spec(initial=4), reversal_interval_s=0.0, **options), 0.0, 60, make)]
     held_decisions = run(agent(spec(initial=4), reversal_interval_s=900.0, **options), 0.0, 60, make)
     held = [d.pools[0].target for d in held_decisions]
     assert reversals(held) < reversals(free)

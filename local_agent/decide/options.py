@@ -65,11 +65,12 @@ class AgentOptions(BaseModel):
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
     )
     reversal_interval_s: float = Field(
-        default=0.0,
+        default=3600.0,
         ge=0,
         allow_inf_nan=False,
         description="a scale-down that reverses a scale-up waits this long after the pool's last direction "
-        "reversal (0 = off): at most one down-reversal per interval; scale-ups are never held",
+        "reversal (0 = off): at most one down-reversal per interval; scale-ups are never held. The default "
+        "holds the matrix's reversals near one per deployment-hour (docs/local-agent.md)",
     )
     scale_down_in_one_step: bool = Field(
         default=False,

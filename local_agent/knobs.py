@@ -4,7 +4,7 @@ agent's own capacity model on the (corrected) profile, at the load and lengths i
 Candidates, per pool (the other pools keep the knobs in force):
 
 - **decode**: ``max_num_seqs`` = the knobs in force, the engine default, or the largest batch whose
-  ITL at the mean context meets the target (:func:`fleet_planner.perf.operating.decode_point`).
+  ITL at the mean context meets 90% of the target (:func:`fleet_planner.perf.operating.decode_point`).
   Above that batch every running sequence slows down; with the cap a burst waits for a slot.
 - **aggregated**: ``max_batch_tokens`` (the chunk budget) from 512 to 16384 tokens, with the cap in
   force or the batch of :func:`~fleet_planner.perf.operating.agg_point`. A small budget spreads a
@@ -38,6 +38,10 @@ from local_agent.sizing import EngineModel
 CHUNK_BUDGETS = tuple(2**k for k in range(9, 15))  # 512 .. 16384 tokens
 KV_BOUND = 1 << 20  # no cap of its own: the batch range is bounded by the KV cache
 ATTAINMENT_MARGIN = 0.002  # at equal GPUs, a change must gain this much attainment
+# Caps are sized for this share of the ITL target: a batch exactly at the limit for the mean context
+# misses it whenever the running contexts are longer than average (measured: a cap at the limit let
+# the agent shrink to one decode replica that then missed TTFT and ITL on the next ramp).
+ITL_MARGIN = 0.9
 
 
 class KnobChoice(BaseModel):
@@ -54,11 +58,13 @@ def candidates(
 ) -> list[EngineKnobs]:
     """The knob settings worth comparing for one pool (``current`` first)."""
     if role == "decode":
-        point = decode_point(model, mean_input, mean_output, sla.itl_ms, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
+        itl = sla.itl_ms * ITL_MARGIN
+        point = decode_point(model, mean_input, mean_output, itl, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
         caps = [current.max_num_seqs, DEFAULT_MAX_NUM_SEQS] + ([point.batch] if point.batch else [])
         return _unique(current.model_copy(update={"max_num_seqs": cap}) for cap in caps)
     if role == "agg":
-        point = agg_point(model, mean_input, mean_output, sla.ttft_ms, sla.itl_ms, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
+        itl = sla.itl_ms * ITL_MARGIN
+        point = agg_point(model, mean_input, mean_output, sla.ttft_ms, itl, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
         caps = [current.max_num_seqs] + ([point.batch] if point.batch else [])
         budgets = [current.max_batch_tokens, *CHUNK_BUDGETS]
         return _unique(EngineKnobs(max_num_seqs=cap, max_batch_tokens=budget) for cap in caps for budget in budgets)

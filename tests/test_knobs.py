@@ -54,13 +54,13 @@ def test_knobs_are_validated_and_render_as_engine_flags() -> None:
     ]
 
 
-def test_decode_candidate_is_the_largest_batch_meeting_itl() -> None:
+def test_decode_candidate_is_the_largest_batch_meeting_itl_with_a_margin() -> None:
     sla = SLA(ttft_ms=600, itl_ms=30)
     options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs())
     assert options[0] == EngineKnobs()
     cap = options[-1].max_num_seqs
     context = 1155 + 211 / 2
-    assert A100.itl_ms(cap, context) <= 30 < A100.itl_ms(cap + 1, context)
+    assert A100.itl_ms(cap, context) <= 27 < A100.itl_ms(cap + 1, context)  # 90% of the target
     assert candidates(A100, "prefill", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]
 
 

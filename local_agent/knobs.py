@@ -3,11 +3,12 @@ agent's own capacity model on the (corrected) profile, at the load and lengths i
 
 Candidates, per pool (the other pools keep the knobs in force):
 
-- **decode**: ``max_num_seqs`` = the knobs in force, the engine default, or the largest batch whose
-  ITL at the mean context meets 90% of the target (:func:`fleet_planner.perf.operating.decode_point`).
-  Above that batch every running sequence slows down; with the cap a burst waits for a slot.
+- **decode**: ``max_num_seqs`` = the cap in force, or raised to the engine default or to the largest
+  batch whose ITL at the mean context meets 90% of the target
+  (:func:`fleet_planner.perf.operating.decode_point`) where ITL allows more than the cap does.
+  Caps are only ever raised (see :func:`_raised`).
 - **aggregated**: ``max_batch_tokens`` (the chunk budget) from 512 to 16384 tokens, with the cap in
-  force or the batch of :func:`~fleet_planner.perf.operating.agg_point`. A small budget spreads a
+  force or raised to the batch of :func:`~fleet_planner.perf.operating.agg_point`. A small budget spreads a
   long prompt over many iterations, so a short answer running beside it is stalled less; it also
   makes the prompt itself take more iterations (TTFT) and leaves less prefill throughput.
 - **prefill** pools keep their budget (without decodes beside them a larger budget only batches
@@ -60,15 +61,23 @@ def candidates(
     if role == "decode":
         itl = sla.itl_ms * ITL_MARGIN
         point = decode_point(model, mean_input, mean_output, itl, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
-        caps = [current.max_num_seqs, DEFAULT_MAX_NUM_SEQS] + ([point.batch] if point.batch else [])
+        caps = _raised(current.max_num_seqs, DEFAULT_MAX_NUM_SEQS, point.batch)
         return _unique(current.model_copy(update={"max_num_seqs": cap}) for cap in caps)
     if role == "agg":
         itl = sla.itl_ms * ITL_MARGIN
         point = agg_point(model, mean_input, mean_output, sla.ttft_ms, itl, max_num_seqs=KV_BOUND)  # type: ignore[arg-type]
-        caps = [current.max_num_seqs] + ([point.batch] if point.batch else [])
+        caps = _raised(current.max_num_seqs, point.batch)
         budgets = [current.max_batch_tokens, *CHUNK_BUDGETS]
         return _unique(EngineKnobs(max_num_seqs=cap, max_batch_tokens=budget) for cap in caps for budget in budgets)
     return [current]
+
+
+def _raised(current: int, *caps: int | None) -> list[int]:
+    """``current`` and the caps above it. A cap is never lowered: a lower cap turns ITL misses into
+    waits for a slot (TTFT), which the sizing model underestimates (measured on the diurnal
+    example: a chat decode cap of 112 instead of 256 gave 98.90% with 154.1 GPU-hours, against
+    99.65% with 150.2)."""
+    return [current, *(cap for cap in caps if cap is not None and cap > current)]
 
 
 def _unique(items: Iterable[EngineKnobs]) -> list[EngineKnobs]:

@@ -54,20 +54,22 @@ def test_knobs_are_validated_and_render_as_engine_flags() -> None:
     ]
 
 
-def test_decode_candidate_is_the_largest_batch_meeting_itl_with_a_margin() -> None:
+def test_decode_candidates_only_raise_the_cap_up_to_the_itl_limit_with_a_margin() -> None:
     sla = SLA(ttft_ms=600, itl_ms=30)
-    options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs())
-    assert options[0] == EngineKnobs()
+    low = EngineKnobs(max_num_seqs=8)
+    options = candidates(A100, "decode", sla, 1155, 211, low)
+    assert options[0] == low and EngineKnobs(max_num_seqs=256) in options
     cap = options[-1].max_num_seqs
     context = 1155 + 211 / 2
     assert A100.itl_ms(cap, context) <= 27 < A100.itl_ms(cap + 1, context)  # 90% of the target
+    assert candidates(A100, "decode", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]  # never lowered
     assert candidates(A100, "prefill", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]
 
 
 def test_decode_cap_holds_itl_under_overload_where_the_default_does_not() -> None:
     """Closed loop on one prefill + one decode replica with more clients than the cap: the capped
     engine queues the excess (TTFT) and keeps ITL; the default batches everyone and misses it."""
-    cap = candidates(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600, EngineKnobs())[-1]
+    cap = candidates(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600, EngineKnobs(max_num_seqs=1))[-1]
     clients = cap.max_num_seqs + 60
     run = {
         name: run_closed_loop(

@@ -4,9 +4,9 @@ Every scenario runs on the same workload with the local agent twice: with the en
 (8192 batched tokens, 256 sequences, as the scenario says), and with ``tune_knobs: true`` (the
 agent re-chooses each pool's knobs every ``knob_interval_s`` from its corrected profile, sizes with
 them, and the simulator's pools apply them). ``--headrooms`` repeats both at several planning
-headrooms, which trades GPU-hours for attainment; the summary then gives, for each run with the
-defaults, the cheapest tuned run reaching at least its attainment: "GPU-hours at the same SLO
-attainment". Scenarios: the matrix's diurnal cells (``fleet_sim.matrix``
+headrooms, which trades GPU-hours for attainment; the summary then gives, at each attainment a run
+with the defaults reached, the GPU-hours of the cheapest run of each variant reaching at least
+that: "GPU-hours at the same SLO attainment". Scenarios: the matrix's diurnal cells (``fleet_sim.matrix``
 cells named ``day-...``, unchanged) and, with ``--example``, the repository's diurnal example.
 
     python benchmarks/bench_knobs.py [--cells day-] [--example] [--scenario FILE ...]
@@ -143,15 +143,13 @@ def compare(
             if tune:
                 print(f"    knobs at the end: {result['knobs_at_end']}", flush=True)
         out["runs"][name] = points
-    tuned = out["runs"]["tuned knobs"]
     for base in out["runs"]["engine defaults"]:
-        best = cheapest_reaching(tuned, base["attainment"])
-        text = "none does" if best is None else f"{best['gpu_hours']:.1f} GPU-h (headroom {best['headroom']:g})"
-        print(
-            f"  => defaults at headroom {base['headroom']:g}: {base['attainment'] * 100:.2f}% with"
-            f" {base['gpu_hours']:.1f} GPU-h; the cheapest tuned run reaching that: {text}",
-            flush=True,
+        reached = [cheapest_reaching(out["runs"][name], base["attainment"]) for name in VARIANTS]
+        text = ", ".join(
+            f"{name} {'none' if run is None else format(run['gpu_hours'], '.1f')}"
+            for name, run in zip(VARIANTS, reached, strict=True)
         )
+        print(f"  => GPU-h of the cheapest run reaching {base['attainment'] * 100:.2f}%: {text}", flush=True)
     return out
 
 

@@ -217,3 +217,23 @@ def test_policy_knobs_reach_the_simulated_pools() -> None:
     pool = simulation.pools[("chat", "decode")]
     assert pool.knobs == EngineKnobs(max_num_seqs=77) and pool.admission.max_num_seqs == 77
     assert simulation.pools[("chat", "prefill")].knobs == EngineKnobs()
+
+
+def test_a_material_profile_change_retunes_early() -> None:
+    """Within the interval nothing is re-chosen unless the model moved by more than 10%; then, after
+    a quarter of the interval, it is."""
+    steady = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
+    assert steady.knob_tuner.retune(0.0, steady.sizer, 20, CONV) == {}  # nothing to gain at 20 req/s
+    assert steady.knob_tuner.retune(600.0, steady.sizer, 350, CONV) == {}  # not due: nothing moved
+    shifted = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
+    shifted.sizer.models["decode"] = A100
+    assert shifted.knob_tuner.retune(0.0, shifted.sizer, 20, CONV) == {}
+    shifted.sizer.models["decode"] = H200  # the corrected profile now says decoding is much faster
+    assert shifted.knob_tuner.retune(300.0, shifted.sizer, 350, CONV) == {}  # moved, but too soon
+    assert set(shifted.knob_tuner.retune(600.0, shifted.sizer, 350, CONV)) == {"decode"}
+
+
+def test_a_raised_cap_may_return_to_the_configured_one_but_never_below() -> None:
+    sla = SLA(ttft_ms=600, itl_ms=30)
+    options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs(max_num_seqs=420), EngineKnobs())
+    assert [k.max_num_seqs for k in options] == [420, 256]  # A100's ITL limit (112) is below the floor

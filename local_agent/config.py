@@ -333,6 +333,14 @@ class AgentConfig(FrozenModel):
                     f"need a worker command for exactly the pools {', '.join(sorted(expected))};"
                     f" got {', '.join(self.connector.roles) or 'none'}",
                 )
+            if self.options.tune_knobs:
+                blind = sorted(role for role, command in self.connector.roles.items() if not command.takes_knobs)
+                if blind:
+                    raise FieldProblem(
+                        f"connector.roles.{blind[0]}.argv",
+                        "options.tune_knobs needs a '{knobs}' item in every worker command (it becomes the"
+                        " engine-knob flags)",
+                    )
         if isinstance(self.connector, KubernetesConnectorConfig) and self.connector.services:
             extra = sorted(set(self.connector.services) - set(self.deployment.pools))
             if extra:

@@ -173,8 +173,6 @@ class AgentRuntime:
         observations = await self.source.observe(now_s, self.spec, replicas)
         effects = self.agent.step(AgentInput(now_s=now_s, observations=observations))
         decision = effects.decision
-        if effects.knobs:  # the agent tunes engine knobs: the connector converges on them
-            await self.connector.apply_knobs({str(role): knobs for role, knobs in effects.knobs.items()})
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)
         log.info(
@@ -187,6 +185,8 @@ class AgentRuntime:
             await self._arbitrated(decision, replicas)
         elif not decision.advisory:
             await self.connector.apply({pool.role: pool.target for pool in decision.pools})
+        if effects.knobs:  # after the targets: a connector that cannot set knobs must not stop scaling
+            await self.connector.apply_knobs({str(role): knobs for role, knobs in effects.knobs.items()})
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
             written = await asyncio.to_thread(

@@ -29,6 +29,7 @@ from local_agent import cli
 from local_agent.config import AgentConfig, load_config, parse_config
 from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.virtual import VirtualConnector, VirtualStateError
+from local_agent.observe.prometheus import PrometheusSource
 from local_agent.runtime import AgentRuntime, open_runtime, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +323,18 @@ async def test_failing_tick_is_logged_and_the_next_one_runs(
             "{ready_file}",
         ),
         (
+            lambda d: d.update(
+                options={"tune_knobs": True},
+                connector={
+                    "kind": "processes",
+                    "state_file": "s.json",
+                    "roles": {"agg": {"argv": ["w", "{ready_file}"]}},
+                },
+            ),
+            "connector.roles.agg.argv",
+            "options.tune_knobs needs a '{knobs}' item",
+        ),
+        (
             lambda d: d["telemetry"].update(token_file="tok"),
             "telemetry.token_env",
             "exactly one of token_env or token_file",
@@ -459,3 +472,25 @@ async def test_tuning_agent_writes_its_engine_knobs_for_the_orchestrator(tmp_pat
     async with open_runtime(parse_config(config_data(tmp_path, prometheus_url), base_dir=tmp_path)) as runtime:
         await runtime.tick()
     assert json.loads((tmp_path / "targets.json").read_text())["knobs"] == {}
+
+
+async def test_a_connector_refusing_knobs_does_not_stop_scaling(tmp_path: Path, prometheus_url: str) -> None:
+    """Knobs are handed over after the targets: a connector that cannot set them fails the tick
+    (logged, counted) with the targets already applied."""
+
+    class NoKnobs(VirtualConnector):
+        async def apply_knobs(self, knobs: Mapping[str, EngineKnobs]) -> None:
+            raise NotImplementedError("cannot set engine knobs")
+
+    data = config_data(tmp_path, prometheus_url)
+    data["options"]["tune_knobs"] = True
+    config = parse_config(data, base_dir=tmp_path)
+    report(tmp_path, ready=3)
+    async with aiohttp.ClientSession() as session:
+        source = PrometheusSource.from_config(config.prometheus, session)
+        runtime = AgentRuntime(config, source, NoKnobs(tmp_path / "targets.json", "chat", ["agg"]), clock=Clock())
+        with pytest.raises(NotImplementedError, match="engine knobs"):
+            await runtime.tick()
+        await runtime.close()
+    assert runtime.agent is not None
+    assert json.loads((tmp_path / "targets.json").read_text())["targets"] == runtime.agent.targets()

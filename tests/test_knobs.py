@@ -54,20 +54,22 @@ def test_knobs_are_validated_and_render_as_engine_flags() -> None:
     ]
 
 
-def test_decode_candidate_is_the_largest_batch_meeting_itl() -> None:
+def test_decode_candidates_only_raise_the_cap_up_to_the_itl_limit_with_a_margin() -> None:
     sla = SLA(ttft_ms=600, itl_ms=30)
-    options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs())
-    assert options[0] == EngineKnobs()
+    low = EngineKnobs(max_num_seqs=8)
+    options = candidates(A100, "decode", sla, 1155, 211, low)
+    assert options[0] == low and EngineKnobs(max_num_seqs=256) in options
     cap = options[-1].max_num_seqs
     context = 1155 + 211 / 2
-    assert A100.itl_ms(cap, context) <= 30 < A100.itl_ms(cap + 1, context)
+    assert A100.itl_ms(cap, context) <= 27 < A100.itl_ms(cap + 1, context)  # 90% of the target
+    assert candidates(A100, "decode", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]  # never lowered
     assert candidates(A100, "prefill", sla, 1155, 211, EngineKnobs()) == [EngineKnobs()]
 
 
 def test_decode_cap_holds_itl_under_overload_where_the_default_does_not() -> None:
     """Closed loop on one prefill + one decode replica with more clients than the cap: the capped
     engine queues the excess (TTFT) and keeps ITL; the default batches everyone and misses it."""
-    cap = candidates(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600, EngineKnobs())[-1]
+    cap = candidates(A100, "decode", SLA(ttft_ms=600, itl_ms=30), 200, 600, EngineKnobs(max_num_seqs=1))[-1]
     clients = cap.max_num_seqs + 60
     run = {
         name: run_closed_loop(
@@ -215,3 +217,23 @@ def test_policy_knobs_reach_the_simulated_pools() -> None:
     pool = simulation.pools[("chat", "decode")]
     assert pool.knobs == EngineKnobs(max_num_seqs=77) and pool.admission.max_num_seqs == 77
     assert simulation.pools[("chat", "prefill")].knobs == EngineKnobs()
+
+
+def test_a_material_profile_change_retunes_early() -> None:
+    """Within the interval nothing is re-chosen unless the model moved by more than 10%; then, after
+    a quarter of the interval, it is."""
+    steady = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
+    assert steady.knob_tuner.retune(0.0, steady.sizer, 20, CONV) == {}  # nothing to gain at 20 req/s
+    assert steady.knob_tuner.retune(600.0, steady.sizer, 350, CONV) == {}  # not due: nothing moved
+    shifted = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
+    shifted.sizer.models["decode"] = A100
+    assert shifted.knob_tuner.retune(0.0, shifted.sizer, 20, CONV) == {}
+    shifted.sizer.models["decode"] = H200  # the corrected profile now says decoding is much faster
+    assert shifted.knob_tuner.retune(300.0, shifted.sizer, 350, CONV) == {}  # moved, but too soon
+    assert set(shifted.knob_tuner.retune(600.0, shifted.sizer, 350, CONV)) == {"decode"}
+
+
+def test_a_raised_cap_may_return_to_the_configured_one_but_never_below() -> None:
+    sla = SLA(ttft_ms=600, itl_ms=30)
+    options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs(max_num_seqs=420), EngineKnobs())
+    assert [k.max_num_seqs for k in options] == [420, 256]  # A100's ITL limit (112) is below the floor

@@ -55,10 +55,19 @@ AGENT_POLICIES = ("local", "fcfs", "global")
 BASELINES = ("static-peak", "oracle")  # clairvoyant, agent-independent: searched once, cached
 # What the baselines' figures depend on: the simulator, the shared core, the capacity model the
 # searches start from, the matrix's scenarios and the vendored data. The agent's decision code and
-# the policy adapters are left out, so tuning the agent keeps the cache.
+# the policy adapters are left out, so tuning the agent keeps the cache; so are the parts of the
+# shared core no simulation runs (the HTTP emulator, the live profiler, the Kubernetes helpers, the CLI).
 BASELINE_SOURCES = ("fleet_planner", "fleet_sim", "local_agent/sizing", "examples/traces", "examples/profiles")
 STABLE_SOURCES = ("fleet_sim/stable_bound.py",)  # the stable bound's own code (it reads the oracle's schedule)
-NOT_BASELINE_SOURCES = ("fleet_sim/adapters", "fleet_sim/demo", *STABLE_SOURCES)
+NOT_BASELINE_SOURCES = (
+    "fleet_sim/adapters",
+    "fleet_sim/demo",
+    "fleet_planner/emulate",
+    "fleet_planner/profiler",
+    "fleet_planner/kube.py",
+    "fleet_planner/cli.py",
+    *STABLE_SOURCES,
+)
 
 
 def source_digest(roots: tuple[str, ...] = BASELINE_SOURCES, skip: tuple[str, ...] = NOT_BASELINE_SOURCES) -> str:

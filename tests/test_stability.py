@@ -297,6 +297,9 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
         answer = solve(_request([short, holder], 10, tenants=tenants))
         assert answer.replicas["chat/agg"] == 6 and answer.replicas["batch/agg"] == 4
         assert answer.drivers["batch/agg"] == "others"
+        # A one-window spike its forecast does not share (2 rps forecast) is not evidence.
+        spike = _served("chat", "ep-chat", "high", current=3, observed=3.5, demand_weight=2.0)
+        assert solve(_request([spike, holder], 10, tenants=tenants)).replicas["batch/agg"] == 6
         # Switched off (and the bid check, which would cap this bid near its observed rate): the
         # curves alone decide, as before the check.
         loose = Stability(contest_on_observed=False, bid_allowance=None)

@@ -79,13 +79,15 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
 
 
 def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
-    """Whether the pool serves more than ``utilisation`` of what its running replicas carry at
-    the SLA (its observed rate against ``running x replica_capacity_rps``, the agent's own
-    per-replica capacity); None when the report lacks the rate or the capacity (no evidence)."""
+    """Whether the pool's load exceeds ``utilisation`` of what its running replicas carry at the
+    SLA (``running x replica_capacity_rps``, the agent's own per-replica capacity), both as
+    observed over the last window and as forecast (``demand_weight``): a one-window spike the
+    forecast does not share is noise (on soft-shortage, trading GPUs on such spikes cost 0.8
+    point); None when the report lacks the rate or the capacity (no evidence either way)."""
     running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
     if pool.observed_rps is None or pool.replica_capacity_rps is None:
         return None
-    return pool.observed_rps > utilisation * running * pool.replica_capacity_rps
+    return min(pool.observed_rps, pool.demand_weight) > utilisation * running * pool.replica_capacity_rps
 
 
 def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:

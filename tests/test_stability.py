@@ -346,3 +346,17 @@ def test_the_gateway_sheds_only_an_endpoint_observed_short() -> None:
     assert endpoint_plans([fine], {"chat/agg": 2})["ep-chat"].admission_rps is None
     short = _served("chat", "ep-chat", "high", current=2, observed=3.0)
     assert endpoint_plans([short], {"chat/agg": 2})["ep-chat"].admission_rps is not None
+
+
+def test_the_bid_check_stops_winning_gpus_not_holding_them() -> None:
+    # A pool holding 7 replicas whose forecast (19 rps) is far above one window's observed rate
+    # (2.8 rps): the check values the bid at the observed rate, but keeps the 7 it holds — one
+    # quiet window of a bursty load must not drain the pool (measured: 20.5 reversals per hour).
+    pool = _pool("p", 19.0, current=7, wanted_replicas=7, observed_rps=2.8, running_replicas=7)
+    checked, note = checked_bid(pool, 0.25)
+    assert note is not None and checked.demand_weight < 19.0
+    assert checked.wanted_replicas == 7
+    assert allocate(_request([pool], 12)).replicas == {"p/agg": 7}
+    # A pool holding less still cannot win more on the inflated forecast.
+    small = _pool("p", 19.0, current=2, wanted_replicas=7, observed_rps=2.8, running_replicas=2)
+    assert checked_bid(small, 0.25)[0].wanted_replicas == 2

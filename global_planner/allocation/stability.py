@@ -6,8 +6,10 @@ Three terms shape each pool's value before either solver sees it (all pure, per 
   exceeds the rate the agent observed by more than ``bid_allowance`` (plus the Poisson noise of
   one 30 s window) is valued at the capped rate: its curve is stretched as if each replica carried
   ``demand_weight / cap`` times the load (capacity taken as linear in replicas), and
-  ``wanted_replicas`` shrinks alike. A tenant cannot win GPUs by inflating a forecast; a genuine
-  ramp within the allowance is untouched.
+  ``wanted_replicas`` shrinks alike, but never below what the pool holds: the check stops a
+  tenant winning GPUs by inflating a forecast, not a pool keeping them through one quiet window
+  of a bursty load (that drained and refilled pools: 20.5 reversals per hour on a matrix cell).
+  A genuine ramp within the allowance is untouched.
 * **Towards the bid** (:func:`want_floor`, and the ``max`` cut in ``build_problem``): a pool is
   never granted more than its agent wants (a grant above it would be forced on the agent), and
   every replica up to ``wanted_replicas`` is worth at least one value quantum, so when nothing
@@ -73,7 +75,8 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
         stretched.append(curve[low] + (curve[high] - curve[low]) * (x - low))
     wanted = pool.wanted_replicas
     if wanted is not None:
-        wanted = max(pool.min_replicas, min(wanted, math.ceil(wanted / stretch - 1e-9)))
+        held = min(wanted, pool.current_replicas)  # the check stops winning GPUs, not holding them
+        wanted = max(pool.min_replicas, held, min(wanted, math.ceil(wanted / stretch - 1e-9)))
     note = f"bid capped: {rate:.2f} rps bid, {observed:.2f} rps observed, valued at {cap:.2f} rps"
     return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
 

@@ -292,6 +292,9 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
         fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
         answer = solve(_request([fine, holder], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
+        unchecked = solve(_request([fine, holder], 10, tenants=tenants, stability=Stability(bid_allowance=None)))
+        assert unchecked.replicas == {"chat/agg": 4, "batch/agg": 6}  # explain says why not 6
+        assert "headroom: its endpoint is not observed short" in unchecked.reasons["chat/agg"]
         # Observed short (3.5 rps on 3 replicas): its curve counts, and priority decides.
         short = _served("chat", "ep-chat", "high", current=3, observed=3.5)
         answer = solve(_request([short, holder], 10, tenants=tenants))

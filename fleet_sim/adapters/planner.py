@@ -241,6 +241,7 @@ class GlobalPolicy(Policy):
             audit=audit,
             round_s=self.tick_s,
             clock=self.clock,
+            round_on_ask=True,
         )
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
         return server

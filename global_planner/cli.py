@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--round-on-ask",
         action="store_true",
-        help="a report asking for GPUs that are free now runs a round before its reply (no one-round grant lag)",
+        help="a report asking for fewer replicas, or for GPUs free now, runs a round before its reply (no grant lag)",
     )
     serve.set_defaults(run=_serve)
 

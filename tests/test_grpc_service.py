@@ -297,8 +297,8 @@ async def test_policy_file_reloads_between_rounds(tmp_path) -> None:
 
 async def test_round_on_ask_grants_free_gpus_in_the_reply_to_the_asking_report(tmp_path) -> None:
     """Without it a grant reaches the agent one report after its bid (the round decides on the
-    reports it has); with it a report asking for GPUs that are free now runs a round first, and
-    that round is in the audit log before the reply carries its grant."""
+    reports it has); with it a report asking for GPUs that are free now, or for fewer replicas,
+    runs a round first, and that round is in the audit log before the reply carries its grant."""
     policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {}, "beta": {}}})
     for round_on_ask, expected in ((False, 0), (True, 3)):
         server = PlannerServer(
@@ -321,12 +321,21 @@ async def test_round_on_ask_grants_free_gpus_in_the_reply_to_the_asking_report(t
                     forecast=pb.Forecast(mean_rps=3.0, upper_rps=3.0),
                     pools=[pb.PoolReport(role=pb.POOL_ROLE_AGG, curve=_curve(3), wanted_replicas=3)],
                 )
-                reply = await stub.Report(report, metadata=_auth(TOKEN_A))
+                reply = last = await stub.Report(report, metadata=_auth(TOKEN_A))
+                if round_on_ask:  # asking for fewer is answered at once too
+                    del report.pools[:]
+                    report.pools.append(
+                        pb.PoolReport(role=pb.POOL_ROLE_AGG, ready=3, curve=_curve(1), wanted_replicas=1)
+                    )
+                    report.sequence = 2
+                    report.forecast.mean_rps = report.forecast.upper_rps = 1.0
+                    last = await stub.Report(report, metadata=_auth(TOKEN_A))
+                    assert {p.role: p.replicas for p in last.targets.pools} == {pb.POOL_ROLE_AGG: 1}
             granted = {p.role: p.replicas for p in reply.targets.pools}
             assert granted.get(pb.POOL_ROLE_AGG, 0) == expected, round_on_ask
             record = last_record(tmp_path / str(round_on_ask) / "decisions.jsonl")
             assert (record is not None) == round_on_ask
             if record is not None:
-                assert reply.targets.decision_id == record.decision_id
+                assert last.targets.decision_id == record.decision_id  # the round that answered it
         finally:
             await server.stop(0)

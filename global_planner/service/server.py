@@ -126,8 +126,8 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.clock: Clock = clock if clock is not None else WallClock()
         self.leader = leader
         self.log_rejection = RateLimitedLog(log)
-        # Set by PlannerServer(round_on_ask=True): a report asking for GPUs that are free now runs
-        # a round before it is answered, so its grant is in this reply, not the next one.
+        # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for GPUs
+        # that are free now, runs a round before it is answered: its grant is in this reply.
         self.on_ask: Callable[[], Awaitable[object]] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -204,7 +204,7 @@ class PlannerService(pb_grpc.PlannerServicer):
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
         response = await self._handle(context, step)
-        if self.on_ask is not None and self.state.asks_into_free(request.deployment, self.clock.now()):
+        if self.on_ask is not None and self.state.asks_for_change(request.deployment, self.clock.now()):
             await self.on_ask()  # a whole round (value, priorities, audit record first), not a shortcut
             targets = self.state.targets(request.deployment, self.clock.now())
             response = pb.ReportResponse(targets=convert.targets_to_pb(targets))

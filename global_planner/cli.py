@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--rotate-mb", type=float, default=64.0, help="start a new audit log segment past this size (restart reads one)"
     )
     serve.add_argument("--keep-segments", type=int, default=16, help="rotated audit log segments kept for explain")
+    serve.add_argument(
+        "--round-on-ask",
+        action="store_true",
+        help="a report asking for fewer replicas, or for GPUs free now, runs a round before its reply (no grant lag)",
+    )
     serve.set_defaults(run=_serve)
 
     explain = subparsers.add_parser("explain", help="why each pool got what it got in one allocation round")
@@ -128,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics=ServiceMetrics(registry),
         watcher=watcher,
         round_s=args.round_s,
+        round_on_ask=args.round_on_ask,
     )
     if election is not None:
         from global_planner.service.leader import serve_elected

@@ -293,3 +293,49 @@ async def test_policy_file_reloads_between_rounds(tmp_path) -> None:
     await server.run_round()
     assert server.state.inventory == {"h200": 16}
     assert registry.get_sample_value("fleet_planner_policy_reload_errors_total") == 1
+
+
+async def test_round_on_ask_grants_free_gpus_in_the_reply_to_the_asking_report(tmp_path) -> None:
+    """Without it a grant reaches the agent one report after its bid (the round decides on the
+    reports it has); with it a report asking for GPUs that are free now, or for fewer replicas,
+    runs a round first, and that round is in the audit log before the reply carries its grant."""
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {}, "beta": {}}})
+    for round_on_ask, expected in ((False, 0), (True, 3)):
+        server = PlannerServer(
+            PlannerState(policy, lease_s=30.0),
+            auth=TokenAuthenticator(TOKENS),
+            metrics=ServiceMetrics(CollectorRegistry()),
+            audit=AuditLog(tmp_path / str(round_on_ask)),
+            clock=SimulatedClock(1000.0),
+            round_on_ask=round_on_ask,
+        )
+        port = await server.start("127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.PlannerStub(channel)
+                session = (await stub.Register(_register_pb(), metadata=_auth(TOKEN_A))).session_id
+                report = pb.ReportRequest(
+                    deployment="chat-a",
+                    session_id=session,
+                    sequence=1,
+                    forecast=pb.Forecast(mean_rps=3.0, upper_rps=3.0),
+                    pools=[pb.PoolReport(role=pb.POOL_ROLE_AGG, curve=_curve(3), wanted_replicas=3)],
+                )
+                reply = last = await stub.Report(report, metadata=_auth(TOKEN_A))
+                if round_on_ask:  # asking for fewer is answered at once too
+                    del report.pools[:]
+                    report.pools.append(
+                        pb.PoolReport(role=pb.POOL_ROLE_AGG, ready=3, curve=_curve(1), wanted_replicas=1)
+                    )
+                    report.sequence = 2
+                    report.forecast.mean_rps = report.forecast.upper_rps = 1.0
+                    last = await stub.Report(report, metadata=_auth(TOKEN_A))
+                    assert {p.role: p.replicas for p in last.targets.pools} == {pb.POOL_ROLE_AGG: 1}
+            granted = {p.role: p.replicas for p in reply.targets.pools}
+            assert granted.get(pb.POOL_ROLE_AGG, 0) == expected, round_on_ask
+            record = last_record(tmp_path / str(round_on_ask) / "decisions.jsonl")
+            assert (record is not None) == round_on_ask
+            if record is not None:
+                assert last.targets.decision_id == record.decision_id  # the round that answered it
+        finally:
+            await server.stop(0)

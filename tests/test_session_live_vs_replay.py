@@ -177,7 +177,7 @@ def _replay(config, planner: ScriptedPlanner, address: str) -> list[tuple]:
                     applied,
                     effects.source,
                     effects.decision_id,
-                    decision.routing.get("chat", {}),
+                    dict(effects.routing),  # learnt; the simulator's gateway balances by load itself
                     decision.admission.get("chat"),
                     sim.agents["chat"].endpoint_share,
                 )

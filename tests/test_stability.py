@@ -292,11 +292,17 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
         fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
         answer = solve(_request([fine, holder], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
+        unchecked = solve(_request([fine, holder], 10, tenants=tenants, stability=Stability(bid_allowance=None)))
+        assert unchecked.replicas == {"chat/agg": 4, "batch/agg": 6}  # explain says why not 6
+        assert "headroom: its endpoint is not observed short" in unchecked.reasons["chat/agg"]
         # Observed short (3.5 rps on 3 replicas): its curve counts, and priority decides.
         short = _served("chat", "ep-chat", "high", current=3, observed=3.5)
         answer = solve(_request([short, holder], 10, tenants=tenants))
         assert answer.replicas["chat/agg"] == 6 and answer.replicas["batch/agg"] == 4
         assert answer.drivers["batch/agg"] == "others"
+        # A one-window spike its forecast does not share (2 rps forecast) is not evidence.
+        spike = _served("chat", "ep-chat", "high", current=3, observed=3.5, demand_weight=2.0)
+        assert solve(_request([spike, holder], 10, tenants=tenants)).replicas["batch/agg"] == 6
         # Switched off (and the bid check, which would cap this bid near its observed rate): the
         # curves alone decide, as before the check.
         loose = Stability(contest_on_observed=False, bid_allowance=None)
@@ -343,3 +349,17 @@ def test_the_gateway_sheds_only_an_endpoint_observed_short() -> None:
     assert endpoint_plans([fine], {"chat/agg": 2})["ep-chat"].admission_rps is None
     short = _served("chat", "ep-chat", "high", current=2, observed=3.0)
     assert endpoint_plans([short], {"chat/agg": 2})["ep-chat"].admission_rps is not None
+
+
+def test_the_bid_check_stops_winning_gpus_not_holding_them() -> None:
+    # A pool holding 7 replicas whose forecast (19 rps) is far above one window's observed rate
+    # (2.8 rps): the check values the bid at the observed rate, but keeps the 7 it holds — one
+    # quiet window of a bursty load must not drain the pool (measured: 20.5 reversals per hour).
+    pool = _pool("p", 19.0, current=7, wanted_replicas=7, observed_rps=2.8, running_replicas=7)
+    checked, note = checked_bid(pool, 0.25)
+    assert note is not None and checked.demand_weight < 19.0
+    assert checked.wanted_replicas == 7
+    assert allocate(_request([pool], 12)).replicas == {"p/agg": 7}
+    # A pool holding less still cannot win more on the inflated forecast.
+    small = _pool("p", 19.0, current=2, wanted_replicas=7, observed_rps=2.8, running_replicas=2)
+    assert checked_bid(small, 0.25)[0].wanted_replicas == 2

@@ -247,6 +247,7 @@ class GlobalPolicy(Policy):
             audit=audit,
             round_s=self.tick_s,
             clock=self.clock,
+            round_on_ask=True,
         )
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
         return server
@@ -315,7 +316,6 @@ class GlobalPolicy(Policy):
         records = step_agents(agents, now_s, observation)
         observed = {(o.deployment, o.role): o for o in observation.pools} if observation is not None else {}
         targets: list[ReplicaTarget] = []
-        routing: dict[str, dict[str, float]] = {}
         admission: dict[str, float | None] = {}
         for record in records:
             spec = self.specs[record.deployment]
@@ -337,11 +337,13 @@ class GlobalPolicy(Policy):
                     )
                     for pool in record.pools
                 )
-            if effects.routing:
-                routing.setdefault(spec.endpoint, {}).update(effects.routing)
             # Any member's answer sets the endpoint's limit (they come from the same round).
             admission[spec.endpoint] = effects.admission_rps
-        return Decision(targets=targets, routing=routing, admission=admission)
+        # The gateway balances an endpoint's deployments by load, as under fcfs and local (only
+        # the arbiter differs); the planner's weights stay in its answer (``last_effects``) for a
+        # gateway that can only split statically. Measured on soft-shortage with the evidence
+        # gate: following them (smooth weighted round robin) 90.54% total, balancing 92.46%.
+        return Decision(targets=targets, admission=admission)
 
     async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
         """The same exchange the live agent runs; applying is the Decision this tick returns."""

@@ -550,6 +550,8 @@ def finish(
         text = _reason(problem, index, count, free, room) + _DRIVER_TEXT[moved]
         if plan.note is not None:
             text += f"; {plan.note}"
+        if not plan.contested and plan.pool.wanted_replicas is not None and count < plan.pool.wanted_replicas:
+            text += "; the rest of its ask is headroom: its endpoint is not observed short"
         floor = problem.floors.get(key)
         if floor is not None and by_tenant.get(key, 0) <= floor and count > plan.lo:
             text += f"; guaranteed floor {floor} {plan.pool.gpu_type}"

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from global_planner.allocation.models import PoolDemand
-from global_planner.allocation.stability import contested_endpoints
+from global_planner.allocation.stability import OVERLOAD_UTILISATION, contested_endpoints
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,19 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
     capacity keeps a deployment granted more than its plan from drawing traffic it was not sized
     for. Capacity is a deployment's bottleneck pool's (see :func:`_sla_capacity`). Only endpoints
     the allocation left short of what their agents want (``wanted_replicas``) *and* observed
-    short (:func:`~global_planner.allocation.stability.contested_endpoints`) shed: the curves'
-    capacity is a forecast's, and shedding on it alone turned away requests the replicas served.
+    overloaded (a pool serving more than ``OVERLOAD_UTILISATION`` of its running replicas'
+    capacity, see :mod:`~global_planner.allocation.stability`) shed: the curves' capacity is a
+    forecast's, and shedding on it alone turned away requests the replicas served.
     """
     by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
     cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
-    observed_short = contested_endpoints(pools)
+    overloaded = contested_endpoints(pools, OVERLOAD_UTILISATION)
     for pool in pools:
         by_endpoint[pool.endpoint].append(pool)
         if (
             pool.wanted_replicas is not None
             and replicas[pool.pool_id] < pool.wanted_replicas
-            and pool.endpoint in observed_short
+            and pool.endpoint in overloaded
         ):
             cut.add(pool.endpoint)
     capacity: dict[str, dict[str, float]] = defaultdict(dict)

@@ -126,6 +126,9 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.clock: Clock = clock if clock is not None else WallClock()
         self.leader = leader
         self.log_rejection = RateLimitedLog(log)
+        # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for GPUs
+        # that are free now, runs a round before it is answered: its grant is in this reply.
+        self.on_ask: Callable[[], Awaitable[object]] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The Planner service with tolerant request parsing (see the module docstring)."""
@@ -200,7 +203,12 @@ class PlannerService(pb_grpc.PlannerServicer):
                 self.state.commit(checkpoint)
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
-        return await self._handle(context, step)
+        response = await self._handle(context, step)
+        if self.on_ask is not None and self.state.asks_for_change(request.deployment, self.clock.now()):
+            await self.on_ask()  # a whole round (value, priorities, audit record first), not a shortcut
+            targets = self.state.targets(request.deployment, self.clock.now())
+            response = pb.ReportResponse(targets=convert.targets_to_pb(targets))
+        return response
 
     async def AckApplied(self, request: pb.AckAppliedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
         def step(identity: Identity | None, now: float) -> pb.AckResponse:
@@ -234,6 +242,7 @@ class PlannerServer:
         clock: Clock | None = None,
         solve: Solver = allocate,
         leader: LeaderElector | None = None,
+        round_on_ask: bool = False,
     ):
         self.state = state
         self.leader = leader
@@ -244,6 +253,8 @@ class PlannerServer:
         self.clock: Clock = clock if clock is not None else WallClock()
         self._solve = solve
         self.service = PlannerService(state, auth, metrics, self.clock, audit, leader)
+        if round_on_ask:
+            self.service.on_ask = self.run_round
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None

@@ -104,6 +104,27 @@ class PlannerState:
         """Granted + draining (+ unconfirmed) GPUs per type: what the fleet may physically be using."""
         return ledger.committed_gpus(self._deployments.values(), self.policy.fleet.gpus)
 
+    def asks_for_change(self, deployment: str, now: float) -> bool:
+        """Whether a round run at once could move the deployment's grant towards its last report's
+        ask: it asks for fewer replicas than its grant, or for more while GPUs of that pool's type
+        are free now (inventory minus committed) and scale-ups are allowed (see
+        ``PlannerServer(round_on_ask=...)``)."""
+        dep = self._deployments.get(deployment)
+        if dep is None or dep.report is None:
+            return False
+        committed = self.committed_gpus()
+        inventory = self.policy.fleet.gpus
+        for report in dep.report.pools:
+            pool = dep.pools.get(report.role)
+            if pool is None or report.wanted_replicas is None or report.wanted_replicas == pool.grant:
+                continue
+            if report.wanted_replicas < pool.grant:
+                return True
+            free = inventory.get(pool.spec.gpu_type, 0) - committed.get(pool.spec.gpu_type, 0)
+            if free >= pool.spec.gpus_per_replica and now >= self.quarantine_until_s:
+                return True
+        return False
+
     def granted_gpus(self) -> dict[str, dict[str, int]]:
         """Granted GPUs per tenant and type (without drains), for metrics."""
         return ledger.granted_gpus(self._deployments.values())

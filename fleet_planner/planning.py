@@ -160,5 +160,10 @@ class Policy(ABC):
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
         """Targets for this tick. ``observation`` is None until the first one is delivered."""
 
+    def replicas_now(self, observation: FleetObservation) -> None:
+        """The replica counts as of this tick, before ``decide``: live they come from the
+        orchestrator's API, not a metrics scrape, so they are not delayed. Only a policy that
+        reports them on (``global``'s agents, to the planner) reads them; the default ignores them."""
+
     def close(self) -> None:
         """Release what the policy holds (servers, threads); most hold nothing."""

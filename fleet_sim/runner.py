@@ -264,7 +264,9 @@ class FleetSimulation:
 
     def _tick(self, now: float) -> None:
         self.gateway.refresh_capacities()
-        self._observations.append(self._observe(now))
+        current = self._observe(now)
+        self._observations.append(current)
+        self.policy.replicas_now(current)
         delivered = None
         while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:
             delivered = self._observations.popleft()

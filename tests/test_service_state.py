@@ -379,3 +379,42 @@ def test_random_histories_never_exceed_inventory(seed: int) -> None:
             state = PlannerState(policy, **kw)
             state.restore(last_record)
             check()
+
+
+def test_a_confirmed_drain_makes_a_waiting_bid_ask_for_a_round() -> None:
+    """``wanting`` names what a pool waits for; once a drain of that GPU type is confirmed, its
+    bid asks for a round (round on ask grants it then), never before."""
+    state = PlannerState(_policy({"h200": 4}, {"acme": {"priority": 100}, "beta": {"priority": 1}}), lease_s=100.0)
+    state.register(_registration("a", tenant="beta"), "sa", 0.0)
+    state.register(_registration("b", tenant="acme"), "sb", 0.0)
+
+    def report(name: str, seq: int, applied: int, ready: int, draining: int, wanted: int, rps: float) -> None:
+        pools = [PoolReport(role="agg", ready=ready, draining=draining, curve=_curve(4), wanted_replicas=wanted)]
+        forecast = Forecast(mean_rps=rps, upper_rps=rps)
+        state.report(
+            AgentReport(
+                deployment=name,
+                session_id=f"s{name}",
+                sequence=seq,
+                applied_decision_id=applied,
+                forecast=forecast,
+                pools=pools,
+            ),
+            1.0,
+        )
+
+    report("a", 1, 0, 0, 0, 4, 10.0)
+    d1 = _round(state, 1.0).decision_id
+    assert _grant(state.targets("a", 1.0)) == 4
+    report("a", 2, d1, 4, 0, 0, 0.1)  # a asks for none: cut at once, its GPUs held until drained
+    report("b", 1, 0, 0, 0, 2, 10.0)
+    d2 = _round(state, 2.0).decision_id
+    assert _grant(state.targets("a", 2.0)) == 0 and state.committed_gpus()["h200"] == 4
+    assert state.wanting("b") == {("h200", 1)} and state.wanting("a") == set()
+    assert not state.asks_for_change("b", 2.0), "nothing is free while a drains"
+    report("a", 3, d2, 0, 4, 0, 0.1)
+    assert not state.asks_for_change("b", 3.0), "still draining"
+    report("a", 4, d2, 0, 0, 0, 0.1)  # drained, having seen d2: the GPUs are free
+    assert state.asks_for_change("b", 4.0)
+    _round(state, 4.0)
+    assert _grant(state.targets("b", 4.0)) == 2 and state.wanting("b") == set()

@@ -231,6 +231,7 @@ class GlobalPolicy(Policy):
         self._real_stubs: dict[str, object] = {}
         self._cut_off: set[str] = set()
         self._blackhole: grpc.aio.Channel | None = None
+        self._counts: FleetObservation | None = None  # replica counts as of this tick (replicas_now)
 
     def _start_planner(self, port: int) -> PlannerServer:
         """A planner process: a fresh state (resumed from the audit log, when there is one) and its
@@ -314,17 +315,20 @@ class GlobalPolicy(Policy):
             self.rounds += 1
         agents = {name: agent for name, agent in self.agents.items() if name not in dead}
         records = step_agents(agents, now_s, observation)
-        observed = {(o.deployment, o.role): o for o in observation.pools} if observation is not None else {}
+        # What agents report to the planner runs on counts as of now, as the live agent's come
+        # from the orchestrator's API; only their planning sees the scrape-delayed observation.
+        now_counts = self._counts if self._counts is not None else observation
+        observed = {(o.deployment, o.role): o for o in now_counts.pools} if now_counts is not None else {}
+        committed_at: dict[str, dict[str, int]] = {}
+        for record in records:
+            self._deliver(record, now_s, observed)
+            committed_at[record.deployment] = self.state.committed_gpus()
+        self._hand_over(records, now_s, observed, committed_at)
         targets: list[ReplicaTarget] = []
         admission: dict[str, float | None] = {}
         for record in records:
-            spec = self.specs[record.deployment]
-            effects = self._io.run(self._exchange(record, now_s, observed))
-            self.last_effects[record.deployment] = effects
+            effects = self.last_effects[record.deployment]
             agent = self.agents[record.deployment]
-            agent.endpoint_share = effects.endpoint_share  # learnt from the planner, as live
-            for pool in record.pools:
-                agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
             if effects.apply is not None:
                 reason = f"global ({effects.source} #{effects.decision_id}): agent bid for "
                 targets.extend(
@@ -338,12 +342,46 @@ class GlobalPolicy(Policy):
                     for pool in record.pools
                 )
             # Any member's answer sets the endpoint's limit (they come from the same round).
-            admission[spec.endpoint] = effects.admission_rps
+            admission[self.specs[record.deployment].endpoint] = effects.admission_rps
         # The gateway balances an endpoint's deployments by load, as under fcfs and local (only
         # the arbiter differs); the planner's weights stay in its answer (``last_effects``) for a
         # gateway that can only split statically. Measured on soft-shortage with the evidence
         # gate: following them (smooth weighted round robin) 90.54% total, balancing 92.46%.
         return Decision(targets=targets, admission=admission)
+
+    def replicas_now(self, observation: FleetObservation) -> None:
+        self._counts = observation
+
+    def _deliver(self, record: AgentDecision, now_s: float, observed: dict) -> None:
+        """One agent's exchange; the grant runs and the agent plans its next step from it."""
+        effects = self._io.run(self._exchange(record, now_s, observed))
+        self.last_effects[record.deployment] = effects
+        agent = self.agents[record.deployment]
+        agent.endpoint_share = effects.endpoint_share  # learnt from the planner, as live
+        for pool in record.pools:
+            agent.granted(pool.role, effects.granted[pool.role])
+
+    def _hand_over(
+        self, records: list[AgentDecision], now_s: float, observed: dict, committed_at: dict[str, dict[str, int]]
+    ) -> None:
+        """Agents that bid for more reported before a later report of this tick confirmed a drain
+        of their GPU type report again, so round on ask can grant them the freed GPUs at once.
+
+        Live, agents report every few seconds while a tick here stands for a whole planner
+        interval: the waiting agent's next report, seconds after the confirmation, would get the
+        grant. Without this the tick's agent order decided whether a handover took one tick or two.
+        """
+        if self._delay_ticks:
+            return  # delayed delivery queues one report per tick; a second would shift the queue
+        committed = self.state.committed_gpus()
+        for record in records:
+            before = committed_at[record.deployment]
+            freed = {
+                gpu for gpu, per in self.state.wanting(record.deployment) if committed.get(gpu, 0) < before.get(gpu, 0)
+            }
+            if freed:
+                self._deliver(record, now_s, observed)
+                committed = self.state.committed_gpus()
 
     async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
         """The same exchange the live agent runs; applying is the Decision this tick returns."""

@@ -112,18 +112,28 @@ class PlannerState:
         dep = self._deployments.get(deployment)
         if dep is None or dep.report is None:
             return False
-        committed = self.committed_gpus()
-        inventory = self.policy.fleet.gpus
         for report in dep.report.pools:
             pool = dep.pools.get(report.role)
-            if pool is None or report.wanted_replicas is None or report.wanted_replicas == pool.grant:
-                continue
-            if report.wanted_replicas < pool.grant:
+            if pool is not None and report.wanted_replicas is not None and report.wanted_replicas < pool.grant:
                 return True
-            free = inventory.get(pool.spec.gpu_type, 0) - committed.get(pool.spec.gpu_type, 0)
-            if free >= pool.spec.gpus_per_replica and now >= self.quarantine_until_s:
-                return True
-        return False
+        committed = self.committed_gpus()
+        inventory = self.policy.fleet.gpus
+        return now >= self.quarantine_until_s and any(
+            inventory.get(gpu, 0) - committed.get(gpu, 0) >= per for gpu, per in self.wanting(deployment)
+        )
+
+    def wanting(self, deployment: str) -> set[tuple[str, int]]:
+        """(GPU type, GPUs per replica) of the deployment's pools whose last report asks for more
+        replicas than their grant: what a drain freeing GPUs of that type could serve."""
+        dep = self._deployments.get(deployment)
+        if dep is None or dep.report is None:
+            return set()
+        wanting = set()
+        for report in dep.report.pools:
+            pool = dep.pools.get(report.role)
+            if pool is not None and report.wanted_replicas is not None and report.wanted_replicas > pool.grant:
+                wanting.add((pool.spec.gpu_type, pool.spec.gpus_per_replica))
+        return wanting
 
     def granted_gpus(self) -> dict[str, dict[str, int]]:
         """Granted GPUs per tenant and type (without drains), for metrics."""

@@ -162,8 +162,10 @@ class GlobalPolicy(Policy):
     real gRPC client per agent on loopback, on the simulated clock.
 
     Each tick the planner first runs an allocation round on the reports it has (from the previous
-    tick), then every agent plans, reports its demand curves and receives its grant in the reply:
-    a grant reaches the fleet one tick after the demand that caused it, as live.
+    tick), then every agent plans, reports its demand curves and replica counts as of the tick and
+    receives its grant in the reply: a grant reaches the fleet one tick after the demand that caused
+    it, as live. An agent waiting for GPUs a later report of the tick freed reports again
+    (:meth:`_hand_over`).
     """
 
     name = "global"

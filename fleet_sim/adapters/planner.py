@@ -379,7 +379,7 @@ class GlobalPolicy(Policy):
         for record in records:
             before = committed_at[record.deployment]
             freed = {
-                gpu for gpu, per in self.state.wanting(record.deployment) if committed.get(gpu, 0) < before.get(gpu, 0)
+                gpu for gpu, _ in self.state.wanting(record.deployment) if committed.get(gpu, 0) < before.get(gpu, 0)
             }
             if freed:
                 self._deliver(record, now_s, observed)

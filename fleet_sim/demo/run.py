@@ -118,6 +118,7 @@ async def run_demo(scenario_path: Path, options: DemoOptions, work_dir: Path) ->
         await connector.close()
         for service in services:
             await service.service.stop()
+    live["engine_lag_ms"] = _worst_lag_ms(work_dir / "workers.json.run")
     simulation = run_scenario(_with_startup(scenario_path, options, live["startup_s"]))
     simulated = summarize(simulation)["fleet"]
     live["simulated"] = {key: simulated[key] for key in ("requests", "slo_attainment", "gpu_hours")}
@@ -126,6 +127,18 @@ async def run_demo(scenario_path: Path, options: DemoOptions, work_dir: Path) ->
     if planner is not None:
         live["planner"] = planner_summary(planner.state_dir, spec.name)
     return live
+
+
+def _worst_lag_ms(run_dir: Path) -> float | None:
+    """The latest any engine delivered an iteration (``emulate`` prints it when it exits): how
+    well the host kept up with the engines' schedule."""
+    lags = [
+        float(line.split()[-1])
+        for log_file in run_dir.glob("*.log")
+        for line in log_file.read_text(errors="replace").splitlines()
+        if line.startswith("DRAINED worst-lag-ms ")
+    ]
+    return max(lags) if lags else None
 
 
 def _prometheus_binary(options: DemoOptions, interval_s: float) -> str | None:
@@ -498,6 +511,10 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"live - simulated: {diff:+.2f} points attainment, {rel:+.1f}% GPU-hours")
     for name, row in (("live", live), ("simulated", sim)):
         lines.append(f"{name} target changes (scenario time): {', '.join(row['changes']) or 'none'}")
+    if result.get("engine_lag_ms") is not None:
+        lines.append(
+            f"engines: worst late delivery of an iteration {result['engine_lag_ms']:.1f} ms of wall time (host load)"
+        )
     if result.get("agent"):
         lines.append(f"agent: {result['agent']['ticks']} ticks, {result['agent']['failed_ticks']} failed")
     if result.get("planner"):

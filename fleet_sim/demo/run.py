@@ -61,7 +61,7 @@ from local_agent.runtime import AgentRuntime, ObservationSource
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "demo"
-SETTLE_S = 0.05  # a tick runs this long after its instant (plus a scrape through Prometheus), so requests
+SETTLE_S = 0.2  # a tick runs this long after its instant (plus a scrape through Prometheus), so requests
 # arriving at the instant are in its window, as the simulator counts them
 Observe = Literal["auto", "prometheus", "direct"]
 
@@ -197,16 +197,19 @@ async def _live(
     stats = AgentStats()
     try:
         async with aiohttp.ClientSession() as session:
-            start = time.monotonic()
-            meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
-            background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
+            workload = build_workload(scenario)  # everything slow is ready before the clock starts
+            clock = ScenarioClock(speed)
             runtime = None
             if options.policy != "static":
                 source = _source(scenario, frontend, connector, session, prometheus, speed)
-                runtime = _runtime(scenario, spec, work, source, connector, planner, start, speed)
+                runtime = _runtime(scenario, spec, work, source, connector, planner, clock)
+            start = clock.start = time.monotonic()
+            meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
+            background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
+            if runtime is not None:
                 background.append(asyncio.create_task(_agent_loop(runtime, start, interval / speed, settle_s, stats)))
             try:
-                outcomes = await _replay(session, frontend_url, build_workload(scenario), scenario, start, speed)
+                outcomes = await _replay(session, frontend_url, workload, scenario, start, speed)
             finally:
                 for task in background:
                     task.cancel()
@@ -341,8 +344,7 @@ def _runtime(
     source: ScenarioTimeSource,
     connector: ProcessConnector,
     planner: Planner | None,
-    start: float,
-    speed: float,
+    clock: ScenarioClock,
 ) -> AgentRuntime:
     """The live agent's runtime (``fleet-planner agent``) for the scenario's deployment and planner
     options, on the scenario clock; with ``planner``, linked to it over gRPC with its token."""
@@ -365,22 +367,22 @@ def _runtime(
         "connector": {
             "kind": "processes",
             "state_file": str(work / "workers.json"),
-            "roles": {role: command.model_dump() for role, command in _commands(spec, speed).items()},
+            "roles": {role: command.model_dump() for role, command in _commands(spec, clock.speed).items()},
         },
         "state_dir": str(work),
     }
     if planner is not None:
         data["planner"] = {"address": planner.address, "token_file": str(planner.token_file)}
     config = parse_config(data, base_dir=work)
-    return AgentRuntime(config, source, connector, clock=ScenarioClock(start, speed))
+    return AgentRuntime(config, source, connector, clock=clock)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ScenarioClock:
-    """Scenario seconds since the replay's start: the wall clock times ``speed``."""
+    """Scenario seconds since the replay's start (set when it starts): the wall clock times ``speed``."""
 
-    start: float
     speed: float
+    start: float = math.inf
 
     def now(self) -> float:
         return (time.monotonic() - self.start) * self.speed

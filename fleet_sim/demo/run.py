@@ -142,7 +142,8 @@ def _worst_lag_ms(run_dir: Path) -> float | None:
 
 
 def _prometheus_binary(options: DemoOptions, interval_s: float) -> str | None:
-    binary = shutil.which("prometheus") if options.observe != "direct" else None
+    """The Prometheus to start for the agent's observations (None: observe directly, or no agent)."""
+    binary = shutil.which("prometheus") if options.observe != "direct" and options.policy != "static" else None
     if options.observe == "prometheus" and binary is None:
         raise InputError("no prometheus binary on PATH (install it, or use --observe direct)", field="--observe")
     if binary is not None and interval_s / options.speed < 2:

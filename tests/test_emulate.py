@@ -166,6 +166,34 @@ async def test_ttft_and_itl_follow_the_profile() -> None:
     assert np.median(gaps) * 1000 == pytest.approx(model.itl_ms(8, 1020), rel=0.1)
 
 
+async def test_speed_compresses_every_iteration() -> None:
+    """``speed`` 4: a 4096-token prefill takes a quarter of the profile's TTFT, and an engine
+    reports it cannot run slower than real time."""
+    model = PerfModel(load_profile(PROFILE))
+    engine = Engine(model, speed=4)
+    engine.start()
+    try:
+        done = asyncio.Event()
+        seq = Sequence(4096, 1, lambda last: done.set(), time.monotonic())
+        engine.submit(seq)
+        await done.wait()
+    finally:
+        await engine.stop()
+    assert seq.t_first is not None
+    assert (seq.t_first - seq.arrival) * 1000 == pytest.approx(model.ttft_ms(4096) / 4, rel=0.1)
+    with pytest.raises(ValueError, match="speed"):
+        Engine(model, speed=0)
+
+
+def test_emulate_rejects_a_bad_speed_or_startup(capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet_planner_cli import main
+
+    assert main(["emulate", "--profile", str(PROFILE), "--port", "0", "--speed", "0"]) == 2
+    assert "--speed" in capsys.readouterr().err
+    assert main(["emulate", "--profile", str(PROFILE), "--port", "0", "--startup-s", "-1"]) == 2
+    assert "--startup-s" in capsys.readouterr().err
+
+
 async def test_kv_capacity_makes_requests_wait() -> None:
     model = PerfModel(load_profile(PROFILE))
     engine = Engine(model, EngineKnobs(max_num_seqs=1))

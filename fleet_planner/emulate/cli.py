@@ -138,5 +138,5 @@ async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path 
     log.info("draining: %d request(s) in flight", server.engine.in_flight)
     await server.drain()
     await runner.cleanup()
-    print("DRAINED", flush=True)
+    print(f"DRAINED worst-lag-ms {server.engine.lag_s * 1000:.1f}", flush=True)  # how well the host kept up
     return 0

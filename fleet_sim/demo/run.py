@@ -61,7 +61,8 @@ from local_agent.runtime import AgentRuntime, ObservationSource
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "demo"
-SETTLE_S = 0.05  # a tick runs this long after its instant, so requests arriving at it are counted (as simulated)
+SETTLE_S = 0.2  # a tick runs this long after its instant (plus a scrape through Prometheus), so requests
+# arriving at the instant are in its window, as the simulator counts them
 Observe = Literal["auto", "prometheus", "direct"]
 
 
@@ -92,7 +93,7 @@ class Outcome:
 class AgentStats:
     ticks: int = 0
     failed: int = 0
-    changes: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (scenario s, targets applied)
+    changes: list[tuple[float, str, int]] = field(default_factory=list)  # (scenario s, pool, new target) applied
 
 
 async def run_demo(scenario_path: Path, options: DemoOptions, work_dir: Path) -> dict[str, Any]:
@@ -117,17 +118,32 @@ async def run_demo(scenario_path: Path, options: DemoOptions, work_dir: Path) ->
         await connector.close()
         for service in services:
             await service.service.stop()
+    live["engine_lag_ms"] = _worst_lag_ms(work_dir / "workers.json.run")
     simulation = run_scenario(_with_startup(scenario_path, options, live["startup_s"]))
     simulated = summarize(simulation)["fleet"]
     live["simulated"] = {key: simulated[key] for key in ("requests", "slo_attainment", "gpu_hours")}
     live["simulated"]["target_changes"] = len(simulation.decisions)
+    live["simulated"]["changes"] = [f"{d.time_s:g}s {d.role}->{d.to_replicas}" for d in simulation.decisions]
     if planner is not None:
         live["planner"] = planner_summary(planner.state_dir, spec.name)
     return live
 
 
+def _worst_lag_ms(run_dir: Path) -> float | None:
+    """The latest any engine delivered an iteration (``emulate`` prints it when it exits): how
+    well the host kept up with the engines' schedule."""
+    lags = [
+        float(line.split()[-1])
+        for log_file in run_dir.glob("*.log")
+        for line in log_file.read_text(errors="replace").splitlines()
+        if line.startswith("DRAINED worst-lag-ms ")
+    ]
+    return max(lags) if lags else None
+
+
 def _prometheus_binary(options: DemoOptions, interval_s: float) -> str | None:
-    binary = shutil.which("prometheus") if options.observe != "direct" else None
+    """The Prometheus to start for the agent's observations (None: observe directly, or no agent)."""
+    binary = shutil.which("prometheus") if options.observe != "direct" and options.policy != "static" else None
     if options.observe == "prometheus" and binary is None:
         raise InputError("no prometheus binary on PATH (install it, or use --observe direct)", field="--observe")
     if binary is not None and interval_s / options.speed < 2:
@@ -173,23 +189,28 @@ async def _live(
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     frontend_url = _url(runner.addresses[0][1])
     prometheus = None
+    settle_s = SETTLE_S
     if prometheus_binary is not None:
         scrape_s = min(1.0, interval / speed / 4)
+        settle_s += scrape_s
         prometheus = await start_prometheus(prometheus_binary, work, scrape_s, _targets(frontend_url, connector))
         services.append(prometheus)
     stats = AgentStats()
     try:
         async with aiohttp.ClientSession() as session:
-            start = time.monotonic()
-            meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
-            background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
+            workload = build_workload(scenario)  # everything slow is ready before the clock starts
+            clock = ScenarioClock(speed)
             runtime = None
             if options.policy != "static":
                 source = _source(scenario, frontend, connector, session, prometheus, speed)
-                runtime = _runtime(scenario, spec, work, source, connector, planner, start, speed)
-                background.append(asyncio.create_task(_agent_loop(runtime, start, interval, speed, stats)))
+                runtime = _runtime(scenario, spec, work, source, connector, planner, clock)
+            start = clock.start = time.monotonic()
+            meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
+            background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
+            if runtime is not None:
+                background.append(asyncio.create_task(_agent_loop(runtime, start, interval / speed, settle_s, stats)))
             try:
-                outcomes = await _replay(session, frontend_url, build_workload(scenario), scenario, start, speed)
+                outcomes = await _replay(session, frontend_url, workload, scenario, start, speed)
             finally:
                 for task in background:
                     task.cancel()
@@ -214,6 +235,7 @@ async def _live(
             "slo_attainment": met / max(1, len(outcomes)),
             "gpu_hours": meter.gpu_seconds * speed / 3600,
             "target_changes": len(stats.changes),
+            "changes": [f"{t:g}s {role}->{n}" for t, role, n in stats.changes],
         },
         "agent": None if runtime is None else {"ticks": stats.ticks, "failed_ticks": stats.failed},
     }
@@ -323,8 +345,7 @@ def _runtime(
     source: ScenarioTimeSource,
     connector: ProcessConnector,
     planner: Planner | None,
-    start: float,
-    speed: float,
+    clock: ScenarioClock,
 ) -> AgentRuntime:
     """The live agent's runtime (``fleet-planner agent``) for the scenario's deployment and planner
     options, on the scenario clock; with ``planner``, linked to it over gRPC with its token."""
@@ -347,34 +368,34 @@ def _runtime(
         "connector": {
             "kind": "processes",
             "state_file": str(work / "workers.json"),
-            "roles": {role: command.model_dump() for role, command in _commands(spec, speed).items()},
+            "roles": {role: command.model_dump() for role, command in _commands(spec, clock.speed).items()},
         },
         "state_dir": str(work),
     }
     if planner is not None:
         data["planner"] = {"address": planner.address, "token_file": str(planner.token_file)}
     config = parse_config(data, base_dir=work)
-    return AgentRuntime(config, source, connector, clock=ScenarioClock(start, speed))
+    return AgentRuntime(config, source, connector, clock=clock)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ScenarioClock:
-    """Scenario seconds since the replay's start: the wall clock times ``speed``."""
+    """Scenario seconds since the replay's start (set when it starts): the wall clock times ``speed``."""
 
-    start: float
     speed: float
+    start: float = math.inf
 
     def now(self) -> float:
         return (time.monotonic() - self.start) * self.speed
 
 
-async def _agent_loop(runtime: AgentRuntime, start: float, interval_s: float, speed: float, stats: AgentStats) -> None:
-    """Ticks at 0, interval, 2 x interval... scenario seconds (each ``SETTLE_S`` after its instant);
-    a failing tick is logged and counted, and the next one runs, as in the sidecar."""
+async def _agent_loop(runtime: AgentRuntime, start: float, period_s: float, settle_s: float, stats: AgentStats) -> None:
+    """Ticks every ``period_s`` wall seconds from ``start``, each ``settle_s`` after its instant; a
+    failing tick is logged and counted, and the next one runs, as in the sidecar."""
     tick = 0
     applied: dict[str, int] | None = None
     while True:
-        await asyncio.sleep(max(0.0, start + tick * interval_s / speed + SETTLE_S - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + tick * period_s + settle_s - time.monotonic()))
         tick += 1
         try:
             decision = await runtime.tick()
@@ -387,10 +408,13 @@ async def _agent_loop(runtime: AgentRuntime, start: float, interval_s: float, sp
         targets = effects.apply if effects is not None else None
         if runtime.config.planner is None and not decision.advisory:
             targets = {pool.role: pool.target for pool in decision.pools}
-        if targets is not None and targets != applied:
-            if applied is not None:
-                stats.changes.append(((tick - 1) * interval_s, targets))
-            applied = targets
+        if targets is None:
+            continue
+        if applied is not None:  # one change per pool whose target moved, as the simulator records them
+            stats.changes += [
+                ((tick - 1) * runtime.config.tick_s, role, n) for role, n in targets.items() if applied.get(role) != n
+            ]
+        applied = targets
 
 
 async def _wait_ready(connector: ProcessConnector, wanted: dict[str, int], timeout_s: float = 180) -> None:
@@ -488,6 +512,12 @@ def render(result: dict[str, Any]) -> str:
     diff = (live["slo_attainment"] - sim["slo_attainment"]) * 100
     rel = (live["gpu_hours"] / sim["gpu_hours"] - 1) * 100 if sim["gpu_hours"] else math.nan
     lines.append(f"live - simulated: {diff:+.2f} points attainment, {rel:+.1f}% GPU-hours")
+    for name, row in (("live", live), ("simulated", sim)):
+        lines.append(f"{name} target changes (scenario time): {', '.join(row['changes']) or 'none'}")
+    if result.get("engine_lag_ms") is not None:
+        lines.append(
+            f"engines: worst late delivery of an iteration {result['engine_lag_ms']:.1f} ms of wall time (host load)"
+        )
     if result.get("agent"):
         lines.append(f"agent: {result['agent']['ticks']} ticks, {result['agent']['failed_ticks']} failed")
     if result.get("planner"):

@@ -68,8 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--keep-segments", type=int, default=16, help="rotated audit log segments kept for explain")
     serve.add_argument(
         "--round-on-ask",
-        action="store_true",
-        help="a report asking for fewer replicas, or for GPUs free now, runs a round before its reply (no grant lag)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a report asking for fewer replicas, or for GPUs free now, runs a round before its reply (no grant lag;"
+        " default on, as in the simulator; --no-round-on-ask answers from the last timed round)",
     )
     serve.set_defaults(run=_serve)
 

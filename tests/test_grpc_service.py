@@ -7,6 +7,7 @@ import math
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from planner_helpers import loopback_planner
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
@@ -36,21 +37,8 @@ async def planner(tmp_path):
     policy = TenantPolicy.model_validate(
         {"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {"priority": 10}, "beta": {"priority": 1}}}
     )
-    clock = SimulatedClock(1000.0)
-    registry = CollectorRegistry()
-    server = PlannerServer(
-        PlannerState(policy, lease_s=30.0),
-        auth=TokenAuthenticator(TOKENS),
-        metrics=ServiceMetrics(registry),
-        audit=AuditLog(tmp_path),
-        clock=clock,
-    )
-    port = await server.start("127.0.0.1:0")
-    server.target = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
-    server.test_clock = clock  # type: ignore[attr-defined]
-    server.registry = registry  # type: ignore[attr-defined]
-    yield server
-    await server.stop(0)
+    async with loopback_planner(policy, TOKENS, tmp_path) as server:
+        yield server
 
 
 def _pools(max_replicas: int = 8) -> list[PoolRegistration]:

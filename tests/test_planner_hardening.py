@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from planner_helpers import loopback_planner
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.api.v1 import planner_pb2 as pb
@@ -20,7 +21,7 @@ from fleet_planner_cli import main as fleet_main
 from global_planner.cli import main as cli_main
 from global_planner.policy_file import PolicyWatcher, TenantPolicy
 from global_planner.service.audit import AuditLog
-from global_planner.service.auth import Identity, TokenAuthenticator
+from global_planner.service.auth import Identity
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import SERVICE_NAME, PlannerServer
 from global_planner.service.state import InvalidRequest, PlannerState
@@ -55,21 +56,8 @@ def _report(name: str, session: str, seq: int, ready: int, applied: int = 0) -> 
 
 @pytest.fixture
 async def planner(tmp_path):
-    clock = SimulatedClock(1000.0)
-    registry = CollectorRegistry()
-    server = PlannerServer(
-        PlannerState(TenantPolicy.model_validate(POLICY), lease_s=30.0),
-        auth=TokenAuthenticator(TOKENS),
-        metrics=ServiceMetrics(registry),
-        audit=AuditLog(tmp_path),
-        clock=clock,
-    )
-    port = await server.start("127.0.0.1:0")
-    server.target = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
-    server.test_clock = clock  # type: ignore[attr-defined]
-    server.registry = registry  # type: ignore[attr-defined]
-    yield server
-    await server.stop(0)
+    async with loopback_planner(TenantPolicy.model_validate(POLICY), TOKENS, tmp_path) as server:
+        yield server
 
 
 def _auth(token: str) -> tuple[tuple[str, str]]:

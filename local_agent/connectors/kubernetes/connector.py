@@ -102,24 +102,21 @@ class KubernetesConnector(Connector):
                 self._api = await api_client(self.config.kubeconfig, self.config.context)
             custom, core = client.CustomObjectsApi(self._api), client.CoreV1Api(self._api)
             resync = self.config.resync_s
-            self._dgds = Informer(
-                custom.list_namespaced_custom_object,
-                resync_s=resync,
-                group=d.GROUP,
-                version=d.VERSION,
-                namespace=self.namespace,
-                plural=d.DGD_PLURAL,
-            )
-            informers = [self._dgds]
-            if self.config.use_scaling_adapters:
-                self._adapters = Informer(
+
+            def dynamo_informer(plural: str) -> Informer:
+                return Informer(
                     custom.list_namespaced_custom_object,
                     resync_s=resync,
                     group=d.GROUP,
                     version=d.VERSION,
                     namespace=self.namespace,
-                    plural=d.ADAPTER_PLURAL,
+                    plural=plural,
                 )
+
+            self._dgds = dynamo_informer(d.DGD_PLURAL)
+            informers = [self._dgds]
+            if self.config.use_scaling_adapters:
+                self._adapters = dynamo_informer(d.ADAPTER_PLURAL)
                 informers.append(self._adapters)
             self._pods = Informer(
                 core.list_namespaced_pod,

@@ -32,13 +32,17 @@ from global_planner.allocation.models import (
 )
 from global_planner.allocation.routing import endpoint_plans
 from global_planner.allocation.stability import (
+    Seat,
     checked_bid,
     contested_endpoints,
     cut_cost,
     discounted,
     driver,
+    evidence_need,
+    first_claims,
     headroom_only,
     held_if_stale,
+    protected_lows,
     startup_discount,
     want_floor,
 )
@@ -161,6 +165,9 @@ class _Effective:
     startup_s: float
     note: str | None
     contested: bool = True
+    bound: int = 0  # the top of its range before the cut at its checked bid
+    ask: int | None = None  # what its agent asks for, before the bid check
+    need: int | None = None  # replicas its observed load needs (None: no evidence gate or data)
 
 
 def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
@@ -195,15 +202,48 @@ def _effective(
     checked, note = checked_bid(pool, request.stability.bid_allowance)
     checked = held_if_stale(checked)
     is_contested = contested is None or pool.endpoint in contested
-    if not is_contested:
-        checked = checked.model_copy(update={"curve": headroom_only(checked.curve, checked.current_replicas)})
+    need = evidence_need(checked) if contested is not None else None
+    if not is_contested or need is not None:
+        # uncontested, its ask is headroom above its grant; contested, above what its load needs
+        claim = checked.current_replicas if not is_contested else max(checked.current_replicas, need or 0)
+        checked = checked.model_copy(update={"curve": headroom_only(checked.curve, claim)})
     wanted = checked.wanted_replicas
     high = max(low, high)
+    bound = high
     if wanted is not None:
         high = min(high, max(low, wanted))  # never more than the agent wants: it would be forced on it
     if startup is None:
         startup = request.stability.default_startup_s
-    return _Effective(checked, priority, max_step, low, high, churn, startup, note, is_contested)
+    return _Effective(
+        checked, priority, max_step, low, high, churn, startup, note, is_contested, bound, pool.wanted_replicas, need
+    )
+
+
+def _seat(item: _Effective, lo: int, hi: int) -> Seat:
+    """The pool as :func:`protected_lows` and :func:`first_claims` see it (see :class:`Seat`)."""
+    pool = item.pool
+    current = pool.current_replicas
+    wanted = pool.wanted_replicas
+    hold = lo if wanted is None else _clamp(min(current, wanted), lo, hi)  # no bid: its curve decides
+    ask = hold if item.ask is None else _clamp(item.ask, item.low, item.bound)
+    claim = current
+    if item.contested:
+        claim = hi if item.need is None else min(hi, max(current, item.need))
+    if item.max_step is not None:
+        ask = min(ask, current + item.max_step)
+    return Seat(
+        gpu_type=pool.gpu_type,
+        gpus_per_replica=pool.gpus_per_replica,
+        tenant=pool.tenant,
+        priority=item.priority,
+        contested=item.contested,
+        claim=claim,
+        current=current,
+        lo=lo,
+        hi=hi,
+        hold=hold,
+        ask=max(ask, hold),
+    )
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -435,7 +475,10 @@ def build_problem(request: AllocationRequest) -> Problem:
     weights, value_scale = _unit_weights(pools, unit_members)
     budget, caps, tenant_priority = _limits(request)
     bounds = [_step_bounds(item.pool, item.max_step, item.low, item.high) for item in pools]
-    relaxed = _unfit_groups(pools, [lo for lo, _ in bounds], budget, caps)
+    seats = [_seat(item, lo, hi) for item, (lo, hi) in zip(pools, bounds, strict=True)]
+    lows = first_claims(seats, protected_lows(seats), budget, caps)
+    bounds = [(low, max(hi, low)) for low, (_, hi) in zip(lows, bounds, strict=True)]
+    relaxed = _unfit_groups(pools, lows, budget, caps)
     plans: list[PoolPlan] = []
     for index, (item, scaled) in enumerate(zip(pools, _scaled_curves(pools), strict=True)):
         lo, hi = bounds[index]

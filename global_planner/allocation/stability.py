@@ -38,6 +38,8 @@ Three terms shape each pool's value before either solver sees it (all pure, per 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from itertools import groupby
 
 from global_planner.allocation.models import Driver, PoolDemand
 
@@ -91,6 +93,15 @@ def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> 
     if pool.observed_rps is None or pool.replica_capacity_rps is None:
         return None
     return min(pool.observed_rps, pool.demand_weight) > utilisation * running * pool.replica_capacity_rps
+
+
+def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> int | None:
+    """Replicas the pool's load needs to run below ``utilisation`` of their capacity, both as
+    observed and as forecast (the same evidence as :func:`observed_short`); None without the data.
+    A pool contests GPUs others hold only up to this count: past it, its ask is headroom."""
+    if pool.observed_rps is None or pool.replica_capacity_rps is None:
+        return None
+    return math.ceil(min(pool.observed_rps, pool.demand_weight) / (utilisation * pool.replica_capacity_rps) - 1e-9)
 
 
 def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:
@@ -197,3 +208,89 @@ def driver(count: int, current: int, wanted: int | None, lo: int, hi: int) -> Dr
     if not lo <= current <= hi:
         return "bounds"
     return "others"
+
+
+@dataclass(frozen=True)
+class Seat:
+    """What :func:`first_claims` needs of one pool: its GPU group, priority, evidence and window.
+
+    ``hold`` is what it holds and wants (``min(current, wanted)``, within its window); ``ask`` the
+    replicas its agent asks for (its raw ``wanted_replicas``, step-limited and within its bounds:
+    free GPUs are nobody's, so the bid check, which stops a bid winning GPUs from others, does not
+    apply to them)."""
+
+    gpu_type: str
+    gpus_per_replica: int
+    tenant: str
+    priority: float
+    contested: bool
+    claim: int  # what it may take from others: its ask up to what its observed load needs
+    current: int
+    lo: int
+    hi: int
+    hold: int
+    ask: int
+
+
+def protected_lows(seats: list[Seat]) -> list[int]:
+    """Each pool's lower bound, raised to what it holds and wants unless another pool of its GPU
+    type, of at least its priority, is observed short and asks for more: a lower priority never
+    takes a GPU a pool holds and wants (between equals, and from a higher priority with evidence,
+    the value model decides and the cut still has to pay its cost).
+
+    Never worse than first come by design: under ``fcfs`` nobody loses a GPU it holds and wants. On
+    soft-shortage the value model cut acme's A100 pool four times for beta's observed-short batch
+    pool (acme's curve was flat there), and acme fell below its ``fcfs`` attainment."""
+    best: dict[str, tuple[float, int, float]] = {}  # GPU type -> (top priority, its pool, second)
+    for i, seat in enumerate(seats):
+        if seat.contested and seat.claim > seat.current:
+            top, who, second = best.get(seat.gpu_type, (-math.inf, -1, -math.inf))
+            if seat.priority > top:
+                best[seat.gpu_type] = (seat.priority, i, top)
+            else:
+                best[seat.gpu_type] = (top, who, max(second, seat.priority))
+    lows = []
+    for i, seat in enumerate(seats):
+        top, who, second = best.get(seat.gpu_type, (-math.inf, -1, -math.inf))
+        threat = second if who == i else top
+        lows.append(seat.lo if threat >= seat.priority else max(seat.lo, seat.hold))
+    return lows
+
+
+def first_claims(
+    seats: list[Seat], lows: list[int], budget: dict[str, int], caps: dict[tuple[str, str], int]
+) -> list[int]:
+    """Replicas each pool gets at once out of GPUs nobody holds: asks served by priority, highest
+    first (within one priority, pools observed short first, then one replica each in turn).
+
+    A higher-priority ask never waits for evidence, nor for a pair's partner, while GPUs are idle:
+    on the matrix's day cells a disaggregated pool's ask past its partner's was worth nothing to
+    the ``min`` of the pair and stayed ungranted on idle GPUs (``global`` below ``local``)."""
+    free = dict(budget)
+    room = dict(caps)
+    held = [max(low, min(seat.current, seat.hi)) for seat, low in zip(seats, lows, strict=True)]
+    for seat, count in zip(seats, held, strict=True):
+        free[seat.gpu_type] = free.get(seat.gpu_type, 0) - count * seat.gpus_per_replica
+        key = (seat.tenant, seat.gpu_type)
+        if key in room:
+            room[key] -= count * seat.gpus_per_replica
+    extra = [0] * len(seats)
+    order = sorted(range(len(seats)), key=lambda i: (-seats[i].priority, not seats[i].contested))
+    for _, tier in groupby(order, key=lambda i: (seats[i].priority, seats[i].contested)):
+        waiting = [i for i in tier if seats[i].ask > held[i]]
+        while waiting:
+            still = []
+            for i in waiting:
+                seat = seats[i]
+                key = (seat.tenant, seat.gpu_type)
+                per = seat.gpus_per_replica
+                if free.get(seat.gpu_type, 0) < per or room.get(key, per) < per:
+                    continue
+                free[seat.gpu_type] -= per
+                if key in room:
+                    room[key] -= per
+                extra[i] += 1
+                if held[i] + extra[i] < seat.ask:
+                    still.append(i)
+            waiting = still
+    return [max(low, count + more) if more else low for low, count, more in zip(lows, held, extra, strict=True)]

@@ -296,9 +296,13 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
         assert unchecked.replicas == {"chat/agg": 4, "batch/agg": 6}  # explain says why not 6
         assert "headroom: its endpoint is not observed short" in unchecked.reasons["chat/agg"]
         # Observed short (3.5 rps on 3 replicas): its curve counts, and priority decides, up to
-        # what its observed load needs (3.5 rps at 85% of 1 rps a replica: 5); the sixth is headroom.
+        # what its observed load needs (3.5 rps at 1 rps a replica: 4; the free GPU first); the rest
+        # of its ask is headroom.
         short = _served("chat", "ep-chat", "high", current=3, observed=3.5)
         answer = solve(_request([short, holder], 10, tenants=tenants))
+        assert answer.replicas["chat/agg"] == 4 and answer.replicas["batch/agg"] == 6
+        hungry = _served("chat", "ep-chat", "high", current=3, observed=4.5)  # needs 5: one from the holder
+        answer = solve(_request([hungry, holder], 10, tenants=tenants))
         assert answer.replicas["chat/agg"] == 5 and answer.replicas["batch/agg"] == 5
         assert answer.drivers["batch/agg"] == "others"
         # A one-window spike its forecast does not share (2 rps forecast) is not evidence.
@@ -364,3 +368,60 @@ def test_the_bid_check_stops_winning_gpus_not_holding_them() -> None:
     # A pool holding less still cannot win more on the inflated forecast.
     small = _pool("p", 19.0, current=2, wanted_replicas=7, observed_rps=2.8, running_replicas=2)
     assert checked_bid(small, 0.25)[0].wanted_replicas == 2
+
+
+def test_idle_gpus_go_to_a_higher_priority_ask_at_once_without_evidence() -> None:
+    # One idle GPU; the high-priority pool asks for it on its forecast alone (not observed short),
+    # the low-priority one is observed short and its curve values the GPU far more. First come,
+    # or the value model, could give it to the low priority; priority decides, at once.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    calm = _served("chat", "ep-chat", "high", current=3, observed=2.0, wanted_replicas=4)
+    busy = _served("batch", "ep-batch", "low", current=6, observed=9.0, wanted_replicas=9, curve=_curve(1.0, 9.0))
+    for solve in (allocate, allocate_greedy):
+        answer = solve(_request([calm, busy], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
+        assert answer.drivers["chat/agg"] == "bid"
+
+
+def test_a_pair_gets_its_ask_past_its_partner_on_idle_gpus() -> None:
+    # A disaggregated deployment's prefill asks one more replica than the pair's min values:
+    # on idle GPUs it gets it (as it would alone), although its decode partner asks nothing more.
+    common = dict(deployment="d", tenant="t", endpoint="ep", gpu_type="h100", gpus_per_replica=1, max_replicas=8)
+    prefill = PoolDemand(role="prefill", current_replicas=2, wanted_replicas=3, curve=_curve(1.0, 2.0, 9), **common)
+    decode = PoolDemand(role="decode", current_replicas=1, wanted_replicas=1, curve=_curve(1.0, 1.0, 9), **common)
+    pair = [p.model_copy(update={"pair_group": "d"}) for p in (prefill, decode)]
+    for solve in (allocate, allocate_greedy):
+        assert solve(_request(pair, 8)).replicas == {"d/prefill": 3, "d/decode": 1}
+
+
+def test_a_lower_priority_never_takes_what_a_pool_holds_and_wants() -> None:
+    # The low-priority pool is observed far short and its curve is steep; the high-priority pool's
+    # curve is flat where it is (its replicas look worthless). Its replicas stay its own.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    flat = _served("chat", "ep-chat", "high", current=5, observed=1.0, wanted_replicas=5, curve=_curve(1.0, 1.0))
+    starving = _served("batch", "ep-batch", "low", current=5, observed=12.0, wanted_replicas=12, demand_weight=12.0)
+    starving = starving.model_copy(update={"curve": _curve(1.0, 12.0)})
+    for solve in (allocate, allocate_greedy):
+        answer = solve(_request([flat, starving], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 5, "batch/agg": 5}
+    # Without the protection's reason to exist (equal priorities), the value model trades as before.
+    equal = {"high": TenantLimits(priority=1.0), "low": TenantLimits(priority=1.0)}
+    assert allocate(_request([flat, starving], 10, tenants=equal)).replicas["batch/agg"] > 5
+
+
+def test_a_steady_bid_gives_a_steady_grant_round_after_round() -> None:
+    # Three pools contending for 10 GPUs, the same bids every round (what each holds fed back as
+    # its current grant): after the first answer no grant changes again.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=10.0)}
+    pools = [
+        _served("chat", "ep-chat", "high", current=2, observed=3.5, wanted_replicas=5),
+        _served("batch", "ep-batch", "low", current=4, observed=6.0, wanted_replicas=8),
+        _served("bulk", "ep-bulk", "low", current=4, observed=5.0, wanted_replicas=7),
+    ]
+    grants: list[dict[str, int]] = []
+    for _ in range(8):
+        answer = allocate(_request(pools, 10, tenants=tenants))
+        grants.append(answer.replicas)
+        pools = [p.model_copy(update={"current_replicas": answer.replicas[p.pool_id]}) for p in pools]
+    assert all(g == grants[1] for g in grants[1:]), grants
+    assert sum(grants[-1].values()) == 10

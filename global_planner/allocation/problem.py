@@ -81,6 +81,7 @@ class PoolPlan:
     anchor: int = 0
     note: str | None = None
     contested: bool = True
+    ask: int | None = None  # its agent's ask before the bid check (idle GPUs serve it)
 
     def value_at(self, replicas: int) -> int:
         """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
@@ -420,6 +421,7 @@ def _pool_plan(
         anchor=anchor,
         note=item.note,
         contested=item.contested,
+        ask=item.ask,
     )
 
 
@@ -588,7 +590,10 @@ def finish(
     drivers: dict[str, Driver] = {}
     for index, (plan, count) in enumerate(zip(problem.pools, replicas, strict=True)):
         key = (plan.pool.tenant, plan.pool.gpu_type)
-        moved = driver(count, plan.pool.current_replicas, plan.pool.wanted_replicas, plan.lo, plan.hi)
+        wanted = plan.pool.wanted_replicas
+        if wanted is not None and plan.ask is not None:
+            wanted = max(wanted, min(plan.ask, count))  # idle GPUs serve the ask itself
+        moved = driver(count, plan.pool.current_replicas, wanted, plan.lo, plan.hi)
         drivers[plan.pool.pool_id] = moved
         text = _reason(problem, index, count, free, room) + _DRIVER_TEXT[moved]
         if plan.note is not None:

@@ -1,6 +1,6 @@
 """Stable grants: a pool's grant moves towards its bid, and against it only when that pays.
 
-Three terms shape each pool's value before either solver sees it (all pure, per round):
+These terms shape each pool's value before either solver sees it (all pure, per round):
 
 * **Bid check** (:func:`checked_bid`): a bid whose rate (``demand_weight``, the agent's forecast)
   exceeds the rate the agent observed by more than ``bid_allowance`` (plus the Poisson noise of
@@ -16,12 +16,17 @@ Three terms shape each pool's value before either solver sees it (all pure, per 
   competes for the GPUs every agent gets exactly what it would take alone (``global`` = ``local``).
 * **Stale bids hold** (:func:`held_if_stale`): a bid for less than the current grant, made before
   the agent ran that grant, does not lower it (grants lag bids by a round; see the function).
-* **Contest only on observed shortage** (:func:`contested_endpoints`, :func:`headroom_only`): a
-  pool's curve above its current grant counts only while its endpoint is *observed* short — some
-  pool of it serves more than ``SHORT_UTILISATION`` of what its running replicas carry (the
-  agent's own per-replica capacity). Otherwise the replicas it asks for beyond its grant are headroom (forecast
-  uncertainty, a ramp not yet seen) and worth one value quantum each: enough to take idle GPUs,
-  never enough to take GPUs another pool holds and wants. The agents' curves average over their
+* **Contest only on observed shortage** (:func:`contested_endpoints`, :func:`headroom_only`,
+  :func:`evidence_need`): a pool's curve above its current grant counts only while its endpoint is
+  *observed* short — some pool of it serves more than ``SHORT_UTILISATION`` of what its running
+  replicas carry (the agent's own per-replica capacity) — and then only up to the replicas its own
+  observed load needs. Otherwise the replicas it asks for beyond its grant are headroom (forecast
+  uncertainty, a ramp not yet seen) and worth one value quantum each: they get idle GPUs, never
+  GPUs another pool holds and wants.
+* **Never worse than first come** (:func:`protected_lows`, :func:`first_claims`): what a pool holds
+  and wants is never taken by a pool of lower priority (only by one of at least its priority that
+  is observed short, and then by value, paying the cut cost); idle GPUs go to asks at once, by
+  priority, before any value is weighed. The agents' curves average over their
   forecast's uncertainty and were measured to credit a pool's first replicas with far less than
   they served (soft-shortage); moving GPUs on such a curve against a running pool lost more than
   it gained. First come keeps what it holds until the load itself proves another pool short.
@@ -46,11 +51,12 @@ from global_planner.allocation.models import Driver, PoolDemand
 _OBSERVATION_WINDOW_S = 30.0  # the report interval: the noise of one observed rate is sqrt(rate / window)
 _NOISE_SIGMAS = 3.0
 _MAX_DISCOUNT = 0.5  # a cold start longer than half the horizon still leaves a move worth something
-# A pool is short once it serves more than this share of what its running replicas carry at the
-# SLA: queueing delay climbs steeply near saturation and the agent's per-replica capacity is a
-# mean-load figure. Measured on the two shortage examples: 1.0 left acme's H200 deployment on
-# `shortage` unseen (98.64% instead of 99.55%), 1.2 lost on both, 0.85 kept both (docs/results.md).
-SHORT_UTILISATION = 0.85
+# A pool is short once its load exceeds what its running replicas carry at the SLA (the agent's own
+# per-replica capacity). This is only the bar for taking GPUs others hold and want: idle GPUs go
+# to asks at once without it (:func:`first_claims`). At 0.85 (needed before idle GPUs did) a
+# one-window approach to capacity let acme's prefill take one of beta's two H200s at peak on
+# soft-shortage seeds 6 and 7: acme gained 0.0-0.2 point, beta lost 4 (docs/results.md).
+SHORT_UTILISATION = 1.0
 # The gateway sheds an endpoint's excess only past real overload: some pool serving more than
 # this share of what its running replicas carry. Shedding from 0.85 on turned away requests a
 # pool at its nominal capacity still served (soft-shortage: 24.8k of beta's requests shed against

@@ -381,6 +381,7 @@ def test_idle_gpus_go_to_a_higher_priority_ask_at_once_without_evidence() -> Non
         answer = solve(_request([calm, busy], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
         assert answer.drivers["chat/agg"] == "bid"
+        assert "1 replica(s) from idle h100 GPUs at once, highest priority first" in answer.reasons["chat/agg"]
 
 
 def test_a_pair_gets_its_ask_past_its_partner_on_idle_gpus() -> None:

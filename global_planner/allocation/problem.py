@@ -16,7 +16,7 @@ import fnmatch
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate, chain
 
 import numpy as np
@@ -82,6 +82,7 @@ class PoolPlan:
     note: str | None = None
     contested: bool = True
     ask: int | None = None  # its agent's ask before the bid check (idle GPUs serve it)
+    idle: int = 0  # replicas its lower bound took from idle GPUs (see stability.first_claims)
 
     def value_at(self, replicas: int) -> int:
         """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
@@ -478,7 +479,8 @@ def build_problem(request: AllocationRequest) -> Problem:
     budget, caps, tenant_priority = _limits(request)
     bounds = [_step_bounds(item.pool, item.max_step, item.low, item.high) for item in pools]
     seats = [_seat(item, lo, hi) for item, (lo, hi) in zip(pools, bounds, strict=True)]
-    lows = first_claims(seats, protected_lows(seats), budget, caps)
+    protected = protected_lows(seats)
+    lows = first_claims(seats, protected, budget, caps)
     bounds = [(low, max(hi, low)) for low, (_, hi) in zip(lows, bounds, strict=True)]
     relaxed = _unfit_groups(pools, lows, budget, caps)
     plans: list[PoolPlan] = []
@@ -487,7 +489,9 @@ def build_problem(request: AllocationRequest) -> Problem:
         if item.pool.gpu_type in relaxed or (item.pool.tenant, item.pool.gpu_type) in relaxed:
             lo = item.low
         unit = unit_of[index]
-        plans.append(_pool_plan(item, lo, hi, scaled, unit, weights[unit], value_scale, request))
+        plan = _pool_plan(item, lo, hi, scaled, unit, weights[unit], value_scale, request)
+        idle = lo - max(protected[index], item.pool.current_replicas)
+        plans.append(replace(plan, idle=idle) if idle > 0 else plan)
     floors, notes, minima_fit = _floors(request, plans, budget, caps, tenant_priority)
     return Problem(
         request=request,
@@ -518,6 +522,9 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
     key = (pool.tenant, pool.gpu_type)
     if count < plan.lo:
         return f"below minimum {plan.lo}: {pool.gpu_type} inventory cannot hold every minimum"
+    if plan.idle and count == plan.lo:
+        asked = f"as bid: its agent wants {count}" if plan.ask == count else f"towards its ask of {plan.ask}"
+        return f"{asked}; {plan.idle} replica(s) from idle {pool.gpu_type} GPUs at once, highest priority first"
     best = plan.counts[-1]
     if count >= best:
         if pool.wanted_replicas is not None and count == pool.wanted_replicas:

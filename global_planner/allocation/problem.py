@@ -228,11 +228,11 @@ def _seat(item: _Effective, lo: int, hi: int) -> Seat:
     wanted = pool.wanted_replicas
     hold = lo if wanted is None else _clamp(min(current, wanted), lo, hi)  # no bid: its curve decides
     ask = hold if item.ask is None else _clamp(item.ask, item.low, item.bound)
-    claim = current
-    if item.contested:
-        claim = hi if item.need is None else min(hi, max(current, item.need))
     if item.max_step is not None:
         ask = min(ask, current + item.max_step)
+    claim = current  # what it may take from others: nothing unless observed short
+    if item.contested:
+        claim = hi if item.need is None else min(hi, max(current, item.need))
     return Seat(
         gpu_type=pool.gpu_type,
         gpus_per_replica=pool.gpus_per_replica,

@@ -22,14 +22,14 @@ These terms shape each pool's value before either solver sees it (all pure, per 
   replicas carry (the agent's own per-replica capacity) — and then only up to the replicas its own
   observed load needs. Otherwise the replicas it asks for beyond its grant are headroom (forecast
   uncertainty, a ramp not yet seen) and worth one value quantum each: they get idle GPUs, never
-  GPUs another pool holds and wants.
+  GPUs another pool holds and wants. The agents' curves average over their forecast's uncertainty
+  and were measured to credit a pool's first replicas with far less than they served
+  (soft-shortage); moving GPUs on such a curve against a running pool lost more than it gained.
+  First come keeps what it holds until the load itself proves another pool short.
 * **Never worse than first come** (:func:`protected_lows`, :func:`first_claims`): what a pool holds
   and wants is never taken by a pool of lower priority (only by one of at least its priority that
   is observed short, and then by value, paying the cut cost); idle GPUs go to asks at once, by
-  priority, before any value is weighed. The agents' curves average over their
-  forecast's uncertainty and were measured to credit a pool's first replicas with far less than
-  they served (soft-shortage); moving GPUs on such a curve against a running pool lost more than
-  it gained. First come keeps what it holds until the load itself proves another pool short.
+  priority, before any value is weighed.
 * **Cost of change** (:func:`discounted` and :func:`cut_cost`): a replica added now serves
   nothing for ``startup_s``, so its value over the horizon ``horizon_s`` a grant is expected to
   stand is discounted by ``startup_s / horizon_s``; a replica taken from a pool below what it
@@ -218,7 +218,8 @@ def driver(count: int, current: int, wanted: int | None, lo: int, hi: int) -> Dr
 
 @dataclass(frozen=True)
 class Seat:
-    """What :func:`first_claims` needs of one pool: its GPU group, priority, evidence and window.
+    """What :func:`protected_lows` and :func:`first_claims` need of one pool: its GPU group,
+    priority, evidence and window.
 
     ``hold`` is what it holds and wants (``min(current, wanted)``, within its window); ``ask`` the
     replicas its agent asks for (its raw ``wanted_replicas``, step-limited and within its bounds:

@@ -29,7 +29,7 @@ from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
-from local_agent.decide.reactive import Proposal, pressure, reactive
+from local_agent.decide.reactive import Proposal, near_miss, pressure, reactive
 from local_agent.decide.sizer import Sizer
 from local_agent.forecast import make_predictor
 from local_agent.knobs import KnobTuner
@@ -215,7 +215,9 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        if pressure(role, obs, self.options, self.spec.sla) is not None:
+        if pressure(role, obs, self.options, self.spec.sla) is not None or (
+            self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None
+        ):
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())
 
         proposal = Proposal(current, R.HOLD, "")
@@ -246,7 +248,8 @@ class LocalAgent:
                 self.intake.smoothed_rate(),
                 lengths,
             )
-        self.guard.recommend(role, now_s, recommendation)
+        if observed_rate is not None and lengths is not None:
+            self.guard.recommend(role, now_s, recommendation)
         proposal, one_step = self.guard.stabilised(role, current, proposal)
         if proposal.wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the

@@ -55,6 +55,17 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="remember SLA misses this long: no scale-down to their load per replica (0 = off)",
     )
+    near_miss: bool = Field(
+        default=True,
+        description="remember a near miss too (observed p90 latency x ready/(ready-1) over the target): "
+        "no scale-down below a count whose survivors would, to first order, miss",
+    )
+    scale_down_dwell_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="no scale-down this long after a scale-down: each step is observed before the next",
+    )
     miss_margin: float = Field(
         default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
     )

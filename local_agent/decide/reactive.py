@@ -31,6 +31,20 @@ def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
     return breach
 
 
+def near_miss(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
+    """Why one replica fewer would, to first order, miss: the observed p90 TTFT or ITL scaled by
+    the load each survivor would carry (``ready / (ready - 1)``) is over the target."""
+    if obs.ready < 2:
+        return None
+    scale = obs.ready / (obs.ready - 1)
+    found = None
+    if role in ("prefill", "agg") and obs.ttft_ms is not None and obs.ttft_ms.p90 * scale > sla.ttft_ms:
+        found = f"p90 TTFT {obs.ttft_ms.p90:.0f} ms x {scale:.2f} > {sla.ttft_ms:.0f} ms"
+    if role in ("decode", "agg") and obs.itl_ms is not None and obs.itl_ms.p90 * scale > sla.itl_ms:
+        found = f"p90 ITL {obs.itl_ms.p90:.1f} ms x {scale:.2f} > {sla.itl_ms:.1f} ms"
+    return found
+
+
 def pressure(
     role: PoolRole, obs: PoolObservation, options: AgentOptions, sla: SLA
 ) -> tuple[DecisionReason, str] | None:

@@ -215,7 +215,8 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        if pressure(role, obs, self.options, self.spec.sla) is not None or (
+        backlog_ttft = self.sizer.backlog_ttft_ms(role, lengths)
+        if pressure(role, obs, self.options, self.spec.sla, backlog_ttft) is not None or (
             self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None
         ):
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())

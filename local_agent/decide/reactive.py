@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fleet_planner.planning import SLA, PoolObservation, PoolRole
@@ -46,10 +47,18 @@ def near_miss(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
 
 
 def pressure(
-    role: PoolRole, obs: PoolObservation, options: AgentOptions, sla: SLA
+    role: PoolRole,
+    obs: PoolObservation,
+    options: AgentOptions,
+    sla: SLA,
+    backlog_ttft_ms: Callable[[float], float | None] | None = None,
 ) -> tuple[DecisionReason, str] | None:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
-    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold."""
+    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
+    ``target: sla`` a backlog counts only when a prompt arriving behind it would miss the TTFT
+    target (``backlog_ttft_ms``: the model's TTFT behind that many tokens per replica): long
+    prompts make a large backlog that clears well within the target, and adding a replica for
+    it was a scale-up the SLA never needed."""
     if options.target == "sla":
         breach = sla_breach(role, obs, sla)
         if breach is not None:
@@ -60,7 +69,9 @@ def pressure(
     if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
         backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
         if backlog > options.queue_tokens_per_replica:
-            found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+            wait = backlog_ttft_ms(backlog) if options.target == "sla" and backlog_ttft_ms else None
+            if wait is None or wait > sla.ttft_ms:
+                found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
     if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
         usage = obs.active_kv_tokens / obs.kv_capacity_tokens
         if usage > options.kv_high:
@@ -81,7 +92,7 @@ def reactive(
     needs more); one fewer otherwise (the scale-down guard decides whether that is safe).
     Nothing while added replicas still start (they will absorb the load) — but never a skipped
     tick."""
-    up = pressure(role, obs, options, sizer.spec.sla)
+    up = pressure(role, obs, options, sizer.spec.sla, sizer.backlog_ttft_ms(role, lengths))
     if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:

@@ -21,7 +21,7 @@ class AgentOptions(BaseModel):
         "filter's trend overshoots the Azure hour's steps and asks for replicas the SLA never needed)",
     )
     predictor_options: dict = Field(default_factory=dict)
-    forecast_quantile: float = Field(default=0.5, ge=0.5, lt=1.0)
+    forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
     target_attainment: float = Field(default=0.99, gt=0, le=1.0)
     headroom: float = Field(default=1.0, ge=1.0, le=3.0, allow_inf_nan=False, description="plan for rate x headroom")
     scale_down_grace_s: float = Field(

@@ -10,7 +10,8 @@
   result is the floor;
 - **reactive** (``reactive``), every tick: ±1 replica from what the engines show now;
 - **scale-down guard** (``ScaleDownGuard``): grace after a scale-up, consolidation (survivors carry
-  ``N/(N-1)``), remembered SLA misses, a stabilisation window;
+  ``N/(N-1)``), remembered SLA misses and near misses, a dwell between steps, a stabilisation
+  window: the descent from above;
 - **limits and budget** (``limits``): step caps, min/max, the local GPU budget.
 
 Time is an input; nothing here does I/O, so the same agent runs live, in the simulator and in

@@ -7,10 +7,14 @@ no scale-down that reverses a scale-up within ``reversal_interval_s`` of the poo
 (burst-aware, corrected) model at the larger of the observed and forecast upper load, times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
-which this pool recently missed its SLA (or ran over its queue or KV threshold), until the load
-has fallen by ``miss_margin``;
+which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
+``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
+*dwell*: a safe scale-down still waits ``scale_down_dwell_s`` after the pool's last one, so each
+step is observed before the next;
 *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
+Together (the defaults) they make a pool started above its need converge on it from above
+without undershooting (docs/local-agent.md, *the scale-down descent*).
 """
 
 from __future__ import annotations

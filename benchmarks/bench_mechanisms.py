@@ -37,6 +37,10 @@ OFF = {
     "miss_memory_s": 0.0,
     "down_margin": 0.0,
     "reversal_interval_s": 0.0,
+    "stabilization_window_s": 0.0,
+    "scale_down_dwell_s": 0.0,
+    "near_miss": False,
+    "predictor": "kalman",
 }
 ONE_STEP = {"scale_down_in_one_step": True}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -60,7 +64,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+p80": {"forecast_quantile": 0.8},
     "defaults+window300+one-step": {"stabilization_window_s": 300.0, **ONE_STEP},
     "defaults+burst": {"burst_windows": 40},
-    "defaults+window": {"stabilization_window_s": 300.0},
+    "defaults+window": {"stabilization_window_s": 300.0},  # (now shorter than the default window)
+    # The scale-down descent (docs/local-agent.md): the defaults without each of its parts, and
+    # two settings measured on the tuning half but not adopted (docs/matrix.md).
+    "descent-off": {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False},
+    "defaults-near-miss": {"near_miss": False},
+    "defaults-dwell": {"scale_down_dwell_s": 0.0},
+    "defaults-window": {"stabilization_window_s": 0.0},
+    "defaults-band": {"down_margin": 0.0},
+    "defaults+kalman": {"predictor": "kalman"},
+    "defaults+p50": {"forecast_quantile": 0.5},
+    "defaults+window900+dwell180": {"stabilization_window_s": 900.0, "scale_down_dwell_s": 180.0},
 }
 
 

@@ -10,7 +10,8 @@
   result is the floor;
 - **reactive** (``reactive``), every tick: ±1 replica from what the engines show now;
 - **scale-down guard** (``ScaleDownGuard``): grace after a scale-up, consolidation (survivors carry
-  ``N/(N-1)``), remembered SLA misses, a stabilisation window;
+  ``N/(N-1)``), remembered SLA misses and near misses, a dwell between steps, a stabilisation
+  window: the descent from above;
 - **limits and budget** (``limits``): step caps, min/max, the local GPU budget.
 
 Time is an input; nothing here does I/O, so the same agent runs live, in the simulator and in
@@ -29,7 +30,7 @@ from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
-from local_agent.decide.reactive import Proposal, pressure, reactive
+from local_agent.decide.reactive import Proposal, near_miss, pressure, reactive
 from local_agent.decide.sizer import Sizer
 from local_agent.forecast import make_predictor
 from local_agent.knobs import KnobTuner
@@ -215,7 +216,10 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        if pressure(role, obs, self.options, self.spec.sla) is not None:
+        backlog_ttft = self.sizer.backlog_ttft_ms(role, lengths)
+        if pressure(role, obs, self.options, self.spec.sla, backlog_ttft) is not None or (
+            self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None
+        ):
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())
 
         proposal = Proposal(current, R.HOLD, "")
@@ -246,7 +250,8 @@ class LocalAgent:
                 self.intake.smoothed_rate(),
                 lengths,
             )
-        self.guard.recommend(role, now_s, recommendation)
+        if observed_rate is not None and lengths is not None:
+            self.guard.recommend(role, now_s, recommendation)
         proposal, one_step = self.guard.stabilised(role, current, proposal)
         if proposal.wanted > current and obs.pending > 0:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the

@@ -63,8 +63,16 @@ def spec(
     )
 
 
+DESCENT_OFF = {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False}
+
+
 def agent(deployment: DeploymentSpec, **options) -> LocalAgent:
     options.setdefault("predictor", "constant")
+    # These tests isolate one mechanism each: the scale-down descent (stabilisation window, dead
+    # band, dwell between steps, near-miss memory) is off unless a test turns it on; the defaults
+    # together are tested in tests/test_agent_descent.py.
+    for key, value in DESCENT_OFF.items():
+        options.setdefault(key, value)
     return LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(**options), TICK)
 
 

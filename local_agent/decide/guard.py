@@ -7,10 +7,14 @@ no scale-down that reverses a scale-up within ``reversal_interval_s`` of the poo
 (burst-aware, corrected) model at the larger of the observed and forecast upper load, times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
-which this pool recently missed its SLA (or ran over its queue or KV threshold), until the load
-has fallen by ``miss_margin``;
+which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
+``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
+*dwell*: a safe scale-down still waits ``scale_down_dwell_s`` after the pool's last one, so each
+step is observed before the next;
 *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
+Together (the defaults) they make a pool started above its need converge on it from above
+without undershooting (docs/local-agent.md, *the scale-down descent*).
 """
 
 from __future__ import annotations
@@ -33,10 +37,18 @@ MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
 class PoolMemory:
     """What the guard remembers of one pool."""
 
-    __slots__ = ("last_direction", "last_reversal_s", "last_scale_up_s", "misses", "recommendations")
+    __slots__ = (
+        "last_direction",
+        "last_reversal_s",
+        "last_scale_down_s",
+        "last_scale_up_s",
+        "misses",
+        "recommendations",
+    )
 
     def __init__(self) -> None:
         self.last_scale_up_s = -math.inf
+        self.last_scale_down_s = -math.inf
         self.last_direction = 0  # +1 up, -1 down, 0 no change yet
         self.last_reversal_s = -math.inf
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
@@ -54,6 +66,8 @@ class ScaleDownGuard:
         memory = self.pools[role]
         if direction > 0:
             memory.last_scale_up_s = now_s
+        else:
+            memory.last_scale_down_s = now_s
         if memory.last_direction == -direction:
             memory.last_reversal_s = now_s
         memory.last_direction = direction
@@ -107,8 +121,14 @@ class ScaleDownGuard:
         curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + self.options.down_margin), lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
+        # The other pools count at the larger of their target and their need at this load: a
+        # pool's scale-down is judged on its own part, not refused for another pool's shortfall
+        # (that pool scales up on its own).
+        needs = {} if curves is None else self.sizer.sized(curves)
+        others = {other: max(count, needs.get(other, 0)) for other, count in targets.items() if other != role}
+
         def refusal(wanted: int) -> Proposal | None:
-            survivors = {**targets, role: wanted}
+            survivors = {**others, role: wanted}
             if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
                 detail = f"{wanted} replicas could not absorb {rate:.2f} req/s"
                 return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
@@ -128,6 +148,10 @@ class ScaleDownGuard:
         if self.options.stabilization_window_s > 0:
             while lowest - 1 >= floor and refusal(lowest - 1) is None:
                 lowest -= 1
+        if now_s - memory.last_scale_down_s < self.options.scale_down_dwell_s:
+            # Safe, but the last step is still being observed: wait (the recommendation stands).
+            detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
+            return Proposal(current, R.GRACE_PERIOD, detail), lowest
         return proposal, lowest
 
     def _remembered_miss(self, memory: PoolMemory, now_s: float, wanted: int, rate: float) -> str | None:

@@ -15,7 +15,11 @@ class AgentOptions(BaseModel):
     mode: Literal["throughput", "load", "both"] = "both"
     throughput_interval_s: float = Field(default=180.0, gt=0, allow_inf_nan=False)
     target: Literal["throughput", "latency", "sla"] = "sla"  # what the reactive loop watches
-    predictor: str = "kalman"
+    predictor: str = Field(
+        default="moving_average",
+        description="what the forecast floor comes from (docs/local-agent.md: on the scenario matrix the Kalman "
+        "filter's trend overshoots the Azure hour's steps and asks for replicas the SLA never needed)",
+    )
     predictor_options: dict = Field(default_factory=dict)
     forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
     target_attainment: float = Field(default=0.99, gt=0, le=1.0)
@@ -43,7 +47,7 @@ class AgentOptions(BaseModel):
         default=True, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
     )
     down_margin: float = Field(
-        default=0.0,
+        default=0.3,
         ge=0,
         le=1.0,
         allow_inf_nan=False,
@@ -55,11 +59,22 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="remember SLA misses this long: no scale-down to their load per replica (0 = off)",
     )
+    near_miss: bool = Field(
+        default=True,
+        description="remember a near miss too (observed p90 latency x ready/(ready-1) over the target): "
+        "no scale-down below a count whose survivors would, to first order, miss",
+    )
+    scale_down_dwell_s: float = Field(
+        default=120.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="no scale-down this long after a scale-down: each step is observed before the next",
+    )
     miss_margin: float = Field(
         default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
     )
     stabilization_window_s: float = Field(
-        default=0.0,
+        default=1800.0,
         ge=0,
         allow_inf_nan=False,
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fleet_planner.planning import SLA, PoolObservation, PoolRole
@@ -31,11 +32,33 @@ def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
     return breach
 
 
+def near_miss(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
+    """Why one replica fewer would, to first order, miss: the observed p90 TTFT or ITL scaled by
+    the load each survivor would carry (``ready / (ready - 1)``) is over the target."""
+    if obs.ready < 2:
+        return None
+    scale = obs.ready / (obs.ready - 1)
+    found = None
+    if role in ("prefill", "agg") and obs.ttft_ms is not None and obs.ttft_ms.p90 * scale > sla.ttft_ms:
+        found = f"p90 TTFT {obs.ttft_ms.p90:.0f} ms x {scale:.2f} > {sla.ttft_ms:.0f} ms"
+    if role in ("decode", "agg") and obs.itl_ms is not None and obs.itl_ms.p90 * scale > sla.itl_ms:
+        found = f"p90 ITL {obs.itl_ms.p90:.1f} ms x {scale:.2f} > {sla.itl_ms:.1f} ms"
+    return found
+
+
 def pressure(
-    role: PoolRole, obs: PoolObservation, options: AgentOptions, sla: SLA
+    role: PoolRole,
+    obs: PoolObservation,
+    options: AgentOptions,
+    sla: SLA,
+    backlog_ttft_ms: Callable[[float], float | None] | None = None,
 ) -> tuple[DecisionReason, str] | None:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
-    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold."""
+    or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
+    ``target: sla`` a backlog counts only when a prompt arriving behind it would miss the TTFT
+    target (``backlog_ttft_ms``: the model's TTFT behind that many tokens per replica): long
+    prompts make a large backlog that clears well within the target, and adding a replica for
+    it was a scale-up the SLA never needed."""
     if options.target == "sla":
         breach = sla_breach(role, obs, sla)
         if breach is not None:
@@ -46,7 +69,9 @@ def pressure(
     if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
         backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
         if backlog > options.queue_tokens_per_replica:
-            found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+            wait = backlog_ttft_ms(backlog) if options.target == "sla" and backlog_ttft_ms else None
+            if wait is None or wait > sla.ttft_ms:
+                found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
     if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
         usage = obs.active_kv_tokens / obs.kv_capacity_tokens
         if usage > options.kv_high:
@@ -67,7 +92,7 @@ def reactive(
     needs more); one fewer otherwise (the scale-down guard decides whether that is safe).
     Nothing while added replicas still start (they will absorb the load) — but never a skipped
     tick."""
-    up = pressure(role, obs, options, sizer.spec.sla)
+    up = pressure(role, obs, options, sizer.spec.sla, sizer.backlog_ttft_ms(role, lengths))
     if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:

@@ -10,7 +10,7 @@ prefix-cache reuse of recent windows.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -107,6 +107,23 @@ class Sizer:
             attainment *= values[min(replicas[role], len(values) - 1)]
             reachable *= curve.ceiling
         return attainment >= self.options.target_attainment * reachable
+
+    def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float | None] | None:
+        """The (TTFT-corrected) model's TTFT of a mean prompt arriving behind a prefill backlog
+        of so many tokens per replica: the backlog at the mean prompt's cost per token, then the
+        prompt itself. None without lengths (the backlog threshold alone then decides)."""
+        if lengths is None or role not in ("prefill", "agg"):
+            return None
+        model = self.models[role]
+        mean_in = max(lengths[0].mean, 1.0)
+        own = float(model.ttft_ms(mean_in))
+        per_token = max(own - model.prefill_overhead_ms, 0.0) / mean_in
+        factor = self.ttft.factor
+
+        def wait(backlog: float) -> float | None:
+            return factor * (backlog * per_token + own)
+
+        return wait
 
     def learn_ttft(self, entry: PoolObservation | None, rate: float | None, lengths: Lengths | None) -> None:
         """Compare a steady window's p90 TTFT with the model's prediction at that window's load."""

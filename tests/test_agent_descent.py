@@ -1,0 +1,98 @@
+"""The default scale-down descent: a pool started above its need converges on it from above
+without undershooting, so the first scale-up rarely comes (issue 10, acceptance point C).
+
+The agent is driven with synthetic windows (helpers of tests/test_agent_weaknesses.py) and its
+default options: stabilisation window, dead band, dwell between steps and near-miss memory on.
+"""
+
+from __future__ import annotations
+
+from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, observe, run, spec
+
+from fleet_planner.planning import Distribution
+from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.models import AgentInput
+from local_agent.models import DecisionReason as R
+
+DESCENT_OFF = {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False}
+
+
+def agent(initial: int, **options) -> LocalAgent:
+    deployment = spec(initial=initial, max_replicas=initial)
+    return LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(**options), TICK)
+
+
+def bursts(t: float, targets: dict) -> list:
+    """Quiet load with a one-minute burst every five minutes; latencies always within the SLA."""
+    rate = 60.0 if (t // TICK) % 10 in (8, 9) else 15.0
+    return [observe("agg", t, rate, ready=targets["agg"])]
+
+
+def reversals(targets: list[int], start: int) -> int:
+    directions = [1 if b > a else -1 for a, b in zip([start] + targets, targets) if b != a]
+    return sum(1 for a, b in zip(directions, directions[1:]) if a != b)
+
+
+def test_a_pool_started_at_its_maximum_descends_under_bursts_and_never_scales_up_again() -> None:
+    start = 8
+    calm = [d.pools[0].target for d in run(agent(start), 0.0, 120, bursts)]  # one hour
+    assert calm[-1] < start  # it does come down
+    assert all(b <= a for a, b in zip(calm, calm[1:]))  # and never goes back up: no reversal
+    # The descent without the new mechanisms follows the quiet windows down and is pulled back
+    # up by the next burst: the reversal the descent exists to avoid.
+    eager = [d.pools[0].target for d in run(agent(start, **DESCENT_OFF), 0.0, 120, bursts)]
+    assert reversals(eager, start) >= 1
+    assert min(calm) >= min(eager)
+
+
+def test_scale_down_steps_are_a_dwell_apart() -> None:
+    a = agent(8)
+    decisions = run(a, 0.0, 40, lambda t, targets: [observe("agg", t, 2.0, ready=targets["agg"])])
+    downs = [d.time_s for d in decisions if d.pools[0].target < d.pools[0].current]
+    assert len(downs) >= 2
+    assert all(b - a_ >= a.options.scale_down_dwell_s for a_, b in zip(downs, downs[1:]))
+
+
+def test_a_scale_up_on_a_real_miss_is_still_immediate() -> None:
+    a = agent(8)
+    run(a, 0.0, 40, lambda t, targets: [observe("agg", t, 2.0, ready=targets["agg"])])
+    before = a.targets()["agg"]
+    assert before < 8
+    miss = observe(
+        "agg",
+        40 * TICK,
+        2.0,
+        ready=before,
+        ttft_ms=Distribution(count=60, mean=700, p50=650, p90=900, p99=1200),  # over the 500 ms target
+    )
+    decision = a.step(AgentInput(now_s=40 * TICK, observations=[miss])).decision
+    assert decision.pools[0].target == before + 1 and decision.pools[0].reason == R.REACTIVE_SLA
+
+
+def test_a_near_miss_stops_the_descent() -> None:
+    """p90 TTFT 300 ms at 4 replicas: 3 would carry 4/3 of the load each, to first order 400 ms;
+    at 2 replicas (x2) 600 ms is over the 500 ms target, so the pool stops at 2, where without
+    the near-miss memory it would go on."""
+
+    def near(t: float, targets: dict) -> list:
+        ttft = Distribution(count=60, mean=200, p50=180, p90=300, p99=400)
+        return [observe("agg", t, 2.0, ready=targets["agg"], ttft_ms=ttft, input_tokens=INPUTS, output_tokens=OUTPUTS)]
+
+    guarded = [d.pools[0] for d in run(agent(4), 0.0, 60, near)]
+    assert guarded[-1].target == 2 and min(p.target for p in guarded) == 2
+    assert any(p.reason == R.MISS_MEMORY for p in guarded)
+    plain = [d.pools[0].target for d in run(agent(4, near_miss=False), 0.0, 60, near)]
+    assert min(plain) < 2
+
+
+def test_ticks_without_traffic_data_do_not_pin_the_stabilisation_window() -> None:
+    """The first windows carry no admission metric: they recommend nothing, so the pool still
+    descends within minutes instead of a whole window later."""
+
+    def late(t: float, targets: dict) -> list:
+        return [observe("agg", t, None if t < 3 * TICK else 2.0, ready=targets["agg"])]
+
+    a = agent(8)
+    targets = [d.pools[0].target for d in run(a, 0.0, 20, late)]
+    assert a.options.stabilization_window_s > 20 * TICK
+    assert targets[-1] < 8

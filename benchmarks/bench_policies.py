@@ -52,6 +52,7 @@ def main() -> int:
     parser.add_argument("--cell", action="store_true", help="SCENARIO names a cell of fleet_sim.matrix.cells()")
     parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
     parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
+    parser.add_argument("--seed", type=int, help="override the scenario's seed (same file, other traffic)")
     parser.add_argument("--out", help="write each policy's outputs under this folder")
     parser.add_argument(
         "--option",
@@ -62,7 +63,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    overrides = {"duration": parse_duration(args.duration)} if args.duration else {}
+    overrides: dict = {"duration": parse_duration(args.duration)} if args.duration else {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     rows = {}
     for policy in args.policies:
         scenario = _scenario(args, policy, overrides)

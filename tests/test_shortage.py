@@ -52,32 +52,10 @@ def test_soft_shortage_global_never_exceeds_the_inventory(tmp_path: Path) -> Non
     observed shortage), so every grant change there is a bid's or an observed shortage's."""
     assert main(["simulate", str(SOFT), "--out", str(tmp_path), "--policy", "global", "--no-progress"]) == 0
     _never_exceeds_the_inventory(tmp_path, SOFT)
-    _hands_over_in_one_tick(tmp_path, SOFT)
     # Never worse than first come for the top tenant: no lower priority takes what acme holds and
     # wants, and idle GPUs reach its asks at once (fcfs gives it 99.43% here).
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tenants"]["acme"]["slo_attainment"] >= 0.99
-
-
-def _hands_over_in_one_tick(out: Path, path: Path) -> None:
-    """A100s pass from one tenant to the other: cut at one tick, granted to the other pool at the
-    next one, even to a deployment whose agent reports before the drained one (its second report
-    that tick is answered by round on ask), on replica counts as of the tick, not the scrape."""
-    scenario = load_scenario(path)
-    order = [spec.name for spec in scenario.deployment_specs()]
-    decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
-    cuts = {(d["time_s"], d["deployment"]) for d in decisions if d["to"] < d["from"] and "a100" in d["deployment"]}
-    quick = [
-        d
-        for d in decisions
-        if d["to"] > d["from"]
-        and "a100" in d["deployment"]
-        and any(
-            (d["time_s"] - scenario.planner.interval_s, other) in cuts
-            for other in order[order.index(d["deployment"]) + 1 :]
-        )
-    ]
-    assert quick, "no A100 reached an earlier-reporting pool the tick after its holder's cut"
 
 
 def _never_exceeds_the_inventory(out: Path, path: Path) -> None:

@@ -51,12 +51,15 @@ from global_planner.allocation.models import Driver, PoolDemand
 _OBSERVATION_WINDOW_S = 30.0  # the report interval: the noise of one observed rate is sqrt(rate / window)
 _NOISE_SIGMAS = 3.0
 _MAX_DISCOUNT = 0.5  # a cold start longer than half the horizon still leaves a move worth something
-# A pool is short once its load exceeds what its running replicas carry at the SLA (the agent's own
-# per-replica capacity). This is only the bar for taking GPUs others hold and want: idle GPUs go
-# to asks at once without it (:func:`first_claims`). At 0.85 (needed before idle GPUs did) a
-# one-window approach to capacity let acme's prefill take one of beta's two H200s at peak on
-# soft-shortage seeds 6 and 7: acme gained 0.0-0.2 point, beta lost 4 (docs/results.md).
-SHORT_UTILISATION = 1.0
+# A pool is short once its load exceeds this share of what its running replicas carry at the SLA
+# (the agent's own per-replica capacity). This is only the bar for taking GPUs others hold and
+# want: idle GPUs go to asks at once without it (:func:`first_claims`). Measured on the shortage
+# example with the descending agent (docs/results.md): at 1.0 acme's H200 decode pool waited
+# ~15 minutes of rising latency for beta's GPU (acme 98.03%), at 0.95 99.20%, at 0.9 99.79%. With
+# the earlier agent, 0.85 let one window at 87% take one of beta's two H200s on soft-shortage seeds
+# 6 and 7 for 0.0-0.2 point of acme and 4 of beta; with the descending agent soft-shortage does not
+# contend at all and is identical at 0.9, 0.95 and 1.0.
+SHORT_UTILISATION = 0.9
 # The gateway sheds an endpoint's excess only past real overload: some pool serving more than
 # this share of what its running replicas carry. Shedding from 0.85 on turned away requests a
 # pool at its nominal capacity still served (soft-shortage: 24.8k of beta's requests shed against

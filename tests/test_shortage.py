@@ -47,6 +47,10 @@ def test_shortage_global_never_exceeds_the_inventory(runs: dict[str, Path]) -> N
     _never_exceeds_the_inventory(runs["global"], SCENARIO)
 
 
+def test_shortage_global_hands_gpus_over_in_one_tick(runs: dict[str, Path]) -> None:
+    _hands_over_in_one_tick(runs["global"], SCENARIO)
+
+
 def test_soft_shortage_global_never_exceeds_the_inventory(tmp_path: Path) -> None:
     """The same check where the planner moves GPUs least by design (it contests them only on
     observed shortage), so every grant change there is a bid's or an observed shortage's."""
@@ -56,6 +60,28 @@ def test_soft_shortage_global_never_exceeds_the_inventory(tmp_path: Path) -> Non
     # wants, and idle GPUs reach its asks at once (fcfs gives it 99.43% here).
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tenants"]["acme"]["slo_attainment"] >= 0.99
+
+
+def _hands_over_in_one_tick(out: Path, path: Path) -> None:
+    """A100s pass from one tenant to the other: cut at one tick, granted to the other pool at the
+    next one, even to a deployment whose agent reports before the drained one (it reports again
+    that tick once the drain is confirmed, or once a later report's round granted it the GPUs),
+    on replica counts as of the tick, not the scrape."""
+    scenario = load_scenario(path)
+    order = [spec.name for spec in scenario.deployment_specs()]
+    decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    cuts = {(d["time_s"], d["deployment"]) for d in decisions if d["to"] < d["from"] and "a100" in d["deployment"]}
+    quick = [
+        d
+        for d in decisions
+        if d["to"] > d["from"]
+        and "a100" in d["deployment"]
+        and any(
+            (d["time_s"] - scenario.planner.interval_s, other) in cuts
+            for other in order[order.index(d["deployment"]) + 1 :]
+        )
+    ]
+    assert quick, "no A100 reached an earlier-reporting pool the tick after its holder's cut"
 
 
 def _never_exceeds_the_inventory(out: Path, path: Path) -> None:

@@ -37,7 +37,7 @@ from global_planner.service.audit import AUDIT_FILE, SNAPSHOT_FILE, AuditLog, se
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
-from global_planner.service.state import PlannerState
+from global_planner.service.state import PlannerState, UnknownDeployment
 from local_agent.agent import AgentOptions
 from local_agent.models import AgentDecision
 from local_agent.planner_link.client import PlannerClient
@@ -367,7 +367,8 @@ class GlobalPolicy(Policy):
         self, records: list[AgentDecision], now_s: float, observed: dict, committed_at: dict[str, dict[str, int]]
     ) -> None:
         """Agents that bid for more reported before a later report of this tick confirmed a drain
-        of their GPU type report again, so round on ask can grant them the freed GPUs at once.
+        of their GPU type report again, so round on ask can grant them the freed GPUs at once, and
+        so do agents a later report's round granted more than their reply said.
 
         Live, agents report every few seconds while a tick here stands for a whole planner
         interval: the waiting agent's next report, seconds after the confirmation, would get the
@@ -381,9 +382,21 @@ class GlobalPolicy(Policy):
             freed = {
                 gpu for gpu, _ in self.state.wanting(record.deployment) if committed.get(gpu, 0) < before.get(gpu, 0)
             }
-            if freed:
+            if freed or self._raised_after_reply(record.deployment, now_s):
                 self._deliver(record, now_s, observed)
                 committed = self.state.committed_gpus()
+
+    def _raised_after_reply(self, deployment: str, now_s: float) -> bool:
+        """Whether a later report's round this tick granted the deployment more than its reply
+        said: the drain it waited for was confirmed and the freed GPUs went to it in that round,
+        so the tick's committed GPUs did not fall and only the grant shows it (on shortage an A100
+        reached its new pool a tick late this way)."""
+        try:
+            targets = self.state.targets(deployment, now_s)
+        except UnknownDeployment:  # forgotten by the planner (a lapsed lease): nothing granted
+            return False
+        granted = self.last_effects[deployment].granted
+        return any(pool.replicas > granted.get(pool.role, pool.replicas) for pool in targets.pools)
 
     async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
         """The same exchange the live agent runs; applying is the Decision this tick returns."""

@@ -216,10 +216,8 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        backlog_ttft = self.sizer.backlog_ttft_ms(role, lengths)
-        if pressure(role, obs, self.options, self.spec.sla, backlog_ttft) is not None or (
-            self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None
-        ):
+        pressed = pressure(role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths))
+        if pressed is not None or (self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None):
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())
 
         proposal = Proposal(current, R.HOLD, "")
@@ -230,7 +228,7 @@ class LocalAgent:
             reason = R.PREDICTIVE_UP if floor > current else R.PREDICTIVE_DOWN
             proposal = Proposal(floor, reason, f"forecast needs {floor} replicas")
         if self.options.mode != "throughput":
-            react = reactive(role, obs, current, observed_rate, lengths, self.options, self.sizer)
+            react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer)
             if react is not None and (
                 react.wanted > proposal.wanted
                 or (react.wanted < proposal.wanted and react.wanted >= floor and proposal.wanted == current)

@@ -51,7 +51,7 @@ def pressure(
     obs: PoolObservation,
     options: AgentOptions,
     sla: SLA,
-    backlog_ttft_ms: Callable[[float], float | None] | None = None,
+    backlog_ttft_ms: Callable[[float], float] | None = None,
 ) -> tuple[DecisionReason, str] | None:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
     or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
@@ -82,17 +82,18 @@ def pressure(
 def reactive(
     role: PoolRole,
     obs: PoolObservation,
+    pressed: tuple[DecisionReason, str] | None,
     current: int,
     observed_rate: float | None,
     lengths: Lengths | None,
     options: AgentOptions,
     sizer: Sizer,
 ) -> Proposal | None:
-    """One replica more under ``pressure`` (or, ``target: throughput``, when the observed load
-    needs more); one fewer otherwise (the scale-down guard decides whether that is safe).
-    Nothing while added replicas still start (they will absorb the load) — but never a skipped
-    tick."""
-    up = pressure(role, obs, options, sizer.spec.sla, sizer.backlog_ttft_ms(role, lengths))
+    """One replica more under ``pressed`` (this window's :func:`pressure`, which the caller also
+    feeds to the miss memory) or, ``target: throughput``, when the observed load needs more; one
+    fewer otherwise (the scale-down guard decides whether that is safe). Nothing while added
+    replicas still start (they will absorb the load) — but never a skipped tick."""
+    up = pressed
     if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:

@@ -108,7 +108,7 @@ class Sizer:
             reachable *= curve.ceiling
         return attainment >= self.options.target_attainment * reachable
 
-    def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float | None] | None:
+    def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float] | None:
         """The (TTFT-corrected) model's TTFT of a mean prompt arriving behind a prefill backlog
         of so many tokens per replica: the backlog at the mean prompt's cost per token, then the
         prompt itself. None without lengths (the backlog threshold alone then decides)."""
@@ -120,7 +120,7 @@ class Sizer:
         per_token = max(own - model.prefill_overhead_ms, 0.0) / mean_in
         factor = self.ttft.factor
 
-        def wait(backlog: float) -> float | None:
+        def wait(backlog: float) -> float:
             return factor * (backlog * per_token + own)
 
         return wait

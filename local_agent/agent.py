@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
+from local_agent.decide.elapsed import Elapsed
 from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
@@ -73,10 +74,11 @@ class LocalAgent:
         self.predictor = make_predictor(
             options.predictor, interval_s=tick_s, quantile=options.forecast_quantile, **options.predictor_options
         )
-        self.intake = Intake(options, self.predictor, self.entry_role, endpoint_share)
+        self.elapsed = Elapsed(tick_s)
+        self.intake = Intake(options, self.predictor, self.entry_role, endpoint_share, self.elapsed)
         self.sizer = Sizer(spec, models, options, self.intake)
-        self.guard = ScaleDownGuard(options, self.sizer, list(spec.pools))
-        self.knob_tuner = KnobTuner(spec, options.knob_interval_s)
+        self.guard = ScaleDownGuard(options, self.sizer, list(spec.pools), self.elapsed)
+        self.knob_tuner = KnobTuner(spec, options.knob_interval_s, self.elapsed)
         self.pools = {role: _PoolState(pool.initial_replicas) for role, pool in spec.pools.items()}
         self._last_throughput_s = -float("inf")
         # Recent decisions only (bounded: a live agent runs for months; telemetry keeps history).
@@ -122,8 +124,8 @@ class LocalAgent:
             self.intake.unknown(now_s)
         lengths = self.intake.lengths()
         self.sizer.learn_ttft(pools.get(self.entry_role), observed_rate, lengths)
-        run_throughput = (
-            self.options.mode != "load" and now_s - self._last_throughput_s >= self.options.throughput_interval_s - 1e-9
+        run_throughput = self.options.mode != "load" and self.elapsed.reached(
+            now_s, self._last_throughput_s, self.options.throughput_interval_s
         )
         if run_throughput and lengths is not None:
             # The interval counts from the first sizing, which runs as soon as a window has

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from fleet_planner.knobs import DEFAULT_MAX_NUM_SEQS, EngineKnobs
 from fleet_planner.perf.operating import agg_point, decode_point
 from fleet_planner.planning import SLA, DeploymentSpec, PoolRole
+from local_agent.decide.elapsed import Elapsed
 from local_agent.decide.intake import Lengths
 from local_agent.decide.sizer import Sizer
 from local_agent.sizing import EngineModel
@@ -102,11 +103,12 @@ class KnobTuner:
     quarter of it when the (corrected) profile or the lengths moved by more than
     :data:`MATERIAL_SHIFT` at the knobs in force."""
 
-    def __init__(self, spec: DeploymentSpec, interval_s: float):
+    def __init__(self, spec: DeploymentSpec, interval_s: float, elapsed: Elapsed):
         self.knobs: dict[PoolRole, EngineKnobs] = {role: EngineKnobs.of(pool) for role, pool in spec.pools.items()}
         self.configured = dict(self.knobs)
         self.reasons: dict[PoolRole, str] = dict.fromkeys(spec.pools, "as configured")
         self.interval_s = interval_s
+        self.elapsed = elapsed
         self._last_s = -math.inf
         self._seen: dict[PoolRole, tuple[float, float]] = {}
 
@@ -123,15 +125,14 @@ class KnobTuner:
         }
 
     def _due(self, now_s: float, seen: dict[PoolRole, tuple[float, float]]) -> bool:
-        elapsed = now_s - self._last_s
-        if elapsed >= self.interval_s - 1e-9:
+        if self.elapsed.reached(now_s, self._last_s, self.interval_s):
             return True
         shifted = any(
             abs(new - old) > MATERIAL_SHIFT * old
             for role, values in seen.items()
             for new, old in zip(values, self._seen.get(role, values), strict=True)
         )
-        return shifted and elapsed >= self.interval_s / 4 - 1e-9
+        return shifted and self.elapsed.reached(now_s, self._last_s, self.interval_s / 4)
 
     def spec_with(self, spec: DeploymentSpec, role: PoolRole, knobs: EngineKnobs) -> DeploymentSpec:
         """``spec`` with one pool's knobs replaced: what sizing must use once they are in force."""

@@ -166,14 +166,25 @@ async def start_prometheus(binary: str, work: Path, scrape_s: float, targets: li
     prometheus.set_targets(targets)
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
-        while True:
+        while not await _scraped(session, url, len(targets)):
             if prometheus.service.process.returncode is not None:
                 raise prometheus.service.failed()
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url + "/-/ready") as response:
-                    if response.status == 200:
-                        return prometheus
             if time.monotonic() > deadline:
                 await prometheus.service.stop()
-                raise InputError(f"prometheus not ready within 60 s (see {prometheus.service.log})")
+                raise InputError(f"prometheus had not scraped every target within 60 s (see {prometheus.service.log})")
             await asyncio.sleep(0.2)
+    return prometheus
+
+
+async def _scraped(session: aiohttp.ClientSession, url: str, targets: int) -> bool:
+    """Prometheus is ready and has scraped each of the ``targets`` successfully: only then does
+    the replay start, as a production fleet's Prometheus is running long before its agents (the
+    agent's first window would otherwise read nothing while the scrapes were still to come)."""
+    with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError):
+        async with session.get(url + "/-/ready") as response:
+            if response.status != 200:
+                return False
+        async with session.get(url + "/api/v1/targets", params={"state": "active"}) as response:
+            active = (await response.json())["data"]["activeTargets"]
+        return len(active) >= targets and all(t["health"] == "up" for t in active)
+    return False

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from fleet_planner.planning import PoolObservation, PoolRole
+from local_agent.decide.elapsed import Elapsed
 from local_agent.decide.intake import Lengths
 from local_agent.decide.options import AgentOptions
 from local_agent.decide.reactive import Proposal
@@ -56,9 +57,10 @@ class PoolMemory:
 
 
 class ScaleDownGuard:
-    def __init__(self, options: AgentOptions, sizer: Sizer, roles: list[PoolRole]):
+    def __init__(self, options: AgentOptions, sizer: Sizer, roles: list[PoolRole], elapsed: Elapsed):
         self.options = options
         self.sizer = sizer
+        self.elapsed = elapsed
         self.pools = {role: PoolMemory() for role in roles}
 
     def scaled(self, role: PoolRole, now_s: float, direction: int) -> None:
@@ -85,7 +87,7 @@ class ScaleDownGuard:
             return
         history = self.pools[role].recommendations
         history.append((now_s, count))
-        while history and history[0][0] <= now_s - window:
+        while history and self.elapsed.reached(now_s, history[0][0], window):
             history.popleft()
 
     def check(
@@ -104,12 +106,14 @@ class ScaleDownGuard:
         """The proposal if its scale-down is safe (else a hold at ``current`` with the reason),
         and the fewest replicas (not below ``floor``) that are safe now: this tick's
         recommendation for the stabilisation window."""
-        if now_s - self.pools[role].last_scale_up_s < self.options.scale_down_grace_s:
+        if not self.elapsed.reached(now_s, self.pools[role].last_scale_up_s, self.options.scale_down_grace_s):
             return Proposal(current, R.GRACE_PERIOD, "replicas were just added"), current
         if obs.starting > 0:
             return Proposal(current, R.HOLD, "replicas still starting"), current
         memory = self.pools[role]
-        if memory.last_direction > 0 and now_s - memory.last_reversal_s < self.options.reversal_interval_s:
+        if memory.last_direction > 0 and not self.elapsed.reached(
+            now_s, memory.last_reversal_s, self.options.reversal_interval_s
+        ):
             detail = f"last direction reversal {now_s - memory.last_reversal_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), current
         # Consolidation: after removing replicas the survivors carry current/wanted times the
@@ -148,7 +152,7 @@ class ScaleDownGuard:
         if self.options.stabilization_window_s > 0:
             while lowest - 1 >= floor and refusal(lowest - 1) is None:
                 lowest -= 1
-        if now_s - memory.last_scale_down_s < self.options.scale_down_dwell_s:
+        if not self.elapsed.reached(now_s, memory.last_scale_down_s, self.options.scale_down_dwell_s):
             # Safe, but the last step is still being observed: wait (the recommendation stands).
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), lowest
@@ -158,7 +162,7 @@ class ScaleDownGuard:
         """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
         if self.options.miss_memory_s <= 0 or wanted <= 0:
             return None
-        while memory.misses and memory.misses[0][0] < now_s - self.options.miss_memory_s:
+        while memory.misses and self.elapsed.beyond(now_s, memory.misses[0][0], self.options.miss_memory_s):
             memory.misses.popleft()
         if not memory.misses:
             return None

@@ -13,6 +13,7 @@ from collections import deque
 import numpy as np
 
 from fleet_planner.planning import Distribution, PoolObservation, PoolRole
+from local_agent.decide.elapsed import Elapsed
 from local_agent.decide.options import AgentOptions
 from local_agent.forecast.base import Predictor
 from local_agent.perf_correction import CorrectedPerfModel
@@ -20,6 +21,10 @@ from local_agent.sizing.burstiness import count_dispersion
 
 MAX_PREFIX_HIT = 0.9  # sizing never counts on more prefix-cache reuse than this
 SMOOTHING_WINDOWS = 4  # windows averaged into the load that SLA misses are remembered at
+# Requests whose lengths must have been seen before sizing trusts their distribution: a window
+# holding one request would otherwise set the first forecast sizing (and the schedule of the next
+# ones) from that request alone.
+MIN_LENGTH_REQUESTS = 10
 
 Lengths = tuple[Distribution, Distribution]
 
@@ -27,8 +32,16 @@ Lengths = tuple[Distribution, Distribution]
 class Intake:
     """Per-deployment memory of recent windows; ``observe`` returns the admitted rate (or None)."""
 
-    def __init__(self, options: AgentOptions, predictor: Predictor, entry_role: PoolRole, endpoint_share: float | None):
+    def __init__(
+        self,
+        options: AgentOptions,
+        predictor: Predictor,
+        entry_role: PoolRole,
+        endpoint_share: float | None,
+        elapsed: Elapsed,
+    ):
         self.options = options
+        self.elapsed = elapsed
         self.predictor = predictor
         self.entry_role = entry_role
         self.endpoint_share = endpoint_share
@@ -108,8 +121,9 @@ class Intake:
         return min(max(pooled, 0.0), MAX_PREFIX_HIT)
 
     def lengths(self) -> Lengths | None:
-        """Count-weighted pool of recent windows' length summaries (tail-aware: keeps p90/p99)."""
-        if not self._lengths:
+        """Count-weighted pool of recent windows' length summaries (tail-aware: keeps p90/p99);
+        None until :data:`MIN_LENGTH_REQUESTS` requests are in it."""
+        if sum(count for count, _, _ in self._lengths) < MIN_LENGTH_REQUESTS:
             return None
         weights = np.array([count for count, _, _ in self._lengths], dtype=float)
         weights /= weights.sum()
@@ -129,10 +143,10 @@ class Intake:
     def idle(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> bool:
         """Traffic stopped: nothing admitted for ``idle_after_s`` and nothing queued. (The anchor
         skipped its tick on zero traffic and never scaled down.)"""
-        if self.started_s is None or now_s - self.started_s < self.options.idle_after_s:
+        if self.started_s is None or not self.elapsed.reached(now_s, self.started_s, self.options.idle_after_s):
             return False
         last = self.last_admission_s
-        if last is not None and now_s - last < self.options.idle_after_s:
+        if last is not None and not self.elapsed.reached(now_s, last, self.options.idle_after_s):
             return False
         queued = sum((obs.queued_requests or 0) for obs in pools.values())
         return queued == 0

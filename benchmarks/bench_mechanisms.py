@@ -67,11 +67,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+window": {"stabilization_window_s": 300.0},  # (now shorter than the default window)
     # The scale-down descent (docs/local-agent.md): the defaults without each of its parts, and
     # two settings measured on the tuning half but not adopted (docs/matrix.md).
-    "descent-off": {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False},
+    "descent-off": {
+        "stabilization_window_s": 0.0,
+        "down_margin": 0.0,
+        "scale_down_dwell_s": 0.0,
+        "near_miss": False,
+        "warmup_windows": 0,
+    },
     "defaults-near-miss": {"near_miss": False},
     "defaults-dwell": {"scale_down_dwell_s": 0.0},
     "defaults-window": {"stabilization_window_s": 0.0},
     "defaults-band": {"down_margin": 0.0},
+    "defaults-warmup": {"warmup_windows": 0},
+    "defaults+warmup3": {"warmup_windows": 3},
+    "defaults+warmup8": {"warmup_windows": 8},
     "defaults+kalman": {"predictor": "kalman"},
     "defaults+p50": {"forecast_quantile": 0.5},
     "defaults+window900+dwell180": {"stabilization_window_s": 900.0, "scale_down_dwell_s": 180.0},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_agent_weaknesses import DESCENT_OFF
 
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentSpec, Distribution, FleetObservation, PoolObservation, PoolSpec
@@ -52,9 +53,6 @@ def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_repl
             for role in roles
         },
     )
-
-
-DESCENT_OFF = {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False}
 
 
 def agent(deployment: DeploymentSpec | None = None, **options) -> LocalAgent:

@@ -7,14 +7,12 @@ default options: stabilisation window, dead band, dwell between steps and near-m
 
 from __future__ import annotations
 
-from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, observe, run, spec
+from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, TICK, observe, run, spec
 
 from fleet_planner.planning import Distribution
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
-
-DESCENT_OFF = {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False}
 
 
 def agent(initial: int, **options) -> LocalAgent:
@@ -96,3 +94,19 @@ def test_ticks_without_traffic_data_do_not_pin_the_stabilisation_window() -> Non
     targets = [d.pools[0].target for d in run(a, 0.0, 20, late)]
     assert a.options.stabilization_window_s > 20 * TICK
     assert targets[-1] < 8
+
+
+def test_no_scale_down_before_the_warm_up_windows() -> None:
+    """The model says a light load allows fewer replicas from the first window; the agent waits
+    until it has seen ``warmup_windows`` windows of traffic, and only then descends."""
+
+    def light(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"])]
+
+    eager = run(agent(8, warmup_windows=0), 0.0, 12, light)
+    assert eager[0].pools[0].target < 8  # without the warm-up: down on the first window
+    warm = agent(8)
+    decisions = run(warm, 0.0, 12, light)
+    first_down = next(i for i, d in enumerate(decisions) if d.pools[0].target < 8)
+    assert first_down == warm.options.warmup_windows - 1  # the window that completes the warm-up
+    assert all("warming up" in d.pools[0].detail for d in decisions[:first_down])

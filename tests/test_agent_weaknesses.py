@@ -63,7 +63,13 @@ def spec(
     )
 
 
-DESCENT_OFF = {"stabilization_window_s": 0.0, "down_margin": 0.0, "scale_down_dwell_s": 0.0, "near_miss": False}
+DESCENT_OFF = {
+    "stabilization_window_s": 0.0,
+    "down_margin": 0.0,
+    "scale_down_dwell_s": 0.0,
+    "near_miss": False,
+    "warmup_windows": 0,
+}
 
 
 def agent(deployment: DeploymentSpec, **options) -> LocalAgent:

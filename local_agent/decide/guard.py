@@ -9,8 +9,10 @@ no scale-down that reverses a scale-up within ``reversal_interval_s`` of the poo
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
 ``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
-*dwell*: a safe scale-down still waits ``scale_down_dwell_s`` after the pool's last one, so each
-step is observed before the next;
+*warm-up*: none before ``warmup_windows`` windows of traffic were observed (until then the
+forecast has no error estimate and the burstiness, TTFT correction and miss memory have next to
+nothing to learn from, so "safe" is the uncorrected model's word alone); *dwell*: a safe scale-down still
+waits ``scale_down_dwell_s`` after the pool's last one, so each step is observed before the next;
 *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
 Together (the defaults) they make a pool started above its need converge on it from above
@@ -152,6 +154,12 @@ class ScaleDownGuard:
         if self.options.stabilization_window_s > 0:
             while lowest - 1 >= floor and refusal(lowest - 1) is None:
                 lowest -= 1
+        seen = self.sizer.intake.windows
+        if seen < self.options.warmup_windows:
+            # Safe by the model, but a model not yet checked against the traffic: wait (the
+            # recommendation stands).
+            detail = f"warming up: {seen} of {self.options.warmup_windows} windows observed"
+            return Proposal(current, R.GRACE_PERIOD, detail), lowest
         if not self.elapsed.reached(now_s, memory.last_scale_down_s, self.options.scale_down_dwell_s):
             # Safe, but the last step is still being observed: wait (the recommendation stands).
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"

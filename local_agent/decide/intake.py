@@ -52,6 +52,7 @@ class Intake:
         self._rates: deque[float] = deque(maxlen=SMOOTHING_WINDOWS)
         self.last_admission_s: float | None = None
         self.started_s: float | None = None
+        self.windows = 0  # windows with an admission metric observed so far
 
     def observe(self, now_s: float, pools: dict[PoolRole, PoolObservation], decode: object) -> float | None:
         """Take one tick's observations; ``decode`` is the decode pool's model (learns if it can)."""
@@ -63,6 +64,7 @@ class Intake:
         count = entry.endpoint_admitted * self.endpoint_share if shared else entry.admitted  # type: ignore[operator]
         rate = count / entry.window_s
         self.predictor.observe(rate)
+        self.windows += 1
         self._counts.append(count)
         self._rates.append(rate)
         if self.started_s is None:

@@ -70,6 +70,12 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="no scale-down this long after a scale-down: each step is observed before the next",
     )
+    warmup_windows: int = Field(
+        default=5,
+        ge=0,
+        description="no scale-down before this many windows of traffic were observed: until then the "
+        "forecast has no error estimate and the model's corrections nothing to learn from",
+    )
     miss_margin: float = Field(
         default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
     )

@@ -46,10 +46,11 @@ class TenantPolicy(BaseModel):
     fleet: FleetInventory
     tenants: dict[str, TenantLimits] = Field(default_factory=dict)
     deployments: list[PoolOverride] = Field(default_factory=list)
-    endpoint_split: Literal["cost", "capacity"] = Field(
-        default="cost",
-        description="how an endpoint served by several deployments is split among them: by cost and capacity, "
-        "chosen each round (docs/global-planner.md), or fixed by each deployment's capacity at max_replicas",
+    endpoint_split: Literal["capacity", "cost"] = Field(
+        default="capacity",
+        description="how an endpoint served by several deployments is split among them: fixed by each "
+        "deployment's capacity at max_replicas, or by cost and capacity, chosen each round (opt-in: measured "
+        "worse on the shortage examples, docs/global-planner.md)",
     )
 
     @model_validator(mode="after")

@@ -115,6 +115,9 @@ def test_a_move_must_save_a_replica_and_a_clear_share_of_the_gpus() -> None:
     even = [_agg("x", "h200", 10.0), _agg("y", "a100", 9.5)]
     kept = decide(even, 18.0, PLENTY, since_move_s=1e9)
     assert not kept.moved and kept.shares == {"x": 0.5, "y": 0.5} and "not worth it" in kept.reason
+    # A split within min_shift (5 points) of the cheapest is the cheapest: telling agents is not worth it.
+    close = [_agg("h", "h200", 10.0, share=0.97), _agg("a", "a100", 4.0, share=0.03)]
+    assert "is the current one" in decide(close, 30.0, PLENTY, since_move_s=1e9).reason
 
 
 def test_a_saving_move_waits_for_the_dwell_but_serving_more_does_not() -> None:
@@ -164,7 +167,8 @@ def _register(state: PlannerState, name: str, gpu: str, capacity_rps: float) -> 
 
 def _report(state: PlannerState, name: str, seq: int, now: float, replica_rps: float, upper: float):
     curve = [min(1.0, k / 3) for k in range(9)]
-    pool = PoolReport(role="agg", ready=1, curve=curve, replica_capacity_rps=replica_rps, wanted_replicas=3)
+    # No wanted_replicas: the split prices the pool at its nominal capacity (no sizing to calibrate by).
+    pool = PoolReport(role="agg", ready=1, curve=curve, replica_capacity_rps=replica_rps)
     report = AgentReport(
         deployment=name,
         session_id=f"s-{name}",
@@ -181,7 +185,9 @@ def test_the_cheaper_deployment_gets_the_larger_share_and_a_steady_load_keeps_it
     forecast their share of 30 rps (upper); the planner moves the split towards h200 (its two
     GPUs carry 24 rps, two A100s the rest), tells the agents, routes by it, and keeps it while
     the load is steady."""
-    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 2, "a100": 8}}, "tenants": {"acme": {}}})
+    policy = TenantPolicy.model_validate(
+        {"fleet": {"gpus": {"h200": 2, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
+    )
     state = PlannerState(policy)
     _register(state, "chat-h200", "h200", 40.0)
     _register(state, "chat-a100", "a100", 40.0)
@@ -221,7 +227,9 @@ def test_capacity_mode_keeps_the_registered_split() -> None:
 
 
 def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
-    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 2, "a100": 8}}, "tenants": {"acme": {}}})
+    policy = TenantPolicy.model_validate(
+        {"fleet": {"gpus": {"h200": 2, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
+    )
     state = PlannerState(policy)
     _register(state, "chat-h200", "h200", 40.0)
     _register(state, "chat-a100", "a100", 40.0)
@@ -260,3 +268,32 @@ def test_an_agent_forecasts_its_endpoint_and_plans_for_a_new_share_at_once() -> 
     decision = tick(20)  # 60 s after the last throughput run: sized again at once
     assert decision.loop == "throughput" and decision.observed_rps == pytest.approx(20.0)
     assert a.sizer.forecast.mean == pytest.approx(20.0) and a.sizer.forecast.upper == pytest.approx(20.0)
+
+
+def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
+    """The nominal per-replica capacity is the ITL limit's throughput; an agent that wants four
+    replicas for 12 rps counts on 3 rps each, and the split prices its pool so. A deployment with
+    no load of its own (share 0) is scaled by the endpoint's lowest ratio."""
+    from global_planner.service.state import _split_members
+
+    policy = TenantPolicy.model_validate(
+        {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
+    )
+    state = PlannerState(policy)
+    _register(state, "chat-h200", "h200", 40.0)
+    _register(state, "chat-a100", "a100", 40.0)
+    for name, replica_rps, upper, wanted in (("chat-h200", 12.0, 12.0, 4), ("chat-a100", 4.0, 0.0, 0)):
+        pool = PoolReport(
+            role="agg", ready=1, curve=[0.0, 1.0], replica_capacity_rps=replica_rps, wanted_replicas=wanted
+        )
+        forecast = Forecast(mean_rps=upper, upper_rps=upper)
+        report = AgentReport(deployment=name, session_id=f"s-{name}", sequence=1, forecast=forecast, pools=[pool])
+        state.report(report, 10.0)
+    ratios: dict[tuple[str, str], float] = {}
+    members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    capacity = {m.deployment: m.pools[0].replica_capacity_rps for m in members}
+    assert capacity == pytest.approx({"chat-h200": 3.0, "chat-a100": 1.0})
+    # One report moves the remembered ratio by a tenth: a share's effect on sizing is damped.
+    ratios[("chat-h200", "agg")] = 0.5
+    members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)

@@ -82,6 +82,9 @@ class SplitRule(FrozenModel):
         description="share of the rate a move must newly carry to be urgent",
     )
     dwell_s: float = Field(default=300.0, ge=0, allow_inf_nan=False, description="no saving move sooner after a move")
+    min_shift: float = Field(
+        default=0.05, ge=0, le=1, allow_inf_nan=False, description="no move changing every share by less than this"
+    )
 
 
 class SplitPlan(FrozenModel):
@@ -236,6 +239,8 @@ def decide(
     shares = best.shares()
     if shares is None:
         return SplitDecision(shares=current, moved=False, reason="kept: no deployment has capacity")
+    if max(abs(shares[name] - current[name]) for name in shares) < rule.min_shift:
+        return SplitDecision(shares=current, moved=False, reason="kept: the cheapest split is the current one")
     served_more = kept_plan(members, rate_rps, budget).unserved_rps - _short(rate_rps, sum(best.capacity_rps.values()))
     saved = kept.gpus - best.gpus
     at = f"at {rate_rps:.1f} rps (+{rule.serve_margin:.0%}): {best.gpus} GPUs, {best.unserved_rps:.1f} rps unserved"

@@ -94,6 +94,7 @@ class PlannerState:
         self.split_changes: dict[str, int] = {}
         self._sent_share: dict[str, float | None] = {}  # the share each agent was last told
         self._report_share: dict[str, float | None] = {}  # the share its last report was planned with
+        self._capacity_ratio: dict[tuple[str, str], float] = {}  # sized / nominal capacity, smoothed
 
     # ----------------------------------------------------------------- queries
 
@@ -418,7 +419,7 @@ class PlannerState:
                 continue
             since = now - self._split_moved_s.get(endpoint, float("-inf"))
             decisions[endpoint] = decide(
-                [_split_member(m, current.get(m.name, 0.0)) for m in members],
+                _split_members(members, current, self._capacity_ratio),
                 self._endpoint_rate(members),
                 self._split_budget(endpoint, members),
                 since_move_s=since,
@@ -469,6 +470,8 @@ class PlannerState:
         for table in (self._sent_share, self._report_share):
             for name in [n for n in table if n not in self._deployments]:
                 del table[name]
+        for key in [k for k in self._capacity_ratio if k[0] not in self._deployments]:
+            del self._capacity_ratio[key]
 
     def _split_records(self, splits: dict[str, SplitDecision]) -> dict[str, SplitRecord]:
         return {
@@ -527,22 +530,57 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
             new.grant_decision_id, new.reason = old.grant_decision_id, old.reason
 
 
-def _split_member(dep: DeploymentState, share: float) -> SplitMember:
-    """A deployment as the split sees it: its pools' bounds and what its last report says one
-    replica of each carries (None until it reported)."""
-    reported = {p.role: p.replica_capacity_rps for p in dep.report.pools} if dep.report is not None else {}
-    return SplitMember(
-        deployment=dep.name,
-        share=min(max(share, 0.0), 1.0),
-        pools=[
+RATIO_SMOOTHING = 0.1  # weight of one report in a pool's sized / nominal capacity ratio
+
+
+def _split_members(
+    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float]
+) -> list[SplitMember]:
+    """The deployments as the split sees them: bounds, and what one replica of each pool carries
+    by its agent's own sizing: its nominal capacity times the share of it the agent counts on
+    (:func:`_sized_ratio`, smoothed over reports in ``ratios``, updated here; a pool never sized
+    above its minimum gets the endpoint's lowest ratio). The nominal ``replica_capacity_rps``
+    alone (the ITL limit's throughput) was measured far too optimistic for this: on ``shortage``
+    it planned 88 rps on six H200 GPUs. Smoothing keeps a share's own effect on the agents'
+    sizing from moving the split back and forth."""
+    for member in members:
+        for role in member.pools:
+            ratio = _sized_ratio(member, role)
+            if ratio is not None:
+                old = ratios.get((member.name, role))
+                ratios[(member.name, role)] = ratio if old is None else old + RATIO_SMOOTHING * (ratio - old)
+    known = [ratios[(m.name, role)] for m in members for role in m.pools if (m.name, role) in ratios]
+    fallback = min(known) if known else 1.0
+    out = []
+    for member in members:
+        nominal = {p.role: p.replica_capacity_rps for p in member.report.pools} if member.report else {}
+        pools = [
             SplitPool(
                 role=role,
                 gpu_type=pool.spec.gpu_type,
                 gpus_per_replica=pool.spec.gpus_per_replica,
                 min_replicas=pool.spec.min_replicas,
                 max_replicas=pool.spec.max_replicas,
-                replica_capacity_rps=reported.get(role),
+                replica_capacity_rps=(
+                    None if nominal.get(role) is None else nominal[role] * ratios.get((member.name, role), fallback)  # type: ignore[operator]
+                ),
             )
-            for role, pool in sorted(dep.pools.items())
-        ],
-    )
+            for role, pool in sorted(member.pools.items())
+        ]
+        share = min(max(shares.get(member.name, 0.0), 0.0), 1.0)
+        out.append(SplitMember(deployment=member.name, share=share, pools=pools))
+    return out
+
+
+def _sized_ratio(dep: DeploymentState, role: PoolRole) -> float | None:
+    """The share of a pool's nominal per-replica capacity its agent's sizing counts on: its
+    forecast upper rate over the replicas it wants, over the nominal. None when the report says
+    nothing of it: no rate, or a count held at the pool's minimum or maximum."""
+    report = dep.report
+    pool = next((p for p in report.pools if p.role == role), None) if report is not None else None
+    if report is None or pool is None or pool.replica_capacity_rps is None or report.forecast is None:
+        return None
+    spec, wanted, upper = dep.pools[role].spec, pool.wanted_replicas, report.forecast.upper_rps
+    if wanted is None or not spec.min_replicas < wanted < spec.max_replicas or upper <= 0:
+        return None
+    return min(1.0, upper / wanted / pool.replica_capacity_rps)

@@ -2,9 +2,9 @@
 capacity, and stably.
 
 Each deployment's agent plans for a share of its endpoint's rate (``Targets.endpoint_share``).
-Given what the agents report each round — per pool the requests/s one replica carries at the SLA
-with the observed lengths (``replica_capacity_rps``), its GPUs per replica and bounds, and the
-endpoint's forecast upper rate — :func:`cheapest_plan` chooses integer replica counts per
+Given each pool's requests/s per replica (the planner derives it from the agents' reports: their
+nominal ``replica_capacity_rps`` scaled by what their sizing counts on), GPUs per replica and
+bounds, and the endpoint's forecast upper rate, :func:`cheapest_plan` chooses integer replica counts per
 deployment that carry that rate with the fewest GPUs: minimum replicas are paid anyway, so their
 capacity counts first; beyond them the cheapest requests/s per GPU (a disaggregated deployment's
 counts both its pools) until the rate is carried, within each pool's maximum and the GPUs of its
@@ -12,10 +12,13 @@ type free for the endpoint. When no plan carries the rate, it serves as much as 
 served within the SLO, ``min(rate, capacity)``, is concave in every deployment's capacity). A
 deployment's share is its planned capacity over the endpoint's.
 
-:func:`decide` adds the stability rule: the split moves only when the new plan serves clearly
-more of the rate than keeping the current split (at once), or carries it with at least one
-replica's GPUs (and ``min_saving`` of the GPUs) fewer, no sooner than ``dwell_s`` after the last
-move. A steady load thus keeps a steady split, and the agents' grants do not churn with it.
+:func:`decide` adds the stability rule: the split moves only when it changes some share by
+``min_shift`` or more and the new plan serves clearly more of the rate than keeping the current
+split (at once), or carries it with at least one replica's GPUs (and ``min_saving`` of the GPUs)
+fewer, no sooner than ``dwell_s`` after the last move. A steady load thus keeps a steady split,
+and the agents' grants do not churn with it. The planner uses it under the tenant policy's
+``endpoint_split: cost`` (opt-in: measured worse than the fixed capacity split on the shortage
+examples, docs/global-planner.md).
 """
 
 from __future__ import annotations

@@ -297,3 +297,13 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
     ratios[("chat-h200", "agg")] = 0.5
     members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
     assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)
+
+
+def test_a_share_of_zero_reaches_the_agent_as_zero_not_as_alone() -> None:
+    """A deployment the cost split does not need is told 0 over the wire; None still means alone."""
+    from fleet_planner.contract import convert
+    from fleet_planner.contract.models import Targets
+
+    for share in (0.0, 0.25, None):
+        sent = Targets(deployment="d", planner_time_s=1.0, endpoint_share=share)
+        assert convert.targets_from_pb(convert.targets_to_pb(sent), "d").endpoint_share == share

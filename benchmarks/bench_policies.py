@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_sim.adapters.planner import GlobalPolicy  # noqa: E402
 from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize, write_outputs  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
@@ -78,7 +79,8 @@ def main() -> int:
             planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **options})
             scenario = scenario.model_copy(update={"planner": planner})
         workload = build_workload(scenario)
-        result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
+        arbiter = make_policy(scenario, workload)
+        result = FleetSimulation(scenario, workload, arbiter).run()
         summary = write_outputs(result, Path(args.out) / policy) if args.out else summarize(result)
         stability = scaling_stability(result)
         policy_file = scenario.planner.options.get("policy_file")
@@ -98,6 +100,7 @@ def main() -> int:
             "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
             "max_changes_per_pool_hour": max(changes.values(), default=0.0),
             "max_reversals_per_hour": max(reversals.values(), default=0.0),
+            "split_moves": dict(arbiter.state.split_changes) if isinstance(arbiter, GlobalPolicy) else None,
             "deployments": {
                 name: {
                     "slo_attainment": d["slo_attainment"],
@@ -142,6 +145,9 @@ def main() -> int:
             f"{'':<14}worst deployment: {row['max_reversals_per_hour']:.1f} reversals/h,"
             f" {row['max_changes_per_pool_hour']:.1f} changes/pool-h"
         )
+        if row["split_moves"] is not None:
+            moves = ", ".join(f"{name} {count}" for name, count in row["split_moves"].items()) or "none"
+            print(f"{'':<14}shared endpoints' split moves: {moves}")
     if any(row["clairvoyant"] for row in rows.values()):
         print("* clairvoyant (knows the future load): the physical limit, not a real policy")
     return 0

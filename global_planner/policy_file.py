@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 from weakref import WeakKeyDictionary
 
 import yaml
@@ -45,6 +46,12 @@ class TenantPolicy(BaseModel):
     fleet: FleetInventory
     tenants: dict[str, TenantLimits] = Field(default_factory=dict)
     deployments: list[PoolOverride] = Field(default_factory=list)
+    endpoint_split: Literal["capacity", "cost"] = Field(
+        default="capacity",
+        description="how an endpoint served by several deployments is split among them: fixed by each "
+        "deployment's capacity at max_replicas, or by cost and capacity, chosen each round (opt-in: measured "
+        "worse on the shortage examples, docs/global-planner.md)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TenantPolicy:

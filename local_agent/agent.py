@@ -104,6 +104,9 @@ class LocalAgent:
 
     @endpoint_share.setter
     def endpoint_share(self, share: float | None) -> None:
+        """A new share is planned for at the next step (its sizing runs then, not an interval later)."""
+        if share != self.intake.endpoint_share and self.intake.endpoint_share is not None:
+            self._last_throughput_s = -float("inf")
         self.intake.endpoint_share = share
 
     def targets(self) -> dict[PoolRole, int]:

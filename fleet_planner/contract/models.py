@@ -190,7 +190,7 @@ class Targets(FrozenModel):
         description="the endpoint admits at most this many requests/s; excess is shed",
     )
     endpoint_share: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="share of the endpoint's traffic to plan for; None: alone"
+        default=None, ge=0.0, le=1.0, description="share of the endpoint's traffic to plan for; None: alone"
     )
 
 
@@ -239,6 +239,15 @@ class DeploymentRecord(FrozenModel):
     pools: list[PoolRecord]
 
 
+class SplitRecord(FrozenModel):
+    """How a shared endpoint's rate is split among its deployments after a round, and why."""
+
+    shares: dict[str, float]
+    moved: bool = Field(description="the split changed in this round")
+    reason: str
+    changes: int = Field(default=0, ge=0, description="moves of this endpoint's split since the planner started")
+
+
 class RoundRecord(FrozenModel):
     """One line of ``decisions.jsonl``: enough to explain the round and to restart from it."""
 
@@ -255,5 +264,8 @@ class RoundRecord(FrozenModel):
     routing: dict[str, dict[str, float]] = Field(default_factory=dict)
     admission_rps: dict[str, float] = Field(
         default_factory=dict, description="endpoints shedding load: admitted requests/s"
+    )
+    splits: dict[str, SplitRecord] = Field(
+        default_factory=dict, description="shared endpoints: each deployment's share of the rate"
     )
     deployments: list[DeploymentRecord]

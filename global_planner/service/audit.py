@@ -343,6 +343,9 @@ def explain(record: RoundRecord) -> str:
                 )
     for endpoint, weights in record.routing.items():
         lines.append(f"routing {endpoint}: " + ", ".join(f"{d} {w:.0%}" for d, w in weights.items()))
+    for endpoint, split in record.splits.items():
+        shares = ", ".join(f"{d} {share:.0%}" for d, share in split.shares.items())
+        lines.append(f"split {endpoint}: {shares} - {split.reason} ({split.changes} move(s) so far)")
     for endpoint, admitted in record.admission_rps.items():
         lines.append(
             f"admission {endpoint}: at most {admitted:.2f} requests/s"

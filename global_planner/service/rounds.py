@@ -7,7 +7,7 @@ A round is settled against the state *as it is after the solve*, persisted, then
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet_planner.contract.models import (
     AgentReport,
@@ -19,6 +19,7 @@ from fleet_planner.contract.models import (
 )
 from fleet_planner.planning import PoolRole
 from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, endpoint_plans
+from global_planner.allocation.split import SplitDecision
 from global_planner.policy_file import TenantPolicy
 from global_planner.service import drains
 from global_planner.service.ledger import DeploymentState, PoolState, committed_gpus
@@ -169,6 +170,7 @@ class Round(Outcome):
 
     record: RoundRecord
     version: int
+    splits: dict[str, SplitDecision] = field(default_factory=dict)
 
 
 def record(

@@ -63,7 +63,7 @@ class Intake:
         shared = self.endpoint_share is not None and entry.endpoint_admitted is not None
         count = entry.endpoint_admitted * self.endpoint_share if shared else entry.admitted  # type: ignore[operator]
         rate = count / entry.window_s
-        self.predictor.observe(rate)
+        self.predictor.observe(self._endpoint_rate(entry, rate) if self.endpoint_share is not None else rate)
         self.windows += 1
         self._counts.append(count)
         self._rates.append(rate)
@@ -83,6 +83,16 @@ class Intake:
         if entry.prefix_hit_rate is not None:
             self._prefix_hits.append((max(entry.admitted, 1), entry.prefix_hit_rate))
         return rate
+
+    def _endpoint_rate(self, entry: PoolObservation, rate: float) -> float | None:
+        """What a deployment sharing its endpoint forecasts: the endpoint's rate (its own traffic
+        read as its share of it when the endpoint's is missing; unknown at a share of 0). Its
+        forecast is then scaled by the share in force when it sizes, so a new share counts at once
+        instead of showing up as a step in the forecast's history."""
+        if entry.endpoint_admitted is not None:
+            return entry.endpoint_admitted / entry.window_s
+        share = self.endpoint_share or 0.0
+        return rate / share if share > 0 else None
 
     def unknown(self, now_s: float) -> None:
         """No usable admission metric this tick: the predictor sees a gap, and the agent never

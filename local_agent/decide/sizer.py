@@ -145,6 +145,9 @@ class Sizer:
         startup = max(pool.startup_s for pool in self.spec.pools.values())
         steps = max(1, math.ceil((startup + self.options.throughput_interval_s) / tick_s))
         forecast = predictor.predict_max(steps)
+        share = self.intake.endpoint_share
+        if share is not None:  # the predictor forecasts the endpoint's rate (see Intake.observe)
+            forecast = forecast.model_copy(update={"mean": forecast.mean * share, "upper": forecast.upper * share})
         self.forecast = forecast
         self.curves = self.curves_at(forecast.mean, lengths)
         self.curves_low = self.curves_at(forecast.upper, lengths)

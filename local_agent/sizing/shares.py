@@ -37,7 +37,8 @@ def max_scale_rps(spec: DeploymentSpec, models: Mapping[str, PerfModel]) -> floa
     """Requests/s the deployment serves at every pool's ``max_replicas`` (a reference request at
     its ITL target; the bottleneck pool limits a disaggregated deployment). ``models`` maps
     profile paths to performance models. What an agent registers with the planner, which divides
-    an endpoint by it exactly as :func:`endpoint_shares` does."""
+    an endpoint by it as :func:`endpoint_shares` does until it chooses the split by cost
+    (``global_planner.allocation.split``)."""
     return min(
         pool.max_replicas
         * replica_rps(models[pool.profile_path], role, REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, spec.sla.itl_ms)

@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults-warmup": {"warmup_windows": 0},
     "defaults+warmup3": {"warmup_windows": 3},
     "defaults+warmup8": {"warmup_windows": 8},
+    "defaults+window900": {"stabilization_window_s": 900.0},
+    "defaults+band0.2": {"down_margin": 0.2},
     "defaults+kalman": {"predictor": "kalman"},
     "defaults+p50": {"forecast_quantile": 0.5},
     "defaults+window900+dwell180": {"stabilization_window_s": 900.0, "scale_down_dwell_s": 180.0},

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_agent_weaknesses import DESCENT_OFF
+from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, PROFILE, TICK, spec
 
-from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import SLA, DeploymentSpec, Distribution, FleetObservation, PoolObservation, PoolSpec
+from fleet_planner.planning import DeploymentSpec, Distribution, FleetObservation, PoolObservation
 from fleet_sim.adapters.local import LocalAgentsPolicy
 from fleet_sim.policies import make_policy
 from fleet_sim.runner import FleetSimulation
@@ -21,38 +20,7 @@ from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.models import AgentEffects, AgentInput, RuntimeLimits
 from local_agent.models import DecisionReason as R
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILE = ROOT / "examples" / "profiles" / "llama3.1-8b_h200_vllm_tp1"
-MODEL = PerfModel(load_profile(str(PROFILE)))
-TICK = 30.0
-STARTUP = 60.0
-INPUTS = Distribution(count=100, mean=1000, p50=800, p90=2000, p99=4000)
-OUTPUTS = Distribution(count=100, mean=200, p50=150, p90=400, p99=800)
-
-
-def spec(mode: str = "agg", *, initial: int = 1, min_replicas: int = 1, max_replicas: int = 8) -> DeploymentSpec:
-    roles = ("agg",) if mode == "agg" else ("prefill", "decode")
-    return DeploymentSpec(
-        name="d",
-        tenant="t",
-        endpoint="e",
-        mode=mode,
-        sla=SLA(ttft_ms=500, itl_ms=30),
-        pools={
-            role: PoolSpec(
-                deployment="d",
-                role=role,
-                profile_path=str(PROFILE),
-                gpu_type="h200",
-                gpus_per_replica=1,
-                min_replicas=min_replicas,
-                max_replicas=max_replicas,
-                initial_replicas=initial,
-                startup_s=STARTUP,
-            )
-            for role in roles
-        },
-    )
+STARTUP = 60.0  # the pools' start-up in ``spec``
 
 
 def agent(deployment: DeploymentSpec | None = None, **options) -> LocalAgent:

@@ -11,7 +11,7 @@ defaults plus the mechanisms that are off by default. Prints per cell and varian
 over the oracle's, SLO attainment per deployment (and the oracle's), the worst deployment's
 scaling-direction reversals per hour and the acceptance points (A slo, B cost, C stable, D oracle,
 as in ``bench_matrix.py``); then per variant how many cells pass each point, the median GPU ratio
-and the mean reversals per deployment-hour.
+the mean reversals per deployment-hour and the mean target changes per pool-hour.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+warmup8": {"warmup_windows": 8},
     "defaults+window900": {"stabilization_window_s": 900.0},
     "defaults+band0.2": {"down_margin": 0.2},
+    "defaults+one-step": {"scale_down_in_one_step": True},
+    "defaults+dwell300": {"scale_down_dwell_s": 300.0},
+    "defaults+one-step+band0.5": {"scale_down_in_one_step": True, "down_margin": 0.5},
+    "defaults+one-step+dwell600": {"scale_down_in_one_step": True, "scale_down_dwell_s": 600.0},
     "defaults+kalman": {"predictor": "kalman"},
     "defaults+p50": {"forecast_quantile": 0.5},
     "defaults+window900+dwell180": {"stabilization_window_s": 900.0, "scale_down_dwell_s": 180.0},
@@ -112,7 +116,7 @@ def main() -> int:
         for variant in args.variants:
             jobs = [(cell, args.workdir, VARIANTS[variant]) for cell in chosen]
             local = {name: agents["local"] for name, agents in pool.imap_unordered(run_agents, jobs)}
-            figures: dict[str, list[tuple[dict[str, bool], float, float]]] = {}
+            figures: dict[str, list[tuple[dict[str, bool], float, float, float]]] = {}
             for cell in chosen:
                 baselines = cache.get(cell)
                 assert baselines is not None
@@ -120,16 +124,19 @@ def main() -> int:
                 verdict = acceptance(policies)
                 ratio = local[cell.name]["gpu_hours"] / policies["oracle"]["gpu_hours"]
                 worst = max(local[cell.name]["reversals_per_hour"].values())
-                figures.setdefault(cell.half, []).append((verdict, ratio, worst))
+                changes = local[cell.name]["changes_per_pool_hour"]
+                figures.setdefault(cell.half, []).append((verdict, ratio, worst, changes))
                 slo = f"{_pct(local[cell.name]['attainment'])} ({_pct(policies['oracle']['attainment'])})"
                 marks = " ".join("P" if ok else "F" for ok in verdict.values())
                 print(f"{variant:<22}{cell.half:<9}{cell.name:<42}{ratio:>8.2f}  {slo:<26}{worst:>6.1f}  {marks}")
             for half, found in sorted(figures.items(), reverse=True):
-                passed = {key: sum(v[key] for v, _, _ in found) for key in found[0][0]}
+                passed = {key: sum(v[key] for v, *_ in found) for key in found[0][0]}
+                every = sum(all(v.values()) for v, *_ in found)
                 print(
-                    f"{variant} ({half}): cells passing {passed} of {len(found)}; median GPU-hours / oracle "
-                    f"{statistics.median(r for _, r, _ in found):.2f}; mean reversals per deployment-hour "
-                    f"{statistics.mean(w for _, _, w in found):.1f}",
+                    f"{variant} ({half}): cells passing {passed} of {len(found)}, every point {every}; median "
+                    f"GPU-hours / oracle {statistics.median(r for _, r, _, _ in found):.2f}; mean reversals per "
+                    f"deployment-hour {statistics.mean(w for _, _, w, _ in found):.1f}; mean target changes per "
+                    f"pool-hour {statistics.mean(c for *_, c in found):.1f}",
                     flush=True,
                 )
     return 0

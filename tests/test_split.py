@@ -274,7 +274,7 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
     """The nominal per-replica capacity is the ITL limit's throughput; an agent that wants four
     replicas for 12 rps counts on 3 rps each, and the split prices its pool so. A deployment with
     no load of its own (share 0) is scaled by the endpoint's lowest ratio."""
-    from global_planner.service.state import _split_members
+    from global_planner.service.state import _smooth_ratios, _split_members
 
     policy = TenantPolicy.model_validate(
         {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
@@ -290,11 +290,13 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
         report = AgentReport(deployment=name, session_id=f"s-{name}", sequence=1, forecast=forecast, pools=[pool])
         state.report(report, 10.0)
     ratios: dict[tuple[str, str], float] = {}
+    _smooth_ratios(state._members("chat"), ratios)
     members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
     capacity = {m.deployment: m.pools[0].replica_capacity_rps for m in members}
     assert capacity == pytest.approx({"chat-h200": 3.0, "chat-a100": 1.0})
     # One report moves the remembered ratio by a tenth: a share's effect on sizing is damped.
     ratios[("chat-h200", "agg")] = 0.5
+    _smooth_ratios(state._members("chat"), ratios)
     members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
     assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)
 
@@ -307,3 +309,26 @@ def test_a_share_of_zero_reaches_the_agent_as_zero_not_as_alone() -> None:
     for share in (0.0, 0.25, None):
         sent = Targets(deployment="d", planner_time_s=1.0, endpoint_share=share)
         assert convert.targets_from_pb(convert.targets_to_pb(sent), "d").endpoint_share == share
+
+
+def test_a_settled_round_changes_the_capacity_ratios_only_when_committed() -> None:
+    """Settling a round (before it is persisted) leaves the planner's state as it was; the
+    smoothed capacity ratios it computed take effect at commit, like everything else."""
+    policy = TenantPolicy.model_validate(
+        {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
+    )
+    state = PlannerState(policy)
+    _register(state, "chat-h200", "h200", 40.0)
+    _register(state, "chat-a100", "a100", 40.0)
+    for name, replica_rps, upper, wanted in (("chat-h200", 12.0, 12.0, 4), ("chat-a100", 4.0, 8.0, 4)):
+        pool = PoolReport(
+            role="agg", ready=1, curve=[0.0, 1.0], replica_capacity_rps=replica_rps, wanted_replicas=wanted
+        )
+        forecast = Forecast(mean_rps=upper, upper_rps=upper)
+        report = AgentReport(deployment=name, session_id=f"s-{name}", sequence=1, forecast=forecast, pools=[pool])
+        state.report(report, 10.0)
+    round_ = state.settle(state.begin_round(20.0), None, 20.0)
+    assert state._capacity_ratio == {}
+    assert round_.capacity_ratios == pytest.approx({("chat-h200", "agg"): 0.25, ("chat-a100", "agg"): 0.5})
+    state.commit(round_)
+    assert state._capacity_ratio == pytest.approx(round_.capacity_ratios)

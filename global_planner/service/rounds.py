@@ -171,6 +171,8 @@ class Round(Outcome):
     record: RoundRecord
     version: int
     splits: dict[str, SplitDecision] = field(default_factory=dict)
+    # the split's smoothed sized / nominal capacity per (deployment, role), in force once committed
+    capacity_ratios: dict[tuple[str, str], float] | None = None
 
 
 def record(

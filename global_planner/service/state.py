@@ -342,10 +342,10 @@ class PlannerState:
         routing, admission = rounds.endpoint_routing(updates, round_input)
         outcome = rounds.Outcome(decision_id, now, allocation, updates, lease_ends, routing, admission)
         record = rounds.record(everyone, self.policy, outcome, round_input)
-        splits = self._decide_splits(now)
+        splits, ratios = self._decide_splits(now)
         record = record.model_copy(update={"splits": self._split_records(splits)})
         return Round(
-            decision_id, now, allocation, updates, lease_ends, routing, admission, record, self._version, splits
+            decision_id, now, allocation, updates, lease_ends, routing, admission, record, self._version, splits, ratios
         )
 
     def commit(self, round_: Round) -> Round:
@@ -406,25 +406,28 @@ class PlannerState:
         total = sum(capacities.values())
         return {name: capacity / total for name, capacity in capacities.items()}
 
-    def _decide_splits(self, now: float) -> dict[str, SplitDecision]:
+    def _decide_splits(self, now: float) -> tuple[dict[str, SplitDecision], dict[tuple[str, str], float] | None]:
         """Each shared endpoint's split for this round, by cost and capacity (tenant policy
-        ``endpoint_split: cost``; see :mod:`global_planner.allocation.split`)."""
+        ``endpoint_split: cost``; see :mod:`global_planner.allocation.split`), and the capacity
+        ratios smoothed with this round's reports (None: unchanged); both take effect at commit."""
         if self.policy.endpoint_split != "cost":
-            return {}
+            return {}, None
         decisions: dict[str, SplitDecision] = {}
+        ratios = dict(self._capacity_ratio)
         for endpoint in sorted({d.endpoint for d in self._deployments.values()}):
             members = self._members(endpoint)
             current = self._shares_in_force(endpoint, members) if len(members) >= 2 else None
             if current is None:
                 continue
             since = now - self._split_moved_s.get(endpoint, float("-inf"))
+            _smooth_ratios(members, ratios)
             decisions[endpoint] = decide(
-                _split_members(members, current, self._capacity_ratio),
+                _split_members(members, current, ratios),
                 self._endpoint_rate(members),
                 self._split_budget(endpoint, members),
                 since_move_s=since,
             )
-        return decisions
+        return decisions, ratios
 
     def _endpoint_rate(self, members: list[DeploymentState]) -> float | None:
         """The endpoint's forecast upper rate: its agents' forecasts over the shares they were
@@ -461,7 +464,10 @@ class PlannerState:
         return {gpu: max(0, count) for gpu, count in free.items()}
 
     def _commit_splits(self, round_: Round) -> None:
-        """The round's splits in force; what forgotten deployments left behind is dropped."""
+        """The round's splits and capacity ratios in force; what forgotten deployments left behind
+        is dropped."""
+        if round_.capacity_ratios is not None:
+            self._capacity_ratio = dict(round_.capacity_ratios)
         for endpoint, split in round_.splits.items():
             self._splits[endpoint] = dict(split.shares)
             if split.moved:
@@ -533,22 +539,26 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
 RATIO_SMOOTHING = 0.1  # weight of one report in a pool's sized / nominal capacity ratio
 
 
-def _split_members(
-    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float]
-) -> list[SplitMember]:
-    """The deployments as the split sees them: bounds, and what one replica of each pool carries
-    by its agent's own sizing: its nominal capacity times the share of it the agent counts on
-    (:func:`_sized_ratio`, smoothed over reports in ``ratios``, updated here; a pool never sized
-    above its minimum gets the endpoint's lowest ratio). The nominal ``replica_capacity_rps``
-    alone (the ITL limit's throughput) was measured far too optimistic for this: on ``shortage``
-    it planned 88 rps on six H200 GPUs. Smoothing keeps a share's own effect on the agents'
-    sizing from moving the split back and forth."""
+def _smooth_ratios(members: list[DeploymentState], ratios: dict[tuple[str, str], float]) -> None:
+    """Fold each pool's latest :func:`_sized_ratio` into ``ratios`` (a round's working copy):
+    smoothing keeps a share's own effect on the agents' sizing from moving the split back and forth."""
     for member in members:
         for role in member.pools:
             ratio = _sized_ratio(member, role)
             if ratio is not None:
                 old = ratios.get((member.name, role))
                 ratios[(member.name, role)] = ratio if old is None else old + RATIO_SMOOTHING * (ratio - old)
+
+
+def _split_members(
+    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float]
+) -> list[SplitMember]:
+    """The deployments as the split sees them: bounds, and what one replica of each pool carries
+    by its agent's own sizing: its nominal capacity times the share of it the agent counts on
+    (``ratios``, see :func:`_smooth_ratios`; a pool never sized above its minimum gets the
+    endpoint's lowest ratio). The nominal ``replica_capacity_rps`` alone (the ITL limit's
+    throughput) was measured far too optimistic for this: on ``shortage`` it planned 88 rps on six
+    H200 GPUs."""
     known = [ratios[(m.name, role)] for m in members for role in m.pools if (m.name, role) in ratios]
     fallback = min(known) if known else 1.0
     out = []

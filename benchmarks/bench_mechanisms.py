@@ -42,7 +42,7 @@ OFF = {
     "near_miss": False,
     "predictor": "kalman",
 }
-ONE_STEP = {"scale_down_in_one_step": True}
+ONE_STEP = {"scale_down_gap_fraction": 1.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": OFF,
     "burst": {**OFF, "burst_windows": 40},
@@ -83,13 +83,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+warmup8": {"warmup_windows": 8},
     "defaults+window900": {"stabilization_window_s": 900.0},
     "defaults+band0.2": {"down_margin": 0.2},
-    "defaults+one-step": {"scale_down_in_one_step": True},
+    "defaults+one-step": ONE_STEP,
     "defaults+dwell300": {"scale_down_dwell_s": 300.0},
-    "defaults+one-step+band0.5": {"scale_down_in_one_step": True, "down_margin": 0.5},
-    "defaults+one-step+dwell600": {"scale_down_in_one_step": True, "scale_down_dwell_s": 600.0},
+    "defaults+one-step+band0.5": {**ONE_STEP, "down_margin": 0.5},
+    "defaults+one-step+dwell600": {**ONE_STEP, "scale_down_dwell_s": 600.0},
     "defaults+kalman": {"predictor": "kalman"},
-    "defaults+p50": {"forecast_quantile": 0.5},
-    "defaults+window900+dwell180": {"stabilization_window_s": 900.0, "scale_down_dwell_s": 180.0},
+    # The geometric descent (docs/local-agent.md): the descent before it, the defaults without
+    # each of its parts, and its neighbours on the tuning half.
+    "one-replica-steps": {"scale_down_gap_fraction": 0.0, "scale_down_dwell_s": 120.0, "warmup_until_corrected": False},
+    "defaults-geometric": {"scale_down_gap_fraction": 0.0},
+    "defaults-corrected": {"warmup_until_corrected": False},
+    "defaults+third-gap": {"scale_down_gap_fraction": 0.34},
+    "defaults+dwell120": {"scale_down_dwell_s": 120.0},
+    "defaults+dwell180": {"scale_down_dwell_s": 180.0},
+    "defaults+dwell240": {"scale_down_dwell_s": 240.0},
+    "defaults+dwell270": {"scale_down_dwell_s": 270.0},
 }
 
 

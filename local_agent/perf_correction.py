@@ -463,8 +463,13 @@ class TtftCorrection:
         self.windows += 1
 
     @property
+    def trusted(self) -> bool:
+        """Whether enough windows were seen for the factor to be in force."""
+        return self.windows >= self._min_windows
+
+    @property
     def factor(self) -> float:
-        if self.windows < self._min_windows:
+        if not self.trusted:
             return 1.0
         lo, hi = self.factor_range
         return min(max(math.exp(self._log_ratio), lo), hi)

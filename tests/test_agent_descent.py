@@ -11,6 +11,7 @@ from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, TICK, obs
 
 from fleet_planner.planning import Distribution
 from local_agent.agent import AgentOptions, LocalAgent
+from local_agent.decide.guard import WARMUP_WAIT
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 
@@ -110,3 +111,47 @@ def test_no_scale_down_before_the_warm_up_windows() -> None:
     first_down = next(i for i, d in enumerate(decisions) if d.pools[0].target < 8)
     assert first_down == warm.options.warmup_windows - 1  # the window that completes the warm-up
     assert all("warming up" in d.pools[0].detail for d in decisions[:first_down])
+
+
+def test_the_descent_halves_the_gap_to_the_windows_recommendation() -> None:
+    """A light load from the start: every recommendation of the window is the minimum, so each
+    step goes half the way there (at least one replica) — fewer changes than one replica per
+    step, the same end point, never below it."""
+
+    def light(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"])]
+
+    geometric = [d.pools[0].target for d in run(agent(10), 0.0, 80, light)]
+    stepwise = [d.pools[0].target for d in run(agent(10, scale_down_gap_fraction=0.0), 0.0, 80, light)]
+    end = geometric[-1]
+    assert end == stepwise[-1] < 10
+    steps = [(a, b) for a, b in zip([10] + geometric, geometric) if b != a]
+    assert all(b < a for a, b in steps)  # only down
+    assert steps[0][0] - steps[0][1] > 1  # a first step of more than one replica
+    assert all(a - b <= -(-(a - end) // 2) for a, b in steps)  # at most half the gap, rounded up
+    changes = sum(a != b for a, b in zip(stepwise, stepwise[1:]))
+    assert len(steps) < changes
+
+
+def test_the_entry_pools_warm_up_waits_for_the_ttft_correction() -> None:
+    """Windows too thin to teach the TTFT correction (fewer requests with a first token than it
+    needs): the warm-up's windows are done, but the entry pool waits — at most ``WARMUP_WAIT``
+    warm-ups — because "safe" would be the uncorrected profile's word alone."""
+    thin = Distribution(count=5, mean=120, p50=100, p90=200, p99=300)
+
+    def light(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"], ttft_ms=thin)]
+
+    def taught(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"])]  # 60 first tokens per window
+
+    def first_down(a: LocalAgent, make) -> int:
+        return next(i for i, d in enumerate(run(a, 0.0, 40, make)) if d.pools[0].target < 8)
+
+    waiting = agent(8)
+    warmup = waiting.options.warmup_windows
+    assert first_down(agent(8, warmup_until_corrected=False), light) == warmup - 1
+    assert first_down(waiting, light) == WARMUP_WAIT * warmup - 1
+    assert not waiting.sizer.ttft.trusted
+    # Windows that do teach it put the correction in force with the warm-up's last window.
+    assert first_down(agent(8), taught) == warmup - 1

@@ -130,7 +130,7 @@ def test_one_step_scale_down_goes_straight_to_the_windows_recommendation() -> No
 
     options = dict(mode="load", scale_down_grace_s=0.0, stabilization_window_s=300.0)
     stepwise = [d.pools[0] for d in run(agent(spec(initial=4), **options), 0.0, 24, make)]
-    one_step = [d.pools[0] for d in run(agent(spec(initial=4), scale_down_in_one_step=True, **options), 0.0, 24, make)]
+    one_step = [d.pools[0] for d in run(agent(spec(initial=4), scale_down_gap_fraction=1.0, **options), 0.0, 24, make)]
     changes = [sum(a.target != b.target for a, b in zip(ds, ds[1:])) for ds in (stepwise, one_step)]
     assert stepwise[-1].target == one_step[-1].target == 1
     assert changes[1] == 1 < changes[0]

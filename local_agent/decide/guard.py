@@ -35,6 +35,7 @@ from local_agent.models import DecisionReason
 
 R = DecisionReason
 MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
+WARMUP_WAIT = 4  # the entry pool waits for its TTFT correction at most this many warm-ups
 
 
 class PoolMemory:
@@ -154,17 +155,31 @@ class ScaleDownGuard:
         if self.options.stabilization_window_s > 0:
             while lowest - 1 >= floor and refusal(lowest - 1) is None:
                 lowest -= 1
-        seen = self.sizer.intake.windows
-        if seen < self.options.warmup_windows:
+        warming = self._warming_up(role)
+        if warming is not None:
             # Safe by the model, but a model not yet checked against the traffic: wait (the
             # recommendation stands).
-            detail = f"warming up: {seen} of {self.options.warmup_windows} windows observed"
-            return Proposal(current, R.GRACE_PERIOD, detail), lowest
+            return Proposal(current, R.GRACE_PERIOD, warming), lowest
         if not self.elapsed.reached(now_s, memory.last_scale_down_s, self.options.scale_down_dwell_s):
             # Safe, but the last step is still being observed: wait (the recommendation stands).
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), lowest
         return proposal, lowest
+
+    def _warming_up(self, role: PoolRole) -> str | None:
+        """Why the model is not yet checked against the traffic, or None once it is: fewer than
+        ``warmup_windows`` windows of traffic, or, for the entry pool with ``ttft_correction``, a
+        TTFT correction not yet in force (a first step sized on the uncorrected profile cut pools
+        the corrected model, a window or two later, needed back). Traffic too thin to teach the
+        correction holds the entry pool for at most ``WARMUP_WAIT`` times the warm-up."""
+        seen, needed = self.sizer.intake.windows, self.options.warmup_windows
+        if seen < needed:
+            return f"warming up: {seen} of {needed} windows observed"
+        ttft = self.sizer.ttft
+        entry = role == self.sizer.entry_role and self.options.ttft_correction and self.options.warmup_until_corrected
+        if entry and not ttft.trusted and seen < WARMUP_WAIT * needed:
+            return f"warming up: TTFT correction not yet in force ({ttft.windows} steady windows)"
+        return None
 
     def _remembered_miss(self, memory: PoolMemory, now_s: float, wanted: int, rate: float) -> str | None:
         """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
@@ -183,8 +198,9 @@ class ScaleDownGuard:
         """Scale down only to the highest recommendation of the window (HPA stabilisation): a
         recommendation is the fewest replicas safe at that tick, so a load that stayed low for
         the whole window is followed down without waiting a window per replica. With
-        ``scale_down_in_one_step`` the scale-down goes straight to that recommendation; the flag
-        says the step cap must not split it (one change instead of several)."""
+        ``scale_down_gap_fraction`` the scale-down moves that fraction of the way to that
+        recommendation; the flag says the step cap must not split it (one change instead of
+        several)."""
         history = self.pools[role].recommendations
         if self.options.stabilization_window_s <= 0 or proposal.wanted >= current or not history:
             return proposal, False
@@ -192,7 +208,9 @@ class ScaleDownGuard:
         if highest > proposal.wanted:
             wanted = min(highest, current)
             return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}"), False
-        if self.options.scale_down_in_one_step and highest < proposal.wanted:
-            detail = f"{proposal.detail}; in one step to the window's highest recommendation {highest}"
-            return Proposal(highest, proposal.reason, detail), True
-        return proposal, self.options.scale_down_in_one_step
+        fraction = self.options.scale_down_gap_fraction
+        if fraction > 0 and highest < proposal.wanted:
+            wanted = max(highest, min(proposal.wanted, current - math.ceil(fraction * (current - highest))))
+            detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
+            return Proposal(wanted, proposal.reason, detail), True
+        return proposal, fraction > 0

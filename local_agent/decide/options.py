@@ -65,7 +65,7 @@ class AgentOptions(BaseModel):
         "no scale-down below a count whose survivors would, to first order, miss",
     )
     scale_down_dwell_s: float = Field(
-        default=120.0,
+        default=210.0,
         ge=0,
         allow_inf_nan=False,
         description="no scale-down this long after a scale-down: each step is observed before the next",
@@ -75,6 +75,10 @@ class AgentOptions(BaseModel):
         ge=0,
         description="no scale-down before this many windows of traffic were observed: until then the "
         "forecast has no error estimate and the model's corrections nothing to learn from",
+    )
+    warmup_until_corrected: bool = Field(
+        default=True,
+        description="the entry pool's warm-up also waits for the TTFT correction to be in force",
     )
     miss_margin: float = Field(
         default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
@@ -93,10 +97,14 @@ class AgentOptions(BaseModel):
         "reversal (0 = off): at most one down-reversal per interval; scale-ups are never held. The default "
         "holds the matrix's reversals near one per deployment-hour (docs/local-agent.md)",
     )
-    scale_down_in_one_step: bool = Field(
-        default=False,
-        description="with a stabilisation window: scale down straight to the window's highest recommendation "
-        "(one change, past max_step_down) instead of one replica per tick",
+    scale_down_gap_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="with a stabilisation window: a scale-down moves this fraction of the way to the window's "
+        "highest recommendation in one change (0 = max_step_down replicas per change, 0.5 = halve the gap, "
+        "1 = straight there)",
     )
     advisory: bool = False
     tune_knobs: bool = Field(

@@ -98,6 +98,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+dwell180": {"scale_down_dwell_s": 180.0},
     "defaults+dwell240": {"scale_down_dwell_s": 240.0},
     "defaults+dwell270": {"scale_down_dwell_s": 270.0},
+    "defaults-recent-peak": {"check_recent_peak": False},
 }
 
 

@@ -12,6 +12,7 @@ from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, TICK, obs
 from fleet_planner.planning import Distribution
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.decide.guard import WARMUP_WAIT
+from local_agent.decide.reactive import Proposal
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 
@@ -155,3 +156,34 @@ def test_the_entry_pools_warm_up_waits_for_the_ttft_correction() -> None:
     assert not waiting.sizer.ttft.trusted
     # Windows that do teach it put the correction in force with the warm-up's last window.
     assert first_down(agent(8), taught) == warmup - 1
+
+
+def test_a_scale_down_is_checked_at_the_recent_peak_not_only_this_window() -> None:
+    """A busy window a minute ago, a quiet one now: the survivors of a scale-down must carry the
+    busy window's rate (the forecast, sized minutes ago, may not have seen it), not this one's."""
+
+    def refusal_rate(check_recent_peak: bool) -> float:
+        a = agent(8, check_recent_peak=check_recent_peak)
+        rates = [40.0] * 20 + [150.0, 40.0]
+        run(a, 0.0, len(rates), lambda t, targets: [observe("agg", t, rates[int(t // TICK)], ready=targets["agg"])])
+        now = len(rates) * TICK
+        current = a.targets()["agg"]
+        window = observe("agg", now, 40.0, ready=current)
+        a.intake.observe(now, {"agg": window}, None)
+        proposal, _ = a.guard.check(
+            "agg",
+            now + 3600.0,  # past every grace period and dwell
+            window,
+            current,
+            Proposal(current - 1, R.REACTIVE_DOWN, ""),
+            0,
+            a.targets(),
+            40.0,
+            a.intake.smoothed_rate(),
+            a.intake.lengths(),
+        )
+        assert proposal.reason == R.CONSOLIDATION_REFUSED, proposal
+        return float(proposal.detail.split("absorb ")[1].split()[0])
+
+    assert refusal_rate(True) >= 150.0
+    assert refusal_rate(False) < 150.0

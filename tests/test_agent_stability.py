@@ -7,6 +7,7 @@ import pytest
 from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, run, spec
 
 from fleet_planner.planning import SLA, Distribution
+from local_agent.decide.intake import SMOOTHING_WINDOWS
 from local_agent.models import DecisionReason as R
 from local_agent.perf_correction import TtftCorrection
 from local_agent.sizing import Calibration, LoadEstimate, agg_curve, prefill_curve, replicas_for
@@ -114,7 +115,9 @@ def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_
     plain = run(agent(spec(initial=4), **options), 0.0, 24, make)
     windowed = run(agent(spec(initial=4), stabilization_window_s=300.0, **options), 0.0, 24, make)
     first_down = [next(i for i, d in enumerate(ds) if d.pools[0].target < 4) for ds in (plain, windowed)]
-    assert first_down[0] == 5  # the first low window
+    # The first low window whose last SMOOTHING_WINDOWS windows (the recent peak the survivors must
+    # carry) hold no high one.
+    assert first_down[0] == 4 + SMOOTHING_WINDOWS
     assert first_down[1] * TICK >= 4 * TICK + 300.0  # a whole window after the last high one
     assert windowed[first_down[1] - 1].pools[0].reason == R.STABILISING
     # Then down one replica per tick (the step cap), not one per window.

@@ -4,7 +4,8 @@ In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while rep
 no scale-down that reverses a scale-up within ``reversal_interval_s`` of the pool's last reversal
 (a budget of direction reversals: ups are never held, so only the way down can wait);
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
-(burst-aware, corrected) model at the larger of the observed and forecast upper load, times
+(burst-aware, corrected) model at the largest of the observed, the forecast upper and (with
+``check_recent_peak``) the last few windows' highest load, times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
@@ -125,6 +126,8 @@ class ScaleDownGuard:
         # and down at the same load boundary would flap with the forecast's noise.
         forecast = self.sizer.forecast
         rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
+        if self.options.check_recent_peak:
+            rate = max(rate, self.sizer.intake.recent_peak_rate() or 0.0)
         curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + self.options.down_margin), lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 

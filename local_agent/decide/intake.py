@@ -123,6 +123,10 @@ class Intake:
         """Mean admitted rate of the last few windows (what a miss is remembered at)."""
         return float(np.mean(self._rates)) if self._rates else None
 
+    def recent_peak_rate(self) -> float | None:
+        """Highest admitted rate of the last few windows."""
+        return max(self._rates) if self._rates else None
+
     def prefix_hit_rate(self) -> float:
         """Admission-weighted prefix-cache hit rate of recent windows (0 when never reported),
         capped at ``MAX_PREFIX_HIT``. (The anchor ignored prefix-cache reuse and oversized prefill.)"""

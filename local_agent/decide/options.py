@@ -80,6 +80,11 @@ class AgentOptions(BaseModel):
         default=True,
         description="the entry pool's warm-up also waits for the TTFT correction to be in force",
     )
+    check_recent_peak: bool = Field(
+        default=True,
+        description="a scale-down must also hold at the highest admitted rate of the last few windows, not only "
+        "at this window's and the forecast's (which may be minutes old)",
+    )
     miss_margin: float = Field(
         default=0.15, ge=0, lt=1.0, description="load per replica must fall this share below a miss to scale down"
     )

@@ -94,6 +94,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults-geometric": {"scale_down_gap_fraction": 0.0},
     "defaults-corrected": {"warmup_until_corrected": False},
     "defaults+third-gap": {"scale_down_gap_fraction": 0.34},
+    "defaults+two-thirds-gap": {"scale_down_gap_fraction": 0.67},
     "defaults+dwell120": {"scale_down_dwell_s": 120.0},
     "defaults+dwell180": {"scale_down_dwell_s": 180.0},
     "defaults+dwell240": {"scale_down_dwell_s": 240.0},

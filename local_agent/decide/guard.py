@@ -212,8 +212,8 @@ class ScaleDownGuard:
             wanted = min(highest, current)
             return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}"), False
         fraction = self.options.scale_down_gap_fraction
-        if fraction > 0 and highest < proposal.wanted:
-            wanted = max(highest, min(proposal.wanted, current - math.ceil(fraction * (current - highest))))
+        if fraction > 0:
+            wanted = max(highest, current - math.ceil(fraction * (current - highest)))
             detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
-        return proposal, fraction > 0
+        return proposal, False

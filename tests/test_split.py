@@ -270,25 +270,32 @@ def test_an_agent_forecasts_its_endpoint_and_plans_for_a_new_share_at_once() -> 
     assert a.sizer.forecast.mean == pytest.approx(20.0) and a.sizer.forecast.upper == pytest.approx(20.0)
 
 
-def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
-    """The nominal per-replica capacity is the ITL limit's throughput; an agent that wants four
-    replicas for 12 rps counts on 3 rps each, and the split prices its pool so. A deployment with
-    no load of its own (share 0) is scaled by the endpoint's lowest ratio."""
-    from global_planner.service.state import _smooth_ratios, _split_members
-
+def _sized_pair(a100: tuple[float, float, int]) -> PlannerState:
+    """A cost-split planner whose H200 deployment reported 12 rps per replica, a 12 rps forecast and
+    4 replicas wanted, and whose A100 one reported ``a100`` (rps per replica, forecast, wanted)."""
     policy = TenantPolicy.model_validate(
         {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
     )
     state = PlannerState(policy)
     _register(state, "chat-h200", "h200", 40.0)
     _register(state, "chat-a100", "a100", 40.0)
-    for name, replica_rps, upper, wanted in (("chat-h200", 12.0, 12.0, 4), ("chat-a100", 4.0, 0.0, 0)):
+    for name, (replica_rps, upper, wanted) in (("chat-h200", (12.0, 12.0, 4)), ("chat-a100", a100)):
         pool = PoolReport(
             role="agg", ready=1, curve=[0.0, 1.0], replica_capacity_rps=replica_rps, wanted_replicas=wanted
         )
         forecast = Forecast(mean_rps=upper, upper_rps=upper)
         report = AgentReport(deployment=name, session_id=f"s-{name}", sequence=1, forecast=forecast, pools=[pool])
         state.report(report, 10.0)
+    return state
+
+
+def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
+    """The nominal per-replica capacity is the ITL limit's throughput; an agent that wants four
+    replicas for 12 rps counts on 3 rps each, and the split prices its pool so. A deployment with
+    no load of its own (share 0) is scaled by the endpoint's lowest ratio."""
+    from global_planner.service.state import _smooth_ratios, _split_members
+
+    state = _sized_pair((4.0, 0.0, 0))
     ratios: dict[tuple[str, str], float] = {}
     _smooth_ratios(state._members("chat"), ratios)
     members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
@@ -314,19 +321,7 @@ def test_a_share_of_zero_reaches_the_agent_as_zero_not_as_alone() -> None:
 def test_a_settled_round_changes_the_capacity_ratios_only_when_committed() -> None:
     """Settling a round (before it is persisted) leaves the planner's state as it was; the
     smoothed capacity ratios it computed take effect at commit, like everything else."""
-    policy = TenantPolicy.model_validate(
-        {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}
-    )
-    state = PlannerState(policy)
-    _register(state, "chat-h200", "h200", 40.0)
-    _register(state, "chat-a100", "a100", 40.0)
-    for name, replica_rps, upper, wanted in (("chat-h200", 12.0, 12.0, 4), ("chat-a100", 4.0, 8.0, 4)):
-        pool = PoolReport(
-            role="agg", ready=1, curve=[0.0, 1.0], replica_capacity_rps=replica_rps, wanted_replicas=wanted
-        )
-        forecast = Forecast(mean_rps=upper, upper_rps=upper)
-        report = AgentReport(deployment=name, session_id=f"s-{name}", sequence=1, forecast=forecast, pools=[pool])
-        state.report(report, 10.0)
+    state = _sized_pair((4.0, 8.0, 4))
     round_ = state.settle(state.begin_round(20.0), None, 20.0)
     assert state._capacity_ratio == {}
     assert round_.capacity_ratios == pytest.approx({("chat-h200", "agg"): 0.25, ("chat-a100", "agg"): 0.5})

@@ -10,12 +10,14 @@ no scale-down that reverses a scale-up within ``reversal_interval_s`` of the poo
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
 ``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
-*warm-up*: none before ``warmup_windows`` windows of traffic were observed (until then the
-forecast has no error estimate and the burstiness, TTFT correction and miss memory have next to
-nothing to learn from, so "safe" is the uncorrected model's word alone); *dwell*: a safe scale-down still
-waits ``scale_down_dwell_s`` after the pool's last one, so each step is observed before the next;
-*stabilisation*: only down to the highest of the recommendations of the last
-``stabilization_window_s`` (the Kubernetes HPA's scale-down rule).
+*warm-up*: none before ``warmup_windows`` windows of traffic were observed, nor (with
+``warmup_until_corrected``) of the entry pool before its TTFT correction is in force (until then
+the forecast has no error estimate and the burstiness, TTFT correction and miss memory have next
+to nothing to learn from, so "safe" is the uncorrected model's word alone); *dwell*: a safe
+scale-down still waits ``scale_down_dwell_s`` after the pool's last one, so each step is observed
+before the next; *stabilisation*: only down to the highest of the recommendations of the last
+``stabilization_window_s`` (the Kubernetes HPA's scale-down rule), in steps of
+``scale_down_gap_fraction`` of the way there.
 Together (the defaults) they make a pool started above its need converge on it from above
 without undershooting (docs/local-agent.md, *the scale-down descent*).
 """

@@ -246,7 +246,8 @@ def search_static_peak(scenario, workload: Workload, needs: WindowedNeeds, targe
     """The fewest fixed counts meeting ``target`` per deployment, found by simulation.
 
     Start at the capacity model's peak; raise the pools a failing deployment missed on until it
-    passes (or is stuck at its maximum: unreachable); then bisect each pool down, entry pools of
+    passes (or is stuck at its maximum, or the counts already want every GPU of its type:
+    unreachable); then bisect each pool down, entry pools of
     every deployment at once, then exit pools, keeping the others at their passing counts.
     """
     specs, tick = scenario.deployment_specs(), float(scenario.planner.interval_s)
@@ -270,7 +271,11 @@ def search_static_peak(scenario, workload: Workload, needs: WindowedNeeds, targe
                 continue
             for role, missed in zip(_pool_roles(spec), (outcome.entry[d].sum(), outcome.exit[d].sum())):
                 key, pool = (spec.name, role), spec.pools[role]
-                if missed and counts[key] < pool.max_replicas:
+                if (
+                    missed
+                    and counts[key] < pool.max_replicas
+                    and _gpus(counts, specs, pool.gpu_type) < inventory.get(pool.gpu_type, 0)
+                ):
                     counts[key] = min(pool.max_replicas, counts[key] + max(1, math.ceil(0.2 * counts[key])))
                     raised = True
             if not raised:
@@ -326,7 +331,8 @@ def search_oracle(
     ``ceiling`` (static-peak's verified counts) caps every window: a schedule at the ceiling
     everywhere is static-peak itself, so the oracle never costs more, and a deployment still short
     when the runs are spent falls back to it (one more run verifies). A deployment still short
-    where the pools it missed on are at their maximum is unreachable.
+    where the pools it missed on are at their maximum, or where the schedule already holds every
+    GPU of their type (a shortage), is unreachable.
     """
     specs, tick = scenario.deployment_specs(), float(scenario.planner.interval_s)
     inventory = dict(scenario.gpus)
@@ -366,7 +372,7 @@ def search_oracle(
         outcome = _misses(result, needs.window_s, needs.windows)
         report.runs += 1
     report.attainment = {spec.name: float(outcome.attainment[d]) for d, spec in enumerate(specs)}
-    at_max = _repair(needs, specs, outcome, list(range(len(specs))), target, {}, top, dry_run=True)
+    at_max = _repair(needs, specs, outcome, list(range(len(specs))), target, {}, top, dry_run=True, inventory=inventory)
     report.unreachable = sorted(specs[d].name for d in at_max if outcome.attainment[d] < target)
     policy = OraclePolicy(specs, tick, needs, inventory)
     policy.search = report
@@ -384,7 +390,13 @@ def oracle_below_peak(
 
     if peak is None:
         peak = search_static_peak(scenario, workload, model_needs(), target)
-    return search_oracle(scenario, workload, model_needs(), target, ceiling=peak.targets)
+    oracle = search_oracle(scenario, workload, model_needs(), target, ceiling=peak.targets)
+    # What static-peak could not reach, the oracle capped by its counts cannot reach either.
+    search, ceiling = oracle.search, peak.search
+    if search is not None and ceiling is not None:
+        beyond = {name for name in ceiling.unreachable if search.attainment.get(name, 1.0) < target}
+        search.unreachable = sorted(set(search.unreachable) | beyond)
+    return oracle
 
 
 def _repair(
@@ -396,9 +408,13 @@ def _repair(
     entry_repeats: dict[tuple[int, int], int],
     cap: dict[PoolKey, int],
     dry_run: bool = False,
+    inventory: dict[str, int] | None = None,
 ) -> set[int]:
     """Raise the pools failing deployments missed on, per window, up to ``cap``; return the
-    deployments none of whose short windows could be raised."""
+    deployments none of whose short windows could be raised. With ``inventory``, a window whose
+    schedule already holds every GPU of a pool's type cannot raise that pool either (in a
+    shortage one deployment gains only what another loses)."""
+    full = _full_windows(needs, specs, inventory) if inventory is not None else {}
     stuck = set()
     for d in failing:
         spec = specs[d]
@@ -419,8 +435,9 @@ def _repair(
             for role in roles:
                 key = (spec.name, role)
                 series = needs.needs[key]
+                gpu_type = spec.pools[role].gpu_type
                 for window in (w, w - 1) if w > 0 else (w,):
-                    if series[window] >= cap[key]:
+                    if series[window] >= cap[key] or (gpu_type in full and full[gpu_type][window]):
                         continue
                     raised = True
                     if not dry_run:
@@ -429,6 +446,28 @@ def _repair(
         if not raised:
             stuck.add(d)
     return stuck
+
+
+def _gpus(counts: dict[PoolKey, int], specs: list[DeploymentSpec], gpu_type: str) -> int:
+    """GPUs of ``gpu_type`` these replica counts want."""
+    return sum(
+        counts[(spec.name, role)] * pool.gpus_per_replica
+        for spec in specs
+        for role, pool in spec.pools.items()
+        if pool.gpu_type == gpu_type
+    )
+
+
+def _full_windows(
+    needs: WindowedNeeds, specs: list[DeploymentSpec], inventory: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """Per GPU type, the windows where the schedule wants at least every GPU of the inventory."""
+    wanted: dict[str, np.ndarray] = {}
+    for spec in specs:
+        for role, pool in spec.pools.items():
+            gpus = needs.needs[(spec.name, role)] * pool.gpus_per_replica
+            wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + gpus
+    return {gpu: series >= inventory[gpu] for gpu, series in wanted.items() if gpu in inventory}
 
 
 def _trim(needs: WindowedNeeds, specs: list[DeploymentSpec], outcome: _Misses) -> None:

@@ -13,6 +13,7 @@ one replica. Cells are split into a tuning half and a held-out half by a fixed s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,9 @@ class Cell:
     startup_s: float = 60.0
     shared_endpoint: bool = False
     contended: bool = False  # GPU inventory below the sum of the pools' maxima
+    # Inventory as a share of the deployments' summed peak needs, deployments in phase: tenants
+    # that really contend (``contended`` cells' inventory exceeds what their agents ask for).
+    supply: float | None = None
     seed: int = 1
     duration_s: float | None = None  # default: HOUR_S, or the compressed day
     half: str = ""
@@ -105,7 +109,8 @@ class Cell:
     @property
     def policies(self) -> tuple[str, ...]:
         several = len(self.deployments) > 1 and not self.shared_endpoint
-        return ("static-peak", "oracle", "local") + (("fcfs", "global") if several and self.contended else ())
+        arbitrated = self.contended or self.supply is not None
+        return ("static-peak", "oracle", "local") + (("fcfs", "global") if several and arbitrated else ())
 
 
 def cells() -> list[Cell]:
@@ -142,9 +147,22 @@ def cells() -> list[Cell]:
         add(arrival, ("d1",))
     add("day-clients", ("d1", "d4"), contended=True)
     add("day-clients", ("h1", "d4", "d8", "d1"), contended=True)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(out))
-    halves = {int(i): ("tuning" if rank < len(out) / 2 else "held-out") for rank, i in enumerate(order)}
-    return [Cell(**{**cell.__dict__, "half": halves[i]}) for i, cell in enumerate(out)]
+    first = _split(out, SPLIT_SEED)
+    # Added 2026-12-05, after the agent's tuning (issue 11): fleets whose tenants really run short,
+    # about 1.5x at the common peak. Split by their own seed so the first cells keep their halves.
+    out = []
+    add("day-clients", ("d1", "d4"), supply=0.67)
+    add("bursty-fit", ("a1", "da1"), supply=0.67)
+    add("bursty-high", ("a4", "d1"), supply=0.67)
+    add("day-poisson", ("d4", "d1", "a4"), supply=0.67)
+    return first + _split(out, SPLIT_SEED + 1)
+
+
+def _split(wave: list[Cell], seed: int) -> list[Cell]:
+    """The cells of one wave with their halves, from a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(len(wave))
+    halves = {int(i): ("tuning" if rank < len(wave) / 2 else "held-out") for rank, i in enumerate(order)}
+    return [Cell(**{**cell.__dict__, "half": halves[i]}) for i, cell in enumerate(wave)]
 
 
 def quick_cells() -> list[Cell]:
@@ -202,13 +220,18 @@ class _Sources:
         return self.written[name]
 
 
-def _bottleneck_rps(template: Template, sources: _Sources, itl_ms: float) -> float:
-    """Requests/s one replica of the template's bottleneck pool sustains (capacity model)."""
+def _role_rps(template: Template, sources: _Sources, itl_ms: float) -> dict[str, float]:
+    """Requests/s one replica of each of the template's pools sustains (capacity model)."""
     trace = sources.lengths_trace(template.lengths)
     model = PerfModel(load_profile(PROFILES / template.profile))
     roles = ("prefill", "decode") if template.mode == "disagg" else ("agg",)
     mean_in, mean_out = float(trace.input_tokens.mean()), float(trace.output_tokens.mean())
-    return min(replica_rps(model, role, mean_in, mean_out, itl_ms) for role in roles)
+    return {role: replica_rps(model, role, mean_in, mean_out, itl_ms) for role in roles}
+
+
+def _bottleneck_rps(template: Template, sources: _Sources, itl_ms: float) -> float:
+    """Requests/s one replica of the template's bottleneck pool sustains (capacity model)."""
+    return min(_role_rps(template, sources, itl_ms).values())
 
 
 def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
@@ -218,6 +241,7 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     deployments: list[dict[str, Any]] = []
     endpoints: dict[str, Any] = {}
     gpus: dict[str, int] = {}
+    needs: dict[str, int] = {}  # GPUs of every pool at its peak need, by type
     ttft_f, itl_f = SLA_TIGHTNESS[cell.sla]
     shared_peak = sum(
         TEMPLATES[key].peak_replicas * _bottleneck_rps(TEMPLATES[key], sources, TEMPLATES[key].itl_ms * itl_f)
@@ -234,9 +258,16 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
             peak_rps = template.peak_replicas * _bottleneck_rps(template, sources, sla["itl_ms"])
             trace = _trace(cell, template, peak_rps, sources, index)
         pools = {}
-        roles = ("prefill", "decode") if template.mode == "disagg" else ("agg",)
         maximum = 2 * template.peak_replicas + 2
-        for role in roles:
+        rates = _role_rps(template, sources, template.itl_ms * itl_f)
+        for role, role_rps in rates.items():
+            need = math.ceil(template.peak_replicas * min(rates.values()) / role_rps - 1e-9)
+            needs[template.gpu_type] = needs.get(template.gpu_type, 0) + need * template.gpus_per_replica
+            initial = maximum
+            if cell.contended:
+                initial = template.peak_replicas + 1
+            elif cell.supply is not None:  # the inventory's share of the pool's peak need
+                initial = max(1, math.floor(cell.supply * need))
             pools[role] = {
                 "profile": str(PROFILES / template.profile),
                 "gpu_type": template.gpu_type,
@@ -245,7 +276,7 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
                 "max": maximum,
                 # A fleet already running: pools start at their maximum (no start-up transient to
                 # judge), or, where tenants contend, just above their peak need.
-                "initial": template.peak_replicas + 1 if cell.contended else maximum,
+                "initial": initial,
                 "startup_s": cell.startup_s,
             }
             gpus[template.gpu_type] = gpus.get(template.gpu_type, 0) + maximum * template.gpus_per_replica
@@ -264,6 +295,8 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
         deployments.append(deployment)
     if cell.contended:  # room for about 70% of every pool at its maximum at once
         gpus = {gpu: max(8, int(0.7 * count) // 8 * 8) for gpu, count in gpus.items()}
+    elif cell.supply is not None:
+        gpus = {gpu: max(round(cell.supply * count), _initial_gpus(deployments, gpu)) for gpu, count in needs.items()}
     planner: dict[str, Any] = {"policy": policy, "interval_s": 30}
     if policy == "global":
         planner["policy_file"] = str(_tenants_file(cell, sources, gpus))
@@ -280,6 +313,12 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     return data
 
 
+def _initial_gpus(deployments: list[dict[str, Any]], gpu_type: str) -> int:
+    """GPUs of ``gpu_type`` the deployments' initial replicas hold."""
+    pools = [pool for deployment in deployments for pool in deployment["pools"].values()]
+    return sum(p["initial"] * p["gpus_per_replica"] for p in pools if p["gpu_type"] == gpu_type)
+
+
 def _trace(cell: Cell, template: Template, peak_rps: float, sources: _Sources, index: int) -> dict[str, Any]:
     """The trace source of one endpoint: a replay, or a synthesis with the cell's arrival process."""
     lengths = str(sources.lengths_path(template.lengths))
@@ -288,7 +327,8 @@ def _trace(cell: Cell, template: Template, peak_rps: float, sources: _Sources, i
     if cell.span == "day":
         synth = {
             "rate": str(SERVEGEN),
-            "start_s": 86400.0 * (cell.seed % 14) + 43200.0 * index,  # deployments out of phase
+            # Deployments out of phase, or in phase where the cell makes them contend.
+            "start_s": 86400.0 * (cell.seed % 14) + (0.0 if cell.supply is not None else 43200.0 * index),
             "lengths": lengths,
             "lengths_format": "azure" if template.lengths == "conv" else "csv",
             "arrival": "clients" if cell.arrival == "day-clients" else "poisson",

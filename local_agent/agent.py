@@ -153,7 +153,7 @@ class LocalAgent:
                 self.guard.scaled(decision.role, now_s, 1 if change > 0 else -1)
             if not self.limits.advisory:
                 self.pools[decision.role].target = decision.target
-        record = self._record(now_s, run_throughput, observed_rate, lengths, decisions)
+        record = self._record(now_s, run_throughput, observed_rate, lengths, decisions, pools)
         self.decisions.append(record)
         return AgentEffects(
             targets={} if record.advisory else {d.role: d.target for d in decisions},
@@ -185,8 +185,10 @@ class LocalAgent:
         observed_rate: float | None,
         lengths: Lengths | None,
         decisions: list[PoolDecision],
+        pools: dict[PoolRole, PoolObservation],
     ) -> AgentDecision:
         forecast = self.sizer.forecast
+        waiting = [obs.queued_requests for obs in pools.values() if obs.queued_requests is not None]
         return AgentDecision(
             time_s=now_s,
             deployment=self.spec.name,
@@ -201,6 +203,7 @@ class LocalAgent:
             advisory=bool(self.limits.advisory),
             arrival_scv=self.intake.arrival_scv(),
             ttft_factor=self.sizer.ttft.factor,
+            queued_requests=sum(waiting) if waiting else None,
         )
 
     def _decide_pool(

@@ -76,6 +76,9 @@ class AgentDecision(BaseModel):
     advisory: bool = False
     arrival_scv: float | None = Field(default=None, description="burstiness the sizing assumed (1 = Poisson)")
     ttft_factor: float | None = Field(default=None, description="observed / predicted TTFT the sizing corrects by")
+    queued_requests: int | None = Field(
+        default=None, ge=0, description="requests waiting in the deployment's pools at the end of the window"
+    )
 
 
 class AgentInput(BaseModel):

@@ -263,3 +263,19 @@ def test_unreachable_targets_are_reported() -> None:
     assert oracle.search is not None and oracle.search.unreachable == ["d"]
     assert oracle.search.attainment["d"] < 0.995 and oracle.search.reached  # marked, so it counts as handled
     assert oracle.search.runs <= 3
+
+
+def test_a_target_the_inventory_cannot_hold_is_reported_unreachable() -> None:
+    """A shortage, not a pool maximum, binds: the pool could grow but the fleet has no GPU left."""
+    from fleet_sim.baselines import oracle_below_peak
+    from fleet_sim.workload import build_workload
+
+    scenario = diurnal_scenario("oracle", peak_rps=6.0)
+    data = scenario.model_dump(by_alias=True, mode="json")
+    data["deployments"][0]["pools"]["agg"].update({"initial": 1, "min": 1})
+    assert data["deployments"][0]["pools"]["agg"]["max"] > 1
+    data["gpus"] = {gpu: 1 for gpu in data["gpus"]}
+    short = parse_scenario(data, base_dir=ROOT)
+    oracle = oracle_below_peak(short, build_workload(short), 0.995)
+    assert oracle.search is not None and oracle.search.attainment["d"] < 0.995
+    assert oracle.search.unreachable == ["d"] and oracle.search.reached

@@ -315,6 +315,55 @@ def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed
         assert answer.replicas["chat/agg"] == 6
 
 
+def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
+    # A starved pool's forecast lags (it learns from the rate the pool got through): 2.5 rps
+    # forecast and observed on 3 replicas is not short, but 60 requests left waiting after a 30 s
+    # window are 2 rps more that arrived and were not carried: 4.5 rps, 5 replicas' worth.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    holder = _served(
+        "batch",
+        "ep-batch",
+        "low",
+        current=7,
+        observed=7.0,
+        wanted_replicas=7,
+        curve=_curve(1.0, 7.0),
+        demand_weight=7.0,
+    )
+    for solve in (allocate, allocate_greedy):
+        lagging = _served("chat", "ep-chat", "high", current=3, observed=2.5, demand_weight=2.5)
+        assert solve(_request([lagging, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+        backlogged = lagging.model_copy(update={"backlog_rps": 2.0})
+        answer = solve(_request([backlogged, holder], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 5, "batch/agg": 5}
+        assert answer.drivers["batch/agg"] == "others"
+        # A few requests waiting at a window's end (a burst being served) prove nothing more.
+        burst = lagging.model_copy(update={"backlog_rps": 0.1})
+        assert solve(_request([burst, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+
+
+def test_the_planner_reads_the_backlog_from_the_agents_report() -> None:
+    state = PlannerState(
+        TenantPolicy.model_validate({"fleet": {"gpus": {"h100": 8}}, "tenants": {"t": {}}}), lease_s=100.0
+    )
+    pool = PoolRegistration(role="agg", gpu_type="h100", gpus_per_replica=1, min_replicas=1, max_replicas=8)
+    state.register(Registration(deployment="d", tenant="t", endpoint="e", pools=[pool]), "s", now=0.0)
+    report = AgentReport(
+        deployment="d",
+        session_id="s",
+        sequence=1,
+        agent_time_s=30.0,
+        forecast=Forecast(mean_rps=3.0, upper_rps=4.0),
+        observed=Observed(window_s=30.0, admitted_rps=3.0, queued_requests=45),
+        pools=[PoolReport(role="agg", ready=2, curve=[0.0, 0.5, 1.0], replica_capacity_rps=1.5, wanted_replicas=2)],
+    )
+    state.report(report, now=30.0)
+    request = state.begin_round(now=30.0).request
+    assert request is not None
+    (demand,) = request.pools
+    assert demand.backlog_rps == 1.5 and demand.observed_rps == 3.0
+
+
 def test_a_deployment_at_zero_contests_through_its_endpoint_and_missing_data_keeps_the_curves() -> None:
     tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
     holder = _served("batch", "ep-batch", "low", current=8, observed=8.0)

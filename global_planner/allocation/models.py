@@ -142,6 +142,12 @@ class PoolDemand(FrozenModel):
     startup_s: float | None = Field(
         default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
     )
+    backlog_rps: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="requests left waiting at the end of the observed window, per second of that window",
+    )
 
     @field_validator("curve")
     @classmethod

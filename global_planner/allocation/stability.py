@@ -92,25 +92,37 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
     return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
 
 
-def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
-    """Whether the pool's load exceeds ``utilisation`` of what its running replicas carry at the
-    SLA (``running x replica_capacity_rps``, the agent's own per-replica capacity), both as
-    observed over the last window and as forecast (``demand_weight``): a one-window spike the
-    forecast does not share is noise (on soft-shortage, trading GPUs on such spikes cost 0.8
-    point); None when the report lacks the rate or the capacity (no evidence either way)."""
-    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
-    if pool.observed_rps is None or pool.replica_capacity_rps is None:
+def evidence_rps(pool: PoolDemand) -> float | None:
+    """The load the pool's observations prove: the rate both observed over the last window and
+    forecast (``demand_weight``; a one-window spike the forecast does not share is noise: on
+    soft-shortage, trading GPUs on such spikes cost 0.8 point), plus the backlog left waiting,
+    cleared over one window (requests that arrived and were not carried are load too, and while a
+    pool is starved its observed rate is all the forecast learns from, so the forecast lags).
+    None when the report lacks the rate (no evidence either way)."""
+    if pool.observed_rps is None:
         return None
-    return min(pool.observed_rps, pool.demand_weight) > utilisation * running * pool.replica_capacity_rps
+    return min(pool.observed_rps, pool.demand_weight) + (pool.backlog_rps or 0.0)
+
+
+def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
+    """Whether the pool's proven load (:func:`evidence_rps`) exceeds ``utilisation`` of what its
+    running replicas carry at the SLA (``running x replica_capacity_rps``, the agent's own
+    per-replica capacity); None when the report lacks the rate or the capacity."""
+    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
+    load = evidence_rps(pool)
+    if load is None or pool.replica_capacity_rps is None:
+        return None
+    return load > utilisation * running * pool.replica_capacity_rps
 
 
 def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> int | None:
-    """Replicas the pool's load needs to run below ``utilisation`` of their capacity, both as
-    observed and as forecast (the same evidence as :func:`observed_short`); None without the data.
-    A pool contests GPUs others hold only up to this count: past it, its ask is headroom."""
-    if pool.observed_rps is None or pool.replica_capacity_rps is None:
+    """Replicas the pool's proven load (:func:`evidence_rps`) needs to run below ``utilisation``
+    of their capacity; None without the data. A pool contests GPUs others hold only up to this
+    count: past it, its ask is headroom."""
+    load = evidence_rps(pool)
+    if load is None or pool.replica_capacity_rps is None:
         return None
-    return math.ceil(min(pool.observed_rps, pool.demand_weight) / (utilisation * pool.replica_capacity_rps) - 1e-9)
+    return math.ceil(load / (utilisation * pool.replica_capacity_rps) - 1e-9)
 
 
 def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:

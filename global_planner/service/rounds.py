@@ -269,6 +269,11 @@ def _pool_demand(
     checks the bid's rate against it."""
     observed = dep.report.observed if dep.report is not None else None
     observed_rps = observed.admitted_rps if observed is not None else None
+    backlog_rps = (
+        observed.queued_requests / observed.window_s
+        if observed is not None and observed.queued_requests is not None
+        else None
+    )
     spec = pool.spec
     low = min(max(spec.min_replicas, spec.fallback_replicas), spec.max_replicas)
     curve: list[float]
@@ -294,6 +299,7 @@ def _pool_demand(
         replica_capacity_rps=report.replica_capacity_rps if report is not None else None,
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
         observed_rps=observed_rps,
+        backlog_rps=backlog_rps,
         running_replicas=report.ready + report.starting if report is not None else None,
         startup_s=spec.startup_s,
     )

@@ -57,8 +57,9 @@ def forecast_of(decision: AgentDecision) -> Forecast | None:
 
 
 def observed_of(decision: AgentDecision, window_s: float) -> Observed | None:
-    """The rate the agent observed over its last window, when it has one: the planner checks the
-    forecast it bids with against it (a tenant cannot win GPUs by inflating a forecast)."""
+    """The rate the agent observed over its last window, when it has one, and the requests left
+    waiting: the planner checks the forecast it bids with against the rate (a tenant cannot win
+    GPUs by inflating a forecast), and counts a backlog as load the pool has not carried."""
     if decision.observed_rps is None:
         return None
-    return Observed(window_s=window_s, admitted_rps=decision.observed_rps)
+    return Observed(window_s=window_s, admitted_rps=decision.observed_rps, queued_requests=decision.queued_requests)

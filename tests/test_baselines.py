@@ -274,7 +274,7 @@ def test_a_target_the_inventory_cannot_hold_is_reported_unreachable() -> None:
     data = scenario.model_dump(by_alias=True, mode="json")
     data["deployments"][0]["pools"]["agg"].update({"initial": 1, "min": 1})
     assert data["deployments"][0]["pools"]["agg"]["max"] > 1
-    data["gpus"] = {gpu: 1 for gpu in data["gpus"]}
+    data["gpus"] = dict.fromkeys(data["gpus"], 1)
     short = parse_scenario(data, base_dir=ROOT)
     oracle = oracle_below_peak(short, build_workload(short), 0.995)
     assert oracle.search is not None and oracle.search.attainment["d"] < 0.995

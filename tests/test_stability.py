@@ -283,6 +283,20 @@ def _served(name: str, endpoint: str, tenant: str, *, current: int, observed: fl
     return _pool(name, 6.0, current=current, **fields)
 
 
+def _full_holder() -> PoolDemand:
+    """A low-priority pool holding 7 replicas and wanting all 7 for the 7 rps it serves."""
+    return _served(
+        "batch",
+        "ep-batch",
+        "low",
+        current=7,
+        observed=7.0,
+        wanted_replicas=7,
+        curve=_curve(1.0, 7.0),
+        demand_weight=7.0,
+    )
+
+
 def test_a_pool_takes_gpus_another_pool_holds_only_when_its_endpoint_is_observed_short() -> None:
     tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
     holder = _served("batch", "ep-batch", "low", current=6, observed=6.0)
@@ -320,16 +334,7 @@ def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
     # forecast and observed on 3 replicas is not short, but 60 requests left waiting after a 30 s
     # window are 2 rps more that arrived and were not carried: 4.5 rps, 5 replicas' worth.
     tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
-    holder = _served(
-        "batch",
-        "ep-batch",
-        "low",
-        current=7,
-        observed=7.0,
-        wanted_replicas=7,
-        curve=_curve(1.0, 7.0),
-        demand_weight=7.0,
-    )
+    holder = _full_holder()
     for solve in (allocate, allocate_greedy):
         lagging = _served("chat", "ep-chat", "high", current=3, observed=2.5, demand_weight=2.5)
         assert solve(_request([lagging, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
@@ -378,16 +383,7 @@ def test_a_deployment_at_zero_contests_through_its_endpoint_and_missing_data_kee
 
 def test_a_guarantee_does_not_evict_for_headroom() -> None:
     tenants = {"high": TenantLimits(priority=100.0, guaranteed_gpus={"h100": 6}), "low": TenantLimits(priority=1.0)}
-    holder = _served(
-        "batch",
-        "ep-batch",
-        "low",
-        current=7,
-        observed=7.0,
-        wanted_replicas=7,
-        curve=_curve(1.0, 7.0),
-        demand_weight=7.0,
-    )
+    holder = _full_holder()
     fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
     answer = allocate(_request([fine, holder], 10, tenants=tenants))
     assert answer.replicas == {"chat/agg": 3, "batch/agg": 7}

@@ -265,8 +265,7 @@ class FleetSimulation:
     def _tick(self, now: float) -> None:
         self.gateway.refresh_capacities()
         current = self._observe(now)
-        if now > 0.0:  # the first observation's window lies before the run: no metric, not no traffic
-            self._observations.append(current)
+        self._observations.append(current)
         self.policy.replicas_now(current)
         delivered = None
         while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:

@@ -71,7 +71,7 @@ class AgentOptions(BaseModel):
         description="no scale-down this long after a scale-down: each step is observed before the next",
     )
     warmup_windows: int = Field(
-        default=6,
+        default=5,
         ge=0,
         description="no scale-down before this many windows of traffic were observed: until then the "
         "forecast has no error estimate and the model's corrections nothing to learn from",

@@ -345,6 +345,10 @@ def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
         # A few requests waiting at a window's end (a burst being served) prove nothing more.
         burst = lagging.model_copy(update={"backlog_rps": 0.1})
         assert solve(_request([burst, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+        # An inflated queue report counts for at most the observed rate: 2.5 + 2.5 rps proves 6
+        # replicas' worth, however many the agent wants and whatever queue it claims.
+        greedy = lagging.model_copy(update={"backlog_rps": 100.0, "wanted_replicas": 10, "curve": _curve(1.0, 10.0)})
+        assert solve(_request([greedy, holder], 10, tenants=tenants)).replicas["chat/agg"] == 6
 
 
 def test_the_planner_reads_the_backlog_from_the_agents_report() -> None:

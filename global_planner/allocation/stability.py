@@ -98,10 +98,13 @@ def evidence_rps(pool: PoolDemand) -> float | None:
     soft-shortage, trading GPUs on such spikes cost 0.8 point), plus the backlog left waiting,
     cleared over one window (requests that arrived and were not carried are load too, and while a
     pool is starved its observed rate is all the forecast learns from, so the forecast lags).
-    None when the report lacks the rate (no evidence either way)."""
+    The backlog counts for at most the observed rate: clearing it then needs twice the load, and a
+    tenant that inflates its queue report wins no more than a doubled rate, which the gateway can
+    check. None when the report lacks the rate (no evidence either way)."""
     if pool.observed_rps is None:
         return None
-    return min(pool.observed_rps, pool.demand_weight) + (pool.backlog_rps or 0.0)
+    backlog = min(pool.backlog_rps or 0.0, pool.observed_rps)
+    return min(pool.observed_rps, pool.demand_weight) + backlog
 
 
 def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:

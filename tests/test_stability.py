@@ -337,7 +337,12 @@ def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
     holder = _full_holder()
     for solve in (allocate, allocate_greedy):
         lagging = _served("chat", "ep-chat", "high", current=3, observed=2.5, demand_weight=2.5)
-        assert solve(_request([lagging, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+        answer = solve(_request([lagging, holder], 10, tenants=tenants))
+        assert answer.replicas["chat/agg"] == 3
+        assert (
+            "(this pool: 2.50 rps proven, 0.00 of it backlog, against 90% of 3 x 1.00 rps)"
+            in answer.reasons["chat/agg"]
+        )
         backlogged = lagging.model_copy(update={"backlog_rps": 2.0})
         answer = solve(_request([backlogged, holder], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 5, "batch/agg": 5}

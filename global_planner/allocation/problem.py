@@ -43,6 +43,7 @@ from global_planner.allocation.stability import (
     headroom_only,
     held_if_stale,
     protected_lows,
+    shortage_note,
     startup_discount,
     want_floor,
 )
@@ -606,7 +607,7 @@ def finish(
         if plan.note is not None:
             text += f"; {plan.note}"
         if not plan.contested and plan.pool.wanted_replicas is not None and count < plan.pool.wanted_replicas:
-            text += "; the rest of its ask is headroom: its endpoint is not observed short"
+            text += "; the rest of its ask is headroom: its endpoint is not observed short" + shortage_note(plan.pool)
         floor = problem.floors.get(key)
         if floor is not None and by_tenant.get(key, 0) <= floor and count > plan.lo:
             text += f"; guaranteed floor {floor} {plan.pool.gpu_type}"

@@ -118,6 +118,19 @@ def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> 
     return load > utilisation * running * pool.replica_capacity_rps
 
 
+def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> str:
+    """The pool's own evidence in words, for a reason that says it was not observed short."""
+    load = evidence_rps(pool)
+    if load is None or pool.replica_capacity_rps is None:
+        return ""
+    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
+    backlog = min(pool.backlog_rps or 0.0, pool.observed_rps or 0.0)
+    return (
+        f" (this pool: {load:.2f} rps proven, {backlog:.2f} of it backlog, against {utilisation:.0%} of"
+        f" {running} x {pool.replica_capacity_rps:.2f} rps)"
+    )
+
+
 def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> int | None:
     """Replicas the pool's proven load (:func:`evidence_rps`) needs to run below ``utilisation``
     of their capacity; None without the data. A pool contests GPUs others hold only up to this

@@ -103,3 +103,26 @@ def test_cell_load_is_the_templates_peak_need(arrival: str, tmp_path: Path) -> N
     template = TEMPLATES["d1"]
     expected = template.peak_replicas * _bottleneck_rps(template, _sources(tmp_path), template.itl_ms)
     assert 0.5 * expected < busiest < 1.3 * expected
+
+
+def test_supply_cells_are_short_in_phase_and_keep_the_first_halves(tmp_path: Path) -> None:
+    """The supply-limited cells contend for real: deployments in phase, an inventory well below
+    what the contended cells hold, initial replicas that fit it; adding them moved no earlier
+    cell's half (those were fixed before any tuning)."""
+    from fleet_sim.matrix import build_scenario
+
+    matrix = cells()
+    supply = [c for c in matrix if c.supply is not None]
+    assert len(supply) == 4 and all("fcfs" in c.policies and "global" in c.policies for c in supply)
+    for cell in supply:
+        scenario = build_scenario(cell, "global", tmp_path)
+        pools = [(p.gpu_type, p) for d in scenario.deployments for p in d.pools.values()]
+        for gpu, have in scenario.gpus.items():
+            mine = [p for g, p in pools if g == gpu]
+            assert sum(p.initial * p.gpus_per_replica for p in mine) <= have
+            assert have < 0.5 * sum(p.max * p.gpus_per_replica for p in mine)
+        starts = {d.trace.synth.start_s for d in scenario.deployments if d.trace is not None and d.trace.synth}
+        assert len(starts) <= 1  # one start hour: the tenants' peaks coincide
+    halves = {c.name: c.half for c in matrix}
+    assert halves["bursty-fit d1 sla=tight"] == "held-out" and halves["replay a1"] == "tuning"
+    assert halves["day-clients d1+d4 contended=True"] == "held-out"

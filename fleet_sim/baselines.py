@@ -15,7 +15,9 @@ be met even with a pool at its maximum, the search says so (``SearchReport.unrea
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -274,7 +276,7 @@ def search_static_peak(scenario, workload: Workload, needs: WindowedNeeds, targe
                 if (
                     missed
                     and counts[key] < pool.max_replicas
-                    and _gpus(counts, specs, pool.gpu_type) < inventory.get(pool.gpu_type, 0)
+                    and _gpus_by_type(counts, specs).get(pool.gpu_type, 0) < inventory.get(pool.gpu_type, 0)
                 ):
                     counts[key] = min(pool.max_replicas, counts[key] + max(1, math.ceil(0.2 * counts[key])))
                     raised = True
@@ -448,25 +450,22 @@ def _repair(
     return stuck
 
 
-def _gpus(counts: dict[PoolKey, int], specs: list[DeploymentSpec], gpu_type: str) -> int:
-    """GPUs of ``gpu_type`` these replica counts want."""
-    return sum(
-        counts[(spec.name, role)] * pool.gpus_per_replica
-        for spec in specs
-        for role, pool in spec.pools.items()
-        if pool.gpu_type == gpu_type
-    )
+def _gpus_by_type(counts: Mapping[PoolKey, Any], specs: list[DeploymentSpec]) -> dict[str, Any]:
+    """GPUs per type these replica counts want: fixed counts (ints) or schedules (arrays over
+    windows, summed window by window)."""
+    wanted: dict[str, Any] = {}
+    for spec in specs:
+        for role, pool in spec.pools.items():
+            gpus = counts[(spec.name, role)] * pool.gpus_per_replica
+            wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + gpus
+    return wanted
 
 
 def _full_windows(
     needs: WindowedNeeds, specs: list[DeploymentSpec], inventory: dict[str, int]
 ) -> dict[str, np.ndarray]:
     """Per GPU type, the windows where the schedule wants at least every GPU of the inventory."""
-    wanted: dict[str, np.ndarray] = {}
-    for spec in specs:
-        for role, pool in spec.pools.items():
-            gpus = needs.needs[(spec.name, role)] * pool.gpus_per_replica
-            wanted[pool.gpu_type] = wanted.get(pool.gpu_type, 0) + gpus
+    wanted = _gpus_by_type(needs.needs, specs)
     return {gpu: series >= inventory[gpu] for gpu, series in wanted.items() if gpu in inventory}
 
 

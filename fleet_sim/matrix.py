@@ -242,6 +242,7 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     endpoints: dict[str, Any] = {}
     gpus: dict[str, int] = {}
     needs: dict[str, int] = {}  # GPUs of every pool at its peak need, by type
+    held: dict[str, int] = {}  # GPUs of every pool's initial replicas, by type
     ttft_f, itl_f = SLA_TIGHTNESS[cell.sla]
     shared_peak = sum(
         TEMPLATES[key].peak_replicas * _bottleneck_rps(TEMPLATES[key], sources, TEMPLATES[key].itl_ms * itl_f)
@@ -250,32 +251,34 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     for index, key in enumerate(cell.deployments):
         template = TEMPLATES[key]
         first = TEMPLATES[cell.deployments[0]]
+        rates = _role_rps(template, sources, template.itl_ms * itl_f)
         if cell.shared_endpoint:  # one SLA and one trace for the endpoint: the first template's
             sla = {"ttft_ms": first.ttft_ms * ttft_f, "itl_ms": first.itl_ms * itl_f}
             trace = _trace(cell, first, shared_peak, sources, 0)
         else:
             sla = {"ttft_ms": template.ttft_ms * ttft_f, "itl_ms": template.itl_ms * itl_f}
-            peak_rps = template.peak_replicas * _bottleneck_rps(template, sources, sla["itl_ms"])
+            peak_rps = template.peak_replicas * min(rates.values())
             trace = _trace(cell, template, peak_rps, sources, index)
         pools = {}
         maximum = 2 * template.peak_replicas + 2
-        rates = _role_rps(template, sources, template.itl_ms * itl_f)
         for role, role_rps in rates.items():
             need = math.ceil(template.peak_replicas * min(rates.values()) / role_rps - 1e-9)
             needs[template.gpu_type] = needs.get(template.gpu_type, 0) + need * template.gpus_per_replica
+            # A fleet already running: pools start at their maximum (no start-up transient to
+            # judge), or, where tenants contend, just above their peak need, or, where supply is
+            # short, at the inventory's share of it.
             initial = maximum
             if cell.contended:
                 initial = template.peak_replicas + 1
-            elif cell.supply is not None:  # the inventory's share of the pool's peak need
+            elif cell.supply is not None:
                 initial = max(1, math.floor(cell.supply * need))
+            held[template.gpu_type] = held.get(template.gpu_type, 0) + initial * template.gpus_per_replica
             pools[role] = {
                 "profile": str(PROFILES / template.profile),
                 "gpu_type": template.gpu_type,
                 "gpus_per_replica": template.gpus_per_replica,
                 "min": 1,
                 "max": maximum,
-                # A fleet already running: pools start at their maximum (no start-up transient to
-                # judge), or, where tenants contend, just above their peak need.
                 "initial": initial,
                 "startup_s": cell.startup_s,
             }
@@ -296,7 +299,7 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     if cell.contended:  # room for about 70% of every pool at its maximum at once
         gpus = {gpu: max(8, int(0.7 * count) // 8 * 8) for gpu, count in gpus.items()}
     elif cell.supply is not None:
-        gpus = {gpu: max(round(cell.supply * count), _initial_gpus(deployments, gpu)) for gpu, count in needs.items()}
+        gpus = {gpu: max(round(cell.supply * count), held[gpu]) for gpu, count in needs.items()}
     planner: dict[str, Any] = {"policy": policy, "interval_s": 30}
     if policy == "global":
         planner["policy_file"] = str(_tenants_file(cell, sources, gpus))
@@ -311,12 +314,6 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     if endpoints:
         data["endpoints"] = endpoints
     return data
-
-
-def _initial_gpus(deployments: list[dict[str, Any]], gpu_type: str) -> int:
-    """GPUs of ``gpu_type`` the deployments' initial replicas hold."""
-    pools = [pool for deployment in deployments for pool in deployment["pools"].values()]
-    return sum(p["initial"] * p["gpus_per_replica"] for p in pools if p["gpu_type"] == gpu_type)
 
 
 def _trace(cell: Cell, template: Template, peak_rps: float, sources: _Sources, index: int) -> dict[str, Any]:

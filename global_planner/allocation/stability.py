@@ -103,19 +103,27 @@ def evidence_rps(pool: PoolDemand) -> float | None:
     check. None when the report lacks the rate (no evidence either way)."""
     if pool.observed_rps is None:
         return None
-    backlog = min(pool.backlog_rps or 0.0, pool.observed_rps)
-    return min(pool.observed_rps, pool.demand_weight) + backlog
+    return min(pool.observed_rps, pool.demand_weight) + _counted_backlog(pool)
+
+
+def _counted_backlog(pool: PoolDemand) -> float:
+    """The backlog as :func:`evidence_rps` counts it: at most the observed rate."""
+    return min(pool.backlog_rps or 0.0, pool.observed_rps or 0.0)
+
+
+def _running(pool: PoolDemand) -> int:
+    """Replicas the pool ran when its agent bid (ready or starting), else its grant."""
+    return pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
 
 
 def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
     """Whether the pool's proven load (:func:`evidence_rps`) exceeds ``utilisation`` of what its
     running replicas carry at the SLA (``running x replica_capacity_rps``, the agent's own
     per-replica capacity); None when the report lacks the rate or the capacity."""
-    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
     load = evidence_rps(pool)
     if load is None or pool.replica_capacity_rps is None:
         return None
-    return load > utilisation * running * pool.replica_capacity_rps
+    return load > utilisation * _running(pool) * pool.replica_capacity_rps
 
 
 def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> str:
@@ -123,11 +131,9 @@ def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> s
     load = evidence_rps(pool)
     if load is None or pool.replica_capacity_rps is None:
         return ""
-    running = pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
-    backlog = min(pool.backlog_rps or 0.0, pool.observed_rps or 0.0)
     return (
-        f" (this pool: {load:.2f} rps proven, {backlog:.2f} of it backlog, against {utilisation:.0%} of"
-        f" {running} x {pool.replica_capacity_rps:.2f} rps)"
+        f" (this pool: {load:.2f} rps proven, {_counted_backlog(pool):.2f} of it backlog, against"
+        f" {utilisation:.0%} of {_running(pool)} x {pool.replica_capacity_rps:.2f} rps)"
     )
 
 

@@ -36,10 +36,13 @@ def _pct(value: float | None) -> str:
 
 
 def _scenario(args: argparse.Namespace, policy: str, overrides: dict) -> Scenario:
-    """The scenario file under ``policy``, or the matrix cell whose name contains ``args.scenario``."""
+    """The scenario file under ``policy``, or the matrix cell named ``args.scenario`` (else the
+    one whose name contains it: a cell's name can be part of another's, e.g. ``bursty-fit d1``)."""
     if not args.cell:
         return load_scenario(args.scenario, overrides={**overrides, "policy": policy})
-    found = [cell for cell in cells() if args.scenario in cell.name]
+    found = [cell for cell in cells() if args.scenario == cell.name] or [
+        cell for cell in cells() if args.scenario in cell.name
+    ]
     if len(found) != 1:
         names = ", ".join(cell.name for cell in found) or "none"
         raise SystemExit(f"--cell {args.scenario!r} must match exactly one matrix cell (matched: {names})")

@@ -126,3 +126,18 @@ def test_supply_cells_are_short_in_phase_and_keep_the_first_halves(tmp_path: Pat
     halves = {c.name: c.half for c in matrix}
     assert halves["bursty-fit d1 sla=tight"] == "held-out" and halves["replay a1"] == "tuning"
     assert halves["day-clients d1+d4 contended=True"] == "held-out"
+
+
+def test_a_cell_named_in_full_is_chosen_even_when_other_names_contain_it() -> None:
+    import argparse
+
+    from bench_policies import _scenario
+
+    def scenario_of(name: str) -> str:
+        args = argparse.Namespace(cell=True, scenario=name)
+        return ",".join(d.name for d in _scenario(args, "local", {}).deployments)
+
+    assert scenario_of("bursty-fit d1") == "d1-0"  # also part of "bursty-fit d1 sla=tight" and others
+    assert scenario_of("bursty-fit d1+h1") == "d1-0,h1-1"  # part of one name only
+    with pytest.raises(SystemExit, match="must match exactly one"):
+        scenario_of("d1+h1")  # part of two names, the full name of none

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, run, spec
+from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, pool, run, spec
 
 from fleet_planner.planning import SLA, Distribution
 from local_agent.decide.intake import SMOOTHING_WINDOWS
@@ -176,6 +176,22 @@ def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     plain_targets = [d.pools[0].target for d in run(plain, 0.0, 20, make)]
     banded_targets = [d.pools[0].target for d in run(banded, 0.0, 20, make)]
     assert min(banded_targets) > min(plain_targets)
+
+
+def test_a_decode_pool_has_its_own_dead_band() -> None:
+    """``decode_down_margin`` holds a disaggregated decode pool, ``down_margin`` its prefill pool."""
+
+    def make(t: float, targets: dict) -> list:
+        return [observe(role, t, 40.0, ready=targets[role]) for role in ("prefill", "decode")]
+
+    def lowest(**options) -> tuple[int, int]:
+        decisions = run(agent(spec("disagg", initial=4), **options), 0.0, 20, make)
+        return tuple(min(pool(d, role).target for d in decisions) for role in ("prefill", "decode"))
+
+    plain = lowest()
+    decode_banded, prefill_banded = lowest(decode_down_margin=1.0), lowest(down_margin=1.0)
+    assert decode_banded[0] == plain[0] and decode_banded[1] > plain[1]
+    assert prefill_banded[0] > plain[0] and prefill_banded[1] == plain[1]
 
 
 def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:

@@ -66,6 +66,7 @@ def spec(
 DESCENT_OFF = {
     "stabilization_window_s": 0.0,
     "down_margin": 0.0,
+    "decode_down_margin": 0.0,
     "scale_down_dwell_s": 0.0,
     "near_miss": False,
     "warmup_windows": 0,

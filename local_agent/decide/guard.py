@@ -6,7 +6,8 @@ no scale-down that reverses a scale-up within ``reversal_interval_s`` of the poo
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
 (burst-aware, corrected) model at the largest of the observed, the forecast upper and (with
 ``check_recent_peak``) the last few windows' highest load, times
-``1 + down_margin`` (a dead band: up at one load, down only below it by the margin); the
+``1 + down_margin`` (a dead band: up at one load, down only below it by the margin;
+``decode_down_margin`` for a disaggregated decode pool, whose latency has no queue to blow up); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
 ``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
@@ -130,7 +131,8 @@ class ScaleDownGuard:
         rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
         if self.options.check_recent_peak:
             rate = max(rate, self.sizer.intake.recent_peak_rate() or 0.0)
-        curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + self.options.down_margin), lengths)
+        margin = self.options.decode_down_margin if role == "decode" else self.options.down_margin
+        curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + margin), lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
         # The other pools count at the larger of their target and their need at this load: a

@@ -53,6 +53,14 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="a scale-down's survivors must carry this much more than the load (a dead band against flapping)",
     )
+    decode_down_margin: float = Field(
+        default=0.2,
+        ge=0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="the dead band of a disaggregated decode pool's scale-downs: its ITL grows with the batch, "
+        "without a queue, so a narrower band holds where a prefill queue needs down_margin (docs/local-agent.md)",
+    )
     miss_memory_s: float = Field(
         default=1800.0,
         ge=0,

@@ -192,6 +192,9 @@ def test_a_decode_pool_has_its_own_dead_band() -> None:
     decode_banded, prefill_banded = lowest(decode_down_margin=1.0), lowest(down_margin=1.0)
     assert decode_banded[0] == plain[0] and decode_banded[1] > plain[1]
     assert prefill_banded[0] > plain[0] and prefill_banded[1] == plain[1]
+    held = run(agent(spec("disagg", initial=4), decode_down_margin=1.0), 0.0, 20, make)
+    refusals = [pool(d, "decode").detail for d in held if pool(d, "decode").reason == R.CONSOLIDATION_REFUSED]
+    assert refusals and all(detail.endswith("with the 100% dead band") for detail in refusals)
 
 
 def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:

@@ -144,7 +144,7 @@ class ScaleDownGuard:
         def refusal(wanted: int) -> Proposal | None:
             survivors = {**others, role: wanted}
             if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
-                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s"
+                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s with the {margin:.0%} dead band"
                 return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
             if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted:
                 per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)

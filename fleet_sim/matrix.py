@@ -244,14 +244,13 @@ def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     needs: dict[str, int] = {}  # GPUs of every pool at its peak need, by type
     held: dict[str, int] = {}  # GPUs of every pool's initial replicas, by type
     ttft_f, itl_f = SLA_TIGHTNESS[cell.sla]
-    shared_peak = sum(
-        TEMPLATES[key].peak_replicas * _bottleneck_rps(TEMPLATES[key], sources, TEMPLATES[key].itl_ms * itl_f)
-        for key in cell.deployments
-    )
+    # Each template's per-replica rates once (each reads its profile and lengths).
+    rates_of = {key: _role_rps(TEMPLATES[key], sources, TEMPLATES[key].itl_ms * itl_f) for key in cell.deployments}
+    shared_peak = sum(TEMPLATES[key].peak_replicas * min(rates_of[key].values()) for key in cell.deployments)
     for index, key in enumerate(cell.deployments):
         template = TEMPLATES[key]
         first = TEMPLATES[cell.deployments[0]]
-        rates = _role_rps(template, sources, template.itl_ms * itl_f)
+        rates = rates_of[key]
         if cell.shared_endpoint:  # one SLA and one trace for the endpoint: the first template's
             sla = {"ttft_ms": first.ttft_ms * ttft_f, "itl_ms": first.itl_ms * itl_f}
             trace = _trace(cell, first, shared_peak, sources, 0)

@@ -116,24 +116,35 @@ def _running(pool: PoolDemand) -> int:
     return pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
 
 
+def _evidence(pool: PoolDemand) -> tuple[float, float] | None:
+    """The pool's proven load (:func:`evidence_rps`) and its agent's per-replica capacity, or
+    None when the report lacks either (no evidence either way)."""
+    load = evidence_rps(pool)
+    if load is None or pool.replica_capacity_rps is None:
+        return None
+    return load, pool.replica_capacity_rps
+
+
 def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
     """Whether the pool's proven load (:func:`evidence_rps`) exceeds ``utilisation`` of what its
     running replicas carry at the SLA (``running x replica_capacity_rps``, the agent's own
     per-replica capacity); None when the report lacks the rate or the capacity."""
-    load = evidence_rps(pool)
-    if load is None or pool.replica_capacity_rps is None:
+    evidence = _evidence(pool)
+    if evidence is None:
         return None
-    return load > utilisation * _running(pool) * pool.replica_capacity_rps
+    load, capacity = evidence
+    return load > utilisation * _running(pool) * capacity
 
 
 def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> str:
     """The pool's own evidence in words, for a reason that says it was not observed short."""
-    load = evidence_rps(pool)
-    if load is None or pool.replica_capacity_rps is None:
+    evidence = _evidence(pool)
+    if evidence is None:
         return ""
+    load, capacity = evidence
     return (
         f" (this pool: {load:.2f} rps proven, {_counted_backlog(pool):.2f} of it backlog, against"
-        f" {utilisation:.0%} of {_running(pool)} x {pool.replica_capacity_rps:.2f} rps)"
+        f" {utilisation:.0%} of {_running(pool)} x {capacity:.2f} rps)"
     )
 
 
@@ -141,10 +152,11 @@ def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> i
     """Replicas the pool's proven load (:func:`evidence_rps`) needs to run below ``utilisation``
     of their capacity; None without the data. A pool contests GPUs others hold only up to this
     count: past it, its ask is headroom."""
-    load = evidence_rps(pool)
-    if load is None or pool.replica_capacity_rps is None:
+    evidence = _evidence(pool)
+    if evidence is None:
         return None
-    return math.ceil(load / (utilisation * pool.replica_capacity_rps) - 1e-9)
+    load, capacity = evidence
+    return math.ceil(load / (utilisation * capacity) - 1e-9)
 
 
 def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:

@@ -13,6 +13,7 @@ one replica. Cells are split into a tuning half and a held-out half by a fixed s
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,8 +347,10 @@ def _trace(cell: Cell, template: Template, peak_rps: float, sources: _Sources, i
 
 
 def _tenants_file(cell: Cell, sources: _Sources, gpus: dict[str, int]) -> Path:
-    """A tenant policy for ``global``: tenant 0 first (priority 100), the others 10."""
-    path = sources.workdir / f"tenants_{abs(hash(cell.name)) % 10**8}.yaml"
+    """A tenant policy for ``global``: tenant 0 first (priority 100), the others 10. Named by a
+    digest of the cell's name, so every run (and process) writes and reads the same file."""
+    digest = hashlib.sha256(cell.name.encode()).hexdigest()[:12]
+    path = sources.workdir / f"tenants_{digest}.yaml"
     tenants = {f"tenant-{i}": {"priority": 100 if i == 0 else 10} for i in range(len(cell.deployments))}
     path.write_text(yaml.safe_dump({"fleet": {"gpus": gpus}, "tenants": tenants}))
     return path

@@ -86,6 +86,32 @@ def test_cells_build_valid_scenarios(cell, tmp_path: Path) -> None:
         assert len(scenario.deployments) == len(cell.deployments)
 
 
+def test_a_cells_tenant_policy_file_has_the_same_name_in_every_process(tmp_path: Path) -> None:
+    """The file name must not follow Python's per-process string hash: two runs of one cell read
+    and write the same policy file (and a rerun does not litter the work directory)."""
+    import os
+    import subprocess
+
+    code = (
+        "import sys; from pathlib import Path; from fleet_sim.matrix import cells, build_scenario; "
+        "cell = next(c for c in cells() if c.contended); "
+        "print(build_scenario(cell, 'global', Path(sys.argv[1])).planner.policy_file)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    names = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(names) == 1 and Path(names.pop()).exists()
+
+
 @pytest.mark.parametrize("arrival", ["day-poisson", "bursty-fit"])
 def test_cell_load_is_the_templates_peak_need(arrival: str, tmp_path: Path) -> None:
     """The busiest window's rate is what the bottleneck pool's peak replicas carry (day cells are

@@ -217,3 +217,17 @@ def test_sizing_at_the_forecast_median_runs() -> None:
 
     decisions = run(agent(spec(initial=3), forecast_quantile=0.5), 0.0, 12, make)
     assert decisions[-1].pools[0].target >= 1 and decisions[-1].forecast_rps is not None
+
+
+def test_lengths_the_engine_admitted_invent_no_rejections() -> None:
+    """The agent's observed lengths are of admitted requests: none was over the engine's context.
+    A lognormal fitted to their summary has a tail past it, which the curves used to count as
+    rejected prompts: a false attainment ceiling (98.25% here) the agent then aimed under."""
+    long_inputs = Distribution(count=1927, mean=9428, p50=6117, p90=23640, p99=32577)  # Mooncake, cut at 32k
+    outputs = Distribution(count=1927, mean=167, p50=103, p90=418, p99=830)
+    assert MODEL.max_context == 32768
+    loose = spec().model_copy(update={"sla": SLA(ttft_ms=20_000, itl_ms=100)})  # a 32k prompt meets it idle
+    a = agent(loose)
+    curve = a.sizer.curves_at(2.0, (long_inputs, outputs))["agg"]
+    assert curve.ceiling == 1.0
+    assert curve.attainment[-1] >= 0.99  # the target is reachable, so sizing aims at it

@@ -302,6 +302,21 @@ def test_from_distribution_fits_a_lognormal() -> None:
     assert np.allclose(LoadEstimate.from_distribution(1.0, flat, flat).input_tokens, 100)
 
 
+# Prompt lengths of admitted Mooncake conversations on a 32k-context engine: heavy-tailed and cut at
+# the limit (p99 just under it), which the lognormal fitted to the summary does not know.
+ADMITTED_LONG = Distribution(count=1927, mean=9428, p50=6117, p90=23640, p99=32577)
+
+
+def test_admitted_lengths_keep_the_fitted_tail_at_the_context_limit() -> None:
+    out = Distribution(count=1927, mean=167, p50=103, p90=418, p99=830)
+    fitted = LoadEstimate.from_distribution(1.0, ADMITTED_LONG, out, samples=400).input_tokens
+    admitted = LoadEstimate.from_distribution(1.0, ADMITTED_LONG, out, samples=400, admitted_below=32768).input_tokens
+    assert (fitted > 32768).mean() > 0.01  # the fit's tail crosses the limit the traffic never did
+    assert admitted.max() == 32768 and np.array_equal(admitted[fitted <= 32768], fitted[fitted <= 32768])
+    # Kept as prompts at the limit, the tail's load stays: dropping it would lose the costliest prompts.
+    assert admitted.mean() > fitted[fitted <= 32768].mean()
+
+
 @pytest.mark.parametrize("rate", [-1.0, math.nan, math.inf])
 def test_bad_rates_are_rejected(rate: float) -> None:
     with pytest.raises(ValueError):

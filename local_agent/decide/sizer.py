@@ -65,6 +65,9 @@ class Sizer:
         self.curves: dict[PoolRole, PoolCurve] = {}
         self.curves_low: dict[PoolRole, PoolCurve] = {}
         self.expected: dict[PoolRole, list[float]] = {}
+        # The observed lengths are of admitted requests: none is longer than every pool's context.
+        contexts = [model.max_context for model in models.values() if model.max_context]
+        self.context_limit: int | None = min(contexts) if contexts else None
 
     # ---- the model ---------------------------------------------------------------------------
     def calibration(self) -> Calibration:
@@ -75,7 +78,9 @@ class Sizer:
     ) -> dict[PoolRole, PoolCurve]:
         """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``;
         ``spec`` weighs other engine knobs than those in force (``local_agent.knobs``)."""
-        load = LoadEstimate.from_distribution(max(rate, 0.0), lengths[0], lengths[1], samples=400)
+        load = LoadEstimate.from_distribution(
+            max(rate, 0.0), lengths[0], lengths[1], samples=400, admitted_below=self.context_limit
+        )
         spec = self.spec if spec is None else spec
         factor = self.ttft.factor if corrected else 1.0
         if factor != 1.0:

@@ -145,7 +145,13 @@ class LocalAgent:
         ]
         decisions = apply_budget(self.spec, self.limits.gpu_budget, decisions)
         decisions = [
-            d.model_copy(update={"replica_capacity_rps": self.sizer.replica_rps(d.role, lengths)}) for d in decisions
+            d.model_copy(
+                update={
+                    "replica_capacity_rps": self.sizer.replica_rps(d.role, lengths),
+                    "queued_requests": pools[d.role].queued_requests if d.role in pools else None,
+                }
+            )
+            for d in decisions
         ]
         for decision in decisions:
             change = decision.target - self.pools[decision.role].target
@@ -188,7 +194,6 @@ class LocalAgent:
         pools: dict[PoolRole, PoolObservation],
     ) -> AgentDecision:
         forecast = self.sizer.forecast
-        waiting = [obs.queued_requests for obs in pools.values() if obs.queued_requests is not None]
         return AgentDecision(
             time_s=now_s,
             deployment=self.spec.name,
@@ -203,7 +208,6 @@ class LocalAgent:
             advisory=bool(self.limits.advisory),
             arrival_scv=self.intake.arrival_scv(),
             ttft_factor=self.sizer.ttft.factor,
-            queued_requests=sum(waiting) if waiting else None,
         )
 
     def _decide_pool(

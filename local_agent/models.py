@@ -56,6 +56,9 @@ class PoolDecision(BaseModel):
     replica_capacity_rps: float | None = Field(
         default=None, gt=0, description="requests/s one replica sustains at the SLA"
     )
+    queued_requests: int | None = Field(
+        default=None, ge=0, description="requests waiting at this pool at the end of the window"
+    )
 
 
 class AgentDecision(BaseModel):
@@ -76,9 +79,6 @@ class AgentDecision(BaseModel):
     advisory: bool = False
     arrival_scv: float | None = Field(default=None, description="burstiness the sizing assumed (1 = Poisson)")
     ttft_factor: float | None = Field(default=None, description="observed / predicted TTFT the sizing corrects by")
-    queued_requests: int | None = Field(
-        default=None, ge=0, description="requests waiting in the deployment's pools at the end of the window"
-    )
 
 
 class AgentInput(BaseModel):

@@ -36,5 +36,26 @@ def test_report_carries_curves_and_wanted_replicas() -> None:
     # Not sized yet: no bid at all (the planner holds the pool), and no wanted count either.
     empty = pool_report(_decision(curve=[], curve_low=[]), ready=1)
     assert empty.curve == [] and empty.pessimistic_curve == [] and empty.wanted_replicas is None
+    # Each pool reports its own queue (the planner counts it as load that pool has not carried).
+    assert pool_report(_decision(queued_requests=7), ready=2).queued_requests == 7
+    assert report.queued_requests is None  # not observed is not "nothing waiting"
     # A mismatched pessimistic curve is replaced by the mean one rather than rejected.
     assert bid_curves(_decision(curve_low=[0.0]))[1] == [0.0, 0.0, 0.6, 0.99, 1.0]
+
+
+def test_each_pool_reports_its_own_queue() -> None:
+    """Prompts waiting for a prefill are the prefill pool's backlog, not the decode pool's."""
+    from test_agent_weaknesses import agent, observe, pool, run, spec
+
+    a = agent(spec("disagg"))
+    (decision,) = run(
+        a,
+        0.0,
+        1,
+        lambda t, targets: [
+            observe("prefill", t, 10.0, ready=1, queued_requests=12),
+            observe("decode", t, 10.0, ready=1, queued_requests=0),
+        ],
+    )
+    assert pool(decision, "prefill").queued_requests == 12 and pool(decision, "decode").queued_requests == 0
+    assert pool_report(pool(decision, "prefill"), ready=1).queued_requests == 12

@@ -356,26 +356,36 @@ def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
         assert solve(_request([greedy, holder], 10, tenants=tenants)).replicas["chat/agg"] == 6
 
 
-def test_the_planner_reads_the_backlog_from_the_agents_report() -> None:
+def test_the_planner_reads_each_pools_backlog_from_the_agents_report() -> None:
+    """Each pool's queue is its own evidence: prompts waiting for a prefill say nothing about the
+    decode pool (the deployment's summed queue used to count for both)."""
     state = PlannerState(
         TenantPolicy.model_validate({"fleet": {"gpus": {"h100": 8}}, "tenants": {"t": {}}}), lease_s=100.0
     )
-    pool = PoolRegistration(role="agg", gpu_type="h100", gpus_per_replica=1, min_replicas=1, max_replicas=8)
-    state.register(Registration(deployment="d", tenant="t", endpoint="e", pools=[pool]), "s", now=0.0)
+    pools = [
+        PoolRegistration(role=role, gpu_type="h100", gpus_per_replica=1, min_replicas=1, max_replicas=4)
+        for role in ("prefill", "decode")
+    ]
+    state.register(Registration(deployment="d", tenant="t", endpoint="e", pools=pools), "s", now=0.0)
+    curve = [0.0, 0.5, 1.0]
     report = AgentReport(
         deployment="d",
         session_id="s",
         sequence=1,
         agent_time_s=30.0,
         forecast=Forecast(mean_rps=3.0, upper_rps=4.0),
-        observed=Observed(window_s=30.0, admitted_rps=3.0, queued_requests=45),
-        pools=[PoolReport(role="agg", ready=2, curve=[0.0, 0.5, 1.0], replica_capacity_rps=1.5, wanted_replicas=2)],
+        observed=Observed(window_s=30.0, admitted_rps=3.0),
+        pools=[
+            PoolReport(role="prefill", ready=2, curve=curve, replica_capacity_rps=1.5, queued_requests=45),
+            PoolReport(role="decode", ready=2, curve=curve, replica_capacity_rps=8.0, queued_requests=0),
+        ],
     )
     state.report(report, now=30.0)
     request = state.begin_round(now=30.0).request
     assert request is not None
-    (demand,) = request.pools
-    assert demand.backlog_rps == 1.5 and demand.observed_rps == 3.0
+    backlog = {demand.role: demand.backlog_rps for demand in request.pools}
+    assert backlog == {"prefill": 1.5, "decode": 0.0}
+    assert all(demand.observed_rps == 3.0 for demand in request.pools)
 
 
 def test_a_deployment_at_zero_contests_through_its_endpoint_and_missing_data_keeps_the_curves() -> None:

@@ -126,6 +126,7 @@ def report_from_pb(request: pb.ReportRequest) -> AgentReport:
                 "pessimistic_curve": list(p.pessimistic_curve),
                 "replica_capacity_rps": _optional(p, "replica_capacity_rps"),
                 "wanted_replicas": _optional(p, "wanted_replicas"),
+                "queued_requests": _optional(p, "queued_requests"),
             }
             for i, p in enumerate(request.pools)
         ],
@@ -137,7 +138,7 @@ def report_from_pb(request: pb.ReportRequest) -> AgentReport:
         o = request.observed
         data["observed"] = {
             "window_s": o.window_s,
-            **{name: _optional(o, name) for name in ("admitted_rps", "ttft_p90_ms", "itl_p90_ms", "queued_requests")},
+            **{name: _optional(o, name) for name in ("admitted_rps", "ttft_p90_ms", "itl_p90_ms")},
         }
     return _validate(AgentReport, data)
 
@@ -257,4 +258,6 @@ def _pool_report_to_pb(pool: PoolReport) -> pb.PoolReport:
         message.replica_capacity_rps = pool.replica_capacity_rps
     if pool.wanted_replicas is not None:
         message.wanted_replicas = pool.wanted_replicas
+    if pool.queued_requests is not None:
+        message.queued_requests = pool.queued_requests
     return message

@@ -97,7 +97,6 @@ class Observed(FrozenModel):
     admitted_rps: Rate | None = None
     ttft_p90_ms: Millis | None = None
     itl_p90_ms: Millis | None = None
-    queued_requests: float | None = Field(default=None, ge=0.0, le=1e12, allow_inf_nan=False)
 
 
 class PoolReport(FrozenModel):
@@ -110,6 +109,7 @@ class PoolReport(FrozenModel):
     pessimistic_curve: list[Attainment] = Field(default_factory=list, max_length=MAX_CURVE_POINTS)
     replica_capacity_rps: float | None = Field(default=None, gt=0.0, le=MAX_RATE, allow_inf_nan=False)
     wanted_replicas: Count | None = None
+    queued_requests: float | None = Field(default=None, ge=0.0, le=1e12, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _curves(self) -> PoolReport:

@@ -270,8 +270,8 @@ def _pool_demand(
     observed = dep.report.observed if dep.report is not None else None
     observed_rps = observed.admitted_rps if observed is not None else None
     backlog_rps = (
-        observed.queued_requests / observed.window_s
-        if observed is not None and observed.queued_requests is not None
+        report.queued_requests / observed.window_s
+        if observed is not None and report is not None and report.queued_requests is not None
         else None
     )
     spec = pool.spec

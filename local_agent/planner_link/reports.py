@@ -46,6 +46,7 @@ def pool_report(
         pessimistic_curve=pessimistic,
         replica_capacity_rps=pool.replica_capacity_rps,
         wanted_replicas=pool.wanted if curve else None,
+        queued_requests=pool.queued_requests,
     )
 
 
@@ -57,9 +58,10 @@ def forecast_of(decision: AgentDecision) -> Forecast | None:
 
 
 def observed_of(decision: AgentDecision, window_s: float) -> Observed | None:
-    """The rate the agent observed over its last window, when it has one, and the requests left
-    waiting: the planner checks the forecast it bids with against the rate (a tenant cannot win
-    GPUs by inflating a forecast), and counts a backlog as load the pool has not carried."""
+    """The rate the agent observed over its last window, when it has one: the planner checks the
+    forecast it bids with against the rate (a tenant cannot win GPUs by inflating a forecast) and,
+    over the window, counts each pool's queue (``PoolReport.queued_requests``) as load that pool
+    has not carried."""
     if decision.observed_rps is None:
         return None
-    return Observed(window_s=window_s, admitted_rps=decision.observed_rps, queued_requests=decision.queued_requests)
+    return Observed(window_s=window_s, admitted_rps=decision.observed_rps)

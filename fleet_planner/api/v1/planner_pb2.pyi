@@ -75,21 +75,19 @@ class Forecast(_message.Message):
     def __init__(self, mean_rps: _Optional[float] = ..., upper_rps: _Optional[float] = ..., horizon_s: _Optional[float] = ...) -> None: ...
 
 class Observed(_message.Message):
-    __slots__ = ("window_s", "admitted_rps", "ttft_p90_ms", "itl_p90_ms", "queued_requests")
+    __slots__ = ("window_s", "admitted_rps", "ttft_p90_ms", "itl_p90_ms")
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     ADMITTED_RPS_FIELD_NUMBER: _ClassVar[int]
     TTFT_P90_MS_FIELD_NUMBER: _ClassVar[int]
     ITL_P90_MS_FIELD_NUMBER: _ClassVar[int]
-    QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     window_s: float
     admitted_rps: float
     ttft_p90_ms: float
     itl_p90_ms: float
-    queued_requests: float
-    def __init__(self, window_s: _Optional[float] = ..., admitted_rps: _Optional[float] = ..., ttft_p90_ms: _Optional[float] = ..., itl_p90_ms: _Optional[float] = ..., queued_requests: _Optional[float] = ...) -> None: ...
+    def __init__(self, window_s: _Optional[float] = ..., admitted_rps: _Optional[float] = ..., ttft_p90_ms: _Optional[float] = ..., itl_p90_ms: _Optional[float] = ...) -> None: ...
 
 class PoolReport(_message.Message):
-    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps", "wanted_replicas")
+    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps", "wanted_replicas", "queued_requests")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     STARTING_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +97,7 @@ class PoolReport(_message.Message):
     PESSIMISTIC_CURVE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
     WANTED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     role: PoolRole
     ready: int
     starting: int
@@ -108,7 +107,8 @@ class PoolReport(_message.Message):
     pessimistic_curve: _containers.RepeatedScalarFieldContainer[float]
     replica_capacity_rps: float
     wanted_replicas: int
-    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ..., wanted_replicas: _Optional[int] = ...) -> None: ...
+    queued_requests: float
+    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ..., wanted_replicas: _Optional[int] = ..., queued_requests: _Optional[float] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("deployment", "session_id", "sequence", "agent_time_s", "applied_decision_id", "forecast", "observed", "pools")

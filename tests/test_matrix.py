@@ -167,3 +167,28 @@ def test_a_cell_named_in_full_is_chosen_even_when_other_names_contain_it() -> No
     assert scenario_of("bursty-fit d1+h1") == "d1-0,h1-1"  # part of one name only
     with pytest.raises(SystemExit, match="must match exactly one"):
         scenario_of("d1+h1")  # part of two names, the full name of none
+
+
+def test_length_fit_bench_prices_real_and_fitted_prompts() -> None:
+    """The bench behind docs/local-agent.md's account of the prefill model's optimism: on
+    Mooncake's long prompts the fitted lognormal prices a replica above the real prompts."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_length_fit.py"), "bursty-fit d1", "--no-sim"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout
+    real, fitted, _ = (float(x) for x in re.findall(r"(?:real prompts|fitted sample|mean prompt) ([\d.]+)", out))
+    assert fitted > real * 1.1
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(
+            [sys.executable, str(root / "benchmarks" / "bench_length_fit.py"), "no such cell", "--no-sim"],
+            capture_output=True,
+            check=True,
+            cwd=root,
+        )

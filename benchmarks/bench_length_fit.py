@@ -27,18 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.perf import PerfModel, load_profile  # noqa: E402
-from fleet_planner.planning import Distribution  # noqa: E402
-from fleet_sim.adapters import local as local_adapter  # noqa: E402
 from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
-from fleet_sim.runner import FleetSimulation  # noqa: E402
+from fleet_sim.runner import FleetSimulation, distribution  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 from local_agent.sizing import LoadEstimate  # noqa: E402
-
-
-def summary(values: np.ndarray) -> Distribution:
-    p50, p90, p99 = np.quantile(values, [0.5, 0.9, 0.99])
-    return Distribution(count=values.size, mean=float(values.mean()), p50=p50, p90=p90, p99=p99)
 
 
 def rate(model: PerfModel, prompts: np.ndarray) -> float:
@@ -52,9 +45,10 @@ def saturated_rates(scenario, workload) -> dict[str, list[float]]:
     budget = {d.name: d.pools["prefill"].max_batch_tokens for d in scenario.deployments if "prefill" in d.pools}
     backlogged: dict[str, tuple[bool, int]] = {}
     rates: dict[str, list[float]] = {}
-    step = local_adapter.step_agents
+    policy = make_policy(scenario, workload)
+    decide = policy.decide
 
-    def observing(agents, now_s, observation):
+    def observing(now_s, observation):
         for obs in observation.pools if observation is not None else []:
             if obs.role != "prefill":  # an aggregated replica's iterations also decode
                 continue
@@ -65,13 +59,10 @@ def saturated_rates(scenario, workload) -> dict[str, list[float]]:
             if steady and full and obs.scheduled_tokens_per_s and obs.input_tokens:
                 per_replica = obs.scheduled_tokens_per_s / obs.ready / obs.input_tokens.mean
                 rates.setdefault(obs.deployment, []).append(per_replica)
-        return step(agents, now_s, observation)
+        return decide(now_s, observation)
 
-    local_adapter.step_agents = observing
-    try:
-        FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
-    finally:
-        local_adapter.step_agents = step
+    policy.decide = observing  # this run's policy only: it sees every observation the agents see
+    FleetSimulation(scenario, workload, policy).run()
     return rates
 
 
@@ -91,16 +82,17 @@ def main() -> None:
         model = PerfModel(load_profile(deployment.pools[role].profile))
         endpoint = workload.endpoints.index(deployment.endpoint)
         prompts = workload.input_tokens[workload.endpoint == endpoint].astype(float)
-        fitted = LoadEstimate.from_distribution(
-            1.0, summary(prompts), summary(prompts), samples=400, admitted_below=model.max_context
-        ).input_tokens
-        p50, p90, p99 = np.quantile(prompts, [0.5, 0.9, 0.99])
-        f50, f90, f99 = np.quantile(fitted, [0.5, 0.9, 0.99])
+        real = distribution(prompts.tolist())  # the summary the simulator gives the agent
+        assert real is not None, f"{deployment.name}: no prompts"
+        fitted = LoadEstimate.from_distribution(1.0, real, real, samples=400, admitted_below=model.max_context)
+        fit = distribution(fitted.input_tokens.tolist())
+        assert fit is not None
         print(f"{deployment.name} ({role}, {deployment.pools[role].profile.name})")
-        print(f"  prompts  real: mean {prompts.mean():7.0f}  p50 {p50:7.0f}  p90 {p90:7.0f}  p99 {p99:7.0f}")
-        print(f"  prompts  fit : mean {fitted.mean():7.0f}  p50 {f50:7.0f}  p90 {f90:7.0f}  p99 {f99:7.0f}")
+        for label, d in (("real", real), ("fit ", fit)):
+            print(f"  prompts  {label}: mean {d.mean:7.0f}  p50 {d.p50:7.0f}  p90 {d.p90:7.0f}  p99 {d.p99:7.0f}")
         print(
-            f"  req/s a replica: real prompts {rate(model, prompts):.2f}, fitted sample {rate(model, fitted):.2f},"
+            f"  req/s a replica: real prompts {rate(model, prompts):.2f},"
+            f" fitted sample {rate(model, fitted.input_tokens):.2f},"
             f" mean prompt {rate(model, np.array([prompts.mean()])):.2f}",
             end="",
         )

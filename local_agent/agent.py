@@ -126,6 +126,7 @@ class LocalAgent:
             observed_rate = None
             self.intake.unknown(now_s)
         lengths = self.intake.lengths()
+        self.sizer.learn_prefill(pools.get("prefill"))
         self.sizer.learn_ttft(pools.get(self.entry_role), observed_rate, lengths)
         run_throughput = self.options.mode != "load" and self.elapsed.reached(
             now_s, self._last_throughput_s, self.options.throughput_interval_s
@@ -193,7 +194,10 @@ class LocalAgent:
         decisions: list[PoolDecision],
         pools: dict[PoolRole, PoolObservation],
     ) -> AgentDecision:
-        forecast = self.sizer.forecast
+        # The forecast as of now, not the last sizing's (up to a throughput interval old): the
+        # planner checks bids and proves shortages against it (docs/global-planner.md, *Why a
+        # current forecast*). Nothing before the first sizing: there is no bid yet.
+        forecast = self.sizer.forecast_now(self.predictor, self.tick_s) if self.sizer.forecast else None
         return AgentDecision(
             time_s=now_s,
             deployment=self.spec.name,

@@ -7,7 +7,9 @@ import pytest
 from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, pool, run, spec
 
 from fleet_planner.planning import SLA, Distribution
+from local_agent.agent import LocalAgent
 from local_agent.decide.intake import SMOOTHING_WINDOWS
+from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 from local_agent.perf_correction import TtftCorrection
 from local_agent.sizing import Calibration, LoadEstimate, agg_curve, prefill_curve, replicas_for
@@ -231,3 +233,61 @@ def test_lengths_the_engine_admitted_invent_no_rejections() -> None:
     curve = a.sizer.curves_at(2.0, (long_inputs, outputs))["agg"]
     assert curve.ceiling == 1.0
     assert curve.attainment[-1] >= 0.99  # the target is reachable, so sizing aims at it
+
+
+def _saturated(t: float, ready: int, *, tokens_per_s: float, late: bool, queued_tokens: float = 40_000.0):
+    """One window of a prefill pool that ends with ``queued_tokens`` prompt tokens waiting."""
+    p90 = 2_000.0 if late else 200.0  # the spec's TTFT target is 500 ms
+    return observe(
+        "prefill",
+        t,
+        20.0,
+        ready=ready,
+        ttft_ms=Distribution(count=600, mean=p90 / 2, p50=p90 / 2, p90=p90, p99=p90 * 1.5),
+        queued_prefill_tokens=queued_tokens,
+        scheduled_tokens_per_s=tokens_per_s * ready,
+    )
+
+
+def test_a_saturated_late_prefill_pool_teaches_what_its_replicas_carry() -> None:
+    profile_rps = MODEL.ttft_ms(INPUTS.mean)
+    profile_rps = 1000.0 / float(profile_rps)  # one replica back to back at the mean prompt, by the profile
+    carried = 0.5 * profile_rps * INPUTS.mean  # prompt tokens a replica really computes per second
+
+    def run_windows(*windows) -> LocalAgent:
+        a = agent(spec("disagg", initial=2))
+        for i, window in enumerate(windows):
+            a.step(
+                AgentInput(now_s=i * TICK, observations=[window(i * TICK), observe("decode", i * TICK, 20.0, ready=2)])
+            )
+        return a
+
+    def saturated(late: bool = True, queued: float = 40_000.0):
+        return lambda t: _saturated(t, 2, tokens_per_s=carried, late=late, queued_tokens=queued)
+
+    learned = run_windows(saturated(), saturated())
+    assert learned.sizer.replica_rps("prefill", learned.intake.lengths()) < 0.7 * profile_rps
+    # The report to the planner carries the learned capacity.
+    assert learned.decisions[-1].pools[0].replica_capacity_rps < 0.7 * profile_rps
+    # Nothing learned from a window that was not saturated at both ends (a burst's queue at one
+    # end, the replicas may have idled), nor from one that met its TTFT target (a queue that
+    # clears in time says nothing of capacity).
+    for windows in (
+        (saturated(queued=1_000.0), saturated()),
+        (saturated(), saturated(queued=1_000.0)),
+        (saturated(late=False), saturated(late=False)),
+    ):
+        untouched = run_windows(*windows)
+        assert untouched.sizer.replica_rps("prefill", untouched.intake.lengths()) == pytest.approx(
+            profile_rps, rel=1e-6
+        )
+
+
+def test_the_report_carries_the_forecast_as_of_now() -> None:
+    # The throughput loop sizes every 180 s; a report between sizings still says what the agent
+    # forecasts now (the planner checks bids and proves shortages against it).
+    a = agent(spec(initial=4), predictor="moving_average")
+    records = run(a, 0.0, 6, lambda t, targets: [observe("agg", t, 5.0 + t / 10.0, ready=targets["agg"])])
+    sized = a.sizer.forecast
+    assert sized is not None
+    assert records[-1].forecast_rps is not None and records[-1].forecast_rps > sized.mean

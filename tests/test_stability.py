@@ -25,7 +25,7 @@ from global_planner.allocation import (
 )
 from global_planner.allocation.problem import build_problem
 from global_planner.allocation.solver import _Model
-from global_planner.allocation.stability import checked_bid
+from global_planner.allocation.stability import checked_bid, valued_at_evidence
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import PlannerState
 
@@ -490,3 +490,24 @@ def test_a_steady_bid_gives_a_steady_grant_round_after_round() -> None:
         pools = [p.model_copy(update={"current_replicas": answer.replicas[p.pool_id]}) for p in pools]
     assert all(g == grants[1] for g in grants[1:]), grants
     assert sum(grants[-1].values()) == 10
+
+
+def test_a_short_pool_is_valued_at_its_proven_load_not_its_stale_bid() -> None:
+    # The agent's curve was made at 2.5 rps (its last sizing): worth 100% from 3 replicas on. Its
+    # pool now observes 4.5 rps with 60 requests left waiting after a 30 s window on those 3
+    # replicas (1 rps each): proven 2.5 + 2 rps, 5 replicas' worth. Valued by the stale curve, a
+    # 4th and 5th replica are worth nothing, and the low-priority holder keeps its GPUs.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    stale = _served(
+        "chat", "ep-chat", "high", current=3, observed=4.5, demand_weight=2.5, curve=_curve(1.0, 2.5), backlog_rps=2.0
+    )
+    raised, note = valued_at_evidence(stale, need=5)
+    assert raised.demand_weight == 4.5 and note is not None and "4.50 rps proven, bid at 2.50 rps" in note
+    assert raised.curve[3] < 0.7 < raised.curve[4] < raised.curve[5]  # 3 replicas carry about 3 of the 4.5 rps
+    for solve in (allocate, allocate_greedy):
+        answer = solve(_request([stale, _full_holder()], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 5, "batch/agg": 5}
+        assert "valued at its proven load" in answer.reasons["chat/agg"]
+    # Only where the proven load needs more than the pool holds, and only upwards.
+    assert valued_at_evidence(stale, need=3) == (stale, None)
+    assert valued_at_evidence(stale.model_copy(update={"demand_weight": 7.0}), need=5)[1] is None  # proven 6.5

@@ -45,6 +45,7 @@ from global_planner.allocation.stability import (
     protected_lows,
     shortage_note,
     startup_discount,
+    valued_at_evidence,
     want_floor,
 )
 
@@ -206,6 +207,9 @@ def _effective(
     checked = held_if_stale(checked)
     is_contested = contested is None or pool.endpoint in contested
     need = evidence_need(checked) if contested is not None else None
+    if is_contested:
+        checked, raised = valued_at_evidence(checked, need)
+        note = "; ".join(n for n in (note, raised) if n) or None
     if not is_contested or need is not None:
         # uncontested, its ask is headroom above its grant; contested, above what its load needs
         claim = checked.current_replicas if not is_contested else max(checked.current_replicas, need or 0)

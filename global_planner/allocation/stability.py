@@ -10,6 +10,10 @@ These terms shape each pool's value before either solver sees it (all pure, per 
   tenant winning GPUs by inflating a forecast, not a pool keeping them through one quiet window
   of a bursty load (that drained and refilled pools: 20.5 reversals per hour on a matrix cell).
   A genuine ramp within the allowance is untouched.
+* **Valued at the proven load** (:func:`valued_at_evidence`), the check's mirror: a pool observed
+  short whose proven load exceeds its bid's rate is valued at that load (its curve squeezed
+  alike), since a bid's curve is the agent's last sizing and on a ramp prices a starved pool at a
+  load it has left behind.
 * **Towards the bid** (:func:`want_floor`, and the ``max`` cut in ``build_problem``): a pool is
   never granted more than its agent wants (a grant above it would be forced on the agent), and
   every replica up to ``wanted_replicas`` is worth at least one value quantum, so when nothing
@@ -76,20 +80,44 @@ def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, 
     if rate <= cap or cap <= 0:
         return pool, None
     stretch = rate / cap
-    curve = pool.curve
-    last = len(curve) - 1
-    stretched = []
-    for k in range(len(curve)):
-        x = min(k * stretch, float(last))
-        low = int(x)
-        high = min(low + 1, last)
-        stretched.append(curve[low] + (curve[high] - curve[low]) * (x - low))
+    stretched = _at_load(pool.curve, stretch)
     wanted = pool.wanted_replicas
     if wanted is not None:
         held = min(wanted, pool.current_replicas)  # the check stops winning GPUs, not holding them
         wanted = max(pool.min_replicas, held, min(wanted, math.ceil(wanted / stretch - 1e-9)))
     note = f"bid capped: {rate:.2f} rps bid, {observed:.2f} rps observed, valued at {cap:.2f} rps"
     return pool.model_copy(update={"curve": stretched, "demand_weight": cap, "wanted_replicas": wanted}), note
+
+
+def valued_at_evidence(pool: PoolDemand, need: int | None) -> tuple[PoolDemand, str | None]:
+    """The mirror of :func:`checked_bid`: a pool whose proven load (:func:`evidence_rps`) needs
+    more replicas than it holds (``need``, :func:`evidence_need`) and exceeds the rate its bid was
+    made at is valued at that proven load, its curve squeezed as if each replica carried
+    ``proven / demand_weight`` times the load. A bid's curve is its agent's last sizing: on a ramp
+    it prices a starved pool at a load it has left behind (on ``day-clients d1+d4 supply=0.67`` the
+    high-priority prefill pool, proven at 7.4 req/s, bid a curve made at 4.5 that was worth 99.8%
+    at the two replicas it held, and lost every trade for a third). Contested pools only."""
+    if need is None or need <= pool.current_replicas or pool.demand_weight <= 0:
+        return pool, None
+    proven = evidence_rps(pool)
+    if proven is None or proven <= pool.demand_weight:
+        return pool, None
+    note = f"valued at its proven load: {proven:.2f} rps proven, bid at {pool.demand_weight:.2f} rps"
+    curve = _at_load(pool.curve, pool.demand_weight / proven)
+    return pool.model_copy(update={"curve": curve, "demand_weight": proven}), note
+
+
+def _at_load(curve: list[float], stretch: float) -> list[float]:
+    """The curve at another load, capacity taken as linear in replicas: count ``k`` is worth what
+    ``k * stretch`` replicas were (interpolated; ``stretch`` = bid load / new load)."""
+    last = len(curve) - 1
+    out = []
+    for k in range(len(curve)):
+        x = min(k * stretch, float(last))
+        low = int(x)
+        high = min(low + 1, last)
+        out.append(curve[low] + (curve[high] - curve[low]) * (x - low))
+    return out
 
 
 def evidence_rps(pool: PoolDemand) -> float | None:

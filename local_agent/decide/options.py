@@ -37,7 +37,11 @@ class AgentOptions(BaseModel):
     kv_low: float = Field(default=0.5, gt=0, le=1.0)
     length_windows: int = Field(default=20, ge=1, description="observation windows pooled for the length distribution")
     gpu_budget: int | None = Field(default=None, ge=0, description="local GPU budget for the whole deployment")
-    online_correction: bool = Field(default=True, description="correct decode pools' profiles from observed iterations")
+    online_correction: bool = Field(
+        default=True,
+        description="correct decode pools' profiles from observed iterations, and disaggregated prefill pools' "
+        "from windows they were saturated through and late (Sizer.learn_prefill)",
+    )
     burst_windows: int = Field(
         default=0,
         ge=0,

@@ -1,8 +1,8 @@
 """The agent's capacity model: demand curves at a rate, the fewest replicas meeting the target,
 and the predictive (throughput) loop's forecast sizing.
 
-It wraps :mod:`local_agent.sizing` with what the agent learned online: the decode profile's
-correction (``CorrectedPerfModel``), the arrivals' burstiness (``Calibration.arrival_scv``, a
+It wraps :mod:`local_agent.sizing` with what the agent learned online: the decode and prefill
+profiles' corrections (``CorrectedPerfModel``), the arrivals' burstiness (``Calibration.arrival_scv``, a
 G/G/c approximation instead of Poisson), the TTFT correction (``TtftCorrection``) and the
 prefix-cache reuse of recent windows.
 """
@@ -36,6 +36,10 @@ from local_agent.sizing import (
 
 EXPECTATION_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # equal-mass points of the forecast's distribution
 MIN_TTFT_SAMPLES = 20  # requests a window needs before its p90 TTFT teaches the correction
+# A prefill pool's profile is corrected from its first saturated, late window on: such windows come
+# in shortages, which is when an optimistic profile costs most (the fit's prior toward the profile
+# and its clamp bound what one window can move).
+PREFILL_MIN_SAMPLES = 1
 
 
 class Sizer:
@@ -52,13 +56,13 @@ class Sizer:
         self.options = options
         self.intake = intake
         # Decode pools learn from what their engines do: a regression of measured iteration time
-        # (per-token latency) on batch and KV tokens corrects the profile online.
+        # (per-token latency) on batch and KV tokens corrects the profile online. Disaggregated
+        # prefill pools learn from the windows they were saturated through (``learn_prefill``).
         self.models: dict[PoolRole, EngineModel] = {
-            role: CorrectedPerfModel(model)
-            if options.online_correction and role == "decode" and isinstance(model, PerfModel)
-            else model
+            role: _corrected(role, model) if options.online_correction and isinstance(model, PerfModel) else model
             for role, model in models.items()
         }
+        self._saturated_ready: int | None = None  # ready replicas of a prefill pool saturated at the last window's end
         self.ttft = TtftCorrection()
         self.entry_role: PoolRole = "agg" if spec.mode == "agg" else "prefill"
         self.forecast: Forecast | None = None
@@ -143,16 +147,49 @@ class Sizer:
         if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:
             self.ttft.observe(entry.ttft_ms.p90, predicted)
 
+    def learn_prefill(self, pool: PoolObservation | None) -> None:
+        """What a disaggregated prefill replica really carries, from windows it was saturated
+        through and still late: the pool started and ended the window with at least one
+        iteration's token budget queued per replica (same ready count, nothing starting or
+        draining) and its p90 TTFT missed the target. Its replicas then prefilled back to back,
+        so the tokens they computed per second price the window's mean (uncached) prompt: one
+        sample for the corrected profile, which the curves and the capacity reported to the
+        planner then use. Found on the supply-limited matrix cell ``day-clients d1+d4``: the
+        profile priced a starved pool's replica at 4.7 req/s over Mooncake's long prompts where it
+        carried 3.3-3.5, so the planner judged it not short (docs/local-agent.md)."""
+        model = self.models.get("prefill")
+        if not isinstance(model, CorrectedPerfModel) or pool is None or pool.queued_prefill_tokens is None:
+            self._saturated_ready = None
+            return
+        budget = self.spec.pools["prefill"].max_batch_tokens
+        saturated = pool.ready > 0 and pool.queued_prefill_tokens >= pool.ready * budget
+        before, self._saturated_ready = self._saturated_ready, pool.ready if saturated else None
+        if not saturated or before != pool.ready or pool.starting or pool.draining:
+            return
+        late = pool.ttft_ms is not None and pool.ttft_ms.p90 > self.spec.sla.ttft_ms
+        if not late or not pool.scheduled_tokens_per_s or pool.input_tokens is None:
+            return
+        computed = pool.input_tokens.mean * (1.0 - min(max(pool.prefix_hit_rate or 0.0, 0.0), 1.0))
+        per_replica = pool.scheduled_tokens_per_s / pool.ready  # tokens computed per second
+        if computed >= 1.0:
+            model.observe_iteration("prefill", 1000.0 * computed / per_replica, 1.0, 0.0, computed)
+
     # ---- the predictive (throughput) loop ----------------------------------------------------
-    def forecast_sizing(self, predictor: Predictor, tick_s: float, lengths: Lengths) -> dict[PoolRole, int]:
-        """Size every pool at the forecast's upper quantile over the time a new replica needs to
-        start plus one interval; keeps the forecast and the curves for the decision record."""
+    def forecast_now(self, predictor: Predictor, tick_s: float) -> Forecast:
+        """The forecast's maximum over the time a new replica needs to start plus one interval,
+        for this deployment's share of its endpoint."""
         startup = max(pool.startup_s for pool in self.spec.pools.values())
         steps = max(1, math.ceil((startup + self.options.throughput_interval_s) / tick_s))
         forecast = predictor.predict_max(steps)
         share = self.intake.endpoint_share
         if share is not None:  # the predictor forecasts the endpoint's rate (see Intake.observe)
             forecast = forecast.model_copy(update={"mean": forecast.mean * share, "upper": forecast.upper * share})
+        return forecast
+
+    def forecast_sizing(self, predictor: Predictor, tick_s: float, lengths: Lengths) -> dict[PoolRole, int]:
+        """Size every pool at the forecast's upper quantile (:meth:`forecast_now`); keeps the
+        forecast and the curves for the decision record."""
+        forecast = self.forecast_now(predictor, tick_s)
         self.forecast = forecast
         self.curves = self.curves_at(forecast.mean, lengths)
         self.curves_low = self.curves_at(forecast.upper, lengths)
@@ -252,3 +289,12 @@ def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float)
         effective = np.where(inputs > model.max_context, inputs, effective)
     ratio = float(uncached.sum() / full.sum()) if full.sum() > 0 else 1.0
     return effective, max(ratio, 1e-3)
+
+
+def _corrected(role: PoolRole, model: PerfModel) -> EngineModel:
+    """The pool's profile with its online correction (decode and prefill pools)."""
+    if role == "decode":
+        return CorrectedPerfModel(model)
+    if role == "prefill":
+        return CorrectedPerfModel(model, min_samples=PREFILL_MIN_SAMPLES)
+    return model

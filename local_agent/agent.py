@@ -245,6 +245,8 @@ class LocalAgent:
             proposal = Proposal(floor, reason, f"forecast needs {floor} replicas")
         if self.options.mode != "throughput":
             react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer)
+            if react is not None and react.wanted > current:
+                react = self._at_least_the_forecast(role, react, lengths)
             if react is not None and (
                 react.wanted > proposal.wanted
                 or (react.wanted < proposal.wanted and react.wanted >= floor and proposal.wanted == current)
@@ -272,6 +274,21 @@ class LocalAgent:
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
         return self._finish(role, current, proposal, enforce_steps=not one_step)
+
+    def _at_least_the_forecast(self, role: PoolRole, up: Proposal, lengths: Lengths | None) -> Proposal:
+        """A scale-up under pressure goes at once to what the forecast as of now needs (at its
+        upper quantile, by the corrected model), when that is more than the one replica the
+        pressure adds: the pool is short now, and the throughput loop may not size again for
+        minutes. On the supply-limited matrix cell ``day-clients d1+d4`` the starved prefill pool
+        asked for one replica at 150 s while its forecast already read 11.4 req/s, and for the
+        rest only at the next sizing, 240 s, a minute before the load doubled."""
+        if self.options.mode == "load" or self.sizer.forecast is None or lengths is None:
+            return up
+        forecast = self.sizer.forecast_now(self.predictor, self.tick_s)
+        need = self.sizer.sized(self.sizer.curves_at(forecast.upper, lengths))[role]
+        if need <= up.wanted:
+            return up
+        return Proposal(need, up.reason, f"{up.detail}; the forecast as of now needs {need} replicas")
 
     def _finish(self, role: PoolRole, current: int, proposal: Proposal, enforce_steps: bool = True) -> PoolDecision:
         low, high = bounds(self.spec, self.limits, role)

@@ -291,3 +291,21 @@ def test_the_report_carries_the_forecast_as_of_now() -> None:
     sized = a.sizer.forecast
     assert sized is not None
     assert records[-1].forecast_rps is not None and records[-1].forecast_rps > sized.mean
+
+
+def test_a_scale_up_under_pressure_goes_to_what_the_forecast_needs_now() -> None:
+    # Sized at 10 req/s (one replica), the load then triples with TTFT misses before the next
+    # sizing: the pressure adds one replica, the forecast as of now needs more; the agent asks
+    # for that at once instead of one replica a tick.
+    late = Distribution(count=1800, mean=900, p50=800, p90=1500, p99=2500)
+
+    def make(t: float, targets: dict) -> list:
+        if t < 90:
+            return [observe("agg", t, 10.0, ready=targets["agg"])]
+        return [observe("agg", t, 60.0, ready=targets["agg"], ttft_ms=late)]
+
+    a = agent(spec(initial=1), predictor="moving_average", max_step_up=None)
+    records = run(a, 0.0, 6, make)
+    first_up = next(pool(r) for r in records if pool(r).target > 1)
+    assert first_up.reason == R.REACTIVE_SLA and first_up.target >= 3
+    assert "the forecast as of now needs" in first_up.detail

@@ -33,7 +33,7 @@ from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
 from local_agent.decide.reactive import Proposal, near_miss, pressure, reactive
 from local_agent.decide.sizer import Sizer
-from local_agent.forecast import make_predictor
+from local_agent.forecast import Forecast, make_predictor
 from local_agent.knobs import KnobTuner
 from local_agent.models import AgentDecision, AgentEffects, AgentInput, DecisionReason, PoolDecision, RuntimeLimits
 from local_agent.sizing import EngineModel
@@ -128,21 +128,25 @@ class LocalAgent:
         lengths = self.intake.lengths()
         self.sizer.learn_prefill(pools.get("prefill"))
         self.sizer.learn_ttft(pools.get(self.entry_role), observed_rate, lengths)
-        run_throughput = self.options.mode != "load" and self.elapsed.reached(
+        # The forecast as of now, once per step: the sizing, a scale-up under pressure and the
+        # report to the planner all read it.
+        forecast = self.sizer.forecast_now(self.predictor, self.tick_s) if self.options.mode != "load" else None
+        run_throughput = forecast is not None and self.elapsed.reached(
             now_s, self._last_throughput_s, self.options.throughput_interval_s
         )
-        if run_throughput and lengths is not None:
+        if forecast is not None and run_throughput and lengths is not None:
             # The interval counts from the first sizing, which runs as soon as a window has
             # lengths: before it there is no floor and the reactive loop alone would shrink.
             self._last_throughput_s = now_s
-            for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
+            for role, count in self.sizer.forecast_sizing(forecast, lengths).items():
                 self.pools[role].predictive = count
             if self._retune(now_s, lengths):  # size again with the knobs now in force
-                for role, count in self.sizer.forecast_sizing(self.predictor, self.tick_s, lengths).items():
+                for role, count in self.sizer.forecast_sizing(forecast, lengths).items():
                     self.pools[role].predictive = count
         run_throughput = run_throughput and lengths is not None
         decisions = [
-            self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate) for role in self.spec.pools
+            self._decide_pool(role, now_s, pools, run_throughput, lengths, observed_rate, forecast)
+            for role in self.spec.pools
         ]
         decisions = apply_budget(self.spec, self.limits.gpu_budget, decisions)
         decisions = [
@@ -160,7 +164,9 @@ class LocalAgent:
                 self.guard.scaled(decision.role, now_s, 1 if change > 0 else -1)
             if not self.limits.advisory:
                 self.pools[decision.role].target = decision.target
-        record = self._record(now_s, run_throughput, observed_rate, lengths, decisions, pools)
+        # Nothing before the first sizing: there is no bid yet.
+        current = forecast if self.sizer.forecast is not None else None
+        record = self._record(now_s, run_throughput, observed_rate, current, lengths, decisions, pools)
         self.decisions.append(record)
         return AgentEffects(
             targets={} if record.advisory else {d.role: d.target for d in decisions},
@@ -190,14 +196,14 @@ class LocalAgent:
         now_s: float,
         run_throughput: bool,
         observed_rate: float | None,
+        forecast: Forecast | None,
         lengths: Lengths | None,
         decisions: list[PoolDecision],
         pools: dict[PoolRole, PoolObservation],
     ) -> AgentDecision:
-        # The forecast as of now, not the last sizing's (up to a throughput interval old): the
-        # planner checks bids and proves shortages against it (docs/global-planner.md, *Why a
-        # current forecast*). Nothing before the first sizing: there is no bid yet.
-        forecast = self.sizer.forecast_now(self.predictor, self.tick_s) if self.sizer.forecast else None
+        """``forecast`` is the one as of now, not the last sizing's (up to a throughput interval
+        old): the planner checks bids and proves shortages against it (docs/global-planner.md,
+        *Why a current forecast*)."""
         return AgentDecision(
             time_s=now_s,
             deployment=self.spec.name,
@@ -222,6 +228,7 @@ class LocalAgent:
         run_throughput: bool,
         lengths: Lengths | None,
         observed_rate: float | None,
+        forecast: Forecast | None,
     ) -> PoolDecision:
         current = self.pools[role].target
         obs = pools.get(role)
@@ -246,7 +253,7 @@ class LocalAgent:
         if self.options.mode != "throughput":
             react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer)
             if react is not None and react.wanted > current:
-                react = self._at_least_the_forecast(role, react, lengths)
+                react = self._at_least_the_forecast(role, react, lengths, forecast)
             if react is not None and (
                 react.wanted > proposal.wanted
                 or (react.wanted < proposal.wanted and react.wanted >= floor and proposal.wanted == current)
@@ -275,16 +282,17 @@ class LocalAgent:
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
         return self._finish(role, current, proposal, enforce_steps=not one_step)
 
-    def _at_least_the_forecast(self, role: PoolRole, up: Proposal, lengths: Lengths | None) -> Proposal:
+    def _at_least_the_forecast(
+        self, role: PoolRole, up: Proposal, lengths: Lengths | None, forecast: Forecast | None
+    ) -> Proposal:
         """A scale-up under pressure goes at once to what the forecast as of now needs (at its
         upper quantile, by the corrected model), when that is more than the one replica the
         pressure adds: the pool is short now, and the throughput loop may not size again for
         minutes. On the supply-limited matrix cell ``day-clients d1+d4`` the starved prefill pool
         asked for one replica at 150 s while its forecast already read 11.4 req/s, and for the
         rest only at the next sizing, 240 s, a minute before the load doubled."""
-        if self.options.mode == "load" or self.sizer.forecast is None or lengths is None:
+        if forecast is None or self.sizer.forecast is None or lengths is None:
             return up
-        forecast = self.sizer.forecast_now(self.predictor, self.tick_s)
         need = self.sizer.sized(self.sizer.curves_at(forecast.upper, lengths))[role]
         if need <= up.wanted:
             return up

@@ -169,7 +169,7 @@ class Sizer:
         late = pool.ttft_ms is not None and pool.ttft_ms.p90 > self.spec.sla.ttft_ms
         if not late or not pool.scheduled_tokens_per_s or pool.input_tokens is None:
             return
-        computed = pool.input_tokens.mean * (1.0 - min(max(pool.prefix_hit_rate or 0.0, 0.0), 1.0))
+        computed = pool.input_tokens.mean * (1.0 - (pool.prefix_hit_rate or 0.0))  # validated within [0, 1]
         per_replica = pool.scheduled_tokens_per_s / pool.ready  # tokens computed per second
         if computed >= 1.0:
             model.observe_iteration("prefill", 1000.0 * computed / per_replica, 1.0, 0.0, computed)
@@ -186,10 +186,9 @@ class Sizer:
             forecast = forecast.model_copy(update={"mean": forecast.mean * share, "upper": forecast.upper * share})
         return forecast
 
-    def forecast_sizing(self, predictor: Predictor, tick_s: float, lengths: Lengths) -> dict[PoolRole, int]:
-        """Size every pool at the forecast's upper quantile (:meth:`forecast_now`); keeps the
-        forecast and the curves for the decision record."""
-        forecast = self.forecast_now(predictor, tick_s)
+    def forecast_sizing(self, forecast: Forecast, lengths: Lengths) -> dict[PoolRole, int]:
+        """Size every pool at the forecast's upper quantile (``forecast`` from :meth:`forecast_now`);
+        keeps the forecast and the curves for the decision record."""
         self.forecast = forecast
         self.curves = self.curves_at(forecast.mean, lengths)
         self.curves_low = self.curves_at(forecast.upper, lengths)

@@ -250,8 +250,7 @@ def _saturated(t: float, ready: int, *, tokens_per_s: float, late: bool, queued_
 
 
 def test_a_saturated_late_prefill_pool_teaches_what_its_replicas_carry() -> None:
-    profile_rps = MODEL.ttft_ms(INPUTS.mean)
-    profile_rps = 1000.0 / float(profile_rps)  # one replica back to back at the mean prompt, by the profile
+    profile_rps = 1000.0 / float(MODEL.ttft_ms(INPUTS.mean))  # one replica back to back at the mean prompt
     carried = 0.5 * profile_rps * INPUTS.mean  # prompt tokens a replica really computes per second
 
     def run_windows(*windows) -> LocalAgent:

@@ -18,6 +18,7 @@ from fleet_planner.contract.models import (
     AckDrained,
     AgentReport,
     Forecast,
+    Observed,
     PoolRegistration,
     PoolReport,
     Registration,
@@ -418,3 +419,40 @@ def test_a_confirmed_drain_makes_a_waiting_bid_ask_for_a_round() -> None:
     assert state.asks_for_change("b", 4.0)
     _round(state, 4.0)
     assert _grant(state.targets("b", 4.0)) == 2 and state.wanting("b") == set()
+
+
+def test_a_pool_observed_short_asks_for_a_round_even_with_no_gpu_free() -> None:
+    """Round on ask also answers a pool that asks for more while its observed load proves it
+    short: that round may take GPUs a lower-priority pool holds, so its drain starts now, not at
+    the next timed round. An ask the observations do not prove (headroom) waits for the timer."""
+    state = PlannerState(_policy({"h200": 5}, {"acme": {"priority": 100}, "beta": {"priority": 1}}), lease_s=100.0)
+    state.register(_registration("a", tenant="beta"), "sa", 0.0)
+    state.register(_registration("b", tenant="acme"), "sb", 0.0)
+
+    def report(name: str, seq: int, applied: int, ready: int, wanted: int, observed_rps: float) -> None:
+        pool = PoolReport(role="agg", ready=ready, curve=_curve(4), wanted_replicas=wanted, replica_capacity_rps=5.0)
+        state.report(
+            AgentReport(
+                deployment=name,
+                session_id=f"s{name}",
+                sequence=seq,
+                applied_decision_id=applied,
+                forecast=Forecast(mean_rps=observed_rps, upper_rps=observed_rps * 1.2),
+                observed=Observed(window_s=30.0, admitted_rps=observed_rps),
+                pools=[pool],
+            ),
+            1.0,
+        )
+
+    report("a", 1, 0, 0, 4, 18.0)
+    report("b", 1, 0, 0, 1, 4.0)
+    first = _round(state, 1.0).decision_id
+    assert (_grant(state.targets("a", 1.0)), _grant(state.targets("b", 1.0))) == (4, 1)
+    assert state.committed_gpus()["h200"] == 5
+    report("a", 2, first, 4, 4, 18.0)
+    report("b", 2, first, 1, 2, 4.0)  # wants a second replica: 4 rps is 80% of one replica's 5
+    assert not state.asks_for_change("b", 2.0), "headroom: nothing free, nothing proven"
+    report("b", 3, first, 1, 2, 4.8)  # 96% of what its one replica carries
+    assert state.asks_for_change("b", 3.0)
+    _round(state, 3.0)
+    assert _grant(state.targets("a", 3.0)) == 3, "the round cuts the lower priority to free a GPU"

@@ -20,6 +20,7 @@ from fleet_planner.contract.models import (
 from fleet_planner.planning import PoolRole
 from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, endpoint_plans
 from global_planner.allocation.split import SplitDecision
+from global_planner.allocation.stability import observed_short
 from global_planner.policy_file import TenantPolicy
 from global_planner.service import drains
 from global_planner.service.ledger import DeploymentState, PoolState, committed_gpus
@@ -254,6 +255,23 @@ def _demand_rps(report: AgentReport | None) -> float | None:
     if report.observed is not None and report.observed.admitted_rps is not None:
         return report.observed.admitted_rps
     return None
+
+
+def proves_shortage(dep: DeploymentState) -> bool:
+    """Whether the deployment's last report asks for more replicas than some pool's grant while
+    that pool is observed short (:func:`observed_short`): a round then may move GPUs to it, so it
+    need not wait for the next periodic one."""
+    if dep.report is None:
+        return False
+    reports = {p.role: p for p in dep.report.pools}
+    paired = "prefill" in dep.pools and "decode" in dep.pools
+    for role, pool in dep.pools.items():
+        report = reports.get(role)
+        if report is None or report.wanted_replicas is None or report.wanted_replicas <= pool.grant:
+            continue
+        if observed_short(_pool_demand(dep, role, pool, report, _demand_rps(dep.report), paired)):
+            return True
+    return False
 
 
 def _pool_demand(

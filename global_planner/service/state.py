@@ -115,9 +115,12 @@ class PlannerState:
 
     def asks_for_change(self, deployment: str, now: float) -> bool:
         """Whether a round run at once could move the deployment's grant towards its last report's
-        ask: it asks for fewer replicas than its grant, or for more while GPUs of that pool's type
-        are free now (inventory minus committed) and scale-ups are allowed (see
-        ``PlannerServer(round_on_ask=...)``)."""
+        ask: it asks for fewer replicas than its grant, or, while scale-ups are allowed, for more
+        while GPUs of that pool's type are free now (inventory minus committed) or while that pool
+        is observed short, so the round may take GPUs others hold (see
+        ``PlannerServer(round_on_ask=...)``). Waiting for the next timed round there cost the
+        starved top tenant of ``day-clients d1+d4 supply=0.67`` its 99%: its drain and cold start
+        began a round later, into the load's next rise (docs/global-planner.md)."""
         dep = self._deployments.get(deployment)
         if dep is None or dep.report is None:
             return False
@@ -125,11 +128,13 @@ class PlannerState:
             pool = dep.pools.get(report.role)
             if pool is not None and report.wanted_replicas is not None and report.wanted_replicas < pool.grant:
                 return True
+        if now < self.quarantine_until_s:
+            return False
         committed = self.committed_gpus()
         inventory = self.policy.fleet.gpus
-        return now >= self.quarantine_until_s and any(
-            inventory.get(gpu, 0) - committed.get(gpu, 0) >= per for gpu, per in self.wanting(deployment)
-        )
+        if any(inventory.get(gpu, 0) - committed.get(gpu, 0) >= per for gpu, per in self.wanting(deployment)):
+            return True
+        return rounds.proves_shortage(dep)
 
     def wanting(self, deployment: str) -> set[tuple[str, int]]:
         """(GPU type, GPUs per replica) of the deployment's pools whose last report asks for more

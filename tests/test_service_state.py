@@ -382,6 +382,28 @@ def test_random_histories_never_exceed_inventory(seed: int) -> None:
             check()
 
 
+def _send(
+    state: PlannerState,
+    name: str,
+    seq: int,
+    applied: int,
+    pool: PoolReport,
+    forecast: Forecast,
+    observed: Observed | None = None,
+) -> None:
+    """Deployment ``name``'s report of one pool (session ``s<name>``), at planner time 1.0."""
+    report = AgentReport(
+        deployment=name,
+        session_id=f"s{name}",
+        sequence=seq,
+        applied_decision_id=applied,
+        forecast=forecast,
+        observed=observed,
+        pools=[pool],
+    )
+    state.report(report, 1.0)
+
+
 def test_a_confirmed_drain_makes_a_waiting_bid_ask_for_a_round() -> None:
     """``wanting`` names what a pool waits for; once a drain of that GPU type is confirmed, its
     bid asks for a round (round on ask grants it then), never before."""
@@ -390,19 +412,8 @@ def test_a_confirmed_drain_makes_a_waiting_bid_ask_for_a_round() -> None:
     state.register(_registration("b", tenant="acme"), "sb", 0.0)
 
     def report(name: str, seq: int, applied: int, ready: int, draining: int, wanted: int, rps: float) -> None:
-        pools = [PoolReport(role="agg", ready=ready, draining=draining, curve=_curve(4), wanted_replicas=wanted)]
-        forecast = Forecast(mean_rps=rps, upper_rps=rps)
-        state.report(
-            AgentReport(
-                deployment=name,
-                session_id=f"s{name}",
-                sequence=seq,
-                applied_decision_id=applied,
-                forecast=forecast,
-                pools=pools,
-            ),
-            1.0,
-        )
+        pool = PoolReport(role="agg", ready=ready, draining=draining, curve=_curve(4), wanted_replicas=wanted)
+        _send(state, name, seq, applied, pool, Forecast(mean_rps=rps, upper_rps=rps))
 
     report("a", 1, 0, 0, 0, 4, 10.0)
     d1 = _round(state, 1.0).decision_id
@@ -431,18 +442,8 @@ def test_a_pool_observed_short_asks_for_a_round_even_with_no_gpu_free() -> None:
 
     def report(name: str, seq: int, applied: int, ready: int, wanted: int, observed_rps: float) -> None:
         pool = PoolReport(role="agg", ready=ready, curve=_curve(4), wanted_replicas=wanted, replica_capacity_rps=5.0)
-        state.report(
-            AgentReport(
-                deployment=name,
-                session_id=f"s{name}",
-                sequence=seq,
-                applied_decision_id=applied,
-                forecast=Forecast(mean_rps=observed_rps, upper_rps=observed_rps * 1.2),
-                observed=Observed(window_s=30.0, admitted_rps=observed_rps),
-                pools=[pool],
-            ),
-            1.0,
-        )
+        forecast = Forecast(mean_rps=observed_rps, upper_rps=observed_rps * 1.2)
+        _send(state, name, seq, applied, pool, forecast, Observed(window_s=30.0, admitted_rps=observed_rps))
 
     report("a", 1, 0, 0, 4, 18.0)
     report("b", 1, 0, 0, 1, 4.0)

@@ -264,7 +264,7 @@ async def test_explain_prints_reasons(planner, tmp_path, capsys) -> None:
         assert round_ is not None
     assert cli_main(["explain", str(round_.decision_id), "--state-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"decision {round_.decision_id}" in out and "chat-a" in out and "granted 2" in out
+    assert f"decision {round_.decision_id}" in out and "(timer)" in out and "chat-a" in out and "granted 2" in out
     assert "demand: forecast 5.00 rps" in out
     assert cli_main(["explain", "999", "--state-dir", str(tmp_path)]) == 2
 
@@ -328,5 +328,6 @@ async def test_round_on_ask_grants_free_gpus_in_the_reply_to_the_asking_report(t
             assert (record is not None) == round_on_ask
             if record is not None:
                 assert last.targets.decision_id == record.decision_id  # the round that answered it
+                assert record.trigger == "report of chat-a: agg asks for fewer replicas than its grant"
         finally:
             await server.stop(0)

@@ -363,5 +363,6 @@ async def test_holding_lease_is_durable_before_it_is_answered(planner, tmp_path)
     audit = AuditLog(tmp_path)  # what a planner killed now finds
     restarted.resume(audit.recovery, 1000.0)
     audit.close()
-    assert audit.recovery.record is not None and audit.recovery.record.status == "checkpoint"
+    record = audit.recovery.record
+    assert record is not None and record.status == "checkpoint" and record.trigger.startswith("a holding answer")
     assert restarted.usage("liar", "agg") == 3 and restarted.committed_gpus()["h200"] == 3

@@ -454,6 +454,6 @@ def test_a_pool_observed_short_asks_for_a_round_even_with_no_gpu_free() -> None:
     report("b", 2, first, 1, 2, 4.0)  # wants a second replica: 4 rps is 80% of one replica's 5
     assert not state.asks_for_change("b", 2.0), "headroom: nothing free, nothing proven"
     report("b", 3, first, 1, 2, 4.8)  # 96% of what its one replica carries
-    assert state.asks_for_change("b", 3.0)
+    assert state.asks_for_change("b", 3.0) == "agg asks for more and is observed short"
     _round(state, 3.0)
     assert _grant(state.targets("a", 3.0)) == 3, "the round cuts the lower priority to free a GPU"

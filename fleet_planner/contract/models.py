@@ -254,6 +254,9 @@ class RoundRecord(FrozenModel):
     decision_id: int
     time_s: float
     status: str
+    trigger: str = Field(
+        default="timer", description="what ran the round: the timer, or the report that asked (round on ask)"
+    )
     objective: float | None = None
     gap: float | None = None
     solve_ms: float | None = None

@@ -300,7 +300,7 @@ def find_record(state_dir: str | Path, decision_id: int) -> RoundRecord:
 def explain(record: RoundRecord) -> str:
     """Why each pool got what it got in one round, for people."""
     lines = [
-        f"decision {record.decision_id} at t={record.time_s:.1f}s: allocator {record.status}"
+        f"decision {record.decision_id} at t={record.time_s:.1f}s ({record.trigger}): allocator {record.status}"
         + (f", {record.solve_ms:.1f} ms" if record.solve_ms is not None else "")
         + (f", gap {record.gap:.2%}" if record.gap is not None else ""),
         "inventory: "

@@ -257,12 +257,12 @@ def _demand_rps(report: AgentReport | None) -> float | None:
     return None
 
 
-def proves_shortage(dep: DeploymentState) -> bool:
-    """Whether the deployment's last report asks for more replicas than some pool's grant while
-    that pool is observed short (:func:`observed_short`): a round then may move GPUs to it, so it
-    need not wait for the next periodic one."""
+def short_pool(dep: DeploymentState) -> PoolRole | None:
+    """A pool whose last report asks for more replicas than its grant while it is observed short
+    (:func:`observed_short`), or None: a round then may move GPUs to it, so it need not wait for
+    the next periodic one."""
     if dep.report is None:
-        return False
+        return None
     reports = {p.role: p for p in dep.report.pools}
     paired = "prefill" in dep.pools and "decode" in dep.pools
     for role, pool in dep.pools.items():
@@ -270,8 +270,8 @@ def proves_shortage(dep: DeploymentState) -> bool:
         if report is None or report.wanted_replicas is None or report.wanted_replicas <= pool.grant:
             continue
         if observed_short(_pool_demand(dep, role, pool, report, _demand_rps(dep.report), paired)):
-            return True
-    return False
+            return role
+    return None
 
 
 def _pool_demand(

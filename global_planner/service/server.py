@@ -18,6 +18,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -128,7 +129,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.log_rejection = RateLimitedLog(log)
         # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for GPUs
         # that are free now, runs a round before it is answered: its grant is in this reply.
-        self.on_ask: Callable[[], Awaitable[object]] | None = None
+        self.on_ask: Callable[[str], Awaitable[object]] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The Planner service with tolerant request parsing (see the module docstring)."""
@@ -204,8 +205,10 @@ class PlannerService(pb_grpc.PlannerServicer):
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
         response = await self._handle(context, step)
-        if self.on_ask is not None and self.state.asks_for_change(request.deployment, self.clock.now()):
-            await self.on_ask()  # a whole round (value, priorities, audit record first), not a shortcut
+        why = self.state.asks_for_change(request.deployment, self.clock.now()) if self.on_ask is not None else None
+        if self.on_ask is not None and why is not None:
+            # a whole round (value, priorities, audit record first), not a shortcut
+            await self.on_ask(f"report of {request.deployment}: {why}")
             targets = self.state.targets(request.deployment, self.clock.now())
             response = pb.ReportResponse(targets=convert.targets_to_pb(targets))
         return response
@@ -298,10 +301,11 @@ class PlannerServer:
                 self.metrics.round_errors.inc()
                 log.exception("allocation round failed; grants unchanged")
 
-    async def run_round(self) -> Round | None:
+    async def run_round(self, trigger: str = "timer") -> Round | None:
         """Reload the policy if changed, solve, persist, commit. With no bidder there is nothing
         to decide: no decision id is spent and nothing is logged (lapsed leases need no record:
-        a restart re-derives them from the recorded expiry)."""
+        a restart re-derives them from the recorded expiry). ``trigger``, what ran the round, is
+        recorded (``explain`` prints it)."""
         async with self._round_lock:
             if self.leader is not None and not self.leader.is_leader():
                 return None  # followers decide nothing
@@ -315,6 +319,7 @@ class PlannerServer:
             if self.leader is not None and not self.leader.is_leader():
                 return None  # leadership lapsed during the solve: the next leader decides
             round_ = self.state.settle(round_input, allocation, self.clock.now())
+            round_ = replace(round_, record=round_.record.model_copy(update={"trigger": trigger}))
             if self.audit is not None:
                 self.audit.append(round_.record)
             self.state.commit(round_)

@@ -113,28 +113,30 @@ class PlannerState:
         """Granted + draining (+ unconfirmed) GPUs per type: what the fleet may physically be using."""
         return ledger.committed_gpus(self._deployments.values(), self.policy.fleet.gpus)
 
-    def asks_for_change(self, deployment: str, now: float) -> bool:
-        """Whether a round run at once could move the deployment's grant towards its last report's
-        ask: it asks for fewer replicas than its grant, or, while scale-ups are allowed, for more
-        while GPUs of that pool's type are free now (inventory minus committed) or while that pool
-        is observed short, so the round may take GPUs others hold (see
+    def asks_for_change(self, deployment: str, now: float) -> str | None:
+        """Why a round run at once could move the deployment's grant towards its last report's
+        ask, or None: it asks for fewer replicas than its grant, or, while scale-ups are allowed,
+        for more while GPUs of that pool's type are free now (inventory minus committed) or while
+        that pool is observed short, so the round may take GPUs others hold (see
         ``PlannerServer(round_on_ask=...)``). Waiting for the next timed round there cost the
         starved top tenant of ``day-clients d1+d4 supply=0.67`` its 99%: its drain and cold start
         began a round later, into the load's next rise (docs/global-planner.md)."""
         dep = self._deployments.get(deployment)
         if dep is None or dep.report is None:
-            return False
+            return None
         for report in dep.report.pools:
             pool = dep.pools.get(report.role)
             if pool is not None and report.wanted_replicas is not None and report.wanted_replicas < pool.grant:
-                return True
+                return f"{report.role} asks for fewer replicas than its grant"
         if now < self.quarantine_until_s:
-            return False
+            return None
         committed = self.committed_gpus()
         inventory = self.policy.fleet.gpus
-        if any(inventory.get(gpu, 0) - committed.get(gpu, 0) >= per for gpu, per in self.wanting(deployment)):
-            return True
-        return rounds.proves_shortage(dep)
+        for gpu, per in sorted(self.wanting(deployment)):
+            if inventory.get(gpu, 0) - committed.get(gpu, 0) >= per:
+                return f"asks for more while {gpu} GPUs are free"
+        short = rounds.short_pool(dep)
+        return None if short is None else f"{short} asks for more and is observed short"
 
     def wanting(self, deployment: str) -> set[tuple[str, int]]:
         """(GPU type, GPUs per replica) of the deployment's pools whose last report asks for more
@@ -384,7 +386,7 @@ class PlannerState:
         empty = RoundInput(now, self.next_decision_id, None, {}, {})
         outcome = rounds.Outcome(self.next_decision_id, now, None, {}, {}, {}, {})
         record = rounds.record(list(self._deployments.values()), self.policy, outcome, empty)
-        record = record.model_copy(update={"status": "checkpoint"})
+        record = record.model_copy(update={"status": "checkpoint", "trigger": "a holding answer raised a pool's grant"})
         return Round(outcome.decision_id, now, None, {}, {}, {}, {}, record, self._version)
 
     def plan(self, now: float, solve: Solver = allocate) -> Round:

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from fleet_planner.api.v1 import planner_pb2 as pb
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import SimulatedClock
-from fleet_planner.contract.models import Forecast, PoolRegistration, PoolReport
+from fleet_planner.contract import convert
+from fleet_planner.contract.models import AgentReport, Forecast, PoolRegistration, PoolReport
 from global_planner.cli import main as cli_main
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AuditLog, last_record
@@ -331,3 +332,34 @@ async def test_round_on_ask_grants_free_gpus_in_the_reply_to_the_asking_report(t
                 assert record.trigger == "report of chat-a: agg asks for fewer replicas than its grant"
         finally:
             await server.stop(0)
+
+
+async def test_asks_that_a_later_snapshot_holds_cost_no_round_of_their_own(tmp_path) -> None:
+    """Round on ask runs a round for a report only if no round has snapshotted the bids since
+    that report was applied: reports that arrive while a round solves share the next one."""
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {}}})
+    state = PlannerState(policy, lease_s=30.0)
+    server = PlannerServer(
+        state,
+        auth=None,
+        metrics=ServiceMetrics(CollectorRegistry()),
+        audit=AuditLog(tmp_path),
+        clock=SimulatedClock(10.0),
+        round_on_ask=True,
+    )
+    registration = convert.registration_from_pb(_register_pb())
+    state.register(registration, "s1", 10.0)
+    report = AgentReport(
+        deployment="chat-a",
+        session_id="s1",
+        sequence=1,
+        forecast=Forecast(mean_rps=3.0, upper_rps=3.0),
+        pools=[PoolReport(role="agg", curve=_curve(3), wanted_replicas=3)],
+    )
+    state.report(report, 10.0)
+    reported_at = state.snapshots
+    assert await server.run_round() is not None  # the timer's round snapshots after the report
+    assert await server.run_round("report of chat-a: asks", reported_at) is None
+    assert await server.run_round("report of chat-a: asks", state.snapshots) is not None
+    assert last_record(tmp_path / "decisions.jsonl").trigger == "report of chat-a: asks"
+    await server.stop(0)

@@ -129,7 +129,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.log_rejection = RateLimitedLog(log)
         # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for GPUs
         # that are free now, runs a round before it is answered: its grant is in this reply.
-        self.on_ask: Callable[[str], Awaitable[object]] | None = None
+        self.on_ask: Callable[[str, int], Awaitable[object]] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The Planner service with tolerant request parsing (see the module docstring)."""
@@ -205,10 +205,11 @@ class PlannerService(pb_grpc.PlannerServicer):
             return pb.ReportResponse(targets=convert.targets_to_pb(targets))
 
         response = await self._handle(context, step)
+        reported_at = self.state.snapshots  # rounds snapshotting from here on hold this report
         why = self.state.asks_for_change(request.deployment, self.clock.now()) if self.on_ask is not None else None
         if self.on_ask is not None and why is not None:
             # a whole round (value, priorities, audit record first), not a shortcut
-            await self.on_ask(f"report of {request.deployment}: {why}")
+            await self.on_ask(f"report of {request.deployment}: {why}", reported_at)
             targets = self.state.targets(request.deployment, self.clock.now())
             response = pb.ReportResponse(targets=convert.targets_to_pb(targets))
         return response
@@ -301,12 +302,17 @@ class PlannerServer:
                 self.metrics.round_errors.inc()
                 log.exception("allocation round failed; grants unchanged")
 
-    async def run_round(self, trigger: str = "timer") -> Round | None:
+    async def run_round(self, trigger: str = "timer", reported_at: int | None = None) -> Round | None:
         """Reload the policy if changed, solve, persist, commit. With no bidder there is nothing
         to decide: no decision id is spent and nothing is logged (lapsed leases need no record:
         a restart re-derives them from the recorded expiry). ``trigger``, what ran the round, is
-        recorded (``explain`` prints it)."""
+        recorded (``explain`` prints it). A round on ask (``reported_at``: the state's snapshot
+        count when its report was applied) is skipped when a round that snapshotted after that
+        report ran while it waited for the lock: asks arriving together cost one round, not one
+        each (a fleet short for a while would otherwise queue a round per report)."""
         async with self._round_lock:
+            if reported_at is not None and self.state.snapshots > reported_at:
+                return None  # a round holding this report already decided
             if self.leader is not None and not self.leader.is_leader():
                 return None  # followers decide nothing
             if self.watcher is not None and self.watcher.poll():

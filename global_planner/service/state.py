@@ -84,6 +84,9 @@ class PlannerState:
         self.time_limit_s = time_limit_s
         self.next_decision_id = 1
         self.quarantine_until_s = float("-inf")
+        # Bid snapshots taken so far: a round on ask whose report a later snapshot already holds
+        # has nothing new to decide (see PlannerServer.run_round).
+        self.snapshots = 0
         self.checkpoint_due = False
         self._deployments: dict[str, DeploymentState] = {}
         self._previous: dict[str, int] = {}
@@ -326,6 +329,7 @@ class PlannerState:
 
     def begin_round(self, now: float) -> RoundInput:
         """Snapshot the bids: live agents with reports bid; everyone else's usage is held."""
+        self.snapshots += 1
         self._expire(now)
         bidders = [d for d in self._deployments.values() if leases.bidding(d, now, self.liveness_s)]
         others = [d for d in self._deployments.values() if not leases.bidding(d, now, self.liveness_s)]

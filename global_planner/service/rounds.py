@@ -7,6 +7,7 @@ A round is settled against the state *as it is after the solve*, persisted, then
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fleet_planner.contract.models import (
@@ -69,13 +70,9 @@ def snapshot(
     summaries: dict[str, DemandSummary] = {}
     for dep in sorted(bidders, key=lambda d: d.name):
         assert dep.report is not None
-        rps = _demand_rps(dep.report)
-        reports = {p.role: p for p in dep.report.pools}
-        paired = "prefill" in dep.pools and "decode" in dep.pools
-        for role, pool in sorted(dep.pools.items()):
-            demand = _pool_demand(dep, role, pool, reports.get(role), rps, paired)
+        for report, demand in _pool_demands(dep, dep.report):
             demands.append(demand)
-            summaries[demand.pool_id] = _summary(dep.report, reports.get(role), demand.demand_weight)
+            summaries[demand.pool_id] = _summary(dep.report, report, demand.demand_weight)
     request = None
     if demands:
         request = AllocationRequest(
@@ -259,19 +256,24 @@ def _demand_rps(report: AgentReport | None) -> float | None:
 
 def short_pool(dep: DeploymentState) -> PoolRole | None:
     """A pool whose last report asks for more replicas than its grant while it is observed short
-    (:func:`observed_short`), or None: a round then may move GPUs to it, so it need not wait for
-    the next periodic one."""
+    (:func:`observed_short`, on the demand a round would build), or None: a round then may move
+    GPUs to it, so it need not wait for the next periodic one."""
     if dep.report is None:
         return None
-    reports = {p.role: p for p in dep.report.pools}
-    paired = "prefill" in dep.pools and "decode" in dep.pools
-    for role, pool in dep.pools.items():
-        report = reports.get(role)
-        if report is None or report.wanted_replicas is None or report.wanted_replicas <= pool.grant:
-            continue
-        if observed_short(_pool_demand(dep, role, pool, report, _demand_rps(dep.report), paired)):
-            return role
+    for report, demand in _pool_demands(dep, dep.report):
+        asks_more = report is not None and (report.wanted_replicas or 0) > demand.current_replicas
+        if asks_more and observed_short(demand):
+            return demand.role
     return None
+
+
+def _pool_demands(dep: DeploymentState, report: AgentReport) -> Iterator[tuple[PoolReport | None, PoolDemand]]:
+    """Each pool's report (None when the last report left it out) and its bid, by role."""
+    rps = _demand_rps(report)
+    reports = {p.role: p for p in report.pools}
+    paired = "prefill" in dep.pools and "decode" in dep.pools
+    for role, pool in sorted(dep.pools.items()):
+        yield reports.get(role), _pool_demand(dep, role, pool, reports.get(role), rps, paired)
 
 
 def _pool_demand(

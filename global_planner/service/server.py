@@ -127,8 +127,9 @@ class PlannerService(pb_grpc.PlannerServicer):
         self.clock: Clock = clock if clock is not None else WallClock()
         self.leader = leader
         self.log_rejection = RateLimitedLog(log)
-        # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for GPUs
-        # that are free now, runs a round before it is answered: its grant is in this reply.
+        # Set by PlannerServer(round_on_ask=True): a report asking for fewer replicas, or for more
+        # while GPUs are free now or its pool is observed short, runs a round before it is
+        # answered (PlannerState.asks_for_change): its grant is in this reply.
         self.on_ask: Callable[[str, int], Awaitable[object]] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -206,8 +207,7 @@ class PlannerService(pb_grpc.PlannerServicer):
 
         response = await self._handle(context, step)
         reported_at = self.state.snapshots  # rounds snapshotting from here on hold this report
-        why = self.state.asks_for_change(request.deployment, self.clock.now()) if self.on_ask is not None else None
-        if self.on_ask is not None and why is not None:
+        if self.on_ask is not None and (why := self.state.asks_for_change(request.deployment, self.clock.now())):
             # a whole round (value, priorities, audit record first), not a shortcut
             await self.on_ask(f"report of {request.deployment}: {why}", reported_at)
             targets = self.state.targets(request.deployment, self.clock.now())

@@ -31,6 +31,7 @@ from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation, distribution  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
+from local_agent.decide.sizer import prefill_saturated  # noqa: E402
 from local_agent.sizing import LoadEstimate  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def saturated_rates(scenario, workload) -> dict[str, list[float]]:
         for obs in observation.pools if observation is not None else []:
             if obs.role != "prefill":  # an aggregated replica's iterations also decode
                 continue
-            full = obs.ready > 0 and (obs.queued_prefill_tokens or 0.0) >= obs.ready * budget[obs.deployment]
+            full = prefill_saturated(obs, budget[obs.deployment])
             before = backlogged.get(obs.deployment)
             backlogged[obs.deployment] = (full, obs.ready)
             steady = before is not None and before == (True, obs.ready) and not obs.starting

@@ -161,8 +161,7 @@ class Sizer:
         if not isinstance(model, CorrectedPerfModel) or pool is None or pool.queued_prefill_tokens is None:
             self._saturated_ready = None
             return
-        budget = self.spec.pools["prefill"].max_batch_tokens
-        saturated = pool.ready > 0 and pool.queued_prefill_tokens >= pool.ready * budget
+        saturated = prefill_saturated(pool, self.spec.pools["prefill"].max_batch_tokens)
         before, self._saturated_ready = self._saturated_ready, pool.ready if saturated else None
         if not saturated or before != pool.ready or pool.starting or pool.draining:
             return
@@ -288,6 +287,12 @@ def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float)
         effective = np.where(inputs > model.max_context, inputs, effective)
     ratio = float(uncached.sum() / full.sum()) if full.sum() > 0 else 1.0
     return effective, max(ratio, 1e-3)
+
+
+def prefill_saturated(pool: PoolObservation, budget: int) -> bool:
+    """Whether a prefill pool ended its window with at least one iteration's token budget queued
+    per ready replica: its replicas had prompts to prefill back to back."""
+    return pool.ready > 0 and (pool.queued_prefill_tokens or 0.0) >= pool.ready * budget
 
 
 def _corrected(role: PoolRole, model: PerfModel) -> EngineModel:

@@ -34,9 +34,10 @@ from fleet_planner.deployment import (
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
 from fleet_planner.planning import SLA, DeploymentSpec, FrozenModel
+from fleet_planner.traces import TRACE_FORMATS
 
 KNOWN_POLICIES: frozenset[str] = frozenset({"static", "static-peak", "oracle", "local", "global", "fcfs"})
-TraceFormat = Literal["azure", "mooncake", "csv"]
+TraceFormat = Literal["azure", "mooncake", "csv", "burstgpt"]
 
 # Where an override lands in the scenario, so a bad override is reported as such.
 _OVERRIDE_FIELDS = {"seed": "seed", "duration": "duration", "policy": "planner.policy"}
@@ -70,7 +71,7 @@ class SynthSource(FrozenModel):
     @model_validator(mode="after")
     def _lengths_format_known(self) -> SynthSource:
         if self.lengths_format is None:
-            raise FieldProblem("lengths_format", f"required for {self.lengths.name}: one of azure, mooncake, csv")
+            raise FieldProblem("lengths_format", f"required for {self.lengths.name}: one of {', '.join(TRACE_FORMATS)}")
         return self
 
 
@@ -109,7 +110,7 @@ class TraceSource(FrozenModel):
         if self.synth is not None and self.format is not None:
             raise FieldProblem("format", "applies to `path` traces only; use synth.lengths_format")
         if self.path is not None and self.format is None:
-            raise FieldProblem("format", f"required for {self.path.name}: one of azure, mooncake, csv")
+            raise FieldProblem("format", f"required for {self.path.name}: one of {', '.join(TRACE_FORMATS)}")
         return self
 
 

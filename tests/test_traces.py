@@ -6,12 +6,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
 from fleet_planner.errors import InputError
 from fleet_planner.traces import (
+    TRACE_FORMATS,
     Trace,
     read_rate_series,
     read_trace,
@@ -20,6 +22,7 @@ from fleet_planner.traces import (
     write_mooncake_jsonl,
 )
 from fleet_planner.traces import cli as trace_cli
+from fleet_sim.scenario import TraceFormat
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "traces"
 AZURE = DATA / "azure2023_conv.csv"
@@ -119,6 +122,11 @@ def test_unsorted_arrivals_are_sorted_stably(tmp_path: Path) -> None:
         ),
         ("azure", "when,ctx,gen\n1,2,3\n", "header"),
         ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,5,-1\n", "line 2: GeneratedTokens"),
+        ("burstgpt", "Timestamp,Model,Request tokens\n5,ChatGPT,472\n", "header"),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens\n5,472,18\n-3,10,10\n", "line 3: Timestamp"),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens\n5,472.5,18\n", "line 2: Request tokens"),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens\n5,472,-1\n", "line 2: Response tokens"),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens\n5,472,nan\n", "line 2: Response tokens"),
         (
             "mooncake",
             '{"timestamp": 0, "input_length": 5, "output_length": 5}\n{"timestamp": 1, "output_length": 5}\n',
@@ -144,7 +152,39 @@ def test_malformed_inputs_name_file_and_field(tmp_path: Path, fmt: str, content:
     assert str(path) in str(info.value) and field in str(info.value)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "azure", "mooncake"])
+def test_burstgpt_header_reads_seconds_and_counts_failed_requests(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "BurstGPT_1.csv"
+    path.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "45,ChatGPT,1087,230,1317,Conversation log\n"
+        "5,ChatGPT,472,18,490,Conversation log\n"
+        "118.5,GPT-4,417,0,417,API log\n"
+    )
+    with caplog.at_level("WARNING"):
+        trace = read_trace(path, "burstgpt")
+    assert trace.arrival_s.tolist() == [0.0, 40.0, 113.5]  # seconds from the first request, sorted
+    assert trace.input_tokens.tolist() == [472, 1087, 417]
+    assert trace.output_tokens.tolist() == [18, 230, 1]  # the failed request arrived: one token
+    assert "1 requests with 0 Response tokens counted as 1" in caplog.text
+
+
+def test_a_burstgpt_file_read_as_azure_names_the_format(tmp_path: Path) -> None:
+    path = tmp_path / "b.csv"
+    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,ChatGPT,472,18,490,x\n")
+    with pytest.raises(InputError, match="use format burstgpt"):
+        read_trace(path, "azure")
+    assert trace_cli.default_format(path) == "burstgpt"  # what `trace info` reads it as
+    assert trace_cli.default_format(AZURE) == "azure"
+    assert trace_cli.default_format(tmp_path / "absent.csv") == "azure"  # the reader says why it fails
+
+
+def test_scenario_trace_formats_are_the_readers_formats() -> None:
+    assert set(get_args(TraceFormat)) == set(TRACE_FORMATS)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "azure", "mooncake", "burstgpt"])
 def test_missing_and_empty_files(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(InputError, match="cannot read trace"):
         read_trace(tmp_path / "absent.csv", fmt)

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from fleet_planner.durations import parse_duration
-from fleet_planner.traces.readers import TRACE_FORMATS, read_trace, write_mooncake_jsonl
+from fleet_planner.traces.readers import BURSTGPT_COLUMNS, TRACE_FORMATS, read_trace, write_mooncake_jsonl
 from fleet_planner.traces.synth import ARRIVAL_MODELS, synthesize_from_rates
 from fleet_planner.traces.trace import Trace
+
+DEFAULT_FORMAT_RULE = "mooncake for .jsonl, burstgpt for a CSV with its header, else azure"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--lengths", required=True, type=Path, help="trace whose (input, output) length pairs are resampled"
     )
     synth.add_argument(
-        "--lengths-format", choices=TRACE_FORMATS, help="format of --lengths (default: mooncake for .jsonl, else azure)"
+        "--lengths-format", choices=TRACE_FORMATS, help=f"format of --lengths (default: {DEFAULT_FORMAT_RULE})"
     )
     synth.add_argument(
         "--peak-rps", type=_positive_float, help="rescale the series so its peak over the span is this rate"
@@ -50,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     info = commands.add_parser("info", help="print a trace's size, rates and length statistics")
     info.add_argument("path", type=Path)
-    info.add_argument("--format", choices=TRACE_FORMATS, help="default: mooncake for .jsonl, else azure")
+    info.add_argument("--format", choices=TRACE_FORMATS, help=f"default: {DEFAULT_FORMAT_RULE}")
     info.set_defaults(run=run_info)
 
 
@@ -109,8 +111,16 @@ def trace_stats(trace: Trace) -> dict[str, float]:
 
 
 def default_format(path: Path) -> str:
-    """Mooncake for ``.jsonl``; otherwise azure, whose reader also accepts the generic CSV header."""
-    return "mooncake" if path.suffix.lower() in (".jsonl", ".json") else "azure"
+    """Mooncake for ``.jsonl``; burstgpt for a CSV with BurstGPT's header; otherwise azure, whose
+    reader also accepts the generic CSV header (an unreadable file fails in the reader)."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return "mooncake"
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            header = {name.strip() for name in handle.readline().split(",")}
+    except (OSError, UnicodeDecodeError):
+        return "azure"
+    return "burstgpt" if header.issuperset(BURSTGPT_COLUMNS) else "azure"
 
 
 def _duration(text: str) -> float:

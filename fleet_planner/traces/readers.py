@@ -22,11 +22,12 @@ from fleet_planner.traces.trace import Trace
 
 log = logging.getLogger(__name__)
 
-TRACE_FORMATS = ("mooncake", "azure", "csv")
+TRACE_FORMATS = ("mooncake", "azure", "csv", "burstgpt")
 
 _GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 _AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
+BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 # Trailing UTC offset on an Azure timestamp ("Z", "+00:00", "-0530"); numpy cannot parse it.
 _TZ_SUFFIX = re.compile(r"(Z|([+-])(\d{2}):?(\d{2}))$")
 
@@ -40,6 +41,8 @@ def read_trace(path: str | Path, format: str) -> Trace:
         return _read_azure(path)
     if format == "csv":
         return _read_generic_csv(path)
+    if format == "burstgpt":
+        return _read_burstgpt(path)
     raise InputError(
         f"unknown trace format {format!r} (use one of {', '.join(TRACE_FORMATS)})", file=path, field="format"
     )
@@ -139,21 +142,41 @@ def _read_azure(path: Path) -> Trace:
         arrival = _seconds_column(path, "arrival_s", cols["arrival_s"], rows.line_numbers)
         input_name, output_name = "input_tokens", "output_tokens"
     else:
+        hint = " (a BurstGPT file: use format burstgpt)" if all(n in header for n in BURSTGPT_COLUMNS) else ""
         raise InputError(
             f"unrecognised Azure header {header}; "
-            f"expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}",
+            f"expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}{hint}",
             file=path,
             field="header",
         )
     inputs = _token_column(path, input_name, cols[input_name], rows.line_numbers, min_tokens=1)
     # Azure logs a few requests that generated nothing; count them as one token rather than
     # rejecting a real trace, and say how many were changed.
-    outputs = _token_column(path, output_name, cols[output_name], rows.line_numbers, min_tokens=0)
-    zero_outputs = int(np.count_nonzero(outputs == 0))
-    if zero_outputs:
-        log.warning("%s: %d requests with 0 output tokens counted as 1", path, zero_outputs)
-        outputs = np.maximum(outputs, 1)
+    outputs = _at_least_one_token(path, output_name, cols[output_name], rows.line_numbers)
     return _build(path, arrival, inputs, outputs, None)
+
+
+def _read_burstgpt(path: Path) -> Trace:
+    """BurstGPT CSV (``Timestamp`` in seconds, ``Request tokens``, ``Response tokens``; the
+    ``Model`` and ``Log Type`` columns are not read: filter the file first to replay one model).
+    Its failed requests log 0 response tokens: they arrived and were prefilled, so they count
+    with one output token, like any logged 0, and the number changed is logged."""
+    header, rows = _read_csv(path)
+    cols = _columns(path, header, rows, BURSTGPT_COLUMNS)
+    arrival = _seconds_column(path, "Timestamp", cols["Timestamp"], rows.line_numbers)
+    inputs = _at_least_one_token(path, "Request tokens", cols["Request tokens"], rows.line_numbers)
+    outputs = _at_least_one_token(path, "Response tokens", cols["Response tokens"], rows.line_numbers)
+    return _build(path, arrival - arrival.min(), inputs, outputs, None)
+
+
+def _at_least_one_token(path: Path, name: str, values: list[str], line_numbers: list[int]) -> np.ndarray:
+    """A token column where a logged 0 counts as 1 (a real trace's artefact, not a reason to
+    reject it); the number changed is logged. Negative or fractional counts are still errors."""
+    column = _token_column(path, name, values, line_numbers, min_tokens=0)
+    zeros = int(np.count_nonzero(column == 0))
+    if zeros:
+        log.warning("%s: %d requests with 0 %s counted as 1", path, zeros, name)
+    return np.maximum(column, 1)
 
 
 def _read_generic_csv(path: Path) -> Trace:

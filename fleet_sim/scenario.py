@@ -85,6 +85,11 @@ class TraceSource(FrozenModel):
         default=1.0, description=">1 replicates requests (jittered copies), <1 thins them; also for synth traffic"
     )
     time_scale: PositiveFloat = Field(default=1.0, description=">1 stretches time, <1 compresses it")
+    start_s: Duration = Field(
+        default=0.0,
+        description="`path` traces: replay from this instant of the trace (seconds after its first request); "
+        "earlier requests are dropped (a synthesis has `synth.start_s`)",
+    )
     offset_s: Duration = 0.0
     max_input_tokens: int | None = Field(
         default=None, ge=1, description="longer prompts are rejected at admission and counted"
@@ -109,6 +114,8 @@ class TraceSource(FrozenModel):
             raise FieldProblem("", "give exactly one of `path` (a trace file) or `synth` (a synthesis)")
         if self.synth is not None and self.format is not None:
             raise FieldProblem("format", "applies to `path` traces only; use synth.lengths_format")
+        if self.synth is not None and self.start_s:
+            raise FieldProblem("start_s", "applies to `path` traces only; use synth.start_s")
         if self.path is not None and self.format is None:
             raise FieldProblem("format", f"required for {self.path.name}: one of {', '.join(TRACE_FORMATS)}")
         return self

@@ -55,6 +55,7 @@ def load_endpoint_trace(source, *, duration_s: float, seed: int, where: str) -> 
     try:
         trace = scale_trace(
             trace,
+            start_s=source.start_s,
             rate_scale=source.rate_scale,
             time_scale=source.time_scale,
             offset_s=source.offset_s,

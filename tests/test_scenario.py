@@ -263,6 +263,8 @@ CONV = "traces/azure2023_conv.csv"
             "deployments[2].trace.format",
             "lengths_format",
         ),
+        (lambda d: _with(["deployments", 2, "trace", "start_s"], "1h", d), "deployments[2].trace.start_s", "synth.start_s"),
+        (lambda d: _with([*SHARED_TRACE, "start_s"], -60, d), "endpoints.llama-8b.trace.start_s", "-60"),
         (lambda d: _with([*AGG, "gpu_type"], "a100", d), "deployments[1].pools.agg.gpu_type", "a100"),
         (lambda d: _with(["deployments", 1, "mode"], "disagg", d), "deployments[1].pools", "prefill"),
         (lambda d: _with(["deployments", 1, "mode"], "hybrid", d), "deployments[1].mode", "hybrid"),

@@ -22,7 +22,8 @@ from fleet_planner.traces import (
     write_mooncake_jsonl,
 )
 from fleet_planner.traces import cli as trace_cli
-from fleet_sim.scenario import TraceFormat
+from fleet_sim.scenario import TraceFormat, TraceSource
+from fleet_sim.workload import load_endpoint_trace
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "traces"
 AZURE = DATA / "azure2023_conv.csv"
@@ -257,6 +258,32 @@ def test_time_scale_offset_and_duration(azure: Trace) -> None:
     assert len(shifted) == int(np.count_nonzero(azure.arrival_s * 0.5 + 10.0 < 1000.0))
 
 
+def test_start_replays_a_slice_from_its_own_zero(azure: Trace) -> None:
+    sliced = scale_trace(azure, start_s=1800.0, time_scale=0.5, duration_s=600.0)
+    later = azure.arrival_s[azure.arrival_s >= 1800.0]
+    np.testing.assert_allclose(sliced.arrival_s, ((later - 1800.0) * 0.5)[(later - 1800.0) * 0.5 < 600.0])
+    np.testing.assert_array_equal(sliced.input_tokens, azure.input_tokens[azure.arrival_s >= 1800.0][: len(sliced)])
+    with pytest.raises(ValueError, match="after the trace's last request"):
+        scale_trace(azure, start_s=azure.duration_s + 1.0)
+
+
+def test_a_scenario_trace_starts_where_it_says() -> None:
+    source = TraceSource(path=AZURE, format="azure", start_s="30m", rate_scale=1.0)
+    replayed = load_endpoint_trace(source, duration_s=600.0, seed=0, where="endpoint e: trace")
+    whole = read_trace(AZURE, "azure")
+    expected = whole.arrival_s[(whole.arrival_s >= 1800.0) & (whole.arrival_s < 2400.0)] - 1800.0
+    np.testing.assert_allclose(replayed.arrival_s, expected)
+
+
+def test_start_keeps_hash_ids_aligned() -> None:
+    trace = read_trace(MOONCAKE, "mooncake")
+    start = float(trace.arrival_s[len(trace) // 2])
+    sliced = scale_trace(trace, start_s=start)
+    first = len(trace) - len(sliced)
+    assert sliced.arrival_s[0] == 0.0 and trace.arrival_s[first - 1] < start
+    assert sliced.hash_ids == (trace.hash_ids or [])[first:]
+
+
 def test_scale_keeps_hash_ids_aligned() -> None:
     trace = read_trace(MOONCAKE, "mooncake")
     scaled = scale_trace(trace, rate_scale=0.5, seed=2)
@@ -273,6 +300,8 @@ def test_scale_keeps_hash_ids_aligned() -> None:
         {"time_scale": -1.0},
         {"offset_s": -1.0},
         {"duration_s": float("inf")},
+        {"start_s": float("nan")},
+        {"start_s": -5.0},
     ],
 )
 def test_scale_rejects_bad_arguments(kwargs: dict[str, float]) -> None:

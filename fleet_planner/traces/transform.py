@@ -15,6 +15,7 @@ COPY_JITTER_S = 30.0
 def scale_trace(
     trace: Trace,
     *,
+    start_s: float = 0.0,
     rate_scale: float = 1.0,
     time_scale: float = 1.0,
     offset_s: float = 0.0,
@@ -24,6 +25,8 @@ def scale_trace(
     """A transformed copy of ``trace``; the same ``seed`` always gives the same result.
 
     Steps, in order:
+    0. ``start_s`` (on the trace's own time line): requests before it are dropped and the rest
+       move earlier by it, so a slice of a days-long trace can be replayed from its own 0.
     1. ``rate_scale``: each request appears ``floor(rate_scale)`` times plus once more with
        probability ``rate_scale % 1`` (so < 1 thins by a seeded Bernoulli). Extra copies are
        moved by a uniform jitter within +-``COPY_JITTER_S`` (reflected at 0): they stand for other
@@ -35,6 +38,13 @@ def scale_trace(
     3. ``offset_s``: arrivals are shifted later.
     4. ``duration_s``: only arrivals < ``duration_s`` (on the new time line) are kept.
     """
+    _require(math.isfinite(start_s) and start_s >= 0, f"start_s must be finite and >= 0, got {start_s!r}")
+    if start_s > 0:
+        _require(
+            start_s <= trace.duration_s,
+            f"start_s {start_s:g} s is after the trace's last request (at {trace.duration_s:g} s)",
+        )
+        trace = _from(trace, start_s)
     _require(math.isfinite(rate_scale) and rate_scale > 0, f"rate_scale must be finite and > 0, got {rate_scale!r}")
     _require(math.isfinite(time_scale) and time_scale > 0, f"time_scale must be finite and > 0, got {time_scale!r}")
     _require(math.isfinite(offset_s) and offset_s >= 0, f"offset_s must be finite and >= 0, got {offset_s!r}")
@@ -65,6 +75,18 @@ def scale_trace(
         output_tokens=trace.output_tokens[kept],
         source=trace.source,
         hash_ids=hash_ids,
+    )
+
+
+def _from(trace: Trace, start_s: float) -> Trace:
+    """The requests at or after ``start_s`` (arrivals are sorted), moved earlier by it."""
+    first = int(np.searchsorted(trace.arrival_s, start_s, side="left"))
+    return Trace(
+        arrival_s=trace.arrival_s[first:] - start_s,
+        input_tokens=trace.input_tokens[first:],
+        output_tokens=trace.output_tokens[first:],
+        source=trace.source,
+        hash_ids=trace.hash_ids[first:] if trace.hash_ids is not None else None,
     )
 
 

@@ -91,6 +91,11 @@ class TraceSource(FrozenModel):
         "earlier requests are dropped (a synthesis has `synth.start_s`)",
     )
     offset_s: Duration = 0.0
+    select: dict[str, list[str]] | None = Field(
+        default=None,
+        description="CSV `path` traces: only rows whose named columns hold one of the values, e.g. "
+        "{Model: [GPT-4]} for one model of a BurstGPT file",
+    )
     max_input_tokens: int | None = Field(
         default=None, ge=1, description="longer prompts are rejected at admission and counted"
     )
@@ -116,6 +121,8 @@ class TraceSource(FrozenModel):
             raise FieldProblem("format", "applies to `path` traces only; use synth.lengths_format")
         if self.synth is not None and self.start_s:
             raise FieldProblem("start_s", "applies to `path` traces only; use synth.start_s")
+        if self.select is not None and (self.synth is not None or self.format == "mooncake"):
+            raise FieldProblem("select", "applies to CSV `path` traces only")
         if self.path is not None and self.format is None:
             raise FieldProblem("format", f"required for {self.path.name}: one of {', '.join(TRACE_FORMATS)}")
         return self

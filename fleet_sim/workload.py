@@ -51,7 +51,7 @@ def load_endpoint_trace(source, *, duration_s: float, seed: int, where: str) -> 
             arrival=synth.arrival,
         )
     else:
-        trace = read_trace(source.path, source.format)
+        trace = read_trace(source.path, source.format, source.select)
     try:
         trace = scale_trace(
             trace,

@@ -263,7 +263,21 @@ CONV = "traces/azure2023_conv.csv"
             "deployments[2].trace.format",
             "lengths_format",
         ),
-        (lambda d: _with(["deployments", 2, "trace", "start_s"], "1h", d), "deployments[2].trace.start_s", "synth.start_s"),
+        (
+            lambda d: _with(["deployments", 2, "trace", "start_s"], "1h", d),
+            "deployments[2].trace.start_s",
+            "synth.start_s",
+        ),
+        (
+            lambda d: _with(["deployments", 2, "trace", "select"], {"Model": ["x"]}, d),
+            "deployments[2].trace.select",
+            "CSV",
+        ),
+        (
+            lambda d: _with([*SHARED_TRACE, "select"], {"Model": "GPT-4"}, d),
+            "endpoints.llama-8b.trace.select.Model",
+            "list",
+        ),
         (lambda d: _with([*SHARED_TRACE, "start_s"], -60, d), "endpoints.llama-8b.trace.start_s", "-60"),
         (lambda d: _with([*AGG, "gpu_type"], "a100", d), "deployments[1].pools.agg.gpu_type", "a100"),
         (lambda d: _with(["deployments", 1, "mode"], "disagg", d), "deployments[1].pools", "prefill"),

@@ -171,6 +171,55 @@ def test_burstgpt_header_reads_seconds_and_counts_failed_requests(
     assert "1 requests with 0 Response tokens counted as 1" in caplog.text
 
 
+BURSTGPT_ROWS = (
+    "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+    "5,ChatGPT,472,18,490,Conversation log\n"
+    "45,GPT-4,1087,230,1317,Conversation log\n"
+    "118,GPT-4,417,276,693,API log\n"
+    "130,ChatGPT,80,20,100,API log\n"
+)
+
+
+def test_select_keeps_one_model_of_a_trace_that_logs_several(tmp_path: Path) -> None:
+    path = tmp_path / "burst.csv"
+    path.write_text(BURSTGPT_ROWS)
+    gpt4 = read_trace(path, "burstgpt", {"Model": ["GPT-4"]})
+    assert gpt4.input_tokens.tolist() == [1087, 417] and gpt4.arrival_s.tolist() == [0.0, 73.0]
+    both = read_trace(path, "burstgpt", {"Model": ["GPT-4", "ChatGPT"], "Log Type": ["API log"]})
+    assert both.input_tokens.tolist() == [417, 80]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "select", "words"),
+    [
+        ("burstgpt", {"model": ["GPT-4"]}, "no column 'model'"),
+        ("burstgpt", {"Model": ["GPT-5"]}, "no row matches select (Model in ['GPT-5'])"),
+        ("mooncake", {"Model": ["GPT-4"]}, "CSV traces only"),
+    ],
+)
+def test_a_bad_select_names_the_file_and_changes_nothing(
+    tmp_path: Path, fmt: str, select: dict[str, list[str]], words: str
+) -> None:
+    path = tmp_path / "burst.csv"
+    path.write_text(BURSTGPT_ROWS)
+    with pytest.raises(InputError) as info:
+        read_trace(path, fmt, select)
+    assert info.value.field == "select" and words in str(info.value) and str(path) in str(info.value)
+
+
+def test_cli_info_selects_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "burst.csv"
+    path.write_text(BURSTGPT_ROWS)
+    args = _parser().parse_args(["trace", "info", str(path), "--select", "Model=GPT-4", "--select", "Model=ChatGPT"])
+    assert args.run(args) == 0
+    assert "requests        4" in capsys.readouterr().out
+    args = _parser().parse_args(["trace", "info", str(path), "--select", "Log Type=API log"])
+    assert args.run(args) == 0
+    assert "requests        2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["trace", "info", str(path), "--select", "Model"])
+
+
 def test_a_burstgpt_file_read_as_azure_names_the_format(tmp_path: Path) -> None:
     path = tmp_path / "b.csv"
     path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,ChatGPT,472,18,490,x\n")

@@ -53,6 +53,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info = commands.add_parser("info", help="print a trace's size, rates and length statistics")
     info.add_argument("path", type=Path)
     info.add_argument("--format", choices=TRACE_FORMATS, help=f"default: {DEFAULT_FORMAT_RULE}")
+    info.add_argument(
+        "--select",
+        action="append",
+        type=_selection,
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="CSV traces: only rows whose COLUMN holds VALUE (repeat for several values or columns), "
+        "e.g. --select Model=GPT-4",
+    )
     info.set_defaults(run=run_info)
 
 
@@ -78,7 +87,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print :func:`trace_stats` of a trace file, one statistic a line."""
-    stats = trace_stats(read_trace(args.path, args.format or default_format(args.path)))
+    select: dict[str, list[str]] = {}
+    for column, value in args.select:
+        select.setdefault(column, []).append(value)
+    stats = trace_stats(read_trace(args.path, args.format or default_format(args.path), select))
     print(f"{args.path}")
     print(f"  requests        {stats['requests']:.0f}")
     print(f"  duration        {stats['duration_s']:.1f} s")
@@ -121,6 +133,13 @@ def default_format(path: Path) -> str:
     except (OSError, UnicodeDecodeError):
         return "azure"
     return "burstgpt" if header.issuperset(BURSTGPT_COLUMNS) else "azure"
+
+
+def _selection(text: str) -> tuple[str, str]:
+    column, equals, value = text.partition("=")
+    if not equals or not column.strip():
+        raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {text!r}")
+    return column.strip(), value.strip()
 
 
 def _duration(text: str) -> float:

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +32,22 @@ BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 _TZ_SUFFIX = re.compile(r"(Z|([+-])(\d{2}):?(\d{2}))$")
 
 
-def read_trace(path: str | Path, format: str) -> Trace:
-    """Load a trace file in one of :data:`TRACE_FORMATS`, sorted by arrival (stable)."""
+def read_trace(path: str | Path, format: str, select: Mapping[str, Sequence[str]] | None = None) -> Trace:
+    """Load a trace file in one of :data:`TRACE_FORMATS`, sorted by arrival (stable).
+
+    ``select`` keeps the rows of a CSV trace whose named columns hold one of the given values
+    (e.g. BurstGPT's ``{"Model": ["GPT-4"]}``: one model of a trace that logs several)."""
     path = Path(path)
     if format == "mooncake":
+        if select:
+            raise InputError("select applies to CSV traces only", file=path, field="select")
         return _read_mooncake(path)
     if format == "azure":
-        return _read_azure(path)
+        return _read_azure(path, select)
     if format == "csv":
-        return _read_generic_csv(path)
+        return _read_generic_csv(path, select)
     if format == "burstgpt":
-        return _read_burstgpt(path)
+        return _read_burstgpt(path, select)
     raise InputError(
         f"unknown trace format {format!r} (use one of {', '.join(TRACE_FORMATS)})", file=path, field="format"
     )
@@ -130,9 +135,9 @@ def _json_hash_ids(value: object, path: Path, field: str) -> list[int] | None:
 # --- CSV formats ------------------------------------------------------------------------------
 
 
-def _read_azure(path: Path) -> Trace:
+def _read_azure(path: Path, select: Mapping[str, Sequence[str]] | None) -> Trace:
     """Azure LLM inference CSV, original (TIMESTAMP, ...) or normalised (arrival_s, ...) header."""
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, select)
     if all(name in header for name in _AZURE_COLUMNS):
         cols = _columns(path, header, rows, _AZURE_COLUMNS)
         arrival = _timestamps_to_seconds(path, cols["TIMESTAMP"], rows.line_numbers)
@@ -156,12 +161,12 @@ def _read_azure(path: Path) -> Trace:
     return _build(path, arrival, inputs, outputs, None)
 
 
-def _read_burstgpt(path: Path) -> Trace:
-    """BurstGPT CSV (``Timestamp`` in seconds, ``Request tokens``, ``Response tokens``; the
-    ``Model`` and ``Log Type`` columns are not read: filter the file first to replay one model).
+def _read_burstgpt(path: Path, select: Mapping[str, Sequence[str]] | None) -> Trace:
+    """BurstGPT CSV (``Timestamp`` in seconds, ``Request tokens``, ``Response tokens``; its
+    ``Model`` and ``Log Type`` columns are for ``select``, to replay one model or one kind of log).
     Its failed requests log 0 response tokens: they arrived and were prefilled, so they count
     with one output token, like any logged 0, and the number changed is logged."""
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, select)
     cols = _columns(path, header, rows, BURSTGPT_COLUMNS)
     arrival = _seconds_column(path, "Timestamp", cols["Timestamp"], rows.line_numbers)
     inputs = _at_least_one_token(path, "Request tokens", cols["Request tokens"], rows.line_numbers)
@@ -179,8 +184,8 @@ def _at_least_one_token(path: Path, name: str, values: list[str], line_numbers: 
     return np.maximum(column, 1)
 
 
-def _read_generic_csv(path: Path) -> Trace:
-    header, rows = _read_csv(path)
+def _read_generic_csv(path: Path, select: Mapping[str, Sequence[str]] | None) -> Trace:
+    header, rows = _read_csv(path, select)
     cols = _columns(path, header, rows, _GENERIC_COLUMNS)
     arrival = _seconds_column(path, "arrival_s", cols["arrival_s"], rows.line_numbers)
     inputs = _token_column(path, "input_tokens", cols["input_tokens"], rows.line_numbers, min_tokens=1)
@@ -196,8 +201,8 @@ class _Rows:
     line_numbers: list[int]
 
 
-def _read_csv(path: Path) -> tuple[list[str], _Rows]:
-    """Header (stripped, BOM removed) and the non-blank data rows."""
+def _read_csv(path: Path, select: Mapping[str, Sequence[str]] | None) -> tuple[list[str], _Rows]:
+    """Header (stripped, BOM removed) and the non-blank data rows (those ``select`` keeps)."""
     rows = _Rows([], [])
     header: list[str] | None = None
     try:
@@ -215,7 +220,24 @@ def _read_csv(path: Path) -> tuple[list[str], _Rows]:
         raise InputError(f"cannot read trace: {_reason(exc)}", file=path) from exc
     if header is None:
         raise InputError("file is empty", file=path)
-    return header, rows
+    return header, _selected(path, header, rows, select) if select else rows
+
+
+def _selected(path: Path, header: list[str], rows: _Rows, select: Mapping[str, Sequence[str]]) -> _Rows:
+    """The rows whose every named column holds one of its values (cells compared stripped)."""
+    keep = [True] * len(rows.values)
+    for column, values in select.items():
+        if column not in header:
+            raise InputError(f"no column {column!r} (header: {', '.join(header)})", file=path, field="select")
+        index, allowed = header.index(column), {str(value).strip() for value in values}
+        keep = [k and len(row) > index and row[index].strip() in allowed for k, row in zip(keep, rows.values)]
+    kept = _Rows(
+        [row for row, k in zip(rows.values, keep) if k], [line for line, k in zip(rows.line_numbers, keep) if k]
+    )
+    if rows.values and not kept.values:
+        wanted = "; ".join(f"{column} in {sorted(map(str, values))}" for column, values in select.items())
+        raise InputError(f"no row matches select ({wanted})", file=path, field="select")
+    return kept
 
 
 def _columns(path: Path, header: list[str], rows: _Rows, names: Sequence[str]) -> dict[str, list[str]]:

@@ -69,7 +69,7 @@ def read_rate_series(path: str | Path) -> RateSeries:
     rate counts as 0, a blank client cell as unknown. A blank cell anywhere else is an error.
     """
     path = Path(path)
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, None)
     _columns(path, header, rows, (_START, _RATE))  # both present, before any other check
     lines = rows.line_numbers
     gap = np.zeros(len(lines), dtype=bool)

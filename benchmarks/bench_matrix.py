@@ -3,6 +3,7 @@ and fcfs/global where tenants contend; one table, one plot, and the issue's acce
 
     python benchmarks/bench_matrix.py [--quick] [--cells SUBSTRING] [--span hour|day|all] [--workers 2]
                                       [--out DIR] [--option KEY=JSON ...] [--baselines FILE [--baselines-only]]
+                                      [--seed N]
 
 Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` runs two tiny cells
 (CI). ``--option`` sets a planner option for the agent policies (local, fcfs, global), e.g.
@@ -25,6 +26,7 @@ Acceptance, for the local agent in every cell:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -338,6 +340,12 @@ def main() -> int:
     parser.add_argument("--option", action="append", default=[], help="agent planner option KEY=JSON")
     parser.add_argument("--baselines", type=Path, help="JSON cache of the baselines (read, then completed)")
     parser.add_argument("--baselines-only", action="store_true", help="fill the baseline cache and stop")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="every cell with this traffic seed instead of its own (other ServeGen days and windows, other "
+        "draws and copies): the same fleets on traffic nothing was tuned on",
+    )
     args = parser.parse_args()
     options = {}
     for item in args.option:
@@ -345,6 +353,8 @@ def main() -> int:
         options[key] = json.loads(value)
     chosen = quick_cells() if args.quick else cells()
     chosen = [c for c in chosen if (not args.cells or args.cells in c.name) and args.span in ("all", c.span)]
+    if args.seed is not None:
+        chosen = [dataclasses.replace(c, seed=args.seed) for c in chosen]
     args.out = args.out.resolve()  # scenario paths must not be read relative to examples/
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.out / "data"

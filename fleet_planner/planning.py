@@ -96,6 +96,12 @@ class PoolObservation(FrozenModel):
     endpoint_admitted: int | None = Field(
         default=None, ge=0, description="requests admitted by the whole endpoint (all its deployments) in the window"
     )
+    endpoint_shed: int | None = Field(
+        default=None,
+        ge=0,
+        description="requests of the whole endpoint its gateway turned away in the window (an admission limit): "
+        "demand that was never admitted, which a forecast of admissions alone would lose",
+    )
     input_tokens: Distribution | None = None
     output_tokens: Distribution | None = None
     endpoint_input_tokens: Distribution | None = Field(

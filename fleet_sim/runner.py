@@ -87,7 +87,9 @@ class FleetSimulation:
         self.entry_pool: list[Pool] = []  # per deployment index: prefill or agg pool
         self._build_pools()
         self.gateway = Gateway(self.specs, self.endpoint_index, self.pools, self.entry_pool)
-        self._endpoint_window = [0] * len(workload.endpoints)  # arrivals in the current interval
+        # Per endpoint over the current interval: requests admitted, and requests the gateway shed.
+        self._endpoint_window = [0] * len(workload.endpoints)
+        self._endpoint_shed = [0] * len(workload.endpoints)
         self.decisions: list[DecisionRecord] = []
         self.timeline: list[TimelineRow] = []
         self.scale_events = {spec.name: 0 for spec in self.specs}
@@ -147,7 +149,6 @@ class FleetSimulation:
     def _on_arrival(self, request: int, now: float) -> None:
         reqs = self.sim.requests
         endpoint = reqs.endpoint[request]
-        self._endpoint_window[endpoint] += 1
         deployment = self.gateway.route(endpoint, reqs.input[request], reqs.output[request])
         reqs.deployment[request] = deployment
         entry = self.entry_pool[deployment]
@@ -156,7 +157,9 @@ class FleetSimulation:
             return
         if not self.gateway.admit(endpoint, now):
             reqs.rejected[request] = True  # shed by the gateway (charged to where the split sent it)
+            self._endpoint_shed[endpoint] += 1
             return
+        self._endpoint_window[endpoint] += 1
         self.gateway.outstanding[deployment] += 1
         entry.router.submit(request, now)
 
@@ -176,12 +179,13 @@ class FleetSimulation:
                 counts = pool.counts()
                 entry = pool.entry_pool is pool  # endpoint figures go to the entry pool only
                 endpoint_in, endpoint_out = endpoint_lengths[endpoint] if entry else (None, None)
-                endpoint_admitted = self._endpoint_window[endpoint] if entry else None
-                observation = self._pool_observation(pool, now, counts, endpoint_admitted, endpoint_in, endpoint_out)
+                endpoint_counts = (self._endpoint_window[endpoint], self._endpoint_shed[endpoint]) if entry else None
+                observation = self._pool_observation(pool, now, counts, endpoint_counts, endpoint_in, endpoint_out)
                 pools.append(observation)
                 self.timeline.append(self._timeline_row(pool, observation))
                 pool.stats.reset()
         self._endpoint_window = [0] * len(self._endpoint_window)
+        self._endpoint_shed = [0] * len(self._endpoint_shed)
         return FleetObservation(time_s=now, pools=pools)
 
     def _endpoint_lengths(self) -> dict[int, tuple[Distribution | None, Distribution | None]]:
@@ -204,7 +208,7 @@ class FleetSimulation:
         pool: Pool,
         now: float,
         counts: tuple[int, int, int],
-        endpoint_admitted: int | None,
+        endpoint_counts: tuple[int, int] | None,
         endpoint_in: Distribution | None,
         endpoint_out: Distribution | None,
     ) -> PoolObservation:
@@ -222,7 +226,8 @@ class FleetSimulation:
             draining=draining,
             pending=pool.pending,
             admitted=stats.admitted,
-            endpoint_admitted=endpoint_admitted,
+            endpoint_admitted=endpoint_counts[0] if endpoint_counts else None,
+            endpoint_shed=endpoint_counts[1] if endpoint_counts else None,
             endpoint_input_tokens=endpoint_in,
             endpoint_output_tokens=endpoint_out,
             input_tokens=distribution(stats.input_tokens),

@@ -144,6 +144,12 @@ class PrometheusQueries(FrozenModel):
         default="sum(increase(dynamo_frontend_requests_total{$frontend}[$window]))",
         description="requests admitted in the window: a counter of *incoming* requests, not completions",
     )
+    endpoint_shed: QueryTemplate = Field(
+        default=None,
+        description="requests the gateway turned away in the window under the planner's admission limit "
+        "(fleet_planner_admission_rps), e.g. the increase of its rate limiter's rejection counter; without it a "
+        "shed request is demand the agent never sees, and the planner lifts a limit its own shedding hid",
+    )
     queued_requests: QueryTemplate = Field(default="sum(vllm:num_requests_waiting{$worker})")
     queued_prefill_tokens: QueryTemplate = Field(
         default=(

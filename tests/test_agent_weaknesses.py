@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 
 from fleet_planner.perf import PerfModel, load_profile
-from fleet_planner.planning import SLA, DeploymentSpec, Distribution, PoolObservation, PoolSpec
+from fleet_planner.planning import (
+    SLA,
+    Decision,
+    DeploymentSpec,
+    Distribution,
+    FleetObservation,
+    Policy,
+    PoolObservation,
+    PoolSpec,
+)
 from fleet_sim.engine import DRAINING
 from fleet_sim.policies import make_policy
 from fleet_sim.results import COMPLETED
@@ -380,6 +389,75 @@ def test_simulator_reports_admissions_not_completions(tmp_path: Path) -> None:
     first = next(o for o in seen if o.time_s == 30.0)
     assert first.admitted == 600
     assert first.itl_ms is None or first.itl_ms.count < 600  # completions lag far behind
+
+
+def test_demand_the_gateway_shed_is_demand() -> None:
+    """A planner's admission limit sheds the excess at the gateway: those requests never reach
+    the engines, and an agent reading admissions alone would forecast the limit, after which the
+    planner lifted the limit its own shedding had hidden (and the queue refilled)."""
+    a = agent(spec(initial=1))
+    admitted = observe("agg", 0.0, 10.0, ready=1)
+    shed = admitted.model_copy(update={"endpoint_shed": round(10.0 * admitted.window_s)})
+    decision = a.step(AgentInput(now_s=0.0, observations=[shed])).decision
+    assert decision.observed_rps == pytest.approx(20.0)
+    assert decision.forecast_rps == pytest.approx(20.0)
+    # Sharing its endpoint, a deployment counts its part of what the endpoint shed.
+    b = agent(spec(initial=1))
+    b.endpoint_share = 0.25
+    window = admitted.window_s
+    both = admitted.model_copy(
+        update={"endpoint_admitted": round(40.0 * window), "endpoint_shed": round(40.0 * window)}
+    )
+    assert b.step(AgentInput(now_s=0.0, observations=[both])).decision.observed_rps == pytest.approx(20.0)
+
+
+def test_a_fully_shed_deployment_is_not_idle() -> None:
+    a = agent(spec(initial=3))
+    for i in range(12):  # every request shed for six minutes: demand, not an idle deployment
+        window = observe("agg", i * 30.0, 0.0, ready=3).model_copy(update={"endpoint_shed": 300})
+        decision = a.step(AgentInput(now_s=i * 30.0, observations=[window])).decision
+        assert pool(decision).reason != R.IDLE_TO_MIN
+
+
+def test_simulator_reports_what_the_gateway_shed(tmp_path: Path) -> None:
+    """An admission limit of 5 rps on 20 rps of arrivals: the entry pool's observation counts 150
+    admitted and 450 shed per 30 s window, apart (the endpoint's admitted count is the admitted)."""
+    trace = tmp_path / "steady.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(f"{i / 20:.3f},200,20\n" for i in range(1200)))
+    data = {
+        "name": "shed",
+        "duration": 90,
+        "seed": 1,
+        "gpus": {"h200": 1},
+        "planner": {"policy": "static", "interval_s": 30, "observation_delay_s": 0},
+        "deployments": [
+            {
+                "name": "d",
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "agg",
+                "sla": {"ttft_ms": 500, "itl_ms": 30},
+                "trace": {"path": str(trace), "format": "csv"},
+                "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 1}},
+            }
+        ],
+    }
+    scenario = parse_scenario(data, base_dir=tmp_path)
+    workload = build_workload(scenario)
+    seen: list[PoolObservation] = []
+
+    class Limit(Policy):
+        name = "limit"
+
+        def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
+            if observation is not None:
+                seen.extend(observation.pools)
+            return Decision(admission={"e": 5.0})
+
+    FleetSimulation(scenario, workload, Limit(scenario.deployment_specs(), 30.0)).run()
+    second = next(o for o in seen if o.time_s == 60.0)  # the first full window under the limit
+    assert second.admitted == second.endpoint_admitted == pytest.approx(150, abs=2)
+    assert second.endpoint_shed == pytest.approx(450, abs=2)
 
 
 # ---- budget silently fail-open when GPU counts cannot be read ------------------------------------

@@ -282,6 +282,20 @@ async def test_disabled_queries_are_not_asked(serve: Callable[..., Any]) -> None
     )
 
 
+async def test_the_gateway_shed_count_is_read_when_configured(serve: Callable[..., Any]) -> None:
+    """Off by default (no gateway metric is standard); configured, it is a traffic field like
+    ``admitted``, rendered for the deployment and rounded to whole requests."""
+    _, source = await serve(HEALTHY)
+    assert by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"].endpoint_shed is None
+    shed = 'sum(increase(gateway_ratelimit_rejected_total{route="$deployment"}[$window]))'
+    fake, source = await serve(
+        [*HEALTHY, (("gateway_ratelimit_rejected_total",), 41.6)], PrometheusQueries(endpoint_shed=shed)
+    )
+    obs = by_role(await source.observe(0.0, SPEC, REPLICAS))
+    assert obs["prefill"].endpoint_shed == 42 and obs["prefill"].admitted == 120
+    assert 'gateway_ratelimit_rejected_total{route="chat"}[60s]' in " ".join(q["query"] for q in fake.queries)
+
+
 # ------------------------------------------------------------------ a real Prometheus, if installed
 
 RATE = 10.0  # requests per second the exporter pretends to admit

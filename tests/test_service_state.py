@@ -457,3 +457,26 @@ def test_a_pool_observed_short_asks_for_a_round_even_with_no_gpu_free() -> None:
     assert state.asks_for_change("b", 3.0) == "agg asks for more and is observed short"
     _round(state, 3.0)
     assert _grant(state.targets("a", 3.0)) == 3, "the round cuts the lower priority to free a GPU"
+
+
+def test_a_round_keeps_the_shedding_the_round_before_started() -> None:
+    """The gateway's limit starts past 1.25x what the running replicas carry and, once on, holds
+    down to 0.9x: a round passes the endpoints shedding under the round in force to the next one,
+    so a queue the limit drained does not lift it while the pool is still short."""
+    state = PlannerState(_policy({"h200": 4}, {"acme": {"priority": 1}}), lease_s=100.0)
+    state.register(_registration("a"), "sa", 0.0)
+
+    def shedding_at(seq: int, applied: int, observed_rps: float) -> float | None:
+        pool = PoolReport(role="agg", ready=4, curve=_curve(16, 17), wanted_replicas=8, replica_capacity_rps=5.0)
+        forecast = Forecast(mean_rps=40.0, upper_rps=40.0)
+        _send(state, "a", seq, applied, pool, forecast, Observed(window_s=30.0, admitted_rps=observed_rps))
+        return _round(state, float(seq)).admission.get("ep-a")
+
+    assert shedding_at(1, 0, 21.0) is None  # 1.05x the 20 rps its four replicas carry: not yet
+    assert shedding_at(2, 1, 30.0) is not None  # 1.5x: the gateway sheds the excess
+    assert shedding_at(3, 2, 21.0) is not None  # back to 1.05x under the limit: it holds
+    record = state.commit(state.plan(3.5)).record
+    restarted = PlannerState(_policy({"h200": 4}, {"acme": {"priority": 1}}), lease_s=100.0)
+    restarted.restore(record)  # a restarted planner keeps the limit in force as shedding
+    assert restarted._deployments["a"].admission_rps == record.admission_rps["ep-a"]
+    assert shedding_at(4, 3, 15.0) is None  # 0.75x: lifted

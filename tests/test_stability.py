@@ -420,6 +420,18 @@ def test_the_gateway_sheds_only_an_endpoint_observed_short() -> None:
     assert endpoint_plans([short], {"chat/agg": 2})["ep-chat"].admission_rps is not None
 
 
+def test_shedding_stops_only_below_the_bar_of_a_shortage() -> None:
+    # Two replicas of 1 rps: shedding starts past 1.25x their capacity (2.5 rps) and, once on,
+    # holds down to 0.9x (1.8 rps), so a queue the shedding drained does not lift it next round.
+    between = _served("chat", "ep-chat", "high", current=2, observed=2.2)
+    assert endpoint_plans([between], {"chat/agg": 2})["ep-chat"].admission_rps is None
+    assert endpoint_plans([between], {"chat/agg": 2}, shedding={"ep-chat"})["ep-chat"].admission_rps is not None
+    below = _served("chat", "ep-chat", "high", current=2, observed=1.7)
+    assert endpoint_plans([below], {"chat/agg": 2}, shedding={"ep-chat"})["ep-chat"].admission_rps is None
+    # Shedding elsewhere holds no limit here.
+    assert endpoint_plans([between], {"chat/agg": 2}, shedding={"ep-other"})["ep-chat"].admission_rps is None
+
+
 def test_the_bid_check_stops_winning_gpus_not_holding_them() -> None:
     # A pool holding 7 replicas whose forecast (19 rps) is far above one window's observed rate
     # (2.8 rps): the check values the bid at the observed rate, but keeps the 7 it holds — one

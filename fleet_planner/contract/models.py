@@ -94,7 +94,9 @@ class Forecast(FrozenModel):
 
 class Observed(FrozenModel):
     window_s: float = Field(gt=0.0, le=86_400.0, allow_inf_nan=False)
-    admitted_rps: Rate | None = None
+    admitted_rps: Rate | None = Field(
+        default=None, description="requests/s that arrived: admitted, plus those the gateway shed (demand)"
+    )
     ttft_p90_ms: Millis | None = None
     itl_p90_ms: Millis | None = None
 

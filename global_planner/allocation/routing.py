@@ -8,10 +8,11 @@ carry, on an endpoint the allocation left short, is shed at the gateway (``admis
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from global_planner.allocation.models import PoolDemand
-from global_planner.allocation.stability import OVERLOAD_UTILISATION, contested_endpoints
+from global_planner.allocation.stability import OVERLOAD_UTILISATION, SHORT_UTILISATION, contested_endpoints
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ def _sla_capacity(pool: PoolDemand, replicas: int, reach: float = _REACH) -> flo
     return replicas * (pool.replica_capacity_rps or 1.0)
 
 
-def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[str, EndpointPlan]:
+def endpoint_plans(
+    pools: list[PoolDemand], replicas: dict[str, int], shedding: Collection[str] = ()
+) -> dict[str, EndpointPlan]:
     """Per endpoint, each deployment's traffic share and whether excess traffic must be shed.
 
     Each deployment receives the load it planned for (its ``demand_weight``) as far as its
@@ -57,11 +60,15 @@ def endpoint_plans(pools: list[PoolDemand], replicas: dict[str, int]) -> dict[st
     the allocation left short of what their agents want (``wanted_replicas``) *and* observed
     overloaded (a pool serving more than ``OVERLOAD_UTILISATION`` of its running replicas'
     capacity, see :mod:`~global_planner.allocation.stability`) shed: the curves' capacity is a
-    forecast's, and shedding on it alone turned away requests the replicas served.
+    forecast's, and shedding on it alone turned away requests the replicas served. An endpoint
+    already ``shedding`` keeps shedding down to the bar of a shortage (``SHORT_UTILISATION``): its
+    queue was drained by the shedding, so starting and stopping at one bar turned the limit on and
+    off every few rounds while the queue refilled in between (a dead band, as for scaling).
     """
     by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
     cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
     overloaded = contested_endpoints(pools, OVERLOAD_UTILISATION)
+    overloaded |= contested_endpoints(pools, SHORT_UTILISATION) & set(shedding)
     for pool in pools:
         by_endpoint[pool.endpoint].append(pool)
         if (

@@ -36,6 +36,7 @@ class RoundInput:
     request: AllocationRequest | None
     held_gpus: dict[str, int]
     demand: dict[str, DemandSummary]
+    shedding: frozenset[str] = frozenset()  # endpoints whose gateway sheds under the round in force
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def snapshot(
             previous={k: v for k, v in previous.items() if k in summaries} or None,
             time_limit_s=time_limit_s,
         )
-    return RoundInput(now, decision_id, request, dict(held), summaries)
+    shedding = frozenset(dep.endpoint for dep in bidders if dep.admission_rps is not None)
+    return RoundInput(now, decision_id, request, dict(held), summaries, shedding)
 
 
 def settle(
@@ -143,7 +145,7 @@ def endpoint_routing(
     by_id = {p.pool_id: p for p in request.pools} if request is not None else {}
     granted = {f"{name}/{role}": update.grant for (name, role), update in updates.items()}
     demand_pools = [by_id[pool_id] for pool_id in granted]
-    plans = endpoint_plans(demand_pools, granted) if demand_pools else {}
+    plans = endpoint_plans(demand_pools, granted, round_input.shedding) if demand_pools else {}
     routing = {endpoint: plan.weights for endpoint, plan in plans.items()}
     admission = {endpoint: plan.admission_rps for endpoint, plan in plans.items() if plan.admission_rps is not None}
     return routing, admission

@@ -513,7 +513,10 @@ class PlannerState:
 
     def restore(self, record: RoundRecord) -> None:
         """Adopt a persisted round's pools as outstanding: held until re-reported or lapsed."""
-        self._deployments.update(ledger.restored(record))
+        restored = ledger.restored(record)
+        for dep in restored.values():  # the gateway's limits in force: shedding holds across a restart
+            dep.admission_rps = record.admission_rps.get(dep.endpoint)
+        self._deployments.update(restored)
         self._previous = {
             f"{d.deployment}/{p.role}": p.allocated
             for d in record.deployments

@@ -60,8 +60,10 @@ class Intake:
         if entry is None or entry.admitted is None:
             self.unknown(now_s)
             return None
-        shared = self.endpoint_share is not None and entry.endpoint_admitted is not None
-        count = entry.endpoint_admitted * self.endpoint_share if shared else entry.admitted  # type: ignore[operator]
+        share = self.endpoint_share
+        shared = share is not None and entry.endpoint_admitted is not None
+        # Demand: what was admitted and what the gateway shed (an admission limit's excess).
+        count = _endpoint_demand(entry) * share if share is not None and shared else entry.admitted + _shed_share(entry)
         rate = count / entry.window_s
         self.predictor.observe(self._endpoint_rate(entry, rate) if self.endpoint_share is not None else rate)
         self.windows += 1
@@ -69,7 +71,7 @@ class Intake:
         self._rates.append(rate)
         if self.started_s is None:
             self.started_s = now_s
-        if entry.admitted > 0 or (shared and entry.endpoint_admitted):
+        if entry.admitted > 0 or entry.endpoint_shed or (shared and entry.endpoint_admitted):
             # A deployment sharing its endpoint is busy while the endpoint is (scaled to zero, it
             # gets no traffic of its own), and sizes on the endpoint's lengths until it has its own.
             self.last_admission_s = now_s
@@ -90,7 +92,7 @@ class Intake:
         forecast is then scaled by the share in force when it sizes, so a new share counts at once
         instead of showing up as a step in the forecast's history."""
         if entry.endpoint_admitted is not None:
-            return entry.endpoint_admitted / entry.window_s
+            return _endpoint_demand(entry) / entry.window_s
         share = self.endpoint_share or 0.0
         return rate / share if share > 0 else None
 
@@ -166,3 +168,22 @@ class Intake:
             return False
         queued = sum((obs.queued_requests or 0) for obs in pools.values())
         return queued == 0
+
+
+def _endpoint_demand(entry: PoolObservation) -> int:
+    """The endpoint's requests of the window, admitted or shed by its gateway."""
+    return (entry.endpoint_admitted or 0) + (entry.endpoint_shed or 0)
+
+
+def _shed_share(entry: PoolObservation) -> float:
+    """This deployment's part of what its endpoint's gateway shed: demand too, or a planner's
+    admission limit would hide the load that set it, and be lifted a round later (the limit then
+    flickers on and off while the queue refills). The endpoint's shed requests count in proportion
+    to the admitted ones this deployment got (all of them when it is alone, or when none was
+    admitted anywhere)."""
+    shed = entry.endpoint_shed or 0
+    if not shed:
+        return 0.0
+    if not entry.endpoint_admitted:  # alone (no endpoint count), or nothing admitted anywhere
+        return float(shed)
+    return shed * min((entry.admitted or 0) / entry.endpoint_admitted, 1.0)

@@ -37,7 +37,8 @@ ENGINE_FIELDS = (
     "iteration_ms",
     "scheduled_tokens_per_s",
 )
-INTEGER_FIELDS = frozenset({"admitted", "queued_requests"})
+INTEGER_FIELDS = frozenset({"admitted", "endpoint_shed", "queued_requests"})
+TRAFFIC_FIELDS = ("admitted", "endpoint_shed")  # request counts at the deployment's frontend or gateway
 _HISTOGRAM_FIELDS = {
     "input_tokens": ("input_tokens", 1.0),
     "output_tokens": ("output_tokens", 1.0),
@@ -218,8 +219,10 @@ class PrometheusSource:
         """Request-level fields, measured at the deployment's frontend and shared by its pools."""
         fields: dict[str, Any] = {}
         tasks: dict[str, Awaitable[float | Distribution | None]] = {}
-        if self.queries.admitted is not None:
-            tasks["admitted"] = self.value("admitted", self.render(self.queries.admitted, deployment), now_s)
+        for field in TRAFFIC_FIELDS:
+            template = getattr(self.queries, field)
+            if template is not None:
+                tasks[field] = self.value(field, self.render(template, deployment), now_s)
         for name, (field, scale) in _HISTOGRAM_FIELDS.items():
             metric = getattr(self.histograms, name)
             if metric is not None:

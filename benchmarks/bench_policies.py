@@ -12,6 +12,7 @@ priority-weighted attainment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -46,7 +47,11 @@ def _scenario(args: argparse.Namespace, policy: str, overrides: dict) -> Scenari
     if len(found) != 1:
         names = ", ".join(cell.name for cell in found) or "none"
         raise SystemExit(f"--cell {args.scenario!r} must match exactly one matrix cell (matched: {names})")
-    scenario = build_scenario(found[0], policy, Path(tempfile.gettempdir()) / "fleet-planner-matrix")
+    cell = found[0]
+    if "seed" in overrides:  # the cell on other traffic, as ``bench_matrix.py --seed``
+        cell = dataclasses.replace(cell, seed=overrides["seed"])
+        overrides = {k: v for k, v in overrides.items() if k != "seed"}
+    scenario = build_scenario(cell, policy, Path(tempfile.gettempdir()) / "fleet-planner-matrix")
     return scenario.model_copy(update=overrides) if overrides else scenario
 
 
@@ -56,7 +61,9 @@ def main() -> int:
     parser.add_argument("--cell", action="store_true", help="SCENARIO names a cell of fleet_sim.matrix.cells()")
     parser.add_argument("--policies", nargs="+", default=["static-peak", "oracle", "local"])
     parser.add_argument("--duration", help="override the scenario duration (e.g. 6h)")
-    parser.add_argument("--seed", type=int, help="override the scenario's seed (same file, other traffic)")
+    parser.add_argument(
+        "--seed", type=int, help="override the scenario's seed (other traffic; with --cell, the cell's own seed)"
+    )
     parser.add_argument("--out", help="write each policy's outputs under this folder")
     parser.add_argument(
         "--option",

@@ -350,16 +350,15 @@ def test_demand_is_read_from_admissions_not_completions() -> None:
     assert pool(decision).target >= 2  # sized for what arrives, not for what got out
 
 
-def test_simulator_reports_admissions_not_completions(tmp_path: Path) -> None:
-    """Overloaded pool in the simulator: the observation's ``admitted`` counts arrivals."""
-    trace = tmp_path / "burst.csv"
-    with trace.open("w") as out:
-        out.write("arrival_s,input_tokens,output_tokens\n")
-        for i in range(1200):  # 20 req/s of long requests into one fixed replica
-            out.write(f"{i / 20:.3f},4000,1500\n")
+def _one_replica_at_20_rps(tmp_path: Path, input_tokens: int, output_tokens: int, duration_s: float):
+    """A scenario of 20 req/s of equal requests into one fixed aggregated H200 replica (endpoint
+    ``e``, observations of 30 s delivered at once), and its workload."""
+    trace = tmp_path / "steady.csv"
+    rows = "".join(f"{i / 20:.3f},{input_tokens},{output_tokens}\n" for i in range(1200))
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
     data = {
-        "name": "backpressure",
-        "duration": 60,
+        "name": "one-replica",
+        "duration": duration_s,
         "seed": 1,
         "gpus": {"h200": 1},
         "planner": {"policy": "static", "interval_s": 30, "observation_delay_s": 0},
@@ -376,7 +375,12 @@ def test_simulator_reports_admissions_not_completions(tmp_path: Path) -> None:
         ],
     }
     scenario = parse_scenario(data, base_dir=tmp_path)
-    workload = build_workload(scenario)
+    return scenario, build_workload(scenario)
+
+
+def test_simulator_reports_admissions_not_completions(tmp_path: Path) -> None:
+    """Overloaded pool in the simulator: the observation's ``admitted`` counts arrivals."""
+    scenario, workload = _one_replica_at_20_rps(tmp_path, 4000, 1500, 60)  # long requests
     seen: list[PoolObservation] = []
 
     class Spy(FleetSimulation):
@@ -422,28 +426,7 @@ def test_a_fully_shed_deployment_is_not_idle() -> None:
 def test_simulator_reports_what_the_gateway_shed(tmp_path: Path) -> None:
     """An admission limit of 5 rps on 20 rps of arrivals: the entry pool's observation counts 150
     admitted and 450 shed per 30 s window, apart (the endpoint's admitted count is the admitted)."""
-    trace = tmp_path / "steady.csv"
-    trace.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(f"{i / 20:.3f},200,20\n" for i in range(1200)))
-    data = {
-        "name": "shed",
-        "duration": 90,
-        "seed": 1,
-        "gpus": {"h200": 1},
-        "planner": {"policy": "static", "interval_s": 30, "observation_delay_s": 0},
-        "deployments": [
-            {
-                "name": "d",
-                "tenant": "t",
-                "endpoint": "e",
-                "mode": "agg",
-                "sla": {"ttft_ms": 500, "itl_ms": 30},
-                "trace": {"path": str(trace), "format": "csv"},
-                "pools": {"agg": {"profile": str(PROFILE), "gpu_type": "h200", "min": 1, "max": 1}},
-            }
-        ],
-    }
-    scenario = parse_scenario(data, base_dir=tmp_path)
-    workload = build_workload(scenario)
+    scenario, workload = _one_replica_at_20_rps(tmp_path, 200, 20, 90)
     seen: list[PoolObservation] = []
 
     class Limit(Policy):

@@ -3,7 +3,7 @@ and fcfs/global where tenants contend; one table, one plot, and the issue's acce
 
     python benchmarks/bench_matrix.py [--quick] [--cells SUBSTRING] [--span hour|day|all] [--workers 2]
                                       [--out DIR] [--option KEY=JSON ...] [--baselines FILE [--baselines-only]]
-                                      [--seed N]
+                                      [--seed N] [--extra]
 
 Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` runs two tiny cells
 (CI). ``--option`` sets a planner option for the agent policies (local, fcfs, global), e.g.
@@ -44,7 +44,15 @@ sys.path.insert(0, str(ROOT))
 from fleet_planner.planning import Policy  # noqa: E402
 from fleet_planner.traces.dispersion import index_of_dispersion  # noqa: E402
 from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, oracle_below_peak  # noqa: E402
-from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, quick_cells, reversals_per_hour  # noqa: E402
+from fleet_sim.matrix import (  # noqa: E402
+    Cell,
+    build_scenario,
+    cells,
+    changes_per_pool_hour,
+    extra_cells,
+    quick_cells,
+    reversals_per_hour,
+)
 from fleet_sim.outputs import summarize  # noqa: E402
 from fleet_sim.policies import DEFAULT_TARGET_ATTAINMENT, make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
@@ -333,6 +341,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two tiny cells (CI)")
+    parser.add_argument("--extra", action="store_true", help="the fleets outside the halves (never tuned on)")
     parser.add_argument("--cells", help="only cells whose name contains this")
     parser.add_argument("--span", choices=["hour", "day", "all"], default="all")
     parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
@@ -351,7 +360,7 @@ def main() -> int:
     for item in args.option:
         key, _, value = item.partition("=")
         options[key] = json.loads(value)
-    chosen = quick_cells() if args.quick else cells()
+    chosen = quick_cells() if args.quick else extra_cells() if args.extra else cells()
     chosen = [c for c in chosen if (not args.cells or args.cells in c.name) and args.span in ("all", c.span)]
     if args.seed is not None:
         chosen = [dataclasses.replace(c, seed=args.seed) for c in chosen]
@@ -384,7 +393,7 @@ def main() -> int:
     (args.out / "matrix-summary.md").write_text(summary_table(rows) + "\n")
     plot(rows, args.out / "matrix.html")
     print(text)
-    for half in ("tuning", "held-out", "quick"):
+    for half in ("tuning", "held-out", "extra", "quick"):
         mine = [r for r in rows if r["half"] == half]
         if mine:
             passed = sum(all(r["acceptance"].values()) for r in mine)

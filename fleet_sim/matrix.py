@@ -80,6 +80,9 @@ TEMPLATES = {
         Template("a4", "llama3.1-70b_h200_vllm_tp4", "h200", "agg", 4, "conv", 1000, 50, 2),
         Template("d4", "llama3.1-70b_h200_vllm_tp4", "h200", "disagg", 4, "long", 3000, 50, 3),
         Template("d8", "llama3.1-70b_h200_vllm_tp4", "h200", "disagg", 8, "long", 3000, 50, 3),
+        # Only in :func:`extra_cells`: the TensorRT-LLM profile, which no cell of the halves uses.
+        Template("t1", "llama3.1-8b_h100_trtllm_tp1", "h100", "agg", 1, "conv", 600, 30, 4),
+        Template("dt1", "llama3.1-8b_h100_trtllm_tp1", "h100", "disagg", 1, "conv", 600, 30, 3),
     )
 }
 
@@ -164,6 +167,23 @@ def _split(wave: list[Cell], seed: int) -> list[Cell]:
     order = np.random.default_rng(seed).permutation(len(wave))
     halves = {int(i): ("tuning" if rank < len(wave) / 2 else "held-out") for rank, i in enumerate(order)}
     return [Cell(**{**cell.__dict__, "half": halves[i]}) for i, cell in enumerate(wave)]
+
+
+def extra_cells() -> list[Cell]:
+    """Fleets outside the halves, added after all tuning and never tuned on (ninth session): the
+    TensorRT-LLM H100 profile, aggregated and disaggregated, under the matrix's arrival processes."""
+    out = []
+    for arrival, key, kwargs in (
+        ("replay", "t1", {}),
+        ("bursty-fit", "t1", {}),
+        ("day-clients", "t1", {}),
+        ("bursty-fit", "dt1", {}),
+        ("bursty-high", "dt1", {}),
+        ("poisson", "dt1", {"startup_s": 300.0}),
+    ):
+        suffix = "".join(f" {k}={v:g}" for k, v in kwargs.items())
+        out.append(Cell(name=f"{arrival} {key}{suffix}", arrival=arrival, deployments=(key,), half="extra", **kwargs))
+    return out
 
 
 def quick_cells() -> list[Cell]:

@@ -40,6 +40,20 @@ def test_halves_are_fixed_by_seed_and_balanced() -> None:
     assert set(halves) == {"tuning", "held-out"} and abs(halves["tuning"] - halves["held-out"]) <= 1
 
 
+def test_extra_cells_stand_outside_the_halves_and_build(tmp_path: Path) -> None:
+    """The fleets added after tuning (``bench_matrix.py --extra``) use a profile no cell of the
+    halves uses, are named apart from them and build into valid scenarios."""
+    from fleet_sim.matrix import TEMPLATES, build_scenario, extra_cells
+
+    extra, matrix = extra_cells(), cells()
+    assert {c.half for c in extra} == {"extra"} and not {c.name for c in extra} & {c.name for c in matrix}
+    halves_profiles = {TEMPLATES[key].profile for c in matrix for key in c.deployments}
+    assert all(TEMPLATES[key].profile not in halves_profiles for c in extra for key in c.deployments)
+    for cell in extra:
+        scenario = build_scenario(cell, "local", tmp_path)
+        assert [d.name for d in scenario.deployments] == [f"{cell.deployments[0]}-0"]
+
+
 def test_quick_matrix_runs_and_judges_every_cell(tmp_path: Path) -> None:
     from bench_matrix import run_cell
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from fleet_planner.durations import parse_duration  # noqa: E402
 from fleet_planner.knobs import EngineKnobs  # noqa: E402
 from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
-from fleet_sim.matrix import build_scenario, cells  # noqa: E402
+from fleet_sim.matrix import build_scenario, cells, extra_cells  # noqa: E402
 from fleet_sim.outputs.summary import summarize  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.results import SimulationResult  # noqa: E402
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", default="day-", help="matrix cells whose name contains this ('' for none)")
     parser.add_argument("--example", action="store_true", help=f"also {EXAMPLE.relative_to(ROOT)} (slow)")
+    parser.add_argument("--extra", action="store_true", help="--cells also picks from the matrix's extra cells")
     parser.add_argument("--scenario", type=Path, action="append", default=[], help="another scenario file")
     parser.add_argument("--headrooms", default="1.0,1.1,1.25", help="planning headrooms to sweep (first: reference)")
     parser.add_argument(
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["duration"] = parse_duration(args.duration)
     workdir = Path(tempfile.mkdtemp(prefix="bench_knobs_"))
     results = []
-    for cell in [c for c in cells() if args.cells and args.cells in c.name]:
+    pool = cells() + (extra_cells() if args.extra else [])
+    for cell in [c for c in pool if args.cells and args.cells in c.name]:
         scenario = build_scenario(cell, "local", workdir)
         if args.duration:
             scenario = scenario.model_copy(update={"duration_s": overrides["duration"]})

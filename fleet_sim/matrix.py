@@ -172,18 +172,24 @@ def _split(wave: list[Cell], seed: int) -> list[Cell]:
 def extra_cells() -> list[Cell]:
     """Fleets outside the halves, added after all tuning and never tuned on (ninth session): the
     TensorRT-LLM H100 profile, aggregated and disaggregated, under the matrix's arrival processes."""
-    out = []
-    for arrival, key, kwargs in (
-        ("replay", "t1", {}),
-        ("bursty-fit", "t1", {}),
-        ("day-clients", "t1", {}),
-        ("bursty-fit", "dt1", {}),
-        ("bursty-high", "dt1", {}),
-        ("poisson", "dt1", {"startup_s": 300.0}),
-    ):
-        suffix = "".join(f" {k}={v:g}" for k, v in kwargs.items())
-        out.append(Cell(name=f"{arrival} {key}{suffix}", arrival=arrival, deployments=(key,), half="extra", **kwargs))
-    return out
+    fleets: list[tuple[Arrival, str, float]] = [  # arrival, template, start-up time
+        ("replay", "t1", 60.0),
+        ("bursty-fit", "t1", 60.0),
+        ("day-clients", "t1", 60.0),
+        ("bursty-fit", "dt1", 60.0),
+        ("bursty-high", "dt1", 60.0),
+        ("poisson", "dt1", 300.0),
+    ]
+    return [
+        Cell(
+            name=f"{arrival} {key}" + (f" startup_s={startup:g}" if startup != 60.0 else ""),
+            arrival=arrival,
+            deployments=(key,),
+            startup_s=startup,
+            half="extra",
+        )
+        for arrival, key, startup in fleets
+    ]
 
 
 def quick_cells() -> list[Cell]:

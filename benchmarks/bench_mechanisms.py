@@ -2,6 +2,7 @@
 
     python benchmarks/bench_mechanisms.py --half tuning --span hour            # ~10 min on 2 cores
     python benchmarks/bench_mechanisms.py --half held-out --span hour --variants off defaults
+    python benchmarks/bench_mechanisms.py --half tuning --span all --seeds 1,2,3 --variants defaults
 
 For every chosen cell of ``fleet_sim.matrix`` the baselines (static-peak and the searched oracle)
 run once — or are read from ``--baselines FILE`` (written on first use, so variants can be
@@ -17,6 +18,7 @@ the mean reversals per deployment-hour and the mean target changes per pool-hour
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import statistics
 import sys
@@ -109,6 +111,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+dwell240": {"scale_down_dwell_s": 240.0},
     "defaults+dwell270": {"scale_down_dwell_s": 270.0},
     "defaults-recent-peak": {"check_recent_peak": False},
+    # Measured across traffic seeds 1-3 on the tuning half (ninth session, docs/matrix.md).
+    "defaults+window3600": {"stabilization_window_s": 3600.0},
+    "defaults+band0.4": {"down_margin": 0.4},
+    "defaults+dwell300+warmup7": {"scale_down_dwell_s": 300.0, "warmup_windows": 7},
 }
 
 
@@ -123,10 +129,20 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--baselines", type=Path, help="JSON cache of the baselines (bench_matrix.py's format)")
     parser.add_argument("--workdir", type=Path, default=Path("matrix-out/data"))
+    parser.add_argument(
+        "--seeds",
+        default="1",
+        help="traffic seeds, comma-separated: every chosen cell once per seed (bench_matrix.py --seed), the "
+        "summary over all of them; a setting chosen on several seeds is chosen on more than one traffic",
+    )
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()  # scenario paths must not be read relative to examples/
+    base = [c for c in cells() if args.half in ("all", c.half) and args.span in ("all", c.span)]
+    base = [c for c in base if len(c.policies) == 3]
     chosen = [
-        c for c in cells() if args.half in ("all", c.half) and args.span in ("all", c.span) and len(c.policies) == 3
+        dataclasses.replace(c, seed=seed, name=c.name if seed == 1 else f"{c.name} seed={seed}")
+        for seed in (int(s) for s in args.seeds.split(","))
+        for c in base
     ]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         cache = BaselineCache(args.baselines)

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from fleet_planner.durations import parse_duration
-from fleet_planner.traces.readers import BURSTGPT_COLUMNS, TRACE_FORMATS, read_trace, write_mooncake_jsonl
+from fleet_planner.traces.readers import (
+    TRACE_FORMATS,
+    csv_header,
+    is_burstgpt_header,
+    read_trace,
+    write_mooncake_jsonl,
+)
 from fleet_planner.traces.synth import ARRIVAL_MODELS, synthesize_from_rates
 from fleet_planner.traces.trace import Trace
 
@@ -127,12 +133,8 @@ def default_format(path: Path) -> str:
     reader also accepts the generic CSV header (an unreadable file fails in the reader)."""
     if path.suffix.lower() in (".jsonl", ".json"):
         return "mooncake"
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            header = {name.strip() for name in handle.readline().split(",")}
-    except (OSError, UnicodeDecodeError):
-        return "azure"
-    return "burstgpt" if header.issuperset(BURSTGPT_COLUMNS) else "azure"
+    header = csv_header(path)
+    return "burstgpt" if header is not None and is_burstgpt_header(header) else "azure"
 
 
 def _selection(text: str) -> tuple[str, str]:

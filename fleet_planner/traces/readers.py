@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ TRACE_FORMATS = ("mooncake", "azure", "csv", "burstgpt")
 _GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 _AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
-BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
+_BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 # Trailing UTC offset on an Azure timestamp ("Z", "+00:00", "-0530"); numpy cannot parse it.
 _TZ_SUFFIX = re.compile(r"(Z|([+-])(\d{2}):?(\d{2}))$")
 
@@ -147,7 +147,7 @@ def _read_azure(path: Path, select: Mapping[str, Sequence[str]] | None) -> Trace
         arrival = _seconds_column(path, "arrival_s", cols["arrival_s"], rows.line_numbers)
         input_name, output_name = "input_tokens", "output_tokens"
     else:
-        hint = " (a BurstGPT file: use format burstgpt)" if all(n in header for n in BURSTGPT_COLUMNS) else ""
+        hint = " (a BurstGPT file: use format burstgpt)" if is_burstgpt_header(header) else ""
         raise InputError(
             f"unrecognised Azure header {header}; "
             f"expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}{hint}",
@@ -167,7 +167,7 @@ def _read_burstgpt(path: Path, select: Mapping[str, Sequence[str]] | None) -> Tr
     Its failed requests log 0 response tokens: they arrived and were prefilled, so they count
     with one output token, like any logged 0, and the number changed is logged."""
     header, rows = _read_csv(path, select)
-    cols = _columns(path, header, rows, BURSTGPT_COLUMNS)
+    cols = _columns(path, header, rows, _BURSTGPT_COLUMNS)
     arrival = _seconds_column(path, "Timestamp", cols["Timestamp"], rows.line_numbers)
     inputs = _at_least_one_token(path, "Request tokens", cols["Request tokens"], rows.line_numbers)
     outputs = _at_least_one_token(path, "Response tokens", cols["Response tokens"], rows.line_numbers)
@@ -201,6 +201,25 @@ class _Rows:
     line_numbers: list[int]
 
 
+def is_burstgpt_header(header: Iterable[str]) -> bool:
+    """Whether a CSV header has BurstGPT's columns (what ``format: burstgpt`` reads)."""
+    return set(_BURSTGPT_COLUMNS) <= set(header)
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """A CSV file's header as :func:`read_trace` reads it (first non-blank row, stripped, BOM
+    removed), or None when the file cannot be read or has none."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return next(([cell.strip() for cell in row] for row in csv.reader(handle) if not _blank(row)), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _blank(row: list[str]) -> bool:
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
 def _read_csv(path: Path, select: Mapping[str, Sequence[str]] | None) -> tuple[list[str], _Rows]:
     """Header (stripped, BOM removed) and the non-blank data rows (those ``select`` keeps)."""
     rows = _Rows([], [])
@@ -209,7 +228,7 @@ def _read_csv(path: Path, select: Mapping[str, Sequence[str]] | None) -> tuple[l
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
+                if _blank(row):
                     continue
                 if header is None:
                     header = [cell.strip() for cell in row]

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -324,8 +323,7 @@ class PlannerServer:
             allocation = await asyncio.to_thread(self._solve, round_input.request)
             if self.leader is not None and not self.leader.is_leader():
                 return None  # leadership lapsed during the solve: the next leader decides
-            round_ = self.state.settle(round_input, allocation, self.clock.now())
-            round_ = replace(round_, record=round_.record.model_copy(update={"trigger": trigger}))
+            round_ = self.state.settle(round_input, allocation, self.clock.now(), trigger)
             if self.audit is not None:
                 self.audit.append(round_.record)
             self.state.commit(round_)

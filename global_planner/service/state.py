@@ -337,8 +337,11 @@ class PlannerState:
             bidders, others, self.policy, now, self.next_decision_id, self._previous, self.time_limit_s
         )
 
-    def settle(self, round_input: RoundInput, allocation: Allocation | None, now: float) -> Round:
-        """Turn the allocator's answer into grants, gating scale-ups on GPUs actually free now.
+    def settle(
+        self, round_input: RoundInput, allocation: Allocation | None, now: float, trigger: str = "timer"
+    ) -> Round:
+        """Turn the allocator's answer into grants, gating scale-ups on GPUs actually free now;
+        ``trigger`` (what ran the round) goes into its record.
 
         Settles against the state as it is now (a checkpoint may have taken the snapshot's id)."""
         self._expire(now)
@@ -354,7 +357,7 @@ class PlannerState:
         outcome = rounds.Outcome(decision_id, now, allocation, updates, lease_ends, routing, admission)
         record = rounds.record(everyone, self.policy, outcome, round_input)
         splits, ratios = self._decide_splits(now)
-        record = record.model_copy(update={"splits": self._split_records(splits)})
+        record = record.model_copy(update={"splits": self._split_records(splits), "trigger": trigger})
         return Round(
             decision_id, now, allocation, updates, lease_ends, routing, admission, record, self._version, splits, ratios
         )

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet_planner.errors import InputError
-from global_planner.allocation.models import PoolOverride, TenantLimits
+from global_planner.allocation.models import PoolOverride, Stability, TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class TenantPolicy(BaseModel):
         description="how an endpoint served by several deployments is split among them: fixed by each "
         "deployment's capacity at max_replicas, or by cost and capacity, chosen each round (opt-in: measured "
         "worse on the shortage examples, docs/global-planner.md)",
+    )
+    stability: Stability = Field(
+        default_factory=Stability,
+        description="how much a change of grant must be worth (horizon, cold start, hysteresis, evidence "
+        "gate, bid check); the defaults are the measured ones (docs/global-planner.md, Stable grants)",
     )
 
     @model_validator(mode="after")

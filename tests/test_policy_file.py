@@ -64,6 +64,9 @@ def test_committed_schema_is_current() -> None:
         (GOOD.replace('"beta/*"', '"beta"'), "deployments[0].selector", "tenant/deployment"),
         (GOOD.replace("max_step: 2", "max_step: -1"), "deployments[0].max_step", "greater than or equal to 0"),
         (GOOD.replace("fleet:", "flete:"), "flete", "Extra inputs"),
+        (GOOD + "stability: {hysteresis: 2}\n", "stability.hysteresis", "less than or equal to 1"),
+        (GOOD + "stability: {horizon_s: .nan}\n", "stability.horizon_s", "finite"),
+        (GOOD + "stability: {horizon: 300}\n", "stability.horizon", "Extra inputs"),
     ],
 )
 def test_errors_name_file_path_and_problem(tmp_path: Path, text: str, path: str, problem: str) -> None:

@@ -24,7 +24,7 @@ from fleet_planner.contract.models import (
     Registration,
     Targets,
 )
-from global_planner.allocation import allocate, allocate_greedy
+from global_planner.allocation import Allocation, AllocationRequest, Stability, allocate, allocate_greedy
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import InvalidRequest, PlannerState, StateError, UnknownSession
 from local_agent.session import Lease, effective_targets, lease_from_targets, replicas_to_start
@@ -88,6 +88,28 @@ def _round(state: PlannerState, now: float):
 
 def _grant(targets: Targets, role: str = "agg") -> int:
     return next(p.replicas for p in targets.pools if p.role == role)
+
+
+def test_the_policy_files_stability_settings_reach_every_round() -> None:
+    policy = TenantPolicy.model_validate(
+        {
+            "fleet": {"gpus": {"h200": 8}},
+            "tenants": {"acme": {}},
+            "stability": {"hysteresis": 0.6, "bid_allowance": None, "horizon_s": 900},
+        }
+    )
+    state = PlannerState(policy)
+    state.register(_registration("a"), "s-a", 0.0)
+    state.report(_report("a", "s-a", 1, 0, {"agg": (0, 0)}, need=3), 0.0)
+    seen = []
+
+    def solve(request: AllocationRequest) -> Allocation:
+        seen.append(request.stability)
+        return allocate(request)
+
+    state.commit(state.plan(1.0, solve))
+    assert seen == [Stability(hysteresis=0.6, bid_allowance=None, horizon_s=900.0)]
+    assert TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8}}}).stability == Stability()
 
 
 def test_round_grants_within_inventory_and_ids_increase() -> None:

@@ -84,6 +84,7 @@ def snapshot(
             held_gpus=dict(held),
             previous={k: v for k, v in previous.items() if k in summaries} or None,
             time_limit_s=time_limit_s,
+            stability=policy.stability,
         )
     shedding = frozenset(dep.endpoint for dep in bidders if dep.admission_rps is not None)
     return RoundInput(now, decision_id, request, dict(held), summaries, shedding)

@@ -133,7 +133,7 @@ class AgentRuntime:
         tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running, window_s=self.config.tick_s)
         effects = await exchange(client, tick, self.connector.apply)
         for pool in decision.pools:
-            self.agent.granted(pool.role, effects.granted[pool.role])  # the grant runs; the agent plans from it
+            self.agent.granted(pool.role, effects.planned(pool.role))  # the grant runs; the agent plans from it
         self.agent.endpoint_share = effects.endpoint_share  # learnt as in replay
         if effects.apply is not None:
             await self.connector.apply_routing(effects.routing, effects.admission_rps)

@@ -44,6 +44,7 @@ class Lease(FrozenModel):
 
     decision_id: int
     replicas: dict[str, int]
+    headroom: dict[str, int] = Field(default_factory=dict, description="replicas lent above the ask (fill_idle)")
     fallback_at: float = Field(description="local time at which the agent must be back at its floor")
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = None
@@ -57,6 +58,7 @@ class EffectiveTargets(FrozenModel):
     decision_id: int = 0
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = None
+    headroom: dict[str, int] = Field(default_factory=dict, description="replicas lent above the ask (fill_idle)")
 
 
 def effective_targets(
@@ -70,6 +72,7 @@ def effective_targets(
             decision_id=lease.decision_id,
             routing=dict(lease.routing),
             admission_rps=lease.admission_rps,
+            headroom=dict(lease.headroom),
         )
     if lease is not None:
         replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
@@ -88,6 +91,7 @@ def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) 
     return Lease(
         decision_id=targets.decision_id,
         replicas={p.role: p.replicas for p in targets.pools},
+        headroom={p.role: p.headroom_replicas for p in targets.pools if p.headroom_replicas},
         fallback_at=sent_at + remaining - drain_margin_s,
         routing=dict(targets.routing),
         admission_rps=targets.admission_rps,
@@ -130,6 +134,9 @@ class TickEffects(FrozenModel):
 
     apply: dict[str, int] | None
     granted: dict[str, int]
+    headroom: dict[str, int] = Field(
+        default_factory=dict, description="replicas of the grant lent above the ask (fill_idle): run, not planned"
+    )
     ack: int | None
     source: Literal["planner", "lease", "floor"]
     decision_id: int
@@ -138,6 +145,12 @@ class TickEffects(FrozenModel):
     endpoint_share: float | None = Field(
         default=None, description="share of the endpoint's traffic to plan for (None: alone, or not yet told)"
     )
+
+    def planned(self, role: str) -> int:
+        """What the agent plans its next step from: the grant less the idle headroom it was lent
+        (its own bid, not the lender's choice, must stay its starting point, or it would ask for
+        the loan back as its own once the planner takes it)."""
+        return self.granted[role] - self.headroom.get(role, 0)
 
 
 class AgentSession:
@@ -204,6 +217,7 @@ class AgentSession:
         return TickEffects(
             apply=apply,
             granted=granted,
+            headroom={role: min(n, granted[role]) for role, n in effective.headroom.items() if role in granted},
             ack=effective.decision_id if fresh and apply is not None and effective.decision_id else None,
             source="planner" if fresh else effective.source,
             decision_id=effective.decision_id,

@@ -176,7 +176,12 @@ def targets_to_pb(targets: Targets) -> pb.Targets:
         decision_id=targets.decision_id,
         lease_expires_s=targets.lease_expires_s,
         planner_time_s=targets.planner_time_s,
-        pools=[pb.PoolTarget(role=ROLE_TO_PB[p.role], replicas=p.replicas, reason=p.reason) for p in targets.pools],
+        pools=[
+            pb.PoolTarget(
+                role=ROLE_TO_PB[p.role], replicas=p.replicas, reason=p.reason, headroom_replicas=p.headroom_replicas
+            )
+            for p in targets.pools
+        ],
         endpoint=targets.endpoint,
         routing=[pb.RoutingWeight(deployment=name, weight=w) for name, w in sorted(targets.routing.items())],
         admission_rps=targets.admission_rps,
@@ -190,7 +195,12 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         decision_id=message.decision_id,
         lease_expires_s=message.lease_expires_s,
         planner_time_s=message.planner_time_s,
-        pools=[PoolTarget(role=ROLE_FROM_PB[p.role], replicas=p.replicas, reason=p.reason) for p in message.pools],
+        pools=[
+            PoolTarget(
+                role=ROLE_FROM_PB[p.role], replicas=p.replicas, reason=p.reason, headroom_replicas=p.headroom_replicas
+            )
+            for p in message.pools
+        ],
         endpoint=message.endpoint,
         routing={r.deployment: r.weight for r in message.routing},
         admission_rps=_optional(message, "admission_rps"),

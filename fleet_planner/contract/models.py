@@ -173,6 +173,15 @@ class PoolTarget(FrozenModel):
     role: PoolRole
     replicas: int = Field(ge=0)
     reason: str = ""
+    headroom_replicas: int = Field(
+        default=0, ge=0, description="replicas of `replicas` lent from idle GPUs above the ask (fill_idle)"
+    )
+
+    @model_validator(mode="after")
+    def _headroom_within_grant(self) -> PoolTarget:
+        if self.headroom_replicas > self.replicas:
+            raise ValueError(f"headroom_replicas {self.headroom_replicas} > replicas {self.replicas}")
+        return self
 
 
 class Targets(FrozenModel):
@@ -227,7 +236,11 @@ class PoolRecord(FrozenModel):
     demand: DemandSummary | None = None
     moved_by: str | None = Field(
         default=None,
-        description="the allocator term that moved the grant: unchanged, bid, others or bounds (None: not allocated)",
+        description="the allocator term that moved the grant: unchanged, bid, others, bounds or idle (None: not "
+        "allocated)",
+    )
+    headroom: int = Field(
+        default=0, ge=0, description="replicas of the grant lent from idle GPUs above the agent's ask (fill_idle)"
     )
 
 

@@ -361,7 +361,7 @@ class GlobalPolicy(Policy):
         agent = self.agents[record.deployment]
         agent.endpoint_share = effects.endpoint_share  # learnt from the planner, as live
         for pool in record.pools:
-            agent.granted(pool.role, effects.granted[pool.role])
+            agent.granted(pool.role, effects.planned(pool.role))
 
     def _hand_over(
         self, records: list[AgentDecision], now_s: float, observed: dict, committed_at: dict[str, dict[str, int]]

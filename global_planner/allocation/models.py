@@ -33,8 +33,9 @@ from fleet_planner.planning import FrozenModel, PoolRole
 AllocationStatus = Literal["optimal", "feasible", "fallback"]
 # What moved a pool's grant this round: nothing; its own bid (towards ``wanted_replicas``); other
 # pools' value (cut below what it holds and wants: worth more elsewhere than the change costs);
-# its bounds (a lowered max, or minima the inventory cannot hold).
-Driver = Literal["unchanged", "bid", "others", "bounds"]
+# its bounds (a lowered max, or minima the inventory cannot hold); idle GPUs its policy lets it
+# hold above its bid (``fill_idle``).
+Driver = Literal["unchanged", "bid", "others", "bounds", "idle"]
 
 
 class TenantLimits(FrozenModel):
@@ -69,6 +70,11 @@ class PoolOverride(FrozenModel):
     )
     startup_s: float | None = Field(
         default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
+    )
+    fill_idle: bool | None = Field(
+        default=None,
+        description="GPUs nobody asks for may be granted above its agent's ask, up to max_replicas, as headroom "
+        "that any ask takes back first (default: never more than the ask)",
     )
 
     @field_validator("selector")
@@ -148,6 +154,14 @@ class PoolDemand(FrozenModel):
         allow_inf_nan=False,
         description="requests left waiting at the end of the observed window, per second of that window",
     )
+    headroom_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="replicas of current_replicas granted as idle headroom above its ask (fill_idle): not its own",
+    )
+    returning_loan: bool = Field(
+        default=False, description="a loan of idle GPUs taken back from it is still draining (fill_idle)"
+    )
 
     @field_validator("curve")
     @classmethod
@@ -166,7 +180,25 @@ class PoolDemand(FrozenModel):
             raise ValueError(f"pool_id must be {expected!r} (got {self.pool_id!r})")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.headroom_replicas > self.current_replicas:
+            raise ValueError(f"headroom_replicas {self.headroom_replicas} > current_replicas {self.current_replicas}")
         return self
+
+    def own_replicas(self) -> int:
+        """What the pool holds as its own: its grant less the idle headroom it was lent, unless its
+        agent asks for more than the grant (then all of it is wanted)."""
+        if self.wanted_replicas is not None and self.wanted_replicas > self.current_replicas:
+            return self.current_replicas
+        return self.current_replicas - self.headroom_replicas
+
+    def own_ask(self) -> int | None:
+        """What its agent asks for as its own: an agent runs its grant, lent headroom included, and
+        may bid to keep it; up to the grant, only what it held as its own counts as asked (past the
+        grant all of it is its own, :meth:`own_replicas`)."""
+        wanted = self.wanted_replicas
+        if wanted is None or wanted > self.current_replicas:
+            return wanted
+        return min(wanted, self.own_replicas())
 
     def attainment(self, replicas: int) -> float:
         """Curve value at ``replicas``, flat past the last point."""
@@ -233,5 +265,8 @@ class Allocation(FrozenModel):
     solve_ms: float
     reasons: dict[str, str]
     drivers: dict[str, Driver] = Field(default_factory=dict)
+    headroom: dict[str, int] = Field(
+        default_factory=dict, description="replicas of each filled pool's grant that are idle headroom (fill_idle)"
+    )
     tenant_gpus: dict[str, dict[str, int]]
     gpus_used: dict[str, int]

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from itertools import accumulate, chain
+from itertools import accumulate, chain, groupby
 
 import numpy as np
 
@@ -85,6 +85,7 @@ class PoolPlan:
     contested: bool = True
     ask: int | None = None  # its agent's ask before the bid check (idle GPUs serve it)
     idle: int = 0  # replicas its lower bound took from idle GPUs (see stability.first_claims)
+    fill_top: int | None = None  # with fill_idle: how far idle GPUs may raise it (see fill_idle)
 
     def value_at(self, replicas: int) -> int:
         """Scaled value the allocation credits at ``replicas`` (its hull value; flat past the top;
@@ -172,6 +173,7 @@ class _Effective:
     bound: int = 0  # the top of its range before the cut at its checked bid
     ask: int | None = None  # what its agent asks for, before the bid check
     need: int | None = None  # replicas its observed load needs (None: no evidence gate or data)
+    fill_idle: bool = False  # its policy lets idle GPUs raise it above its ask
 
 
 def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
@@ -192,6 +194,7 @@ def _effective(
     priority, max_step = tenant.priority, None
     low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
     startup = pool.startup_s
+    fill = False
     deployment_key = f"{pool.tenant}/{pool.deployment}"
     pool_key = f"{deployment_key}/{pool.role}"
     for per_pool, match, override in matchers:
@@ -203,6 +206,7 @@ def _effective(
         high = override.max_replicas if override.max_replicas is not None else high
         churn = override.churn_weight if override.churn_weight is not None else churn
         startup = override.startup_s if override.startup_s is not None else startup
+        fill = override.fill_idle if override.fill_idle is not None else fill
     checked, note = checked_bid(pool, request.stability.bid_allowance)
     checked = held_if_stale(checked)
     is_contested = contested is None or pool.endpoint in contested
@@ -222,14 +226,26 @@ def _effective(
     if startup is None:
         startup = request.stability.default_startup_s
     return _Effective(
-        checked, priority, max_step, low, high, churn, startup, note, is_contested, bound, pool.wanted_replicas, need
+        checked,
+        priority,
+        max_step,
+        low,
+        high,
+        churn,
+        startup,
+        note,
+        is_contested,
+        bound,
+        pool.own_ask(),
+        need,
+        fill,
     )
 
 
 def _seat(item: _Effective, lo: int, hi: int) -> Seat:
     """The pool as :func:`protected_lows` and :func:`first_claims` see it (see :class:`Seat`)."""
     pool = item.pool
-    current = pool.current_replicas
+    current = pool.own_replicas()  # idle headroom it was lent is not its own: any ask takes it first
     wanted = pool.wanted_replicas
     hold = lo if wanted is None else _clamp(min(current, wanted), lo, hi)  # no bid: its curve decides
     ask = hold if item.ask is None else _clamp(item.ask, item.low, item.bound)
@@ -250,6 +266,7 @@ def _seat(item: _Effective, lo: int, hi: int) -> Seat:
         hi=hi,
         hold=hold,
         ask=max(ask, hold),
+        borrower=pool.headroom_replicas > 0 or pool.returning_loan,
     )
 
 
@@ -409,7 +426,10 @@ def _pool_plan(
     discount = startup_discount(item.startup_s, stability.horizon_s)
     current = pool.current_replicas
     values = discounted(counts, values, current, scaled[min(current, len(scaled) - 1)], wanted, discount)
-    anchor = pool.current_replicas if wanted is None else min(pool.current_replicas, wanted)
+    anchor = pool.own_replicas() if wanted is None else min(pool.own_replicas(), wanted)
+    fill_top = None
+    if item.fill_idle:
+        fill_top = item.bound if item.max_step is None else min(item.bound, current + item.max_step)
     return PoolPlan(
         pool=pool,
         priority=item.priority,
@@ -428,6 +448,7 @@ def _pool_plan(
         note=item.note,
         contested=item.contested,
         ask=item.ask,
+        fill_top=fill_top,
     )
 
 
@@ -518,6 +539,7 @@ _DRIVER_TEXT: dict[Driver, str] = {
     "bid": "; moved by its bid",
     "others": "; moved by other pools' value (worth more than the cost of the change)",
     "bounds": "; moved by its bounds",
+    "idle": "; moved onto idle GPUs its policy lets it hold above its bid",
 }
 
 
@@ -591,7 +613,10 @@ def finish(
     gap: float | None,
     solve_ms: float,
 ) -> Allocation:
-    """Package a replica vector: reasons, routing, per-tenant usage; refuses an over-budget one."""
+    """Package a replica vector (idle GPUs lent to pools whose policy says so first): reasons,
+    routing, per-tenant usage; refuses an over-budget one."""
+    solved = replicas
+    replicas = fill_idle(problem, solved)
     by_type, by_tenant = problem.gpus(replicas)
     problem_text = over_budget(problem, replicas)
     if problem_text is not None:
@@ -600,14 +625,21 @@ def finish(
     room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
     reasons: dict[str, str] = {}
     drivers: dict[str, Driver] = {}
+    headroom: dict[str, int] = {}
     for index, (plan, count) in enumerate(zip(problem.pools, replicas, strict=True)):
         key = (plan.pool.tenant, plan.pool.gpu_type)
         wanted = plan.pool.wanted_replicas
         if wanted is not None and plan.ask is not None:
             wanted = max(wanted, min(plan.ask, count))  # idle GPUs serve the ask itself
         moved = driver(count, plan.pool.current_replicas, wanted, plan.lo, plan.hi)
+        lent = _lent(plan, solved[index], count)
+        if count > solved[index] and count > plan.pool.current_replicas:
+            moved = "idle"
         drivers[plan.pool.pool_id] = moved
         text = _reason(problem, index, count, free, room) + _DRIVER_TEXT[moved]
+        if lent:
+            headroom[plan.pool.pool_id] = lent
+            text += f"; {lent} replica(s) of idle {plan.pool.gpu_type} GPUs lent above its ask (fill_idle)"
         if plan.note is not None:
             text += f"; {plan.note}"
         if not plan.contested and plan.pool.wanted_replicas is not None and count < plan.pool.wanted_replicas:
@@ -632,6 +664,55 @@ def finish(
         solve_ms=solve_ms,
         reasons=reasons,
         drivers=drivers,
+        headroom=headroom,
         tenant_gpus=dict(tenant_gpus),
         gpus_used={gpu: by_type.get(gpu, 0) for gpu in sorted(problem.budget)},
     )
+
+
+def _lent(plan: PoolPlan, solved: int, count: int) -> int:
+    """Replicas of ``count`` lent above the pool's own ask (:meth:`PoolDemand.own_ask`; 0 without
+    fill_idle): headroom it was lent stays headroom when its agent adopts the count."""
+    if plan.fill_top is None:
+        return 0
+    own = plan.pool.own_replicas() if plan.ask is None else plan.ask  # no bid: a loan stays a loan
+    return max(0, count - own)
+
+
+def fill_idle(problem: Problem, replicas: list[int]) -> list[int]:
+    """``replicas`` with the GPUs nobody was granted lent to pools whose policy says ``fill_idle``,
+    up to each one's ``fill_top`` (its maximum, within its step limit) and its tenant's cap: first
+    back to what each already held (a lent replica stays while nobody asks for its GPUs), then one
+    replica at a time, highest priority first. Every ask was served before (the solve and
+    :func:`~global_planner.allocation.stability.first_claims` treat lent replicas as nobody's), so
+    this only ever uses GPUs that would stand idle."""
+    fillers = [i for i, plan in enumerate(problem.pools) if plan.fill_top is not None and plan.fill_top > replicas[i]]
+    if not fillers:
+        return replicas
+    by_type, by_tenant = problem.gpus(replicas)
+    free = {gpu: problem.budget.get(gpu, 0) - by_type.get(gpu, 0) for gpu in problem.budget}
+    room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
+    out = list(replicas)
+    order = sorted(fillers, key=lambda i: -problem.pools[i].priority)
+
+    def lend(top: Callable[[PoolPlan], int]) -> None:
+        for _, tier in groupby(order, key=lambda i: problem.pools[i].priority):
+            waiting = [i for i in tier if out[i] < top(problem.pools[i])]
+            while waiting:
+                still = []
+                for i in waiting:
+                    pool = problem.pools[i].pool
+                    key, per = (pool.tenant, pool.gpu_type), pool.gpus_per_replica
+                    if free.get(pool.gpu_type, 0) < per or room.get(key, per) < per:
+                        continue
+                    free[pool.gpu_type] -= per
+                    if key in room:
+                        room[key] -= per
+                    out[i] += 1
+                    if out[i] < top(problem.pools[i]):
+                        still.append(i)
+                waiting = still
+
+    lend(lambda plan: min(plan.fill_top or 0, plan.pool.current_replicas))
+    lend(lambda plan: plan.fill_top or 0)
+    return out

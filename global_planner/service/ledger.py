@@ -32,6 +32,8 @@ class PoolState:
     grant_decision_id: int = 0
     allocated: int | None = None
     reason: str = "not yet allocated"
+    headroom: int = 0  # replicas of the grant lent from idle GPUs above the ask (fill_idle): not its own
+    returning_loan: bool = False  # a cut of lent replicas is not yet confirmed drained
     demand: DemandSummary | None = None
 
     def gpus(self) -> int:
@@ -67,6 +69,15 @@ def committed_gpus(deployments: Iterable[DeploymentState], gpu_types: Iterable[s
         for pool in dep.pools.values():
             used[pool.spec.gpu_type] = used.get(pool.spec.gpu_type, 0) + pool.gpus()
     return used
+
+
+def lent_gpus(deployments: Iterable[DeploymentState]) -> dict[str, int]:
+    """GPUs per type that pools hold only as idle headroom (``fill_idle``): any ask takes them."""
+    lent: dict[str, int] = defaultdict(int)
+    for dep in deployments:
+        for pool in dep.pools.values():
+            lent[pool.spec.gpu_type] += min(pool.headroom, pool.grant) * pool.spec.gpus_per_replica
+    return dict(lent)
 
 
 def granted_gpus(deployments: Iterable[DeploymentState]) -> dict[str, dict[str, int]]:
@@ -125,6 +136,7 @@ def restored(record: RoundRecord) -> dict[str, DeploymentState]:
                 pending_release=pending,
                 grant_decision_id=p.grant_decision_id,
                 reason=f"restored from decision {record.decision_id}",
+                headroom=min(p.headroom, p.granted),
             )
         out[rec.deployment] = DeploymentState(
             name=rec.deployment,

@@ -46,6 +46,8 @@ class PoolUpdate:
     pending_release: int | None
     allocated: int
     reason: str
+    headroom: int = 0  # replicas of the grant lent from idle GPUs above the ask (fill_idle)
+    returning_loan: bool = False  # lent replicas were cut and their drain is not yet confirmed
 
 
 def snapshot(
@@ -103,7 +105,7 @@ def settle(
     committed = committed_gpus(deployments, policy.fleet.gpus)
     inventory = policy.fleet.gpus
     updates: dict[tuple[str, PoolRole], PoolUpdate] = {}
-    ups: list[tuple[float, str, str, PoolState, int, str]] = []
+    ups: list[tuple[float, str, str, PoolState, int, str, int]] = []
     targets = allocation.replicas if allocation is not None else {}
     request = round_input.request
     by_id = {p.pool_id: p for p in request.pools} if request is not None else {}
@@ -120,12 +122,14 @@ def settle(
                 continue  # re-registered with another geometry since the snapshot: next round
             target = targets[pool_id]
             reason = allocation.reasons.get(pool_id, "") if allocation is not None else ""
+            lent = allocation.headroom.get(pool_id, 0) if allocation is not None else 0
             if target <= pool.usage:
                 pending = drains.cut(pool, target, round_input.decision_id)
-                updates[(dep.name, role)] = PoolUpdate(target, pool.usage, pending, target, reason)
+                returning = pending is not None and (pool.headroom > 0 or pool.returning_loan)
+                updates[(dep.name, role)] = PoolUpdate(target, pool.usage, pending, target, reason, lent, returning)
             else:
-                ups.append((-priority, pool_id, dep.name, pool, target, reason))
-    for _, _, name, pool, target, reason in sorted(ups, key=lambda u: (u[0], u[1])):
+                ups.append((-priority, pool_id, dep.name, pool, target, reason, lent))
+    for _, _, name, pool, target, reason, lent in sorted(ups, key=lambda u: (u[0], u[1])):
         gpr, gpu = pool.spec.gpus_per_replica, pool.spec.gpu_type
         room = max(0, inventory.get(gpu, 0) - committed.get(gpu, 0)) // gpr if scale_ups else 0
         extra = min(target - pool.usage, room)
@@ -134,7 +138,9 @@ def settle(
         if grant < target:
             why = "GPUs still held (drains, silent agents)" if scale_ups else "the end of the restart quarantine"
             reason += f"; gated: {target - grant} replica(s) wait for {gpu} {why}"
-        updates[(name, pool.spec.role)] = PoolUpdate(grant, grant, None, target, reason)
+        updates[(name, pool.spec.role)] = PoolUpdate(
+            grant, grant, None, target, reason, max(0, lent - (target - grant))
+        )
     return updates
 
 
@@ -243,6 +249,7 @@ def _pool_record(
         reason=update.reason if update else _held_reason(dep, pool),
         demand=summary,
         moved_by=round_.allocation.drivers.get(f"{dep.name}/{role}") if round_.allocation and update else None,
+        headroom=update.headroom if update else pool.headroom,
     )
 
 
@@ -325,6 +332,8 @@ def _pool_demand(
         backlog_rps=backlog_rps,
         running_replicas=report.ready + report.starting if report is not None else None,
         startup_s=spec.startup_s,
+        headroom_replicas=min(pool.headroom, pool.grant),
+        returning_loan=pool.returning_loan,
     )
 
 

@@ -131,14 +131,16 @@ class ReportRequest(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., agent_time_s: _Optional[float] = ..., applied_decision_id: _Optional[int] = ..., forecast: _Optional[_Union[Forecast, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., pools: _Optional[_Iterable[_Union[PoolReport, _Mapping]]] = ...) -> None: ...
 
 class PoolTarget(_message.Message):
-    __slots__ = ("role", "replicas", "reason")
+    __slots__ = ("role", "replicas", "reason", "headroom_replicas")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    HEADROOM_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     role: PoolRole
     replicas: int
     reason: str
-    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., replicas: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    headroom_replicas: int
+    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., replicas: _Optional[int] = ..., reason: _Optional[str] = ..., headroom_replicas: _Optional[int] = ...) -> None: ...
 
 class RoutingWeight(_message.Message):
     __slots__ = ("deployment", "weight")

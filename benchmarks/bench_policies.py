@@ -1,6 +1,7 @@
 """Compare planning policies on one scenario: GPU-hours and SLO attainment, fleet and per deployment.
 
     python benchmarks/bench_policies.py examples/diurnal-two-tenant/scenario.yaml --policies static-peak oracle local
+    python benchmarks/bench_policies.py "day-clients d1+d4 contended" --cell --policies global --lend 'tenant-0/*'
 
 Each policy replays the same traffic (same seed); the oracle is clairvoyant and labelled so. Ratios
 are against the first policy named and against `oracle` when it is in the list. Also prints the
@@ -17,6 +18,8 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,6 +58,21 @@ def _scenario(args: argparse.Namespace, policy: str, overrides: dict) -> Scenari
     return scenario.model_copy(update=overrides) if overrides else scenario
 
 
+def _lending(scenario: Scenario, selectors: list[str], folder: Path) -> Scenario:
+    """The scenario with its tenant policy file copied to ``folder`` plus one ``fill_idle``
+    override per selector (idle GPUs lent above those pools' bids; docs/global-planner.md)."""
+    name = scenario.planner.options.get("policy_file")
+    if not name:
+        raise SystemExit("--lend needs a scenario whose planner names a policy_file (a global scenario)")
+    data = yaml.safe_load((scenario.base_dir / name).read_text(encoding="utf-8"))
+    data["deployments"] = [*data.get("deployments", []), *({"selector": s, "fill_idle": True} for s in selectors)]
+    copy = folder / f"lending-{Path(name).name}"
+    copy.write_text(yaml.safe_dump(data), encoding="utf-8")
+    planner = scenario.planner
+    planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **planner.options, "policy_file": str(copy)})
+    return scenario.model_copy(update={"planner": planner})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", help="a scenario file, or with --cell a substring of a matrix cell's name")
@@ -71,8 +89,17 @@ def main() -> int:
         default=[],
         help="planner option KEY=JSON for every policy (e.g. predictor='\"arima\"')",
     )
+    parser.add_argument(
+        "--lend",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="lend idle GPUs above the bids of these pools (tenant/deployment[/role], e.g. 'tenant-0/*'): "
+        "a fill_idle override added to a copy of the scenario's policy file",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-policies-"))
 
     overrides: dict = {"duration": parse_duration(args.duration)} if args.duration else {}
     if args.seed is not None:
@@ -88,6 +115,8 @@ def main() -> int:
             planner = scenario.planner.model_copy(update={"policy": policy})
             planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **options})
             scenario = scenario.model_copy(update={"planner": planner})
+        if args.lend and policy == "global":
+            scenario = _lending(scenario, args.lend, scratch)
         workload = build_workload(scenario)
         arbiter = make_policy(scenario, workload)
         result = FleetSimulation(scenario, workload, arbiter).run()

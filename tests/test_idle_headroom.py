@@ -201,21 +201,6 @@ def test_a_pool_without_a_bid_keeps_its_loan_a_loan() -> None:
     assert answer.replicas == {"chat/agg": 8} and answer.headroom == {"chat/agg": 5}
 
 
-def test_a_loan_still_draining_back_waits_behind_other_asks() -> None:
-    # The high-priority pool's loan was just taken back for the low-priority ask and is still
-    # draining; its agent now asks for one more of its own. The GPU goes to the ask that took it back.
-    returning = _pool("chat", "high", current=3, wanted=4, returning_loan=True)
-    asker = _pool("batch", "low", current=3, wanted=4, observed_rps=3.0)
-    for solve in (allocate, allocate_greedy):
-        assert solve(_request([returning, asker], gpus=7, overrides=LEND_TO_HIGH)).replicas == {
-            "chat/agg": 3,
-            "batch/agg": 4,
-        }
-    # Without a loan in play, priority decides as before.
-    plain = returning.model_copy(update={"returning_loan": False})
-    assert allocate(_request([plain, asker], gpus=7)).replicas == {"chat/agg": 4, "batch/agg": 3}
-
-
 def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
     targets = Targets(
         deployment="chat",

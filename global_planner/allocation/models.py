@@ -159,9 +159,6 @@ class PoolDemand(FrozenModel):
         ge=0,
         description="replicas of current_replicas granted as idle headroom above its ask (fill_idle): not its own",
     )
-    returning_loan: bool = Field(
-        default=False, description="a loan of idle GPUs taken back from it is still draining (fill_idle)"
-    )
 
     @field_validator("curve")
     @classmethod

@@ -266,7 +266,6 @@ def _seat(item: _Effective, lo: int, hi: int) -> Seat:
         hi=hi,
         hold=hold,
         ask=max(ask, hold),
-        borrower=pool.headroom_replicas > 0 or pool.returning_loan,
     )
 
 

@@ -314,7 +314,6 @@ class Seat:
     hi: int
     hold: int
     ask: int
-    borrower: bool = False  # holds idle headroom lent to it, or gives such a loan back (fill_idle)
 
 
 def protected_lows(seats: list[Seat]) -> list[int]:
@@ -346,10 +345,7 @@ def first_claims(
     seats: list[Seat], lows: list[int], budget: dict[str, int], caps: dict[tuple[str, str], int]
 ) -> list[int]:
     """Replicas each pool gets at once out of GPUs nobody holds: asks served by priority, highest
-    first (within one priority, pools observed short first, then one replica each in turn); pools
-    holding a loan of idle GPUs (``fill_idle``), or whose loan is still draining back, ask after
-    every other pool, so the GPUs an ask takes back from a loan go to that ask, not back to the
-    borrower (measured on soft-shortage: the borrower's own ask took them back as they drained).
+    first (within one priority, pools observed short first, then one replica each in turn).
 
     A higher-priority ask never waits for evidence, nor for a pair's partner, while GPUs are idle:
     on the matrix's day cells a disaggregated pool's ask past its partner's was worth nothing to
@@ -363,12 +359,8 @@ def first_claims(
         if key in room:
             room[key] -= count * seat.gpus_per_replica
     extra = [0] * len(seats)
-
-    def rank(i: int) -> tuple[bool, float, bool]:
-        return seats[i].borrower, -seats[i].priority, not seats[i].contested
-
-    order = sorted(range(len(seats)), key=rank)
-    for _, tier in groupby(order, key=rank):
+    order = sorted(range(len(seats)), key=lambda i: (-seats[i].priority, not seats[i].contested))
+    for _, tier in groupby(order, key=lambda i: (seats[i].priority, seats[i].contested)):
         waiting = [i for i in tier if seats[i].ask > held[i]]
         while waiting:
             still = []

@@ -33,7 +33,6 @@ class PoolState:
     allocated: int | None = None
     reason: str = "not yet allocated"
     headroom: int = 0  # replicas of the grant lent from idle GPUs above the ask (fill_idle): not its own
-    returning_loan: bool = False  # a cut of lent replicas is not yet confirmed drained
     demand: DemandSummary | None = None
 
     def gpus(self) -> int:

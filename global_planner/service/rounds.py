@@ -47,7 +47,6 @@ class PoolUpdate:
     allocated: int
     reason: str
     headroom: int = 0  # replicas of the grant lent from idle GPUs above the ask (fill_idle)
-    returning_loan: bool = False  # lent replicas were cut and their drain is not yet confirmed
 
 
 def snapshot(
@@ -125,8 +124,7 @@ def settle(
             lent = allocation.headroom.get(pool_id, 0) if allocation is not None else 0
             if target <= pool.usage:
                 pending = drains.cut(pool, target, round_input.decision_id)
-                returning = pending is not None and (pool.headroom > 0 or pool.returning_loan)
-                updates[(dep.name, role)] = PoolUpdate(target, pool.usage, pending, target, reason, lent, returning)
+                updates[(dep.name, role)] = PoolUpdate(target, pool.usage, pending, target, reason, lent)
             else:
                 ups.append((-priority, pool_id, dep.name, pool, target, reason, lent))
     for _, _, name, pool, target, reason, lent in sorted(ups, key=lambda u: (u[0], u[1])):
@@ -333,7 +331,6 @@ def _pool_demand(
         running_replicas=report.ready + report.starting if report is not None else None,
         startup_s=spec.startup_s,
         headroom_replicas=min(pool.headroom, pool.grant),
-        returning_loan=pool.returning_loan,
     )
 
 

@@ -385,7 +385,6 @@ class PlannerState:
                 pool.grant_decision_id = round_.decision_id
             pool.grant, pool.usage, pool.pending_release = update.grant, update.usage, update.pending_release
             pool.allocated, pool.reason, pool.headroom = update.allocated, update.reason, update.headroom
-            pool.returning_loan = update.returning_loan
         for name, expires in round_.leases.items():
             dep = self._deployments[name]
             dep.lease_expires_s, dep.expired, dep.decision_id = expires, False, round_.decision_id

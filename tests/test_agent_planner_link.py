@@ -115,3 +115,49 @@ async def test_agent_without_any_lease_runs_its_floor(tmp_path: Path, monkeypatc
         assert runtime.last_effects.granted == {"agg": 1} and _written(tmp_path) == {"agg": 1}
     finally:
         await runtime.close()
+
+
+async def test_a_loan_of_idle_gpus_runs_while_the_agent_plans_from_its_own_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenant policy ``fill_idle``: the planner lends the idle GPUs above the agent's ask over real
+    gRPC; the runtime applies the whole grant, the agent's own target stays its own part."""
+    monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
+    _orchestrator_reports(tmp_path, ready=2)
+    policy = TenantPolicy.model_validate(
+        {
+            "fleet": {"gpus": {"h100": 5}},
+            "tenants": {"acme": {"priority": 10}},
+            "deployments": [{"selector": "acme/*", "fill_idle": True}],
+        }
+    )
+    server = PlannerServer(
+        PlannerState(policy, lease_s=30.0),
+        auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
+        metrics=ServiceMetrics(CollectorRegistry()),
+        clock=SimulatedClock(1000.0),
+    )
+    address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+    clock = SimulatedClock(1000.0)
+    runtime = AgentRuntime(
+        chat_config(tmp_path, address),
+        FixedReplicas(),
+        VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]),
+        clock=clock,
+        lease_clock=clock,
+    )
+    try:
+        await runtime.tick()
+        assert await server.run_round() is not None
+        target = server.state.targets("chat", 1000.0).pools[0]
+        assert target.replicas == 5 and target.headroom_replicas > 0  # up to the pool's max, within the fleet
+        clock.advance(5)
+        await runtime.tick()
+        effects = runtime.last_effects
+        assert effects is not None and effects.source == "planner"
+        assert _written(tmp_path) == {"agg": 5}  # the loan runs
+        assert effects.headroom == {"agg": target.headroom_replicas}
+        assert runtime.agent is not None and runtime.agent.targets()["agg"] == 5 - target.headroom_replicas
+    finally:
+        await runtime.close()
+        await server.stop(0)

@@ -36,6 +36,7 @@ from global_planner.allocation.stability import (
     checked_bid,
     contested_endpoints,
     cut_cost,
+    deal,
     discounted,
     driver,
     evidence_need,
@@ -691,27 +692,10 @@ def fill_idle(problem: Problem, replicas: list[int]) -> list[int]:
     by_type, by_tenant = problem.gpus(replicas)
     free = {gpu: problem.budget.get(gpu, 0) - by_type.get(gpu, 0) for gpu in problem.budget}
     room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
-    out = list(replicas)
     order = sorted(fillers, key=lambda i: -problem.pools[i].priority)
-
-    def lend(top: Callable[[PoolPlan], int]) -> None:
-        for _, tier in groupby(order, key=lambda i: problem.pools[i].priority):
-            waiting = [i for i in tier if out[i] < top(problem.pools[i])]
-            while waiting:
-                still = []
-                for i in waiting:
-                    pool = problem.pools[i].pool
-                    key, per = (pool.tenant, pool.gpu_type), pool.gpus_per_replica
-                    if free.get(pool.gpu_type, 0) < per or room.get(key, per) < per:
-                        continue
-                    free[pool.gpu_type] -= per
-                    if key in room:
-                        room[key] -= per
-                    out[i] += 1
-                    if out[i] < top(problem.pools[i]):
-                        still.append(i)
-                waiting = still
-
-    lend(lambda plan: min(plan.fill_top or 0, plan.pool.current_replicas))
-    lend(lambda plan: plan.fill_top or 0)
-    return out
+    tiers = [list(tier) for _, tier in groupby(order, key=lambda i: problem.pools[i].priority)]
+    groups = [(p.pool.tenant, p.pool.gpu_type, p.pool.gpus_per_replica) for p in problem.pools]
+    tops = [plan.fill_top or 0 for plan in problem.pools]
+    held = [min(top, plan.pool.current_replicas) for top, plan in zip(tops, problem.pools, strict=True)]
+    out = deal(tiers, list(replicas), held, groups, free, room)  # first back to the loans held
+    return deal(tiers, out, tops, groups, free, room)

@@ -358,23 +358,37 @@ def first_claims(
         key = (seat.tenant, seat.gpu_type)
         if key in room:
             room[key] -= count * seat.gpus_per_replica
-    extra = [0] * len(seats)
     order = sorted(range(len(seats)), key=lambda i: (-seats[i].priority, not seats[i].contested))
-    for _, tier in groupby(order, key=lambda i: (seats[i].priority, seats[i].contested)):
-        waiting = [i for i in tier if seats[i].ask > held[i]]
+    tiers = [list(tier) for _, tier in groupby(order, key=lambda i: (seats[i].priority, seats[i].contested))]
+    groups = [(seat.tenant, seat.gpu_type, seat.gpus_per_replica) for seat in seats]
+    dealt = deal(tiers, list(held), [seat.ask for seat in seats], groups, free, room)
+    return [max(low, got) if got > count else low for low, count, got in zip(lows, held, dealt, strict=True)]
+
+
+def deal(
+    tiers: list[list[int]],
+    counts: list[int],
+    tops: list[int],
+    groups: list[tuple[str, str, int]],
+    free: dict[str, int],
+    room: dict[tuple[str, str], int],
+) -> list[int]:
+    """``counts`` raised towards ``tops`` out of ``free`` GPUs (per type) within ``room`` (per
+    tenant and type, where capped): tier by tier, one replica per pool in turn. ``groups[i]`` is
+    pool ``i``'s (tenant, GPU type, GPUs per replica); ``free`` and ``room`` are spent in place."""
+    for tier in tiers:
+        waiting = [i for i in tier if counts[i] < tops[i]]
         while waiting:
             still = []
             for i in waiting:
-                seat = seats[i]
-                key = (seat.tenant, seat.gpu_type)
-                per = seat.gpus_per_replica
-                if free.get(seat.gpu_type, 0) < per or room.get(key, per) < per:
+                tenant, gpu, per = groups[i]
+                if free.get(gpu, 0) < per or room.get((tenant, gpu), per) < per:
                     continue
-                free[seat.gpu_type] -= per
-                if key in room:
-                    room[key] -= per
-                extra[i] += 1
-                if held[i] + extra[i] < seat.ask:
+                free[gpu] -= per
+                if (tenant, gpu) in room:
+                    room[(tenant, gpu)] -= per
+                counts[i] += 1
+                if counts[i] < tops[i]:
                     still.append(i)
             waiting = still
-    return [max(low, count + more) if more else low for low, count, more in zip(lows, held, extra, strict=True)]
+    return counts

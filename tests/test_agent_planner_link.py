@@ -131,10 +131,11 @@ async def test_a_loan_of_idle_gpus_runs_while_the_agent_plans_from_its_own_part(
             "deployments": [{"selector": "acme/*", "fill_idle": True}],
         }
     )
+    registry = CollectorRegistry()
     server = PlannerServer(
         PlannerState(policy, lease_s=30.0),
         auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
-        metrics=ServiceMetrics(CollectorRegistry()),
+        metrics=ServiceMetrics(registry),
         clock=SimulatedClock(1000.0),
     )
     address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
@@ -151,6 +152,8 @@ async def test_a_loan_of_idle_gpus_runs_while_the_agent_plans_from_its_own_part(
         assert await server.run_round() is not None
         target = server.state.targets("chat", 1000.0).pools[0]
         assert target.replicas == 5 and target.headroom_replicas > 0  # up to the pool's max, within the fleet
+        lent = registry.get_sample_value("fleet_planner_lent_gpus", {"tenant": "acme", "gpu_type": "h100"})
+        assert lent == target.headroom_replicas
         clock.advance(5)
         await runtime.tick()
         effects = runtime.last_effects

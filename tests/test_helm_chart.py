@@ -189,6 +189,7 @@ def test_non_default_values_shape_the_release(tmp_path: Path) -> None:
     for metric in (
         "fleet_planner_inventory_gpus",
         "fleet_planner_granted_gpus",
+        "fleet_planner_lent_gpus",
         "fleet_agent_replicas",
         "fleet_agent_observed_ttft_seconds",
         "fleet_planner_admission_rps",

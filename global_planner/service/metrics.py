@@ -17,6 +17,12 @@ class ServiceMetrics:
             ["tenant", "gpu_type"],
             registry=reg,
         )
+        self.lent = Gauge(
+            "fleet_planner_lent_gpus",
+            "GPUs of the grants lent from idle capacity above the agents' asks (fill_idle), per tenant and type.",
+            ["tenant", "gpu_type"],
+            registry=reg,
+        )
         self.committed = Gauge(
             "fleet_planner_committed_gpus",
             "GPUs granted plus GPUs still held by draining replicas, per type.",
@@ -62,6 +68,10 @@ class ServiceMetrics:
         for tenant, by_type in state.granted_gpus().items():
             for gpu, count in by_type.items():
                 self.granted.labels(tenant, gpu).set(count)
+        self.lent.clear()
+        for tenant, by_type in state.lent_gpus().items():
+            for gpu, count in by_type.items():
+                self.lent.labels(tenant, gpu).set(count)
         self.committed.clear()  # a GPU type dropped from the policy (and no longer held) loses its series
         for gpu, count in state.committed_gpus().items():
             self.committed.labels(gpu).set(count)

@@ -168,6 +168,17 @@ class PlannerState:
         """Granted GPUs per tenant and type (without drains), for metrics."""
         return ledger.granted_gpus(self._deployments.values())
 
+    def lent_gpus(self) -> dict[str, dict[str, int]]:
+        """GPUs per tenant and type held only as idle headroom (``fill_idle``), for metrics."""
+        out: dict[str, dict[str, int]] = {}
+        for dep in self._deployments.values():
+            lent = ledger.lent_gpus([dep])
+            for gpu, count in lent.items():
+                if count:
+                    by_type = out.setdefault(dep.tenant, {})
+                    by_type[gpu] = by_type.get(gpu, 0) + count
+        return out
+
     def usage(self, deployment: str, role: PoolRole) -> int:
         """Replicas the planner counts for a pool (grant plus unconfirmed drains)."""
         return self._deployments[deployment].pools[role].usage

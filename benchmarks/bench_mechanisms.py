@@ -115,6 +115,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+window3600": {"stabilization_window_s": 3600.0},
     "defaults+band0.4": {"down_margin": 0.4},
     "defaults+dwell300+warmup7": {"scale_down_dwell_s": 300.0, "warmup_windows": 7},
+    "defaults+interval60": {"throughput_interval_s": 60.0},
+    "defaults+interval90": {"throughput_interval_s": 90.0},
+    "defaults+interval120": {"throughput_interval_s": 120.0},
+    "defaults+interval300": {"throughput_interval_s": 300.0},
 }
 
 

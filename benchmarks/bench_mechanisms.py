@@ -119,6 +119,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+interval90": {"throughput_interval_s": 90.0},
     "defaults+interval120": {"throughput_interval_s": 120.0},
     "defaults+interval300": {"throughput_interval_s": 300.0},
+    "defaults+decode-dwell60": {"decode_dwell_s": 60.0},
+    "defaults-decode-dwell": {"decode_dwell_s": None},  # the decode pools' dwell before 2026-12-05 (tenth session)
 }
 
 

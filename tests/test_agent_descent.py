@@ -53,6 +53,27 @@ def test_scale_down_steps_are_a_dwell_apart() -> None:
     assert all(b - a_ >= a.options.scale_down_dwell_s for a_, b in zip(downs, downs[1:]))
 
 
+def test_a_decode_pool_steps_down_sooner_than_a_prefill_pool() -> None:
+    """A disaggregated decode pool shows a smaller batch in its next window's ITL (no queue to
+    drain), so its steps are ``decode_dwell_s`` apart, the prefill pool's ``scale_down_dwell_s``."""
+    deployment = spec("disagg", initial=8, max_replicas=8)
+    a = LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(), TICK)
+
+    def quiet(t: float, targets: dict) -> list:
+        return [observe(role, t, 2.0, ready=targets[role]) for role in ("prefill", "decode")]
+
+    decisions = run(a, 0.0, 60, quiet)
+    steps = {
+        role: [d.time_s for d in decisions for p in d.pools if p.role == role and p.target < p.current]
+        for role in ("prefill", "decode")
+    }
+    assert a.options.decode_dwell_s is not None and a.options.decode_dwell_s < a.options.scale_down_dwell_s
+    for role, dwell in (("prefill", a.options.scale_down_dwell_s), ("decode", a.options.decode_dwell_s)):
+        gaps = [b - a_ for a_, b in zip(steps[role], steps[role][1:])]
+        assert gaps and min(gaps) >= dwell, (role, steps[role])
+    assert min(b - a_ for a_, b in zip(steps["decode"], steps["decode"][1:])) < a.options.scale_down_dwell_s
+
+
 def test_a_scale_up_on_a_real_miss_is_still_immediate() -> None:
     a = agent(8)
     run(a, 0.0, 40, lambda t, targets: [observe("agg", t, 2.0, ready=targets["agg"])])

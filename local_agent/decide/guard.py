@@ -15,7 +15,8 @@ which this pool recently missed its SLA (or ran over its queue or KV threshold, 
 ``warmup_until_corrected``) of the entry pool before its TTFT correction is in force (until then
 the forecast has no error estimate and the burstiness, TTFT correction and miss memory have next
 to nothing to learn from, so "safe" is the uncorrected model's word alone); *dwell*: a safe
-scale-down still waits ``scale_down_dwell_s`` after the pool's last one, so each step is observed
+scale-down still waits ``scale_down_dwell_s`` after the pool's last one (``decode_dwell_s`` for a
+disaggregated decode pool, whose ITL shows a step within a window), so each step is observed
 before the next; *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule), in steps of
 ``scale_down_gap_fraction`` of the way there.
@@ -167,7 +168,10 @@ class ScaleDownGuard:
             # Safe by the model, but a model not yet checked against the traffic: wait (the
             # recommendation stands).
             return Proposal(current, R.GRACE_PERIOD, warming), lowest
-        if not self.elapsed.reached(now_s, memory.last_scale_down_s, self.options.scale_down_dwell_s):
+        dwell = self.options.scale_down_dwell_s
+        if role == "decode" and self.options.decode_dwell_s is not None:
+            dwell = self.options.decode_dwell_s
+        if not self.elapsed.reached(now_s, memory.last_scale_down_s, dwell):
             # Safe, but the last step is still being observed: wait (the recommendation stands).
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), lowest

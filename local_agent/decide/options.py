@@ -82,6 +82,13 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="no scale-down this long after a scale-down: each step is observed before the next",
     )
+    decode_dwell_s: float | None = Field(
+        default=120.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="the dwell of a disaggregated decode pool's scale-downs (None: scale_down_dwell_s): its ITL "
+        "answers a smaller batch within a window, with no queue to drain first (docs/local-agent.md)",
+    )
     warmup_windows: int = Field(
         default=5,
         ge=0,

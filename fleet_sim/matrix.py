@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from fleet_planner.files import write_atomically
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.perf.capacity import replica_rps
 from fleet_planner.traces import read_rate_series, read_trace
@@ -227,7 +228,7 @@ class _Sources:
             fits = trace.input_tokens + trace.output_tokens <= MAX_CONTEXT
             rows = zip(trace.arrival_s[fits], trace.input_tokens[fits], trace.output_tokens[fits])
             text = "".join(f"{a:.3f},{i},{o}\n" for a, i, o in rows)
-            path.write_text("arrival_s,input_tokens,output_tokens\n" + text)
+            write_atomically(path, "arrival_s,input_tokens,output_tokens\n" + text)
         return path
 
     def azure_rates(self, arrival: str, seed: int) -> Path:
@@ -378,7 +379,7 @@ def _tenants_file(cell: Cell, sources: _Sources, gpus: dict[str, int]) -> Path:
     digest = hashlib.sha256(cell.name.encode()).hexdigest()[:12]
     path = sources.workdir / f"tenants_{digest}.yaml"
     tenants = {f"tenant-{i}": {"priority": 100 if i == 0 else 10} for i in range(len(cell.deployments))}
-    path.write_text(yaml.safe_dump({"fleet": {"gpus": gpus}, "tenants": tenants}))
+    write_atomically(path, yaml.safe_dump({"fleet": {"gpus": gpus}, "tenants": tenants}))
     return path
 
 

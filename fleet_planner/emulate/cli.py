@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from fleet_planner.errors import InputError
+from fleet_planner.files import write_atomically
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 if TYPE_CHECKING:
@@ -129,9 +130,7 @@ async def _serve(server: EmulatorServer, host: str, port: int, ready_file: Path 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=startup_s)
     if ready_file is not None and not stop.is_set():
-        tmp = ready_file.with_name(f".{ready_file.name}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "port": bound}))
-        os.replace(tmp, ready_file)
+        write_atomically(ready_file, json.dumps({"pid": os.getpid(), "port": bound}))
     log.info("emulating %s on http://%s:%d (%s)", server.served_model, host, bound, server.engine.role)
     print(f"READY {bound}", flush=True)
     await stop.wait()

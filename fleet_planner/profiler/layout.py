@@ -6,7 +6,6 @@ ITL vs batch per context)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_planner.errors import InputError
+from fleet_planner.files import write_atomically
 from fleet_planner.perf.profile import DECODE_JSON, DECODE_NPZ, META_JSON, PREFILL_JSON, PREFILL_NPZ
 
 
@@ -88,9 +88,7 @@ def write_profile(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def _write_plots(path: Path, meta: ProfileMeta, prefill: Sequence[PrefillPoint], decode: Sequence[DecodePoint]) -> None:

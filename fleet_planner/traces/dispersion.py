@@ -4,12 +4,14 @@ real trace (for comparing a synthetic arrival model with the trace at equal mean
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from fleet_planner.errors import InputError
+from fleet_planner.files import write_atomically
 from fleet_planner.traces.synth import RateSeries
 from fleet_planner.traces.trace import Trace
 
@@ -72,8 +74,9 @@ def write_rate_series(series: RateSeries, path: str | Path) -> None:
             columns.append(values)
     header.append("zero_rate_window")
     columns.append(series.gap.astype(np.float64))
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in zip(*columns):
-            writer.writerow(["" if math.isnan(v) else f"{v:.6g}" for v in row])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in zip(*columns):
+        writer.writerow(["" if math.isnan(v) else f"{v:.6g}" for v in row])
+    write_atomically(Path(path), buffer.getvalue())  # matrix workers may write the same file at once

@@ -52,6 +52,7 @@ from typing import IO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet_planner.clock import Clock, WallClock
+from fleet_planner.files import write_atomically
 from fleet_planner.knobs import EngineKnobs
 from local_agent.connectors.base import Connector, ReplicaCounts
 
@@ -362,12 +363,7 @@ class ProcessConnector(Connector):
 
     def _save(self) -> None:
         body = _StateFile(workers=self.workers(), knobs=self._knobs).model_dump_json(indent=2)
-        tmp = self._state_file.with_name(f".{self._state_file.name}.{os.getpid()}.tmp")
-        with tmp.open("w") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._state_file)
+        write_atomically(self._state_file, body, durable=True)
 
     def _refresh(self, *, force_save: bool = False) -> None:
         """Reap exited workers, promote ready ones, enforce drain timeouts."""

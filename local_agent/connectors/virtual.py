@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -34,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet_planner.clock import Clock, WallClock
+from fleet_planner.files import write_atomically
 from fleet_planner.knobs import EngineKnobs
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.observe.prometheus import PrometheusSource
@@ -129,9 +129,7 @@ class VirtualConnector(Connector):
 
     def _write(self, state: VirtualState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(state.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(state.model_dump(mode="json"), indent=2) + "\n")
 
     async def observe_replicas(self) -> dict[str, ReplicaCounts]:
         """Counts of the roles known now; roles without a (fresh) report are left out."""

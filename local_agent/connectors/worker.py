@@ -21,6 +21,8 @@ import signal
 import sys
 from pathlib import Path
 
+from fleet_planner.files import write_atomically
+
 JOB_VERB = "JOB"
 DONE_REPLY = "done"
 REFUSED_REPLY = "refused"
@@ -61,7 +63,7 @@ class Worker:
         server = await asyncio.start_server(self._handle, self._host, self._port)
         port = server.sockets[0].getsockname()[1]
         if not stop.is_set():
-            _write_atomic(self._ready_file, json.dumps({"pid": os.getpid(), "port": port}))
+            write_atomically(self._ready_file, json.dumps({"pid": os.getpid(), "port": port}))
             print(f"READY {port}", flush=True)
         await stop.wait()
         self._draining = True
@@ -98,12 +100,6 @@ class Worker:
         finally:
             writer.close()
             self._handlers.discard(task)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

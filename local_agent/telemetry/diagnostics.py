@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import threading
 from collections import deque
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from fleet_planner.files import write_atomically
 from fleet_planner.planning import SLA, PoolObservation, PoolRole
 from local_agent.models import AgentDecision
 from local_agent.session import TickEffects
@@ -330,7 +330,5 @@ class DiagnosticsRecorder:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"diagnostics-{self._time_label(now_s)}.html"
-        tmp = path.with_suffix(".html.tmp")
-        tmp.write_text(self.render_html(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, self.render_html())
         return path

@@ -1,0 +1,27 @@
+"""Files other processes read while they are written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+
+def write_atomically(path: Path, text: str, *, durable: bool = False) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old content or the whole new one,
+    never a part: a temporary file beside it, then a rename. The temporary name is unique per
+    call, so processes writing the same file at once do not interleave (the last rename wins).
+    ``durable`` syncs the data to disk before the rename (state that must survive a crash)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

@@ -121,6 +121,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+interval300": {"throughput_interval_s": 300.0},
     "defaults+decode-dwell60": {"decode_dwell_s": 60.0},
     "defaults-decode-dwell": {"decode_dwell_s": None},  # the decode pools' dwell before 2026-12-05 (tenth session)
+    # The dead band over the load's level (eleventh session): the band before it (0.3 over the
+    # upper quantile), and the neighbouring widths measured on the tuning half.
+    "defaults-band-over-level": {"dead_band_over": "upper", "down_margin": 0.3},
+    "defaults+band0.6": {"down_margin": 0.6},
 }
 
 

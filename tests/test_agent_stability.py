@@ -9,6 +9,8 @@ from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, 
 from fleet_planner.planning import SLA, Distribution
 from local_agent.agent import LocalAgent
 from local_agent.decide.intake import SMOOTHING_WINDOWS
+from local_agent.decide.options import AgentOptions
+from local_agent.forecast import Forecast
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 from local_agent.perf_correction import TtftCorrection
@@ -180,6 +182,33 @@ def test_down_margin_keeps_a_count_the_load_is_close_to_needing() -> None:
     assert min(banded_targets) > min(plain_targets)
 
 
+def test_the_dead_band_widens_the_load_level_not_the_forecasts_upper_quantile() -> None:
+    """The band is hysteresis around the load; the forecast's upper quantile already carries the
+    forecast's uncertainty, and widening it again held pools far above their need while the
+    upper was wide (docs/local-agent.md, *the dead band over the level*)."""
+
+    def final_target(rate: float, upper: float | None, **options) -> int:
+        a = agent(spec(initial=8), **options)
+        if upper is not None:  # a forecast as sure of its mean as noisy traffic allows
+
+            def wide(steps: int) -> Forecast:
+                return Forecast(mean=rate, upper=upper, quantile=0.9, horizon_s=steps * TICK)
+
+            a.predictor.predict_max = wide  # type: ignore[method-assign]
+
+        def make(t: float, targets: dict) -> list:
+            return [observe("agg", t, rate, ready=targets["agg"])]
+
+        return run(a, 0.0, 30, make)[-1].pools[0].target
+
+    before = {"down_margin": 0.3, "dead_band_over": "upper"}
+    # Steady traffic (upper = level): the 50% band on the level holds one replica more than 30%.
+    assert final_target(32.0, None, down_margin=0.5) == final_target(32.0, None, **before) + 1
+    # An upper twice the level: checked at the upper itself, one replica fewer than upper x 1.3.
+    assert final_target(20.0, 40.0, down_margin=0.5) == final_target(20.0, 40.0, **before) - 1
+    assert AgentOptions().dead_band_over == "level" and AgentOptions().down_margin == 0.5
+
+
 def test_a_decode_pool_has_its_own_dead_band() -> None:
     """``decode_down_margin`` holds a disaggregated decode pool, ``down_margin`` its prefill pool."""
 
@@ -196,7 +225,7 @@ def test_a_decode_pool_has_its_own_dead_band() -> None:
     assert prefill_banded[0] > plain[0] and prefill_banded[1] == plain[1]
     held = run(agent(spec("disagg", initial=4), decode_down_margin=1.0), 0.0, 20, make)
     refusals = [pool(d, "decode").detail for d in held if pool(d, "decode").reason == R.CONSOLIDATION_REFUSED]
-    assert refusals and all(detail.endswith("with the 100% dead band") for detail in refusals)
+    assert refusals and all(detail.endswith("the load with its 100% band") for detail in refusals)
 
 
 def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:

@@ -4,10 +4,11 @@ In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while rep
 no scale-down that reverses a scale-up within ``reversal_interval_s`` of the pool's last reversal
 (a budget of direction reversals: ups are never held, so only the way down can wait);
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
-(burst-aware, corrected) model at the largest of the observed, the forecast upper and (with
-``check_recent_peak``) the last few windows' highest load, times
+(burst-aware, corrected) model at the largest of the forecast upper, (with ``check_recent_peak``)
+the last few windows' highest load and the load's level (observed or forecast mean) times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin;
-``decode_down_margin`` for a disaggregated decode pool, whose latency has no queue to blow up); the
+``decode_down_margin`` for a disaggregated decode pool, whose latency has no queue to blow up;
+``dead_band_over: upper`` widens the largest of them instead, as before 2026-12-05); the
 survivors' KV cache must stay below ``kv_low``; *miss memory*: not down to a load per replica at
 which this pool recently missed its SLA (or ran over its queue or KV threshold, or, with
 ``near_miss``, came within one replica of missing), until the load has fallen by ``miss_margin``;
@@ -126,14 +127,21 @@ class ScaleDownGuard:
             return Proposal(current, R.GRACE_PERIOD, detail), current
         # Consolidation: after removing replicas the survivors carry current/wanted times the
         # load each. Check at the larger of observed and forecast upper load (the 2<->1
-        # oscillation came from ignoring this), plus the dead band ``down_margin``: sizing up
-        # and down at the same load boundary would flap with the forecast's noise.
+        # oscillation came from ignoring this), and the level plus the dead band
+        # ``down_margin``: sizing up and down at the same load boundary would flap with noise.
         forecast = self.sizer.forecast
         rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
         if self.options.check_recent_peak:
             rate = max(rate, self.sizer.intake.recent_peak_rate() or 0.0)
         margin = self.options.decode_down_margin if role == "decode" else self.options.down_margin
-        curves = None if lengths is None else self.sizer.curves_at(rate * (1.0 + margin), lengths)
+        if self.options.dead_band_over == "level":
+            # The upper quantile already carries the forecast's uncertainty: widen the level, not
+            # the upper again (stacked, a wide upper on a ramp held pools far above their need).
+            level = max(observed_rate or 0.0, forecast.mean if forecast else 0.0)
+            rate = max(rate, level * (1.0 + margin))
+        else:
+            rate *= 1.0 + margin
+        curves = None if lengths is None else self.sizer.curves_at(rate, lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
         # The other pools count at the larger of their target and their need at this load: a
@@ -145,7 +153,7 @@ class ScaleDownGuard:
         def refusal(wanted: int) -> Proposal | None:
             survivors = {**others, role: wanted}
             if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
-                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s with the {margin:.0%} dead band"
+                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s, the load with its {margin:.0%} band"
                 return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
             if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted:
                 per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)

@@ -51,11 +51,17 @@ class AgentOptions(BaseModel):
         default=True, description="scale the TTFT model by observed / predicted p90 TTFT (prefill and agg pools)"
     )
     down_margin: float = Field(
-        default=0.3,
+        default=0.5,
         ge=0,
         le=1.0,
         allow_inf_nan=False,
         description="a scale-down's survivors must carry this much more than the load (a dead band against flapping)",
+    )
+    dead_band_over: Literal["level", "upper"] = Field(
+        default="level",
+        description="what the dead band widens: the load's level (the larger of the observed rate and the forecast "
+        "mean; the forecast's upper quantile and the recent peak are checked beside it, unwidened) or, as before "
+        "2026-12-05, the largest of them, so the band stacked on the forecast's own uncertainty (docs/local-agent.md)",
     )
     decode_down_margin: float = Field(
         default=0.2,

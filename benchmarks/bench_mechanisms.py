@@ -95,6 +95,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+decode-band0.15": {"decode_down_margin": 0.15},
     "defaults+decode-band0.3": {"decode_down_margin": 0.3},  # the default before 2026-12-05 (as prefill)
     "defaults+decode-band0.4": {"decode_down_margin": 0.4},
+    "defaults+p85": {"forecast_quantile": 0.85},
     "defaults+one-step": ONE_STEP,
     "defaults+dwell300": {"scale_down_dwell_s": 300.0},
     "defaults+one-step+band0.5": {**ONE_STEP, "down_margin": 0.5},

@@ -68,9 +68,15 @@ def _lending(scenario: Scenario, selectors: list[str], folder: Path) -> Scenario
     data["deployments"] = [*data.get("deployments", []), *({"selector": s, "fill_idle": True} for s in selectors)]
     copy = folder / f"lending-{Path(name).name}"
     copy.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return _with_planner(scenario, policy_file=str(copy))
+
+
+def _with_planner(scenario: Scenario, **settings: object) -> Scenario:
+    """The scenario with these planner settings (fields or agent options) on top of its own,
+    validated again as a scenario file's ``planner:`` would be."""
     planner = scenario.planner
-    planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **planner.options, "policy_file": str(copy)})
-    return scenario.model_copy(update={"planner": planner})
+    merged = {**planner.model_dump(exclude={"options"}), **planner.options, **settings}
+    return scenario.model_copy(update={"planner": type(planner)(**merged)})
 
 
 def main() -> int:
@@ -108,13 +114,8 @@ def main() -> int:
     for policy in args.policies:
         scenario = _scenario(args, policy, overrides)
         if args.option:
-            options = dict(scenario.planner.options)
-            for item in args.option:
-                key, value = item.split("=", 1)
-                options[key] = json.loads(value)
-            planner = scenario.planner.model_copy(update={"policy": policy})
-            planner = type(planner)(**{**planner.model_dump(exclude={"options"}), **options})
-            scenario = scenario.model_copy(update={"planner": planner})
+            options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.option)}
+            scenario = _with_planner(scenario, policy=policy, **options)
         if args.lend and policy == "global":
             scenario = _lending(scenario, args.lend, scratch)
         workload = build_workload(scenario)

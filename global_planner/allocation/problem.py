@@ -148,6 +148,14 @@ class Problem:
             by_tenant[(plan.pool.tenant, plan.pool.gpu_type)] += used
         return dict(by_type), dict(by_tenant)
 
+    def spare(
+        self, by_type: dict[str, int], by_tenant: dict[TenantType, int]
+    ) -> tuple[dict[str, int], dict[TenantType, int]]:
+        """GPUs left per type and room left under each tenant cap after that use (:meth:`gpus`)."""
+        free = {gpu: budget - by_type.get(gpu, 0) for gpu, budget in self.budget.items()}
+        room = {key: cap - by_tenant.get(key, 0) for key, cap in self.caps.items()}
+        return free, room
+
     def value(self, replicas: list[int]) -> int:
         """Scaled value minus the cost of change: the quantity both solvers maximise."""
         total = 0
@@ -621,8 +629,7 @@ def finish(
     problem_text = over_budget(problem, replicas)
     if problem_text is not None:
         raise RuntimeError(f"refusing to publish an allocation that {problem_text}")
-    free = {gpu: problem.budget[gpu] - by_type.get(gpu, 0) for gpu in problem.budget}
-    room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
+    free, room = problem.spare(by_type, by_tenant)
     reasons: dict[str, str] = {}
     drivers: dict[str, Driver] = {}
     headroom: dict[str, int] = {}
@@ -689,9 +696,7 @@ def fill_idle(problem: Problem, replicas: list[int]) -> list[int]:
     fillers = [i for i, plan in enumerate(problem.pools) if plan.fill_top is not None and plan.fill_top > replicas[i]]
     if not fillers:
         return replicas
-    by_type, by_tenant = problem.gpus(replicas)
-    free = {gpu: problem.budget.get(gpu, 0) - by_type.get(gpu, 0) for gpu in problem.budget}
-    room = {key: cap - by_tenant.get(key, 0) for key, cap in problem.caps.items()}
+    free, room = problem.spare(*problem.gpus(replicas))
     order = sorted(fillers, key=lambda i: -problem.pools[i].priority)
     tiers = [list(tier) for _, tier in groupby(order, key=lambda i: problem.pools[i].priority)]
     groups = [(p.pool.tenant, p.pool.gpu_type, p.pool.gpus_per_replica) for p in problem.pools]

@@ -70,13 +70,16 @@ def committed_gpus(deployments: Iterable[DeploymentState], gpu_types: Iterable[s
     return used
 
 
-def lent_gpus(deployments: Iterable[DeploymentState]) -> dict[str, int]:
-    """GPUs per type that pools hold only as idle headroom (``fill_idle``): any ask takes them."""
-    lent: dict[str, int] = defaultdict(int)
+def lent_gpus(deployments: Iterable[DeploymentState]) -> dict[str, dict[str, int]]:
+    """GPUs per tenant and type that pools hold only as idle headroom (``fill_idle``): any ask
+    takes them. Tenants and types lending nothing are left out."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for dep in deployments:
         for pool in dep.pools.values():
-            lent[pool.spec.gpu_type] += min(pool.headroom, pool.grant) * pool.spec.gpus_per_replica
-    return dict(lent)
+            lent = min(pool.headroom, pool.grant) * pool.spec.gpus_per_replica
+            if lent:
+                out[dep.tenant][pool.spec.gpu_type] += lent
+    return {tenant: dict(by_type) for tenant, by_type in out.items()}
 
 
 def granted_gpus(deployments: Iterable[DeploymentState]) -> dict[str, dict[str, int]]:

@@ -141,12 +141,12 @@ class PlannerState:
             return None
         committed = self.committed_gpus()
         inventory = self.policy.fleet.gpus
-        lent = ledger.lent_gpus(d for d in self._deployments.values() if d.name != deployment)
+        lent = ledger.lent_gpus(d for d in self._deployments.values() if d.name != deployment).values()
         for gpu, per in sorted(self.wanting(deployment)):
             free = inventory.get(gpu, 0) - committed.get(gpu, 0)
             if free >= per:
                 return f"asks for more while {gpu} GPUs are free"
-            if free + lent.get(gpu, 0) >= per:
+            if free + sum(by_type.get(gpu, 0) for by_type in lent) >= per:
                 return f"asks for more while {gpu} GPUs are lent as idle headroom"
         short = rounds.short_pool(dep)
         return None if short is None else f"{short} asks for more and is observed short"
@@ -170,14 +170,7 @@ class PlannerState:
 
     def lent_gpus(self) -> dict[str, dict[str, int]]:
         """GPUs per tenant and type held only as idle headroom (``fill_idle``), for metrics."""
-        out: dict[str, dict[str, int]] = {}
-        for dep in self._deployments.values():
-            lent = ledger.lent_gpus([dep])
-            for gpu, count in lent.items():
-                if count:
-                    by_type = out.setdefault(dep.tenant, {})
-                    by_type[gpu] = by_type.get(gpu, 0) + count
-        return out
+        return ledger.lent_gpus(self._deployments.values())
 
     def usage(self, deployment: str, role: PoolRole) -> int:
         """Replicas the planner counts for a pool (grant plus unconfirmed drains)."""

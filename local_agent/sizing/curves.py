@@ -30,9 +30,14 @@ Decode (disaggregated): ITL side
 
 Aggregated: both
     The same decode batch, but iterations also carry prefill chunks: decode slows by
-    ``1 / (1 - rho_c)`` with ``rho_c`` the share of time spent on prefill, and each prompt that
-    arrives during a request's decode adds its cost to that request's mean ITL (compound
-    Poisson: short decodes see a wide spread, or no prompt at all). Prompts queue as above,
+    ``1 / (1 - rho_c)`` with ``rho_c`` the share of time spent on prefill (the ITL p90). For the
+    ITL attainment the prompts are explicit: each prompt prefilled while a request decodes adds
+    its cost (the share of its chunks the decode overlaps) to that request's decode time, a
+    Poisson count of them: those arriving during its decode, and those queued behind its own
+    prompt when its first token comes (routed to its replica while it waited and prefilled, less
+    those its last prefill iteration takes whole). One long prompt is what makes a short decode
+    miss; short answers often follow long prompts, so the queue behind is taken per decode
+    length. Prompts queue as above,
     with the decode step as each iteration's fixed time and ``max_batch_tokens - B`` as the
     token budget; the router balances reserved KV tokens rather than prompt queues, so each
     replica is its own M/G/1 queue. Attainment is TTFT attainment times ITL attainment.
@@ -50,6 +55,7 @@ without. p90 latencies are None where the pool is overloaded.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -91,6 +97,11 @@ P90_GROUPS = 8  # decode-length groups for the ITL p90 search
 # Quantile edges of the own-TTFT groups for the p90 search: coarse in the body, fine in the tail.
 P90_EDGES = np.array([0.0, 0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0])
 P90 = 0.9
+STALL_GROUPS = 16  # prompt groups by length for the stalls of an aggregated pool's decodes
+# Nodes and weights of E[f(Z)], Z standard normal, for the router's choice in _left_behind.
+_ROUTE_Z = np.linspace(-5.0, 5.0, 41)
+_ROUTE_WEIGHTS = np.exp(-0.5 * _ROUTE_Z**2) / np.exp(-0.5 * _ROUTE_Z**2).sum()
+_ROUTE_SHIFTS = np.concatenate(([0.0], np.geomspace(0.01, 10.0, 40)))  # a request's tokens over a load's spread
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
 KvTransferFn = Callable[[np.ndarray], np.ndarray]
@@ -155,6 +166,7 @@ class _LengthGroups:
 
     iterations: np.ndarray  # mean decode iterations of each group
     weights: np.ndarray  # share of decoding requests in each group
+    inputs: np.ndarray  # mean prompt tokens of each group (short answers often follow long prompts)
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,7 @@ class _DecodeShape:
     context: float  # residence-weighted mean of input + output / 2
     context_variance: float  # residence-weighted variance of one sequence's context
     kv_per_seq: float  # residence-weighted mean of input + output (reserved KV tokens)
+    kv_per_seq_square: float  # residence-weighted mean of its square (the spread of a replica's reserved KV)
     decoding_share: float  # share of requests with at least one decode iteration
     fine: _LengthGroups  # for attainment
     coarse: _LengthGroups  # for the p90 search
@@ -175,18 +188,23 @@ def _decode_shape(load: LoadEstimate) -> _DecodeShape:
     d = np.maximum(outputs - 1.0, 0.0)
     total = d.sum()
     w = d / total if total > 0 else np.full(d.size, 1.0 / d.size)
-    decoding = np.sort(d[d > 0])
+    order = np.argsort(d, kind="stable")
+    order = order[d[order] > 0]
+    decoding, decoding_inputs = d[order], inputs[order]
     context = inputs + 0.5 * outputs
     mean_context = float(np.dot(w, context))
 
     def grouped(count: int) -> _LengthGroups:
-        return _LengthGroups(*group_means(decoding, count))
+        iterations, weights = group_means(decoding, count)
+        prompts, _ = group_means(decoding_inputs, count, presorted=True)
+        return _LengthGroups(iterations, weights, prompts)
 
     return _DecodeShape(
         mean_iterations=float(d.mean()),
         context=mean_context,
         context_variance=float(np.dot(w, (context - mean_context) ** 2)),
         kv_per_seq=float(np.dot(w, inputs + outputs)),
+        kv_per_seq_square=float(np.dot(w, np.square(inputs + outputs))),
         decoding_share=decoding.size / d.size,
         fine=grouped(SAMPLE_GROUPS),
         coarse=grouped(P90_GROUPS),
@@ -302,6 +320,133 @@ def _itl_attainment(
 
     p90 = quantile_bisect(cdf, mean, mean + 1.5 * coarse_sd.max(axis=1), P90)
     return attainment, p90
+
+
+@dataclass(frozen=True)
+class _Stalls:
+    """Prompts prefilled on an aggregated replica while a request decodes, a Poisson count per
+    request: ``per_iteration`` arriving during each of its decode iterations, plus
+    ``left_behind`` queued behind its own prompt when its first token comes (prefilled in its
+    first iterations). Each stalls the decode by its prefill cost, in the share of its chunks the
+    decode overlaps; prompts are summarised in groups by length (cost and chunks grow with it)."""
+
+    per_iteration: np.ndarray  # (N,)
+    left_behind: np.ndarray  # (N, decode-length groups)
+    cost: np.ndarray  # (prompt groups,) variable prefill cost, ms
+    chunks: np.ndarray  # (prompt groups,)
+    weights: np.ndarray  # (prompt groups,)
+
+
+def _stall_prompts(inputs: np.ndarray, variable: np.ndarray, budget: int) -> tuple[np.ndarray, ...]:
+    """Prompt cost and chunk count in ``STALL_GROUPS`` equal-count groups by length, and weights."""
+    order = np.argsort(inputs, kind="stable")
+    cost, weights = group_means(variable[order], STALL_GROUPS, presorted=True)
+    chunks, _ = group_means(np.maximum(np.ceil(inputs[order] / max(1, budget)), 1.0), STALL_GROUPS, presorted=True)
+    return cost, chunks, weights
+
+
+def _left_behind(
+    servers: np.ndarray,
+    rate_per_ms: np.ndarray,
+    batch: np.ndarray,
+    shape: _DecodeShape,
+    ttft_ms: np.ndarray,
+) -> np.ndarray:
+    """Prompts routed to a request's replica while its own prompt waits and prefills, per replica
+    count and decode-length group: the pool's arrivals over the group's TTFT, times the chance
+    that the router (least reserved KV tokens) picks that replica although it holds the
+    request's tokens more than it did. Replica loads are taken as independent normals (a
+    Poisson batch of sequences), so with ``s`` the request's tokens over a load's spread the
+    chance is ``E[(1 - Phi(Z + s))^(N - 1)]``: 1 for one replica, 1/N for a negligible request,
+    next to nothing when the other replicas are idle."""
+    finite = np.isfinite(servers)
+    n = np.where(finite, servers, 1.0)
+    spread = np.sqrt(np.maximum(np.where(np.isfinite(batch), batch, 0.0), 0.0) * shape.kv_per_seq_square)
+    reserved = shape.fine.inputs + shape.fine.iterations + 1.0
+    shift = reserved[None, :] / np.maximum(spread, 1e-9)[:, None]
+    # The chance is smooth in the shift: read it from a table on a grid of shifts (the hot path).
+    on_grid = _route_table(int(n.max()))[n.astype(np.int64) - 1]  # (N, shifts)
+    position = np.interp(np.minimum(shift, _ROUTE_SHIFTS[-1]), _ROUTE_SHIFTS, np.arange(_ROUTE_SHIFTS.size))
+    low = np.minimum(position.astype(np.int64), _ROUTE_SHIFTS.size - 2)
+    frac = position - low
+    rows = np.arange(n.size)[:, None]
+    chance = (1.0 - frac) * on_grid[rows, low] + frac * on_grid[rows, low + 1]
+    chance = np.where(shift > _ROUTE_SHIFTS[-1], np.where(n == 1.0, 1.0, 0.0)[:, None], chance)
+    return np.where(finite, n * rate_per_ms, 0.0)[:, None] * chance * ttft_ms
+
+
+@functools.cache
+def _route_table(replicas: int) -> np.ndarray:
+    """``E[(1 - Phi(Z + s))^(n - 1)]`` for n = 1 .. ``replicas`` (rows) on ``_ROUTE_SHIFTS``."""
+    free = 1.0 - norm_cdf(_ROUTE_Z[None, :] + _ROUTE_SHIFTS[:, None])  # (shifts, nodes)
+    table = np.power(free[None, :, :], np.arange(replicas, dtype=np.float64)[:, None, None]) @ _ROUTE_WEIGHTS
+    table.setflags(write=False)
+    return table
+
+
+def _absorbed(
+    prompts: np.ndarray,
+    prompt_costs: np.ndarray,
+    inputs: np.ndarray,
+    token_budget: np.ndarray,
+    step: np.ndarray,
+    ttft_ms: np.ndarray,
+) -> np.ndarray:
+    """Share of the prompts queued behind a request (``prompts`` tokens, ``prompt_costs`` ms of
+    prefill, per decode-length group) that its own last prefill iteration takes whole, so they
+    never stall its decode: those that arrived before that iteration started and fit in the
+    token budget its last chunk leaves (``inputs``: the load's prompts). Per replica count and
+    group."""
+    ordered = np.sort(inputs)
+    budget = token_budget[:, None]
+    last = np.where(prompts[None, :] <= budget, prompts[None, :], np.mod(prompts[None, :] - 1.0, budget) + 1.0)
+    fits = np.searchsorted(ordered, np.maximum(budget - last, 0.0), side="right") / ordered.size
+    last_iteration = step[:, None] + prompt_costs[None, :] * last / np.maximum(prompts[None, :], 1.0)
+    early = np.clip(1.0 - last_iteration / np.maximum(ttft_ms, 1e-9), 0.0, 1.0)
+    return early * fits
+
+
+def _stalled_itl_met(
+    sla_itl: float,
+    shape: _DecodeShape,
+    mean_decode_only: np.ndarray,
+    batch_variance: np.ndarray,
+    stalls: _Stalls,
+) -> np.ndarray:
+    """Share of requests whose mean ITL meets the SLA on an aggregated replica, per replica count.
+
+    A request decoding ``d`` iterations meets it when its stalls add up to at most
+    ``d x (SLA - its decode-only ITL)``. With ``K ~ Poisson(per_iteration d + left_behind)``
+    stalls: ``K = 0`` is the decode alone; ``K = 1`` is exact over the prompt groups (one long
+    prompt is what makes a short decode miss, which a normal over the mean stall cannot see);
+    ``K >= 2`` as one normal over the sum, given ``K >= 2``. The decode-only ITL is normal as in
+    :func:`_itl_attainment`. Requests with no decode iteration always meet it."""
+    if shape.decoding_share == 0:
+        return np.ones_like(mean_decode_only)
+    d = shape.fine.iterations  # (G,)
+    overlap = np.minimum(d[:, None], stalls.chunks[None, :]) / stalls.chunks[None, :]
+    stall = stalls.cost[None, :] * overlap  # (G, P): one prompt's stall on a decode of d iterations, ms
+    stall_mean = stall @ stalls.weights
+    stall_var = np.maximum(np.square(stall) @ stalls.weights - np.square(stall_mean), 0.0)
+    slack = (sla_itl - mean_decode_only)[:, None] * d[None, :]  # (N, G) ms of stall a decode absorbs
+    noise = np.sqrt(batch_variance + 1e-12)[:, None] * d[None, :]
+    mu = stalls.per_iteration[:, None] * d[None, :] + stalls.left_behind
+
+    none = norm_cdf(slack / noise)
+    one = norm_cdf((slack[:, :, None] - stall[None, :, :]) / noise[:, :, None]) @ stalls.weights
+    # K >= 2: the sum of K stalls as one normal over K given K >= 2 (for long decodes, where K
+    # is large, this is the compound-Poisson normal; short ones miss on two stalls anyway).
+    quiet = np.exp(-mu)
+    two_or_more = np.maximum(-np.expm1(-mu) - mu * quiet, 0.0)
+    given = np.maximum(two_or_more, 1e-300)
+    count_mean = np.where(two_or_more > 1e-12, (mu - mu * quiet) / given, 2.0)
+    count_var = np.where(two_or_more > 1e-12, np.maximum((mu + mu * mu - mu * quiet) / given - count_mean**2, 0.0), 0.0)
+    several = norm_cdf(
+        (slack - count_mean * stall_mean[None, :])
+        / np.sqrt(count_mean * stall_var[None, :] + count_var * np.square(stall_mean)[None, :] + np.square(noise) + 1e-12)
+    )
+    met = quiet * (none + mu * one) + two_or_more * several
+    return 1.0 - shape.decoding_share + shape.decoding_share * (np.clip(met, 0.0, 1.0) @ shape.fine.weights)
 
 
 @dataclass(frozen=True)
@@ -582,7 +727,8 @@ def agg_curve(
     batch = np.where(point.stable, point.batch, 0.0)
     stretch = np.where(point.stable, stretch, 1.0)
     mean_itl = point.itl * stretch
-    itl_met, itl_p90 = _itl_attainment(
+    # The p90 from one normal per decode length; the attainment with the stalls explicit, below.
+    _, itl_p90 = _itl_attainment(
         sla.itl_ms,
         shape,
         mean_itl,
@@ -621,6 +767,28 @@ def agg_curve(
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
     ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue)
+
+    # ITL: a prompt prefilled while a request decodes stalls it by the prompt's cost; short
+    # decodes miss on one long prompt, including those queued behind their own.
+    prompts = shape.fine.inputs
+    _, prompt_costs = _prefill_costs(model, prompts, calibration)
+    wait_mean = np.where(queue.stable, queue.wait_probability * queue.wait_scale_ms, 0.0)
+    ttft_mean = (
+        (residual + wait_mean)[:, None]
+        + np.ceil(prompts[None, :] / token_budget[:, None]) * step[:, None]
+        + prompt_costs[None, :]
+    )
+    cost, chunks, weights = _stall_prompts(inputs, variable, max_batch_tokens)
+    left_behind = _left_behind(servers, lam, batch, shape, ttft_mean)
+    absorbed = _absorbed(prompts, prompt_costs, inputs, token_budget, step, ttft_mean)
+    stalls = _Stalls(
+        per_iteration=lam * mean_itl,
+        left_behind=left_behind * (1.0 - absorbed),
+        cost=cost,
+        chunks=chunks,
+        weights=weights,
+    )
+    itl_met = _stalled_itl_met(sla.itl_ms, shape, point.itl, point.variance, stalls)
     admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
     itl_p90 = np.where(point.stable, itl_p90, np.nan)

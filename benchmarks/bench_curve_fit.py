@@ -1,0 +1,152 @@
+"""The aggregated capacity model against the simulator, at fixed replicas and a flat Poisson load.
+
+For a matrix template with an aggregated pool (``a1``, ``a2``, ``h1``, ``a4``, ``t1``), each point
+``N:R`` runs N replicas (static, started) at R requests/s per replica with the template's request
+lengths and SLA for ``--minutes`` simulated minutes (the first 5 dropped), and prints the
+simulated SLO, TTFT and ITL attainment beside what the agent's curve (``agg_curve``, uncorrected,
+on the admitted requests' own lengths) predicts for that pool, then the simulated ITL attainment
+by decode length, where an aggregated pool's ITL misses concentrate: a prompt's prefill chunk that
+lands in a short decode stretches that request's mean ITL by its whole cost.
+
+    python benchmarks/bench_curve_fit.py --template h1 --points 3:1,5:1,7:1,4:1.5     # ~1 min
+    python benchmarks/bench_curve_fit.py --template a1 --points 3:4,5:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet_planner.files import write_atomically  # noqa: E402
+from fleet_planner.perf import PerfModel, load_profile  # noqa: E402
+from fleet_planner.planning import SLA  # noqa: E402
+from fleet_sim.matrix import PROFILES, TEMPLATES, _sources  # noqa: E402
+from fleet_sim.policies import make_policy  # noqa: E402
+from fleet_sim.runner import FleetSimulation  # noqa: E402
+from fleet_sim.scenario import parse_scenario  # noqa: E402
+from fleet_sim.workload import build_workload  # noqa: E402
+from local_agent.sizing.curves import agg_curve  # noqa: E402
+from local_agent.sizing.load import LoadEstimate  # noqa: E402
+
+SETTLE_S = 300.0  # requests arriving earlier are left out (the pool fills)
+DECODE_BUCKETS = ((1, 3), (3, 6), (6, 12), (12, 25), (25, 50), (50, 100), (100, 200), (200, None))
+
+
+def point(text: str) -> tuple[int, float]:
+    replicas, rate = text.split(":")
+    n, r = int(replicas), float(rate)
+    if n < 1 or not r > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need replicas >= 1 and a rate per replica > 0")
+    return n, r
+
+
+def simulate(template_key: str, replicas: int, rate_rps: float, minutes: float, seed: int, workdir: Path):
+    """One static run of the template's aggregated pool at a flat Poisson rate."""
+    template = TEMPLATES[template_key]
+    flat = workdir / "flat_rate.csv"
+    write_atomically(flat, "window_start_s,total_rate_rps\n0,1\n86400,1\n")
+    lengths = _sources(workdir).lengths_path(template.lengths)
+    pool = {
+        "profile": str(PROFILES / template.profile),
+        "gpu_type": template.gpu_type,
+        "gpus_per_replica": template.gpus_per_replica,
+        "min": 1,
+        "max": replicas,
+        "initial": replicas,
+        "startup_s": 60,
+    }
+    synth = {"rate": str(flat), "peak_rps": rate_rps, "lengths": str(lengths), "arrival": "poisson"}
+    if template.lengths == "long":
+        synth["lengths_format"] = "csv"
+    data = {
+        "name": f"curve-fit {template_key}",
+        "duration": f"{minutes:g}m",
+        "seed": seed,
+        "gpus": {template.gpu_type: replicas * template.gpus_per_replica},
+        "planner": {"policy": "static", "interval_s": 30},
+        "deployments": [
+            {
+                "name": template_key,
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "agg",
+                "sla": {"ttft_ms": template.ttft_ms, "itl_ms": template.itl_ms},
+                "trace": {"synth": synth},
+                "pools": {"agg": pool},
+            }
+        ],
+    }
+    scenario = parse_scenario(data, base_dir=workdir)
+    workload = build_workload(scenario)
+    return FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    aggregated = sorted(key for key, t in TEMPLATES.items() if t.mode == "agg")
+    parser.add_argument("--template", choices=aggregated, default="h1")
+    parser.add_argument(
+        "--points", type=lambda s: [point(p) for p in s.split(",")], default=[(3, 1.0), (5, 1.0), (7, 1.0), (4, 1.5)]
+    )
+    parser.add_argument("--minutes", type=float, default=40.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if args.minutes * 60.0 <= SETTLE_S + 60.0:
+        parser.error(f"--minutes must leave more than a minute after the first {SETTLE_S / 60:g}")
+    template = TEMPLATES[args.template]
+    sla = SLA(ttft_ms=template.ttft_ms, itl_ms=template.itl_ms)
+    model = PerfModel(load_profile(PROFILES / template.profile))
+    workdir = Path(tempfile.gettempdir()) / "fleet-planner-matrix"
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"template {args.template}: {template.profile}, TTFT {template.ttft_ms:g} ms, ITL {template.itl_ms:g} ms")
+    for replicas, per_replica in args.points:
+        result = simulate(args.template, replicas, replicas * per_replica, args.minutes, args.seed, workdir)
+        r = result.requests
+        kept = r.arrival_s >= SETTLE_S
+        ttft_ok = r.ttft_ms[kept] <= sla.ttft_ms
+        itl_ok = r.itl_ms[kept] <= sla.itl_ms  # a request without decode has no ITL: NaN, taken as met below
+        itl_ok |= np.isnan(r.itl_ms[kept])
+        load = LoadEstimate.from_samples(r.input_tokens[kept], r.output_tokens[kept], replicas * per_replica)
+        curve = agg_curve(
+            model,
+            load,
+            sla,
+            max_replicas=replicas,
+            max_batch_tokens=template_knob(result, "max_batch_tokens"),
+            max_num_seqs=template_knob(result, "max_num_seqs"),
+        )
+        itl_p90 = curve.itl_p90_ms[replicas]
+        print(
+            f"\nN={replicas} at {per_replica:g} req/s per replica ({int(kept.sum())} requests):"
+            f"\n  simulated SLO {np.mean(ttft_ok & itl_ok):.4f}  TTFT {np.mean(ttft_ok):.4f}  ITL {np.mean(itl_ok):.4f}"
+            f"  p90 ITL {np.nanpercentile(r.itl_ms[kept], 90):.1f} ms"
+            f"\n  model     SLO {curve.attainment[replicas]:.4f}"
+            f"  p90 ITL {'overloaded' if itl_p90 is None else f'{itl_p90:.1f} ms'}"
+        )
+        decodes = r.output_tokens[kept] - 1
+        for low, high in DECODE_BUCKETS:
+            chosen = (decodes >= low) & (decodes < (high if high is not None else np.inf))
+            if chosen.any():
+                label = f"{low}-{high - 1}" if high is not None else f">= {low}"
+                share = chosen.mean()
+                print(
+                    f"    decode {label:>7} iterations: {share:5.1%} of requests, simulated ITL attainment "
+                    f"{np.mean(itl_ok[chosen]):.3f}, mean ITL {np.nanmean(r.itl_ms[kept][chosen]):.1f} ms"
+                )
+    return 0
+
+
+def template_knob(result, name: str) -> int:
+    """The engine knob the simulated pool ran with (the scenario's pool default)."""
+    return int(getattr(result.deployments[0].pools["agg"], name))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,8 @@ lengths and SLA for ``--minutes`` simulated minutes (the first 5 dropped), and p
 simulated SLO, TTFT and ITL attainment beside what the agent's curve (``agg_curve``, uncorrected,
 on the admitted requests' own lengths) predicts for that pool, then the simulated ITL attainment
 by decode length, where an aggregated pool's ITL misses concentrate: a prompt's prefill chunk that
-lands in a short decode stretches that request's mean ITL by its whole cost.
+lands in a short decode stretches that request's mean ITL by its whole cost. Last, the time one
+curve of 64 replica counts takes on the last point's requests (the agent computes several a tick).
 
     python benchmarks/bench_curve_fit.py --template h1 --points 3:1,5:1,7:1,4:1.5     # ~1 min
     python benchmarks/bench_curve_fit.py --template a1 --points 3:4,5:4
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,11 @@ def main() -> int:
                     f"    decode {label:>7} iterations: {share:5.1%} of requests, simulated ITL attainment "
                     f"{np.mean(itl_ok[chosen]):.3f}, mean ITL {np.nanmean(r.itl_ms[kept][chosen]):.1f} ms"
                 )
+    calls = 20
+    began = time.perf_counter()
+    for _ in range(calls):
+        agg_curve(model, load, sla, max_replicas=64)
+    print(f"\none curve of 64 replica counts: {(time.perf_counter() - began) / calls * 1000:.1f} ms")
     return 0
 
 

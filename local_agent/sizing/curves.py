@@ -441,10 +441,8 @@ def _stalled_itl_met(
     given = np.maximum(two_or_more, 1e-300)
     count_mean = np.where(two_or_more > 1e-12, (mu - mu * quiet) / given, 2.0)
     count_var = np.where(two_or_more > 1e-12, np.maximum((mu + mu * mu - mu * quiet) / given - count_mean**2, 0.0), 0.0)
-    several = norm_cdf(
-        (slack - count_mean * stall_mean[None, :])
-        / np.sqrt(count_mean * stall_var[None, :] + count_var * np.square(stall_mean)[None, :] + np.square(noise) + 1e-12)
-    )
+    spread = count_mean * stall_var[None, :] + count_var * np.square(stall_mean)[None, :] + np.square(noise)
+    several = norm_cdf((slack - count_mean * stall_mean[None, :]) / np.sqrt(spread + 1e-12))
     met = quiet * (none + mu * one) + two_or_more * several
     return 1.0 - shape.decoding_share + shape.decoding_share * (np.clip(met, 0.0, 1.0) @ shape.fine.weights)
 

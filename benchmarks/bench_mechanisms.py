@@ -115,7 +115,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults-recent-peak": {"check_recent_peak": False},
     # Measured across traffic seeds 1-3 on the tuning half (ninth session, docs/matrix.md).
     "defaults+window3600": {"stabilization_window_s": 3600.0},
-    "defaults-unseen": {"unseen_scale_ups": False},
     "defaults+band0.4": {"down_margin": 0.4},
     "defaults+dwell300+warmup7": {"scale_down_dwell_s": 300.0, "warmup_windows": 7},
     "defaults+interval60": {"throughput_interval_s": 60.0},

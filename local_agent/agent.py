@@ -251,8 +251,7 @@ class LocalAgent:
             reason = R.PREDICTIVE_UP if floor > current else R.PREDICTIVE_DOWN
             proposal = Proposal(floor, reason, f"forecast needs {floor} replicas")
         if self.options.mode != "throughput":
-            unseen = self.options.unseen_scale_ups and self._unseen_scale_up(role, now_s, obs, current)
-            react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer, unseen)
+            react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer)
             if react is not None and react.wanted > current:
                 react = self._at_least_the_forecast(role, react, lengths, forecast)
             if react is not None and (
@@ -282,13 +281,6 @@ class LocalAgent:
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
         return self._finish(role, current, proposal, enforce_steps=not one_step)
-
-    def _unseen_scale_up(self, role: PoolRole, now_s: float, obs: PoolObservation, current: int) -> bool:
-        """Replicas this agent asked for within a start-up time that the (delayed) observation does
-        not show yet, not even as starting or pending: they are starting."""
-        startup = self.spec.pools[role].startup_s
-        recent = not self.elapsed.reached(now_s, self.guard.pools[role].last_scale_up_s, startup)
-        return recent and current > obs.ready + obs.starting + obs.pending
 
     def _at_least_the_forecast(
         self, role: PoolRole, up: Proposal, lengths: Lengths | None, forecast: Forecast | None

@@ -71,12 +71,6 @@ class AgentOptions(BaseModel):
         description="the dead band of a disaggregated decode pool's scale-downs: its ITL grows with the batch, "
         "without a queue, so a narrower band holds where a prefill queue needs down_margin (docs/local-agent.md)",
     )
-    unseen_scale_ups: bool = Field(
-        default=True,
-        description="a pressure scale-up also waits for replicas this agent asked for within a start-up time "
-        "that the (delayed) observation does not show yet, as it waits for those it shows starting "
-        "(False: only for those shown starting, as before 2026-12-05; docs/local-agent.md)",
-    )
     miss_memory_s: float = Field(
         default=1800.0,
         ge=0,

@@ -88,20 +88,18 @@ def reactive(
     lengths: Lengths | None,
     options: AgentOptions,
     sizer: Sizer,
-    unseen_starting: bool = False,
 ) -> Proposal | None:
     """One replica more under ``pressed`` (this window's :func:`pressure`, which the caller also
     feeds to the miss memory) or, ``target: throughput``, when the observed load needs more; one
     fewer otherwise (the scale-down guard decides whether that is safe). Nothing while added
-    replicas still start (they will absorb the load), including those the observation does not
-    show yet (``unseen_starting``) — but never a skipped tick."""
+    replicas still start (they will absorb the load) — but never a skipped tick."""
     up = pressed
     if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:
             up = (R.REACTIVE_SLA, f"observed load needs {sized} replicas")
     if up is not None:
-        if obs.starting > 0 or unseen_starting:
+        if obs.starting > 0:
             return None
         return Proposal(current + (options.max_step_up or 1), up[0], up[1])
     if observed_rate is not None and lengths is not None and current > 0:

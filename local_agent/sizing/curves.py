@@ -196,7 +196,7 @@ def _decode_shape(load: LoadEstimate) -> _DecodeShape:
 
     def grouped(count: int) -> _LengthGroups:
         iterations, weights = group_means(decoding, count)
-        prompts, _ = group_means(decoding_inputs, count, presorted=True)
+        prompts, _ = group_means(decoding_inputs, count, keep_order=True)  # in decoding's groups
         return _LengthGroups(iterations, weights, prompts)
 
     return _DecodeShape(
@@ -272,54 +272,40 @@ def _decode_point(
 
 
 def _itl_attainment(
-    sla_itl: float,
-    shape: _DecodeShape,
-    mean: np.ndarray,
-    mean_decode_only: np.ndarray,
-    batch_variance: np.ndarray,
-    interference: np.ndarray,
-    arrivals: np.ndarray,
-    chunking: Callable[[np.ndarray], np.ndarray] | None = None,
+    sla_itl: float, shape: _DecodeShape, mean: np.ndarray, variance: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Share of requests whose mean ITL meets the SLA, and the ITL p90, per replica count.
-
-    Per decode-length group k: ITL ~ Normal(mean, batch_variance + interference / d_k x
-    chunking(d_k)) (``chunking``: see :func:`_chunk_spread`; 1 without it).
-    With prefill interference a short decode may also see no prompt at all (probability
-    ``exp(-arrivals * d_k)``), which the normal would miss, so that case is a lower bound.
-    Requests with no decode iteration have no ITL and always meet it.
-    """
+    """Share of requests whose mean ITL meets the SLA, and the ITL p90, per replica count, with
+    every request's ITL ~ Normal(mean, variance) (a disaggregated decode pool: no prefill beside
+    it). Requests with no decode iteration have no ITL and always meet it."""
     if shape.decoding_share == 0:
         return np.ones_like(mean), np.full_like(mean, np.nan)
+    met = norm_cdf((sla_itl - mean) / np.sqrt(variance + 1e-12)) * shape.fine.weights.sum()
+    return 1.0 - shape.decoding_share + shape.decoding_share * met, mean + _Z90 * np.sqrt(variance)
 
-    def spread(lengths: _LengthGroups) -> tuple[np.ndarray, np.ndarray]:
-        var_decode = np.broadcast_to(batch_variance[:, None], (mean.size, lengths.weights.size))
-        var_decode = var_decode + 1e-12
-        per_group = 1.0 / lengths.iterations
-        if chunking is not None:
-            per_group = per_group * chunking(lengths.iterations)
-        return var_decode, np.sqrt(var_decode + interference[:, None] * per_group[None, :])
 
-    var_decode, sd = spread(shape.fine)
-    p = norm_cdf((sla_itl - mean[:, None]) / sd)
-    if np.any(arrivals > 0):
-        quiet = np.exp(-arrivals[:, None] * shape.fine.iterations) * norm_cdf(
-            (sla_itl - mean_decode_only[:, None]) / np.sqrt(var_decode)
-        )
-        p = np.maximum(p, quiet)
-    met = p @ shape.fine.weights
-    attainment = 1.0 - shape.decoding_share + shape.decoding_share * met
-
+def _itl_p90(
+    shape: _DecodeShape,
+    mean: np.ndarray,
+    batch_variance: np.ndarray,
+    interference: np.ndarray,
+    chunking: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The ITL p90 of an aggregated pool per replica count: per decode-length group ITL ~
+    Normal(mean, batch_variance + interference / d x chunking(d)) (``chunking``: see
+    :func:`_chunk_spread`), the prefill beside the decode as a spread around its mean stretch.
+    (The attainment counts the stalls one by one: :func:`_stalled_itl_met`.) NaN without decodes."""
+    if shape.decoding_share == 0:
+        return np.full_like(mean, np.nan)
     if not np.any(interference > 0):  # one normal for every request: closed form
-        return attainment, mean + _Z90 * np.sqrt(batch_variance)
-    _, coarse_sd = spread(shape.coarse)
-    weights = shape.coarse.weights
+        return mean + _Z90 * np.sqrt(batch_variance)
+    lengths = shape.coarse
+    per_group = chunking(lengths.iterations) / lengths.iterations
+    sd = np.sqrt(batch_variance[:, None] + 1e-12 + interference[:, None] * per_group[None, :])
 
     def cdf(t: np.ndarray) -> np.ndarray:
-        return norm_cdf((t - mean)[:, None] / coarse_sd) @ weights
+        return norm_cdf((t - mean)[:, None] / sd) @ lengths.weights
 
-    p90 = quantile_bisect(cdf, mean, mean + 1.5 * coarse_sd.max(axis=1), P90)
-    return attainment, p90
+    return quantile_bisect(cdf, mean, mean + 1.5 * sd.max(axis=1), P90)
 
 
 @dataclass(frozen=True)
@@ -337,11 +323,11 @@ class _Stalls:
     weights: np.ndarray  # (prompt groups,)
 
 
-def _stall_prompts(inputs: np.ndarray, variable: np.ndarray, budget: int) -> tuple[np.ndarray, ...]:
-    """Prompt cost and chunk count in ``STALL_GROUPS`` equal-count groups by length, and weights."""
-    order = np.argsort(inputs, kind="stable")
-    cost, weights = group_means(variable[order], STALL_GROUPS, presorted=True)
-    chunks, _ = group_means(np.maximum(np.ceil(inputs[order] / max(1, budget)), 1.0), STALL_GROUPS, presorted=True)
+def _stall_prompts(sorted_inputs: np.ndarray, costs: np.ndarray, budget: int) -> tuple[np.ndarray, ...]:
+    """Prompt cost and chunk count in ``STALL_GROUPS`` equal-count groups by length, and weights
+    (``costs``: the variable prefill cost of each of ``sorted_inputs``)."""
+    cost, weights = group_means(costs, STALL_GROUPS, keep_order=True)
+    chunks, _ = group_means(np.maximum(np.ceil(sorted_inputs / max(1, budget)), 1.0), STALL_GROUPS, keep_order=True)
     return cost, chunks, weights
 
 
@@ -387,7 +373,7 @@ def _route_table(replicas: int) -> np.ndarray:
 def _absorbed(
     prompts: np.ndarray,
     prompt_costs: np.ndarray,
-    inputs: np.ndarray,
+    sorted_inputs: np.ndarray,
     token_budget: np.ndarray,
     step: np.ndarray,
     ttft_ms: np.ndarray,
@@ -395,12 +381,11 @@ def _absorbed(
     """Share of the prompts queued behind a request (``prompts`` tokens, ``prompt_costs`` ms of
     prefill, per decode-length group) that its own last prefill iteration takes whole, so they
     never stall its decode: those that arrived before that iteration started and fit in the
-    token budget its last chunk leaves (``inputs``: the load's prompts). Per replica count and
-    group."""
-    ordered = np.sort(inputs)
+    token budget its last chunk leaves (``sorted_inputs``: the load's prompts). Per replica count
+    and group."""
     budget = token_budget[:, None]
     last = np.where(prompts[None, :] <= budget, prompts[None, :], np.mod(prompts[None, :] - 1.0, budget) + 1.0)
-    fits = np.searchsorted(ordered, np.maximum(budget - last, 0.0), side="right") / ordered.size
+    fits = np.searchsorted(sorted_inputs, np.maximum(budget - last, 0.0), side="right") / sorted_inputs.size
     last_iteration = step[:, None] + prompt_costs[None, :] * last / np.maximum(prompts[None, :], 1.0)
     early = np.clip(1.0 - last_iteration / np.maximum(ttft_ms, 1e-9), 0.0, 1.0)
     return early * fits
@@ -420,7 +405,7 @@ def _stalled_itl_met(
     stalls: ``K = 0`` is the decode alone; ``K = 1`` is exact over the prompt groups (one long
     prompt is what makes a short decode miss, which a normal over the mean stall cannot see);
     ``K >= 2`` as one normal over the sum, given ``K >= 2``. The decode-only ITL is normal as in
-    :func:`_itl_attainment`. Requests with no decode iteration always meet it."""
+    :func:`_itl_p90`. Requests with no decode iteration always meet it."""
     if shape.decoding_share == 0:
         return np.ones_like(mean_decode_only)
     d = shape.fine.iterations  # (G,)
@@ -682,8 +667,7 @@ def decode_curve(
         model, shape, rate, slots, calibration.itl_factor, np.ones_like(rate), calibration.arrival_scv
     )
 
-    zero = np.zeros_like(rate)
-    itl_met, itl_p90 = _itl_attainment(sla.itl_ms, shape, point.itl, point.itl, point.variance, zero, zero)
+    itl_met, itl_p90 = _itl_attainment(sla.itl_ms, shape, point.itl, point.variance)
     if point.itl_at_cap <= sla.itl_ms:  # the batch cap bounds every iteration
         itl_met = np.ones_like(rate)
     itl_p90 = np.where(point.stable, np.minimum(itl_p90, point.itl_at_cap), np.nan)
@@ -725,15 +709,11 @@ def agg_curve(
     batch = np.where(point.stable, point.batch, 0.0)
     stretch = np.where(point.stable, stretch, 1.0)
     mean_itl = point.itl * stretch
-    # The p90 from one normal per decode length; the attainment with the stalls explicit, below.
-    _, itl_p90 = _itl_attainment(
-        sla.itl_ms,
+    itl_p90 = _itl_p90(
         shape,
         mean_itl,
-        point.itl,
         point.variance * stretch**2,
         lam * mean_itl * np.mean(variable**2),
-        lam * mean_itl,
         _chunk_spread(inputs, variable, max_batch_tokens),
     )
 
@@ -776,9 +756,9 @@ def agg_curve(
         + np.ceil(prompts[None, :] / token_budget[:, None]) * step[:, None]
         + prompt_costs[None, :]
     )
-    cost, chunks, weights = _stall_prompts(inputs, variable, max_batch_tokens)
+    cost, chunks, weights = _stall_prompts(inputs[order], variable[order], max_batch_tokens)
     left_behind = _left_behind(servers, lam, batch, shape, ttft_mean)
-    absorbed = _absorbed(prompts, prompt_costs, inputs, token_budget, step, ttft_mean)
+    absorbed = _absorbed(prompts, prompt_costs, inputs[order], token_budget, step, ttft_mean)
     stalls = _Stalls(
         per_iteration=lam * mean_itl,
         left_behind=left_behind * (1.0 - absorbed),

@@ -114,13 +114,14 @@ def groups_at(edges: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
     return bounds[:-1], bounds[1:] - 1, np.diff(bounds) / size
 
 
-def group_means(values: np.ndarray, count: int, presorted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def group_means(values: np.ndarray, count: int, keep_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sorted values compressed to at most ``count`` equal-count group means and their weights,
-    so per-request terms cost O(count) per replica count instead of O(sample). ``presorted``:
-    the values are in the order of another sorted array (their groups are that array's)."""
+    so per-request terms cost O(count) per replica count instead of O(sample). ``keep_order``:
+    group the values in the order given, not sorted (the order of another array that is, so the
+    groups are that array's)."""
     if values.size == 0:
         return values, values
-    ordered = values if presorted or np.all(values[1:] >= values[:-1]) else np.sort(values)
+    ordered = values if keep_order or np.all(values[1:] >= values[:-1]) else np.sort(values)
     first, last, weights = groups(count, ordered.size)
     return np.add.reduceat(ordered, first) / (last - first + 1), weights
 

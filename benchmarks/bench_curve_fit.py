@@ -26,13 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet_planner.files import write_atomically  # noqa: E402
 from fleet_planner.perf import PerfModel, load_profile  # noqa: E402
 from fleet_planner.planning import SLA  # noqa: E402
-from fleet_sim.matrix import PROFILES, TEMPLATES, _sources  # noqa: E402
+from fleet_sim.matrix import PROFILES, TEMPLATES, steady_pool_scenario  # noqa: E402
 from fleet_sim.policies import make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
-from fleet_sim.scenario import parse_scenario  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
 from local_agent.sizing.curves import agg_curve  # noqa: E402
 from local_agent.sizing.load import LoadEstimate  # noqa: E402
@@ -51,41 +49,7 @@ def point(text: str) -> tuple[int, float]:
 
 def simulate(template_key: str, replicas: int, rate_rps: float, minutes: float, seed: int, workdir: Path):
     """One static run of the template's aggregated pool at a flat Poisson rate."""
-    template = TEMPLATES[template_key]
-    flat = workdir / "flat_rate.csv"
-    write_atomically(flat, "window_start_s,total_rate_rps\n0,1\n86400,1\n")
-    lengths = _sources(workdir).lengths_path(template.lengths)
-    pool = {
-        "profile": str(PROFILES / template.profile),
-        "gpu_type": template.gpu_type,
-        "gpus_per_replica": template.gpus_per_replica,
-        "min": 1,
-        "max": replicas,
-        "initial": replicas,
-        "startup_s": 60,
-    }
-    synth = {"rate": str(flat), "peak_rps": rate_rps, "lengths": str(lengths), "arrival": "poisson"}
-    if template.lengths == "long":
-        synth["lengths_format"] = "csv"
-    data = {
-        "name": f"curve-fit {template_key}",
-        "duration": f"{minutes:g}m",
-        "seed": seed,
-        "gpus": {template.gpu_type: replicas * template.gpus_per_replica},
-        "planner": {"policy": "static", "interval_s": 30},
-        "deployments": [
-            {
-                "name": template_key,
-                "tenant": "t",
-                "endpoint": "e",
-                "mode": "agg",
-                "sla": {"ttft_ms": template.ttft_ms, "itl_ms": template.itl_ms},
-                "trace": {"synth": synth},
-                "pools": {"agg": pool},
-            }
-        ],
-    }
-    scenario = parse_scenario(data, base_dir=workdir)
+    scenario = steady_pool_scenario(template_key, replicas, rate_rps, minutes * 60.0, seed, workdir)
     workload = build_workload(scenario)
     return FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
 

@@ -389,6 +389,56 @@ def build_scenario(cell: Cell, policy: str, workdir: Path) -> Scenario:
     return parse_scenario(scenario_data(cell, policy, _sources(workdir)), base_dir=EXAMPLES)
 
 
+def steady_pool_scenario(
+    key: str, replicas: int, rate_rps: float, duration_s: float, seed: int, workdir: Path
+) -> Scenario:
+    """An aggregated template's pool held at ``replicas`` (static) under a flat Poisson load of
+    ``rate_rps`` with the template's request lengths and SLA: one operating point of the capacity
+    model, to check it against the simulator (``benchmarks/bench_curve_fit.py``)."""
+    template = TEMPLATES[key]
+    if template.mode != "agg":
+        raise ValueError(f"template {key!r} is {template.mode}, not aggregated")
+    workdir.mkdir(parents=True, exist_ok=True)
+    flat = workdir / "flat_rate.csv"
+    write_atomically(flat, "window_start_s,total_rate_rps\n0,1\n86400,1\n")
+    synth: dict[str, Any] = {
+        "rate": str(flat),
+        "peak_rps": rate_rps,
+        "lengths": str(_sources(workdir).lengths_path(template.lengths)),
+        "arrival": "poisson",
+    }
+    if template.lengths == "long":
+        synth["lengths_format"] = "csv"
+    pool = {
+        "profile": str(PROFILES / template.profile),
+        "gpu_type": template.gpu_type,
+        "gpus_per_replica": template.gpus_per_replica,
+        "min": 1,
+        "max": replicas,
+        "initial": replicas,
+        "startup_s": 60,
+    }
+    data = {
+        "name": f"steady {key}",
+        "duration": duration_s,
+        "seed": seed,
+        "gpus": {template.gpu_type: replicas * template.gpus_per_replica},
+        "planner": {"policy": "static", "interval_s": 30},
+        "deployments": [
+            {
+                "name": key,
+                "tenant": "t",
+                "endpoint": "e",
+                "mode": "agg",
+                "sla": {"ttft_ms": template.ttft_ms, "itl_ms": template.itl_ms},
+                "trace": {"synth": synth},
+                "pools": {"agg": pool},
+            }
+        ],
+    }
+    return parse_scenario(data, base_dir=workdir)
+
+
 _SOURCES: dict[Path, _Sources] = {}
 
 

@@ -10,53 +10,22 @@ import pytest
 
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA
-from fleet_sim.matrix import PROFILES, _sources
+from fleet_sim.matrix import PROFILES, TEMPLATES, steady_pool_scenario
 from fleet_sim.policies import make_policy
 from fleet_sim.runner import FleetSimulation
-from fleet_sim.scenario import parse_scenario
 from fleet_sim.workload import build_workload
 from local_agent.sizing import LoadEstimate, agg_curve
 from local_agent.sizing.curves import _route_table
 
-PROFILE = PROFILES / "llama3.1-8b_h100_vllm_tp1"
-SLA_ = SLA(ttft_ms=2500, itl_ms=30)
+PROFILE = PROFILES / TEMPLATES["h1"].profile
+SLA_ = SLA(ttft_ms=TEMPLATES["h1"].ttft_ms, itl_ms=TEMPLATES["h1"].itl_ms)
 SETTLE_S = 300.0
 
 
 def _simulated(tmp: Path, replicas: int, rate_rps: float) -> tuple[float, np.ndarray, np.ndarray]:
-    """SLO attainment of a static aggregated H100 pool on Mooncake's long prompts at a flat
-    Poisson rate, and the admitted requests' lengths."""
-    flat = tmp / "flat.csv"
-    flat.write_text("window_start_s,total_rate_rps\n0,1\n86400,1\n")
-    lengths = _sources(tmp).lengths_path("long")
-    pool = {"profile": str(PROFILE), "gpu_type": "h100", "min": 1, "max": replicas, "initial": replicas}
-    data = {
-        "name": "long prompts",
-        "duration": "40m",
-        "seed": 1,
-        "gpus": {"h100": replicas},
-        "planner": {"policy": "static", "interval_s": 30},
-        "deployments": [
-            {
-                "name": "h1",
-                "tenant": "t",
-                "endpoint": "e",
-                "mode": "agg",
-                "sla": {"ttft_ms": SLA_.ttft_ms, "itl_ms": SLA_.itl_ms},
-                "trace": {
-                    "synth": {
-                        "rate": str(flat),
-                        "peak_rps": rate_rps,
-                        "lengths": str(lengths),
-                        "lengths_format": "csv",
-                        "arrival": "poisson",
-                    }
-                },
-                "pools": {"agg": pool},
-            }
-        ],
-    }
-    scenario = parse_scenario(data, base_dir=tmp)
+    """SLO attainment of a static aggregated H100 pool on Mooncake's long prompts (the matrix's
+    ``h1``) at a flat Poisson rate for 40 minutes, and the admitted requests' lengths."""
+    scenario = steady_pool_scenario("h1", replicas, rate_rps, 2400.0, 1, tmp)
     workload = build_workload(scenario)
     requests = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run().requests
     kept = requests.arrival_s >= SETTLE_S
@@ -86,3 +55,8 @@ def test_the_router_avoids_a_replica_holding_a_long_request() -> None:
         assert table[n - 1, 0] == pytest.approx(1.0 / n, rel=0.02)
         assert np.all(np.diff(table[n - 1]) <= 1e-12)  # a larger request: fewer prompts behind it
         assert table[n - 1, -1] < 0.01 / n
+
+
+def test_only_aggregated_templates_have_a_steady_pool(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not aggregated"):
+        steady_pool_scenario("d1", 2, 1.0, 600.0, 1, tmp_path)

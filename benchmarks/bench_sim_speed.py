@@ -10,6 +10,7 @@ single-threaded, so the figure is for one core.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,8 @@ def main() -> int:
         f"{requests / elapsed:,.0f} (end to end)"
     )
     print(f"SLO attainment {summary['fleet']['slo_attainment'] * 100:.2f}%")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"peak resident memory {peak_mb:,.0f} MB ({peak_mb * 2**20 / requests:,.0f} bytes per request)")
     return 0
 
 

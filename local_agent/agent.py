@@ -75,7 +75,10 @@ class LocalAgent:
             options.predictor, interval_s=tick_s, quantile=options.forecast_quantile, **options.predictor_options
         )
         self.elapsed = Elapsed(tick_s)
-        self.intake = Intake(options, self.predictor, self.entry_role, endpoint_share, self.elapsed)
+        trend = None
+        if options.guard_predictor is not None:
+            trend = make_predictor(options.guard_predictor, interval_s=tick_s, quantile=options.forecast_quantile)
+        self.intake = Intake(options, self.predictor, self.entry_role, endpoint_share, self.elapsed, trend)
         self.sizer = Sizer(spec, models, options, self.intake)
         self.guard = ScaleDownGuard(options, self.sizer, list(spec.pools), self.elapsed)
         self.knob_tuner = KnobTuner(spec, options.knob_interval_s, self.elapsed)
@@ -140,6 +143,8 @@ class LocalAgent:
             self._last_throughput_s = now_s
             for role, count in self.sizer.forecast_sizing(forecast, lengths).items():
                 self.pools[role].predictive = count
+            if self.intake.trend is not None:
+                self.sizer.trend_forecast = self.sizer.forecast_now(self.intake.trend, self.tick_s)
             if self._retune(now_s, lengths):  # size again with the knobs now in force
                 for role, count in self.sizer.forecast_sizing(forecast, lengths).items():
                     self.pools[role].predictive = count

@@ -225,7 +225,7 @@ def test_a_decode_pool_has_its_own_dead_band() -> None:
     assert prefill_banded[0] > plain[0] and prefill_banded[1] == plain[1]
     held = run(agent(spec("disagg", initial=4), decode_down_margin=1.0), 0.0, 20, make)
     refusals = [pool(d, "decode").detail for d in held if pool(d, "decode").reason == R.CONSOLIDATION_REFUSED]
-    assert refusals and all(detail.endswith("the load with its 100% band") for detail in refusals)
+    assert refusals and all(detail.endswith("the load's level with its 100% band") for detail in refusals)
 
 
 def test_miss_memory_also_remembers_a_backlog_that_added_a_replica() -> None:
@@ -337,3 +337,31 @@ def test_a_scale_up_under_pressure_goes_to_what_the_forecast_needs_now() -> None
     first_up = next(pool(r) for r in records if pool(r).target > 1)
     assert first_up.reason == R.REACTIVE_SLA and first_up.target >= 3
     assert "the forecast as of now needs" in first_up.detail
+
+
+def test_a_scale_down_also_holds_at_the_trend_forecasts_upper() -> None:
+    """``guard_predictor`` (a damped trend by default) is fed the same windows as the forecast and
+    sized at the same sizings; a scale-down its upper would overload is refused, and the record
+    names the term, while the same step without it goes ahead."""
+
+    def steady(t: float, targets: dict) -> list:
+        return [observe("agg", t, 20.0, ready=targets["agg"])]
+
+    def second_step(guard_predictor: str | None, trend_upper: float | None):
+        a = agent(spec(initial=6, max_replicas=6), guard_predictor=guard_predictor)
+        first = run(a, 0.0, 1, steady)[-1].pools[0]  # the first sizing, and one replica down
+        if trend_upper is not None:
+            assert a.intake.trend is not None and a.intake.trend.started
+            assert a.sizer.trend_forecast is not None
+            assert a.sizer.trend_forecast.mean == pytest.approx(20.0)  # fed the same window
+            a.sizer.trend_forecast = Forecast(mean=20.0, upper=trend_upper, quantile=0.9, horizon_s=240.0)
+        return first.target, run(a, TICK, 1, steady)[-1].pools[0]
+
+    before, plain = second_step(None, None)
+    assert plain.target < before  # the pool is still descending at this load
+    held_before, held = second_step("holt", 200.0)
+    assert held_before == before and held.target == before
+    assert held.reason == R.CONSOLIDATION_REFUSED and "the trend's upper" in held.detail
+    # A trend at the load itself changes nothing.
+    _, level = second_step("holt", 20.0)
+    assert level.target == plain.target

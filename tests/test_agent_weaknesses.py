@@ -532,7 +532,7 @@ def test_sizing_uses_the_upper_quantile_over_startup_plus_interval() -> None:
     assert pool(last_throughput).curve_low == pytest.approx(list(at_upper["agg"].attainment))
 
 
-@pytest.mark.parametrize("predictor", ["constant", "moving_average", "kalman", "arima", "seasonal"])
+@pytest.mark.parametrize("predictor", ["constant", "moving_average", "holt", "kalman", "arima", "seasonal"])
 def test_steep_fall_never_gives_a_negative_forecast(predictor: str) -> None:
     a = agent(spec(initial=4), predictor=predictor, throughput_interval_s=TICK)
     rates = [80.0 - 6.0 * i for i in range(14)] + [0.0] * 6

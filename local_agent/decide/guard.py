@@ -126,21 +126,12 @@ class ScaleDownGuard:
             detail = f"last direction reversal {now_s - memory.last_reversal_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), current
         # Consolidation: after removing replicas the survivors carry current/wanted times the
-        # load each. Check at the larger of observed and forecast upper load (the 2<->1
-        # oscillation came from ignoring this), and the level plus the dead band
-        # ``down_margin``: sizing up and down at the same load boundary would flap with noise.
-        forecast = self.sizer.forecast
-        rate = max(observed_rate or 0.0, forecast.upper if forecast else 0.0)
-        if self.options.check_recent_peak:
-            rate = max(rate, self.sizer.intake.recent_peak_rate() or 0.0)
+        # load each. Check at the largest of the observed and forecast upper load (the 2<->1
+        # oscillation came from ignoring this), the trend's upper (``guard_predictor``), the
+        # recent peak, and the level plus the dead band ``down_margin``: sizing up and down at
+        # the same load boundary would flap with noise.
         margin = self.options.decode_down_margin if role == "decode" else self.options.down_margin
-        if self.options.dead_band_over == "level":
-            # The upper quantile already carries the forecast's uncertainty: widen the level, not
-            # the upper again (stacked, a wide upper on a ramp held pools far above their need).
-            level = max(observed_rate or 0.0, forecast.mean if forecast else 0.0)
-            rate = max(rate, level * (1.0 + margin))
-        else:
-            rate *= 1.0 + margin
+        rate, source = self._check_load(observed_rate, margin)
         curves = None if lengths is None else self.sizer.curves_at(rate, lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
@@ -153,7 +144,7 @@ class ScaleDownGuard:
         def refusal(wanted: int) -> Proposal | None:
             survivors = {**others, role: wanted}
             if curves is not None and wanted > 0 and not self.sizer.meets(curves, survivors):
-                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s, the load with its {margin:.0%} band"
+                detail = f"{wanted} replicas could not absorb {rate:.2f} req/s, {source}"
                 return Proposal(current, R.CONSOLIDATION_REFUSED, detail)
             if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens and wanted:
                 per_replica_capacity = obs.kv_capacity_tokens / max(1, obs.ready + obs.draining)
@@ -184,6 +175,25 @@ class ScaleDownGuard:
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), lowest
         return proposal, lowest
+
+    def _check_load(self, observed_rate: float | None, margin: float) -> tuple[float, str]:
+        """The load a scale-down's survivors must carry, and which term set it (for the record)."""
+        forecast, trend = self.sizer.forecast, self.sizer.trend_forecast
+        terms = {
+            "the observed load": observed_rate or 0.0,
+            "the forecast's upper": forecast.upper if forecast else 0.0,
+            "the trend's upper": trend.upper if trend else 0.0,
+            "the recent peak": (self.sizer.intake.recent_peak_rate() or 0.0) if self.options.check_recent_peak else 0.0,
+        }
+        if self.options.dead_band_over == "level":
+            # The upper quantile already carries the forecast's uncertainty: widen the level, not
+            # the upper again (stacked, a wide upper on a ramp held pools far above their need).
+            level = max(observed_rate or 0.0, forecast.mean if forecast else 0.0)
+            terms[f"the load's level with its {margin:.0%} band"] = level * (1.0 + margin)
+            source = max(terms, key=lambda name: terms[name])
+            return terms[source], source
+        source = max(terms, key=lambda name: terms[name])
+        return terms[source] * (1.0 + margin), f"{source} with its {margin:.0%} band"
 
     def _warming_up(self, role: PoolRole) -> str | None:
         """Why the model is not yet checked against the traffic, or None once it is: fewer than

@@ -39,10 +39,12 @@ class Intake:
         entry_role: PoolRole,
         endpoint_share: float | None,
         elapsed: Elapsed,
+        trend: Predictor | None = None,
     ):
         self.options = options
         self.elapsed = elapsed
         self.predictor = predictor
+        self.trend = trend  # the scale-down guard's second forecast (``guard_predictor``), fed alike
         self.entry_role = entry_role
         self.endpoint_share = endpoint_share
         self._lengths: deque[tuple[int, Distribution, Distribution]] = deque(maxlen=options.length_windows)
@@ -65,7 +67,7 @@ class Intake:
         # Demand: what was admitted and what the gateway shed (an admission limit's excess).
         count = _endpoint_demand(entry) * share if share is not None and shared else entry.admitted + _shed_share(entry)
         rate = count / entry.window_s
-        self.predictor.observe(self._endpoint_rate(entry, rate) if self.endpoint_share is not None else rate)
+        self._feed(self._endpoint_rate(entry, rate) if self.endpoint_share is not None else rate)
         self.windows += 1
         self._counts.append(count)
         self._rates.append(rate)
@@ -99,8 +101,13 @@ class Intake:
     def unknown(self, now_s: float) -> None:
         """No usable admission metric this tick: the predictor sees a gap, and the agent never
         counts unknown traffic as idle."""
-        self.predictor.observe(None)
+        self._feed(None)
         self.last_admission_s = now_s
+
+    def _feed(self, rate: float | None) -> None:
+        self.predictor.observe(rate)
+        if self.trend is not None:
+            self.trend.observe(rate)
 
     def _learn_decode(self, pools: dict[PoolRole, PoolObservation], model: object) -> None:
         """Feed the decode model one window-averaged iteration: the per-token latency requests saw

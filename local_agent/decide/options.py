@@ -18,9 +18,16 @@ class AgentOptions(BaseModel):
     predictor: str = Field(
         default="moving_average",
         description="what the forecast floor comes from (docs/local-agent.md: on the scenario matrix the Kalman "
-        "filter's trend overshoots the Azure hour's steps and asks for replicas the SLA never needed)",
+        "filter's trend overshoots the Azure hour's steps and asks for replicas the SLA never needed; the damped "
+        "trend of `holt` passed C in more single-deployment cells but cost issue 11's top tenant its 99%)",
     )
     predictor_options: dict = Field(default_factory=dict)
+    guard_predictor: str | None = Field(
+        default="holt",
+        description="a second forecast the scale-down guard also checks at (its upper quantile, sized at the same "
+        "sizings): a damped trend keeps a pool from descending while the load rises and the moving average still "
+        "trails it (docs/local-agent.md, *a damped trend in the scale-down check*); None = the forecast alone",
+    )
     forecast_quantile: float = Field(default=0.9, ge=0.5, lt=1.0)
     target_attainment: float = Field(default=0.99, gt=0, le=1.0)
     headroom: float = Field(default=1.0, ge=1.0, le=3.0, allow_inf_nan=False, description="plan for rate x headroom")

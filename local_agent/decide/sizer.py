@@ -66,6 +66,7 @@ class Sizer:
         self.ttft = TtftCorrection()
         self.entry_role: PoolRole = "agg" if spec.mode == "agg" else "prefill"
         self.forecast: Forecast | None = None
+        self.trend_forecast: Forecast | None = None  # ``guard_predictor``'s, at the same sizing
         self.curves: dict[PoolRole, PoolCurve] = {}
         self.curves_low: dict[PoolRole, PoolCurve] = {}
         self.expected: dict[PoolRole, list[float]] = {}

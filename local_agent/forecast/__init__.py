@@ -1,6 +1,6 @@
 """Load forecasts for the local agent: mean and upper quantile at any horizon, never negative.
 
-``make_predictor(name, interval_s=...)`` gives one of: constant (last value), moving_average,
+``make_predictor(name, interval_s=...)`` gives one of: constant (last value), moving_average, holt,
 arima, kalman, seasonal, prophet (optional extra).
 """
 

@@ -13,12 +13,20 @@ import numpy as np
 
 from local_agent.forecast.base import Predictor
 
-_MIN_SAMPLES = 5
+MIN_ERROR_SAMPLES = 5
 
 
-def error_quantiles(values: np.ndarray, levels: np.ndarray, steps: int, quantile: float) -> np.ndarray:
+def error_quantiles(
+    values: np.ndarray,
+    levels: np.ndarray,
+    steps: int,
+    quantile: float,
+    slopes: np.ndarray | None = None,
+    carried: np.ndarray | None = None,
+) -> np.ndarray:
     """Quantile of ``values[i + k] - levels[i]`` for k = 1..steps, where ``levels[i]`` is a flat
-    forecast made after ``values[i]``.
+    forecast made after ``values[i]`` (with ``slopes``, the forecast k ahead adds ``carried[k - 1]``
+    times ``slopes[i]``: a trend's).
 
     Horizons with too few samples extrapolate the last well-sampled one by sqrt(k) (random-walk
     growth), so long horizons never claim more certainty than short ones.
@@ -26,8 +34,9 @@ def error_quantiles(values: np.ndarray, levels: np.ndarray, steps: int, quantile
     out = np.zeros(steps)
     known_k, known_q = 0, 0.0
     for k in range(1, steps + 1):
-        if len(values) - k >= _MIN_SAMPLES:
-            known_k, known_q = k, float(np.quantile(values[k:] - levels[:-k], quantile))
+        if len(values) - k >= MIN_ERROR_SAMPLES:
+            made = levels[:-k] if slopes is None or carried is None else levels[:-k] + carried[k - 1] * slopes[:-k]
+            known_k, known_q = k, float(np.quantile(values[k:] - made, quantile))
             out[k - 1] = known_q
         elif known_k:
             out[k - 1] = max(known_q, 0.0) * math.sqrt(k / known_k)
@@ -44,8 +53,8 @@ class ConstantPredictor(Predictor):
 
     def __init__(self, *, interval_s: float, quantile: float = 0.9, window: int = 120) -> None:
         super().__init__(interval_s=interval_s, quantile=quantile)
-        if window < _MIN_SAMPLES + 1:
-            raise ValueError(f"window must be >= {_MIN_SAMPLES + 1}, got {window}")
+        if window < MIN_ERROR_SAMPLES + 1:
+            raise ValueError(f"window must be >= {MIN_ERROR_SAMPLES + 1}, got {window}")
         self._values: deque[float] = deque(maxlen=window)
 
     def _update(self, value: float) -> None:
@@ -67,8 +76,8 @@ class MovingAveragePredictor(Predictor):
         super().__init__(interval_s=interval_s, quantile=quantile)
         if span < 1:
             raise ValueError(f"span must be >= 1, got {span}")
-        if window < span + _MIN_SAMPLES:
-            raise ValueError(f"window must be >= span + {_MIN_SAMPLES}, got {window}")
+        if window < span + MIN_ERROR_SAMPLES:
+            raise ValueError(f"window must be >= span + {MIN_ERROR_SAMPLES}, got {window}")
         self._span = span
         self._values: deque[float] = deque(maxlen=window)
 

@@ -8,6 +8,7 @@ from typing import Any
 from local_agent.forecast.arima import ArimaPredictor
 from local_agent.forecast.base import Predictor
 from local_agent.forecast.constant import ConstantPredictor, MovingAveragePredictor
+from local_agent.forecast.holt import HoltPredictor
 from local_agent.forecast.kalman import KalmanPredictor
 from local_agent.forecast.prophet import ProphetPredictor
 from local_agent.forecast.seasonal import SeasonalPredictor
@@ -17,6 +18,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
     for cls in (
         ConstantPredictor,
         MovingAveragePredictor,
+        HoltPredictor,
         ArimaPredictor,
         KalmanPredictor,
         SeasonalPredictor,

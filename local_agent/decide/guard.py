@@ -4,7 +4,9 @@ In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while rep
 no scale-down that reverses a scale-up within ``reversal_interval_s`` of the pool's last reversal
 (a budget of direction reversals: ups are never held, so only the way down can wait);
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
-(burst-aware, corrected) model at the largest of the forecast upper, (with ``check_recent_peak``)
+(burst-aware, corrected) model at the largest of the forecast upper, the trend forecast's upper
+(``guard_predictor``: a damped trend, so a pool does not descend into a rise the moving average
+still trails), (with ``check_recent_peak``)
 the last few windows' highest load and the load's level (observed or forecast mean) times
 ``1 + down_margin`` (a dead band: up at one load, down only below it by the margin;
 ``decode_down_margin`` for a disaggregated decode pool, whose latency has no queue to blow up;

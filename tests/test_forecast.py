@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from local_agent.decide.options import AgentOptions
 from local_agent.forecast import Forecast, evaluate, make_predictor, rates_from_arrivals
 from local_agent.forecast.arima import ArimaPredictor
 from local_agent.forecast.constant import ConstantPredictor
@@ -217,6 +218,21 @@ def test_holt_damping_bounds_how_far_a_rise_is_carried() -> None:
 def test_holt_rejects_bad_options(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
         make_predictor("holt", interval_s=60.0, **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"predictor": "lstm"}, "predictor: unknown predictor 'lstm'"),
+        ({"guard_predictor": "lstm"}, "guard_predictor: unknown predictor 'lstm'"),
+        ({"predictor_options": {"windw": 10}}, "predictor: predictor 'moving_average': unknown options"),
+        ({"predictor": "holt", "predictor_options": {"damping": 2.0}}, "predictor: damping must be"),
+    ],
+)
+def test_agent_options_refuse_unknown_predictors_where_the_config_is_read(options: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AgentOptions(**options)
+    assert AgentOptions(guard_predictor=None).guard_predictor is None
 
 
 def test_arima_falls_back_to_last_value_with_few_points() -> None:

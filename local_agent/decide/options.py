@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from local_agent.forecast import make_predictor
 
 
 class AgentOptions(BaseModel):
@@ -150,3 +152,20 @@ class AgentOptions(BaseModel):
     knob_interval_s: float = Field(
         default=1800.0, gt=0, allow_inf_nan=False, description="how often knobs are re-chosen (at most one change each)"
     )
+
+    @model_validator(mode="after")
+    def _predictors_exist(self) -> AgentOptions:
+        """Unknown predictor names or options fail here, where a config is read, not when the
+        first agent is built (a scenario's planner options then name the field). Checked at a
+        1 s interval, the most permissive for options bounded by the interval."""
+        for field, name, options in (
+            ("predictor", self.predictor, self.predictor_options),
+            ("guard_predictor", self.guard_predictor, {}),
+        ):
+            if name is None:
+                continue
+            try:
+                make_predictor(name, interval_s=1.0, quantile=self.forecast_quantile, **options)
+            except (ValueError, TypeError, ImportError) as error:
+                raise ValueError(f"{field}: {error}") from None
+        return self

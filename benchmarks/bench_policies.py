@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_planner.yaml_input import load_yaml  # noqa: E402
 from fleet_sim.adapters.planner import GlobalPolicy  # noqa: E402
 from fleet_sim.matrix import build_scenario, cells  # noqa: E402
 from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize, write_outputs  # noqa: E402
@@ -64,7 +65,7 @@ def _lending(scenario: Scenario, selectors: list[str], folder: Path) -> Scenario
     name = scenario.planner.options.get("policy_file")
     if not name:
         raise SystemExit("--lend needs a scenario whose planner names a policy_file (a global scenario)")
-    data = yaml.safe_load((scenario.base_dir / name).read_text(encoding="utf-8"))
+    data = load_yaml((scenario.base_dir / name).read_text(encoding="utf-8"))
     data["deployments"] = [*data.get("deployments", []), *({"selector": s, "fill_idle": True} for s in selectors)]
     copy = folder / f"lending-{Path(name).name}"
     copy.write_text(yaml.safe_dump(data), encoding="utf-8")

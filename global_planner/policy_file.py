@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet_planner.errors import InputError
+from fleet_planner.yaml_input import load_yaml
 from global_planner.allocation.models import PoolOverride, Stability, TenantLimits
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
 def parse_policy(text: str, file: str | Path) -> TenantPolicy:
     """Validate policy YAML; every problem raises :class:`InputError` naming file and path."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise InputError(f"invalid YAML: {error}", file=file) from error
     if not isinstance(data, dict):

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from fleet_planner.deployment import PoolConfig
 from fleet_planner.errors import InputError
 from fleet_planner.planning import DeploymentSpec
+from fleet_planner.yaml_input import load_yaml
 from fleet_sim.demo.frontend import Frontend
 from fleet_sim.demo.observe import DirectSource, ScenarioTimeSource
 from fleet_sim.demo.services import Planner, Prometheus, planner_summary, start_planner, start_prometheus
@@ -489,7 +489,7 @@ async def _one(session: aiohttp.ClientSession, url: str, n_in: int, n_out: int, 
 
 def _with_startup(scenario_path: Path, options: DemoOptions, startup_s: float) -> Scenario:
     """The scenario for ``simulate``, its replicas starting as fast as the live engines did."""
-    data = yaml.safe_load(scenario_path.read_text())
+    data = load_yaml(scenario_path.read_text())
     for deployment in data["deployments"]:
         for pool in deployment["pools"].values():
             pool["startup_s"] = round(startup_s, 1)

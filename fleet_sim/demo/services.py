@@ -20,6 +20,7 @@ import yaml
 
 from fleet_planner.errors import InputError
 from fleet_planner.planning import DeploymentSpec
+from fleet_planner.yaml_input import load_yaml
 from fleet_sim.scenario import Scenario
 
 
@@ -70,7 +71,7 @@ async def start_planner(scenario: Scenario, spec: DeploymentSpec, work: Path, sp
     path = scenario.planner.options.get("policy_file")
     if not path:
         raise InputError("policy global needs planner.policy_file (a tenant policy YAML)", field="planner.policy_file")
-    policy = yaml.safe_load((scenario.base_dir / path).read_text())
+    policy = load_yaml((scenario.base_dir / path).read_text())
     policy["fleet"] = {"gpus": dict(scenario.gpus)}
     (work / "tenants.yaml").write_text(yaml.safe_dump(policy))
     token = secrets.token_hex(16)

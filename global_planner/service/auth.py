@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fleet_planner.contract.models import Name
 from fleet_planner.errors import InputError
+from fleet_planner.yaml_input import load_yaml
 
 
 class Identity(BaseModel):
@@ -47,7 +48,7 @@ class TokenAuthenticator:
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuthenticator:
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            data = load_yaml(Path(path).read_text(encoding="utf-8"))
         except OSError as error:
             raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
         except yaml.YAMLError as error:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fleet_planner.errors import InputError
 from fleet_planner.yaml_input import load_yaml
-from global_planner.allocation.models import PoolOverride, Stability, TenantLimits
+from global_planner.allocation.models import GpuCount, PoolOverride, Stability, TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class FleetInventory(BaseModel):
     """GPUs the fleet owns per type; in a simulation the scenario's inventory wins."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    gpus: dict[str, int] = Field(min_length=1)
+    gpus: dict[str, GpuCount] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _non_negative(self) -> FleetInventory:

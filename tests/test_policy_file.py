@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.errors import InputError
-from global_planner.policy_file import PolicyWatcher, load_policy_file, policy_json_schema
+from global_planner.policy_file import PolicyWatcher, load_policy_file, parse_policy, policy_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """\
@@ -27,6 +27,11 @@ def _write(tmp_path: Path, text: str, name: str = "tenants.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def test_an_integer_is_still_a_valid_float() -> None:
+    policy = parse_policy(GOOD + "stability: {hysteresis: 0, horizon_s: 300}\n", "tenants.yaml")
+    assert policy.tenants["acme"].priority == 100.0 and policy.stability.horizon_s == 300.0
 
 
 def test_example_policy_loads() -> None:
@@ -67,6 +72,12 @@ def test_committed_schema_is_current() -> None:
         (GOOD + "stability: {hysteresis: 2}\n", "stability.hysteresis", "less than or equal to 1"),
         (GOOD + "stability: {horizon_s: .nan}\n", "stability.horizon_s", "finite"),
         (GOOD + "stability: {horizon: 300}\n", "stability.horizon", "Extra inputs"),
+        # YAML gives numbers and booleans their own types: anything else in their place is a slip
+        (GOOD.replace("priority: 10}", "priority: true}"), "tenants.beta.priority", "valid number"),
+        (GOOD.replace("{h200: 8}", '{h200: "8"}'), "tenants.acme.guaranteed_gpus.h200", "valid integer"),
+        (GOOD.replace("{h200: 32,", "{h200: true,"), "fleet.gpus.h200", "valid integer"),
+        (GOOD.replace("max_step: 2", "max_step: 2.5"), "deployments[0].max_step", "valid integer"),
+        (GOOD + "stability: {contest_on_observed: 1}\n", "stability.contest_on_observed", "valid boolean"),
     ],
 )
 def test_errors_name_file_path_and_problem(tmp_path: Path, text: str, path: str, problem: str) -> None:

@@ -24,9 +24,9 @@ Value model (shared by the CP-SAT solver and the greedy fallback):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
 from fleet_planner.planning import FrozenModel, PoolRole
 
@@ -38,12 +38,17 @@ AllocationStatus = Literal["optimal", "feasible", "fallback"]
 Driver = Literal["unchanged", "bid", "others", "bounds", "idle"]
 
 
+# Policy files are YAML, where ``true`` or ``"3"`` in a number's place is a mistake to refuse, not
+# a value to convert: the policy models' numbers and flags are strict (an int is still a float).
+GpuCount = Annotated[int, Strict()]
+
+
 class TenantLimits(FrozenModel):
     """A tenant's standing in the fleet: how much its SLOs weigh and its GPU floor and ceiling."""
 
-    priority: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    guaranteed_gpus: dict[str, int] = Field(default_factory=dict)
-    max_gpus: dict[str, int] = Field(default_factory=dict)
+    priority: float = Field(strict=True, default=1.0, gt=0, allow_inf_nan=False)
+    guaranteed_gpus: dict[str, GpuCount] = Field(default_factory=dict)
+    max_gpus: dict[str, GpuCount] = Field(default_factory=dict)
 
     @field_validator("guaranteed_gpus", "max_gpus")
     @classmethod
@@ -61,17 +66,23 @@ class PoolOverride(FrozenModel):
     """
 
     selector: str
-    max_step: int | None = Field(default=None, ge=0, description="max replica change per round")
-    min_replicas: int | None = Field(default=None, ge=0)
-    max_replicas: int | None = Field(default=None, ge=0)
-    priority: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_step: int | None = Field(strict=True, default=None, ge=0, description="max replica change per round")
+    min_replicas: int | None = Field(strict=True, default=None, ge=0)
+    max_replicas: int | None = Field(strict=True, default=None, ge=0)
+    priority: float | None = Field(strict=True, default=None, gt=0, allow_inf_nan=False)
     churn_weight: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
+        strict=True, default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
     )
     startup_s: float | None = Field(
-        default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
+        strict=True,
+        default=None,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="cold start of one replica (seconds)",
     )
     fill_idle: bool | None = Field(
+        strict=True,
         default=None,
         description="GPUs nobody asks for may be granted above its agent's ask, up to max_replicas, as headroom "
         "that any ask takes back first (default: never more than the ask)",
@@ -96,19 +107,36 @@ class Stability(FrozenModel):
     """How much a change of grant must be worth (see :mod:`global_planner.allocation.stability`)."""
 
     horizon_s: float = Field(
-        default=300.0, gt=0, le=86_400, allow_inf_nan=False, description="how long a grant is expected to stand"
+        strict=True,
+        default=300.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="how long a grant is expected to stand",
     )
     default_startup_s: float = Field(
-        default=60.0, ge=0, le=86_400, allow_inf_nan=False, description="cold start when neither bid nor policy says"
+        strict=True,
+        default=60.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="cold start when neither bid nor policy says",
     )
     hysteresis: float = Field(
-        default=0.3, ge=0, le=1, allow_inf_nan=False, description="extra share of a pool's marginal value a cut costs"
+        strict=True,
+        default=0.3,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="extra share of a pool's marginal value a cut costs",
     )
     contest_on_observed: bool = Field(
+        strict=True,
         default=True,
         description="a pool's value above its grant counts only while its endpoint is observed short",
     )
     bid_allowance: float | None = Field(
+        strict=True,
         default=0.25,
         ge=0,
         allow_inf_nan=False,

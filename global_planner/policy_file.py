@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fleet_planner.errors import InputError
 from fleet_planner.yaml_input import load_yaml
-from global_planner.allocation.models import GpuCount, PoolOverride, Stability, TenantLimits
+from global_planner.allocation.models import POLICY_STRICT, PoolOverride, Stability, TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class FleetInventory(BaseModel):
     """GPUs the fleet owns per type; in a simulation the scenario's inventory wins."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    gpus: dict[str, GpuCount] = Field(min_length=1)
+    model_config = ConfigDict(frozen=True, extra="forbid", **POLICY_STRICT)
+    gpus: dict[str, int] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _non_negative(self) -> FleetInventory:
@@ -43,7 +43,7 @@ class FleetInventory(BaseModel):
 class TenantPolicy(BaseModel):
     """A whole policy file: inventory, tenants and per-deployment overrides (later ones win)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", **POLICY_STRICT)
     fleet: FleetInventory
     tenants: dict[str, TenantLimits] = Field(default_factory=dict)
     deployments: list[PoolOverride] = Field(default_factory=list)

@@ -24,9 +24,9 @@ Value model (shared by the CP-SAT solver and the greedy fallback):
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, Strict, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from fleet_planner.planning import FrozenModel, PoolRole
 
@@ -39,16 +39,18 @@ Driver = Literal["unchanged", "bid", "others", "bounds", "idle"]
 
 
 # Policy files are YAML, where ``true`` or ``"3"`` in a number's place is a mistake to refuse, not
-# a value to convert: the policy models' numbers and flags are strict (an int is still a float).
-GpuCount = Annotated[int, Strict()]
+# a value to convert: the policy models are strict (an int is still a valid float).
+POLICY_STRICT = ConfigDict(strict=True)
 
 
 class TenantLimits(FrozenModel):
     """A tenant's standing in the fleet: how much its SLOs weigh and its GPU floor and ceiling."""
 
-    priority: float = Field(strict=True, default=1.0, gt=0, allow_inf_nan=False)
-    guaranteed_gpus: dict[str, GpuCount] = Field(default_factory=dict)
-    max_gpus: dict[str, GpuCount] = Field(default_factory=dict)
+    model_config = POLICY_STRICT
+
+    priority: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    guaranteed_gpus: dict[str, int] = Field(default_factory=dict)
+    max_gpus: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("guaranteed_gpus", "max_gpus")
     @classmethod
@@ -65,16 +67,17 @@ class PoolOverride(FrozenModel):
     Later matching overrides win field by field; unset fields leave earlier values alone.
     """
 
+    model_config = POLICY_STRICT
+
     selector: str
-    max_step: int | None = Field(strict=True, default=None, ge=0, description="max replica change per round")
-    min_replicas: int | None = Field(strict=True, default=None, ge=0)
-    max_replicas: int | None = Field(strict=True, default=None, ge=0)
-    priority: float | None = Field(strict=True, default=None, gt=0, allow_inf_nan=False)
+    max_step: int | None = Field(default=None, ge=0, description="max replica change per round")
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=0)
+    priority: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     churn_weight: float | None = Field(
-        strict=True, default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
+        default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
     )
     startup_s: float | None = Field(
-        strict=True,
         default=None,
         ge=0,
         le=86_400,
@@ -82,7 +85,6 @@ class PoolOverride(FrozenModel):
         description="cold start of one replica (seconds)",
     )
     fill_idle: bool | None = Field(
-        strict=True,
         default=None,
         description="GPUs nobody asks for may be granted above its agent's ask, up to max_replicas, as headroom "
         "that any ask takes back first (default: never more than the ask)",
@@ -106,8 +108,9 @@ class PoolOverride(FrozenModel):
 class Stability(FrozenModel):
     """How much a change of grant must be worth (see :mod:`global_planner.allocation.stability`)."""
 
+    model_config = POLICY_STRICT
+
     horizon_s: float = Field(
-        strict=True,
         default=300.0,
         gt=0,
         le=86_400,
@@ -115,7 +118,6 @@ class Stability(FrozenModel):
         description="how long a grant is expected to stand",
     )
     default_startup_s: float = Field(
-        strict=True,
         default=60.0,
         ge=0,
         le=86_400,
@@ -123,7 +125,6 @@ class Stability(FrozenModel):
         description="cold start when neither bid nor policy says",
     )
     hysteresis: float = Field(
-        strict=True,
         default=0.3,
         ge=0,
         le=1,
@@ -131,12 +132,10 @@ class Stability(FrozenModel):
         description="extra share of a pool's marginal value a cut costs",
     )
     contest_on_observed: bool = Field(
-        strict=True,
         default=True,
         description="a pool's value above its grant counts only while its endpoint is observed short",
     )
     bid_allowance: float | None = Field(
-        strict=True,
         default=0.25,
         ge=0,
         allow_inf_nan=False,

@@ -235,6 +235,16 @@ def test_agent_options_refuse_unknown_predictors_where_the_config_is_read(option
     assert AgentOptions(guard_predictor=None).guard_predictor is None
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"headroom": True}, {"down_margin": "0.5"}, {"max_step_up": 2.5}, {"tune_knobs": 1}, {"warmup_windows": "3"}],
+)
+def test_agent_options_refuse_values_of_the_wrong_type(options: dict) -> None:
+    with pytest.raises(ValidationError, match=next(iter(options))):
+        AgentOptions(**options)
+    assert AgentOptions(headroom=2, stabilization_window_s=600).headroom == 2.0  # an int is a valid float
+
+
 def test_arima_falls_back_to_last_value_with_few_points() -> None:
     arima, constant = make_predictor("arima", interval_s=60.0), ConstantPredictor(interval_s=60.0)
     for value in (5.0, 9.0, 7.0, 8.0, 6.0):

@@ -12,7 +12,9 @@ from local_agent.forecast import make_predictor
 class AgentOptions(BaseModel):
     """Tunables of one agent (the ``planner:`` options of a scenario or the agent's config file)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a scenario's or config file's ``headroom: true`` or ``down_margin: "0.5"`` is a slip to
+    # refuse, not a value to convert (an integer is still a valid float).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     mode: Literal["throughput", "load", "both"] = "both"
     throughput_interval_s: float = Field(default=180.0, gt=0, allow_inf_nan=False)

@@ -78,11 +78,7 @@ class PoolOverride(FrozenModel):
         default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
     )
     startup_s: float | None = Field(
-        default=None,
-        ge=0,
-        le=86_400,
-        allow_inf_nan=False,
-        description="cold start of one replica (seconds)",
+        default=None, ge=0, le=86_400, allow_inf_nan=False, description="cold start of one replica (seconds)"
     )
     fill_idle: bool | None = Field(
         default=None,
@@ -111,25 +107,13 @@ class Stability(FrozenModel):
     model_config = POLICY_STRICT
 
     horizon_s: float = Field(
-        default=300.0,
-        gt=0,
-        le=86_400,
-        allow_inf_nan=False,
-        description="how long a grant is expected to stand",
+        default=300.0, gt=0, le=86_400, allow_inf_nan=False, description="how long a grant is expected to stand"
     )
     default_startup_s: float = Field(
-        default=60.0,
-        ge=0,
-        le=86_400,
-        allow_inf_nan=False,
-        description="cold start when neither bid nor policy says",
+        default=60.0, ge=0, le=86_400, allow_inf_nan=False, description="cold start when neither bid nor policy says"
     )
     hysteresis: float = Field(
-        default=0.3,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="extra share of a pool's marginal value a cut costs",
+        default=0.3, ge=0, le=1, allow_inf_nan=False, description="extra share of a pool's marginal value a cut costs"
     )
     contest_on_observed: bool = Field(
         default=True,

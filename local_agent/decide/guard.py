@@ -187,14 +187,15 @@ class ScaleDownGuard:
             "the trend's upper": trend.upper if trend else 0.0,
             "the recent peak": (self.sizer.intake.recent_peak_rate() or 0.0) if self.options.check_recent_peak else 0.0,
         }
-        if self.options.dead_band_over == "level":
+        over_level = self.options.dead_band_over == "level"
+        if over_level:
             # The upper quantile already carries the forecast's uncertainty: widen the level, not
             # the upper again (stacked, a wide upper on a ramp held pools far above their need).
             level = max(observed_rate or 0.0, forecast.mean if forecast else 0.0)
             terms[f"the load's level with its {margin:.0%} band"] = level * (1.0 + margin)
-            source = max(terms, key=lambda name: terms[name])
-            return terms[source], source
         source = max(terms, key=lambda name: terms[name])
+        if over_level:
+            return terms[source], source
         return terms[source] * (1.0 + margin), f"{source} with its {margin:.0%} band"
 
     def _warming_up(self, role: PoolRole) -> str | None:

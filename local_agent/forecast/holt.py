@@ -5,8 +5,9 @@ recent errors, then carries that lag as uncertainty long after the ramp has ende
 level with a slope leans into the ramp (with the default rates it trails a clean ramp by less
 than the average, by more than last value); damping the slope (each step ahead adds ``damping``
 times the previous step's rise) keeps a short rise from being extrapolated into a long one,
-which is where an undamped trend overshoots a load that steps up and stays. Measured on the
-scenario matrix and not the agent's default: docs/local-agent.md, *a damped-trend forecast*.
+which is where an undamped trend overshoots a load that steps up and stays. The agent's scale-down
+guard checks at its upper by default (``guard_predictor``); as the agent's forecast itself it was
+measured and not kept: docs/local-agent.md, *a damped trend in the scale-down check*.
 """
 
 from __future__ import annotations

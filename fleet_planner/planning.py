@@ -168,8 +168,8 @@ class Policy(ABC):
 
     def replicas_now(self, observation: FleetObservation) -> None:
         """The replica counts as of this tick, before ``decide``: live they come from the
-        orchestrator's API, not a metrics scrape, so they are not delayed. Only a policy that
-        reports them on (``global``'s agents, to the planner) reads them; the default ignores them."""
+        orchestrator's API, not a metrics scrape, so they are not delayed. Only policies built on
+        local agents read them (their observations and reports); the default ignores them."""
 
     def close(self) -> None:
         """Release what the policy holds (servers, threads); most hold nothing."""

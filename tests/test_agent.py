@@ -263,3 +263,19 @@ def test_observations_reach_the_agent_after_the_configured_delay(tmp_path: Path,
         assert all(o.time_s <= now - delay + 1e-9 for o in observations)
     # ... and the freshest allowed one is delivered (not an older one).
     assert all(max(o.time_s for o in obs) > now - delay - 15 for now, obs in delivered)
+
+
+def test_agents_see_replica_counts_as_of_now_and_metrics_after_the_delay(tmp_path: Path) -> None:
+    """Live, counts come from the orchestrator's API and only metrics from the scrape: a replica
+    the agent asked for shows as starting at its next tick, not a scrape later (a simulated agent
+    that did not see it read the window before as pressure on the new target and asked again)."""
+    trace = write_trace(tmp_path / "surge.csv", [(0, 300, 4.0), (300, 900, 40.0)])
+    result, _, seen = local_run(trace, delay_s=45.0, duration=900)
+    ups = [d for d in result.decisions if d.to_replicas > d.from_replicas]
+    assert ups, "the surge must scale a pool up"
+    first = ups[0]
+    now, observations = next((now, obs) for now, obs in seen if now > first.time_s and obs)
+    pool = next(o for o in observations if o.role == first.role)
+    assert pool.time_s <= now - 45.0 + 1e-9  # the window is still the scrape-delayed one ...
+    assert pool.ready + pool.starting == first.to_replicas  # ... its counts are the tick's
+    assert pool.starting == first.to_replicas - first.from_replicas

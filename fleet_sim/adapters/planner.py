@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
 from fleet_planner.clock import Clock, SimulatedClock
 from fleet_planner.errors import InputError
-from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, Policy, ReplicaTarget
-from fleet_sim.adapters.local import build_agents, load_models, reason_text, step_agents, tuned_knobs
+from fleet_planner.planning import Decision, DeploymentSpec, FleetObservation, ReplicaTarget
+from fleet_sim.adapters.local import AgentsPolicy, build_agents, load_models, reason_text, tuned_knobs
 from global_planner.fcfs import FcfsGatekeeper, PoolRequest
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, SNAPSHOT_FILE, AuditLog, segments
@@ -46,7 +46,7 @@ from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 
 
-class FcfsPolicy(Policy):
+class FcfsPolicy(AgentsPolicy):
     name = "fcfs"
 
     def __init__(
@@ -65,7 +65,7 @@ class FcfsPolicy(Policy):
         )
 
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
-        records = step_agents(self.agents, now_s, observation)
+        records = self.step(self.agents, now_s, observation)
         requests = [
             PoolRequest(
                 deployment=record.deployment,
@@ -157,7 +157,7 @@ class PlannerFaults(BaseModel):
         return any(start <= now_s < end for start, end in self.planner_down_s)
 
 
-class GlobalPolicy(Policy):
+class GlobalPolicy(AgentsPolicy):
     """``planner: {policy: global, policy_file: tenants.yaml}``: the real planner service and one
     real gRPC client per agent on loopback, on the simulated clock.
 
@@ -233,7 +233,6 @@ class GlobalPolicy(Policy):
         self._real_stubs: dict[str, object] = {}
         self._cut_off: set[str] = set()
         self._blackhole: grpc.aio.Channel | None = None
-        self._counts: FleetObservation | None = None  # replica counts as of this tick (replicas_now)
 
     def _start_planner(self, port: int) -> PlannerServer:
         """A planner process: a fresh state (resumed from the audit log, when there is one) and its
@@ -316,9 +315,9 @@ class GlobalPolicy(Policy):
         if self._io.run(self.server.run_round()) is not None:
             self.rounds += 1
         agents = {name: agent for name, agent in self.agents.items() if name not in dead}
-        records = step_agents(agents, now_s, observation)
+        records = self.step(agents, now_s, observation)
         # What agents report to the planner runs on counts as of now, as the live agent's come
-        # from the orchestrator's API; only their planning sees the scrape-delayed observation.
+        # from the orchestrator's API (and so does their planning, ``counts_now``).
         now_counts = self._counts if self._counts is not None else observation
         observed = {(o.deployment, o.role): o for o in now_counts.pools} if now_counts is not None else {}
         committed_at: dict[str, dict[str, int]] = {}
@@ -350,9 +349,6 @@ class GlobalPolicy(Policy):
         # gateway that can only split statically. Measured on soft-shortage with the evidence
         # gate: following them (smooth weighted round robin) 90.54% total, balancing 92.46%.
         return Decision(targets=targets, admission=admission)
-
-    def replicas_now(self, observation: FleetObservation) -> None:
-        self._counts = observation
 
     def _deliver(self, record: AgentDecision, now_s: float, observed: dict) -> None:
         """One agent's exchange; the grant runs and the agent plans its next step from it."""

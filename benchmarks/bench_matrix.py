@@ -1,5 +1,5 @@
 """The scenario matrix: every cell under static-peak, the (searched, valid) oracle, the local agent,
-and fcfs/global where tenants contend; one table, one plot, and the issue's acceptance per cell.
+and fcfs/global where there are several tenants; one table, one plot, and the issues' acceptance per cell.
 
     python benchmarks/bench_matrix.py [--quick] [--cells SUBSTRING] [--span hour|day|all] [--workers 2]
                                       [--out DIR] [--option KEY=JSON ...] [--baselines FILE [--baselines-only]]
@@ -8,7 +8,8 @@ and fcfs/global where tenants contend; one table, one plot, and the issue's acce
 Cells come from ``fleet_sim.matrix.cells()`` (see docs/matrix.md); ``--quick`` runs two tiny cells
 (CI). ``--option`` sets a planner option for the agent policies (local, fcfs, global), e.g.
 ``--option headroom=1.2``. Writes ``matrix.json``, ``matrix.md`` (the table), ``matrix-summary.md``
-(a line per cell) and ``matrix.html`` (the plot) under ``--out``.
+(a line per cell), ``matrix-global.md`` (issue 11's points per cell with several tenants) and
+``matrix.html`` (the plot) under ``--out``.
 ``--baselines FILE`` caches static-peak's and the oracle's searched runs and the stable clairvoyant bound
 (``fleet_sim.stable_bound``): they do not depend on the agent, and a cell's entry is keyed by its
 spec and a hash of the simulator, baseline and data sources, so a stale entry is never used.
@@ -21,6 +22,19 @@ Acceptance, for the local agent in every cell:
 - B: GPU-hours <= 1.15x the oracle's, and <= 0.85x static-peak's where the oracle is <= 0.75x it;
 - C: <= 1 scaling-direction reversal per deployment-hour, every deployment;
 - D: the oracle reaches its target or is marked unreachable.
+
+And issue 11's, for ``global`` in every cell with several tenants (tenant 0 has priority 100, the
+others 10; ``fcfs`` and ``local`` run on the same traffic; written to ``matrix-global.md``):
+
+- pw: priority-weighted attainment >= ``fcfs``'s;
+- total: total attainment >= ``fcfs``'s - 0.5 point;
+- top: the top tenant >= 99% where giving it the fleet reaches >= 99.5% (static-peak, whose search
+  leaves the others their minimum pools, does not mark any of its deployments unreachable);
+- alone: without contention (no ``local`` replica ever waited for GPUs), within 0.5 point of
+  ``local`` and within 3% of its GPU-hours;
+- churn: <= 2 grant changes per pool-hour and <= 1 direction reversal per deployment-hour, every
+  deployment;
+- budget: no tick asks for more GPUs than the inventory.
 """
 
 from __future__ import annotations
@@ -53,11 +67,12 @@ from fleet_sim.matrix import (  # noqa: E402
     quick_cells,
     reversals_per_hour,
 )
-from fleet_sim.outputs import summarize  # noqa: E402
+from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize  # noqa: E402
 from fleet_sim.policies import DEFAULT_TARGET_ATTAINMENT, make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.stable_bound import search_stable_bound  # noqa: E402
 from fleet_sim.workload import build_workload  # noqa: E402
+from global_planner.policy_file import load_policy_file  # noqa: E402
 
 AGENT_POLICIES = ("local", "fcfs", "global")
 
@@ -154,11 +169,15 @@ def run_baselines(job: tuple[Cell, Path]) -> tuple[Cell, dict[str, Any]]:
     return cell, row
 
 
-def figures(scenario: Any, workload: Any, policy: Policy, began: float) -> dict[str, Any]:
-    """One policy's run on one cell: the figures the table and ``acceptance`` read."""
+def figures(
+    scenario: Any, workload: Any, policy: Policy, began: float, priorities: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """One policy's run on one cell: the figures the tables, ``acceptance`` and
+    ``global_acceptance`` read (``priorities``: the cell's tenant priorities, where it has several)."""
     result = FleetSimulation(scenario, workload, policy).run()
     summary = summarize(result)
     search = getattr(policy, "search", None)
+    changes = {name: d.target_changes_per_pool_hour or 0.0 for name, d in scaling_stability(result).deployments.items()}
     return {
         "gpu_hours": summary["fleet"]["gpu_hours"],
         "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
@@ -168,7 +187,27 @@ def figures(scenario: Any, workload: Any, policy: Policy, began: float) -> dict[
         "search": None
         if search is None
         else {"runs": search.runs, "reached": search.reached, "unreachable": search.unreachable},
+        "slo_attainment": summary["fleet"]["slo_attainment"],
+        "tenants": {
+            name: {"slo_attainment": t["slo_attainment"], "deployments": t["deployments"]}
+            for name, t in summary["tenants"].items()
+        },
+        "priorities": priorities,
+        "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
+        "max_changes_per_pool_hour": max(changes.values(), default=0.0),
+        "budget_violations": summary["fleet"]["budget_violations"],
+        "short_ticks": sum(1 for row in result.timeline if row.pending > 0),
     }
+
+
+def cell_priorities(cell: Cell, workdir: Path) -> dict[str, float] | None:
+    """The tenant priorities ``global`` plans with in this cell (its policy file), None where the
+    cell has one tenant: priority-weighted attainment is then the attainment."""
+    if "global" not in cell.policies:
+        return None
+    scenario = build_scenario(cell, "global", workdir)
+    policy = load_policy_file(scenario.base_dir / scenario.planner.options["policy_file"])
+    return {name: tenant.priority for name, tenant in policy.tenants.items()}
 
 
 def run_agents(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -176,6 +215,7 @@ def run_agents(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, A
     planner options."""
     cell, workdir, options = job
     out: dict[str, Any] = {}
+    priorities = cell_priorities(cell, workdir)
     for policy in cell.policies:
         if policy not in AGENT_POLICIES:
             continue
@@ -185,7 +225,7 @@ def run_agents(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, A
             planner = scenario.planner
             scenario = scenario.model_copy(update={"planner": type(planner)(**{**planner.model_dump(), **options})})
         workload = build_workload(scenario)
-        out[policy] = figures(scenario, workload, make_policy(scenario, workload), began)
+        out[policy] = figures(scenario, workload, make_policy(scenario, workload), began, priorities)
     return cell.name, out
 
 
@@ -229,6 +269,8 @@ def cell_row(
     if stable is not None:
         row["policies"] = {**row["policies"], "stable-bound": stable}
     row["acceptance"] = acceptance(row["policies"])
+    if "global" in row["policies"]:
+        row["global_acceptance"] = global_acceptance(row["policies"])
     return row
 
 
@@ -258,8 +300,61 @@ def acceptance(policies: dict[str, Any]) -> dict[str, bool]:
     return {"A_slo": slo, "B_cost": cost, "C_stable": stable, "D_oracle": oracle_ok}
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}"
+def top_tenant(run: dict[str, Any]) -> str:
+    """The tenant with the highest priority in a run with several tenants."""
+    priorities = run["priorities"]
+    return max(priorities, key=priorities.get)
+
+
+def global_acceptance(policies: dict[str, Any]) -> dict[str, bool]:
+    """Issue 11's points for ``global`` in one cell with several tenants (module docstring)."""
+    glob, fcfs, local, peak = policies["global"], policies["fcfs"], policies["local"], policies["static-peak"]
+    top = top_tenant(glob)
+    top_deployments = glob["tenants"][top]["deployments"]
+    reachable = not set(top_deployments) & set(peak["search"]["unreachable"] if peak["search"] else ()) and all(
+        (peak["attainment"][name] or 0.0) >= 0.995 for name in top_deployments
+    )
+    contended = local["short_ticks"] > 0
+    total = glob["slo_attainment"] or 0.0
+    return {
+        "pw": (glob["priority_weighted"] or 0.0) >= (fcfs["priority_weighted"] or 0.0) - 1e-12,
+        "total": total >= (fcfs["slo_attainment"] or 0.0) - 0.005,
+        "top": not reachable or (glob["tenants"][top]["slo_attainment"] or 0.0) >= 0.99,
+        "alone": contended
+        or (abs(total - (local["slo_attainment"] or 0.0)) <= 0.005 and glob["gpu_hours"] <= 1.03 * local["gpu_hours"]),
+        "churn": glob["max_changes_per_pool_hour"] <= 2.0 and max(glob["reversals_per_hour"].values()) <= 1.0,
+        "budget": glob["budget_violations"] == 0,
+    }
+
+
+def global_table(rows: list[dict[str, Any]]) -> str:
+    """Issue 11's table: a line per cell with several tenants, ``global`` against ``fcfs`` and ``local``."""
+    lines = [
+        "| half | cell | global total / p-w % | fcfs total / p-w % | local total % | top tenant % (global) "
+        "| contention | global GPU-h (local) | worst changes/pool-h, reversals/dep-h (global) | pw total top alone "
+        "churn budget |",
+        "|---|---|---|---|---:|---:|---|---|---|---|",
+    ]
+    for row in rows:
+        if "global_acceptance" not in row:
+            continue
+        p = row["policies"]
+        glob, fcfs, local = p["global"], p["fcfs"], p["local"]
+        top = top_tenant(glob)
+        verdict = " ".join("pass" if ok else "FAIL" for ok in row["global_acceptance"].values())
+        lines.append(
+            f"| {row['half']} | {row['cell']} "
+            f"| {_pct(glob['slo_attainment'], 2)} / {_pct(glob['priority_weighted'], 2)} "
+            f"| {_pct(fcfs['slo_attainment'], 2)} / {_pct(fcfs['priority_weighted'], 2)} "
+            f"| {_pct(local['slo_attainment'], 2)} | {_pct(glob['tenants'][top]['slo_attainment'], 2)} "
+            f"| {'yes' if local['short_ticks'] else 'no'} | {glob['gpu_hours']:.1f} ({local['gpu_hours']:.1f}) "
+            f"| {glob['max_changes_per_pool_hour']:.1f}, {max(glob['reversals_per_hour'].values()):.1f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -384,6 +479,10 @@ def main() -> int:
             rows.append(cell_row(cell, baselines, agents, cache.get(cell, stable=True)))
             (args.out / "matrix.partial.json").write_text(json.dumps(rows, indent=1))  # survives an interrupted run
             verdict = " ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in rows[-1]["acceptance"].items())
+            if "global_acceptance" in rows[-1]:
+                verdict += " | global: " + " ".join(
+                    f"{k}={'pass' if v else 'FAIL'}" for k, v in rows[-1]["global_acceptance"].items()
+                )
             print(f"[{len(rows)}/{len(jobs)}] {cell.half:<8} {cell.name:<45} {verdict}", flush=True)
     order = {cell.name: i for i, cell in enumerate(chosen)}
     rows.sort(key=lambda r: (r["half"], order[r["cell"]]))
@@ -391,8 +490,11 @@ def main() -> int:
     text = table(rows)
     (args.out / "matrix.md").write_text(text + "\n")
     (args.out / "matrix-summary.md").write_text(summary_table(rows) + "\n")
+    (args.out / "matrix-global.md").write_text(global_table(rows) + "\n")
     plot(rows, args.out / "matrix.html")
     print(text)
+    if any("global_acceptance" in r for r in rows):
+        print(global_table(rows))
     for half in ("tuning", "held-out", "extra", "quick"):
         mine = [r for r in rows if r["half"] == half]
         if mine:
@@ -416,6 +518,13 @@ def main() -> int:
                 f"{half}: local / oracle GPU-h median {statistics.median(local):.2f}; local reversals per "
                 f"deployment-hour mean {statistics.mean(reversals):.2f}{note}"
             )
+            several = [r["global_acceptance"] for r in mine if "global_acceptance" in r]
+            if several:
+                per = {k: sum(v[k] for v in several) for k in several[0]}
+                print(
+                    f"{half}: global (issue 11) {sum(all(v.values()) for v in several)}/{len(several)} cells with "
+                    f"several tenants pass every point; per point {per}"
+                )
     print(f"wall time {time.perf_counter() - began:.0f} s, {workers} worker(s)")
     return 0
 

@@ -4,9 +4,10 @@
     python benchmarks/bench_mechanisms.py --half held-out --span hour --variants off defaults
     python benchmarks/bench_mechanisms.py --half tuning --span all --seeds 1,2,3 --variants defaults
 
-Cells where tenants are arbitrated (``fcfs`` and ``global`` run there) are left out: their local
-agents are judged under the arbiters by ``bench_policies.py``, so the counts here are over 17
-tuning and 15 held-out cells a seed, where ``bench_matrix.py`` counts all 19 of each half.
+Cells where tenants are arbitrated (``Cell.arbitrated``: ``fcfs`` and ``global`` may refuse GPUs
+there) are left out: their local agents are judged under the arbiters by ``bench_policies.py``, so
+the counts here are over 17 tuning and 15 held-out cells a seed, where ``bench_matrix.py`` counts
+all 19 of each half.
 For every chosen cell of ``fleet_sim.matrix`` the baselines (static-peak and the searched oracle)
 run once — or are read from ``--baselines FILE`` (written on first use, so variants can be
 compared without searching the oracle again) — then the local agent once per variant: all
@@ -159,7 +160,7 @@ def main() -> int:
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()  # scenario paths must not be read relative to examples/
     base = [c for c in cells() if args.half in ("all", c.half) and args.span in ("all", c.span)]
-    base = [c for c in base if len(c.policies) == 3]
+    base = [c for c in base if not c.arbitrated]
     chosen = [
         dataclasses.replace(c, seed=seed, name=c.name if seed == 1 else f"{c.name} seed={seed}")
         for seed in (int(s) for s in args.seeds.split(","))

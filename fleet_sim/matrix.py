@@ -112,10 +112,17 @@ class Cell:
         return "day" if self.arrival.startswith("day") else "hour"
 
     @property
+    def arbitrated(self) -> bool:
+        """Whether the inventory is below what the pools could take at once (``contended``) or below
+        their summed peak need (``supply``): where an arbiter may have to refuse."""
+        return self.contended or self.supply is not None
+
+    @property
     def policies(self) -> tuple[str, ...]:
-        several = len(self.deployments) > 1 and not self.shared_endpoint
-        arbitrated = self.contended or self.supply is not None
-        return ("static-peak", "oracle", "local") + (("fcfs", "global") if several and arbitrated else ())
+        """Every cell runs the baselines and the local agent; a cell with several tenants (every
+        deployment is its own) also ``fcfs`` and ``global``: issue 11's points compare them there,
+        with contention and without (a shared endpoint's tenants never run short)."""
+        return ("static-peak", "oracle", "local") + (("fcfs", "global") if len(self.deployments) > 1 else ())
 
 
 def cells() -> list[Cell]:

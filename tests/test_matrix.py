@@ -206,3 +206,61 @@ def test_length_fit_bench_prices_real_and_fitted_prompts() -> None:
             check=True,
             cwd=root,
         )
+
+
+def test_cells_with_several_tenants_run_the_arbiters() -> None:
+    """Issue 11's points need ``fcfs`` and ``global`` wherever tenants share the fleet, contended or
+    not (a shared endpoint's two tenants are where ``global`` must equal ``local``); the mechanism
+    bench leaves out only the cells where an arbiter may refuse."""
+    matrix = cells()
+    for cell in matrix:
+        several = len(cell.deployments) > 1
+        assert ("fcfs" in cell.policies and "global" in cell.policies) == several
+        assert cell.arbitrated == (cell.contended or cell.supply is not None)
+    assert any(c.shared_endpoint and "global" in c.policies and not c.arbitrated for c in matrix)
+
+
+def _run(total: float, pw: float | None, top: float, gpu_hours: float = 10.0, **extra) -> dict:
+    run = {
+        "slo_attainment": total,
+        "priority_weighted": pw,
+        "priorities": {"tenant-0": 100, "tenant-1": 10},
+        "tenants": {
+            "tenant-0": {"slo_attainment": top, "deployments": ["d1-0"]},
+            "tenant-1": {"slo_attainment": total, "deployments": ["d4-1"]},
+        },
+        "attainment": {"d1-0": top, "d4-1": total},
+        "gpu_hours": gpu_hours,
+        "reversals_per_hour": {"d1-0": 0.0, "d4-1": 0.0},
+        "max_changes_per_pool_hour": 1.0,
+        "budget_violations": 0,
+        "short_ticks": 0,
+        "search": None,
+    }
+    run.update(extra)
+    return run
+
+
+def test_issue_11_points_are_judged_per_cell() -> None:
+    from bench_matrix import global_acceptance
+
+    peak = _run(0.97, None, 0.996, search={"runs": 3, "reached": True, "unreachable": ["d4-1"]})
+    fcfs = _run(0.97, 0.985, 0.99)
+    local = _run(0.97, 0.985, 0.99)
+    good = global_acceptance({"global": _run(0.97, 0.985, 0.99), "fcfs": fcfs, "local": local, "static-peak": peak})
+    assert all(good.values()), good
+
+    def judged(glob: dict, peak_run: dict = peak, local_run: dict = local) -> dict[str, bool]:
+        return global_acceptance({"global": glob, "fcfs": fcfs, "local": local_run, "static-peak": peak_run})
+
+    assert not judged(_run(0.97, 0.984, 0.99))["pw"]
+    assert not judged(_run(0.964, 0.985, 0.99))["total"] and judged(_run(0.966, 0.985, 0.99))["total"]
+    below = _run(0.97, 0.985, 0.989)
+    assert not judged(below)["top"]
+    unreachable = _run(0.97, None, 0.996, search={"runs": 3, "reached": True, "unreachable": ["d1-0"]})
+    assert judged(below, peak_run=unreachable)["top"]  # the fleet cannot give it 99.5%: no claim
+    assert not judged(_run(0.97, 0.985, 0.99, gpu_hours=10.4))["alone"]  # 4% over local, no contention
+    assert judged(_run(0.97, 0.985, 0.99, gpu_hours=10.4), local_run=_run(0.97, 0.985, 0.99, short_ticks=3))["alone"]
+    assert not judged(_run(0.97, 0.985, 0.99, max_changes_per_pool_hour=2.1))["churn"]
+    assert not judged(_run(0.97, 0.985, 0.99, reversals_per_hour={"d1-0": 1.5, "d4-1": 0.0}))["churn"]
+    assert not judged(_run(0.97, 0.985, 0.99, budget_violations=1))["budget"]

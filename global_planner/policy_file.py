@@ -124,9 +124,14 @@ def load_policy_file(path: str | Path) -> TenantPolicy:
     """Read and validate a tenant policy file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read: {_reason(error)}", file=path) from error
     return parse_policy(text, path)
+
+
+def _reason(error: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read: the OS's word, or that it is not UTF-8 text (a binary file)."""
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
 
 
 def policy_json_schema() -> dict[str, object]:
@@ -173,8 +178,8 @@ class PolicyWatcher:
     def _read(self) -> str:
         try:
             return self.path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise InputError(f"cannot read: {error.strerror or error}", file=self.path) from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read: {_reason(error)}", file=self.path) from error
 
     def _stat(self) -> tuple[int, int] | None:
         try:

@@ -239,6 +239,14 @@ def test_8_no_tokens_needs_explicit_insecure(tmp_path, capsys) -> None:
     assert "error: --tokens: no --tokens: give a tokens file, or --insecure" in capsys.readouterr().err
 
 
+def test_8_binary_tokens_file_is_one_clear_line(tmp_path, capsys) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_bytes(b"\x8f\xb7\x00not text")
+    assert cli_main([*_serve(tmp_path), "--tokens", str(tokens)]) == 2
+    err = capsys.readouterr().err
+    assert "tokens.yaml: cannot read: 'utf-8' codec" in err and "Traceback" not in err
+
+
 def test_8_unknown_tenant_is_rejected() -> None:
     state = PlannerState(TenantPolicy.model_validate(POLICY))
     with pytest.raises(InvalidRequest, match="tenant: 'mallory' is not in the tenant policy"):

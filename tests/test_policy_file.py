@@ -99,6 +99,24 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_policy_file(_write(tmp_path, "- 1\n", "list.yaml"))
 
 
+def test_binary_policy_file_is_an_input_error_at_start_and_on_reload(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xb7\x8f\x00garbage")
+    with pytest.raises(InputError, match="binary.yaml: cannot read: 'utf-8' codec"):
+        load_policy_file(binary)
+
+    registry = CollectorRegistry()
+    path = _write(tmp_path, GOOD)
+    watcher = PolicyWatcher(path, registry=registry)
+    stat = path.stat()
+    path.write_bytes(b"\xb7\x8f\x00garbage")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert watcher.poll() is False  # refused and counted, the running planner keeps its policy
+    assert watcher.policy.tenants["beta"].priority == 10
+    assert watcher.last_error is not None and "cannot read" in str(watcher.last_error)
+    assert registry.get_sample_value("fleet_planner_policy_reload_errors_total") == 1.0
+
+
 def _bump(path: Path, text: str) -> None:
     stat = path.stat()
     path.write_text(text)

@@ -51,6 +51,8 @@ class TokenAuthenticator:
             data = load_yaml(Path(path).read_text(encoding="utf-8"))
         except OSError as error:
             raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
+        except UnicodeDecodeError as error:
+            raise InputError(f"cannot read: {error}", file=path) from error
         except yaml.YAMLError as error:
             raise InputError(f"invalid YAML: {error}", file=path) from error
         if not isinstance(data, dict) or not data:

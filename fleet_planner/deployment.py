@@ -23,6 +23,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo, model_validator
 
+from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
@@ -77,12 +78,17 @@ class PoolConfig(FrozenModel):
     must use what the engine runs with: vLLM's --max-num-batched-tokens / --max-num-seqs)."""
 
     profile: ExistingPath = Field(description="engine performance profile folder")
-    gpu_type: str = Field(min_length=1)
-    gpus_per_replica: int = Field(default=1, ge=1)
-    min: int = Field(default=0, ge=0)
-    max: int = Field(ge=0)
-    initial: int = Field(default=0, ge=0, description="replicas at start, before any are observed; defaults to `min`")
-    startup_s: Duration = Field(default=60.0, description="time from a scale-up decision to a ready replica")
+    # Bounded as the planner's registration is, so a config it would refuse fails here, at load.
+    gpu_type: Name
+    gpus_per_replica: int = Field(default=1, ge=1, le=MAX_GPUS_PER_REPLICA)
+    min: int = Field(default=0, ge=0, le=MAX_REPLICAS)
+    max: int = Field(ge=0, le=MAX_REPLICAS)
+    initial: int = Field(
+        default=0, ge=0, le=MAX_REPLICAS, description="replicas at start, before any are observed; defaults to `min`"
+    )
+    startup_s: Duration = Field(
+        default=60.0, le=MAX_STARTUP_S, description="time from a scale-up decision to a ready replica"
+    )
     max_batch_tokens: int = Field(
         default=DEFAULT_MAX_BATCH_TOKENS, ge=1, description="prefill chunk / token budget per iteration"
     )
@@ -111,8 +117,8 @@ class DeploymentConfig(FrozenModel, Generic[P]):
     """One deployment (DGD) serving an endpoint for a tenant with its pools."""
 
     name: str = Field(description="unique, lowercase letters, digits and '-' (a Kubernetes name)")
-    tenant: str = Field(min_length=1)
-    endpoint: str = Field(min_length=1)
+    tenant: Name
+    endpoint: EndpointName
     mode: DeploymentMode
     pools: dict[str, P] = Field(description="disagg: prefill and decode; agg: agg")
 

@@ -82,6 +82,36 @@ def test_pool_errors_read_the_same_in_both_files(tmp_path: Path) -> None:
     assert agent_problem == scenario_problem == "must be >= min (4), got 2"
 
 
+@pytest.mark.parametrize(
+    ("pool", "field", "problem"),
+    [
+        ({"max": 10**15}, "max", "less than or equal to 10000"),
+        ({"gpus_per_replica": 5000}, "gpus_per_replica", "less than or equal to 1024"),
+        ({"startup_s": "10000d"}, "startup_s", "less than or equal to 86400"),
+        ({"gpu_type": "h 100"}, "gpu_type", "should match pattern"),
+    ],
+)
+def test_pools_the_planner_would_refuse_are_refused_at_load_in_both_files(
+    tmp_path: Path, pool: dict, field: str, problem: str
+) -> None:
+    """Values past the registration's bounds were accepted, then a simulation (or a live agent's
+    registration) ended in a pydantic traceback: the files now share the planner's limits."""
+    for file, parse in (("agent.yaml", _agent_error), ("s.yaml", _scenario_error)):
+        where, message = parse(tmp_path, file, **pool)
+        assert where is not None and where.endswith(f"pools.agg.{field}") and problem in message
+
+
+@pytest.mark.parametrize("key", ["tenant", "endpoint"])
+def test_tenant_and_endpoint_are_names_the_planner_accepts_in_both_files(tmp_path: Path, key: str) -> None:
+    agent_data = _agent(tmp_path)
+    agent_data["deployment"][key] = "a b"
+    with pytest.raises(InputError, match="should match pattern") as agent_error:
+        parse_config(agent_data, base_dir=tmp_path, file="agent.yaml")
+    with pytest.raises(InputError, match="should match pattern") as scenario_error:
+        parse_scenario(_scenario({**chat_deployment(), key: "a b"}), base_dir=tmp_path, file="s.yaml")
+    assert agent_error.value.field == f"deployment.{key}" and scenario_error.value.field == f"deployments[0].{key}"
+
+
 def _agent_error(tmp_path: Path, file: str, **pool: object) -> tuple[str | None, str]:
     with pytest.raises(InputError) as caught:
         parse_config(_agent(tmp_path, **pool), base_dir=tmp_path, file=file)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pydantic import BaseModel, ValidationError
+
+from fleet_planner.deployment import input_error
 from fleet_planner.errors import InputError
 from fleet_planner.planning import Policy
 from fleet_sim.baselines import (
@@ -25,8 +28,10 @@ ARBITER_OPTIONS = ("policy_file", "faults", "baseline_search")
 
 
 def _needs(scenario, workload: Workload) -> WindowedNeeds:
-    target = float(scenario.planner.options.get("target_attainment", DEFAULT_TARGET_ATTAINMENT))
-    return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, target, scenario.seed)
+    target = scenario.planner.options.get("target_attainment", DEFAULT_TARGET_ATTAINMENT)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise InputError(f"must be a number in (0, 1], got {target!r}", field="planner.target_attainment")
+    return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, float(target), scenario.seed)
 
 
 def _static(scenario, workload: Workload) -> Policy:
@@ -34,7 +39,16 @@ def _static(scenario, workload: Workload) -> Policy:
 
 
 def _searched(scenario) -> bool:
-    return bool(scenario.planner.options.get("baseline_search", True))
+    searched = scenario.planner.options.get("baseline_search", True)
+    if not isinstance(searched, bool):  # bool("no") is True: a quoted word must not pass for a switch
+        raise InputError(f"must be true or false, got {searched!r}", field="planner.baseline_search")
+    return searched
+
+
+def _options_error(exc: ValidationError, model: type[BaseModel], field: str) -> InputError:
+    """The first problem of planner options as one line, its field under ``field``."""
+    error = input_error(exc, model, None)
+    return InputError(error.problem, field=".".join(part for part in (field, error.field) if part))
 
 
 def _static_peak(scenario, workload: Workload) -> Policy:
@@ -57,8 +71,8 @@ def _agent_options(scenario, ignore: tuple[str, ...] = ()):
     options = {k: v for k, v in scenario.planner.options.items() if k not in ignore}
     try:
         return AgentOptions(**options)
-    except ValueError as exc:
-        raise InputError(f"invalid local agent options: {exc}", field="planner") from exc
+    except ValidationError as exc:
+        raise _options_error(exc, AgentOptions, "planner") from None
 
 
 def _local(scenario, workload: Workload) -> Policy:
@@ -89,8 +103,11 @@ def _global(scenario, workload: Workload) -> Policy:
     options = _agent_options(scenario, ignore=ARBITER_OPTIONS)
     try:
         faults = PlannerFaults.model_validate(scenario.planner.options.get("faults") or {})
-    except ValueError as exc:
-        raise InputError(f"invalid fault injection: {exc}", field="planner.faults") from exc
+    except ValidationError as exc:
+        raise _options_error(exc, PlannerFaults, "planner.faults") from None
+    dropped = faults.drop_agent.deployment if faults.drop_agent is not None else None
+    if dropped is not None and dropped not in {spec.name for spec in scenario.deployment_specs()}:
+        raise InputError(f"no deployment {dropped!r}", field="planner.faults.drop_agent.deployment")
     return GlobalPolicy(scenario.deployment_specs(), scenario.planner.interval_s, options, policy, faults=faults)
 
 

@@ -279,3 +279,41 @@ def test_a_target_the_inventory_cannot_hold_is_reported_unreachable() -> None:
     oracle = oracle_below_peak(short, build_workload(short), 0.995)
     assert oracle.search is not None and oracle.search.attainment["d"] < 0.995
     assert oracle.search.unreachable == ["d"] and oracle.search.reached
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "field", "words"),
+    [
+        ("static-peak", {"target_attainment": 5}, "planner.target_attainment", "in (0, 1], got 5"),
+        ("oracle", {"target_attainment": "x"}, "planner.target_attainment", "in (0, 1], got 'x'"),
+        ("static-peak", {"target_attainment": float("nan")}, "planner.target_attainment", "got nan"),
+        ("static-peak", {"baseline_search": "no"}, "planner.baseline_search", "true or false, got 'no'"),
+        ("local", {"bogus": 1}, "planner.bogus", "unknown key (expected one of: mode, "),
+        ("local", {"headroom": float("nan")}, "planner.headroom", "finite number"),
+        (
+            "global",
+            {"policy_file": "examples/shortage/tenants.yaml", "faults": {"x": 1}},
+            "planner.faults.x",
+            "unknown",
+        ),
+        (
+            "global",
+            {
+                "policy_file": "examples/shortage/tenants.yaml",
+                "faults": {"drop_agent": {"deployment": "no", "at_s": 1}},
+            },
+            "planner.faults.drop_agent.deployment",
+            "no deployment 'no'",
+        ),
+    ],
+)
+def test_bad_planner_options_are_one_input_error_naming_the_option(policy, options, field, words) -> None:
+    """They were a ValueError traceback (target_attainment, an unknown drop_agent deployment), a
+    multi-line pydantic dump (agent options, faults), or silently true (baseline_search: "no")."""
+    from fleet_planner.errors import InputError
+    from fleet_sim.workload import build_workload
+
+    scenario = _with_options(diurnal_scenario(policy), **options)
+    with pytest.raises(InputError) as caught:
+        make_policy(scenario, build_workload(scenario))
+    assert caught.value.field == field and words in caught.value.problem and "\n" not in str(caught.value)

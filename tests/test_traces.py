@@ -153,6 +153,34 @@ def test_malformed_inputs_name_file_and_field(tmp_path: Path, fmt: str, content:
     assert str(path) in str(info.value) and field in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "content", "field", "words"),
+    [
+        ("csv", "arrival_s,input_tokens,output_tokens\n0,99999999999999999999,5\n", "line 2: input_tokens", "[1, "),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens\n5,472,1e12\n", "line 2: Response tokens", "[0, "),
+        ("csv", "arrival_s,input_tokens,output_tokens\n0,5,5\n1e300,5,5\n", "line 3: arrival_s", "within [0, "),
+        ("mooncake", '{"timestamp": 0, "input_length": 1e300, "output_length": 5}\n', "line 1: input_length", "<="),
+        (
+            "mooncake",
+            '{"timestamp": 0, "input_length": 5, "output_length": 5}\n'
+            '{"timestamp": 1e300, "input_length": 5, "output_length": 5}\n',
+            "line 2: timestamp",
+            "after the first request",
+        ),
+    ],
+)
+def test_absurdly_large_tokens_or_arrivals_name_their_line(
+    tmp_path: Path, fmt: str, content: str, field: str, words: str
+) -> None:
+    """Were an int64 overflow (negative token counts, read without a word), an OverflowError or,
+    in ``trace info``, a numpy traceback."""
+    path = tmp_path / "big.txt"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        read_trace(path, fmt)
+    assert info.value.file == str(path) and info.value.field == field and words in info.value.problem
+
+
 def test_burstgpt_header_reads_seconds_and_counts_failed_requests(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,6 +23,11 @@ from fleet_planner.traces.trace import Trace
 log = logging.getLogger(__name__)
 
 TRACE_FORMATS = ("mooncake", "azure", "csv", "burstgpt")
+# Bounds far past any real request or trace, so a slip (an extra digit run, 1e300) is an error
+# naming its line, not an int64 overflow that turns token counts negative or an arrival that
+# no array can index.
+MAX_TOKENS = 1_000_000_000
+MAX_ARRIVAL_S = 10 * 365 * 86_400.0
 
 _GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 _AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -79,6 +84,7 @@ def _read_mooncake(path: Path) -> Trace:
     inputs: list[int] = []
     outputs: list[int] = []
     hashes: list[list[int] | None] = []
+    line_numbers: list[int] = []
     for line_no, line in _text_lines(path):
         if not line.strip():
             continue
@@ -96,12 +102,20 @@ def _read_mooncake(path: Path) -> Trace:
         if timestamp < 0:
             raise InputError(f"must be >= 0 (got {timestamp!r})", file=path, field=f"{where}: timestamp")
         timestamps.append(timestamp)
+        line_numbers.append(line_no)
         inputs.append(_json_tokens(record["input_length"], path, f"{where}: input_length"))
         outputs.append(_json_tokens(record["output_length"], path, f"{where}: output_length"))
         hashes.append(_json_hash_ids(record.get("hash_ids"), path, f"{where}: hash_ids"))
     if not timestamps:
         raise InputError("trace has no requests", file=path)
     ts = np.asarray(timestamps, dtype=np.float64)
+    late = int(np.argmax(ts))
+    if (ts[late] - ts.min()) / 1000.0 > MAX_ARRIVAL_S:
+        raise InputError(
+            f"more than {MAX_ARRIVAL_S:.0f} s after the first request (got {timestamps[late]!r} ms)",
+            file=path,
+            field=f"line {line_numbers[late]}: timestamp",
+        )
     # Keep prefix ids only when the file carries them; a record without them shares no prefix.
     hash_ids = [h or [] for h in hashes] if any(h is not None for h in hashes) else None
     return _build(path, (ts - ts.min()) / 1000.0, np.asarray(inputs, np.int64), np.asarray(outputs, np.int64), hash_ids)
@@ -121,6 +135,8 @@ def _json_tokens(value: object, path: Path, field: str) -> int:
         raise InputError(f"must be a whole number of tokens (got {value!r})", file=path, field=field)
     if number < 1:
         raise InputError(f"must be >= 1 token (got {value!r})", file=path, field=field)
+    if number > MAX_TOKENS:
+        raise InputError(f"must be <= {MAX_TOKENS} tokens (got {value!r})", file=path, field=field)
     return int(number)
 
 
@@ -301,21 +317,23 @@ def _cell_float(path: Path, name: str, value: str, line_no: int) -> float:
 
 def _seconds_column(path: Path, name: str, values: list[str], line_numbers: list[int]) -> np.ndarray:
     column = _float_column(path, name, values, line_numbers)
-    bad = np.flatnonzero(column < 0)
+    bad = np.flatnonzero((column < 0) | (column > MAX_ARRIVAL_S))
     if bad.size:
         i = int(bad[0])
         raise InputError(
-            f"must be >= 0 (got {values[i].strip()!r})", file=path, field=f"line {line_numbers[i]}: {name}"
+            f"must be within [0, {MAX_ARRIVAL_S:.0f}] s (got {values[i].strip()!r})",
+            file=path,
+            field=f"line {line_numbers[i]}: {name}",
         )
     return column
 
 
 def _token_column(path: Path, name: str, values: list[str], line_numbers: list[int], *, min_tokens: int) -> np.ndarray:
     column = _float_column(path, name, values, line_numbers)
-    bad = np.flatnonzero((column < min_tokens) | (column != np.floor(column)))
+    bad = np.flatnonzero((column < min_tokens) | (column > MAX_TOKENS) | (column != np.floor(column)))
     if bad.size:
         i = int(bad[0])
-        problem = f"must be a whole number >= {min_tokens} (got {values[i].strip()!r})"
+        problem = f"must be a whole number in [{min_tokens}, {MAX_TOKENS}] (got {values[i].strip()!r})"
         raise InputError(problem, file=path, field=f"line {line_numbers[i]}: {name}")
     return column.astype(np.int64)
 

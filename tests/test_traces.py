@@ -539,3 +539,13 @@ def test_trace_stats_matches_published_azure_figures(azure: Trace) -> None:
     assert stats["peak_1min_rps"] == pytest.approx(8.5, abs=0.1)
     assert (stats["input_p50"], stats["input_p99"]) == (1020.0, 4142.0)
     assert (stats["output_p50"], stats["output_p99"]) == (129.0, 601.0)
+
+
+def test_synth_refuses_a_negative_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seed -1`` reached numpy and ended in a ValueError traceback."""
+    from fleet_planner_cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trace", "synth", "--rate", "r.csv", "--lengths", "l.csv", "--out", "o.jsonl", "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --seed: must be >= 0, got '-1'" in capsys.readouterr().err

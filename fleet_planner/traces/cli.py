@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="arrival process within a window (auto: clients if the CSV has ServeGen's client columns, "
         "else gamma if it has a CV column, else poisson)",
     )
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=_seed, default=0)
     synth.add_argument("--out", required=True, type=Path, help="output Mooncake JSONL path")
     synth.set_defaults(run=run_synth)
 
@@ -149,6 +149,17 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _seed(text: str) -> int:
+    """A random seed numpy accepts: a whole number >= 0 (a negative one was a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:

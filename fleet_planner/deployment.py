@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 
 from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
 from fleet_planner.durations import Duration
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, read_input_text
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 from fleet_planner.planning import (
     SLA,
@@ -161,10 +161,7 @@ class DeploymentConfig(FrozenModel, Generic[P]):
 
 def read_yaml(path: Path, what: str) -> Any:
     """The parsed YAML document at ``path``; unreadable files and bad syntax are one InputError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the {what}: {getattr(exc, 'strerror', None) or exc}", file=path) from None
+    text = read_input_text(path, what)
     try:
         return load_yaml(text)
     except yaml.YAMLError as exc:

@@ -18,3 +18,18 @@ class InputError(ValueError):
         self.problem = problem
         where = ": ".join(part for part in (self.file, field) if part)
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+def read_input_text(path: str | Path, what: str = "") -> str:
+    """A user-supplied file's UTF-8 text; a missing, unreadable or binary file is one InputError
+    naming it (``cannot read[ the WHAT]: why``)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read{' the ' + what if what else ''}: {unreadable(exc)}", file=path) from None
+
+
+def unreadable(exc: Exception) -> str:
+    """Why a file could not be read: the OS's word where it gave one (else the error itself: not
+    UTF-8 text, a malformed CSV)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)

@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, read_input_text
 from fleet_planner.yaml_input import load_yaml
 from global_planner.allocation.models import POLICY_STRICT, PoolOverride, Stability, TenantLimits
 
@@ -122,16 +122,7 @@ def parse_policy(text: str, file: str | Path) -> TenantPolicy:
 
 def load_policy_file(path: str | Path) -> TenantPolicy:
     """Read and validate a tenant policy file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read: {_reason(error)}", file=path) from error
-    return parse_policy(text, path)
-
-
-def _reason(error: OSError | UnicodeDecodeError) -> str:
-    """Why a file could not be read: the OS's word, or that it is not UTF-8 text (a binary file)."""
-    return (error.strerror if isinstance(error, OSError) else None) or str(error)
+    return parse_policy(read_input_text(path), path)
 
 
 def policy_json_schema() -> dict[str, object]:
@@ -176,10 +167,7 @@ class PolicyWatcher:
         self._digest = hashlib.sha256(text.encode()).hexdigest()
 
     def _read(self) -> str:
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"cannot read: {_reason(error)}", file=self.path) from error
+        return read_input_text(self.path)
 
     def _stat(self) -> tuple[int, int] | None:
         try:

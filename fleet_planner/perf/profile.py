@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, read_input_text
 
 PREFILL_JSON = "prefill_raw_data.json"
 DECODE_JSON = "decode_raw_data.json"
@@ -131,12 +131,9 @@ def load_profile(path: str | Path, *, gpus_per_engine: int | None = None) -> Eng
 
 def _read_json(file: Path) -> dict[str, Any]:
     """Parse a JSON object, turning every I/O or syntax failure into an InputError."""
+    text = read_input_text(file)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("file not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {exc}", file=file) from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc}", file=file) from None
     if not isinstance(data, dict):

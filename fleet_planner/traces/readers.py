@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, unreadable
 from fleet_planner.traces.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def _read_csv(path: Path, select: Mapping[str, Sequence[str]] | None) -> tuple[l
                     rows.values.append(row)
                     rows.line_numbers.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read trace: {_reason(exc)}", file=path) from exc
+        raise InputError(f"cannot read trace: {unreadable(exc)}", file=path) from exc
     if header is None:
         raise InputError("file is empty", file=path)
     return header, _selected(path, header, rows, select) if select else rows
@@ -380,11 +380,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
         with path.open(encoding="utf-8-sig") as handle:
             yield from enumerate(handle, start=1)
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read trace: {_reason(exc)}", file=path) from exc
-
-
-def _reason(exc: Exception) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot read trace: {unreadable(exc)}", file=path) from exc
 
 
 def _build(

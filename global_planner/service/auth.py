@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fleet_planner.contract.models import Name
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, read_input_text
 from fleet_planner.yaml_input import load_yaml
 
 
@@ -47,12 +47,9 @@ class TokenAuthenticator:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuthenticator:
+        text = read_input_text(path)
         try:
-            data = load_yaml(Path(path).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
-        except UnicodeDecodeError as error:
-            raise InputError(f"cannot read: {error}", file=path) from error
+            data = load_yaml(text)
         except yaml.YAMLError as error:
             raise InputError(f"invalid YAML: {error}", file=path) from error
         if not isinstance(data, dict) or not data:

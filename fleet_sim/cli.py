@@ -88,6 +88,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     base = _overrides(args)
+    repeated = sorted({policy for policy in args.policies if args.policies.count(policy) > 1})
+    if repeated:  # two workers would write OUT/POLICY at once
+        raise InputError(f"each policy once; given more than once: {', '.join(repeated)}", field="--policies")
     for policy in args.policies:  # every policy is validated before the first one runs
         load_scenario(args.scenario, overrides={**base, "policy": policy})
     # One process per policy (as many at once as there are cores): the replays are independent.
@@ -122,12 +125,28 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
+MAX_BENCH_CLIENTS = 100_000
+
+
 def _bench(args: argparse.Namespace) -> int:
     from fleet_planner.knobs import EngineKnobs
     from fleet_planner.perf import PerfModel, load_profile
     from fleet_sim.closed_loop import run_closed_loop
 
+    for flag in ("concurrency", "isl", "osl", "max_batch_tokens"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise InputError(f"must be >= 1, got {value}", field="--" + flag.replace("_", "-"))
+    if args.concurrency > MAX_BENCH_CLIENTS:  # ten requests each are simulated: 10^8 clients ran for hours
+        raise InputError(f"at most {MAX_BENCH_CLIENTS} clients, got {args.concurrency}", field="--concurrency")
     model = PerfModel(load_profile(args.profile))
+    if model.max_context is not None and args.isl + args.osl > model.max_context:
+        # The engine refuses such a request at admission: the figures would describe nothing served.
+        raise InputError(
+            f"input + output = {args.isl + args.osl} tokens is past the profile's context of "
+            f"{model.max_context} tokens",
+            field="--isl/--osl",
+        )
     try:
         result = run_closed_loop(
             model,

@@ -236,6 +236,11 @@ def test_compare_replays_each_policy_and_prints_them_side_by_side(tmp_path: Path
         summary = json.loads((out / policy / "summary.json").read_text())
         assert summary["policy"] == policy and (out / policy / "report.html").exists()
     assert main(["compare", str(EXAMPLES / "shortage" / "scenario.yaml"), "--out", str(out), "--policies", "nope"]) == 2
+    twice = ["--policies", "static", "static"]  # two workers would write OUT/static at once
+    assert (
+        main(["compare", str(EXAMPLES / "shortage" / "scenario.yaml"), "--out", str(tmp_path / "twice"), *twice]) == 2
+    )
+    assert "given more than once: static" in capsys.readouterr().err and not (tmp_path / "twice").exists()
 
 
 def test_console_script_runs_and_fails_with_exit_code_2(tmp_path: Path) -> None:
@@ -493,11 +498,22 @@ def test_bench_json_matches_the_measured_tpot(capsys) -> None:
     assert result["ttft_ms"] > 0
 
 
-def test_bench_rejects_bad_arguments(capsys) -> None:
-    code, _, err = run_cli(
-        ["bench", "--profile", str(TRTLLM_H100), "--concurrency", "0", "--isl", "10", "--osl", "10"], capsys
-    )
-    assert code == 2 and len(err.strip().splitlines()) == 1
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--concurrency", "0"], "--concurrency"),
+        (["--max-batch-tokens", "0"], "--max-batch-tokens"),  # was a multi-line pydantic dump
+        (["--concurrency", "100000000"], "--concurrency"),  # ran for hours
+        (["--isl", "1000000000"], "--isl/--osl"),  # past the profile's context: nothing would be served
+    ],
+)
+def test_bench_rejects_bad_arguments(capsys, flags: list[str], named: str) -> None:
+    base = {"--concurrency": "4", "--isl": "10", "--osl": "10"}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        base[flag] = value
+    argv = ["bench", "--profile", str(TRTLLM_H100)] + [item for pair in base.items() for item in pair]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and named in err
 
 
 def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> None:

@@ -549,3 +549,13 @@ def test_synth_refuses_a_negative_seed(capsys: pytest.CaptureFixture[str]) -> No
         main(["trace", "synth", "--rate", "r.csv", "--lengths", "l.csv", "--out", "o.jsonl", "--seed", "-1"])
     assert exit_info.value.code == 2
     assert "argument --seed: must be >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_a_trace_too_large_for_one_machine_is_refused_before_it_is_drawn(azure: Trace) -> None:
+    """A slipped peak rate or scale factor was a MemoryError (or numpy's 'array is too big')
+    after minutes of drawing; the expected request count is checked first."""
+    with pytest.raises(InputError, match=r"peak_rps / rate_scale: .*more than 50000000"):
+        synthesize_from_rates(RATES, lengths=azure, peak_rps=1e12, duration_s=600.0)
+    with pytest.raises(ValueError, match=r"rate_scale 1e\+09 would make about .* requests, more than 50000000"):
+        scale_trace(azure, rate_scale=1e9)
+    assert len(synthesize_from_rates(RATES, lengths=azure, peak_rps=5.0, duration_s=600.0)) > 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from fleet_planner.errors import InputError
 from fleet_planner.traces.readers import _cell_float, _columns, _read_csv, _Rows
-from fleet_planner.traces.trace import Trace
+from fleet_planner.traces.trace import MAX_TRACE_REQUESTS, Trace
 
 ArrivalModel = Literal["auto", "clients", "poisson", "gamma"]
 ARRIVAL_MODELS: tuple[str, ...] = ("auto", "clients", "poisson", "gamma")
@@ -199,6 +199,12 @@ def synthesize(
             raise InputError("every rate in the selected span is 0; cannot rescale to a peak", file=path, field=_RATE)
         rates = rates * (peak_rps / rates.max())
     rates = rates * rate_scale
+    expected = float(np.sum(rates * spans))
+    if expected > MAX_TRACE_REQUESTS:
+        raise InputError(
+            f"the span would hold about {expected:.3g} requests at these rates, more than {MAX_TRACE_REQUESTS}",
+            field="peak_rps / rate_scale",
+        )
 
     rng = np.random.default_rng(seed)
     if model == "clients":

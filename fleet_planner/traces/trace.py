@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Past this a trace does not fit one machine's replay (about 300 bytes a request in the simulator,
+# docs/simulator.md, *Memory*): a slip of a scale factor or peak rate is refused before the
+# arrays are drawn instead of ending in a MemoryError.
+MAX_TRACE_REQUESTS = 50_000_000
+
 
 @dataclass(frozen=True)
 class Trace:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from fleet_planner.traces.trace import Trace
+from fleet_planner.traces.trace import MAX_TRACE_REQUESTS, Trace
 
 COPY_JITTER_S = 30.0
 
@@ -51,8 +51,12 @@ def scale_trace(
     if duration_s is not None:
         _require(math.isfinite(duration_s) and duration_s > 0, f"duration_s must be finite and > 0, got {duration_s!r}")
 
-    rng = np.random.default_rng(seed)
     n = len(trace)
+    _require(
+        n * rate_scale <= MAX_TRACE_REQUESTS,
+        f"rate_scale {rate_scale:g} would make about {n * rate_scale:.3g} requests, more than {MAX_TRACE_REQUESTS}",
+    )
+    rng = np.random.default_rng(seed)
     whole, fraction = divmod(rate_scale, 1.0)
     copies = np.full(n, int(whole), dtype=np.int64) + (rng.random(n) < fraction)
     source_index = np.repeat(np.arange(n), copies)

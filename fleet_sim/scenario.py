@@ -217,8 +217,22 @@ class Scenario(FrozenModel):
                         f"unknown GPU type {pool.gpu_type!r} (gpus: {', '.join(self.gpus) or 'none'})",
                     )
         self._check_endpoints()
+        self._check_offsets()
         self._check_inventory()
         return self
+
+    def _check_offsets(self) -> None:
+        """A trace shifted past the scenario's end sends nothing: its endpoint would sit idle for the
+        whole run without a word (offset_s: 1000d in a two-hour scenario)."""
+        for endpoint, config in self.endpoints.items():
+            if config.trace.offset_s >= self.duration_s:
+                raise FieldProblem(f"endpoints.{endpoint}.trace.offset_s", self._late(config.trace.offset_s))
+        for i, deployment in enumerate(self.deployments):
+            if deployment.trace is not None and deployment.trace.offset_s >= self.duration_s:
+                raise FieldProblem(f"deployments[{i}].trace.offset_s", self._late(deployment.trace.offset_s))
+
+    def _late(self, offset_s: float) -> str:
+        return f"{offset_s:g} s is at or after the scenario's end ({self.duration_s:g} s): no request would arrive"
 
     def _check_endpoints(self) -> None:
         """Every endpoint gets exactly one SLA and one trace, from `endpoints:` or its lone deployment."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fleet_planner.errors import InputError, read_input_text
 from fleet_planner.yaml_input import load_yaml
-from global_planner.allocation.models import POLICY_STRICT, PoolOverride, Stability, TenantLimits
+from global_planner.allocation.models import MAX_GPUS, POLICY_STRICT, PoolOverride, Stability, TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ class FleetInventory(BaseModel):
     @model_validator(mode="after")
     def _non_negative(self) -> FleetInventory:
         for gpu, count in self.gpus.items():
-            if count < 0:
-                raise InputError(f"must be >= 0 (got {count})", field=f"fleet.gpus.{gpu}")
+            if not 0 <= count <= MAX_GPUS:
+                raise InputError(f"must be within [0, {MAX_GPUS}] (got {count})", field=f"fleet.gpus.{gpu}")
         return self
 
 

@@ -78,6 +78,11 @@ def test_committed_schema_is_current() -> None:
         (GOOD.replace("{h200: 32,", "{h200: true,"), "fleet.gpus.h200", "valid integer"),
         (GOOD.replace("max_step: 2", "max_step: 2.5"), "deployments[0].max_step", "valid integer"),
         (GOOD + "stability: {contest_on_observed: 1}\n", "stability.contest_on_observed", "valid boolean"),
+        # a slipped exponent made every round fall back to greedy (CP-SAT's int64 overflowed)
+        (GOOD.replace("{h200: 32,", "{h200: 100000000000000000000,"), "fleet.gpus.h200", "within [0, 1000000]"),
+        (GOOD.replace("priority: 10}", "priority: 1.0e+15}"), "tenants.beta.priority", "less than or equal to"),
+        (GOOD.replace("{a100: 4}", "{a100: 4}").replace("h100: 8}", "h100: 10000000}"), "max_gpus", "1000000"),
+        (GOOD.replace("max_step: 2", "max_step: 2, priority: 1.0e+9"), "deployments[0].priority", "less than"),
     ],
 )
 def test_errors_name_file_path_and_problem(tmp_path: Path, text: str, path: str, problem: str) -> None:

@@ -279,6 +279,9 @@ CONV = "traces/azure2023_conv.csv"
             "list",
         ),
         (lambda d: _with([*SHARED_TRACE, "start_s"], -60, d), "endpoints.llama-8b.trace.start_s", "-60"),
+        # a trace shifted past the end sent nothing, without a word
+        (lambda d: _with([*SHARED_TRACE, "offset_s"], "2h", d), "endpoints.llama-8b.trace.offset_s", "no request"),
+        (lambda d: _with(["deployments", 2, "trace", "offset_s"], 3600, d), "deployments[2].trace.offset_s", "3600"),
         (lambda d: _with([*AGG, "gpu_type"], "a100", d), "deployments[1].pools.agg.gpu_type", "a100"),
         (lambda d: _with(["deployments", 1, "mode"], "disagg", d), "deployments[1].pools", "prefill"),
         (lambda d: _with(["deployments", 1, "mode"], "hybrid", d), "deployments[1].mode", "hybrid"),

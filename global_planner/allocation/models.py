@@ -41,6 +41,10 @@ Driver = Literal["unchanged", "bid", "others", "bounds", "idle"]
 # Policy files are YAML, where ``true`` or ``"3"`` in a number's place is a mistake to refuse, not
 # a value to convert: the policy models are strict (an int is still a valid float).
 POLICY_STRICT = ConfigDict(strict=True)
+# Far past any real fleet, and where CP-SAT still builds its model: a priority of 1e15 or 10^20 GPUs
+# (a slipped exponent) made every round fall back to the greedy allocator (int64 overflow).
+MAX_PRIORITY = 1e6
+MAX_GPUS = 1_000_000
 
 
 class TenantLimits(FrozenModel):
@@ -48,7 +52,7 @@ class TenantLimits(FrozenModel):
 
     model_config = POLICY_STRICT
 
-    priority: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    priority: float = Field(default=1.0, gt=0, le=MAX_PRIORITY, allow_inf_nan=False)
     guaranteed_gpus: dict[str, int] = Field(default_factory=dict)
     max_gpus: dict[str, int] = Field(default_factory=dict)
 
@@ -56,8 +60,8 @@ class TenantLimits(FrozenModel):
     @classmethod
     def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
         for gpu_type, count in value.items():
-            if count < 0:
-                raise ValueError(f"{gpu_type}: must be >= 0 (got {count})")
+            if not 0 <= count <= MAX_GPUS:
+                raise ValueError(f"{gpu_type}: must be within [0, {MAX_GPUS}] (got {count})")
         return value
 
 
@@ -73,7 +77,7 @@ class PoolOverride(FrozenModel):
     max_step: int | None = Field(default=None, ge=0, description="max replica change per round")
     min_replicas: int | None = Field(default=None, ge=0)
     max_replicas: int | None = Field(default=None, ge=0)
-    priority: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    priority: float | None = Field(default=None, gt=0, le=MAX_PRIORITY, allow_inf_nan=False)
     churn_weight: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="value units lost per replica changed"
     )

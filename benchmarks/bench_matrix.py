@@ -211,7 +211,7 @@ def cell_priorities(cell: Cell, workdir: Path) -> dict[str, float] | None:
 
 
 def run_agents(job: tuple[Cell, Path, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """The agent policies of one cell (local, and fcfs/global where tenants contend) with these
+    """The agent policies of one cell (local, and fcfs/global where there are several tenants) with these
     planner options."""
     cell, workdir, options = job
     out: dict[str, Any] = {}

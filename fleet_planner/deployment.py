@@ -8,7 +8,7 @@ A pool or a deployment means the same in both files: the same fields, defaults a
 adds only its engine knobs on top of :class:`PoolConfig`.
 
 Relative paths are resolved against the folder given as ``base_dir`` in the validation context
-(the file's folder); inputs (``ExistingPath``) must exist at load time.
+(the file's folder); inputs (``ExistingFile``, ``ExistingFolder``) must exist at load time.
 """
 
 from __future__ import annotations
@@ -61,23 +61,36 @@ def _resolved(value: Path, info: ValidationInfo) -> Path:
     return (context_base_dir(info.context) / value.expanduser()).resolve()
 
 
-def _existing(value: Path, info: ValidationInfo) -> Path:
-    """Referenced inputs must exist now, not fail minutes into the run."""
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    """Referenced input files must exist now, not fail minutes into the run."""
     path = _resolved(value, info)
     if not path.exists():
         raise ValueError(f"not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"is a folder, not a file: {path}")
+    return path
+
+
+def _existing_folder(value: Path, info: ValidationInfo) -> Path:
+    """Referenced input folders (engine profiles) must exist now, and be folders."""
+    path = _resolved(value, info)
+    if not path.exists():
+        raise ValueError(f"not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"is a file, not a folder: {path}")
     return path
 
 
 ResolvedPath = Annotated[Path, AfterValidator(_resolved)]
-ExistingPath = Annotated[Path, AfterValidator(_existing)]
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
 
 
 class PoolConfig(FrozenModel):
     """One pool: its engine profile, GPUs, replica bounds and the engine knobs in force (sizing
     must use what the engine runs with: vLLM's --max-num-batched-tokens / --max-num-seqs)."""
 
-    profile: ExistingPath = Field(description="engine performance profile folder")
+    profile: ExistingFolder = Field(description="engine performance profile folder")
     # Bounded as the planner's registration is, so a config it would refuse fails here, at load.
     gpu_type: Name
     gpus_per_replica: int = Field(default=1, ge=1, le=MAX_GPUS_PER_REPLICA)

@@ -24,7 +24,7 @@ from pydantic import (
 
 from fleet_planner.deployment import (
     DeploymentConfig,
-    ExistingPath,
+    ExistingFile,
     FieldProblem,
     PoolConfig,
     context_base_dir,
@@ -48,12 +48,12 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 class SynthSource(FrozenModel):
     """Traffic synthesised from a rate series (requests/s over time) and a pool of request lengths."""
 
-    rate: ExistingPath = Field(description="CSV rate series (time, rate)")
+    rate: ExistingFile = Field(description="CSV rate series (time, rate)")
     peak_rps: PositiveFloat | None = Field(
         default=None, description="rescale the series so its peak is this many requests/s; None keeps it as is"
     )
     start_s: Duration = Field(default=0.0, description="where in the rate series to start")
-    lengths: ExistingPath = Field(description="trace whose (input, output) lengths are sampled")
+    lengths: ExistingFile = Field(description="trace whose (input, output) lengths are sampled")
     lengths_format: TraceFormat | None = Field(
         default=None, description="format of `lengths`; default azure for .csv, mooncake for .jsonl"
     )
@@ -78,7 +78,7 @@ class SynthSource(FrozenModel):
 class TraceSource(FrozenModel):
     """Where an endpoint's requests come from (a trace file or a synthesis), and how to reshape them."""
 
-    path: ExistingPath | None = None
+    path: ExistingFile | None = None
     format: TraceFormat | None = Field(default=None, description="required unless `path` ends in .jsonl (mooncake)")
     synth: SynthSource | None = None
     rate_scale: PositiveFloat = Field(

@@ -44,7 +44,7 @@ from pydantic import (
 
 from fleet_planner.deployment import (
     DeploymentConfig,
-    ExistingPath,
+    ExistingFile,
     FieldProblem,
     PoolConfig,
     ResolvedPath,
@@ -263,11 +263,11 @@ class PlannerLink(FrozenModel):
     (for planners run without ``--tokens``)."""
 
     address: HostPorts = Field(description="HOST:PORT of the global planner (comma-separated: replicas, tried in turn)")
-    ca_file: ExistingPath | None = Field(default=None, description="PEM CA bundle that signed the planner's cert")
-    cert_file: ExistingPath | None = Field(default=None, description="PEM client certificate (mutual TLS)")
-    key_file: ExistingPath | None = Field(default=None, description="PEM private key of cert_file")
+    ca_file: ExistingFile | None = Field(default=None, description="PEM CA bundle that signed the planner's cert")
+    cert_file: ExistingFile | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    key_file: ExistingFile | None = Field(default=None, description="PEM private key of cert_file")
     token_env: str = Field(default=PLANNER_TOKEN_ENV, min_length=1, description="variable holding the token")
-    token_file: ExistingPath | None = Field(default=None, description="file holding the token (wins over token_env)")
+    token_file: ExistingFile | None = Field(default=None, description="file holding the token (wins over token_env)")
 
     @model_validator(mode="before")
     @classmethod

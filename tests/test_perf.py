@@ -365,3 +365,8 @@ def test_npz_missing_key_and_bad_archive(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found") as err:
         load_profile(dst)
     assert err.value.file == str(decode)
+
+
+def test_a_file_given_for_the_folder_says_so(h100_copy: Path) -> None:
+    with pytest.raises(InputError, match="is a file; a profile is the folder"):
+        load_profile(h100_copy / "prefill_raw_data.json")

@@ -256,7 +256,12 @@ CONV = "traces/azure2023_conv.csv"
         (lambda d: _with([*SYNTH, "arrival"], "burst", d), "deployments[2].trace.synth.arrival", "burst"),
         (lambda d: _with([*SYNTH, "peak_rps"], -3, d), "deployments[2].trace.synth.peak_rps", "-3"),
         (lambda d: _with([*SYNTH, "rate_scale"], 2, d), "deployments[2].trace.synth.rate_scale", "unknown key"),
-        (lambda d: _with([*SYNTH, "lengths"], "profiles", d), "deployments[2].trace.synth.lengths_format", "required"),
+        (lambda d: _with([*SYNTH, "lengths"], "profiles", d), "deployments[2].trace.synth.lengths", "is a folder"),
+        (
+            lambda d: _with([*AGG, "profile"], CONV, d),  # a file where the profile folder belongs
+            "deployments[1].pools.agg.profile",
+            "is a file, not a folder",
+        ),
         (lambda d: _with([*SYNTH, "format"], "csv", d), "deployments[2].trace.synth.format", "unknown key"),
         (
             lambda d: _with(["deployments", 2, "trace", "format"], "csv", d),

@@ -71,6 +71,12 @@ def load_profile(path: str | Path, *, gpus_per_engine: int | None = None) -> Eng
     where it otherwise defaults to 1).
     """
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(
+            "is a file; a profile is the folder holding prefill_raw_data.json and decode_raw_data.json "
+            "(or the NPZ layout)",
+            file=folder,
+        )
     if not folder.is_dir():
         raise InputError("profile folder not found", file=folder)
     if (folder / PREFILL_JSON).exists() or not (folder / PREFILL_NPZ).exists():

@@ -559,3 +559,12 @@ def test_a_trace_too_large_for_one_machine_is_refused_before_it_is_drawn(azure: 
     with pytest.raises(ValueError, match=r"rate_scale 1e\+09 would make about .* requests, more than 50000000"):
         scale_trace(azure, rate_scale=1e9)
     assert len(synthesize_from_rates(RATES, lengths=azure, peak_rps=5.0, duration_s=600.0)) > 0
+
+
+def test_a_json_lines_file_read_as_csv_gets_a_short_error_and_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    ids = ", ".join(str(i) for i in range(500))
+    path.write_text(f'{{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [{ids}]}}\n')
+    with pytest.raises(InputError, match="use format mooncake") as caught:
+        read_trace(path, "azure")
+    assert len(str(caught.value)) < 500  # the whole line was echoed as the header

@@ -164,8 +164,12 @@ def _read_azure(path: Path, select: Mapping[str, Sequence[str]] | None) -> Trace
         input_name, output_name = "input_tokens", "output_tokens"
     else:
         hint = " (a BurstGPT file: use format burstgpt)" if is_burstgpt_header(header) else ""
+        if header and header[0].startswith("{"):
+            hint = " (a JSON lines file: use format mooncake)"
+        shown = ", ".join(header)
+        shown = shown if len(shown) <= 200 else shown[:200] + "..."  # a JSON line read as CSV is long
         raise InputError(
-            f"unrecognised Azure header {header}; "
+            f"unrecognised Azure header [{shown}]; "
             f"expected {', '.join(_AZURE_COLUMNS)} or {', '.join(_GENERIC_COLUMNS)}{hint}",
             file=path,
             field="header",

@@ -67,7 +67,7 @@ from fleet_sim.matrix import (  # noqa: E402
     quick_cells,
     reversals_per_hour,
 )
-from fleet_sim.outputs import priority_weighted_attainment, scaling_stability, summarize  # noqa: E402
+from fleet_sim.outputs import priority_weighted_attainment, summarize  # noqa: E402
 from fleet_sim.policies import DEFAULT_TARGET_ATTAINMENT, make_policy  # noqa: E402
 from fleet_sim.runner import FleetSimulation  # noqa: E402
 from fleet_sim.stable_bound import search_stable_bound  # noqa: E402
@@ -177,7 +177,6 @@ def figures(
     result = FleetSimulation(scenario, workload, policy).run()
     summary = summarize(result)
     search = getattr(policy, "search", None)
-    changes = {name: d.target_changes_per_pool_hour or 0.0 for name, d in scaling_stability(result).deployments.items()}
     return {
         "gpu_hours": summary["fleet"]["gpu_hours"],
         "attainment": {name: d["slo_attainment"] for name, d in summary["deployments"].items()},
@@ -194,7 +193,9 @@ def figures(
         },
         "priorities": priorities,
         "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
-        "max_changes_per_pool_hour": max(changes.values(), default=0.0),
+        "max_changes_per_pool_hour": max(
+            (d["target_changes_per_pool_hour"] or 0.0 for d in summary["deployments"].values()), default=0.0
+        ),
         "budget_violations": summary["fleet"]["budget_violations"],
         "short_ticks": sum(1 for row in result.timeline if row.pending > 0),
     }

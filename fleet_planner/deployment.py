@@ -61,24 +61,22 @@ def _resolved(value: Path, info: ValidationInfo) -> Path:
     return (context_base_dir(info.context) / value.expanduser()).resolve()
 
 
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    """Referenced input files must exist now, not fail minutes into the run."""
+def _existing(value: Path, info: ValidationInfo, *, folder: bool) -> Path:
+    """Referenced inputs must exist now, and be of the kind asked for, not fail minutes into the run."""
     path = _resolved(value, info)
     if not path.exists():
         raise ValueError(f"not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"is a folder, not a file: {path}")
+    if path.is_dir() != folder:
+        raise ValueError(f"is a file, not a folder: {path}" if folder else f"is a folder, not a file: {path}")
     return path
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    return _existing(value, info, folder=False)
 
 
 def _existing_folder(value: Path, info: ValidationInfo) -> Path:
-    """Referenced input folders (engine profiles) must exist now, and be folders."""
-    path = _resolved(value, info)
-    if not path.exists():
-        raise ValueError(f"not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"is a file, not a folder: {path}")
-    return path
+    return _existing(value, info, folder=True)
 
 
 ResolvedPath = Annotated[Path, AfterValidator(_resolved)]

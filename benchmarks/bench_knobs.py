@@ -11,12 +11,25 @@ cells named ``day-...``, unchanged) and, with ``--example``, the repository's di
 
     python benchmarks/bench_knobs.py [--cells day-] [--example] [--scenario FILE ...]
                                      [--headrooms 1.0,1.1,1.25] [--fixed DEP/ROLE=SEQS,TOKENS ...]
-                                     [--duration 6h] [--json OUT]
+                                     [--duration 6h] [--json OUT] [--sweep] [--seed N]
+
+``--sweep`` asks whether *any* knob setting would save GPU-hours, whatever the agent's model
+thinks: every pool of every scenario is run with each setting of a grid (``SWEEP``: decode caps,
+prefill budgets, aggregated caps x budgets), one pool at a time with the others at the engine
+defaults, the agent sizing with the knobs in force (at the first headroom). A setting at or above
+the defaults' attainment saves what it costs less than they do; one below it is compared with the
+defaults' cost curve at its attainment (the defaults run at the other ``--headrooms`` and at the
+agent's lower attainment targets ``SWEEP_TARGETS``, joined by straight lines), so trading
+attainment for GPU-hours is not a saving unless it beats the agent's own trade. The best saving is
+printed per pool. Where no setting of any pool saves, no
+tuner could profit from these knobs on that traffic (one pool at a time: joint settings are not
+tried).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -42,6 +55,22 @@ from fleet_sim.workload import Workload, build_workload  # noqa: E402
 
 EXAMPLE = ROOT / "examples/diurnal-two-tenant/scenario.yaml"
 VARIANTS = {"engine defaults": False, "tuned knobs": True}
+# The agent's attainment targets (below its default 0.99) that extend the engine defaults' cost
+# curve of ``--sweep`` below headroom 1.0: a setting that buys GPU-hours with attainment is
+# compared with the defaults at that attainment, not with the defaults at a higher one.
+SWEEP_TARGETS = (0.98, 0.97, 0.95)
+# The brute-force grid of ``--sweep`` per role: (max_num_seqs, max_batch_tokens) settings besides
+# the defaults (256, 8192). Prefill iterations decode nothing, so only their budget matters.
+SWEEP: dict[str, list[tuple[int, int]]] = {
+    "decode": [(seqs, 8192) for seqs in (32, 64, 128, 192, 384, 512)],
+    "prefill": [(256, tokens) for tokens in (2048, 4096, 16384, 32768)],
+    "agg": [
+        (seqs, tokens)
+        for seqs in (64, 128, 256, 384)
+        for tokens in (512, 2048, 8192, 16384)
+        if (seqs, tokens) != (256, 8192)
+    ],
+}
 
 
 def with_knobs(scenario: Scenario, fixed: dict[tuple[str, str], EngineKnobs]) -> Scenario:
@@ -113,6 +142,35 @@ def cheapest_reaching(points: list[dict[str, Any]], attainment: float) -> dict[s
     return min(reaching, key=lambda p: p["gpu_hours"]) if reaching else None
 
 
+def frontier_gpu_hours(points: list[dict[str, Any]], attainment: float) -> float | None:
+    """GPU-hours of the runs' lower cost curve at ``attainment``: the cheapest run reaching it, or
+    a straight line between two runs on either side of it (an attainment between two runs' is
+    bought at a cost between theirs, so a run 0.01 point above the defaults is not compared with
+    a run 0.1 point above them). None above every run's attainment."""
+    best = min((p["gpu_hours"] for p in points if p["attainment"] >= attainment), default=None)
+    for low in points:
+        for high in points:
+            if low["attainment"] < attainment < high["attainment"]:
+                share = (attainment - low["attainment"]) / (high["attainment"] - low["attainment"])
+                line = low["gpu_hours"] + share * (high["gpu_hours"] - low["gpu_hours"])
+                best = line if best is None else min(best, line)
+    return best
+
+
+def knob_saving(defaults: list[dict[str, Any]], setting: dict[str, Any]) -> float:
+    """GPU-hours a knob setting saves against the engine defaults (``defaults[0]`` the reference
+    run, the rest other operating points of the agent): at or above the reference's attainment,
+    what it saves against the reference (attainment gained at the same cost is not counted as
+    GPU-hours); below it, against the defaults' cost curve there (``frontier_gpu_hours``: a setting
+    that trades attainment for GPU-hours is judged against the agent's own trade). Negative: it
+    costs more."""
+    reference = defaults[0]["gpu_hours"]
+    if setting["attainment"] >= defaults[0]["attainment"]:
+        return reference - setting["gpu_hours"]
+    rival = frontier_gpu_hours(defaults, setting["attainment"])  # the reference reaches it: never None
+    return min(rival if rival is not None else reference, reference) - setting["gpu_hours"]
+
+
 def compare(
     label: str, scenario: Scenario, headrooms: list[float], fixed: dict[tuple[str, str], EngineKnobs]
 ) -> dict[str, Any]:
@@ -153,6 +211,51 @@ def compare(
     return out
 
 
+def sweep(label: str, scenario: Scenario, headrooms: list[float]) -> dict[str, Any]:
+    """Every pool with each ``SWEEP`` setting in turn (the others at the scenario's knobs), the
+    local agent sizing with them at the first headroom; what each saves is ``knob_saving`` against
+    the defaults at every headroom and at the agent's lower attainment targets (``SWEEP_TARGETS``)."""
+    workload = build_workload(scenario)
+    print(f"\n{label}: {len(workload)} requests, policy local, one pool's knobs at a time", flush=True)
+    defaults = []
+    frontier = [{"headroom": h} for h in headrooms] + [{"target_attainment": t} for t in SWEEP_TARGETS]
+    for options in frontier:
+        result = run(with_options(scenario, policy="local", **options), workload)
+        defaults.append(result)
+        described = ", ".join(f"{key} {value}" for key, value in options.items())
+        print(
+            f"  engine defaults, {described}: {result['attainment'] * 100:6.2f}% {result['gpu_hours']:7.2f} GPU-h",
+            flush=True,
+        )
+    out: dict[str, Any] = {"scenario": label, "defaults": defaults, "pools": {}}
+    for deployment in scenario.deployments:
+        for role in deployment.pools:
+            key = (deployment.name, role)
+            savings = []
+            for seqs, tokens in SWEEP[role]:
+                knobs = EngineKnobs(max_num_seqs=seqs, max_batch_tokens=tokens)
+                setting = with_options(with_knobs(scenario, {key: knobs}), policy="local", headroom=headrooms[0])
+                result = run(setting, workload)
+                saved = knob_saving(defaults, result)
+                result |= {"knobs": str(knobs), "saved_gpu_hours": saved}
+                savings.append(result)
+                print(
+                    f"  {deployment.name}/{role} {knobs!s:28s} {result['attainment'] * 100:6.2f}% "
+                    f"{result['gpu_hours']:7.2f} GPU-h  misses: TTFT {result['ttft_miss'] * 100:.2f}%, "
+                    f"ITL {result['itl_miss'] * 100:.2f}%; vs the defaults at that attainment {saved:+.2f} GPU-h",
+                    flush=True,
+                )
+            best = max(savings, key=lambda r: r["saved_gpu_hours"])
+            verdict = (
+                f"{best['knobs']} saves {best['saved_gpu_hours']:.2f} GPU-h at {best['attainment'] * 100:.2f}%"
+                if best["saved_gpu_hours"] >= 0.01  # the printed precision: a rounding error is no saving
+                else "no setting saves GPU-hours"
+            )
+            print(f"  => {deployment.name}/{role}: {verdict}", flush=True)
+            out["pools"][f"{deployment.name}/{role}"] = savings
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", default="day-", help="matrix cells whose name contains this ('' for none)")
@@ -165,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", help="shorten every run (e.g. 6h)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--sweep", action="store_true", help="brute force: every pool at each knob setting of a grid")
+    parser.add_argument(
+        "--seed", type=int, help="the matrix cells with this traffic seed instead of their own (bench_matrix.py --seed)"
+    )
     args = parser.parse_args(argv)
     headrooms = [float(h) for h in args.headrooms.split(",")]
     fixed = parse_fixed(args.fixed)
@@ -175,12 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     pool = cells() + (extra_cells() if args.extra else [])
     for cell in [c for c in pool if args.cells and args.cells in c.name]:
+        if args.seed is not None:
+            cell = dataclasses.replace(cell, seed=args.seed)
         scenario = build_scenario(cell, "local", workdir)
         if args.duration:
             scenario = scenario.model_copy(update={"duration_s": overrides["duration"]})
-        results.append(compare(cell.name, scenario, headrooms, fixed))
+        results.append(
+            sweep(cell.name, scenario, headrooms) if args.sweep else compare(cell.name, scenario, headrooms, fixed)
+        )
     for path in [*([EXAMPLE] if args.example else []), *args.scenario]:
-        results.append(compare(str(path), load_scenario(path, overrides=overrides), headrooms, fixed))
+        scenario = load_scenario(path, overrides=overrides)
+        results.append(
+            sweep(str(path), scenario, headrooms) if args.sweep else compare(str(path), scenario, headrooms, fixed)
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

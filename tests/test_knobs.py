@@ -3,6 +3,7 @@ hysteresis), sizing with the knobs in force, and the simulator honouring them at
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from fleet_sim.engine import EngineConfig, Pool, Simulator
 from fleet_sim.scenario import parse_scenario
 from local_agent.agent import AgentOptions, LocalAgent
 from local_agent.knobs import candidates
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from local_agent.sizing import EngineModel, LoadEstimate
 from local_agent.sizing.curves import _chunk_spread
 from local_agent.sizing.deployment import size_deployment
@@ -237,3 +240,24 @@ def test_a_raised_cap_may_return_to_the_configured_one_but_never_below() -> None
     sla = SLA(ttft_ms=600, itl_ms=30)
     options = candidates(A100, "decode", sla, 1155, 211, EngineKnobs(max_num_seqs=420), EngineKnobs())
     assert [k.max_num_seqs for k in options] == [420, 256]  # A100's ITL limit (112) is below the floor
+
+
+def test_knob_sweep_compares_a_setting_with_the_defaults_at_its_own_attainment() -> None:
+    """``bench_knobs.py --sweep``'s verdict. Above the defaults' attainment a setting saves only
+    what it costs less (a 0.01 point gain is not priced at a dearer headroom's GPU-hours); below
+    it, it is compared with the line between the defaults' cheaper operating points either side
+    (lower attainment targets), never credited more than it costs less than the reference."""
+    from bench_knobs import frontier_gpu_hours, knob_saving
+
+    def run(attainment: float, gpu_hours: float) -> dict[str, float]:
+        return {"attainment": attainment, "gpu_hours": gpu_hours}
+
+    defaults = [run(0.9985, 13.80), run(0.9993, 15.13), run(0.9979, 13.35), run(0.9970, 12.00)]
+    assert frontier_gpu_hours(defaults, 0.9986) == pytest.approx(13.80 + (1 / 8) * 1.33)
+    assert frontier_gpu_hours(defaults, 0.9999) is None
+    assert knob_saving(defaults, run(0.9986, 13.80)) == pytest.approx(0.0)  # same cost, 0.01 point more
+    assert knob_saving(defaults, run(0.9990, 13.50)) == pytest.approx(0.30)
+    assert knob_saving(defaults, run(0.9982, 13.30)) == pytest.approx(12.00 + 0.8 * 1.80 - 13.30)  # lower hull
+    assert knob_saving(defaults, run(0.9975, 13.40)) < 0  # the agent's own trade is cheaper there
+    assert knob_saving(defaults, run(0.9960, 11.00)) == pytest.approx(1.0)  # the cheapest run reaching it
+    assert knob_saving([run(0.9985, 13.80)], run(0.9960, 11.00)) == pytest.approx(2.80)

@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     live.add_argument("--decode-isl", help="comma-separated input lengths for the decode sweep")
     live.add_argument("--concurrency", help="comma-separated decode batch sizes")
     live.add_argument("--osl", type=int, help="output tokens per decode request (default 256, quick 96)")
-    live.add_argument("--repeats", type=int, help="requests per TTFT point, fastest kept (default 5, quick 3)")
+    live.add_argument(
+        "--repeats",
+        type=int,
+        help="requests per TTFT point, fastest kept (default 5, quick 3; four times as many up to 1024 tokens)",
+    )
     live.add_argument("--gpus", type=int, default=1, help="GPUs per engine (for per-GPU throughput)")
     live.add_argument("--system", default="unknown", help="GPU system label for meta.json (e.g. h100_sxm)")
     live.add_argument("--backend", default="unknown", help="engine label for meta.json (e.g. vllm)")

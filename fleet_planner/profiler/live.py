@@ -35,6 +35,11 @@ from fleet_planner.profiler.layout import DecodePoint, PrefillPoint
 
 MIN_STEADY_GAPS = 8  # per request; fewer and the window says more about jitter than about decode
 WARMUP_REQUESTS = 5
+# A prompt this short has a TTFT of a few milliseconds, of which the HTTP stack on both sides and
+# the host's scheduling are a tenth or more; it is timed this many times as often (the fastest is
+# kept, so more samples find the floor), for a few milliseconds each.
+SHORT_PROMPT_TOKENS = 1024
+SHORT_PROMPT_SAMPLES = 4
 PLAN_FILE = "sweep.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
 
@@ -159,12 +164,14 @@ async def run_sweep(client: OpenAIClient, state: SweepState, progress: Callable[
 
 async def measure_prefill(client: OpenAIClient, keys: list[str], repeats: int) -> list[Measurement]:
     """TTFT per input length, in rounds of one request per length: a burst of load on the host
-    then touches one sample of many points rather than every sample of one."""
+    then touches one sample of many points rather than every sample of one. Short prompts get
+    ``SHORT_PROMPT_SAMPLES`` times the rounds."""
     lengths = [int(key.split(":")[1]) for key in keys]
     samples: list[list[float]] = [[] for _ in keys]
-    for _ in range(repeats):
+    for round_ in range(repeats * SHORT_PROMPT_SAMPLES):
         for i, isl in enumerate(lengths):
-            samples[i].append((await client.stream(isl, 1)).ttft_s * 1000.0)
+            if round_ < repeats or isl <= SHORT_PROMPT_TOKENS:
+                samples[i].append((await client.stream(isl, 1)).ttft_s * 1000.0)
     return [
         Measurement(key=key, kind="prefill", prefill=PrefillPoint(isl=isl, ttft_ms=min(ttfts)))
         for key, isl, ttfts in zip(keys, lengths, samples, strict=True)

@@ -17,7 +17,10 @@ Candidates, per pool (the other pools keep the knobs in force):
 
 Each candidate's curve comes from the same model the agent sizes with
 (:meth:`local_agent.decide.sizer.Sizer.curves_at`), so a knob is chosen only when the sizing that
-follows needs fewer GPUs (or as many, with a clearly higher attainment). :class:`KnobTuner` runs
+follows needs fewer GPUs (or as many, with a clearly higher attainment, or, for a decode cap, as
+many with a replica serving ``THROUGHPUT_MARGIN`` more requests within the ITL target: at one rate
+the sizing is whole replicas, and the cap that would save one at the next peak is better in force
+before it). :class:`KnobTuner` runs
 this every ``knob_interval_s`` and changes knobs only on such a gain (hysteresis: knobs do not flap
 with noise; a corrected profile or lengths moving by more than 10% bring the next choice forward,
 to a quarter of the interval at the earliest); the connector applies them (the simulator at once,
@@ -43,6 +46,11 @@ from local_agent.sizing import EngineModel
 CHUNK_BUDGETS = tuple(2**k for k in range(9, 15))  # 512 .. 16384 tokens
 KV_BOUND = 1 << 20  # no cap of its own: the batch range is bounded by the KV cache
 ATTAINMENT_MARGIN = 0.002  # at equal GPUs, a change must gain this much attainment
+# At equal GPUs and attainment, a decode cap that lets a replica serve this much more within the ITL
+# target is taken: the sizing at one rate is whole replicas (a cap that carries 60% more per replica
+# may need as many at this rate and fewer at the next peak), and a slot that is not there turns
+# into a wait for it, which the model underestimates.
+THROUGHPUT_MARGIN = 0.05
 MATERIAL_SHIFT = 0.1  # a profile or length change this large re-chooses knobs early
 # Caps are sized for this share of the ITL target: a batch exactly at the limit for the mean context
 # misses it whenever the running contexts are longer than average (measured: a cap at the limit let
@@ -158,19 +166,46 @@ class KnobTuner:
             scored = [(self._cost(sizer, role, knobs, rate, lengths), knobs) for knobs in options]
             (gpus, attainment), best = min(scored, key=lambda item: (item[0][0], -item[0][1]))
             base_gpus, base_attainment = scored[0][0]
-            if best == current or not (
-                gpus < base_gpus or (gpus == base_gpus and attainment >= base_attainment + ATTAINMENT_MARGIN)
-            ):
+            gain = ""
+            if not (gpus < base_gpus or (gpus == base_gpus and attainment >= base_attainment + ATTAINMENT_MARGIN)):
+                wider = self._more_throughput(sizer, role, lengths, scored)
+                if wider is None:
+                    continue
+                (gpus, attainment), best = wider
+                gain = "; as many GPUs, more requests per replica within the ITL target"
+            if best == current:
                 continue
             reason = (
                 f"{best}: {gpus} GPUs reach {attainment:.1%} at {rate:.2f} req/s "
-                f"(with {current}: {base_gpus} GPUs, {base_attainment:.1%})"
+                f"(with {current}: {base_gpus} GPUs, {base_attainment:.1%}){gain}"
             )
             self.knobs[role] = best
             self.reasons[role] = reason
             sizer.spec = self.spec_with(sizer.spec, role, best)
             changed[role] = KnobChoice(knobs=best, reason=reason)
         return changed
+
+    @staticmethod
+    def _more_throughput(
+        sizer: Sizer, role: PoolRole, lengths: Lengths, scored: list[tuple[tuple[int, float], EngineKnobs]]
+    ) -> tuple[tuple[int, float], EngineKnobs] | None:
+        """Among decode candidates as good as the knobs in force (``scored[0]``: as few GPUs, at
+        least the attainment), the one whose replica serves the most requests within the ITL
+        target (with its margin), if that is ``THROUGHPUT_MARGIN`` more than now."""
+        if role != "decode":
+            return None
+        (base_gpus, base_attainment), current = scored[0]
+        isl, osl, itl = lengths[0].mean, lengths[1].mean, sizer.spec.sla.itl_ms * ITL_MARGIN
+
+        def per_replica(knobs: EngineKnobs) -> float:
+            point = decode_point(sizer.models[role], isl, osl, itl, max_num_seqs=knobs.max_num_seqs)  # type: ignore[arg-type]
+            return point.requests_per_s if point.feasible and point.requests_per_s is not None else 0.0
+
+        equal = [item for item in scored[1:] if item[0][0] == base_gpus and item[0][1] >= base_attainment - 1e-9]
+        if not equal:
+            return None
+        best = max(equal, key=lambda item: per_replica(item[1]))
+        return best if per_replica(best[1]) >= (1.0 + THROUGHPUT_MARGIN) * per_replica(current) else None
 
     def _cost(
         self, sizer: Sizer, role: PoolRole, knobs: EngineKnobs, rate: float, lengths: Lengths

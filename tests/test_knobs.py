@@ -146,15 +146,38 @@ def test_tuner_raises_the_decode_cap_where_itl_allows_and_sizes_with_it() -> Non
     assert "GPUs" in changed["decode"].reason
 
 
-def test_tuner_keeps_knobs_without_a_gain_and_does_not_flap() -> None:
+def test_tuner_takes_a_cap_that_carries_more_per_replica_and_does_not_flap() -> None:
+    """At 20 req/s one replica suffices with either cap, but the raised one serves more within the
+    ITL target: it is taken at once (before the first peak, not after it), and not given back."""
     agent = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=600)
-    assert agent.knob_tuner.retune(0.0, agent.sizer, 20, CONV) == {}  # one replica either way
-    assert agent.knobs["decode"] == EngineKnobs()
-    assert set(agent.knob_tuner.retune(600.0, agent.sizer, 350, CONV)) == {"decode"}
+    choice = agent.knob_tuner.retune(0.0, agent.sizer, 20, CONV)
+    assert set(choice) == {"decode"} and "more requests per replica" in choice["decode"].reason
     tuned = agent.knobs["decode"]
-    assert agent.knob_tuner.retune(900.0, agent.sizer, 20, CONV) == {}  # not due yet
-    assert agent.knob_tuner.retune(1200.0, agent.sizer, 20, CONV) == {}  # due, but no gain in going back
+    assert tuned.max_num_seqs > 256
+    assert agent.knob_tuner.retune(300.0, agent.sizer, 350, CONV) == {}  # not due yet
+    assert agent.knob_tuner.retune(600.0, agent.sizer, 20, CONV) == {}  # due, but nothing gained going back
+    assert agent.knob_tuner.retune(1200.0, agent.sizer, 350, CONV) == {}
     assert agent.knobs["decode"] == tuned
+
+
+def test_a_cap_carrying_little_more_per_replica_is_not_worth_a_restart() -> None:
+    """At as many GPUs, a higher cap is taken only when a replica then serves THROUGHPUT_MARGIN
+    more requests within the ITL target: a few more sequences are not worth a rolling restart."""
+    from local_agent.knobs import THROUGHPUT_MARGIN, KnobTuner
+
+    agent = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"))
+    same = (2, 1.0)
+
+    def scored(*caps: int) -> list[tuple[tuple[int, float], EngineKnobs]]:
+        return [(same, EngineKnobs(max_num_seqs=cap)) for cap in caps]
+
+    assert THROUGHPUT_MARGIN > 0
+    assert KnobTuner._more_throughput(agent.sizer, "decode", CONV, scored(256, 260)) is None
+    wider = KnobTuner._more_throughput(agent.sizer, "decode", CONV, scored(256, 260, 420))
+    assert wider is not None and wider[1].max_num_seqs == 420
+    fewer_att = [(same, EngineKnobs()), ((2, 0.99), EngineKnobs(max_num_seqs=420))]
+    assert KnobTuner._more_throughput(agent.sizer, "decode", CONV, fewer_att) is None  # less attainment
+    assert KnobTuner._more_throughput(agent.sizer, "prefill", CONV, scored(256, 420)) is None
 
 
 def test_agent_hands_its_knobs_to_the_connector_only_when_tuning() -> None:
@@ -226,7 +249,7 @@ def test_a_material_profile_change_retunes_early() -> None:
     """Within the interval nothing is re-chosen unless the model moved by more than 10%; then, after
     a quarter of the interval, it is."""
     steady = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
-    assert steady.knob_tuner.retune(0.0, steady.sizer, 20, CONV) == {}  # nothing to gain at 20 req/s
+    assert set(steady.knob_tuner.retune(0.0, steady.sizer, 20, CONV)) == {"decode"}  # more per replica
     assert steady.knob_tuner.retune(600.0, steady.sizer, 350, CONV) == {}  # not due: nothing moved
     shifted = _agent(_spec("disagg", "llama3.1-8b_h200_vllm_tp1"), knob_interval_s=1800)
     shifted.sizer.models["decode"] = A100

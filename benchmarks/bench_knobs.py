@@ -147,7 +147,8 @@ def frontier_gpu_hours(points: list[dict[str, Any]], attainment: float) -> float
     a straight line between two runs on either side of it (an attainment between two runs' is
     bought at a cost between theirs, so a run 0.01 point above the defaults is not compared with
     a run 0.1 point above them). None above every run's attainment."""
-    best = min((p["gpu_hours"] for p in points if p["attainment"] >= attainment), default=None)
+    reaching = cheapest_reaching(points, attainment)
+    best = None if reaching is None else reaching["gpu_hours"]
     for low in points:
         for high in points:
             if low["attainment"] < attainment < high["attainment"]:

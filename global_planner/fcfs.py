@@ -30,7 +30,6 @@ class FcfsGatekeeper:
         self.granted = {key: replicas for key, (_, _, replicas) in initial.items()}
         self._shape = {key: (gpu, per) for key, (gpu, per, _) in initial.items()}
         self.cache: list[PoolRequest] = []  # rejected scale-ups, oldest first
-        self.rejections = 0
 
     def used(self, gpu_type: str) -> int:
         return sum(
@@ -56,6 +55,5 @@ class FcfsGatekeeper:
             if self.used(request.gpu_type) + extra <= self.ceilings.get(request.gpu_type, 0):
                 self.granted[key] = request.replicas
             else:
-                self.rejections += 1
                 self.cache.append(request)
         return dict(self.granted)

@@ -147,13 +147,6 @@ class Engine:
     def in_flight(self) -> int:
         return len(self.waiting) + len(self.prefilling) + len(self.running)
 
-    @property
-    def queued_prompt_tokens(self) -> int:
-        pending = itertools.chain(self.waiting, self.prefilling)
-        if self.role == "decode":
-            return 0
-        return sum(s.input_tokens - s.prefilled for s in pending)
-
     # ---- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
         while True:

@@ -83,8 +83,6 @@ class PerfModel:
         log_ctx = np.log(contexts)
         self._ctx_min = float(contexts[0])
         self._ctx_max = float(contexts[-1])
-        self._b_min = float(grid[0])
-        self._b_max = float(grid[-1])
         # A single row or batch value still needs two knots for the interpolation formulas.
         if len(contexts) == 1:
             rows = np.vstack((rows, rows))

@@ -225,7 +225,6 @@ class GlobalPolicy(AgentsPolicy):
         }
         self._register_all()
         self.rounds = 0
-        self.restarts = 0
         self.last_effects: dict[str, TickEffects] = {}  # each agent's last exchange, for inspection
         self._restarts_due = sorted(self.faults.planner_restart_at_s) if self.faults is not None else []
         self._delay_ticks = math.ceil(self.faults.delay_s / tick_s - 1e-9) if self.faults is not None else 0
@@ -254,11 +253,6 @@ class GlobalPolicy(AgentsPolicy):
         self.port_bound = self._io.run(server.start(f"127.0.0.1:{port}"))
         return server
 
-    @property
-    def audit_path(self) -> Path | None:
-        """The planner's ``decisions.jsonl`` (only kept when faults are injected)."""
-        return Path(self._state_dir) / AUDIT_FILE if self._state_dir is not None else None
-
     @staticmethod
     async def _client(
         spec: DeploymentSpec, target: str, token: str, clock: Clock, capacity_rps: float
@@ -279,7 +273,6 @@ class GlobalPolicy(AgentsPolicy):
         self._io.run(self.server.stop(0))
         self.server = self._start_planner(self.port)
         self.state = self.server.state
-        self.restarts += 1
 
     def _cut(self, name: str, cut: bool) -> None:
         """Point a client at a closed port (every call fails UNAVAILABLE), or back at the planner."""

@@ -196,12 +196,3 @@ def _hulls(starts: list[int], gpus: list[int], value: list[int]) -> list[list[in
             hull.pop()
         hulls.append(hull)
     return hulls
-
-
-def row_counts(frontier: Frontier, row: int) -> list[tuple[int, int]]:
-    """``(pool, count)`` of every member at ``row``."""
-    out = []
-    for pool, j in zip(frontier.slot_pool[row].tolist(), frontier.slot_j[row].tolist(), strict=True):
-        if pool >= 0:
-            out.append((pool, frontier.problem.pools[pool].counts[j]))
-    return out

@@ -93,7 +93,6 @@ class LeaseElector:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.journal = journal_dir / f"leadership-{config.identity}.jsonl" if journal_dir is not None else None
         self.holder: str | None = None
-        self.transitions = 0
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._valid_until = float("-inf")
@@ -172,7 +171,6 @@ class LeaseElector:
             leading = self.clock.now() < self._valid_until
             if leading and not self._leading:
                 self._leading = True
-                self.transitions += 1
                 self._record("acquired")
                 log.info("became leader (lease %s/%s)", self.config.namespace, self.config.name)
                 await on_started()

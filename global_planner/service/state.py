@@ -108,10 +108,6 @@ class PlannerState:
     def deployments(self) -> list[str]:
         return sorted(self._deployments)
 
-    def tenant_of(self, deployment: str) -> str | None:
-        known = self._deployments.get(deployment)
-        return known.tenant if known else None
-
     def committed_gpus(self) -> dict[str, int]:
         """Granted + draining (+ unconfirmed) GPUs per type: what the fleet may physically be using."""
         return ledger.committed_gpus(self._deployments.values(), self.policy.fleet.gpus)

@@ -122,10 +122,6 @@ class LoadEstimate(BaseModel):
         outputs = outputs[np.random.default_rng(0).permutation(samples)]
         return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
 
-    def with_rate(self, rate_rps: float) -> LoadEstimate:
-        """The same request shapes at another rate (e.g. a forecast), validated."""
-        return LoadEstimate(rate_rps=rate_rps, input_tokens=self.input_tokens, output_tokens=self.output_tokens)
-
 
 def _lognormal_sample(summary: Distribution, samples: int) -> np.ndarray:
     """Evenly spaced quantiles of the lognormal closest (in log space) to the summary.

@@ -24,10 +24,6 @@ REASON_STATES = [reason.value for reason in DecisionReason]
 POOL_LABELS = ("deployment", "pool")
 
 
-def _usable(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
-
-
 def _set_or_clear(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
     """Set the series, or remove it so a missing input reads as absent rather than 0."""
     if value is not None and not math.isnan(value):

@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, unreadable
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -30,4 +30,11 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A path the OS refused (a name too long, no permission, a full disk) that no check named
+        # first: still one line naming the path, not a traceback (which -v logs).
+        logging.getLogger(__name__).debug("OS error", exc_info=True)
+        where = ": ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        print(f"error: {where + ': ' if where else ''}{unreadable(exc)}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 
 from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
 from fleet_planner.durations import Duration
-from fleet_planner.errors import InputError, read_input_text
+from fleet_planner.errors import InputError, path_kind, read_input_text
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
 from fleet_planner.planning import (
     SLA,
@@ -64,9 +64,10 @@ def _resolved(value: Path, info: ValidationInfo) -> Path:
 def _existing(value: Path, info: ValidationInfo, *, folder: bool) -> Path:
     """Referenced inputs must exist now, and be of the kind asked for, not fail minutes into the run."""
     path = _resolved(value, info)
-    if not path.exists():
+    kind = path_kind(path)
+    if kind is None:
         raise ValueError(f"not found: {path}")
-    if path.is_dir() != folder:
+    if (kind == "folder") != folder:
         raise ValueError(f"is a file, not a folder: {path}" if folder else f"is a folder, not a file: {path}")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 
 class InputError(ValueError):
@@ -33,3 +34,15 @@ def unreadable(exc: Exception) -> str:
     """Why a file could not be read: the OS's word where it gave one (else the error itself: not
     UTF-8 text, a malformed CSV)."""
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def path_kind(path: str | Path) -> Literal["file", "folder"] | None:
+    """What is at ``path``: a file, a folder or nothing. ``Path.exists`` raises rather than
+    answers for a path the OS cannot look up (a name too long for the file system, a folder on the
+    way that may not be searched); that is one InputError naming it, not a traceback."""
+    try:
+        if not Path(path).exists():
+            return None
+        return "folder" if Path(path).is_dir() else "file"
+    except OSError as exc:
+        raise InputError(f"cannot look up: {unreadable(exc)}", file=path) from None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, start_http_server
 
 from fleet_planner.cli import run
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, path_kind
 
 if TYPE_CHECKING:
     import grpc
@@ -92,7 +92,7 @@ def _explain(args: argparse.Namespace) -> int:
     from global_planner.service.audit import AUDIT_FILE, explain, find_record, segments
 
     path = Path(args.state_dir) / AUDIT_FILE
-    if not path.exists() and not segments(args.state_dir):
+    if path_kind(path) is None and not segments(args.state_dir):
         raise InputError("no audit log here (is --state-dir right?)", file=path)
     print(explain(find_record(args.state_dir, args.decision_id)))
     return 0

@@ -299,6 +299,11 @@ def test_scalar_and_vector_paths_agree(profile: EngineProfile) -> None:
         ("meta.json", "gpus_per_engine", 0, "positive integer"),
         ("meta.json", "tp", 1.5, "positive integer"),
         ("meta.json", "model", 7, "string"),
+        # Huge values are slips, refused before they overflow the capacity model to inf.
+        ("decode_raw_data.json", "max_kv_tokens", 1e30, "<= 1e+09"),
+        ("decode_raw_data.json", "z_itl", [1e308] * 51, "<= 1e+09"),
+        ("meta.json", "tp", 10**6, "<= 1024"),
+        ("meta.json", "max_context", 10**12, "<= 1e+09"),
     ],
 )
 def test_malformed_profile_names_file_and_key(

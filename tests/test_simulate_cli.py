@@ -419,6 +419,28 @@ def test_unreadable_scenario(tmp_path: Path, capsys) -> None:
     assert_one_clear_line(code, err, "binary.yaml", None)
 
 
+def test_paths_the_os_cannot_look_up_are_one_clear_line(tmp_path: Path, capsys) -> None:
+    """A name longer than the file system allows makes ``Path.exists`` raise instead of answer:
+    as a command's argument, as a path inside a scenario and as the output folder."""
+    long_name = "x" * 5000
+    code, _, err = run_cli(["simulate", str(tmp_path / long_name), "--out", str(tmp_path / "out")], capsys)
+    assert_one_clear_line(code, err, long_name, None)
+    code, _, err = run_cli(
+        ["recommend", "--profiles", long_name, "--isl", "100", "--osl", "100", "--ttft", "500", "--itl", "50"], capsys
+    )
+    assert_one_clear_line(code, err, long_name, None)
+    path, data = write_inputs(tmp_path)
+    broken = copy.deepcopy(data)
+    broken["deployments"][0]["pools"]["agg"]["profile"] = long_name
+    path.write_text(yaml.safe_dump(broken))
+    code, _, err = run_cli(["simulate", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert_one_clear_line(code, err, "scenario.yaml", "profile")
+    assert "File name too long" in err
+    path.write_text(yaml.safe_dump(data))
+    code, _, err = run_cli(["simulate", str(path), "--out", str(tmp_path / long_name)], capsys)
+    assert_one_clear_line(code, err, long_name, None)
+
+
 @pytest.mark.parametrize("case,text,field", TRACE_CASES, ids=[c[0] for c in TRACE_CASES])
 def test_malformed_trace(tmp_path: Path, capsys, case, text, field) -> None:
     path, data = write_inputs(tmp_path)

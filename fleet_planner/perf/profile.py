@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fleet_planner.errors import InputError, read_input_text
+from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA
+from fleet_planner.errors import InputError, path_kind, read_input_text
 
 PREFILL_JSON = "prefill_raw_data.json"
 DECODE_JSON = "decode_raw_data.json"
@@ -31,6 +32,9 @@ DECODE_NPZ = Path("selected_decode_interpolation") / "raw_data.npz"
 
 PREFILL_KEYS = ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu")
 DECODE_KEYS = ("x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
+# Far past any engine (tokens, milliseconds, tokens/s per GPU): a slip such as an extra digit run
+# or 1e308 is an error naming its field, not an overflow to inf in the capacity model.
+MAX_PROFILE_VALUE = 1e9
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,13 +75,14 @@ def load_profile(path: str | Path, *, gpus_per_engine: int | None = None) -> Eng
     where it otherwise defaults to 1).
     """
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
+    kind = path_kind(folder)
+    if kind == "file":
         raise InputError(
             "is a file; a profile is the folder holding prefill_raw_data.json and decode_raw_data.json "
             "(or the NPZ layout)",
             file=folder,
         )
-    if not folder.is_dir():
+    if kind is None:
         raise InputError("profile folder not found", file=folder)
     if (folder / PREFILL_JSON).exists() or not (folder / PREFILL_NPZ).exists():
         prefill_file, decode_file = folder / PREFILL_JSON, folder / DECODE_JSON
@@ -104,12 +109,12 @@ def load_profile(path: str | Path, *, gpus_per_engine: int | None = None) -> Eng
                 field="max_kv_tokens",
             )
     if gpus_per_engine is not None:
-        gpus = _positive_int(gpus_per_engine, "gpus_per_engine", None)
+        gpus = _positive_int(gpus_per_engine, "gpus_per_engine", None, MAX_GPUS_PER_REPLICA)
     elif "gpus_per_engine" in meta:
-        gpus = _positive_int(meta["gpus_per_engine"], "gpus_per_engine", meta_file)
+        gpus = _positive_int(meta["gpus_per_engine"], "gpus_per_engine", meta_file, MAX_GPUS_PER_REPLICA)
     else:
         gpus = 1
-    tp = _positive_int(meta["tp"], "tp", meta_file) if "tp" in meta else gpus
+    tp = _positive_int(meta["tp"], "tp", meta_file, MAX_GPUS_PER_REPLICA) if "tp" in meta else gpus
     max_context = meta.get("max_context")
     if max_context is not None:
         max_context = _positive_int(max_context, "max_context", meta_file)
@@ -159,7 +164,7 @@ def _read_npz(file: Path) -> dict[str, Any]:
 
 
 def _positive_array(data: dict[str, Any], key: str, file: Path) -> np.ndarray:
-    """A 1-D float array of at least two finite, strictly positive values."""
+    """A 1-D float array of at least two finite values in (0, MAX_PROFILE_VALUE]."""
     if key not in data:
         raise InputError("missing key", file=file, field=key)
     try:
@@ -175,6 +180,9 @@ def _positive_array(data: dict[str, Any], key: str, file: Path) -> np.ndarray:
     if np.any(values <= 0):
         bad = float(values[values <= 0][0])
         raise InputError(f"values must be > 0 (got {bad:g})", file=file, field=key)
+    if np.any(values > MAX_PROFILE_VALUE):
+        bad = float(values[values > MAX_PROFILE_VALUE][0])
+        raise InputError(f"values must be <= {MAX_PROFILE_VALUE:g} (got {bad:g})", file=file, field=key)
     return values
 
 
@@ -199,14 +207,17 @@ def _one_value(data: dict[str, Any], key: str, file: Path) -> Any:
     return value
 
 
-def _positive_int(value: Any, key: str, file: Path | None) -> int:
-    """A whole number > 0; floats such as 437850.0 are accepted, booleans and fractions are not."""
+def _positive_int(value: Any, key: str, file: Path | None, limit: float = MAX_PROFILE_VALUE) -> int:
+    """A whole number in (0, ``limit``]; floats such as 437850.0 are accepted, booleans and
+    fractions are not."""
     numeric = isinstance(value, (int, float, np.integer, np.floating))
     if isinstance(value, (bool, np.bool_)) or not numeric:
         raise InputError(f"must be a positive integer (got {value!r})", file=file, field=key)
     number = float(value)
     if not math.isfinite(number) or number <= 0 or number != int(number):
         raise InputError(f"must be a positive integer (got {value!r})", file=file, field=key)
+    if number > limit:
+        raise InputError(f"must be <= {limit:g} (got {value!r})", file=file, field=key)
     return int(number)
 
 

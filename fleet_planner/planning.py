@@ -61,10 +61,16 @@ class DeploymentSpec(FrozenModel):
     pools: dict[PoolRole, PoolSpec]
 
 
+# Far past any count, token figure or latency (ms) one window of a real fleet shows: a metric
+# beyond it is an exporter's slip (1e300 admitted requests), refused at the boundary rather than
+# overflowing the agent's forecast and capacity model.
+MAX_OBSERVED = 1e12
+
+
 class Distribution(FrozenModel):
     """Summary of a sample (token lengths or latencies) over an observation window."""
 
-    count: int = Field(ge=0)
+    count: int = Field(ge=0, le=MAX_OBSERVED)
     mean: float
     p50: float
     p90: float
@@ -73,8 +79,8 @@ class Distribution(FrozenModel):
     @field_validator("mean", "p50", "p90", "p99")
     @classmethod
     def _finite(cls, value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"must be finite and >= 0, got {value}")
+        if not math.isfinite(value) or not 0 <= value <= MAX_OBSERVED:
+            raise ValueError(f"must be finite, >= 0 and <= {MAX_OBSERVED:g}, got {value}")
         return value
 
 
@@ -92,13 +98,17 @@ class PoolObservation(FrozenModel):
     starting: int = Field(ge=0)
     draining: int = Field(ge=0)
     pending: int = Field(ge=0, description="replicas wanted but not schedulable (no free GPUs)")
-    admitted: int | None = Field(default=None, ge=0, description="requests admitted in the window")
+    admitted: int | None = Field(default=None, ge=0, le=MAX_OBSERVED, description="requests admitted in the window")
     endpoint_admitted: int | None = Field(
-        default=None, ge=0, description="requests admitted by the whole endpoint (all its deployments) in the window"
+        default=None,
+        ge=0,
+        le=MAX_OBSERVED,
+        description="requests admitted by the whole endpoint (all its deployments) in the window",
     )
     endpoint_shed: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_OBSERVED,
         description="requests of the whole endpoint its gateway turned away in the window (an admission limit): "
         "demand that was never admitted, which a forecast of admissions alone would lose",
     )
@@ -112,12 +122,12 @@ class PoolObservation(FrozenModel):
     endpoint_output_tokens: Distribution | None = None
     ttft_ms: Distribution | None = None
     itl_ms: Distribution | None = None
-    queued_requests: int | None = Field(default=None, ge=0)
-    queued_prefill_tokens: float | None = Field(default=None, ge=0)
-    active_kv_tokens: float | None = Field(default=None, ge=0)
-    kv_capacity_tokens: float | None = Field(default=None, ge=0)
-    iteration_ms: float | None = Field(default=None, ge=0)
-    scheduled_tokens_per_s: float | None = Field(default=None, ge=0)
+    queued_requests: int | None = Field(default=None, ge=0, le=MAX_OBSERVED)
+    queued_prefill_tokens: float | None = Field(default=None, ge=0, le=MAX_OBSERVED)
+    active_kv_tokens: float | None = Field(default=None, ge=0, le=MAX_OBSERVED)
+    kv_capacity_tokens: float | None = Field(default=None, ge=0, le=MAX_OBSERVED)
+    iteration_ms: float | None = Field(default=None, ge=0, le=MAX_OBSERVED)
+    scheduled_tokens_per_s: float | None = Field(default=None, ge=0, le=MAX_OBSERVED)
     prefix_hit_rate: float | None = Field(
         default=None, ge=0, le=1, description="share of prefilled prompt tokens served from the prefix cache"
     )

@@ -543,3 +543,70 @@ def test_steep_fall_never_gives_a_negative_forecast(predictor: str) -> None:
         assert decision.forecast_rps is not None and decision.forecast_rps >= 0.0
         assert decision.forecast_upper_rps >= decision.forecast_rps
         assert all(p.target >= 1 for p in decision.pools)
+
+
+def test_extreme_observations_at_the_contracts_bounds_never_break_a_tick() -> None:
+    """Seeded fuzz: windows of valid but absurd observations (counts and latencies up to the
+    contract's bound, zero-length windows of traffic, a KV cache full past its capacity, pools that
+    vanish for a tick) never raise, and every tick's targets and curves stay valid."""
+    rng = np.random.default_rng(7)
+    huge = [0, 1, 30, 10**6, 10**12]
+    figures = [0.0, 1e-9, 0.5, 50.0, 1e6, 1e12]
+
+    def summary() -> Distribution:
+        values = np.sort(rng.choice(figures, 4))
+        return Distribution(count=int(rng.choice(huge)), mean=values[1], p50=values[0], p90=values[2], p99=values[3])
+
+    for mode in ("agg", "disagg"):
+        deployment = spec(mode)
+        a = LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(), TICK)
+        for k in range(1, 40):
+            observations = []
+            for role in deployment.pools:
+                if rng.random() < 0.1:
+                    continue
+                fields: dict = dict(
+                    deployment=deployment.name,
+                    role=role,
+                    time_s=k * TICK,
+                    window_s=float(rng.choice([TICK, 1e-6])),
+                    ready=int(rng.choice([0, 1, 10_000])),
+                    starting=int(rng.choice([0, 3])),
+                    draining=0,
+                    pending=0,
+                    admitted=int(rng.choice(huge)),
+                    queued_requests=int(rng.choice(huge)),
+                    active_kv_tokens=float(rng.choice(figures)),
+                    kv_capacity_tokens=float(rng.choice(figures)),
+                    iteration_ms=float(rng.choice(figures)),
+                )
+                for name in ("input_tokens", "output_tokens", "ttft_ms", "itl_ms"):
+                    fields[name] = summary()
+                observations.append(PoolObservation(**fields))
+            effects = a.step(AgentInput(now_s=k * TICK, observations=observations))
+            for role, count in effects.targets.items():
+                pool = deployment.pools[role]
+                assert pool.min_replicas <= count <= pool.max_replicas
+            for curve in effects.curves.values():
+                assert all(0.0 <= value <= 1.0 for value in curve)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("admitted", 10**13), ("active_kv_tokens", float("inf")), ("iteration_ms", 1e300), ("queued_requests", 10**300)],
+)
+def test_observations_past_the_contracts_bound_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        PoolObservation(
+            deployment="d",
+            role="agg",
+            time_s=0.0,
+            window_s=TICK,
+            ready=1,
+            starting=0,
+            draining=0,
+            pending=0,
+            **{field: value},
+        )
+    with pytest.raises(ValueError, match="p99"):
+        Distribution(count=1, mean=1.0, p50=1.0, p90=1.0, p99=1e13)

@@ -202,6 +202,25 @@ async def test_nan_and_inf_are_none(serve: Callable[..., Any]) -> None:
     assert obs.output_tokens is not None and obs.queued_requests == 1
 
 
+async def test_values_past_any_real_fleet_are_none_and_logged(
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exporter's slip (1e300 requests, a latency of 1e10 s) is missing data, not a number
+    that would overflow the agent's forecast and capacity model."""
+    rules: list = [
+        (("requests_total",), 1e300),
+        (("histogram_quantile(0.99,", "time_to_first_token_seconds"), 1e10),
+        (("vllm:num_requests_waiting",), 1.0),
+    ] + HEALTHY
+    _, source = await serve(rules)
+    with caplog.at_level(logging.WARNING):
+        obs = by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"]
+    assert obs.admitted is None
+    assert obs.ttft_ms is None  # 1e13 ms once scaled: the whole distribution is unknown
+    assert obs.input_tokens is not None and obs.queued_requests == 1
+    assert "past any real fleet" in caplog.text
+
+
 async def test_no_traffic_in_window_gives_no_distribution(serve: Callable[..., Any]) -> None:
     rules: list = [(("requests_total",), 0.0), (("_count",), 0.0), (("_sum",), "NaN"), (("histogram_quantile",), "NaN")]
     _, source = await serve(rules)

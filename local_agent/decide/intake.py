@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from fleet_planner.planning import Distribution, PoolObservation, PoolRole
+from fleet_planner.planning import MAX_OBSERVED, Distribution, PoolObservation, PoolRole
 from local_agent.decide.elapsed import Elapsed
 from local_agent.decide.options import AgentOptions
 from local_agent.forecast.base import Predictor
@@ -156,7 +156,7 @@ class Intake:
         def pooled(index: int) -> Distribution:
             rows: list[Distribution] = [entry[index] for entry in self._lengths]  # type: ignore[misc]
             return Distribution(
-                count=int(sum(r.count for r in rows)),
+                count=int(min(sum(r.count for r in rows), MAX_OBSERVED)),  # a weight; bounded like one window's
                 mean=float(np.dot(weights, [r.mean for r in rows])),
                 p50=float(np.dot(weights, [r.p50 for r in rows])),
                 p90=float(np.dot(weights, [r.p90 for r in rows])),

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation, PoolRole
+from fleet_planner.planning import MAX_OBSERVED, DeploymentSpec, Distribution, PoolObservation, PoolRole
 from local_agent.config import PrometheusConfig, PrometheusHistograms, PrometheusLabels, PrometheusQueries
 from local_agent.connectors.base import ReplicaCounts
 
@@ -177,6 +177,10 @@ class PrometheusSource:
             return self._missing(key, "nan", logging.INFO, f"{key}: {promql!r} is {value} (no samples in the window?)")
         if value < 0:
             return self._missing(key, "negative", logging.WARNING, f"{key}: {promql!r} is negative ({value})")
+        if value > MAX_OBSERVED:
+            return self._missing(
+                key, "implausible", logging.WARNING, f"{key}: {promql!r} is {value:g}, past any real fleet; ignored"
+            )
         if self._problems.pop(key, None) is not None:
             log.info("%s: values are back", key)
         return value
@@ -258,7 +262,12 @@ class PrometheusSource:
         got = {name: value for name, value in zip(queries, values, strict=True) if value is not None}
         if len(got) < len(queries) or round(got["count"]) == 0:
             return None
-        return Distribution(count=round(got["count"]), **{k: got[k] * scale for k in ("mean", *QUANTILES)})
+        summary = {k: got[k] * scale for k in ("mean", *QUANTILES)}
+        if max(summary.values()) > MAX_OBSERVED:  # a count past it was already missing
+            detail = f"{field}: {metric} summary {summary} is past any real fleet; ignored"
+            self._missing(field, "implausible", logging.WARNING, detail)
+            return None
+        return Distribution(count=round(got["count"]), **summary)
 
 
 def _rounded(value: float | None) -> int | None:

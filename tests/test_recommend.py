@@ -95,6 +95,8 @@ def test_infeasible_sla_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert "recommended mode: disagg" in capsys.readouterr().out
     assert main([*args, "--itl", "-1"]) == 2
     assert "--itl: must be a positive number" in capsys.readouterr().err
+    assert main([*args, "--itl", "1e308"]) == 2  # a slip, not an SLA every layout meets with inf thresholds
+    assert "--itl: must be a positive number up to 1e+09" in capsys.readouterr().err
     assert (
         main(["recommend", "--profiles", "/nonexistent", "--isl", "1", "--osl", "2", "--ttft", "1", "--itl", "1"]) == 2
     )

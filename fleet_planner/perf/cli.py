@@ -7,6 +7,7 @@ import json
 
 from fleet_planner.errors import InputError
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS
+from fleet_planner.perf.profile import MAX_PROFILE_VALUE
 
 EXAMPLES = """examples:
   fleet-planner recommend --profiles examples/profiles/* --isl 3000 --osl 300 --ttft 500 --itl 20
@@ -48,8 +49,11 @@ def _run(args: argparse.Namespace) -> int:
 
     for flag in ("isl", "osl", "ttft", "itl", "max_num_seqs", "max_batch_tokens"):
         value = getattr(args, flag)
-        if not value > 0 or value != value or value == float("inf"):
-            raise InputError(f"must be a positive number (got {value})", field="--" + flag.replace("_", "-"))
+        if not 0 < value <= MAX_PROFILE_VALUE:  # NaN fails too; past the bound is a slip (a 1e308 ms SLA)
+            raise InputError(
+                f"must be a positive number up to {MAX_PROFILE_VALUE:g} (got {value})",
+                field="--" + flag.replace("_", "-"),
+            )
     models = [PerfModel(load_profile(path)) for path in args.profiles]
     recommendations = recommend(
         models,

@@ -199,7 +199,8 @@ def synthesize(
             raise InputError("every rate in the selected span is 0; cannot rescale to a peak", file=path, field=_RATE)
         rates = rates * (peak_rps / rates.max())
     rates = rates * rate_scale
-    expected = float(np.sum(rates * spans))
+    with np.errstate(over="ignore"):  # a slipped peak (1e308) overflows to inf, refused just below
+        expected = float(np.sum(rates * spans))
     if expected > MAX_TRACE_REQUESTS:
         raise InputError(
             f"the span would hold about {expected:.3g} requests at these rates, more than {MAX_TRACE_REQUESTS}",

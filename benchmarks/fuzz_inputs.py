@@ -1,0 +1,418 @@
+"""Seeded fuzzing of the input boundaries: does bad input ever end in anything but a clear error?
+
+    python benchmarks/fuzz_inputs.py                                  # every target, 300 inputs each
+    python benchmarks/fuzz_inputs.py --targets agent grpc --iterations 1000 --seed 3
+
+Targets: the YAML files users write (tenant policy, scenario, agent config), engine profiles,
+request traces (Azure CSV, Mooncake JSONL), ServeGen rate series (read, then synthesised from), the
+local agent's tick (observations up to the contract's bounds) and the planner's gRPC service
+(random messages over a real socket, while another tenant keeps reporting). A file input must load
+or raise the product's ``InputError``; an agent tick must return valid targets and curves; a gRPC
+call must be answered OK or with a status that names the caller's fault, and the other tenant must
+still be served. Anything else is printed once per kind with its traceback; the exit code is the
+number of kinds (0 = clean). ``tests/test_fuzz_inputs.py`` runs every target briefly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet_planner.errors import InputError  # noqa: E402
+
+EXAMPLES = ROOT / "examples"
+PROFILE = EXAMPLES / "profiles" / "llama3.1-8b_h100_vllm_tp1"
+TRACES = EXAMPLES / "traces"
+ODD_VALUES: list[Any] = [
+    math.nan, math.inf, -1, -1e9, 1e308, 0, "", "x" * 5000, [], {}, None, True, "abc", 3.5, 10**30, [1, 2], {"a": 1},
+]  # fmt: skip
+ODD_CELLS = ["", "nan", "inf", "-5", "1e400", "abc", "9" * 40, "1.5", "0", "1e308", " ", '"', "2023-13-45 99:99:99"]
+
+
+class Findings:
+    """Outcomes per target, and each unexpected failure once per (target, type, message)."""
+
+    def __init__(self) -> None:
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.failures: dict[tuple[str, str, str], str] = {}
+
+    def run(self, target: str, attempt: Callable[[], Any]) -> None:
+        try:
+            attempt()
+            self.outcomes[f"{target}: accepted"] += 1
+        except InputError:
+            self.outcomes[f"{target}: refused (InputError)"] += 1
+        except Exception as exc:  # anything else is what this script looks for
+            self.fail(target, exc)
+
+    def fail(self, target: str, exc: BaseException) -> None:
+        self.outcomes[f"{target}: UNEXPECTED"] += 1
+        key = (target, type(exc).__name__, str(exc)[:120])
+        self.failures.setdefault(key, "".join(traceback.format_exception(exc)[-8:]))
+
+
+def mutate(tree: Any, rng: random.Random) -> Any:
+    """A copy of a YAML/JSON tree with one leaf replaced by an odd value, one key dropped, or one
+    unknown key (or list item) added."""
+    tree = copy.deepcopy(tree)
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if path:
+            paths.append(path)
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            walk(child, (*path, key))
+
+    walk(tree, ())
+    if not paths:
+        return rng.choice(ODD_VALUES)
+    path = rng.choice(paths)
+    parent = tree
+    for key in path[:-1]:
+        parent = parent[key]
+    roll = rng.random()
+    if roll < 0.6:
+        parent[path[-1]] = copy.deepcopy(rng.choice(ODD_VALUES))
+    elif roll < 0.8 and isinstance(parent, dict):
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent[f"unknown_{rng.randint(0, 9)}"] = copy.deepcopy(rng.choice(ODD_VALUES))
+    else:
+        parent.append(copy.deepcopy(rng.choice(ODD_VALUES)))
+    return tree
+
+
+def fuzz_yaml(findings: Findings, rng: random.Random, n: int, target: str, source: Path, load: Callable) -> None:
+    """Mutated copies of ``source``, written beside it (its relative paths still resolve)."""
+    base = yaml.safe_load(source.read_text())
+    for _ in range(n):
+        data = base
+        for _ in range(rng.randint(1, 3)):
+            data = mutate(data, rng)
+        with tempfile.NamedTemporaryFile("w", dir=source.parent, prefix=".fuzz-", suffix=".yaml", delete=False) as f:
+            f.write(yaml.safe_dump(data, allow_unicode=True))
+        try:
+            findings.run(target, lambda path=Path(f.name): load(path))
+        finally:
+            Path(f.name).unlink()
+
+
+def fuzz_files(findings: Findings, rng: random.Random, n: int) -> None:
+    from fleet_sim.scenario import load_scenario
+    from global_planner.policy_file import load_policy_file
+    from local_agent.config import load_config
+
+    fuzz_yaml(findings, rng, n, "policy file", EXAMPLES / "shortage" / "tenants.yaml", load_policy_file)
+    fuzz_yaml(findings, rng, n, "scenario", EXAMPLES / "shortage" / "scenario.yaml", load_scenario)
+    fuzz_yaml(findings, rng, n, "agent config", EXAMPLES / "agent" / "agent.yaml", load_config)
+
+
+def fuzz_profiles(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
+    from fleet_planner.perf import PerfModel, load_profile
+
+    def attempt(folder: Path) -> None:
+        model = PerfModel(load_profile(folder))
+        model.itl_ms(8, 1000)
+        model.ttft_ms(1000)
+
+    for i in range(n):
+        folder = workdir / f"profile-{i}"
+        shutil.copytree(PROFILE, folder)
+        name = rng.choice(["prefill_raw_data.json", "decode_raw_data.json", "meta.json"])
+        data = json.loads((folder / name).read_text())
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(list(data)) if isinstance(data, dict) and data else None
+            if key is not None and isinstance(data[key], list) and data[key] and rng.random() < 0.5:
+                data[key][rng.randrange(len(data[key]))] = rng.choice([math.nan, -1.0, 0.0, 1e308, "x", None])
+            elif key is not None and rng.random() < 0.3:
+                data[key] = data[key][: rng.randrange(len(data[key]) + 1)] if isinstance(data[key], list) else None
+            else:
+                data = mutate(data, rng)
+        (folder / name).write_text(json.dumps(data))
+        findings.run("profile", lambda folder=folder: attempt(folder))
+        shutil.rmtree(folder)
+
+
+def fuzz_traces(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
+    from fleet_planner.traces import read_rate_series, read_trace
+    from fleet_planner.traces.synth import synthesize
+
+    sources = {
+        "azure": (TRACES / "azure2023_conv.csv").read_text().splitlines()[:200],
+        "mooncake": (TRACES / "mooncake_fast25_synthetic.jsonl").read_text().splitlines()[:200],
+        "rates": (TRACES / "servegen_m-large_rate_10min.csv").read_text().splitlines()[:60],
+    }
+    lengths = read_trace(TRACES / "azure2023_conv.csv", "azure")
+    for i in range(n):
+        kind = rng.choice(list(sources))
+        lines = list(sources[kind])
+        for _ in range(rng.randint(1, 4)):
+            j = rng.randrange(len(lines))
+            if kind == "mooncake" and rng.random() < 0.7 and lines[j].endswith("}"):  # not already cut short
+                record = json.loads(lines[j])
+                record[rng.choice(list(record))] = copy.deepcopy(rng.choice(ODD_VALUES))
+                lines[j] = json.dumps(record)
+            elif kind == "mooncake":
+                lines[j] = lines[j][: rng.randrange(len(lines[j]) + 1)]
+            else:
+                cells = lines[j].split(",")
+                cells[rng.randrange(len(cells))] = rng.choice(ODD_CELLS)
+                lines[j] = ",".join(cells)
+        path = workdir / f"trace-{i}.{'jsonl' if kind == 'mooncake' else 'csv'}"
+        path.write_text("\n".join(lines) + "\n")
+        if kind == "rates":
+            findings.run(
+                "rate series",
+                lambda p=path, seed=i: synthesize(read_rate_series(p), lengths=lengths, duration_s=600, seed=seed),
+            )
+        else:
+            findings.run(f"trace ({kind})", lambda p=path, k=kind: read_trace(p, k))
+        path.unlink()
+
+
+def fuzz_agent(findings: Findings, rng: random.Random, n: int) -> None:
+    """Runs of ticks whose observations are valid but absurd, up to the contract's bounds."""
+    from pydantic import ValidationError
+
+    from fleet_planner.perf import PerfModel, load_profile
+    from fleet_planner.planning import MAX_OBSERVED, SLA, DeploymentSpec, Distribution, PoolObservation, PoolSpec
+    from local_agent.agent import AgentOptions, LocalAgent
+    from local_agent.models import AgentInput
+
+    model = PerfModel(load_profile(PROFILE))
+    # Up to the contract's bound, and past it (refused at the boundary: the tick must not see it).
+    counts = [0, 1, 30, 10**6, int(MAX_OBSERVED), 10**300]
+    figures = [0.0, 1e-9, 0.5, 50.0, 1e6, MAX_OBSERVED, 1e300, math.inf]
+
+    def summary() -> Distribution:
+        values = sorted(rng.choice(figures[:-1]) for _ in range(4))  # no inf: Distribution refuses it first
+        return Distribution(count=rng.choice(counts), mean=values[1], p50=values[0], p90=values[2], p99=values[3])
+
+    def run(mode: str, predictor: str) -> None:
+        roles = ["agg"] if mode == "agg" else ["prefill", "decode"]
+        top = rng.choice([1, 8, 100])
+        pools = {
+            role: PoolSpec(
+                deployment="d",
+                role=role,
+                profile_path=str(PROFILE),
+                gpu_type="h100",
+                gpus_per_replica=1,
+                min_replicas=0,
+                max_replicas=top,
+                initial_replicas=1,
+                startup_s=60.0,
+            )
+            for role in roles
+        }
+        spec = DeploymentSpec(
+            name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=500, itl_ms=50), pools=pools
+        )
+        agent = LocalAgent(spec, dict.fromkeys(roles, model), AgentOptions(predictor=predictor), 30.0)
+        now = 0.0
+        for _ in range(rng.choice([5, 30])):
+            now += rng.choice([30.0, 30.0, 1e-3, 1e6])
+            observations = []
+            for role in roles:
+                fields: dict[str, Any] = dict(
+                    deployment="d", role=role, time_s=now, window_s=rng.choice([30.0, 1e-6, 1e9]),
+                    ready=rng.choice([0, 1, 10_000]), starting=rng.choice([0, 3]), draining=0, pending=0,
+                )  # fmt: skip
+                for name in ("admitted", "endpoint_admitted", "endpoint_shed", "queued_requests"):
+                    if rng.random() < 0.5:
+                        fields[name] = rng.choice(counts)
+                for name in ("queued_prefill_tokens", "active_kv_tokens", "kv_capacity_tokens", "iteration_ms"):
+                    if rng.random() < 0.4:
+                        fields[name] = rng.choice(figures)
+                with contextlib.suppress(ValidationError):  # past the contract: refused, the point
+                    for name in ("input_tokens", "output_tokens", "ttft_ms", "itl_ms"):
+                        if rng.random() < 0.6:
+                            fields[name] = summary()
+                    observations.append(PoolObservation(**fields))
+            effects = agent.step(AgentInput(now_s=now, observations=observations if rng.random() < 0.9 else None))
+            for role, count in effects.targets.items():
+                if not pools[role].min_replicas <= count <= pools[role].max_replicas:
+                    raise AssertionError(f"{role}: target {count} outside its bounds")
+            for role, curve in effects.curves.items():
+                if not all(0.0 <= value <= 1.0 for value in curve):
+                    raise AssertionError(f"{role}: curve value outside [0, 1]")
+
+    for _ in range(n):
+        mode, predictor = rng.choice(["agg", "disagg"]), rng.choice(["moving_average", "constant", "holt", "kalman"])
+        findings.run("agent tick", lambda mode=mode, predictor=predictor: run(mode, predictor))
+
+
+def fuzz_grpc(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
+    """Random messages to every RPC over a real socket, as tenant a; tenant b reports after each."""
+    import grpc
+    from google.protobuf.descriptor import FieldDescriptor as FD
+    from prometheus_client import CollectorRegistry
+
+    from fleet_planner.api.v1 import planner_pb2 as pb
+    from fleet_planner.api.v1 import planner_pb2_grpc as pb_grpc
+    from fleet_planner.clock import SimulatedClock
+    from global_planner.policy_file import TenantPolicy
+    from global_planner.service.audit import AuditLog
+    from global_planner.service.auth import Identity, TokenAuthenticator
+    from global_planner.service.metrics import ServiceMetrics
+    from global_planner.service.server import PlannerServer
+    from global_planner.service.state import PlannerState
+
+    caller_faults = {
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
+    }  # fmt: skip
+    tokens = {
+        "token-a-0123456789abcdef": Identity(deployment="chat-a", tenant="acme"),
+        "token-b-0123456789abcdef": Identity(deployment="chat-b", tenant="beta"),
+    }
+    auth_a, auth_b = ((("authorization", f"Bearer {token}"),) for token in tokens)
+    scalars: dict[int, list[Any]] = {
+        FD.TYPE_DOUBLE: [math.nan, math.inf, -math.inf, -1.0, 0.0, 1e308, 5.0, 0.5, 1.0],
+        FD.TYPE_INT32: [0, 1, -1, 2**31 - 1, -(2**31), 3, 8],
+        FD.TYPE_UINT64: [0, 1, 2**64 - 1, 5],
+        FD.TYPE_STRING: ["", "chat-a", "chat-b", "x" * 10_000, "\u0000", "h200", "chat", "../../etc"],
+        FD.TYPE_BOOL: [True, False],
+    }
+
+    def fill(message: Any, depth: int = 0) -> None:
+        for field in message.DESCRIPTOR.fields:
+            if rng.random() < 0.5:
+                continue
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == FD.LABEL_REPEATED
+            if field.type == FD.TYPE_MESSAGE:
+                if depth < 3:
+                    for _ in range(rng.choice([0, 1, 3, 50]) if repeated else 1):
+                        fill(
+                            getattr(message, field.name).add() if repeated else getattr(message, field.name), depth + 1
+                        )
+                continue
+            if field.type == FD.TYPE_ENUM:
+                choices: list[Any] = [v.number for v in field.enum_type.values] + [99]
+            else:
+                choices = scalars.get(field.type, [])
+            if not choices:
+                continue
+            if repeated:
+                getattr(message, field.name).extend(rng.choice(choices) for _ in range(rng.choice([0, 2, 9, 2000])))
+            else:
+                setattr(message, field.name, rng.choice(choices))
+
+    async def session() -> None:
+        policy = TenantPolicy.model_validate(
+            {"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {"priority": 10}, "beta": {"priority": 1}}}
+        )
+        server = PlannerServer(
+            PlannerState(policy, lease_s=30.0),
+            auth=TokenAuthenticator(tokens),
+            metrics=ServiceMetrics(CollectorRegistry()),
+            audit=AuditLog(workdir),
+            clock=SimulatedClock(1000.0),
+        )
+        port = await server.start("127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.PlannerStub(channel)
+                spec = pb.PoolSpec(role=pb.POOL_ROLE_AGG, gpu_type="h200", gpus_per_replica=1, max_replicas=8)
+                register = pb.RegisterRequest(deployment="chat-a", tenant="acme", endpoint="chat", pools=[spec])
+                a = await stub.Register(register, metadata=auth_a)
+                register_b = pb.RegisterRequest(deployment="chat-b", tenant="beta", endpoint="batch", pools=[spec])
+                b = await stub.Register(register_b, metadata=auth_b)
+                rpcs = {
+                    "Register": (stub.Register, pb.RegisterRequest),
+                    "Report": (stub.Report, pb.ReportRequest),
+                    "AckApplied": (stub.AckApplied, pb.AckAppliedRequest),
+                    "AckDrained": (stub.AckDrained, pb.AckDrainedRequest),
+                }
+                for sequence in range(1, n + 1):
+                    name = rng.choice(["Report", "Report", "Register", "AckApplied", "AckDrained"])
+                    call, kind = rpcs[name]
+                    message = kind()
+                    fill(message)
+                    if rng.random() < 0.8:
+                        message.deployment = "chat-a"
+                    if name == "Register" and rng.random() < 0.8:
+                        message.tenant = "acme"
+                    if name == "Report" and rng.random() < 0.7:
+                        message.session_id = a.session_id
+                    try:
+                        reply = await call(message, metadata=auth_a, timeout=30)
+                        findings.outcomes[f"grpc {name}: OK"] += 1
+                        if name == "Register":
+                            a = reply
+                    except grpc.aio.AioRpcError as error:
+                        findings.outcomes[f"grpc {name}: {error.code().name}"] += 1
+                        if error.code() not in caller_faults:
+                            findings.fail(f"grpc {name}", error)
+                    report = pb.ReportRequest(deployment="chat-b", session_id=b.session_id, sequence=sequence)
+                    try:
+                        await stub.Report(report, metadata=auth_b, timeout=30)
+                    except grpc.aio.AioRpcError as error:
+                        findings.fail(f"grpc: the other tenant after {name}", error)
+        finally:
+            await server.stop(0)
+
+    asyncio.run(session())
+
+
+TARGETS = ("files", "profiles", "traces", "agent", "grpc")
+
+
+def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
+    findings = Findings()
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for target in targets:
+            if target == "files":
+                fuzz_files(findings, rng, iterations)
+            elif target == "profiles":
+                fuzz_profiles(findings, rng, iterations, workdir)
+            elif target == "traces":
+                fuzz_traces(findings, rng, iterations, workdir)
+            elif target == "agent":
+                fuzz_agent(findings, rng, max(1, iterations // 10))  # each run is up to 30 ticks
+            else:
+                fuzz_grpc(findings, rng, iterations, workdir)
+    return findings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--iterations", type=int, default=300, help="inputs per target (agent: runs = a tenth)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the readers' warnings (a 0-token answer counted as 1) are expected
+    findings = fuzz(args.targets, args.iterations, args.seed)
+    for outcome, count in sorted(findings.outcomes.items()):
+        print(f"{count:6d}  {outcome}")
+    for (target, kind, message), trace in findings.failures.items():
+        print(f"\nUNEXPECTED in {target}: {kind}: {message}\n{trace}")
+    print(f"\n{len(findings.failures)} kind(s) of unexpected failure")
+    return len(findings.failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,9 @@
 
 Targets: the YAML files users write (tenant policy, scenario, agent config), engine profiles,
 request traces (Azure CSV, Mooncake JSONL), ServeGen rate series (read, then synthesised from), the
-local agent's tick (observations up to the contract's bounds) and the planner's gRPC service
-(random messages over a real socket, while another tenant keeps reporting). A file input must load
+local agent's tick (observations up to the contract's bounds), the planner's gRPC service
+(random messages over a real socket, while another tenant keeps reporting) and whole replays of
+random valid fleets under every policy. A file input must load
 or raise the product's ``InputError``; an agent tick must return valid targets and curves; a gRPC
 call must be answered OK or with a status that names the caller's fault, and the other tenant must
 still be served. Anything else is printed once per kind with its traceback; the exit code is the
@@ -376,7 +377,74 @@ def fuzz_grpc(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
     asyncio.run(session())
 
 
-TARGETS = ("files", "profiles", "traces", "agent", "grpc")
+def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
+    """Random but valid fleets (1-3 deployments of any vendored profile, mode, replica size, SLA,
+    start-up and trace rate; one or two GPU types) replayed under a random policy: each run must
+    end with a summary whose figures are in range (and, under ``global`` and ``fcfs``, no tick
+    asking for more GPUs than the inventory), or be refused as input (an inventory too small for
+    the pools' minima)."""
+    from fleet_sim.outputs import summarize
+    from fleet_sim.policies import make_policy
+    from fleet_sim.runner import FleetSimulation
+    from fleet_sim.scenario import load_scenario
+    from fleet_sim.workload import build_workload
+
+    profiles = sorted(p for p in (EXAMPLES / "profiles").iterdir() if p.is_dir())
+    traces = [("azure2023_conv.csv", "azure"), ("mooncake_fast25_synthetic.jsonl", "mooncake")]
+
+    def replay(path: Path) -> None:
+        scenario = load_scenario(path)
+        workload = build_workload(scenario)
+        summary = summarize(FleetSimulation(scenario, workload, make_policy(scenario, workload)).run())
+        fleet = summary["fleet"]
+        attainment = fleet["slo_attainment"]
+        if not (fleet["gpu_hours"] >= 0 and (attainment is None or 0.0 <= attainment <= 1.0)):
+            raise AssertionError(f"figures out of range: {fleet}")
+        if scenario.planner.policy in ("global", "fcfs") and fleet["budget_violations"]:
+            # an arbiter of the inventory never asks for more (uncoordinated policies may: pending)
+            raise AssertionError(f"{fleet['budget_violations']} budget violations")
+
+    for i in range(n):
+        types = rng.choice([["g"], ["g", "h"]])
+        deployments = []
+        for j in range(rng.choice([1, 1, 2, 3])):
+            mode, per, top = rng.choice(["agg", "disagg"]), rng.choice([1, 2, 4, 8]), rng.choice([1, 2, 4, 10])
+            gpu, profile = rng.choice(types), str(rng.choice(profiles))
+
+            def pool(gpu: str = gpu, profile: str = profile, per: int = per, top: int = top) -> dict[str, Any]:
+                low = rng.choice([0, 1])
+                return {
+                    "profile": profile, "gpu_type": gpu, "gpus_per_replica": per, "min": low, "max": top,
+                    "initial": rng.choice([low, top]), "startup_s": rng.choice([0, 60, 600]),
+                }  # fmt: skip
+
+            name, fmt = rng.choice(traces)
+            trace: dict[str, Any] = {"path": str(TRACES / name), "format": fmt}
+            trace["rate_scale"] = rng.choice([0.01, 0.5, 1, 5, 30])
+            deployments.append(
+                {
+                    "name": f"d{j}", "tenant": f"t{rng.choice([0, 1])}", "endpoint": f"e{j}", "mode": mode,
+                    "sla": {"ttft_ms": rng.choice([1, 100, 2000]), "itl_ms": rng.choice([1, 10, 50])}, "trace": trace,
+                    "pools": {"agg": pool()} if mode == "agg" else {"prefill": pool(), "decode": pool()},
+                }
+            )  # fmt: skip
+        gpus = {gpu: rng.choice([2, 16, 128]) for gpu in types}
+        policies = ["static", "static-peak", "local", "oracle"] + (["global", "fcfs"] if len(deployments) > 1 else [])
+        planner: dict[str, Any] = {"policy": rng.choice(policies), "interval_s": rng.choice([10, 30, 60])}
+        if planner["policy"] in ("global", "fcfs"):
+            tenants = {"fleet": {"gpus": gpus}, "tenants": {"t0": {"priority": 100}, "t1": {"priority": 1}}}
+            (workdir / f"tenants-{i}.yaml").write_text(yaml.safe_dump(tenants))
+            planner["policy_file"] = f"tenants-{i}.yaml"
+        scenario = {
+            "name": f"fuzz-{i}", "duration": rng.choice(["1m", "5m"]), "seed": i, "gpus": gpus, "planner": planner,
+            "deployments": deployments,
+        }  # fmt: skip
+        path = workdir / f"scenario-{i}.yaml"
+        path.write_text(yaml.safe_dump(scenario))
+        findings.run(f"run ({planner['policy']})", lambda path=path: replay(path))
+
+
+TARGETS = ("files", "profiles", "traces", "agent", "grpc", "runs")
 
 
 def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
@@ -393,6 +461,8 @@ def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
                 fuzz_traces(findings, rng, iterations, workdir)
             elif target == "agent":
                 fuzz_agent(findings, rng, max(1, iterations // 10))  # each run is up to 30 ticks
+            elif target == "runs":
+                fuzz_runs(findings, rng, max(1, iterations // 40), workdir)  # each a whole replay
             else:
                 fuzz_grpc(findings, rng, iterations, workdir)
     return findings
@@ -401,7 +471,9 @@ def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
-    parser.add_argument("--iterations", type=int, default=300, help="inputs per target (agent: runs = a tenth)")
+    parser.add_argument(
+        "--iterations", type=int, default=300, help="inputs per target (agent: a tenth as many runs; runs: a fortieth)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the readers' warnings (a 0-token answer counted as 1) are expected

@@ -195,8 +195,9 @@ def fuzz_agent(findings: Findings, rng: random.Random, n: int) -> None:
     """Runs of ticks whose observations are valid but absurd, up to the contract's bounds."""
     from pydantic import ValidationError
 
+    from fleet_planner.deployment import DeploymentConfig, PoolConfig
     from fleet_planner.perf import PerfModel, load_profile
-    from fleet_planner.planning import MAX_OBSERVED, SLA, DeploymentSpec, Distribution, PoolObservation, PoolSpec
+    from fleet_planner.planning import MAX_OBSERVED, SLA, Distribution, PoolObservation
     from local_agent.agent import AgentOptions, LocalAgent
     from local_agent.models import AgentInput
 
@@ -211,24 +212,12 @@ def fuzz_agent(findings: Findings, rng: random.Random, n: int) -> None:
 
     def run(mode: str, predictor: str) -> None:
         roles = ["agg"] if mode == "agg" else ["prefill", "decode"]
-        top = rng.choice([1, 8, 100])
-        pools = {
-            role: PoolSpec(
-                deployment="d",
-                role=role,
-                profile_path=str(PROFILE),
-                gpu_type="h100",
-                gpus_per_replica=1,
-                min_replicas=0,
-                max_replicas=top,
-                initial_replicas=1,
-                startup_s=60.0,
-            )
-            for role in roles
-        }
-        spec = DeploymentSpec(
-            name="d", tenant="t", endpoint="e", mode=mode, sla=SLA(ttft_ms=500, itl_ms=50), pools=pools
+        pool = {"profile": str(PROFILE), "gpu_type": "h100", "max": rng.choice([1, 8, 100])}
+        config = DeploymentConfig[PoolConfig].model_validate(
+            {"name": "d", "tenant": "t", "endpoint": "e", "mode": mode, "pools": dict.fromkeys(roles, pool)}
         )
+        spec = config.to_spec(SLA(ttft_ms=500, itl_ms=50))
+        pools = spec.pools
         agent = LocalAgent(spec, dict.fromkeys(roles, model), AgentOptions(predictor=predictor), 30.0)
         now = 0.0
         for _ in range(rng.choice([5, 30])):

@@ -368,7 +368,8 @@ def fuzz_grpc(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
 
 def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
     """Random but valid fleets (1-3 deployments of any vendored profile, mode, replica size, SLA,
-    start-up and trace rate; one or two GPU types) replayed under a random policy: each run must
+    start-up and trace rate, replayed or synthesised traffic, sometimes two deployments on one
+    endpoint; one or two GPU types) replayed under a random policy: each run must
     end with a summary whose figures are in range (and, under ``global`` and ``fcfs``, no tick
     asking for more GPUs than the inventory), or be refused as input (an inventory too small for
     the pools' minima)."""
@@ -410,6 +411,10 @@ def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
             name, fmt = rng.choice(traces)
             trace: dict[str, Any] = {"path": str(TRACES / name), "format": fmt}
             trace["rate_scale"] = rng.choice([0.01, 0.5, 1, 5, 30])
+            if rng.random() < 0.3:  # synthesised from the ServeGen rates instead
+                rates, lengths = str(TRACES / "servegen_m-large_rate_10min.csv"), str(TRACES / "azure2023_conv.csv")
+                synth = {"rate": rates, "lengths": lengths, "peak_rps": rng.choice([0.1, 5, 80]), "start_s": "12h"}
+                trace = {"synth": synth}
             deployments.append(
                 {
                     "name": f"d{j}", "tenant": f"t{rng.choice([0, 1])}", "endpoint": f"e{j}", "mode": mode,
@@ -417,6 +422,13 @@ def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
                     "pools": {"agg": pool()} if mode == "agg" else {"prefill": pool(), "decode": pool()},
                 }
             )  # fmt: skip
+        endpoints = {}
+        if len(deployments) > 1 and rng.random() < 0.4:  # one endpoint served by the first two
+            first, second = deployments[:2]
+            endpoints["shared"] = {"sla": first.pop("sla"), "trace": first.pop("trace")}
+            del second["sla"], second["trace"]
+            first["endpoint"] = second["endpoint"] = "shared"
+            second["tenant"] = first["tenant"]
         gpus = {gpu: rng.choice([2, 16, 128]) for gpu in types}
         policies = ["static", "static-peak", "local", "oracle"] + (["global", "fcfs"] if len(deployments) > 1 else [])
         planner: dict[str, Any] = {"policy": rng.choice(policies), "interval_s": rng.choice([10, 30, 60])}
@@ -428,6 +440,8 @@ def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
             "name": f"fuzz-{i}", "duration": rng.choice(["1m", "5m"]), "seed": i, "gpus": gpus, "planner": planner,
             "deployments": deployments,
         }  # fmt: skip
+        if endpoints:
+            scenario["endpoints"] = endpoints
         path = workdir / f"scenario-{i}.yaml"
         path.write_text(yaml.safe_dump(scenario))
         findings.run(f"run ({planner['policy']})", lambda path=path: replay(path))

@@ -6,8 +6,8 @@
 Targets: the YAML files users write (tenant policy, scenario, agent config), engine profiles,
 request traces (Azure CSV, Mooncake JSONL), ServeGen rate series (read, then synthesised from), the
 local agent's tick (observations up to the contract's bounds), the planner's gRPC service
-(random messages over a real socket, while another tenant keeps reporting) and whole replays of
-random valid fleets under every policy. A file input must load
+(random messages over a real socket, while another tenant keeps reporting), the engine emulator's
+OpenAI-compatible HTTP endpoints, and whole replays of random valid fleets under every policy. A file input must load
 or raise the product's ``InputError``; an agent tick must return valid targets and curves; a gRPC
 call must be answered OK or with a status that names the caller's fault, and the other tenant must
 still be served. Anything else is printed once per kind with its traceback; the exit code is the
@@ -447,7 +447,62 @@ def fuzz_runs(findings: Findings, rng: random.Random, n: int, workdir: Path) -> 
         findings.run(f"run ({planner['policy']})", lambda path=path: replay(path))
 
 
-TARGETS = ("files", "profiles", "traces", "agent", "grpc", "runs")
+def fuzz_http(findings: Findings, rng: random.Random, n: int) -> None:
+    """Random bodies to the emulator's OpenAI-compatible endpoints over a real socket: each answered
+    200 or 4xx (never 5xx), the server still healthy after every one."""
+    import aiohttp
+    from aiohttp import web
+
+    from fleet_planner.emulate.server import EmulatorServer
+    from fleet_planner.perf import PerfModel, load_profile
+
+    keys = ["model", "prompt", "messages", "max_tokens", "stream", "temperature", "n", "stream_options", "ignore_eos"]
+    raw_bodies = [b"{", b"null", b"[]", b"\xff\xfe", b'{"model": NaN}', b""]
+
+    def body(chat: bool) -> bytes:
+        if rng.random() < 0.1:
+            return rng.choice(raw_bodies)
+        data: dict[str, Any] = {"model": "m", "max_tokens": 4, "stream": True}
+        data |= {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hello world"}
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(keys)
+            if rng.random() < 0.2:
+                data.pop(key, None)
+            else:
+                data[key] = copy.deepcopy(rng.choice(ODD_VALUES[:-2] + [10**12, -1, "m", 16]))
+        if chat and rng.random() < 0.2:
+            data["messages"] = [{"role": rng.choice(["user", "x", None, 5]), "content": rng.choice(ODD_VALUES[:-2])}]
+        return json.dumps(data).encode()
+
+    async def session() -> None:
+        server = EmulatorServer(PerfModel(load_profile(PROFILE)), served_model="m", speed=100.0)
+        runner = web.AppRunner(server.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+                for _ in range(n):
+                    path = rng.choice(["/v1/completions", "/v1/chat/completions"])
+                    headers = {"Content-Type": "application/json"}
+                    async with http.post(
+                        base + path, data=body(path.endswith("chat/completions")), headers=headers
+                    ) as reply:
+                        await reply.read()
+                        findings.outcomes[f"http {path}: {reply.status}"] += 1
+                        if reply.status >= 500:
+                            findings.fail(f"http {path}", RuntimeError(f"HTTP {reply.status}"))
+                    async with http.get(base + "/health") as health:
+                        if health.status != 200:
+                            findings.fail("http: health after a bad request", RuntimeError(f"HTTP {health.status}"))
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(session())
+
+
+TARGETS = ("files", "profiles", "traces", "agent", "grpc", "http", "runs")
 
 
 def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
@@ -466,6 +521,8 @@ def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
                 fuzz_agent(findings, rng, max(1, iterations // 10))  # each run is up to 30 ticks
             elif target == "runs":
                 fuzz_runs(findings, rng, max(1, iterations // 40), workdir)  # each a whole replay
+            elif target == "http":
+                fuzz_http(findings, rng, iterations)
             else:
                 fuzz_grpc(findings, rng, iterations, workdir)
     return findings

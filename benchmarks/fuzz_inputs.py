@@ -123,9 +123,16 @@ def fuzz_files(findings: Findings, rng: random.Random, n: int) -> None:
     from global_planner.policy_file import load_policy_file
     from local_agent.config import load_config
 
-    fuzz_yaml(findings, rng, n, "policy file", EXAMPLES / "shortage" / "tenants.yaml", load_policy_file)
-    fuzz_yaml(findings, rng, n, "scenario", EXAMPLES / "shortage" / "scenario.yaml", load_scenario)
-    fuzz_yaml(findings, rng, n, "agent config", EXAMPLES / "agent" / "agent.yaml", load_config)
+    sources = [
+        ("policy file", EXAMPLES / "shortage" / "tenants.yaml", load_policy_file),
+        ("policy file", ROOT / "policies" / "tenants.yaml", load_policy_file),
+        ("scenario", EXAMPLES / "shortage" / "scenario.yaml", load_scenario),
+        ("scenario", EXAMPLES / "knobs-short-chat" / "scenario.yaml", load_scenario),
+        ("agent config", EXAMPLES / "agent" / "agent.yaml", load_config),
+        ("agent config", EXAMPLES / "agent" / "agent-kubernetes.yaml", load_config),
+    ]
+    for target, source, load in sources:
+        fuzz_yaml(findings, rng, max(1, n // 2), target, source, load)
 
 
 def fuzz_profiles(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:

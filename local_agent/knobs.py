@@ -204,8 +204,8 @@ class KnobTuner:
         equal = [item for item in scored[1:] if item[0][0] == base_gpus and item[0][1] >= base_attainment - 1e-9]
         if not equal:
             return None
-        best = max(equal, key=lambda item: per_replica(item[1]))
-        return best if per_replica(best[1]) >= (1.0 + THROUGHPUT_MARGIN) * per_replica(current) else None
+        best, best_rps = max(((item, per_replica(item[1])) for item in equal), key=lambda pair: pair[1])
+        return best if best_rps >= (1.0 + THROUGHPUT_MARGIN) * per_replica(current) else None
 
     def _cost(
         self, sizer: Sizer, role: PoolRole, knobs: EngineKnobs, rate: float, lengths: Lengths

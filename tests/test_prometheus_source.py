@@ -212,13 +212,18 @@ async def test_values_past_any_real_fleet_are_none_and_logged(
         (("histogram_quantile(0.99,", "time_to_first_token_seconds"), 1e10),
         (("vllm:num_requests_waiting",), 1.0),
     ] + HEALTHY
-    _, source = await serve(rules)
+    fake, source = await serve(rules)
     with caplog.at_level(logging.WARNING):
         obs = by_role(await source.observe(0.0, SPEC, REPLICAS))["prefill"]
     assert obs.admitted is None
     assert obs.ttft_ms is None  # 1e13 ms once scaled: the whole distribution is unknown
     assert obs.input_tokens is not None and obs.queued_requests == 1
     assert "past any real fleet" in caplog.text
+    fake.rules = [(("requests_total",), 120.0), *HEALTHY]  # the exporter is fixed
+    with caplog.at_level(logging.INFO):
+        obs = by_role(await source.observe(30.0, SPEC, REPLICAS))["prefill"]
+    assert obs.ttft_ms is not None and obs.admitted == 120
+    assert "ttft_ms: values are back" in caplog.text
 
 
 async def test_no_traffic_in_window_gives_no_distribution(serve: Callable[..., Any]) -> None:

@@ -181,9 +181,13 @@ class PrometheusSource:
             return self._missing(
                 key, "implausible", logging.WARNING, f"{key}: {promql!r} is {value:g}, past any real fleet; ignored"
             )
+        self._usable(key)
+        return value
+
+    def _usable(self, key: str) -> None:
+        """The key's values are usable again: said once, where a problem was logged."""
         if self._problems.pop(key, None) is not None:
             log.info("%s: values are back", key)
-        return value
 
     def _missing(self, key: str, kind: str, level: int, message: str) -> float | None:
         """The value is missing (None): log why, once per kind of problem."""
@@ -267,6 +271,7 @@ class PrometheusSource:
             detail = f"{field}: {metric} summary {summary} is past any real fleet; ignored"
             self._missing(field, "implausible", logging.WARNING, detail)
             return None
+        self._usable(field)
         return Distribution(count=round(got["count"]), **summary)
 
 

@@ -168,8 +168,9 @@ def knob_saving(defaults: list[dict[str, Any]], setting: dict[str, Any]) -> floa
     reference = defaults[0]["gpu_hours"]
     if setting["attainment"] >= defaults[0]["attainment"]:
         return reference - setting["gpu_hours"]
-    rival = frontier_gpu_hours(defaults, setting["attainment"])  # the reference reaches it: never None
-    return min(rival if rival is not None else reference, reference) - setting["gpu_hours"]
+    rival = frontier_gpu_hours(defaults, setting["attainment"])
+    assert rival is not None  # the reference reaches it: the curve is defined there, at most the reference
+    return rival - setting["gpu_hours"]
 
 
 def compare(

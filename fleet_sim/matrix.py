@@ -463,3 +463,22 @@ def reversals_per_hour(result: SimulationResult) -> dict[str, float]:
 def changes_per_pool_hour(result: SimulationResult) -> float:
     """Replica-target (grant) changes per pool-hour over the fleet (the summary's definition)."""
     return scaling_stability(result).target_changes_per_pool_hour or 0.0
+
+
+OPENING_S = 600.0  # a run's first ten minutes: where the pools' starting counts are paid for
+
+
+def gpu_hours_opening(result: SimulationResult, end_s: float = OPENING_S) -> float:
+    """GPU-hours held in the run's first ``end_s`` seconds. Every pool starts at its scenario's
+    count (in the matrix, its maximum) and an agent descends from there as it learns the load,
+    while a clairvoyant schedule drops at once: splitting a run's GPU-hours here separates that
+    descent from the steady state. Read from the timeline, each row's GPUs held over its interval
+    (so within a few percent of the simulator's exact GPU-seconds)."""
+    seconds = 0.0
+    last: dict[tuple[str, str], float] = {}
+    for row in result.timeline:
+        key = (row.deployment, row.role)
+        start = max(0.0, last.get(key, 0.0))
+        last[key] = row.time_s
+        seconds += row.gpus * max(0.0, min(row.time_s, end_s) - start)
+    return seconds / 3600.0

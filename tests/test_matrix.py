@@ -66,10 +66,36 @@ def test_quick_matrix_runs_and_judges_every_cell(tmp_path: Path) -> None:
     assert set(row["acceptance"]) == {"A_slo", "B_cost", "C_stable", "D_oracle"}
     assert row["idc_60s"] > 2.0  # bursty arrivals, measured on the workload itself
     assert row["policies"]["local"]["gpu_hours"] > 0
+    assert row["policies"]["local"]["gpu_hours_opening"] is None  # the whole 10-minute run is the opening
     # The stable bound keeps to its reversal budget (0 in a 10-minute cell) and meets the target.
     stable = row["policies"]["stable-bound"]
     assert stable["reversal_budget"] == 0 and max(stable["reversals_per_hour"].values()) == 0.0
     assert stable["search"]["reached"] and stable["gpu_hours"] >= 0.97 * oracle["gpu_hours"]
+
+
+def test_opening_gpu_hours_split_a_run_at_its_first_ten_minutes(tmp_path: Path) -> None:
+    from bench_matrix import after_opening
+
+    from fleet_sim.matrix import build_scenario, gpu_hours_opening
+    from fleet_sim.policies import make_policy
+    from fleet_sim.runner import FleetSimulation
+    from fleet_sim.workload import build_workload
+
+    scenario = build_scenario(quick_cells()[1], "local", tmp_path)
+    workload = build_workload(scenario)
+    result = FleetSimulation(scenario, workload, make_policy(scenario, workload)).run()
+    exact = sum(result.gpu_seconds.values()) / 3600.0
+    # The timeline's intervals cover the run: the whole of it is the exact GPU-hours.
+    assert gpu_hours_opening(result, end_s=scenario.duration_s) == pytest.approx(exact, rel=0.01)
+    first, half = gpu_hours_opening(result, end_s=120.0), gpu_hours_opening(result, end_s=300.0)
+    # The pools start at their maximum and descend: the first two minutes hold more GPUs per
+    # second than the first five.
+    assert 0 < first < half < exact and first / 120.0 > half / 300.0
+    local = {"gpu_hours": 3.0, "gpu_hours_opening": 1.0}
+    assert after_opening({"local": local, "oracle": {"gpu_hours": 2.0, "gpu_hours_opening": 0.4}}) == pytest.approx(
+        2.0 / 1.6
+    )
+    assert after_opening({"local": local, "oracle": {"gpu_hours": 2.0, "gpu_hours_opening": None}}) is None
 
 
 def test_baseline_cache_is_keyed_by_cell_and_sources(tmp_path: Path) -> None:

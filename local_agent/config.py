@@ -52,7 +52,7 @@ from fleet_planner.deployment import (
     read_yaml,
 )
 from fleet_planner.durations import Duration
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, unreadable
 from fleet_planner.perf import PerfModel, load_profile
 from fleet_planner.planning import SLA, DeploymentSpec, FrozenModel, PoolRole
 from local_agent.agent import AgentOptions
@@ -253,6 +253,20 @@ class TelemetryConfig(FrozenModel):
         return self
 
 
+class CheckpointConfig(FrozenModel):
+    """The agent's learned state kept across restarts (:mod:`local_agent.checkpoint`)."""
+
+    file: StatePath = Field(
+        default=Path("agent-checkpoint.pickle"), validate_default=True, description="relative to state_dir"
+    )
+    every_s: Duration = Field(default=30.0, ge=1.0, description="how often it is written (and when the agent stops)")
+    max_age_s: Duration = Field(
+        default=900.0,
+        gt=0,
+        description="an older checkpoint is set aside and the agent starts cold: the traffic it learned may be gone",
+    )
+
+
 class PlannerLink(FrozenModel):
     """How the agent reaches the global planner: address, TLS material and bearer token.
 
@@ -303,10 +317,12 @@ class PlannerLink(FrozenModel):
 
 
 def _read_secret(path: Path, field: str, *, binary: bool = False) -> Any:
+    """A credential file, read when it is used (so a rotated file is picked up); an unreadable one
+    is one InputError naming the config field, like any other input file."""
     try:
         return path.read_bytes() if binary else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", field=field) from None
+        raise InputError(f"cannot read {path}: {unreadable(exc)}", field=field) from None
 
 
 class AgentConfig(FrozenModel):
@@ -320,6 +336,11 @@ class AgentConfig(FrozenModel):
     telemetry: TelemetryConfig | None = None
     planner: PlannerLink | None = Field(
         default=None, description="the global planner (or just HOST:PORT); standalone if unset"
+    )
+    checkpoint: CheckpointConfig | None = Field(
+        default_factory=dict,  # validated like a written section: its file goes under state_dir
+        validate_default=True,
+        description="keep the learned state across restarts (null: every start is cold)",
     )
     state_dir: Path = Field(description="where relative connector and diagnostics paths go (set by the loader)")
 

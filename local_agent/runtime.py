@@ -20,7 +20,10 @@ from ``planner.token_file`` or the environment variable ``planner.token_env``
 (``FLEET_PLANNER_TOKEN`` by default; unset: no token, for planners run without ``--tokens``).
 
 On restart the agent adopts what already runs: the first replica counts become its starting
-targets (within the pool bounds), so re-adopted workers are not scaled back to ``initial``.
+targets (within the pool bounds), so re-adopted workers are not scaled back to ``initial``. What
+it had learned (forecast history, corrections, remembered misses, stabilisation window) comes
+back from its checkpoint when there is a usable one (:mod:`local_agent.checkpoint`: written every
+``checkpoint.every_s`` and on shutdown), so a restart does not plan from an uncorrected model.
 Shutdown (SIGTERM/SIGINT) stops the loop and closes the connector without touching the workers.
 """
 
@@ -41,6 +44,7 @@ from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.perf import PerfModel
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
 from local_agent.agent import LocalAgent
+from local_agent.checkpoint import load_checkpoint, plan_fingerprint, save_checkpoint
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.connectors.kubernetes import KubernetesConnectorConfig
@@ -103,6 +107,10 @@ class AgentRuntime:
         self._runner: web.AppRunner | None = None
         self.planner: PlannerClient | None = None
         self.last_effects: TickEffects | None = None
+        self._fingerprint = (
+            None if config.checkpoint is None else plan_fingerprint(self.spec, config.options, config.tick_s)
+        )
+        self._checkpointed_s = -float("inf")
 
     def _planner_client(self) -> PlannerClient | None:
         """The global planner's client, created on first use (gRPC channels want a running loop)."""
@@ -146,30 +154,65 @@ class AgentRuntime:
         if self.agent is not None:
             self.agent.set_limits(limits)
 
-    def _adopt(self, replicas: Mapping[str, ReplicaCounts]) -> LocalAgent:
-        """The agent, created on the first tick with what already runs as its starting targets."""
-        pools: dict[PoolRole, PoolSpec] = {}
+    def _adopt(self, replicas: Mapping[str, ReplicaCounts], now_s: float) -> LocalAgent:
+        """The agent, on the first tick: resumed from its checkpoint or new, planning from what
+        already runs (each pool's running count within its bounds; ``initial`` where none is known)."""
+        running: dict[PoolRole, int] = {}
         for role, pool in self.spec.pools.items():
             counts = replicas.get(role)
-            initial = pool.initial_replicas
+            running[role] = pool.initial_replicas
             if counts is not None:
-                initial = min(
+                running[role] = min(
                     max(counts.ready + counts.starting + counts.pending, pool.min_replicas), pool.max_replicas
                 )
-            pools[role] = PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": initial})
-        agent = LocalAgent(
-            self.spec.model_copy(update={"pools": pools}), self.models, self.config.options, self.config.tick_s
-        )
+        agent = self._resumed(now_s)
+        if agent is not None:
+            for role, count in running.items():
+                agent.granted(role, count)
+        else:
+            pools = {
+                role: PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": running[role]})
+                for role, pool in self.spec.pools.items()
+            }
+            agent = LocalAgent(
+                self.spec.model_copy(update={"pools": pools}), self.models, self.config.options, self.config.tick_s
+            )
         agent.set_limits(self.limits.current)
-        log.info("planning %s from %s", self.spec.name, {role: p.initial_replicas for role, p in pools.items()})
+        log.info("planning %s from %s", self.spec.name, running)
         return agent
+
+    def _resumed(self, now_s: float) -> LocalAgent | None:
+        """The checkpointed agent if it may be resumed (else None, and the log says why)."""
+        checkpoint = self.config.checkpoint
+        if checkpoint is None or self._fingerprint is None:
+            return None
+        restored = load_checkpoint(checkpoint.file, self._fingerprint, now_s, checkpoint.max_age_s)
+        if restored.agent is None:
+            log.info("starting cold: checkpoint %s: %s", checkpoint.file, restored.reason)
+        else:
+            log.info("resuming the learned state from checkpoint %s (%s)", checkpoint.file, restored.reason)
+        return restored.agent
+
+    async def checkpoint(self, now_s: float, *, due_only: bool = True) -> None:
+        """Write the agent's checkpoint (with ``due_only``, only ``checkpoint.every_s`` after the
+        last one). A failure is logged, not raised: planning goes on without it."""
+        checkpoint = self.config.checkpoint
+        if checkpoint is None or self._fingerprint is None or self.agent is None:
+            return
+        if due_only and now_s - self._checkpointed_s < checkpoint.every_s:
+            return
+        self._checkpointed_s = now_s
+        try:
+            await asyncio.to_thread(save_checkpoint, checkpoint.file, self.agent, self._fingerprint, now_s)
+        except OSError as exc:
+            log.warning("checkpoint not written to %s: %s", checkpoint.file, exc.strerror or exc)
 
     async def tick(self) -> AgentDecision:
         """One observe-decide-apply round; raises what went wrong (``run`` logs it and goes on)."""
         now_s = self.clock.now()
         replicas = await self.connector.observe_replicas()
         if self.agent is None:
-            self.agent = self._adopt(replicas)
+            self.agent = self._adopt(replicas, now_s)
         observations = await self.source.observe(now_s, self.spec, replicas)
         effects = self.agent.step(AgentInput(now_s=now_s, observations=observations))
         decision = effects.decision
@@ -187,6 +230,7 @@ class AgentRuntime:
             await self.connector.apply({pool.role: pool.target for pool in decision.pools})
         if effects.knobs:  # after the targets: a connector that cannot set knobs must not stop scaling
             await self.connector.apply_knobs({str(role): knobs for role, knobs in effects.knobs.items()})
+        await self.checkpoint(now_s)
         telemetry = self.config.telemetry
         if telemetry is not None and telemetry.diagnostics_dir is not None:
             written = await asyncio.to_thread(
@@ -229,7 +273,8 @@ class AgentRuntime:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.config.tick_s - (loop.time() - started)))
 
     async def close(self) -> None:
-        """Stop serving and release the connector; running replicas stay for the next agent."""
+        """Checkpoint, stop serving and release the connector; running replicas stay for the next agent."""
+        await self.checkpoint(self.clock.now(), due_only=False)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from pathlib import Path
 
@@ -59,3 +60,13 @@ def test_a_failed_write_keeps_the_old_content_and_leaves_nothing_behind(tmp_path
         write_atomically(path, None)  # type: ignore[arg-type]
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_bytes_and_private_files(tmp_path: Path) -> None:
+    path = tmp_path / "agent.ck"
+    write_atomically(path, b"\x00\xffbinary", private=True)
+    assert path.read_bytes() == b"\x00\xffbinary" and path.stat().st_mode & 0o777 == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_atomically(path, "text")  # not private: the umask decides, as for open()
+    assert path.read_text() == "text" and path.stat().st_mode & 0o777 == 0o666 & ~umask

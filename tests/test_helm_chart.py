@@ -198,6 +198,18 @@ def test_non_default_values_shape_the_release(tmp_path: Path) -> None:
         assert metric in exprs  # fmt: skip
 
 
+def test_agents_keep_their_checkpoint_in_a_writable_state_folder() -> None:
+    """The root file system is read-only: the agent's state folder (its checkpoint) is a volume."""
+    agents = [d for d in _render(NON_DEFAULT) if d["kind"] == "Deployment" and "-agent-" in d["metadata"]["name"]]
+    assert agents
+    for doc in agents:
+        pod = doc["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert "--state-dir=/var/lib/fleet-agent" in container["args"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/fleet-agent")
+        assert not mount.get("readOnly") and "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
 def test_pods_run_non_root_and_read_only() -> None:
     for doc in _render(NON_DEFAULT):
         if doc["kind"] != "Deployment":

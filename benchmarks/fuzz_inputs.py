@@ -7,7 +7,8 @@ Targets: the YAML files users write (tenant policy, scenario, agent config), eng
 request traces (Azure CSV, Mooncake JSONL), ServeGen rate series (read, then synthesised from), the
 local agent's tick (observations up to the contract's bounds), the planner's gRPC service
 (random messages over a real socket, while another tenant keeps reporting), the engine emulator's
-OpenAI-compatible HTTP endpoints, and whole replays of random valid fleets under every policy. A file input must load
+OpenAI-compatible HTTP endpoints, whole replays of random valid fleets under every policy, and
+damaged agent checkpoints (resumed intact or set aside, never raised). A file input must load
 or raise the product's ``InputError``; an agent tick must return valid targets and curves; a gRPC
 call must be answered OK or with a status that names the caller's fault, and the other tenant must
 still be served. Anything else is printed once per kind with its traceback; the exit code is the
@@ -509,7 +510,56 @@ def fuzz_http(findings: Findings, rng: random.Random, n: int) -> None:
     asyncio.run(session())
 
 
-TARGETS = ("files", "profiles", "traces", "agent", "grpc", "http", "runs")
+def fuzz_checkpoints(findings: Findings, rng: random.Random, n: int, workdir: Path) -> None:
+    """Damaged agent checkpoints (bytes flipped, cut, appended, the header's fields odd, a random
+    body under a matching checksum): each is resumed intact or set aside with a reason, never raised."""
+    import hashlib
+
+    from fleet_sim.adapters.local import build_agents
+    from fleet_sim.matrix import build_scenario, quick_cells
+    from local_agent.checkpoint import load_checkpoint, plan_fingerprint, save_checkpoint
+    from local_agent.decide.options import AgentOptions
+
+    scenario = build_scenario(quick_cells()[1], "local", workdir / "checkpoint-cell")
+    agent = next(iter(build_agents(scenario.deployment_specs(), 30.0, AgentOptions()).values()))
+    fingerprint = plan_fingerprint(agent.spec, agent.options, agent.tick_s)
+    path = workdir / "agent.ck"
+    save_checkpoint(path, agent, fingerprint, 1000.0)
+    good = path.read_bytes()
+    first, _, body = good.partition(b"\n")
+    for _ in range(n):
+        data = bytearray(good)
+        kind = rng.randrange(5)
+        if kind == 0:
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            del data[rng.randrange(len(data)) :]
+        elif kind == 2:
+            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        elif kind == 3:
+            data = bytearray(json.dumps(mutate(json.loads(first), rng), default=str).encode() + b"\n" + body)
+        else:  # garbage the checksum vouches for: only unpickling can refuse it
+            junk = body[: rng.randrange(len(body))] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 256)))
+            header = {**json.loads(first), "sha256": hashlib.sha256(junk).hexdigest()}
+            data = bytearray(json.dumps(header).encode() + b"\n" + junk)
+        path.write_bytes(bytes(data))
+        try:
+            restored = load_checkpoint(path, fingerprint, 1010.0, 900.0)
+        except Exception as exc:  # the loader must answer, not raise
+            findings.fail("checkpoint", exc)
+            continue
+        if restored.agent is None:
+            findings.outcomes["checkpoint: set aside"] += 1
+        else:
+            findings.outcomes["checkpoint: resumed (accepted)"] += 1
+            try:
+                restored.agent.targets()
+            except Exception as exc:
+                findings.fail("checkpoint: resumed agent", exc)
+
+
+TARGETS = ("files", "profiles", "traces", "agent", "grpc", "http", "runs", "checkpoint")
 
 
 def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
@@ -530,6 +580,8 @@ def fuzz(targets: list[str], iterations: int, seed: int) -> Findings:
                 fuzz_runs(findings, rng, max(1, iterations // 40), workdir)  # each a whole replay
             elif target == "http":
                 fuzz_http(findings, rng, iterations)
+            elif target == "checkpoint":
+                fuzz_checkpoints(findings, rng, iterations, workdir)
             else:
                 fuzz_grpc(findings, rng, iterations, workdir)
     return findings

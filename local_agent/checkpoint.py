@@ -8,13 +8,14 @@ times per hour (docs/local-agent.md, *Restarts*). So the runtime checkpoints its
 :class:`~local_agent.agent.LocalAgent` every ``checkpoint.every_s`` and when it stops, and a
 restarted agent resumes from the checkpoint instead of from nothing.
 
-The checkpoint is the pickled agent behind a one-line JSON header: the format, the digest of the
-code that wrote it (a pickle is only read by the very code that wrote it: a changed class would
-load and fail later), the plan's fingerprint (deployment, options, tick and the profiles' bytes:
-a changed config plans afresh) and the wall time it was saved. A checkpoint that is older than
-``checkpoint.max_age_s`` (the traffic it learned may be gone), of other code or another plan,
-damaged, or writable by anyone but the agent's own user is set aside with one log line that says
-why, and the agent starts cold, as without one. Reading a pickle runs code, hence the last
+The checkpoint is the pickled agent behind a one-line JSON header: the format, the body's
+checksum, the digest of the code that wrote it (a pickle is only read by the very code that wrote
+it: a changed class would load and fail later), the plan's fingerprint (deployment, options, tick
+and the profiles' bytes: a changed config plans afresh) and the wall time it was saved. A
+checkpoint that is older than ``checkpoint.max_age_s`` (the traffic it learned may be gone), of
+other code or another plan, damaged, or writable by anyone but the agent's own user is set aside
+with one log line that says why, and the agent starts cold, as without one; so is a resumed agent
+whose first step fails (the runtime's part). Reading a pickle runs code, hence the ownership
 check: the file is written 0600 in the agent's own state folder, and one that group or others
 may write, or another user owns, is not read.
 """
@@ -80,8 +81,15 @@ class Restored:
 
 def save_checkpoint(path: Path, agent: LocalAgent, fingerprint: str, now_s: float) -> int:
     """Write ``agent`` to ``path`` (atomically, durably, 0600); returns the bytes written."""
-    header = {"format": FORMAT, "code": code_digest(), "plan": fingerprint, "saved_s": now_s}
-    data = json.dumps(header).encode() + b"\n" + pickle.dumps(agent, protocol=pickle.HIGHEST_PROTOCOL)
+    body = pickle.dumps(agent, protocol=pickle.HIGHEST_PROTOCOL)
+    header = {
+        "format": FORMAT,
+        "code": code_digest(),
+        "plan": fingerprint,
+        "saved_s": now_s,
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    data = json.dumps(header).encode() + b"\n" + body
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, data, durable=True, private=True)
     return len(data)
@@ -122,6 +130,8 @@ def load_checkpoint(path: Path, fingerprint: str, now_s: float, max_age_s: float
         return Restored(None, f"saved {age:.0f} s ago, more than checkpoint.max_age_s ({max_age_s:.0f} s)", age)
     if age < -CLOCK_SLACK_S:
         return Restored(None, f"stamped {-age:.0f} s in the future (the clock went back?)", age)
+    if header.get("sha256") != hashlib.sha256(body).hexdigest():
+        return Restored(None, "damaged: its content does not match its checksum", age)
     try:
         agent = pickle.loads(body)
     except Exception as exc:  # a truncated or damaged pickle raises almost anything

@@ -111,6 +111,7 @@ class AgentRuntime:
             None if config.checkpoint is None else plan_fingerprint(self.spec, config.options, config.tick_s)
         )
         self._checkpointed_s = -float("inf")
+        self._on_trial = False  # the agent was resumed and has not stepped yet
 
     def _planner_client(self) -> PlannerClient | None:
         """The global planner's client, created on first use (gRPC channels want a running loop)."""
@@ -154,9 +155,10 @@ class AgentRuntime:
         if self.agent is not None:
             self.agent.set_limits(limits)
 
-    def _adopt(self, replicas: Mapping[str, ReplicaCounts], now_s: float) -> LocalAgent:
-        """The agent, on the first tick: resumed from its checkpoint or new, planning from what
-        already runs (each pool's running count within its bounds; ``initial`` where none is known)."""
+    def _adopt(self, replicas: Mapping[str, ReplicaCounts], now_s: float, *, resume: bool = True) -> LocalAgent:
+        """The agent, on the first tick: resumed from its checkpoint (with ``resume``) or new,
+        planning from what already runs (each pool's running count within its bounds; ``initial``
+        where none is known). A resumed agent is on trial until its first step succeeds."""
         running: dict[PoolRole, int] = {}
         for role, pool in self.spec.pools.items():
             counts = replicas.get(role)
@@ -165,7 +167,8 @@ class AgentRuntime:
                 running[role] = min(
                     max(counts.ready + counts.starting + counts.pending, pool.min_replicas), pool.max_replicas
                 )
-        agent = self._resumed(now_s)
+        agent = self._resumed(now_s) if resume else None
+        self._on_trial = agent is not None
         if agent is not None:
             for role, count in running.items():
                 agent.granted(role, count)
@@ -214,7 +217,16 @@ class AgentRuntime:
         if self.agent is None:
             self.agent = self._adopt(replicas, now_s)
         observations = await self.source.observe(now_s, self.spec, replicas)
-        effects = self.agent.step(AgentInput(now_s=now_s, observations=observations))
+        tick = AgentInput(now_s=now_s, observations=observations)
+        try:
+            effects = self.agent.step(tick)
+        except Exception:
+            if not self._on_trial:
+                raise
+            log.exception("the agent resumed from its checkpoint failed its first step: starting cold")
+            self.agent = self._adopt(replicas, now_s, resume=False)
+            effects = self.agent.step(tick)
+        self._on_trial = False
         decision = effects.decision
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)

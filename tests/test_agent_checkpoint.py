@@ -94,6 +94,7 @@ async def test_no_checkpoint_section_writes_and_reads_nothing(tmp_path: Path, pr
     [
         (lambda p: p.write_bytes(b"not a checkpoint"), "no checkpoint header"),
         (lambda p: p.write_bytes(p.read_bytes()[:-200]), "damaged"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])), "match its checksum"),
         (lambda p: os.chmod(p, 0o666), "another user owns it or may write it"),
         (lambda p: _header(p, code="0" * 64), "written by other code"),
         (lambda p: _header(p, format=0), "format 0, not 1"),
@@ -194,3 +195,24 @@ def test_save_checkpoint_creates_its_folder(tmp_path: Path) -> None:
     restored = load_checkpoint(tmp_path / "a" / "b.ck", fingerprint, 130.0, 60.0)
     assert size > 0 and restored.agent is not None and restored.age_s == 30.0
     assert restored.agent.targets() == agent.targets()
+
+
+async def test_a_resumed_agent_that_fails_its_first_step_is_replaced_by_a_cold_one(
+    tmp_path: Path, prometheus_url: str, caplog
+) -> None:
+    """A checkpoint that loads but holds an agent that cannot plan (a bug, a state no test saw)
+    must not stop planning: the runtime drops it for a cold agent on the same tick."""
+    config = parse_config(config_data(tmp_path, prometheus_url), base_dir=tmp_path)
+    report(tmp_path, ready=3)
+    clock = Clock()
+    _, agent = await _ticks(config, clock, 4)
+    agent.sizer = None  # loads fine, fails at its first step
+    assert config.checkpoint is not None
+    fingerprint = plan_fingerprint(config.spec(), config.options, config.tick_s)
+    save_checkpoint(config.checkpoint.file, agent, fingerprint, clock.time)
+    with caplog.at_level(logging.INFO, logger="local_agent.runtime"):
+        decisions, fresh = await _ticks(config, clock, 2)
+    assert "resuming the learned state" in caplog.text
+    assert "failed its first step: starting cold" in caplog.text
+    assert fresh is not None and fresh.sizer is not None and fresh.intake.windows == 2
+    assert [d.pools[0].current for d in decisions] == [3, decisions[0].pools[0].target]

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet_planner.planning import Decision, FleetObservation, PoolSpec  # noqa: E402
+from fleet_planner.planning import Decision, FleetObservation  # noqa: E402
 from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
 from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, reversals_per_hour  # noqa: E402
 from fleet_sim.outputs import summarize  # noqa: E402
@@ -78,16 +78,8 @@ class RestartingPolicy:
                 restored.agent.granted(role, count)
             return restored.agent
         # Cold: what the runtime does without a checkpoint (a new agent planning from the running counts).
-        pools = {
-            role: PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": running[role]})
-            for role, pool in agent.spec.pools.items()
-        }
         return LocalAgent(
-            agent.spec.model_copy(update={"pools": pools}),
-            agent.models,
-            agent.options,
-            agent.tick_s,
-            endpoint_share=agent.endpoint_share,
+            agent.spec, agent.models, agent.options, agent.tick_s, endpoint_share=agent.endpoint_share, starting=running
         )
 
     def __getattr__(self, name: str) -> Any:

@@ -63,9 +63,11 @@ class LocalAgent:
         options: AgentOptions,
         tick_s: float,
         endpoint_share: float | None = None,
+        starting: Mapping[PoolRole, int] | None = None,
     ):
         """``endpoint_share``: for a deployment sharing its endpoint, the share of the endpoint's
-        rate it plans for (see ``local_agent.sizing.shares.endpoint_shares``)."""
+        rate it plans for (see ``local_agent.sizing.shares.endpoint_shares``); ``starting``: each
+        pool's count it plans from (what already runs when it adopts a pool; default ``initial``)."""
         self.spec = spec
         self.options = options
         self.tick_s = tick_s
@@ -82,7 +84,8 @@ class LocalAgent:
         self.sizer = Sizer(spec, models, options, self.intake)
         self.guard = ScaleDownGuard(options, self.sizer, list(spec.pools), self.elapsed)
         self.knob_tuner = KnobTuner(spec, options.knob_interval_s, self.elapsed)
-        self.pools = {role: _PoolState(pool.initial_replicas) for role, pool in spec.pools.items()}
+        starting = starting or {}
+        self.pools = {role: _PoolState(starting.get(role, pool.initial_replicas)) for role, pool in spec.pools.items()}
         self._last_throughput_s = -float("inf")
         # Recent decisions only (bounded: a live agent runs for months; telemetry keeps history).
         self.decisions: deque[AgentDecision] = deque(maxlen=RECENT_DECISIONS)

@@ -42,7 +42,7 @@ from prometheus_client import Counter
 
 from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.perf import PerfModel
-from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole, PoolSpec
+from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
 from local_agent.agent import LocalAgent
 from local_agent.checkpoint import load_checkpoint, plan_fingerprint, save_checkpoint
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
@@ -173,13 +173,7 @@ class AgentRuntime:
             for role, count in running.items():
                 agent.granted(role, count)
         else:
-            pools = {
-                role: PoolSpec.model_validate({**pool.model_dump(), "initial_replicas": running[role]})
-                for role, pool in self.spec.pools.items()
-            }
-            agent = LocalAgent(
-                self.spec.model_copy(update={"pools": pools}), self.models, self.config.options, self.config.tick_s
-            )
+            agent = LocalAgent(self.spec, self.models, self.config.options, self.config.tick_s, starting=running)
         agent.set_limits(self.limits.current)
         log.info("planning %s from %s", self.spec.name, running)
         return agent

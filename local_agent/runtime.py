@@ -38,7 +38,7 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.perf import PerfModel
@@ -93,6 +93,18 @@ class AgentRuntime:
         self.tick_failures = Counter(
             "fleet_agent_tick_failures",
             "Agent ticks that failed (logged; the agent kept running).",
+            ["deployment"],
+            registry=self.metrics.registry,
+        )
+        self.checkpoint_writes = Counter(
+            "fleet_agent_checkpoint_writes",
+            "Checkpoints of the agent's learned state written (outcome ok) or not (failed, logged).",
+            ["deployment", "outcome"],
+            registry=self.metrics.registry,
+        )
+        self.resumed = Gauge(
+            "fleet_agent_resumed",
+            "1 when the agent planning now resumed its learned state from a checkpoint, 0 when it started cold.",
             ["deployment"],
             registry=self.metrics.registry,
         )
@@ -169,6 +181,7 @@ class AgentRuntime:
                 )
         agent = self._resumed(now_s) if resume else None
         self._on_trial = agent is not None
+        self.resumed.labels(self.spec.name).set(int(agent is not None))
         if agent is not None:
             for role, count in running.items():
                 agent.granted(role, count)
@@ -202,7 +215,10 @@ class AgentRuntime:
         try:
             await asyncio.to_thread(save_checkpoint, checkpoint.file, self.agent, self._fingerprint, now_s)
         except OSError as exc:
+            self.checkpoint_writes.labels(self.spec.name, "failed").inc()
             log.warning("checkpoint not written to %s: %s", checkpoint.file, exc.strerror or exc)
+        else:
+            self.checkpoint_writes.labels(self.spec.name, "ok").inc()
 
     async def tick(self) -> AgentDecision:
         """One observe-decide-apply round; raises what went wrong (``run`` logs it and goes on)."""

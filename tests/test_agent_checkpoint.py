@@ -34,6 +34,9 @@ class Readings:
         return next(self.times)
 
 
+METRICS: dict[str, float | None] = {}  # the last runtime's checkpoint metrics, read after it stopped
+
+
 async def _ticks(config, clock, n: int) -> list:
     """``n`` ticks of a runtime whose orchestrator runs each target by the next tick."""
     decisions = []
@@ -42,6 +45,12 @@ async def _ticks(config, clock, n: int) -> list:
             decisions.append(await runtime.tick())
             report(config.state_dir, ready=decisions[-1].pools[0].target)
         agent = runtime.agent
+    registry = runtime.metrics.registry
+    METRICS.clear()
+    METRICS["resumed"] = registry.get_sample_value("fleet_agent_resumed", {"deployment": "chat"})
+    for outcome in ("ok", "failed"):
+        labels = {"deployment": "chat", "outcome": outcome}
+        METRICS[outcome] = registry.get_sample_value("fleet_agent_checkpoint_writes_total", labels)
     return [decisions, agent]
 
 
@@ -62,7 +71,7 @@ async def test_a_restarted_agent_resumes_exactly_where_it_stopped(tmp_path: Path
     assert path.exists() and path.stat().st_mode & 0o777 == 0o600  # written on shutdown, private
     with caplog.at_level(logging.INFO, logger="local_agent.runtime"):
         second, resumed = await _ticks(config, Readings(*ticks[5:], 1050.0), 3)
-    assert "resuming the learned state" in caplog.text
+    assert "resuming the learned state" in caplog.text and METRICS["resumed"] == 1
     # The same decisions as one agent running all eight ticks, and the same learned state.
     assert [_signature(d) for d in first + second] == [_signature(d) for d in straight]
     assert resumed is not stopped and resumed.intake.windows == stopped.intake.windows + 3
@@ -80,6 +89,10 @@ async def test_checkpoints_are_written_every_interval(tmp_path: Path, prometheus
             header = json.loads(path.read_bytes().partition(b"\n")[0])
             saved.append(header["saved_s"])
     assert sorted(set(saved)) == [1005.0, 1020.0, 1035.0]  # the first tick, then at least 12 s apart
+    writes = runtime.metrics.registry.get_sample_value(
+        "fleet_agent_checkpoint_writes_total", {"deployment": "chat", "outcome": "ok"}
+    )
+    assert writes == 4  # and once more on shutdown
 
 
 async def test_no_checkpoint_section_writes_and_reads_nothing(tmp_path: Path, prometheus_url: str) -> None:
@@ -114,7 +127,7 @@ async def test_an_untrustworthy_checkpoint_is_set_aside_and_the_agent_starts_col
     with caplog.at_level(logging.INFO, logger="local_agent.runtime"):
         decisions, agent = await _ticks(config, clock, 1)
     assert f"starting cold: checkpoint {tmp_path / 'agent-checkpoint.pickle'}: " in caplog.text
-    assert reason in caplog.text
+    assert reason in caplog.text and METRICS["resumed"] == 0
     assert agent.intake.windows == 1 and decisions[0].pools[0].current == 3  # cold, from what runs
 
 
@@ -145,6 +158,7 @@ async def test_a_checkpoint_that_cannot_be_written_is_logged_and_planning_goes_o
     with caplog.at_level(logging.WARNING, logger="local_agent.runtime"):
         decisions, _ = await _ticks(parse_config(data, base_dir=tmp_path), Clock(), 2)
     assert len(decisions) == 2 and "checkpoint not written to" in caplog.text
+    assert METRICS["failed"] == 2 and METRICS["ok"] is None  # the first tick's and the shutdown's
 
 
 def test_the_fingerprint_covers_the_profiles_bytes(tmp_path: Path) -> None:

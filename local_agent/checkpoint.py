@@ -76,7 +76,6 @@ class Restored:
 
     agent: LocalAgent | None
     reason: str
-    age_s: float | None = None
 
 
 def save_checkpoint(path: Path, agent: LocalAgent, fingerprint: str, now_s: float) -> int:
@@ -127,15 +126,15 @@ def load_checkpoint(path: Path, fingerprint: str, now_s: float, max_age_s: float
         return Restored(None, "no valid save time")
     age = now_s - float(saved)
     if age > max_age_s:
-        return Restored(None, f"saved {age:.0f} s ago, more than checkpoint.max_age_s ({max_age_s:.0f} s)", age)
+        return Restored(None, f"saved {age:.0f} s ago, more than checkpoint.max_age_s ({max_age_s:.0f} s)")
     if age < -CLOCK_SLACK_S:
-        return Restored(None, f"stamped {-age:.0f} s in the future (the clock went back?)", age)
+        return Restored(None, f"stamped {-age:.0f} s in the future (the clock went back?)")
     if header.get("sha256") != hashlib.sha256(body).hexdigest():
-        return Restored(None, "damaged: its content does not match its checksum", age)
+        return Restored(None, "damaged: its content does not match its checksum")
     try:
         agent = pickle.loads(body)
     except Exception as exc:  # a truncated or damaged pickle raises almost anything
-        return Restored(None, f"damaged: {type(exc).__name__}: {exc}", age)
+        return Restored(None, f"damaged: {type(exc).__name__}: {exc}")
     if not isinstance(agent, LocalAgent):
-        return Restored(None, f"holds a {type(agent).__name__}, not an agent", age)
-    return Restored(agent, f"saved {max(0.0, age):.0f} s ago", age)
+        return Restored(None, f"holds a {type(agent).__name__}, not an agent")
+    return Restored(agent, f"saved {max(0.0, age):.0f} s ago")

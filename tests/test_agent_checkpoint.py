@@ -207,7 +207,7 @@ def test_save_checkpoint_creates_its_folder(tmp_path: Path) -> None:
     fingerprint = plan_fingerprint(agent.spec, agent.options, agent.tick_s)
     size = save_checkpoint(tmp_path / "a" / "b.ck", agent, fingerprint, 100.0)
     restored = load_checkpoint(tmp_path / "a" / "b.ck", fingerprint, 130.0, 60.0)
-    assert size > 0 and restored.agent is not None and restored.age_s == 30.0
+    assert size > 0 and restored.agent is not None and restored.reason == "saved 30 s ago"
     assert restored.agent.targets() == agent.targets()
 
 

@@ -194,6 +194,8 @@ def test_non_default_values_shape_the_release(tmp_path: Path) -> None:
         "fleet_agent_observed_ttft_seconds",
         "fleet_planner_admission_rps",
         "fleet_agent_decisions_total",
+        "fleet_agent_resumed",
+        "fleet_agent_checkpoint_writes_total",
     ):
         assert metric in exprs  # fmt: skip
 

@@ -78,8 +78,9 @@ class Restored:
     reason: str
 
 
-def save_checkpoint(path: Path, agent: LocalAgent, fingerprint: str, now_s: float) -> int:
-    """Write ``agent`` to ``path`` (atomically, durably, 0600); returns the bytes written."""
+def checkpoint_bytes(agent: LocalAgent, fingerprint: str, now_s: float) -> bytes:
+    """The checkpoint of ``agent`` as it is now (taken where nothing else changes it: the
+    runtime's loop, between ticks)."""
     body = pickle.dumps(agent, protocol=pickle.HIGHEST_PROTOCOL)
     header = {
         "format": FORMAT,
@@ -88,9 +89,19 @@ def save_checkpoint(path: Path, agent: LocalAgent, fingerprint: str, now_s: floa
         "saved_s": now_s,
         "sha256": hashlib.sha256(body).hexdigest(),
     }
-    data = json.dumps(header).encode() + b"\n" + body
+    return json.dumps(header).encode() + b"\n" + body
+
+
+def write_checkpoint(path: Path, data: bytes) -> None:
+    """Write checkpoint bytes to ``path`` (its folder created; atomically, durably, 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, data, durable=True, private=True)
+
+
+def save_checkpoint(path: Path, agent: LocalAgent, fingerprint: str, now_s: float) -> int:
+    """Take and write ``agent``'s checkpoint; returns the bytes written."""
+    data = checkpoint_bytes(agent, fingerprint, now_s)
+    write_checkpoint(path, data)
     return len(data)
 
 

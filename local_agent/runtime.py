@@ -44,7 +44,7 @@ from fleet_planner.clock import Clock, MonotonicClock, WallClock
 from fleet_planner.perf import PerfModel
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
 from local_agent.agent import LocalAgent
-from local_agent.checkpoint import load_checkpoint, plan_fingerprint, save_checkpoint
+from local_agent.checkpoint import checkpoint_bytes, load_checkpoint, plan_fingerprint, write_checkpoint
 from local_agent.config import AgentConfig, ProcessesConnectorConfig, parse_host_port
 from local_agent.connectors.base import Connector, ReplicaCounts
 from local_agent.connectors.kubernetes import KubernetesConnectorConfig
@@ -212,8 +212,9 @@ class AgentRuntime:
         if due_only and now_s - self._checkpointed_s < checkpoint.every_s:
             return
         self._checkpointed_s = now_s
+        data = checkpoint_bytes(self.agent, self._fingerprint, now_s)  # here: no handler changes the agent meanwhile
         try:
-            await asyncio.to_thread(save_checkpoint, checkpoint.file, self.agent, self._fingerprint, now_s)
+            await asyncio.to_thread(write_checkpoint, checkpoint.file, data)
         except OSError as exc:
             self.checkpoint_writes.labels(self.spec.name, "failed").inc()
             log.warning("checkpoint not written to %s: %s", checkpoint.file, exc.strerror or exc)

@@ -317,8 +317,8 @@ class PlannerLink(FrozenModel):
 
 
 def _read_secret(path: Path, field: str, *, binary: bool = False) -> Any:
-    """A credential file, read when it is used (so a rotated file is picked up); an unreadable one
-    is one InputError naming the config field, like any other input file."""
+    """A credential file, read where it is needed (its content is never kept in the config); an
+    unreadable one is one InputError naming the config field, like any other input file."""
     try:
         return path.read_bytes() if binary else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -46,6 +46,11 @@ class RestartingPolicy:
     def __init__(self, policy: LocalAgentsPolicy, mode: str, at_s: list[float], down_s: float, folder: Path):
         self.policy, self.mode, self.pending, self.down_s, self.folder = policy, mode, sorted(at_s), down_s, folder
         self.back_s: float | None = None
+        # What each agent's checkpoint belongs to (its spec, options and tick never change): the
+        # runtime computes it once at start too.
+        self.fingerprints = {
+            name: plan_fingerprint(agent.spec, agent.options, agent.tick_s) for name, agent in policy.agents.items()
+        }
 
     def decide(self, now_s: float, observation: FleetObservation | None) -> Decision:
         if self.back_s is None and self.pending and now_s >= self.pending[0]:
@@ -53,7 +58,7 @@ class RestartingPolicy:
             self.back_s = now_s + self.down_s
             if self.mode == "warm":
                 for name, agent in self.policy.agents.items():
-                    save_checkpoint(self._path(name), agent, self._fingerprint(agent), now_s)
+                    save_checkpoint(self._path(name), agent, self.fingerprints[name], now_s)
         if self.back_s is not None:
             if now_s < self.back_s:
                 return Decision(targets=[])
@@ -65,14 +70,10 @@ class RestartingPolicy:
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.checkpoint"
 
-    @staticmethod
-    def _fingerprint(agent: LocalAgent) -> str:
-        return plan_fingerprint(agent.spec, agent.options, agent.tick_s)
-
     def _restarted(self, name: str, agent: LocalAgent, now_s: float) -> LocalAgent:
         running = agent.targets()  # the simulated pools run the last targets (none was set while down)
         if self.mode == "warm":
-            restored = load_checkpoint(self._path(name), self._fingerprint(agent), now_s, max_age_s=900.0)
+            restored = load_checkpoint(self._path(name), self.fingerprints[name], now_s, max_age_s=900.0)
             assert restored.agent is not None, restored.reason
             for role, count in running.items():  # as the runtime: plan from what runs
                 restored.agent.granted(role, count)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, start_http_server
 
 from fleet_planner.cli import run
-from fleet_planner.errors import InputError, path_kind
+from fleet_planner.errors import InputError, path_kind, unreadable
 
 if TYPE_CHECKING:
     import grpc
@@ -219,7 +219,7 @@ def _open_audit(state_dir: str, rotate_bytes: int, keep_segments: int) -> AuditL
     try:
         return AuditLog(state_dir, rotate_bytes=rotate_bytes, keep_segments=keep_segments)
     except OSError as error:
-        raise InputError(f"cannot open the audit log: {error.strerror or error}", file=state_dir) from error
+        raise InputError(f"cannot open the audit log: {unreadable(error)}", file=state_dir) from error
 
 
 def _log_resume(recovery: Recovery, state: PlannerState) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import pickle
 import stat
@@ -32,12 +31,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from fleet_planner.errors import unreadable
 from fleet_planner.files import write_atomically
 from fleet_planner.planning import DeploymentSpec
 from local_agent.agent import LocalAgent
 from local_agent.decide.options import AgentOptions
-
-log = logging.getLogger(__name__)
 
 FORMAT = 1
 CLOCK_SLACK_S = 60.0  # a checkpoint stamped this far in the future is still read (clocks disagree a little)
@@ -112,7 +110,7 @@ def load_checkpoint(path: Path, fingerprint: str, now_s: float, max_age_s: float
     except FileNotFoundError:
         return Restored(None, "no checkpoint yet")
     except OSError as exc:
-        return Restored(None, f"cannot look it up: {exc.strerror or exc}")
+        return Restored(None, f"cannot look it up: {unreadable(exc)}")
     if not stat.S_ISREG(info.st_mode):
         return Restored(None, "not a regular file")
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -120,7 +118,7 @@ def load_checkpoint(path: Path, fingerprint: str, now_s: float, max_age_s: float
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return Restored(None, f"cannot read it: {exc.strerror or exc}")
+        return Restored(None, f"cannot read it: {unreadable(exc)}")
     first, _, body = data.partition(b"\n")
     try:
         header = json.loads(first)

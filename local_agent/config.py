@@ -400,7 +400,7 @@ class AgentConfig(FrozenModel):
             token = telemetry.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise InputError(
-                f"cannot read {telemetry.token_file}: {exc.strerror or exc}",
+                f"cannot read {telemetry.token_file}: {unreadable(exc)}",
                 file=self._file,
                 field="telemetry.token_file",
             ) from None

@@ -41,6 +41,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from fleet_planner.clock import Clock, MonotonicClock, WallClock
+from fleet_planner.errors import unreadable
 from fleet_planner.perf import PerfModel
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
 from local_agent.agent import LocalAgent
@@ -217,7 +218,7 @@ class AgentRuntime:
             await asyncio.to_thread(write_checkpoint, checkpoint.file, data)
         except OSError as exc:
             self.checkpoint_writes.labels(self.spec.name, "failed").inc()
-            log.warning("checkpoint not written to %s: %s", checkpoint.file, exc.strerror or exc)
+            log.warning("checkpoint not written to %s: %s", checkpoint.file, unreadable(exc))
         else:
             self.checkpoint_writes.labels(self.spec.name, "ok").inc()
 

@@ -73,7 +73,7 @@ def write_mooncake_jsonl(trace: Trace, path: str | Path) -> None:
     try:
         path.write_text("".join(lines), encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"cannot write trace: {exc.strerror or exc}", file=path) from exc
+        raise InputError(f"cannot write trace: {unreadable(exc)}", file=path) from exc
 
 
 # --- Mooncake JSONL ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from fleet_planner.contract.models import RoundRecord
-from fleet_planner.errors import InputError
+from fleet_planner.errors import InputError, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _scan_back(path: Path, recovery: Recovery) -> RoundRecord | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
+        raise InputError(f"cannot read: {unreadable(error)}", file=path) from error
     with handle:
         pos = handle.seek(0, os.SEEK_END)
         carry = b""  # the start of a line whose beginning is not read yet
@@ -268,7 +268,7 @@ def read_records(path: str | Path) -> Iterator[RoundRecord]:
     except FileNotFoundError:
         return
     except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}", file=path) from error
+        raise InputError(f"cannot read: {unreadable(error)}", file=path) from error
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

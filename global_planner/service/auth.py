@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fleet_planner.contract.models import Name
-from fleet_planner.errors import InputError, read_input_text
+from fleet_planner.errors import InputError, read_input_text, unreadable
 from fleet_planner.yaml_input import load_yaml
 
 
@@ -117,7 +117,7 @@ def server_credentials(
         private = Path(key).read_bytes()
         roots = Path(client_ca).read_bytes() if client_ca else None
     except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}", file=error.filename) from error
+        raise InputError(f"cannot read: {unreadable(error)}", file=error.filename) from error
     try:
         context.load_cert_chain(cert, key, password=lambda: b"")  # never prompt
     except ssl.SSLError as error:

@@ -140,6 +140,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "predictor": "holt",
         "predictor_options": {"level_rate": 0.3, "slope_rate": 0.1, "damping": 0.8},
     },
+    # The opening cut (docs/local-agent.md): without it, and its margins measured on the tuning half.
+    "defaults-opening": {"opening_margin": None},
+    "defaults+opening1": {"opening_margin": 1.0},
+    "defaults+opening1.5": {"opening_margin": 1.5},
+    "defaults+opening3": {"opening_margin": 3.0},
 }
 
 

@@ -27,6 +27,7 @@ class DecisionReason(str, Enum):
     GRACE_PERIOD = "grace_period"  # replicas were just added: no scale-down yet
     MISS_MEMORY = "miss_memory"  # the pool recently missed its SLA at this load per replica
     STABILISING = "stabilising"  # a higher count was recommended within the stabilisation window
+    OPENING_CUT = "opening_cut"  # warming up, far above what a wide margin over the load needs: one cut
     STEP_CAPPED = "step_capped"
     BUDGET_CAPPED = "budget_capped"  # local GPU budget or global grant
     MAX_CAPPED = "max_capped"

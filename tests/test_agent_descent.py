@@ -57,7 +57,8 @@ def test_a_decode_pool_steps_down_sooner_than_a_prefill_pool() -> None:
     """A disaggregated decode pool shows a smaller batch in its next window's ITL (no queue to
     drain), so its steps are ``decode_dwell_s`` apart, the prefill pool's ``scale_down_dwell_s``."""
     deployment = spec("disagg", initial=8, max_replicas=8)
-    a = LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(), TICK)
+    # Without the opening cut, which would take the decode pool to its need in one change.
+    a = LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(opening_margin=None), TICK)
 
     def quiet(t: float, targets: dict) -> list:
         return [observe(role, t, 2.0, ready=targets[role]) for role in ("prefill", "decode")]
@@ -208,3 +209,57 @@ def test_a_scale_down_is_checked_at_the_recent_peak_not_only_this_window() -> No
 
     assert refusal_rate(True) >= 150.0
     assert refusal_rate(False) < 150.0
+
+
+def _disagg(initial: int, **options) -> LocalAgent:
+    deployment = spec("disagg", initial=initial, max_replicas=initial)
+    return LocalAgent(deployment, dict.fromkeys(deployment.pools, MODEL), AgentOptions(**options), TICK)
+
+
+def _changes(decisions: list, role: str) -> list[tuple[float, int, int, R]]:
+    return [
+        (d.time_s, p.current, p.target, p.reason)
+        for d in decisions
+        for p in d.pools
+        if p.role == role and p.target != p.current
+    ]
+
+
+def test_a_decode_pool_far_above_its_need_is_cut_once_while_warming_up() -> None:
+    """Started at its maximum, the decode pool goes down in one change on its second window (to
+    what carries three times the load), the prefill pool waits out its warm-up (its TTFT model is
+    not yet corrected), and the decode pool's next step waits for a forecast sized after the cut
+    (the first sizing was the first window's, the next one throughput interval later)."""
+
+    def steady(t: float, targets: dict) -> list:
+        return [observe(role, t, 60.0, ready=targets[role]) for role in ("prefill", "decode")]
+
+    a = _disagg(8)
+    decisions = run(a, 0.0, 40, steady)
+    decode, prefill = _changes(decisions, "decode"), _changes(decisions, "prefill")
+    cut_s, before, cut, reason = decode[0]
+    assert reason == R.OPENING_CUT and cut_s == TICK and before == 8
+    assert 1 < cut < 8 - 8 // 2  # further than the half-gap step would have gone, not to the minimum
+    assert prefill[0][0] == (a.options.warmup_windows - 1) * TICK and prefill[0][3] != R.OPENING_CUT
+    assert decode[1][0] >= a.options.throughput_interval_s and decode[1][3] != R.OPENING_CUT
+    waiting = [d.time_s for d in decisions for p in d.pools if p.role == "decode" and "next forecast" in p.detail]
+    assert waiting and all(cut_s < t < decode[1][0] for t in waiting)
+    # Without the cut, the decode pool's first step waits for the warm-up and goes half the way.
+    plain = _changes(run(_disagg(8, opening_margin=None), 0.0, 40, steady), "decode")
+    assert plain[0][0] == (a.options.warmup_windows - 1) * TICK and plain[0][2] > cut
+
+
+def test_the_opening_cut_keeps_what_a_wider_margin_needs_and_cuts_nothing_near_the_need() -> None:
+    """A wider margin cuts less; a load the pool's count is not far above is not cut at all."""
+
+    def first_cut(rate: float, margin: float) -> int:
+        def make(t: float, targets: dict) -> list:
+            return [observe(role, t, rate, ready=targets[role]) for role in ("prefill", "decode")]
+
+        decisions = run(_disagg(8, opening_margin=margin), 0.0, 3, make)
+        cuts = [target for _, _, target, reason in _changes(decisions, "decode") if reason == R.OPENING_CUT]
+        return cuts[0] if cuts else 8
+
+    narrow, default, wide = first_cut(60.0, 0.5), first_cut(60.0, 2.0), first_cut(60.0, 6.0)
+    assert narrow <= default <= wide and narrow < wide
+    assert first_cut(150.0, 2.0) == 8

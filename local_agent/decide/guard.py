@@ -17,7 +17,10 @@ which this pool recently missed its SLA (or ran over its queue or KV threshold, 
 *warm-up*: none before ``warmup_windows`` windows of traffic were observed, nor (with
 ``warmup_until_corrected``) of the entry pool before its TTFT correction is in force (until then
 the forecast has no error estimate and the burstiness, TTFT correction and miss memory have next
-to nothing to learn from, so "safe" is the uncorrected model's word alone); *dwell*: a safe
+to nothing to learn from, so "safe" is the uncorrected model's word alone), except the *opening
+cut* (``opening_margin``): a pool other than the entry pool that has not changed yet may go down
+once, straight to what is safe at a wide margin over the load, and then waits for a forecast
+sized after the cut; *dwell*: a safe
 scale-down still waits ``scale_down_dwell_s`` after the pool's last one (``decode_dwell_s`` for a
 disaggregated decode pool, whose ITL shows a step within a window), so each step is observed
 before the next; *stabilisation*: only down to the highest of the recommendations of the last
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fleet_planner.planning import PoolObservation, PoolRole
 from local_agent.decide.elapsed import Elapsed
@@ -44,6 +47,7 @@ from local_agent.models import DecisionReason
 R = DecisionReason
 MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
 WARMUP_WAIT = 4  # the entry pool waits for its TTFT correction at most this many warm-ups
+OPENING_WINDOWS = 2  # windows with an admission metric before an opening cut (the first may be empty)
 
 
 class PoolMemory:
@@ -55,6 +59,7 @@ class PoolMemory:
         "last_scale_down_s",
         "last_scale_up_s",
         "misses",
+        "opening_cut_sizing",
         "recommendations",
     )
 
@@ -65,6 +70,7 @@ class PoolMemory:
         self.last_reversal_s = -math.inf
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
+        self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings when the opening cut came
 
 
 class ScaleDownGuard:
@@ -166,9 +172,17 @@ class ScaleDownGuard:
                 lowest -= 1
         warming = self._warming_up(role)
         if warming is not None:
+            cut = self._opening_cut(role, current, floor, rate, lengths, targets, refusal)
+            if cut is not None:
+                memory.opening_cut_sizing = self.sizer.sizings
+                return cut, lowest
             # Safe by the model, but a model not yet checked against the traffic: wait (the
             # recommendation stands).
             return Proposal(current, R.GRACE_PERIOD, warming), lowest
+        if memory.opening_cut_sizing == self.sizer.sizings:
+            # The cut was judged on the first windows alone: the next step waits for a forecast
+            # that has seen more of the traffic (a ramp in the first minutes).
+            return Proposal(current, R.GRACE_PERIOD, "opening cut: waiting for the next forecast"), lowest
         dwell = self.options.scale_down_dwell_s
         if role == "decode" and self.options.decode_dwell_s is not None:
             dwell = self.options.decode_dwell_s
@@ -177,6 +191,45 @@ class ScaleDownGuard:
             detail = f"last scale-down {now_s - memory.last_scale_down_s:.0f} s ago"
             return Proposal(current, R.GRACE_PERIOD, detail), lowest
         return proposal, lowest
+
+    def _opening_cut(
+        self,
+        role: PoolRole,
+        current: int,
+        floor: int,
+        rate: float,
+        lengths: Lengths | None,
+        targets: Mapping[PoolRole, int],
+        refusal: Callable[[int], Proposal | None],
+    ) -> Proposal | None:
+        """A pool started far above its need (the matrix starts every pool at its maximum) waits out
+        the warm-up at that count; with ``opening_margin`` it may go down once, before its first
+        change, to the fewest replicas that carry (1 + margin) times the scale-down's check load
+        by the model (and pass every other check). Not the entry pool: its TTFT model is not yet
+        corrected, and a margin on the load does not cover a latency the profile underestimates."""
+        margin = self.options.opening_margin
+        if (
+            margin is None
+            or role == self.sizer.entry_role
+            or self.pools[role].last_direction != 0
+            or lengths is None
+            or self.sizer.intake.windows < OPENING_WINDOWS
+        ):
+            return None
+        wide = rate * (1.0 + margin)
+        curves = self.sizer.curves_at(wide, lengths)
+        needs = self.sizer.sized(curves)
+        others = {other: max(count, needs.get(other, 0)) for other, count in targets.items() if other != role}
+        cut = current
+        while (
+            cut - 1 >= max(floor, 1)
+            and self.sizer.meets(curves, {**others, role: cut - 1})
+            and refusal(cut - 1) is None
+        ):
+            cut -= 1
+        if cut >= current:
+            return None
+        return Proposal(cut, R.OPENING_CUT, f"{cut} replicas carry {wide:.2f} req/s ({1 + margin:.1f}x the load)")
 
     def _check_load(self, observed_rate: float | None, margin: float) -> tuple[float, str]:
         """The load a scale-down's survivors must carry, and which term set it (for the record)."""
@@ -240,6 +293,8 @@ class ScaleDownGuard:
         if highest > proposal.wanted:
             wanted = min(highest, current)
             return Proposal(wanted, R.STABILISING, f"highest recommendation of the window: {highest}"), False
+        if proposal.reason == R.OPENING_CUT:
+            return proposal, True  # one change, straight to the cut (not below the window's highest)
         fraction = self.options.scale_down_gap_fraction
         if fraction > 0:
             wanted = max(highest, current - math.ceil(fraction * (current - highest)))

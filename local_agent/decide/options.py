@@ -116,6 +116,15 @@ class AgentOptions(BaseModel):
         default=True,
         description="the entry pool's warm-up also waits for the TTFT correction to be in force",
     )
+    opening_margin: float | None = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="while warming up, a pool that has not changed yet (not the entry pool, whose TTFT model is "
+        "not yet corrected) may go down once, straight to the fewest replicas safe at (1 + this) times the load a "
+        "scale-down is checked at; its next scale-down waits for a forecast sized after that cut (None = off; "
+        "docs/local-agent.md, *the opening cut*)",
+    )
     check_recent_peak: bool = Field(
         default=True,
         description="a scale-down must also hold at the highest admitted rate of the last few windows, not only "

@@ -66,6 +66,7 @@ class Sizer:
         self.ttft = TtftCorrection()
         self.entry_role: PoolRole = "agg" if spec.mode == "agg" else "prefill"
         self.forecast: Forecast | None = None
+        self.sizings = 0  # forecast sizings so far (a step taken before one waits for the next)
         self.trend_forecast: Forecast | None = None  # ``guard_predictor``'s, at the same sizing
         self.curves: dict[PoolRole, PoolCurve] = {}
         self.curves_low: dict[PoolRole, PoolCurve] = {}
@@ -190,6 +191,7 @@ class Sizer:
         """Size every pool at the forecast's upper quantile (``forecast`` from :meth:`forecast_now`);
         keeps the forecast and the curves for the decision record."""
         self.forecast = forecast
+        self.sizings += 1
         self.curves = self.curves_at(forecast.mean, lengths)
         self.curves_low = self.curves_at(forecast.upper, lengths)
         self.expected = self._expected_attainment(forecast, lengths)

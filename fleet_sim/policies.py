@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from fleet_planner.deployment import input_error
 from fleet_planner.errors import InputError
@@ -20,29 +20,35 @@ from fleet_sim.baselines import (
 from fleet_sim.workload import Workload
 
 DEFAULT_TARGET_ATTAINMENT = 0.995  # sizing target of the baselines: a little above the 99% goal
-# Planner options that configure the fleet arbiter, not the agents (so one scenario runs under
-# local, fcfs and global alike).
-# ``baseline_search: false`` sizes static-peak and the oracle by the capacity model alone (fast, but
-# not verified to meet the target): for runs too long to replay a dozen times.
+# Planner options that configure the fleet arbiter or the baselines, not the agents (so one
+# scenario runs under local, fcfs and global alike).
 ARBITER_OPTIONS = ("policy_file", "faults", "baseline_search")
 
 
-def _needs(scenario, workload: Workload) -> WindowedNeeds:
-    target = scenario.planner.options.get("target_attainment", DEFAULT_TARGET_ATTAINMENT)
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise InputError(f"must be a number in (0, 1], got {target!r}", field="planner.target_attainment")
-    return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, float(target), scenario.seed)
+class BaselineOptions(BaseModel):
+    """The planner options the clairvoyant baselines read (the rest configure the agents)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    target_attainment: float = Field(default=DEFAULT_TARGET_ATTAINMENT, gt=0, le=1, allow_inf_nan=False)
+    # false: size static-peak and the oracle by the capacity model alone (fast, but not verified to
+    # meet the target), for runs too long to replay a dozen times. Strict: bool("no") is True.
+    baseline_search: StrictBool = True
+
+
+def _baseline_options(scenario) -> BaselineOptions:
+    try:
+        return BaselineOptions.model_validate(scenario.planner.options)
+    except ValidationError as exc:
+        raise _options_error(exc, BaselineOptions, "planner") from None
+
+
+def _needs(scenario, workload: Workload, target: float) -> WindowedNeeds:
+    return WindowedNeeds(scenario.deployment_specs(), workload, scenario.duration_s, target, scenario.seed)
 
 
 def _static(scenario, workload: Workload) -> Policy:
     return StaticPolicy(scenario.deployment_specs(), scenario.planner.interval_s)
-
-
-def _searched(scenario) -> bool:
-    searched = scenario.planner.options.get("baseline_search", True)
-    if not isinstance(searched, bool):  # bool("no") is True: a quoted word must not pass for a switch
-        raise InputError(f"must be true or false, got {searched!r}", field="planner.baseline_search")
-    return searched
 
 
 def _options_error(exc: ValidationError, model: type[BaseModel], field: str) -> InputError:
@@ -52,15 +58,17 @@ def _options_error(exc: ValidationError, model: type[BaseModel], field: str) -> 
 
 
 def _static_peak(scenario, workload: Workload) -> Policy:
-    needs = _needs(scenario, workload)
-    if _searched(scenario):
+    options = _baseline_options(scenario)
+    needs = _needs(scenario, workload, options.target_attainment)
+    if options.baseline_search:
         return search_static_peak(scenario, workload, needs, needs.target)
     return StaticPeakPolicy(scenario.deployment_specs(), scenario.planner.interval_s, needs, dict(scenario.gpus))
 
 
 def _oracle(scenario, workload: Workload) -> Policy:
-    needs = _needs(scenario, workload)
-    if _searched(scenario):
+    options = _baseline_options(scenario)
+    needs = _needs(scenario, workload, options.target_attainment)
+    if options.baseline_search:
         return oracle_below_peak(scenario, workload, needs.target)
     return OraclePolicy(scenario.deployment_specs(), scenario.planner.interval_s, needs, dict(scenario.gpus))
 

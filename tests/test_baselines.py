@@ -241,7 +241,7 @@ def test_searched_baselines_meet_the_target_the_capacity_model_alone_misses() ->
         scenario, workload, make_policy(_with_options(scenario, baseline_search=False), workload)
     )
     assert summarize(model_only.run())["fleet"]["slo_attainment"] < 0.995  # bursty arrivals break the model
-    peak = search_static_peak(scenario, workload, _needs(scenario, workload), 0.995)
+    peak = search_static_peak(scenario, workload, _needs(scenario, workload, 0.995), 0.995)
     oracle = oracle_below_peak(scenario, workload, 0.995, peak)
     for policy in (peak, oracle):
         assert policy.search is not None and policy.search.reached and not policy.search.unreachable
@@ -284,10 +284,12 @@ def test_a_target_the_inventory_cannot_hold_is_reported_unreachable() -> None:
 @pytest.mark.parametrize(
     ("policy", "options", "field", "words"),
     [
-        ("static-peak", {"target_attainment": 5}, "planner.target_attainment", "in (0, 1], got 5"),
-        ("oracle", {"target_attainment": "x"}, "planner.target_attainment", "in (0, 1], got 'x'"),
-        ("static-peak", {"target_attainment": float("nan")}, "planner.target_attainment", "got nan"),
-        ("static-peak", {"baseline_search": "no"}, "planner.baseline_search", "true or false, got 'no'"),
+        ("static-peak", {"target_attainment": 5}, "planner.target_attainment", "less than or equal to 1 (got 5)"),
+        ("oracle", {"target_attainment": 0}, "planner.target_attainment", "greater than 0 (got 0)"),
+        ("oracle", {"target_attainment": "x"}, "planner.target_attainment", "a valid number (got 'x')"),
+        ("oracle", {"target_attainment": True}, "planner.target_attainment", "a valid number (got True)"),
+        ("static-peak", {"target_attainment": float("nan")}, "planner.target_attainment", "finite number (got nan)"),
+        ("static-peak", {"baseline_search": "no"}, "planner.baseline_search", "a valid boolean (got 'no')"),
         ("local", {"bogus": 1}, "planner.bogus", "unknown key (expected one of: mode, "),
         ("local", {"headroom": float("nan")}, "planner.headroom", "finite number"),
         (

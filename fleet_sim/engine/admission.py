@@ -25,9 +25,10 @@ class KvAdmission:
         self.agg = pool.role == "agg"
         self.max_kv = pool.max_kv
         self.max_num_seqs = pool.knobs.max_num_seqs
+        self.reqs = pool.sim.requests
 
     def admit_or_wait(self, replica: Replica, request: int, now: float) -> None:
-        reqs = self.sim.requests
+        reqs = self.reqs
         need = reqs.input[request] + reqs.output[request]
         if replica.wait_queue or not self.fits(replica, need):
             replica.wait_queue.append(request)
@@ -41,7 +42,7 @@ class KvAdmission:
 
     def admit_waiting(self, replica: Replica, now: float) -> None:
         """Admit waiting requests in order while they fit; drop those that waited past the timeout."""
-        reqs = self.sim.requests
+        reqs = self.reqs
         queue = replica.wait_queue
         pool = self.pool
         while queue:

@@ -17,7 +17,7 @@ import heapq
 import math
 from typing import TYPE_CHECKING
 
-from .state import EV_DECODE, Replica
+from .state import DRAINING, EV_DECODE, Replica
 
 if TYPE_CHECKING:
     from .admission import KvAdmission
@@ -37,12 +37,15 @@ class DecodeStage:
         self.stats = pool.stats
         self.model = pool.model
         self.agg = pool.role == "agg"
+        self.reqs = pool.sim.requests
+        self.schedule = pool.sim.schedule
         self._itl_cache: dict[tuple[int, int], float] = {}
 
     def advance(self, replica: Replica, now: float) -> None:
         """Bring the counter (and the pool's token count) up to ``now``."""
-        if replica.rate:
-            progressed = replica.rate * (now - replica.t_last)
+        rate = replica.rate
+        if rate:
+            progressed = rate * (now - replica.t_last)
             replica.counter += progressed
             self.stats.tokens += progressed * replica.batch
         replica.t_last = now
@@ -66,18 +69,20 @@ class DecodeStage:
         return cached
 
     def join(self, replica: Replica, request: int, now: float) -> None:
-        """The request has its first token; it now decodes ``output - 1`` more tokens."""
-        reqs = self.sim.requests
+        """The request has its first token; it now decodes ``output - 1`` more tokens. Its TTFT
+        counts toward the pool it entered the deployment by."""
+        reqs = self.reqs
         reqs.t_first[request] = now
-        self.sim.first_token(request, self.pool, now)
-        remaining = reqs.output[request] - 1
+        self.pool.entry_pool.stats.ttft_ms.append((now - reqs.arrival[request]) * 1000.0)
+        output = reqs.output[request]
+        remaining = output - 1
         if remaining <= 0:
             self.complete(replica, request, now)
             return
         self.advance(replica, now)
         heapq.heappush(replica.finish_heap, (replica.counter + remaining, request))
         replica.batch += 1
-        replica.context_sum += reqs.input[request] + 0.5 * reqs.output[request]
+        replica.context_sum += reqs.input[request] + 0.5 * output
         if not replica.busy:
             self.reschedule(replica, now)
 
@@ -92,9 +97,9 @@ class DecodeStage:
             return
         itl = self.itl_s(replica)
         replica.rate = 1.0 / itl
-        replica.due = replica.finish_heap[0][0]
-        gap = replica.due - replica.counter
-        self.sim.schedule(now + max(gap, 0.0) * itl, EV_DECODE, replica, replica.epoch)
+        due = replica.due = replica.finish_heap[0][0]
+        gap = due - replica.counter
+        self.schedule(now + (0.0 if gap < 0.0 else gap) * itl, EV_DECODE, replica, replica.epoch)
 
     def on_event(self, replica: Replica, epoch: int, now: float) -> None:
         """The armed wake-up: the batch's next sequence finished."""
@@ -106,33 +111,39 @@ class DecodeStage:
         if replica.counter < replica.due:
             replica.counter = replica.due
         self.finish_due(replica, now)
-        self.admission.admit_waiting(replica, now)
+        if replica.wait_queue:
+            self.admission.admit_waiting(replica, now)
         if not replica.busy:
             self.reschedule(replica, now)
-        self.pool.maybe_retire(replica, now)
+        if replica.state == DRAINING:
+            self.pool.maybe_retire(replica, now)
 
     def finish_due(self, replica: Replica, now: float) -> None:
         """Complete every sequence whose threshold the counter reached."""
         heap = replica.finish_heap
-        reqs = self.sim.requests
+        reqs = self.reqs
         limit = replica.counter + _EPS
+        pop = heapq.heappop
+        complete = self.complete
         while heap and heap[0][0] <= limit:
-            _, request = heapq.heappop(heap)
+            _, request = pop(heap)
             replica.batch -= 1
             replica.context_sum -= reqs.input[request] + 0.5 * reqs.output[request]
-            self.complete(replica, request, now)
+            complete(replica, request, now)
         if not replica.batch:
             replica.context_sum = 0.0
         if self.agg and replica.wait_queue:
             self.admission.admit_waiting(replica, now)
 
     def complete(self, replica: Replica, request: int, now: float) -> None:
-        reqs = self.sim.requests
-        need = reqs.input[request] + reqs.output[request]
+        reqs = self.reqs
+        output = reqs.output[request]
+        need = reqs.input[request] + output
         replica.kv_reserved -= need
         replica.load -= need
         reqs.t_finish[request] = now
-        output = reqs.output[request]
         if output > 1:
             self.stats.itl_ms.append((now - reqs.t_first[request]) * 1000.0 / (output - 1))
-        self.sim.completed(request, now)
+        on_complete = self.sim.on_complete
+        if on_complete is not None:
+            on_complete(request, now)

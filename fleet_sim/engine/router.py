@@ -32,12 +32,13 @@ class Router:
         self.prefix_aware = pool.prefix_blocks > 0
         self.ready = pool.ready  # the pool's ready replicas (the same list, kept current by the pool)
         self.queue: deque[int] = deque()  # requests waiting for any ready replica
+        self.reqs = pool.sim.requests
 
     def submit(self, request: int, now: float) -> None:
         """A request enters the pool (from the frontend, or as KV arriving from prefill)."""
         stats = self.stats
         stats.admitted += 1
-        reqs = self.sim.requests
+        reqs = self.reqs
         stats.input_tokens.append(reqs.input[request])
         stats.output_tokens.append(reqs.output[request])
         self.dispatch(request, now)
@@ -47,7 +48,7 @@ class Router:
         if not ready:
             self.queue.append(request)
             return
-        reqs = self.sim.requests
+        reqs = self.reqs
         best = ready[0]
         if len(ready) > 1:
             hashes = reqs.hashes[request] if self.prefix_aware and reqs.hashes is not None else None

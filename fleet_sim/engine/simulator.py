@@ -54,9 +54,6 @@ class Simulator:
                 pool.pending -= 1
                 pool.start_replica(now)
 
-    def first_token(self, request: int, pool: Pool, now: float) -> None:
-        pool.entry_pool.stats.ttft_ms.append((now - self.requests.arrival[request]) * 1000.0)
-
     def completed(self, request: int, now: float) -> None:
         if self.on_complete is not None:
             self.on_complete(request, now)

@@ -170,6 +170,20 @@ def test_same_scenario_and_seed_give_identical_requests() -> None:
     assert not np.array_equal(other.requests.arrival_s, first.requests.arrival_s)
 
 
+def test_the_chunk_cost_memo_starting_over_changes_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefill stage memoises chunk costs and clears the memo when it is full (prefix-cache
+    hits make the pairs arbitrary); a memo of four entries, cleared all the time, gives the same
+    requests as the default one."""
+    from fleet_sim.engine import prefill
+
+    default = run_scenario(_azure_short())
+    monkeypatch.setattr(prefill, "CHUNK_COSTS_KEPT", 4)
+    cleared = run_scenario(_azure_short())
+    for field in ("ttft_ms", "itl_ms", "e2e_ms", "status"):
+        np.testing.assert_array_equal(getattr(default.requests, field), getattr(cleared.requests, field), err_msg=field)
+    assert default.gpu_seconds == cleared.gpu_seconds
+
+
 def test_every_request_ends_completed_rejected_or_unfinished(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     arrivals = np.sort(rng.uniform(0.5, 110, 400))

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from .state import EV_ITER_END, EV_KV_ARRIVE, EV_START, RETIRED, Replica
 
+CHUNK_COSTS_KEPT = 1 << 16  # memoised (tokens done, chunk) costs per pool before the memo starts over
+
 if TYPE_CHECKING:
     from .decode import DecodeStage
     from .pool import Pool
@@ -111,6 +113,8 @@ class PrefillStage:
             key = (done, take)
             cost = chunk_ms_cache.get(key)
             if cost is None:
+                if len(chunk_ms_cache) >= CHUNK_COSTS_KEPT:
+                    chunk_ms_cache.clear()  # prefix hits make ``done`` arbitrary: keep memory bounded
                 cost = chunk_ms_cache[key] = chunk_ms(done, take)
             prefill_ms += cost
             plan.append((item, take))

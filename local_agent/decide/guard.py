@@ -70,7 +70,7 @@ class PoolMemory:
         self.last_reversal_s = -math.inf
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
-        self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings when the opening cut came
+        self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings at the opening cut
 
 
 class ScaleDownGuard:
@@ -81,12 +81,15 @@ class ScaleDownGuard:
         self.pools = {role: PoolMemory() for role in roles}
 
     def scaled(self, role: PoolRole, now_s: float, direction: int) -> None:
-        """The pool's target changed (+1 up, -1 down): grace and reversal bookkeeping."""
+        """The pool's target changed (+1 up, -1 down): grace and reversal bookkeeping, and whether
+        this was a scale-down before the warm-up ended (the opening cut)."""
         memory = self.pools[role]
         if direction > 0:
             memory.last_scale_up_s = now_s
         else:
             memory.last_scale_down_s = now_s
+            if memory.last_direction == 0 and self._warming_up(role) is not None:
+                memory.opening_cut_sizing = self.sizer.sizings
         if memory.last_direction == -direction:
             memory.last_reversal_s = now_s
         memory.last_direction = direction
@@ -174,7 +177,6 @@ class ScaleDownGuard:
         if warming is not None:
             cut = self._opening_cut(role, current, floor, rate, lengths, targets, refusal)
             if cut is not None:
-                memory.opening_cut_sizing = self.sizer.sizings
                 return cut, lowest
             # Safe by the model, but a model not yet checked against the traffic: wait (the
             # recommendation stands).

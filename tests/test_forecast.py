@@ -237,7 +237,16 @@ def test_agent_options_refuse_unknown_predictors_where_the_config_is_read(option
 
 @pytest.mark.parametrize(
     "options",
-    [{"headroom": True}, {"down_margin": "0.5"}, {"max_step_up": 2.5}, {"tune_knobs": 1}, {"warmup_windows": "3"}],
+    [
+        {"headroom": True},
+        {"down_margin": "0.5"},
+        {"max_step_up": 2.5},
+        {"tune_knobs": 1},
+        {"warmup_windows": "3"},
+        {"opening_margin": True},
+        {"opening_margin": 11.0},
+        {"opening_margin": float("inf")},
+    ],
 )
 def test_agent_options_refuse_values_of_the_wrong_type(options: dict) -> None:
     with pytest.raises(ValidationError, match=next(iter(options))):

@@ -119,6 +119,7 @@ class AgentOptions(BaseModel):
     opening_margin: float | None = Field(
         default=2.0,
         ge=0,
+        le=10.0,
         allow_inf_nan=False,
         description="while warming up, a pool that has not changed yet (not the entry pool, whose TTFT model is "
         "not yet corrected) may go down once, straight to the fewest replicas safe at (1 + this) times the load a "

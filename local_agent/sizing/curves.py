@@ -184,7 +184,15 @@ class _DecodeShape:
 
 
 def _decode_shape(load: LoadEstimate) -> _DecodeShape:
-    inputs, outputs = load.input_tokens, load.output_tokens
+    """The sample's decode summary. It depends on the sample alone, which an agent sizes at
+    several rates per tick (and the same lengths for several ticks): cached by content."""
+    return _decode_shape_of(load.input_tokens.tobytes(), load.output_tokens.tobytes())
+
+
+@functools.lru_cache(maxsize=32)
+def _decode_shape_of(input_bytes: bytes, output_bytes: bytes) -> _DecodeShape:
+    """:func:`_decode_shape` of the float64 arrays with these bytes (arrays read-only: cached)."""
+    inputs, outputs = np.frombuffer(input_bytes), np.frombuffer(output_bytes)
     d = np.maximum(outputs - 1.0, 0.0)
     total = d.sum()
     w = d / total if total > 0 else np.full(d.size, 1.0 / d.size)
@@ -197,6 +205,8 @@ def _decode_shape(load: LoadEstimate) -> _DecodeShape:
     def grouped(count: int) -> _LengthGroups:
         iterations, weights = group_means(decoding, count)
         prompts, _ = group_means(decoding_inputs, count, keep_order=True)  # in decoding's groups
+        for column in (iterations, weights, prompts):
+            column.setflags(write=False)
         return _LengthGroups(iterations, weights, prompts)
 
     return _DecodeShape(
@@ -450,8 +460,7 @@ class _OwnTime:
 def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTime:
     """Group a sample of ``size`` by own time; ``value_at`` gives the own times of sorted
     positions (own time grows along the sort)."""
-    first, last, weights = groups_at(SAMPLE_EDGES, size)
-    tail_first, tail_last, tail_weights = groups_at(P90_EDGES, size)
+    (first, last, weights), (tail_first, tail_last, tail_weights) = _own_time_groups(size)
     return _OwnTime(
         value_at(first),
         value_at(last),
@@ -461,6 +470,16 @@ def _own_time(size: int, value_at: Callable[[np.ndarray], np.ndarray]) -> _OwnTi
         tail_weights,
         value_at(np.array([int(P90 * (size - 1))]))[:, 0],
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _own_time_groups(size: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The fine and coarse groups of a sample of ``size``; fixed edges, so cached by size
+    (arrays read-only)."""
+    fine, coarse = groups_at(SAMPLE_EDGES, size), groups_at(P90_EDGES, size)
+    for column in (*fine, *coarse):
+        column.setflags(write=False)
+    return fine, coarse
 
 
 @dataclass(frozen=True)

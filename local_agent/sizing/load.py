@@ -115,21 +115,29 @@ class LoadEstimate(BaseModel):
         of the sample: a false attainment ceiling of 98.25%, and the costliest prompts' load lost)."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
-        inputs = _lognormal_sample(input_tokens, samples)
+        inputs = _lognormal_sample(_summary_key(input_tokens), samples)
         if admitted_below is not None:
             inputs = np.minimum(inputs, float(admitted_below))
-        outputs = _lognormal_sample(output_tokens, samples)
-        outputs = outputs[np.random.default_rng(0).permutation(samples)]
+        outputs = _lognormal_sample(_summary_key(output_tokens), samples)[_pairing(samples)]
         return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
 
 
-def _lognormal_sample(summary: Distribution, samples: int) -> np.ndarray:
-    """Evenly spaced quantiles of the lognormal closest (in log space) to the summary.
+def _summary_key(summary: Distribution) -> tuple[float, float, float, float]:
+    """What the lognormal fit reads of a summary (its count does not enter)."""
+    return (summary.p50, summary.p90, summary.p99, summary.mean)
+
+
+@lru_cache(maxsize=64)
+def _lognormal_sample(summary: tuple[float, float, float, float], samples: int) -> np.ndarray:
+    """Evenly spaced quantiles of the lognormal closest (in log space) to the summary
+    (``_summary_key``: p50, p90, p99, mean).
 
     ``sigma`` is searched on a grid; for each sigma the best ``mu`` is the mean residual, so the
     fit balances the quantiles against the mean, which sets throughput and must not drift.
+    Cached (read-only result): an agent sizes several rates per tick at the same lengths, and
+    the lengths change only when a window's summary does.
     """
-    targets = np.log(np.maximum([summary.p50, summary.p90, summary.p99, summary.mean], 1.0))
+    targets = np.log(np.maximum(list(summary), 1.0))
     sigma = np.linspace(0.0, 3.0, 601)[:, None]
     offsets = np.hstack([np.zeros_like(sigma), _Z90 * sigma, _Z99 * sigma, 0.5 * sigma**2])
     weights = np.array([1.0, 1.0, 1.0, 2.0])
@@ -137,7 +145,17 @@ def _lognormal_sample(summary: Distribution, samples: int) -> np.ndarray:
     mu = (residual * weights).sum(axis=1) / weights.sum()
     error = (((residual - mu[:, None]) ** 2) * weights).sum(axis=1)
     best = int(np.argmin(error))
-    return np.maximum(np.exp(mu[best] + float(sigma[best, 0]) * _normal_levels(samples)), 1.0)
+    sample = np.maximum(np.exp(mu[best] + float(sigma[best, 0]) * _normal_levels(samples)), 1.0)
+    sample.setflags(write=False)
+    return sample
+
+
+@lru_cache(maxsize=8)
+def _pairing(samples: int) -> np.ndarray:
+    """The fixed permutation pairing outputs with inputs (seed 0); cached like the levels."""
+    order = np.random.default_rng(0).permutation(samples)
+    order.setflags(write=False)
+    return order
 
 
 @lru_cache(maxsize=8)

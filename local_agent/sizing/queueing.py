@@ -7,6 +7,7 @@ that one call evaluates a whole demand curve; nothing loops over N in Python.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -102,9 +103,14 @@ def exp_tail_met(lo: np.ndarray, hi: np.ndarray, rho: np.ndarray, decay: np.ndar
     return positive * (1.0 - rho * np.exp(-decay * start) * average)
 
 
+@lru_cache(maxsize=64)
 def groups(count: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal-count groups over ``size`` sorted items: (first index, last index, weight)."""
-    return groups_at(np.linspace(0.0, 1.0, max(1, min(count, size)) + 1), size)
+    """Equal-count groups over ``size`` sorted items: (first index, last index, weight).
+    Cached (arrays read-only): the sizing asks for the same few counts and sizes every call."""
+    found = groups_at(np.linspace(0.0, 1.0, max(1, min(count, size)) + 1), size)
+    for column in found:
+        column.setflags(write=False)
+    return found
 
 
 def groups_at(edges: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

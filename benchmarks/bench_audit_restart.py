@@ -22,6 +22,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fleet_planner.cli import guarded
 from fleet_planner.contract.models import RoundRecord
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.audit import AUDIT_FILE, AuditLog, read_all
@@ -150,4 +151,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.traces import read_rate_series, read_trace  # noqa: E402
 from fleet_planner.traces.dispersion import DISPERSION_BINS_S, index_of_dispersion, series_like  # noqa: E402
 from fleet_planner.traces.synth import synthesize  # noqa: E402
@@ -82,4 +83,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.durations import parse_duration  # noqa: E402
 from fleet_planner.knobs import EngineKnobs  # noqa: E402
 from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
@@ -303,4 +304,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

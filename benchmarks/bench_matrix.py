@@ -55,6 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.planning import Policy  # noqa: E402
 from fleet_planner.traces.dispersion import index_of_dispersion  # noqa: E402
 from fleet_sim.baselines import OraclePolicy, StaticPeakPolicy, oracle_below_peak  # noqa: E402
@@ -567,4 +568,4 @@ class _Serial:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_matrix import BaselineCache, acceptance, ensure_baselines, run_agents  # noqa: E402
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_sim.matrix import cells  # noqa: E402
 
 OFF = {
@@ -208,4 +209,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

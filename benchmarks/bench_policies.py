@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.durations import parse_duration  # noqa: E402
 from fleet_planner.yaml_input import load_yaml  # noqa: E402
 from fleet_sim.adapters.planner import GlobalPolicy  # noqa: E402
@@ -195,4 +196,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

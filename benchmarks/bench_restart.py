@@ -25,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.planning import Decision, FleetObservation  # noqa: E402
 from fleet_sim.adapters.local import LocalAgentsPolicy  # noqa: E402
 from fleet_sim.matrix import Cell, build_scenario, cells, changes_per_pool_hour, reversals_per_hour  # noqa: E402
@@ -178,4 +179,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fleet_planner.cli import guarded  # noqa: E402
 from fleet_sim.outputs import summarize  # noqa: E402
 from fleet_sim.scenario import parse_scenario  # noqa: E402
 from fleet_sim.simulate import run_scenario  # noqa: E402
@@ -81,4 +82,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

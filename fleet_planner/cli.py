@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 # Planning loops are single-threaded; BLAS threads only fight over the cores (statsmodels fits).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -26,8 +27,14 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    return guarded(lambda: args.run(args))
+
+
+def guarded(main: Callable[[], int | None]) -> int:
+    """Run ``main``; bad input (an ``InputError``, or a path the OS refused) is one line on stderr
+    and exit code 2, not a traceback. The benchmark scripts end with ``sys.exit(guarded(main))``."""
     try:
-        return int(args.run(args) or 0)
+        return int(main() or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -264,6 +264,19 @@ def test_console_script_runs_and_fails_with_exit_code_2(tmp_path: Path) -> None:
     assert bad.stderr.count("\n") == 1 and "missing.yaml" in bad.stderr
 
 
+def test_a_benchmark_script_fails_on_bad_input_with_one_line_and_exit_code_2() -> None:
+    """The benchmark scripts end like the program: a scenario that cannot run under the asked
+    policy (no tenant policy file for ``global``) is one line, not a traceback."""
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_policies.py"), str(AZURE_DISAGG), "--policies", "global"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "planner.policy_file" in bad.stderr and "Traceback" not in bad.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # malformed inputs: exit code 2, one stderr line naming the file and the field
 # ---------------------------------------------------------------------------------------------

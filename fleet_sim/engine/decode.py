@@ -144,6 +144,4 @@ class DecodeStage:
         reqs.t_finish[request] = now
         if output > 1:
             self.stats.itl_ms.append((now - reqs.t_first[request]) * 1000.0 / (output - 1))
-        on_complete = self.sim.on_complete
-        if on_complete is not None:
-            on_complete(request, now)
+        self.sim.completed(request, now)

@@ -28,10 +28,10 @@ class PrefillStage:
         self.sim = pool.sim
         self.stats = pool.stats
         self.decode = decode
-        self.handoff = pool.role == "prefill"  # completed prompts leave for the decode pool
-        # Only aggregated replicas run a decode batch beside their prefill; a prefill replica's
-        # batch is always empty, so its decode bookkeeping is skipped (it would change nothing).
-        self.decodes = not self.handoff
+        # Completed prompts leave for the decode pool. Only aggregated replicas (no handoff) run a
+        # decode batch beside their prefill; a prefill replica's batch is always empty, so its
+        # decode bookkeeping is skipped (it would change nothing).
+        self.handoff = pool.role == "prefill"
         self.reqs = pool.sim.requests
         self.schedule = pool.sim.schedule
         self.max_batch_tokens = pool.knobs.max_batch_tokens
@@ -50,7 +50,7 @@ class PrefillStage:
             # The scheduler picks up new prompts at the next step boundary, so prompts that arrive
             # together are prefilled together (as in a real engine), not one by one.
             replica.start_pending = True
-            self.schedule(now + self.decode.to_step_boundary(replica) if replica.batch else now, EV_START, replica)
+            self.schedule(now + self.decode.to_step_boundary(replica), EV_START, replica)
 
     def on_start(self, replica: Replica, now: float) -> None:
         replica.start_pending = False
@@ -59,7 +59,7 @@ class PrefillStage:
 
     def _start_iteration(self, replica: Replica, now: float) -> None:
         """Plan one iteration: prefill chunks up to the token budget (+ one decode step in agg)."""
-        decodes = self.decodes
+        decodes = not self.handoff
         if decodes:
             self.decode.advance(replica, now)
         budget = self.max_batch_tokens - replica.batch
@@ -143,7 +143,7 @@ class PrefillStage:
 
     def on_iteration_end(self, replica: Replica, now: float) -> None:
         decode = self.decode
-        if self.decodes:
+        if not self.handoff:
             decode.advance(replica, now)
         done = self._finish_chunks(replica)
         # Still busy while completions run: callbacks that enqueue work must not start a second
@@ -158,7 +158,7 @@ class PrefillStage:
         if replica.prefill_queue:
             self._start_iteration(replica, now)
         else:
-            if self.decodes:
+            if not self.handoff:
                 decode.reschedule(replica, now)
             self.pool.maybe_retire(replica, now)
 

@@ -43,6 +43,7 @@ from local_agent.decide.options import AgentOptions
 from local_agent.decide.reactive import Proposal
 from local_agent.decide.sizer import Sizer
 from local_agent.models import DecisionReason
+from local_agent.sizing import PoolCurve
 
 R = DecisionReason
 MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
@@ -146,11 +147,7 @@ class ScaleDownGuard:
         curves = None if lengths is None else self.sizer.curves_at(rate, lengths)
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
-        # The other pools count at the larger of their target and their need at this load: a
-        # pool's scale-down is judged on its own part, not refused for another pool's shortfall
-        # (that pool scales up on its own).
-        needs = {} if curves is None else self.sizer.sized(curves)
-        others = {other: max(count, needs.get(other, 0)) for other, count in targets.items() if other != role}
+        others = self._others(role, curves, targets)
 
         def refusal(wanted: int) -> Proposal | None:
             survivors = {**others, role: wanted}
@@ -171,8 +168,7 @@ class ScaleDownGuard:
             return refused, current
         lowest = proposal.wanted
         if self.options.stabilization_window_s > 0:
-            while lowest - 1 >= floor and refusal(lowest - 1) is None:
-                lowest -= 1
+            lowest = _fewest(lowest, floor, lambda wanted: refusal(wanted) is None)
         warming = self._warming_up(role)
         if warming is not None:
             cut = self._opening_cut(role, current, floor, rate, lengths, targets, refusal)
@@ -220,18 +216,24 @@ class ScaleDownGuard:
             return None
         wide = rate * (1.0 + margin)
         curves = self.sizer.curves_at(wide, lengths)
-        needs = self.sizer.sized(curves)
-        others = {other: max(count, needs.get(other, 0)) for other, count in targets.items() if other != role}
-        cut = current
-        while (
-            cut - 1 >= max(floor, 1)
-            and self.sizer.meets(curves, {**others, role: cut - 1})
-            and refusal(cut - 1) is None
-        ):
-            cut -= 1
+        others = self._others(role, curves, targets)
+        cut = _fewest(
+            current,
+            max(floor, 1),
+            lambda wanted: self.sizer.meets(curves, {**others, role: wanted}) and refusal(wanted) is None,
+        )
         if cut >= current:
             return None
         return Proposal(cut, R.OPENING_CUT, f"{cut} replicas carry {wide:.2f} req/s ({1 + margin:.1f}x the load)")
+
+    def _others(
+        self, role: PoolRole, curves: dict[PoolRole, PoolCurve] | None, targets: Mapping[PoolRole, int]
+    ) -> dict[PoolRole, int]:
+        """The other pools at the larger of their target and their need by ``curves``: a pool's
+        scale-down is judged on its own part, not refused for another pool's shortfall (that pool
+        scales up on its own)."""
+        needs = {} if curves is None else self.sizer.sized(curves)
+        return {other: max(count, needs.get(other, 0)) for other, count in targets.items() if other != role}
 
     def _check_load(self, observed_rate: float | None, margin: float) -> tuple[float, str]:
         """The load a scale-down's survivors must carry, and which term set it (for the record)."""
@@ -303,3 +305,10 @@ class ScaleDownGuard:
             detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
         return proposal, False
+
+
+def _fewest(count: int, floor: int, safe: Callable[[int], bool]) -> int:
+    """Down from ``count`` one replica at a time while the next count is safe, not below ``floor``."""
+    while count - 1 >= floor and safe(count - 1):
+        count -= 1
+    return count

@@ -264,11 +264,6 @@ def _role_rps(template: Template, sources: _Sources, itl_ms: float) -> dict[str,
     return {role: replica_rps(model, role, mean_in, mean_out, itl_ms) for role in roles}
 
 
-def _bottleneck_rps(template: Template, sources: _Sources, itl_ms: float) -> float:
-    """Requests/s one replica of the template's bottleneck pool sustains (capacity model)."""
-    return min(_role_rps(template, sources, itl_ms).values())
-
-
 def scenario_data(cell: Cell, policy: str, sources: _Sources) -> dict[str, Any]:
     """The cell as a scenario mapping (absolute paths), for ``parse_scenario``."""
     day = cell.span == "day"

@@ -20,9 +20,6 @@ Fallback contract (mirrored by the planner's accounting in ``global_planner.serv
    at all (it is down while the agent starts), ``min(floor, replicas running)``, so a restarting
    agent does not scale its deployment to zero.
 
-While scaling up, start new replicas only into room the grant leaves after counting draining
-replicas (:func:`replicas_to_start`): draining replicas still hold their GPUs.
-
 Lease times are converted to the local clock conservatively: the lease is taken to run from when
 the request was *sent*, so clock offsets between agent and planner never lengthen it.
 """
@@ -78,11 +75,6 @@ def effective_targets(
         replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
         return EffectiveTargets(replicas=replicas, source="floor", decision_id=lease.decision_id)
     return EffectiveTargets(replicas={role: min(n, reported.get(role, 0)) for role, n in floor.items()}, source="floor")
-
-
-def replicas_to_start(target: int, ready: int, starting: int, draining: int) -> int:
-    """New replicas an agent may start now: room under ``target`` once draining ones are counted."""
-    return max(0, target - ready - starting - draining)
 
 
 def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) -> Lease:

@@ -158,7 +158,7 @@ def test_cell_load_is_the_templates_peak_need(arrival: str, tmp_path: Path) -> N
     compressed in time: their series rates must be divided, not multiplied, by the compression)."""
     import numpy as np
 
-    from fleet_sim.matrix import DAY_COMPRESSION, TEMPLATES, _bottleneck_rps, _sources, build_scenario
+    from fleet_sim.matrix import DAY_COMPRESSION, TEMPLATES, _role_rps, _sources, build_scenario
     from fleet_sim.workload import build_workload
 
     cell = next(c for c in cells() if c.arrival == arrival and c.deployments == ("d1",))
@@ -167,7 +167,7 @@ def test_cell_load_is_the_templates_peak_need(arrival: str, tmp_path: Path) -> N
     window = 600.0 / DAY_COMPRESSION if cell.span == "day" else 600.0
     busiest = np.bincount((arrivals // window).astype(int)).max() / window
     template = TEMPLATES["d1"]
-    expected = template.peak_replicas * _bottleneck_rps(template, _sources(tmp_path), template.itl_ms)
+    expected = template.peak_replicas * min(_role_rps(template, _sources(tmp_path), template.itl_ms).values())
     assert 0.5 * expected < busiest < 1.3 * expected
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from worker_dispatch import Dispatcher
 
 from local_agent.connectors import ProcessConnector, ReplicaCounts, StateFileError, WorkerCommand
-from local_agent.connectors.dispatch import Dispatcher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ConnectorFactory = Callable[..., ProcessConnector]

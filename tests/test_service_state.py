@@ -27,7 +27,7 @@ from fleet_planner.contract.models import (
 from global_planner.allocation import Allocation, AllocationRequest, Stability, allocate, allocate_greedy
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import InvalidRequest, PlannerState, StateError, UnknownSession
-from local_agent.session import Lease, effective_targets, lease_from_targets, replicas_to_start
+from local_agent.session import Lease, effective_targets, lease_from_targets
 
 
 def _policy(gpus: dict[str, int], tenants: dict | None = None) -> TenantPolicy:
@@ -290,8 +290,9 @@ class _SimAgent:
                 self.running[role] = target
                 self.draining.append((role, have - target, now + rng.uniform(0, 6)))
             elif rng.random() < 0.5:  # scale-ups are not instant: a report may come first
-                ready, draining = self.running.get(role, 0), self.in_use(role) - self.running.get(role, 0)
-                self.running[role] = have + min(target - have, replicas_to_start(target, ready, 0, draining))
+                # new replicas start only on GPUs the draining ones have freed (a cluster's
+                # scheduler places no pod on a GPU that is still held)
+                self.running[role] = have + max(0, target - self.in_use(role))
 
     def receive(self, targets: Targets, now: float) -> None:
         if self.lease is None or targets.decision_id >= self.lease.decision_id:

@@ -1,4 +1,5 @@
-"""Client side of the demo worker protocol: send jobs round-robin to ready workers, retry elsewhere.
+"""The tests' client of the example worker protocol (``local_agent.connectors.worker``): send jobs
+round-robin to ready workers, retry elsewhere.
 
 A job is retried on another worker only when the worker provably did not take it (connection
 refused or reset before any reply, or an explicit ``refused``), so a graceful drain never runs a

@@ -706,9 +706,13 @@ def agg_curve(
     max_input_tokens: int | None = None,
     admission_budget_ms: float | None = None,
     calibration: Calibration = Calibration(),
+    ttft_only: bool = False,
 ) -> PoolCurve:
     """Attainment of both TTFT and ITL in an aggregated pool (prefill and decode share
-    iterations, so each slows the other); prompts rejected for length count as misses."""
+    iterations, so each slows the other); prompts rejected for length count as misses.
+
+    ``ttft_only``: the TTFT side alone (attainment of the first token in time, no ITL p90), for
+    callers that read nothing else: the ITL side is about half the curve's cost."""
     _check_limits(max_replicas, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
     served, share = _servable(model, load, max_input_tokens)
     if served is None:
@@ -728,13 +732,6 @@ def agg_curve(
     batch = np.where(point.stable, point.batch, 0.0)
     stretch = np.where(point.stable, stretch, 1.0)
     mean_itl = point.itl * stretch
-    itl_p90 = _itl_p90(
-        shape,
-        mean_itl,
-        point.variance * stretch**2,
-        lam * mean_itl * np.mean(variable**2),
-        _chunk_spread(inputs, variable, max_batch_tokens),
-    )
 
     # Prefill: queued prompts share each iteration, with the token budget the batch leaves;
     # the iteration's fixed time is the decode step (or the overhead when nothing decodes).
@@ -764,6 +761,11 @@ def agg_curve(
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
     ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue)
+    admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
+    utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
+    if ttft_only:
+        attainment = np.where(point.stable, ttft_met * admitted, 0.0)
+        return _curve("agg", load.rate_rps, share, attainment, ttft_p90, np.full(servers.size, np.nan), utilisation)
 
     # ITL: a prompt prefilled while a request decodes stalls it by the prompt's cost; short
     # decodes miss on one long prompt, including those queued behind their own.
@@ -786,10 +788,15 @@ def agg_curve(
         weights=weights,
     )
     itl_met = _stalled_itl_met(sla.itl_ms, shape, point.itl, point.variance, stalls)
-    admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
+    itl_p90 = _itl_p90(
+        shape,
+        mean_itl,
+        point.variance * stretch**2,
+        lam * mean_itl * np.mean(variable**2),
+        _chunk_spread(inputs, variable, max_batch_tokens),
+    )
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
-    utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
     return _curve("agg", load.rate_rps, share, attainment, ttft_p90, itl_p90, utilisation)
 
 

@@ -42,12 +42,15 @@ def deployment_curves(
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
+    entry_ttft_only: bool = False,
 ) -> dict[PoolRole, PoolCurve]:
     """One curve per pool of ``spec``, up to each pool's ``max_replicas`` and with each pool's
     engine knobs (``max_batch_tokens``, ``max_num_seqs``) unless overridden.
 
     ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
-    anyway); longer prompts are rejected at the entry pool.
+    anyway); longer prompts are rejected at the entry pool. ``entry_ttft_only``: the entry
+    pool's curve alone, on its TTFT side (``agg_curve``'s ``ttft_only``), for a caller that
+    reads nothing else (the agent's TTFT correction, every tick).
     """
     roles = _roles(spec)
     for role in roles:
@@ -75,9 +78,10 @@ def deployment_curves(
             max_num_seqs=seqs("agg"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
+            ttft_only=entry_ttft_only,
         )
         return {"agg": curve}
-    return {
+    curves: dict[PoolRole, PoolCurve] = {
         "prefill": prefill_curve(
             models["prefill"],
             load,
@@ -87,8 +91,10 @@ def deployment_curves(
             max_input_tokens=max_input_tokens,
             kv_transfer_ms_fn=kv_transfer_ms_fn,
             calibration=calibration,
-        ),
-        "decode": decode_curve(
+        )
+    }
+    if not entry_ttft_only:
+        curves["decode"] = decode_curve(
             models["decode"],
             load,
             spec.sla,
@@ -96,8 +102,8 @@ def deployment_curves(
             max_num_seqs=seqs("decode"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
-        ),
-    }
+        )
+    return curves
 
 
 def _check_target(target: float) -> None:

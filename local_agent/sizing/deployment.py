@@ -15,6 +15,7 @@ import numpy as np
 
 from fleet_planner.planning import DeploymentSpec, PoolRole
 from local_agent.sizing.curves import (
+    CurveDetail,
     EngineModel,
     KvTransferFn,
     PoolCurve,
@@ -42,15 +43,14 @@ def deployment_curves(
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
-    entry_ttft_only: bool = False,
+    detail: CurveDetail = "full",
 ) -> dict[PoolRole, PoolCurve]:
     """One curve per pool of ``spec``, up to each pool's ``max_replicas`` and with each pool's
     engine knobs (``max_batch_tokens``, ``max_num_seqs``) unless overridden.
 
     ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
-    anyway); longer prompts are rejected at the entry pool. ``entry_ttft_only``: the entry
-    pool's curve alone, on its TTFT side (``agg_curve``'s ``ttft_only``), for a caller that
-    reads nothing else (the agent's TTFT correction, every tick).
+    anyway); longer prompts are rejected at the entry pool. ``detail``: what the caller reads
+    (``CurveDetail``); ``entry_ttft`` leaves the decode pool of a disaggregated deployment out.
     """
     roles = _roles(spec)
     for role in roles:
@@ -78,7 +78,7 @@ def deployment_curves(
             max_num_seqs=seqs("agg"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
-            ttft_only=entry_ttft_only,
+            detail=detail,
         )
         return {"agg": curve}
     curves: dict[PoolRole, PoolCurve] = {
@@ -91,9 +91,10 @@ def deployment_curves(
             max_input_tokens=max_input_tokens,
             kv_transfer_ms_fn=kv_transfer_ms_fn,
             calibration=calibration,
+            detail=detail,
         )
     }
-    if not entry_ttft_only:
+    if detail != "entry_ttft":
         curves["decode"] = decode_curve(
             models["decode"],
             load,

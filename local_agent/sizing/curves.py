@@ -108,7 +108,7 @@ KvTransferFn = Callable[[np.ndarray], np.ndarray]
 # What a caller reads of a curve, so that nothing else is computed: every column (``full``); the
 # attainment alone (``attainment``: the p90 columns None, without their quantile searches, about
 # a quarter of a curve's cost); or an entry pool's TTFT side alone (``entry_ttft``: an aggregated
-# pool's attainment then counts the first token alone, and its ITL side, about half the curve's
+# pool's attainment then counts the first token alone, and its ITL side, over a third of the curve's
 # cost, is left out).
 CurveDetail = Literal["full", "attainment", "entry_ttft"]
 

@@ -73,7 +73,7 @@ class WindowedNeeds:
             (spec.name, role): np.zeros(self.windows, dtype=np.int64) for spec in specs for role in spec.pools
         }
         for spec in specs:
-            trace = workload.traces[spec.endpoint]
+            trace = workload.trace(spec.endpoint)
             pool_models = {role: models[pool.profile_path] for role, pool in spec.pools.items()}
             window_of = np.minimum((trace.arrival_s // self.window_s).astype(np.int64), self.windows - 1)
             bounds = np.searchsorted(window_of, np.arange(self.windows + 1))

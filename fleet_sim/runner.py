@@ -37,16 +37,21 @@ DRAIN_GRACE_S = 900.0  # after the last arrival, in-flight requests get this lon
 
 
 def distribution(values: Sequence[float]) -> Distribution | None:
-    """Nearest-rank summary of a small sample; None when there is no sample (never a fake 0)."""
+    """Nearest-rank summary of a small sample; None when there is no sample (never a fake 0).
+
+    Sorted by numpy (every pool's four samples each tick: sorting them was 3% of a day's
+    replay); the mean is the running sum in sorted order, which rounds as summing the sorted
+    list did (``np.sum`` adds pairwise and would round differently)."""
     if not values:
         return None
-    ordered = sorted(values)
-    n = len(ordered)
+    ordered = np.sort(np.asarray(values))
+    n = ordered.size
 
     def rank(q: float) -> float:
         return float(ordered[min(n - 1, int(q * n))])
 
-    return Distribution(count=n, mean=float(sum(ordered) / n), p50=rank(0.5), p90=rank(0.9), p99=rank(0.99))
+    total = ordered.cumsum()[-1]
+    return Distribution(count=n, mean=float(total / n), p50=rank(0.5), p90=rank(0.9), p99=rank(0.99))
 
 
 class ProfileCache:

@@ -258,6 +258,26 @@ def test_deployment_curves_use_pool_limits_and_check_inputs(model, azure) -> Non
         size_deployment(_spec("agg"), {"agg": model}, load, target=1.5)
 
 
+@pytest.mark.parametrize("mode", ["agg", "disagg"])
+@pytest.mark.parametrize("rate", [5.0, 60.0, 250.0])
+def test_a_lesser_detail_computes_the_same_columns(model, azure, mode, rate) -> None:
+    """``attainment`` and ``entry_ttft`` leave computations out, never change what they keep."""
+    models = {"agg": model} if mode == "agg" else {"prefill": model, "decode": model}
+    load = _load(azure, rate)
+    full = deployment_curves(_spec(mode, max_replicas=16), models, load)
+    attainment = deployment_curves(_spec(mode, max_replicas=16), models, load, detail="attainment")
+    for role, curve in attainment.items():
+        assert curve.attainment == full[role].attainment and curve.ceiling == full[role].ceiling
+        assert curve.utilisation == full[role].utilisation
+    entry = "agg" if mode == "agg" else "prefill"
+    assert set(attainment[entry].ttft_p90_ms) == set(attainment[entry].itl_p90_ms) == {None}
+    if mode == "disagg":  # the decode pool's p90s are closed forms: kept
+        assert attainment["decode"] == full["decode"]
+    entry_ttft = deployment_curves(_spec(mode, max_replicas=16), models, load, detail="entry_ttft")
+    assert list(entry_ttft) == [entry]
+    assert entry_ttft[entry].ttft_p90_ms == full[entry].ttft_p90_ms
+
+
 def test_calibration_load_factor_is_headroom(model, azure) -> None:
     scaled = agg_curve(model, _load(azure, 40.0), SLA_, max_replicas=16, calibration=Calibration(load_factor=1.5))
     direct = agg_curve(model, _load(azure, 60.0), SLA_, max_replicas=16)

@@ -68,8 +68,8 @@ class Requests:
         n = len(arrival)
         self.arrival = _column("d", arrival)
         self.endpoint = _column("i", endpoint)
-        self.input = np.asarray(input_tokens).tolist()
-        self.output = np.asarray(output_tokens).tolist()
+        self.input = _shared_ints(np.asarray(input_tokens))
+        self.output = _shared_ints(np.asarray(output_tokens))
         self.deployment = array("i", [-1]) * n
         self.t_first = array("d", [math.nan]) * n
         self.t_finish = array("d", [math.nan]) * n
@@ -90,6 +90,18 @@ class Requests:
 
     def __len__(self) -> int:
         return len(self.arrival)
+
+
+def _shared_ints(values: np.ndarray) -> list[int]:
+    """``values.tolist()`` with one int object per distinct value. Token counts take a few
+    thousand distinct values, and an int above 256 is a 32-byte object of its own: a day of
+    ``diurnal-two-tenant`` (6 million requests) held 235 MB of them. Indexed through a table of
+    every value up to the largest when that is no longer than the column, else ``np.unique``."""
+    if values.size and values.min() >= 0 and values.max() < values.size:
+        distinct, index = np.arange(values.max() + 1), values
+    else:
+        distinct, index = np.unique(values, return_inverse=True)
+    return np.array(distinct.tolist(), dtype=object)[index].tolist()
 
 
 def _column(typecode: str, values: np.ndarray) -> array:

@@ -144,7 +144,7 @@ class ScaleDownGuard:
         # the same load boundary would flap with noise.
         margin = self.options.decode_down_margin if role == "decode" else self.options.down_margin
         rate, source = self._check_load(observed_rate, margin)
-        curves = None if lengths is None else self.sizer.curves_at(rate, lengths)
+        curves = None if lengths is None else self.sizer.curves_at(rate, lengths, detail="attainment")
         recent = max(smoothed_rate or 0.0, observed_rate or 0.0)
 
         others = self._others(role, curves, targets)

@@ -23,6 +23,7 @@ from local_agent.forecast.base import Forecast, Predictor, normal_z
 from local_agent.perf_correction import CorrectedPerfModel, TtftCorrection
 from local_agent.sizing import (
     Calibration,
+    CurveDetail,
     EngineModel,
     LoadEstimate,
     PoolCurve,
@@ -80,10 +81,17 @@ class Sizer:
         return Calibration(load_factor=self.options.headroom, arrival_scv=self.intake.arrival_scv())
 
     def curves_at(
-        self, rate: float, lengths: Lengths, *, corrected: bool = True, spec: DeploymentSpec | None = None
+        self,
+        rate: float,
+        lengths: Lengths,
+        *,
+        corrected: bool = True,
+        spec: DeploymentSpec | None = None,
+        detail: CurveDetail = "full",
     ) -> dict[PoolRole, PoolCurve]:
         """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``;
-        ``spec`` weighs other engine knobs than those in force (``local_agent.knobs``)."""
+        ``spec`` weighs other engine knobs than those in force (``local_agent.knobs``);
+        ``detail``: what the caller reads of them (``CurveDetail``)."""
         load = LoadEstimate.from_distribution(
             max(rate, 0.0), lengths[0], lengths[1], samples=400, admitted_below=self.context_limit
         )
@@ -92,7 +100,7 @@ class Sizer:
         if factor != 1.0:
             sla = spec.sla.model_copy(update={"ttft_ms": spec.sla.ttft_ms / factor})
             spec = spec.model_copy(update={"sla": sla})
-        return _curves(spec, self.models, load, self.calibration(), self.intake.prefix_hit_rate())
+        return _curves(spec, self.models, load, self.calibration(), self.intake.prefix_hit_rate(), detail)
 
     def sized(self, curves: dict[PoolRole, PoolCurve]) -> dict[PoolRole, int]:
         """Fewest replicas (GPUs) reaching the attainment target; in a disaggregated deployment
@@ -144,7 +152,7 @@ class Sizer:
             return
         if entry.starting or entry.draining or entry.pending:
             return
-        curve = self.curves_at(rate, lengths, corrected=False)[self.entry_role]
+        curve = self.curves_at(rate, lengths, corrected=False, detail="entry_ttft")[self.entry_role]
         predicted = curve.ttft_p90_ms[min(entry.ready, len(curve.ttft_p90_ms) - 1)]
         if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:
             self.ttft.observe(entry.ttft_ms.p90, predicted)
@@ -193,7 +201,7 @@ class Sizer:
         self.forecast = forecast
         self.sizings += 1
         self.curves = self.curves_at(forecast.mean, lengths)
-        self.curves_low = self.curves_at(forecast.upper, lengths)
+        self.curves_low = self.curves_at(forecast.upper, lengths, detail="attainment")
         self.expected = self._expected_attainment(forecast, lengths)
         return self.sized(self.curves_low)
 
@@ -210,7 +218,7 @@ class Sizer:
         total: dict[PoolRole, np.ndarray] = {}
         for quantile in EXPECTATION_QUANTILES:
             rate = forecast.mean + normal_z(quantile) * spread
-            curves = self.curves_at(rate, lengths) if quantile != 0.5 else self.curves
+            curves = self.curves_at(rate, lengths, detail="attainment") if quantile != 0.5 else self.curves
             for role, curve in curves.items():
                 total[role] = total.get(role, 0.0) + np.asarray(curve.attainment, dtype=float)
         return {role: list(values / len(EXPECTATION_QUANTILES)) for role, values in total.items()}
@@ -230,10 +238,11 @@ def _curves(
     load: LoadEstimate,
     calibration: Calibration,
     hit: float,
+    detail: CurveDetail = "full",
 ) -> dict[PoolRole, PoolCurve]:
     """The deployment's curves, with prefill sized for the uncached part of prompts."""
     if hit <= 0.0:
-        return deployment_curves(spec, models, load, calibration=calibration)
+        return deployment_curves(spec, models, load, calibration=calibration, detail=detail)
     # Prefix-cache reuse: only the uncached part of a prompt is computed, but decode (and the
     # KV transfer to it) still holds the whole context. Prefill is sized with cost-equivalent
     # shorter prompts, decode with the full ones.
@@ -243,7 +252,7 @@ def _curves(
         # overhead and chunk counts stay those of full prompts.
         _, ratio = _prefix_effective_inputs(models["agg"], load.input_tokens, hit)
         calibration = calibration.model_copy(update={"prefill_factor": calibration.prefill_factor * ratio})
-        return deployment_curves(spec, models, load, calibration=calibration)
+        return deployment_curves(spec, models, load, calibration=calibration, detail=detail)
     effective, _ = _prefix_effective_inputs(models["prefill"], load.input_tokens, hit)
     order = np.argsort(effective, kind="stable")
     eff_sorted, full_sorted = effective[order], load.input_tokens[order]
@@ -252,7 +261,7 @@ def _curves(
         return kv_transfer_ms(np.interp(inputs, eff_sorted, full_sorted))
 
     reduced = LoadEstimate(rate_rps=load.rate_rps, input_tokens=effective, output_tokens=load.output_tokens)
-    return {
+    curves: dict[PoolRole, PoolCurve] = {
         "prefill": prefill_curve(
             models["prefill"],
             reduced,
@@ -261,16 +270,19 @@ def _curves(
             max_batch_tokens=spec.pools["prefill"].max_batch_tokens,
             kv_transfer_ms_fn=transfer_ms,
             calibration=calibration,
-        ),
-        "decode": decode_curve(
+            detail=detail,
+        )
+    }
+    if detail != "entry_ttft":
+        curves["decode"] = decode_curve(
             models["decode"],
             load,
             spec.sla,
             max_replicas=spec.pools["decode"].max_replicas,
             max_num_seqs=spec.pools["decode"].max_num_seqs,
             calibration=calibration,
-        ),
-    }
+        )
+    return curves
 
 
 def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float) -> tuple[np.ndarray, float]:

@@ -6,6 +6,7 @@ and, through the curves, by the global planner. Queueing approximations are docu
 """
 
 from local_agent.sizing.curves import (
+    CurveDetail,
     EngineModel,
     PoolCurve,
     agg_curve,
@@ -23,6 +24,7 @@ from local_agent.sizing.load import Calibration, LoadEstimate
 
 __all__ = [
     "Calibration",
+    "CurveDetail",
     "EngineModel",
     "LoadEstimate",
     "PoolCurve",

@@ -59,7 +59,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -105,6 +105,12 @@ _ROUTE_SHIFTS = np.concatenate(([0.0], np.geomspace(0.01, 10.0, 40)))  # a reque
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
 KvTransferFn = Callable[[np.ndarray], np.ndarray]
+# What a caller reads of a curve, so that nothing else is computed: every column (``full``); the
+# attainment alone (``attainment``: the p90 columns None, without their quantile searches, about
+# a quarter of a curve's cost); or an entry pool's TTFT side alone (``entry_ttft``: an aggregated
+# pool's attainment then counts the first token alone, and its ITL side, over a third of the curve's
+# cost, is left out).
+CurveDetail = Literal["full", "attainment", "entry_ttft"]
 
 
 class EngineModel(Protocol):
@@ -519,13 +525,17 @@ def _prompt_queue(
     )
 
 
-def _ttft_met(sla_ttft: float, own: _OwnTime, queue: _PromptQueue) -> tuple[np.ndarray, np.ndarray]:
-    """Share of requests with own part + queueing wait within the SLA, and the p90 of that sum;
-    0 and NaN where the queue is unstable."""
+def _ttft_met(
+    sla_ttft: float, own: _OwnTime, queue: _PromptQueue, with_p90: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of requests with own part + queueing wait within the SLA, and the p90 of that sum
+    (all NaN without ``with_p90``); 0 and NaN where the queue is unstable."""
     waits = np.where(queue.stable, queue.wait_probability, 0.0)[:, None]
     scale = np.where(queue.stable, queue.wait_scale_ms, 1.0)
     decay = 1.0 / np.maximum(scale, 1e-12)[:, None]
     met = exp_tail_met(sla_ttft - own.hi, sla_ttft - own.lo, waits, decay) @ own.weights
+    if not with_p90:
+        return np.where(queue.stable, met, 0.0), np.full(scale.shape, np.nan)
 
     # Where under 0.5% of prompts wait the p90 is the own part's (to within the own part's
     # 0.9 - 0.905 quantile gap); search only the other rows.
@@ -622,12 +632,13 @@ def prefill_curve(
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
+    detail: CurveDetail = "full",
 ) -> PoolCurve:
     """TTFT attainment of a disaggregated prefill pool (queue + prefill + KV transfer); prompts
     the engine rejects for length count as misses.
 
     ``kv_transfer_ms_fn`` maps input lengths to transfer times; None uses the simulator's
-    defaults (128 KiB per token over 50 Gb/s).
+    defaults (128 KiB per token over 50 Gb/s). ``detail``: see ``CurveDetail``.
     """
     _check_limits(max_replicas, max_batch_tokens=max_batch_tokens)
     served, share = _servable(model, load, max_input_tokens)
@@ -652,7 +663,7 @@ def prefill_curve(
     )
     order = np.sort(own)
     grouped = _own_time(order.size, lambda at: order[at][None, :])
-    attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue)
+    attainment, ttft_p90 = _ttft_met(sla.ttft_ms, grouped, queue, with_p90=detail != "attainment")
     none = np.full(servers.size, np.nan)
     return _curve("prefill", load.rate_rps, share, attainment, ttft_p90, none, queue.utilisation)
 
@@ -706,9 +717,11 @@ def agg_curve(
     max_input_tokens: int | None = None,
     admission_budget_ms: float | None = None,
     calibration: Calibration = Calibration(),
+    detail: CurveDetail = "full",
 ) -> PoolCurve:
     """Attainment of both TTFT and ITL in an aggregated pool (prefill and decode share
-    iterations, so each slows the other); prompts rejected for length count as misses."""
+    iterations, so each slows the other); prompts rejected for length count as misses.
+    ``detail``: see ``CurveDetail``."""
     _check_limits(max_replicas, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
     served, share = _servable(model, load, max_input_tokens)
     if served is None:
@@ -728,13 +741,6 @@ def agg_curve(
     batch = np.where(point.stable, point.batch, 0.0)
     stretch = np.where(point.stable, stretch, 1.0)
     mean_itl = point.itl * stretch
-    itl_p90 = _itl_p90(
-        shape,
-        mean_itl,
-        point.variance * stretch**2,
-        lam * mean_itl * np.mean(variable**2),
-        _chunk_spread(inputs, variable, max_batch_tokens),
-    )
 
     # Prefill: queued prompts share each iteration, with the token budget the batch leaves;
     # the iteration's fixed time is the decode step (or the overhead when nothing decodes).
@@ -763,7 +769,13 @@ def agg_curve(
         chunks = np.ceil(inputs[picks][None, :] / token_budget[:, None])
         return residual[:, None] + chunks * step[:, None] + variable[picks][None, :]
 
-    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue)
+    ttft_met, ttft_p90 = _ttft_met(sla.ttft_ms, _own_time(inputs.size, own), queue, with_p90=detail != "attainment")
+    admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
+    utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
+    unknown = np.full(servers.size, np.nan)
+    if detail == "entry_ttft":
+        attainment = np.where(point.stable, ttft_met * admitted, 0.0)
+        return _curve("agg", load.rate_rps, share, attainment, ttft_p90, unknown, utilisation)
 
     # ITL: a prompt prefilled while a request decodes stalls it by the prompt's cost; short
     # decodes miss on one long prompt, including those queued behind their own.
@@ -786,10 +798,17 @@ def agg_curve(
         weights=weights,
     )
     itl_met = _stalled_itl_met(sla.itl_ms, shape, point.itl, point.variance, stalls)
-    admitted, _ = _admission_ok(slots, servers, point, shape.mean_iterations * mean_itl, budget)
     attainment = np.where(point.stable, ttft_met * admitted * itl_met, 0.0)
+    if detail == "attainment":
+        return _curve("agg", load.rate_rps, share, attainment, ttft_p90, unknown, utilisation)
+    itl_p90 = _itl_p90(
+        shape,
+        mean_itl,
+        point.variance * stretch**2,
+        lam * mean_itl * np.mean(variable**2),
+        _chunk_spread(inputs, variable, max_batch_tokens),
+    )
     itl_p90 = np.where(point.stable, itl_p90, np.nan)
-    utilisation = np.maximum(rho_c + point.utilisation, queue.utilisation)
     return _curve("agg", load.rate_rps, share, attainment, ttft_p90, itl_p90, utilisation)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from fleet_planner.planning import DeploymentSpec, PoolRole
 from local_agent.sizing.curves import (
+    CurveDetail,
     EngineModel,
     KvTransferFn,
     PoolCurve,
@@ -42,12 +43,14 @@ def deployment_curves(
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
     calibration: Calibration = Calibration(),
+    detail: CurveDetail = "full",
 ) -> dict[PoolRole, PoolCurve]:
     """One curve per pool of ``spec``, up to each pool's ``max_replicas`` and with each pool's
     engine knobs (``max_batch_tokens``, ``max_num_seqs``) unless overridden.
 
     ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
-    anyway); longer prompts are rejected at the entry pool.
+    anyway); longer prompts are rejected at the entry pool. ``detail``: what the caller reads
+    (``CurveDetail``); ``entry_ttft`` leaves the decode pool of a disaggregated deployment out.
     """
     roles = _roles(spec)
     for role in roles:
@@ -75,9 +78,10 @@ def deployment_curves(
             max_num_seqs=seqs("agg"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
+            detail=detail,
         )
         return {"agg": curve}
-    return {
+    curves: dict[PoolRole, PoolCurve] = {
         "prefill": prefill_curve(
             models["prefill"],
             load,
@@ -87,8 +91,11 @@ def deployment_curves(
             max_input_tokens=max_input_tokens,
             kv_transfer_ms_fn=kv_transfer_ms_fn,
             calibration=calibration,
-        ),
-        "decode": decode_curve(
+            detail=detail,
+        )
+    }
+    if detail != "entry_ttft":
+        curves["decode"] = decode_curve(
             models["decode"],
             load,
             spec.sla,
@@ -96,8 +103,8 @@ def deployment_curves(
             max_num_seqs=seqs("decode"),
             max_input_tokens=max_input_tokens,
             calibration=calibration,
-        ),
-    }
+        )
+    return curves
 
 
 def _check_target(target: float) -> None:

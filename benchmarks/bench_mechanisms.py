@@ -48,6 +48,7 @@ OFF = {
     "stabilization_window_s": 0.0,
     "scale_down_dwell_s": 0.0,
     "near_miss": False,
+    "breach_relief": 0.0,
     "predictor": "kalman",
 }
 ONE_STEP = {"scale_down_gap_fraction": 1.0}
@@ -105,6 +106,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults+decode-band0.4": {"decode_down_margin": 0.4},
     "defaults+p85": {"forecast_quantile": 0.85},
     "defaults+one-step": ONE_STEP,
+    # A miss that one replica more would not shorten adds none (nineteenth session).
+    "defaults-breach-relief": {"breach_relief": 0.0},
+    "defaults+breach-relief0.05": {"breach_relief": 0.05},
     "defaults+dwell300": {"scale_down_dwell_s": 300.0},
     "defaults+one-step+band0.5": {**ONE_STEP, "down_margin": 0.5},
     "defaults+one-step+dwell600": {**ONE_STEP, "scale_down_dwell_s": 600.0},

@@ -20,6 +20,7 @@ tests. The weaknesses of the public anchor that this code answers are named wher
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from local_agent.decide.guard import ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
-from local_agent.decide.reactive import Proposal, near_miss, pressure, reactive
+from local_agent.decide.reactive import Proposal, near_miss, pressure, reactive, sla_breach
 from local_agent.decide.sizer import Sizer
 from local_agent.forecast import Forecast, make_predictor
 from local_agent.knobs import KnobTuner
@@ -247,8 +248,16 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        pressed = pressure(role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths))
-        if pressed is not None or (self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None):
+        relief = None
+        if self.options.breach_relief > 0 and observed_rate is not None and lengths is not None:
+            relief = functools.partial(self.sizer.p90_relief, role, observed_rate, lengths, obs.ready)
+        pressed = pressure(role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief)
+        # A miss is remembered even where no replica is added for it (``breach_relief``).
+        if (
+            pressed is not None
+            or (self.options.target == "sla" and sla_breach(role, obs, self.spec.sla) is not None)
+            or (self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None)
+        ):
             self.guard.missed(role, now_s, obs.ready, self.intake.smoothed_rate())
 
         proposal = Proposal(current, R.HOLD, "")

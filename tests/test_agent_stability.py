@@ -365,3 +365,31 @@ def test_a_scale_down_also_holds_at_the_trend_forecasts_upper() -> None:
     # A trend at the load itself changes nothing.
     _, level = second_step("holt", 20.0)
     assert level.target == plain.target
+
+
+def test_a_miss_one_replica_more_would_not_shorten_adds_none() -> None:
+    """Long prompts at a low load miss the TTFT target by their own prefill time: by the model a
+    replica more shortens the p90 by under ``breach_relief``, so none is added (the miss is still
+    remembered, against a later scale-down); the same miss with the pool busy adds one."""
+    prompts = Distribution(count=100, mean=12000, p50=12000, p90=16000, p99=20000)
+
+    def targets(rps: float, **options) -> tuple[list[int], LocalAgent]:
+        a = agent(spec(initial=3), mode="load", **options)
+
+        def make(t: float, targets: dict[str, int]):
+            missed = Distribution(count=round(rps * TICK), mean=1200, p50=1100, p90=1500, p99=2000)
+            return [observe("agg", t, rps, ready=targets["agg"], input_tokens=prompts, ttft_ms=missed)]
+
+        return [pool(d).target for d in run(a, 0.0, 3, make)], a
+
+    quiet, a = targets(0.5)
+    assert a.sizer.p90_relief("agg", 0.5, a.intake.lengths(), 3)["ttft"] < a.options.breach_relief
+    assert quiet == [3, 3, 3] and a.guard.pools["agg"].misses
+    assert targets(0.5, breach_relief=0.0)[0] == [4, 5, 6]  # every miss added a replica before
+    assert targets(3.0)[0] == [4, 5, 6]  # a busy pool's queue is what a replica shortens
+
+
+def test_breach_relief_must_be_a_fraction() -> None:
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError):
+            AgentOptions(breach_relief=bad)

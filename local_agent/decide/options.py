@@ -88,6 +88,15 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="remember SLA misses this long: no scale-down to their load per replica (0 = off)",
     )
+    breach_relief: float = Field(
+        default=0.02,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="a p90 latency miss adds a replica only if one replica more shortens that p90 by at least this "
+        "fraction by the model at the observed rate (0 = always): a miss the prompts' own time sets is not a "
+        "capacity problem",
+    )
     near_miss: bool = Field(
         default=True,
         description="remember a near miss too (observed p90 latency x ready/(ready-1) over the target): "

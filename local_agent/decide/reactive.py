@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from fleet_planner.planning import SLA, PoolObservation, PoolRole
 from local_agent.decide.intake import Lengths
 from local_agent.decide.options import AgentOptions
-from local_agent.decide.sizer import Sizer
+from local_agent.decide.sizer import Latency, Sizer
 from local_agent.models import DecisionReason
 
 R = DecisionReason
@@ -22,14 +22,21 @@ class Proposal(NamedTuple):
     detail: str
 
 
-def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
-    """Why this window missed the SLA at p90 (TTFT on the entry side, ITL on the exit side)."""
-    breach = None
+def breaches(role: PoolRole, obs: PoolObservation, sla: SLA) -> list[tuple[Latency, str]]:
+    """The latencies this window missed at p90, each with why (TTFT on the entry side, ITL on the
+    exit side)."""
+    found: list[tuple[Latency, str]] = []
     if role in ("prefill", "agg") and obs.ttft_ms is not None and obs.ttft_ms.p90 > sla.ttft_ms:
-        breach = f"p90 TTFT {obs.ttft_ms.p90:.0f} ms > {sla.ttft_ms:.0f} ms"
+        found.append(("ttft", f"p90 TTFT {obs.ttft_ms.p90:.0f} ms > {sla.ttft_ms:.0f} ms"))
     if role in ("decode", "agg") and obs.itl_ms is not None and obs.itl_ms.p90 > sla.itl_ms:
-        breach = f"p90 ITL {obs.itl_ms.p90:.1f} ms > {sla.itl_ms:.1f} ms"
-    return breach
+        found.append(("itl", f"p90 ITL {obs.itl_ms.p90:.1f} ms > {sla.itl_ms:.1f} ms"))
+    return found
+
+
+def sla_breach(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
+    """Why this window missed the SLA at p90 (the ITL's reason where both missed)."""
+    found = breaches(role, obs, sla)
+    return found[-1][1] if found else None
 
 
 def near_miss(role: PoolRole, obs: PoolObservation, sla: SLA) -> str | None:
@@ -52,17 +59,23 @@ def pressure(
     options: AgentOptions,
     sla: SLA,
     backlog_ttft_ms: Callable[[float], float] | None = None,
+    relief: Callable[[], Mapping[Latency, float]] | None = None,
 ) -> tuple[DecisionReason, str] | None:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
     or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
     ``target: sla`` a backlog counts only when a prompt arriving behind it would miss the TTFT
     target (``backlog_ttft_ms``: the model's TTFT behind that many tokens per replica): long
     prompts make a large backlog that clears well within the target, and adding a replica for
-    it was a scale-up the SLA never needed."""
+    it was a scale-up the SLA never needed. Likewise a missed latency counts only where one
+    replica more shortens its p90 by at least ``breach_relief`` (``relief``: the model's
+    shortening of each, at the observed rate): long prompts at a low load miss a TTFT target by
+    their own prefill time, which no replica shortens, and a replica added for it is one the SLA
+    cannot use and the descent takes back later (a reversal); a backlog behind them still counts."""
     if options.target == "sla":
-        breach = sla_breach(role, obs, sla)
-        if breach is not None:
-            return R.REACTIVE_SLA, breach
+        missed = breaches(role, obs, sla)
+        shortened = relief() if missed and relief is not None else None
+        if missed and (shortened is None or any(shortened[latency] >= options.breach_relief for latency, _ in missed)):
+            return R.REACTIVE_SLA, missed[-1][1]
     if options.target not in ("sla", "latency"):
         return None
     found = None

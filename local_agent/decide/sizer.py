@@ -10,7 +10,8 @@ prefix-cache reuse of recent windows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from local_agent.sizing import (
     replicas_for,
 )
 
+Latency = Literal["ttft", "itl"]
 EXPECTATION_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # equal-mass points of the forecast's distribution
 MIN_TTFT_SAMPLES = 20  # requests a window needs before its p90 TTFT teaches the correction
 # A prefill pool's profile is corrected from its first saturated, late window on: such windows come
@@ -143,6 +145,22 @@ class Sizer:
             return factor * (backlog * per_token + own)
 
         return wait
+
+    def p90_relief(self, role: PoolRole, rate: float, lengths: Lengths, ready: int) -> dict[Latency, float]:
+        """How much one replica more than ``ready`` shortens ``role``'s p90 TTFT and ITL at
+        ``rate`` by the (corrected) model, as a fraction of the p90 at ``ready``; 1 (all of it)
+        where the model has no finite p90 there (its queue is unstable: a replica is what it lacks)."""
+        curve = self.curves_at(rate, lengths)[role]
+
+        def relief(p90: Sequence[float | None]) -> float:
+            if ready < 1 or ready + 1 >= len(p90):
+                return 1.0
+            now, more = p90[ready], p90[ready + 1]
+            if now is None or more is None or not 0.0 < now < math.inf or not math.isfinite(more):
+                return 1.0
+            return 1.0 - more / now
+
+        return {"ttft": relief(curve.ttft_p90_ms), "itl": relief(curve.itl_p90_ms)}
 
     def learn_ttft(self, entry: PoolObservation | None, rate: float | None, lengths: Lengths | None) -> None:
         """Compare a steady window's p90 TTFT with the model's prediction at that window's load."""

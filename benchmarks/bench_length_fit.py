@@ -81,8 +81,7 @@ def main() -> None:
     for deployment in scenario.deployments:
         role = "agg" if "agg" in deployment.pools else "prefill"
         model = PerfModel(load_profile(deployment.pools[role].profile))
-        endpoint = workload.endpoints.index(deployment.endpoint)
-        prompts = workload.input_tokens[workload.endpoint == endpoint].astype(float)
+        prompts = workload.trace(deployment.endpoint).input_tokens.astype(float)
         real = distribution(prompts.tolist())  # the summary the simulator gives the agent
         assert real is not None, f"{deployment.name}: no prompts"
         fitted = LoadEstimate.from_distribution(1.0, real, real, samples=400, admitted_below=model.max_context)

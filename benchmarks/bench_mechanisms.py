@@ -49,6 +49,7 @@ OFF = {
     "scale_down_dwell_s": 0.0,
     "near_miss": False,
     "breach_relief": 0.0,
+    "transient_backlog": False,
     "predictor": "kalman",
 }
 ONE_STEP = {"scale_down_gap_fraction": 1.0}
@@ -109,6 +110,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # A miss that one replica more would not shorten adds none (nineteenth session).
     "defaults-breach-relief": {"breach_relief": 0.0},
     "defaults+breach-relief0.05": {"breach_relief": 0.05},
+    "defaults-transient-backlog": {"transient_backlog": False},
     "defaults+dwell300": {"scale_down_dwell_s": 300.0},
     "defaults+one-step+band0.5": {**ONE_STEP, "down_margin": 0.5},
     "defaults+one-step+dwell600": {**ONE_STEP, "scale_down_dwell_s": 600.0},

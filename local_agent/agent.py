@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
@@ -251,7 +251,13 @@ class LocalAgent:
         relief = None
         if self.options.breach_relief > 0 and observed_rate is not None and lengths is not None:
             relief = functools.partial(self.sizer.p90_relief, role, observed_rate, lengths, obs.ready)
-        pressed = pressure(role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief)
+        drain_s = self.sizer.backlog_drain_s(role, lengths, observed_rate, obs.ready)
+        transient = None
+        if self.options.transient_backlog and drain_s is not None:
+            transient = functools.partial(_cleared_within, drain_s, self.spec.pools[role].startup_s)
+        pressed = pressure(
+            role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief, transient
+        )
         # A miss is remembered even where no replica is added for it (``breach_relief``).
         if (
             pressed is not None
@@ -333,3 +339,8 @@ class LocalAgent:
             curve=self.sizer.expected.get(role, list(curve.attainment)) if curve else [],
             curve_low=list(curve_low.attainment) if curve_low else [],
         )
+
+
+def _cleared_within(drain_s: Callable[[float], float], within_s: float, backlog: float) -> bool:
+    """Whether the ready replicas clear ``backlog`` tokens per replica within ``within_s``."""
+    return drain_s(backlog) <= within_s

@@ -393,3 +393,34 @@ def test_breach_relief_must_be_a_fraction() -> None:
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError):
             AgentOptions(breach_relief=bad)
+
+
+def test_a_backlog_the_ready_replicas_clear_before_a_new_one_starts_adds_none() -> None:
+    """A burst's prefill backlog that the ready replicas work off, at the window's arrival rate,
+    within the pool's start-up time adds no replica (one started now would arrive after it); the
+    same backlog while the arrivals alone fill the replicas adds one, as does any backlog without
+    the option."""
+    per_prompt_s = float(MODEL.ttft_ms(INPUTS.mean)) / 1000.0  # one replica, one mean prompt at a time
+    carried = 1.0 / per_prompt_s  # prompts a replica computes per second, back to back
+    backlog = 40 * INPUTS.mean  # forty mean prompts per replica: far over queue_tokens_per_replica
+
+    def targets(rps: float, **options) -> tuple[list[int], LocalAgent]:
+        a = agent(spec("disagg", initial=2), mode="load", **options)
+
+        def make(t: float, targets: dict[str, int]):
+            ready = targets["prefill"]
+            return [
+                observe("prefill", t, rps, ready=ready, queued_prefill_tokens=backlog * ready),
+                observe("decode", t, rps, ready=targets["decode"]),
+            ]
+
+        return [pool(d, "prefill").target for d in run(a, 0.0, 3, make)], a
+
+    light = 0.5 * carried * 2  # half of what the two replicas compute: the rest clears the backlog
+    clears, a = targets(light)
+    drain = a.sizer.backlog_drain_s("prefill", a.intake.lengths(), light, 2)
+    assert drain is not None and drain(backlog) < a.spec.pools["prefill"].startup_s
+    assert clears == [2, 2, 2]
+    assert targets(light, transient_backlog=False)[0][0] == 3  # without the rule the backlog adds one
+    assert targets(1.2 * carried * 2)[0][0] == 3  # arrivals fill the replicas
+    assert a.sizer.backlog_drain_s("agg", a.intake.lengths(), light, 2) is None  # no such model for agg

@@ -97,6 +97,11 @@ class AgentOptions(BaseModel):
         "fraction by the model at the observed rate (0 = always): a miss the prompts' own time sets is not a "
         "capacity problem",
     )
+    transient_backlog: bool = Field(
+        default=True,
+        description="a prefill backlog the ready replicas clear, at the window's arrival rate, within the pool's "
+        "start-up time adds no replica: one started now would arrive after it",
+    )
     near_miss: bool = Field(
         default=True,
         description="remember a near miss too (observed p90 latency x ready/(ready-1) over the target): "

@@ -60,6 +60,7 @@ def pressure(
     sla: SLA,
     backlog_ttft_ms: Callable[[float], float] | None = None,
     relief: Callable[[], Mapping[Latency, float]] | None = None,
+    transient: Callable[[float], bool] | None = None,
 ) -> tuple[DecisionReason, str] | None:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
     or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
@@ -70,7 +71,10 @@ def pressure(
     replica more shortens its p90 by at least ``breach_relief`` (``relief``: the model's
     shortening of each, at the observed rate): long prompts at a low load miss a TTFT target by
     their own prefill time, which no replica shortens, and a replica added for it is one the SLA
-    cannot use and the descent takes back later (a reversal); a backlog behind them still counts."""
+    cannot use and the descent takes back later (a reversal); a backlog behind them still counts.
+    Nor does a backlog (of so many tokens per replica) that ``transient`` says the ready replicas
+    clear before a new replica could start: that replica would arrive after the burst it was
+    added for."""
     if options.target == "sla":
         missed = breaches(role, obs, sla)
         shortened = relief() if missed and relief is not None else None
@@ -83,7 +87,8 @@ def pressure(
         backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
         if backlog > options.queue_tokens_per_replica:
             wait = backlog_ttft_ms(backlog) if options.target == "sla" and backlog_ttft_ms else None
-            if wait is None or wait > sla.ttft_ms:
+            clears = transient is not None and transient(backlog)
+            if (wait is None or wait > sla.ttft_ms) and not clears:
                 found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
     if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
         usage = obs.active_kv_tokens / obs.kv_capacity_tokens

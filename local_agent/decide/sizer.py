@@ -146,6 +146,23 @@ class Sizer:
 
         return wait
 
+    def backlog_drain_s(
+        self, role: PoolRole, lengths: Lengths | None, rate: float | None, ready: int
+    ) -> Callable[[float], float] | None:
+        """Seconds ``ready`` replicas of a disaggregated prefill pool take to clear a backlog of so
+        many tokens per replica while prompts keep arriving at ``rate``: each replica computes one
+        mean prompt per (TTFT-corrected) model TTFT of it, serially (batching only shortens this).
+        Infinite when the arrivals alone fill that. None where the model does not say (an
+        aggregated pool's prefill shares its iterations with decode)."""
+        if role != "prefill" or lengths is None or rate is None or ready < 1:
+            return None
+        mean_in = max(lengths[0].mean, 1.0)
+        per_prompt_s = self.ttft.factor * float(self.models[role].ttft_ms(mean_in)) / 1000.0
+        spare = 1.0 / per_prompt_s - rate / ready  # prompts per second a replica has beyond the arrivals
+        if spare <= 0:
+            return lambda backlog: math.inf
+        return lambda backlog: backlog / mean_in / spare
+
     def p90_relief(self, role: PoolRole, rate: float, lengths: Lengths, ready: int) -> dict[Latency, float]:
         """How much one replica more than ``ready`` shortens ``role``'s p90 TTFT and ITL at
         ``rate`` by the (corrected) model, as a fraction of the p90 at ``ready``; 1 (all of it)

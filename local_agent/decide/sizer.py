@@ -158,6 +158,8 @@ class Sizer:
             return None
         mean_in = max(lengths[0].mean, 1.0)
         per_prompt_s = self.ttft.factor * float(self.models[role].ttft_ms(mean_in)) / 1000.0
+        if not 0.0 < per_prompt_s < math.inf:
+            return None  # a profile that prices no prompt says nothing of how fast a backlog clears
         spare = 1.0 / per_prompt_s - rate / ready  # prompts per second a replica has beyond the arrivals
         if spare <= 0:
             return lambda backlog: math.inf

@@ -260,7 +260,7 @@ class LocalAgent:
         )
         # A miss is remembered even where no replica is added for it (``breach_relief``).
         if (
-            pressed is not None
+            pressed.reason is not None
             or (self.options.target == "sla" and sla_breach(role, obs, self.spec.sla) is not None)
             or (self.options.near_miss and near_miss(role, obs, self.spec.sla) is not None)
         ):
@@ -303,6 +303,10 @@ class LocalAgent:
             # Replicas already asked for cannot be placed: asking for more changes nothing (the
             # anchor got stuck here); hold at what is placed + asked and keep planning the rest.
             proposal = Proposal(current, R.UNSCHEDULABLE, f"{obs.pending} replicas pending (no free GPUs)")
+        if pressed.detail and pressed.reason is None and proposal.wanted <= current:
+            # A miss or a backlog that added nothing says so in the record.
+            noted = f"not counted: {pressed.detail}"
+            proposal = proposal._replace(detail=f"{proposal.detail}; {noted}" if proposal.detail else noted)
         return self._finish(role, current, proposal, enforce_steps=not one_step)
 
     def _at_least_the_forecast(

@@ -385,6 +385,9 @@ def test_a_miss_one_replica_more_would_not_shorten_adds_none() -> None:
     quiet, a = targets(0.5)
     assert a.sizer.p90_relief("agg", 0.5, a.intake.lengths(), 3)["ttft"] < a.options.breach_relief
     assert quiet == [3, 3, 3] and a.guard.pools["agg"].misses
+    # The record says why the miss added nothing.
+    assert "not counted: p90 TTFT 1500 ms > " in pool(a.decisions[-1]).detail
+    assert "but one replica more shortens it by" in pool(a.decisions[-1]).detail
     assert targets(0.5, breach_relief=0.0)[0] == [4, 5, 6]  # every miss added a replica before
     assert targets(3.0)[0] == [4, 5, 6]  # a busy pool's queue is what a replica shortens
 
@@ -421,6 +424,8 @@ def test_a_backlog_the_ready_replicas_clear_before_a_new_one_starts_adds_none() 
     drain = a.sizer.backlog_drain_s("prefill", a.intake.lengths(), light, 2)
     assert drain is not None and drain(backlog) < a.spec.pools["prefill"].startup_s
     assert clears == [2, 2, 2]
+    noted = pool(a.decisions[-1], "prefill").detail
+    assert f"not counted: prefill backlog {backlog:.0f} tokens per replica clears before a replica" in noted
     assert targets(light, transient_backlog=False)[0][0] == 3  # without the rule the backlog adds one
     assert targets(1.2 * carried * 2)[0][0] == 3  # arrivals fill the replicas
     assert a.sizer.backlog_drain_s("agg", a.intake.lengths(), light, 2) is None  # no such model for agg

@@ -22,6 +22,18 @@ class Proposal(NamedTuple):
     detail: str
 
 
+class Pressure(NamedTuple):
+    """What in a window asks for one replica more (``reason``, None when nothing does) and why; with
+    no reason, ``detail`` names a signal seen and not counted (an operator reading the decision
+    should see why a miss or a backlog added nothing), else it is empty."""
+
+    reason: DecisionReason | None
+    detail: str
+
+
+NO_PRESSURE = Pressure(None, "")
+
+
 def breaches(role: PoolRole, obs: PoolObservation, sla: SLA) -> list[tuple[Latency, str]]:
     """The latencies this window missed at p90, each with why (TTFT on the entry side, ITL on the
     exit side)."""
@@ -61,7 +73,7 @@ def pressure(
     backlog_ttft_ms: Callable[[float], float] | None = None,
     relief: Callable[[], Mapping[Latency, float]] | None = None,
     transient: Callable[[float], bool] | None = None,
-) -> tuple[DecisionReason, str] | None:
+) -> Pressure:
     """What in this window asks for one replica more: the SLA missed at p90 (``target: sla``),
     or (``sla`` and ``latency``) a prefill backlog or KV use over its threshold. With
     ``target: sla`` a backlog counts only when a prompt arriving behind it would miss the TTFT
@@ -75,32 +87,40 @@ def pressure(
     Nor does a backlog (of so many tokens per replica) that ``transient`` says the ready replicas
     clear before a new replica could start: that replica would arrive after the burst it was
     added for."""
+    waived = NO_PRESSURE
     if options.target == "sla":
         missed = breaches(role, obs, sla)
         shortened = relief() if missed and relief is not None else None
         if missed and (shortened is None or any(shortened[latency] >= options.breach_relief for latency, _ in missed)):
-            return R.REACTIVE_SLA, missed[-1][1]
+            return Pressure(R.REACTIVE_SLA, missed[-1][1])
+        if missed and shortened is not None:
+            latency, why = missed[-1]
+            waived = Pressure(None, f"{why}, but one replica more shortens it by {shortened[latency]:.1%}")
     if options.target not in ("sla", "latency"):
-        return None
-    found = None
+        return waived
+    found = waived
     if role in ("prefill", "agg") and obs.queued_prefill_tokens is not None:
         backlog = obs.queued_prefill_tokens / max(obs.ready, 1)
         if backlog > options.queue_tokens_per_replica:
             wait = backlog_ttft_ms(backlog) if options.target == "sla" and backlog_ttft_ms else None
-            clears = transient is not None and transient(backlog)
-            if (wait is None or wait > sla.ttft_ms) and not clears:
-                found = (R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
+            if wait is not None and wait <= sla.ttft_ms:
+                pass  # a prompt arriving behind it still meets the target
+            elif transient is not None and transient(backlog):
+                detail = f"prefill backlog {backlog:.0f} tokens per replica clears before a replica could start"
+                found = Pressure(None, detail)
+            else:
+                found = Pressure(R.REACTIVE_QUEUE, f"prefill backlog {backlog:.0f} tokens per replica")
     if role in ("decode", "agg") and obs.active_kv_tokens is not None and obs.kv_capacity_tokens:
         usage = obs.active_kv_tokens / obs.kv_capacity_tokens
         if usage > options.kv_high:
-            found = (R.REACTIVE_KV, f"KV use {usage:.0%}")
+            found = Pressure(R.REACTIVE_KV, f"KV use {usage:.0%}")
     return found
 
 
 def reactive(
     role: PoolRole,
     obs: PoolObservation,
-    pressed: tuple[DecisionReason, str] | None,
+    pressed: Pressure,
     current: int,
     observed_rate: float | None,
     lengths: Lengths | None,
@@ -115,11 +135,11 @@ def reactive(
     if options.target == "throughput" and observed_rate is not None and lengths is not None:
         sized = sizer.sized(sizer.curves_at(observed_rate, lengths))[role]
         if sized > current:
-            up = (R.REACTIVE_SLA, f"observed load needs {sized} replicas")
-    if up is not None:
+            up = Pressure(R.REACTIVE_SLA, f"observed load needs {sized} replicas")
+    if up.reason is not None:
         if obs.starting > 0:
             return None
-        return Proposal(current + (options.max_step_up or 1), up[0], up[1])
+        return Proposal(current + (options.max_step_up or 1), up.reason, up.detail)
     if observed_rate is not None and lengths is not None and current > 0:
         return Proposal(current - 1, R.REACTIVE_DOWN, "load allows one replica fewer")
     return None

@@ -253,11 +253,13 @@ class LocalAgent:
             relief = functools.partial(self.sizer.p90_relief, role, observed_rate, lengths, obs.ready)
         drain_s = self.sizer.backlog_drain_s(role, lengths, observed_rate, obs.ready)
         transient = None
-        if self.options.transient_backlog and drain_s is not None:
+        if self.options.transient_backlog and drain_s is not None and not self.guard.recently_short(role, now_s):
             transient = functools.partial(_cleared_within, drain_s, self.spec.pools[role].startup_s)
         pressed = pressure(
             role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief, transient
         )
+        if pressed.reason == R.REACTIVE_SLA:
+            self.guard.sla_missed(role, now_s)
         # A miss is remembered even where no replica is added for it (``breach_relief``).
         if (
             pressed.reason is not None

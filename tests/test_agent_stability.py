@@ -429,3 +429,19 @@ def test_a_backlog_the_ready_replicas_clear_before_a_new_one_starts_adds_none() 
     assert targets(light, transient_backlog=False)[0][0] == 3  # without the rule the backlog adds one
     assert targets(1.2 * carried * 2)[0][0] == 3  # arrivals fill the replicas
     assert a.sizer.backlog_drain_s("agg", a.intake.lengths(), light, 2) is None  # no such model for agg
+
+    # Within miss_memory_s of an SLA miss that added a replica, the model that judges the backlog
+    # was just shown short: the backlog adds one again.
+    shown_short = agent(spec("disagg", initial=2), mode="load", breach_relief=0.0)
+    late = Distribution(count=100, mean=900, p50=800, p90=2000, p99=3000)  # over the 500 ms target
+
+    def after_a_miss(t: float, targets: dict[str, int]):
+        ready = targets["prefill"]
+        extra = {"ttft_ms": late} if t == 0.0 else {"queued_prefill_tokens": backlog * ready}
+        return [
+            observe("prefill", t, light, ready=ready, **extra),
+            observe("decode", t, light, ready=targets["decode"]),
+        ]
+
+    decisions = run(shown_short, 0.0, 3, after_a_miss)
+    assert [pool(d, "prefill").reason for d in decisions[:2]] == [R.REACTIVE_SLA, R.REACTIVE_QUEUE]

@@ -59,6 +59,7 @@ class PoolMemory:
         "last_reversal_s",
         "last_scale_down_s",
         "last_scale_up_s",
+        "last_sla_miss_s",
         "misses",
         "opening_cut_sizing",
         "recommendations",
@@ -69,6 +70,7 @@ class PoolMemory:
         self.last_scale_down_s = -math.inf
         self.last_direction = 0  # +1 up, -1 down, 0 no change yet
         self.last_reversal_s = -math.inf
+        self.last_sla_miss_s = -math.inf  # the last window whose SLA miss counted as pressure
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
         self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings at the opening cut
@@ -100,6 +102,15 @@ class ScaleDownGuard:
         replica) at ``ready`` replicas and (smoothed) load ``rate``."""
         if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
             self.pools[role].misses.append((now_s, rate / ready))
+
+    def sla_missed(self, role: PoolRole, now_s: float) -> None:
+        """The pool's SLA miss counted as pressure this window (it asks for a replica)."""
+        self.pools[role].last_sla_miss_s = now_s
+
+    def recently_short(self, role: PoolRole, now_s: float) -> bool:
+        """Whether a miss of the pool's SLA counted as pressure within ``miss_memory_s``: the model
+        that judges a backlog transient has just been shown short there."""
+        return not self.elapsed.beyond(now_s, self.pools[role].last_sla_miss_s, self.options.miss_memory_s)
 
     def recommend(self, role: PoolRole, now_s: float, count: int) -> None:
         """What this tick's sizing asked for (before stabilisation), for the window."""

@@ -100,7 +100,8 @@ class AgentOptions(BaseModel):
     transient_backlog: bool = Field(
         default=True,
         description="a prefill backlog the ready replicas clear, at the window's arrival rate, within the pool's "
-        "start-up time adds no replica: one started now would arrive after it",
+        "start-up time adds no replica: one started now would arrive after it (not within miss_memory_s of an SLA miss "
+        "that added one: the model that judges the backlog was just shown short)",
     )
     near_miss: bool = Field(
         default=True,

@@ -239,7 +239,7 @@ def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
     restarted = PlannerState(policy)
     restarted.restore(record)
     assert restarted.split_changes == {"chat": 1}
-    assert restarted._splits == {"chat": record.splits["chat"].shares}
+    assert restarted.splits._chosen == {"chat": record.splits["chat"].shares}
 
 
 # ------------------------------------------------------------------ the agent's side
@@ -293,18 +293,18 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
     """The nominal per-replica capacity is the ITL limit's throughput; an agent that wants four
     replicas for 12 rps counts on 3 rps each, and the split prices its pool so. A deployment with
     no load of its own (share 0) is scaled by the endpoint's lowest ratio."""
-    from global_planner.service.state import _smooth_ratios, _split_members
+    from global_planner.service.splits import _smooth_ratios, _split_members
 
     state = _sized_pair((4.0, 0.0, 0))
     ratios: dict[tuple[str, str], float] = {}
-    _smooth_ratios(state._members("chat"), ratios)
-    members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    _smooth_ratios(state.splits._members("chat"), ratios)
+    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
     capacity = {m.deployment: m.pools[0].replica_capacity_rps for m in members}
     assert capacity == pytest.approx({"chat-h200": 3.0, "chat-a100": 1.0})
     # One report moves the remembered ratio by a tenth: a share's effect on sizing is damped.
     ratios[("chat-h200", "agg")] = 0.5
-    _smooth_ratios(state._members("chat"), ratios)
-    members = _split_members(state._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    _smooth_ratios(state.splits._members("chat"), ratios)
+    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
     assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)
 
 
@@ -323,7 +323,7 @@ def test_a_settled_round_changes_the_capacity_ratios_only_when_committed() -> No
     smoothed capacity ratios it computed take effect at commit, like everything else."""
     state = _sized_pair((4.0, 8.0, 4))
     round_ = state.settle(state.begin_round(20.0), None, 20.0)
-    assert state._capacity_ratio == {}
+    assert state.splits._capacity_ratio == {}
     assert round_.capacity_ratios == pytest.approx({("chat-h200", "agg"): 0.25, ("chat-a100", "agg"): 0.5})
     state.commit(round_)
-    assert state._capacity_ratio == pytest.approx(round_.capacity_ratios)
+    assert state.splits._capacity_ratio == pytest.approx(round_.capacity_ratios)

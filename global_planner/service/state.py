@@ -3,8 +3,9 @@ argument), so the gRPC server, the simulator and property tests drive the very s
 
 The concerns live in their own modules: the grant ledger and its safety invariant
 (:mod:`.ledger`), when drained GPUs count as free (:mod:`.drains`), leases and what a lapse keeps
-(:mod:`.leases`), and how a round turns bids into grants and an audit record (:mod:`.rounds`).
-This class validates each message against the registration and the policy, then applies it.
+(:mod:`.leases`), how a round turns bids into grants and an audit record (:mod:`.rounds`), and
+the share of a shared endpoint's rate each deployment plans for (:mod:`.splits`). This class
+validates each message against the registration and the policy, then applies it.
 
 Restart: :meth:`PlannerState.resume` loads the newest audit record's pools as outstanding (no
 session); they hold their recorded usage until their agent registers and reports again (or, past
@@ -26,17 +27,16 @@ from fleet_planner.contract.models import (
     PoolTarget,
     Registration,
     RoundRecord,
-    SplitRecord,
     Targets,
 )
 from fleet_planner.planning import PoolRole
 from global_planner.allocation import Allocation, AllocationRequest, allocate
-from global_planner.allocation.split import SplitDecision, SplitMember, SplitPool, decide
 from global_planner.policy_file import TenantPolicy
 from global_planner.service import drains, leases, ledger, rounds
 from global_planner.service.audit import Recovery
 from global_planner.service.ledger import DeploymentState, PoolState
 from global_planner.service.rounds import Round, RoundInput
+from global_planner.service.splits import EndpointSplits
 
 Solver = Callable[[AllocationRequest], Allocation]
 
@@ -91,19 +91,18 @@ class PlannerState:
         self._deployments: dict[str, DeploymentState] = {}
         self._previous: dict[str, int] = {}
         self._version = 0
-        # Shared endpoints (see "splits" below): the split in force, when it last moved, how often.
-        self._splits: dict[str, dict[str, float]] = {}
-        self._split_moved_s: dict[str, float] = {}
-        self.split_changes: dict[str, int] = {}
-        self._sent_share: dict[str, float | None] = {}  # the share each agent was last told
-        self._report_share: dict[str, float | None] = {}  # the share its last report was planned with
-        self._capacity_ratio: dict[tuple[str, str], float] = {}  # sized / nominal capacity, smoothed
+        self.splits = EndpointSplits(self._deployments)  # shared endpoints' split (:mod:`.splits`)
 
     # ----------------------------------------------------------------- queries
 
     @property
     def inventory(self) -> dict[str, int]:
         return dict(self.policy.fleet.gpus)
+
+    @property
+    def split_changes(self) -> dict[str, int]:
+        """How often each shared endpoint's split has moved (benchmarks report it)."""
+        return self.splits.changes
 
     def deployments(self) -> list[str]:
         return sorted(self._deployments)
@@ -201,16 +200,8 @@ class PlannerState:
             endpoint=dep.endpoint,
             routing=dict(dep.routing),
             admission_rps=dep.admission_rps,
-            endpoint_share=self._endpoint_share(dep),
+            endpoint_share=self.splits.endpoint_share(dep, self.policy),
         )
-
-    def _endpoint_share(self, dep: DeploymentState) -> float | None:
-        """Its share of its endpoint's rate (None: alone, or no share known); remembered as sent."""
-        members = self._members(dep.endpoint)
-        shares = self._shares_in_force(dep.endpoint, members) if len(members) >= 2 else None
-        share = shares.get(dep.name) if shares else None
-        self._sent_share[dep.name] = share
-        return share
 
     # --------------------------------------------------------------- messages
 
@@ -282,7 +273,7 @@ class PlannerState:
             return self._targets(dep, now)  # stale or replayed: answer, change nothing
         dep.sequence = report.sequence
         dep.report = report
-        self._report_share[dep.name] = self._sent_share.get(dep.name)
+        self.splits.reported(dep.name)
         # An agent can only have applied decisions issued to it.
         applied = min(report.applied_decision_id, dep.decision_id)
         dep.applied_decision_id = max(dep.applied_decision_id, applied)
@@ -369,8 +360,8 @@ class PlannerState:
         routing, admission = rounds.endpoint_routing(updates, round_input)
         outcome = rounds.Outcome(decision_id, now, allocation, updates, lease_ends, routing, admission)
         record = rounds.record(everyone, self.policy, outcome, round_input)
-        splits, ratios = self._decide_splits(now)
-        record = record.model_copy(update={"splits": self._split_records(splits), "trigger": trigger})
+        splits, ratios = self.splits.decide_round(now, self.policy)
+        record = record.model_copy(update={"splits": self.splits.records(splits), "trigger": trigger})
         return Round(
             decision_id, now, allocation, updates, lease_ends, routing, admission, record, self._version, splits, ratios
         )
@@ -392,7 +383,7 @@ class PlannerState:
             dep.admission_rps = round_.admission.get(dep.endpoint)
         if round_.updates:
             self._previous = {f"{n}/{r}": u.allocated for (n, r), u in round_.updates.items()}
-        self._commit_splits(round_)
+        self.splits.commit(round_)
         self.next_decision_id = round_.decision_id + 1
         self.checkpoint_due = False
         self._version += 1
@@ -414,108 +405,6 @@ class PlannerState:
         round_input = self.begin_round(now)
         allocation = solve(round_input.request) if round_input.request is not None else None
         return self.settle(round_input, allocation, now)
-
-    # ------------------------------------------------------------------ splits
-
-    def _members(self, endpoint: str) -> list[DeploymentState]:
-        return sorted((d for d in self._deployments.values() if d.endpoint == endpoint), key=lambda d: d.name)
-
-    def _shares_in_force(self, endpoint: str, members: list[DeploymentState]) -> dict[str, float] | None:
-        """The split chosen by cost (:meth:`_decide_splits`) when it covers exactly these members,
-        else each member's registered capacity at max_replicas over the endpoint's (None when
-        fewer than two registered one): the fallback until every member reported capacities."""
-        chosen = self._splits.get(endpoint)
-        if self.policy.endpoint_split == "cost" and chosen is not None and set(chosen) == {m.name for m in members}:
-            return chosen
-        capacities = {m.name: m.capacity_rps for m in members if m.capacity_rps}
-        if len(capacities) < 2:
-            return None
-        total = sum(capacities.values())
-        return {name: capacity / total for name, capacity in capacities.items()}
-
-    def _decide_splits(self, now: float) -> tuple[dict[str, SplitDecision], dict[tuple[str, str], float] | None]:
-        """Each shared endpoint's split for this round, by cost and capacity (tenant policy
-        ``endpoint_split: cost``; see :mod:`global_planner.allocation.split`), and the capacity
-        ratios smoothed with this round's reports (None: unchanged); both take effect at commit."""
-        if self.policy.endpoint_split != "cost":
-            return {}, None
-        decisions: dict[str, SplitDecision] = {}
-        ratios = dict(self._capacity_ratio)
-        for endpoint in sorted({d.endpoint for d in self._deployments.values()}):
-            members = self._members(endpoint)
-            current = self._shares_in_force(endpoint, members) if len(members) >= 2 else None
-            if current is None:
-                continue
-            since = now - self._split_moved_s.get(endpoint, float("-inf"))
-            _smooth_ratios(members, ratios)
-            decisions[endpoint] = decide(
-                _split_members(members, current, ratios),
-                self._endpoint_rate(members),
-                self._split_budget(endpoint, members),
-                since_move_s=since,
-            )
-        return decisions, ratios
-
-    def _endpoint_rate(self, members: list[DeploymentState]) -> float | None:
-        """The endpoint's forecast upper rate: its agents' forecasts over the shares they were
-        planned with (each agent forecasts its share of the endpoint's rate)."""
-        upper = planned = 0.0
-        for member in members:
-            share = self._report_share.get(member.name)
-            if member.report is not None and member.report.forecast is not None and share:
-                upper += member.report.forecast.upper_rps
-                planned += share
-        return upper / planned if planned > 0 else None
-
-    def _split_budget(self, endpoint: str, members: list[DeploymentState]) -> dict[str, int]:
-        """GPUs per type the endpoint may plan on: the inventory minus what pools of other
-        endpoints hold at the endpoint's priority or above (lower priorities yield to it, as in
-        the allocation), and within its tenant's caps when one tenant serves it."""
-        tenants = self.policy.tenants
-        priority = min((tenants[m.tenant].priority for m in members if m.tenant in tenants), default=1.0)
-        free = dict(self.policy.fleet.gpus)
-        owned: dict[str, int] = {}
-        for other in self._deployments.values():
-            if other.endpoint == endpoint:
-                continue
-            limits = tenants.get(other.tenant)
-            for pool in other.pools.values():
-                gpu = pool.spec.gpu_type
-                if limits is None or limits.priority >= priority:
-                    free[gpu] = free.get(gpu, 0) - pool.gpus()
-                if other.tenant == members[0].tenant:
-                    owned[gpu] = owned.get(gpu, 0) + pool.gpus()
-        if len({m.tenant for m in members}) == 1 and members[0].tenant in tenants:
-            for gpu, cap in tenants[members[0].tenant].max_gpus.items():
-                free[gpu] = min(free.get(gpu, 0), cap - owned.get(gpu, 0))
-        return {gpu: max(0, count) for gpu, count in free.items()}
-
-    def _commit_splits(self, round_: Round) -> None:
-        """The round's splits and capacity ratios in force; what forgotten deployments left behind
-        is dropped."""
-        if round_.capacity_ratios is not None:
-            self._capacity_ratio = dict(round_.capacity_ratios)
-        for endpoint, split in round_.splits.items():
-            self._splits[endpoint] = dict(split.shares)
-            if split.moved:
-                self._split_moved_s[endpoint] = round_.time_s
-                self.split_changes[endpoint] = self.split_changes.get(endpoint, 0) + 1
-        for table in (self._sent_share, self._report_share):
-            for name in [n for n in table if n not in self._deployments]:
-                del table[name]
-        for key in [k for k in self._capacity_ratio if k[0] not in self._deployments]:
-            del self._capacity_ratio[key]
-
-    def _split_records(self, splits: dict[str, SplitDecision]) -> dict[str, SplitRecord]:
-        return {
-            endpoint: SplitRecord(
-                shares=split.shares,
-                moved=split.moved,
-                reason=split.reason,
-                changes=self.split_changes.get(endpoint, 0) + int(split.moved),
-            )
-            for endpoint, split in splits.items()
-        }
 
     # ----------------------------------------------------------------- restart
 
@@ -539,9 +428,7 @@ class PlannerState:
             for p in d.pools
             if p.allocated is not None
         }
-        for endpoint, split in record.splits.items():  # no saving move for a dwell after a restart
-            self._splits[endpoint], self._split_moved_s[endpoint] = dict(split.shares), record.time_s
-            self.split_changes[endpoint] = split.changes
+        self.splits.restore(record)
         self.next_decision_id = max(self.next_decision_id, record.decision_id + 1)
         self._version += 1
 
@@ -564,63 +451,3 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
         if new is not None and old.usage:
             new.grant, new.usage, new.pending_release = old.grant, old.usage, old.pending_release
             new.grant_decision_id, new.reason = old.grant_decision_id, old.reason
-
-
-RATIO_SMOOTHING = 0.1  # weight of one report in a pool's sized / nominal capacity ratio
-
-
-def _smooth_ratios(members: list[DeploymentState], ratios: dict[tuple[str, str], float]) -> None:
-    """Fold each pool's latest :func:`_sized_ratio` into ``ratios`` (a round's working copy):
-    smoothing keeps a share's own effect on the agents' sizing from moving the split back and forth."""
-    for member in members:
-        for role in member.pools:
-            ratio = _sized_ratio(member, role)
-            if ratio is not None:
-                old = ratios.get((member.name, role))
-                ratios[(member.name, role)] = ratio if old is None else old + RATIO_SMOOTHING * (ratio - old)
-
-
-def _split_members(
-    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float]
-) -> list[SplitMember]:
-    """The deployments as the split sees them: bounds, and what one replica of each pool carries
-    by its agent's own sizing: its nominal capacity times the share of it the agent counts on
-    (``ratios``, see :func:`_smooth_ratios`; a pool never sized above its minimum gets the
-    endpoint's lowest ratio). The nominal ``replica_capacity_rps`` alone (the ITL limit's
-    throughput) was measured far too optimistic for this: on ``shortage`` it planned 88 rps on six
-    H200 GPUs."""
-    known = [ratios[(m.name, role)] for m in members for role in m.pools if (m.name, role) in ratios]
-    fallback = min(known) if known else 1.0
-    out = []
-    for member in members:
-        nominal = {p.role: p.replica_capacity_rps for p in member.report.pools} if member.report else {}
-        pools = [
-            SplitPool(
-                role=role,
-                gpu_type=pool.spec.gpu_type,
-                gpus_per_replica=pool.spec.gpus_per_replica,
-                min_replicas=pool.spec.min_replicas,
-                max_replicas=pool.spec.max_replicas,
-                replica_capacity_rps=(
-                    None if nominal.get(role) is None else nominal[role] * ratios.get((member.name, role), fallback)  # type: ignore[operator]
-                ),
-            )
-            for role, pool in sorted(member.pools.items())
-        ]
-        share = min(max(shares.get(member.name, 0.0), 0.0), 1.0)
-        out.append(SplitMember(deployment=member.name, share=share, pools=pools))
-    return out
-
-
-def _sized_ratio(dep: DeploymentState, role: PoolRole) -> float | None:
-    """The share of a pool's nominal per-replica capacity its agent's sizing counts on: its
-    forecast upper rate over the replicas it wants, over the nominal. None when the report says
-    nothing of it: no rate, or a count held at the pool's minimum or maximum."""
-    report = dep.report
-    pool = next((p for p in report.pools if p.role == role), None) if report is not None else None
-    if report is None or pool is None or pool.replica_capacity_rps is None or report.forecast is None:
-        return None
-    spec, wanted, upper = dep.pools[role].spec, pool.wanted_replicas, report.forecast.upper_rps
-    if wanted is None or not spec.min_replicas < wanted < spec.max_replicas or upper <= 0:
-        return None
-    return min(1.0, upper / wanted / pool.replica_capacity_rps)

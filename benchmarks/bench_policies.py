@@ -142,7 +142,7 @@ def main() -> int:
             "priority_weighted": priority_weighted_attainment(summary, priorities) if priorities else None,
             "max_changes_per_pool_hour": max(changes.values(), default=0.0),
             "max_reversals_per_hour": max(reversals.values(), default=0.0),
-            "split_moves": dict(arbiter.state.split_changes) if isinstance(arbiter, GlobalPolicy) else None,
+            "split_moves": dict(arbiter.state.splits.changes) if isinstance(arbiter, GlobalPolicy) else None,
             "deployments": {
                 name: {
                     "slo_attainment": d["slo_attainment"],

@@ -202,7 +202,7 @@ def test_the_cheaper_deployment_gets_the_larger_share_and_a_steady_load_keeps_it
         decisions.append(state.commit(state.plan(now + 1)))
     # Planned for 30 rps + 5%: both h200 GPUs (24 rps) and three a100s (9 rps).
     assert shares == pytest.approx({"chat-h200": 24 / 33, "chat-a100": 9 / 33})
-    assert state.split_changes == {"chat": 1}, "one move, then steady"
+    assert state.splits.changes == {"chat": 1}, "one move, then steady"
     moved = [r for r in decisions if r.record.splits["chat"].moved]
     assert len(moved) == 1 and "save" in moved[0].record.splits["chat"].reason
     assert "split chat: chat-a100" in explain(moved[0].record)
@@ -223,7 +223,7 @@ def test_capacity_mode_keeps_the_registered_split() -> None:
         targets = _report(state, "chat-a100", tick, 10.0 * tick, 3.0, 6.0)
         record = state.commit(state.plan(10.0 * tick + 1)).record
         assert targets.endpoint_share == pytest.approx(0.25) and record.splits == {}
-    assert state.split_changes == {}
+    assert state.splits.changes == {}
 
 
 def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
@@ -238,7 +238,7 @@ def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
     record = state.commit(state.plan(11.0)).record
     restarted = PlannerState(policy)
     restarted.restore(record)
-    assert restarted.split_changes == {"chat": 1}
+    assert restarted.splits.changes == {"chat": 1}
     assert restarted.splits._chosen == {"chat": record.splits["chat"].shares}
 
 

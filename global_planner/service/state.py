@@ -99,11 +99,6 @@ class PlannerState:
     def inventory(self) -> dict[str, int]:
         return dict(self.policy.fleet.gpus)
 
-    @property
-    def split_changes(self) -> dict[str, int]:
-        """How often each shared endpoint's split has moved (benchmarks report it)."""
-        return self.splits.changes
-
     def deployments(self) -> list[str]:
         return sorted(self._deployments)
 

@@ -251,10 +251,11 @@ class LocalAgent:
         relief = None
         if self.options.breach_relief > 0 and observed_rate is not None and lengths is not None:
             relief = functools.partial(self.sizer.p90_relief, role, observed_rate, lengths, obs.ready)
-        drain_s = self.sizer.backlog_drain_s(role, lengths, observed_rate, obs.ready)
         transient = None
-        if self.options.transient_backlog and drain_s is not None and not self.guard.recently_short(role, now_s):
-            transient = functools.partial(_cleared_within, drain_s, self.spec.pools[role].startup_s)
+        if self.options.transient_backlog and not self.guard.recently_short(role, now_s):
+            drain_s = self.sizer.backlog_drain_s(role, lengths, observed_rate, obs.ready)
+            if drain_s is not None:
+                transient = functools.partial(_cleared_within, drain_s, self.spec.pools[role].startup_s)
         pressed = pressure(
             role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief, transient
         )

@@ -157,13 +157,16 @@ class Sizer:
         if role != "prefill" or lengths is None or rate is None or ready < 1:
             return None
         mean_in = max(lengths[0].mean, 1.0)
-        per_prompt_s = self.ttft.factor * float(self.models[role].ttft_ms(mean_in)) / 1000.0
-        if not 0.0 < per_prompt_s < math.inf:
-            return None  # a profile that prices no prompt says nothing of how fast a backlog clears
-        spare = 1.0 / per_prompt_s - rate / ready  # prompts per second a replica has beyond the arrivals
-        if spare <= 0:
-            return lambda backlog: math.inf
-        return lambda backlog: backlog / mean_in / spare
+        model, factor = self.models[role], self.ttft.factor
+
+        def drain_s(backlog: float) -> float:  # priced when a backlog is over the threshold, not every tick
+            per_prompt_s = factor * float(model.ttft_ms(mean_in)) / 1000.0
+            if not 0.0 < per_prompt_s < math.inf:
+                return math.inf  # a profile that prices no prompt says nothing of how fast a backlog clears
+            spare = 1.0 / per_prompt_s - rate / ready  # prompts per second a replica has beyond the arrivals
+            return backlog / mean_in / spare if spare > 0 else math.inf
+
+        return drain_s
 
     def p90_relief(self, role: PoolRole, rate: float, lengths: Lengths, ready: int) -> dict[Latency, float]:
         """How much one replica more than ``ready`` shortens ``role``'s p90 TTFT and ITL at

@@ -29,10 +29,8 @@ from local_agent.sizing import (
     LoadEstimate,
     PoolCurve,
     cheapest_pair,
-    decode_curve,
     deployment_curves,
     kv_transfer_ms,
-    prefill_curve,
     replicas_for,
 )
 
@@ -301,28 +299,9 @@ def _curves(
         return kv_transfer_ms(np.interp(inputs, eff_sorted, full_sorted))
 
     reduced = LoadEstimate(rate_rps=load.rate_rps, input_tokens=effective, output_tokens=load.output_tokens)
-    curves: dict[PoolRole, PoolCurve] = {
-        "prefill": prefill_curve(
-            models["prefill"],
-            reduced,
-            spec.sla,
-            max_replicas=spec.pools["prefill"].max_replicas,
-            max_batch_tokens=spec.pools["prefill"].max_batch_tokens,
-            kv_transfer_ms_fn=transfer_ms,
-            calibration=calibration,
-            detail=detail,
-        )
-    }
-    if detail != "entry_ttft":
-        curves["decode"] = decode_curve(
-            models["decode"],
-            load,
-            spec.sla,
-            max_replicas=spec.pools["decode"].max_replicas,
-            max_num_seqs=spec.pools["decode"].max_num_seqs,
-            calibration=calibration,
-        )
-    return curves
+    return deployment_curves(
+        spec, models, load, kv_transfer_ms_fn=transfer_ms, prefill_load=reduced, calibration=calibration, detail=detail
+    )
 
 
 def _prefix_effective_inputs(model: EngineModel, inputs: np.ndarray, hit: float) -> tuple[np.ndarray, float]:

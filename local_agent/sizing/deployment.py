@@ -42,6 +42,7 @@ def deployment_curves(
     max_num_seqs: int | None = None,
     max_input_tokens: int | None = None,
     kv_transfer_ms_fn: KvTransferFn | None = None,
+    prefill_load: LoadEstimate | None = None,
     calibration: Calibration = Calibration(),
     detail: CurveDetail = "full",
 ) -> dict[PoolRole, PoolCurve]:
@@ -49,8 +50,10 @@ def deployment_curves(
     engine knobs (``max_batch_tokens``, ``max_num_seqs``) unless overridden.
 
     ``max_input_tokens`` is the deployment's prompt limit (the engine's context limit applies
-    anyway); longer prompts are rejected at the entry pool. ``detail``: what the caller reads
-    (``CurveDetail``); ``entry_ttft`` leaves the decode pool of a disaggregated deployment out.
+    anyway); longer prompts are rejected at the entry pool. ``prefill_load``: what a
+    disaggregated prefill pool computes when it is less than ``load`` (prompts whose cached
+    prefix it skips), while decode still holds every whole context. ``detail``: what the caller
+    reads (``CurveDetail``); ``entry_ttft`` leaves the decode pool of a disaggregated deployment out.
     """
     roles = _roles(spec)
     for role in roles:
@@ -84,7 +87,7 @@ def deployment_curves(
     curves: dict[PoolRole, PoolCurve] = {
         "prefill": prefill_curve(
             models["prefill"],
-            load,
+            load if prefill_load is None else prefill_load,
             spec.sla,
             max_replicas=limit("prefill"),
             max_batch_tokens=tokens("prefill"),

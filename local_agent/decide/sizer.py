@@ -135,11 +135,11 @@ class Sizer:
             return None
         model = self.models[role]
         mean_in = max(lengths[0].mean, 1.0)
-        own = float(model.ttft_ms(mean_in))
-        per_token = max(own - model.prefill_overhead_ms, 0.0) / mean_in
         factor = self.ttft.factor
 
-        def wait(backlog: float) -> float:
+        def wait(backlog: float) -> float:  # priced when a backlog is over the threshold, not every tick
+            own = float(model.ttft_ms(mean_in))
+            per_token = max(own - model.prefill_overhead_ms, 0.0) / mean_in
             return factor * (backlog * per_token + own)
 
         return wait

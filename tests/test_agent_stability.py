@@ -14,7 +14,15 @@ from local_agent.forecast import Forecast
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 from local_agent.perf_correction import TtftCorrection
-from local_agent.sizing import Calibration, LoadEstimate, agg_curve, prefill_curve, replicas_for
+from local_agent.sizing import (
+    Calibration,
+    LoadEstimate,
+    PoolCurve,
+    agg_curve,
+    cheapest_pair,
+    prefill_curve,
+    replicas_for,
+)
 from local_agent.sizing.burstiness import MIN_SCV, arrival_scv, count_dispersion
 
 
@@ -445,3 +453,45 @@ def test_a_backlog_the_ready_replicas_clear_before_a_new_one_starts_adds_none() 
 
     decisions = run(shown_short, 0.0, 3, after_a_miss)
     assert [pool(d, "prefill").reason for d in decisions[:2]] == [R.REACTIVE_SLA, R.REACTIVE_QUEUE]
+
+
+def test_a_pool_with_requests_waiting_and_no_replica_gets_one_whatever_the_forecast_says() -> None:
+    """A pool scaled to zero reports no latency and no engine backlog: the requests waiting for
+    it are the only pressure there is (a scenario nobody tuned on kept a prefill pool at 0 for
+    15 minutes while 128,000 requests queued)."""
+    a = agent(spec(initial=0, min_replicas=0))
+
+    def waiting(t: float, targets: dict) -> list:
+        ready = min(targets["agg"], 1) if t >= 90.0 else 0  # the replica asked for at 30 s starts by 90 s
+        starting = targets["agg"] - ready
+        return [observe("agg", t, None, ready=ready, starting=starting, queued_requests=0 if ready else 40)]
+
+    decisions = run(a, 0.0, 4, waiting)
+    first = pool(decisions[0])
+    assert (first.current, first.target, first.reason) == (0, 1, R.REACTIVE_QUEUE)
+    assert "40 requests wait with no replica" in first.detail
+    assert [pool(d).target for d in decisions] == [1, 1, 1, 1]  # one is on its way: no second
+
+
+def test_an_overloaded_pool_in_a_pair_goes_to_its_maximum_not_to_none() -> None:
+    """No pair reaches the target and every count of the prefill pool is past its capacity
+    (attainment 0 throughout): the pair still runs the prefill maximum, which serves the most."""
+    prefill = PoolCurve(
+        role="prefill",
+        replicas=[0, 1, 2, 3],
+        attainment=[0.0, 0.0, 0.0, 0.0],
+        ttft_p90_ms=[None] * 4,
+        itl_p90_ms=[None] * 4,
+        utilisation=[np.inf, 4.5, 2.25, 1.5],
+    )
+    decode = PoolCurve(
+        role="decode",
+        replicas=[0, 1, 2, 3],
+        attainment=[0.0, 0.999, 1.0, 1.0],
+        ttft_p90_ms=[None] * 4,
+        itl_p90_ms=[None] * 4,
+        utilisation=[np.inf, 0.6, 0.3, 0.2],
+    )
+    assert cheapest_pair(prefill, decode, 0.99) == (3, 1)
+    # Both pools past capacity at every count: both at their maximum.
+    assert cheapest_pair(prefill, prefill.model_copy(update={"role": "decode"}), 0.99) == (3, 3)

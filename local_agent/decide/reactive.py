@@ -87,6 +87,10 @@ def pressure(
     Nor does a backlog (of so many tokens per replica) that ``transient`` says the ready replicas
     clear before a new replica could start: that replica would arrive after the burst it was
     added for."""
+    if obs.ready == 0 and obs.starting == 0 and obs.pending == 0 and (obs.queued_requests or 0) > 0:
+        # Nothing to measure a latency or a backlog on, and nothing on its way: whatever the
+        # forecast says, requests are waiting for a pool that has no replica.
+        return Pressure(R.REACTIVE_QUEUE, f"{obs.queued_requests} requests wait with no replica")
     waived = NO_PRESSURE
     if options.target == "sla":
         missed = breaches(role, obs, sla)

@@ -140,7 +140,9 @@ def cheapest_pair(
 ) -> tuple[int, int]:
     """(prefill, decode) replicas with the fewest GPUs whose combined attainment reaches
     ``target`` of the combined ceiling (ties: higher attainment); if none does, the best
-    attainment (ties: fewer GPUs)."""
+    attainment, then the least overload (a pool past its capacity at every count it may run
+    serves more the more replicas it has, though its attainment is 0 at all of them: as
+    :func:`replicas_for`, it goes to its maximum instead of to none), then fewer GPUs."""
     _check_target(target)
     p = np.asarray(prefill.attainment)
     d = np.asarray(decode.attainment)
@@ -151,9 +153,15 @@ def cheapest_pair(
         cost = np.where(feasible, gpus, np.iinfo(np.int64).max)
         order = np.lexsort((-combined.ravel(), cost.ravel()))
     else:
-        order = np.lexsort((gpus.ravel(), -combined.ravel()))
+        overload = _overload(prefill)[:, None] + _overload(decode)[None, :]
+        order = np.lexsort((gpus.ravel(), overload.ravel(), -combined.ravel()))
     i, j = np.unravel_index(order[0], combined.shape)
     return prefill.replicas[int(i)], decode.replicas[int(j)]
+
+
+def _overload(curve: PoolCurve) -> np.ndarray:
+    """How far past its capacity the pool runs at each count (0 within it; inf with no replica)."""
+    return np.maximum(np.asarray(curve.utilisation, dtype=float) - 1.0, 0.0)
 
 
 def size_deployment(

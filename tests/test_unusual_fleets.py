@@ -1,0 +1,119 @@
+"""Fleet shapes no example has, found by a sweep of random valid scenarios
+(``benchmarks/sweep_scenarios.py``): each once served almost nothing without an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from fleet_planner_cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PROFILE = str(EXAMPLES / "profiles/llama3.1-8b_h100_vllm_tp1")
+RATES = str(EXAMPLES / "traces/servegen_m-large_rate_10min.csv")
+LENGTHS = str(EXAMPLES / "traces/azure2023_conv.csv")
+
+
+def _simulate(tmp_path: Path, scenario: dict, tenants: dict, policy: str) -> dict:
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(tenants))
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    out = tmp_path / policy
+    assert main(["simulate", str(path), "--out", str(out), "--policy", policy, "--no-progress"]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def _trace(peak_rps: float, start_s: int) -> dict:
+    return {
+        "synth": {"rate": RATES, "peak_rps": peak_rps, "start_s": start_s, "lengths": LENGTHS, "arrival": "poisson"}
+    }
+
+
+def test_a_prefill_pool_at_zero_under_more_load_than_its_maximum_serves_goes_to_its_maximum(tmp_path: Path) -> None:
+    """150 req/s against a prefill pool that starts at 0 and may run 2 replicas: no count meets
+    the SLA, so every count's attainment is 0, and the cheapest pair was none at all (every
+    request queued for the whole run). The pool now runs its maximum and serves what it can."""
+    scenario = {
+        "name": "overload-from-zero",
+        "duration": "5m",
+        "seed": 1,
+        "gpus": {"h100": 4},
+        "planner": {"policy": "local", "interval_s": 30, "policy_file": "tenants.yaml"},
+        "deployments": [
+            {
+                "name": "d0",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "disagg",
+                "sla": {"ttft_ms": 1000, "itl_ms": 60},
+                "trace": _trace(150.0, 0),
+                "pools": {
+                    "prefill": {
+                        "profile": PROFILE,
+                        "gpu_type": "h100",
+                        "min": 0,
+                        "max": 2,
+                        "initial": 0,
+                        "startup_s": 60,
+                    },
+                    "decode": {
+                        "profile": PROFILE,
+                        "gpu_type": "h100",
+                        "min": 1,
+                        "max": 2,
+                        "initial": 1,
+                        "startup_s": 60,
+                    },
+                },
+            }
+        ],
+    }
+    summary = _simulate(tmp_path, scenario, {"tenants": {"acme": {"priority": 1}}}, "local")
+    deployment = summary["deployments"]["d0"]
+    assert deployment["completed"] > 0.5 * deployment["requests"]  # none did: all queued, never served
+
+
+def test_an_endpoint_whose_other_deployment_has_no_gpus_is_served_whole_by_the_one_that_does(tmp_path: Path) -> None:
+    """About 1.7 req/s for an endpoint served from an H100 deployment (no H100 in the fleet) and
+    an H200 one whose replica carries about 26 req/s: `global` shed half the endpoint's traffic,
+    crediting the H200 replica with its own planned 0.8 req/s only."""
+    pools = {"min": 0, "max": 4, "startup_s": 60}
+    scenario = {
+        "name": "one-side-dark",
+        "duration": "10m",
+        "seed": 1,
+        "gpus": {"h100": 0, "h200": 4},
+        "planner": {"policy": "global", "interval_s": 60, "policy_file": "tenants.yaml"},
+        "endpoints": {"chat": {"sla": {"ttft_ms": 1000, "itl_ms": 60}, "trace": _trace(1.76, 1060040)}},
+        "deployments": [
+            {
+                "name": "dark",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "agg",
+                "pools": {"agg": {"profile": PROFILE, "gpu_type": "h100", "initial": 0, **pools}},
+            },
+            {
+                "name": "lit",
+                "tenant": "beta",
+                "endpoint": "chat",
+                "mode": "agg",
+                "pools": {
+                    "agg": {
+                        "profile": str(EXAMPLES / "profiles/llama3.1-8b_h200_vllm_tp1"),
+                        "gpu_type": "h200",
+                        "initial": 2,
+                        **{**pools, "min": 1},
+                    }
+                },
+            },
+        ],
+    }
+    tenants = {
+        "fleet": {"gpus": {"h100": 0, "h200": 4}},
+        "tenants": {"acme": {"priority": 1}, "beta": {"priority": 10}},
+    }
+    summary = _simulate(tmp_path, scenario, tenants, "global")
+    assert summary["fleet"]["slo_attainment"] >= 0.99

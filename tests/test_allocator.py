@@ -256,6 +256,24 @@ def test_routing_without_plan_or_curve_falls_back_to_nominal_capacity() -> None:
     assert plan.weights == pytest.approx({"blue": 0.5, "green": 0.5})
 
 
+def test_a_replica_the_curve_saturates_at_one_is_credited_with_its_own_capacity() -> None:
+    """One deployment of the endpoint has no GPUs (granted 0, asks for 1); the other's curve
+    reaches its best at one replica, which its agent says carries 26 rps. The 1.8 rps the endpoint
+    plans fit that replica: nothing is shed and the whole endpoint goes there. Credited with its
+    planned 0.9 rps alone, the endpoint shed half its traffic (a scenario nobody tuned on)."""
+    pools = [
+        _pool(
+            "dark", endpoint="chat", demand_weight=0.9, curve=[0.0, 1.0], replica_capacity_rps=23.0, wanted_replicas=1
+        ),
+        _pool(
+            "lit", endpoint="chat", demand_weight=0.9, curve=[0.0, 1.0], replica_capacity_rps=26.0, wanted_replicas=1
+        ),
+    ]
+    plan = endpoint_plans(pools, {"dark/agg": 0, "lit/agg": 1})["chat"]
+    assert plan.admission_rps is None
+    assert plan.weights == pytest.approx({"dark": 0.0, "lit": 1.0})
+
+
 def test_curve_validation() -> None:
     with pytest.raises(ValueError, match=r"curve\[1\]"):
         _pool("x", curve=[0.0, 1.5])

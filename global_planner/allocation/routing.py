@@ -33,14 +33,19 @@ _KNEE = 0.5
 def _sla_capacity(pool: PoolDemand, replicas: int, reach: float = _REACH) -> float:
     """Requests/s ``replicas`` of ``pool`` carry, read from its own curve: the planned load
     (``demand_weight``) scaled by ``replicas`` over the count whose value reaches ``reach`` of the
-    curve's best. Without a usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps
-    per replica when unknown)."""
+    curve's best. Where that count is one, the curve only says one replica carries at least the
+    planned load, so the agent's own per-replica capacity (``replica_capacity_rps``) counts when it
+    is more: a deployment planned for 0.8 rps whose replica carries 26 was credited with 0.8 rps a
+    replica, and its endpoint shed half its traffic while a sibling deployment had no GPUs. Without
+    a usable curve, the nominal ``replicas * replica_capacity_rps`` (1 rps per replica when unknown)."""
     curve = pool.curve
     best = max(curve)
     if pool.demand_weight > 0 and best > 0:
         needed = next(k for k, value in enumerate(curve) if value >= reach * best)
-        if needed > 0:
+        if needed > 1:
             return pool.demand_weight * replicas / needed
+        if needed == 1:
+            return replicas * max(pool.demand_weight, pool.replica_capacity_rps or 0.0)
     return replicas * (pool.replica_capacity_rps or 1.0)
 
 

@@ -1,0 +1,32 @@
+"""The random-scenario sweep (benchmarks/sweep_scenarios.py; runs there): its draws are reproducible and
+every file it writes is a scenario the loader accepts or refuses with a clear error, never anything else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from sweep_scenarios import generate, write_scenario
+
+from fleet_sim.scenario import load_scenario
+
+
+def test_drawn_scenarios_are_reproducible_and_load_or_are_refused_clearly(tmp_path: Path) -> None:
+    drawn = generate(10, seed=7)
+    assert drawn == generate(10, seed=7)
+    assert drawn != generate(10, seed=8)
+    accepted = 0
+    for scenario in drawn:
+        path = write_scenario(tmp_path, scenario)
+        try:
+            load_scenario(path)
+            accepted += 1
+        except ValueError as exc:  # InputError is a ValueError: one message naming the file and field
+            assert str(exc) and "\n" not in str(exc), (scenario.name, str(exc))
+        except Exception as exc:
+            pytest.fail(f"{scenario.name}: {type(exc).__name__}: {exc}")
+    assert accepted >= 5, accepted  # most draws are valid: the sweep is about runs, not refusals

@@ -248,6 +248,9 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
+        room = self._room_for_a_starved_partner(role, current, pools)
+        if room is not None:
+            return self._finish(role, current, room, enforce_steps=False)
         relief = None
         if self.options.breach_relief > 0 and observed_rate is not None and lengths is not None:
             relief = functools.partial(self.sizer.p90_relief, role, observed_rate, lengths, obs.ready)
@@ -311,6 +314,32 @@ class LocalAgent:
             noted = f"not counted: {pressed.detail}"
             proposal = proposal._replace(detail=f"{proposal.detail}; {noted}" if proposal.detail else noted)
         return self._finish(role, current, proposal, enforce_steps=not one_step)
+
+    def _room_for_a_starved_partner(
+        self, role: PoolRole, current: int, pools: dict[PoolRole, PoolObservation]
+    ) -> Proposal | None:
+        """One replica fewer (not below the pool's minimum, and not while a release is still in
+        flight) when a partner pool on the same GPU type has replicas pending for GPUs and none
+        ready or starting: a pair with one side empty serves nothing, and this pool may be what
+        holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs left its decode
+        pool (4 GPUs a replica) pending for the whole run under ``local``: no request completed (a
+        random scenario nobody tuned on). An arbiter that sizes pairs (``global``) places the
+        partner itself; ``fcfs`` refuses the ask instead of leaving it pending, as the anchor does."""
+        mine, own = self.spec.pools[role], pools.get(role)
+        if own is None or own.draining > 0 or current < own.ready + own.starting:
+            return None
+        low = bounds(self.spec, self.limits, role)[0]
+        for other, obs in pools.items():
+            partner = self.spec.pools.get(other)
+            if other == role or partner is None or partner.gpu_type != mine.gpu_type:
+                continue
+            if obs.pending == 0 or obs.ready + obs.starting > 0:
+                continue
+            wanted = max(low, current - -(-partner.gpus_per_replica // mine.gpus_per_replica))
+            if wanted < current:
+                detail = f"makes room for {other}: {obs.pending} replica(s) pending for {partner.gpu_type}, none ready"
+                return Proposal(wanted, R.UNSCHEDULABLE, detail)
+        return None
 
     def _at_least_the_forecast(
         self, role: PoolRole, up: Proposal, lengths: Lengths | None, forecast: Forecast | None

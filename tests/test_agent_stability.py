@@ -495,3 +495,26 @@ def test_an_overloaded_pool_in_a_pair_goes_to_its_maximum_not_to_none() -> None:
     assert cheapest_pair(prefill, decode, 0.99) == (3, 1)
     # Both pools past capacity at every count: both at their maximum.
     assert cheapest_pair(prefill, prefill.model_copy(update={"role": "decode"}), 0.99) == (3, 3)
+
+
+def test_a_pool_makes_room_once_for_a_partner_pending_with_no_replica() -> None:
+    """Prefill holds the GPUs its decode partner (same GPU type) waits for with none running: the
+    pair serves nothing, so prefill gives one replica back — once, not again while the partner's
+    replica starts."""
+    a = agent(spec("disagg", initial=4, min_replicas=1))
+    a.granted("decode", 1)  # asked for, not placed
+
+    def starved(t: float, targets: dict) -> list:
+        placed = t >= 60.0  # the freed GPUs reach the partner's pending replica by the next tick
+        return [
+            observe("prefill", t, 20.0, ready=targets["prefill"]),
+            observe("decode", t, 20.0, ready=0, pending=0 if placed else 1, starting=1 if placed else 0),
+        ]
+
+    decisions = run(a, 30.0, 3, starved)
+    first = pool(decisions[0], "prefill")
+    assert (first.current, first.target, first.reason) == (4, 3, R.UNSCHEDULABLE)
+    assert "makes room for decode" in first.detail
+    assert all(pool(d, "prefill").reason != R.UNSCHEDULABLE for d in decisions[1:]), [
+        pool(d, "prefill") for d in decisions
+    ]

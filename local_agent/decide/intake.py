@@ -165,13 +165,13 @@ class Intake:
 
         return pooled(1), pooled(2)
 
-    def idle(self, now_s: float, pools: dict[PoolRole, PoolObservation]) -> bool:
-        """Traffic stopped: nothing admitted for ``idle_after_s`` and nothing queued. (The anchor
+    def idle(self, now_s: float, pools: dict[PoolRole, PoolObservation], after_s: float) -> bool:
+        """Traffic stopped: nothing admitted for ``after_s`` and nothing queued. (The anchor
         skipped its tick on zero traffic and never scaled down.)"""
-        if self.started_s is None or not self.elapsed.reached(now_s, self.started_s, self.options.idle_after_s):
+        if self.started_s is None or not self.elapsed.reached(now_s, self.started_s, after_s):
             return False
         last = self.last_admission_s
-        if last is not None and not self.elapsed.reached(now_s, last, self.options.idle_after_s):
+        if last is not None and not self.elapsed.reached(now_s, last, after_s):
             return False
         queued = sum((obs.queued_requests or 0) for obs in pools.values())
         return queued == 0

@@ -17,9 +17,10 @@ held per type never above the inventory (targets too, and no budget violations, 
 
 Reported without failing the run: refusals (validation rejections) with their messages, and serving failures: a
 deployment or endpoint with traffic that completed under 50% of its requests under one policy while another
-policy of the same scenario (static-peak, say) completed over 90% of its own. The three bugs this sweep first
-found were of that kind (a pool never scaled up from zero under overload; ``global`` shedding half an
-endpoint's traffic; a decode pool pending behind its own prefill pool) while every invariant held.
+policy of the same scenario (static-peak, say) completed over 90% of its own. The bugs this sweep has found
+were of that kind (a pool never scaled up from zero under overload; ``global`` shedding half an endpoint's
+traffic; a decode pool pending behind its own prefill pool; replicas released after less silence than their
+start-up) while every invariant held.
 Exit code 1 if any invariant check failed.
 """
 

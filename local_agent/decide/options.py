@@ -40,7 +40,12 @@ class AgentOptions(BaseModel):
     )
     max_step_up: int | None = Field(default=None, ge=1)
     max_step_down: int = Field(default=1, ge=1)
-    idle_after_s: float = Field(default=120.0, gt=0, allow_inf_nan=False, description="no admissions this long = idle")
+    idle_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="no admissions this long (and at least the slowest pool's startup_s) = idle",
+    )
     queue_tokens_per_replica: float = Field(
         default=16384, gt=0, description="latency target: prefill backlog that adds a replica"
     )

@@ -194,6 +194,23 @@ def test_fallback_stays_within_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         assert used <= max(0, total - request.held_gpus.get(gpu, 0))
 
 
+def test_a_pair_priced_through_a_capped_type_with_nothing_to_price_is_not_a_crash() -> None:
+    """A disaggregated pair before its first bid (flat curves, one point each): decode on A100s,
+    where the tenant may hold 2, prefill pinned at 6 H200s. The dual bound prices a pair through
+    its first pool's (tenant, type) group, whose minimum alone (8 GPUs) passes the cap of 2 with
+    no hull segment above it, and indexed an empty list: a random scenario nobody tuned on took
+    the planner down with an IndexError. Now the round answers."""
+    tenants = {"a": TenantLimits(priority=100, max_gpus={"a100": 2})}
+    common = dict(tenant="a", endpoint="ep", pair_group="d", curve=[0.0])
+    pools = [
+        _pool("d", role="decode", gpu_type="a100", min_replicas=2, max_replicas=8, current_replicas=2, **common),
+        _pool("d", role="prefill", gpu_type="h200", min_replicas=6, max_replicas=6, current_replicas=6, **common),
+    ]
+    result = allocate(AllocationRequest(pools=pools, inventory={"a100": 8, "h200": 70}, tenants=tenants))
+    assert set(result.replicas) == {"d/decode", "d/prefill"}
+    assert result.replicas["d/decode"] <= 2  # the cap holds
+
+
 def test_minima_beyond_inventory_fall_back_by_priority() -> None:
     tenants = {"gold": TenantLimits(priority=100), "bronze": TenantLimits(priority=1)}
     pools = [_pool("g", tenant="gold", min_replicas=6), _pool("b", tenant="bronze", min_replicas=6)]

@@ -43,7 +43,9 @@ class _Group:
             self.cum.append(self.cum[-1] + widths[s])
         self.base = base
         self.cap_price = -math.inf
-        if cap is not None and base + self.cum[-1] > cap:
+        # A cap the group's minimum alone passes, with nothing above it to price: no price moves
+        # its demand, so none is set (any price keeps the bound valid).
+        if cap is not None and self.neg and base + self.cum[-1] > cap:
             n = bisect_left(self.cum, cap - base + 1) - 1  # most segments that fit under the cap
             self.cap_price = -self.neg[max(n, 0)]
         self.floor_price = math.inf

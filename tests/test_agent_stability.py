@@ -484,13 +484,8 @@ def test_an_overloaded_pool_in_a_pair_goes_to_its_maximum_not_to_none() -> None:
         itl_p90_ms=[None] * 4,
         utilisation=[np.inf, 4.5, 2.25, 1.5],
     )
-    decode = PoolCurve(
-        role="decode",
-        replicas=[0, 1, 2, 3],
-        attainment=[0.0, 0.999, 1.0, 1.0],
-        ttft_p90_ms=[None] * 4,
-        itl_p90_ms=[None] * 4,
-        utilisation=[np.inf, 0.6, 0.3, 0.2],
+    decode = prefill.model_copy(
+        update={"role": "decode", "attainment": [0.0, 0.999, 1.0, 1.0], "utilisation": [np.inf, 0.6, 0.3, 0.2]}
     )
     assert cheapest_pair(prefill, decode, 0.99) == (3, 1)
     # Both pools past capacity at every count: both at their maximum.

@@ -327,10 +327,10 @@ class LocalAgent:
     def _room_for_a_starved_partner(
         self, role: PoolRole, current: int, pools: dict[PoolRole, PoolObservation]
     ) -> Proposal | None:
-        """One replica fewer (not below the pool's minimum, and not while a release is still in
-        flight) when a partner pool on the same GPU type has replicas pending for GPUs and none
-        ready or starting: a pair with one side empty serves nothing, and this pool may be what
-        holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs left its decode
+        """One replica fewer (not below the pool's minimum nor its last replica, and not while a
+        release is still in flight) when a partner pool on the same GPU type has replicas pending
+        for GPUs and none ready or starting: a pair with one side empty serves nothing, and this
+        pool may be what holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs left its decode
         pool (4 GPUs a replica) pending for the whole run under ``local``: no request completed (a
         random scenario nobody tuned on). An arbiter that sizes pairs (``global``) places the
         partner itself; ``fcfs`` refuses the ask instead of leaving it pending, as the anchor does."""
@@ -344,7 +344,8 @@ class LocalAgent:
                 continue
             if obs.pending == 0 or obs.ready + obs.starting > 0:
                 continue
-            wanted = max(low, current - -(-partner.gpus_per_replica // mine.gpus_per_replica))
+            # Never the last replica: a pair emptied on this side serves nothing either.
+            wanted = max(low, 1, current - -(-partner.gpus_per_replica // mine.gpus_per_replica))
             if wanted < current:
                 detail = f"makes room for {other}: {obs.pending} replica(s) pending for {partner.gpu_type}, none ready"
                 return Proposal(wanted, R.UNSCHEDULABLE, detail)

@@ -513,3 +513,20 @@ def test_a_pool_makes_room_once_for_a_partner_pending_with_no_replica() -> None:
     assert all(pool(d, "prefill").reason != R.UNSCHEDULABLE for d in decisions[1:]), [
         pool(d, "prefill") for d in decisions
     ]
+
+
+def test_a_pool_does_not_give_its_last_replica_to_a_pending_partner() -> None:
+    """Emptying this side of the pair to place the other serves nothing either."""
+    a = agent(spec("disagg", initial=1, min_replicas=0))
+    a.granted("decode", 1)
+    decisions = run(
+        a,
+        30.0,
+        2,
+        lambda t, targets: [
+            observe("prefill", t, 5.0, ready=targets["prefill"]),
+            observe("decode", t, 5.0, ready=0, pending=1),
+        ],
+    )
+    assert all(pool(d, "prefill").reason != R.UNSCHEDULABLE for d in decisions)
+    assert all(pool(d, "prefill").target >= 1 for d in decisions)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -248,7 +249,7 @@ class LocalAgent:
                 bounds(self.spec, self.limits, role)[0], R.IDLE_TO_MIN, "no traffic: scale to the minimum"
             )
             return self._finish(role, current, proposal, enforce_steps=False)
-        room = self._room_for_a_starved_partner(role, current, pools)
+        room = self._room_for_a_starved_partner(role, current, obs, pools)
         if room is not None:
             return self._finish(role, current, room, enforce_steps=False)
         relief = None
@@ -325,18 +326,19 @@ class LocalAgent:
         return max(self.options.idle_after_s, max(pool.startup_s for pool in self.spec.pools.values()))
 
     def _room_for_a_starved_partner(
-        self, role: PoolRole, current: int, pools: dict[PoolRole, PoolObservation]
+        self, role: PoolRole, current: int, own: PoolObservation, pools: dict[PoolRole, PoolObservation]
     ) -> Proposal | None:
         """One replica fewer (not below the pool's minimum nor its last replica, and not while a
         release is still in flight) when a partner pool on the same GPU type has replicas pending
         for GPUs and none ready or starting: a pair with one side empty serves nothing, and this
-        pool may be what holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs left its decode
-        pool (4 GPUs a replica) pending for the whole run under ``local``: no request completed (a
-        random scenario nobody tuned on). An arbiter that sizes pairs (``global``) places the
-        partner itself; ``fcfs`` refuses the ask instead of leaving it pending, as the anchor does."""
-        mine, own = self.spec.pools[role], pools.get(role)
-        if own is None or own.draining > 0 or current < own.ready + own.starting:
+        pool may be what holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs
+        left its decode pool (4 GPUs a replica) pending for the whole run under ``local``: no
+        request completed (a random scenario nobody tuned on). An arbiter that sizes pairs
+        (``global``) places the partner itself; ``fcfs`` refuses the ask instead of leaving it
+        pending, as the anchor does."""
+        if own.draining > 0 or current < own.ready + own.starting:
             return None
+        mine = self.spec.pools[role]
         low = bounds(self.spec, self.limits, role)[0]
         for other, obs in pools.items():
             partner = self.spec.pools.get(other)
@@ -344,8 +346,9 @@ class LocalAgent:
                 continue
             if obs.pending == 0 or obs.ready + obs.starting > 0:
                 continue
+            freed = math.ceil(partner.gpus_per_replica / mine.gpus_per_replica)  # of ours, for one of its replicas
             # Never the last replica: a pair emptied on this side serves nothing either.
-            wanted = max(low, 1, current - -(-partner.gpus_per_replica // mine.gpus_per_replica))
+            wanted = max(low, 1, current - freed)
             if wanted < current:
                 detail = f"makes room for {other}: {obs.pending} replica(s) pending for {partner.gpu_type}, none ready"
                 return Proposal(wanted, R.UNSCHEDULABLE, detail)

@@ -162,7 +162,16 @@ class AgentRuntime:
         self.last_effects = effects
         self.metrics.record_planner(self.spec.name, effects)
         self.recorder.record_planner(effects)
-        log.info("planner (%s #%d) grants %s", effects.source, effects.decision_id, effects.granted)
+        overruled = "; ".join(
+            f"{pool.role}: {why}" for pool in decision.pools if (why := effects.overruled(pool.role, pool.target))
+        )
+        log.info(
+            "planner (%s #%d) grants %s%s",
+            effects.source,
+            effects.decision_id,
+            effects.granted,
+            f" (not the bid: {overruled})" if overruled else "",
+        )
 
     def _limits_changed(self, limits: RuntimeLimits) -> None:
         if self.agent is not None:

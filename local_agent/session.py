@@ -45,6 +45,7 @@ class Lease(FrozenModel):
     fallback_at: float = Field(description="local time at which the agent must be back at its floor")
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = None
+    reasons: dict[str, str] = Field(default_factory=dict, description="the planner's reason per pool")
 
 
 class EffectiveTargets(FrozenModel):
@@ -56,6 +57,7 @@ class EffectiveTargets(FrozenModel):
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = None
     headroom: dict[str, int] = Field(default_factory=dict, description="replicas lent above the ask (fill_idle)")
+    reasons: dict[str, str] = Field(default_factory=dict, description="the planner's reason per pool (a lease)")
 
 
 def effective_targets(
@@ -70,6 +72,7 @@ def effective_targets(
             routing=dict(lease.routing),
             admission_rps=lease.admission_rps,
             headroom=dict(lease.headroom),
+            reasons=dict(lease.reasons),
         )
     if lease is not None:
         replicas = {role: min(floor.get(role, 0), granted) for role, granted in lease.replicas.items()}
@@ -87,6 +90,7 @@ def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) 
         fallback_at=sent_at + remaining - drain_margin_s,
         routing=dict(targets.routing),
         admission_rps=targets.admission_rps,
+        reasons={p.role: p.reason for p in targets.pools if p.reason},
     )
 
 
@@ -137,6 +141,16 @@ class TickEffects(FrozenModel):
     endpoint_share: float | None = Field(
         default=None, description="share of the endpoint's traffic to plan for (None: alone, or not yet told)"
     )
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="why the planner granted what it did, per pool (from the lease in force)"
+    )
+
+    def overruled(self, role: str, bid: int) -> str | None:
+        """The planner's reason when the pool's grant is not its bid (None otherwise): a pool the
+        planner holds away from its agent's bid must say why where it is logged."""
+        if self.granted.get(role, bid) == bid:
+            return None
+        return self.reasons.get(role) or None
 
     def planned(self, role: str) -> int:
         """What the agent plans its next step from: the grant less the idle headroom it was lent
@@ -216,6 +230,7 @@ class AgentSession:
             routing=effective.routing,
             admission_rps=effective.admission_rps,
             endpoint_share=self.endpoint_share,
+            reasons=effective.reasons,
         )
 
     def acked(self, decision_id: int) -> None:

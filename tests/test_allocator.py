@@ -420,3 +420,47 @@ def test_guarantee_reserves_only_what_the_agent_wants() -> None:
     unsaid = gold.model_copy(update={"wanted_replicas": None})
     result = allocate(AllocationRequest(pools=[unsaid, bronze], inventory={"h100": 3}, tenants=tenants))
     assert result.replicas == {"g/agg": 2, "b/agg": 1}
+
+
+def test_minima_over_a_tenant_cap_name_the_cap_and_its_pools_and_warn_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A policy whose cap is below a deployment's own minimums contradicts itself: the fallback says
+    which cap and which pools (not just "the inventory or a tenant cap"), the pool's reason blames the
+    cap, and a standing conflict is logged once, not every round."""
+    pools = [
+        _pool("d1", tenant="beta", role="prefill", min_replicas=2, current_replicas=2),
+        _pool("d1", tenant="beta", role="decode", current_replicas=0, wanted_replicas=1),
+        _pool("d0", tenant="acme", current_replicas=1, max_replicas=1),
+    ]
+    request = AllocationRequest(
+        pools=pools,
+        inventory={"h100": 4},
+        tenants={"beta": TenantLimits(max_gpus={"h100": 1})},
+        time_limit_s=1.0,
+    )
+    solver_module._last_fallback = ""
+    with caplog.at_level("WARNING", logger=solver_module.log.name):
+        first = allocate(request)
+        allocate(request)
+    assert first.status == "fallback"
+    warnings = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
+    assert len(warnings) == 1
+    assert (
+        "tenant beta's max_gpus h100 is 1, below the 2 its pools' minimums need (d1/prefill: 2 x 1)" in (warnings[0])
+    ), warnings[0]
+    assert first.replicas["d1/prefill"] <= 1 and first.replicas["d1/decode"] == 0
+    assert "tenant beta's max_gpus h100 cannot hold every minimum" in first.reasons["d1/prefill"]
+    assert first.tenant_gpus["beta"]["h100"] <= 1
+
+
+def test_a_pool_a_policy_pins_below_its_own_maximum_says_so() -> None:
+    """An override's ``max_replicas: 0`` turns a pool off on purpose; its reason says the policy did
+    it (not "no marginal value"), so an operator finds why a pool with traffic went to zero."""
+    request = AllocationRequest(
+        pools=[_pool("d0", current_replicas=4, wanted_replicas=4, max_replicas=16)],
+        inventory={"h100": 8},
+        overrides=[PoolOverride(selector="a/d0/agg", max_replicas=0)],
+        time_limit_s=1.0,
+    )
+    allocation = allocate(request)
+    assert allocation.replicas["d0/agg"] == 0
+    assert allocation.reasons["d0/agg"].startswith("at the policy's max_replicas 0 (the deployment allows 16)")

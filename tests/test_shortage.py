@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from itertools import groupby
 from pathlib import Path
@@ -49,6 +50,19 @@ def test_shortage_global_never_exceeds_the_inventory(runs: dict[str, Path]) -> N
 
 def test_shortage_global_hands_gpus_over_in_one_tick(runs: dict[str, Path]) -> None:
     _hands_over_in_one_tick(runs["global"], SCENARIO)
+
+
+def test_every_grant_away_from_its_bid_says_the_planners_reason(runs: dict[str, Path]) -> None:
+    """A pool the planner holds away from its agent's bid says why in ``decisions.jsonl`` (the
+    planner's own reason, as ``explain`` gives it), not only what the agent bid."""
+    decisions = [json.loads(line) for line in (runs["global"] / "decisions.jsonl").read_text().splitlines()]
+    overruled = [
+        d for d in decisions if (bid := re.search(r"agent bid for (\d+)", d["reason"])) and int(bid[1]) != d["to"]
+    ]
+    assert overruled, "the shortage example has no grant away from a bid"
+    for row in overruled:
+        assert "; planner: " in row["reason"], row
+    assert all("; planner: " not in d["reason"] for d in decisions if d not in overruled)
 
 
 def test_soft_shortage_global_never_exceeds_the_inventory(tmp_path: Path) -> None:

@@ -324,13 +324,13 @@ class GlobalPolicy(AgentsPolicy):
             effects = self.last_effects[record.deployment]
             agent = self.agents[record.deployment]
             if effects.apply is not None:
-                reason = f"global ({effects.source} #{effects.decision_id}): agent bid for "
+                source = f"global ({effects.source} #{effects.decision_id}): agent bid for "
                 targets.extend(
                     ReplicaTarget(
                         deployment=record.deployment,
                         role=pool.role,
                         replicas=effects.apply[pool.role],
-                        reason=reason + str(pool.target),
+                        reason=_granted_reason(source, effects, pool.role, pool.target),
                         knobs=tuned_knobs(agent, pool.role),
                     )
                     for pool in record.pools
@@ -426,3 +426,9 @@ async def _closed_channel() -> grpc.aio.Channel:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+def _granted_reason(source: str, effects: TickEffects, role: str, bid: int) -> str:
+    """The decision row's reason: who granted, the bid, and why the planner did not grant the bid."""
+    overruled = effects.overruled(role, bid)
+    return f"{source}{bid}" + (f"; planner: {overruled}" if overruled else "")

@@ -133,10 +133,14 @@ class Problem:
     caps: dict[TenantType, int]
     floors: dict[TenantType, int]
     floor_notes: dict[TenantType, str]
-    minima_fit: bool
+    minima_conflicts: dict[str | TenantType, str]  # GPU type or (tenant, type) -> why its minimums do not fit
     value_scale: float
     gpu_tiebreak: int
     tenant_priority: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def minima_fit(self) -> bool:
+        return not self.minima_conflicts
 
     def gpus(self, replicas: list[int]) -> tuple[dict[str, int], dict[TenantType, int]]:
         """GPUs used per type and per (tenant, type)."""
@@ -466,9 +470,9 @@ def _floors(
     budget: dict[str, int],
     caps: dict[TenantType, int],
     tenant_priority: dict[str, float],
-) -> tuple[dict[TenantType, int], dict[TenantType, str], bool]:
+) -> tuple[dict[TenantType, int], dict[TenantType, str], dict[str | TenantType, str]]:
     """Tenant floors trimmed to what the tenant's agents want and the inventory holds (highest
-    priority first), notes on trimmed ones, and whether every pool's minimum fits."""
+    priority first), notes on trimmed ones, and why the pools' minimums cannot all be held."""
     lo_type: dict[str, int] = defaultdict(int)
     lo_tenant: dict[TenantType, int] = defaultdict(int)
     usable: dict[TenantType, int] = defaultdict(int)
@@ -486,9 +490,7 @@ def _floors(
             if floor > lo_tenant.get((name, gpu), 0):
                 wanted[(name, gpu)] = floor
 
-    minima_fit = all(lo_type[gpu] <= budget.get(gpu, 0) for gpu in lo_type) and all(
-        lo_tenant[key] <= caps[key] for key in lo_tenant if key in caps
-    )
+    conflicts = _minima_conflicts(plans, lo_type, lo_tenant, budget, caps)
     floors: dict[TenantType, int] = {}
     notes: dict[TenantType, str] = {}
     spare = {gpu: budget[gpu] - lo_type.get(gpu, 0) for gpu in budget}
@@ -499,7 +501,38 @@ def _floors(
         floors[key] = lo_tenant.get(key, 0) + granted
         if granted < extra:
             notes[key] = f"guarantee trimmed to {floors[key]} {key[1]}: inventory short"
-    return floors, notes, minima_fit
+    return floors, notes, conflicts
+
+
+def _minima_conflicts(
+    plans: list[PoolPlan],
+    lo_type: dict[str, int],
+    lo_tenant: dict[TenantType, int],
+    budget: dict[str, int],
+    caps: dict[TenantType, int],
+) -> dict[str | TenantType, str]:
+    """Each GPU type and tenant cap the pools' lower bounds overrun, naming the pools: a cap below
+    a deployment's own minimums is a policy that contradicts itself, and the operator must see
+    which one (a disaggregated pair held at its prefill minimum with no decode serves nothing)."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    by_tenant: dict[TenantType, list[str]] = defaultdict(list)
+    for plan in plans:
+        if plan.lo:
+            held = f"{plan.pool.pool_id}: {plan.lo} x {plan.pool.gpus_per_replica}"
+            by_type[plan.pool.gpu_type].append(held)
+            by_tenant[(plan.pool.tenant, plan.pool.gpu_type)].append(held)
+    conflicts: dict[str | TenantType, str] = {
+        gpu: f"the pools' minimums need {need} {gpu} GPUs, {budget.get(gpu, 0)} are free ({', '.join(by_type[gpu])})"
+        for gpu, need in sorted(lo_type.items())
+        if need > budget.get(gpu, 0)
+    }
+    for (tenant, gpu), need in sorted(lo_tenant.items()):
+        if need > caps.get((tenant, gpu), need):
+            conflicts[(tenant, gpu)] = (
+                f"tenant {tenant}'s max_gpus {gpu} is {caps[(tenant, gpu)]}, below the {need} its pools' "
+                f"minimums need ({', '.join(by_tenant[(tenant, gpu)])})"
+            )
+    return conflicts
 
 
 def build_problem(request: AllocationRequest) -> Problem:
@@ -526,7 +559,7 @@ def build_problem(request: AllocationRequest) -> Problem:
         plan = _pool_plan(item, lo, hi, scaled, unit, weights[unit], value_scale, request)
         idle = lo - max(protected[index], item.pool.current_replicas)
         plans.append(replace(plan, idle=idle) if idle > 0 else plan)
-    floors, notes, minima_fit = _floors(request, plans, budget, caps, tenant_priority)
+    floors, notes, conflicts = _floors(request, plans, budget, caps, tenant_priority)
     return Problem(
         request=request,
         pools=plans,
@@ -535,7 +568,7 @@ def build_problem(request: AllocationRequest) -> Problem:
         caps=caps,
         floors=floors,
         floor_notes=notes,
-        minima_fit=minima_fit,
+        minima_conflicts=conflicts,
         value_scale=value_scale,
         gpu_tiebreak=sum(budget.values()) + 1,
         tenant_priority=tenant_priority,
@@ -556,7 +589,9 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
     pool = plan.pool
     key = (pool.tenant, pool.gpu_type)
     if count < plan.lo:
-        return f"below minimum {plan.lo}: {pool.gpu_type} inventory cannot hold every minimum"
+        capped = key in problem.minima_conflicts
+        holder = f"tenant {pool.tenant}'s max_gpus {pool.gpu_type}" if capped else f"{pool.gpu_type} inventory"
+        return f"below minimum {plan.lo}: {holder} cannot hold every minimum"
     if plan.idle and count == plan.lo:
         asked = f"as bid: its agent wants {count}" if plan.ask == count else f"towards its ask of {plan.ask}"
         return f"{asked}; {plan.idle} replica(s) from idle {pool.gpu_type} GPUs at once, highest priority first"
@@ -564,6 +599,8 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
     if count >= best:
         if pool.wanted_replicas is not None and count == pool.wanted_replicas:
             return f"as bid: its agent wants {count}"
+        if count == plan.max_replicas < pool.max_replicas:
+            return f"at the policy's max_replicas {count} (the deployment allows {pool.max_replicas})"
         if best == plan.lo and plan.values[-1] == plan.curve_at(plan.lo):
             if plan.lo > 0 and plan.lo == plan.min_replicas:
                 return f"minimum {plan.lo}: no marginal value above it"

@@ -174,8 +174,14 @@ class _Model:
         return [int(solver.value(r)) for r in self.replicas]
 
 
+_last_fallback = ""  # the last fallback's reason: a standing one is logged once, not every round
+
+
 def _fallback(problem: Problem, start: float, why: str, replicas: list[int] | None = None) -> Allocation:
-    log.warning("allocation falls back to greedy: %s", why)
+    global _last_fallback
+    if why != _last_fallback:
+        log.warning("allocation falls back to greedy: %s", why)
+        _last_fallback = why
     return finish(
         problem,
         greedy_replicas(problem) if replicas is None else replicas,
@@ -245,7 +251,8 @@ def allocate(request: AllocationRequest) -> Allocation:
     deadline = start + request.time_limit_s
     problem = build_problem(request)
     if not problem.minima_fit:
-        return _fallback(problem, start, "replica minima exceed the inventory or a tenant cap")
+        why = "replica minima cannot all be held: " + "; ".join(problem.minima_conflicts.values())
+        return _fallback(problem, start, why)
     frontier = build_frontier(problem)
     replicas = _starting_point(problem, frontier, request.previous)
     bound = upper_bound(frontier)

@@ -36,6 +36,11 @@ def test_report_carries_curves_and_wanted_replicas() -> None:
     # Not sized yet: no bid at all (the planner holds the pool), and no wanted count either.
     empty = pool_report(_decision(curve=[], curve_low=[]), ready=1)
     assert empty.curve == [] and empty.pessimistic_curve == [] and empty.wanted_replicas is None
+    # ... unless it has no replica and asks for some (requests wait with none): a step at its ask.
+    step = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=2, target=2), ready=0)
+    assert step.curve == [0.0, 0.0, 1.0] == step.pessimistic_curve and step.wanted_replicas == 2
+    idle = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=0, target=0), ready=0)
+    assert idle.curve == [] and idle.wanted_replicas is None
     # Each pool reports its own queue (the planner counts it as load that pool has not carried).
     assert pool_report(_decision(queued_requests=7), ready=2).queued_requests == 7
     assert report.queued_requests is None  # not observed is not "nothing waiting"

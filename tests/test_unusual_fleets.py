@@ -117,3 +117,38 @@ def test_an_endpoint_whose_other_deployment_has_no_gpus_is_served_whole_by_the_o
     }
     summary = _simulate(tmp_path, scenario, tenants, "global")
     assert summary["fleet"]["slo_attainment"] >= 0.99
+
+
+def test_a_pool_at_zero_with_requests_waiting_is_granted_under_global_when_local_would_take_it(tmp_path: Path) -> None:
+    """A prefill pool that starts at 0 under traffic asks for a replica at its first tick (requests
+    wait with none to serve them), before its model has sized anything. Its bid had no curve, so the
+    planner held it at 0 for a tick more than the agent alone would have: with free GPUs and no
+    contention `global` must give what `local` takes, at the same tick."""
+    scenario = {
+        "name": "from-zero-under-global",
+        "duration": "4m",
+        "seed": 1,
+        "gpus": {"h100": 4},
+        "planner": {"policy": "global", "interval_s": 30, "policy_file": "tenants.yaml"},
+        "deployments": [
+            {
+                "name": "d0",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "disagg",
+                "sla": {"ttft_ms": 1000, "itl_ms": 100},
+                "trace": {"path": LENGTHS, "format": "azure", "rate_scale": 2.0},
+                "pools": {
+                    "prefill": {"profile": PROFILE, "gpu_type": "h100", "min": 0, "max": 1, "initial": 0},
+                    "decode": {"profile": PROFILE, "gpu_type": "h100", "min": 1, "max": 2, "initial": 2},
+                },
+            }
+        ],
+    }
+    tenants = {"fleet": {"gpus": {"h100": 4}}, "tenants": {"acme": {"priority": 1}}}
+    first_up = {}
+    for policy in ("local", "global"):
+        _simulate(tmp_path, scenario, tenants, policy)
+        rows = [json.loads(line) for line in (tmp_path / policy / "decisions.jsonl").read_text().splitlines()]
+        first_up[policy] = min(r["time_s"] for r in rows if r["pool"] == "prefill" and r["to"] > r["from"])
+    assert first_up["global"] == first_up["local"], first_up

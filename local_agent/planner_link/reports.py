@@ -17,9 +17,14 @@ def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
     count is worth, not what the agent happens to want this tick. (Bidding a ramp up to the
     agent's own target was measured first: a starved agent's reactive loop raises its target to
     the pool's maximum, which flattens the ramp and makes each replica it lacks look worth less
-    the more it is starved.) Empty (no bid: the planner holds the pool) until the agent has sized
-    the pool once."""
+    the more it is starved.) Until the agent has sized the pool once there is no curve: the
+    planner holds the pool, except one with no replica that asks for some (requests wait with none
+    to serve them), which bids a step (nothing served below its ask, all of it from there on), as it
+    would take them alone at once."""
     if not pool.curve:
+        if pool.current == 0 and pool.wanted > 0:
+            step = [0.0] * pool.wanted + [1.0]
+            return step, step
         return [], []
     mean = list(pool.curve)
     upper = list(pool.curve_low) if len(pool.curve_low) == len(mean) else mean

@@ -20,7 +20,9 @@ deployment or endpoint with traffic that completed under 50% of its requests und
 policy of the same scenario (static-peak, say) completed over 90% of its own. The bugs this sweep has found
 were of that kind (a pool never scaled up from zero under overload; ``global`` shedding half an endpoint's
 traffic; a decode pool pending behind its own prefill pool; replicas released after less silence than their
-start-up) while every invariant held.
+start-up) while every invariant held. Also reported: runs where ``global`` falls short of issue 11's bar
+against ``fcfs`` (priority-weighted attainment below fcfs's, or total more than half a point below): the sweep
+found a pool at zero granted a tick later than its agent alone would take it that way.
 Exit code 1 if any invariant check failed.
 """
 
@@ -53,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_planner.cli import guarded  # noqa: E402
 from fleet_planner.durations import parse_duration  # noqa: E402
+from fleet_sim.outputs import priority_weighted_attainment  # noqa: E402
 from fleet_sim.policies import POLICIES  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
@@ -73,6 +76,7 @@ TENANT_NAMES = ["acme", "beta-2", "T.three"]  # punctuation on purpose: names re
 ENDPOINT_NAMES = ["llama-8b-chat", "meta/llama:batch", "ep.3"]
 DEFAULT_POLICIES = ["local", "fcfs", "global", "static-peak"]
 BUDGETED = ("fcfs", "global")  # the policies that arbitrate the inventory (and count budget violations)
+BEHIND_TOTAL = 0.005  # global may trail fcfs's total attainment by this much (issue 11)
 SERVED_LOW, SERVED_HIGH = 0.5, 0.9  # serving failure: under LOW here while another policy served over HIGH
 
 
@@ -346,6 +350,7 @@ class Run:
     refusal: str | None = None  # the one-line error of a validation rejection
     served: dict[str, tuple[int, int]] = field(default_factory=dict)  # "deployment d0" -> (completed, requests)
     attainment: float | None = None
+    weighted: float | None = None  # priority-weighted attainment (the policy file's priorities)
 
 
 def simulate(scenario_file: Path, policy: str, out: Path, timeout_s: float) -> tuple[int | str, str, float]:
@@ -381,7 +386,7 @@ def _strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def check_run(run: Run, stderr: str, out: Path, scenario: dict[str, Any]) -> None:
+def check_run(run: Run, stderr: str, out: Path, scenario: dict[str, Any], priorities: dict[str, float]) -> None:
     """Fill ``run.problems`` (invariants), ``run.refusal`` and ``run.served`` from the run's outputs."""
     lines = stderr.strip().splitlines()
     if run.rc == "timeout":
@@ -404,12 +409,14 @@ def check_run(run: Run, stderr: str, out: Path, scenario: dict[str, Any]) -> Non
     if not (out / "summary.json").exists():
         run.problems.append(("no-summary", "summary.json missing"))
         return
-    run.problems += _check_summary(run, (out / "summary.json").read_text(), inventory)
+    run.problems += _check_summary(run, (out / "summary.json").read_text(), inventory, priorities)
     run.problems += _check_decisions(out / "decisions.jsonl", pools)
     run.problems += _check_timeline(out / "timeline.csv", pools, inventory, run.policy in BUDGETED)
 
 
-def _check_summary(run: Run, text: str, inventory: dict[str, int]) -> list[tuple[str, str]]:
+def _check_summary(
+    run: Run, text: str, inventory: dict[str, int], priorities: dict[str, float]
+) -> list[tuple[str, str]]:
     problems = []
     try:
         summary = _strict_json(text)
@@ -418,6 +425,8 @@ def _check_summary(run: Run, text: str, inventory: dict[str, int]) -> list[tuple
         summary = json.loads(text)
     fleet = summary["fleet"]
     run.attainment = fleet.get("slo_attainment")
+    if fleet.get("requests"):
+        run.weighted = priority_weighted_attainment(summary, priorities)
     scopes = [("fleet", "", fleet)]
     scopes += [("endpoint", name, o) for name, o in summary.get("endpoints", {}).items()]
     scopes += [("deployment", name, o) for name, o in summary.get("deployments", {}).items()]
@@ -533,6 +542,25 @@ def serving_failures(runs: list[Run]) -> list[str]:
     return found
 
 
+def behind_fcfs(runs: list[Run]) -> list[str]:
+    """One line per scenario where ``global`` misses issue 11's bar against ``fcfs``: priority-weighted
+    attainment below fcfs's, or total attainment more than ``BEHIND_TOTAL`` below."""
+    by_policy = {(run.scenario, run.policy): run for run in runs}
+    found = []
+    for run in sorted(runs, key=lambda r: r.scenario):
+        fcfs = by_policy.get((run.scenario, "fcfs"))
+        if run.policy != "global" or fcfs is None:
+            continue
+        if run.weighted is None or fcfs.weighted is None or run.attainment is None or fcfs.attainment is None:
+            continue
+        if run.weighted < fcfs.weighted - 1e-9 or run.attainment < fcfs.attainment - BEHIND_TOTAL:
+            found.append(
+                f"{run.scenario}: priority-weighted {run.weighted:.2%} vs fcfs {fcfs.weighted:.2%}; "
+                f"total {run.attainment:.2%} vs {fcfs.attainment:.2%}"
+            )
+    return found
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -540,7 +568,8 @@ def run_and_check(generated: Generated, scenario_file: Path, policy: str, out: P
     rc, stderr, wall = simulate(scenario_file, policy, out, timeout_s)
     run = Run(generated.name, policy, rc, round(wall, 2))
     try:
-        check_run(run, stderr, out, generated.scenario)
+        priorities = {name: t.get("priority", 1.0) for name, t in generated.policy_file.get("tenants", {}).items()}
+        check_run(run, stderr, out, generated.scenario, priorities)
     except Exception as exc:  # a checker bug must not hide the other runs
         run.problems.append(("checker-error", repr(exc)))
     if run.problems:
@@ -582,6 +611,10 @@ def report(runs: list[Run], generated: list[Generated], elapsed_s: float) -> Non
     failures = serving_failures(runs)
     print(f"\nserving failures (reported, not failed): {len(failures)} runs")
     for line in failures:
+        print(f"  {line}")
+    behind = behind_fcfs(runs)
+    print(f"\nglobal behind fcfs (issue 11's bar; reported, not failed): {len(behind)} scenarios")
+    for line in behind:
         print(f"  {line}")
 
 

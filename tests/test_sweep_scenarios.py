@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sweep_scenarios import generate, write_scenario
+from sweep_scenarios import Run, behind_fcfs, generate, write_scenario
 
 from fleet_sim.scenario import load_scenario
 
@@ -30,3 +30,19 @@ def test_drawn_scenarios_are_reproducible_and_load_or_are_refused_clearly(tmp_pa
         except Exception as exc:
             pytest.fail(f"{scenario.name}: {type(exc).__name__}: {exc}")
     assert accepted >= 5, accepted  # most draws are valid: the sweep is about runs, not refusals
+
+
+def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
+    def run(scenario: str, policy: str, weighted: float, total: float) -> Run:
+        return Run(scenario, policy, 0, 1.0, attainment=total, weighted=weighted)
+
+    runs = [
+        run("s01", "fcfs", 0.90, 0.90),
+        run("s01", "global", 0.95, 0.897),  # ahead on priorities, within half a point of the total
+        run("s02", "fcfs", 0.90, 0.90),
+        run("s02", "global", 0.89, 0.95),  # behind on priorities
+        run("s03", "fcfs", 0.90, 0.90),
+        run("s03", "global", 0.95, 0.89),  # a point behind on the total
+        run("s04", "global", 0.10, 0.10),  # no fcfs run to compare with
+    ]
+    assert [line.split(":")[0] for line in behind_fcfs(runs)] == ["s02", "s03"]

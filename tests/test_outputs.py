@@ -405,3 +405,19 @@ def test_stability_of_a_run_without_duration_is_undefined(tmp_path: Path) -> Non
 def test_stability_rejects_a_decision_for_an_unknown_deployment() -> None:
     with pytest.raises(ValueError, match="unknown deployment 'ghost'"):
         scaling_stability(_with_decisions([_decision(30, "ghost", "agg", 1, 2)]))
+
+
+def test_priority_weighted_attainment_skips_a_tenant_without_requests() -> None:
+    """A tenant whose deployments saw no traffic has a null attainment: it weighs nothing (a sweep
+    fleet raised TypeError here), and the others are weighted by priority times requests."""
+    from fleet_sim.outputs import priority_weighted_attainment
+
+    summary = {
+        "tenants": {
+            "idle": {"requests": 0, "slo_attainment": None},
+            "a": {"requests": 100, "slo_attainment": 0.5},
+            "b": {"requests": 100, "slo_attainment": 1.0},
+        }
+    }
+    assert priority_weighted_attainment(summary, {"idle": 5.0, "a": 3.0}) == (3 * 0.5 + 1.0) / 4
+    assert math.isnan(priority_weighted_attainment({"tenants": {"idle": summary["tenants"]["idle"]}}, {}))

@@ -218,9 +218,12 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
 
 def priority_weighted_attainment(summary: dict[str, Any], priorities: dict[str, float]) -> float:
     """SLO attainment with each tenant's requests weighted by its priority (1 when unlisted, as
-    in a tenant policy file): the share of priority-weighted requests served within their SLO."""
+    in a tenant policy file): the share of priority-weighted requests served within their SLO.
+    A tenant without requests weighs nothing (its attainment is null, not 0)."""
     weighted = total = 0.0
     for name, tenant in summary["tenants"].items():
+        if not tenant["requests"]:
+            continue
         weight = priorities.get(name, 1.0) * tenant["requests"]
         weighted += weight * tenant["slo_attainment"]
         total += weight

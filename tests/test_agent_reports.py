@@ -39,8 +39,11 @@ def test_report_carries_curves_and_wanted_replicas() -> None:
     # ... unless it has no replica and asks for some (requests wait with none): a step at its ask.
     step = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=2, target=2), ready=0)
     assert step.curve == [0.0, 0.0, 1.0] == step.pessimistic_curve and step.wanted_replicas == 2
-    idle = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=0, target=0), ready=0)
-    assert idle.curve == [] and idle.wanted_replicas is None
+    held = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=0, target=0), ready=0)
+    assert held.curve == [] and held.wanted_replicas is None
+    # ... or its traffic stopped before it was ever sized: a step at its minimum (it releases).
+    idle = _decision(curve=[], curve_low=[], current=1, wanted=0, target=0, reason=DecisionReason.IDLE_TO_MIN)
+    assert pool_report(idle, ready=1).curve == [1.0] and pool_report(idle, ready=1).wanted_replicas == 0
     # Each pool reports its own queue (the planner counts it as load that pool has not carried).
     assert pool_report(_decision(queued_requests=7), ready=2).queued_requests == 7
     assert report.queued_requests is None  # not observed is not "nothing waiting"

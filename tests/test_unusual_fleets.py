@@ -152,3 +152,41 @@ def test_a_pool_at_zero_with_requests_waiting_is_granted_under_global_when_local
         rows = [json.loads(line) for line in (tmp_path / policy / "decisions.jsonl").read_text().splitlines()]
         first_up[policy] = min(r["time_s"] for r in rows if r["pool"] == "prefill" and r["to"] > r["from"])
     assert first_up["global"] == first_up["local"], first_up
+
+
+def test_a_pool_idle_before_its_first_sizing_releases_its_gpus_under_global(tmp_path: Path) -> None:
+    """A pool holding the fleet's only H100 whose endpoint has no traffic yet never had a curve, so
+    its bid said "hold" and `global` kept the GPU there while another pool with traffic asked for it
+    the whole run (a sweep fleet: that pool served nothing). Its agent's idle release now reaches
+    the planner, as it would act alone."""
+    agg = {"profile": PROFILE, "gpu_type": "h100", "min": 0, "max": 1, "startup_s": 30}
+    scenario = {
+        "name": "idle-holder",
+        "duration": "10m",
+        "seed": 1,
+        "gpus": {"h100": 1},
+        "planner": {"policy": "global", "interval_s": 30, "policy_file": "tenants.yaml"},
+        "endpoints": {
+            "late": {"sla": {"ttft_ms": 1000, "itl_ms": 100}, "trace": {**_trace(1.0, 0), "offset_s": 540}},
+            "busy": {"sla": {"ttft_ms": 1000, "itl_ms": 100}, "trace": _trace(1.0, 0)},
+        },
+        "deployments": [
+            {
+                "name": "holder",
+                "tenant": "acme",
+                "endpoint": "late",
+                "mode": "agg",
+                "pools": {"agg": {**agg, "initial": 1}},
+            },
+            {
+                "name": "asker",
+                "tenant": "acme",
+                "endpoint": "busy",
+                "mode": "agg",
+                "pools": {"agg": {**agg, "initial": 0}},
+            },
+        ],
+    }
+    tenants = {"fleet": {"gpus": {"h100": 1}}, "tenants": {"acme": {"priority": 1}}}
+    summary = _simulate(tmp_path, scenario, tenants, "global")
+    assert summary["deployments"]["asker"]["completed"] > 0.5 * summary["deployments"]["asker"]["requests"]

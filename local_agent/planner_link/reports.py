@@ -6,7 +6,7 @@ simulator's ``global`` policy (``fleet_sim.adapters.planner``), so both bid exac
 from __future__ import annotations
 
 from fleet_planner.contract.models import Forecast, Observed, PoolReport
-from local_agent.models import AgentDecision, PoolDecision
+from local_agent.models import AgentDecision, DecisionReason, PoolDecision
 
 
 def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
@@ -18,11 +18,12 @@ def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
     agent's own target was measured first: a starved agent's reactive loop raises its target to
     the pool's maximum, which flattens the ramp and makes each replica it lacks look worth less
     the more it is starved.) Until the agent has sized the pool once there is no curve: the
-    planner holds the pool, except one with no replica that asks for some (requests wait with none
-    to serve them), which bids a step (nothing served below its ask, all of it from there on), as it
-    would take them alone at once."""
+    planner holds the pool, except where the agent decides without its model: a pool with no
+    replica that asks for some (requests wait with none to serve them), or one whose traffic
+    stopped (it goes to its minimum). Those bid a step at the agent's count (nothing served below
+    it, all of it from there on), so the planner does what the agent alone would do at once."""
     if not pool.curve:
-        if pool.current == 0 and pool.wanted > 0:
+        if (pool.current == 0 and pool.wanted > 0) or pool.reason == DecisionReason.IDLE_TO_MIN:
             step = [0.0] * pool.wanted + [1.0]
             return step, step
         return [], []

@@ -39,6 +39,10 @@ def test_report_carries_curves_and_wanted_replicas() -> None:
     # ... unless it has no replica and asks for some (requests wait with none): a step at its ask.
     step = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=2, target=2), ready=0)
     assert step.curve == [0.0, 0.0, 1.0] == step.pessimistic_curve and step.wanted_replicas == 2
+    # The step sits at the target, within the pool's bounds (an ask past the maximum is worth
+    # nothing at any count the planner may grant).
+    beyond = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=9, target=2), ready=0)
+    assert beyond.curve == [0.0, 0.0, 1.0]
     held = pool_report(_decision(curve=[], curve_low=[], current=0, wanted=0, target=0), ready=0)
     assert held.curve == [] and held.wanted_replicas is None
     # ... or its traffic stopped before it was ever sized: a step at its minimum (it releases).

@@ -20,11 +20,12 @@ def bid_curves(pool: PoolDecision) -> tuple[list[float], list[float]]:
     the more it is starved.) Until the agent has sized the pool once there is no curve: the
     planner holds the pool, except where the agent decides without its model: a pool with no
     replica that asks for some (requests wait with none to serve them), or one whose traffic
-    stopped (it goes to its minimum). Those bid a step at the agent's count (nothing served below
-    it, all of it from there on), so the planner does what the agent alone would do at once."""
+    stopped (it goes to its minimum). Those bid a step at the agent's target (nothing served below
+    it, all of it from there on; within the pool's bounds, unlike ``wanted``), so the planner does
+    what the agent alone would do at once."""
     if not pool.curve:
-        if (pool.current == 0 and pool.wanted > 0) or pool.reason == DecisionReason.IDLE_TO_MIN:
-            step = [0.0] * pool.wanted + [1.0]
+        if (pool.current == 0 and pool.target > 0) or pool.reason == DecisionReason.IDLE_TO_MIN:
+            step = [0.0] * pool.target + [1.0]
             return step, step
         return [], []
     mean = list(pool.curve)

@@ -503,3 +503,33 @@ def test_a_round_keeps_the_shedding_the_round_before_started() -> None:
     restarted.restore(record)  # a restarted planner keeps the limit in force as shedding
     assert restarted._deployments["a"].admission_rps == record.admission_rps["ep-a"]
     assert shedding_at(4, 3, 15.0) is None  # 0.75x: lifted
+
+
+def test_the_planners_reason_travels_with_the_lease_to_where_a_grant_away_from_the_bid_is_logged() -> None:
+    from fleet_planner.contract.models import PoolTarget
+    from local_agent.session import TickEffects
+
+    targets = Targets(
+        deployment="d",
+        decision_id=3,
+        lease_expires_s=60.0,
+        planner_time_s=0.0,
+        pools=[
+            PoolTarget(role="prefill", replicas=1, reason="shortage: h100 exhausted, priority 1 outbid"),
+            PoolTarget(role="decode", replicas=2, reason="as bid: its agent wants 2"),
+        ],
+    )
+    lease = lease_from_targets(targets, sent_at=0.0, drain_margin_s=0.0)
+    effective = effective_targets(lease, {"prefill": 0, "decode": 0}, {}, now=1.0)
+    effects = TickEffects(
+        apply=effective.replicas,
+        granted=effective.replicas,
+        ack=None,
+        source="lease",
+        decision_id=3,
+        reasons=effective.reasons,
+    )
+    assert effects.overruled("prefill", 3) == "shortage: h100 exhausted, priority 1 outbid"
+    assert effects.overruled("decode", 2) is None  # granted as bid: nothing to explain
+    # A lapsed lease falls back to the floor: the planner's reasons no longer apply.
+    assert effective_targets(lease, {"prefill": 0, "decode": 0}, {}, now=61.0).reasons == {}

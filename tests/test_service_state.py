@@ -533,3 +533,19 @@ def test_the_planners_reason_travels_with_the_lease_to_where_a_grant_away_from_t
     assert effects.overruled("decode", 2) is None  # granted as bid: nothing to explain
     # A lapsed lease falls back to the floor: the planner's reasons no longer apply.
     assert effective_targets(lease, {"prefill": 0, "decode": 0}, {}, now=61.0).reasons == {}
+
+
+def test_a_holding_lease_that_counts_fewer_replicas_than_run_says_why() -> None:
+    """Before the first round a pool is held at what the planner may count; a tenant capped at 0
+    of its pool's GPU type is held at 0 of the 10 it runs, and its reason says so (it used to say
+    it was "holding current replicas" while it took the pool to zero)."""
+    state = PlannerState(_policy({"a100": 10}, {"acme": {"max_gpus": {"a100": 0}}, "beta": {}}))
+    state.register(_registration("a", gpu="a100", max_replicas=16), "s-a", 0.0)
+    targets = state.report(_report("a", "s-a", 1, 0, {"agg": (10, 0)}, need=3), 0.0)
+    (pool,) = targets.pools
+    assert pool.replicas == 0
+    assert pool.reason.startswith("no allocation yet: holding the 0 of its 10 replicas"), pool.reason
+    # What it may count, it holds, as before.
+    state.register(_registration("b", tenant="beta", gpu="a100"), "s-b", 0.0)
+    (held,) = state.report(_report("b", "s-b", 1, 0, {"agg": (3, 0)}, need=3), 0.0).pools
+    assert held.replicas == 3 and held.reason == "no allocation yet: holding current replicas"

@@ -178,7 +178,7 @@ class PlannerState:
         """Decision 0 (no round yet) is a holding lease: keep the replicas already counted."""
         if dep.decision_id == 0:
             pools = [
-                PoolTarget(role=role, replicas=p.usage, reason="no allocation yet: holding current replicas")
+                PoolTarget(role=role, replicas=p.usage, reason=_holding_reason(dep, role, p))
                 for role, p in sorted(dep.pools.items())
             ]
         else:
@@ -446,3 +446,16 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
         if new is not None and old.usage:
             new.grant, new.usage, new.pending_release = old.grant, old.usage, old.pending_release
             new.grant_decision_id, new.reason = old.grant_decision_id, old.reason
+
+
+def _holding_reason(dep: DeploymentState, role: PoolRole, pool: PoolState) -> str:
+    """Why a holding lease (no round yet) grants what it does: what the pool runs, or, when the
+    agent reported more than the free GPUs and its tenant's cap let the planner count, that
+    count (a cap of 0 took a pool to 0 at its first answer under a reason saying it was held)."""
+    reported = next((p.in_use for p in dep.report.pools if p.role == role), None) if dep.report else None
+    if reported is not None and reported > pool.usage:
+        return (
+            f"no allocation yet: holding the {pool.usage} of its {reported} replicas that the free "
+            f"{pool.spec.gpu_type} GPUs and tenant {dep.tenant}'s max_gpus let the planner count"
+        )
+    return "no allocation yet: holding current replicas"

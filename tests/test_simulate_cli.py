@@ -552,28 +552,13 @@ def test_bench_rejects_bad_arguments(capsys, flags: list[str], named: str) -> No
 
 
 def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> None:
+    def synth(out: Path) -> list[str]:
+        rate, lengths = TRACES / "servegen_m-large_rate_10min.csv", TRACES / "azure2023_conv.csv"
+        fixed = "--peak-rps 3 --start 6h --duration 10m --seed 4".split()
+        return ["trace", "synth", "--rate", str(rate), "--lengths", str(lengths), *fixed, "--out", str(out)]
+
     out = tmp_path / "synth.jsonl"
-    code, stdout, _ = run_cli(
-        [
-            "trace",
-            "synth",
-            "--rate",
-            str(TRACES / "servegen_m-large_rate_10min.csv"),
-            "--lengths",
-            str(TRACES / "azure2023_conv.csv"),
-            "--peak-rps",
-            "3",
-            "--start",
-            "6h",
-            "--duration",
-            "10m",
-            "--seed",
-            "4",
-            "--out",
-            str(out),
-        ],
-        capsys,
-    )
+    code, stdout, _ = run_cli(synth(out), capsys)
     assert code == 0 and str(out) in stdout
     trace = read_trace(out, "mooncake")
     # 3 req/s at the peak over 10 minutes; the default client-superposition arrivals are bursty
@@ -585,28 +570,6 @@ def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> 
     assert {"timestamp", "input_length", "output_length"} <= set(first)
     # Seeded: the same command writes the same file.
     again = tmp_path / "again.jsonl"
-    assert (
-        main(
-            [
-                "trace",
-                "synth",
-                "--rate",
-                str(TRACES / "servegen_m-large_rate_10min.csv"),
-                "--lengths",
-                str(TRACES / "azure2023_conv.csv"),
-                "--peak-rps",
-                "3",
-                "--start",
-                "6h",
-                "--duration",
-                "10m",
-                "--seed",
-                "4",
-                "--out",
-                str(again),
-            ]
-        )
-        == 0
-    )
+    assert main(synth(again)) == 0
     assert again.read_bytes() == out.read_bytes()
     capsys.readouterr()

@@ -554,7 +554,7 @@ def test_bench_rejects_bad_arguments(capsys, flags: list[str], named: str) -> No
 def test_trace_synth_writes_a_readable_mooncake_file(tmp_path: Path, capsys) -> None:
     def synth(out: Path) -> list[str]:
         rate, lengths = TRACES / "servegen_m-large_rate_10min.csv", TRACES / "azure2023_conv.csv"
-        fixed = "--peak-rps 3 --start 6h --duration 10m --seed 4".split()
+        fixed = ["--peak-rps", "3", "--start", "6h", "--duration", "10m", "--seed", "4"]
         return ["trace", "synth", "--rate", str(rate), "--lengths", str(lengths), *fixed, "--out", str(out)]
 
     out = tmp_path / "synth.jsonl"

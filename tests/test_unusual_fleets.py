@@ -25,6 +25,12 @@ def _simulate(tmp_path: Path, scenario: dict, tenants: dict, policy: str) -> dic
     return json.loads((out / "summary.json").read_text())
 
 
+def _header(name: str, duration: str, gpus: dict[str, int], interval_s: int) -> dict:
+    """A scenario's fields besides its deployments and endpoints (the policy file beside it)."""
+    planner = {"policy": "global", "interval_s": interval_s, "policy_file": "tenants.yaml"}
+    return {"name": name, "duration": duration, "seed": 1, "gpus": gpus, "planner": planner}
+
+
 def _trace(peak_rps: float, start_s: int) -> dict:
     return {
         "synth": {"rate": RATES, "peak_rps": peak_rps, "start_s": start_s, "lengths": LENGTHS, "arrival": "poisson"}
@@ -36,11 +42,7 @@ def test_a_prefill_pool_at_zero_under_more_load_than_its_maximum_serves_goes_to_
     the SLA, so every count's attainment is 0, and the cheapest pair was none at all (every
     request queued for the whole run). The pool now runs its maximum and serves what it can."""
     scenario = {
-        "name": "overload-from-zero",
-        "duration": "5m",
-        "seed": 1,
-        "gpus": {"h100": 4},
-        "planner": {"policy": "local", "interval_s": 30, "policy_file": "tenants.yaml"},
+        **_header("overload-from-zero", "5m", {"h100": 4}, 30),
         "deployments": [
             {
                 "name": "d0",
@@ -81,11 +83,7 @@ def test_an_endpoint_whose_other_deployment_has_no_gpus_is_served_whole_by_the_o
     crediting the H200 replica with its own planned 0.8 req/s only."""
     pools = {"min": 0, "max": 4, "startup_s": 60}
     scenario = {
-        "name": "one-side-dark",
-        "duration": "10m",
-        "seed": 1,
-        "gpus": {"h100": 0, "h200": 4},
-        "planner": {"policy": "global", "interval_s": 60, "policy_file": "tenants.yaml"},
+        **_header("one-side-dark", "10m", {"h100": 0, "h200": 4}, 60),
         "endpoints": {"chat": {"sla": {"ttft_ms": 1000, "itl_ms": 60}, "trace": _trace(1.76, 1060040)}},
         "deployments": [
             {
@@ -125,11 +123,7 @@ def test_a_pool_at_zero_with_requests_waiting_is_granted_under_global_when_local
     planner held it at 0 for a tick more than the agent alone would have: with free GPUs and no
     contention `global` must give what `local` takes, at the same tick."""
     scenario = {
-        "name": "from-zero-under-global",
-        "duration": "4m",
-        "seed": 1,
-        "gpus": {"h100": 4},
-        "planner": {"policy": "global", "interval_s": 30, "policy_file": "tenants.yaml"},
+        **_header("from-zero-under-global", "4m", {"h100": 4}, 30),
         "deployments": [
             {
                 "name": "d0",
@@ -161,11 +155,7 @@ def test_a_pool_idle_before_its_first_sizing_releases_its_gpus_under_global(tmp_
     the planner, as it would act alone."""
     agg = {"profile": PROFILE, "gpu_type": "h100", "min": 0, "max": 1, "startup_s": 30}
     scenario = {
-        "name": "idle-holder",
-        "duration": "10m",
-        "seed": 1,
-        "gpus": {"h100": 1},
-        "planner": {"policy": "global", "interval_s": 30, "policy_file": "tenants.yaml"},
+        **_header("idle-holder", "10m", {"h100": 1}, 30),
         "endpoints": {
             "late": {"sla": {"ttft_ms": 1000, "itl_ms": 100}, "trace": {**_trace(1.0, 0), "offset_s": 540}},
             "busy": {"sla": {"ttft_ms": 1000, "itl_ms": 100}, "trace": _trace(1.0, 0)},

@@ -530,3 +530,23 @@ def test_a_pool_does_not_give_its_last_replica_to_a_pending_partner() -> None:
     )
     assert all(pool(d, "prefill").reason != R.UNSCHEDULABLE for d in decisions)
     assert all(pool(d, "prefill").target >= 1 for d in decisions)
+
+
+def test_a_pool_with_its_own_replicas_pending_makes_room_from_those_that_hold_gpus() -> None:
+    """Prefill asked for 6 with 2 running (4 pending, holding no GPU) while its decode partner
+    waits: giving back a pending replica frees nothing, so it goes to one fewer than it runs at
+    once (the sweep fleet went 6 -> 5 -> 4 -> 3 -> 2 -> 1, one tick each, decode pending all along)."""
+    a = agent(spec("disagg", initial=2, min_replicas=1))
+    a.granted("prefill", 6)
+    a.granted("decode", 1)
+    decisions = run(
+        a,
+        30.0,
+        1,
+        lambda t, targets: [
+            observe("prefill", t, 20.0, ready=2, pending=4),
+            observe("decode", t, 20.0, ready=0, pending=1),
+        ],
+    )
+    first = pool(decisions[0], "prefill")
+    assert (first.current, first.target, first.reason) == (6, 1, R.UNSCHEDULABLE), first

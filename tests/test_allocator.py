@@ -445,10 +445,11 @@ def test_minima_over_a_tenant_cap_name_the_cap_and_its_pools_and_warn_once(caplo
     warnings = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
     assert len(warnings) == 1
     assert (
-        "tenant beta's max_gpus h100 is 1, below the 2 its pools' minimums need (d1/prefill: 2 x 1)" in (warnings[0])
+        "tenant beta's max_gpus h100 is 1, below the 2 its pools' lower bounds need (d1/prefill: 2 x 1)"
+        in (warnings[0])
     ), warnings[0]
     assert first.replicas["d1/prefill"] <= 1 and first.replicas["d1/decode"] == 0
-    assert "tenant beta's max_gpus h100 cannot hold every minimum" in first.reasons["d1/prefill"]
+    assert "below minimum 2: tenant beta's max_gpus h100 cannot hold every minimum" in first.reasons["d1/prefill"]
     assert first.tenant_gpus["beta"]["h100"] <= 1
 
 

@@ -511,18 +511,22 @@ def _minima_conflicts(
     budget: dict[str, int],
     caps: dict[TenantType, int],
 ) -> dict[str | TenantType, str]:
-    """Each GPU type and tenant cap the pools' lower bounds overrun, naming the pools: a cap below
-    a deployment's own minimums is a policy that contradicts itself, and the operator must see
-    which one (a disaggregated pair held at its prefill minimum with no decode serves nothing)."""
+    """Each GPU type and tenant cap the pools' lower bounds this round overrun, naming the pools
+    and, where a bound is above the pool's minimum (a step limit, or what it holds and wants), the
+    minimum: a cap below a deployment's own minimums is a policy that contradicts itself, and the
+    operator must see which one (a pair held at its prefill minimum with no decode serves nothing)."""
     by_type: dict[str, list[str]] = defaultdict(list)
     by_tenant: dict[TenantType, list[str]] = defaultdict(list)
     for plan in plans:
         if plan.lo:
             held = f"{plan.pool.pool_id}: {plan.lo} x {plan.pool.gpus_per_replica}"
+            if plan.lo > plan.min_replicas:
+                held += f" (minimum {plan.min_replicas})"
             by_type[plan.pool.gpu_type].append(held)
             by_tenant[(plan.pool.tenant, plan.pool.gpu_type)].append(held)
     conflicts: dict[str | TenantType, str] = {
-        gpu: f"the pools' minimums need {need} {gpu} GPUs, {budget.get(gpu, 0)} are free ({', '.join(by_type[gpu])})"
+        gpu: f"the pools' lower bounds need {need} {gpu} GPUs, {budget.get(gpu, 0)} are free "
+        f"({', '.join(by_type[gpu])})"
         for gpu, need in sorted(lo_type.items())
         if need > budget.get(gpu, 0)
     }
@@ -530,7 +534,7 @@ def _minima_conflicts(
         if need > caps.get((tenant, gpu), need):
             conflicts[(tenant, gpu)] = (
                 f"tenant {tenant}'s max_gpus {gpu} is {caps[(tenant, gpu)]}, below the {need} its pools' "
-                f"minimums need ({', '.join(by_tenant[(tenant, gpu)])})"
+                f"lower bounds need ({', '.join(by_tenant[(tenant, gpu)])})"
             )
     return conflicts
 
@@ -591,7 +595,11 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
     if count < plan.lo:
         capped = key in problem.minima_conflicts
         holder = f"tenant {pool.tenant}'s max_gpus {pool.gpu_type}" if capped else f"{pool.gpu_type} inventory"
-        return f"below minimum {plan.lo}: {holder} cannot hold every minimum"
+        if plan.lo == plan.min_replicas:
+            return f"below minimum {plan.lo}: {holder} cannot hold every minimum"
+        return (
+            f"below its lower bound {plan.lo} this round (minimum {plan.min_replicas}): {holder} cannot hold them all"
+        )
     if plan.idle and count == plan.lo:
         asked = f"as bid: its agent wants {count}" if plan.ask == count else f"towards its ask of {plan.ask}"
         return f"{asked}; {plan.idle} replica(s) from idle {pool.gpu_type} GPUs at once, highest priority first"

@@ -251,7 +251,7 @@ def allocate(request: AllocationRequest) -> Allocation:
     deadline = start + request.time_limit_s
     problem = build_problem(request)
     if not problem.minima_fit:
-        why = "replica minima cannot all be held: " + "; ".join(problem.minima_conflicts.values())
+        why = "the pools' lower bounds cannot all be held: " + "; ".join(problem.minima_conflicts.values())
         return _fallback(problem, start, why)
     frontier = build_frontier(problem)
     replicas = _starting_point(problem, frontier, request.previous)

@@ -347,11 +347,11 @@ class LocalAgent:
             if obs.pending == 0 or obs.ready + obs.starting > 0:
                 continue
             freed = math.ceil(partner.gpus_per_replica / mine.gpus_per_replica)  # of ours, for one of its replicas
-            # From the replicas that hold GPUs: dropping our own pending ones frees none (a prefill
-            # pool asking 6 with 2 running went 6 -> 5 -> ... -> 1 a tick at a time, its decode
-            # partner pending all the while). Never the last replica: a pair emptied on this side
-            # serves nothing either.
-            wanted = max(low, 1, min(current, own.ready + own.starting) - freed)
+            # From the replicas that hold GPUs (the guard above keeps ``current`` at or above them):
+            # dropping our own pending ones frees none (a prefill pool asking 6 with 2 running went
+            # 6 -> 5 -> ... -> 1 a tick at a time, its decode partner pending all the while). Never
+            # the last replica: a pair emptied on this side serves nothing either.
+            wanted = max(low, 1, own.ready + own.starting - freed)
             if wanted < current:
                 detail = f"makes room for {other}: {obs.pending} replica(s) pending for {partner.gpu_type}, none ready"
                 return Proposal(wanted, R.UNSCHEDULABLE, detail)

@@ -515,27 +515,30 @@ def _minima_conflicts(
     and, where a bound is above the pool's minimum (a step limit, or what it holds and wants), the
     minimum: a cap below a deployment's own minimums is a policy that contradicts itself, and the
     operator must see which one (a pair held at its prefill minimum with no decode serves nothing)."""
-    by_type: dict[str, list[str]] = defaultdict(list)
-    by_tenant: dict[TenantType, list[str]] = defaultdict(list)
-    for plan in plans:
-        if plan.lo:
-            held = f"{plan.pool.pool_id}: {plan.lo} x {plan.pool.gpus_per_replica}"
-            if plan.lo > plan.min_replicas:
-                held += f" (minimum {plan.min_replicas})"
-            by_type[plan.pool.gpu_type].append(held)
-            by_tenant[(plan.pool.tenant, plan.pool.gpu_type)].append(held)
+    over_type = sorted(gpu for gpu, need in lo_type.items() if need > budget.get(gpu, 0))
+    over_cap = sorted(key for key, need in lo_tenant.items() if need > caps.get(key, need))
+    if not over_type and not over_cap:
+        return {}  # the usual round: no pool is named, no text built
+
+    def holders(gpu: str, tenant: str | None = None) -> str:
+        """The pools holding a lower bound of ``gpu`` (of ``tenant``'s, when given)."""
+        named = []
+        for plan in plans:
+            pool = plan.pool
+            if plan.lo and pool.gpu_type == gpu and tenant in (None, pool.tenant):
+                minimum = f" (minimum {plan.min_replicas})" if plan.lo > plan.min_replicas else ""
+                named.append(f"{pool.pool_id}: {plan.lo} x {pool.gpus_per_replica}{minimum}")
+        return ", ".join(named)
+
     conflicts: dict[str | TenantType, str] = {
-        gpu: f"the pools' lower bounds need {need} {gpu} GPUs, {budget.get(gpu, 0)} are free "
-        f"({', '.join(by_type[gpu])})"
-        for gpu, need in sorted(lo_type.items())
-        if need > budget.get(gpu, 0)
+        gpu: f"the pools' lower bounds need {lo_type[gpu]} {gpu} GPUs, {budget.get(gpu, 0)} are free ({holders(gpu)})"
+        for gpu in over_type
     }
-    for (tenant, gpu), need in sorted(lo_tenant.items()):
-        if need > caps.get((tenant, gpu), need):
-            conflicts[(tenant, gpu)] = (
-                f"tenant {tenant}'s max_gpus {gpu} is {caps[(tenant, gpu)]}, below the {need} its pools' "
-                f"lower bounds need ({', '.join(by_tenant[(tenant, gpu)])})"
-            )
+    for tenant, gpu in over_cap:
+        conflicts[(tenant, gpu)] = (
+            f"tenant {tenant}'s max_gpus {gpu} is {caps[(tenant, gpu)]}, below the {lo_tenant[(tenant, gpu)]} its "
+            f"pools' lower bounds need ({holders(gpu, tenant)})"
+        )
     return conflicts
 
 

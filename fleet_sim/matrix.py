@@ -467,13 +467,14 @@ def gpu_hours_opening(result: SimulationResult, end_s: float = OPENING_S) -> flo
     """GPU-hours held in the run's first ``end_s`` seconds. Every pool starts at its scenario's
     count (in the matrix, its maximum) and an agent descends from there as it learns the load,
     while a clairvoyant schedule drops at once: splitting a run's GPU-hours here separates that
-    descent from the steady state. Read from the timeline, each row's GPUs held over its interval
-    (so within a few percent of the simulator's exact GPU-seconds)."""
+    descent from the steady state. Read from the timeline: the GPU-seconds of each row up to
+    ``end_s``, then the GPUs the pool held at its last such row until ``end_s`` (exact unless a
+    drain ended in that last stretch)."""
     seconds = 0.0
-    last: dict[tuple[str, str], float] = {}
+    last: dict[tuple[str, str], tuple[float, int]] = {}
     for row in result.timeline:
-        key = (row.deployment, row.role)
-        start = max(0.0, last.get(key, 0.0))
-        last[key] = row.time_s
-        seconds += row.gpus * max(0.0, min(row.time_s, end_s) - start)
+        if row.time_s <= end_s:
+            seconds += row.gpu_seconds
+            last[(row.deployment, row.role)] = (row.time_s, row.gpus)
+    seconds += sum(gpus * (end_s - time_s) for time_s, gpus in last.values())
     return seconds / 3600.0

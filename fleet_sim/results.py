@@ -44,6 +44,7 @@ class TimelineRow:
     draining: int
     pending: int
     gpus: int  # GPUs held by the pool at time_s (starting + ready + draining replicas)
+    gpu_seconds: float  # GPU-seconds the pool held over the interval (the rows add up to the run's)
     arrivals: int  # requests admitted to the pool during the interval
     ttft_p90_ms: float  # NaN when no request got its first token in the interval
     itl_p90_ms: float  # NaN when no request finished in the interval

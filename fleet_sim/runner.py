@@ -101,6 +101,7 @@ class FleetSimulation:
         self.budget_violations = 0
         self._observations: deque[FleetObservation] = deque()
         self._delivered: FleetObservation | None = None  # the latest observation the policy has seen
+        self._gpu_seconds_recorded: dict[Pool, float] = {}  # per pool, up to its last timeline row
         self._progress: Callable[[float], None] | None = None
         self.sim.on_complete = self._on_complete
 
@@ -187,7 +188,10 @@ class FleetSimulation:
                 endpoint_counts = (self._endpoint_window[endpoint], self._endpoint_shed[endpoint]) if entry else None
                 observation = self._pool_observation(pool, now, counts, endpoint_counts, endpoint_in, endpoint_out)
                 pools.append(observation)
-                self.timeline.append(self._timeline_row(pool, observation))
+                pool.account(now, 0)  # charge the GPUs held up to now
+                held = pool.gpu_seconds - self._gpu_seconds_recorded.get(pool, 0.0)
+                self._gpu_seconds_recorded[pool] = pool.gpu_seconds
+                self.timeline.append(self._timeline_row(pool, observation, held))
                 pool.stats.reset()
         self._endpoint_window = [0] * len(self._endpoint_window)
         self._endpoint_shed = [0] * len(self._endpoint_shed)
@@ -253,7 +257,7 @@ class FleetSimulation:
         )
 
     @staticmethod
-    def _timeline_row(pool: Pool, observation: PoolObservation) -> TimelineRow:
+    def _timeline_row(pool: Pool, observation: PoolObservation, gpu_seconds: float) -> TimelineRow:
         """The interval's row: what the policy was shown, plus target and GPUs held (NaN p90s where
         no request reached that point in the interval)."""
         return TimelineRow(
@@ -267,18 +271,24 @@ class FleetSimulation:
             draining=observation.draining,
             pending=observation.pending,
             gpus=pool.gpus_held,
+            gpu_seconds=gpu_seconds,
             arrivals=pool.stats.admitted,
             ttft_p90_ms=observation.ttft_ms.p90 if observation.ttft_ms is not None else math.nan,
             itl_p90_ms=observation.itl_ms.p90 if observation.itl_ms is not None else math.nan,
         )
 
+    def _scrape(self, now: float) -> None:
+        """Close a window ``observation_delay_s`` before a tick: the tick reads it, as a live agent
+        reads a scrape that lags by that much."""
+        self._observations.append(self._observe(now))
+        if now + self.interval_s < self.end_s - 1e-9:
+            self.sim.schedule(now + self.interval_s, EV_CALL, self._scrape)
+
     def _tick(self, now: float) -> None:
         self.gateway.refresh_capacities()
-        current = self._observe(now)
-        self._observations.append(current)
-        self.policy.replicas_now(current)
+        self.policy.replicas_now(self._counts(now))
         delivered = None
-        while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-9:
+        while self._observations and self._observations[0].time_s <= now - self.delay_s + 1e-6:
             delivered = self._observations.popleft()
         if delivered is not None:
             self._delivered = delivered
@@ -287,6 +297,25 @@ class FleetSimulation:
             self._progress(now)
         if now + self.interval_s < self.end_s - 1e-9:
             self.sim.schedule(now + self.interval_s, EV_CALL, self._tick)
+
+    def _counts(self, now: float) -> FleetObservation:
+        """Every pool's replica counts at ``now`` (what the orchestrator's API says at a tick)."""
+        pools = []
+        for (deployment, role), pool in self.pools.items():
+            ready, starting, draining = pool.counts()
+            pools.append(
+                PoolObservation(
+                    deployment=deployment,
+                    role=role,
+                    time_s=now,
+                    window_s=self.interval_s,
+                    ready=ready,
+                    starting=starting,
+                    draining=draining,
+                    pending=pool.pending,
+                )
+            )
+        return FleetObservation(time_s=now, pools=pools)
 
     def _apply(self, decision: Decision, now: float) -> None:
         spec_by_name = {spec.name: spec for spec in self.specs}
@@ -328,6 +357,12 @@ class FleetSimulation:
         reqs = self.sim.requests
         reqs.load(wl.arrival_s, wl.input_tokens, wl.output_tokens, wl.endpoint)
         reqs.hashes = list(wl.hash_ids) if wl.hash_ids is not None else None
+        # A window closes observation_delay_s before each tick (the first at or after 0 s; one that
+        # closes at 0 s covers the time before the run, with no traffic); scheduled first, so a
+        # window closing at a tick's own time is closed before the tick reads.
+        first_window = math.ceil(self.delay_s / self.interval_s - 1e-9) * self.interval_s - self.delay_s
+        if first_window < self.end_s - 1e-9:
+            self.sim.schedule(first_window, EV_CALL, self._scrape)
         self.sim.schedule(0.0, EV_CALL, self._tick)
         try:
             self.sim.run(self.end_s, reqs.arrival, self._on_arrival)

@@ -68,15 +68,16 @@ async def test_observations_arrive_late_and_in_scenario_time() -> None:
     wall = iter([100.0, 110.0, 120.0])
     source = ScenarioTimeSource(inner, lambda: next(wall), speed=3, delay_s=15)
     spec: DeploymentSpec = None  # type: ignore[assignment]  # not read by the fake
-    assert await source.observe(0.0, spec, {}) == []  # nothing is 15 s old yet
+    assert await source.observe(0.0, spec, {}) == []  # no window has closed 15 s before the run
     (late,) = await source.observe(30.0, spec, {})
-    assert inner.asked_at == [100.0, 110.0]  # the inner source runs on its own clock
-    assert late.time_s == 0.0 and late.window_s == 30.0  # the tick-0 observation, 10 wall s = 30 scenario s
+    # On its own clock, the window closed 15 scenario s (5 wall s at speed 3) before the tick.
+    assert inner.asked_at == [95.0]
+    assert late.time_s == 15.0 and late.window_s == 30.0  # 10 wall s = 30 scenario s
     assert late.admitted == 4
     assert late.ttft_ms is not None and (late.ttft_ms.mean, late.ttft_ms.p90) == (150.0, 240.0)
     assert late.iteration_ms == 15.0 and late.scheduled_tokens_per_s == 100.0
     (later,) = await source.observe(60.0, spec, {})
-    assert later.time_s == 30.0
+    assert later.time_s == 45.0 and inner.asked_at == [95.0, 105.0]
 
 
 def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

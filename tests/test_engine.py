@@ -62,7 +62,7 @@ def make_scenario(
     duration: float = 120,
     gpus: int = 8,
     interval_s: float = 30,
-    delay_s: float = 15,
+    delay_s: float = 0,  # windows close at the ticks: the timeline's rows are the ticks' states
     max_input_tokens: int | None = None,
     sla: dict | None = None,
     name: str = "d",

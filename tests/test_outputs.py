@@ -91,6 +91,7 @@ def _row(
         draining=0,
         pending=0,
         gpus=gpus,
+        gpu_seconds=30.0 * gpus,
         arrivals=arrivals,
         ttft_p90_ms=ttft,
         itl_p90_ms=itl,
@@ -287,13 +288,14 @@ def test_write_outputs_files(tmp_path: Path) -> None:
             "draining",
             "pending",
             "gpus",
+            "gpu_seconds",
             "arrivals",
             "ttft_p90_ms",
             "itl_p90_ms",
         )
     )
     assert len(rows) == 9
-    assert rows[1] == ["60.0", "chat-a", "agg", "H100", "2", "1", "1", "0", "0", "2", "120", "150.0", "25.5"]
+    assert rows[1] == ["60.0", "chat-a", "agg", "H100", "2", "1", "1", "0", "0", "2", "60.0", "120", "150.0", "25.5"]
     assert rows[2][-2:] == ["", ""]  # NaN latencies are empty cells
     assert "nan" not in (out / "timeline.csv").read_text().lower()
 

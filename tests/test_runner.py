@@ -150,22 +150,24 @@ def test_observations_arrive_after_the_delay(tmp_path: Path, delay_s: float) -> 
             assert observation is None, f"at {now} s nothing can have been scraped yet"
             continue
         assert observation is not None
-        # The freshest observation old enough to have been delivered, never a newer one.
-        assert observation.time_s <= now - delay_s + 1e-9
-        assert observation.time_s == max(t for t in ticks if t <= now - delay_s)
+        # The window that closed exactly the delay before the tick: as stale as a live scrape,
+        # never staler (it used to be the window closed at the previous tick) and never newer.
+        assert observation.time_s == now - delay_s
         assert {(p.deployment, p.role) for p in observation.pools} == {("d", "prefill"), ("d", "decode")}
         assert all(p.time_s == observation.time_s and p.window_s == 30 for p in observation.pools)
 
 
-def test_observation_counts_the_window_arrivals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 15.0])
+def test_observation_counts_the_window_arrivals(tmp_path: Path, delay_s: float) -> None:
     rows = random_rows(2, 200, 180)
-    scenario = single_deployment(tmp_path, rows, delay_s=0)
+    scenario = single_deployment(tmp_path, rows, delay_s=delay_s)
     _, policy = run(scenario)
     arrivals = np.array([a for a, _, _ in rows])
     for now, observation in policy.calls[1:]:
         (agg,) = observation.pools
-        expected = int(((arrivals > now - 30) & (arrivals <= now)).sum())
-        assert agg.admitted == expected
+        end = now - delay_s  # the 30 s window closed the delay before the tick
+        expected = int(((arrivals > end - 30) & (arrivals <= end)).sum())
+        assert agg.admitted == expected and expected > 0
         assert agg.ready == 1 and agg.pending == 0
 
 
@@ -307,8 +309,12 @@ def test_timeline_has_one_row_per_interval_and_pool(tmp_path: Path) -> None:
         assert row.gpus == row.ready + row.starting + row.draining  # gpus_per_replica 1
         assert row.gpu_type == "h200"
     times = sorted(by_time)
-    assert times[:5] == [0.0, 30.0, 60.0, 90.0, 120.0]
+    # A row per scraped window (closing the 15 s delay before each tick) and the run's last one.
+    assert times == [15.0, 45.0, 75.0, 105.0, 135.0, 150.0]
     assert all(sorted(roles) == ["decode", "prefill"] for roles in by_time.values())
+    for role in ("prefill", "decode"):  # each row's GPU-seconds: together, the run's exact figure
+        rows_of = [row.gpu_seconds for row in result.timeline if row.role == role]
+        assert sum(rows_of) == pytest.approx(result.gpu_seconds[("d", role)], rel=1e-12)
     write_outputs(result, tmp_path / "out")
     lines = (tmp_path / "out" / "timeline.csv").read_text().splitlines()
     assert tuple(lines[0].split(",")) == TIMELINE_COLUMNS
@@ -318,7 +324,7 @@ def test_timeline_has_one_row_per_interval_and_pool(tmp_path: Path) -> None:
 def test_timeline_latencies_come_from_their_interval(tmp_path: Path) -> None:
     # Traffic only in (30, 60]: only the row at 60 (covering that window) has latencies and arrivals.
     rows = [(31.0 + i * 0.5, 500, 30) for i in range(50)]
-    scenario = single_deployment(tmp_path, rows, duration=150)
+    scenario = single_deployment(tmp_path, rows, duration=150, delay_s=0)
     result, _ = run(scenario)
     agg = {row.time_s: row for row in result.timeline}
     assert agg[60.0].arrivals == 50 and agg[60.0].ttft_p90_ms > 0 and agg[60.0].itl_p90_ms > 0

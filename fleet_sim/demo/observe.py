@@ -3,16 +3,16 @@
 :class:`ScenarioTimeSource` is what the agent reads: an inner source's observations (Prometheus, or
 :class:`DirectSource` without it), measured on the wall clock, converted to scenario time (under
 ``--speed N`` a wall second is N scenario seconds and every measured latency 1/N of the emulated
-engine's) and delivered ``observation_delay_s`` late, as the simulator delivers them.
+engine's), over the window that closed ``observation_delay_s`` before the tick, as the simulator
+delivers them (and as a live agent reads a scrape that lags by that much).
 
 :class:`DirectSource` stands in for Prometheus: request-level fields from the frontend's own
 records, engine fields scraped from each worker's ``/metrics`` (the names the agent's Prometheus
-queries use), over the last ``window_s`` seconds."""
+queries use), over the ``window_s`` seconds up to the time asked."""
 
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -28,24 +28,23 @@ KV_BLOCK_TOKENS = 16
 
 
 class ScenarioTimeSource:
-    """``inner`` observed at ``inner_now()`` (its own clock), returned in scenario time, late."""
+    """``inner`` observed ``delay_s`` (scenario seconds) before ``inner_now()`` (its own clock),
+    returned in scenario time; nothing before the run has lasted that long."""
 
     def __init__(self, inner: ObservationSource, inner_now: Callable[[], float], speed: float, delay_s: float):
         self.inner = inner
         self.inner_now = inner_now
         self.speed = speed
         self.delay_s = delay_s
-        self._queue: deque[tuple[float, list[PoolObservation]]] = deque()
-        self._delivered: list[PoolObservation] = []
 
     async def observe(
         self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
     ) -> list[PoolObservation]:
-        measured = await self.inner.observe(self.inner_now(), spec, replicas)
-        self._queue.append((now_s, [self._scenario_time(o, now_s) for o in measured]))
-        while self._queue and self._queue[0][0] <= now_s - self.delay_s + 1e-9:
-            self._delivered = self._queue.popleft()[1]
-        return self._delivered
+        closed_s = now_s - self.delay_s
+        if closed_s < -1e-9:
+            return []
+        measured = await self.inner.observe(self.inner_now() - self.delay_s / self.speed, spec, replicas)
+        return [self._scenario_time(o, closed_s) for o in measured]
 
     def _scenario_time(self, obs: PoolObservation, now_s: float) -> PoolObservation:
         k = self.speed
@@ -87,8 +86,8 @@ class DirectSource:
         self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
     ) -> list[PoolObservation]:
         since = now_s - self.window_s
-        arrived = [r for r in self.frontend.records if r.arrival_s > since]
-        finished = [r for r in self.frontend.records if r.t_last is not None and r.t_last > since]
+        arrived = [r for r in self.frontend.records if since < r.arrival_s <= now_s]
+        finished = [r for r in self.frontend.records if r.t_last is not None and since < r.t_last <= now_s]
         admitted_in = [r.input_tokens for r in arrived]
         traffic = {
             "input_tokens": _dist(admitted_in),

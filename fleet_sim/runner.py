@@ -301,12 +301,12 @@ class FleetSimulation:
     def _counts(self, now: float) -> FleetObservation:
         """Every pool's replica counts at ``now`` (what the orchestrator's API says at a tick)."""
         pools = []
-        for (deployment, role), pool in self.pools.items():
+        for pool in self.pools.values():
             ready, starting, draining = pool.counts()
             pools.append(
                 PoolObservation(
-                    deployment=deployment,
-                    role=role,
+                    deployment=pool.deployment,
+                    role=pool.role,
                     time_s=now,
                     window_s=self.interval_s,
                     ready=ready,

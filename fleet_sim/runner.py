@@ -7,6 +7,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,11 +183,10 @@ class FleetSimulation:
             endpoint = self.endpoint_index[spec.endpoint]
             for role in spec.pools:
                 pool = self.pools[(spec.name, role)]
-                counts = pool.counts()
                 entry = pool.entry_pool is pool  # endpoint figures go to the entry pool only
                 endpoint_in, endpoint_out = endpoint_lengths[endpoint] if entry else (None, None)
                 endpoint_counts = (self._endpoint_window[endpoint], self._endpoint_shed[endpoint]) if entry else None
-                observation = self._pool_observation(pool, now, counts, endpoint_counts, endpoint_in, endpoint_out)
+                observation = self._pool_observation(pool, now, endpoint_counts, endpoint_in, endpoint_out)
                 pools.append(observation)
                 pool.account(now, 0)  # charge the GPUs held up to now
                 held = pool.gpu_seconds - self._gpu_seconds_recorded.get(pool, 0.0)
@@ -216,24 +216,15 @@ class FleetSimulation:
         self,
         pool: Pool,
         now: float,
-        counts: tuple[int, int, int],
         endpoint_counts: tuple[int, int] | None,
         endpoint_in: Distribution | None,
         endpoint_out: Distribution | None,
     ) -> PoolObservation:
         stats = pool.stats
-        ready, starting, draining = counts
         replicas = [r for r in pool.replicas if r.state != STARTING]
         serves_decode = pool.role != "prefill"
         return PoolObservation(
-            deployment=pool.deployment,
-            role=pool.role,
-            time_s=now,
-            window_s=self.interval_s,
-            ready=ready,
-            starting=starting,
-            draining=draining,
-            pending=pool.pending,
+            **self._replica_counts(pool, now),
             admitted=stats.admitted,
             endpoint_admitted=endpoint_counts[0] if endpoint_counts else None,
             endpoint_shed=endpoint_counts[1] if endpoint_counts else None,
@@ -300,22 +291,22 @@ class FleetSimulation:
 
     def _counts(self, now: float) -> FleetObservation:
         """Every pool's replica counts at ``now`` (what the orchestrator's API says at a tick)."""
-        pools = []
-        for pool in self.pools.values():
-            ready, starting, draining = pool.counts()
-            pools.append(
-                PoolObservation(
-                    deployment=pool.deployment,
-                    role=pool.role,
-                    time_s=now,
-                    window_s=self.interval_s,
-                    ready=ready,
-                    starting=starting,
-                    draining=draining,
-                    pending=pool.pending,
-                )
-            )
+        pools = [PoolObservation(**self._replica_counts(pool, now)) for pool in self.pools.values()]
         return FleetObservation(time_s=now, pools=pools)
+
+    def _replica_counts(self, pool: Pool, now: float) -> dict[str, Any]:
+        """The fields of a pool's observation that its replica counts at ``now`` fill."""
+        ready, starting, draining = pool.counts()
+        return {
+            "deployment": pool.deployment,
+            "role": pool.role,
+            "time_s": now,
+            "window_s": self.interval_s,
+            "ready": ready,
+            "starting": starting,
+            "draining": draining,
+            "pending": pool.pending,
+        }
 
     def _apply(self, decision: Decision, now: float) -> None:
         spec_by_name = {spec.name: spec for spec in self.specs}

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from fleet_planner.knobs import EngineKnobs
 from fleet_planner.planning import DeploymentSpec, PoolObservation, PoolRole
 from local_agent.decide.elapsed import Elapsed
-from local_agent.decide.guard import ScaleDownGuard
+from local_agent.decide.guard import MISSED_ATTAINMENT, ScaleDownGuard
 from local_agent.decide.intake import Intake, Lengths
 from local_agent.decide.limits import apply_budget, bounds, capped
 from local_agent.decide.options import AgentOptions
@@ -164,6 +164,7 @@ class LocalAgent:
                 update={
                     "replica_capacity_rps": self.sizer.replica_rps(d.role, lengths),
                     "queued_requests": pools[d.role].queued_requests if d.role in pools else None,
+                    **self._curves_after_misses(d, now_s, forecast),
                 }
             )
             for d in decisions
@@ -264,7 +265,7 @@ class LocalAgent:
             role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief, transient
         )
         if pressed.reason == R.REACTIVE_SLA:
-            self.guard.sla_missed(role, now_s)
+            self.guard.sla_missed(role, now_s, obs.ready, self.intake.smoothed_rate())
         # A miss is remembered even where no replica is added for it (``breach_relief``).
         if (
             pressed.reason is not None
@@ -372,6 +373,20 @@ class LocalAgent:
         if need <= up.wanted:
             return up
         return Proposal(need, up.reason, f"{up.detail}; the forecast as of now needs {need} replicas")
+
+    def _curves_after_misses(
+        self, decision: PoolDecision, now_s: float, forecast: Forecast | None
+    ) -> dict[str, list[float]]:
+        """The pool's curves with every count that would run at a load per replica it recently
+        missed its SLA at (:meth:`ScaleDownGuard.bid_ceiling`, at the forecast as of now, the rate
+        its bid is valued at) worth at most ``MISSED_ATTAINMENT``; empty when none is."""
+        top = self.guard.bid_ceiling(decision.role, now_s, forecast.mean if forecast else None)
+        if top <= 0 or not decision.curve:
+            return {}
+        return {
+            name: [min(value, MISSED_ATTAINMENT) if 0 < k <= top else value for k, value in enumerate(curve)]
+            for name, curve in (("curve", decision.curve), ("curve_low", decision.curve_low))
+        }
 
     def _finish(self, role: PoolRole, current: int, proposal: Proposal, enforce_steps: bool = True) -> PoolDecision:
         low, high = bounds(self.spec, self.limits, role)

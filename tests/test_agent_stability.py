@@ -8,6 +8,7 @@ from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, 
 
 from fleet_planner.planning import SLA, Distribution
 from local_agent.agent import LocalAgent
+from local_agent.decide.guard import MISSED_ATTAINMENT
 from local_agent.decide.intake import SMOOTHING_WINDOWS
 from local_agent.decide.options import AgentOptions
 from local_agent.forecast import Forecast
@@ -117,6 +118,28 @@ def test_miss_memory_refuses_to_return_to_a_load_per_replica_that_missed() -> No
     # Once the load falls by more than the margin the memory no longer binds.
     later = run(remembering, 40 * TICK, 30, lambda t, targets: [observe("agg", t, 5.0, ready=targets["agg"])])
     assert later[-1].pools[0].target == 1
+
+
+def test_the_bid_credits_a_load_per_replica_that_missed_with_at_most_the_missed_attainment() -> None:
+    """The model said one replica carries 10 req/s within the SLA; the pool missed there. Its bid
+    then values every count that would carry at least 10 req/s a replica at no more than
+    ``MISSED_ATTAINMENT`` (at 25 req/s: one and two replicas), the others as the model says; a
+    forgetful agent bids the model alone, and the ceiling goes when the memory does."""
+    make = _missing_then_healthy(miss_until=30.0, rate=10.0)
+    forgetful = agent(spec(initial=1), miss_memory_s=0.0)
+    remembering = agent(spec(initial=1), miss_memory_s=600.0)
+    for a in (forgetful, remembering):
+        run(a, 0.0, 2, make)
+    busier = run(remembering, 2 * TICK, 4, lambda t, targets: [observe("agg", t, 25.0, ready=targets["agg"])])
+    plain = run(forgetful, 2 * TICK, 4, lambda t, targets: [observe("agg", t, 25.0, ready=targets["agg"])])
+    model, capped = pool(plain[-1]).curve, pool(busier[-1]).curve
+    assert busier[-1].forecast_rps == pytest.approx(25.0)
+    assert model[1] > MISSED_ATTAINMENT and model[2] > MISSED_ATTAINMENT  # the model's word
+    assert capped[1] == min(model[1], MISSED_ATTAINMENT) and capped[2] == MISSED_ATTAINMENT
+    assert capped[3:] == model[3:] and capped[0] == model[0]
+    assert pool(busier[-1]).curve_low[2] <= MISSED_ATTAINMENT
+    later = run(remembering, 700.0, 2, lambda t, targets: [observe("agg", t, 25.0, ready=targets["agg"])])
+    assert pool(later[-1]).curve[2] > MISSED_ATTAINMENT
 
 
 def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_then_follows_down() -> None:

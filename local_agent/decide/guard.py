@@ -47,6 +47,10 @@ from local_agent.sizing import PoolCurve
 
 R = DecisionReason
 MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
+# What a count that missed its p90 latency target is worth at most: over a tenth of its requests
+# were late. A bid's curve says no more than this wherever the load per replica is at least one
+# the pool was seen to miss at (:meth:`ScaleDownGuard.bid_ceiling`).
+MISSED_ATTAINMENT = 0.9
 WARMUP_WAIT = 4  # the entry pool waits for its TTFT correction at most this many warm-ups
 OPENING_WINDOWS = 2  # windows with an admission metric before an opening cut (the first may be empty)
 
@@ -63,6 +67,7 @@ class PoolMemory:
         "misses",
         "opening_cut_sizing",
         "recommendations",
+        "sla_misses",
     )
 
     def __init__(self) -> None:
@@ -72,6 +77,7 @@ class PoolMemory:
         self.last_reversal_s = -math.inf
         self.last_sla_miss_s = -math.inf  # the last window whose SLA miss counted as pressure
         self.misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # (time, load per replica)
+        self.sla_misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # the SLA's alone, likewise
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
         self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings at the opening cut
 
@@ -103,9 +109,27 @@ class ScaleDownGuard:
         if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
             self.pools[role].misses.append((now_s, rate / ready))
 
-    def sla_missed(self, role: PoolRole, now_s: float) -> None:
-        """The pool's SLA miss counted as pressure this window (it asks for a replica)."""
-        self.pools[role].last_sla_miss_s = now_s
+    def sla_missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
+        """The pool's SLA miss counted as pressure this window (it asks for a replica; one replica
+        more shortens the late latency) at ``ready`` replicas and (smoothed) load ``rate``."""
+        memory = self.pools[role]
+        memory.last_sla_miss_s = now_s
+        if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
+            memory.sla_misses.append((now_s, rate / ready))
+
+    def bid_ceiling(self, role: PoolRole, now_s: float, rate: float | None) -> int:
+        """The most replicas that would carry ``rate`` at a load per replica this pool missed its
+        SLA at within ``miss_memory_s`` (0: none): a bid's curve credits those counts with at most
+        ``MISSED_ATTAINMENT``. The curve is the model's word, and where the pool has just been shown
+        late the model was wrong there: on ``day-clients d1+d4 supply=0.67`` the high-priority
+        prefill pool missed its TTFT at two replicas for minutes while its curve valued two at
+        99.6%, so the planner saw nothing to gain in a third and kept it on a lower priority."""
+        memory = self.pools[role]
+        _expire(memory.sla_misses, now_s, self.options.miss_memory_s, self.elapsed)
+        if not memory.sla_misses or rate is None or rate <= 0:
+            return 0
+        lowest = min(per_replica for _, per_replica in memory.sla_misses)
+        return math.floor(rate / lowest + 1e-9)
 
     def recently_short(self, role: PoolRole, now_s: float) -> bool:
         """Whether a miss of the pool's SLA counted as pressure within ``miss_memory_s``: the model
@@ -285,8 +309,7 @@ class ScaleDownGuard:
         """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
         if self.options.miss_memory_s <= 0 or wanted <= 0:
             return None
-        while memory.misses and self.elapsed.beyond(now_s, memory.misses[0][0], self.options.miss_memory_s):
-            memory.misses.popleft()
+        _expire(memory.misses, now_s, self.options.miss_memory_s, self.elapsed)
         if not memory.misses:
             return None
         lowest = min(per_replica for _, per_replica in memory.misses)
@@ -316,6 +339,12 @@ class ScaleDownGuard:
             detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
         return proposal, False
+
+
+def _expire(misses: deque[tuple[float, float]], now_s: float, memory_s: float, elapsed: Elapsed) -> None:
+    """Forget the misses older than ``memory_s``."""
+    while misses and elapsed.beyond(now_s, misses[0][0], memory_s):
+        misses.popleft()
 
 
 def _fewest(count: int, floor: int, safe: Callable[[int], bool]) -> int:

@@ -549,3 +549,34 @@ def test_a_holding_lease_that_counts_fewer_replicas_than_run_says_why() -> None:
     state.register(_registration("b", tenant="beta", gpu="a100"), "s-b", 0.0)
     (held,) = state.report(_report("b", "s-b", 1, 0, {"agg": (3, 0)}, need=3), 0.0).pools
     assert held.replicas == 3 and held.reason == "no allocation yet: holding current replicas"
+
+
+def test_a_pool_without_a_bid_is_held_within_an_overrides_bounds_not_dropped_to_its_minimum() -> None:
+    """Before its agent has sized it, a pool bids nothing and the planner holds what it runs; an
+    override's ``min_replicas`` (0 here) is a floor for bids, not a reason to empty a pool nobody
+    has priced yet. Its ``max_replicas`` (2) still caps it. A random fleet (sweep seed 20, ``s15``)
+    lost its only running replicas that way at 10 s and waited 361 s for a cold start."""
+    policy = TenantPolicy.model_validate(
+        {
+            "fleet": {"gpus": {"h200": 8}},
+            "tenants": {"acme": {}},
+            "deployments": [{"selector": "acme/d/agg", "min_replicas": 0, "max_replicas": 2}],
+        }
+    )
+    state = PlannerState(policy, lease_s=100.0)
+    state.register(_registration("d"), "s", now=0.0)
+    unpriced = AgentReport(deployment="d", session_id="s", sequence=1, pools=[PoolReport(role="agg", ready=3)])
+    state.report(unpriced, now=1.0)
+    _round(state, 1.0)
+    assert _grant(state.targets("d", 1.0)) == 2
+    # Priced, the override's bounds apply as to any bid: no traffic, no replica.
+    priced = AgentReport(
+        deployment="d",
+        session_id="s",
+        sequence=2,
+        forecast=Forecast(mean_rps=0.0, upper_rps=0.0),
+        pools=[PoolReport(role="agg", ready=2, curve=[1.0, 1.0, 1.0], wanted_replicas=0)],
+    )
+    state.report(priced, now=2.0)
+    _round(state, 2.0)
+    assert _grant(state.targets("d", 2.0)) == 0

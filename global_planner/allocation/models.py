@@ -169,6 +169,12 @@ class PoolDemand(FrozenModel):
         allow_inf_nan=False,
         description="requests left waiting at the end of the observed window, per second of that window",
     )
+    held_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="replicas held while the pool has no bid yet (no curve or rate): kept within an override's "
+        "maximum whatever its minimum (None: the pool bid)",
+    )
     headroom_replicas: int = Field(
         default=0,
         ge=0,

@@ -220,6 +220,11 @@ def _effective(
         churn = override.churn_weight if override.churn_weight is not None else churn
         startup = override.startup_s if override.startup_s is not None else startup
         fill = override.fill_idle if override.fill_idle is not None else fill
+    if pool.held_replicas is not None:
+        # No bid yet: what it runs is held, within the override's maximum. Its minimum is a floor
+        # for bids; emptying a pool nobody has priced lost a random fleet its only running replicas
+        # to a 361 s cold start (sweep seed 20, s15).
+        low = max(low, min(pool.held_replicas, high))
     checked, note = checked_bid(pool, request.stability.bid_allowance)
     checked = held_if_stale(checked)
     is_contested = contested is None or pool.endpoint in contested

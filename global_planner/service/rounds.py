@@ -305,12 +305,13 @@ def _pool_demand(
     spec = pool.spec
     low = min(max(spec.min_replicas, spec.fallback_replicas), spec.max_replicas)
     curve: list[float]
+    held = None
     if report is not None and report.curve and weight is not None:
         curve = list(report.curve)  # expected attainment; the pessimistic curve is for explain
     else:
         curve, weight = [0.0], 0.0
         # Hold what it runs (its first grant may not exist yet): usage counts replicas reported.
-        low = min(max(low, pool.grant, pool.usage), spec.max_replicas)
+        held = low = min(max(low, pool.grant, pool.usage), spec.max_replicas)
     return PoolDemand(
         deployment=dep.name,
         tenant=dep.tenant,
@@ -330,6 +331,7 @@ def _pool_demand(
         backlog_rps=backlog_rps,
         running_replicas=report.ready + report.starting if report is not None else None,
         startup_s=spec.startup_s,
+        held_replicas=held,
         headroom_replicas=min(pool.headroom, pool.grant),
     )
 

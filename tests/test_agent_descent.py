@@ -127,13 +127,33 @@ def test_no_scale_down_before_the_warm_up_windows() -> None:
     def light(t: float, targets: dict) -> list:
         return [observe("agg", t, 2.0, ready=targets["agg"])]
 
-    eager = run(agent(8, warmup_windows=0), 0.0, 12, light)
+    eager = run(agent(8, warmup_windows=0, warmup_until_sized=False), 0.0, 12, light)
     assert eager[0].pools[0].target < 8  # without the warm-up: down on the first window
-    warm = agent(8)
+    warm = agent(8, warmup_until_sized=False)  # (the next test adds the wait for a new sizing)
     decisions = run(warm, 0.0, 12, light)
     first_down = next(i for i, d in enumerate(decisions) if d.pools[0].target < 8)
     assert first_down == warm.options.warmup_windows - 1  # the window that completes the warm-up
     assert all("warming up" in d.pools[0].detail for d in decisions[:first_down])
+
+
+def test_the_first_descent_waits_for_a_forecast_sized_after_it_was_found_safe() -> None:
+    """The sizing in force when the warm-up ends was made from the first window; the first step
+    down waits for the next one (a throughput interval later), then goes as before."""
+
+    def light(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"])]
+
+    a = agent(8)
+    decisions = run(a, 0.0, 20, light)
+    first_down = next(i for i, d in enumerate(decisions) if d.pools[0].target < 8)
+    warm = a.options.warmup_windows - 1  # the tick the warm-up ends: safe, but sized at 0 s
+    interval = round(a.options.throughput_interval_s / TICK)
+    assert first_down == interval > warm  # the first sizing after it, not the warm-up's end
+    waiting = [d.pools[0].detail for d in decisions[warm:first_down]]
+    assert waiting and all("waiting for a forecast sized after it" in w for w in waiting)
+    undelayed = run(agent(8, warmup_until_sized=False), 0.0, 20, light)
+    assert next(i for i, d in enumerate(undelayed) if d.pools[0].target < 8) == warm
+    assert decisions[first_down].pools[0].target == undelayed[warm].pools[0].target  # the same step
 
 
 def test_the_descent_halves_the_gap_to_the_windows_recommendation() -> None:
@@ -171,13 +191,13 @@ def test_the_entry_pools_warm_up_waits_for_the_ttft_correction() -> None:
     def first_down(a: LocalAgent, make) -> int:
         return next(i for i, d in enumerate(run(a, 0.0, 40, make)) if d.pools[0].target < 8)
 
-    waiting = agent(8)
+    waiting = agent(8, warmup_until_sized=False)
     warmup = waiting.options.warmup_windows
-    assert first_down(agent(8, warmup_until_corrected=False), light) == warmup - 1
+    assert first_down(agent(8, warmup_until_corrected=False, warmup_until_sized=False), light) == warmup - 1
     assert first_down(waiting, light) == WARMUP_WAIT * warmup - 1
     assert not waiting.sizer.ttft.trusted
     # Windows that do teach it put the correction in force with the warm-up's last window.
-    assert first_down(agent(8), taught) == warmup - 1
+    assert first_down(agent(8, warmup_until_sized=False), taught) == warmup - 1
 
 
 def test_a_scale_down_is_checked_at_the_recent_peak_not_only_this_window() -> None:
@@ -185,7 +205,7 @@ def test_a_scale_down_is_checked_at_the_recent_peak_not_only_this_window() -> No
     busy window's rate (the forecast, sized minutes ago, may not have seen it), not this one's."""
 
     def refusal_rate(check_recent_peak: bool) -> float:
-        a = agent(8, check_recent_peak=check_recent_peak)
+        a = agent(8, check_recent_peak=check_recent_peak, warmup_until_sized=False)
         rates = [40.0] * 20 + [150.0, 40.0]
         run(a, 0.0, len(rates), lambda t, targets: [observe("agg", t, rates[int(t // TICK)], ready=targets["agg"])])
         now = len(rates) * TICK
@@ -234,7 +254,7 @@ def test_a_decode_pool_far_above_its_need_is_cut_once_while_warming_up() -> None
     def steady(t: float, targets: dict) -> list:
         return [observe(role, t, 60.0, ready=targets[role]) for role in ("prefill", "decode")]
 
-    a = _disagg(8)
+    a = _disagg(8, warmup_until_sized=False)  # (its first step otherwise waits for a new sizing)
     decisions = run(a, 0.0, 40, steady)
     decode, prefill = _changes(decisions, "decode"), _changes(decisions, "prefill")
     cut_s, before, cut, reason = decode[0]
@@ -245,7 +265,7 @@ def test_a_decode_pool_far_above_its_need_is_cut_once_while_warming_up() -> None
     waiting = [d.time_s for d in decisions for p in d.pools if p.role == "decode" and "next forecast" in p.detail]
     assert waiting and all(cut_s < t < decode[1][0] for t in waiting)
     # Without the cut, the decode pool's first step waits for the warm-up and goes half the way.
-    plain = _changes(run(_disagg(8, opening_margin=None), 0.0, 40, steady), "decode")
+    plain = _changes(run(_disagg(8, opening_margin=None, warmup_until_sized=False), 0.0, 40, steady), "decode")
     assert plain[0][0] == (a.options.warmup_windows - 1) * TICK and plain[0][2] > cut
 
 

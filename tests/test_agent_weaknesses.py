@@ -79,6 +79,7 @@ DESCENT_OFF = {
     "scale_down_dwell_s": 0.0,
     "near_miss": False,
     "warmup_windows": 0,
+    "warmup_until_sized": False,
 }
 
 

@@ -20,7 +20,9 @@ the forecast has no error estimate and the burstiness, TTFT correction and miss 
 to nothing to learn from, so "safe" is the uncorrected model's word alone), except the *opening
 cut* (``opening_margin``): a pool other than the entry pool that has not changed yet may go down
 once, straight to what is safe at a wide margin over the load, and then waits for a forecast
-sized after the cut; *dwell*: a safe
+sized after the cut; *a first descent on a fresh forecast* (``warmup_until_sized``): the pool's
+first scale-down after the warm-up waits for a forecast sized after the tick it was first found
+safe (the last sizing may be minutes old, made from the first window or two); *dwell*: a safe
 scale-down still waits ``scale_down_dwell_s`` after the pool's last one (``decode_dwell_s`` for a
 disaggregated decode pool, whose ITL shows a step within a window), so each step is observed
 before the next; *stabilisation*: only down to the highest of the recommendations of the last
@@ -68,6 +70,7 @@ class PoolMemory:
         "opening_cut_sizing",
         "recommendations",
         "sla_misses",
+        "warm_sizing",
     )
 
     def __init__(self) -> None:
@@ -80,6 +83,7 @@ class PoolMemory:
         self.sla_misses: deque[tuple[float, float]] = deque(maxlen=MAX_MISSES)  # the SLA's alone, likewise
         self.recommendations: deque[tuple[float, int]] = deque()  # (time, count) in the window
         self.opening_cut_sizing: int | None = None  # the sizer's forecast sizings at the opening cut
+        self.warm_sizing: int | None = None  # the sizer's forecast sizings when a scale-down was first safe
 
 
 class ScaleDownGuard:
@@ -212,6 +216,13 @@ class ScaleDownGuard:
             # Safe by the model, but a model not yet checked against the traffic: wait (the
             # recommendation stands).
             return Proposal(current, R.GRACE_PERIOD, warming), lowest
+        if memory.warm_sizing is None:
+            memory.warm_sizing = self.sizer.sizings
+        if self.options.warmup_until_sized and memory.warm_sizing == self.sizer.sizings:
+            # Safe by a forecast sized before the warm-up ended (at the start, from one window):
+            # the first step down waits for one that has seen the warm-up's windows (a ramp in
+            # the first minutes; on the matrix the descent it let through was reversed later).
+            return Proposal(current, R.GRACE_PERIOD, "warmed up: waiting for a forecast sized after it"), lowest
         if memory.opening_cut_sizing == self.sizer.sizings:
             # The cut was judged on the first windows alone: the next step waits for a forecast
             # that has seen more of the traffic (a ramp in the first minutes).

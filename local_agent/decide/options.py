@@ -132,6 +132,11 @@ class AgentOptions(BaseModel):
         description="no scale-down before this many windows of traffic were observed: until then the "
         "forecast has no error estimate and the model's corrections nothing to learn from",
     )
+    warmup_until_sized: bool = Field(
+        default=True,
+        description="a pool's first scale-down after the warm-up waits for a forecast sized after the tick it was "
+        "first found safe: the sizing in force may be the first one, made from a window or two (docs/local-agent.md)",
+    )
     warmup_until_corrected: bool = Field(
         default=True,
         description="the entry pool's warm-up also waits for the TTFT correction to be in force",

@@ -110,16 +110,14 @@ class ScaleDownGuard:
     def missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
         """The pool missed its SLA (or its queue or KV use ran over the threshold that adds a
         replica) at ``ready`` replicas and (smoothed) load ``rate``."""
-        if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
-            self.pools[role].misses.append((now_s, rate / ready))
+        self._remember(self.pools[role].misses, now_s, ready, rate)
 
     def sla_missed(self, role: PoolRole, now_s: float, ready: int, rate: float | None) -> None:
         """The pool's SLA miss counted as pressure this window (it asks for a replica; one replica
         more shortens the late latency) at ``ready`` replicas and (smoothed) load ``rate``."""
         memory = self.pools[role]
         memory.last_sla_miss_s = now_s
-        if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
-            memory.sla_misses.append((now_s, rate / ready))
+        self._remember(memory.sla_misses, now_s, ready, rate)
 
     def bid_ceiling(self, role: PoolRole, now_s: float, rate: float | None) -> int:
         """The most replicas that would carry ``rate`` at a load per replica this pool missed its
@@ -128,12 +126,22 @@ class ScaleDownGuard:
         late the model was wrong there: on ``day-clients d1+d4 supply=0.67`` the high-priority
         prefill pool missed its TTFT at two replicas for minutes while its curve valued two at
         99.6%, so the planner saw nothing to gain in a third and kept it on a lower priority."""
-        memory = self.pools[role]
-        _expire(memory.sla_misses, now_s, self.options.miss_memory_s, self.elapsed)
-        if not memory.sla_misses or rate is None or rate <= 0:
+        lowest = self._lowest(self.pools[role].sla_misses, now_s)
+        if lowest is None or rate is None or rate <= 0:
             return 0
-        lowest = min(per_replica for _, per_replica in memory.sla_misses)
         return math.floor(rate / lowest + 1e-9)
+
+    def _remember(self, misses: deque[tuple[float, float]], now_s: float, ready: int, rate: float | None) -> None:
+        """Add a miss at ``ready`` replicas and load ``rate`` to ``misses`` (as a load per replica)."""
+        if self.options.miss_memory_s > 0 and rate is not None and rate > 0 and ready > 0:
+            misses.append((now_s, rate / ready))
+
+    def _lowest(self, misses: deque[tuple[float, float]], now_s: float) -> float | None:
+        """The lowest load per replica among ``misses`` within ``miss_memory_s`` (older ones are
+        forgotten), or None when there is none."""
+        while misses and self.elapsed.beyond(now_s, misses[0][0], self.options.miss_memory_s):
+            misses.popleft()
+        return min(per_replica for _, per_replica in misses) if misses else None
 
     def recently_short(self, role: PoolRole, now_s: float) -> bool:
         """Whether a miss of the pool's SLA counted as pressure within ``miss_memory_s``: the model
@@ -320,10 +328,9 @@ class ScaleDownGuard:
         """Why ``wanted`` replicas at ``rate`` would return to a load per replica that missed."""
         if self.options.miss_memory_s <= 0 or wanted <= 0:
             return None
-        _expire(memory.misses, now_s, self.options.miss_memory_s, self.elapsed)
-        if not memory.misses:
+        lowest = self._lowest(memory.misses, now_s)
+        if lowest is None:
             return None
-        lowest = min(per_replica for _, per_replica in memory.misses)
         if rate / wanted >= (1.0 - self.options.miss_margin) * lowest:
             return f"missed the SLA at {lowest:.2f} req/s per replica; {wanted} would carry {rate / wanted:.2f}"
         return None
@@ -350,12 +357,6 @@ class ScaleDownGuard:
             detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
         return proposal, False
-
-
-def _expire(misses: deque[tuple[float, float]], now_s: float, memory_s: float, elapsed: Elapsed) -> None:
-    """Forget the misses older than ``memory_s``."""
-    while misses and elapsed.beyond(now_s, misses[0][0], memory_s):
-        misses.popleft()
 
 
 def _fewest(count: int, floor: int, safe: Callable[[int], bool]) -> int:

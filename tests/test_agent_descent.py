@@ -11,7 +11,7 @@ from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, TICK, obs
 
 from fleet_planner.planning import Distribution
 from local_agent.agent import AgentOptions, LocalAgent
-from local_agent.decide.guard import WARMUP_WAIT
+from local_agent.decide.guard import LAST_STEP, WARMUP_WAIT
 from local_agent.decide.reactive import Proposal
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
@@ -171,9 +171,29 @@ def test_the_descent_halves_the_gap_to_the_windows_recommendation() -> None:
     steps = [(a, b) for a, b in zip([10] + geometric, geometric) if b != a]
     assert all(b < a for a, b in steps)  # only down
     assert steps[0][0] - steps[0][1] > 1  # a first step of more than one replica
-    assert all(a - b <= -(-(a - end) // 2) for a, b in steps)  # at most half the gap, rounded up
+    for a, b in steps:  # at most half the gap, rounded up; a gap of two in one change
+        assert b == end if a - end <= LAST_STEP else a - b <= -(-(a - end) // 2)
     changes = sum(a != b for a, b in zip(stepwise, stepwise[1:]))
     assert len(steps) < changes
+
+
+def test_a_gap_of_two_goes_in_one_change_unless_the_endpoint_is_shared() -> None:
+    """Halving a gap of two replicas is two changes and a dwell for one replica the window vouched
+    for throughout; a deployment sharing its endpoint still takes them one at a time (a gateway
+    balancing by load moves each step's traffic onto its siblings)."""
+
+    def light(t: float, targets: dict) -> list:
+        return [observe("agg", t, 2.0, ready=targets["agg"], endpoint_admitted=round(2.0 * TICK))]
+
+    def steps(a: LocalAgent) -> list[tuple[int, int]]:
+        decisions = run(a, 0.0, 60, light)
+        return [(d.pools[0].current, d.pools[0].target) for d in decisions if d.pools[0].target != d.pools[0].current]
+
+    alone = steps(agent(3))
+    assert alone == [(3, 1)]
+    shared = agent(3)
+    shared.endpoint_share = 1.0  # the whole endpoint's traffic, so the same load; only sharing differs
+    assert steps(shared) == [(3, 2), (2, 1)]
 
 
 def test_the_entry_pools_warm_up_waits_for_the_ttft_correction() -> None:

@@ -27,7 +27,8 @@ scale-down still waits ``scale_down_dwell_s`` after the pool's last one (``decod
 disaggregated decode pool, whose ITL shows a step within a window), so each step is observed
 before the next; *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule), in steps of
-``scale_down_gap_fraction`` of the way there.
+``scale_down_gap_fraction`` of the way there (the last two replicas in one, unless the endpoint
+is shared).
 Together (the defaults) they make a pool started above its need converge on it from above
 without undershooting (docs/local-agent.md, *the scale-down descent*).
 """
@@ -55,6 +56,7 @@ MAX_MISSES = 64  # remembered misses per pool (the oldest go first)
 MISSED_ATTAINMENT = 0.9
 WARMUP_WAIT = 4  # the entry pool waits for its TTFT correction at most this many warm-ups
 OPENING_WINDOWS = 2  # windows with an admission metric before an opening cut (the first may be empty)
+LAST_STEP = 2  # a descent this close to the window's highest recommendation takes the rest in one change
 
 
 class PoolMemory:
@@ -353,7 +355,15 @@ class ScaleDownGuard:
             return proposal, True  # one change, straight to the cut (not below the window's highest)
         fraction = self.options.scale_down_gap_fraction
         if fraction > 0:
-            wanted = max(highest, current - math.ceil(fraction * (current - highest)))
+            gap = current - highest
+            if gap <= LAST_STEP and self.sizer.intake.endpoint_share is None:
+                # Halving a gap of two is two changes and a dwell for one replica the window has
+                # vouched for throughout. Not where the endpoint is shared: a gateway balancing by
+                # load moves the step's traffic onto the siblings, whose own steps then move it
+                # back (the shared cells reversed where single deployments saved 1-12%).
+                detail = f"{proposal.detail}; the rest of the way to the window's highest recommendation {highest}"
+                return Proposal(highest, proposal.reason, detail), True
+            wanted = max(highest, current - math.ceil(fraction * gap))
             detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
         return proposal, False

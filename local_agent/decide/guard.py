@@ -359,8 +359,8 @@ class ScaleDownGuard:
             if gap <= LAST_STEP and self.sizer.intake.endpoint_share is None:
                 # Halving a gap of two is two changes and a dwell for one replica the window has
                 # vouched for throughout. Not where the endpoint is shared: a gateway balancing by
-                # load moves the step's traffic onto the siblings, whose own steps then move it
-                # back (the shared cells reversed where single deployments saved 1-12%).
+                # load moves the step's traffic onto the siblings (on the matrix a sibling missed
+                # its ITL and scaled up; both shared cells reversed, docs/local-agent.md).
                 detail = f"{proposal.detail}; the rest of the way to the window's highest recommendation {highest}"
                 return Proposal(highest, proposal.reason, detail), True
             wanted = max(highest, current - math.ceil(fraction * gap))

@@ -38,6 +38,7 @@ import csv
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -406,6 +407,9 @@ def check_run(run: Run, stderr: str, out: Path, scenario: dict[str, Any], priori
         for d in scenario["deployments"]
         for role, pool in d["pools"].items()
     }
+    if run.policy == "global":  # the planner may hold these below their minimums, and says so
+        held = held_below_minimum(stderr, out / "decisions.jsonl")
+        pools = {key: (0 if key in held else low, high, per) for key, (low, high, per) in pools.items()}
     inventory = scenario["gpus"]
     if not (out / "summary.json").exists():
         run.problems.append(("no-summary", "summary.json missing"))
@@ -455,6 +459,33 @@ def _check_summary(
     if run.policy in BUDGETED and fleet.get("budget_violations"):
         problems.append(("budget-violations", f"budget_violations={fleet['budget_violations']}"))
     return problems
+
+
+_HELD_POOL = re.compile(r"([\w.-]+)/(prefill|decode|agg): \d+ x \d+")
+# the planner's reasons for holding a pool below its minimum (global_planner.allocation.problem._reason and
+# the holding lease of global_planner.service.state)
+_POLICY_REASONS = ("below minimum", "below its lower bound", "policy's max_replicas", "capped by tenant", "max_gpus")
+
+
+def held_below_minimum(stderr: str, decisions: Path) -> set[tuple[str, str]]:
+    """Pools the planner said it may hold below their minimums: named in its warning that the
+    pools' lower bounds cannot all be held (a tenant cap or the inventory below them), or moved by
+    a decision whose reason says so or names the policy's cap or ``max_replicas``."""
+    held = {
+        (name, role)
+        for line in stderr.splitlines()
+        if "lower bounds cannot all be held" in line
+        for name, role in _HELD_POOL.findall(line)
+    }
+    if decisions.exists():
+        for line in decisions.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # _check_decisions reports it
+            if isinstance(row, dict) and any(text in str(row.get("reason", "")) for text in _POLICY_REASONS):
+                held.add((row.get("deployment"), row.get("pool")))
+    return held
 
 
 def _check_decisions(path: Path, pools: dict) -> list[tuple[str, str]]:

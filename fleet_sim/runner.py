@@ -315,7 +315,11 @@ class FleetSimulation:
             if spec is None or target.role not in spec.pools:
                 raise ValueError(f"policy {self.policy.name} targeted unknown pool {target.deployment}/{target.role}")
             pool_spec = spec.pools[target.role]
-            replicas = min(max(target.replicas, pool_spec.min_replicas), pool_spec.max_replicas)
+            # Not raised to the pool's minimum: a planner may hold a pool below it where a tenant
+            # cap or an override says so (a tenant cannot escape its cap by raising its own
+            # minimum), and a live connector applies the grant as given. Raising it here kept the
+            # GPUs the planner had granted elsewhere (a sweep fleet, seed 25: 29 budget violations).
+            replicas = min(max(target.replicas, 0), pool_spec.max_replicas)
             pool = self.pools[(spec.name, target.role)]
             if target.knobs is not None:
                 pool.set_knobs(target.knobs, now)

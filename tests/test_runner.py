@@ -285,8 +285,11 @@ def test_every_target_change_is_recorded(tmp_path: Path) -> None:
     got = [(d.time_s, d.deployment, d.role, d.from_replicas, d.to_replicas, d.reason) for d in result.decisions]
     assert got == [
         (0.0, "d", "agg", 1, 2, "step 0"),
-        (60.0, "d", "agg", 2, 1, "step 60"),  # clamped to min; 30 s asked for no change
-        (90.0, "d", "agg", 1, 4, "step 90"),  # clamped to max
+        # below min 1, applied as given: a planner may hold a pool below its minimum (a tenant cap
+        # wins over a tenant's own minimum) and a live connector applies the grant; 30 s asked for
+        # no change
+        (60.0, "d", "agg", 2, 0, "step 60"),
+        (90.0, "d", "agg", 0, 4, "step 90"),  # clamped to max
         (120.0, "d", "agg", 4, 3, "step 120"),
     ]
     assert result.scale_events == {"d": 4}

@@ -551,6 +551,29 @@ def test_a_holding_lease_that_counts_fewer_replicas_than_run_says_why() -> None:
     assert held.replicas == 3 and held.reason == "no allocation yet: holding current replicas"
 
 
+def test_a_holding_lease_under_a_cap_keeps_every_pool_of_a_pair_at_its_minimum_before_the_rest() -> None:
+    """A tenant capped at 6 GPUs runs a pair of 6 prefill and 1 decode replicas: counted in the
+    report's order, the prefill pool took all 6 and the decode partner was held at 0, a pair that
+    serves nothing (a sweep fleet, seed 25). Each pool is counted up to its minimum first."""
+    state = PlannerState(_policy({"h100": 8}, {"acme": {"max_gpus": {"h100": 6}}}))
+    registration = Registration(
+        deployment="d",
+        tenant="acme",
+        endpoint="ep-d",
+        pools=[
+            PoolRegistration(role="prefill", gpu_type="h100", gpus_per_replica=1, min_replicas=1, max_replicas=6),
+            PoolRegistration(role="decode", gpu_type="h100", gpus_per_replica=1, min_replicas=1, max_replicas=1),
+        ],
+    )
+    state.register(registration, "s", 0.0)
+    targets = state.report(_report("d", "s", 1, 0, {"prefill": (6, 0), "decode": (1, 0)}, need=3), 0.0)
+    assert _grant(targets, "decode") == 1
+    assert _grant(targets, "prefill") == 5
+    # A later report counts the same: what is held stays held, nothing more is counted.
+    again = state.report(_report("d", "s", 2, 0, {"prefill": (6, 0), "decode": (1, 0)}, need=3), 1.0)
+    assert (_grant(again, "prefill"), _grant(again, "decode")) == (5, 1)
+
+
 def test_a_pool_without_a_bid_is_held_within_an_overrides_bounds_not_dropped_to_its_minimum() -> None:
     """Before its agent has sized it, a pool bids nothing and the planner holds what it runs; an
     override's ``min_replicas`` (0 here) is a floor for bids, not a reason to empty a pool nobody

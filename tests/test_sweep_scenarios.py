@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sweep_scenarios import Run, behind_fcfs, generate, write_scenario
+from sweep_scenarios import Run, behind_fcfs, generate, held_below_minimum, write_scenario
 
 from fleet_sim.scenario import load_scenario
 
@@ -46,3 +46,22 @@ def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
         run("s04", "global", 0.10, 0.10),  # no fcfs run to compare with
     ]
     assert [line.split(":")[0] for line in behind_fcfs(runs)] == ["s02", "s03"]
+
+
+def test_pools_the_planner_says_it_holds_below_their_minimums_are_exempt_from_the_bounds_check(tmp_path: Path) -> None:
+    """Under ``global`` a tenant cap (or the inventory) below its pools' minimums holds a pool below
+    its minimum, as the planner warns and its reasons say; any other pool below its minimum is
+    still a failure of the bounds check."""
+    stderr = (
+        "WARNING global_planner.allocation.solver: allocation falls back to greedy: the pools' lower bounds "
+        "cannot all be held: tenant acme's max_gpus h100 is 0, below the 2 its pools' lower bounds need "
+        "(d0-disagg/decode: 2 x 1 (minimum 1), d2-agg/agg: 1 x 1)\n"
+    )
+    decisions = tmp_path / "decisions.jsonl"
+    decisions.write_text(
+        '{"time_s": 30.0, "deployment": "d1-agg", "pool": "agg", "from": 8, "to": 1, "reason": '
+        '"global (planner #2): agent bid for 8; planner: at the policy\'s max_replicas 1 (the deployment allows 8)"}\n'
+        '{"time_s": 60.0, "deployment": "d3-agg", "pool": "agg", "from": 2, "to": 1, "reason": "global: agent bid for 1"}\n'
+    )
+    held = held_below_minimum(stderr, decisions)
+    assert held == {("d0-disagg", "decode"), ("d2-agg", "agg"), ("d1-agg", "agg")}

@@ -272,10 +272,12 @@ class PlannerState:
         # An agent can only have applied decisions issued to it.
         applied = min(report.applied_decision_id, dep.decision_id)
         dep.applied_decision_id = max(dep.applied_decision_id, applied)
+        for role, claimed in _claims_in_order(dep, report):
+            pool = dep.pools[role]
+            counted = ledger.countable(self._deployments.values(), self.policy, dep, pool, claimed)
+            drains.apply_report(pool, counted, applied)
         for pool_report in report.pools:
             pool = dep.pools[pool_report.role]
-            counted = ledger.countable(self._deployments.values(), self.policy, dep, pool, pool_report.in_use)
-            drains.apply_report(pool, counted, applied)
             if dep.decision_id == 0 and not dep.expired and pool.usage > pool.grant:
                 # The holding lease (decision 0) promises what is counted: a later, lower report
                 # must not free what an earlier answer let the agent (re)start, and a restart must
@@ -446,6 +448,23 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
         if new is not None and old.usage:
             new.grant, new.usage, new.pending_release = old.grant, old.usage, old.pending_release
             new.grant_decision_id, new.reason = old.grant_decision_id, old.reason
+
+
+def _claims_in_order(dep: DeploymentState, report: AgentReport) -> list[tuple[PoolRole, int]]:
+    """The report's replica counts in the order the planner counts them against free GPUs and
+    the tenant's cap: what no pool grows by first (a shrinking pool frees GPUs for the others),
+    then each growing pool up to its registered minimum, then the rest of each. Counted in the
+    report's order alone, a pair's prefill pool took every GPU its tenant's cap left and the
+    decode partner was counted at 0, and the holding lease took a running pair to one that serves
+    nothing (a sweep fleet, seed 25 `s20`)."""
+    shrinking = [(p.role, p.in_use) for p in report.pools if p.in_use <= dep.pools[p.role].usage]
+    growing = [(p.role, p.in_use) for p in report.pools if p.in_use > dep.pools[p.role].usage]
+    minimums = [
+        (role, min(claimed, dep.pools[role].spec.min_replicas))
+        for role, claimed in growing
+        if dep.pools[role].pending_release is None and dep.pools[role].spec.min_replicas > dep.pools[role].usage
+    ]
+    return shrinking + minimums + growing
 
 
 def _holding_reason(dep: DeploymentState, role: PoolRole, pool: PoolState) -> str:

@@ -17,6 +17,7 @@ from global_planner.allocation import (
 )
 from global_planner.allocation import solver as solver_module
 from global_planner.allocation.routing import EndpointPlan, endpoint_plans
+from global_planner.allocation.stability import Seat, first_claims
 
 
 def _concave(capacity: float, points: int = 12) -> list[float]:
@@ -465,3 +466,33 @@ def test_a_pool_a_policy_pins_below_its_own_maximum_says_so() -> None:
     allocation = allocate(request)
     assert allocation.replicas["d0/agg"] == 0
     assert allocation.reasons["d0/agg"].startswith("at the policy's max_replicas 0 (the deployment allows 16)")
+
+
+def test_gpus_a_drain_frees_go_first_to_the_pool_the_last_round_freed_them_for() -> None:
+    """A round cut a pair's decode (3 -> 2) to start its prefill (0 -> 1); the prefill's replica
+    waits for the drain. Once it is confirmed the GPU is idle, and dealt by turn the decode, still
+    asking for 3, took it back: the prefill never started and the deployment served nothing (a
+    random fleet, sweep seed 26 ``s19``). What the previous round allocated is dealt first."""
+
+    def seat(current: int, ask: int, promised: int = 0) -> Seat:
+        return Seat(
+            gpu_type="h200",
+            gpus_per_replica=1,
+            tenant="a",
+            priority=10,
+            contested=True,
+            claim=ask,
+            current=current,
+            lo=0,
+            hi=ask,
+            hold=current,
+            ask=ask,
+            promised=promised,
+        )
+
+    decode, prefill = seat(current=2, ask=3), seat(current=0, ask=1, promised=1)
+    assert first_claims([decode, prefill], [2, 0], {"h200": 3}, {}) == [2, 1]
+    # Without the previous round's allocation, the turn order decides: the decode asks it back.
+    assert first_claims([decode, seat(current=0, ask=1)], [2, 0], {"h200": 3}, {}) == [3, 0]
+    # A promise is no claim beyond the pool's own ask.
+    assert first_claims([decode, seat(current=0, ask=0, promised=1)], [2, 0], {"h200": 3}, {}) == [3, 0]

@@ -260,7 +260,7 @@ def _effective(
     )
 
 
-def _seat(item: _Effective, lo: int, hi: int) -> Seat:
+def _seat(item: _Effective, lo: int, hi: int, previous: dict[str, int] | None) -> Seat:
     """The pool as :func:`protected_lows` and :func:`first_claims` see it (see :class:`Seat`)."""
     pool = item.pool
     current = pool.own_replicas()  # idle headroom it was lent is not its own: any ask takes it first
@@ -284,6 +284,7 @@ def _seat(item: _Effective, lo: int, hi: int) -> Seat:
         hi=hi,
         hold=hold,
         ask=max(ask, hold),
+        promised=(previous or {}).get(pool.pool_id, 0),
     )
 
 
@@ -557,7 +558,7 @@ def build_problem(request: AllocationRequest) -> Problem:
     weights, value_scale = _unit_weights(pools, unit_members)
     budget, caps, tenant_priority = _limits(request)
     bounds = [_step_bounds(item.pool, item.max_step, item.low, item.high) for item in pools]
-    seats = [_seat(item, lo, hi) for item, (lo, hi) in zip(pools, bounds, strict=True)]
+    seats = [_seat(item, lo, hi, request.previous) for item, (lo, hi) in zip(pools, bounds, strict=True)]
     protected = protected_lows(seats)
     lows = first_claims(seats, protected, budget, caps)
     bounds = [(low, max(hi, low)) for low, (_, hi) in zip(lows, bounds, strict=True)]

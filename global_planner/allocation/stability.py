@@ -314,6 +314,7 @@ class Seat:
     hi: int
     hold: int
     ask: int
+    promised: int = 0  # replicas the previous round allocated it beyond its grant (their GPUs were draining)
 
 
 def protected_lows(seats: list[Seat]) -> list[int]:
@@ -345,7 +346,8 @@ def first_claims(
     seats: list[Seat], lows: list[int], budget: dict[str, int], caps: dict[tuple[str, str], int]
 ) -> list[int]:
     """Replicas each pool gets at once out of GPUs nobody holds: asks served by priority, highest
-    first (within one priority, pools observed short first, then one replica each in turn).
+    first (within one priority, what the previous round allocated a pool first, then pools
+    observed short first, then one replica each in turn).
 
     A higher-priority ask never waits for evidence, nor for a pair's partner, while GPUs are idle:
     on the matrix's day cells a disaggregated pool's ask past its partner's was worth nothing to
@@ -361,7 +363,15 @@ def first_claims(
     order = sorted(range(len(seats)), key=lambda i: (-seats[i].priority, not seats[i].contested))
     tiers = [list(tier) for _, tier in groupby(order, key=lambda i: (seats[i].priority, seats[i].contested))]
     groups = [(seat.tenant, seat.gpu_type, seat.gpus_per_replica) for seat in seats]
-    dealt = deal(tiers, list(held), [seat.ask for seat in seats], groups, free, room)
+    promised = [max(count, min(seat.promised, seat.ask)) for seat, count in zip(seats, held, strict=True)]
+    asks = [seat.ask for seat in seats]
+    dealt = list(held)
+    for tier in tiers:
+        # What the previous round allocated first: it cut another pool to free those GPUs, and
+        # once that drain is confirmed the freed GPUs are idle here; dealt by turn, the pool that
+        # was cut asked them back (a pair's decode cut for its prefill took its GPU back).
+        dealt = deal([tier], dealt, promised, groups, free, room)
+        dealt = deal([tier], dealt, asks, groups, free, room)
     return [max(low, got) if got > count else low for low, count, got in zip(lows, held, dealt, strict=True)]
 
 

@@ -554,7 +554,8 @@ def test_a_holding_lease_that_counts_fewer_replicas_than_run_says_why() -> None:
 def test_a_holding_lease_under_a_cap_keeps_every_pool_of_a_pair_at_its_minimum_before_the_rest() -> None:
     """A tenant capped at 6 GPUs runs a pair of 6 prefill and 1 decode replicas: counted in the
     report's order, the prefill pool took all 6 and the decode partner was held at 0, a pair that
-    serves nothing (a sweep fleet, seed 25). Each pool is counted up to its minimum first."""
+    serves nothing (sweep fleets, seeds 25 and 27). Each pool is counted up to its minimum (and
+    one replica) first."""
     state = PlannerState(_policy({"h100": 8}, {"acme": {"max_gpus": {"h100": 6}}}))
     registration = Registration(
         deployment="d",
@@ -572,6 +573,12 @@ def test_a_holding_lease_under_a_cap_keeps_every_pool_of_a_pair_at_its_minimum_b
     # A later report counts the same: what is held stays held, nothing more is counted.
     again = state.report(_report("d", "s", 2, 0, {"prefill": (6, 0), "decode": (1, 0)}, need=3), 1.0)
     assert (_grant(again, "prefill"), _grant(again, "decode")) == (5, 1)
+    # A partner with no minimum still keeps the one replica it runs: a pair serves with one each.
+    loose = PlannerState(_policy({"h100": 8}, {"acme": {"max_gpus": {"h100": 3}}}))
+    pools = [p.model_copy(update={"min_replicas": 0}) for p in registration.pools]
+    loose.register(registration.model_copy(update={"pools": pools}), "s", 0.0)
+    held = loose.report(_report("d", "s", 1, 0, {"prefill": (4, 0), "decode": (1, 0)}, need=3), 0.0)
+    assert (_grant(held, "prefill"), _grant(held, "decode")) == (2, 1)
 
 
 def test_a_pool_without_a_bid_is_held_within_an_overrides_bounds_not_dropped_to_its_minimum() -> None:

@@ -453,16 +453,18 @@ def _carry_over(known: DeploymentState, registration: Registration, pools: dict[
 def _claims_in_order(dep: DeploymentState, report: AgentReport) -> list[tuple[PoolRole, int]]:
     """The report's replica counts in the order the planner counts them against free GPUs and
     the tenant's cap: what no pool grows by first (a shrinking pool frees GPUs for the others),
-    then each growing pool up to its registered minimum, then the rest of each. Counted in the
-    report's order alone, a pair's prefill pool took every GPU its tenant's cap left and the
-    decode partner was counted at 0, and the holding lease took a running pair to one that serves
-    nothing (a sweep fleet, seed 25 `s20`)."""
+    then each growing pool up to what it needs to serve at all (its registered minimum, and one
+    replica), then the rest of each. Counted in the report's order alone, a pair's prefill pool
+    took every GPU its tenant's cap left and the decode partner was counted at 0, and the holding
+    lease took a running pair to one that serves nothing (sweep fleets, seed 25 `s20`, seed 27
+    `s00`)."""
     shrinking = [(p.role, p.in_use) for p in report.pools if p.in_use <= dep.pools[p.role].usage]
     growing = [(p.role, p.in_use) for p in report.pools if p.in_use > dep.pools[p.role].usage]
+    needed = {role: max(dep.pools[role].spec.min_replicas, 1) for role, _ in growing}
     minimums = [
-        (role, min(claimed, dep.pools[role].spec.min_replicas))
+        (role, min(claimed, needed[role]))
         for role, claimed in growing
-        if dep.pools[role].pending_release is None and dep.pools[role].spec.min_replicas > dep.pools[role].usage
+        if dep.pools[role].pending_release is None and needed[role] > dep.pools[role].usage
     ]
     return shrinking + minimums + growing
 

@@ -319,7 +319,7 @@ class FleetSimulation:
             # cap or an override says so (a tenant cannot escape its cap by raising its own
             # minimum), and a live connector applies the grant as given. Raising it here kept the
             # GPUs the planner had granted elsewhere (a sweep fleet, seed 25: 29 budget violations).
-            replicas = min(max(target.replicas, 0), pool_spec.max_replicas)
+            replicas = min(target.replicas, pool_spec.max_replicas)
             pool = self.pools[(spec.name, target.role)]
             if target.knobs is not None:
                 pool.set_knobs(target.knobs, now)

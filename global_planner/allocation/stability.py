@@ -314,7 +314,7 @@ class Seat:
     hi: int
     hold: int
     ask: int
-    promised: int = 0  # replicas the previous round allocated it beyond its grant (their GPUs were draining)
+    promised: int = 0  # replicas the previous round allocated it (some may wait for another pool's drain)
 
 
 def protected_lows(seats: list[Seat]) -> list[int]:

@@ -361,10 +361,10 @@ class ScaleDownGuard:
                 # vouched for throughout. Not where the endpoint is shared: a gateway balancing by
                 # load moves the step's traffic onto the siblings (on the matrix a sibling missed
                 # its ITL and scaled up; both shared cells reversed, docs/local-agent.md).
-                detail = f"{proposal.detail}; the rest of the way to the window's highest recommendation {highest}"
-                return Proposal(highest, proposal.reason, detail), True
-            wanted = max(highest, current - math.ceil(fraction * gap))
-            detail = f"{proposal.detail}; {fraction:.0%} of the way to the window's highest recommendation {highest}"
+                wanted, how = highest, "the rest of the way"
+            else:
+                wanted, how = max(highest, current - math.ceil(fraction * gap)), f"{fraction:.0%} of the way"
+            detail = f"{proposal.detail}; {how} to the window's highest recommendation {highest}"
             return Proposal(wanted, proposal.reason, detail), True
         return proposal, False
 

@@ -118,6 +118,23 @@ def test_bounds_and_max_step() -> None:
     assert allocate(AllocationRequest(pools=flat, inventory={"h100": 100})).replicas["y/agg"] == 2
 
 
+def test_max_step_limits_a_descent_to_the_bid_and_a_zero_step_holds_the_pool() -> None:
+    # The agent asks for 1 of its 6; the policy moves its grant at most 2 a round, so 4, then
+    # 2, then 1. With max_step 0 the pool keeps its 6: granted the bid of 0 of an idle agent, it
+    # would have been pinned at 0 when its traffic came (sweep seed 29, s08).
+    def grant(current: int, step: int, wanted: int) -> int:
+        pool = _pool("x", current_replicas=current, wanted_replicas=wanted, curve=_concave(0.1))
+        request = AllocationRequest(
+            pools=[pool], inventory={"h100": 100}, overrides=[PoolOverride(selector="a/x", max_step=step)]
+        )
+        return allocate(request).replicas["x/agg"]
+
+    assert [grant(6, 2, 1), grant(4, 2, 1), grant(2, 2, 1)] == [4, 2, 1]
+    assert grant(6, 0, 0) == 6
+    assert grant(0, 0, 3) == 0  # the step holds the way up too
+    assert grant(6, 2, 7) == 7  # up to the bid within the step
+
+
 def test_flat_curves_get_no_gpus() -> None:
     pools = [_pool("flat", curve=[0.3] * 12), _pool("dead", curve=[0.0] * 12)]
     result = allocate(AllocationRequest(pools=pools, inventory={"h100": 50}))

@@ -344,14 +344,18 @@ def _window(counts: list[int], values: list[int], lo: int, hi: int) -> tuple[tup
     return tuple(window_counts), tuple(window_values)
 
 
-def _step_bounds(pool: PoolDemand, max_step: int | None, low: int, high: int) -> tuple[int, int]:
+def _step_bounds(item: _Effective) -> tuple[int, int]:
     """Replica range this round: ``[min, max]`` narrowed by ``max_step`` around the current size.
 
-    Bounds beat the step limit: a pool above a lowered ``max_replicas`` goes straight to it.
+    Bounds beat the step limit: a pool above a lowered ``max_replicas`` goes straight to it. What
+    its agent wants does not: it caps the way up, while the way down stays within the step (a
+    ``max_step: 0`` pool granted its idle agent's bid of 0 was pinned there; sweep seed 29, s08).
     """
-    if max_step is None:
-        return low, high
-    return _clamp(pool.current_replicas - max_step, low, high), _clamp(pool.current_replicas + max_step, low, high)
+    if item.max_step is None:
+        return item.low, item.high
+    current = item.pool.current_replicas
+    lo = _clamp(current - item.max_step, item.low, item.bound)
+    return lo, min(_clamp(current + item.max_step, item.low, item.bound), max(lo, item.high))
 
 
 def _unfit_groups(
@@ -557,7 +561,7 @@ def build_problem(request: AllocationRequest) -> Problem:
     unit_members, unit_of = _group_units(pools)
     weights, value_scale = _unit_weights(pools, unit_members)
     budget, caps, tenant_priority = _limits(request)
-    bounds = [_step_bounds(item.pool, item.max_step, item.low, item.high) for item in pools]
+    bounds = [_step_bounds(item) for item in pools]
     seats = [_seat(item, lo, hi, request.previous) for item, (lo, hi) in zip(pools, bounds, strict=True)]
     protected = protected_lows(seats)
     lows = first_claims(seats, protected, budget, caps)

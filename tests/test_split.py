@@ -157,10 +157,10 @@ def test_unknown_or_missing_capacities_keep_the_current_split() -> None:
 # ------------------------------------------------------------------ through the planner state
 
 
-def _register(state: PlannerState, name: str, gpu: str, capacity_rps: float) -> None:
+def _register(state: PlannerState, name: str, gpu: str, capacity_rps: float, tenant: str = "acme") -> None:
     pool = PoolRegistration(role="agg", gpu_type=gpu, gpus_per_replica=1, min_replicas=0, max_replicas=8)
     registration = Registration(
-        deployment=name, tenant="acme", endpoint="chat", pools=[pool], capacity_rps=capacity_rps
+        deployment=name, tenant=tenant, endpoint="chat", pools=[pool], capacity_rps=capacity_rps
     )
     state.register(registration, f"s-{name}", 0.0)
 
@@ -224,6 +224,35 @@ def test_capacity_mode_keeps_the_registered_split() -> None:
         record = state.commit(state.plan(10.0 * tick + 1)).record
         assert targets.endpoint_share == pytest.approx(0.25) and record.splits == {}
     assert state.splits.changes == {}
+
+
+@pytest.mark.parametrize("split", ["capacity", "cost"])
+def test_a_deployment_its_policy_lets_run_less_plans_for_less_of_the_endpoint(split: str) -> None:
+    """Shares are taken at the most each deployment's policy lets it run: beta may hold no A100
+    (its tenant's max_gpus), so acme's H200 deployment plans for the whole endpoint, which the
+    router will send it (sweep seed 31, s00: the sibling planned for its registered 10% while it
+    carried all of it, and its proven load, capped at its bid, never showed it short). With an
+    override halving acme's maximum instead, its share is taken at half its capacity."""
+
+    def shares(policy_fields: dict) -> dict[str, float | None]:
+        policy = TenantPolicy.model_validate(
+            {"fleet": {"gpus": {"h200": 8, "a100": 8}}, "endpoint_split": split, **policy_fields}
+        )
+        state = PlannerState(policy)
+        _register(state, "chat-h200", "h200", 30.0)
+        _register(state, "chat-a100", "a100", 10.0, tenant="beta")
+        return {
+            name: _report(state, name, 1, 10.0, rps, 6.0).endpoint_share
+            for name, rps in (("chat-h200", 12.0), ("chat-a100", 3.0))
+        }
+
+    capped = shares({"tenants": {"acme": {}, "beta": {"max_gpus": {"a100": 0}}}})
+    assert capped == pytest.approx({"chat-h200": 1.0, "chat-a100": 0.0})
+    halved = shares(
+        {"tenants": {"acme": {}, "beta": {}}, "deployments": [{"selector": "acme/chat-h200", "max_replicas": 4}]}
+    )
+    assert halved == pytest.approx({"chat-h200": 0.6, "chat-a100": 0.4})
+    assert shares({"tenants": {"acme": {}, "beta": {}}}) == pytest.approx({"chat-h200": 0.75, "chat-a100": 0.25})
 
 
 def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
@@ -298,13 +327,17 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
     state = _sized_pair((4.0, 0.0, 0))
     ratios: dict[tuple[str, str], float] = {}
     _smooth_ratios(state.splits._members("chat"), ratios)
-    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    members = _split_members(
+        state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy
+    )
     capacity = {m.deployment: m.pools[0].replica_capacity_rps for m in members}
     assert capacity == pytest.approx({"chat-h200": 3.0, "chat-a100": 1.0})
     # One report moves the remembered ratio by a tenth: a share's effect on sizing is damped.
     ratios[("chat-h200", "agg")] = 0.5
     _smooth_ratios(state.splits._members("chat"), ratios)
-    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios)
+    members = _split_members(
+        state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy
+    )
     assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)
 
 

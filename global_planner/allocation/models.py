@@ -23,7 +23,10 @@ Value model (shared by the CP-SAT solver and the greedy fallback):
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -98,11 +101,31 @@ class PoolOverride(FrozenModel):
             raise ValueError(f"must be 'tenant/deployment' or 'tenant/deployment/role' (got {value!r})")
         return value
 
+    def matches(self, tenant: str, deployment: str, role: str) -> bool:
+        """Whether the selector picks this pool (a two-part selector picks all of a deployment's)."""
+        key = f"{tenant}/{deployment}/{role}" if self.selector.count("/") == 2 else f"{tenant}/{deployment}"
+        return _selector_pattern(self.selector).match(key) is not None
+
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PoolOverride:
         if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
+
+
+@lru_cache(maxsize=4096)
+def _selector_pattern(selector: str) -> re.Pattern[str]:
+    """A selector's fnmatch pattern, compiled once (overrides are matched against every pool each round)."""
+    return re.compile(fnmatch.translate(selector))
+
+
+def override_max_replicas(overrides: list[PoolOverride], tenant: str, deployment: str, role: str) -> int | None:
+    """The ``max_replicas`` the pool's matching overrides set (the last one that sets it wins)."""
+    found = None
+    for override in overrides:
+        if override.max_replicas is not None and override.matches(tenant, deployment, role):
+            found = override.max_replicas
+    return found
 
 
 class Stability(FrozenModel):

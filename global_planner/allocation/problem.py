@@ -12,10 +12,7 @@ quantum — GPUs are only spent for value, and among equal-value answers the che
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import accumulate, chain, groupby
 
@@ -27,7 +24,6 @@ from global_planner.allocation.models import (
     AllocationStatus,
     Driver,
     PoolDemand,
-    PoolOverride,
     TenantLimits,
 )
 from global_planner.allocation.routing import endpoint_plans
@@ -189,17 +185,7 @@ class _Effective:
     fill_idle: bool = False  # its policy lets idle GPUs raise it above its ask
 
 
-def _matchers(request: AllocationRequest) -> list[tuple[bool, Callable[[str], object], PoolOverride]]:
-    """Each override as (matches pool keys?, compiled matcher, override); fnmatch semantics."""
-    return [(o.selector.count("/") == 2, re.compile(fnmatch.translate(o.selector)).match, o) for o in request.overrides]
-
-
-def _effective(
-    pool: PoolDemand,
-    request: AllocationRequest,
-    matchers: list[tuple[bool, Callable[[str], object], PoolOverride]],
-    contested: set[str] | None,
-) -> _Effective:
+def _effective(pool: PoolDemand, request: AllocationRequest, contested: set[str] | None) -> _Effective:
     """The bid after the matching overrides (later ones win field by field), the bid check and,
     on an endpoint not observed short (not in ``contested``; None: no such check), its curve cut
     to headroom above the grant."""
@@ -208,10 +194,8 @@ def _effective(
     low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
     startup = pool.startup_s
     fill = False
-    deployment_key = f"{pool.tenant}/{pool.deployment}"
-    pool_key = f"{deployment_key}/{pool.role}"
-    for per_pool, match, override in matchers:
-        if not match(pool_key if per_pool else deployment_key):
+    for override in request.overrides:
+        if not override.matches(pool.tenant, pool.deployment, pool.role):
             continue
         priority = override.priority if override.priority is not None else priority
         max_step = override.max_step if override.max_step is not None else max_step
@@ -555,9 +539,8 @@ def _minima_conflicts(
 def build_problem(request: AllocationRequest) -> Problem:
     """Apply overrides, the bid check, bounds, change limits, stability terms and dominance;
     trim floors to what can fit."""
-    matchers = _matchers(request)
     contested = contested_endpoints(request.pools) if request.stability.contest_on_observed else None
-    pools = [_effective(pool, request, matchers, contested) for pool in request.pools]
+    pools = [_effective(pool, request, contested) for pool in request.pools]
     unit_members, unit_of = _group_units(pools)
     weights, value_scale = _unit_weights(pools, unit_members)
     budget, caps, tenant_priority = _limits(request)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fleet_planner.contract.models import RoundRecord, SplitRecord
 from fleet_planner.planning import PoolRole
+from global_planner.allocation.models import override_max_replicas
 from global_planner.allocation.split import SplitDecision, SplitMember, SplitPool, decide
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.ledger import DeploymentState
@@ -58,14 +59,20 @@ class EndpointSplits:
     ) -> dict[str, float] | None:
         """The split chosen by cost (:meth:`decide_round`) when it covers exactly these members,
         else each member's registered capacity at max_replicas over the endpoint's (None when
-        fewer than two registered one): the fallback until every member reported capacities."""
+        fewer than two registered one): the fallback until every member reported capacities.
+        A member's capacity is taken at the most its policy lets it run (:func:`_policy_scale`):
+        a deployment whose tenant may hold none of its GPU type plans for none of the endpoint,
+        and its siblings for all of it, as the router will send it to them."""
         chosen = self._chosen.get(endpoint)
         if policy.endpoint_split == "cost" and chosen is not None and set(chosen) == {m.name for m in members}:
             return chosen
-        capacities = {m.name: m.capacity_rps for m in members if m.capacity_rps}
-        if len(capacities) < 2:
+        registered = {m.name: m.capacity_rps for m in members if m.capacity_rps}
+        if len(registered) < 2:
             return None
+        capacities = {m.name: m.capacity_rps * _policy_scale(m, policy) for m in members if m.capacity_rps}
         total = sum(capacities.values())
+        if total <= 0:  # the policy lets none of them run: the registered split, for what it is worth
+            capacities, total = registered, sum(registered.values())
         return {name: capacity / total for name, capacity in capacities.items()}
 
     def decide_round(
@@ -86,7 +93,7 @@ class EndpointSplits:
             since = now - self._moved_s.get(endpoint, float("-inf"))
             _smooth_ratios(members, ratios)
             decisions[endpoint] = decide(
-                _split_members(members, current, ratios),
+                _split_members(members, current, ratios, policy),
                 self._endpoint_rate(members),
                 self._budget(endpoint, members, policy),
                 since_move_s=since,
@@ -174,9 +181,10 @@ def _smooth_ratios(members: list[DeploymentState], ratios: dict[tuple[str, str],
 
 
 def _split_members(
-    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float]
+    members: list[DeploymentState], shares: dict[str, float], ratios: dict[tuple[str, str], float], policy: TenantPolicy
 ) -> list[SplitMember]:
-    """The deployments as the split sees them: bounds, and what one replica of each pool carries
+    """The deployments as the split sees them: bounds (within what the policy lets each pool run,
+    :func:`policy_ceiling`), and what one replica of each pool carries
     by its agent's own sizing: its nominal capacity times the share of it the agent counts on
     (``ratios``, see :func:`_smooth_ratios`; a pool never sized above its minimum gets the
     endpoint's lowest ratio). The nominal ``replica_capacity_rps`` alone (the ITL limit's
@@ -187,13 +195,14 @@ def _split_members(
     out = []
     for member in members:
         nominal = {p.role: p.replica_capacity_rps for p in member.report.pools} if member.report else {}
+        ceilings = {role: policy_ceiling(member, role, policy) for role in member.pools}
         pools = [
             SplitPool(
                 role=role,
                 gpu_type=pool.spec.gpu_type,
                 gpus_per_replica=pool.spec.gpus_per_replica,
-                min_replicas=pool.spec.min_replicas,
-                max_replicas=pool.spec.max_replicas,
+                min_replicas=min(pool.spec.min_replicas, ceilings[role]),
+                max_replicas=ceilings[role],
                 replica_capacity_rps=(
                     None if nominal.get(role) is None else nominal[role] * ratios.get((member.name, role), fallback)  # type: ignore[operator]
                 ),
@@ -203,6 +212,34 @@ def _split_members(
         share = min(max(shares.get(member.name, 0.0), 0.0), 1.0)
         out.append(SplitMember(deployment=member.name, share=share, pools=pools))
     return out
+
+
+def policy_ceiling(dep: DeploymentState, role: PoolRole, policy: TenantPolicy) -> int:
+    """The most replicas the policy lets the pool run: its registered maximum, a matching
+    override's ``max_replicas`` and its tenant's ``max_gpus`` of its type (shared with the
+    tenant's other pools of that type, so an upper bound)."""
+    spec = dep.pools[role].spec
+    ceiling = spec.max_replicas
+    override = override_max_replicas(policy.deployments, dep.tenant, dep.name, role)
+    if override is not None:
+        ceiling = min(ceiling, override)
+    limits = policy.tenants.get(dep.tenant)
+    cap = limits.max_gpus.get(spec.gpu_type) if limits is not None else None
+    if cap is not None:
+        ceiling = min(ceiling, cap // spec.gpus_per_replica)
+    return ceiling
+
+
+def _policy_scale(dep: DeploymentState, policy: TenantPolicy) -> float:
+    """The share of its registered capacity (at every pool's maximum) the policy lets the
+    deployment reach: its tightest pool's ceiling over that pool's maximum. Exact for one pool
+    or a bottleneck pool capped; a lower bound otherwise."""
+    scales = [
+        policy_ceiling(dep, role, policy) / pool.spec.max_replicas
+        for role, pool in dep.pools.items()
+        if pool.spec.max_replicas > 0
+    ]
+    return min(scales, default=1.0)
 
 
 def _sized_ratio(dep: DeploymentState, role: PoolRole) -> float | None:

@@ -130,6 +130,11 @@ def test_max_step_limits_a_descent_to_the_bid_and_a_zero_step_holds_the_pool() -
         return allocate(request).replicas["x/agg"]
 
     assert [grant(6, 2, 1), grant(4, 2, 1), grant(2, 2, 1)] == [4, 2, 1]
+    pool = _pool("x", current_replicas=6, wanted_replicas=1, curve=_concave(0.1))
+    held = allocate(
+        AllocationRequest(pools=[pool], inventory={"h100": 100}, overrides=[PoolOverride(selector="a/x", max_step=2)])
+    )
+    assert held.reasons["x/agg"].startswith("scaling down by max_step 2 towards its agent's ask of 1")
     assert grant(6, 0, 0) == 6
     assert grant(0, 0, 3) == 0  # the step holds the way up too
     assert grant(6, 2, 7) == 7  # up to the bid within the step

@@ -600,8 +600,11 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
         asked = f"as bid: its agent wants {count}" if plan.ask == count else f"towards its ask of {plan.ask}"
         return f"{asked}; {plan.idle} replica(s) from idle {pool.gpu_type} GPUs at once, highest priority first"
     best = plan.counts[-1]
+    wanted = pool.wanted_replicas
+    if plan.max_step is not None and wanted is not None and count == plan.lo > max(wanted, plan.min_replicas):
+        return f"scaling down by max_step {plan.max_step} towards its agent's ask of {wanted}"
     if count >= best:
-        if pool.wanted_replicas is not None and count == pool.wanted_replicas:
+        if wanted is not None and count == wanted:
             return f"as bid: its agent wants {count}"
         if count == plan.max_replicas < pool.max_replicas:
             return f"at the policy's max_replicas {count} (the deployment allows {pool.max_replicas})"

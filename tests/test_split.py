@@ -327,17 +327,13 @@ def test_the_split_prices_pools_by_what_their_agents_size_for() -> None:
     state = _sized_pair((4.0, 0.0, 0))
     ratios: dict[tuple[str, str], float] = {}
     _smooth_ratios(state.splits._members("chat"), ratios)
-    members = _split_members(
-        state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy
-    )
+    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy)
     capacity = {m.deployment: m.pools[0].replica_capacity_rps for m in members}
     assert capacity == pytest.approx({"chat-h200": 3.0, "chat-a100": 1.0})
     # One report moves the remembered ratio by a tenth: a share's effect on sizing is damped.
     ratios[("chat-h200", "agg")] = 0.5
     _smooth_ratios(state.splits._members("chat"), ratios)
-    members = _split_members(
-        state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy
-    )
+    members = _split_members(state.splits._members("chat"), {"chat-a100": 0.0, "chat-h200": 1.0}, ratios, state.policy)
     assert members[1].pools[0].replica_capacity_rps == pytest.approx(12.0 * 0.475)
 
 

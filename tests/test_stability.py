@@ -400,6 +400,27 @@ def test_a_deployment_at_zero_contests_through_its_endpoint_and_missing_data_kee
     assert answer.replicas["chat/agg"] == 6
 
 
+def test_a_deployment_at_zero_is_short_only_if_its_siblings_cannot_carry_its_share() -> None:
+    # chat-b runs nothing; its planned share of the endpoint (3 rps) goes to chat-a, which carries
+    # 2 rps on 6 replicas of 1 rps: room for it, so the endpoint is not short and the low-priority
+    # holder keeps what it holds and wants (sweep seed 31, s22: a warm-up bid took three prefill
+    # replicas given back a round later). So too when chat-b runs replicas but has not reported a
+    # rate yet while chat-a has. With chat-a at 4 replicas (1.6 rps of room) chat-b's 3 rps do not
+    # fit: the endpoint is short and chat-b takes a replica from the holder.
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    holder = _served("batch", "ep-batch", "low", current=7, observed=7.0, wanted_replicas=7)
+    roomy = _served("chat-a", "ep-chat", "high", current=6, observed=2.0)
+    at_zero = _served("chat-b", "ep-chat", "high", current=0, observed=3.0)
+    silent = _pool("chat-b", 6.0, current=1, tenant="high", endpoint="ep-chat", wanted_replicas=6)
+    for other, gpus in ((at_zero, 13), (silent, 14)):
+        for solve in (allocate, allocate_greedy):
+            answer = solve(_request([roomy, other, holder], gpus, tenants=tenants))
+            assert answer.replicas["batch/agg"] == 7, other
+    tight = _served("chat-a", "ep-chat", "high", current=4, observed=2.0)
+    answer = allocate(_request([tight, at_zero, holder], 11, tenants=tenants))
+    assert answer.replicas["chat-b/agg"] >= 1 and answer.replicas["batch/agg"] < 7
+
+
 def test_a_guarantee_does_not_evict_for_headroom() -> None:
     tenants = {"high": TenantLimits(priority=100.0, guaranteed_gpus={"h100": 6}), "low": TenantLimits(priority=1.0)}
     holder = _full_holder()

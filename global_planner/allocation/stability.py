@@ -47,6 +47,7 @@ These terms shape each pool's value before either solver sees it (all pure, per 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -188,10 +189,31 @@ def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> i
 
 
 def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:
-    """Endpoints whose pools may contest GPUs held by others: some pool observed short, or some
-    pool without the data to say (then the curves alone decide, as without this check). A
-    deployment scaled to zero has no rate of its own; its endpoint's other deployments speak."""
-    return {pool.endpoint for pool in pools if observed_short(pool, utilisation) is not False}
+    """Endpoints whose pools may contest GPUs held by others: some pool observed short, or no
+    pool with the data to say (then the curves alone decide, as without this check).
+
+    A deployment running no replica, on an endpoint where others run some, is short only if its
+    planned load does not fit in their spare capacity (the router sends it to them): running
+    nothing, any load looks short by itself. Each running deployment's spare is its tightest
+    pool's ``utilisation x running x capacity`` less its proven load."""
+    running: dict[str, set[str]] = defaultdict(set)
+    spare: dict[str, dict[str, float]] = defaultdict(dict)  # endpoint -> running deployment -> spare rps
+    for pool in pools:
+        if _running(pool) > 0:
+            running[pool.endpoint].add(pool.deployment)
+            evidence = _evidence(pool)
+            room = None if evidence is None else utilisation * _running(pool) * evidence[1] - evidence[0]
+            if room is not None:
+                known = spare[pool.endpoint].get(pool.deployment)
+                spare[pool.endpoint][pool.deployment] = room if known is None else min(known, room)
+    verdicts: dict[str, list[bool | None]] = defaultdict(list)
+    for pool in pools:
+        verdict = observed_short(pool, utilisation)
+        if verdict and pool.deployment not in running[pool.endpoint] and running[pool.endpoint]:
+            load = evidence_rps(pool) or 0.0
+            verdict = load > sum(max(room, 0.0) for room in spare[pool.endpoint].values())
+        verdicts[pool.endpoint].append(verdict)
+    return {endpoint for endpoint, said in verdicts.items() if any(said) or all(v is None for v in said)}
 
 
 def headroom_only(curve: list[float], current: int) -> list[float]:

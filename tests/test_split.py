@@ -255,6 +255,24 @@ def test_a_deployment_its_policy_lets_run_less_plans_for_less_of_the_endpoint(sp
     assert shares({"tenants": {"acme": {}, "beta": {}}}) == pytest.approx({"chat-h200": 0.75, "chat-a100": 0.25})
 
 
+def test_a_deployment_with_a_pool_that_may_run_no_replica_plans_for_none_of_the_endpoint() -> None:
+    """A disaggregated deployment whose decode pool has max_replicas 0 can serve nothing; its agent
+    cannot register a capacity of 0, so it sends none. Its sibling must still be told a share (all
+    of the endpoint), not "alone": the router sends a deployment with no decode replica nothing, and
+    a sibling planning for only its own traffic saw none, asked for no decode replica, and the
+    endpoint was never served (sweep seed 41, s18: 0 of 1,747 requests)."""
+    policy = TenantPolicy.model_validate({"fleet": {"gpus": {"h200": 8, "a100": 8}}, "tenants": {"acme": {}}})
+    state = PlannerState(policy)
+    _register(state, "chat-h200", "h200", 30.0)
+    pools = [
+        PoolRegistration(role="prefill", gpu_type="a100", gpus_per_replica=1, min_replicas=1, max_replicas=6),
+        PoolRegistration(role="decode", gpu_type="a100", gpus_per_replica=1, min_replicas=0, max_replicas=0),
+    ]
+    state.register(Registration(deployment="chat-a100", tenant="acme", endpoint="chat", pools=pools), "s-a100", 0.0)
+    targets = _report(state, "chat-h200", 1, 10.0, 12.0, 6.0)
+    assert targets.endpoint_share == pytest.approx(1.0)
+
+
 def test_a_restarted_planner_keeps_the_split_it_recorded() -> None:
     policy = TenantPolicy.model_validate(
         {"fleet": {"gpus": {"h200": 2, "a100": 8}}, "tenants": {"acme": {}}, "endpoint_split": "cost"}

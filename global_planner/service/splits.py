@@ -60,19 +60,21 @@ class EndpointSplits:
         """The split chosen by cost (:meth:`decide_round`) when it covers exactly these members,
         else each member's registered capacity at max_replicas over the endpoint's (None when
         fewer than two registered one): the fallback until every member reported capacities.
-        A member's capacity is taken at the most its policy lets it run (:func:`_policy_scale`):
+        A member's capacity is taken at the most its policy lets it run (:func:`_capacity_at_policy`):
         a deployment whose tenant may hold none of its GPU type plans for none of the endpoint,
         and its siblings for all of it, as the router will send it to them."""
         chosen = self._chosen.get(endpoint)
         if policy.endpoint_split == "cost" and chosen is not None and set(chosen) == {m.name for m in members}:
             return chosen
-        registered = {m.name: m.capacity_rps for m in members if m.capacity_rps}
-        if len(registered) < 2:
+        capacities = {m.name: c for m in members if (c := _capacity_at_policy(m, policy)) is not None}
+        if len(capacities) < 2:
             return None
-        capacities = {m.name: m.capacity_rps * _policy_scale(m, policy) for m in members if m.capacity_rps}
         total = sum(capacities.values())
-        if total <= 0:  # the policy lets none of them run: the registered split, for what it is worth
-            capacities, total = registered, sum(registered.values())
+        if total <= 0:  # none of them may run: the registered split, for what it is worth
+            capacities = {m.name: m.capacity_rps for m in members if m.capacity_rps}
+            if len(capacities) < 2:
+                return None
+            total = sum(capacities.values())
         return {name: capacity / total for name, capacity in capacities.items()}
 
     def decide_round(
@@ -230,16 +232,20 @@ def policy_ceiling(dep: DeploymentState, role: PoolRole, policy: TenantPolicy) -
     return ceiling
 
 
-def _policy_scale(dep: DeploymentState, policy: TenantPolicy) -> float:
-    """The share of its registered capacity (at every pool's maximum) the policy lets the
-    deployment reach: its tightest pool's ceiling over that pool's maximum. Exact for one pool
-    or a bottleneck pool capped; a lower bound otherwise."""
+def _capacity_at_policy(dep: DeploymentState, policy: TenantPolicy) -> float | None:
+    """Requests/s the deployment serves at the most its policy lets it run: its registered
+    capacity (at every pool's maximum) times its tightest pool's ceiling over that pool's maximum
+    (exact for one pool or a capped bottleneck pool, a lower bound otherwise); 0 when a pool may
+    run no replica (a registered or policy maximum of 0: an agent cannot register a capacity of
+    0, so it sends none); None when unknown."""
     scales = [
-        policy_ceiling(dep, role, policy) / pool.spec.max_replicas
+        policy_ceiling(dep, role, policy) / pool.spec.max_replicas if pool.spec.max_replicas > 0 else 0.0
         for role, pool in dep.pools.items()
-        if pool.spec.max_replicas > 0
     ]
-    return min(scales, default=1.0)
+    scale = min(scales, default=1.0)
+    if scale <= 0:
+        return 0.0
+    return None if dep.capacity_rps is None else dep.capacity_rps * scale
 
 
 def _sized_ratio(dep: DeploymentState, role: PoolRole) -> float | None:

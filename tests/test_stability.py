@@ -419,6 +419,16 @@ def test_a_deployment_at_zero_is_short_only_if_its_siblings_cannot_carry_its_sha
     tight = _served("chat-a", "ep-chat", "high", current=4, observed=2.0)
     answer = allocate(_request([tight, at_zero, holder], 11, tenants=tenants))
     assert answer.replicas["chat-b/agg"] >= 1 and answer.replicas["batch/agg"] < 7
+    # A pair whose prefill runs but whose decode pool is at zero serves nothing either (sweep
+    # seed 42, s01: its decode replica was taken from a busy deployment while a sibling carried
+    # its share).
+    pair = [
+        _served("chat-b", "ep-chat", "high", current=n, observed=3.0, role=role, pair_group="chat-b")
+        for role, n in (("prefill", 1), ("decode", 0))
+    ]
+    for solve in (allocate, allocate_greedy):
+        answer = solve(_request([roomy, *pair, holder], 14, tenants=tenants))
+        assert answer.replicas["batch/agg"] == 7 and answer.replicas["chat-b/decode"] == 0
 
 
 def test_a_guarantee_does_not_evict_for_headroom() -> None:

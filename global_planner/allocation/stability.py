@@ -192,24 +192,27 @@ def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTIL
     """Endpoints whose pools may contest GPUs held by others: some pool observed short, or no
     pool with the data to say (then the curves alone decide, as without this check).
 
-    A deployment running no replica, on an endpoint where others run some, is short only if its
-    planned load does not fit in their spare capacity (the router sends it to them): running
-    nothing, any load looks short by itself. Each running deployment's spare is its tightest
-    pool's ``utilisation x running x capacity`` less its proven load."""
-    running: dict[str, set[str]] = defaultdict(set)
-    spare: dict[str, dict[str, float]] = defaultdict(dict)  # endpoint -> running deployment -> spare rps
+    A deployment that cannot serve (some pool of it runs no replica: a pair without its decode
+    replicas serves nothing), on an endpoint where others serve, is short only if its planned load
+    does not fit in their spare capacity (the router sends it to them): with a pool at zero, any
+    load looks short by itself. Each serving deployment's spare is its tightest pool's
+    ``utilisation x running x capacity`` less its proven load."""
+    idle = {(pool.endpoint, pool.deployment) for pool in pools if _running(pool) <= 0}
+    serving: dict[str, set[str]] = defaultdict(set)
+    spare: dict[str, dict[str, float]] = defaultdict(dict)  # endpoint -> serving deployment -> spare rps
     for pool in pools:
-        if _running(pool) > 0:
-            running[pool.endpoint].add(pool.deployment)
-            evidence = _evidence(pool)
-            room = None if evidence is None else utilisation * _running(pool) * evidence[1] - evidence[0]
-            if room is not None:
-                known = spare[pool.endpoint].get(pool.deployment)
-                spare[pool.endpoint][pool.deployment] = room if known is None else min(known, room)
+        if (pool.endpoint, pool.deployment) in idle:
+            continue
+        serving[pool.endpoint].add(pool.deployment)
+        evidence = _evidence(pool)
+        if evidence is not None:
+            room = utilisation * _running(pool) * evidence[1] - evidence[0]
+            known = spare[pool.endpoint].get(pool.deployment)
+            spare[pool.endpoint][pool.deployment] = room if known is None else min(known, room)
     verdicts: dict[str, list[bool | None]] = defaultdict(list)
     for pool in pools:
         verdict = observed_short(pool, utilisation)
-        if verdict and pool.deployment not in running[pool.endpoint] and running[pool.endpoint]:
+        if verdict and pool.deployment not in serving[pool.endpoint] and serving[pool.endpoint]:
             load = evidence_rps(pool) or 0.0
             verdict = load > sum(max(room, 0.0) for room in spare[pool.endpoint].values())
         verdicts[pool.endpoint].append(verdict)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -119,13 +120,29 @@ def _selector_pattern(selector: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(selector))
 
 
-def override_max_replicas(overrides: list[PoolOverride], tenant: str, deployment: str, role: str) -> int | None:
-    """The ``max_replicas`` the pool's matching overrides set (the last one that sets it wins)."""
-    found = None
+@dataclass(frozen=True)
+class Overridden:
+    """What a pool's matching overrides set, later ones winning field by field (None: not set)."""
+
+    priority: float | None = None
+    max_step: int | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    churn_weight: float | None = None
+    startup_s: float | None = None
+    fill_idle: bool | None = None
+
+
+def overridden(overrides: list[PoolOverride], tenant: str, deployment: str, role: str) -> Overridden:
+    """The settings the pool's matching overrides give it (the allocator's and the split's one reading)."""
+    values: dict[str, Any] = {}
     for override in overrides:
-        if override.max_replicas is not None and override.matches(tenant, deployment, role):
-            found = override.max_replicas
-    return found
+        if override.matches(tenant, deployment, role):
+            values.update((name, value) for name in _OVERRIDDEN if (value := getattr(override, name)) is not None)
+    return Overridden(**values)
+
+
+_OVERRIDDEN = tuple(f.name for f in fields(Overridden))
 
 
 class Stability(FrozenModel):

@@ -25,6 +25,7 @@ from global_planner.allocation.models import (
     Driver,
     PoolDemand,
     TenantLimits,
+    overridden,
 )
 from global_planner.allocation.routing import endpoint_plans
 from global_planner.allocation.stability import (
@@ -190,20 +191,14 @@ def _effective(pool: PoolDemand, request: AllocationRequest, contested: set[str]
     on an endpoint not observed short (not in ``contested``; None: no such check), its curve cut
     to headroom above the grant."""
     tenant = request.tenants.get(pool.tenant, _DEFAULT_TENANT)
-    priority, max_step = tenant.priority, None
-    low, high, churn = pool.min_replicas, pool.max_replicas, 0.0
-    startup = pool.startup_s
-    fill = False
-    for override in request.overrides:
-        if not override.matches(pool.tenant, pool.deployment, pool.role):
-            continue
-        priority = override.priority if override.priority is not None else priority
-        max_step = override.max_step if override.max_step is not None else max_step
-        low = override.min_replicas if override.min_replicas is not None else low
-        high = override.max_replicas if override.max_replicas is not None else high
-        churn = override.churn_weight if override.churn_weight is not None else churn
-        startup = override.startup_s if override.startup_s is not None else startup
-        fill = override.fill_idle if override.fill_idle is not None else fill
+    settings = overridden(request.overrides, pool.tenant, pool.deployment, pool.role)
+    priority = tenant.priority if settings.priority is None else settings.priority
+    max_step = settings.max_step
+    low = pool.min_replicas if settings.min_replicas is None else settings.min_replicas
+    high = pool.max_replicas if settings.max_replicas is None else settings.max_replicas
+    churn = 0.0 if settings.churn_weight is None else settings.churn_weight
+    startup = pool.startup_s if settings.startup_s is None else settings.startup_s
+    fill = bool(settings.fill_idle)
     if pool.held_replicas is not None:
         # No bid yet: what it runs is held, within the override's maximum. Its minimum is a floor
         # for bids; emptying a pool nobody has priced lost a random fleet its only running replicas

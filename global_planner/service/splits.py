@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fleet_planner.contract.models import RoundRecord, SplitRecord
 from fleet_planner.planning import PoolRole
-from global_planner.allocation.models import override_max_replicas
+from global_planner.allocation.models import overridden
 from global_planner.allocation.split import SplitDecision, SplitMember, SplitPool, decide
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.ledger import DeploymentState
@@ -222,7 +222,7 @@ def policy_ceiling(dep: DeploymentState, role: PoolRole, policy: TenantPolicy) -
     tenant's other pools of that type, so an upper bound)."""
     spec = dep.pools[role].spec
     ceiling = spec.max_replicas
-    override = override_max_replicas(policy.deployments, dep.tenant, dep.name, role)
+    override = overridden(policy.deployments, dep.tenant, dep.name, role).max_replicas
     if override is not None:
         ceiling = min(ceiling, override)
     limits = policy.tenants.get(dep.tenant)

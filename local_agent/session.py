@@ -133,6 +133,9 @@ class TickEffects(FrozenModel):
     headroom: dict[str, int] = Field(
         default_factory=dict, description="replicas of the grant lent above the ask (fill_idle): run, not planned"
     )
+    descending_to: dict[str, int] = Field(
+        default_factory=dict, description="the target of a descent the agent asked for and the grant is still above"
+    )
     ack: int | None
     source: Literal["planner", "lease", "floor"]
     decision_id: int
@@ -153,10 +156,10 @@ class TickEffects(FrozenModel):
         return self.reasons.get(role) or None
 
     def planned(self, role: str) -> int:
-        """What the agent plans its next step from: the grant less the idle headroom it was lent
-        (its own bid, not the lender's choice, must stay its starting point, or it would ask for
-        the loan back as its own once the planner takes it)."""
-        return self.granted[role] - self.headroom.get(role, 0)
+        """What the agent plans its next step from: the grant less the idle headroom it was lent,
+        and, while a descent it asked for is under way, never more than that descent's target."""
+        own = self.granted[role] - self.headroom.get(role, 0)
+        return min(own, self.descending_to.get(role, own))
 
 
 class AgentSession:
@@ -171,6 +174,13 @@ class AgentSession:
         self.applied_decision_id = 0
         self.endpoint_share: float | None = None
         self._answered = False
+        # Pools whose agent asked to scale down to a target the grant has not reached yet. The
+        # replicas above it are the planner's pace (a policy's ``max_step``), not the agent's
+        # wish: planned from, the agent's next hold bid them back as its own and turned the
+        # descent round (random fleet seed 45 ``s23``: a decode pool granted 7 -> 6 -> 3 on its
+        # way to the 2 its agent asked for went back to 6). A grant above a hold that began no descent,
+        # or above a scale-up, is the agent's (an earlier ask granted late) and is planned from.
+        self._descending_to: dict[str, int] = {}
 
     def report(self, tick: TickInput) -> Outgoing:
         """The report for this tick's decision: bid curves and replica counts per pool."""
@@ -219,11 +229,20 @@ class AgentSession:
         fresh = answered and effective.source == "lease"
         # The grant is what runs, and the agent plans its next step from it (its bid is its curves).
         granted: dict[str, int] = {p.role: effective.replicas.get(p.role, p.target) for p in tick.decision.pools}
+        headroom = {role: min(n, granted[role]) for role, n in effective.headroom.items() if role in granted}
+        for pool in tick.decision.pools:
+            if pool.target < pool.current:
+                self._descending_to[pool.role] = pool.target
+            elif pool.target > pool.current:  # it wants more: the descent is over
+                self._descending_to.pop(pool.role, None)
+            if granted[pool.role] - headroom.get(pool.role, 0) <= self._descending_to.get(pool.role, -1):
+                del self._descending_to[pool.role]
         apply = None if tick.decision.advisory else granted
         return TickEffects(
             apply=apply,
             granted=granted,
-            headroom={role: min(n, granted[role]) for role, n in effective.headroom.items() if role in granted},
+            headroom=headroom,
+            descending_to=dict(self._descending_to),
             ack=effective.decision_id if fresh and apply is not None and effective.decision_id else None,
             source="planner" if fresh else effective.source,
             decision_id=effective.decision_id,

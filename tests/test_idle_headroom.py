@@ -230,3 +230,73 @@ def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
     effects = session.effects(TickInput(now_s=11.0, decision=decision), answered=True)
     assert effects.apply == {"agg": 8} and effects.granted == {"agg": 8}
     assert effects.planned("agg") == 3
+
+
+def _decision(name: str, tenant: str, target: int, current: int) -> AgentDecision:
+    pool = PoolDecision(
+        role="agg", current=current, wanted=target, target=target, reason=DecisionReason.HOLD, curve=[0.0, 1.0]
+    )
+    return AgentDecision(
+        time_s=10.0,
+        deployment=name,
+        tenant=tenant,
+        loop="throughput",
+        observed_rps=2.0,
+        forecast_rps=2.0,
+        forecast_upper_rps=2.0,
+        input_tokens_mean=100.0,
+        output_tokens_mean=10.0,
+        pools=[pool],
+    )
+
+
+def test_a_descent_paced_by_max_step_is_planned_from_its_target_and_never_turned_round() -> None:
+    """The replicas ``max_step`` keeps above a descent's target are the planner's pace, not the
+    agent's wish: planned from, a hold bid them back (random fleet seed 45 ``s23``: 7 -> 6 -> 3 -> 6)."""
+    policy = TenantPolicy.model_validate(
+        {
+            "fleet": {"gpus": {"h100": 12}},
+            "tenants": {"high": {"priority": 100}},
+            "deployments": [{"selector": "high/*", "max_step": 1}],
+        }
+    )
+    state = PlannerState(policy, lease_s=100.0)
+    state.register(_registration("chat", "high"), "s-chat", 0.0)
+    state.report(_report("chat", 1, 0, ready=7, wanted=7, rps=7.0), 0.0)
+    applied = state.commit(state.plan(1.0)).decision_id
+    assert state.usage("chat", "agg") == 7
+    session = AgentSession(_registration("chat", "high"))
+    granted, planned = [], 7
+    for seq in range(2, 8):
+        now = float(seq)
+        bid = 2  # the agent asks for 2 once, then holds what it plans from
+        state.report(_report("chat", seq, applied, ready=state.usage("chat", "agg"), wanted=bid, rps=2.0), now)
+        applied = state.commit(state.plan(now + 0.5)).decision_id
+        session.answered(state.targets("chat", now + 0.5), now + 0.5, None)
+        tick = TickInput(now_s=now + 0.6, decision=_decision("chat", "high", bid, current=planned))
+        effects = session.effects(tick, answered=True)
+        granted.append(effects.granted["agg"])
+        planned = effects.planned("agg")
+        assert planned == 2
+    assert granted == [6, 5, 4, 3, 2, 2]
+    # A scale-up ends the descent; a grant below the ask (a shortage) is planned from, as before.
+    tick = TickInput(now_s=20.0, decision=_decision("chat", "high", 9, current=2))
+    assert session.effects(tick, answered=True).planned("agg") == 2
+
+
+def test_a_grant_above_a_hold_that_began_no_descent_is_planned_from() -> None:
+    """An earlier ask granted a round late (4 of 6 at once, the rest when GPUs freed) is the
+    agent's own: a hold at the part it had is no ask to give the rest back (soft-shortage seed 5)."""
+    session = AgentSession(_registration("chat", "high"))
+    targets = Targets(
+        deployment="chat",
+        decision_id=2,
+        planner_time_s=10.0,
+        lease_expires_s=100.0,
+        pools=[PoolTarget(role="agg", replicas=6)],
+    )
+    session.answered(targets, 10.0, None)
+    up = session.effects(TickInput(now_s=10.0, decision=_decision("chat", "high", 6, current=2)), answered=True)
+    assert up.planned("agg") == 6
+    held = session.effects(TickInput(now_s=11.0, decision=_decision("chat", "high", 4, current=4)), answered=True)
+    assert held.planned("agg") == 6

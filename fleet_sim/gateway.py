@@ -11,9 +11,10 @@ one second of burst; the excess is rejected on arrival.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from fleet_planner.perf.capacity import REFERENCE_INPUT_TOKENS, REFERENCE_OUTPUT_TOKENS, replica_rps
-from fleet_planner.planning import DeploymentSpec
+from fleet_planner.planning import DeploymentSpec, PoolRole
 from fleet_sim.engine import Pool
 
 
@@ -108,7 +109,9 @@ class Gateway:
 
     def _shortest_queue(self, candidates: list[int]) -> int:
         """Fewest outstanding requests per unit of ready capacity; with nothing ready anywhere, the
-        deployment whose targets promise the most replicas (requests queue where capacity comes)."""
+        deployment whose targets promise the most capacity, then whose maxima could (requests
+        queue where capacity comes; a pair's is its bottleneck pool's, so a deployment whose
+        prefill pool may run no replica promises none, however many decode replicas it holds)."""
         best, best_score = -1, math.inf
         for deployment in candidates:
             weight = self._capacity_weight(deployment)
@@ -119,16 +122,22 @@ class Gateway:
                 best, best_score = deployment, score
         if best < 0:
             best = max(
-                candidates, key=lambda d: sum(self.pools[(self.specs[d].name, r)].target for r in self.specs[d].pools)
+                candidates, key=lambda d: (self._capacity_weight(d, "target"), self._capacity_weight(d, "max"), -d)
             )
         return best
 
-    def _capacity_weight(self, deployment: int) -> float:
-        """Requests/s the deployment's ready replicas carry: its bottleneck pool's."""
+    def _capacity_weight(self, deployment: int, replicas_by: Literal["ready", "target", "max"] = "ready") -> float:
+        """Requests/s the deployment's ready replicas (or its targets', or its maxima's) carry:
+        its bottleneck pool's."""
         spec = self.specs[deployment]
-        return min(
-            len(self.pools[(spec.name, role)].ready) * self._replica_rps[(spec.name, role)] for role in spec.pools
-        )
+
+        def replicas(role: PoolRole) -> int:
+            if replicas_by == "max":
+                return spec.pools[role].max_replicas
+            pool = self.pools[(spec.name, role)]
+            return pool.target if replicas_by == "target" else len(pool.ready)
+
+        return min(replicas(role) * self._replica_rps[(spec.name, role)] for role in spec.pools)
 
     def _nominal_capacities(self) -> dict[tuple[str, str], float]:
         """Per-replica request rate at the lengths seen *so far* on each endpoint (causal: the

@@ -180,3 +180,41 @@ def test_a_pool_idle_before_its_first_sizing_releases_its_gpus_under_global(tmp_
     tenants = {"fleet": {"gpus": {"h100": 1}}, "tenants": {"acme": {"priority": 1}}}
     summary = _simulate(tmp_path, scenario, tenants, "global")
     assert summary["deployments"]["asker"]["completed"] > 0.5 * summary["deployments"]["asker"]["requests"]
+
+
+def test_requests_waiting_for_capacity_queue_where_a_whole_deployment_is_coming(tmp_path: Path) -> None:
+    """An endpoint served by a pair whose prefill pool may run no replica (four decode replicas
+    running) and by an aggregated deployment starting at 0: while nothing was ready anywhere the
+    gateway queued requests at the pair, counting its decode replicas as promised capacity, and
+    every one of them timed out there (random fleet seed 45 ``s22``: 136 requests under every
+    policy). Now they wait for the aggregated deployment's replicas and are served."""
+    h200 = str(EXAMPLES / "profiles/llama3.1-8b_h200_vllm_tp1")
+    scenario = {
+        **_header("half-a-pair", "10m", {"h200": 8}, 30),
+        "endpoints": {"chat": {"sla": {"ttft_ms": 10000, "itl_ms": 60}, "trace": _trace(2.0, 1060040)}},
+        "deployments": [
+            {
+                "name": "pair",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "disagg",
+                "pools": {
+                    "prefill": {"profile": h200, "gpu_type": "h200", "min": 0, "max": 0, "initial": 0},
+                    "decode": {"profile": h200, "gpu_type": "h200", "min": 0, "max": 4, "initial": 4},
+                },
+            },
+            {
+                "name": "whole",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "agg",
+                "pools": {
+                    "agg": {"profile": h200, "gpu_type": "h200", "min": 0, "max": 4, "initial": 0, "startup_s": 60}
+                },
+            },
+        ],
+    }
+    tenants = {"fleet": {"gpus": {"h200": 8}}, "tenants": {"acme": {"priority": 1}}}
+    summary = _simulate(tmp_path, scenario, tenants, "local")
+    assert summary["deployments"]["pair"]["requests"] == 0
+    assert summary["deployments"]["whole"]["completed"] == summary["deployments"]["whole"]["requests"] > 0

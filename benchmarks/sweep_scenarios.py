@@ -407,15 +407,17 @@ def check_run(run: Run, stderr: str, out: Path, scenario: dict[str, Any], priori
         for d in scenario["deployments"]
         for role, pool in d["pools"].items()
     }
+    decisions_file = out / "decisions.jsonl"
+    decisions = decisions_file.read_text().splitlines() if decisions_file.exists() else None
     if run.policy == "global":  # the planner may hold these below their minimums, and says so
-        held = held_below_minimum(stderr, out / "decisions.jsonl")
+        held = held_below_minimum(stderr, decisions or [])
         pools = {key: (0 if key in held else low, high, per) for key, (low, high, per) in pools.items()}
     inventory = scenario["gpus"]
     if not (out / "summary.json").exists():
         run.problems.append(("no-summary", "summary.json missing"))
         return
     run.problems += _check_summary(run, (out / "summary.json").read_text(), inventory, priorities)
-    run.problems += _check_decisions(out / "decisions.jsonl", pools)
+    run.problems += _check_decisions(decisions, pools)
     run.problems += _check_timeline(out / "timeline.csv", pools, inventory, run.policy in BUDGETED)
 
 
@@ -467,33 +469,34 @@ _HELD_POOL = re.compile(r"([\w.-]+)/(prefill|decode|agg): \d+ x \d+")
 _POLICY_REASONS = ("below minimum", "below its lower bound", "policy's max_replicas", "capped by tenant", "max_gpus")
 
 
-def held_below_minimum(stderr: str, decisions: Path) -> set[tuple[str, str]]:
+def held_below_minimum(stderr: str, decisions: list[str]) -> set[tuple[str, str]]:
     """Pools the planner said it may hold below their minimums: named in its warning that the
     pools' lower bounds cannot all be held (a tenant cap or the inventory below them), or moved by
-    a decision whose reason says so or names the policy's cap or ``max_replicas``."""
+    a decision (a line of ``decisions.jsonl``) whose reason says so or names the policy's cap or
+    ``max_replicas``."""
     held = {
         (name, role)
         for line in stderr.splitlines()
         if "lower bounds cannot all be held" in line
         for name, role in _HELD_POOL.findall(line)
     }
-    if decisions.exists():
-        for line in decisions.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # _check_decisions reports it
-            if isinstance(row, dict) and any(text in str(row.get("reason", "")) for text in _POLICY_REASONS):
-                held.add((row.get("deployment"), row.get("pool")))
+    for line in decisions:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # _check_decisions reports it
+        if isinstance(row, dict) and any(text in str(row.get("reason", "")) for text in _POLICY_REASONS):
+            held.add((row.get("deployment"), row.get("pool")))
     return held
 
 
-def _check_decisions(path: Path, pools: dict) -> list[tuple[str, str]]:
-    """Every decision row parses strictly, names a known pool, and moves it to a size within [min, max]."""
-    if not path.exists():
+def _check_decisions(decisions: list[str] | None, pools: dict) -> list[tuple[str, str]]:
+    """Every decision row (None: no ``decisions.jsonl``) parses strictly, names a known pool, and
+    moves it to a size within [min, max]."""
+    if decisions is None:
         return [("no-decisions", "decisions.jsonl missing")]
     bad = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(decisions, 1):
         try:
             row = _strict_json(line)
         except ValueError as exc:

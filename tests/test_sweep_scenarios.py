@@ -48,7 +48,7 @@ def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
     assert [line.split(":")[0] for line in behind_fcfs(runs)] == ["s02", "s03"]
 
 
-def test_pools_the_planner_says_it_holds_below_their_minimums_are_exempt_from_the_bounds_check(tmp_path: Path) -> None:
+def test_pools_the_planner_says_it_holds_below_their_minimums_are_exempt_from_the_bounds_check() -> None:
     """Under ``global`` a tenant cap (or the inventory) below its pools' minimums holds a pool below
     its minimum, as the planner warns and its reasons say; any other pool below its minimum is
     still a failure of the bounds check."""
@@ -57,11 +57,10 @@ def test_pools_the_planner_says_it_holds_below_their_minimums_are_exempt_from_th
         "cannot all be held: tenant acme's max_gpus h100 is 0, below the 2 its pools' lower bounds need "
         "(d0-disagg/decode: 2 x 1 (minimum 1), d2-agg/agg: 1 x 1)\n"
     )
-    decisions = tmp_path / "decisions.jsonl"
-    decisions.write_text(
+    decisions = [
         '{"time_s": 30.0, "deployment": "d1-agg", "pool": "agg", "from": 8, "to": 1, "reason": '
-        '"global (planner #2): agent bid for 8; planner: at the policy\'s max_replicas 1 (the deployment allows 8)"}\n'
-        '{"time_s": 60.0, "deployment": "d3-agg", "pool": "agg", "from": 2, "to": 1, "reason": "global: agent bid for 1"}\n'
-    )
+        '"global (planner #2): agent bid for 8; planner: at the policy\'s max_replicas 1 (the deployment allows 8)"}',
+        '{"time_s": 60.0, "deployment": "d3-agg", "pool": "agg", "from": 2, "to": 1, "reason": "global: agent bid for 1"}',
+    ]
     held = held_below_minimum(stderr, decisions)
     assert held == {("d0-disagg", "decode"), ("d2-agg", "agg"), ("d1-agg", "agg")}

@@ -201,38 +201,8 @@ def test_a_pool_without_a_bid_keeps_its_loan_a_loan() -> None:
     assert answer.replicas == {"chat/agg": 8} and answer.headroom == {"chat/agg": 5}
 
 
-def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
-    targets = Targets(
-        deployment="chat",
-        decision_id=3,
-        planner_time_s=10.0,
-        lease_expires_s=100.0,
-        pools=[PoolTarget(role="agg", replicas=8, headroom_replicas=5)],
-    )
-    assert convert.targets_from_pb(convert.targets_to_pb(targets), "chat") == targets
-    with pytest.raises(ValidationError, match="headroom_replicas 9 > replicas 8"):
-        PoolTarget(role="agg", replicas=8, headroom_replicas=9)
-    session = AgentSession(_registration("chat", "high"))
-    session.answered(targets, 10.0, None)
-    pool = PoolDecision(role="agg", current=3, wanted=3, target=3, reason=DecisionReason.HOLD, curve=[0.0, 1.0])
-    decision = AgentDecision(
-        time_s=10.0,
-        deployment="chat",
-        tenant="high",
-        loop="throughput",
-        observed_rps=3.0,
-        forecast_rps=3.0,
-        forecast_upper_rps=3.0,
-        input_tokens_mean=100.0,
-        output_tokens_mean=10.0,
-        pools=[pool],
-    )
-    effects = session.effects(TickInput(now_s=11.0, decision=decision), answered=True)
-    assert effects.apply == {"agg": 8} and effects.granted == {"agg": 8}
-    assert effects.planned("agg") == 3
-
-
 def _decision(name: str, tenant: str, target: int, current: int) -> AgentDecision:
+    """One agg pool's decision: ``current`` is what the agent planned from, ``target`` its bid."""
     pool = PoolDecision(
         role="agg", current=current, wanted=target, target=target, reason=DecisionReason.HOLD, curve=[0.0, 1.0]
     )
@@ -248,6 +218,24 @@ def _decision(name: str, tenant: str, target: int, current: int) -> AgentDecisio
         output_tokens_mean=10.0,
         pools=[pool],
     )
+
+
+def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
+    targets = Targets(
+        deployment="chat",
+        decision_id=3,
+        planner_time_s=10.0,
+        lease_expires_s=100.0,
+        pools=[PoolTarget(role="agg", replicas=8, headroom_replicas=5)],
+    )
+    assert convert.targets_from_pb(convert.targets_to_pb(targets), "chat") == targets
+    with pytest.raises(ValidationError, match="headroom_replicas 9 > replicas 8"):
+        PoolTarget(role="agg", replicas=8, headroom_replicas=9)
+    session = AgentSession(_registration("chat", "high"))
+    session.answered(targets, 10.0, None)
+    effects = session.effects(TickInput(now_s=11.0, decision=_decision("chat", "high", 3, current=3)), answered=True)
+    assert effects.apply == {"agg": 8} and effects.granted == {"agg": 8}
+    assert effects.planned("agg") == 3
 
 
 def test_a_descent_paced_by_max_step_is_planned_from_its_target_and_never_turned_round() -> None:

@@ -154,15 +154,23 @@ def _evidence(pool: PoolDemand) -> tuple[float, float] | None:
     return load, pool.replica_capacity_rps
 
 
-def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
-    """Whether the pool's proven load (:func:`evidence_rps`) exceeds ``utilisation`` of what its
-    running replicas carry at the SLA (``running x replica_capacity_rps``, the agent's own
-    per-replica capacity); None when the report lacks the rate or the capacity."""
+def spare_rps(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> float | None:
+    """``utilisation`` of what the pool's running replicas carry at the SLA (``running x
+    replica_capacity_rps``, the agent's own per-replica capacity) less its proven load
+    (:func:`evidence_rps`); negative when short, None when the report lacks the rate or the
+    capacity."""
     evidence = _evidence(pool)
     if evidence is None:
         return None
     load, capacity = evidence
-    return load > utilisation * _running(pool) * capacity
+    return utilisation * _running(pool) * capacity - load
+
+
+def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
+    """Whether the pool's proven load exceeds ``utilisation`` of what its running replicas carry
+    (:func:`spare_rps` below 0); None when the report lacks the rate or the capacity."""
+    spare = spare_rps(pool, utilisation)
+    return None if spare is None else spare < 0
 
 
 def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> str:
@@ -196,7 +204,7 @@ def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTIL
     replicas serves nothing), on an endpoint where others serve, is short only if its planned load
     does not fit in their spare capacity (the router sends it to them): with a pool at zero, any
     load looks short by itself. Each serving deployment's spare is its tightest pool's
-    ``utilisation x running x capacity`` less its proven load."""
+    (:func:`spare_rps`)."""
     idle = {(pool.endpoint, pool.deployment) for pool in pools if _running(pool) <= 0}
     serving: dict[str, set[str]] = defaultdict(set)
     spare: dict[str, dict[str, float]] = defaultdict(dict)  # endpoint -> serving deployment -> spare rps
@@ -204,11 +212,10 @@ def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTIL
         if (pool.endpoint, pool.deployment) in idle:
             continue
         serving[pool.endpoint].add(pool.deployment)
-        evidence = _evidence(pool)
-        if evidence is not None:
-            room = utilisation * _running(pool) * evidence[1] - evidence[0]
-            known = spare[pool.endpoint].get(pool.deployment)
-            spare[pool.endpoint][pool.deployment] = room if known is None else min(known, room)
+        room = spare_rps(pool, utilisation)
+        if room is not None:
+            rooms = spare[pool.endpoint]
+            rooms[pool.deployment] = min(rooms.get(pool.deployment, math.inf), room)
     verdicts: dict[str, list[bool | None]] = defaultdict(list)
     for pool in pools:
         verdict = observed_short(pool, utilisation)

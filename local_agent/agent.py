@@ -281,6 +281,9 @@ class LocalAgent:
         if self.options.mode != "load" and (floor > current or (floor != current and run_throughput)):
             reason = R.PREDICTIVE_UP if floor > current else R.PREDICTIVE_DOWN
             proposal = Proposal(floor, reason, f"forecast needs {floor} replicas")
+            if floor > current and self._reversal_not_needed(role):
+                detail = f"forecast's upper needs {floor} replicas; {current} meet the target on average"
+                proposal = Proposal(current, R.HOLD, detail)
         if self.options.mode != "throughput":
             react = reactive(role, obs, pressed, current, observed_rate, lengths, self.options, self.sizer)
             if react is not None and react.wanted > current:
@@ -316,6 +319,15 @@ class LocalAgent:
             noted = f"not counted: {pressed.detail}"
             proposal = proposal._replace(detail=f"{proposal.detail}; {noted}" if proposal.detail else noted)
         return self._finish(role, current, proposal, enforce_steps=not one_step)
+
+    def _reversal_not_needed(self, role: PoolRole) -> bool:
+        """With ``reversing_up_at: expected``, whether a predictive scale-up of a pool whose last
+        change was a scale-down is not needed: the counts meet the target on average over the
+        forecast's uncertainty, so only a one-in-ten load would want it (an observed miss still
+        scales up, through the reactive loop)."""
+        if self.options.reversing_up_at != "expected" or self.guard.pools[role].last_direction >= 0:
+            return False
+        return self.sizer.meets_on_average(self.targets())
 
     @property
     def _idle_after_s(self) -> float:

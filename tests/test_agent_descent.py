@@ -7,6 +7,7 @@ default options: stabilisation window, dead band, dwell between steps and near-m
 
 from __future__ import annotations
 
+import numpy as np
 from test_agent_weaknesses import DESCENT_OFF, INPUTS, MODEL, OUTPUTS, TICK, observe, run, spec
 
 from fleet_planner.planning import Distribution
@@ -303,3 +304,32 @@ def test_the_opening_cut_keeps_what_a_wider_margin_needs_and_cuts_nothing_near_t
     narrow, default, wide = first_cut(60.0, 0.5), first_cut(60.0, 2.0), first_cut(60.0, 6.0)
     assert narrow <= default <= wide and narrow < wide
     assert first_cut(150.0, 2.0) == 8
+
+
+def _rising(level_after: float):
+    """15 req/s (+-20%) for half an hour, then ``level_after`` (+-20%): a step the descent did not see."""
+    rng = np.random.default_rng(0)
+
+    def load(t: float, targets: dict) -> list:
+        level = 15.0 if t < 1800 else level_after
+        return [observe("agg", t, level * (1 + 0.2 * rng.uniform(-1, 1)), ready=targets["agg"])]
+
+    return load
+
+
+def test_the_way_back_up_after_a_descent_is_taken_when_needed_on_average_not_for_a_one_in_ten_load() -> None:
+    """A scale-up after a scale-down is a direction reversal. Where the counts meet the target on
+    average over the forecast's uncertainty, the forecast's upper quantile alone (a one-in-ten load)
+    does not take the pool back up (`reversing_up_at: expected`, the default); a rise the average
+    needs still does, and so does an observed miss (the reactive loop:
+    test_a_scale_up_on_a_real_miss_is_still_immediate)."""
+    eager = run(agent(8, reversing_up_at="upper"), 0.0, 240, _rising(30.0))
+    calm = run(agent(8), 0.0, 240, _rising(30.0))
+    eager_targets = [d.pools[0].target for d in eager]
+    calm_targets = [d.pools[0].target for d in calm]
+    assert reversals(eager_targets, 8) == 1  # down to its need, then up for the upper quantile
+    assert reversals(calm_targets, 8) == 0 and calm_targets[-1] == min(calm_targets)
+    assert any("meet the target on average" in d.pools[0].detail for d in calm)
+    # A rise the forecast's average needs takes the pool back up, as before.
+    steep = [d.pools[0] for d in run(agent(8), 0.0, 240, _rising(40.0))]
+    assert any(p.reason == R.PREDICTIVE_UP and p.target > p.current for p in steep)

@@ -165,6 +165,13 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="scale down only to the highest recommendation of this window (Kubernetes HPA: 300 s)",
     )
+    reversing_up_at: Literal["upper", "expected"] = Field(
+        default="expected",
+        description="a predictive scale-up that would reverse the pool's last change (a scale-down) is made when "
+        "the forecast's upper quantile needs it (`upper`) or only when the count falls short of the target on "
+        "average over the forecast's uncertainty (`expected`, the default: docs/local-agent.md, *the way back up*); an "
+        "observed miss scales up either way",
+    )
     reversal_interval_s: float = Field(
         default=3600.0,
         ge=0,

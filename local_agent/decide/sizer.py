@@ -127,6 +127,17 @@ class Sizer:
             reachable *= curve.ceiling
         return attainment >= self.options.target_attainment * reachable
 
+    def meets_on_average(self, replicas: Mapping[PoolRole, int]) -> bool:
+        """Whether these counts reach the target on average over the last sizing's forecast
+        uncertainty (its expected attainment), as :meth:`meets` judges one load."""
+        if not self.expected or not self.curves:
+            return False
+        attainment = reachable = 1.0
+        for role, values in self.expected.items():
+            attainment *= values[min(replicas[role], len(values) - 1)]
+            reachable *= self.curves[role].ceiling
+        return attainment >= self.options.target_attainment * reachable
+
     def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float] | None:
         """The (TTFT-corrected) model's TTFT of a mean prompt arriving behind a prefill backlog
         of so many tokens per replica: the backlog at the mean prompt's cost per token, then the

@@ -324,8 +324,10 @@ class LocalAgent:
         """With ``reversing_up_at: expected``, whether a predictive scale-up of a pool whose last
         change was a scale-down is not needed: the counts meet the target on average over the
         forecast's uncertainty, so only a one-in-ten load would want it (an observed miss still
-        scales up, through the reactive loop)."""
-        if self.options.reversing_up_at != "expected" or self.guard.pools[role].last_direction >= 0:
+        scales up, through the reactive loop: without one, ``mode: throughput``, the upper rules)."""
+        if self.options.reversing_up_at != "expected" or self.options.mode != "both":
+            return False
+        if self.guard.pools[role].last_direction >= 0:
             return False
         return self.sizer.meets_on_average(self.targets())
 

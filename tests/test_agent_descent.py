@@ -333,3 +333,13 @@ def test_the_way_back_up_after_a_descent_is_taken_when_needed_on_average_not_for
     # A rise the forecast's average needs takes the pool back up, as before.
     steep = [d.pools[0] for d in run(agent(8), 0.0, 240, _rising(40.0))]
     assert any(p.reason == R.PREDICTIVE_UP and p.target > p.current for p in steep)
+
+
+def test_without_a_reactive_loop_the_way_back_up_stays_at_the_upper_quantile() -> None:
+    """`mode: throughput` has no reactive loop to catch a miss, so the forecast's upper rules there."""
+    for mode, held in (("both", True), ("throughput", False)):
+        a = agent(8, mode=mode)
+        run(a, 0.0, 60, _rising(15.0))  # sized on steady traffic
+        a.guard.pools["agg"].last_direction = -1  # as after a scale-down
+        assert a.sizer.meets_on_average(a.targets())
+        assert a._reversal_not_needed("agg") is held

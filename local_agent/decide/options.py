@@ -170,7 +170,7 @@ class AgentOptions(BaseModel):
         description="a predictive scale-up that would reverse the pool's last change (a scale-down) is made when "
         "the forecast's upper quantile needs it (`upper`) or only when the count falls short of the target on "
         "average over the forecast's uncertainty (`expected`, the default: docs/local-agent.md, *the way back up*); an "
-        "observed miss scales up either way",
+        "observed miss scales up either way (with `mode: throughput`, which has no reactive loop, the upper rules)",
     )
     reversal_interval_s: float = Field(
         default=3600.0,

@@ -136,7 +136,7 @@ class Sizer:
         for role, values in self.expected.items():
             attainment *= values[min(replicas[role], len(values) - 1)]
             reachable *= self.curves[role].ceiling
-        return attainment >= self.options.target_attainment * reachable
+        return bool(attainment >= self.options.target_attainment * reachable)
 
     def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float] | None:
         """The (TTFT-corrected) model's TTFT of a mean prompt arriving behind a prefill backlog

@@ -2,7 +2,7 @@
 
 In order: no scale-down within ``scale_down_grace_s`` of a scale-up or while replicas start;
 no scale-down that reverses a scale-up within ``reversal_interval_s`` of the pool's last reversal
-(a budget of direction reversals: ups are never held, so only the way down can wait);
+(a budget of direction reversals: ups are never held here, so only the way down can wait);
 *consolidation*: the survivors must carry ``N/(N-1)`` of the load each, checked with the
 (burst-aware, corrected) model at the largest of the forecast upper, the trend forecast's upper
 (``guard_predictor``: a damped trend, so a pool does not descend into a rise the moving average

@@ -120,22 +120,25 @@ class Sizer:
     def meets(self, curves: dict[PoolRole, PoolCurve], replicas: Mapping[PoolRole, int]) -> bool:
         """Whether these counts reach the target share of what is reachable at all (prompts too
         long for the SLA even on an idle engine lower every curve's ceiling)."""
-        attainment = reachable = 1.0
-        for role, curve in curves.items():
-            values = curve.attainment
-            attainment *= values[min(replicas[role], len(values) - 1)]
-            reachable *= curve.ceiling
-        return attainment >= self.options.target_attainment * reachable
+        return self._reaches({role: curve.attainment for role, curve in curves.items()}, curves, replicas)
 
     def meets_on_average(self, replicas: Mapping[PoolRole, int]) -> bool:
         """Whether these counts reach the target on average over the last sizing's forecast
         uncertainty (its expected attainment), as :meth:`meets` judges one load."""
-        if not self.expected or not self.curves:
-            return False
+        return bool(self.expected) and self._reaches(self.expected, self.curves, replicas)
+
+    def _reaches(
+        self,
+        attainments: Mapping[PoolRole, Sequence[float]],
+        curves: Mapping[PoolRole, PoolCurve],
+        replicas: Mapping[PoolRole, int],
+    ) -> bool:
+        """The product of every pool's attainment at its count against the target share of the
+        product of the curves' ceilings."""
         attainment = reachable = 1.0
-        for role, values in self.expected.items():
+        for role, values in attainments.items():
             attainment *= values[min(replicas[role], len(values) - 1)]
-            reachable *= self.curves[role].ceiling
+            reachable *= curves[role].ceiling
         return bool(attainment >= self.options.target_attainment * reachable)
 
     def backlog_ttft_ms(self, role: PoolRole, lengths: Lengths | None) -> Callable[[float], float] | None:

@@ -222,9 +222,21 @@ def test_a_bid_made_before_the_agent_ran_its_grant_does_not_undo_it() -> None:
     assert allocate(_request([stale], 12)).replicas == {"p/agg": 5}
     seen = _pool("p", 6.0, current=5, wanted_replicas=3, running_replicas=5)
     assert allocate(_request([seen], 12)).replicas == {"p/agg": 3}
-    # a bid for more is followed at once, whatever runs
+    # a bid for more is followed at once while the agent runs no more than its grant
     more = _pool("p", 6.0, current=5, wanted_replicas=7, running_replicas=3)
     assert allocate(_request([more], 12)).replicas == {"p/agg": 7}
+
+
+def test_a_bid_made_before_the_agent_applied_a_cut_does_not_raise_the_grant_back() -> None:
+    # Cut to 5 last round (its partner needed the GPUs), the agent still runs 7 and bid 7 before it
+    # saw the cut: a later round on that report holds the 5, and the freed GPUs are not claimed back
+    # at once (a sweep fleet, seed 65 s12: the raise reserved the drained GPU for two intervals).
+    for solve in (allocate, allocate_greedy):
+        stale = _pool("p", 6.0, current=5, wanted_replicas=7, running_replicas=7)
+        assert solve(_request([stale], 12)).replicas == {"p/agg": 5}
+        # Once it runs the cut and still bids 7, the bid is followed.
+        seen = _pool("p", 6.0, current=5, wanted_replicas=7, running_replicas=5)
+        assert solve(_request([seen], 12)).replicas == {"p/agg": 7}
 
 
 def test_registered_startup_reaches_the_allocation_and_a_policy_override_wins() -> None:

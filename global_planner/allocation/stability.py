@@ -19,7 +19,9 @@ These terms shape each pool's value before either solver sees it (all pure, per 
   every replica up to ``wanted_replicas`` is worth at least one value quantum, so when nothing
   competes for the GPUs every agent gets exactly what it would take alone (``global`` = ``local``).
 * **Stale bids hold** (:func:`held_if_stale`): a bid for less than the current grant, made before
-  the agent ran that grant, does not lower it (grants lag bids by a round; see the function).
+  the agent ran that grant, does not lower it, and a bid for more than a grant the agent still runs
+  more than (it has not applied the cut yet) does not raise it (grants lag bids by a round; see the
+  function).
 * **Contest only on observed shortage** (:func:`contested_endpoints`, :func:`headroom_only`,
   :func:`evidence_need`): a pool's curve above its current grant counts only while its endpoint is
   *observed* short — some pool of it serves more than ``SHORT_UTILISATION`` of what its running
@@ -235,14 +237,20 @@ def headroom_only(curve: list[float], current: int) -> list[float]:
 
 
 def held_if_stale(pool: PoolDemand) -> PoolDemand:
-    """A bid for less than the current grant, made before the agent ran that grant, is read as
-    "hold": an agent bids relative to what it runs, and its grant changes one round after its bid,
-    so following such a bid down undoes the grant the agent has not seen yet (a period-two
-    oscillation between two interleaved chains of bids)."""
+    """A bid made before the agent ran its current grant is read as "hold". An agent bids relative
+    to what it runs, and its grant changes one round after its bid: following a bid for less than
+    a grant the agent has not reached yet undoes that grant (a period-two oscillation between two
+    interleaved chains of bids), and a bid for more than a grant cut below what the agent still
+    runs predates the cut. Granted back in a later round before the agent has seen the cut, that
+    raise reserves the GPUs the drain frees until the agent is told (a sweep fleet, seed 65 ``s12``:
+    a prefill pool cut 8 -> 7 for its decode partner was raised back on its own stale bid of 8, and
+    the decode waited two planner intervals for a GPU that had been free since the drain)."""
     wanted, running, current = pool.wanted_replicas, pool.running_replicas, pool.current_replicas
-    if wanted is None or running is None or wanted >= current or running >= current:
+    if wanted is None or running is None:
         return pool
-    return pool.model_copy(update={"wanted_replicas": current})
+    if (wanted < current and running < current) or (wanted > current and running > current):
+        return pool.model_copy(update={"wanted_replicas": current})
+    return pool
 
 
 def want_floor(scaled: list[int], wanted: int | None) -> list[int]:

@@ -178,23 +178,27 @@ def test_the_descent_halves_the_gap_to_the_windows_recommendation() -> None:
     assert len(steps) < changes
 
 
-def test_a_gap_of_two_goes_in_one_change_unless_the_endpoint_is_shared() -> None:
+def test_a_gap_of_two_goes_in_one_change_unless_the_endpoint_is_shared_and_the_pool_small() -> None:
     """Halving a gap of two replicas is two changes and a dwell for one replica the window vouched
-    for throughout; a deployment sharing its endpoint still takes them one at a time (a gateway
-    balancing by load moves each step's traffic onto its siblings)."""
+    for throughout; a deployment sharing its endpoint takes them one at a time unless the pool is
+    at least three times the gap (a gateway balancing by load moves each step's traffic onto its
+    siblings, and a third of a pool's replicas at once pushed a sibling past its SLA)."""
 
-    def light(t: float, targets: dict) -> list:
-        return [observe("agg", t, 2.0, ready=targets["agg"], endpoint_admitted=round(2.0 * TICK))]
+    def steps(initial: int, rps: float, *, shared: bool) -> list[tuple[int, int]]:
+        def load(t: float, targets: dict) -> list:
+            return [observe("agg", t, rps, ready=targets["agg"], endpoint_admitted=round(rps * TICK))]
 
-    def steps(a: LocalAgent) -> list[tuple[int, int]]:
-        decisions = run(a, 0.0, 60, light)
+        a = agent(initial)
+        if shared:
+            a.endpoint_share = 1.0  # the whole endpoint's traffic, so the same load; only sharing differs
+        decisions = run(a, 0.0, 60, load)
         return [(d.pools[0].current, d.pools[0].target) for d in decisions if d.pools[0].target != d.pools[0].current]
 
-    alone = steps(agent(3))
-    assert alone == [(3, 1)]
-    shared = agent(3)
-    shared.endpoint_share = 1.0  # the whole endpoint's traffic, so the same load; only sharing differs
-    assert steps(shared) == [(3, 2), (2, 1)]
+    assert steps(3, 2.0, shared=False) == [(3, 1)]
+    assert steps(3, 2.0, shared=True) == [(3, 2), (2, 1)]
+    assert steps(8, 30.0, shared=False) == [(8, 5), (5, 3)]
+    assert steps(8, 30.0, shared=True) == [(8, 5), (5, 4), (4, 3)]  # 5 is under three times the gap
+    assert steps(8, 50.0, shared=False) == steps(8, 50.0, shared=True) == [(8, 6), (6, 4)]
 
 
 def test_the_entry_pools_warm_up_waits_for_the_ttft_correction() -> None:

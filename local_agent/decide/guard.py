@@ -27,8 +27,8 @@ scale-down still waits ``scale_down_dwell_s`` after the pool's last one (``decod
 disaggregated decode pool, whose ITL shows a step within a window), so each step is observed
 before the next; *stabilisation*: only down to the highest of the recommendations of the last
 ``stabilization_window_s`` (the Kubernetes HPA's scale-down rule), in steps of
-``scale_down_gap_fraction`` of the way there (the last two replicas in one, unless the endpoint
-is shared).
+``scale_down_gap_fraction`` of the way there (the last two replicas in one, on a shared endpoint
+only from a pool of six or more).
 Together (the defaults) they make a pool started above its need converge on it from above
 without undershooting (docs/local-agent.md, *the scale-down descent*).
 """
@@ -57,6 +57,10 @@ MISSED_ATTAINMENT = 0.9
 WARMUP_WAIT = 4  # the entry pool waits for its TTFT correction at most this many warm-ups
 OPENING_WINDOWS = 2  # windows with an admission metric before an opening cut (the first may be empty)
 LAST_STEP = 2  # a descent this close to the window's highest recommendation takes the rest in one change
+# On a shared endpoint, only from a pool at least this many times that gap: a gateway balancing by
+# load moves a step's traffic onto the siblings, and a pool losing a third of its replicas or more at
+# once (a decode pool 3 -> 1 on the matrix) pushed a sibling past its ITL (docs/local-agent.md).
+SHARED_POOL_PER_STEP = 3
 
 
 class PoolMemory:
@@ -356,11 +360,12 @@ class ScaleDownGuard:
         fraction = self.options.scale_down_gap_fraction
         if fraction > 0:
             gap = current - highest
-            if gap <= LAST_STEP and self.sizer.intake.endpoint_share is None:
+            alone = self.sizer.intake.endpoint_share is None
+            if gap <= LAST_STEP and (alone or SHARED_POOL_PER_STEP * gap <= current):
                 # Halving a gap of two is two changes and a dwell for one replica the window has
-                # vouched for throughout. Not where the endpoint is shared: a gateway balancing by
-                # load moves the step's traffic onto the siblings (on the matrix a sibling missed
-                # its ITL and scaled up; both shared cells reversed, docs/local-agent.md).
+                # vouched for throughout. Where the endpoint is shared, only from a large pool: a
+                # gateway balancing by load moves the step's traffic onto the siblings (on the
+                # matrix a sibling missed its ITL and scaled up; docs/local-agent.md).
                 wanted, how = highest, "the rest of the way"
             else:
                 wanted, how = max(highest, current - math.ceil(fraction * gap)), f"{fraction:.0%} of the way"

@@ -187,7 +187,8 @@ class AgentOptions(BaseModel):
         allow_inf_nan=False,
         description="with a stabilisation window: a scale-down moves this fraction of the way to the window's "
         "highest recommendation in one change (0 = max_step_down replicas per change, 0.5 = halve the gap, "
-        "1 = straight there); above 0, a gap of two replicas goes in one change unless the endpoint is shared",
+        "1 = straight there); above 0, a gap of two replicas goes in one change (on a shared endpoint only from a "
+        "pool of six or more)",
     )
     advisory: bool = False
     tune_knobs: bool = Field(

@@ -204,8 +204,8 @@ def _effective(pool: PoolDemand, request: AllocationRequest, contested: set[str]
         # for bids; emptying a pool nobody has priced lost a random fleet its only running replicas
         # to a 361 s cold start (sweep seed 20, s15).
         low = max(low, min(pool.held_replicas, high))
-    fresh = held_if_stale(pool)  # before anything reads its ask: a stale one moves nothing
-    checked, note = checked_bid(fresh, request.stability.bid_allowance)
+    unstale = held_if_stale(pool)  # before anything reads its ask: a stale one moves nothing
+    checked, note = checked_bid(unstale, request.stability.bid_allowance)
     is_contested = contested is None or pool.endpoint in contested
     need = evidence_need(checked) if contested is not None else None
     if is_contested:
@@ -233,7 +233,7 @@ def _effective(pool: PoolDemand, request: AllocationRequest, contested: set[str]
         note,
         is_contested,
         bound,
-        fresh.own_ask(),
+        unstale.own_ask(),
         need,
         fill,
     )

@@ -164,6 +164,7 @@ class LocalAgent:
                 update={
                     "replica_capacity_rps": self.sizer.replica_rps(d.role, lengths),
                     "queued_requests": pools[d.role].queued_requests if d.role in pools else None,
+                    "late_rps_per_replica": self.guard.late_per_replica(d.role, now_s),
                     **self._curves_after_misses(d, now_s, forecast),
                 }
             )
@@ -264,8 +265,9 @@ class LocalAgent:
         pressed = pressure(
             role, obs, self.options, self.spec.sla, self.sizer.backlog_ttft_ms(role, lengths), relief, transient
         )
-        if pressed.reason == R.REACTIVE_SLA:
-            self.guard.sla_missed(role, now_s, obs.ready, self.intake.smoothed_rate())
+        self.guard.sla_window(
+            role, now_s, obs.ready, self.intake.smoothed_rate(), missed=pressed.reason == R.REACTIVE_SLA
+        )
         # A miss is remembered even where no replica is added for it (``breach_relief``).
         if (
             pressed.reason is not None

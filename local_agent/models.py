@@ -60,6 +60,9 @@ class PoolDecision(BaseModel):
     queued_requests: int | None = Field(
         default=None, ge=0, description="requests waiting at this pool at the end of the window"
     )
+    late_rps_per_replica: float | None = Field(
+        default=None, gt=0, description="the lowest load per replica of the windows in a row the pool has been late in"
+    )
 
 
 class AgentDecision(BaseModel):

@@ -8,13 +8,14 @@ from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, 
 
 from fleet_planner.planning import SLA, Distribution
 from local_agent.agent import LocalAgent
-from local_agent.decide.guard import MISSED_ATTAINMENT
+from local_agent.decide.guard import LATE_WINDOWS, MISSED_ATTAINMENT
 from local_agent.decide.intake import SMOOTHING_WINDOWS
 from local_agent.decide.options import AgentOptions
 from local_agent.forecast import Forecast
 from local_agent.models import AgentInput
 from local_agent.models import DecisionReason as R
 from local_agent.perf_correction import TtftCorrection
+from local_agent.planner_link.reports import pool_report
 from local_agent.sizing import (
     Calibration,
     LoadEstimate,
@@ -140,6 +141,24 @@ def test_the_bid_credits_a_load_per_replica_that_missed_with_at_most_the_missed_
     assert pool(busier[-1]).curve_low[2] <= MISSED_ATTAINMENT
     later = run(remembering, 700.0, 2, lambda t, targets: [observe("agg", t, 25.0, ready=targets["agg"])])
     assert pool(later[-1]).curve[2] > MISSED_ATTAINMENT
+
+
+def test_a_pool_late_for_several_windows_in_a_row_reports_the_load_it_was_late_at() -> None:
+    """One late window is a burst; ``LATE_WINDOWS`` in a row say the pool carries less than its
+    model says: the report then carries the load per replica it was late at (the planner weighs it
+    as the pool's capacity), until a window is on time."""
+    a = agent(spec(initial=1))
+    a.set_limits(a.limits.model_copy(update={"min_replicas": {"agg": 1}, "max_replicas": {"agg": 1}}))
+    make = _missing_then_healthy(miss_until=LATE_WINDOWS * TICK, rate=10.0)
+    decisions = run(a, 0.0, LATE_WINDOWS + 2, make)
+    late = [pool(d).late_rps_per_replica for d in decisions]
+    assert late[: LATE_WINDOWS - 1] == [None] * (LATE_WINDOWS - 1)
+    assert late[LATE_WINDOWS - 1] == pytest.approx(10.0, rel=0.05)
+    assert late[LATE_WINDOWS:] == [None, None]  # on time again
+    assert pool_report(pool(decisions[LATE_WINDOWS - 1]), ready=1).late_rps_per_replica == late[LATE_WINDOWS - 1]
+    # A late window between on-time ones starts the count again.
+    again = run(a, (LATE_WINDOWS + 2) * TICK, LATE_WINDOWS - 1, _missing_then_healthy(miss_until=1e9, rate=10.0))
+    assert all(pool(d).late_rps_per_replica is None for d in again)
 
 
 def test_stabilisation_window_waits_a_window_after_the_last_high_recommendation_then_follows_down() -> None:

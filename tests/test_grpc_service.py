@@ -132,6 +132,8 @@ def _bad_reports(session: str) -> list[tuple[str, pb.ReportRequest, grpc.StatusC
         ("negative queue", report(queued_requests=-3.0), invalid, "pools[0].queued_requests"),
         ("nan queue", report(queued_requests=math.nan), invalid, "pools[0].queued_requests"),
         ("huge queue", report(queued_requests=1e13), invalid, "pools[0].queued_requests"),
+        ("nan late", report(late_rps_per_replica=math.nan), invalid, "pools[0].late_rps_per_replica"),
+        ("negative late", report(late_rps_per_replica=-1.0), invalid, "pools[0].late_rps_per_replica"),
         ("oversized curve", report(curve=[0.5] * 1025), invalid, "pools[0].curve"),
         ("oversized count", report(draining=20_000), invalid, "pools[0].draining"),
         ("attainment > 1", report(curve=[0.0, 1.5]), invalid, "pools[0].curve[1]"),

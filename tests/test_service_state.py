@@ -476,10 +476,17 @@ def test_a_pool_observed_short_asks_for_a_round_even_with_no_gpu_free() -> None:
     report("a", 2, first, 4, 4, 18.0)
     report("b", 2, first, 1, 2, 4.0)  # wants a second replica: 4 rps is 80% of one replica's 5
     assert not state.asks_for_change("b", 2.0), "headroom: nothing free, nothing proven"
-    report("b", 3, first, 1, 2, 4.8)  # 96% of what its one replica carries
-    assert state.asks_for_change("b", 3.0) == "agg asks for more and is observed short"
-    _round(state, 3.0)
-    assert _grant(state.targets("a", 3.0)) == 3, "the round cuts the lower priority to free a GPU"
+    # Late for several windows in a row at 4 rps: short for the allocation, but a round on ask is
+    # for a load past the replicas' nominal capacity (lateness waits for the timed round).
+    pool = PoolReport(
+        role="agg", ready=1, curve=_curve(4), wanted_replicas=2, replica_capacity_rps=5.0, late_rps_per_replica=4.0
+    )
+    _send(state, "b", 3, first, pool, Forecast(mean_rps=4.0, upper_rps=4.8), Observed(window_s=30.0, admitted_rps=4.0))
+    assert not state.asks_for_change("b", 3.0)
+    report("b", 4, first, 1, 2, 4.8)  # 96% of what its one replica carries
+    assert state.asks_for_change("b", 4.0) == "agg asks for more and is observed short"
+    _round(state, 4.0)
+    assert _grant(state.targets("a", 4.0)) == 3, "the round cuts the lower priority to free a GPU"
 
 
 def test_a_round_keeps_the_shedding_the_round_before_started() -> None:

@@ -6,6 +6,7 @@ import math
 
 from ortools.sat.python import cp_model
 
+from fleet_planner.contract.convert import report_from_pb, report_to_pb
 from fleet_planner.contract.models import (
     AgentReport,
     Forecast,
@@ -25,7 +26,7 @@ from global_planner.allocation import (
 )
 from global_planner.allocation.problem import build_problem
 from global_planner.allocation.solver import _Model
-from global_planner.allocation.stability import checked_bid, valued_at_evidence
+from global_planner.allocation.stability import checked_bid, evidence_need, valued_at_evidence
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import PlannerState
 
@@ -368,7 +369,38 @@ def test_a_backlog_is_load_the_pool_did_not_carry() -> None:
         assert solve(_request([greedy, holder], 10, tenants=tenants)).replicas["chat/agg"] == 6
 
 
-def test_the_planner_reads_each_pools_backlog_from_the_agents_report() -> None:
+def test_a_pool_late_at_its_load_is_short_whatever_its_nominal_capacity_and_still_sheds_on_throughput() -> None:
+    # 2 rps on 3 replicas of a nominal 1 rps is not short by throughput, but the agent reports the
+    # pool late for several windows in a row at 0.6 rps a replica: its capacity is that, 90% of 3 x
+    # 0.6 = 1.62 rps < 2, so the endpoint is short and its curve contests the holder's GPUs up to
+    # what the load needs there (2 / (0.9 x 0.6): 4 replicas).
+    tenants = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
+    holder = _served("batch", "ep-batch", "low", current=7, observed=7.0, wanted_replicas=7, curve=_curve(1.0, 7.0))
+    fine = _served("chat", "ep-chat", "high", current=3, observed=2.0)
+    late = fine.model_copy(update={"late_rps_per_replica": 0.6})
+    for solve in (allocate, allocate_greedy):
+        assert solve(_request([fine, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+        answer = solve(_request([late, holder], 10, tenants=tenants))
+        assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
+        assert answer.drivers["batch/agg"] == "others"
+    # Lateness is the agent's word: it counts down to half the nominal capacity at most, so a pool
+    # reported late at any load contests for at most twice what its load needs (2 / (0.9 x 0.5): 5
+    # replicas, where 0.01 rps a replica would prove 223).
+    assert evidence_need(fine) == 3 and evidence_need(late) == 4
+    assert evidence_need(fine.model_copy(update={"late_rps_per_replica": 0.01})) == 5
+    # Late at a load per replica above its nominal capacity: that capacity stands.
+    late_above = fine.model_copy(update={"late_rps_per_replica": 1.5})
+    assert allocate(_request([late_above, holder], 10, tenants=tenants)).replicas["chat/agg"] == 3
+    # Late, but not at a load that makes it short: explain names the capacity it was weighed at.
+    slow = fine.model_copy(update={"late_rps_per_replica": 0.9})
+    answer = allocate(_request([slow, holder], 10, tenants=tenants, stability=Stability(bid_allowance=None)))
+    assert answer.replicas["chat/agg"] == 3
+    assert "against 90% of 3 x 0.90 rps (late at that load per replica))" in answer.reasons["chat/agg"]
+    # The gateway sheds on throughput alone: the late pool's 2 rps fit its replicas' nominal 3 rps.
+    assert endpoint_plans([late], {"chat/agg": 3})["ep-chat"].admission_rps is None
+
+
+def test_the_planner_reads_each_pools_backlog_and_lateness_from_the_agents_report() -> None:
     """Each pool's queue is its own evidence: prompts waiting for a prefill say nothing about the
     decode pool (the deployment's summed queue used to count for both)."""
     state = PlannerState(
@@ -388,15 +420,25 @@ def test_the_planner_reads_each_pools_backlog_from_the_agents_report() -> None:
         forecast=Forecast(mean_rps=3.0, upper_rps=4.0),
         observed=Observed(window_s=30.0, admitted_rps=3.0),
         pools=[
-            PoolReport(role="prefill", ready=2, curve=curve, replica_capacity_rps=1.5, queued_requests=45),
+            PoolReport(
+                role="prefill",
+                ready=2,
+                curve=curve,
+                replica_capacity_rps=1.5,
+                queued_requests=45,
+                late_rps_per_replica=1.2,
+            ),
             PoolReport(role="decode", ready=2, curve=curve, replica_capacity_rps=8.0, queued_requests=0),
         ],
     )
+    assert report_from_pb(report_to_pb(report)) == report  # what goes over the wire, field by field
     state.report(report, now=30.0)
     request = state.begin_round(now=30.0).request
     assert request is not None
     backlog = {demand.role: demand.backlog_rps for demand in request.pools}
     assert backlog == {"prefill": 1.5, "decode": 0.0}
+    late = {demand.role: demand.late_rps_per_replica for demand in request.pools}
+    assert late == {"prefill": 1.2, "decode": None}
     assert all(demand.observed_rps == 3.0 for demand in request.pools)
 
 

@@ -127,6 +127,7 @@ def report_from_pb(request: pb.ReportRequest) -> AgentReport:
                 "replica_capacity_rps": _optional(p, "replica_capacity_rps"),
                 "wanted_replicas": _optional(p, "wanted_replicas"),
                 "queued_requests": _optional(p, "queued_requests"),
+                "late_rps_per_replica": _optional(p, "late_rps_per_replica"),
             }
             for i, p in enumerate(request.pools)
         ],
@@ -270,4 +271,6 @@ def _pool_report_to_pb(pool: PoolReport) -> pb.PoolReport:
         message.wanted_replicas = pool.wanted_replicas
     if pool.queued_requests is not None:
         message.queued_requests = pool.queued_requests
+    if pool.late_rps_per_replica is not None:
+        message.late_rps_per_replica = pool.late_rps_per_replica
     return message

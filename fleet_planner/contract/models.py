@@ -112,6 +112,7 @@ class PoolReport(FrozenModel):
     replica_capacity_rps: float | None = Field(default=None, gt=0.0, le=MAX_RATE, allow_inf_nan=False)
     wanted_replicas: Count | None = None
     queued_requests: float | None = Field(default=None, ge=0.0, le=1e12, allow_inf_nan=False)
+    late_rps_per_replica: float | None = Field(default=None, gt=0.0, le=MAX_RATE, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _curves(self) -> PoolReport:

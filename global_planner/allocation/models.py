@@ -209,6 +209,12 @@ class PoolDemand(FrozenModel):
         allow_inf_nan=False,
         description="requests left waiting at the end of the observed window, per second of that window",
     )
+    late_rps_per_replica: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the load per replica at which the pool has been late for several windows in a row",
+    )
     held_replicas: int | None = Field(
         default=None,
         ge=0,

@@ -72,8 +72,8 @@ def endpoint_plans(
     """
     by_endpoint: dict[str, list[PoolDemand]] = defaultdict(list)
     cut: set[str] = set()  # endpoints with a pool granted less than its agent wants
-    overloaded = contested_endpoints(pools, OVERLOAD_UTILISATION)
-    overloaded |= contested_endpoints(pools, SHORT_UTILISATION) & set(shedding)
+    overloaded = contested_endpoints(pools, OVERLOAD_UTILISATION, count_late=False)
+    overloaded |= contested_endpoints(pools, SHORT_UTILISATION, count_late=False) & set(shedding)
     for pool in pools:
         by_endpoint[pool.endpoint].append(pool)
         if (

@@ -72,6 +72,9 @@ SHORT_UTILISATION = 0.9
 # pool at its nominal capacity still served (soft-shortage: 24.8k of beta's requests shed against
 # 5.2k at 1.25, 92.46% -> 93.48% total), while shortage's beta, at twice its capacity, still sheds.
 OVERLOAD_UTILISATION = 1.25
+# A pool its agent reports late (``PoolDemand.late_rps_per_replica``) counts as carrying that load
+# per replica, but never less than this share of its nominal capacity (:func:`_evidence`).
+LATE_CAPACITY_FLOOR = 0.5
 
 
 def checked_bid(pool: PoolDemand, allowance: float | None) -> tuple[PoolDemand, str | None]:
@@ -147,31 +150,42 @@ def _running(pool: PoolDemand) -> int:
     return pool.running_replicas if pool.running_replicas is not None else pool.current_replicas
 
 
-def _evidence(pool: PoolDemand) -> tuple[float, float] | None:
-    """The pool's proven load (:func:`evidence_rps`) and its agent's per-replica capacity, or
-    None when the report lacks either (no evidence either way)."""
+def _evidence(pool: PoolDemand, count_late: bool = True) -> tuple[float, float] | None:
+    """The pool's proven load (:func:`evidence_rps`) and its per-replica capacity, or None when
+    the report lacks either (no evidence either way). The capacity is the agent's nominal one, or
+    (``count_late``) the load per replica at which the pool has been late for several windows in
+    a row, when lower: the model is wrong there, and a pool late at its load is short whatever its
+    nominal capacity says (``bursty-fit a1+da1 supply=0.67``: the top tenant's only pool missed its
+    ITL target five windows in a row at 6.2 req/s a replica, nominally 8.4, its ask was counted as
+    headroom, and an idle GPU went to the lower priority for ten minutes). Shedding does not count
+    it (``routing``): a late pool still serves what it carries. Lateness is the agent's word, like
+    its backlog, so it counts down to ``LATE_CAPACITY_FLOOR`` of the nominal capacity at most: a
+    tenant that reports its pools late at any load wins no more than twice what its load needs."""
     load = evidence_rps(pool)
-    if load is None or pool.replica_capacity_rps is None:
+    capacity = pool.replica_capacity_rps
+    if count_late and pool.late_rps_per_replica is not None and capacity is not None:
+        capacity = max(min(capacity, pool.late_rps_per_replica), LATE_CAPACITY_FLOOR * capacity)
+    if load is None or capacity is None:
         return None
-    return load, pool.replica_capacity_rps
+    return load, capacity
 
 
-def spare_rps(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> float | None:
+def spare_rps(pool: PoolDemand, utilisation: float = SHORT_UTILISATION, count_late: bool = True) -> float | None:
     """``utilisation`` of what the pool's running replicas carry at the SLA (``running x
     replica_capacity_rps``, the agent's own per-replica capacity) less its proven load
     (:func:`evidence_rps`); negative when short, None when the report lacks the rate or the
-    capacity."""
-    evidence = _evidence(pool)
+    capacity (:func:`_evidence`)."""
+    evidence = _evidence(pool, count_late)
     if evidence is None:
         return None
     load, capacity = evidence
     return utilisation * _running(pool) * capacity - load
 
 
-def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> bool | None:
+def observed_short(pool: PoolDemand, utilisation: float = SHORT_UTILISATION, count_late: bool = True) -> bool | None:
     """Whether the pool's proven load exceeds ``utilisation`` of what its running replicas carry
     (:func:`spare_rps` below 0); None when the report lacks the rate or the capacity."""
-    spare = spare_rps(pool, utilisation)
+    spare = spare_rps(pool, utilisation, count_late)
     return None if spare is None else spare < 0
 
 
@@ -181,9 +195,10 @@ def shortage_note(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> s
     if evidence is None:
         return ""
     load, capacity = evidence
+    late = " (late at that load per replica)" if capacity != pool.replica_capacity_rps else ""
     return (
         f" (this pool: {load:.2f} rps proven, {_counted_backlog(pool):.2f} of it backlog, against"
-        f" {utilisation:.0%} of {_running(pool)} x {capacity:.2f} rps)"
+        f" {utilisation:.0%} of {_running(pool)} x {capacity:.2f} rps{late})"
     )
 
 
@@ -198,7 +213,9 @@ def evidence_need(pool: PoolDemand, utilisation: float = SHORT_UTILISATION) -> i
     return math.ceil(load / (utilisation * capacity) - 1e-9)
 
 
-def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION) -> set[str]:
+def contested_endpoints(
+    pools: list[PoolDemand], utilisation: float = SHORT_UTILISATION, count_late: bool = True
+) -> set[str]:
     """Endpoints whose pools may contest GPUs held by others: some pool observed short, or no
     pool with the data to say (then the curves alone decide, as without this check).
 
@@ -214,13 +231,13 @@ def contested_endpoints(pools: list[PoolDemand], utilisation: float = SHORT_UTIL
         if (pool.endpoint, pool.deployment) in idle:
             continue
         serving[pool.endpoint].add(pool.deployment)
-        room = spare_rps(pool, utilisation)
+        room = spare_rps(pool, utilisation, count_late)
         if room is not None:
             rooms = spare[pool.endpoint]
             rooms[pool.deployment] = min(rooms.get(pool.deployment, math.inf), room)
     verdicts: dict[str, list[bool | None]] = defaultdict(list)
     for pool in pools:
-        verdict = observed_short(pool, utilisation)
+        verdict = observed_short(pool, utilisation, count_late)
         if verdict and pool.deployment not in serving[pool.endpoint] and serving[pool.endpoint]:
             load = evidence_rps(pool) or 0.0
             verdict = load > sum(max(room, 0.0) for room in spare[pool.endpoint].values())

@@ -270,7 +270,7 @@ def short_pool(dep: DeploymentState) -> PoolRole | None:
         return None
     for report, demand in _pool_demands(dep, dep.report):
         asks_more = report is not None and (report.wanted_replicas or 0) > demand.current_replicas
-        if asks_more and observed_short(demand):
+        if asks_more and observed_short(demand, count_late=False):
             return demand.role
     return None
 
@@ -329,6 +329,7 @@ def _pool_demand(
         wanted_replicas=report.wanted_replicas if report is not None and report.curve else None,
         observed_rps=observed_rps,
         backlog_rps=backlog_rps,
+        late_rps_per_replica=report.late_rps_per_replica if report is not None else None,
         running_replicas=report.ready + report.starting if report is not None else None,
         startup_s=spec.startup_s,
         held_replicas=held,

@@ -54,6 +54,7 @@ def pool_report(
         replica_capacity_rps=pool.replica_capacity_rps,
         wanted_replicas=pool.wanted if curve else None,
         queued_requests=pool.queued_requests,
+        late_rps_per_replica=pool.late_rps_per_replica,
     )
 
 

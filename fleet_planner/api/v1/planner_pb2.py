@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fleet_planner/api/v1/planner.proto\x12\x14\x66leet_planner.api.v1\"\xd1\x01\n\x08PoolSpec\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08gpu_type\x18\x02 \x01(\t\x12\x18\n\x10gpus_per_replica\x18\x03 \x01(\x05\x12\x14\n\x0cmin_replicas\x18\x04 \x01(\x05\x12\x14\n\x0cmax_replicas\x18\x05 \x01(\x05\x12\x19\n\x11\x66\x61llback_replicas\x18\x06 \x01(\x05\x12\x16\n\tstartup_s\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_startup_s\"\xa2\x01\n\x0fRegisterRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12-\n\x05pools\x18\x04 \x03(\x0b\x32\x1e.fleet_planner.api.v1.PoolSpec\x12\x19\n\x0c\x63\x61pacity_rps\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_capacity_rps\"\x9a\x01\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eplanner_time_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\x19\n\x11report_interval_s\x18\x04 \x01(\x01\x12.\n\x07targets\x18\x05 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets\"B\n\x08\x46orecast\x12\x10\n\x08mean_rps\x18\x01 \x01(\x01\x12\x11\n\tupper_rps\x18\x02 \x01(\x01\x12\x11\n\thorizon_s\x18\x03 \x01(\x01\"\xb1\x01\n\x08Observed\x12\x10\n\x08window_s\x18\x01 \x01(\x01\x12\x19\n\x0c\x61\x64mitted_rps\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bttft_p90_ms\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nitl_p90_ms\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x0f\n\r_admitted_rpsB\x0e\n\x0c_ttft_p90_msB\r\n\x0b_itl_p90_msJ\x04\x08\x05\x10\x06R\x0fqueued_requests\"\xc8\x02\n\nPoolReport\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08starting\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x05\x12\x0f\n\x07pending\x18\x05 \x01(\x05\x12\r\n\x05\x63urve\x18\x06 \x03(\x01\x12\x19\n\x11pessimistic_curve\x18\x07 \x03(\x01\x12!\n\x14replica_capacity_rps\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fwanted_replicas\x18\t \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0fqueued_requests\x18\n \x01(\x01H\x02\x88\x01\x01\x42\x17\n\x15_replica_capacity_rpsB\x12\n\x10_wanted_replicasB\x12\n\x10_queued_requests\"\x91\x02\n\rReportRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0c\x61gent_time_s\x18\x04 \x01(\x01\x12\x1b\n\x13\x61pplied_decision_id\x18\x05 \x01(\x04\x12\x30\n\x08\x66orecast\x18\x06 \x01(\x0b\x32\x1e.fleet_planner.api.v1.Forecast\x12\x30\n\x08observed\x18\x07 \x01(\x0b\x32\x1e.fleet_planner.api.v1.Observed\x12/\n\x05pools\x18\x08 \x03(\x0b\x32 .fleet_planner.api.v1.PoolReport\"w\n\nPoolTarget\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11headroom_replicas\x18\x04 \x01(\x05\"3\n\rRoutingWeight\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xa6\x02\n\x07Targets\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\x04\x12\x17\n\x0flease_expires_s\x18\x02 \x01(\x01\x12\x16\n\x0eplanner_time_s\x18\x03 \x01(\x01\x12/\n\x05pools\x18\x04 \x03(\x0b\x32 .fleet_planner.api.v1.PoolTarget\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\x34\n\x07routing\x18\x06 \x03(\x0b\x32#.fleet_planner.api.v1.RoutingWeight\x12\x1a\n\radmission_rps\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x65ndpoint_share\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_admission_rpsB\x11\n\x0f_endpoint_share\"@\n\x0eReportResponse\x12.\n\x07targets\x18\x01 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets\"N\n\x0cPoolReplicas\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x85\x01\n\x11\x41\x63kAppliedRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\x04\x12\x33\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\".fleet_planner.api.v1.PoolReplicas\"\x92\x01\n\x11\x41\x63kDrainedRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\x04\x12,\n\x04role\x18\x04 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x12\n\ngpus_freed\x18\x05 \x01(\x05\"=\n\x0b\x41\x63kResponse\x12.\n\x07targets\x18\x01 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets*e\n\x08PoolRole\x12\x19\n\x15POOL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_ROLE_PREFILL\x10\x01\x12\x14\n\x10POOL_ROLE_DECODE\x10\x02\x12\x11\n\rPOOL_ROLE_AGG\x10\x03\x32\xed\x02\n\x07Planner\x12Y\n\x08Register\x12%.fleet_planner.api.v1.RegisterRequest\x1a&.fleet_planner.api.v1.RegisterResponse\x12S\n\x06Report\x12#.fleet_planner.api.v1.ReportRequest\x1a$.fleet_planner.api.v1.ReportResponse\x12X\n\nAckApplied\x12\'.fleet_planner.api.v1.AckAppliedRequest\x1a!.fleet_planner.api.v1.AckResponse\x12X\n\nAckDrained\x12\'.fleet_planner.api.v1.AckDrainedRequest\x1a!.fleet_planner.api.v1.AckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fleet_planner/api/v1/planner.proto\x12\x14\x66leet_planner.api.v1\"\xd1\x01\n\x08PoolSpec\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08gpu_type\x18\x02 \x01(\t\x12\x18\n\x10gpus_per_replica\x18\x03 \x01(\x05\x12\x14\n\x0cmin_replicas\x18\x04 \x01(\x05\x12\x14\n\x0cmax_replicas\x18\x05 \x01(\x05\x12\x19\n\x11\x66\x61llback_replicas\x18\x06 \x01(\x05\x12\x16\n\tstartup_s\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_startup_s\"\xa2\x01\n\x0fRegisterRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12-\n\x05pools\x18\x04 \x03(\x0b\x32\x1e.fleet_planner.api.v1.PoolSpec\x12\x19\n\x0c\x63\x61pacity_rps\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_capacity_rps\"\x9a\x01\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eplanner_time_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\x19\n\x11report_interval_s\x18\x04 \x01(\x01\x12.\n\x07targets\x18\x05 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets\"B\n\x08\x46orecast\x12\x10\n\x08mean_rps\x18\x01 \x01(\x01\x12\x11\n\tupper_rps\x18\x02 \x01(\x01\x12\x11\n\thorizon_s\x18\x03 \x01(\x01\"\xb1\x01\n\x08Observed\x12\x10\n\x08window_s\x18\x01 \x01(\x01\x12\x19\n\x0c\x61\x64mitted_rps\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bttft_p90_ms\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nitl_p90_ms\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x0f\n\r_admitted_rpsB\x0e\n\x0c_ttft_p90_msB\r\n\x0b_itl_p90_msJ\x04\x08\x05\x10\x06R\x0fqueued_requests\"\x84\x03\n\nPoolReport\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08starting\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x05\x12\x0f\n\x07pending\x18\x05 \x01(\x05\x12\r\n\x05\x63urve\x18\x06 \x03(\x01\x12\x19\n\x11pessimistic_curve\x18\x07 \x03(\x01\x12!\n\x14replica_capacity_rps\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fwanted_replicas\x18\t \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0fqueued_requests\x18\n \x01(\x01H\x02\x88\x01\x01\x12!\n\x14late_rps_per_replica\x18\x0b \x01(\x01H\x03\x88\x01\x01\x42\x17\n\x15_replica_capacity_rpsB\x12\n\x10_wanted_replicasB\x12\n\x10_queued_requestsB\x17\n\x15_late_rps_per_replica\"\x91\x02\n\rReportRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0c\x61gent_time_s\x18\x04 \x01(\x01\x12\x1b\n\x13\x61pplied_decision_id\x18\x05 \x01(\x04\x12\x30\n\x08\x66orecast\x18\x06 \x01(\x0b\x32\x1e.fleet_planner.api.v1.Forecast\x12\x30\n\x08observed\x18\x07 \x01(\x0b\x32\x1e.fleet_planner.api.v1.Observed\x12/\n\x05pools\x18\x08 \x03(\x0b\x32 .fleet_planner.api.v1.PoolReport\"w\n\nPoolTarget\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11headroom_replicas\x18\x04 \x01(\x05\"3\n\rRoutingWeight\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xa6\x02\n\x07Targets\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\x04\x12\x17\n\x0flease_expires_s\x18\x02 \x01(\x01\x12\x16\n\x0eplanner_time_s\x18\x03 \x01(\x01\x12/\n\x05pools\x18\x04 \x03(\x0b\x32 .fleet_planner.api.v1.PoolTarget\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\x34\n\x07routing\x18\x06 \x03(\x0b\x32#.fleet_planner.api.v1.RoutingWeight\x12\x1a\n\radmission_rps\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x65ndpoint_share\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_admission_rpsB\x11\n\x0f_endpoint_share\"@\n\x0eReportResponse\x12.\n\x07targets\x18\x01 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets\"N\n\x0cPoolReplicas\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x85\x01\n\x11\x41\x63kAppliedRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\x04\x12\x33\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\".fleet_planner.api.v1.PoolReplicas\"\x92\x01\n\x11\x41\x63kDrainedRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\x04\x12,\n\x04role\x18\x04 \x01(\x0e\x32\x1e.fleet_planner.api.v1.PoolRole\x12\x12\n\ngpus_freed\x18\x05 \x01(\x05\"=\n\x0b\x41\x63kResponse\x12.\n\x07targets\x18\x01 \x01(\x0b\x32\x1d.fleet_planner.api.v1.Targets*e\n\x08PoolRole\x12\x19\n\x15POOL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_ROLE_PREFILL\x10\x01\x12\x14\n\x10POOL_ROLE_DECODE\x10\x02\x12\x11\n\rPOOL_ROLE_AGG\x10\x03\x32\xed\x02\n\x07Planner\x12Y\n\x08Register\x12%.fleet_planner.api.v1.RegisterRequest\x1a&.fleet_planner.api.v1.RegisterResponse\x12S\n\x06Report\x12#.fleet_planner.api.v1.ReportRequest\x1a$.fleet_planner.api.v1.ReportResponse\x12X\n\nAckApplied\x12\'.fleet_planner.api.v1.AckAppliedRequest\x1a!.fleet_planner.api.v1.AckResponse\x12X\n\nAckDrained\x12\'.fleet_planner.api.v1.AckDrainedRequest\x1a!.fleet_planner.api.v1.AckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleet_planner.api.v1.planner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLROLE']._serialized_start=2414
-  _globals['_POOLROLE']._serialized_end=2515
+  _globals['_POOLROLE']._serialized_start=2474
+  _globals['_POOLROLE']._serialized_end=2575
   _globals['_POOLSPEC']._serialized_start=61
   _globals['_POOLSPEC']._serialized_end=270
   _globals['_REGISTERREQUEST']._serialized_start=273
@@ -44,25 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVED']._serialized_start=663
   _globals['_OBSERVED']._serialized_end=840
   _globals['_POOLREPORT']._serialized_start=843
-  _globals['_POOLREPORT']._serialized_end=1171
-  _globals['_REPORTREQUEST']._serialized_start=1174
-  _globals['_REPORTREQUEST']._serialized_end=1447
-  _globals['_POOLTARGET']._serialized_start=1449
-  _globals['_POOLTARGET']._serialized_end=1568
-  _globals['_ROUTINGWEIGHT']._serialized_start=1570
-  _globals['_ROUTINGWEIGHT']._serialized_end=1621
-  _globals['_TARGETS']._serialized_start=1624
-  _globals['_TARGETS']._serialized_end=1918
-  _globals['_REPORTRESPONSE']._serialized_start=1920
-  _globals['_REPORTRESPONSE']._serialized_end=1984
-  _globals['_POOLREPLICAS']._serialized_start=1986
-  _globals['_POOLREPLICAS']._serialized_end=2064
-  _globals['_ACKAPPLIEDREQUEST']._serialized_start=2067
-  _globals['_ACKAPPLIEDREQUEST']._serialized_end=2200
-  _globals['_ACKDRAINEDREQUEST']._serialized_start=2203
-  _globals['_ACKDRAINEDREQUEST']._serialized_end=2349
-  _globals['_ACKRESPONSE']._serialized_start=2351
-  _globals['_ACKRESPONSE']._serialized_end=2412
-  _globals['_PLANNER']._serialized_start=2518
-  _globals['_PLANNER']._serialized_end=2883
+  _globals['_POOLREPORT']._serialized_end=1231
+  _globals['_REPORTREQUEST']._serialized_start=1234
+  _globals['_REPORTREQUEST']._serialized_end=1507
+  _globals['_POOLTARGET']._serialized_start=1509
+  _globals['_POOLTARGET']._serialized_end=1628
+  _globals['_ROUTINGWEIGHT']._serialized_start=1630
+  _globals['_ROUTINGWEIGHT']._serialized_end=1681
+  _globals['_TARGETS']._serialized_start=1684
+  _globals['_TARGETS']._serialized_end=1978
+  _globals['_REPORTRESPONSE']._serialized_start=1980
+  _globals['_REPORTRESPONSE']._serialized_end=2044
+  _globals['_POOLREPLICAS']._serialized_start=2046
+  _globals['_POOLREPLICAS']._serialized_end=2124
+  _globals['_ACKAPPLIEDREQUEST']._serialized_start=2127
+  _globals['_ACKAPPLIEDREQUEST']._serialized_end=2260
+  _globals['_ACKDRAINEDREQUEST']._serialized_start=2263
+  _globals['_ACKDRAINEDREQUEST']._serialized_end=2409
+  _globals['_ACKRESPONSE']._serialized_start=2411
+  _globals['_ACKRESPONSE']._serialized_end=2472
+  _globals['_PLANNER']._serialized_start=2578
+  _globals['_PLANNER']._serialized_end=2943
 # @@protoc_insertion_point(module_scope)

@@ -87,7 +87,7 @@ class Observed(_message.Message):
     def __init__(self, window_s: _Optional[float] = ..., admitted_rps: _Optional[float] = ..., ttft_p90_ms: _Optional[float] = ..., itl_p90_ms: _Optional[float] = ...) -> None: ...
 
 class PoolReport(_message.Message):
-    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps", "wanted_replicas", "queued_requests")
+    __slots__ = ("role", "ready", "starting", "draining", "pending", "curve", "pessimistic_curve", "replica_capacity_rps", "wanted_replicas", "queued_requests", "late_rps_per_replica")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     STARTING_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class PoolReport(_message.Message):
     REPLICA_CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
     WANTED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LATE_RPS_PER_REPLICA_FIELD_NUMBER: _ClassVar[int]
     role: PoolRole
     ready: int
     starting: int
@@ -108,7 +109,8 @@ class PoolReport(_message.Message):
     replica_capacity_rps: float
     wanted_replicas: int
     queued_requests: float
-    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ..., wanted_replicas: _Optional[int] = ..., queued_requests: _Optional[float] = ...) -> None: ...
+    late_rps_per_replica: float
+    def __init__(self, role: _Optional[_Union[PoolRole, str]] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., pending: _Optional[int] = ..., curve: _Optional[_Iterable[float]] = ..., pessimistic_curve: _Optional[_Iterable[float]] = ..., replica_capacity_rps: _Optional[float] = ..., wanted_replicas: _Optional[int] = ..., queued_requests: _Optional[float] = ..., late_rps_per_replica: _Optional[float] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("deployment", "session_id", "sequence", "agent_time_s", "applied_decision_id", "forecast", "observed", "pools")

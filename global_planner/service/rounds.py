@@ -265,7 +265,10 @@ def _demand_rps(report: AgentReport | None) -> float | None:
 def short_pool(dep: DeploymentState) -> PoolRole | None:
     """A pool whose last report asks for more replicas than its grant while it is observed short
     (:func:`observed_short`, on the demand a round would build), or None: a round then may move
-    GPUs to it, so it need not wait for the next periodic one."""
+    GPUs to it, so it need not wait for the next periodic one. On its rate alone: a pool reported
+    late waits for the timed round (rounds on lateness moved the gateway's limit on soft-shortage
+    seed 5 and cost its total 0.5 point; docs/global-planner.md, *Three late windows in a row are
+    proof*)."""
     if dep.report is None:
         return None
     for report, demand in _pool_demands(dep, dep.report):

@@ -17,7 +17,8 @@ held per type never above the inventory (targets too, and no budget violations, 
 
 Reported without failing the run: refusals (validation rejections) with their messages, and serving failures: a
 deployment or endpoint with traffic that completed under 50% of its requests under one policy while another
-policy of the same scenario (static-peak, say) completed over 90% of its own. The bugs this sweep has found
+policy of the same scenario (static-peak, say) completed over 90% of its own and served more of them within the
+SLO (a gateway shedding what no replica serves in time is not failing its users). The bugs this sweep has found
 were of that kind (a pool never scaled up from zero under overload; ``global`` shedding half an endpoint's
 traffic; a decode pool pending behind its own prefill pool; replicas released after less silence than their
 start-up) while every invariant held. Also reported: runs where ``global`` falls short of issue 11's bar
@@ -350,7 +351,8 @@ class Run:
     wall_s: float
     problems: list[tuple[str, str]] = field(default_factory=list)  # (check, detail): failed invariants
     refusal: str | None = None  # the one-line error of a validation rejection
-    served: dict[str, tuple[int, int]] = field(default_factory=dict)  # "deployment d0" -> (completed, requests)
+    # "deployment d0" -> (completed, requests, requests served within the SLO)
+    served: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     attainment: float | None = None
     weighted: float | None = None  # priority-weighted attainment (the policy file's priorities)
 
@@ -448,7 +450,7 @@ def _check_summary(
                 counts = f"{o['completed']}+{o['rejected']}+{o['unfinished']} != {o['requests']}"
                 problems.append(("request-counts", f"{where}: {counts}"))
             if scope != "fleet" and o["requests"] > 0:
-                run.served[where] = (o["completed"], o["requests"])
+                run.served[where] = (o["completed"], o["requests"], (attainment or 0.0) * o["requests"])
         gpu_hours = o.get("gpu_hours")  # endpoints have none: their deployments hold the GPUs
         if scope != "endpoint" and not (isinstance(gpu_hours, (int, float)) and 0 <= gpu_hours < math.inf):
             problems.append(("gpu-hours", f"{where}: gpu_hours={gpu_hours}"))
@@ -555,8 +557,10 @@ def _check_timeline(path: Path, pools: dict, inventory: dict[str, int], budgeted
 
 def serving_failures(runs: list[Run]) -> list[str]:
     """One line per run in which a deployment or endpoint with traffic completed under ``SERVED_LOW`` of its
-    requests while another policy of the same scenario completed over ``SERVED_HIGH`` there: no invariant
-    breaks, yet the policy fails users."""
+    requests while another policy of the same scenario completed over ``SERVED_HIGH`` there and served more
+    of them within the SLO: no invariant breaks, yet the policy fails users. (A gateway that sheds what no
+    replica count serves in time completes fewer and serves more in time: seed 67 ``s06``, 14% within the SLO
+    against 0%, is not a failure.)"""
     by_scenario: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_scenario[run.scenario].append(run)
@@ -564,11 +568,13 @@ def serving_failures(runs: list[Run]) -> list[str]:
     for scenario, mine in sorted(by_scenario.items()):
         for run in mine:
             places = []
-            for where, (completed, requests) in run.served.items():
+            for where, (completed, requests, good) in run.served.items():
                 better = [
                     f"{other.policy} {other.served[where][0] / other.served[where][1]:.0%}"
                     for other in mine
-                    if where in other.served and other.served[where][0] / other.served[where][1] > SERVED_HIGH
+                    if where in other.served
+                    and other.served[where][0] / other.served[where][1] > SERVED_HIGH
+                    and other.served[where][2] > good
                 ]
                 if completed / requests < SERVED_LOW and better:
                     places.append(f"{where} completed {completed}/{requests} (vs {', '.join(better)})")

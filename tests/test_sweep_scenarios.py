@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sweep_scenarios import Run, behind_fcfs, generate, held_below_minimum, write_scenario
+from sweep_scenarios import Run, behind_fcfs, generate, held_below_minimum, serving_failures, write_scenario
 
 from fleet_sim.scenario import load_scenario
 
@@ -46,6 +46,21 @@ def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
         run("s04", "global", 0.10, 0.10),  # no fcfs run to compare with
     ]
     assert [line.split(":")[0] for line in behind_fcfs(runs)] == ["s02", "s03"]
+
+
+def test_a_serving_failure_is_fewer_requests_completed_and_fewer_served_in_time() -> None:
+    def run(scenario: str, policy: str, completed: int, good: float) -> Run:
+        return Run(scenario, policy, 0, 1.0, served={"endpoint chat": (completed, 100, good)})
+
+    runs = [
+        run("s01", "fcfs", 100, 95.0),
+        run("s01", "global", 40, 38.0),  # completes 40% where fcfs completes all, and serves fewer in time
+        run("s02", "fcfs", 100, 0.0),  # completes everything, nothing within the SLO
+        run("s02", "global", 30, 14.0),  # sheds what nobody serves in time: not a failure
+        run("s03", "fcfs", 100, 95.0),
+        run("s03", "global", 60, 57.0),  # above the low bar
+    ]
+    assert [line.split(":")[0] for line in serving_failures(runs)] == ["s01 global"]
 
 
 def test_pools_the_planner_says_it_holds_below_their_minimums_are_exempt_from_the_bounds_check() -> None:

@@ -84,11 +84,13 @@ BASELINES = ("static-peak", "oracle")  # clairvoyant, agent-independent: searche
 # What the baselines' figures depend on: the simulator, the shared core, the capacity model the
 # searches start from, the matrix's scenarios and the vendored data. The agent's decision code and
 # the policy adapters are left out, so tuning the agent keeps the cache; so are the parts of the
-# shared core no simulation runs (the gRPC code, the HTTP emulator, the live profiler, the Kubernetes helpers, the CLI).
+# shared core no simulation runs (the gRPC code and wire contract, the HTTP emulator, the live profiler, the
+# Kubernetes helpers, the CLI). tests/test_matrix.py checks that a baseline run loads nothing else.
 BASELINE_SOURCES = ("fleet_planner", "fleet_sim", "local_agent/sizing", "examples/traces", "examples/profiles")
 STABLE_SOURCES = ("fleet_sim/stable_bound.py",)  # the stable bound's own code (it reads the oracle's schedule)
 NOT_BASELINE_SOURCES = (
     "fleet_planner/api",  # the generated gRPC code: only the planner adapter (below) runs it
+    "fleet_planner/contract",  # the wire contract (its shared bounds live in fleet_planner/bounds.py)
     "fleet_sim/adapters",
     "fleet_sim/demo",
     "fleet_planner/emulate",

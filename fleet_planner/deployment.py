@@ -23,7 +23,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo, model_validator
 
-from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
+from fleet_planner.bounds import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
 from fleet_planner.durations import Duration
 from fleet_planner.errors import InputError, path_kind, read_input_text
 from fleet_planner.knobs import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_NUM_SEQS

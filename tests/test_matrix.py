@@ -116,6 +116,53 @@ def test_baseline_cache_is_keyed_by_cell_and_sources(tmp_path: Path) -> None:
         BaselineCache(path)
 
 
+_BASELINE_RUN = """
+import json, sys, tempfile
+from pathlib import Path
+from fleet_sim.baselines import OraclePolicy
+from fleet_sim.matrix import build_scenario, quick_cells
+from fleet_sim.outputs import summarize
+from fleet_sim.policies import make_policy
+from fleet_sim.runner import FleetSimulation
+from fleet_sim.stable_bound import search_stable_bound
+from fleet_sim.workload import build_workload
+for policy in ("static-peak", "oracle"):
+    scenario = build_scenario(quick_cells()[0], policy, Path(tempfile.mkdtemp()))
+    workload = build_workload(scenario)
+    summarize(FleetSimulation(scenario, workload, make_policy(scenario, workload)).run())
+root = Path.cwd().resolve()
+files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+print(json.dumps(sorted(f.relative_to(root).as_posix() for f in files if f.is_relative_to(root) and ".venv" not in f.parts)))
+"""
+
+
+def test_the_baselines_run_only_code_their_cache_key_covers() -> None:
+    """The baseline cache is keyed by a digest of the sources the baselines run: a module a baseline run
+    loads from outside them (a package docstring aside) would leave stale figures in the cache after an
+    edit there, and one the digest covers but no run loads (the wire contract, before its bounds moved to
+    ``fleet_planner/bounds.py``) throws the cache away for nothing."""
+    import ast
+    import json
+    import subprocess
+
+    from bench_matrix import BASELINE_SOURCES, NOT_BASELINE_SOURCES, STABLE_SOURCES
+
+    done = subprocess.run([sys.executable, "-c", _BASELINE_RUN], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = json.loads(done.stdout)
+
+    def covered(path: str) -> bool:
+        if path.startswith(STABLE_SOURCES):
+            return True
+        return path.startswith(BASELINE_SOURCES) and not path.startswith(NOT_BASELINE_SOURCES)
+
+    def docstring_only(path: str) -> bool:
+        body = ast.parse((ROOT / path).read_text()).body
+        return path.endswith("__init__.py") and all(isinstance(node, ast.Expr) for node in body)
+
+    assert "fleet_sim/baselines.py" in loaded and "fleet_planner/contract/models.py" not in loaded
+    assert [path for path in loaded if not covered(path) and not docstring_only(path)] == []
+
+
 @pytest.mark.parametrize("cell", cells()[:1] + [c for c in cells() if c.contended][:1], ids=lambda c: c.name)
 def test_cells_build_valid_scenarios(cell, tmp_path: Path) -> None:
     from fleet_sim.matrix import build_scenario

@@ -12,19 +12,12 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
+from fleet_planner.bounds import MAX_GPUS_PER_REPLICA, MAX_REPLICAS, MAX_STARTUP_S, EndpointName, Name
 from fleet_planner.planning import FrozenModel, PoolRole
 
-MAX_REPLICAS = 10_000
 MAX_CURVE_POINTS = 1024
-MAX_GPUS_PER_REPLICA = 1024
 MAX_RATE = 1e9
-MAX_NAME = 256
-MAX_STARTUP_S = 86_400.0
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-EndpointName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-]
 SessionId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Count = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 Attainment = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

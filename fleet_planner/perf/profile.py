@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fleet_planner.contract.models import MAX_GPUS_PER_REPLICA
+from fleet_planner.bounds import MAX_GPUS_PER_REPLICA
 from fleet_planner.errors import InputError, path_kind, read_input_text
 
 PREFILL_JSON = "prefill_raw_data.json"

@@ -20,7 +20,7 @@ import grpc
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet_planner.contract.models import Name
+from fleet_planner.bounds import Name
 from fleet_planner.errors import InputError, read_input_text, unreadable
 from fleet_planner.yaml_input import load_yaml
 

@@ -355,6 +355,7 @@ class Run:
     served: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     attainment: float | None = None
     weighted: float | None = None  # priority-weighted attainment (the policy file's priorities)
+    over_caps: list[str] = field(default_factory=list)  # tenant caps its GPUs went past (fcfs ignores them)
 
 
 def simulate(scenario_file: Path, policy: str, out: Path, timeout_s: float) -> tuple[int | str, str, float]:
@@ -583,9 +584,29 @@ def serving_failures(runs: list[Run]) -> list[str]:
     return found
 
 
+def over_tenant_caps(timeline: Path, owners: dict[str, str], caps: dict[str, dict[str, int]]) -> list[str]:
+    """The tenant caps (the policy file's ``max_gpus``) a run's GPUs went past, with the most held at once
+    (``"acme a100 9 > 4"``): ``fcfs`` ignores caps, so where ``global`` trails it the cause may be a cap kept."""
+    held: dict[tuple[float, str, str], int] = defaultdict(int)
+    with timeline.open() as f:
+        for row in csv.DictReader(f):
+            tenant = owners.get(row["deployment"])
+            if tenant in caps:
+                held[(float(row["time_s"]), tenant, row["gpu_type"])] += int(row["gpus"])
+    most: dict[tuple[str, str], int] = defaultdict(int)
+    for (_, tenant, gpu_type), gpus in held.items():
+        most[(tenant, gpu_type)] = max(most[(tenant, gpu_type)], gpus)
+    return [
+        f"{tenant} {gpu_type} {gpus} > {caps[tenant][gpu_type]}"
+        for (tenant, gpu_type), gpus in sorted(most.items())
+        if gpu_type in caps[tenant] and gpus > caps[tenant][gpu_type]
+    ]
+
+
 def behind_fcfs(runs: list[Run]) -> list[str]:
     """One line per scenario where ``global`` misses issue 11's bar against ``fcfs``: priority-weighted
-    attainment below fcfs's, or total attainment more than ``BEHIND_TOTAL`` below."""
+    attainment below fcfs's, or total attainment more than ``BEHIND_TOTAL`` below; with the tenant caps
+    ``fcfs`` went past, which ``global`` keeps."""
     by_policy = {(run.scenario, run.policy): run for run in runs}
     found = []
     for run in sorted(runs, key=lambda r: r.scenario):
@@ -595,9 +616,10 @@ def behind_fcfs(runs: list[Run]) -> list[str]:
         if run.weighted is None or fcfs.weighted is None or run.attainment is None or fcfs.attainment is None:
             continue
         if run.weighted < fcfs.weighted - BEHIND_NOISE or run.attainment < fcfs.attainment - BEHIND_TOTAL:
+            caps = f" (fcfs past tenant caps: {', '.join(fcfs.over_caps)})" if fcfs.over_caps else ""
             found.append(
                 f"{run.scenario}: priority-weighted {run.weighted:.2%} vs fcfs {fcfs.weighted:.2%}; "
-                f"total {run.attainment:.2%} vs {fcfs.attainment:.2%}"
+                f"total {run.attainment:.2%} vs {fcfs.attainment:.2%}{caps}"
             )
     return found
 
@@ -609,8 +631,13 @@ def run_and_check(generated: Generated, scenario_file: Path, policy: str, out: P
     rc, stderr, wall = simulate(scenario_file, policy, out, timeout_s)
     run = Run(generated.name, policy, rc, round(wall, 2))
     try:
-        priorities = {name: t.get("priority", 1.0) for name, t in generated.policy_file.get("tenants", {}).items()}
+        tenants = generated.policy_file.get("tenants", {})
+        priorities = {name: t.get("priority", 1.0) for name, t in tenants.items()}
         check_run(run, stderr, out, generated.scenario, priorities)
+        if policy == "fcfs" and (out / "timeline.csv").exists():
+            owners = {d["name"]: d["tenant"] for d in generated.scenario["deployments"]}
+            caps = {name: t["max_gpus"] for name, t in tenants.items() if t.get("max_gpus")}
+            run.over_caps = over_tenant_caps(out / "timeline.csv", owners, caps)
     except Exception as exc:  # a checker bug must not hide the other runs
         run.problems.append(("checker-error", repr(exc)))
     if run.problems:

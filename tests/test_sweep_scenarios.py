@@ -10,7 +10,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sweep_scenarios import Run, behind_fcfs, generate, held_below_minimum, serving_failures, write_scenario
+from sweep_scenarios import (
+    Run,
+    behind_fcfs,
+    generate,
+    held_below_minimum,
+    over_tenant_caps,
+    serving_failures,
+    write_scenario,
+)
 
 from fleet_sim.scenario import load_scenario
 
@@ -46,6 +54,26 @@ def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
         run("s04", "global", 0.10, 0.10),  # no fcfs run to compare with
     ]
     assert [line.split(":")[0] for line in behind_fcfs(runs)] == ["s02", "s03"]
+
+
+def test_a_cap_fcfs_went_past_is_named_where_global_trails_it(tmp_path: Path) -> None:
+    timeline = tmp_path / "timeline.csv"
+    rows = [
+        "time_s,deployment,pool,gpu_type,gpus",
+        "0,d0,prefill,a100,3",
+        "0,d0,decode,a100,2",  # acme holds 5 A100s at once
+        "0,d1,agg,a100,4",
+        "30,d0,prefill,a100,2",
+        "30,d0,decode,a100,2",
+        "30,d1,agg,h200,8",  # beta's cap is on A100s only
+    ]
+    timeline.write_text("\n".join(rows) + "\n")
+    owners = {"d0": "acme", "d1": "beta"}
+    assert over_tenant_caps(timeline, owners, {"acme": {"a100": 4}, "beta": {"a100": 4}}) == ["acme a100 5 > 4"]
+    assert over_tenant_caps(timeline, owners, {"acme": {"a100": 5}}) == []
+    fcfs = Run("s01", "fcfs", 0, 1.0, attainment=0.9, weighted=0.9, over_caps=["acme a100 5 > 4"])
+    (line,) = behind_fcfs([fcfs, Run("s01", "global", 0, 1.0, attainment=0.5, weighted=0.5)])
+    assert line.endswith("(fcfs past tenant caps: acme a100 5 > 4)")
 
 
 def test_a_serving_failure_is_fewer_requests_completed_and_fewer_served_in_time() -> None:

@@ -140,8 +140,9 @@ class ScaleDownGuard:
 
     def late_per_replica(self, role: PoolRole, now_s: float) -> float | None:
         """The lowest load per replica of the windows the pool has missed its SLA in, up to this
-        one, when there are ``LATE_WINDOWS`` of them in a row (None otherwise): a pool late at
-        that load carries less than its model says, and the planner may read it so."""
+        one, when there are ``LATE_WINDOWS`` of them in a row (None otherwise, and always with the
+        miss memory off): a pool late at that load carries less than its model says, and the
+        planner may read it so."""
         late = self.pools[role].late
         if len(late) < LATE_WINDOWS or late[-1][0] != now_s:
             return None

@@ -383,6 +383,8 @@ def test_a_pool_late_at_its_load_is_short_whatever_its_nominal_capacity_and_stil
         answer = solve(_request([late, holder], 10, tenants=tenants))
         assert answer.replicas == {"chat/agg": 4, "batch/agg": 6}
         assert answer.drivers["batch/agg"] == "others"
+        assert "; observed short by its lateness (this pool: 2.00 rps proven" in answer.reasons["chat/agg"]
+        assert "against 90% of 3 x 0.60 rps (late at that load per replica))" in answer.reasons["chat/agg"]
     # Lateness is the agent's word: it counts down to half the nominal capacity at most, so a pool
     # reported late at any load contests for at most twice what its load needs (2 / (0.9 x 0.5): 5
     # replicas, where 0.01 rps a replica would prove 223).

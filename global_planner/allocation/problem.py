@@ -40,6 +40,7 @@ from global_planner.allocation.stability import (
     first_claims,
     headroom_only,
     held_if_stale,
+    observed_short,
     protected_lows,
     shortage_note,
     startup_discount,
@@ -690,6 +691,8 @@ def finish(
             text += f"; {plan.note}"
         if not plan.contested and plan.pool.wanted_replicas is not None and count < plan.pool.wanted_replicas:
             text += "; the rest of its ask is headroom: its endpoint is not observed short" + shortage_note(plan.pool)
+        elif plan.contested and observed_short(plan.pool) and not observed_short(plan.pool, count_late=False):
+            text += "; observed short by its lateness" + shortage_note(plan.pool)
         floor = problem.floors.get(key)
         if floor is not None and by_tenant.get(key, 0) <= floor and count > plan.lo:
             text += f"; guaranteed floor {floor} {plan.pool.gpu_type}"

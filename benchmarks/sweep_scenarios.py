@@ -36,6 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import csv
+import fnmatch
 import json
 import math
 import random
@@ -355,7 +356,7 @@ class Run:
     served: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     attainment: float | None = None
     weighted: float | None = None  # priority-weighted attainment (the policy file's priorities)
-    over_caps: list[str] = field(default_factory=list)  # tenant caps its GPUs went past (fcfs ignores them)
+    over_caps: list[str] = field(default_factory=list)  # the policy's caps it went past (fcfs ignores them)
 
 
 def simulate(scenario_file: Path, policy: str, out: Path, timeout_s: float) -> tuple[int | str, str, float]:
@@ -584,23 +585,53 @@ def serving_failures(runs: list[Run]) -> list[str]:
     return found
 
 
-def over_tenant_caps(timeline: Path, owners: dict[str, str], caps: dict[str, dict[str, int]]) -> list[str]:
-    """The tenant caps (the policy file's ``max_gpus``) a run's GPUs went past, with the most held at once
-    (``"acme a100 9 > 4"``): ``fcfs`` ignores caps, so where ``global`` trails it the cause may be a cap kept."""
+def pool_caps(generated: Generated) -> dict[tuple[str, str], int]:
+    """(deployment, role) -> the ``max_replicas`` a pool override of the policy file gives it."""
+    caps: dict[tuple[str, str], int] = {}
+    for override in generated.policy_file.get("deployments", []):
+        if "max_replicas" not in override:
+            continue
+        for d in generated.scenario["deployments"]:
+            for role in d["pools"]:
+                if fnmatch.fnmatchcase(f"{d['tenant']}/{d['name']}/{role}", override["selector"]):
+                    caps[(d["name"], role)] = override["max_replicas"]
+    return caps
+
+
+def past_caps(
+    timeline: Path,
+    owners: dict[str, str],
+    caps: dict[str, dict[str, int]],
+    pools: dict[tuple[str, str], int] | None = None,
+) -> list[str]:
+    """The policy file's caps a run went past, with the most held at once: tenant caps (``max_gpus``,
+    ``"acme a100 9 > 4"``) and pool overrides' ``max_replicas`` (``"acme/d0/prefill 8 replicas > 2"``).
+    ``fcfs`` ignores both, so where ``global`` trails it the cause may be a cap kept."""
+    pools = pools or {}
     held: dict[tuple[float, str, str], int] = defaultdict(int)
+    targets: dict[tuple[str, str], int] = defaultdict(int)
     with timeline.open() as f:
         for row in csv.DictReader(f):
             tenant = owners.get(row["deployment"])
             if tenant in caps:
                 held[(float(row["time_s"]), tenant, row["gpu_type"])] += int(row["gpus"])
+            key = (row["deployment"], row["pool"])
+            if key in pools:
+                targets[key] = max(targets[key], int(row["target"]))
     most: dict[tuple[str, str], int] = defaultdict(int)
     for (_, tenant, gpu_type), gpus in held.items():
         most[(tenant, gpu_type)] = max(most[(tenant, gpu_type)], gpus)
-    return [
+    past = [
         f"{tenant} {gpu_type} {gpus} > {caps[tenant][gpu_type]}"
         for (tenant, gpu_type), gpus in sorted(most.items())
         if gpu_type in caps[tenant] and gpus > caps[tenant][gpu_type]
     ]
+    past += [
+        f"{owners.get(name, '?')}/{name}/{role} {count} replicas > {pools[(name, role)]}"
+        for (name, role), count in sorted(targets.items())
+        if count > pools[(name, role)]
+    ]
+    return past
 
 
 def behind_fcfs(runs: list[Run]) -> list[str]:
@@ -616,7 +647,7 @@ def behind_fcfs(runs: list[Run]) -> list[str]:
         if run.weighted is None or fcfs.weighted is None or run.attainment is None or fcfs.attainment is None:
             continue
         if run.weighted < fcfs.weighted - BEHIND_NOISE or run.attainment < fcfs.attainment - BEHIND_TOTAL:
-            caps = f" (fcfs past tenant caps: {', '.join(fcfs.over_caps)})" if fcfs.over_caps else ""
+            caps = f" (fcfs past the policy's caps: {', '.join(fcfs.over_caps)})" if fcfs.over_caps else ""
             found.append(
                 f"{run.scenario}: priority-weighted {run.weighted:.2%} vs fcfs {fcfs.weighted:.2%}; "
                 f"total {run.attainment:.2%} vs {fcfs.attainment:.2%}{caps}"
@@ -637,7 +668,7 @@ def run_and_check(generated: Generated, scenario_file: Path, policy: str, out: P
         if policy == "fcfs" and (out / "timeline.csv").exists():
             owners = {d["name"]: d["tenant"] for d in generated.scenario["deployments"]}
             caps = {name: t["max_gpus"] for name, t in tenants.items() if t.get("max_gpus")}
-            run.over_caps = over_tenant_caps(out / "timeline.csv", owners, caps)
+            run.over_caps = past_caps(out / "timeline.csv", owners, caps, pool_caps(generated))
     except Exception as exc:  # a checker bug must not hide the other runs
         run.problems.append(("checker-error", repr(exc)))
     if run.problems:

@@ -15,7 +15,7 @@ from sweep_scenarios import (
     behind_fcfs,
     generate,
     held_below_minimum,
-    over_tenant_caps,
+    past_caps,
     serving_failures,
     write_scenario,
 )
@@ -59,21 +59,25 @@ def test_global_behind_fcfs_is_reported_by_issue_11s_bar() -> None:
 def test_a_cap_fcfs_went_past_is_named_where_global_trails_it(tmp_path: Path) -> None:
     timeline = tmp_path / "timeline.csv"
     rows = [
-        "time_s,deployment,pool,gpu_type,gpus",
-        "0,d0,prefill,a100,3",
-        "0,d0,decode,a100,2",  # acme holds 5 A100s at once
-        "0,d1,agg,a100,4",
-        "30,d0,prefill,a100,2",
-        "30,d0,decode,a100,2",
-        "30,d1,agg,h200,8",  # beta's cap is on A100s only
+        "time_s,deployment,pool,gpu_type,gpus,target",
+        "0,d0,prefill,a100,3,3",
+        "0,d0,decode,a100,2,2",  # acme holds 5 A100s at once
+        "0,d1,agg,a100,4,4",
+        "30,d0,prefill,a100,2,2",
+        "30,d0,decode,a100,2,2",
+        "30,d1,agg,h200,8,8",  # beta's cap is on A100s only
     ]
     timeline.write_text("\n".join(rows) + "\n")
     owners = {"d0": "acme", "d1": "beta"}
-    assert over_tenant_caps(timeline, owners, {"acme": {"a100": 4}, "beta": {"a100": 4}}) == ["acme a100 5 > 4"]
-    assert over_tenant_caps(timeline, owners, {"acme": {"a100": 5}}) == []
+    assert past_caps(timeline, owners, {"acme": {"a100": 4}, "beta": {"a100": 4}}) == ["acme a100 5 > 4"]
+    assert past_caps(timeline, owners, {"acme": {"a100": 5}}) == []
+    # A pool override's max_replicas: d0's prefill ran 3 against an override of 2.
+    assert past_caps(timeline, owners, {}, {("d0", "prefill"): 2, ("d1", "agg"): 8}) == [
+        "acme/d0/prefill 3 replicas > 2"
+    ]
     fcfs = Run("s01", "fcfs", 0, 1.0, attainment=0.9, weighted=0.9, over_caps=["acme a100 5 > 4"])
     (line,) = behind_fcfs([fcfs, Run("s01", "global", 0, 1.0, attainment=0.5, weighted=0.5)])
-    assert line.endswith("(fcfs past tenant caps: acme a100 5 > 4)")
+    assert line.endswith("(fcfs past the policy's caps: acme a100 5 > 4)")
 
 
 def test_a_serving_failure_is_fewer_requests_completed_and_fewer_served_in_time() -> None:

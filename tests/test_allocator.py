@@ -518,3 +518,20 @@ def test_gpus_a_drain_frees_go_first_to_the_pool_the_last_round_freed_them_for()
     assert first_claims([decode, seat(current=0, ask=1)], [2, 0], {"h200": 3}, {}) == [3, 0]
     # A promise is no claim beyond the pool's own ask.
     assert first_claims([decode, seat(current=0, ask=0, promised=1)], [2, 0], {"h200": 3}, {}) == [3, 0]
+
+
+def test_an_override_never_raises_a_pool_past_the_maximum_its_deployment_registered() -> None:
+    # The top tenant's pool registered at most 1 replica and its agent wants 3 (its sizing before its
+    # own limit); an override allows 3. Granting past 1 reserves GPUs its agent never runs, and its
+    # guarantee would take them from the other tenant's pool, which wants every GPU.
+    top = _pool("top", tenant="a", max_replicas=1, min_replicas=1, current_replicas=1, wanted_replicas=3)
+    busy = _pool("busy", tenant="b", current_replicas=5, wanted_replicas=6, curve=_concave(0.4)[:7])
+    request = AllocationRequest(
+        pools=[top, busy],
+        inventory={"h100": 6},
+        tenants={"a": TenantLimits(priority=1000.0, guaranteed_gpus={"h100": 4}), "b": TenantLimits(priority=0.5)},
+        overrides=[PoolOverride(selector="a/top/agg", min_replicas=2, max_replicas=3)],
+    )
+    for solve in (allocate, allocate_greedy):
+        answer = solve(request)
+        assert answer.replicas == {"top/agg": 1, "busy/agg": 5}

@@ -195,8 +195,12 @@ def _effective(pool: PoolDemand, request: AllocationRequest, contested: set[str]
     settings = overridden(request.overrides, pool.tenant, pool.deployment, pool.role)
     priority = tenant.priority if settings.priority is None else settings.priority
     max_step = settings.max_step
-    low = pool.min_replicas if settings.min_replicas is None else settings.min_replicas
-    high = pool.max_replicas if settings.max_replicas is None else settings.max_replicas
+    # An override narrows the pool's range, never past what its deployment registered: a grant above
+    # its own maximum is one its agent never runs (a random fleet, sweep seed 73 ``s10``: an override
+    # of 3 over a registered 1 reserved the top tenant's guarantee for replicas that never started,
+    # while the other tenant's overloaded pool was cut for them).
+    low = pool.min_replicas if settings.min_replicas is None else min(settings.min_replicas, pool.max_replicas)
+    high = pool.max_replicas if settings.max_replicas is None else min(settings.max_replicas, pool.max_replicas)
     churn = 0.0 if settings.churn_weight is None else settings.churn_weight
     startup = pool.startup_s if settings.startup_s is None else settings.startup_s
     fill = bool(settings.fill_idle)

@@ -119,12 +119,11 @@ def test_baseline_cache_is_keyed_by_cell_and_sources(tmp_path: Path) -> None:
 _BASELINE_RUN = """
 import json, sys, tempfile
 from pathlib import Path
-from fleet_sim.baselines import OraclePolicy
+import fleet_sim.stable_bound  # not run here (it needs a searched oracle): its own imports count
 from fleet_sim.matrix import build_scenario, quick_cells
 from fleet_sim.outputs import summarize
 from fleet_sim.policies import make_policy
 from fleet_sim.runner import FleetSimulation
-from fleet_sim.stable_bound import search_stable_bound
 from fleet_sim.workload import build_workload
 for policy in ("static-peak", "oracle"):
     scenario = build_scenario(quick_cells()[0], policy, Path(tempfile.mkdtemp()))

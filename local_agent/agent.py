@@ -48,11 +48,12 @@ RECENT_DECISIONS = 1024
 
 
 class _PoolState:
-    __slots__ = ("predictive", "target")
+    __slots__ = ("predictive", "refused", "target")
 
     def __init__(self, target: int):
         self.target = target
         self.predictive = 0
+        self.refused = False  # the arbiter granted fewer replicas than the agent last asked for
 
 
 class LocalAgent:
@@ -122,7 +123,9 @@ class LocalAgent:
 
     def granted(self, role: PoolRole, replicas: int) -> None:
         """An arbiter (global planner, gatekeeper) decided this pool's count: plan from there."""
-        self.pools[role].target = replicas
+        state = self.pools[role]
+        state.refused = replicas < state.target
+        state.target = replicas
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, tick: AgentInput) -> AgentEffects:
@@ -346,14 +349,15 @@ class LocalAgent:
         self, role: PoolRole, current: int, own: PoolObservation, pools: dict[PoolRole, PoolObservation]
     ) -> Proposal | None:
         """One replica fewer (not below the pool's minimum nor its last replica, and not while a
-        release is still in flight) when a partner pool on the same GPU type has replicas pending
-        for GPUs and none ready or starting: a pair with one side empty serves nothing, and this
-        pool may be what holds the GPUs. Without it a prefill pool that started on 16 of 17 GPUs
-        left its decode pool (4 GPUs a replica) pending for the whole run under ``local``: no
-        request completed (a random scenario nobody tuned on). An arbiter that sizes pairs
-        (``global``) places the partner itself; ``fcfs`` refuses the ask instead of leaving it
-        pending, as the anchor does."""
-        if own.draining > 0 or current < own.ready + own.starting:
+        release is still in flight) when a partner pool on the same GPU type has none ready or
+        starting and is waiting for GPUs: replicas pending, or its last ask refused by an arbiter
+        that refuses instead of queueing (the anchor's gatekeeper, ``fcfs``). A pair with one side
+        empty serves nothing, and this pool may be what holds the GPUs. Without it a prefill pool
+        that started on 16 of 17 GPUs left its decode pool (4 GPUs a replica) pending for the whole
+        run under ``local``, and under ``fcfs`` two prefill pools that started on every GPU of
+        their types had their decode partners refused for 15 minutes: no request completed (random
+        scenarios nobody tuned on)."""
+        if current < own.ready + own.starting:
             return None
         mine = self.spec.pools[role]
         low = bounds(self.spec, self.limits, role)[0]
@@ -361,7 +365,8 @@ class LocalAgent:
             partner = self.spec.pools.get(other)
             if other == role or partner is None or partner.gpu_type != mine.gpu_type:
                 continue
-            if obs.pending == 0 or obs.ready + obs.starting > 0:
+            refused = self.pools[other].refused
+            if (obs.pending == 0 and not refused) or obs.ready + obs.starting > 0:
                 continue
             freed = math.ceil(partner.gpus_per_replica / mine.gpus_per_replica)  # of ours, for one of its replicas
             # From the replicas that hold GPUs (the guard above keeps ``current`` at or above them):
@@ -369,9 +374,12 @@ class LocalAgent:
             # 6 -> 5 -> ... -> 1 a tick at a time, its decode partner pending all the while). Never
             # the last replica: a pair emptied on this side serves nothing either.
             wanted = max(low, 1, own.ready + own.starting - freed)
-            if wanted < current:
-                detail = f"makes room for {other}: {obs.pending} replica(s) pending for {partner.gpu_type}, none ready"
-                return Proposal(wanted, R.UNSCHEDULABLE, detail)
+            waiting = f"{other}: {'its ask refused' if refused else f'{obs.pending} replica(s) pending'}"
+            waiting += f" for {partner.gpu_type}, none ready"
+            if wanted < current and own.draining == 0:
+                return Proposal(wanted, R.UNSCHEDULABLE, f"makes room for {waiting}")
+            # Growing would take GPUs the partner waits for, to serve nothing more.
+            return Proposal(current, R.HOLD, f"waits for {waiting}")
         return None
 
     def _at_least_the_forecast(

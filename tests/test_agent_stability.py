@@ -557,6 +557,63 @@ def test_a_pool_makes_room_once_for_a_partner_pending_with_no_replica() -> None:
     ]
 
 
+def test_a_pool_makes_room_for_a_partner_a_gatekeeper_refused_and_holds_until_it_runs() -> None:
+    """Behind a gatekeeper that refuses an ask instead of queueing it (the anchor's, ``fcfs``) the
+    partner shows nothing pending: the refusal is what says it waits for GPUs. Prefill gives one
+    replica back a tick down to its last, and does not grow meanwhile (that would take back the GPUs
+    the partner waits for); once the partner's replica starts, prefill plans as usual. A random
+    fleet under ``fcfs`` completed no request in 15 minutes without it."""
+    a = agent(spec("disagg", initial=3, min_replicas=0))
+    a.granted("decode", 0)  # asked for its initial 3, refused: none placed
+    prefill = []
+    for i in range(5):
+        t = 30.0 + i * TICK
+        placed = i == 4
+        observations = [
+            observe("prefill", t, 40.0, ready=a.targets()["prefill"]),
+            observe("decode", t, 40.0, ready=0, starting=1 if placed else 0),
+        ]
+        decision = a.step(AgentInput(now_s=t, observations=observations)).decision
+        if not placed:
+            assert pool(decision, "decode").target > 0  # it keeps asking
+            a.granted("decode", 0)  # and is refused again
+        prefill.append(pool(decision, "prefill"))
+    assert [p.target for p in prefill[:4]] == [2, 1, 1, 1], prefill
+    assert [p.reason for p in prefill[:4]] == [R.UNSCHEDULABLE, R.UNSCHEDULABLE, R.HOLD, R.HOLD], prefill
+    assert "makes room for decode: its ask refused for h200, none ready" in prefill[0].detail
+    assert "waits for decode: its ask refused" in prefill[2].detail
+    assert "decode" not in prefill[4].detail, prefill[4]
+
+
+def test_a_pool_does_not_grow_while_its_partner_waits_for_the_gpus_with_none_running() -> None:
+    """At its last replica, prefill would scale up for its load; its decode partner on the same GPU
+    type is pending with none running, so every GPU freed would go to the side that already serves
+    and the pair still nothing: it holds until the partner runs."""
+    a = agent(spec("disagg", initial=1, min_replicas=1))
+    a.granted("decode", 2)
+    waiting = run(
+        a,
+        30.0,
+        3,
+        lambda t, targets: [
+            observe("prefill", t, 60.0, ready=targets["prefill"], queued_requests=50),
+            observe("decode", t, 60.0, ready=0, pending=2),
+        ],
+    )
+    assert all(pool(d, "prefill").target == 1 for d in waiting), [pool(d, "prefill") for d in waiting]
+    assert "waits for decode: 2 replica(s) pending for h200, none ready" in pool(waiting[-1], "prefill").detail
+    running = run(
+        a,
+        30.0 + 3 * TICK,
+        1,
+        lambda t, targets: [
+            observe("prefill", t, 60.0, ready=targets["prefill"], queued_requests=50),
+            observe("decode", t, 60.0, ready=0, starting=2),
+        ],
+    )
+    assert pool(running[0], "prefill").target > 1, pool(running[0], "prefill")
+
+
 def test_a_pool_does_not_give_its_last_replica_to_a_pending_partner() -> None:
     """Emptying this side of the pair to place the other serves nothing either."""
     a = agent(spec("disagg", initial=1, min_replicas=0))

@@ -218,3 +218,46 @@ def test_requests_waiting_for_capacity_queue_where_a_whole_deployment_is_coming(
     summary = _simulate(tmp_path, scenario, tenants, "local")
     assert summary["deployments"]["pair"]["requests"] == 0
     assert summary["deployments"]["whole"]["completed"] == summary["deployments"]["whole"]["requests"] > 0
+
+
+def test_a_pair_started_with_every_gpu_on_one_side_serves_behind_the_first_come_gatekeeper(tmp_path: Path) -> None:
+    """A prefill pool starts on all four H100s with its decode partner at 0. The anchor's
+    gatekeeper (``fcfs``) refuses the decode pool's ask instead of queueing it, so nothing looked
+    pending and no request completed in the run (sweep seed 75 ``s08``). The agent reads the
+    refusal as a wait and gives prefill GPUs back until the decode pool runs."""
+    scenario = {
+        **_header("all-gpus-on-prefill", "6m", {"h100": 4}, 30),
+        "deployments": [
+            {
+                "name": "d0",
+                "tenant": "acme",
+                "endpoint": "chat",
+                "mode": "disagg",
+                "sla": {"ttft_ms": 3000, "itl_ms": 60},
+                "trace": _trace(8.0, 0),
+                "pools": {
+                    "prefill": {
+                        "profile": PROFILE,
+                        "gpu_type": "h100",
+                        "min": 1,
+                        "max": 4,
+                        "initial": 4,
+                        "startup_s": 60,
+                    },
+                    "decode": {
+                        "profile": PROFILE,
+                        "gpu_type": "h100",
+                        "min": 0,
+                        "max": 4,
+                        "initial": 0,
+                        "startup_s": 60,
+                    },
+                },
+            }
+        ],
+    }
+    summary = _simulate(tmp_path, scenario, {"tenants": {"acme": {"priority": 1}}}, "fcfs")
+    deployment = summary["deployments"]["d0"]
+    assert deployment["completed"] > 0.5 * deployment["requests"], deployment
+    rows = [json.loads(line) for line in (tmp_path / "fcfs" / "decisions.jsonl").read_text().splitlines()]
+    assert any("its ask refused" in row["reason"] for row in rows if row["pool"] == "prefill")

@@ -37,40 +37,31 @@ def _trace(peak_rps: float, start_s: int) -> dict:
     }
 
 
+def _h100_pair(sla: dict, peak_rps: float, prefill: tuple[int, int, int], decode: tuple[int, int, int]) -> dict:
+    """One disaggregated deployment on H100s; each pool's (min, max, initial), 60 s start-ups."""
+
+    def pool(bounds: tuple[int, int, int]) -> dict:
+        low, high, initial = bounds
+        return {"profile": PROFILE, "gpu_type": "h100", "min": low, "max": high, "initial": initial, "startup_s": 60}
+
+    return {
+        "name": "d0",
+        "tenant": "acme",
+        "endpoint": "chat",
+        "mode": "disagg",
+        "sla": sla,
+        "trace": _trace(peak_rps, 0),
+        "pools": {"prefill": pool(prefill), "decode": pool(decode)},
+    }
+
+
 def test_a_prefill_pool_at_zero_under_more_load_than_its_maximum_serves_goes_to_its_maximum(tmp_path: Path) -> None:
     """150 req/s against a prefill pool that starts at 0 and may run 2 replicas: no count meets
     the SLA, so every count's attainment is 0, and the cheapest pair was none at all (every
     request queued for the whole run). The pool now runs its maximum and serves what it can."""
     scenario = {
         **_header("overload-from-zero", "5m", {"h100": 4}, 30),
-        "deployments": [
-            {
-                "name": "d0",
-                "tenant": "acme",
-                "endpoint": "chat",
-                "mode": "disagg",
-                "sla": {"ttft_ms": 1000, "itl_ms": 60},
-                "trace": _trace(150.0, 0),
-                "pools": {
-                    "prefill": {
-                        "profile": PROFILE,
-                        "gpu_type": "h100",
-                        "min": 0,
-                        "max": 2,
-                        "initial": 0,
-                        "startup_s": 60,
-                    },
-                    "decode": {
-                        "profile": PROFILE,
-                        "gpu_type": "h100",
-                        "min": 1,
-                        "max": 2,
-                        "initial": 1,
-                        "startup_s": 60,
-                    },
-                },
-            }
-        ],
+        "deployments": [_h100_pair({"ttft_ms": 1000, "itl_ms": 60}, 150.0, prefill=(0, 2, 0), decode=(1, 2, 1))],
     }
     summary = _simulate(tmp_path, scenario, {"tenants": {"acme": {"priority": 1}}}, "local")
     deployment = summary["deployments"]["d0"]
@@ -227,34 +218,7 @@ def test_a_pair_started_with_every_gpu_on_one_side_serves_behind_the_first_come_
     refusal as a wait and gives prefill GPUs back until the decode pool runs."""
     scenario = {
         **_header("all-gpus-on-prefill", "6m", {"h100": 4}, 30),
-        "deployments": [
-            {
-                "name": "d0",
-                "tenant": "acme",
-                "endpoint": "chat",
-                "mode": "disagg",
-                "sla": {"ttft_ms": 3000, "itl_ms": 60},
-                "trace": _trace(8.0, 0),
-                "pools": {
-                    "prefill": {
-                        "profile": PROFILE,
-                        "gpu_type": "h100",
-                        "min": 1,
-                        "max": 4,
-                        "initial": 4,
-                        "startup_s": 60,
-                    },
-                    "decode": {
-                        "profile": PROFILE,
-                        "gpu_type": "h100",
-                        "min": 0,
-                        "max": 4,
-                        "initial": 0,
-                        "startup_s": 60,
-                    },
-                },
-            }
-        ],
+        "deployments": [_h100_pair({"ttft_ms": 3000, "itl_ms": 60}, 8.0, prefill=(1, 4, 4), decode=(0, 4, 0))],
     }
     summary = _simulate(tmp_path, scenario, {"tenants": {"acme": {"priority": 1}}}, "fcfs")
     deployment = summary["deployments"]["d0"]

@@ -356,7 +356,8 @@ class LocalAgent:
         that started on 16 of 17 GPUs left its decode pool (4 GPUs a replica) pending for the whole
         run under ``local``, and under ``fcfs`` two prefill pools that started on every GPU of
         their types had their decode partners refused for 15 minutes: no request completed (random
-        scenarios nobody tuned on)."""
+        scenarios nobody tuned on). Where it gives nothing back (at its last replica, or while a
+        release drains) it holds: growing would take back GPUs the partner waits for."""
         if current < own.ready + own.starting:
             return None
         mine = self.spec.pools[role]
@@ -374,11 +375,10 @@ class LocalAgent:
             # 6 -> 5 -> ... -> 1 a tick at a time, its decode partner pending all the while). Never
             # the last replica: a pair emptied on this side serves nothing either.
             wanted = max(low, 1, own.ready + own.starting - freed)
-            waiting = f"{other}: {'its ask refused' if refused else f'{obs.pending} replica(s) pending'}"
-            waiting += f" for {partner.gpu_type}, none ready"
+            wait = "its ask refused" if refused else f"{obs.pending} replica(s) pending"
+            waiting = f"{other}: {wait} for {partner.gpu_type}, none ready"
             if wanted < current and own.draining == 0:
                 return Proposal(wanted, R.UNSCHEDULABLE, f"makes room for {waiting}")
-            # Growing would take GPUs the partner waits for, to serve nothing more.
             return Proposal(current, R.HOLD, f"waits for {waiting}")
         return None
 

@@ -466,6 +466,37 @@ def test_pending_replicas_start_when_gpus_free_up(tmp_path: Path) -> None:
     assert (result.requests.status == COMPLETED).all()
 
 
+def test_the_replica_waiting_longest_starts_first_whatever_the_pool_order(tmp_path: Path) -> None:
+    """Pending replicas start in the order they were wanted (the Kubernetes scheduler's queue with one
+    priority class), not in the order the pools were declared: a later deployment's replica that has
+    waited since 30 s takes the first GPU freed before an earlier deployment's wanted at 60 s."""
+    rows = [(float(t) + 0.5, 200, 20) for t in range(0, 150, 3)]
+    scenario = make_scenario(tmp_path, rows, mode="agg", duration=150, gpus=3, initial=1, startup_s=10)
+    data = scenario.model_dump(by_alias=True, mode="json")
+    for name in ("late", "early"):
+        other = copy.deepcopy(data["deployments"][0])
+        other.update(name=name, endpoint=f"e-{name}")
+        data["deployments"].append(other)
+    scenario = parse_scenario(data, base_dir=tmp_path)
+
+    def script(now: float) -> dict:
+        wanted = {("d", "agg"): 1, ("late", "agg"): 1, ("early", "agg"): 1}  # 3 GPUs, all owned
+        if now >= 30:
+            wanted[("early", "agg")] = 2  # waits from 30 s
+        if now >= 60:
+            wanted[("late", "agg")] = 2  # waits from 60 s, declared before "early"
+        if now >= 90:
+            wanted[("d", "agg")] = 0  # frees one GPU
+        return wanted
+
+    result = simulate(scenario, script)
+    late, early = timeline(result, "agg", "late"), timeline(result, "agg", "early")
+    assert (early[90.0].pending, late[90.0].pending) == (1, 1)  # recorded before the tick's decision
+    assert (early[120.0].pending, early[120.0].ready + early[120.0].starting) == (0, 2)
+    assert (late[120.0].pending, late[120.0].ready) == (1, 1)
+    assert result.max_gpus_in_use["h200"] == 3
+
+
 def test_no_violation_within_inventory(tmp_path: Path) -> None:
     scenario = make_scenario(tmp_path, [(1.0, 100, 10)], mode="agg", duration=60, gpus=2)
     result = simulate(scenario, lambda now: {("d", "agg"): 2})

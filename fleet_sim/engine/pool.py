@@ -66,7 +66,7 @@ class Pool:
             self.prefix_blocks = max(0, blocks if blocks is not None else self.max_kv // PREFIX_BLOCK_TOKENS)
         self.replicas: list[Replica] = []  # alive: starting, ready, draining
         self.ready: list[Replica] = []
-        self.pending = 0  # replicas wanted but waiting for free GPUs
+        self.pending_since: list[float] = []  # when each replica waiting for free GPUs was wanted, oldest first
         self.target = 0
         self.next_pool: Pool | None = None  # prefill -> decode hand-off
         self.entry_pool: Pool = self  # where the deployment's requests enter (TTFT is its metric)
@@ -100,6 +100,11 @@ class Pool:
                 draining += 1
         return ready, starting, draining
 
+    @property
+    def pending(self) -> int:
+        """Replicas wanted but waiting for free GPUs (pending pods)."""
+        return len(self.pending_since)
+
     def active_count(self) -> int:
         """Replicas that count toward the target: ready, starting and pending (not draining)."""
         return sum(1 for r in self.replicas if r.state in (READY, STARTING)) + self.pending
@@ -109,7 +114,7 @@ class Pool:
         self.target = target
         current = self.active_count()
         if target > current:
-            self.pending += target - current
+            self.pending_since.extend([now] * (target - current))
             self.sim.start_pending(now)
         elif target < current:
             self._shrink(current - target, now)
@@ -121,8 +126,9 @@ class Pool:
         self.sim.schedule(replica.ready_at, EV_READY, replica)
 
     def _shrink(self, count: int, now: float) -> None:
+        # A replica set scaled down deletes its unscheduled pods first, the newest first.
         cancel = min(count, self.pending)
-        self.pending -= cancel
+        del self.pending_since[len(self.pending_since) - cancel :]
         count -= cancel
         # Replicas still starting hold GPUs but no work: stop the newest first.
         for replica in sorted((r for r in self.replicas if r.state == STARTING), key=lambda r: -r.created_at):

@@ -43,15 +43,19 @@ class Simulator:
             self.max_gpus_in_use[gpu_type] = used
 
     def start_pending(self, now: float) -> None:
-        """Start wanted replicas, in pool order, while their GPU type has free GPUs.
+        """Start wanted replicas, the longest-waiting first, while their GPU type has free GPUs.
 
-        Like a pending pod, a replica that does not fit waits; the inventory is never exceeded."""
-        for pool in self.pools:
-            while pool.pending:
-                free = self.inventory.get(pool.gpu_type, 0) - self.gpus_in_use.get(pool.gpu_type, 0)
-                if free < pool.gpus_per_replica:
-                    break
-                pool.pending -= 1
+        Like pending pods before the Kubernetes scheduler (one priority class): the oldest is tried
+        first, one that does not fit waits without blocking smaller ones behind it, and the
+        inventory is never exceeded. Replicas wanted at the same moment go in pool order."""
+        waiting = sorted(
+            ((since, index, pool) for index, pool in enumerate(self.pools) for since in pool.pending_since),
+            key=lambda entry: entry[:2],
+        )
+        for _, _, pool in waiting:
+            free = self.inventory.get(pool.gpu_type, 0) - self.gpus_in_use.get(pool.gpu_type, 0)
+            if free >= pool.gpus_per_replica:
+                pool.pending_since.pop(0)
                 pool.start_replica(now)
 
     def completed(self, request: int, now: float) -> None:

@@ -459,7 +459,8 @@ def test_pending_replicas_start_when_gpus_free_up(tmp_path: Path) -> None:
 
     result = simulate(scenario, script)
     prefill, decode = timeline(result, "prefill"), timeline(result, "decode")
-    assert (prefill[30.0].ready, decode[30.0].ready, decode[30.0].pending) == (3, 1, 2)  # pool order fills first
+    # Both wanted at the same moment: pool order fills first.
+    assert (prefill[30.0].ready, decode[30.0].ready, decode[30.0].pending) == (3, 1, 2)
     assert decode[90.0].pending == 0 and decode[90.0].ready == 3 and prefill[90.0].ready == 1
     assert result.max_gpus_in_use["h200"] == 4
     assert result.budget_violations == 2  # ticks 0 and 30

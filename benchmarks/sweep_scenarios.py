@@ -356,7 +356,7 @@ class Run:
     served: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     attainment: float | None = None
     weighted: float | None = None  # priority-weighted attainment (the policy file's priorities)
-    over_caps: list[str] = field(default_factory=list)  # the policy's caps it went past (fcfs ignores them)
+    over_caps: list[str] = field(default_factory=list)  # the policy's limits it went past (fcfs ignores them)
 
 
 def simulate(scenario_file: Path, policy: str, out: Path, timeout_s: float) -> tuple[int | str, str, float]:
@@ -585,16 +585,17 @@ def serving_failures(runs: list[Run]) -> list[str]:
     return found
 
 
-def pool_caps(generated: Generated) -> dict[tuple[str, str], int]:
-    """(deployment, role) -> the ``max_replicas`` a pool override of the policy file gives it."""
+def pool_caps(generated: Generated, field: str = "max_replicas") -> dict[tuple[str, str], int]:
+    """(deployment, role) -> the ``field`` (``max_replicas``, ``max_step``) an override of the policy
+    file gives the pool."""
     caps: dict[tuple[str, str], int] = {}
     for override in generated.policy_file.get("deployments", []):
-        if "max_replicas" not in override:
+        if field not in override:
             continue
         for d in generated.scenario["deployments"]:
             for role in d["pools"]:
                 if fnmatch.fnmatchcase(f"{d['tenant']}/{d['name']}/{role}", override["selector"]):
-                    caps[(d["name"], role)] = override["max_replicas"]
+                    caps[(d["name"], role)] = override[field]
     return caps
 
 
@@ -603,21 +604,32 @@ def past_caps(
     owners: dict[str, str],
     caps: dict[str, dict[str, int]],
     pools: dict[tuple[str, str], int] | None = None,
+    steps: dict[tuple[str, str], int] | None = None,
 ) -> list[str]:
-    """The policy file's caps a run went past, with the most held at once: tenant caps (``max_gpus``,
-    ``"acme a100 9 > 4"``) and pool overrides' ``max_replicas`` (``"acme/d0/prefill 8 replicas > 2"``).
-    ``fcfs`` ignores both, so where ``global`` trails it the cause may be a cap kept."""
+    """The policy file's limits a run went past: tenant caps (``max_gpus``, with the most held at once,
+    ``"acme a100 9 > 4"``), pool overrides' ``max_replicas`` (``"acme/d0/prefill 8 replicas > 2"``)
+    and their ``max_step`` (the largest move between two rows, ``"acme/d0/decode moved 4 in a round
+    > max_step 1"``). ``fcfs`` ignores all three, so where ``global`` trails it the cause may be a
+    limit kept (seed 86 ``s07``: a pool released four GPUs at once that ``max_step: 1`` paced)."""
     pools = pools or {}
+    steps = steps or {}
     held: dict[tuple[float, str, str], int] = defaultdict(int)
     targets: dict[tuple[str, str], int] = defaultdict(int)
+    last: dict[tuple[str, str], int] = {}
+    moved: dict[tuple[str, str], int] = defaultdict(int)
     with timeline.open() as f:
         for row in csv.DictReader(f):
             tenant = owners.get(row["deployment"])
             if tenant in caps:
                 held[(float(row["time_s"]), tenant, row["gpu_type"])] += int(row["gpus"])
             key = (row["deployment"], row["pool"])
+            target = int(row["target"])
             if key in pools:
-                targets[key] = max(targets[key], int(row["target"]))
+                targets[key] = max(targets[key], target)
+            if key in steps:
+                if key in last:
+                    moved[key] = max(moved[key], abs(target - last[key]))
+                last[key] = target
     most: dict[tuple[str, str], int] = defaultdict(int)
     for (_, tenant, gpu_type), gpus in held.items():
         most[(tenant, gpu_type)] = max(most[(tenant, gpu_type)], gpus)
@@ -630,6 +642,11 @@ def past_caps(
         f"{owners.get(name, '?')}/{name}/{role} {count} replicas > {pools[(name, role)]}"
         for (name, role), count in sorted(targets.items())
         if count > pools[(name, role)]
+    ]
+    past += [
+        f"{owners.get(name, '?')}/{name}/{role} moved {count} in a round > max_step {steps[(name, role)]}"
+        for (name, role), count in sorted(moved.items())
+        if count > steps[(name, role)]
     ]
     return past
 
@@ -647,7 +664,7 @@ def behind_fcfs(runs: list[Run]) -> list[str]:
         if run.weighted is None or fcfs.weighted is None or run.attainment is None or fcfs.attainment is None:
             continue
         if run.weighted < fcfs.weighted - BEHIND_NOISE or run.attainment < fcfs.attainment - BEHIND_TOTAL:
-            caps = f" (fcfs past the policy's caps: {', '.join(fcfs.over_caps)})" if fcfs.over_caps else ""
+            caps = f" (fcfs past the policy's limits: {', '.join(fcfs.over_caps)})" if fcfs.over_caps else ""
             found.append(
                 f"{run.scenario}: priority-weighted {run.weighted:.2%} vs fcfs {fcfs.weighted:.2%}; "
                 f"total {run.attainment:.2%} vs {fcfs.attainment:.2%}{caps}"
@@ -668,7 +685,9 @@ def run_and_check(generated: Generated, scenario_file: Path, policy: str, out: P
         if policy == "fcfs" and (out / "timeline.csv").exists():
             owners = {d["name"]: d["tenant"] for d in generated.scenario["deployments"]}
             caps = {name: t["max_gpus"] for name, t in tenants.items() if t.get("max_gpus")}
-            run.over_caps = past_caps(out / "timeline.csv", owners, caps, pool_caps(generated))
+            run.over_caps = past_caps(
+                out / "timeline.csv", owners, caps, pool_caps(generated), pool_caps(generated, "max_step")
+            )
     except Exception as exc:  # a checker bug must not hide the other runs
         run.problems.append(("checker-error", repr(exc)))
     if run.problems:

@@ -77,7 +77,26 @@ def test_a_cap_fcfs_went_past_is_named_where_global_trails_it(tmp_path: Path) ->
     ]
     fcfs = Run("s01", "fcfs", 0, 1.0, attainment=0.9, weighted=0.9, over_caps=["acme a100 5 > 4"])
     (line,) = behind_fcfs([fcfs, Run("s01", "global", 0, 1.0, attainment=0.5, weighted=0.5)])
-    assert line.endswith("(fcfs past the policy's caps: acme a100 5 > 4)")
+    assert line.endswith("(fcfs past the policy's limits: acme a100 5 > 4)")
+
+
+def test_a_max_step_fcfs_went_past_is_named(tmp_path: Path) -> None:
+    """fcfs ignores the policy's ``max_step``: a pool it cut 6 -> 2 in one round under ``max_step: 1``
+    is named, one that moved a replica a round is not (seed 86 ``s07``)."""
+    timeline = tmp_path / "timeline.csv"
+    rows = [
+        "time_s,deployment,pool,gpu_type,gpus,target",
+        "0,d2,decode,h100,6,6",
+        "0,d0,prefill,h100,0,0",
+        "120,d2,decode,h100,2,2",
+        "120,d0,prefill,h100,1,1",
+        "240,d2,decode,h100,3,3",
+    ]
+    timeline.write_text("\n".join(rows) + "\n")
+    owners = {"d0": "acme", "d2": "T.three"}
+    steps = {("d2", "decode"): 1, ("d0", "prefill"): 1}
+    assert past_caps(timeline, owners, {}, {}, steps) == ["T.three/d2/decode moved 4 in a round > max_step 1"]
+    assert past_caps(timeline, owners, {}, {}, {("d2", "decode"): 4}) == []
 
 
 def test_a_serving_failure_is_fewer_requests_completed_and_fewer_served_in_time() -> None:

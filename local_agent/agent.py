@@ -48,12 +48,14 @@ RECENT_DECISIONS = 1024
 
 
 class _PoolState:
-    __slots__ = ("predictive", "refused", "target")
+    __slots__ = ("asked_from", "predictive", "refused", "refused_ask", "target")
 
     def __init__(self, target: int):
         self.target = target
         self.predictive = 0
         self.refused = False  # the arbiter granted fewer replicas than the agent last asked for
+        self.asked_from = target  # the count the last ask was made from
+        self.refused_ask: int | None = None  # an ask the arbiter refused outright (granted none of it)
 
 
 class LocalAgent:
@@ -125,6 +127,7 @@ class LocalAgent:
         """An arbiter (global planner, gatekeeper) decided this pool's count: plan from there."""
         state = self.pools[role]
         state.refused = replicas < state.target
+        state.refused_ask = state.target if state.refused and replicas <= state.asked_from else None
         state.target = replicas
 
     # ---- the step ---------------------------------------------------------------------------
@@ -178,6 +181,7 @@ class LocalAgent:
             if change:
                 self.guard.scaled(decision.role, now_s, 1 if change > 0 else -1)
             if not self.limits.advisory:
+                self.pools[decision.role].asked_from = self.pools[decision.role].target
                 self.pools[decision.role].target = decision.target
         # Nothing before the first sizing: there is no bid yet.
         current = forecast if self.sizer.forecast is not None else None
@@ -415,6 +419,15 @@ class LocalAgent:
     def _finish(self, role: PoolRole, current: int, proposal: Proposal, enforce_steps: bool = True) -> PoolDecision:
         low, high = bounds(self.spec, self.limits, role)
         target, reason = capped(proposal, current, low, high, self.options, enforce_steps)
+        refused = self.pools[role].refused_ask
+        if refused is not None and target > current and target >= refused:
+            # An all-or-nothing gatekeeper (the anchor's) refused that ask outright: it may never fit,
+            # so ask for half the step until one does (the bid's ``wanted`` still says the whole need).
+            # Asking for all of it every tick left a pool at zero for a whole run behind the anchor's
+            # gatekeeper while one replica fit (random fleets, seed 89 ``s20``).
+            target = current + max(1, (refused - current) // 2)
+            note = f"{refused} refused outright: asks {target}"
+            proposal = proposal._replace(detail=f"{proposal.detail}; {note}" if proposal.detail else note)
         curve = self.sizer.curves.get(role)
         curve_low = self.sizer.curves_low.get(role)
         index = min(current, len(curve.replicas) - 1) if curve is not None and curve.replicas else None

@@ -649,3 +649,31 @@ def test_a_pool_with_its_own_replicas_pending_makes_room_from_those_that_hold_gp
     )
     first = pool(decisions[0], "prefill")
     assert (first.current, first.target, first.reason) == (6, 1, R.UNSCHEDULABLE), first
+
+
+def test_an_ask_refused_outright_is_halved_until_one_fits_and_the_bid_keeps_the_whole_need() -> None:
+    """Behind an all-or-nothing gatekeeper (the anchor's, ``fcfs``) an ask larger than the free GPUs
+    is refused whole, however often it is repeated: a pool at zero asking for more replicas than the
+    fleet had served nothing for a whole run while one replica fit (random fleets, seed 89 ``s20``).
+    After a refusal outright the next ask is half the step (at least one replica); what it would run
+    alone (``wanted``, the bid to a planner) stays the whole need, and a grant resets the back-off."""
+    a = agent(spec("agg", initial=0, min_replicas=0))
+
+    def window(t: float, targets: dict) -> list:
+        return [observe("agg", t, 200.0, ready=targets["agg"], queued_requests=80)]
+
+    first = pool(run(a, 30.0, 1, window)[0])
+    assert first.target >= 4, first  # the whole need, asked for at once
+    a.granted("agg", 0)  # refused outright
+    asks = []
+    for i in range(1, 4):
+        decision = pool(run(a, 30.0 + i * TICK, 1, window)[0])
+        asks.append(decision.target)
+        assert decision.wanted >= first.target and "refused outright" in decision.detail, decision
+        a.granted("agg", 0)
+    assert asks[0] == first.target // 2 and asks == sorted(asks, reverse=True) and asks[-1] >= 1, asks
+    a.granted("agg", 0)
+    fits = pool(run(a, 30.0 + 4 * TICK, 1, window)[0])
+    a.granted("agg", fits.target)  # granted: it runs and asks from there as usual
+    after = pool(run(a, 30.0 + 5 * TICK, 1, window)[0])
+    assert "refused outright" not in after.detail, after

@@ -225,3 +225,34 @@ def test_a_pair_started_with_every_gpu_on_one_side_serves_behind_the_first_come_
     assert deployment["completed"] > 0.5 * deployment["requests"], deployment
     rows = [json.loads(line) for line in (tmp_path / "fcfs" / "decisions.jsonl").read_text().splitlines()]
     assert any("its ask refused" in row["reason"] for row in rows if row["pool"] == "prefill")
+
+
+def test_a_pool_at_zero_asking_for_more_than_the_fleet_has_is_served_behind_the_first_come_gatekeeper(
+    tmp_path: Path,
+) -> None:
+    """Two A100s and an aggregated pool that starts at 0 and may run 4: its agent asked for 3, the
+    anchor's all-or-nothing gatekeeper refused it every tick, and no request of 4,494 completed in
+    15 minutes under ``fcfs`` (100% under ``local`` and ``global``). After a refusal outright the
+    agent asks for half the step: 3 refused, 1 granted, 2 granted."""
+    pool = {
+        "profile": str(EXAMPLES / "profiles/llama3.1-8b_a100_vllm_tp1"),
+        "gpu_type": "a100",
+        "min": 0,
+        "max": 4,
+        "initial": 0,
+        "startup_s": 226,
+    }
+    trace = {
+        "synth": {"rate": RATES, "peak_rps": 5.56, "start_s": 477610, "lengths": LENGTHS, "arrival": "auto"},
+        "offset_s": 30,
+    }
+    scenario = {
+        **_header("a-pool-asking-past-the-fleet", "900s", {"a100": 2}, 30),
+        "seed": 603,  # the sweep's traffic: its agent's first ask is 3
+        "endpoints": {"chat": {"sla": {"ttft_ms": 3000, "itl_ms": 20}, "trace": trace}},
+        "deployments": [{"name": "d0", "tenant": "acme", "endpoint": "chat", "mode": "agg", "pools": {"agg": pool}}],
+    }
+    scenario["planner"]["observation_delay_s"] = 0
+    tenants = {"fleet": {"gpus": {"a100": 2}}, "tenants": {"acme": {"priority": 1}}}
+    fleet = _simulate(tmp_path, scenario, tenants, "fcfs")["fleet"]
+    assert fleet["completed"] > 0.9 * fleet["requests"], fleet

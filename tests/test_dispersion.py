@@ -62,6 +62,22 @@ def test_client_rates_split_by_top_share() -> None:
     assert client_rates(3.0, 1, 0.2).tolist() == [3.0]
 
 
+@pytest.mark.parametrize("top_share", [1.0, 0.0])
+def test_a_top_client_share_at_either_end_of_its_range_keeps_the_window_rate(tmp_path: Path, top_share: float) -> None:
+    """A top share of 1 leaves the other active clients nothing; one of 0 cannot be the largest
+    client's, which sends at least an equal share. Both are within the file's valid range, and
+    a top share of 1 made the synthesiser divide by zero and fail (``benchmarks/fuzz_inputs.py
+    --seed 31``)."""
+    rates = client_rates(10.0, 5, top_share)
+    assert rates.sum() == pytest.approx(10.0) and rates[0] == pytest.approx(max(top_share, 0.2) * 10.0)
+    assert np.isfinite(rates).all() and (rates >= 0).all()
+    path = tmp_path / "rates.csv"
+    path.write_text(GAP_FILE.replace("0,0,0.0,4.0,2400,40,0.4,2.0,0", f"0,0,0.0,4.0,2400,5,{top_share},2.0,0"))
+    azure = read_trace(TRACES / "azure2023_conv.csv", "azure")
+    trace = synthesize_from_rates(path, lengths=azure, seed=1, duration_s=600.0)
+    assert len(trace) == pytest.approx(600 * 4, rel=0.2)
+
+
 def test_blank_gap_cells_load_as_missing_data(tmp_path: Path) -> None:
     path = tmp_path / "rates.csv"
     path.write_text(GAP_FILE)

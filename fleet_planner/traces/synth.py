@@ -290,13 +290,16 @@ def _check(path: Path, name: str, bad: np.ndarray, values: np.ndarray, lines: li
 
 
 def client_rates(rate: float, clients: int, top_share: float) -> np.ndarray:
-    """Each client's rate in a window: the largest sends ``top_share``, the others share the rest
-    with Zipf(:data:`CLIENT_ZIPF`) weights, never above the largest."""
+    """Each client's rate in a window: the largest sends ``top_share`` (at least an equal share:
+    it is the largest), the others share the rest with Zipf(:data:`CLIENT_ZIPF`) weights, never
+    above the largest. A top share of 1 leaves the others nothing."""
     if clients <= 1:
         return np.array([rate])
+    top_share = max(top_share, 1.0 / clients)
     weights = np.arange(1, clients, dtype=np.float64) ** -CLIENT_ZIPF
     rest = np.minimum(weights / weights.sum() * (1.0 - top_share), top_share)
-    rest *= (1.0 - top_share) / rest.sum()  # the cap moved share to smaller clients, not off the total
+    if rest.sum() > 0:
+        rest *= (1.0 - top_share) / rest.sum()  # the cap moved share to smaller clients, not off the total
     return rate * np.r_[top_share, rest]
 
 
@@ -324,6 +327,8 @@ def _client_arrivals(
         return np.empty(0)
     stream_rate = np.concatenate([client_rates(r, int(n), s) for r, n, s in zip(rates, counts, top_share)])
     window = np.repeat(np.arange(rates.size), counts)
+    sending = stream_rate > 0  # clients a top share of 1 left silent send nothing
+    stream_rate, window = stream_rate[sending], window[sending]
     x = np.maximum(cv[window] ** 2 - 1.0, 0.0) / (2.0 * stream_rate * CLIENT_ON_S)
     on_fraction = 2.0 / ((2.0 + x) + np.sqrt(x * (4.0 + x)))  # the root in (0, 1] of p^2 - (2 + x) p + 1
     return _ipp_arrivals(rng, offsets[window], spans[window], stream_rate, on_fraction)

@@ -490,6 +490,21 @@ def test_a_pool_a_policy_pins_below_its_own_maximum_says_so() -> None:
     assert allocation.reasons["d0/agg"].startswith("at the policy's max_replicas 0 (the deployment allows 16)")
 
 
+def test_a_policy_that_turns_a_pool_off_below_its_deployments_minimum_says_so_even_as_bid() -> None:
+    """The deployment registered at least one replica; the policy's override turns the pool off and
+    its agent, told so, bids for 0. The grant is the bid, but the reason names the policy: a reason
+    of "as bid" hid why a pool went under its deployment's own minimum (sweep seed 96 ``s08``)."""
+    request = AllocationRequest(
+        pools=[_pool("d0", current_replicas=1, wanted_replicas=0, min_replicas=1, max_replicas=1)],
+        inventory={"h100": 8},
+        overrides=[PoolOverride(selector="a/d0/agg", min_replicas=0, max_replicas=0)],
+        time_limit_s=1.0,
+    )
+    allocation = allocate(request)
+    assert allocation.replicas["d0/agg"] == 0
+    assert allocation.reasons["d0/agg"].startswith("at the policy's max_replicas 0 (the deployment's minimum is 1)")
+
+
 def test_gpus_a_drain_frees_go_first_to_the_pool_the_last_round_freed_them_for() -> None:
     """A round cut a pair's decode (3 -> 2) to start its prefill (0 -> 1); the prefill's replica
     waits for the drain. Once it is confirmed the GPU is idle, and dealt by turn the decode, still

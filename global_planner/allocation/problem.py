@@ -596,6 +596,10 @@ def _reason(problem: Problem, index: int, count: int, free: dict[str, int], room
         return (
             f"below its lower bound {plan.lo} this round (minimum {plan.min_replicas}): {holder} cannot hold them all"
         )
+    if count == plan.max_replicas < pool.min_replicas:
+        # The policy overrides the deployment's own floor: say so even where the agent, told the
+        # policy's limit, bids for it too (a random fleet, sweep seed 96 ``s08``, read "as bid").
+        return f"at the policy's max_replicas {count} (the deployment's minimum is {pool.min_replicas})"
     if plan.idle and count == plan.lo:
         asked = f"as bid: its agent wants {count}" if plan.ask == count else f"towards its ask of {plan.ask}"
         return f"{asked}; {plan.idle} replica(s) from idle {pool.gpu_type} GPUs at once, highest priority first"

@@ -327,8 +327,8 @@ def test_the_way_back_up_after_a_descent_is_taken_when_needed_on_average_not_for
     does not take the pool back up (`reversing_up_at: expected`, the default); a rise the average
     needs still does, and so does an observed miss (the reactive loop:
     test_a_scale_up_on_a_real_miss_is_still_immediate)."""
-    eager = run(agent(8, reversing_up_at="upper"), 0.0, 240, _rising(30.0))
-    calm = run(agent(8), 0.0, 240, _rising(30.0))
+    eager = run(agent(8, reversing_up_at="upper"), 0.0, 240, _rising(33.0))
+    calm = run(agent(8), 0.0, 240, _rising(33.0))
     eager_targets = [d.pools[0].target for d in eager]
     calm_targets = [d.pools[0].target for d in calm]
     assert reversals(eager_targets, 8) == 1  # down to its need, then up for the upper quantile

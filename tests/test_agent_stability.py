@@ -22,6 +22,7 @@ from local_agent.sizing import (
     PoolCurve,
     agg_curve,
     cheapest_pair,
+    deployment_curves,
     prefill_curve,
     replicas_for,
 )
@@ -94,6 +95,51 @@ def test_agent_learns_slower_ttft_and_sizes_for_it() -> None:
         learned.sizer.sized(learned.sizer.curves_at(20.0, lengths))["agg"]
         > naive.sizer.sized(naive.sizer.curves_at(20.0, lengths))["agg"]
     )
+
+
+def _summary(sample: np.ndarray) -> Distribution:
+    return Distribution(
+        count=len(sample),
+        mean=float(sample.mean()),
+        **{f"p{q}": float(np.percentile(sample, q)) for q in (50, 90, 99)},
+    )
+
+
+def test_the_ttft_correction_compares_a_window_with_its_own_prompts_and_learns_nothing_from_them() -> None:
+    # An engine exactly as its profile: each window's p90 TTFT is the model's at the window's own
+    # prompts. Ten windows of short prompts, then a fifth of the prompts near 4k tokens (a p90
+    # close to the p99: no lognormal fits that). A correction that blamed the engine for the
+    # prompts would tighten the TTFT target and buy replicas that cannot shorten them.
+    rng = np.random.default_rng(0)
+    short = np.exp(rng.normal(np.log(600), 0.5, 600))
+    mixed = np.concatenate([np.exp(rng.normal(np.log(600), 0.5, 480)), rng.uniform(4000, 4200, 120)])
+    outputs = np.exp(rng.normal(np.log(150), 0.6, 600))
+    rate, ready = 12.0, 2
+    deployment = spec(initial=ready)
+
+    def engine_p90(inputs: np.ndarray) -> float:
+        load = LoadEstimate(rate_rps=rate, input_tokens=inputs, output_tokens=outputs)
+        return float(deployment_curves(deployment, {"agg": MODEL}, load, detail="entry_ttft")["agg"].ttft_p90_ms[ready])
+
+    def windows(t: float, targets: dict) -> list:
+        inputs = short if t < 10 * TICK else mixed
+        p90, count = engine_p90(inputs), round(rate * TICK)
+        ttft = Distribution(count=count, mean=p90 / 2, p50=p90 / 2, p90=p90, p99=1.2 * p90)
+        lengths = {"input_tokens": _summary(inputs), "output_tokens": _summary(outputs)}
+        return [observe("agg", t, rate, ready=ready, ttft_ms=ttft, **lengths)]
+
+    a = agent(deployment)
+    a.set_limits(a.limits.model_copy(update={"min_replicas": {"agg": ready}, "max_replicas": {"agg": ready}}))
+    run(a, 0.0, 30, windows)
+    assert engine_p90(mixed) > 3 * engine_p90(short)
+    assert a.sizer.ttft.factor == pytest.approx(1.0, abs=0.05)
+    # Why a sample through the summary's quantiles: the lognormal cannot pass through a p90 near
+    # the p99, and puts its p90 prompt far below the summary's (the ratio read 1.3-1.5 that way).
+    summary = _summary(mixed)
+    fitted = LoadEstimate.from_distribution(rate, summary, _summary(outputs), samples=400)
+    through = LoadEstimate.from_quantiles(rate, summary, _summary(outputs), samples=400)
+    assert np.percentile(fitted.input_tokens, 90) < 0.7 * summary.p90
+    assert np.percentile(through.input_tokens, 90) == pytest.approx(summary.p90, rel=0.02)
 
 
 def _missing_then_healthy(miss_until: float, rate: float):

@@ -95,6 +95,16 @@ class Sizer:
         load = LoadEstimate.from_distribution(
             max(rate, 0.0), lengths[0], lengths[1], samples=400, admitted_below=self.context_limit
         )
+        return self._curves_for(load, corrected=corrected, spec=spec, detail=detail)
+
+    def _curves_for(
+        self,
+        load: LoadEstimate,
+        *,
+        corrected: bool = True,
+        spec: DeploymentSpec | None = None,
+        detail: CurveDetail = "full",
+    ) -> dict[PoolRole, PoolCurve]:
         spec = self.spec if spec is None else spec
         factor = self.ttft.factor if corrected else 1.0
         if factor != 1.0:
@@ -197,14 +207,22 @@ class Sizer:
         return {"ttft": relief(curve.ttft_p90_ms), "itl": relief(curve.itl_p90_ms)}
 
     def learn_ttft(self, entry: PoolObservation | None, rate: float | None, lengths: Lengths | None) -> None:
-        """Compare a steady window's p90 TTFT with the model's prediction at that window's load."""
+        """Compare a steady window's p90 TTFT with the model's prediction at that window's load:
+        its rate, its own prompt and answer lengths where it reports them, sampled through their
+        own quantiles. A p90 TTFT follows the window's longest prompts: the pooled lengths sizing
+        reads lag a change in them by minutes, and a lognormal fitted to a p90 near the p99 (a
+        cluster of long prompts) puts its p90 prompt far below it; either way the ratio blamed
+        the engine for the prompts (docs/local-agent.md, *TTFT correction*)."""
         if not self.options.ttft_correction or entry is None or rate is None or lengths is None:
             return
         if entry.ttft_ms is None or entry.ttft_ms.count < MIN_TTFT_SAMPLES or entry.ready < 1:
             return
         if entry.starting or entry.draining or entry.pending:
             return
-        curve = self.curves_at(rate, lengths, corrected=False, detail="entry_ttft")[self.entry_role]
+        if entry.input_tokens is not None and entry.output_tokens is not None:
+            lengths = (entry.input_tokens, entry.output_tokens)
+        load = LoadEstimate.from_quantiles(rate, lengths[0], lengths[1], samples=400, admitted_below=self.context_limit)
+        curve = self._curves_for(load, corrected=False, detail="entry_ttft")[self.entry_role]
         predicted = curve.ttft_p90_ms[min(entry.ready, len(curve.ttft_p90_ms) - 1)]
         if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:
             self.ttft.observe(entry.ttft_ms.p90, predicted)

@@ -121,6 +121,39 @@ class LoadEstimate(BaseModel):
         outputs = _lognormal_sample(_summary_key(output_tokens), samples)[_pairing(samples)]
         return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
 
+    @classmethod
+    def from_quantiles(
+        cls,
+        rate_rps: float,
+        input_tokens: Distribution,
+        output_tokens: Distribution,
+        *,
+        samples: int = 1000,
+        admitted_below: int | None = None,
+    ) -> LoadEstimate:
+        """From summaries only, through each one's own p50, p90 and p99 (its mean is not matched):
+        what a latency quantile follows. Where prompts come in two clusters (a p90 near the p99),
+        the lognormal of :meth:`from_distribution` cannot pass through both and puts its p90 prompt
+        far below the summary's; throughput, which follows the mean, is sized from that one."""
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        inputs = _through_quantiles(input_tokens, samples)
+        if admitted_below is not None:
+            inputs = np.minimum(inputs, float(admitted_below))
+        outputs = _through_quantiles(output_tokens, samples)[_pairing(samples)]
+        return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
+
+
+def _through_quantiles(summary: Distribution, samples: int) -> np.ndarray:
+    """Evenly spaced quantiles of a distribution through the summary's p50, p90 and p99, log-linear
+    in the normal score between them and at the neighbouring segment's slope beyond."""
+    knots = np.log(np.maximum.accumulate(np.maximum([summary.p50, summary.p90, summary.p99], 1.0)))
+    levels = _normal_levels(samples)
+    logs = np.interp(levels, [0.0, _Z90, _Z99], knots)
+    logs = np.where(levels < 0.0, knots[0] + (knots[1] - knots[0]) / _Z90 * levels, logs)
+    logs = np.where(levels > _Z99, knots[2] + (knots[2] - knots[1]) / (_Z99 - _Z90) * (levels - _Z99), logs)
+    return np.maximum(np.exp(logs), 1.0)
+
 
 def _summary_key(summary: Distribution) -> tuple[float, float, float, float]:
     """What the lognormal fit reads of a summary (its count does not enter)."""

@@ -137,7 +137,7 @@ def test_the_ttft_correction_compares_a_window_with_its_own_prompts_and_learns_n
     # the p99, and puts its p90 prompt far below the summary's (the ratio read 1.3-1.5 that way).
     summary = _summary(mixed)
     fitted = LoadEstimate.from_distribution(rate, summary, _summary(outputs), samples=400)
-    through = LoadEstimate.from_quantiles(rate, summary, _summary(outputs), samples=400)
+    through = LoadEstimate.from_distribution(rate, summary, _summary(outputs), samples=400, fit="quantiles")
     assert np.percentile(fitted.input_tokens, 90) < 0.7 * summary.p90
     assert np.percentile(through.input_tokens, 90) == pytest.approx(summary.p90, rel=0.02)
 

@@ -221,7 +221,9 @@ class Sizer:
             return
         if entry.input_tokens is not None and entry.output_tokens is not None:
             lengths = (entry.input_tokens, entry.output_tokens)
-        load = LoadEstimate.from_quantiles(rate, lengths[0], lengths[1], samples=400, admitted_below=self.context_limit)
+        load = LoadEstimate.from_distribution(
+            rate, lengths[0], lengths[1], samples=400, admitted_below=self.context_limit, fit="quantiles"
+        )
         curve = self._curves_for(load, corrected=False, detail="entry_ttft")[self.entry_role]
         predicted = curve.ttft_p90_ms[min(entry.ready, len(curve.ttft_p90_ms) - 1)]
         if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -104,9 +104,14 @@ class LoadEstimate(BaseModel):
         *,
         samples: int = 1000,
         admitted_below: int | None = None,
+        fit: Literal["lognormal", "quantiles"] = "lognormal",
     ) -> LoadEstimate:
-        """From summaries only: a lognormal fitted to each (mean, p50, p90, p99), sampled at
-        evenly spaced quantiles (deterministic), inputs and outputs paired independently.
+        """From summaries only, sampled at evenly spaced quantiles (deterministic), inputs and
+        outputs paired independently. ``fit``: a lognormal fitted to each (mean, p50, p90, p99),
+        which keeps the mean throughput follows; or ``quantiles``, a sample through each one's own
+        p50, p90 and p99 (its mean not matched), which a latency quantile follows: where prompts
+        come in two clusters (a p90 near the p99) no lognormal passes through both, and its p90
+        prompt sits far below the summary's.
 
         ``admitted_below``: the summaries describe requests an engine admitted, so no prompt was
         longer than this (its context). The lognormal's tail beyond it is an artefact of the fit,
@@ -115,32 +120,16 @@ class LoadEstimate(BaseModel):
         of the sample: a false attainment ceiling of 98.25%, and the costliest prompts' load lost)."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
-        inputs = _lognormal_sample(_summary_key(input_tokens), samples)
-        if admitted_below is not None:
-            inputs = np.minimum(inputs, float(admitted_below))
-        outputs = _lognormal_sample(_summary_key(output_tokens), samples)[_pairing(samples)]
-        return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
 
-    @classmethod
-    def from_quantiles(
-        cls,
-        rate_rps: float,
-        input_tokens: Distribution,
-        output_tokens: Distribution,
-        *,
-        samples: int = 1000,
-        admitted_below: int | None = None,
-    ) -> LoadEstimate:
-        """From summaries only, through each one's own p50, p90 and p99 (its mean is not matched):
-        what a latency quantile follows. Where prompts come in two clusters (a p90 near the p99),
-        the lognormal of :meth:`from_distribution` cannot pass through both and puts its p90 prompt
-        far below the summary's; throughput, which follows the mean, is sized from that one."""
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        inputs = _through_quantiles(input_tokens, samples)
+        def sample(summary: Distribution) -> np.ndarray:
+            if fit == "quantiles":
+                return _through_quantiles(summary, samples)
+            return _lognormal_sample(_summary_key(summary), samples)
+
+        inputs = sample(input_tokens)
         if admitted_below is not None:
             inputs = np.minimum(inputs, float(admitted_below))
-        outputs = _through_quantiles(output_tokens, samples)[_pairing(samples)]
+        outputs = sample(output_tokens)[_pairing(samples)]
         return cls(rate_rps=rate_rps, input_tokens=inputs, output_tokens=outputs)
 
 

@@ -7,6 +7,7 @@ import pytest
 from test_agent_weaknesses import INPUTS, MODEL, OUTPUTS, TICK, agent, observe, pool, run, spec
 
 from fleet_planner.planning import SLA, Distribution
+from fleet_sim.runner import distribution
 from local_agent.agent import LocalAgent
 from local_agent.decide.guard import LATE_WINDOWS, MISSED_ATTAINMENT
 from local_agent.decide.intake import SMOOTHING_WINDOWS
@@ -98,11 +99,10 @@ def test_agent_learns_slower_ttft_and_sizes_for_it() -> None:
 
 
 def _summary(sample: np.ndarray) -> Distribution:
-    return Distribution(
-        count=len(sample),
-        mean=float(sample.mean()),
-        **{f"p{q}": float(np.percentile(sample, q)) for q in (50, 90, 99)},
-    )
+    """A window's length summary as the simulator reports it."""
+    summary = distribution(sample.tolist())
+    assert summary is not None
+    return summary
 
 
 def test_the_ttft_correction_compares_a_window_with_its_own_prompts_and_learns_nothing_from_them() -> None:

@@ -33,6 +33,7 @@ from local_agent.sizing import (
     kv_transfer_ms,
     replicas_for,
 )
+from local_agent.sizing.load import LengthFit
 
 Latency = Literal["ttft", "itl"]
 EXPECTATION_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # equal-mass points of the forecast's distribution
@@ -88,23 +89,15 @@ class Sizer:
         corrected: bool = True,
         spec: DeploymentSpec | None = None,
         detail: CurveDetail = "full",
+        fit: LengthFit = "lognormal",
     ) -> dict[PoolRole, PoolCurve]:
         """Every pool's curve at ``rate``; ``corrected`` judges TTFT against ``SLA / factor``;
         ``spec`` weighs other engine knobs than those in force (``local_agent.knobs``);
-        ``detail``: what the caller reads of them (``CurveDetail``)."""
+        ``detail``: what the caller reads of them (``CurveDetail``); ``fit``: how the length
+        sample is drawn from the summaries (``LoadEstimate.from_distribution``)."""
         load = LoadEstimate.from_distribution(
-            max(rate, 0.0), lengths[0], lengths[1], samples=400, admitted_below=self.context_limit
+            max(rate, 0.0), lengths[0], lengths[1], samples=400, admitted_below=self.context_limit, fit=fit
         )
-        return self._curves_for(load, corrected=corrected, spec=spec, detail=detail)
-
-    def _curves_for(
-        self,
-        load: LoadEstimate,
-        *,
-        corrected: bool = True,
-        spec: DeploymentSpec | None = None,
-        detail: CurveDetail = "full",
-    ) -> dict[PoolRole, PoolCurve]:
         spec = self.spec if spec is None else spec
         factor = self.ttft.factor if corrected else 1.0
         if factor != 1.0:
@@ -221,10 +214,7 @@ class Sizer:
             return
         if entry.input_tokens is not None and entry.output_tokens is not None:
             lengths = (entry.input_tokens, entry.output_tokens)
-        load = LoadEstimate.from_distribution(
-            rate, lengths[0], lengths[1], samples=400, admitted_below=self.context_limit, fit="quantiles"
-        )
-        curve = self._curves_for(load, corrected=False, detail="entry_ttft")[self.entry_role]
+        curve = self.curves_at(rate, lengths, corrected=False, detail="entry_ttft", fit="quantiles")[self.entry_role]
         predicted = curve.ttft_p90_ms[min(entry.ready, len(curve.ttft_p90_ms) - 1)]
         if predicted is not None and predicted > 0 and entry.ttft_ms.p90 > 0:
             self.ttft.observe(entry.ttft_ms.p90, predicted)

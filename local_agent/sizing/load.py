@@ -22,6 +22,9 @@ _Z90 = 1.2815515655446004  # standard normal quantiles of 0.9 and 0.99
 _Z99 = 2.3263478740408408
 
 
+LengthFit = Literal["lognormal", "quantiles"]  # how a length sample is drawn from a summary
+
+
 class Calibration(BaseModel):
     """Correction factors fitted against the simulator or production (1.0 = trust the profile).
 
@@ -104,7 +107,7 @@ class LoadEstimate(BaseModel):
         *,
         samples: int = 1000,
         admitted_below: int | None = None,
-        fit: Literal["lognormal", "quantiles"] = "lognormal",
+        fit: LengthFit = "lognormal",
     ) -> LoadEstimate:
         """From summaries only, sampled at evenly spaced quantiles (deterministic), inputs and
         outputs paired independently. ``fit``: a lognormal fitted to each (mean, p50, p90, p99),

@@ -20,6 +20,7 @@ import numpy as np
 
 from fleet_planner.planning import DeploymentSpec, Distribution, PoolObservation
 from fleet_sim.demo.frontend import Frontend
+from fleet_sim.runner import distribution
 from local_agent.connectors.base import ReplicaCounts
 from local_agent.connectors.processes import ProcessConnector
 from local_agent.runtime import ObservationSource
@@ -90,10 +91,10 @@ class DirectSource:
         finished = [r for r in self.frontend.records if r.t_last is not None and since < r.t_last <= now_s]
         admitted_in = [r.input_tokens for r in arrived]
         traffic = {
-            "input_tokens": _dist(admitted_in),
-            "output_tokens": _dist([r.output_tokens for r in arrived]),
-            "ttft_ms": _dist([(r.t_first - r.arrival_s) * 1000 for r in finished if r.t_first is not None]),
-            "itl_ms": _dist([ms for r in finished if (ms := r.itl_ms) is not None]),
+            "input_tokens": distribution(admitted_in),
+            "output_tokens": distribution([r.output_tokens for r in arrived]),
+            "ttft_ms": distribution([(r.t_first - r.arrival_s) * 1000 for r in finished if r.t_first is not None]),
+            "itl_ms": distribution([ms for r in finished if (ms := r.itl_ms) is not None]),
         }
         mean_input = float(np.mean(admitted_in)) if admitted_in else 0.0
         observations = []
@@ -152,11 +153,3 @@ class DirectSource:
 def _value(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-def _dist(values: list[float] | list[int]) -> Distribution | None:
-    if not values:
-        return None
-    array = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(array, [50, 90, 99])
-    return Distribution(count=len(array), mean=float(array.mean()), p50=float(p50), p90=float(p90), p99=float(p99))

@@ -34,7 +34,14 @@ def test_a_lengths_window_runs_the_pool_on_that_window_s_prompts(tmp_path: Path)
 
 def test_a_lengths_window_is_refused_for_a_template_without_conversation_lengths() -> None:
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_curve_fit.py"), "--template", "h1", "--lengths-window", "0:60"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_curve_fit.py"),
+            "--template",
+            "h1",
+            "--lengths-window",
+            "0:60",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -606,9 +606,11 @@ def test_a_pool_makes_room_once_for_a_partner_pending_with_no_replica() -> None:
 def test_a_pool_makes_room_for_a_partner_a_gatekeeper_refused_and_holds_until_it_runs() -> None:
     """Behind a gatekeeper that refuses an ask instead of queueing it (the anchor's, ``fcfs``) the
     partner shows nothing pending: the refusal is what says it waits for GPUs. Prefill gives one
-    replica back a tick down to its last, and does not grow meanwhile (that would take back the GPUs
-    the partner waits for); once the partner's replica starts, prefill plans as usual. A random
-    fleet under ``fcfs`` completed no request in 15 minutes without it."""
+    replica back at a time down to its last, each after the partner was refused again with the
+    last one freed (the round that grants a cut answers the partner before the replica drains),
+    and does not grow meanwhile (that would take back the GPUs the partner waits for); once the
+    partner's replica starts, prefill plans as usual. A random fleet under ``fcfs`` completed no
+    request in 15 minutes without it."""
     a = agent(spec("disagg", initial=3, min_replicas=0))
     a.granted("decode", 0)  # asked for its initial 3, refused: none placed
     prefill = []
@@ -624,11 +626,35 @@ def test_a_pool_makes_room_for_a_partner_a_gatekeeper_refused_and_holds_until_it
             assert pool(decision, "decode").target > 0  # it keeps asking
             a.granted("decode", 0)  # and is refused again
         prefill.append(pool(decision, "prefill"))
-    assert [p.target for p in prefill[:4]] == [2, 1, 1, 1], prefill
-    assert [p.reason for p in prefill[:4]] == [R.UNSCHEDULABLE, R.UNSCHEDULABLE, R.HOLD, R.HOLD], prefill
+    assert [p.target for p in prefill[:4]] == [2, 2, 1, 1], prefill
+    assert [p.reason for p in prefill[:4]] == [R.UNSCHEDULABLE, R.HOLD, R.UNSCHEDULABLE, R.HOLD], prefill
     assert "makes room for decode: its ask refused for h200, none ready" in prefill[0].detail
-    assert "waits for decode: its ask refused" in prefill[2].detail
+    assert "waits for decode: its ask refused" in prefill[1].detail
     assert "decode" not in prefill[4].detail, prefill[4]
+
+
+def test_a_refusal_answered_before_the_room_was_free_takes_no_second_replica() -> None:
+    """The round that grants prefill's cut also answers its decode partner, before the freed
+    replica has drained: that refusal is no sign the room is too small. Prefill waits for the
+    partner's next answer, and when that one is a grant it has given exactly one replica (a random
+    fleet at a 10 s interval gave two, 4 -> 3 -> 2, and ran short of prefill for the rest of it)."""
+    a = agent(spec("disagg", initial=4, min_replicas=1))
+    a.granted("decode", 0)  # asked for its initial replica, refused: none placed
+    prefill = []
+    for i in range(3):
+        t = 30.0 + i * TICK
+        running = i >= 2  # granted at the second tick's round, starting from the third
+        observations = [
+            observe("prefill", t, 20.0, ready=a.targets()["prefill"]),  # a drain that ends within the tick
+            observe("decode", t, 20.0, ready=0, starting=1 if running else 0),
+        ]
+        prefill.append(pool(a.step(AgentInput(now_s=t, observations=observations)).decision, "prefill"))
+        a.granted("prefill", prefill[-1].target)
+        a.granted("decode", 1 if i >= 1 else 0)
+    assert [(p.current, p.target) for p in prefill[:2]] == [(4, 3), (3, 3)], prefill
+    assert [p.reason for p in prefill] == [R.UNSCHEDULABLE, R.HOLD, prefill[2].reason], prefill
+    assert "waits for decode: its ask refused" in prefill[1].detail
+    assert prefill[2].reason != R.UNSCHEDULABLE and "decode" not in prefill[2].detail, prefill[2]
 
 
 def test_a_pool_does_not_grow_while_its_partner_waits_for_the_gpus_with_none_running() -> None:

@@ -131,7 +131,7 @@ class LocalAgent:
         """An arbiter (global planner, gatekeeper) decided this pool's count: plan from there."""
         state = self.pools[role]
         state.refused = replicas < state.target
-        state.refusals += state.refused
+        state.refusals += int(state.refused)
         state.refused_ask = state.target if state.refused and replicas <= state.asked_from else None
         state.target = replicas
 
@@ -397,7 +397,7 @@ class LocalAgent:
                 state.room_answered = refusals + 1  # this round answers the partner before the replica drains
                 return Proposal(wanted, R.UNSCHEDULABLE, f"makes room for {waiting}")
             if own.draining > 0 and state.room_answered is not None:
-                state.room_answered = refusals + 1
+                state.room_answered = refusals + 1  # answered while the room still drains: stale too
             return Proposal(current, R.HOLD, f"waits for {waiting}")
         return None
 

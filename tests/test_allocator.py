@@ -243,6 +243,21 @@ def test_minima_beyond_inventory_fall_back_by_priority() -> None:
     assert "below minimum" in result.reasons["b/agg"]
 
 
+def test_minima_beyond_inventory_keep_both_sides_of_a_pair_before_either_side_s_next_replica() -> None:
+    """A policy raised a decode pool's minimum to 3 on a fleet of 3 GPUs whose prefill partner must
+    run 1: the fallback used to hold the decode minimum whole and leave prefill at 0, so the pair
+    served nothing (sweep seed 107 `s04`, 54 of 1,639 requests). One replica each comes first."""
+    common = dict(tenant="a", endpoint="ep", pair_group="d", curve=[0.0, 1.0], gpu_type="h200", current_replicas=1)
+    pools = [
+        _pool("d", role="prefill", min_replicas=1, max_replicas=1, **common),
+        _pool("d", role="decode", min_replicas=3, max_replicas=4, **common),
+    ]
+    result = allocate(AllocationRequest(pools=pools, inventory={"h200": 3}))
+    assert result.status == "fallback"
+    assert result.replicas == {"d/prefill": 1, "d/decode": 2}
+    assert "below minimum 3" in result.reasons["d/decode"]
+
+
 def _plan(
     planned: dict[str, float], replicas: dict[str, int], curve: list[float] | None = None, wanted: int | None = 2
 ) -> EndpointPlan:

@@ -210,22 +210,32 @@ def _segments(frontier: Frontier) -> tuple[list[tuple[int, int]], list[float]]:
 
 
 def _start(problem: Problem) -> list[int]:
-    """Every pool at its lower bound; highest priority first when they cannot all be held."""
+    """Every pool at its lower bound; when they cannot all be held, deployment by deployment,
+    highest priority first, and within a deployment one replica for each of its pools before any
+    pool's next: a pair with one side empty serves nothing (a random fleet whose policy raised a
+    decode pool's minimum past what the inventory left its prefill partner served 54 of 1,639
+    requests, sweep seed 107 `s04`)."""
     if problem.minima_fit:
         return [plan.lo for plan in problem.pools]
     free = dict(problem.budget)
     room = dict(problem.caps)
     replicas = [0] * len(problem.pools)
-    order = sorted(range(len(problem.pools)), key=lambda i: (-problem.pools[i].priority, problem.pools[i].pool.pool_id))
-    for i in order:
-        pool = problem.pools[i].pool
-        key = (pool.tenant, pool.gpu_type)
-        spare = min(free.get(pool.gpu_type, 0), room.get(key, _INF))
-        count = min(problem.pools[i].lo, max(0, spare) // pool.gpus_per_replica)
-        replicas[i] = count
-        free[pool.gpu_type] = free.get(pool.gpu_type, 0) - count * pool.gpus_per_replica
-        if key in room:
-            room[key] -= count * pool.gpus_per_replica
+    deployments: dict[str, list[int]] = {}
+    for i in sorted(range(len(problem.pools)), key=lambda i: problem.pools[i].pool.pool_id):
+        deployments.setdefault(problem.pools[i].pool.deployment, []).append(i)
+    order = sorted(deployments.values(), key=lambda members: -max(problem.pools[i].priority for i in members))
+    for members in order:
+        for first in (True, False):
+            for i in members:
+                pool = problem.pools[i].pool
+                key = (pool.tenant, pool.gpu_type)
+                spare = min(free.get(pool.gpu_type, 0), room.get(key, _INF))
+                wanted = min(problem.pools[i].lo, 1) if first else problem.pools[i].lo - replicas[i]
+                count = min(wanted, max(0, spare) // pool.gpus_per_replica)
+                replicas[i] += count
+                free[pool.gpu_type] = free.get(pool.gpu_type, 0) - count * pool.gpus_per_replica
+                if key in room:
+                    room[key] -= count * pool.gpus_per_replica
     return replicas
 
 

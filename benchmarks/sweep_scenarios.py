@@ -586,8 +586,8 @@ def serving_failures(runs: list[Run]) -> list[str]:
 
 
 def pool_caps(generated: Generated, field: str = "max_replicas") -> dict[tuple[str, str], int]:
-    """(deployment, role) -> the ``field`` (``max_replicas``, ``max_step``) an override of the policy
-    file gives the pool."""
+    """(deployment, role) -> the ``field`` (``max_replicas``, ``max_step``, ``min_replicas``) an
+    override of the policy file gives the pool."""
     caps: dict[tuple[str, str], int] = {}
     for override in generated.policy_file.get("deployments", []):
         if field not in override:
@@ -605,16 +605,21 @@ def past_caps(
     caps: dict[str, dict[str, int]],
     pools: dict[tuple[str, str], int] | None = None,
     steps: dict[tuple[str, str], int] | None = None,
+    floors: dict[tuple[str, str], int] | None = None,
 ) -> list[str]:
     """The policy file's limits a run went past: tenant caps (``max_gpus``, with the most held at once,
-    ``"acme a100 9 > 4"``), pool overrides' ``max_replicas`` (``"acme/d0/prefill 8 replicas > 2"``)
-    and their ``max_step`` (the largest move between two rows, ``"acme/d0/decode moved 4 in a round
-    > max_step 1"``). ``fcfs`` ignores all three, so where ``global`` trails it the cause may be a
-    limit kept (seed 86 ``s07``: a pool released four GPUs at once that ``max_step: 1`` paced)."""
+    ``"acme a100 9 > 4"``), pool overrides' ``max_replicas`` (``"acme/d0/prefill 8 replicas > 2"``),
+    their ``max_step`` (the largest move between two rows, ``"acme/d0/decode moved 4 in a round
+    > max_step 1"``) and their ``min_replicas`` (the fewest targeted, ``"acme/d0/decode 2 replicas
+    < min_replicas 3"``). ``fcfs`` ignores all four, so where ``global`` trails it the cause may be a
+    limit kept (seed 86 ``s07``: a pool released four GPUs at once that ``max_step: 1`` paced; seed
+    107 ``s04``: a decode minimum of 3 held on a fleet of three GPUs)."""
     pools = pools or {}
     steps = steps or {}
+    floors = floors or {}
     held: dict[tuple[float, str, str], int] = defaultdict(int)
     targets: dict[tuple[str, str], int] = defaultdict(int)
+    fewest: dict[tuple[str, str], int] = {}
     last: dict[tuple[str, str], int] = {}
     moved: dict[tuple[str, str], int] = defaultdict(int)
     with timeline.open() as f:
@@ -626,6 +631,8 @@ def past_caps(
             target = int(row["target"])
             if key in pools:
                 targets[key] = max(targets[key], target)
+            if key in floors:
+                fewest[key] = min(fewest.get(key, target), target)
             if key in steps:
                 if key in last:
                     moved[key] = max(moved[key], abs(target - last[key]))
@@ -647,6 +654,11 @@ def past_caps(
         f"{owners.get(name, '?')}/{name}/{role} moved {count} in a round > max_step {steps[(name, role)]}"
         for (name, role), count in sorted(moved.items())
         if count > steps[(name, role)]
+    ]
+    past += [
+        f"{owners.get(name, '?')}/{name}/{role} {count} replicas < min_replicas {floors[(name, role)]}"
+        for (name, role), count in sorted(fewest.items())
+        if count < floors[(name, role)]
     ]
     return past
 
@@ -686,7 +698,12 @@ def run_and_check(generated: Generated, scenario_file: Path, policy: str, out: P
             owners = {d["name"]: d["tenant"] for d in generated.scenario["deployments"]}
             caps = {name: t["max_gpus"] for name, t in tenants.items() if t.get("max_gpus")}
             run.over_caps = past_caps(
-                out / "timeline.csv", owners, caps, pool_caps(generated), pool_caps(generated, "max_step")
+                out / "timeline.csv",
+                owners,
+                caps,
+                pool_caps(generated),
+                pool_caps(generated, "max_step"),
+                pool_caps(generated, "min_replicas"),
             )
     except Exception as exc:  # a checker bug must not hide the other runs
         run.problems.append(("checker-error", repr(exc)))

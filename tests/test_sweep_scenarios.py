@@ -99,6 +99,25 @@ def test_a_max_step_fcfs_went_past_is_named(tmp_path: Path) -> None:
     assert past_caps(timeline, owners, {}, {}, {("d2", "decode"): 4}) == []
 
 
+def test_a_pool_minimum_fcfs_ran_below_is_named(tmp_path: Path) -> None:
+    """fcfs ignores an override's ``min_replicas``: a decode pool it ran at 2 under a minimum of 3 is
+    named, with the fewest replicas it targeted (seed 107 ``s04``); one that never went below is not."""
+    timeline = tmp_path / "timeline.csv"
+    rows = [
+        "time_s,deployment,pool,gpu_type,gpus,target",
+        "0,d0,decode,h200,3,3",
+        "0,d0,prefill,h200,1,1",
+        "60,d0,decode,h200,2,2",
+        "60,d0,prefill,h200,1,1",
+        "120,d0,decode,h200,3,3",
+    ]
+    timeline.write_text("\n".join(rows) + "\n")
+    owners = {"d0": "acme"}
+    floors = {("d0", "decode"): 3, ("d0", "prefill"): 1}
+    assert past_caps(timeline, owners, {}, {}, {}, floors) == ["acme/d0/decode 2 replicas < min_replicas 3"]
+    assert past_caps(timeline, owners, {}, {}, {}, {("d0", "decode"): 2}) == []
+
+
 def test_a_serving_failure_is_fewer_requests_completed_and_fewer_served_in_time() -> None:
     def run(scenario: str, policy: str, completed: int, good: float) -> Run:
         return Run(scenario, policy, 0, 1.0, served={"endpoint chat": (completed, 100, good)})

@@ -167,6 +167,8 @@ class Policy(ABC):
 
     name: str = "policy"
     clairvoyant: bool = False
+    # How often between ticks the policy wants the replica counts (``between_ticks``); None: never.
+    report_s: float | None = None
 
     def __init__(self, deployments: list[DeploymentSpec], tick_s: float):
         self.deployments = deployments
@@ -180,6 +182,12 @@ class Policy(ABC):
         """The replica counts as of this tick, before ``decide``: live they come from the
         orchestrator's API, not a metrics scrape, so they are not delayed. Only policies built on
         local agents read them (their observations and reports); the default ignores them."""
+
+    def between_ticks(self, counts: FleetObservation) -> Decision | None:
+        """Targets that change between two ticks, on the replica counts as of ``counts.time_s``
+        (asked every ``report_s``): live, agents report every few seconds while a tick stands for a
+        planner interval. None: nothing changes; the default."""
+        return None
 
     def close(self) -> None:
         """Release what the policy holds (servers, threads); most hold nothing."""

@@ -288,6 +288,16 @@ class FleetSimulation:
             self._progress(now)
         if now + self.interval_s < self.end_s - 1e-9:
             self.sim.schedule(now + self.interval_s, EV_CALL, self._tick)
+        if self.policy.report_s:
+            at = now + self.policy.report_s
+            while at < min(now + self.interval_s, self.end_s) - 1e-9:
+                self.sim.schedule(at, EV_CALL, self._between_ticks)
+                at += self.policy.report_s
+
+    def _between_ticks(self, now: float) -> None:
+        decision = self.policy.between_ticks(self._counts(now))
+        if decision is not None:
+            self._apply(decision, now)
 
     def _counts(self, now: float) -> FleetObservation:
         """Every pool's replica counts at ``now`` (what the orchestrator's API says at a tick)."""

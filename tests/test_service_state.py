@@ -161,6 +161,42 @@ def test_drain_gating_frees_gpus_only_after_confirmation() -> None:
     assert state.committed_gpus()["h200"] <= 8
 
 
+def _asking(report: AgentReport, wanted: int) -> AgentReport:
+    return report.model_copy(update={"pools": [p.model_copy(update={"wanted_replicas": wanted}) for p in report.pools]})
+
+
+def test_what_a_handover_between_ticks_reads() -> None:
+    """The simulator's agents report between ticks (``GlobalPolicy.between_ticks``) only where the
+    last round allocated a pool more than it granted (``gated``), the waiting agent's asks are ones
+    that round allocated (``settled``) and a pool of that type drained below what the planner
+    counts (``unconfirmed_drains``), which ``AckDrained`` then confirms."""
+    state = PlannerState(_policy({"h200": 8}), lease_s=60.0)
+    state.register(_registration("a"), "sa", 0.0)
+    state.register(_registration("b", tenant="beta"), "sb", 0.0)
+    state.report(_asking(_report("a", "sa", 1, 0, {"agg": (0, 0)}, need=8, rps=50), 8), 0.0)
+    d1 = _round(state, 1.0).decision_id
+    assert _grant(state.targets("a", 1.0)) == 8
+    state.report(_asking(_report("a", "sa", 2, d1, {"agg": (8, 0)}, need=2, rps=5), 2), 2.0)
+    state.report(_asking(_report("b", "sb", 1, 0, {"agg": (0, 0)}, need=6, rps=30), 6), 2.0)
+    d2 = _round(state, 3.0).decision_id
+    a_grant, b_grant = _grant(state.targets("a", 3.0)), _grant(state.targets("b", 3.0))
+    assert a_grant < 8 and b_grant == 0, "b waits for the GPUs a still holds"
+    assert state.gated("b") == {"h200"} and state.gated("a") == set()
+    assert state.settled("a") and state.settled("b")
+    assert state.unconfirmed_drains("a") == {"agg": (a_grant, 8)} and state.unconfirmed_drains("b") == {}
+    state.ack_drained(
+        AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg", gpus_freed=8 - a_grant), 4.0
+    )
+    assert state.unconfirmed_drains("a") == {}
+    # An ask the round cut, with no GPUs held back for it, is not settled: sent again it would ask
+    # on stale grounds for what the round gave elsewhere.
+    state.report(_asking(_report("a", "sa", 3, d2, {"agg": (a_grant, 0)}, need=8, rps=50), 8), 4.0)
+    state.report(_asking(_report("b", "sb", 2, d2, {"agg": (0, 0)}, need=8, rps=50), 8), 4.0)
+    _round(state, 5.0)
+    cut = [name for name in ("a", "b") if not state.gated(name) and _grant(state.targets(name, 5.0)) < 8]
+    assert cut and all(not state.settled(name) for name in cut)
+
+
 def test_silent_agent_keeps_grant_until_lease_expiry() -> None:
     state = PlannerState(_policy({"h200": 8}), lease_s=10.0, liveness_s=3.0)
     state.register(_registration("a", fallback=2), "sa", 0.0)

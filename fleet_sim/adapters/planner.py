@@ -335,47 +335,56 @@ class GlobalPolicy(AgentsPolicy):
         return self._granted(records)
 
     def between_ticks(self, counts: FleetObservation) -> Decision | None:
-        """Reports between ticks, where a live agent's next report (seconds away) would move GPUs:
-        a pool whose drain the planner still counts and the counts show done reports, and agents
-        waiting for GPUs of that type report again (:meth:`_hand_over`), so round on ask grants
-        the freed GPUs now instead of at the next tick. Simulated ``fcfs`` needs no confirmation
-        (its new pods wait Pending until the GPUs are free): without this every handover under
-        ``global`` took a tick more than under ``fcfs`` (sweep seed 108 ``s23``: a decode replica
-        30 s later in an 11-minute run)."""
+        """Where a live agent's next report (seconds away) would move GPUs: when the last round
+        allocated a pool more than it could grant (the rest wait for GPUs still held) and a pool of
+        that GPU type has drained to its grant while the planner still counts its old replicas,
+        the drained pool's agent confirms it (``AckDrained``) and the waiting agents report again,
+        so round on ask grants them the freed GPUs now instead of at the next tick. Simulated
+        ``fcfs`` needs no confirmation (its new pods wait Pending until the GPUs are free):
+        without this every handover under ``global`` took a tick more than under ``fcfs`` (sweep
+        seed 108 ``s23``: a decode replica 30 s later in an 11-minute run).
+
+        A report here carries its agent's decision of the last tick, so only agents whose asks
+        that round settled (:meth:`PlannerState.settled`) report: an ask the round cut (a pool
+        limited by its paired pool) would be made again on stale grounds, and GPUs idle since the
+        drain went back to it (sweep seed 111 ``s21``: a decode pool cut 5 -> 1 at 30 s was
+        granted 5 again at 35 s and cut at 60 s; live, its agent's next decision plans from the
+        cut)."""
         reporting = [record for name, record in self._records.items() if name not in self._cut_off]
-        wanted = {gpu for record in reporting for gpu, _ in self.state.wanting(record.deployment)}
-        if not wanted:
+        waiting = [record for record in reporting if self.state.gated(record.deployment)]
+        waiting = [record for record in waiting if self.state.settled(record.deployment)]
+        if not waiting:
             return None
-        now_s = counts.time_s
+        gpu_types = set().union(*(self.state.gated(record.deployment) for record in waiting))
+        self.clock.set(counts.time_s)
         observed = {(o.deployment, o.role): o for o in counts.pools}
-        drained = [record for record in reporting if self._drain_done(record, wanted, observed)]
-        if not drained:
+        confirmed = [record for record in reporting if self._confirm_drains(record.deployment, gpu_types, observed)]
+        if not confirmed:
             return None
-        self.clock.set(now_s)
-        before = self.state.committed_gpus()
         answered = dict(self.last_effects)
-        for record in drained:
-            self._deliver(record, now_s, observed)
-        self._hand_over(reporting, now_s, observed, {record.deployment: before for record in reporting})
+        for record in waiting:
+            self._deliver(record, counts.time_s, observed)
         return self._granted(
             [record for record in reporting if self.last_effects[record.deployment] is not answered[record.deployment]]
         )
 
-    def _drain_done(self, record: AgentDecision, gpu_types: set[str], observed: dict) -> bool:
-        """Whether the planner counts more replicas in one of the deployment's pools of these GPU
-        types than the pool holds now (ready, starting or draining)."""
-        spec = self.specs[record.deployment]
-        for pool in record.pools:
-            now = observed.get((record.deployment, pool.role))
-            if now is None or spec.pools[pool.role].gpu_type not in gpu_types:
+    def _confirm_drains(self, deployment: str, gpu_types: set[str], observed: dict) -> bool:
+        """Send ``AckDrained`` for the deployment's pools of these GPU types that hold no more
+        than their grant while the planner counts more; whether any was sent."""
+        spec = self.specs[deployment]
+        effects = self.last_effects.get(deployment)
+        sent = False
+        for role, (grant, counted) in self.state.unconfirmed_drains(deployment).items():
+            now = observed.get((deployment, role))
+            pool = spec.pools[role]
+            if effects is None or now is None or pool.gpu_type not in gpu_types:
                 continue
-            try:
-                counted = self.state.usage(record.deployment, pool.role)
-            except KeyError:  # forgotten by the planner (a lapsed lease)
-                return False
-            if counted > now.ready + now.starting + now.draining:
-                return True
-        return False
+            in_use = now.ready + now.starting + now.draining
+            if in_use <= grant:
+                freed = (counted - in_use) * pool.gpus_per_replica
+                self._io.run(self.clients[deployment].ack_drained(effects.decision_id, role, freed))
+                sent = True
+        return sent
 
     def _granted(self, records: list[AgentDecision]) -> Decision:
         """The targets and admission limits of these agents' last exchanges."""

@@ -154,6 +154,38 @@ class PlannerState:
                 wanting.add((pool.spec.gpu_type, pool.spec.gpus_per_replica))
         return wanting
 
+    def gated(self, deployment: str) -> set[str]:
+        """GPU types of the deployment's pools the last round allocated more replicas than it
+        granted: the rest wait for GPUs still held (drains, silent agents)."""
+        dep = self._deployments.get(deployment)
+        if dep is None:
+            return set()
+        return {pool.spec.gpu_type for pool in dep.pools.values() if _gated(pool)}
+
+    def settled(self, deployment: str) -> bool:
+        """Whether the last round allocated each of the deployment's pools what its last report
+        asks, or more than it could grant yet: the same report again then asks for nothing that
+        round refused, only for GPUs it already allocated."""
+        dep = self._deployments.get(deployment)
+        if dep is None or dep.report is None:
+            return False
+        for report in dep.report.pools:
+            pool = dep.pools.get(report.role)
+            if pool is None or pool.allocated is None:
+                return False
+            asks = report.wanted_replicas if report.wanted_replicas is not None else pool.allocated
+            if pool.allocated < asks and not _gated(pool):
+                return False
+        return True
+
+    def unconfirmed_drains(self, deployment: str) -> dict[PoolRole, tuple[int, int]]:
+        """Pools the planner counts more replicas for than their grant, drains not yet confirmed:
+        role -> (grant, replicas counted)."""
+        dep = self._deployments.get(deployment)
+        if dep is None:
+            return {}
+        return {role: (pool.grant, pool.usage) for role, pool in dep.pools.items() if pool.usage > pool.grant}
+
     def granted_gpus(self) -> dict[str, dict[str, int]]:
         """Granted GPUs per tenant and type (without drains), for metrics."""
         return ledger.granted_gpus(self._deployments.values())
@@ -428,6 +460,11 @@ class PlannerState:
         self.splits.restore(record)
         self.next_decision_id = max(self.next_decision_id, record.decision_id + 1)
         self._version += 1
+
+
+def _gated(pool: PoolState) -> bool:
+    """The last round allocated the pool more than it granted (GPUs still held)."""
+    return pool.allocated is not None and pool.allocated > pool.grant
 
 
 def _carry_over(known: DeploymentState, registration: Registration, pools: dict[PoolRole, PoolState]) -> None:

@@ -26,6 +26,8 @@ from fleet_planner.contract.models import (
 )
 from global_planner.allocation import Allocation, AllocationRequest, Stability, allocate, allocate_greedy
 from global_planner.policy_file import TenantPolicy
+from global_planner.service.ledger import PoolState
+from global_planner.service.rounds import _deal_free_gpus
 from global_planner.service.state import InvalidRequest, PlannerState, StateError, UnknownSession
 from local_agent.session import Lease, effective_targets, lease_from_targets
 
@@ -195,6 +197,22 @@ def test_what_a_handover_between_ticks_reads() -> None:
     _round(state, 5.0)
     cut = [name for name in ("a", "b") if not state.gated(name) and _grant(state.targets(name, 5.0)) < 8]
     assert cut and all(not state.settled(name) for name in cut)
+
+
+def test_gpus_free_now_are_dealt_one_replica_per_pool_in_turn() -> None:
+    """A round's scale-ups share the GPUs free now by priority and, within one, a replica per pool
+    in turn, as the allocator deals idle GPUs. In pool-id order a pair's decode pool, cut to make
+    room for its prefill, took the freed GPUs back before the prefill (sweep seed 111 ``s21``)."""
+
+    def pool(role: str, replicas: int) -> PoolState:
+        spec = PoolRegistration(role=role, gpu_type="h100", gpus_per_replica=1, min_replicas=0, max_replicas=8)
+        return PoolState(spec=spec, grant=replicas, usage=replicas)
+
+    decode, prefill, batch = pool("decode", 1), pool("prefill", 1), pool("agg", 0)
+    ups = [(-1.0, decode, 5), (-1.0, prefill, 2), (-0.5, batch, 2)]
+    assert _deal_free_gpus(ups, {"h100": 5}, {"h100": 8}) == [2, 1, 0]
+    assert _deal_free_gpus(ups, {"h100": 2}, {"h100": 8}) == [4, 1, 1]
+    assert _deal_free_gpus(ups, {"h100": 2}, {}) == [0, 0, 0]  # no scale-ups (restart quarantine)
 
 
 def test_silent_agent_keeps_grant_until_lease_expiry() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from fleet_planner.contract.models import (
     AgentReport,
@@ -127,19 +128,43 @@ def settle(
                 updates[(dep.name, role)] = PoolUpdate(target, pool.usage, pending, target, reason, lent)
             else:
                 ups.append((-priority, pool_id, dep.name, pool, target, reason, lent))
-    for _, _, name, pool, target, reason, lent in sorted(ups, key=lambda u: (u[0], u[1])):
-        gpr, gpu = pool.spec.gpus_per_replica, pool.spec.gpu_type
-        room = max(0, inventory.get(gpu, 0) - committed.get(gpu, 0)) // gpr if scale_ups else 0
-        extra = min(target - pool.usage, room)
+    ups.sort(key=lambda u: (u[0], u[1]))
+    extras = _deal_free_gpus([(u[0], u[3], u[4]) for u in ups], committed, inventory if scale_ups else {})
+    for (_, _, name, pool, target, reason, lent), extra in zip(ups, extras, strict=True):
         grant = pool.usage + extra
-        committed[gpu] = committed.get(gpu, 0) + extra * gpr
         if grant < target:
             why = "GPUs still held (drains, silent agents)" if scale_ups else "the end of the restart quarantine"
-            reason += f"; gated: {target - grant} replica(s) wait for {gpu} {why}"
+            reason += f"; gated: {target - grant} replica(s) wait for {pool.spec.gpu_type} {why}"
         updates[(name, pool.spec.role)] = PoolUpdate(
             grant, grant, None, target, reason, max(0, lent - (target - grant))
         )
     return updates
+
+
+def _deal_free_gpus(
+    ups: list[tuple[float, PoolState, int]], committed: dict[str, int], inventory: dict[str, int]
+) -> list[int]:
+    """Replicas each scale-up (``(-priority, pool, target)``, in order) gets out of the GPUs free
+    now: by priority, one replica per pool in turn within a priority, as the allocator deals idle
+    GPUs. In pool-id order instead, a pair's decode pool cut to make room for its prefill took the
+    freed GPUs back before the prefill (sweep seed 111 ``s21``)."""
+    extras = [0] * len(ups)
+    free = {gpu: max(0, count - committed.get(gpu, 0)) for gpu, count in inventory.items()}
+    for _, tier in groupby(range(len(ups)), key=lambda i: ups[i][0]):
+        waiting = list(tier)
+        while waiting:
+            still = []
+            for i in waiting:
+                _, pool, target = ups[i]
+                gpr, gpu = pool.spec.gpus_per_replica, pool.spec.gpu_type
+                if free.get(gpu, 0) < gpr:
+                    continue
+                free[gpu] -= gpr
+                extras[i] += 1
+                if pool.usage + extras[i] < target:
+                    still.append(i)
+            waiting = still
+    return extras
 
 
 def endpoint_routing(

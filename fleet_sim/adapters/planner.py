@@ -351,11 +351,11 @@ class GlobalPolicy(AgentsPolicy):
         granted 5 again at 35 s and cut at 60 s; live, its agent's next decision plans from the
         cut)."""
         reporting = [record for name, record in self._records.items() if name not in self._cut_off]
-        waiting = [record for record in reporting if self.state.gated(record.deployment)]
-        waiting = [record for record in waiting if self.state.settled(record.deployment)]
+        gated = {record.deployment: self.state.gated(record.deployment) for record in reporting}
+        waiting = [record for record in reporting if gated[record.deployment] and self.state.settled(record.deployment)]
         if not waiting:
             return None
-        gpu_types = set().union(*(self.state.gated(record.deployment) for record in waiting))
+        gpu_types = set().union(*(gated[record.deployment] for record in waiting))
         self.clock.set(counts.time_s)
         observed = {(o.deployment, o.role): o for o in counts.pools}
         confirmed = [record for record in reporting if self._confirm_drains(record.deployment, gpu_types, observed)]

@@ -22,7 +22,7 @@ from fleet_planner.contract.models import (
 from fleet_planner.planning import PoolRole
 from global_planner.allocation import Allocation, AllocationRequest, PoolDemand, endpoint_plans
 from global_planner.allocation.split import SplitDecision
-from global_planner.allocation.stability import observed_short
+from global_planner.allocation.stability import deal, observed_short
 from global_planner.policy_file import TenantPolicy
 from global_planner.service import drains
 from global_planner.service.ledger import DeploymentState, PoolState, committed_gpus
@@ -146,25 +146,15 @@ def _deal_free_gpus(
 ) -> list[int]:
     """Replicas each scale-up (``(-priority, pool, target)``, in order) gets out of the GPUs free
     now: by priority, one replica per pool in turn within a priority, as the allocator deals idle
-    GPUs. In pool-id order instead, a pair's decode pool cut to make room for its prefill took the
-    freed GPUs back before the prefill (sweep seed 111 ``s21``)."""
-    extras = [0] * len(ups)
+    GPUs (:func:`deal`). In pool-id order instead, a pair's decode pool cut to make room for its
+    prefill took the freed GPUs back before the prefill (sweep seed 111 ``s21``)."""
     free = {gpu: max(0, count - committed.get(gpu, 0)) for gpu, count in inventory.items()}
-    for _, tier in groupby(range(len(ups)), key=lambda i: ups[i][0]):
-        waiting = list(tier)
-        while waiting:
-            still = []
-            for i in waiting:
-                _, pool, target = ups[i]
-                gpr, gpu = pool.spec.gpus_per_replica, pool.spec.gpu_type
-                if free.get(gpu, 0) < gpr:
-                    continue
-                free[gpu] -= gpr
-                extras[i] += 1
-                if pool.usage + extras[i] < target:
-                    still.append(i)
-            waiting = still
-    return extras
+    tiers = [list(tier) for _, tier in groupby(range(len(ups)), key=lambda i: ups[i][0])]
+    held = [pool.usage for _, pool, _ in ups]
+    # No tenant room here: caps were the allocation's to keep; only GPUs free now gate a grant.
+    groups = [("", pool.spec.gpu_type, pool.spec.gpus_per_replica) for _, pool, _ in ups]
+    dealt = deal(tiers, list(held), [target for _, _, target in ups], groups, free, {})
+    return [got - count for got, count in zip(dealt, held, strict=True)]
 
 
 def endpoint_routing(

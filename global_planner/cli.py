@@ -46,8 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve without --tokens: any caller may act for any deployment (tests and demos only)",
     )
-    serve.add_argument("--round-s", type=float, default=5.0, help="seconds between allocation rounds")
-    serve.add_argument("--lease-s", type=float, default=30.0, help="lease length of a grant")
+    serve.add_argument(
+        "--round-s",
+        type=float,
+        default=30.0,
+        help="seconds between timed allocation rounds (default: the agents' default tick_s, as simulated)",
+    )
+    serve.add_argument(
+        "--lease-s", type=float, default=120.0, help="lease length of a grant (default: four rounds, as simulated)"
+    )
     serve.add_argument("--time-limit-s", type=float, default=0.2, help="CP-SAT time limit per round")
     serve.add_argument("--metrics", help="HOST:PORT for Prometheus metrics over HTTP")
     serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")

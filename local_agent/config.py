@@ -330,7 +330,18 @@ class AgentConfig(FrozenModel):
 
     deployment: AgentDeployment
     options: AgentOptions = AgentOptions()
-    tick_s: Duration = Field(default=5.0, gt=0)
+    tick_s: Duration = Field(
+        default=30.0,
+        gt=0,
+        description="how often the agent decides: the interval every simulated and live-demo figure was measured at",
+    )
+    report_s: Duration | None = Field(
+        default=5.0,
+        gt=0,
+        description="with a planner, how often between decisions the agent confirms finished drains and, while the "
+        "planner says GPUs it allocated wait for them, reports its last decision again (null, or not shorter than "
+        "tick_s: only at decisions)",
+    )
     prometheus: PrometheusConfig
     connector: ConnectorConfig
     telemetry: TelemetryConfig | None = None

@@ -1,6 +1,7 @@
 """The live agent: the pure planning core wired to the world.
 
-Every ``tick_s``: ask the connector what runs, ask the observation source what the pools saw, let
+Every ``tick_s`` (30 s by default, the interval every simulated and live-demo figure was measured
+at): ask the connector what runs, ask the observation source what the pools saw, let
 :class:`LocalAgent` decide, export metrics and diagnostics, and — unless advisory — apply the
 targets through the connector. A failing tick (Prometheus down, a connector error) is logged and
 counted; the next tick runs as usual, so the sidecar never dies of a transient problem.
@@ -54,7 +55,7 @@ from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, AgentInput, RuntimeLimits
 from local_agent.observe.prometheus import PrometheusSource
 from local_agent.planner_link.client import PlannerClient, channel_credentials
-from local_agent.planner_link.exchange import exchange
+from local_agent.planner_link.exchange import confirm_drains, exchange, report_while_waiting
 from local_agent.session import PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
@@ -120,6 +121,7 @@ class AgentRuntime:
         self._runner: web.AppRunner | None = None
         self.planner: PlannerClient | None = None
         self.last_effects: TickEffects | None = None
+        self.last_decision: AgentDecision | None = None  # what reports between decisions send again
         self._fingerprint = (
             None if config.checkpoint is None else plan_fingerprint(self.spec, config.options, config.tick_s)
         )
@@ -147,13 +149,36 @@ class AgentRuntime:
     def _models_by_profile(self) -> dict[str, PerfModel]:
         return {pool.profile_path: self.models[role] for role, pool in self.spec.pools.items()}
 
+    def _tick_input(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> TickInput:
+        running: dict[str, PoolCounts] = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
+        return TickInput(now_s=self.lease_clock.now(), decision=decision, running=running, window_s=self.config.tick_s)
+
     async def _arbitrated(self, decision: AgentDecision, replicas: Mapping[str, ReplicaCounts]) -> None:
         """One exchange with the planner: report, apply its grant (or the fallback), acknowledge."""
         client = self._planner_client()
-        assert client is not None and self.agent is not None
-        running: dict[str, PoolCounts] = {role: PoolCounts(**counts.model_dump()) for role, counts in replicas.items()}
-        tick = TickInput(now_s=self.lease_clock.now(), decision=decision, running=running, window_s=self.config.tick_s)
-        effects = await exchange(client, tick, self.connector.apply)
+        assert client is not None
+        await self._took(decision, await exchange(client, self._tick_input(decision, replicas), self.connector.apply))
+
+    async def between_decisions(self) -> None:
+        """What the agent sends between its decisions (every ``report_s``), as the simulator's
+        agents do: ``AckDrained`` for each pool that has drained to its grant while the planner
+        still counts its old replicas, then, while the planner's last answer says GPUs it
+        allocated us wait for such drains, the last decision again with the counts of now, so the
+        GPUs are granted seconds after they free rather than at the next decision."""
+        client = self._planner_client()
+        decision = self.last_decision
+        if client is None or decision is None:
+            return
+        tick = self._tick_input(decision, await self.connector.observe_replicas())
+        await confirm_drains(client, tick)
+        effects = await report_while_waiting(client, tick, self.connector.apply)
+        if effects is not None:
+            await self._took(decision, effects)
+
+    async def _took(self, decision: AgentDecision, effects: TickEffects) -> None:
+        """An exchange's grant (applied by the exchange): the agent plans its next step from it,
+        the router gets the endpoint's weights and limit, metrics and the log say what came."""
+        assert self.agent is not None
         for pool in decision.pools:
             self.agent.granted(pool.role, effects.planned(pool.role))  # the grant runs; the agent plans from it
         self.agent.endpoint_share = effects.endpoint_share  # learnt as in replay
@@ -249,6 +274,7 @@ class AgentRuntime:
             effects = self.agent.step(tick)
         self._on_trial = False
         decision = effects.decision
+        self.last_decision = decision
         self.metrics.record(decision, observations, self._gpus, now_s)
         self.recorder.record(now_s, observations, decision)
         log.info(
@@ -296,14 +322,30 @@ class AgentRuntime:
         log.info("dashboard, /metrics and /api/limits on http://%s:%d", bound_host, bound_port)
         return bound_host, bound_port
 
+    async def _between_logged(self) -> None:
+        try:
+            await self.between_decisions()
+        except Exception:
+            self.tick_failures.labels(self.spec.name).inc()
+            log.exception("report between decisions failed; the agent keeps running")
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every ``tick_s`` (start to start) until ``stop`` is set."""
+        """Decide every ``tick_s`` (start to start) until ``stop`` is set; with a planner, every
+        ``report_s`` between decisions, send what :meth:`between_decisions` says."""
         loop = asyncio.get_running_loop()
+        report_s = self.config.report_s if self.config.planner is not None else None
+        if report_s is not None and report_s >= self.config.tick_s:
+            report_s = None  # a decision comes first
+        next_tick = loop.time()
         while not stop.is_set():
-            started = loop.time()
-            await self._tick_logged()
+            if loop.time() >= next_tick:
+                next_tick = max(next_tick + self.config.tick_s, loop.time())
+                await self._tick_logged()
+            else:
+                await self._between_logged()
+            wake = next_tick if report_s is None else min(next_tick, loop.time() + report_s)
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.config.tick_s - (loop.time() - started)))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
 
     async def close(self) -> None:
         """Checkpoint, stop serving and release the connector; running replicas stay for the next agent."""

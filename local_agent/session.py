@@ -46,6 +46,9 @@ class Lease(FrozenModel):
     routing: dict[str, float] = Field(default_factory=dict)
     admission_rps: float | None = None
     reasons: dict[str, str] = Field(default_factory=dict, description="the planner's reason per pool")
+    waiting_for_gpus: bool = Field(
+        default=False, description="the planner allocated more than it could grant yet; the same report gets the rest"
+    )
 
 
 class EffectiveTargets(FrozenModel):
@@ -91,6 +94,7 @@ def lease_from_targets(targets: Targets, sent_at: float, drain_margin_s: float) 
         routing=dict(targets.routing),
         admission_rps=targets.admission_rps,
         reasons={p.role: p.reason for p in targets.pools if p.reason},
+        waiting_for_gpus=targets.waiting_for_gpus,
     )
 
 
@@ -101,6 +105,11 @@ class PoolCounts(FrozenModel):
     starting: int = Field(default=0, ge=0)
     draining: int = Field(default=0, ge=0)
     pending: int = Field(default=0, ge=0)
+
+    @property
+    def in_use(self) -> int:
+        """Replicas holding GPUs: running, starting or still draining (pending ones hold none)."""
+        return self.ready + self.starting + self.draining
 
 
 class TickInput(FrozenModel):
@@ -215,6 +224,26 @@ class AgentSession:
         lease = lease_from_targets(targets, sent_at, self.drain_margin_s)
         if self.lease is None or lease.decision_id >= self.lease.decision_id:
             self.lease = lease
+
+    def waiting(self, now_s: float) -> bool:
+        """Whether the planner's last answer, still in force, said GPUs it allocated us wait
+        for other pools' drains: between decisions the same report again receives them."""
+        return self.lease is not None and self.lease.waiting_for_gpus and now_s < self.lease.fallback_at
+
+    def confirm_drains(self, now_s: float, running: dict[str, int]) -> dict[str, int]:
+        """Pools that have drained to the grant in force while the planner, by our last report,
+        still counts more replicas: role -> GPUs freed, to confirm with ``AckDrained`` (between
+        decisions, so the planner can hand them on before the next report). Marks them confirmed."""
+        if self.lease is None or now_s >= self.lease.fallback_at:
+            return {}
+        freed: dict[str, int] = {}
+        gpus: dict[str, int] = {p.role: p.gpus_per_replica for p in self.registration.pools}
+        for role, counted in self.reported.items():
+            grant, in_use = self.lease.replicas.get(role), running.get(role)
+            if grant is not None and in_use is not None and in_use <= grant < counted:
+                freed[role] = (counted - in_use) * gpus.get(role, 1)
+                self.reported[role] = in_use
+        return freed
 
     def effective(self, now_s: float, running: dict[str, int] | None = None) -> EffectiveTargets:
         """What may run at ``now_s`` by the lease and floor rules; ``running`` (in use per pool)

@@ -4,6 +4,7 @@ to its lease, then to its floor."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -13,6 +14,7 @@ from agent_link_helpers import FixedReplicas, chat_config
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.clock import SimulatedClock
+from fleet_planner.contract.models import AgentReport, Forecast, PoolRegistration, PoolReport, Registration, Targets
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
@@ -164,3 +166,114 @@ async def test_a_loan_of_idle_gpus_runs_while_the_agent_plans_from_its_own_part(
     finally:
         await runtime.close()
         await server.stop(0)
+
+
+async def test_between_decisions_the_agent_confirms_its_drain_so_a_waiting_pool_is_granted_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live agents decide every ``tick_s`` (30 s) and, between decisions, send ``AckDrained`` as
+    soon as their connector shows a cut pool drained to its grant: the GPUs it freed reach the
+    pool that waits for them seconds after the drain, not at the cut agent's next decision."""
+    monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
+    _orchestrator_reports(tmp_path, ready=3)
+    policy = TenantPolicy.model_validate(
+        {"fleet": {"gpus": {"h100": 3}}, "tenants": {"acme": {"priority": 1}, "gold": {"priority": 10}}}
+    )
+    capped = policy.model_copy(  # the operator caps acme: its agent holds no bid curve to cut it by
+        update={
+            "tenants": {**policy.tenants, "acme": policy.tenants["acme"].model_copy(update={"max_gpus": {"h100": 1}})}
+        }
+    )
+    server = PlannerServer(
+        PlannerState(policy, lease_s=120.0),
+        auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
+        metrics=ServiceMetrics(CollectorRegistry()),
+        clock=SimulatedClock(1000.0),
+    )
+    address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+    clock = SimulatedClock(1000.0)
+    runtime = AgentRuntime(
+        chat_config(tmp_path, address),
+        FixedReplicas(ready=3),
+        VirtualConnector(tmp_path / "targets.json", "chat", ["agg"]),
+        clock=clock,
+        lease_clock=clock,
+    )
+    state = server.state
+    gold = Registration(
+        deployment="gold",
+        tenant="gold",
+        endpoint="gold",
+        pools=[PoolRegistration(role="agg", gpu_type="h100", gpus_per_replica=1, min_replicas=0, max_replicas=3)],
+    )
+
+    def gold_reports(sequence: int, ready: int) -> Targets:
+        return state.report(
+            AgentReport(
+                deployment="gold",
+                session_id="sg",
+                sequence=sequence,
+                forecast=Forecast(mean_rps=20.0, upper_rps=24.0),
+                pools=[PoolReport(role="agg", ready=ready, curve=[0.0, 0.5, 1.0, 1.0], wanted_replicas=2)],
+            ),
+            1000.0,
+        )
+
+    try:
+        await runtime.tick()  # chat holds its 3 replicas: the whole fleet
+        state.register(gold, "sg", 1000.0)
+        gold_reports(1, 0)
+        state.set_policy(capped)
+        assert await server.run_round() is not None
+        waiting = state.targets("gold", 1000.0)
+        assert waiting.waiting_for_gpus and waiting.pools[0].replicas == 0, "chat's replicas still hold the GPUs"
+        await runtime.tick()  # chat's next decision runs the cut
+        cut = _written(tmp_path)["agg"]
+        assert cut <= 1 and state.usage("chat", "agg") == 3, "the planner counts them until the drain is confirmed"
+
+        await runtime.between_decisions()  # nothing has drained yet: nothing to confirm
+        assert state.usage("chat", "agg") == 3
+        _orchestrator_reports(tmp_path, ready=cut)  # the drain is over
+        await runtime.between_decisions()
+        assert state.usage("chat", "agg") == cut
+        assert state.asks_for_change("gold", 1000.0), "gold's report again now finds its GPUs free"
+        assert await server.run_round() is not None
+        assert state.targets("gold", 1000.0).pools[0].replicas == 2
+    finally:
+        await runtime.close()
+        await server.stop(0)
+
+
+async def test_the_runtime_decides_every_tick_and_reports_between_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run`` decides every ``tick_s`` and, with a planner, calls ``between_decisions`` every
+    ``report_s`` in between; without one, or with ``report_s`` not shorter than ``tick_s``, it
+    only decides (timing asserted loosely: CI machines are busy)."""
+
+    async def count(runtime: AgentRuntime, seconds: float) -> tuple[int, int]:
+        calls = {"tick": 0, "between": 0}
+
+        async def tick() -> None:
+            calls["tick"] += 1
+
+        async def between() -> None:
+            calls["between"] += 1
+
+        monkeypatch.setattr(runtime, "tick", tick)
+        monkeypatch.setattr(runtime, "between_decisions", between)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        await runtime.run(stop)
+        return calls["tick"], calls["between"]
+
+    connector = VirtualConnector(tmp_path / "targets.json", "chat", ["agg"])
+    runtime = AgentRuntime(chat_config(tmp_path, "127.0.0.1:9", tick_s=0.5, report_s=0.1), FixedReplicas(), connector)
+    ticks, between = await count(runtime, 1.2)
+    assert ticks in (2, 3) and between >= 4  # decisions at 0, 0.5 (and 1.0) s, four reports after each
+    runtime = AgentRuntime(chat_config(tmp_path, "127.0.0.1:9", tick_s=0.5, report_s=0.5), FixedReplicas(), connector)
+    ticks, between = await count(runtime, 1.2)
+    assert ticks in (2, 3) and between == 0
+    runtime = AgentRuntime(chat_config(tmp_path, None, tick_s=0.5), FixedReplicas(), connector)
+    ticks, between = await count(runtime, 1.2)
+    assert ticks in (2, 3) and between == 0

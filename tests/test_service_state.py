@@ -167,11 +167,12 @@ def _asking(report: AgentReport, wanted: int) -> AgentReport:
     return report.model_copy(update={"pools": [p.model_copy(update={"wanted_replicas": wanted}) for p in report.pools]})
 
 
-def test_what_a_handover_between_ticks_reads() -> None:
-    """The simulator's agents report between ticks (``GlobalPolicy.between_ticks``) only where the
-    last round allocated a pool more than it granted (``gated``), the waiting agent's asks are ones
-    that round allocated (``settled``) and a pool of that type drained below what the planner
-    counts (``unconfirmed_drains``), which ``AckDrained`` then confirms."""
+def test_the_answer_says_who_waits_for_gpus_still_held() -> None:
+    """An agent hears ``waiting_for_gpus`` where the last round allocated one of its pools more
+    than it could grant (GPUs still held by another pool's drain) and its report asked for no
+    more than that round allocated: sent again between decisions, the same report then receives
+    the GPUs once ``AckDrained`` frees them. A pool the round cut is not told to wait: its report
+    sent again would ask on stale grounds for what the round gave elsewhere."""
     state = PlannerState(_policy({"h200": 8}), lease_s=60.0)
     state.register(_registration("a"), "sa", 0.0)
     state.register(_registration("b", tenant="beta"), "sb", 0.0)
@@ -181,22 +182,23 @@ def test_what_a_handover_between_ticks_reads() -> None:
     state.report(_asking(_report("a", "sa", 2, d1, {"agg": (8, 0)}, need=2, rps=5), 2), 2.0)
     state.report(_asking(_report("b", "sb", 1, 0, {"agg": (0, 0)}, need=6, rps=30), 6), 2.0)
     d2 = _round(state, 3.0).decision_id
-    a_grant, b_grant = _grant(state.targets("a", 3.0)), _grant(state.targets("b", 3.0))
-    assert a_grant < 8 and b_grant == 0, "b waits for the GPUs a still holds"
-    assert state.gated("b") == {"h200"} and state.gated("a") == set()
-    assert state.settled("a") and state.settled("b")
-    assert state.unconfirmed_drains("a") == {"agg": (a_grant, 8)} and state.unconfirmed_drains("b") == {}
+    a, b = state.targets("a", 3.0), state.targets("b", 3.0)
+    assert _grant(a) < 8 and _grant(b) == 0, "b waits for the GPUs a still holds"
+    assert b.waiting_for_gpus and not a.waiting_for_gpus
+    again = state.report(_asking(_report("b", "sb", 2, d2, {"agg": (0, 0)}, need=6, rps=30), 6), 3.5)
+    assert again.waiting_for_gpus and _grant(again) == 0, "nothing is free before the drain is confirmed"
     state.ack_drained(
-        AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg", gpus_freed=8 - a_grant), 4.0
+        AckDrained(deployment="a", session_id="sa", decision_id=d2, role="agg", gpus_freed=8 - _grant(a)), 4.0
     )
-    assert state.unconfirmed_drains("a") == {}
-    # An ask the round cut, with no GPUs held back for it, is not settled: sent again it would ask
-    # on stale grounds for what the round gave elsewhere.
-    state.report(_asking(_report("a", "sa", 3, d2, {"agg": (a_grant, 0)}, need=8, rps=50), 8), 4.0)
-    state.report(_asking(_report("b", "sb", 2, d2, {"agg": (0, 0)}, need=8, rps=50), 8), 4.0)
+    assert state.asks_for_change("b", 4.0), "the same report again now runs a round that can grant it"
+    # An ask the round cut, with no GPUs held back for it, is not told to wait.
+    state.report(_asking(_report("a", "sa", 3, d2, {"agg": (_grant(a), 0)}, need=8, rps=50), 8), 4.0)
+    state.report(_asking(_report("b", "sb", 3, d2, {"agg": (0, 0)}, need=8, rps=50), 8), 4.0)
     _round(state, 5.0)
-    cut = [name for name in ("a", "b") if not state.gated(name) and _grant(state.targets(name, 5.0)) < 8]
-    assert cut and all(not state.settled(name) for name in cut)
+    answers = {name: state.targets(name, 5.0) for name in ("a", "b")}
+    cut = [name for name, t in answers.items() if _grant(t) < 8]
+    assert cut, "8 GPUs cannot serve both asks of 8"
+    assert all(not answers[name].waiting_for_gpus for name in cut), "nothing is held back: nobody waits"
 
 
 def test_gpus_free_now_are_dealt_one_replica_per_pool_in_turn() -> None:

@@ -187,6 +187,7 @@ def targets_to_pb(targets: Targets) -> pb.Targets:
         routing=[pb.RoutingWeight(deployment=name, weight=w) for name, w in sorted(targets.routing.items())],
         admission_rps=targets.admission_rps,
         endpoint_share=targets.endpoint_share,
+        waiting_for_gpus=targets.waiting_for_gpus,
     )
 
 
@@ -206,6 +207,7 @@ def targets_from_pb(message: pb.Targets, deployment: str) -> Targets:
         routing={r.deployment: r.weight for r in message.routing},
         admission_rps=_optional(message, "admission_rps"),
         endpoint_share=_optional(message, "endpoint_share"),
+        waiting_for_gpus=message.waiting_for_gpus,
     )
 
 

@@ -197,6 +197,11 @@ class Targets(FrozenModel):
     endpoint_share: float | None = Field(
         default=None, ge=0.0, le=1.0, description="share of the endpoint's traffic to plan for; None: alone"
     )
+    waiting_for_gpus: bool = Field(
+        default=False,
+        description="the last round allocated more than it could grant yet and the last report asked for no more: "
+        "the same report again receives the rest once other pools' drains free the GPUs",
+    )
 
 
 class DemandSummary(FrozenModel):

@@ -42,7 +42,7 @@ from local_agent.agent import AgentOptions
 from local_agent.config import AgentConfig
 from local_agent.models import AgentDecision
 from local_agent.planner_link.client import PlannerClient
-from local_agent.planner_link.exchange import exchange
+from local_agent.planner_link.exchange import confirm_drains, exchange, report_while_waiting
 from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 
@@ -158,8 +158,8 @@ class PlannerFaults(BaseModel):
         return any(start <= now_s < end for start, end in self.planner_down_s)
 
 
-# How often a live agent reports to the planner (its default tick); a simulated tick is a planner interval.
-LIVE_REPORT_S: float = AgentConfig.model_fields["tick_s"].default
+# How often a live agent reports between its decisions (its default report_s); a simulated tick is a decision.
+LIVE_REPORT_S: float = AgentConfig.model_fields["report_s"].default
 
 
 class GlobalPolicy(AgentsPolicy):
@@ -335,56 +335,38 @@ class GlobalPolicy(AgentsPolicy):
         return self._granted(records)
 
     def between_ticks(self, counts: FleetObservation) -> Decision | None:
-        """Where a live agent's next report (seconds away) would move GPUs: when the last round
-        allocated a pool more than it could grant (the rest wait for GPUs still held) and a pool of
-        that GPU type has drained to its grant while the planner still counts its old replicas,
-        the drained pool's agent confirms it (``AckDrained``) and the waiting agents report again,
-        so round on ask grants them the freed GPUs now instead of at the next tick. Simulated
-        ``fcfs`` needs no confirmation (its new pods wait Pending until the GPUs are free):
-        without this every handover under ``global`` took a tick more than under ``fcfs`` (sweep
-        seed 108 ``s23``: a decode replica 30 s later in an 11-minute run).
-
-        A report here carries its agent's decision of the last tick, so only agents whose asks
-        that round settled (:meth:`PlannerState.settled`) report: an ask the round cut (a pool
-        limited by its paired pool) would be made again on stale grounds, and GPUs idle since the
-        drain went back to it (sweep seed 111 ``s21``: a decode pool cut 5 -> 1 at 30 s was
-        granted 5 again at 35 s and cut at 60 s; live, its agent's next decision plans from the
-        cut)."""
+        """What the agents send between their decisions, as live (``report_s``): each pool that
+        has drained to its grant while the planner still counts its old replicas is confirmed
+        (``AckDrained``), then every agent the planner's last answer told it waits for GPUs still
+        held sends its last decision again, so round on ask grants them the freed GPUs now instead
+        of at the next tick. Simulated ``fcfs`` needs no confirmation (its new pods wait Pending
+        until the GPUs are free): without this every handover under ``global`` took a tick more
+        than under ``fcfs`` (sweep seed 108 ``s23``: a decode replica 30 s later in an 11-minute
+        run). The planner says an agent waits only where its report asked for no more than the
+        round allocated, so the report sent again asks for nothing the round refused (sweep seed
+        111 ``s21``). Drains are confirmed first, so the order of the agents does not decide
+        whether a handover takes one report or two."""
         reporting = [record for name, record in self._records.items() if name not in self._cut_off]
-        gated = {record.deployment: self.state.gated(record.deployment) for record in reporting}
-        waiting = [record for record in reporting if gated[record.deployment] and self.state.settled(record.deployment)]
-        if not waiting:
-            return None
-        gpu_types = set().union(*(gated[record.deployment] for record in waiting))
         self.clock.set(counts.time_s)
         observed = {(o.deployment, o.role): o for o in counts.pools}
-        confirmed = [record for record in reporting if self._confirm_drains(record.deployment, gpu_types, observed)]
-        if not confirmed:
-            return None
+        ticks = {record.deployment: self._tick_input(record, counts.time_s, observed) for record in reporting}
+        for record in reporting:
+            self._io.run(confirm_drains(self.clients[record.deployment], ticks[record.deployment]))
         answered = dict(self.last_effects)
-        for record in waiting:
-            self._deliver(record, counts.time_s, observed)
-        return self._granted(
-            [record for record in reporting if self.last_effects[record.deployment] is not answered[record.deployment]]
-        )
-
-    def _confirm_drains(self, deployment: str, gpu_types: set[str], observed: dict) -> bool:
-        """Send ``AckDrained`` for the deployment's pools of these GPU types that hold no more
-        than their grant while the planner counts more; whether any was sent."""
-        spec = self.specs[deployment]
-        effects = self.last_effects.get(deployment)
-        sent = False
-        for role, (grant, counted) in self.state.unconfirmed_drains(deployment).items():
-            now = observed.get((deployment, role))
-            pool = spec.pools[role]
-            if effects is None or now is None or pool.gpu_type not in gpu_types:
-                continue
-            in_use = now.ready + now.starting + now.draining
-            if in_use <= grant:
-                freed = (counted - in_use) * pool.gpus_per_replica
-                self._io.run(self.clients[deployment].ack_drained(effects.decision_id, role, freed))
-                sent = True
-        return sent
+        for record in reporting:
+            effects = self._io.run(
+                report_while_waiting(
+                    self.clients[record.deployment], ticks[record.deployment], _applied_by_the_decision
+                )
+            )
+            if effects is not None:
+                self._took(record, effects)
+        changed = [
+            record
+            for record in reporting
+            if self.last_effects[record.deployment] is not answered.get(record.deployment)
+        ]
+        return self._granted(changed) if changed else None
 
     def _granted(self, records: list[AgentDecision]) -> Decision:
         """The targets and admission limits of these agents' last exchanges."""
@@ -411,7 +393,10 @@ class GlobalPolicy(AgentsPolicy):
 
     def _deliver(self, record: AgentDecision, now_s: float, observed: dict) -> None:
         """One agent's exchange; the grant runs and the agent plans its next step from it."""
-        effects = self._io.run(self._exchange(record, now_s, observed))
+        self._took(record, self._io.run(self._exchange(record, now_s, observed)))
+
+    def _took(self, record: AgentDecision, effects: TickEffects) -> None:
+        """An exchange's grant runs and the agent plans its next step from it."""
         self.last_effects[record.deployment] = effects
         agent = self.agents[record.deployment]
         agent.endpoint_share = effects.endpoint_share  # learnt from the planner, as live
@@ -453,14 +438,18 @@ class GlobalPolicy(AgentsPolicy):
         granted = self.last_effects[deployment].granted
         return any(pool.replicas > granted.get(pool.role, pool.replicas) for pool in targets.pools)
 
-    async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
-        """The same exchange the live agent runs; applying is the Decision this tick returns."""
+    def _tick_input(self, record: AgentDecision, now_s: float, observed: dict) -> TickInput:
+        """The agent's decision with the replica counts of ``now_s``, as the exchange takes them."""
         running: dict[str, PoolCounts] = {
             pool.role: PoolCounts(ready=obs.ready, starting=obs.starting, draining=obs.draining, pending=obs.pending)
             for pool in record.pools
             if (obs := observed.get((record.deployment, pool.role))) is not None
         }
-        tick = TickInput(now_s=now_s, decision=record, running=running, window_s=self.tick_s)
+        return TickInput(now_s=now_s, decision=record, running=running, window_s=self.tick_s)
+
+    async def _exchange(self, record: AgentDecision, now_s: float, observed: dict) -> TickEffects:
+        """The same exchange the live agent runs; applying is the Decision this tick returns."""
+        tick = self._tick_input(record, now_s, observed)
         transit = (lambda sent: self._delayed(record.deployment, sent)) if self._delay_ticks else None
         return await exchange(self.clients[record.deployment], tick, _applied_by_the_decision, transit)
 

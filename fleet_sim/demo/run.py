@@ -208,7 +208,11 @@ async def _live(
             meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
             background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
             if runtime is not None:
-                background.append(asyncio.create_task(_agent_loop(runtime, start, interval / speed, settle_s, stats)))
+                report_s = runtime.config.report_s
+                between = report_s / speed if report_s is not None and report_s < runtime.config.tick_s else None
+                background.append(
+                    asyncio.create_task(_agent_loop(runtime, start, interval / speed, settle_s, stats, between))
+                )
             try:
                 outcomes = await _replay(session, frontend_url, workload, scenario, start, speed)
             finally:
@@ -389,13 +393,45 @@ class ScenarioClock:
         return (time.monotonic() - self.start) * self.speed
 
 
-async def _agent_loop(runtime: AgentRuntime, start: float, period_s: float, settle_s: float, stats: AgentStats) -> None:
+async def _agent_loop(
+    runtime: AgentRuntime,
+    start: float,
+    period_s: float,
+    settle_s: float,
+    stats: AgentStats,
+    report_period_s: float | None,
+) -> None:
     """Ticks every ``period_s`` wall seconds from ``start``, each ``settle_s`` after its instant; a
-    failing tick is logged and counted, and the next one runs, as in the sidecar."""
+    failing tick is logged and counted, and the next one runs, as in the sidecar. With a planner,
+    every ``report_period_s`` between ticks it sends what the sidecar sends between decisions."""
     tick = 0
     applied: dict[str, int] | None = None
+
+    def record(targets: dict[str, int] | None, at_s: float) -> None:
+        nonlocal applied
+        if targets is None:
+            return
+        if applied is not None:  # one change per pool whose target moved, as the simulator records them
+            stats.changes += [(at_s, role, n) for role, n in targets.items() if applied.get(role) != n]
+        applied = targets
+
     while True:
-        await asyncio.sleep(max(0.0, start + tick * period_s + settle_s - time.monotonic()))
+        due = start + tick * period_s + settle_s
+        while (
+            runtime.config.planner is not None
+            and report_period_s is not None
+            and tick
+            and time.monotonic() + report_period_s < due
+        ):
+            await asyncio.sleep(report_period_s)
+            try:
+                await runtime.between_decisions()
+            except Exception:
+                log.exception("agent report between decisions failed")
+                continue
+            effects = runtime.last_effects
+            record(effects.apply if effects is not None else None, runtime.clock.now())
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
         tick += 1
         try:
             decision = await runtime.tick()
@@ -408,13 +444,7 @@ async def _agent_loop(runtime: AgentRuntime, start: float, period_s: float, sett
         targets = effects.apply if effects is not None else None
         if runtime.config.planner is None and not decision.advisory:
             targets = {pool.role: pool.target for pool in decision.pools}
-        if targets is None:
-            continue
-        if applied is not None:  # one change per pool whose target moved, as the simulator records them
-            stats.changes += [
-                ((tick - 1) * runtime.config.tick_s, role, n) for role, n in targets.items() if applied.get(role) != n
-            ]
-        applied = targets
+        record(targets, (tick - 1) * runtime.config.tick_s)
 
 
 async def _wait_ready(connector: ProcessConnector, wanted: dict[str, int], timeout_s: float = 180) -> None:

@@ -1,13 +1,16 @@
-"""One tick of the agent-planner exchange — report, grant, apply, acknowledge — written once and
-driven by the live runtime (``local_agent.runtime``) and by the simulator's ``global`` policy
-(``fleet_sim.adapters.planner``) alike. What each step decides is :class:`AgentSession`'s (pure);
-this function only moves the messages and calls ``apply``.
+"""One tick of the agent-planner exchange — report, grant, apply, acknowledge — and what an agent
+sends between its decisions, written once and driven by the live runtime (``local_agent.runtime``)
+and by the simulator's ``global`` policy (``fleet_sim.adapters.planner``) alike. What each step
+decides is :class:`AgentSession`'s (pure); these functions only move the messages and call
+``apply``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import cast
 
+from fleet_planner.planning import PoolRole
 from local_agent.planner_link.client import PlannerClient
 from local_agent.session import Outgoing, TickEffects, TickInput
 
@@ -34,3 +37,29 @@ async def exchange(
         if effects.ack is not None:
             await client.ack_applied(effects.ack, effects.apply)
     return effects
+
+
+async def confirm_drains(client: PlannerClient, tick: TickInput) -> bool:
+    """Between decisions: tell the planner (``AckDrained``) of each pool that has drained to the
+    grant in force while the planner still counts its old replicas, so the GPUs it freed can go to
+    an agent waiting for them before this agent's next report. Whether any was sent."""
+    session = client.session
+    running = {role: counts.in_use for role, counts in tick.running.items()}
+    freed = session.confirm_drains(tick.now_s, running)
+    for role, gpus in sorted(freed.items()):
+        assert session.lease is not None  # confirm_drains finds none without one
+        await client.ack_drained(session.lease.decision_id, cast(PoolRole, role), gpus)
+    return bool(freed)
+
+
+async def report_while_waiting(
+    client: PlannerClient, tick: TickInput, apply: Callable[[dict[str, int]], Awaitable[None]]
+) -> TickEffects | None:
+    """Between decisions: while the planner's last answer says GPUs it allocated us wait for
+    other pools' drains, send ``tick``'s (the last) decision again with the counts of now, so the
+    planner grants them as soon as they are free (None: not waiting, nothing sent). The planner
+    says so only where that report asked for no more than its round allocated, so sending it again
+    asks for nothing the round refused."""
+    if not client.session.waiting(tick.now_s):
+        return None
+    return await exchange(client, tick, apply)

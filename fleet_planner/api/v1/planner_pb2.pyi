@@ -153,7 +153,7 @@ class RoutingWeight(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Targets(_message.Message):
-    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing", "admission_rps", "endpoint_share")
+    __slots__ = ("decision_id", "lease_expires_s", "planner_time_s", "pools", "endpoint", "routing", "admission_rps", "endpoint_share", "waiting_for_gpus")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
     PLANNER_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Targets(_message.Message):
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_RPS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_GPUS_FIELD_NUMBER: _ClassVar[int]
     decision_id: int
     lease_expires_s: float
     planner_time_s: float
@@ -170,7 +171,8 @@ class Targets(_message.Message):
     routing: _containers.RepeatedCompositeFieldContainer[RoutingWeight]
     admission_rps: float
     endpoint_share: float
-    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., admission_rps: _Optional[float] = ..., endpoint_share: _Optional[float] = ...) -> None: ...
+    waiting_for_gpus: bool
+    def __init__(self, decision_id: _Optional[int] = ..., lease_expires_s: _Optional[float] = ..., planner_time_s: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTarget, _Mapping]]] = ..., endpoint: _Optional[str] = ..., routing: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., admission_rps: _Optional[float] = ..., endpoint_share: _Optional[float] = ..., waiting_for_gpus: _Optional[bool] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("targets",)

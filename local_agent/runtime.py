@@ -55,7 +55,7 @@ from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, AgentInput, RuntimeLimits
 from local_agent.observe.prometheus import PrometheusSource
 from local_agent.planner_link.client import PlannerClient, channel_credentials
-from local_agent.planner_link.exchange import confirm_drains, exchange, report_while_waiting
+from local_agent.planner_link.exchange import confirm_drains, exchange, refresh_grant, report_while_waiting
 from local_agent.session import PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
@@ -164,7 +164,8 @@ class AgentRuntime:
         agents do: ``AckDrained`` for each pool that has drained to its grant while the planner
         still counts its old replicas, then, while the planner's last answer says GPUs it
         allocated us wait for such drains, the last decision again with the counts of now, so the
-        GPUs are granted seconds after they free rather than at the next decision."""
+        GPUs are granted seconds after they free rather than at the next decision; otherwise,
+        where the grant is not what the last decision asked, the targets now, without a bid."""
         client = self._planner_client()
         decision = self.last_decision
         if client is None or decision is None:
@@ -172,6 +173,8 @@ class AgentRuntime:
         tick = self._tick_input(decision, await self.connector.observe_replicas())
         await confirm_drains(client, tick)
         effects = await report_while_waiting(client, tick, self.connector.apply)
+        if effects is None:
+            effects = await refresh_grant(client, tick, self.connector.apply)
         if effects is not None:
             await self._took(decision, effects)
 

@@ -22,7 +22,11 @@ from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
 from local_agent.config import PLANNER_TOKEN_ENV
 from local_agent.connectors.virtual import VirtualConnector
+from local_agent.models import AgentDecision, DecisionReason, PoolDecision
+from local_agent.planner_link.client import PlannerClient
+from local_agent.planner_link.exchange import exchange, refresh_grant
 from local_agent.runtime import AgentRuntime
+from local_agent.session import PoolCounts, TickInput
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
@@ -277,3 +281,64 @@ async def test_the_runtime_decides_every_tick_and_reports_between_them(
     runtime = AgentRuntime(chat_config(tmp_path, None, tick_s=0.5), FixedReplicas(), connector)
     ticks, between = await count(runtime, 1.2)
     assert ticks in (2, 3) and between == 0
+
+
+def _bid(target: int, current: int) -> AgentDecision:
+    """The ``chat`` agent's decision: ``target`` replicas, attainment rising to 1 there."""
+    curve = [min(1.0, k / target) for k in range(5)]
+    pool = PoolDecision(
+        role="agg", current=current, wanted=target, target=target, reason=DecisionReason.HOLD, curve=curve
+    )
+    return AgentDecision(
+        time_s=0.0,
+        deployment="chat",
+        tenant="acme",
+        loop="throughput",
+        observed_rps=5.0,
+        forecast_rps=5.0,
+        forecast_upper_rps=6.0,
+        input_tokens_mean=100.0,
+        output_tokens_mean=10.0,
+        pools=[pool],
+    )
+
+
+async def test_between_decisions_a_grant_not_yet_heard_of_is_fetched_without_a_bid() -> None:
+    """Where the grant in force is not what the last decision asked, the agent fetches its
+    targets between decisions without bidding (``refresh_grant``): a round the planner ran on its
+    own (here after the operator lifted a cap) runs seconds later, not at the next decision.
+    Where the grant is the ask, nothing is sent."""
+    capped = {"fleet": {"gpus": {"h100": 4}}, "tenants": {"acme": {"priority": 1, "max_gpus": {"h100": 1}}}}
+    state = PlannerState(TenantPolicy.model_validate(capped), lease_s=120.0)
+    clock = SimulatedClock(1000.0)
+    server = PlannerServer(
+        state,
+        auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
+        metrics=ServiceMetrics(CollectorRegistry()),
+        clock=clock,
+    )
+    address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+    pools = [PoolRegistration(role="agg", gpu_type="h100", gpus_per_replica=1, min_replicas=0, max_replicas=4)]
+    client = PlannerClient(address, TOKEN, "chat", "acme", "chat", pools, clock=clock)
+    applied: list[dict[str, int]] = []
+
+    async def apply(targets: dict[str, int]) -> None:
+        applied.append(targets)
+
+    tick = TickInput(now_s=1000.0, decision=_bid(3, current=1), running={"agg": PoolCounts(ready=1)}, window_s=30.0)
+    try:
+        await exchange(client, tick, apply)
+        assert await server.run_round() is not None
+        await exchange(client, tick, apply)
+        assert applied[-1] == {"agg": 1}, "held to the cap"
+        state.set_policy(TenantPolicy.model_validate({**capped, "tenants": {"acme": {"priority": 1}}}))
+        assert await server.run_round() is not None  # the planner's own round: the agent has not reported
+        assert state.targets("chat", 1000.0).pools[0].replicas == 3
+        effects = await refresh_grant(client, tick, apply)
+        assert effects is not None and effects.apply == {"agg": 3} and applied[-1] == {"agg": 3}
+        assert state._deployments["chat"].applied_decision_id == effects.decision_id, "and acknowledged"
+        asked = TickInput(now_s=1000.0, decision=_bid(3, current=3), running={"agg": PoolCounts(ready=3)})
+        assert await refresh_grant(client, asked, apply) is None
+    finally:
+        await client.close()
+        await server.stop(0)

@@ -42,7 +42,7 @@ from local_agent.agent import AgentOptions
 from local_agent.config import AgentConfig
 from local_agent.models import AgentDecision
 from local_agent.planner_link.client import PlannerClient
-from local_agent.planner_link.exchange import confirm_drains, exchange, report_while_waiting
+from local_agent.planner_link.exchange import confirm_drains, exchange, refresh_grant, report_while_waiting
 from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 
@@ -345,7 +345,8 @@ class GlobalPolicy(AgentsPolicy):
         run). The planner says an agent waits only where its report asked for no more than the
         round allocated, so the report sent again asks for nothing the round refused (sweep seed
         111 ``s21``). Drains are confirmed first, so the order of the agents does not decide
-        whether a handover takes one report or two."""
+        whether a handover takes one report or two. An agent whose grant is not what it asked
+        fetches its targets (without a bid), so a grant a round between ticks moved runs now."""
         reporting = [record for name, record in self._records.items() if name not in self._cut_off]
         self.clock.set(counts.time_s)
         observed = {(o.deployment, o.role): o for o in counts.pools}
@@ -354,11 +355,10 @@ class GlobalPolicy(AgentsPolicy):
             self._io.run(confirm_drains(self.clients[record.deployment], ticks[record.deployment]))
         answered = dict(self.last_effects)
         for record in reporting:
-            effects = self._io.run(
-                report_while_waiting(
-                    self.clients[record.deployment], ticks[record.deployment], _applied_by_the_decision
-                )
-            )
+            client, tick = self.clients[record.deployment], ticks[record.deployment]
+            effects = self._io.run(report_while_waiting(client, tick, _applied_by_the_decision))
+            if effects is None:
+                effects = self._io.run(refresh_grant(client, tick, _applied_by_the_decision))
             if effects is not None:
                 self._took(record, effects)
         changed = [

@@ -278,6 +278,28 @@ class PlannerClient:
         )
         await self._send(self._stub.AckApplied, request)
 
+    async def refresh(self) -> bool:
+        """Ask for this deployment's targets without bidding (its last applied decision is
+        acknowledged again; the answer carries the targets now) and hand them to the session;
+        False when the planner did not answer (never registered, or a transient failure)."""
+        if self.session_id is None:
+            return False
+        request = pb.AckAppliedRequest(
+            deployment=self.registration.deployment, session_id=self.session_id, decision_id=self.applied_decision_id
+        )
+        sent_at = self.clock.now()
+        try:
+            response: pb.AckResponse = await self._stub.AckApplied(
+                request, metadata=self._metadata, timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in TRANSIENT and error.code() != grpc.StatusCode.NOT_FOUND:
+                raise PlannerRejected(error.code(), error.details() or "") from error
+            self.last_error = f"{error.code().name}: {error.details()}"
+            return False
+        self.session.answered(convert.targets_from_pb(response.targets, self.registration.deployment), sent_at, None)
+        return True
+
     async def ack_drained(self, decision_id: int, role: PoolRole, gpus_freed: int) -> None:
         """A pool finished draining to ``decision_id``'s target: its GPUs may go elsewhere now."""
         request = pb.AckDrainedRequest(

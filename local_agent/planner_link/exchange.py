@@ -32,11 +32,18 @@ async def exchange(
     outgoing = transit(report) if transit is not None else report
     answered = outgoing is not None and await client.send(outgoing.pools, outgoing.forecast, outgoing.observed)
     effects = session.effects(tick, answered=answered)
+    await _apply(client, effects, apply)
+    return effects
+
+
+async def _apply(
+    client: PlannerClient, effects: TickEffects, apply: Callable[[dict[str, int]], Awaitable[None]]
+) -> None:
+    """Apply the grant unless advisory, then acknowledge a fresh one."""
     if effects.apply is not None:
         await apply(effects.apply)
         if effects.ack is not None:
             await client.ack_applied(effects.ack, effects.apply)
-    return effects
 
 
 async def confirm_drains(client: PlannerClient, tick: TickInput) -> bool:
@@ -63,3 +70,24 @@ async def report_while_waiting(
     if not client.session.waiting(tick.now_s):
         return None
     return await exchange(client, tick, apply)
+
+
+async def refresh_grant(
+    client: PlannerClient, tick: TickInput, apply: Callable[[dict[str, int]], Awaitable[None]]
+) -> TickEffects | None:
+    """Between decisions, where the grant in force is not what ``tick``'s (the last) decision
+    asked: fetch the targets without bidding, and apply and acknowledge a newer decision (a round
+    another agent's report or the planner's timer ran), so it runs seconds after it was made
+    rather than at the next decision. None: nothing newer, nothing done."""
+    session = client.session
+    lease = session.lease
+    if lease is None or tick.now_s >= lease.fallback_at:
+        return None
+    if all(lease.replicas.get(pool.role) == pool.target for pool in tick.decision.pools):
+        return None
+    known = lease.decision_id
+    if not await client.refresh() or session.lease is None or session.lease.decision_id <= known:
+        return None
+    effects = session.effects(tick, answered=True)
+    await _apply(client, effects, apply)
+    return effects

@@ -55,7 +55,7 @@ from local_agent.connectors.virtual import VirtualConnector
 from local_agent.models import AgentDecision, AgentInput, RuntimeLimits
 from local_agent.observe.prometheus import PrometheusSource
 from local_agent.planner_link.client import PlannerClient, channel_credentials
-from local_agent.planner_link.exchange import confirm_drains, exchange, refresh_grant, report_while_waiting
+from local_agent.planner_link.exchange import catch_up, confirm_drains, exchange
 from local_agent.session import PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 from local_agent.telemetry import AgentMetrics, DiagnosticsRecorder, LimitsStore, make_app
@@ -172,9 +172,7 @@ class AgentRuntime:
             return
         tick = self._tick_input(decision, await self.connector.observe_replicas())
         await confirm_drains(client, tick)
-        effects = await report_while_waiting(client, tick, self.connector.apply)
-        if effects is None:
-            effects = await refresh_grant(client, tick, self.connector.apply)
+        effects = await catch_up(client, tick, self.connector.apply)
         if effects is not None:
             await self._took(decision, effects)
 

@@ -10,6 +10,7 @@ from typing import Any
 from fleet_planner.planning import DeploymentSpec, PoolObservation
 from local_agent.config import AgentConfig, parse_config
 from local_agent.connectors.base import ReplicaCounts
+from local_agent.models import AgentDecision, DecisionReason, PoolDecision
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
@@ -57,3 +58,28 @@ class FixedReplicas:
         self, now_s: float, spec: DeploymentSpec, replicas: Mapping[str, ReplicaCounts]
     ) -> list[PoolObservation]:
         return [observation(spec.name, now_s, self.ready)]
+
+
+def agg_decision(name: str, tenant: str, target: int, current: int, curve: list[float] | None = None) -> AgentDecision:
+    """One agg pool's decision: ``current`` is what the agent planned from, ``target`` its bid
+    (``curve``: its demand curve, attainment for 0, 1, ... replicas; default reaching 1 at one)."""
+    pool = PoolDecision(
+        role="agg",
+        current=current,
+        wanted=target,
+        target=target,
+        reason=DecisionReason.HOLD,
+        curve=curve if curve is not None else [0.0, 1.0],
+    )
+    return AgentDecision(
+        time_s=10.0,
+        deployment=name,
+        tenant=tenant,
+        loop="throughput",
+        observed_rps=2.0,
+        forecast_rps=2.0,
+        forecast_upper_rps=2.0,
+        input_tokens_mean=100.0,
+        output_tokens_mean=10.0,
+        pools=[pool],
+    )

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from agent_link_helpers import FixedReplicas, chat_config
+from agent_link_helpers import FixedReplicas, agg_decision, chat_config
 from prometheus_client import CollectorRegistry
 
 from fleet_planner.clock import SimulatedClock
@@ -22,7 +22,6 @@ from global_planner.service.server import PlannerServer
 from global_planner.service.state import PlannerState
 from local_agent.config import PLANNER_TOKEN_ENV
 from local_agent.connectors.virtual import VirtualConnector
-from local_agent.models import AgentDecision, DecisionReason, PoolDecision
 from local_agent.planner_link.client import PlannerClient
 from local_agent.planner_link.exchange import exchange, refresh_grant
 from local_agent.runtime import AgentRuntime
@@ -31,6 +30,7 @@ from local_agent.session import PoolCounts, TickInput
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "examples/profiles/llama3.1-8b_h100_vllm_tp1"
 TOKEN = "agent-token-0123456789abcdef"
+RISING_TO_3 = [0.0, 1 / 3, 2 / 3, 1.0, 1.0]  # a bid for 3 replicas
 
 
 def _orchestrator_reports(tmp_path: Path, ready: int) -> None:
@@ -283,26 +283,6 @@ async def test_the_runtime_decides_every_tick_and_reports_between_them(
     assert ticks in (2, 3) and between == 0
 
 
-def _bid(target: int, current: int) -> AgentDecision:
-    """The ``chat`` agent's decision: ``target`` replicas, attainment rising to 1 there."""
-    curve = [min(1.0, k / target) for k in range(5)]
-    pool = PoolDecision(
-        role="agg", current=current, wanted=target, target=target, reason=DecisionReason.HOLD, curve=curve
-    )
-    return AgentDecision(
-        time_s=0.0,
-        deployment="chat",
-        tenant="acme",
-        loop="throughput",
-        observed_rps=5.0,
-        forecast_rps=5.0,
-        forecast_upper_rps=6.0,
-        input_tokens_mean=100.0,
-        output_tokens_mean=10.0,
-        pools=[pool],
-    )
-
-
 async def test_between_decisions_a_grant_not_yet_heard_of_is_fetched_without_a_bid() -> None:
     """Where the grant in force is not what the last decision asked, the agent fetches its
     targets between decisions without bidding (``refresh_grant``): a round the planner ran on its
@@ -325,7 +305,12 @@ async def test_between_decisions_a_grant_not_yet_heard_of_is_fetched_without_a_b
     async def apply(targets: dict[str, int]) -> None:
         applied.append(targets)
 
-    tick = TickInput(now_s=1000.0, decision=_bid(3, current=1), running={"agg": PoolCounts(ready=1)}, window_s=30.0)
+    tick = TickInput(
+        now_s=1000.0,
+        decision=agg_decision("chat", "acme", 3, current=1, curve=RISING_TO_3),
+        running={"agg": PoolCounts(ready=1)},
+        window_s=30.0,
+    )
     try:
         await exchange(client, tick, apply)
         assert await server.run_round() is not None
@@ -337,7 +322,11 @@ async def test_between_decisions_a_grant_not_yet_heard_of_is_fetched_without_a_b
         effects = await refresh_grant(client, tick, apply)
         assert effects is not None and effects.apply == {"agg": 3} and applied[-1] == {"agg": 3}
         assert state._deployments["chat"].applied_decision_id == effects.decision_id, "and acknowledged"
-        asked = TickInput(now_s=1000.0, decision=_bid(3, current=3), running={"agg": PoolCounts(ready=3)})
+        asked = TickInput(
+            now_s=1000.0,
+            decision=agg_decision("chat", "acme", 3, current=3, curve=RISING_TO_3),
+            running={"agg": PoolCounts(ready=3)},
+        )
         assert await refresh_grant(client, asked, apply) is None
     finally:
         await client.close()

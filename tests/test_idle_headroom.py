@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from agent_link_helpers import agg_decision
 from pydantic import ValidationError
 
 from fleet_planner.contract import convert
@@ -26,7 +27,6 @@ from global_planner.allocation import (
 )
 from global_planner.policy_file import TenantPolicy
 from global_planner.service.state import PlannerState
-from local_agent.models import AgentDecision, DecisionReason, PoolDecision
 from local_agent.session import AgentSession, TickInput
 
 TENANTS = {"high": TenantLimits(priority=100.0), "low": TenantLimits(priority=1.0)}
@@ -201,25 +201,6 @@ def test_a_pool_without_a_bid_keeps_its_loan_a_loan() -> None:
     assert answer.replicas == {"chat/agg": 8} and answer.headroom == {"chat/agg": 5}
 
 
-def _decision(name: str, tenant: str, target: int, current: int) -> AgentDecision:
-    """One agg pool's decision: ``current`` is what the agent planned from, ``target`` its bid."""
-    pool = PoolDecision(
-        role="agg", current=current, wanted=target, target=target, reason=DecisionReason.HOLD, curve=[0.0, 1.0]
-    )
-    return AgentDecision(
-        time_s=10.0,
-        deployment=name,
-        tenant=tenant,
-        loop="throughput",
-        observed_rps=2.0,
-        forecast_rps=2.0,
-        forecast_upper_rps=2.0,
-        input_tokens_mean=100.0,
-        output_tokens_mean=10.0,
-        pools=[pool],
-    )
-
-
 def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
     targets = Targets(
         deployment="chat",
@@ -233,7 +214,7 @@ def test_the_agent_runs_the_loan_and_plans_from_its_own_part() -> None:
         PoolTarget(role="agg", replicas=8, headroom_replicas=9)
     session = AgentSession(_registration("chat", "high"))
     session.answered(targets, 10.0, None)
-    effects = session.effects(TickInput(now_s=11.0, decision=_decision("chat", "high", 3, current=3)), answered=True)
+    effects = session.effects(TickInput(now_s=11.0, decision=agg_decision("chat", "high", 3, current=3)), answered=True)
     assert effects.apply == {"agg": 8} and effects.granted == {"agg": 8}
     assert effects.planned("agg") == 3
 
@@ -261,14 +242,14 @@ def test_a_descent_paced_by_max_step_is_planned_from_its_target_and_never_turned
         state.report(_report("chat", seq, applied, ready=state.usage("chat", "agg"), wanted=bid, rps=2.0), now)
         applied = state.commit(state.plan(now + 0.5)).decision_id
         session.answered(state.targets("chat", now + 0.5), now + 0.5, None)
-        tick = TickInput(now_s=now + 0.6, decision=_decision("chat", "high", bid, current=planned))
+        tick = TickInput(now_s=now + 0.6, decision=agg_decision("chat", "high", bid, current=planned))
         effects = session.effects(tick, answered=True)
         granted.append(effects.granted["agg"])
         planned = effects.planned("agg")
         assert planned == 2
     assert granted == [6, 5, 4, 3, 2, 2]
     # A scale-up ends the descent; a grant below the ask (a shortage) is planned from, as before.
-    tick = TickInput(now_s=20.0, decision=_decision("chat", "high", 9, current=2))
+    tick = TickInput(now_s=20.0, decision=agg_decision("chat", "high", 9, current=2))
     assert session.effects(tick, answered=True).planned("agg") == 2
 
 
@@ -284,7 +265,7 @@ def test_a_grant_above_a_hold_that_began_no_descent_is_planned_from() -> None:
         pools=[PoolTarget(role="agg", replicas=6)],
     )
     session.answered(targets, 10.0, None)
-    up = session.effects(TickInput(now_s=10.0, decision=_decision("chat", "high", 6, current=2)), answered=True)
+    up = session.effects(TickInput(now_s=10.0, decision=agg_decision("chat", "high", 6, current=2)), answered=True)
     assert up.planned("agg") == 6
-    held = session.effects(TickInput(now_s=11.0, decision=_decision("chat", "high", 4, current=4)), answered=True)
+    held = session.effects(TickInput(now_s=11.0, decision=agg_decision("chat", "high", 4, current=4)), answered=True)
     assert held.planned("agg") == 6

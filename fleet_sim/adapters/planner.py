@@ -42,7 +42,7 @@ from local_agent.agent import AgentOptions
 from local_agent.config import AgentConfig
 from local_agent.models import AgentDecision
 from local_agent.planner_link.client import PlannerClient
-from local_agent.planner_link.exchange import confirm_drains, exchange, refresh_grant, report_while_waiting
+from local_agent.planner_link.exchange import catch_up, confirm_drains, exchange
 from local_agent.session import Outgoing, PoolCounts, TickEffects, TickInput
 from local_agent.sizing.shares import max_scale_rps
 
@@ -355,10 +355,9 @@ class GlobalPolicy(AgentsPolicy):
             self._io.run(confirm_drains(self.clients[record.deployment], ticks[record.deployment]))
         answered = dict(self.last_effects)
         for record in reporting:
-            client, tick = self.clients[record.deployment], ticks[record.deployment]
-            effects = self._io.run(report_while_waiting(client, tick, _applied_by_the_decision))
-            if effects is None:
-                effects = self._io.run(refresh_grant(client, tick, _applied_by_the_decision))
+            effects = self._io.run(
+                catch_up(self.clients[record.deployment], ticks[record.deployment], _applied_by_the_decision)
+            )
             if effects is not None:
                 self._took(record, effects)
         changed = [

@@ -46,17 +46,16 @@ async def _apply(
             await client.ack_applied(effects.ack, effects.apply)
 
 
-async def confirm_drains(client: PlannerClient, tick: TickInput) -> bool:
+async def confirm_drains(client: PlannerClient, tick: TickInput) -> None:
     """Between decisions: tell the planner (``AckDrained``) of each pool that has drained to the
     grant in force while the planner still counts its old replicas, so the GPUs it freed can go to
-    an agent waiting for them before this agent's next report. Whether any was sent."""
+    an agent waiting for them before this agent's next report."""
     session = client.session
     running = {role: counts.in_use for role, counts in tick.running.items()}
     freed = session.confirm_drains(tick.now_s, running)
     for role, gpus in sorted(freed.items()):
         assert session.lease is not None  # confirm_drains finds none without one
         await client.ack_drained(session.lease.decision_id, cast(PoolRole, role), gpus)
-    return bool(freed)
 
 
 async def report_while_waiting(
@@ -91,3 +90,13 @@ async def refresh_grant(
     effects = session.effects(tick, answered=True)
     await _apply(client, effects, apply)
     return effects
+
+
+async def catch_up(
+    client: PlannerClient, tick: TickInput, apply: Callable[[dict[str, int]], Awaitable[None]]
+) -> TickEffects | None:
+    """Between decisions, after :func:`confirm_drains`: the last decision again while the planner
+    says we wait for GPUs it allocated (:func:`report_while_waiting`), else the targets without a
+    bid where the grant is not the ask (:func:`refresh_grant`). None: nothing new applied."""
+    effects = await report_while_waiting(client, tick, apply)
+    return effects if effects is not None else await refresh_grant(client, tick, apply)

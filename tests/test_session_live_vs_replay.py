@@ -64,7 +64,7 @@ class ScriptedPlanner(pb_grpc.PlannerServicer):
         now = START + self.tick * TICK
         return pb.RegisterResponse(session_id="s1", planner_time_s=now, targets=pb.Targets(planner_time_s=now))
 
-    async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
+    async def _answer(self, context: grpc.aio.ServicerContext) -> pb.Targets:
         answer = SCRIPT[self.tick]
         if answer is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
@@ -82,12 +82,18 @@ class ScriptedPlanner(pb_grpc.PlannerServicer):
             admission_rps=admission,
             endpoint_share=SHARE,
         )
-        return pb.ReportResponse(targets=convert.targets_to_pb(targets))
+        return convert.targets_to_pb(targets)
+
+    async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
+        return pb.ReportResponse(targets=await self._answer(context))
 
     async def AckApplied(self, request: pb.AckAppliedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
-        applied = {convert.ROLE_FROM_PB[p.role]: p.replicas for p in request.applied}
-        self.acks.append((self.tick, request.decision_id, applied))
-        return pb.AckResponse()
+        """Answers with the targets now, as the planner does; an ack naming no applied pool is an
+        agent fetching its targets between decisions (``refresh_grant``), not an acknowledgement."""
+        if request.applied:
+            applied = {convert.ROLE_FROM_PB[p.role]: p.replicas for p in request.applied}
+            self.acks.append((self.tick, request.decision_id, applied))
+        return pb.AckResponse(targets=await self._answer(context))
 
 
 @pytest.fixture

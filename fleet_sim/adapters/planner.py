@@ -37,7 +37,7 @@ from global_planner.service.audit import AUDIT_FILE, SNAPSHOT_FILE, AuditLog, se
 from global_planner.service.auth import Identity, TokenAuthenticator
 from global_planner.service.metrics import ServiceMetrics
 from global_planner.service.server import PlannerServer
-from global_planner.service.state import PlannerState, UnknownDeployment
+from global_planner.service.state import PlannerState
 from local_agent.agent import AgentOptions
 from local_agent.config import AgentConfig
 from local_agent.models import AgentDecision
@@ -169,9 +169,8 @@ class GlobalPolicy(AgentsPolicy):
     Each tick the planner first runs an allocation round on the reports it has (from the previous
     tick), then every agent plans, reports its demand curves and replica counts as of the tick and
     receives its grant in the reply: a grant reaches the fleet one tick after the demand that caused
-    it, as live. An agent waiting for GPUs a later report of the tick freed reports again
-    (:meth:`_hand_over`), and so it does between ticks once a drain it waits for is done
-    (:meth:`between_ticks`).
+    it, as live. After the tick's reports each agent does what a live agent does between its
+    decisions (:meth:`_catch_up`), and so it does every 5 s between ticks (:meth:`between_ticks`).
     """
 
     name = "global"
@@ -323,11 +322,9 @@ class GlobalPolicy(AgentsPolicy):
         # from the orchestrator's API (and so does their planning, ``counts_now``).
         now_counts = self._counts if self._counts is not None else observation
         observed = {(o.deployment, o.role): o for o in now_counts.pools} if now_counts is not None else {}
-        committed_at: dict[str, dict[str, int]] = {}
         for record in records:
             self._deliver(record, now_s, observed)
-            committed_at[record.deployment] = self.state.committed_gpus()
-        self._hand_over(records, now_s, observed, committed_at)
+        self._catch_up(records, now_s, observed)
         # The gateway balances an endpoint's deployments by load, as under fcfs and local (only
         # the arbiter differs); the planner's weights stay in its answer (``last_effects``) for a
         # gateway that can only split statically. Measured on soft-shortage with the evidence
@@ -402,40 +399,21 @@ class GlobalPolicy(AgentsPolicy):
         for pool in record.pools:
             agent.granted(pool.role, effects.planned(pool.role))
 
-    def _hand_over(
-        self, records: list[AgentDecision], now_s: float, observed: dict, committed_at: dict[str, dict[str, int]]
-    ) -> None:
-        """Agents that bid for more reported before a later report of this tick confirmed a drain
-        of their GPU type report again, so round on ask can grant them the freed GPUs at once, and
-        so do agents a later report's round granted more than their reply said.
-
-        Live, agents report every few seconds while a tick here stands for a whole planner
-        interval: the waiting agent's next report, seconds after the confirmation, would get the
-        grant. Without this the tick's agent order decided whether a handover took one tick or two.
-        """
+    def _catch_up(self, records: list[AgentDecision], now_s: float, observed: dict) -> None:
+        """After the tick's reports, each agent does what it does between decisions
+        (:func:`catch_up`): an agent a later report's round left waiting for GPUs it allocated
+        sends its decision again, and one whose grant is not its ask fetches its targets, so a
+        grant a later report's round raised runs this tick (live, within a report interval), not
+        at the next. The agents report one after another within a tick; without this the order
+        decided whether a handover took one tick or two (``shortage``: an A100 a tick late)."""
         if self._delay_ticks:
             return  # delayed delivery queues one report per tick; a second would shift the queue
-        committed = self.state.committed_gpus()
         for record in records:
-            before = committed_at[record.deployment]
-            freed = {
-                gpu for gpu, _ in self.state.wanting(record.deployment) if committed.get(gpu, 0) < before.get(gpu, 0)
-            }
-            if freed or self._raised_after_reply(record.deployment, now_s):
-                self._deliver(record, now_s, observed)
-                committed = self.state.committed_gpus()
-
-    def _raised_after_reply(self, deployment: str, now_s: float) -> bool:
-        """Whether a later report's round this tick granted the deployment more than its reply
-        said: the drain it waited for was confirmed and the freed GPUs went to it in that round,
-        so the tick's committed GPUs did not fall and only the grant shows it (on shortage an A100
-        reached its new pool a tick late this way)."""
-        try:
-            targets = self.state.targets(deployment, now_s)
-        except UnknownDeployment:  # forgotten by the planner (a lapsed lease): nothing granted
-            return False
-        granted = self.last_effects[deployment].granted
-        return any(pool.replicas > granted.get(pool.role, pool.replicas) for pool in targets.pools)
+            client = self.clients[record.deployment]
+            tick = self._tick_input(record, now_s, observed)
+            effects = self._io.run(catch_up(client, tick, _applied_by_the_decision))
+            if effects is not None:
+                self._took(record, effects)
 
     def _tick_input(self, record: AgentDecision, now_s: float, observed: dict) -> TickInput:
         """The agent's decision with the replica counts of ``now_s``, as the exchange takes them."""

@@ -172,12 +172,14 @@ async def test_a_loan_of_idle_gpus_runs_while_the_agent_plans_from_its_own_part(
         await server.stop(0)
 
 
+@pytest.mark.parametrize("round_on_ask", [False, True])
 async def test_between_decisions_the_agent_confirms_its_drain_so_a_waiting_pool_is_granted_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, round_on_ask: bool
 ) -> None:
     """Live agents decide every ``tick_s`` (30 s) and, between decisions, send ``AckDrained`` as
     soon as their connector shows a cut pool drained to its grant: the GPUs it freed reach the
-    pool that waits for them seconds after the drain, not at the cut agent's next decision."""
+    pool that waits for them seconds after the drain, not at the cut agent's next decision. With
+    rounds on ask (``serve``'s default) the confirmation itself runs the round that grants them."""
     monkeypatch.setenv(PLANNER_TOKEN_ENV, TOKEN)
     _orchestrator_reports(tmp_path, ready=3)
     policy = TenantPolicy.model_validate(
@@ -193,6 +195,7 @@ async def test_between_decisions_the_agent_confirms_its_drain_so_a_waiting_pool_
         auth=TokenAuthenticator({TOKEN: Identity(deployment="chat", tenant="acme")}),
         metrics=ServiceMetrics(CollectorRegistry()),
         clock=SimulatedClock(1000.0),
+        round_on_ask=round_on_ask,
     )
     address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
     clock = SimulatedClock(1000.0)
@@ -240,8 +243,9 @@ async def test_between_decisions_the_agent_confirms_its_drain_so_a_waiting_pool_
         _orchestrator_reports(tmp_path, ready=cut)  # the drain is over
         await runtime.between_decisions()
         assert state.usage("chat", "agg") == cut
-        assert state.asks_for_change("gold", 1000.0), "gold's report again now finds its GPUs free"
-        assert await server.run_round() is not None
+        if not round_on_ask:
+            assert state.asks_for_change("gold", 1000.0), "gold's report again now finds its GPUs free"
+            assert await server.run_round() is not None
         assert state.targets("gold", 1000.0).pools[0].replicas == 2
     finally:
         await runtime.close()

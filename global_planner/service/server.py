@@ -195,6 +195,8 @@ class PlannerService(pb_grpc.PlannerServicer):
         return await self._handle(context, step)
 
     async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
+        committed_before = self.state.committed_gpus()
+
         def step(identity: Identity | None, now: float) -> pb.ReportResponse:
             authorize(identity, request.deployment)
             targets = self.state.report(convert.report_from_pb(request), now)
@@ -206,7 +208,11 @@ class PlannerService(pb_grpc.PlannerServicer):
 
         response = await self._handle(context, step)
         reported_at = self.state.snapshots  # rounds snapshotting from here on hold this report
-        if self.on_ask is not None and (why := self.state.asks_for_change(request.deployment, self.clock.now())):
+        now = self.clock.now()
+        if self.on_ask is not None and (
+            why := self.state.asks_for_change(request.deployment, now)
+            or self.state.freed_for_others(request.deployment, committed_before, now)
+        ):
             # a whole round (value, priorities, audit record first), not a shortcut
             await self.on_ask(f"report of {request.deployment}: {why}", reported_at)
             targets = self.state.targets(request.deployment, self.clock.now())
@@ -222,12 +228,20 @@ class PlannerService(pb_grpc.PlannerServicer):
         return await self._handle(context, step)
 
     async def AckDrained(self, request: pb.AckDrainedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
+        committed_before = self.state.committed_gpus()
+
         def step(identity: Identity | None, now: float) -> pb.AckResponse:
             authorize(identity, request.deployment)
             targets = self.state.ack_drained(convert.ack_drained_from_pb(request), now)
             return pb.AckResponse(targets=convert.targets_to_pb(targets))
 
-        return await self._handle(context, step)
+        response = await self._handle(context, step)
+        confirmed_at = self.state.snapshots
+        now = self.clock.now()
+        if self.on_ask is not None and (why := self.state.freed_for_others(request.deployment, committed_before, now)):
+            await self.on_ask(f"drain of {request.deployment}: {why}", confirmed_at)
+            response = pb.AckResponse(targets=convert.targets_to_pb(self.state.targets(request.deployment, now)))
+        return response
 
 
 class PlannerServer:

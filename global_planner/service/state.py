@@ -141,6 +141,25 @@ class PlannerState:
         short = rounds.short_pool(dep)
         return None if short is None else f"{short} asks for more and is observed short"
 
+    def freed_for_others(self, deployment: str, committed_before: dict[str, int], now: float) -> str | None:
+        """Why a round should run now that a message of ``deployment`` (a report's counts, an
+        ``AckDrained``) lowered the committed GPUs from ``committed_before``: another deployment
+        asks for more of a type it freed (None otherwise). Its ask is in the planner already, so a
+        round grants the GPUs within the message rather than at the next timed round."""
+        if now < self.quarantine_until_s:  # scale-ups wait out a restart's quarantine
+            return None
+        committed = self.committed_gpus()
+        freed = {gpu for gpu, before in committed_before.items() if committed.get(gpu, 0) < before}
+        if not freed:
+            return None
+        for other in sorted(self._deployments):
+            if other == deployment:
+                continue
+            for gpu, _ in sorted(self.wanting(other)):
+                if gpu in freed:
+                    return f"its drain freed {gpu} GPUs that {other} asks for"
+        return None
+
     def wanting(self, deployment: str) -> set[tuple[str, int]]:
         """(GPU type, GPUs per replica) of the deployment's pools whose last report asks for more
         replicas than their grant: what a drain freeing GPUs of that type could serve."""

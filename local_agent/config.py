@@ -361,6 +361,14 @@ class AgentConfig(FrozenModel):
         if isinstance(context, Mapping) and context.get("file") is not None:
             self._file = Path(context["file"])
 
+    @property
+    def between_decisions_s(self) -> float | None:
+        """How often the agent reports between its decisions: ``report_s`` where a planner is
+        configured and it is shorter than ``tick_s``; None (only at decisions) otherwise."""
+        if self.planner is None or self.report_s is None or self.report_s >= self.tick_s:
+            return None
+        return self.report_s
+
     @model_validator(mode="after")
     def _connector_roles(self) -> AgentConfig:
         if isinstance(self.connector, ProcessesConnectorConfig):

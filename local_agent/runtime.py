@@ -334,9 +334,7 @@ class AgentRuntime:
         """Decide every ``tick_s`` (start to start) until ``stop`` is set; with a planner, every
         ``report_s`` between decisions, send what :meth:`between_decisions` says."""
         loop = asyncio.get_running_loop()
-        report_s = self.config.report_s if self.config.planner is not None else None
-        if report_s is not None and report_s >= self.config.tick_s:
-            report_s = None  # a decision comes first
+        report_s = self.config.between_decisions_s
         next_tick = loop.time()
         while not stop.is_set():
             if loop.time() >= next_tick:

@@ -225,21 +225,27 @@ class AgentSession:
         if self.lease is None or lease.decision_id >= self.lease.decision_id:
             self.lease = lease
 
+    def lease_in_force(self, now_s: float) -> Lease | None:
+        """The last lease while it holds at ``now_s`` (None before one, or once it lapsed)."""
+        return self.lease if self.lease is not None and now_s < self.lease.fallback_at else None
+
     def waiting(self, now_s: float) -> bool:
         """Whether the planner's last answer, still in force, said GPUs it allocated us wait
         for other pools' drains: between decisions the same report again receives them."""
-        return self.lease is not None and self.lease.waiting_for_gpus and now_s < self.lease.fallback_at
+        lease = self.lease_in_force(now_s)
+        return lease is not None and lease.waiting_for_gpus
 
     def confirm_drains(self, now_s: float, running: dict[str, int]) -> dict[str, int]:
         """Pools that have drained to the grant in force while the planner, by our last report,
         still counts more replicas: role -> GPUs freed, to confirm with ``AckDrained`` (between
         decisions, so the planner can hand them on before the next report). Marks them confirmed."""
-        if self.lease is None or now_s >= self.lease.fallback_at:
+        lease = self.lease_in_force(now_s)
+        if lease is None:
             return {}
         freed: dict[str, int] = {}
         gpus: dict[str, int] = {p.role: p.gpus_per_replica for p in self.registration.pools}
         for role, counted in self.reported.items():
-            grant, in_use = self.lease.replicas.get(role), running.get(role)
+            grant, in_use = lease.replicas.get(role), running.get(role)
             if grant is not None and in_use is not None and in_use <= grant < counted:
                 freed[role] = (counted - in_use) * gpus.get(role, 1)
                 self.reported[role] = in_use

@@ -347,16 +347,11 @@ class GlobalPolicy(AgentsPolicy):
         reporting = [record for name, record in self._records.items() if name not in self._cut_off]
         self.clock.set(counts.time_s)
         observed = {(o.deployment, o.role): o for o in counts.pools}
-        ticks = {record.deployment: self._tick_input(record, counts.time_s, observed) for record in reporting}
         for record in reporting:
-            self._io.run(confirm_drains(self.clients[record.deployment], ticks[record.deployment]))
+            tick = self._tick_input(record, counts.time_s, observed)
+            self._io.run(confirm_drains(self.clients[record.deployment], tick))
         answered = dict(self.last_effects)
-        for record in reporting:
-            effects = self._io.run(
-                catch_up(self.clients[record.deployment], ticks[record.deployment], _applied_by_the_decision)
-            )
-            if effects is not None:
-                self._took(record, effects)
+        self._catch_up(reporting, counts.time_s, observed)
         changed = [
             record
             for record in reporting

@@ -208,8 +208,8 @@ async def _live(
             meter = GpuMeter(connector, spec, start, prometheus, frontend_url)
             background = [asyncio.create_task(meter.run(scenario.duration_s / speed))]
             if runtime is not None:
-                report_s = runtime.config.report_s
-                between = report_s / speed if report_s is not None and report_s < runtime.config.tick_s else None
+                report_s = runtime.config.between_decisions_s
+                between = report_s / speed if report_s is not None else None
                 background.append(
                     asyncio.create_task(_agent_loop(runtime, start, interval / speed, settle_s, stats, between))
                 )
@@ -417,12 +417,7 @@ async def _agent_loop(
 
     while True:
         due = start + tick * period_s + settle_s
-        while (
-            runtime.config.planner is not None
-            and report_period_s is not None
-            and tick
-            and time.monotonic() + report_period_s < due
-        ):
+        while report_period_s is not None and tick and time.monotonic() + report_period_s < due:
             await asyncio.sleep(report_period_s)
             try:
                 await runtime.between_decisions()

@@ -195,7 +195,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         return await self._handle(context, step)
 
     async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
-        committed_before = self.state.committed_gpus()
+        committed_before = self.state.committed_gpus() if self.on_ask is not None else {}
 
         def step(identity: Identity | None, now: float) -> pb.ReportResponse:
             authorize(identity, request.deployment)
@@ -228,7 +228,7 @@ class PlannerService(pb_grpc.PlannerServicer):
         return await self._handle(context, step)
 
     async def AckDrained(self, request: pb.AckDrainedRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
-        committed_before = self.state.committed_gpus()
+        committed_before = self.state.committed_gpus() if self.on_ask is not None else {}
 
         def step(identity: Identity | None, now: float) -> pb.AckResponse:
             authorize(identity, request.deployment)

@@ -79,8 +79,8 @@ async def refresh_grant(
     another agent's report or the planner's timer ran), so it runs seconds after it was made
     rather than at the next decision. None: nothing newer, nothing done."""
     session = client.session
-    lease = session.lease
-    if lease is None or tick.now_s >= lease.fallback_at:
+    lease = session.lease_in_force(tick.now_s)
+    if lease is None:
         return None
     if all(lease.replicas.get(pool.role) == pool.target for pool in tick.decision.pools):
         return None
